@@ -1,0 +1,5 @@
+//! kubectl-homelab: powers homelab machines on and off for the Kubernetes Cluster Autoscaler.
+pub mod commands;
+pub mod logging;
+pub mod operator;
+pub mod sim;

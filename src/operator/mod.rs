@@ -1,0 +1,4 @@
+//! The operator: CRD types, the pure lifecycle and provider cores, and the edges that drive them.
+pub mod api;
+pub mod machine;
+pub mod provider;
