@@ -3,3 +3,4 @@ pub mod commands;
 pub mod logging;
 pub mod operator;
 pub mod sim;
+pub mod yaml;

@@ -1,6 +1,413 @@
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+//! `kubectl homelab serve-grpc`: the Cluster Autoscaler externalgrpc provider on its own, fed by
+//! reflectors on the cluster (Group CRs, Node CRs, Kubernetes Nodes).
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+use crate::operator::provider::kube::{KubeSource, Scope};
+use crate::operator::provider::{TlsOptions, serve};
+use anyhow::Context as _;
+
+/// Default port: what the Helm chart's Service and the printed cloud-config use.
+pub const DEFAULT_PORT: u16 = 8086;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8086")]
+    pub listen: SocketAddr,
+
+    /// host:port the Cluster Autoscaler dials, for `--print-cloud-config` (with mTLS, the host
+    /// must be a name in the server certificate). Default: the listen address, or 127.0.0.1 when
+    /// listening on every interface.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_address: Option<String>,
+
+    /// kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// kubeconfig context to use (default: the current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// Namespace of the Group and Node CRs (default: the context's namespace, or the pod's).
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "NAMESPACE",
+        conflicts_with = "all_namespaces"
+    )]
+    pub namespace: Option<String>,
+
+    /// Serve Group and Node CRs from every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+
+    /// PEM server certificate (chain) for TLS; needs --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: when given, clients must present a certificate it signed (mTLS).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Deadline for each API server write made by a mutating RPC; keep it below the Cluster
+    /// Autoscaler's grpc_timeout (5s by default) so CA gets our error, not its own timeout.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
+
+    /// How long to wait for the caches to sync before giving up at start-up.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
+
+    /// Print the Cluster Autoscaler cloud-config YAML for this server and exit.
+    #[arg(long)]
+    pub print_cloud_config: bool,
+
+    /// Directory where the Cluster Autoscaler pod mounts its client certificate (tls.crt,
+    /// tls.key) and the CA of our server certificate (ca.crt), for `--print-cloud-config`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/etc/cluster-autoscaler/homelab-grpc"
+    )]
+    pub cloud_config_tls_dir: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a duration like `3s` or `2m`: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("`{s}` must not be negative"))
+}
+
+/// The address the Cluster Autoscaler should dial.
+pub fn advertised_address(args: &Args) -> String {
+    if let Some(a) = &args.advertise_address {
+        return a.clone();
+    }
+    let ip = args.listen.ip();
+    if ip.is_unspecified() {
+        format!("127.0.0.1:{}", args.listen.port())
+    } else {
+        args.listen.to_string()
+    }
+}
+
+/// The `--cloud-config` file for `cluster-autoscaler --cloud-provider=externalgrpc`.
+pub fn cloud_config_yaml(args: &Args) -> String {
+    let mut out = String::new();
+    out.push_str("# cluster-autoscaler --cloud-provider=externalgrpc --cloud-config=<this file>\n");
+    out.push_str(&format!(
+        "address: {}\n",
+        yaml_string(&advertised_address(args))
+    ));
+    if args.tls_cert.is_some() {
+        let dir = &args.cloud_config_tls_dir;
+        out.push_str(
+            "# CA's client certificate and key (signed by the CA given to --client-ca), and the CA\n\
+             # that signed this server's --tls-cert; the host in `address` must be in that certificate.\n",
+        );
+        for (key, file) in [
+            ("cert", "tls.crt"),
+            ("key", "tls.key"),
+            ("cacert", "ca.crt"),
+        ] {
+            out.push_str(&format!(
+                "{key}: {}\n",
+                yaml_string(&dir.join(file).display().to_string())
+            ));
+        }
+    }
+    // The server answers mutations within --api-timeout; CA's default deadline is 5s.
+    out.push_str("grpc_timeout: 5s\n");
+    out
+}
+
+fn yaml_string(s: &str) -> String {
+    // JSON strings are valid YAML scalars, so quoting never changes the meaning.
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+fn read_flag_file(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+}
+
+/// TLS settings from `--tls-cert`, `--tls-key`, `--client-ca`; `None` for plaintext h2c. The
+/// server offers ALPN `h2` (CA's grpc-go requires it) and, with `--client-ca`, requires a client
+/// certificate signed by it.
+pub fn server_tls(args: &Args) -> anyhow::Result<Option<TlsOptions>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let cert_pem = read_flag_file("--tls-cert", cert)?;
+    let key_pem = read_flag_file("--tls-key", key)?;
+    check_pem("--tls-cert", cert, &cert_pem, PemKind::Certificate)?;
+    check_pem("--tls-key", key, &key_pem, PemKind::PrivateKey)?;
+    let client_ca_pem = match &args.client_ca {
+        Some(ca) => {
+            let pem = read_flag_file("--client-ca", ca)?;
+            check_pem("--client-ca", ca, &pem, PemKind::Certificate)?;
+            Some(pem)
+        }
+        None => None,
+    };
+    Ok(Some(TlsOptions {
+        cert_pem,
+        key_pem,
+        client_ca_pem,
+    }))
+}
+
+enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+/// tonic only parses the PEM when the first connection arrives; check it now so a wrong file
+/// fails at start-up with the flag and the path named.
+fn check_pem(flag: &str, path: &Path, pem: &[u8], kind: PemKind) -> anyhow::Result<()> {
+    let mut reader = pem;
+    match kind {
+        PemKind::Certificate => {
+            let certs = rustls_pemfile::certs(&mut reader)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{flag} {}: not valid PEM", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!(
+                    "{flag} {}: no `BEGIN CERTIFICATE` block found; pass a PEM certificate file",
+                    path.display()
+                );
+            }
+        }
+        PemKind::PrivateKey => {
+            let key = rustls_pemfile::private_key(&mut reader)
+                .with_context(|| format!("{flag} {}: not valid PEM", path.display()))?;
+            if key.is_none() {
+                anyhow::bail!(
+                    "{flag} {}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A kube client from `--kubeconfig`/`--context`, else the usual inference (KUBECONFIG,
+/// ~/.kube/config, in-cluster), and the namespace to default to.
+pub async fn kube_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> anyhow::Result<(kube::Client, String)> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    let config = match (kubeconfig, context) {
+        (Some(path), _) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .with_context(|| format!("--kubeconfig {}: cannot use it", path.display()))?
+        }
+        (None, Some(ctx)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .with_context(|| {
+                format!("--context {ctx}: not usable from $KUBECONFIG or ~/.kube/config")
+            })?,
+        (None, None) => kube::Config::infer().await.context(
+            "no Kubernetes configuration: set KUBECONFIG, pass --kubeconfig, or run in a pod",
+        )?,
+    };
+    let namespace = config.default_namespace.clone();
+    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
+    Ok((client, namespace))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.print_cloud_config {
+        print!("{}", cloud_config_yaml(&args));
+        return Ok(());
+    }
+    // Read the TLS files before contacting the cluster: a wrong path is the likelier mistake.
+    let tls = server_tls(&args)?;
+    let (client, default_namespace) =
+        kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let scope = if args.all_namespaces {
+        Scope::AllNamespaces
+    } else {
+        Scope::Namespace(args.namespace.clone().unwrap_or(default_namespace))
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    let source =
+        Arc::new(KubeSource::start(client, scope.clone()).with_write_timeout(args.api_timeout));
+    tracing::info!(%scope, "waiting for the caches to sync");
+    tokio::select! {
+        r = source.wait_until_ready(args.sync_timeout) => r?,
+        () = shutdown_signal() => return Ok(()),
+    }
+    tracing::info!(
+        listen = %args.listen,
+        tls = tls.is_some(),
+        client_auth = args.client_ca.is_some(),
+        %scope,
+        "caches synced; serving"
+    );
+    serve(listener, source, tls, shutdown_signal())
+        .await
+        .context("the gRPC server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Args {
+        let mut full = vec!["serve-grpc"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full) {
+            Ok(c) => c.args,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn cloud_config_plaintext_uses_loopback_for_wildcard_listen() {
+        let y = cloud_config_yaml(&parse(&[]));
+        assert!(y.contains("address: \"127.0.0.1:8086\"\n"), "{y}");
+        assert!(!y.contains("cert:"), "{y}");
+        assert!(y.contains("grpc_timeout: 5s"), "{y}");
+    }
+
+    #[test]
+    fn cloud_config_tls_names_the_client_files() {
+        let a = parse(&[
+            "--tls-cert",
+            "/s/tls.crt",
+            "--tls-key",
+            "/s/tls.key",
+            "--client-ca",
+            "/s/ca.crt",
+            "--advertise-address",
+            "homelab.kube-system.svc:8086",
+            "--cloud-config-tls-dir",
+            "/etc/x",
+        ]);
+        let y = cloud_config_yaml(&a);
+        let v: serde_yaml::Value = match serde_yaml::from_str(&y) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}: {y}"),
+        };
+        assert_eq!(v["address"].as_str(), Some("homelab.kube-system.svc:8086"));
+        assert_eq!(v["cert"].as_str(), Some("/etc/x/tls.crt"));
+        assert_eq!(v["key"].as_str(), Some("/etc/x/tls.key"));
+        assert_eq!(v["cacert"].as_str(), Some("/etc/x/ca.crt"));
+        assert_eq!(v["grpc_timeout"].as_str(), Some("5s"));
+    }
+
+    #[test]
+    fn namespace_and_all_namespaces_conflict() {
+        let r = Cli::try_parse_from(["serve-grpc", "-n", "x", "-A"]);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn tls_errors_name_the_flag_and_path() {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        let missing = dir.path().join("nope.crt");
+        let key = dir.path().join("k.pem");
+        if let Err(e) = std::fs::write(&key, "not a key") {
+            panic!("{e}");
+        }
+        let a = parse(&[
+            "--tls-cert",
+            missing.to_str().unwrap_or_default(),
+            "--tls-key",
+            key.to_str().unwrap_or_default(),
+        ]);
+        let err = format!(
+            "{:#}",
+            server_tls(&a)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        );
+        assert!(
+            err.contains("--tls-cert") && err.contains("nope.crt"),
+            "{err}"
+        );
+
+        let cert = dir.path().join("c.pem");
+        if let Err(e) = std::fs::write(&cert, "garbage") {
+            panic!("{e}");
+        }
+        let a = parse(&[
+            "--tls-cert",
+            cert.to_str().unwrap_or_default(),
+            "--tls-key",
+            key.to_str().unwrap_or_default(),
+        ]);
+        let err = server_tls(&a)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("--tls-cert") && err.contains("c.pem"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
 }

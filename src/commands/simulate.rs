@@ -1,6 +1,259 @@
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+//! `kubectl homelab simulate`: reads a scenario (or the embedded default), runs the simulator
+//! and renders the report as a table, JSON, a timeline and an SVG plot.
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+use anyhow::Context;
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::sim::report::{GroupReport, WaitStats};
+use crate::sim::scenario::{
+    DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, NoTraceFiles, Scenario, TraceSource,
+};
+use crate::sim::units::{Millis, format_millis, parse_millis};
+use crate::sim::{Report, RunOptions, plot};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "With no FILE the embedded default scenario runs (a small homelab over one \
+week); print it with --print-default-scenario and edit it to describe your own machines.")]
+pub struct Args {
+    /// Scenario YAML: Groups and Nodes in the CRD shapes plus simulation settings.
+    pub scenario: Option<PathBuf>,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the scenario's duration (e.g. 2d, 12h).
+    #[arg(long, value_parser = duration_arg)]
+    pub duration: Option<Millis>,
+    /// Print the events (scale-ups, power actions, boots, failures) with virtual timestamps.
+    #[arg(long)]
+    pub timeline: bool,
+    /// Write an SVG plot of machines on and pending pods over time.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Print the embedded default scenario and exit.
+    #[arg(long)]
+    pub print_default_scenario: bool,
+}
+
+fn duration_arg(s: &str) -> Result<Millis, String> {
+    match parse_millis(s) {
+        Some(d) if d > 0 => Ok(d),
+        _ => Err(format!("{s:?} is not a duration like 2d, 12h or 90m")),
+    }
+}
+
+/// Reads trace files relative to the scenario file's directory.
+struct TraceFiles<'a> {
+    dir: &'a Path,
+}
+
+impl TraceSource for TraceFiles<'_> {
+    fn read(&self, file: &str) -> Result<String, String> {
+        let path = self.dir.join(file);
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read trace file {}: {e}", path.display()))
+    }
+}
+
+/// Loads the scenario the arguments name.
+pub fn load(args: &Args) -> anyhow::Result<Scenario> {
+    let mut scenario = match &args.scenario {
+        None => Scenario::parse(DEFAULT_SCENARIO_NAME, DEFAULT_SCENARIO, &NoTraceFiles)?,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "cannot read scenario file {}; run `kubectl homelab simulate --print-default-scenario` for an example",
+                    path.display()
+                )
+            })?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            Scenario::parse(&path.display().to_string(), &text, &TraceFiles { dir })?
+        }
+    };
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    if let Some(d) = args.duration {
+        scenario.duration = d;
+    }
+    Ok(scenario)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.print_default_scenario {
+        print!("{DEFAULT_SCENARIO}");
+        return Ok(());
+    }
+    let scenario = load(&args)?;
+    let options = RunOptions {
+        timeline: args.timeline || args.output == Output::Json,
+        series: args.plot.is_some() || args.output == Output::Json,
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(scenario.duration / 1000);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "simulating {bar:40} {msg} virtual time ({elapsed} real)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut progress = |now: Millis, end: Millis| {
+        if let Some(b) = &bar {
+            b.set_position(now / 1000);
+            b.set_message(format!("{} / {}", format_millis(now), format_millis(end)));
+        }
+    };
+    let report = crate::sim::run(&scenario, options, &mut progress);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let report = report?;
+    if let Some(path) = &args.plot {
+        let svg = plot::svg(&report);
+        std::fs::write(path, svg)
+            .with_context(|| format!("cannot write the plot to {}", path.display()))?;
+    }
+    match args.output {
+        Output::Json => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Output::Table => {
+            if args.timeline {
+                print!("{}", render_timeline(&report));
+                println!();
+            }
+            print!("{}", render_summary(&report));
+            if let Some(path) = &args.plot {
+                println!("plot written to {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The timeline, one event per line.
+pub fn render_timeline(r: &Report) -> String {
+    let mut out = String::new();
+    for e in &r.timeline {
+        let when = e.time.strftime("%a %H:%M:%S");
+        let who = match (&e.group, &e.machine) {
+            (_, Some(m)) => m.clone(),
+            (Some(g), None) => format!("group {g}"),
+            (None, None) => String::new(),
+        };
+        out.push_str(&format!("{when}  {who:<14} {}\n", e.what));
+    }
+    out
+}
+
+fn wait(w: &WaitStats) -> String {
+    if w.pods == 0 {
+        return "-".to_owned();
+    }
+    format!(
+        "{} / {} / {}",
+        format_millis(w.p50_ms),
+        format_millis(w.p95_ms),
+        format_millis(w.max_ms)
+    )
+}
+
+fn money(v: f64, currency: &str) -> String {
+    if v.abs() < 1.0 {
+        format!("{v:.3} {currency}")
+    } else {
+        format!("{v:.2} {currency}")
+    }
+}
+
+/// Three significant digits for small figures, two decimals otherwise.
+fn kwh(v: f64) -> String {
+    if v.abs() < 1.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn row(g: &GroupReport, currency: &str) -> Vec<Cell> {
+    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    vec![
+        Cell::new(&g.name),
+        right(format!("{} ({}-{})", g.machines, g.min_size, g.max_size)),
+        right(format!("{:.1}", g.machine_hours_on)),
+        right(format!("{} / {}", g.boots, g.failed_boots)),
+        right(format!("{} / {}", kwh(g.kwh), kwh(g.baseline_kwh))),
+        right(money(g.cost, currency)),
+        right(format!(
+            "{} ({:.0}%)",
+            money(g.savings, currency),
+            g.savings_percent
+        )),
+        right(wait(&g.wait)),
+    ]
+}
+
+/// The summary table and the lines under it.
+pub fn render_summary(r: &Report) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(vec![
+            "group",
+            "machines (min-max)",
+            "machine-hours on",
+            "boots / failed",
+            "kWh / always-on",
+            "cost",
+            "saved",
+            "pod wait p50 / p95 / max",
+        ]);
+    for g in &r.groups {
+        t.add_row(row(g, &r.currency));
+    }
+    t.add_row(row(&r.total, &r.currency));
+    let c = &r.counters;
+    format!(
+        "scenario {:?}, seed {}, {} of virtual time from {}, electricity {:.2} {}/kWh\n{t}\n\
+         pods: {} arrived, {} never placed; pods waiting for room {} of the time ({})\n\
+         autoscaler: {} scale-ups, {} scale-downs, {} failed instances removed, {} backoffs, {} refused scale-ups; {} pods evicted by drains\n",
+        r.scenario,
+        r.seed,
+        r.duration,
+        r.start.strftime("%Y-%m-%d %H:%M UTC"),
+        r.price_per_kwh,
+        r.currency,
+        r.pods_arrived,
+        r.pods_never_placed,
+        pct(r.unschedulable_ms, r.duration_ms),
+        format_millis(r.unschedulable_ms),
+        c.scale_ups,
+        c.scale_downs,
+        c.failed_instances_deleted,
+        c.backoffs,
+        c.failed_scale_ups,
+        c.evictions,
+    )
+}
+
+fn pct(a: Millis, b: Millis) -> String {
+    if b == 0 {
+        "0%".to_owned()
+    } else {
+        format!("{:.1}%", 100.0 * a as f64 / b as f64)
+    }
 }

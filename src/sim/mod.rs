@@ -1,1 +1,39 @@
-//! The discrete-event simulator.
+//! The discrete-event simulator behind `kubectl homelab simulate`: the operator's real decision
+//! code (the machine lifecycle FSM and the provider core) on virtual time, against simulated
+//! machines, a model of the Cluster Autoscaler and a workload. Deterministic for a seed; pure
+//! (no I/O, no clock): the command reads files and renders the [`Report`].
+//!
+//! What it simplifies (see also [`autoscaler`]):
+//! - Machines: a power action takes `powerActionTime` and fails with `powerOnFailure` /
+//!   `powerOffFailure`; a successful power-on boots in `bootTime` or, with `neverBoots`, hangs
+//!   until the operator gives up. Booting and shutting down draw idle power; on, power grows
+//!   linearly from idle to busy with the requested CPU share; off draws `watts.off`.
+//! - Kubernetes: a Node object appears Ready when the boot completes and goes NotReady when the
+//!   machine is off; the operator deletes it (the FSM's `DeleteNode`). Pods request CPU, memory
+//!   and a pod slot only; an evicted pod restarts from scratch; the operator reacts to a change
+//!   at once (no controller or API latency).
+//! - Energy baseline: every machine on for the whole run at idle power plus the same load energy
+//!   as measured.
+pub mod autoscaler;
+pub mod cluster;
+pub mod engine;
+mod locate;
+pub mod plot;
+pub mod report;
+pub mod scenario;
+pub mod units;
+mod views;
+pub mod workload;
+
+pub use engine::{InvariantViolation, RunOptions, Sim};
+pub use report::Report;
+pub use scenario::{Scenario, ScenarioError};
+
+/// Runs a scenario to the end.
+pub fn run(
+    scenario: &Scenario,
+    options: RunOptions,
+    progress: &mut dyn FnMut(units::Millis, units::Millis),
+) -> Result<Report, InvariantViolation> {
+    Sim::new(scenario, options).run(progress)
+}

@@ -95,6 +95,11 @@ pub struct Operation {
     pub started: Timestamp,
     /// When the operation (including boot or shutdown) is given up on.
     pub deadline: Timestamp,
+    /// When the power action itself reported success (a power-on stays recorded through
+    /// `Booting`; a power-off until the node is gone or NotReady). `None` while it runs, so a
+    /// cancel is only needed then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Timestamp>,
 }
 
 /// The lifecycle part of a Node CR's status (flattened into it).
@@ -114,6 +119,19 @@ pub struct Lifecycle {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_time: Option<Timestamp>,
+    /// The desired power state the lifecycle is driving toward: the last `spec.powerState`
+    /// the FSM acted on (or `on` after adopting a machine found running). Lets the FSM tell a
+    /// changed desire from a repeated one, and which way a retry goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<PowerState>,
+    /// Number of power operations ever started for this machine; operation ids are
+    /// `on-<n>` / `off-<n>`, so an id is never reused across power cycles.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub operation_seq: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -1,0 +1,103 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_kubectl_homelab_global_optspecs
+    string join \n log= h/help V/version
+end
+
+function __fish_kubectl_homelab_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_kubectl_homelab_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_kubectl_homelab_using_subcommand
+    set -l cmd (__fish_kubectl_homelab_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "serve-grpc" -d 'Serve the Cluster Autoscaler externalgrpc cloud provider on its own'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "fsm" -d 'Inspect machine lifecycles, or print the lifecycle transition table'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "crd" -d 'Print the CustomResourceDefinitions generated from the Rust types'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "simulate" -d 'Dry-run scaling on virtual time with the real decision code'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "completion" -d 'Print shell completions'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l listen -d 'Address to serve gRPC on' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l advertise-address -d 'host:port the Cluster Autoscaler dials, for `--print-cloud-config` (with mTLS, the host must be a name in the server certificate). Default: the listen address, or 127.0.0.1 when listening on every interface' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l kubeconfig -d 'kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l context -d 'kubeconfig context to use (default: the current context)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s n -l namespace -d 'Namespace of the Group and Node CRs (default: the context\'s namespace, or the pod\'s)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l tls-cert -d 'PEM server certificate (chain) for TLS; needs --tls-key' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l tls-key -d 'PEM private key of --tls-cert' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l client-ca -d 'PEM CA bundle: when given, clients must present a certificate it signed (mTLS)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l api-timeout -d 'Deadline for each API server write made by a mutating RPC; keep it below the Cluster Autoscaler\'s grpc_timeout (5s by default) so CA gets our error, not its own timeout' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l sync-timeout -d 'How long to wait for the caches to sync before giving up at start-up' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l cloud-config-tls-dir -d 'Directory where the Cluster Autoscaler pod mounts its client certificate (tls.crt, tls.key) and the CA of our server certificate (ca.crt), for `--print-cloud-config`' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s A -l all-namespaces -d 'Serve Group and Node CRs from every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -f -a "inspect" -d 'Show every machine\'s lifecycle phase: desired vs observed power, since when, attempts, last error and next retry'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s n -l namespace -d 'Namespace to read from (default: the kubeconfig context\'s namespace)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s f -l filename -d 'Read Node CRs from a YAML file (`-` for stdin) instead of the cluster: a List as `kubectl get nodes.infra.homecluster.dev -o yaml` prints, multi-document YAML, or a single object. Other kinds in the file (e.g. Groups) are skipped' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''
+yaml\t''"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l graph -d 'Print the lifecycle transition table as a graph instead (default: mermaid)' -r -f -a "mermaid\t''
+dot\t''
+markdown\t''"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s A -l all-namespaces -d 'Read from every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from help" -f -a "inspect" -d 'Show every machine\'s lifecycle phase: desired vs observed power, since when, attempts, last error and next retry'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and not __fish_seen_subcommand_from gen help" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and not __fish_seen_subcommand_from gen help" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and not __fish_seen_subcommand_from gen help" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and not __fish_seen_subcommand_from gen help" -f -a "gen" -d 'Print both CRDs as one multi-document YAML (for `kubectl apply -f -`), or write one file per CRD with `--out`'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and not __fish_seen_subcommand_from gen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and __fish_seen_subcommand_from gen" -l out -d 'Write `<plural>.<group>.yaml` files into this directory instead of printing' -r -f -a "(__fish_complete_directories)"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and __fish_seen_subcommand_from gen" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and __fish_seen_subcommand_from gen" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and __fish_seen_subcommand_from gen" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and __fish_seen_subcommand_from help" -f -a "gen" -d 'Print both CRDs as one multi-document YAML (for `kubectl apply -f -`), or write one file per CRD with `--out`'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l seed -d 'Override the scenario\'s seed' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l duration -d 'Override the scenario\'s duration (e.g. 2d, 12h)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l plot -d 'Write an SVG plot of machines on and pending pods over time' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s o -l output -d 'Output format' -r -f -a "table\t''
+json\t''"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l timeline -d 'Print the events (scale-ups, power actions, boots, failures) with virtual timestamps'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l print-default-scenario -d 'Print the embedded default scenario and exit'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -l complete -d 'Internal: complete the words after `--` (called by `kubectl_complete-homelab`)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "serve-grpc" -d 'Serve the Cluster Autoscaler externalgrpc cloud provider on its own'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "fsm" -d 'Inspect machine lifecycles, or print the lifecycle transition table'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "crd" -d 'Print the CustomResourceDefinitions generated from the Rust types'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "simulate" -d 'Dry-run scaling on virtual time with the real decision code'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "completion" -d 'Print shell completions'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and __fish_seen_subcommand_from fsm" -f -a "inspect" -d 'Show every machine\'s lifecycle phase: desired vs observed power, since when, attempts, last error and next retry'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and __fish_seen_subcommand_from crd" -f -a "gen" -d 'Print both CRDs as one multi-document YAML (for `kubectl apply -f -`), or write one file per CRD with `--out`'

@@ -1,0 +1,114 @@
+//! The CEL rules and patterns embedded in the CRD schema (`x-kubernetes-validations`), in one
+//! place so the derive attributes, the tests and `tests/data/cel_cases.yaml` agree.
+//!
+//! The regexes use RE2 syntax (what the API server's CEL `matches` runs) and avoid backslashes
+//! so they read the same in Rust, CEL and YAML. Every string checked by a rule also has a
+//! `maxLength`, which keeps the API server's CEL cost estimate inside its budget.
+
+/// A Go duration without sign (what [`parse_duration`](super::parse_duration) accepts).
+pub const DURATION_PATTERN: &str = "^(0|(([0-9]+[.]?[0-9]*|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$";
+/// A non-negative decimal without sign or exponent.
+pub const DECIMAL_PATTERN: &str = "^([0-9]+[.]?[0-9]*|[.][0-9]+)$";
+/// Six hex octets separated by `:` or by `-`.
+pub const MAC_PATTERN: &str =
+    "^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5})$";
+/// A dotted-quad IPv4 address.
+pub const IPV4_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])[.]){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$";
+
+/// Lengths that bound the CEL cost of the string rules.
+pub const MAX_DURATION_LEN: u32 = 64;
+pub const MAX_DECIMAL_LEN: u32 = 32;
+
+// Field rules (on the field itself; `self` is the string).
+pub const DURATION_RULE: &str = "self.matches('^(0|(([0-9]+[.]?[0-9]*|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') && duration(self) >= duration('0s')";
+pub const DURATION_MESSAGE: &str =
+    "must be a duration such as 90s, 10m or 1h30m (units ns, us, ms, s, m, h)";
+pub const POSITIVE_DURATION_RULE: &str = "self.matches('^(0|(([0-9]+[.]?[0-9]*|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') && duration(self) > duration('0s')";
+pub const POSITIVE_DURATION_MESSAGE: &str =
+    "must be a positive duration such as 90s, 10m or 1h30m (units ns, us, ms, s, m, h)";
+pub const THRESHOLD_RULE: &str =
+    "self.matches('^([0-9]+[.]?[0-9]*|[.][0-9]+)$') && double(self) <= 1.0";
+pub const THRESHOLD_MESSAGE: &str = "must be a decimal between 0 and 1 written as a string, e.g. \"0.5\"; a percentage is a fraction here: for 70% write \"0.7\", not \"70\"";
+pub const DECIMAL_RULE: &str = "self.matches('^([0-9]+[.]?[0-9]*|[.][0-9]+)$')";
+pub const DECIMAL_MESSAGE: &str =
+    "must be a non-negative decimal written as a string, e.g. \"0.12\"";
+pub const MAC_RULE: &str =
+    "self.matches('^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5})$')";
+pub const MAC_MESSAGE: &str =
+    "must be a MAC address: six hex octets separated by ':' or '-', e.g. aa:bb:cc:dd:ee:ff";
+pub const IPV4_RULE: &str = "self.matches('^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])[.]){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$')";
+pub const IPV4_MESSAGE: &str =
+    "must be an IPv4 broadcast address such as 192.168.1.255 or 255.255.255.255";
+pub const URL_RULE: &str = "self.startsWith('http://') || self.startsWith('https://')";
+pub const URL_MESSAGE: &str = "must be an http:// or https:// URL";
+
+// Object rules (on a struct; `self` is the object).
+pub const MIN_LE_MAX_RULE: &str =
+    "!has(self.minSize) || !has(self.maxSize) || self.minSize <= self.maxSize";
+pub const MIN_LE_MAX_MESSAGE: &str = "minSize must not be greater than maxSize";
+
+pub const ONE_ON_DRIVER_RULE: &str = "[has(self.job), has(self.wakeOnLan), has(self.redfish), has(self.http)].filter(x, x).size() == 1";
+pub const ONE_ON_DRIVER_MESSAGE: &str =
+    "power.on must set exactly one driver: job, wakeOnLan, redfish or http";
+pub const ONE_OFF_DRIVER_RULE: &str = "[has(self.job), has(self.nodeAgent), has(self.redfish), has(self.http)].filter(x, x).size() == 1";
+pub const ONE_OFF_DRIVER_MESSAGE: &str =
+    "power.off must set exactly one driver: job, nodeAgent, redfish or http";
+
+pub const ON_NOT_BOTH_RULE: &str =
+    "!(has(self.startupPodSpec) && has(self.power) && has(self.power.on))";
+pub const ON_NOT_BOTH_MESSAGE: &str =
+    "set either power.on or startupPodSpec (the predecessor's job style), not both";
+pub const OFF_NOT_BOTH_RULE: &str =
+    "!(has(self.shutdownPodSpec) && has(self.power) && has(self.power.off))";
+pub const OFF_NOT_BOTH_MESSAGE: &str =
+    "set either power.off or shutdownPodSpec (the predecessor's job style), not both";
+pub const NEEDS_ON_RULE: &str =
+    "has(self.startupPodSpec) || (has(self.power) && has(self.power.on))";
+pub const NEEDS_ON_MESSAGE: &str = "a Node needs a way to power on: set power.on (job, wakeOnLan, redfish or http) or startupPodSpec";
+pub const NEEDS_OFF_RULE: &str =
+    "has(self.shutdownPodSpec) || (has(self.power) && has(self.power.off))";
+pub const NEEDS_OFF_MESSAGE: &str = "a Node needs a way to power off: set power.off (job, nodeAgent, redfish or http) or shutdownPodSpec";
+
+pub const ONE_VOLUME_SOURCE_RULE: &str = "(has(self.secretName) && self.secretName != '') != (has(self.configMapName) && self.configMapName != '')";
+pub const ONE_VOLUME_SOURCE_MESSAGE: &str =
+    "a volume mounts exactly one of secretName or configMapName";
+
+/// Every rule with its message, for tests and docs.
+pub const ALL_RULES: &[(&str, &str)] = &[
+    (DURATION_RULE, DURATION_MESSAGE),
+    (POSITIVE_DURATION_RULE, POSITIVE_DURATION_MESSAGE),
+    (THRESHOLD_RULE, THRESHOLD_MESSAGE),
+    (DECIMAL_RULE, DECIMAL_MESSAGE),
+    (MAC_RULE, MAC_MESSAGE),
+    (IPV4_RULE, IPV4_MESSAGE),
+    (URL_RULE, URL_MESSAGE),
+    (MIN_LE_MAX_RULE, MIN_LE_MAX_MESSAGE),
+    (ONE_ON_DRIVER_RULE, ONE_ON_DRIVER_MESSAGE),
+    (ONE_OFF_DRIVER_RULE, ONE_OFF_DRIVER_MESSAGE),
+    (ON_NOT_BOTH_RULE, ON_NOT_BOTH_MESSAGE),
+    (OFF_NOT_BOTH_RULE, OFF_NOT_BOTH_MESSAGE),
+    (NEEDS_ON_RULE, NEEDS_ON_MESSAGE),
+    (NEEDS_OFF_RULE, NEEDS_OFF_MESSAGE),
+    (ONE_VOLUME_SOURCE_RULE, ONE_VOLUME_SOURCE_MESSAGE),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_rules_embed_the_shared_patterns() {
+        assert!(DURATION_RULE.contains(DURATION_PATTERN));
+        assert!(POSITIVE_DURATION_RULE.contains(DURATION_PATTERN));
+        assert!(THRESHOLD_RULE.contains(DECIMAL_PATTERN));
+        assert!(DECIMAL_RULE.contains(DECIMAL_PATTERN));
+        assert!(MAC_RULE.contains(MAC_PATTERN));
+        assert!(IPV4_RULE.contains(IPV4_PATTERN));
+        for (rule, _) in ALL_RULES {
+            assert!(
+                !rule.contains('\\'),
+                "no escapes, so the rule reads the same everywhere: {rule}"
+            );
+        }
+    }
+}

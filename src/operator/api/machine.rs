@@ -1,0 +1,594 @@
+//! The `Node` custom resource (Rust: `Machine`): one physical machine that can be powered on
+//! and off. Named `Machine` in Rust so it never gets mixed up with the core/v1 `Node`.
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Taint;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::cel::*;
+use super::group::GROUP_LABEL;
+use super::parse::{FieldError, parse_decimal, parse_duration, parse_mac};
+use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
+use super::{Health, object_ref};
+use crate::operator::machine::{Lifecycle, PowerState};
+
+/// Default time from power-on to the Node object being Ready.
+pub const DEFAULT_BOOT_TIMEOUT: SignedDuration = SignedDuration::from_secs(10 * 60);
+/// Default time from the power-off action to power-off evidence.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: SignedDuration = SignedDuration::from_secs(5 * 60);
+/// Scheme of the providerID the operator assigns when neither the spec nor the kubelet has one.
+pub const PROVIDER_ID_SCHEME: &str = "homelab://";
+/// How many recent boot durations status keeps.
+pub const RECENT_BOOTS_MAX: usize = 10;
+
+/// A physical machine that is (or becomes) a Kubernetes node, powered on and off on demand.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "infra.homecluster.dev",
+    version = "v1alpha1",
+    kind = "Node",
+    root = "Machine",
+    namespaced,
+    status = "MachineStatus",
+    shortname = "hln",
+    category = "homelab",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".spec.powerState"}"#,
+    printcolumn = r#"{"name":"Observed","type":"string","jsonPath":".status.powerState"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Group","type":"string","jsonPath":".metadata.labels.group"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","priority":1,"jsonPath":".status.node.name"}"#,
+    printcolumn = r#"{"name":"Error","type":"string","priority":1,"jsonPath":".status.lastError"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": ON_NOT_BOTH_RULE, "message": ON_NOT_BOTH_MESSAGE},
+    {"rule": OFF_NOT_BOTH_RULE, "message": OFF_NOT_BOTH_MESSAGE},
+    {"rule": NEEDS_ON_RULE, "message": NEEDS_ON_MESSAGE},
+    {"rule": NEEDS_OFF_RULE, "message": NEEDS_OFF_MESSAGE}
+]))]
+pub struct MachineSpec {
+    // --- Compat with the predecessor.
+    /// Desired power state, `"on"` or `"off"` (quote it: YAML reads a bare on/off as a
+    /// boolean). Default `"on"`, so adding a running machine never powers it off by surprise.
+    #[serde(default = "default_power_state")]
+    pub power_state: PowerState,
+    /// Name of the Kubernetes Node this machine registers as (default: learned by providerID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_node_name: Option<String>,
+    /// The predecessor's power-on Job; same as `power.on.job`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_pod_spec: Option<MinimalPodSpec>,
+    /// The predecessor's power-off Job; same as `power.off.job`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_pod_spec: Option<MinimalPodSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+    /// Taints left out of the template node CA sees (e.g. taints a boot script adds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints_to_remove: Vec<Taint>,
+
+    // --- New.
+    /// ProviderID the machine's Node object carries (default: the one it registered with,
+    /// else `homelab://<namespace>/<name>`, which the operator writes into the Node).
+    #[serde(
+        rename = "providerID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub provider_id: Option<String>,
+    /// Power drivers; a direction left out uses `startupPodSpec` / `shutdownPodSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerSpec>,
+    /// From power-on until the Node is Ready (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
+    ]))]
+    pub boot_timeout: Option<String>,
+    /// From the power-off action until the machine is confirmed off (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
+    ]))]
+    pub shutdown_timeout: Option<String>,
+    /// Capacity of the machine's node before it was ever seen (scale-from-zero).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, Quantity>,
+    /// Labels the node will carry, before it was ever seen (scale-from-zero).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Taints the node will carry, before it was ever seen (scale-from-zero).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+    /// Power draw, for energy accounting and `simulate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watts: Option<Watts>,
+    /// Never powered off by the autoscaler (a person can still power it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_disabled: Option<bool>,
+}
+
+fn default_power_state() -> PowerState {
+    PowerState::On
+}
+
+/// The predecessor's pricing: decimal strings. `hourlyRate` feeds CA's `price` expander and
+/// `powerOnOrder: cheapest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pricing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), extend("x-kubernetes-validations" = [
+        {"rule": DECIMAL_RULE, "message": DECIMAL_MESSAGE}
+    ]))]
+    pub hourly_rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), extend("x-kubernetes-validations" = [
+        {"rule": DECIMAL_RULE, "message": DECIMAL_MESSAGE}
+    ]))]
+    pub pod_rate: Option<String>,
+}
+
+/// Power draw in watts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Watts {
+    /// On, without load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub idle: Option<f64>,
+    /// On, fully loaded (default: `idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub busy: Option<f64>,
+    /// Powered off (standby for Wake-on-LAN or the BMC; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub off: Option<f64>,
+}
+
+/// The predecessor's `status.progress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Progress {
+    Shutdown,
+    Startingup,
+    Ready,
+    Shuttingdown,
+}
+
+/// Observed state of a machine. The lifecycle fields (`phase`, `phaseSince`, `attempt`,
+/// `operation`, `lastError`, `nextRetryTime`) are the FSM's; the rest is for compat, CA and
+/// people.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineStatus {
+    /// Observed power state (compat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_state: Option<PowerState>,
+    /// The phase in the predecessor's words (compat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_startup_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_shutdown_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Upserted by type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
+    /// The Kubernetes Node as last seen registered (kept after the Node object is deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeSnapshot>,
+    /// Recent boot durations in seconds, newest last, at most [`RECENT_BOOTS_MAX`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub recent_boot_seconds: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<EnergyCounters>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// What the machine's Kubernetes Node looked like when last seen.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSnapshot {
+    pub name: String,
+    #[serde(
+        rename = "providerID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub provider_id: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocatable: BTreeMap<String, Quantity>,
+    pub seen: Timestamp,
+}
+
+/// Energy accounting since `since`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnergyCounters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+    /// Up to when the counters are accounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    #[serde(default)]
+    pub on_seconds: u64,
+    #[serde(default)]
+    pub off_seconds: u64,
+    #[serde(default)]
+    pub watt_hours: f64,
+    #[serde(default)]
+    pub boots: u64,
+}
+
+impl MachineSpec {
+    /// A spec with only the desired power state set (tests and builders start here).
+    pub fn new(power_state: PowerState) -> Self {
+        MachineSpec {
+            power_state,
+            kubernetes_node_name: None,
+            startup_pod_spec: None,
+            shutdown_pod_spec: None,
+            pricing: None,
+            taints_to_remove: Vec::new(),
+            provider_id: None,
+            power: None,
+            boot_timeout: None,
+            shutdown_timeout: None,
+            capacity: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            watts: None,
+            scale_down_disabled: None,
+        }
+    }
+
+    pub fn scale_down_disabled(&self) -> bool {
+        self.scale_down_disabled.unwrap_or(false)
+    }
+
+    /// The one driver for `direction`: `power.on`/`power.off` if set, else the predecessor's
+    /// `startupPodSpec`/`shutdownPodSpec`. Errors (naming `field_prefix` + the field) when none
+    /// or several are set, which the schema rejects but a file may contain.
+    pub fn power_driver(
+        &self,
+        field_prefix: &str,
+        direction: Direction,
+    ) -> Result<PowerDriver<'_>, FieldError> {
+        let (field, drivers, legacy, legacy_name) = match direction {
+            Direction::On => (
+                "spec.power.on",
+                self.power
+                    .as_ref()
+                    .and_then(|p| p.on.as_ref())
+                    .map(|d| d.drivers()),
+                self.startup_pod_spec.as_ref(),
+                "startupPodSpec",
+            ),
+            Direction::Off => (
+                "spec.power.off",
+                self.power
+                    .as_ref()
+                    .and_then(|p| p.off.as_ref())
+                    .map(|d| d.drivers()),
+                self.shutdown_pod_spec.as_ref(),
+                "shutdownPodSpec",
+            ),
+        };
+        let invalid = |problem: String| FieldError::Invalid {
+            field: format!("{field_prefix}{field}"),
+            problem,
+        };
+        match (drivers, legacy) {
+            (Some(_), Some(_)) => Err(invalid(format!(
+                "set either {field} or spec.{legacy_name}, not both"
+            ))),
+            (None, Some(job)) => Ok(PowerDriver::Job(job)),
+            (None, None) => Err(invalid(format!(
+                "no way to power {direction}: set {field} or spec.{legacy_name}"
+            ))),
+            (Some(ds), None) => match ds.as_slice() {
+                [one] => Ok(*one),
+                [] => Err(invalid("no driver set; set exactly one".to_owned())),
+                many => Err(invalid(format!(
+                    "{} drivers set ({}); set exactly one",
+                    many.len(),
+                    many.iter()
+                        .map(PowerDriver::kind)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            },
+        }
+    }
+
+    /// Every check the CRD's schema rules make, for objects that did not come through the API
+    /// server (files for `fsm inspect -f`, `simulate` scenarios). Returns all problems found.
+    pub fn validate(&self, field_prefix: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut check = |r: Result<(), FieldError>| {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        };
+        for direction in [Direction::On, Direction::Off] {
+            check(self.power_driver(field_prefix, direction).map(drop));
+        }
+        check(self.boot_timeout(field_prefix).map(drop));
+        check(self.shutdown_timeout(field_prefix).map(drop));
+        check(self.hourly_rate(field_prefix).map(drop));
+        check(self.pod_rate(field_prefix).map(drop));
+        let url = |field: String, u: &str| {
+            if u.starts_with("http://") || u.starts_with("https://") {
+                Ok(())
+            } else {
+                Err(FieldError::Invalid {
+                    field,
+                    problem: format!("{u:?} {URL_MESSAGE}"),
+                })
+            }
+        };
+        let power = self.power.as_ref();
+        for (dir, drivers) in [
+            ("on", power.and_then(|p| p.on.as_ref()).map(|d| d.drivers())),
+            (
+                "off",
+                power.and_then(|p| p.off.as_ref()).map(|d| d.drivers()),
+            ),
+        ] {
+            for driver in drivers.into_iter().flatten() {
+                let field = format!("{field_prefix}spec.power.{dir}.{}", driver.kind());
+                match driver {
+                    PowerDriver::WakeOnLan(w) => {
+                        check(parse_mac(&format!("{field}.mac"), &w.mac).map(drop));
+                        if let Some(b) = w.broadcast.as_deref()
+                            && b.parse::<std::net::Ipv4Addr>().is_err()
+                        {
+                            check(Err(FieldError::Invalid {
+                                field: format!("{field}.broadcast"),
+                                problem: format!("{b:?} {IPV4_MESSAGE}"),
+                            }));
+                        }
+                    }
+                    PowerDriver::Redfish(r) => check(url(format!("{field}.endpoint"), &r.endpoint)),
+                    PowerDriver::Http(h) => check(url(format!("{field}.url"), &h.url)),
+                    PowerDriver::Job(j) => {
+                        check(j.validate_volumes(&field));
+                    }
+                    PowerDriver::NodeAgent(_) => {}
+                }
+            }
+        }
+        for (name, spec) in [
+            ("startupPodSpec", &self.startup_pod_spec),
+            ("shutdownPodSpec", &self.shutdown_pod_spec),
+        ] {
+            if let Some(spec) = spec {
+                check(spec.validate_volumes(&format!("{field_prefix}spec.{name}")));
+            }
+        }
+        errors
+    }
+
+    pub fn boot_timeout(&self, field_prefix: &str) -> Result<SignedDuration, FieldError> {
+        positive_duration(
+            field_prefix,
+            "spec.bootTimeout",
+            &self.boot_timeout,
+            DEFAULT_BOOT_TIMEOUT,
+        )
+    }
+
+    pub fn shutdown_timeout(&self, field_prefix: &str) -> Result<SignedDuration, FieldError> {
+        positive_duration(
+            field_prefix,
+            "spec.shutdownTimeout",
+            &self.shutdown_timeout,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        )
+    }
+
+    /// `pricing.hourlyRate` as a number; `None` when unset.
+    pub fn hourly_rate(&self, field_prefix: &str) -> Result<Option<f64>, FieldError> {
+        self.pricing
+            .as_ref()
+            .and_then(|p| p.hourly_rate.as_deref())
+            .map(|v| parse_decimal(&format!("{field_prefix}spec.pricing.hourlyRate"), v))
+            .transpose()
+    }
+
+    /// `pricing.podRate` as a number; `None` when unset.
+    pub fn pod_rate(&self, field_prefix: &str) -> Result<Option<f64>, FieldError> {
+        self.pricing
+            .as_ref()
+            .and_then(|p| p.pod_rate.as_deref())
+            .map(|v| parse_decimal(&format!("{field_prefix}spec.pricing.podRate"), v))
+            .transpose()
+    }
+}
+
+fn positive_duration(
+    prefix: &str,
+    field: &str,
+    value: &Option<String>,
+    default: SignedDuration,
+) -> Result<SignedDuration, FieldError> {
+    let Some(v) = value.as_deref() else {
+        return Ok(default);
+    };
+    let field = format!("{prefix}{field}");
+    let d = parse_duration(&field, v)?;
+    if d.is_zero() {
+        return Err(FieldError::Invalid {
+            field,
+            problem: "must be longer than 0s; leave it out for the default".to_owned(),
+        });
+    }
+    Ok(d)
+}
+
+impl Watts {
+    pub fn idle(&self) -> f64 {
+        self.idle.unwrap_or(0.0)
+    }
+    pub fn busy(&self) -> f64 {
+        self.busy.unwrap_or_else(|| self.idle())
+    }
+    pub fn off(&self) -> f64 {
+        self.off.unwrap_or(0.0)
+    }
+}
+
+impl MachineStatus {
+    /// Appends a boot duration, keeping the newest [`RECENT_BOOTS_MAX`].
+    pub fn record_boot(&mut self, seconds: u32) {
+        self.recent_boot_seconds.push(seconds);
+        let excess = self
+            .recent_boot_seconds
+            .len()
+            .saturating_sub(RECENT_BOOTS_MAX);
+        self.recent_boot_seconds.drain(..excess);
+    }
+
+    /// Mean of the recent boot durations, if any.
+    pub fn mean_boot_seconds(&self) -> Option<f64> {
+        let n = self.recent_boot_seconds.len();
+        (n > 0).then(|| {
+            self.recent_boot_seconds
+                .iter()
+                .map(|s| f64::from(*s))
+                .sum::<f64>()
+                / n as f64
+        })
+    }
+}
+
+impl Machine {
+    /// `Node <namespace>/<name>`, for messages.
+    pub fn object_ref(&self) -> String {
+        object_ref("Node", &self.metadata)
+    }
+
+    fn prefix(&self) -> String {
+        format!("{} ", self.object_ref())
+    }
+
+    /// The Group this machine belongs to (the `group` label), if any.
+    pub fn group(&self) -> Option<&str> {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(GROUP_LABEL))
+            .map(String::as_str)
+            .filter(|g| !g.is_empty())
+    }
+
+    /// Desired power state (`spec.powerState`).
+    pub fn desired_power(&self) -> PowerState {
+        self.spec.power_state
+    }
+
+    /// Observed power state (`status.powerState`), if known.
+    pub fn observed_power(&self) -> Option<PowerState> {
+        self.status.as_ref().and_then(|s| s.power_state)
+    }
+
+    /// The lifecycle part of status (default when there is no status yet).
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.status
+            .as_ref()
+            .map(|s| s.lifecycle.clone())
+            .unwrap_or_default()
+    }
+
+    /// The providerID the machine's Node object carries (CA-CONTRACT.md rule 1):
+    /// `spec.providerID`, else the one it last registered with, else
+    /// `homelab://<namespace>/<name>`.
+    pub fn expected_provider_id(&self) -> String {
+        if let Some(id) = self.spec.provider_id.as_deref().filter(|s| !s.is_empty()) {
+            return id.to_owned();
+        }
+        if let Some(id) = self
+            .status
+            .as_ref()
+            .and_then(|s| s.node.as_ref())
+            .and_then(|n| n.provider_id.as_deref())
+            .filter(|s| !s.is_empty())
+        {
+            return id.to_owned();
+        }
+        default_provider_id(
+            self.metadata.namespace.as_deref().unwrap_or("default"),
+            self.metadata.name.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// The Kubernetes node name: `spec.kubernetesNodeName`, else the last-seen node's name.
+    pub fn node_name(&self) -> Option<&str> {
+        self.spec
+            .kubernetes_node_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                self.status
+                    .as_ref()
+                    .and_then(|s| s.node.as_ref())
+                    .map(|n| n.name.as_str())
+            })
+    }
+
+    /// [`MachineSpec::validate`] with errors naming this Node.
+    pub fn validate(&self) -> Vec<FieldError> {
+        self.spec.validate(&self.prefix())
+    }
+
+    pub fn power_driver(&self, direction: Direction) -> Result<PowerDriver<'_>, FieldError> {
+        self.spec.power_driver(&self.prefix(), direction)
+    }
+
+    pub fn boot_timeout(&self) -> Result<SignedDuration, FieldError> {
+        self.spec.boot_timeout(&self.prefix())
+    }
+
+    pub fn shutdown_timeout(&self) -> Result<SignedDuration, FieldError> {
+        self.spec.shutdown_timeout(&self.prefix())
+    }
+
+    pub fn hourly_rate(&self) -> Result<Option<f64>, FieldError> {
+        self.spec.hourly_rate(&self.prefix())
+    }
+
+    pub fn pod_rate(&self) -> Result<Option<f64>, FieldError> {
+        self.spec.pod_rate(&self.prefix())
+    }
+
+    pub fn scale_down_disabled(&self) -> bool {
+        self.spec.scale_down_disabled()
+    }
+}
+
+/// `homelab://<namespace>/<name>`.
+pub fn default_provider_id(namespace: &str, name: &str) -> String {
+    format!("{PROVIDER_ID_SCHEME}{namespace}/{name}")
+}

@@ -1,0 +1,250 @@
+//! Parsers for the string-typed fields the predecessor's CRDs fixed (durations, thresholds,
+//! prices). The CEL rules in the schema accept exactly what these accept, so an object the API
+//! server stored parses here; the errors still name the field for objects read from files.
+use jiff::SignedDuration;
+
+/// A field of a Group or Node CR that does not hold what it should. `field` is the path the
+/// caller gave (e.g. `Node homelab/m1 spec.bootTimeout`), so the message says where to look.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("{field}: {value:?} is not a duration; write it like 90s, 10m or 1h30m")]
+    Duration { field: String, value: String },
+    #[error(
+        "{field}: {value:?} is not a decimal between 0 and 1; write a fraction as a string, \
+         e.g. \"0.5\" (for 70% write \"0.7\", not \"70\")"
+    )]
+    Threshold { field: String, value: String },
+    #[error("{field}: {value:?} is not a non-negative decimal; write it like \"0.12\"")]
+    Decimal { field: String, value: String },
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+/// Parses a Go-style duration (`time.ParseDuration` without a sign): a sequence of decimal
+/// numbers each with a unit `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`, e.g. `1h30m`, `1.5s`; the bare
+/// `0` is allowed as in Go. `field` names the field in the error.
+pub fn parse_duration(field: &str, value: &str) -> Result<SignedDuration, FieldError> {
+    parse_go_duration(value).ok_or_else(|| FieldError::Duration {
+        field: field.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+fn parse_go_duration(s: &str) -> Option<SignedDuration> {
+    if s == "0" {
+        return Some(SignedDuration::ZERO);
+    }
+    if s.is_empty() {
+        return None;
+    }
+    let mut rest = s;
+    let mut total_nanos: i128 = 0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_len);
+        let (int_part, frac_part) = match num.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (num, ""),
+        };
+        // Go accepts "1.", ".5" but not "." and not two dots.
+        if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
+            return None;
+        }
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let unit_nanos: i128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60 * 1_000_000_000,
+            "h" => 3_600 * 1_000_000_000,
+            _ => return None,
+        };
+        let int: i128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().ok()?
+        };
+        let mut frac_nanos: i128 = 0;
+        let mut scale: i128 = 1;
+        for d in frac_part.bytes().take(18) {
+            frac_nanos = frac_nanos * 10 + i128::from(d - b'0');
+            scale *= 10;
+        }
+        total_nanos = total_nanos
+            .checked_add(int.checked_mul(unit_nanos)?)?
+            .checked_add(frac_nanos * unit_nanos / scale)?;
+        rest = next;
+    }
+    // Go's limit: durations are int64 nanoseconds.
+    let nanos = i64::try_from(total_nanos).ok()?;
+    Some(SignedDuration::from_nanos(nanos))
+}
+
+/// Formats a duration the way Go prints `time.Duration` for whole seconds (`1h30m0s`), used for
+/// defaults shown to users.
+pub fn format_duration(d: SignedDuration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// Parses a scale-down threshold: a decimal string in [0, 1] (`"0.5"`).
+pub fn parse_threshold(field: &str, value: &str) -> Result<f64, FieldError> {
+    match parse_plain_decimal(value) {
+        Some(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(FieldError::Threshold {
+            field: field.to_owned(),
+            value: value.to_owned(),
+        }),
+    }
+}
+
+/// Parses a non-negative decimal string such as a price (`"0.12"`).
+pub fn parse_decimal(field: &str, value: &str) -> Result<f64, FieldError> {
+    parse_plain_decimal(value).ok_or_else(|| FieldError::Decimal {
+        field: field.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+/// Digits with at most one dot and at least one digit (`1`, `1.`, `.5`, `0.25`): the grammar of
+/// [`DECIMAL_PATTERN`](super::cel::DECIMAL_PATTERN). No sign, no exponent.
+fn parse_plain_decimal(s: &str) -> Option<f64> {
+    let digits = s.bytes().filter(u8::is_ascii_digit).count();
+    let dots = s.bytes().filter(|b| *b == b'.').count();
+    if digits == 0 || dots > 1 || digits + dots != s.len() {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Whether `s` is a MAC address, six hex octets separated consistently by `:` or `-`.
+pub fn is_mac(s: &str) -> bool {
+    let sep = match s.as_bytes().get(2) {
+        Some(b':') => ':',
+        Some(b'-') => '-',
+        _ => return false,
+    };
+    let parts: Vec<&str> = s.split(sep).collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Parses a MAC address into its six octets.
+pub fn parse_mac(field: &str, value: &str) -> Result<[u8; 6], FieldError> {
+    let bad = || FieldError::Invalid {
+        field: field.to_owned(),
+        problem: format!("{value:?} is not a MAC address; write it like aa:bb:cc:dd:ee:ff"),
+    };
+    if !is_mac(value) {
+        return Err(bad());
+    }
+    let mut out = [0u8; 6];
+    for (slot, part) in out.iter_mut().zip(value.split([':', '-'])) {
+        *slot = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Option<SignedDuration> {
+        parse_duration("f", s).ok()
+    }
+
+    #[test]
+    fn durations_follow_go() {
+        assert_eq!(d("0"), Some(SignedDuration::ZERO));
+        assert_eq!(d("10m"), Some(SignedDuration::from_secs(600)));
+        assert_eq!(d("1h30m"), Some(SignedDuration::from_secs(5400)));
+        assert_eq!(d("1.5s"), Some(SignedDuration::from_millis(1500)));
+        assert_eq!(d(".5h"), Some(SignedDuration::from_secs(1800)));
+        assert_eq!(d("1."), None, "a number needs a unit");
+        assert_eq!(d("1.s"), Some(SignedDuration::from_secs(1)));
+        assert_eq!(d("300ms"), Some(SignedDuration::from_millis(300)));
+        assert_eq!(d("2us"), Some(SignedDuration::from_micros(2)));
+        assert_eq!(d("2µs"), Some(SignedDuration::from_micros(2)));
+        assert_eq!(d("1h1m1s1ms"), Some(SignedDuration::from_millis(3_661_001)));
+        for bad in [
+            "", "10", "m", ".s", "1..5s", "-1m", "+1m", "1d", "10 m", "1h 2m", "abc",
+        ] {
+            assert_eq!(d(bad), None, "{bad:?} must be rejected");
+        }
+        // int64 nanoseconds overflow, as in Go.
+        assert_eq!(d("2562048h"), None);
+        assert!(d("2562047h").is_some());
+    }
+
+    #[test]
+    fn duration_error_names_field_and_fix() {
+        let e = parse_duration("Node ns/m1 spec.bootTimeout", "ten minutes").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("spec.bootTimeout"), "{msg}");
+        assert!(msg.contains("10m"), "{msg}");
+    }
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(parse_threshold("t", "0.5"), Ok(0.5));
+        assert_eq!(parse_threshold("t", "1"), Ok(1.0));
+        assert_eq!(parse_threshold("t", "0"), Ok(0.0));
+        assert_eq!(parse_threshold("t", ".25"), Ok(0.25));
+        for bad in ["70", "1.01", "-0.1", "", "0.5.1", "1e-1", "half", " 0.5"] {
+            let e = parse_threshold("spec.scaleDownUtilizationThreshold", bad).unwrap_err();
+            assert!(e.to_string().contains("0.7"), "{e}");
+            assert!(
+                e.to_string().contains("scaleDownUtilizationThreshold"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn decimals() {
+        assert_eq!(parse_decimal("p", "0.12"), Ok(0.12));
+        assert_eq!(parse_decimal("p", "3"), Ok(3.0));
+        assert!(parse_decimal("p", "-1").is_err());
+        assert!(parse_decimal("p", "$1").is_err());
+        assert!(parse_decimal("p", ".").is_err());
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("m", "aa:BB:cc:00:11:22"),
+            Ok([0xaa, 0xbb, 0xcc, 0x00, 0x11, 0x22])
+        );
+        assert!(is_mac("aa-bb-cc-00-11-22"));
+        for bad in [
+            "aa:bb:cc:00:11",
+            "aa:bb-cc:00:11:22",
+            "aabbcc001122",
+            "gg:bb:cc:00:11:22",
+            "aa:bb:cc:00:11:22:33",
+        ] {
+            assert!(!is_mac(bad), "{bad}");
+            assert!(parse_mac("spec.power.on.wakeOnLan.mac", bad).is_err());
+        }
+    }
+
+    #[test]
+    fn format_whole_seconds() {
+        assert_eq!(format_duration(SignedDuration::from_secs(600)), "10m0s");
+        assert_eq!(format_duration(SignedDuration::from_secs(5)), "5s");
+        assert_eq!(format_duration(SignedDuration::from_secs(5400)), "1h30m0s");
+    }
+}

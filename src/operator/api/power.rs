@@ -1,0 +1,348 @@
+//! How a machine is powered on and off: the predecessor's pod specs and the new `power` drivers.
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::cel::*;
+
+/// The predecessor's `MinimalPodSpec`: a container run as a Job to power a machine on or off.
+/// Also the `job` driver of `power.on` / `power.off`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MinimalPodSpec {
+    /// Container image of the power Job.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Secrets or ConfigMaps mounted read-only into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMountSpec>,
+    /// ServiceAccount the Job's pod runs as (default: the namespace's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Seconds a finished Job is kept (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+}
+
+/// Default lifetime of a finished power Job, as in the predecessor.
+pub const DEFAULT_JOB_TTL_SECONDS: i32 = 600;
+
+impl MinimalPodSpec {
+    pub fn ttl_seconds_after_finished(&self) -> i32 {
+        self.ttl_seconds_after_finished
+            .unwrap_or(DEFAULT_JOB_TTL_SECONDS)
+    }
+
+    /// Each volume names exactly one of `secretName` / `configMapName` (the schema's rule).
+    pub fn validate_volumes(&self, field: &str) -> Result<(), super::FieldError> {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        match self
+            .volumes
+            .iter()
+            .position(|v| set(&v.secret_name) == set(&v.config_map_name))
+        {
+            None => Ok(()),
+            Some(i) => Err(super::FieldError::Invalid {
+                field: format!("{field}.volumes[{i}]"),
+                problem: ONE_VOLUME_SOURCE_MESSAGE.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A Secret or ConfigMap mounted read-only into a power Job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": ONE_VOLUME_SOURCE_RULE, "message": ONE_VOLUME_SOURCE_MESSAGE}
+]))]
+pub struct VolumeMountSpec {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_name: Option<String>,
+}
+
+/// `spec.power`: how to power the machine on and off. Each direction takes exactly one driver.
+/// A direction left out here falls back to `startupPodSpec` / `shutdownPodSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<PowerOn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off: Option<PowerOff>,
+}
+
+/// Power-on driver: exactly one of `job`, `wakeOnLan`, `redfish`, `http`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": ONE_ON_DRIVER_RULE, "message": ONE_ON_DRIVER_MESSAGE}
+]))]
+pub struct PowerOn {
+    /// Run this container as a Job (e.g. a script that talks to a smart plug).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<MinimalPodSpec>,
+    /// Send a Wake-on-LAN magic packet (from a Job on the host network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_on_lan: Option<WakeOnLan>,
+    /// Ask the machine's BMC (Redfish `ComputerSystem.Reset`, `On`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redfish: Option<Redfish>,
+    /// Call an HTTP endpoint (e.g. a smart plug or Home Assistant webhook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpAction>,
+}
+
+/// Power-off driver: exactly one of `job`, `nodeAgent`, `redfish`, `http`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": ONE_OFF_DRIVER_RULE, "message": ONE_OFF_DRIVER_MESSAGE}
+]))]
+pub struct PowerOff {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<MinimalPodSpec>,
+    /// Shut the OS down from a privileged Job pinned to the node itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_agent: Option<NodeAgent>,
+    /// Ask the machine's BMC (Redfish `ComputerSystem.Reset`, `GracefulShutdown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redfish: Option<Redfish>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpAction>,
+}
+
+/// Default Wake-on-LAN broadcast address and UDP port.
+pub const DEFAULT_WOL_BROADCAST: &str = "255.255.255.255";
+pub const DEFAULT_WOL_PORT: u16 = 9;
+
+/// Wake-on-LAN settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WakeOnLan {
+    /// MAC address of the network card, e.g. `aa:bb:cc:dd:ee:ff`.
+    #[schemars(length(max = 17), extend("x-kubernetes-validations" = [
+        {"rule": MAC_RULE, "message": MAC_MESSAGE}
+    ]))]
+    pub mac: String,
+    /// IPv4 broadcast address of the machine's LAN (default 255.255.255.255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15), extend("x-kubernetes-validations" = [
+        {"rule": IPV4_RULE, "message": IPV4_MESSAGE}
+    ]))]
+    pub broadcast: Option<String>,
+    /// UDP port (default 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+impl WakeOnLan {
+    pub fn broadcast(&self) -> &str {
+        self.broadcast.as_deref().unwrap_or(DEFAULT_WOL_BROADCAST)
+    }
+
+    /// The UDP port; an out-of-range value (only possible without the schema) gives the default.
+    pub fn port(&self) -> u16 {
+        self.port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(DEFAULT_WOL_PORT)
+    }
+}
+
+/// A Redfish BMC. The credentials Secret (same namespace) holds the keys `username` and
+/// `password`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Redfish {
+    /// Base URL of the BMC, e.g. `https://10.0.0.20`.
+    #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
+        {"rule": URL_RULE, "message": URL_MESSAGE}
+    ]))]
+    pub endpoint: String,
+    /// Redfish system id (default: the only member of `/redfish/v1/Systems`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_id: Option<String>,
+    /// Name of a Secret with keys `username` and `password`.
+    pub credentials_secret: String,
+    /// Accept the BMC's self-signed certificate (common on homelab BMCs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// Keys read from a Redfish credentials Secret or an HTTP driver's Secret.
+pub const SECRET_KEY_USERNAME: &str = "username";
+pub const SECRET_KEY_PASSWORD: &str = "password";
+pub const SECRET_KEY_TOKEN: &str = "token";
+
+/// HTTP method of an [`HttpAction`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    #[default]
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// An HTTP call that powers the machine on or off; any 2xx answer is success.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpAction {
+    #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
+        {"rule": URL_RULE, "message": URL_MESSAGE}
+    ]))]
+    pub url: String,
+    /// Default POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Name of a Secret (same namespace): key `token` is sent as a bearer token, or keys
+    /// `username` and `password` as basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl HttpAction {
+    pub fn method(&self) -> HttpMethod {
+        self.method.unwrap_or_default()
+    }
+}
+
+/// Power off by running the OS shutdown from a privileged Job on the node itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAgent {
+    /// Image of the agent Job (default: [`DEFAULT_NODE_AGENT_IMAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Command run on the host through `nsenter` (default `systemctl poweroff`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+pub const DEFAULT_NODE_AGENT_IMAGE: &str = "busybox:1.37";
+pub const DEFAULT_NODE_AGENT_COMMAND: [&str; 2] = ["systemctl", "poweroff"];
+
+impl NodeAgent {
+    pub fn image(&self) -> &str {
+        self.image.as_deref().unwrap_or(DEFAULT_NODE_AGENT_IMAGE)
+    }
+
+    pub fn command(&self) -> Vec<String> {
+        if self.command.is_empty() {
+            DEFAULT_NODE_AGENT_COMMAND
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        } else {
+            self.command.clone()
+        }
+    }
+}
+
+/// Which way a driver is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    On,
+    Off,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::On => "on",
+            Direction::Off => "off",
+        })
+    }
+}
+
+/// The one driver resolved for a direction (see `MachineSpec::power_driver`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PowerDriver<'a> {
+    /// `power.<dir>.job`, or the predecessor's `startupPodSpec` / `shutdownPodSpec`.
+    Job(&'a MinimalPodSpec),
+    WakeOnLan(&'a WakeOnLan),
+    Redfish(&'a Redfish),
+    Http(&'a HttpAction),
+    NodeAgent(&'a NodeAgent),
+}
+
+impl PowerDriver<'_> {
+    /// Short name for logs, Events and `fsm inspect`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PowerDriver::Job(_) => "job",
+            PowerDriver::WakeOnLan(_) => "wakeOnLan",
+            PowerDriver::Redfish(_) => "redfish",
+            PowerDriver::Http(_) => "http",
+            PowerDriver::NodeAgent(_) => "nodeAgent",
+        }
+    }
+}
+
+impl PowerOn {
+    /// All drivers set, in schema order (the schema allows exactly one).
+    pub fn drivers(&self) -> Vec<PowerDriver<'_>> {
+        let mut out = Vec::new();
+        if let Some(j) = &self.job {
+            out.push(PowerDriver::Job(j));
+        }
+        if let Some(w) = &self.wake_on_lan {
+            out.push(PowerDriver::WakeOnLan(w));
+        }
+        if let Some(r) = &self.redfish {
+            out.push(PowerDriver::Redfish(r));
+        }
+        if let Some(h) = &self.http {
+            out.push(PowerDriver::Http(h));
+        }
+        out
+    }
+}
+
+impl PowerOff {
+    pub fn drivers(&self) -> Vec<PowerDriver<'_>> {
+        let mut out = Vec::new();
+        if let Some(j) = &self.job {
+            out.push(PowerDriver::Job(j));
+        }
+        if let Some(n) = &self.node_agent {
+            out.push(PowerDriver::NodeAgent(n));
+        }
+        if let Some(r) = &self.redfish {
+            out.push(PowerDriver::Redfish(r));
+        }
+        if let Some(h) = &self.http {
+            out.push(PowerDriver::Http(h));
+        }
+        out
+    }
+}

@@ -1,0 +1,375 @@
+//! The level-triggered entry point: look at the world as it is now, derive the events that
+//! follow from it and apply them through [`step_mut`]. Controllers and the simulator call
+//! this; tests and event-driven callers may call `step` directly.
+use jiff::Timestamp;
+
+use super::fsm::{Effect, Policy, Rejected, add, deadline, step_mut};
+use super::table::{Event, EventKind, Row};
+use super::types::{Lifecycle, Phase, PowerState};
+
+/// What the cluster says about the machine's Kubernetes Node object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeObs {
+    /// No Node object for the machine (by providerID, then `kubernetesNodeName`).
+    Absent,
+    Registered {
+        /// The Ready condition is True.
+        ready: bool,
+        /// The Node's `spec.providerID` is the machine's expected one.
+        provider_id_matches: bool,
+        /// When Ready last became non-True (the condition's `lastTransitionTime`); `None` if
+        /// unknown, then the phase start stands in for it.
+        not_ready_since: Option<Timestamp>,
+    },
+}
+
+impl NodeObs {
+    /// Ready with the machine's providerID: the only thing that counts as "the machine is up".
+    pub fn is_registered_ready(&self) -> bool {
+        matches!(
+            self,
+            NodeObs::Registered {
+                ready: true,
+                provider_id_matches: true,
+                ..
+            }
+        )
+    }
+}
+
+/// The state of the operation recorded in `Lifecycle.operation`, as the world shows it
+/// (e.g. its Job's status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpStatus<'a> {
+    /// No trace of it (no Job); also when there is no operation in flight.
+    Absent,
+    Running,
+    Succeeded,
+    Failed {
+        reason: &'a str,
+    },
+}
+
+/// The world as it looks now, for one machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed<'a> {
+    /// `spec.powerState`.
+    pub desired: PowerState,
+    pub node: NodeObs,
+    /// Status of `Lifecycle.operation` (ignored when there is none).
+    pub operation: OpStatus<'a>,
+    /// Non-DaemonSet, non-mirror pods that are not finished are bound to the node.
+    pub pods_present: bool,
+    /// A person asked for a retry after the machine entered Failed (e.g. a retry annotation
+    /// newer than `phaseSince`). Consumed by the phase change it causes.
+    pub manual_retry: bool,
+}
+
+impl Observed<'_> {
+    /// A world with nothing in it: desired `desired`, no Node, no operation, no pods.
+    pub fn empty(desired: PowerState) -> Observed<'static> {
+        Observed {
+            desired,
+            node: NodeObs::Absent,
+            operation: OpStatus::Absent,
+            pods_present: false,
+            manual_retry: false,
+        }
+    }
+}
+
+/// Most events one `reconcile` applies; a legal chain is at most 4 long (e.g. Unknown:
+/// DesiredOn, NodeGone → Off: DesiredOn → PoweringOn).
+pub const MAX_STEPS: usize = 8;
+
+/// What [`reconcile_mut`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Effects to perform, in order.
+    pub effects: Vec<Effect>,
+    /// The table rows taken, in order (empty: nothing changed).
+    pub fired: Vec<&'static Row>,
+    /// Set if a derived event was refused: a bug in the derivation, never expected.
+    pub rejected: Option<Rejected>,
+    /// When to reconcile again at the latest (deadline, retry, end of a NotReady grace).
+    pub requeue_at: Option<Timestamp>,
+}
+
+/// What [`reconcile`] did, with the new lifecycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub lifecycle: Lifecycle,
+    pub effects: Vec<Effect>,
+    pub fired: Vec<&'static Row>,
+    pub rejected: Option<Rejected>,
+    pub requeue_at: Option<Timestamp>,
+}
+
+impl Transition {
+    /// Whether any row fired (then status must be written).
+    pub fn changed(&self) -> bool {
+        !self.fired.is_empty()
+    }
+}
+
+/// Derive and apply the events that follow from `observed` at `now`.
+pub fn reconcile(
+    lc: &Lifecycle,
+    observed: &Observed<'_>,
+    now: Timestamp,
+    policy: &Policy,
+) -> Transition {
+    let mut next = lc.clone();
+    let o = reconcile_mut(&mut next, observed, now, policy);
+    Transition {
+        lifecycle: next,
+        effects: o.effects,
+        fired: o.fired,
+        rejected: o.rejected,
+        requeue_at: o.requeue_at,
+    }
+}
+
+/// [`reconcile`] in place: allocates nothing when nothing happens (the simulator's hot path).
+pub fn reconcile_mut(
+    lc: &mut Lifecycle,
+    observed: &Observed<'_>,
+    now: Timestamp,
+    policy: &Policy,
+) -> Outcome {
+    let mut out = Outcome::default();
+    // The observed operation status describes the operation recorded when we started; once a
+    // step replaces it, the new one has just been issued and counts as running.
+    let initial_op_seq = lc.operation_seq;
+    let mut desired = observed.desired;
+    let mut seen: [(Phase, EventKind); MAX_STEPS] =
+        [(Phase::Unknown, EventKind::DesiredOn); MAX_STEPS];
+    for i in 0..MAX_STEPS {
+        let op_status = if lc.operation_seq == initial_op_seq {
+            observed.operation
+        } else {
+            OpStatus::Running
+        };
+        let Some(event) = derive(lc, observed, desired, op_status, now, policy) else {
+            break;
+        };
+        let key = (lc.phase(), event.kind());
+        // A self-loop derives the same event again; applying it once is enough.
+        if seen[..i].contains(&key) {
+            break;
+        }
+        seen[i] = key;
+        match step_mut(lc, &event, now, policy, &mut out.effects) {
+            Ok(row) => {
+                out.fired.push(row);
+                if row.event == EventKind::FoundOn {
+                    // Adopted: AdoptAsWantedOn makes the caller record desired on; until
+                    // then, do not power the machine off on the old desired state.
+                    desired = PowerState::On;
+                }
+            }
+            Err(e) => {
+                out.rejected = Some(e);
+                break;
+            }
+        }
+    }
+    out.requeue_at = requeue_at(lc, observed, now, policy);
+    out
+}
+
+/// When a lifecycle needs looking at again even if nothing in the world changes: the
+/// operation's deadline or the next retry. Stored timestamps only, so it survives restarts.
+pub fn next_wakeup(lc: &Lifecycle, policy: &Policy) -> Option<Timestamp> {
+    match lc.phase() {
+        Phase::PoweringOn | Phase::Booting | Phase::PoweringOff => deadline(lc, policy),
+        Phase::Failed => lc.next_retry_time,
+        Phase::Unknown | Phase::Off | Phase::Ready => None,
+    }
+}
+
+/// `next_wakeup`, plus the end of a NotReady grace period that the FSM is waiting out.
+fn requeue_at(
+    lc: &Lifecycle,
+    observed: &Observed<'_>,
+    now: Timestamp,
+    policy: &Policy,
+) -> Option<Timestamp> {
+    let base = next_wakeup(lc, policy);
+    let waits_for_grace = match lc.phase() {
+        Phase::Unknown | Phase::Ready => true,
+        Phase::Failed => lc.goal == Some(PowerState::Off),
+        _ => false,
+    };
+    let grace_end = not_ready_since(lc, &observed.node, now)
+        .filter(|_| waits_for_grace)
+        .map(|s| add(s, policy.not_ready_grace))
+        .filter(|t| *t > now);
+    match (base, grace_end) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Since when the node has been registered but not usable (NotReady or wrong providerID).
+fn not_ready_since(lc: &Lifecycle, node: &NodeObs, now: Timestamp) -> Option<Timestamp> {
+    match node {
+        NodeObs::Registered {
+            not_ready_since, ..
+        } if !node.is_registered_ready() => Some(not_ready_since.or(lc.phase_since).unwrap_or(now)),
+        _ => None,
+    }
+}
+
+fn derive(
+    lc: &Lifecycle,
+    observed: &Observed<'_>,
+    desired: PowerState,
+    op_status: OpStatus<'_>,
+    now: Timestamp,
+    policy: &Policy,
+) -> Option<Event> {
+    let node = &observed.node;
+    let up = node.is_registered_ready();
+    let absent = matches!(node, NodeObs::Absent);
+    let nr_since = not_ready_since(lc, node, now);
+    let long_not_ready = nr_since.is_some_and(|s| now >= add(s, policy.not_ready_grace));
+    let goal_differs = lc.goal != Some(desired);
+    let desired_event = || match desired {
+        PowerState::On => Event::DesiredOn,
+        PowerState::Off => Event::DesiredOff {
+            pods_present: observed.pods_present,
+        },
+    };
+    let mismatch = matches!(
+        node,
+        NodeObs::Registered {
+            provider_id_matches: false,
+            ..
+        }
+    );
+    let deadline_passed = deadline(lc, policy).is_some_and(|d| now >= d);
+    let action_done = lc.operation.as_ref().is_none_or(|o| o.completed.is_some());
+    match lc.phase() {
+        // Never act before reading the cluster: a machine may already be on (PITFALLS 6).
+        Phase::Unknown => {
+            if goal_differs {
+                Some(desired_event())
+            } else if up {
+                Some(Event::FoundOn)
+            } else if absent {
+                Some(Event::NodeGone)
+            } else if long_not_ready {
+                Some(Event::NodeNotReady)
+            } else {
+                None
+            }
+        }
+        Phase::Off => {
+            if up {
+                Some(Event::FoundOn)
+            } else if desired == PowerState::On {
+                Some(Event::DesiredOn)
+            } else if goal_differs {
+                Some(desired_event())
+            } else {
+                None
+            }
+        }
+        Phase::PoweringOn => {
+            // A Ready node first: it may already run pods, so a desired off then drains.
+            if up {
+                Some(Event::NodeReady)
+            } else if desired == PowerState::Off {
+                Some(desired_event())
+            } else if let OpStatus::Failed { reason } = op_status {
+                Some(Event::ActionFailed {
+                    reason: reason.to_owned(),
+                })
+            } else if op_status == OpStatus::Succeeded {
+                Some(Event::ActionSucceeded)
+            } else if deadline_passed {
+                Some(Event::BootDeadlinePassed {
+                    provider_id_mismatch: mismatch,
+                })
+            } else if op_status == OpStatus::Absent {
+                Some(Event::ActionMissing)
+            } else {
+                None
+            }
+        }
+        Phase::Booting => {
+            if up {
+                Some(Event::NodeReady)
+            } else if desired == PowerState::Off {
+                Some(desired_event())
+            } else if deadline_passed {
+                Some(Event::BootDeadlinePassed {
+                    provider_id_mismatch: mismatch,
+                })
+            } else {
+                None
+            }
+        }
+        Phase::Ready => {
+            if desired == PowerState::Off {
+                // Re-derived while draining; the self-loop runs once per reconcile.
+                Some(desired_event())
+            } else if goal_differs {
+                Some(Event::DesiredOn)
+            } else if absent {
+                Some(Event::NodeGone)
+            } else if long_not_ready {
+                // A shorter NotReady blip is not a power-off (PITFALLS 5).
+                Some(Event::ReadyLost)
+            } else {
+                None
+            }
+        }
+        Phase::PoweringOff => {
+            let started = lc.operation.as_ref().map(|o| o.started);
+            // Off evidence: the node stopped being Ready after we asked, or the action is
+            // done and the node is not Ready.
+            let went_down_after_start = nr_since.is_some_and(|s| started.is_none_or(|st| s >= st));
+            if desired == PowerState::On {
+                Some(Event::DesiredOn)
+            } else if !up && (action_done || went_down_after_start) {
+                Some(if absent {
+                    Event::NodeGone
+                } else {
+                    Event::NodeNotReady
+                })
+            } else if let OpStatus::Failed { reason } = op_status {
+                Some(Event::ActionFailed {
+                    reason: reason.to_owned(),
+                })
+            } else if op_status == OpStatus::Succeeded && !action_done {
+                Some(Event::ActionSucceeded)
+            } else if deadline_passed {
+                Some(Event::ShutdownDeadlinePassed)
+            } else if op_status == OpStatus::Absent && !action_done {
+                Some(Event::ActionMissing)
+            } else {
+                None
+            }
+        }
+        Phase::Failed => {
+            let goal = lc.goal;
+            if goal_differs {
+                Some(desired_event())
+            } else if goal == Some(PowerState::On) && up {
+                Some(Event::NodeReady)
+            } else if goal == Some(PowerState::Off) && absent {
+                Some(Event::NodeGone)
+            } else if goal == Some(PowerState::Off) && long_not_ready {
+                Some(Event::NodeNotReady)
+            } else if observed.manual_retry {
+                Some(Event::ManualRetry)
+            } else if lc.next_retry_time.is_some_and(|t| now >= t) {
+                Some(Event::RetryDue)
+            } else {
+                None
+            }
+        }
+    }
+}

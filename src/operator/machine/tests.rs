@@ -1,0 +1,1216 @@
+//! Tests of the lifecycle core: every row, every rejected pair, scenarios from PITFALLS.md,
+//! and property tests over random event sequences and random worlds.
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+
+use super::fsm::holds;
+use super::*;
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn secs(n: i64) -> SignedDuration {
+    SignedDuration::from_secs(n)
+}
+
+fn at(n: i64) -> Timestamp {
+    fsm::add(t0(), secs(n))
+}
+
+fn op(kind: OperationKind, id: &str, started: Timestamp, completed: bool) -> Operation {
+    let timeout = match kind {
+        OperationKind::PowerOn => Policy::default().boot_timeout,
+        OperationKind::PowerOff => Policy::default().shutdown_timeout,
+    };
+    Operation {
+        kind,
+        id: id.to_owned(),
+        started,
+        deadline: fsm::add(started, timeout),
+        completed: completed.then_some(started),
+    }
+}
+
+/// Candidate lifecycles for a phase: every goal, first and last attempt, with and without
+/// retry times and operations in every state.
+fn candidates(phase: Phase) -> Vec<Lifecycle> {
+    let mut v = Vec::new();
+    let ops: Vec<Option<Operation>> = vec![
+        None,
+        Some(op(OperationKind::PowerOn, "on-1", t0(), false)),
+        Some(op(OperationKind::PowerOn, "on-1", t0(), true)),
+        Some(op(OperationKind::PowerOff, "off-1", t0(), false)),
+        Some(op(OperationKind::PowerOff, "off-1", t0(), true)),
+    ];
+    for goal in [None, Some(PowerState::On), Some(PowerState::Off)] {
+        for attempt in [0, Policy::default().max_attempts - 1] {
+            for retry in [None, Some(t0())] {
+                for o in &ops {
+                    v.push(Lifecycle {
+                        phase: Some(phase),
+                        phase_since: Some(t0()),
+                        attempt,
+                        operation: o.clone(),
+                        last_error: None,
+                        next_retry_time: retry,
+                        goal,
+                        operation_seq: 1,
+                    });
+                }
+            }
+        }
+    }
+    v
+}
+
+fn events(kind: EventKind) -> Vec<Event> {
+    match kind {
+        EventKind::DesiredOn => vec![Event::DesiredOn],
+        EventKind::DesiredOff => vec![
+            Event::DesiredOff {
+                pods_present: false,
+            },
+            Event::DesiredOff { pods_present: true },
+        ],
+        EventKind::ActionSucceeded => vec![Event::ActionSucceeded],
+        EventKind::ActionFailed => vec![Event::ActionFailed {
+            reason: "exit code 1".into(),
+        }],
+        EventKind::ActionMissing => vec![Event::ActionMissing],
+        EventKind::NodeReady => vec![Event::NodeReady],
+        EventKind::NodeNotReady => vec![Event::NodeNotReady],
+        EventKind::NodeGone => vec![Event::NodeGone],
+        EventKind::BootDeadlinePassed => vec![
+            Event::BootDeadlinePassed {
+                provider_id_mismatch: false,
+            },
+            Event::BootDeadlinePassed {
+                provider_id_mismatch: true,
+            },
+        ],
+        EventKind::ShutdownDeadlinePassed => vec![Event::ShutdownDeadlinePassed],
+        EventKind::RetryDue => vec![Event::RetryDue],
+        EventKind::FoundOn => vec![Event::FoundOn],
+        EventKind::ReadyLost => vec![Event::ReadyLost],
+        EventKind::ManualRetry => vec![Event::ManualRetry],
+    }
+}
+
+/// Times at which candidates are tried: before and after every deadline.
+fn nows() -> [Timestamp; 2] {
+    [at(1), at(3600)]
+}
+
+#[test]
+fn rows_of_a_pair_are_contiguous_and_phases_and_events_complete() {
+    for (i, r) in TABLE.iter().enumerate() {
+        assert_eq!(r.index(), i);
+        let rows = rows_for(r.from, r.event);
+        assert!(
+            rows.iter().any(|x| std::ptr::eq(x, r)),
+            "row {i} ({} {}) not found by rows_for: rows of a pair must be contiguous",
+            r.from,
+            r.event
+        );
+    }
+    assert_eq!(Phase::ALL.len(), 7);
+    assert_eq!(EventKind::ALL.len(), 14);
+    for (i, k) in EventKind::ALL.iter().enumerate() {
+        assert_eq!(*k as usize, i);
+    }
+    for (i, p) in Phase::ALL.iter().enumerate() {
+        assert_eq!(*p as usize, i);
+    }
+}
+
+#[test]
+fn guards_of_a_pair_never_overlap() {
+    let policy = Policy::default();
+    for phase in Phase::ALL {
+        for kind in EventKind::ALL {
+            let rows = rows_for(phase, kind);
+            for lc in candidates(phase) {
+                for ev in events(kind) {
+                    for now in nows() {
+                        let n = rows
+                            .iter()
+                            .filter(|r| r.guard.iter().all(|c| holds(*c, &lc, &ev, now, &policy)))
+                            .count();
+                        assert!(n <= 1, "{phase} {kind}: {n} rows apply to {lc:?} {ev:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every row is taken by some (lifecycle, event), lands in its `to` phase, and every pair
+/// without rows is rejected as not in the table.
+#[test]
+fn every_row_fires_and_every_other_pair_is_rejected() {
+    let policy = Policy::default();
+    let mut hit = vec![0usize; TABLE.len()];
+    for phase in Phase::ALL {
+        for kind in EventKind::ALL {
+            let in_table = !rows_for(phase, kind).is_empty();
+            for lc in candidates(phase) {
+                for ev in events(kind) {
+                    for now in nows() {
+                        match step(&lc, &ev, now, &policy) {
+                            Ok(s) => {
+                                assert!(in_table);
+                                assert_eq!(s.row.from, phase);
+                                assert_eq!(s.row.event, kind);
+                                assert_eq!(s.lifecycle.phase(), s.row.to, "{:?}", s.row);
+                                hit[s.row.index()] += 1;
+                            }
+                            Err(Rejected::NotInTable { phase: p, event: e }) => {
+                                assert!(!in_table, "{phase} {kind} is in the table");
+                                assert_eq!((p, e), (phase, kind));
+                            }
+                            Err(Rejected::GuardNotMet {
+                                phase: p,
+                                event: e,
+                                guards,
+                            }) => {
+                                assert!(in_table);
+                                assert_eq!((p, e), (phase, kind));
+                                assert!(!guards.is_empty());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (i, n) in hit.iter().enumerate() {
+        let r = &TABLE[i];
+        assert!(
+            *n > 0,
+            "row {i} never fired: {} {} [{}] -> {}",
+            r.from,
+            r.event,
+            r.guard_text(),
+            r.to
+        );
+    }
+}
+
+#[test]
+fn rejection_is_an_error_that_names_phase_and_event_and_changes_nothing() {
+    let lc = Lifecycle {
+        phase: Some(Phase::Off),
+        ..Default::default()
+    };
+    let mut copy = lc.clone();
+    let mut effects = Vec::new();
+    let err = step_mut(
+        &mut copy,
+        &Event::ActionSucceeded,
+        t0(),
+        &Policy::default(),
+        &mut effects,
+    )
+    .err();
+    assert_eq!(
+        err,
+        Some(Rejected::NotInTable {
+            phase: Phase::Off,
+            event: EventKind::ActionSucceeded
+        })
+    );
+    let text = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        text.contains("ActionSucceeded") && text.contains("Off"),
+        "{text}"
+    );
+    assert_eq!(copy, lc);
+    assert!(effects.is_empty());
+}
+
+fn world(desired: PowerState, node: NodeObs, operation: OpStatus<'static>) -> Observed<'static> {
+    Observed {
+        desired,
+        node,
+        operation,
+        pods_present: false,
+        manual_retry: false,
+    }
+}
+
+const READY: NodeObs = NodeObs::Registered {
+    ready: true,
+    provider_id_matches: true,
+    not_ready_since: None,
+};
+
+fn starts(effects: &[Effect]) -> usize {
+    effects
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Effect::StartPowerOn { .. } | Effect::StartPowerOff { .. }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn power_on_walks_through_booting_to_ready() {
+    let p = Policy::default();
+    let mut lc = Lifecycle::default();
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+        at(0),
+        &p,
+    );
+    // Unknown: record goal, resolve Off (no Node), then power on: one start only.
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOn);
+    assert_eq!(starts(&t.effects), 1);
+    assert!(t.effects.contains(&Effect::StartPowerOn {
+        op: "on-1".into(),
+        deadline: at(600)
+    }));
+    assert_eq!(t.requeue_at, Some(at(600)));
+    lc = t.lifecycle;
+    // Still running: nothing happens, nothing allocated.
+    let o = reconcile_mut(
+        &mut lc.clone(),
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Running),
+        at(5),
+        &p,
+    );
+    assert!(o.fired.is_empty() && o.effects.is_empty());
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Succeeded),
+        at(10),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Booting);
+    assert_eq!(
+        t.lifecycle.operation.as_ref().and_then(|o| o.completed),
+        Some(at(10))
+    );
+    lc = t.lifecycle;
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, READY, OpStatus::Succeeded),
+        at(100),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    assert!(t.effects.contains(&Effect::BootDuration(secs(100))));
+    assert!(t.effects.contains(&Effect::Uncordon));
+    assert!(
+        !t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::CancelOperation { .. }))
+    );
+    assert_eq!(t.lifecycle.operation, None);
+    assert_eq!(t.lifecycle.phase_since, Some(at(100)));
+    assert_eq!(progress(&t.lifecycle), Some(Progress::Ready));
+    assert_eq!(observed_power(&t.lifecycle), Some(PowerState::On));
+}
+
+/// PITFALLS 6: a new Node CR with desired on for a machine already on starts no power-on.
+#[test]
+fn unknown_machine_already_on_is_adopted_without_power_on() {
+    let p = Policy::default();
+    let t = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(0),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    assert_eq!(starts(&t.effects), 0);
+    assert!(!t.effects.contains(&Effect::AdoptAsWantedOn));
+    // Desired off but found on: adopted as wanted on, not powered off.
+    let t = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::Off, READY, OpStatus::Absent),
+        at(0),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    assert_eq!(starts(&t.effects), 0);
+    assert!(t.effects.contains(&Effect::AdoptAsWantedOn));
+    assert_eq!(t.lifecycle.goal, Some(PowerState::On));
+}
+
+#[test]
+fn unknown_with_not_ready_node_waits_for_the_grace_period() {
+    let p = Policy::default();
+    let node = NodeObs::Registered {
+        ready: false,
+        provider_id_matches: true,
+        not_ready_since: Some(at(0)),
+    };
+    let t = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, node, OpStatus::Absent),
+        at(60),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Unknown);
+    assert_eq!(starts(&t.effects), 0);
+    assert_eq!(t.requeue_at, Some(at(180)));
+    let t = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, node, OpStatus::Absent),
+        at(180),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOn);
+}
+
+/// PITFALLS 5: a NotReady blip shorter than the grace period is not a power-off.
+#[test]
+fn ready_not_ready_blip_is_not_a_power_off() {
+    let p = Policy::default();
+    let lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    let blip = NodeObs::Registered {
+        ready: false,
+        provider_id_matches: true,
+        not_ready_since: Some(at(100)),
+    };
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, blip, OpStatus::Absent),
+        at(200),
+        &p,
+    );
+    assert!(t.fired.is_empty() && t.effects.is_empty());
+    assert_eq!(t.requeue_at, Some(at(280)));
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(250),
+        &p,
+    );
+    assert!(t.fired.is_empty());
+    // Longer than the grace: a fault, retried as a power-on later, never a power-off.
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, blip, OpStatus::Absent),
+        at(280),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Failed);
+    assert!(
+        t.lifecycle
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("grace")
+    );
+    assert!(
+        !t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::StartPowerOff { .. } | Effect::DeleteNode))
+    );
+    assert_eq!(t.lifecycle.next_retry_time, Some(at(310)));
+}
+
+/// PITFALLS 2: a power-on Job that succeeded without the node becoming Ready is a boot
+/// failure at the deadline, never Ready.
+#[test]
+fn job_success_without_ready_node_ends_in_boot_deadline_failure() {
+    let p = Policy::default();
+    let mut lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    lc = reconcile(
+        &lc,
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Succeeded),
+        at(30),
+        &p,
+    )
+    .lifecycle;
+    assert_eq!(lc.phase(), Phase::Booting);
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Succeeded),
+        at(599),
+        &p,
+    );
+    assert!(t.fired.is_empty());
+    assert_eq!(t.requeue_at, Some(at(600)));
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Succeeded),
+        at(600),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Failed);
+    assert_eq!(t.lifecycle.attempt, 1);
+    let err = t.lifecycle.last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("no Ready Node") && err.contains("10m"),
+        "{err}"
+    );
+    assert!(t.effects.iter().any(|e| matches!(
+        e,
+        Effect::Emit(KubeEvent {
+            reason: "BootTimeout",
+            warning: true,
+            ..
+        })
+    )));
+    // Wrong providerID is named.
+    let wrong = NodeObs::Registered {
+        ready: true,
+        provider_id_matches: false,
+        not_ready_since: None,
+    };
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, wrong, OpStatus::Succeeded),
+        at(600),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Failed);
+    assert!(
+        t.lifecycle
+            .last_error
+            .unwrap_or_default()
+            .contains("providerID")
+    );
+}
+
+#[test]
+fn failures_back_off_exponentially_then_stay_failed_until_manual_retry() {
+    let p = Policy::default();
+    assert_eq!(p.backoff(1), secs(30));
+    assert_eq!(p.backoff(2), secs(60));
+    assert_eq!(p.backoff(4), secs(240));
+    assert_eq!(p.backoff(6), secs(600));
+    assert_eq!(p.backoff(1000), secs(600));
+    let mut lc = Lifecycle::default();
+    let mut now = at(0);
+    let mut delays = Vec::new();
+    for attempt in 1..=p.max_attempts {
+        lc = reconcile(
+            &lc,
+            &world(PowerState::On, NodeObs::Absent, OpStatus::Running),
+            now,
+            &p,
+        )
+        .lifecycle;
+        assert_eq!(lc.phase(), Phase::PoweringOn, "attempt {attempt}");
+        let id = lc
+            .operation
+            .as_ref()
+            .map(|o| o.id.clone())
+            .unwrap_or_default();
+        let t = reconcile(
+            &lc,
+            &world(
+                PowerState::On,
+                NodeObs::Absent,
+                OpStatus::Failed {
+                    reason: "BMC said no",
+                },
+            ),
+            now,
+            &p,
+        );
+        assert!(t.effects.contains(&Effect::CancelOperation { op: id }));
+        lc = t.lifecycle;
+        assert_eq!(lc.phase(), Phase::Failed);
+        assert_eq!(lc.attempt, attempt);
+        assert!(
+            lc.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("BMC said no")
+        );
+        match lc.next_retry_time {
+            Some(next) => {
+                delays.push(next.duration_since(now));
+                // Not before the retry time.
+                let early = reconcile(
+                    &lc,
+                    &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+                    fsm::add(next, secs(-1)),
+                    &p,
+                );
+                assert!(early.fired.is_empty());
+                assert_eq!(early.requeue_at, Some(next));
+                now = next;
+            }
+            None => assert_eq!(attempt, p.max_attempts),
+        }
+    }
+    assert_eq!(delays, vec![secs(30), secs(60), secs(120), secs(240)]);
+    assert!(lc.last_error.as_deref().unwrap_or("").contains("gave up"));
+    // Exhausted: nothing happens, however late.
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+        at(1_000_000),
+        &p,
+    );
+    assert!(t.fired.is_empty() && t.requeue_at.is_none());
+    assert!(step(&lc, &Event::RetryDue, at(1_000_000), &p).is_err());
+    assert!(
+        instance_view(&lc, PowerState::On)
+            .and_then(|v| v.error)
+            .is_some()
+    );
+    // A person retries: fresh attempts.
+    let mut obs = world(PowerState::On, NodeObs::Absent, OpStatus::Absent);
+    obs.manual_retry = true;
+    let t = reconcile(&lc, &obs, at(1_000_000), &p);
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOn);
+    assert_eq!(t.lifecycle.attempt, 0);
+    assert_eq!(starts(&t.effects), 1);
+    // Or the desired state changes: power off instead.
+    let t = reconcile(
+        &lc,
+        &world(PowerState::Off, NodeObs::Absent, OpStatus::Absent),
+        at(1_000_000),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOff);
+    assert_eq!(t.lifecycle.attempt, 0);
+}
+
+#[test]
+fn desired_change_cancels_the_running_operation_before_starting_the_next() {
+    let p = Policy::default();
+    let lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    let t = reconcile(
+        &lc,
+        &world(PowerState::Off, NodeObs::Absent, OpStatus::Running),
+        at(5),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOff);
+    let cancel = t
+        .effects
+        .iter()
+        .position(|e| *e == Effect::CancelOperation { op: "on-1".into() });
+    let start = t
+        .effects
+        .iter()
+        .position(|e| matches!(e, Effect::StartPowerOff { op, .. } if op == "off-2"));
+    assert!(
+        matches!((cancel, start), (Some(c), Some(s)) if c < s),
+        "{:?}",
+        t.effects
+    );
+    assert_eq!(
+        t.lifecycle.operation.as_ref().map(|o| o.id.as_str()),
+        Some("off-2")
+    );
+    // The old operation's status is not mistaken for the new one's.
+    assert_eq!(starts(&t.effects), 1);
+}
+
+#[test]
+fn desired_off_drains_first_and_powers_off_only_without_pods() {
+    let p = Policy::default();
+    let lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    let mut obs = world(PowerState::Off, READY, OpStatus::Absent);
+    obs.pods_present = true;
+    let t = reconcile(&lc, &obs, at(10), &p);
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    assert_eq!(t.effects.iter().filter(|e| **e == Effect::Drain).count(), 1);
+    assert_eq!(starts(&t.effects), 0);
+    // Still pods: drain again (idempotent), no second Event.
+    let t2 = reconcile(&t.lifecycle, &obs, at(20), &p);
+    assert!(t2.effects.contains(&Effect::Drain));
+    assert!(!t2.effects.iter().any(|e| matches!(e, Effect::Emit(_))));
+    assert_eq!(starts(&t2.effects), 0);
+    // Desired on again: uncordon.
+    let back = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(25),
+        &p,
+    );
+    assert!(back.effects.contains(&Effect::Uncordon));
+    assert_eq!(back.lifecycle.goal, Some(PowerState::On));
+    // No pods left: power off; NotReady after the start is the evidence; Node deleted.
+    obs.pods_present = false;
+    let t3 = reconcile(&t2.lifecycle, &obs, at(30), &p);
+    assert_eq!(t3.lifecycle.phase(), Phase::PoweringOff);
+    assert!(t3.effects.contains(&Effect::Cordon));
+    assert_eq!(progress(&t3.lifecycle), Some(Progress::ShuttingDown));
+    let down = NodeObs::Registered {
+        ready: false,
+        provider_id_matches: true,
+        not_ready_since: Some(at(40)),
+    };
+    let t4 = reconcile(
+        &t3.lifecycle,
+        &world(PowerState::Off, down, OpStatus::Running),
+        at(45),
+        &p,
+    );
+    assert_eq!(t4.lifecycle.phase(), Phase::Off);
+    assert!(t4.effects.contains(&Effect::DeleteNode));
+    assert!(
+        t4.effects
+            .contains(&Effect::CancelOperation { op: "off-1".into() })
+    );
+    assert_eq!(instance_view(&t4.lifecycle, PowerState::Off), None);
+}
+
+#[test]
+fn power_off_success_waits_for_evidence_then_deadline() {
+    let p = Policy::default();
+    let lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    let lc = reconcile(
+        &lc,
+        &world(PowerState::Off, READY, OpStatus::Absent),
+        at(10),
+        &p,
+    )
+    .lifecycle;
+    assert_eq!(lc.phase(), Phase::PoweringOff);
+    // Job done but the node is still Ready: not off yet.
+    let t = reconcile(
+        &lc,
+        &world(PowerState::Off, READY, OpStatus::Succeeded),
+        at(20),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOff);
+    let lc2 = t.lifecycle;
+    assert!(
+        reconcile(
+            &lc2,
+            &world(PowerState::Off, READY, OpStatus::Succeeded),
+            at(21),
+            &p
+        )
+        .fired
+        .is_empty()
+    );
+    let t = reconcile(
+        &lc2,
+        &world(PowerState::Off, READY, OpStatus::Succeeded),
+        at(310),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Failed);
+    assert!(
+        t.lifecycle
+            .last_error
+            .unwrap_or_default()
+            .contains("still Ready")
+    );
+    // Node gone after a successful action: off.
+    let t = reconcile(
+        &lc2,
+        &world(PowerState::Off, NodeObs::Absent, OpStatus::Succeeded),
+        at(30),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Off);
+}
+
+#[test]
+fn missing_operation_is_reissued_with_the_same_id() {
+    let p = Policy::default();
+    let lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+        at(1),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOn);
+    assert_eq!(
+        t.effects,
+        vec![Effect::StartPowerOn {
+            op: "on-1".into(),
+            deadline: at(600)
+        }]
+    );
+    assert_eq!(t.lifecycle.operation_seq, 1);
+}
+
+#[test]
+fn found_on_while_off_is_adopted() {
+    let p = Policy::default();
+    let lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::Off, NodeObs::Absent, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    assert_eq!(lc.phase(), Phase::Off);
+    assert_eq!(observed_power(&lc), Some(PowerState::Off));
+    let t = reconcile(
+        &lc,
+        &world(PowerState::Off, READY, OpStatus::Absent),
+        at(50),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    assert!(t.effects.contains(&Effect::AdoptAsWantedOn));
+    assert_eq!(starts(&t.effects), 0);
+}
+
+#[test]
+fn graph_renderings_list_every_row() {
+    let m = render(GraphFormat::Mermaid);
+    let d = render(GraphFormat::Dot);
+    let md = render(GraphFormat::Markdown);
+    assert!(m.starts_with("stateDiagram-v2"));
+    assert!(d.starts_with("digraph"));
+    assert_eq!(
+        m.lines()
+            .filter(|l| l.contains(" --> ") && !l.contains("[*]"))
+            .count(),
+        TABLE.len()
+    );
+    assert_eq!(
+        d.lines().filter(|l| l.contains(" -> ")).count(),
+        TABLE.len()
+    );
+    assert_eq!(md.lines().count(), TABLE.len() + 2);
+    assert!(
+        m.contains("PoweringOn --> Failed: BootDeadlinePassed [deadline passed, attempts left]")
+    );
+}
+
+#[test]
+fn lifecycle_serializes_camel_case_and_round_trips() {
+    let p = Policy::default();
+    let lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    let v = serde_json::to_value(&lc).unwrap_or_default();
+    assert_eq!(v["phase"], "PoweringOn");
+    assert_eq!(v["goal"], "on");
+    assert_eq!(v["operationSeq"], 1);
+    assert_eq!(v["operation"]["id"], "on-1");
+    assert!(v.get("attempt").is_none());
+    let back: Lifecycle = serde_json::from_value(v).unwrap_or_default();
+    assert_eq!(back, lc);
+    let empty: Lifecycle = serde_json::from_str("{}").unwrap_or_else(|_| Lifecycle {
+        attempt: 99,
+        ..Default::default()
+    });
+    assert_eq!(empty, Lifecycle::default());
+}
+
+// ---------- property tests ----------
+
+fn any_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        Just(Event::DesiredOn),
+        any::<bool>().prop_map(|pods_present| Event::DesiredOff { pods_present }),
+        Just(Event::ActionSucceeded),
+        Just(Event::ActionFailed {
+            reason: "boom".into()
+        }),
+        Just(Event::ActionMissing),
+        Just(Event::NodeReady),
+        Just(Event::NodeNotReady),
+        Just(Event::NodeGone),
+        any::<bool>().prop_map(|m| Event::BootDeadlinePassed {
+            provider_id_mismatch: m
+        }),
+        Just(Event::ShutdownDeadlinePassed),
+        Just(Event::RetryDue),
+        Just(Event::FoundOn),
+        Just(Event::ReadyLost),
+        Just(Event::ManualRetry),
+    ]
+}
+
+/// Tracks operations that were started and not cancelled nor reported done.
+#[derive(Default)]
+struct Running(Vec<String>);
+
+impl Running {
+    fn apply(&mut self, lc_before: &Lifecycle, ev: Option<&Event>, effects: &[Effect]) {
+        if matches!(ev, Some(Event::ActionSucceeded))
+            && let Some(op) = &lc_before.operation
+        {
+            self.0.retain(|id| *id != op.id);
+        }
+        for e in effects {
+            match e {
+                Effect::StartPowerOn { op, .. } | Effect::StartPowerOff { op, .. }
+                    if !self.0.contains(op) =>
+                {
+                    self.0.push(op.clone());
+                }
+                Effect::CancelOperation { op } => self.0.retain(|id| id != op),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn check_invariants(before: &Lifecycle, after: &Lifecycle, policy: &Policy, running: &Running) {
+    // phaseSince never moves back.
+    if let (Some(a), Some(b)) = (before.phase_since, after.phase_since) {
+        assert!(b >= a);
+    }
+    assert!(after.attempt <= policy.max_attempts);
+    // Never two operations in flight, and the one in flight is the one recorded.
+    assert!(running.0.len() <= 1, "running: {:?}", running.0);
+    if let Some(id) = running.0.first() {
+        assert_eq!(after.operation.as_ref().map(|o| &o.id), Some(id));
+    }
+    // Operations only exist in the phases that have one.
+    match after.phase() {
+        Phase::PoweringOn | Phase::Booting | Phase::PoweringOff => {
+            assert!(after.operation.is_some())
+        }
+        _ => assert!(after.operation.is_none(), "{after:?}"),
+    }
+    if after.phase() == Phase::Failed {
+        assert!(after.last_error.is_some());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Random events at random times: every accepted step follows a row of the table and the
+    /// invariants hold; rejected ones change nothing.
+    #[test]
+    fn random_event_sequences_stay_in_the_table(
+        evs in proptest::collection::vec((any_event(), 0i64..900), 1..60)
+    ) {
+        let policy = Policy::default();
+        let mut lc = Lifecycle::default();
+        let mut now = at(0);
+        let mut running = Running::default();
+        for (ev, dt) in evs {
+            now = fsm::add(now, secs(dt));
+            let before = lc.clone();
+            match step(&lc, &ev, now, &policy) {
+                Ok(s) => {
+                    prop_assert_eq!(s.row.from, before.phase());
+                    prop_assert_eq!(s.row.event, ev.kind());
+                    prop_assert_eq!(s.lifecycle.phase(), s.row.to);
+                    prop_assert!(TABLE.iter().any(|r| std::ptr::eq(r, s.row)));
+                    running.apply(&before, Some(&ev), &s.effects);
+                    check_invariants(&before, &s.lifecycle, &policy, &running);
+                    lc = s.lifecycle;
+                }
+                Err(_) => {
+                    let none_applies = rows_for(before.phase(), ev.kind())
+                        .iter()
+                        .all(|r| !r.guard.iter().all(|c| holds(*c, &before, &ev, now, &policy)));
+                    prop_assert!(none_applies);
+                }
+            }
+        }
+    }
+
+    /// Random observed worlds: reconcile never derives a rejected event, moves only along
+    /// chains of rows, and keeps the invariants.
+    #[test]
+    fn random_worlds_reconcile_within_the_table(
+        worlds in proptest::collection::vec(
+            (any::<bool>(), 0u8..4, 0u8..4, any::<bool>(), any::<bool>(), 0i64..900, 0i64..400),
+            1..60,
+        )
+    ) {
+        let policy = Policy::default();
+        let mut lc = Lifecycle::default();
+        let mut now = at(0);
+        let mut running = Running::default();
+        for (on, node, op, pods, retry, dt, nr) in worlds {
+            now = fsm::add(now, secs(dt));
+            let node = match node {
+                0 => NodeObs::Absent,
+                1 => READY,
+                2 => NodeObs::Registered { ready: false, provider_id_matches: true, not_ready_since: Some(fsm::add(now, secs(-nr))) },
+                _ => NodeObs::Registered { ready: true, provider_id_matches: false, not_ready_since: None },
+            };
+            let operation = match op {
+                0 => OpStatus::Absent,
+                1 => OpStatus::Running,
+                2 => OpStatus::Succeeded,
+                _ => OpStatus::Failed { reason: "exit 1" },
+            };
+            let obs = Observed {
+                desired: if on { PowerState::On } else { PowerState::Off },
+                node,
+                operation,
+                pods_present: pods,
+                manual_retry: retry,
+            };
+            let before = lc.clone();
+            let t = reconcile(&lc, &obs, now, &policy);
+            prop_assert!(t.rejected.is_none(), "{:?} from {:?} with {:?}", t.rejected, before, obs);
+            let mut phase = before.phase();
+            for r in &t.fired {
+                prop_assert_eq!(r.from, phase);
+                phase = r.to;
+            }
+            prop_assert_eq!(phase, t.lifecycle.phase());
+            prop_assert!(t.fired.len() <= MAX_STEPS);
+            if op == 2 && before.operation.is_some() {
+                // The world says the recorded action finished.
+                if let Some(o) = &before.operation {
+                    running.0.retain(|id| *id != o.id);
+                }
+            }
+            running.apply(&before, None, &t.effects);
+            // Completed operations (Booting, power-off done) are not running any more.
+            if let Some(o) = &t.lifecycle.operation && o.completed.is_some() {
+                running.0.retain(|id| *id != o.id);
+            }
+            check_invariants(&before, &t.lifecycle, &policy, &running);
+            if let Some(w) = t.requeue_at {
+                prop_assert!(w > now || t.lifecycle.phase() == Phase::Failed && w == now || !t.changed());
+            }
+            lc = t.lifecycle;
+        }
+    }
+
+    /// A simulated machine that follows the effects: with the desired state held, the
+    /// lifecycle reaches it or ends Failed with a reason and no retry pending.
+    #[test]
+    fn desired_state_is_reached_or_ends_failed_with_a_reason(
+        desired_on in any::<bool>(),
+        start_on in any::<bool>(),
+        action_fails in proptest::collection::vec(any::<bool>(), 8),
+        boots in proptest::collection::vec(any::<bool>(), 8),
+        boot_secs in 1i64..1200,
+        action_secs in 1i64..120,
+    ) {
+        let policy = Policy::default();
+        let desired = if desired_on { PowerState::On } else { PowerState::Off };
+        let mut lc = Lifecycle::default();
+        let mut now = at(0);
+        let mut sim = SimMachine::new(start_on, now);
+        let mut n_ops = 0usize;
+        let mut desired_now = desired;
+        for _ in 0..400 {
+            let obs = sim.observe(desired_now, lc.operation.as_ref(), now);
+            let t = reconcile(&lc, &obs, now, &policy);
+            prop_assert!(t.rejected.is_none());
+            for e in &t.effects {
+                if let Effect::AdoptAsWantedOn = e {
+                    desired_now = PowerState::On;
+                }
+                sim.perform(e, now, &mut n_ops, &action_fails, &boots, boot_secs, action_secs);
+            }
+            lc = t.lifecycle;
+            let next = [t.requeue_at, sim.next_change(now)].into_iter().flatten().min();
+            match next {
+                Some(n) if n > now => now = n,
+                Some(_) => now = fsm::add(now, secs(1)),
+                None => break,
+            }
+        }
+        let want = if desired_now == PowerState::On { Phase::Ready } else { Phase::Off };
+        let phase = lc.phase();
+        prop_assert!(
+            phase == want || (phase == Phase::Failed && lc.last_error.is_some() && lc.next_retry_time.is_none()),
+            "ended {:?} wanting {:?}: {:?}", phase, want, lc
+        );
+    }
+}
+
+/// A toy machine for the property test: power actions take `action_secs`, may fail; a
+/// power-on boots after `boot_secs` unless it "never boots"; a power-off takes the node down.
+struct SimMachine {
+    on: bool,
+    node_since: Option<Timestamp>,
+    ready: bool,
+    job: Option<(String, Timestamp, bool)>,
+    boot_at: Option<Timestamp>,
+}
+
+impl SimMachine {
+    fn new(on: bool, now: Timestamp) -> Self {
+        SimMachine {
+            on,
+            node_since: Some(now),
+            ready: on,
+            job: None,
+            boot_at: None,
+        }
+    }
+
+    fn observe(
+        &mut self,
+        desired: PowerState,
+        op: Option<&Operation>,
+        now: Timestamp,
+    ) -> Observed<'static> {
+        if let Some(b) = self.boot_at
+            && now >= b
+        {
+            self.boot_at = None;
+            self.on = true;
+            self.ready = true;
+            self.node_since = Some(b);
+        }
+        let operation = match (&self.job, op) {
+            (Some((id, done, fails)), Some(o)) if *id == o.id => {
+                if now < *done {
+                    OpStatus::Running
+                } else if *fails {
+                    OpStatus::Failed {
+                        reason: "simulated failure",
+                    }
+                } else {
+                    OpStatus::Succeeded
+                }
+            }
+            _ => OpStatus::Absent,
+        };
+        // A finished power-off takes the node down.
+        if let Some((id, done, false)) = &self.job
+            && id.starts_with("off-")
+            && now >= *done
+            && self.on
+        {
+            self.on = false;
+            self.ready = false;
+            self.node_since = Some(*done);
+        }
+        let node = match self.node_since {
+            None => NodeObs::Absent,
+            Some(since) => NodeObs::Registered {
+                ready: self.ready,
+                provider_id_matches: true,
+                not_ready_since: (!self.ready).then_some(since),
+            },
+        };
+        Observed {
+            desired,
+            node,
+            operation,
+            pods_present: false,
+            manual_retry: false,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn perform(
+        &mut self,
+        e: &Effect,
+        now: Timestamp,
+        n_ops: &mut usize,
+        fails: &[bool],
+        boots: &[bool],
+        boot_secs: i64,
+        action_secs: i64,
+    ) {
+        match e {
+            Effect::StartPowerOn { op, .. } | Effect::StartPowerOff { op, .. } => {
+                if self.job.as_ref().is_some_and(|(id, _, _)| id == op) {
+                    return;
+                }
+                let i = *n_ops % fails.len();
+                *n_ops += 1;
+                let done = fsm::add(now, secs(action_secs));
+                self.job = Some((op.clone(), done, fails[i]));
+                if op.starts_with("on-") && !fails[i] && boots[i] && !self.on {
+                    self.boot_at = Some(fsm::add(done, secs(boot_secs)));
+                }
+            }
+            Effect::CancelOperation { op }
+                if self.job.as_ref().is_some_and(|(id, _, _)| id == op) =>
+            {
+                self.job = None;
+            }
+            Effect::DeleteNode if !self.ready => self.node_since = None,
+            _ => {}
+        }
+    }
+
+    fn next_change(&self, now: Timestamp) -> Option<Timestamp> {
+        let job = self.job.as_ref().map(|(_, d, _)| *d).filter(|d| *d > now);
+        [job, self.boot_at.filter(|b| *b > now)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+#[test]
+#[ignore]
+fn perf_tmp() {
+    let p = Policy::default();
+    let mut lc = reconcile(&Lifecycle::default(), &world(PowerState::On, READY, OpStatus::Absent), at(0), &p).lifecycle;
+    let obs = world(PowerState::On, READY, OpStatus::Absent);
+    let n = 5_000_000u64;
+    let start = std::time::Instant::now();
+    let mut fired = 0usize;
+    for i in 0..n {
+        let o = reconcile_mut(&mut lc, &obs, at(i as i64), &p);
+        fired += o.fired.len();
+    }
+    let el = start.elapsed();
+    println!("steady Ready: {:.1} ns/reconcile ({fired} fired)", el.as_nanos() as f64 / n as f64);
+    // Full power cycles through step.
+    let start = std::time::Instant::now();
+    let cycles = 200_000u64;
+    let mut lc = Lifecycle::default();
+    let mut t = 0i64;
+    for _ in 0..cycles {
+        for obs in [
+            world(PowerState::On, NodeObs::Absent, OpStatus::Running),
+            world(PowerState::On, NodeObs::Absent, OpStatus::Succeeded),
+            world(PowerState::On, READY, OpStatus::Succeeded),
+            world(PowerState::Off, READY, OpStatus::Absent),
+            world(PowerState::Off, NodeObs::Absent, OpStatus::Succeeded),
+        ] {
+            t += 10;
+            let o = reconcile_mut(&mut lc, &obs, at(t), &p);
+            assert!(o.rejected.is_none());
+        }
+    }
+    let el = start.elapsed();
+    println!("power cycle (5 reconciles): {:.1} ns/reconcile, phase {}", el.as_nanos() as f64 / (cycles * 5) as f64, lc.phase());
+}

@@ -1,0 +1,149 @@
+//! Pure conversion from the CR objects and Kubernetes Nodes (as reflector stores hold them) to the
+//! provider's [`Inventory`].
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
+
+use jiff::SignedDuration;
+use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::inventory::{
+    GroupOptions, GroupView, Inventory, MachineView, NodeView, PowerOnOrder, TaintView,
+    TemplateHints,
+};
+use crate::operator::api::{self, Group, Machine};
+
+fn taints(ts: &[Taint]) -> Vec<TaintView> {
+    ts.iter()
+        .map(|t| TaintView {
+            key: t.key.clone(),
+            value: t.value.clone(),
+            effect: t.effect.clone(),
+        })
+        .collect()
+}
+
+fn quantities(m: &BTreeMap<String, Quantity>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+}
+
+fn order(o: api::PowerOnOrder) -> PowerOnOrder {
+    match o {
+        api::PowerOnOrder::Cheapest => PowerOnOrder::Cheapest,
+        api::PowerOnOrder::FastestBoot => PowerOnOrder::FastestBoot,
+        api::PowerOnOrder::LeastRecentlyUsed => PowerOnOrder::LeastRecentlyUsed,
+        api::PowerOnOrder::Name => PowerOnOrder::Name,
+    }
+}
+
+/// A Group CR with `members` Node CRs. Size bounds follow `GroupSpec::size_bounds` (what the
+/// group controller shows in status). An option that does not parse (CEL rejects those at
+/// admission) leaves every option unset, i.e. CA's flags apply; the group controller reports it.
+pub fn group_view(g: &Group, members: usize) -> GroupView {
+    let bounds = g.size_bounds(members);
+    let options = g
+        .autoscaling_options()
+        .map(|o| GroupOptions {
+            scale_down_utilization_threshold: o.scale_down_utilization_threshold,
+            scale_down_gpu_utilization_threshold: o.scale_down_gpu_utilization_threshold,
+            zero_or_max_node_scaling: o.zero_or_max_node_scaling,
+            ignore_daemon_sets_utilization: o.ignore_daemon_sets_utilization,
+            scale_down_unneeded: o.scale_down_unneeded_time,
+            scale_down_unready: o.scale_down_unready_time,
+            max_node_provision: o.max_node_provision_time,
+        })
+        .unwrap_or_default();
+    let template = g
+        .spec
+        .template
+        .as_ref()
+        .map(|t| TemplateHints {
+            labels: t.labels.clone(),
+            taints: taints(&t.taints),
+            capacity: quantities(&t.capacity),
+            allocatable: BTreeMap::new(),
+        })
+        .unwrap_or_default();
+    GroupView {
+        id: String::new(),
+        namespace: g.metadata.namespace.clone().unwrap_or_default(),
+        name: g.metadata.name.clone().unwrap_or_default(),
+        min_size: bounds.min,
+        max_size: Some(bounds.max),
+        power_on_order: order(g.spec.power_on_order.unwrap_or_default()),
+        options,
+        template,
+    }
+}
+
+/// A Node CR. An unparsable `pricing.hourlyRate` counts as no rate.
+pub fn machine_view(m: &Machine) -> MachineView {
+    let namespace = m.metadata.namespace.clone().unwrap_or_default();
+    let name = m.metadata.name.clone().unwrap_or_default();
+    let mut v = MachineView::new(&namespace, &name, m.group());
+    v.desired = m.desired_power();
+    v.lifecycle = m.lifecycle();
+    v.provider_id = m.expected_provider_id();
+    v.node_name = m.node_name().unwrap_or(&name).to_owned();
+    v.hints = TemplateHints {
+        labels: m.spec.labels.clone(),
+        taints: taints(&m.spec.taints),
+        capacity: quantities(&m.spec.capacity),
+        allocatable: BTreeMap::new(),
+    };
+    v.taints_to_remove = taints(&m.spec.taints_to_remove);
+    v.hourly_rate = m.hourly_rate().ok().flatten();
+    v.scale_down_disabled = m.scale_down_disabled();
+    if let Some(s) = &m.status {
+        v.last_power_on = s.last_startup_time;
+        v.boot_durations = s
+            .recent_boot_seconds
+            .iter()
+            .map(|s| SignedDuration::from_secs(i64::from(*s)))
+            .collect();
+        v.last_seen = s.node.as_ref().map(|n| NodeView {
+            name: n.name.clone(),
+            provider_id: n.provider_id.clone().unwrap_or_default(),
+            labels: n.labels.clone(),
+            taints: taints(&n.taints),
+            capacity: quantities(&n.capacity),
+            allocatable: quantities(&n.allocatable),
+            ready: false,
+            unschedulable: false,
+        });
+    }
+    v
+}
+
+impl Inventory {
+    /// Builds the inventory from the objects a reflector store holds (`Arc<T>` or `&T`).
+    pub fn from_objects<G, M, N>(groups: &[G], machines: &[M], nodes: &[N]) -> Inventory
+    where
+        G: Deref<Target = Group>,
+        M: Deref<Target = Machine>,
+        N: Deref<Target = Node>,
+    {
+        let mut members: HashMap<(String, String), usize> = HashMap::new();
+        for m in machines {
+            if let Some(g) = m.group() {
+                let ns = m.metadata.namespace.clone().unwrap_or_default();
+                *members.entry((ns, g.to_owned())).or_default() += 1;
+            }
+        }
+        let groups = groups
+            .iter()
+            .map(|g| {
+                let key = (
+                    g.metadata.namespace.clone().unwrap_or_default(),
+                    g.metadata.name.clone().unwrap_or_default(),
+                );
+                group_view(g, members.get(&key).copied().unwrap_or(0))
+            })
+            .collect();
+        Inventory::build(
+            groups,
+            machines.iter().map(|m| machine_view(m)).collect(),
+            nodes.iter().map(|n| NodeView::from_k8s(n)).collect(),
+        )
+    }
+}

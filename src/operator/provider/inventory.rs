@@ -1,0 +1,492 @@
+//! The provider's view of the world: groups, machines and registered Kubernetes nodes.
+//!
+//! Pure data, built from the CR objects and reflector caches by the edges (or by the simulator
+//! from its virtual world). Groups own their machines behind an `Arc`, so applying a desired-power
+//! change clones one group, not the whole inventory (the gRPC service does that on every mutation).
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::operator::machine::{Lifecycle, OperationKind, Phase, PowerState};
+
+/// Label CA reads to tell which node group a node belongs to is not ours; this is the CR label
+/// that makes a Node CR a member of a Group (as in the Go predecessor).
+pub const GROUP_LABEL: &str = "group";
+
+/// Which powered-off machine `IncreaseSize` picks first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PowerOnOrder {
+    /// Lowest `pricing.hourlyRate` first; machines without a rate last.
+    Cheapest,
+    /// Shortest median recent boot duration first; machines never booted last.
+    FastestBoot,
+    /// Longest since last powered on first (wear-levelling); never powered on comes first.
+    LeastRecentlyUsed,
+    /// Machine name order.
+    #[default]
+    Name,
+}
+
+/// Group-level autoscaling options (CA's `NodeGroupAutoscalingOptions`); `None` = not set by the
+/// Group, so CA's own default applies.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GroupOptions {
+    pub scale_down_utilization_threshold: Option<f64>,
+    pub scale_down_gpu_utilization_threshold: Option<f64>,
+    pub zero_or_max_node_scaling: Option<bool>,
+    pub ignore_daemon_sets_utilization: Option<bool>,
+    pub scale_down_unneeded: Option<SignedDuration>,
+    pub scale_down_unready: Option<SignedDuration>,
+    pub max_node_provision: Option<SignedDuration>,
+}
+
+impl GroupOptions {
+    pub fn is_empty(&self) -> bool {
+        *self == GroupOptions::default()
+    }
+}
+
+/// A taint, independent of the Kubernetes client types.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaintView {
+    pub key: String,
+    pub value: Option<String>,
+    pub effect: String,
+}
+
+/// What a machine's Kubernetes node looks like (or looked like): a registered node, the last-seen
+/// snapshot kept in the Node CR status, or the capacity/labels/taints hints in a spec.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    pub provider_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<TaintView>,
+    /// Quantities as Kubernetes strings (`"4"`, `"16Gi"`).
+    pub capacity: BTreeMap<String, String>,
+    pub allocatable: BTreeMap<String, String>,
+    /// The `Ready` condition is `True`.
+    pub ready: bool,
+    pub unschedulable: bool,
+}
+
+impl NodeView {
+    /// Reads a Kubernetes Node (as the reflector caches it).
+    pub fn from_k8s(node: &k8s_openapi::api::core::v1::Node) -> NodeView {
+        let spec = node.spec.as_ref();
+        let status = node.status.as_ref();
+        let quantities = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+                .unwrap_or_default()
+        };
+        NodeView {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            provider_id: spec.and_then(|s| s.provider_id.clone()).unwrap_or_default(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            taints: spec
+                .and_then(|s| s.taints.as_ref())
+                .map(|ts| {
+                    ts.iter()
+                        .map(|t| TaintView {
+                            key: t.key.clone(),
+                            value: t.value.clone(),
+                            effect: t.effect.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            capacity: quantities(status.and_then(|s| s.capacity.as_ref())),
+            allocatable: quantities(status.and_then(|s| s.allocatable.as_ref())),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        }
+    }
+}
+
+/// Declared shape for a machine or group never seen as a node (scale-from-zero).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TemplateHints {
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<TaintView>,
+    pub capacity: BTreeMap<String, String>,
+    /// Defaults to `capacity` when empty.
+    pub allocatable: BTreeMap<String, String>,
+}
+
+impl TemplateHints {
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+            && self.taints.is_empty()
+            && self.capacity.is_empty()
+            && self.allocatable.is_empty()
+    }
+}
+
+/// One node group (a Group CR).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupView {
+    /// The id CA sees (see `Inventory::build` for how it is chosen).
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub min_size: u32,
+    /// `None`: the number of members.
+    pub max_size: Option<u32>,
+    pub power_on_order: PowerOnOrder,
+    pub options: GroupOptions,
+    /// Template overrides for scale-from-zero.
+    pub template: TemplateHints,
+}
+
+/// Identifies a machine (a Node CR).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MachineKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for MachineKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One physical machine (a Node CR), as the provider needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MachineView {
+    pub key: MachineKey,
+    /// The Group CR name from the `group` label (same namespace), if any.
+    pub group: Option<String>,
+    /// Desired power (`spec.powerState`).
+    pub desired: PowerState,
+    pub lifecycle: Lifecycle,
+    /// The providerID its Node object carries (or will carry) once registered: the instance id.
+    pub provider_id: String,
+    /// The Kubernetes node name it registers as.
+    pub node_name: String,
+    /// What its node looked like when last seen (kept in status).
+    pub last_seen: Option<NodeView>,
+    /// Declared capacity/labels/taints in the spec.
+    pub hints: TemplateHints,
+    pub taints_to_remove: Vec<TaintView>,
+    pub hourly_rate: Option<f64>,
+    pub scale_down_disabled: bool,
+    /// Last time it was powered on (status `lastStartupTime`), for `leastRecentlyUsed`.
+    pub last_power_on: Option<Timestamp>,
+    /// Recent boot durations, for `fastestBoot`.
+    pub boot_durations: Vec<SignedDuration>,
+    /// When it was last asked to be on; orders `DecreaseTargetSize` (newest first).
+    pub power_on_requested: Option<Timestamp>,
+}
+
+impl MachineView {
+    /// A machine with defaults: desired off, no history, providerID `homelab://<ns>/<name>`.
+    pub fn new(namespace: &str, name: &str, group: Option<&str>) -> MachineView {
+        MachineView {
+            key: MachineKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            group: group.map(str::to_owned),
+            desired: PowerState::Off,
+            lifecycle: Lifecycle::default(),
+            provider_id: default_provider_id(namespace, name),
+            node_name: name.to_owned(),
+            last_seen: None,
+            hints: TemplateHints::default(),
+            taints_to_remove: Vec::new(),
+            hourly_rate: None,
+            scale_down_disabled: false,
+            last_power_on: None,
+            boot_durations: Vec::new(),
+            power_on_requested: None,
+        }
+    }
+
+    pub fn wanted_on(&self) -> bool {
+        self.desired == PowerState::On
+    }
+
+    /// Median of recent boot durations.
+    pub fn typical_boot(&self) -> Option<SignedDuration> {
+        let mut d = self.boot_durations.clone();
+        d.sort();
+        d.get(d.len() / 2).copied()
+    }
+
+    /// The time a power-on was last requested or started, best known.
+    pub fn requested_at(&self) -> Option<Timestamp> {
+        self.power_on_requested
+            .or_else(|| {
+                self.lifecycle
+                    .operation
+                    .as_ref()
+                    .filter(|o| o.kind == OperationKind::PowerOn)
+                    .map(|o| o.started)
+            })
+            .or_else(|| match self.lifecycle.phase() {
+                Phase::PoweringOn | Phase::Booting => self.lifecycle.phase_since,
+                _ => None,
+            })
+    }
+
+    /// Whether the machine is (believed) fully off: nothing to report to CA when it is unwanted.
+    pub fn is_down(&self, registered: bool) -> bool {
+        match self.lifecycle.phase() {
+            Phase::Off => true,
+            Phase::Unknown => !registered,
+            _ => false,
+        }
+    }
+}
+
+/// The providerID the operator sets on a Node the kubelet registered without one.
+pub fn default_provider_id(namespace: &str, name: &str) -> String {
+    format!("homelab://{namespace}/{name}")
+}
+
+/// A group and its member machines (sorted by name).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupState {
+    pub spec: GroupView,
+    pub machines: Vec<MachineView>,
+}
+
+impl GroupState {
+    pub fn max_size(&self) -> u32 {
+        self.spec
+            .max_size
+            .unwrap_or(u32::try_from(self.machines.len()).unwrap_or(u32::MAX))
+    }
+}
+
+/// Where a machine lives in the inventory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineRef {
+    InGroup { group: String, index: usize },
+    /// Not a member of any known group.
+    Ungrouped { index: usize },
+}
+
+/// Everything the provider decides from. Cheap to clone (shared parts behind `Arc`).
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    groups: BTreeMap<String, Arc<GroupState>>,
+    ungrouped: Arc<Vec<MachineView>>,
+    /// Registered Kubernetes nodes by providerID.
+    nodes: Arc<HashMap<String, NodeView>>,
+    by_provider_id: Arc<HashMap<String, MachineRef>>,
+    by_node_name: Arc<HashMap<String, MachineRef>>,
+    /// Registered nodes by name (for name lookups of nodes whose providerID is unknown to us).
+    node_name_to_provider_id: Arc<HashMap<String, String>>,
+}
+
+impl Inventory {
+    /// Builds the inventory. A Group's id is its name, or `<namespace>/<name>` when several
+    /// namespaces hold a Group of that name (ids must be unique for CA). Machines whose `group`
+    /// label names no Group in their namespace are kept as ungrouped (their nodes resolve to
+    /// `id: ""`). Nodes without a providerID are only reachable by name.
+    pub fn build(
+        groups: Vec<GroupView>,
+        machines: Vec<MachineView>,
+        nodes: Vec<NodeView>,
+    ) -> Inventory {
+        let mut name_count: HashMap<String, usize> = HashMap::new();
+        for g in &groups {
+            *name_count.entry(g.name.clone()).or_default() += 1;
+        }
+        let mut by_ns_name: HashMap<(String, String), String> = HashMap::new();
+        let mut states: BTreeMap<String, GroupState> = BTreeMap::new();
+        for mut g in groups {
+            g.id = if name_count.get(&g.name).copied().unwrap_or(0) > 1 {
+                format!("{}/{}", g.namespace, g.name)
+            } else {
+                g.name.clone()
+            };
+            by_ns_name.insert((g.namespace.clone(), g.name.clone()), g.id.clone());
+            states.insert(
+                g.id.clone(),
+                GroupState {
+                    spec: g,
+                    machines: Vec::new(),
+                },
+            );
+        }
+        let mut ungrouped = Vec::new();
+        for mut m in machines {
+            let id = m
+                .group
+                .as_ref()
+                .and_then(|g| by_ns_name.get(&(m.key.namespace.clone(), g.clone())));
+            match id.and_then(|id| states.get_mut(id)) {
+                Some(state) => {
+                    m.group = Some(state.spec.id.clone());
+                    state.machines.push(m);
+                }
+                None => {
+                    m.group = None;
+                    ungrouped.push(m);
+                }
+            }
+        }
+        for s in states.values_mut() {
+            s.machines.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        ungrouped.sort_by(|a, b| a.key.cmp(&b.key));
+
+        let mut by_provider_id = HashMap::new();
+        let mut by_node_name = HashMap::new();
+        for (id, s) in &states {
+            for (index, m) in s.machines.iter().enumerate() {
+                let r = MachineRef::InGroup {
+                    group: id.clone(),
+                    index,
+                };
+                by_provider_id.insert(m.provider_id.clone(), r.clone());
+                by_node_name.insert(m.node_name.clone(), r);
+            }
+        }
+        for (index, m) in ungrouped.iter().enumerate() {
+            by_provider_id
+                .entry(m.provider_id.clone())
+                .or_insert(MachineRef::Ungrouped { index });
+            by_node_name
+                .entry(m.node_name.clone())
+                .or_insert(MachineRef::Ungrouped { index });
+        }
+        let mut node_map = HashMap::new();
+        let mut node_names = HashMap::new();
+        for n in nodes {
+            if n.provider_id.is_empty() {
+                continue;
+            }
+            node_names.insert(n.name.clone(), n.provider_id.clone());
+            node_map.insert(n.provider_id.clone(), n);
+        }
+        Inventory {
+            groups: states.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            ungrouped: Arc::new(ungrouped),
+            nodes: Arc::new(node_map),
+            by_provider_id: Arc::new(by_provider_id),
+            by_node_name: Arc::new(by_node_name),
+            node_name_to_provider_id: Arc::new(node_names),
+        }
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &GroupState> {
+        self.groups.values().map(|g| g.as_ref())
+    }
+
+    pub fn group(&self, id: &str) -> Option<&GroupState> {
+        self.groups.get(id).map(|g| g.as_ref())
+    }
+
+    pub fn group_ids(&self) -> impl Iterator<Item = &str> {
+        self.groups.keys().map(String::as_str)
+    }
+
+    /// Every machine, grouped first.
+    pub fn machines(&self) -> impl Iterator<Item = &MachineView> {
+        self.groups
+            .values()
+            .flat_map(|g| g.machines.iter())
+            .chain(self.ungrouped.iter())
+    }
+
+    /// Registered nodes by providerID.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeView> {
+        self.nodes.values()
+    }
+
+    /// The registered Kubernetes node carrying this providerID.
+    pub fn node(&self, provider_id: &str) -> Option<&NodeView> {
+        self.nodes.get(provider_id)
+    }
+
+    /// The machine's node has registered (a Node with its providerID exists).
+    pub fn is_registered(&self, m: &MachineView) -> bool {
+        self.nodes.contains_key(&m.provider_id)
+    }
+
+    /// Registered and Ready.
+    pub fn is_ready(&self, m: &MachineView) -> bool {
+        self.nodes.get(&m.provider_id).is_some_and(|n| n.ready)
+    }
+
+    pub fn machine(&self, r: &MachineRef) -> Option<&MachineView> {
+        match r {
+            MachineRef::InGroup { group, index } => self.groups.get(group)?.machines.get(*index),
+            MachineRef::Ungrouped { index } => self.ungrouped.get(*index),
+        }
+    }
+
+    /// Finds a machine by providerID first, then by node name (rule 2). Empty strings never match.
+    pub fn resolve(&self, provider_id: &str, name: &str) -> Option<MachineRef> {
+        if !provider_id.is_empty()
+            && let Some(r) = self.by_provider_id.get(provider_id)
+        {
+            return Some(r.clone());
+        }
+        if name.is_empty() {
+            return None;
+        }
+        if let Some(r) = self.by_node_name.get(name) {
+            return Some(r.clone());
+        }
+        // A fake node's name is the instance id; a registered node may be known by name only.
+        if let Some(r) = self.by_provider_id.get(name) {
+            return Some(r.clone());
+        }
+        self.node_name_to_provider_id
+            .get(name)
+            .and_then(|p| self.by_provider_id.get(p))
+            .cloned()
+    }
+
+    /// The group id a machine belongs to.
+    pub fn group_of(&self, key: &MachineKey) -> Option<&str> {
+        self.groups
+            .iter()
+            .find(|(_, g)| g.machines.binary_search_by(|m| m.key.cmp(key)).is_ok())
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// Applies changes to whichever groups hold the machines.
+    pub fn apply_changes(&mut self, changes: &[PowerChange]) {
+        for c in changes {
+            if let Some(g) = self.group_of(&c.machine).map(str::to_owned) {
+                self.apply(&g, std::slice::from_ref(c));
+            }
+        }
+    }
+
+    /// Sets desired power on machines of one group (an applied decision or a pending overlay).
+    /// Unknown machines are ignored: the decision was computed on this inventory.
+    pub fn apply(&mut self, group: &str, changes: &[PowerChange]) {
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        let state = Arc::make_mut(state);
+        for c in changes {
+            if let Ok(i) = state.machines.binary_search_by(|m| m.key.cmp(&c.machine)) {
+                let m = &mut state.machines[i];
+                m.desired = c.desired;
+                if c.desired == PowerState::On {
+                    m.power_on_requested = Some(c.at);
+                }
+            }
+        }
+    }
+}
+
+/// One desired-power change the provider decided on; the edge persists it (`spec.powerState`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PowerChange {
+    pub machine: MachineKey,
+    pub desired: PowerState,
+    /// When it was decided (orders cancellations newest first).
+    pub at: Timestamp,
+}

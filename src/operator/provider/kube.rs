@@ -1,0 +1,620 @@
+//! The Kubernetes-backed inventory source of the CA provider: reflectors on Group CRs, Node CRs
+//! (`Machine`) and Kubernetes Nodes feed the pure core; desired power is written to the Node
+//! CRs' `spec.powerState` with merge patches guarded by resourceVersion preconditions.
+//!
+//! Why it is shaped like this:
+//! - The snapshot is rebuilt from the reflector stores only when a watch event (or one of our own
+//!   writes) bumped the generation counter, so read RPCs cost a pointer clone between changes.
+//! - A write is visible in the next snapshot at once: the patched object returned by the API
+//!   server overrides the cached one until the watch delivers that generation (or a newer one),
+//!   so `TargetSize` agrees with `IncreaseSize` before the watch event arrives.
+//! - Every write runs under one deadline below CA's 5 s `grpc_timeout`.
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::operator::api::{Group, Machine};
+use crate::operator::machine::PowerState;
+use crate::operator::provider::inventory::{Inventory, PowerChange};
+use crate::operator::provider::service::{InventorySource, PersistError};
+
+/// Field manager of our `spec.powerState` writes (shows in `managedFields`).
+pub const FIELD_MANAGER: &str = "kubectl-homelab-provider";
+
+/// Default deadline of one desired-power write: inside the service's 3 s persist bound and CA's
+/// 5 s `grpc_timeout`, so the caller learns which writes landed rather than hitting its own
+/// deadline.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// How often a write retries after a conflict caused by someone else's unrelated change
+/// (typically the operator writing status) before giving up with `Conflict`.
+const CONFLICT_RETRIES: usize = 3;
+
+/// Which Group and Node CRs the source reads. Kubernetes Nodes are cluster-scoped and always read
+/// in full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Namespace(String),
+    AllNamespaces,
+}
+
+impl Scope {
+    fn api<K>(&self, client: Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Scope::Namespace(ns) => Api::namespaced(client, ns),
+            Scope::AllNamespaces => Api::all(client),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Namespace(ns) => write!(f, "namespace {ns}"),
+            Scope::AllNamespaces => f.write_str("all namespaces"),
+        }
+    }
+}
+
+/// The source could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(
+        "the caches of {pending} did not sync within {timeout:?}{last_error}: the API server is \
+         unreachable or slow, the CRDs are not installed (`kubectl homelab crd gen | kubectl apply \
+         -f -`), or RBAC does not allow list and watch (check `kubectl auth can-i watch \
+         nodes.infra.homecluster.dev`)"
+    )]
+    Timeout {
+        pending: String,
+        timeout: Duration,
+        /// `; last error: ...` when a watch reported one.
+        last_error: String,
+    },
+    #[error("the {kind} reflector stopped before its cache synced")]
+    Stopped { kind: &'static str },
+}
+
+/// Why a desired-power write failed. The gRPC layer maps these to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The API server did not answer in time or is unreachable: CA should retry later.
+    #[error(
+        "the API server did not confirm spec.powerState of {done} of {total} Node CRs within \
+         {timeout:?}; the ones confirmed stay written"
+    )]
+    Timeout {
+        done: usize,
+        total: usize,
+        timeout: Duration,
+    },
+    #[error("Node {namespace}/{name}: the API server is unavailable: {source}")]
+    Unavailable {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Someone else changed the machine's desired power since our view was taken: the decision
+    /// was made on stale data, so CA must retry on its next loop.
+    #[error("Node {namespace}/{name}: {detail}; retry with a fresh view")]
+    Conflict {
+        namespace: String,
+        name: String,
+        detail: String,
+    },
+    #[error("Node {namespace}/{name} no longer exists")]
+    NotFound { namespace: String, name: String },
+    #[error(
+        "Node {namespace}/{name}: not allowed to patch it ({message}); grant `patch` on \
+         nodes.infra.homecluster.dev to the provider's ServiceAccount"
+    )]
+    Forbidden {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error("Node {namespace}/{name}: the API server rejected spec.powerState={to}: {message}")]
+    Rejected {
+        namespace: String,
+        name: String,
+        to: &'static str,
+        message: String,
+    },
+}
+
+impl WriteError {
+    /// True when retrying later can succeed (timeouts, unavailability, conflicts).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Timeout { .. }
+                | WriteError::Unavailable { .. }
+                | WriteError::Conflict { .. }
+                | WriteError::NotFound { .. }
+        )
+    }
+}
+
+/// Everything the provider core needs from the cluster, as shared pointers into the stores.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterObjects {
+    pub groups: Vec<Arc<Group>>,
+    pub machines: Vec<Arc<Machine>>,
+    pub nodes: Vec<Arc<Node>>,
+    /// Bumped by every watch event and every confirmed write: equal generations, equal objects.
+    pub generation: u64,
+}
+
+/// Keeps the reflector tasks alive as long as the source; aborts them when it is dropped.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+type MachineKey = (String, String);
+
+/// Reflectors on Group CRs, Node CRs and Kubernetes Nodes, plus desired-power writes.
+pub struct KubeSource {
+    client: Client,
+    scope: Scope,
+    groups: Store<Group>,
+    machines: Store<Machine>,
+    nodes: Store<Node>,
+    changes: watch::Sender<u64>,
+    /// Objects returned by our own patches, newer than the store until the watch catches up.
+    written: Mutex<HashMap<MachineKey, Arc<Machine>>>,
+    /// The last inventory built and the generation it was built at.
+    inventory: Mutex<Option<(u64, Arc<Inventory>)>>,
+    last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
+    write_timeout: Duration,
+    _tasks: Tasks,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("scope", &self.scope)
+            .field("write_timeout", &self.write_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// Starts the three reflectors on the current tokio runtime. Call
+    /// [`wait_until_ready`](Self::wait_until_ready) before serving.
+    pub fn start(client: Client, scope: Scope) -> Self {
+        let (changes, _) = watch::channel(0u64);
+        let last_errors = Arc::new(Mutex::new(HashMap::new()));
+        let (groups, g) = spawn_reflector(
+            scope.api::<Group>(client.clone()),
+            "Group",
+            changes.clone(),
+            last_errors.clone(),
+            strip_managed_fields,
+        );
+        let (machines, m) = spawn_reflector(
+            scope.api::<Machine>(client.clone()),
+            "Node CR",
+            changes.clone(),
+            last_errors.clone(),
+            strip_managed_fields,
+        );
+        let (nodes, n) = spawn_reflector(
+            Api::<Node>::all(client.clone()),
+            "Kubernetes Node",
+            changes.clone(),
+            last_errors.clone(),
+            strip_node,
+        );
+        KubeSource {
+            client,
+            scope,
+            groups,
+            machines,
+            nodes,
+            changes,
+            written: Mutex::new(HashMap::new()),
+            inventory: Mutex::new(None),
+            last_errors,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            _tasks: Tasks(vec![g, m, n]),
+        }
+    }
+
+    /// Deadline of one [`write_desired_power`](Self::write_desired_power) call.
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Waits until all three caches hold a complete initial list.
+    pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), SyncError> {
+        let all = async {
+            let (g, m, n) = tokio::join!(
+                self.groups.wait_until_ready(),
+                self.machines.wait_until_ready(),
+                self.nodes.wait_until_ready()
+            );
+            for (kind, r) in [("Group", g), ("Node CR", m), ("Kubernetes Node", n)] {
+                if r.is_err() {
+                    return Err(SyncError::Stopped { kind });
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, all).await {
+            Ok(r) => r,
+            Err(_) => Err(self.sync_timeout_error(timeout)),
+        }
+    }
+
+    fn sync_timeout_error(&self, timeout: Duration) -> SyncError {
+        let mut pending = Vec::new();
+        let errors = lock(&self.last_errors);
+        let mut last_error = String::new();
+        for (kind, ready) in [
+            ("Group", is_ready(&self.groups)),
+            ("Node CR", is_ready(&self.machines)),
+            ("Kubernetes Node", is_ready(&self.nodes)),
+        ] {
+            if !ready {
+                pending.push(format!("{kind}s"));
+                if let Some(e) = errors.get(kind) {
+                    last_error = format!("; last error: {e}");
+                }
+            }
+        }
+        SyncError::Timeout {
+            pending: pending.join(", "),
+            timeout,
+            last_error,
+        }
+    }
+
+    /// True once all three caches synced (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        is_ready(&self.groups) && is_ready(&self.machines) && is_ready(&self.nodes)
+    }
+
+    /// The current generation: changes whenever the objects may have changed.
+    pub fn generation(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// A receiver that wakes on every generation bump (for rebuild-on-change consumers).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The objects as of now, our own confirmed writes included.
+    pub fn objects(&self) -> ClusterObjects {
+        // Read the generation first: a change racing with the copy bumps it again, so a consumer
+        // caching by generation rebuilds once more rather than missing the change.
+        let generation = self.generation();
+        let mut machines = self.machines.state();
+        {
+            let mut written = lock(&self.written);
+            if !written.is_empty() {
+                let mut seen = std::collections::HashSet::new();
+                for m in &mut machines {
+                    let key = key_of(m);
+                    if let Some(w) = written.get(&key) {
+                        if generation_of(w) > generation_of(m) {
+                            *m = w.clone();
+                        } else {
+                            // The watch delivered our write (or something newer).
+                            written.remove(&key);
+                        }
+                    }
+                    seen.insert(key);
+                }
+                // Deleted meanwhile: the store is the truth.
+                written.retain(|k, _| seen.contains(k));
+            }
+        }
+        ClusterObjects {
+            groups: self.groups.state(),
+            machines,
+            nodes: self.nodes.state(),
+            generation,
+        }
+    }
+
+    /// Writes each machine's desired power (`spec.powerState`) and returns once the API server
+    /// confirmed all of them, or with the first error and the changes that did land. Writes run
+    /// concurrently under one deadline. Each is guarded by a resourceVersion precondition, so a
+    /// concurrent change by someone else is never overwritten blindly: after a conflict the
+    /// machine is re-read, and the write repeated only if the desired power still differs.
+    /// Idempotent: a machine already at the desired power is left alone and counts as applied.
+    pub async fn write_desired_power(
+        &self,
+        changes: &[PowerChange],
+    ) -> (Vec<PowerChange>, Result<(), WriteError>) {
+        if changes.is_empty() {
+            return (Vec::new(), Ok(()));
+        }
+        let applied = Mutex::new(Vec::new());
+        let writes = futures::future::join_all(changes.iter().map(|c| async {
+            let r = self.write_one(c).await;
+            if r.is_ok() {
+                lock(&applied).push(c.clone());
+            }
+            r
+        }));
+        let outcome = tokio::time::timeout(self.write_timeout, writes).await;
+        // Our confirmed writes are in `written`: make the next snapshot rebuild.
+        self.bump();
+        let applied = applied.into_inner().unwrap_or_else(|p| p.into_inner());
+        let result = match outcome {
+            Ok(results) => results
+                .into_iter()
+                .collect::<Result<Vec<()>, _>>()
+                .map(|_| ()),
+            Err(_) => Err(WriteError::Timeout {
+                done: applied.len(),
+                total: changes.len(),
+                timeout: self.write_timeout,
+            }),
+        };
+        (applied, result)
+    }
+
+    /// The inventory built from [`objects`](Self::objects), rebuilt only when the generation
+    /// moved.
+    pub fn inventory(&self) -> Arc<Inventory> {
+        let generation = self.generation();
+        let mut cached = lock(&self.inventory);
+        if let Some((g, inv)) = cached.as_ref()
+            && *g == generation
+        {
+            return inv.clone();
+        }
+        let objects = self.objects();
+        let inv = Arc::new(Inventory::from_objects(
+            &objects.groups,
+            &objects.machines,
+            &objects.nodes,
+        ));
+        *cached = Some((objects.generation, inv.clone()));
+        inv
+    }
+
+    async fn write_one(&self, change: &PowerChange) -> Result<(), WriteError> {
+        let (namespace, name) = (&change.machine.namespace, &change.machine.name);
+        let api: Api<Machine> = Api::namespaced(self.client.clone(), namespace);
+        let key = (namespace.clone(), name.clone());
+        let mut current = self.cached_machine(&key);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let to = power_str(change.desired);
+        for _ in 0..=CONFLICT_RETRIES {
+            let machine = match current.take() {
+                Some(m) => m,
+                None => Arc::new(api.get(name).await.map_err(|e| classify(e, change))?),
+            };
+            if machine.spec.power_state == change.desired {
+                return Ok(());
+            }
+            let Some(rv) = machine.resource_version() else {
+                // Only objects built locally lack one; read the server's copy.
+                continue;
+            };
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": rv },
+                "spec": { "powerState": to },
+            });
+            match api.patch(name, &params, &Patch::Merge(&patch)).await {
+                Ok(patched) => {
+                    lock(&self.written).insert(key, Arc::new(patched));
+                    return Ok(());
+                }
+                // resourceVersion moved: usually a status write by the operator. Re-read and
+                // check that the desired power is still what we decided on.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(classify(e, change)),
+            }
+        }
+        Err(WriteError::Conflict {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            detail: format!(
+                "changed concurrently {} times in a row",
+                CONFLICT_RETRIES + 1
+            ),
+        })
+    }
+
+    fn cached_machine(&self, key: &MachineKey) -> Option<Arc<Machine>> {
+        let cached = self.machines.get(&ObjectRef::new(&key.1).within(&key.0));
+        let written = lock(&self.written).get(key).cloned();
+        match (cached, written) {
+            (Some(c), Some(w)) if generation_of(&w) > generation_of(&c) => Some(w),
+            (Some(c), _) => Some(c),
+            (None, _) => None,
+        }
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+}
+
+impl InventorySource for KubeSource {
+    fn snapshot(&self) -> Arc<Inventory> {
+        self.inventory()
+    }
+
+    async fn set_desired_power(&self, changes: &[PowerChange]) -> Result<(), PersistError> {
+        let (applied, result) = self.write_desired_power(changes).await;
+        result.map_err(|e| {
+            if e.is_transient() {
+                tracing::info!(error = %e, "desired power not written; CA retries on its next loop");
+            } else {
+                tracing::warn!(error = %e, "desired power not written");
+            }
+            PersistError {
+                applied,
+                message: e.to_string(),
+            }
+        })
+    }
+
+    async fn wait_ready(&self) {
+        let (g, m, n) = tokio::join!(
+            self.groups.wait_until_ready(),
+            self.machines.wait_until_ready(),
+            self.nodes.wait_until_ready()
+        );
+        if g.is_err() || m.is_err() || n.is_err() {
+            // A reflector task died: never serve an incomplete inventory (the caller's shutdown
+            // signal or its own sync deadline ends the wait).
+            tracing::error!("a reflector stopped before its cache synced; not serving");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn power_str(p: PowerState) -> &'static str {
+    match p {
+        PowerState::On => "on",
+        PowerState::Off => "off",
+    }
+}
+
+fn classify(e: kube::Error, change: &PowerChange) -> WriteError {
+    let namespace = change.machine.namespace.clone();
+    let name = change.machine.name.clone();
+    match e {
+        kube::Error::Api(s) => match s.code {
+            404 => WriteError::NotFound { namespace, name },
+            409 => WriteError::Conflict {
+                namespace,
+                name,
+                detail: s.message.clone(),
+            },
+            401 | 403 => WriteError::Forbidden {
+                namespace,
+                name,
+                message: s.message.clone(),
+            },
+            429 | 500..=599 => WriteError::Unavailable {
+                namespace,
+                name,
+                source: kube::Error::Api(s),
+            },
+            _ => WriteError::Rejected {
+                namespace,
+                name,
+                to: power_str(change.desired),
+                message: s.message.clone(),
+            },
+        },
+        other => WriteError::Unavailable {
+            namespace,
+            name,
+            source: other,
+        },
+    }
+}
+
+fn key_of(m: &Machine) -> MachineKey {
+    (m.namespace().unwrap_or_default(), m.name_any())
+}
+
+fn generation_of(m: &Machine) -> i64 {
+    m.metadata.generation.unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    use futures::FutureExt as _;
+    // `wait_until_ready` resolves immediately once synced.
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Drops what the provider never reads and what makes Nodes big (image lists, managed fields):
+/// 2,000 cached Nodes would otherwise hold tens of megabytes.
+fn strip_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    kind: &'static str,
+    changes: watch::Sender<u64>,
+    last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
+    modify: fn(&mut K),
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(modify)
+        .reflect(writer);
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    changes.send_modify(|g| *g = g.wrapping_add(1));
+                }
+                Err(e) => {
+                    tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
+                    lock(&last_errors).insert(kind, e.to_string());
+                }
+            }
+        }
+    });
+    (reader, task)
+}

@@ -1,0 +1,568 @@
+//! The provider's decisions, one function per rule of CA-CONTRACT.md §3.
+//!
+//! Each takes the inventory (and, where a decision is recorded, the time as a parameter) and
+//! returns an answer or a [`Decision`] naming which machines change desired power. Nothing here
+//! performs I/O: the gRPC service persists decisions, the simulator applies them to its world.
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashSet};
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::error::ProviderError;
+use super::inventory::{
+    GroupState, Inventory, MachineKey, MachineRef, MachineView, PowerChange, PowerOnOrder,
+};
+use crate::operator::machine::{Phase, PowerState};
+
+/// A node group as CA sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeGroupInfo {
+    pub id: String,
+    pub min_size: u32,
+    pub max_size: u32,
+    pub debug: String,
+}
+
+/// A node as CA names it in requests: providerID and name (fake nodes have both = instance id).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeRef {
+    pub provider_id: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.provider_id.is_empty() || self.provider_id == self.name {
+            write!(f, "{}", self.name)
+        } else {
+            write!(f, "{} ({})", self.name, self.provider_id)
+        }
+    }
+}
+
+/// Which machines change desired power, and the target size before and after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub group: String,
+    pub changes: Vec<PowerChange>,
+    pub target_before: u32,
+    pub target_after: u32,
+}
+
+impl Decision {
+    pub fn is_noop(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// CA's instance states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    Running,
+    Creating,
+    Deleting,
+}
+
+/// CA's `InstanceErrorClass`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    OutOfResources = 1,
+    Other = 99,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceError {
+    pub code: String,
+    pub message: String,
+    pub class: ErrorClass,
+}
+
+/// One entry of `NodeGroupNodes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// The machine's expected providerID (rule 1).
+    pub id: String,
+    pub machine: MachineKey,
+    pub state: InstanceState,
+    pub error: Option<InstanceError>,
+}
+
+/// CA's `NodeGroupAutoscalingOptions`, independent of the wire types.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AutoscalingOptions {
+    pub scale_down_utilization_threshold: f64,
+    pub scale_down_gpu_utilization_threshold: f64,
+    pub zero_or_max_node_scaling: bool,
+    pub ignore_daemon_sets_utilization: bool,
+    pub scale_down_unneeded: Option<SignedDuration>,
+    pub scale_down_unready: Option<SignedDuration>,
+    pub max_node_provision: Option<SignedDuration>,
+    pub max_node_startup: Option<SignedDuration>,
+    pub allow_non_atomic_scale_up_to_max: bool,
+}
+
+fn group<'a>(inv: &'a Inventory, id: &str) -> Result<&'a GroupState, ProviderError> {
+    inv.group(id).ok_or_else(|| ProviderError::GroupNotFound {
+        id: id.to_owned(),
+        known: {
+            let ids: Vec<&str> = inv.group_ids().take(10).collect();
+            if ids.is_empty() {
+                "none".to_owned()
+            } else {
+                ids.join(", ")
+            }
+        },
+    })
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn info(g: &GroupState) -> NodeGroupInfo {
+    NodeGroupInfo {
+        id: g.spec.id.clone(),
+        min_size: g.spec.min_size,
+        max_size: g.max_size(),
+        debug: format!(
+            "Group {}/{}: min {}, max {}, target {}, {} member(s)",
+            g.spec.namespace,
+            g.spec.name,
+            g.spec.min_size,
+            g.max_size(),
+            target_of(g),
+            g.machines.len(),
+        ),
+    }
+}
+
+fn target_of(g: &GroupState) -> u32 {
+    count(g.machines.iter().filter(|m| m.wanted_on()).count())
+}
+
+/// `NodeGroups`: every group, min and max filled.
+pub fn node_groups(inv: &Inventory) -> Vec<NodeGroupInfo> {
+    inv.groups().map(|g| info(g)).collect()
+}
+
+/// Rule 3: the number of machines wanted on (desired power `on`, whatever their progress).
+pub fn target_size(inv: &Inventory, id: &str) -> Result<u32, ProviderError> {
+    Ok(target_of(group(inv, id)?))
+}
+
+/// Rule 2: the group of a node, by providerID then name; `None` for nodes we do not manage
+/// (CA expects `id: ""` for those).
+pub fn node_group_for_node(inv: &Inventory, node: &NodeRef) -> Option<NodeGroupInfo> {
+    match inv.resolve(&node.provider_id, &node.name)? {
+        MachineRef::InGroup { group, .. } => inv.group(&group).map(|g| info(g)),
+        MachineRef::Ungrouped { .. } => None,
+    }
+}
+
+fn cmp_opt<T: Ord>(a: Option<T>, b: Option<T>, none_first: bool) -> Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => a.cmp(&b),
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) if none_first => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) if none_first => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+    }
+}
+
+/// Orders power-on candidates: the first is powered on first. Ties fall back to the name.
+pub fn power_on_order(order: PowerOnOrder, a: &MachineView, b: &MachineView) -> Ordering {
+    let primary = match order {
+        PowerOnOrder::Cheapest => match (a.hourly_rate, b.hourly_rate) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (x, y) => cmp_opt(x.map(|_| ()), y.map(|_| ()), false),
+        },
+        PowerOnOrder::FastestBoot => cmp_opt(a.typical_boot(), b.typical_boot(), false),
+        PowerOnOrder::LeastRecentlyUsed => cmp_opt(a.last_power_on, b.last_power_on, true),
+        PowerOnOrder::Name => Ordering::Equal,
+    };
+    primary.then_with(|| a.key.cmp(&b.key))
+}
+
+/// Machines `IncreaseSize` may pick, best first: members wanted off.
+fn candidates(g: &GroupState) -> Vec<&MachineView> {
+    let mut c: Vec<&MachineView> = g.machines.iter().filter(|m| !m.wanted_on()).collect();
+    c.sort_by(|a, b| power_on_order(g.spec.power_on_order, a, b));
+    c
+}
+
+/// Rule 4: pick `delta` powered-off machines by the group's `powerOnOrder` and want them on.
+pub fn increase_size(
+    inv: &Inventory,
+    id: &str,
+    delta: i32,
+    now: Timestamp,
+) -> Result<Decision, ProviderError> {
+    let g = group(inv, id)?;
+    if delta <= 0 {
+        return Err(ProviderError::DeltaNotPositive {
+            group: id.to_owned(),
+            delta,
+        });
+    }
+    let target = target_of(g);
+    let max = g.max_size();
+    let wanted = delta.unsigned_abs();
+    if u64::from(target) + u64::from(wanted) > u64::from(max) {
+        return Err(ProviderError::AboveMax {
+            group: id.to_owned(),
+            target,
+            delta,
+            max,
+        });
+    }
+    let c = candidates(g);
+    if c.len() < wanted as usize {
+        return Err(ProviderError::NotEnoughMachines {
+            group: id.to_owned(),
+            wanted,
+            available: count(c.len()),
+        });
+    }
+    let changes = c
+        .into_iter()
+        .take(wanted as usize)
+        .map(|m| PowerChange {
+            machine: m.key.clone(),
+            desired: PowerState::On,
+            at: now,
+        })
+        .collect();
+    Ok(Decision {
+        group: id.to_owned(),
+        changes,
+        target_before: target,
+        target_after: target + wanted,
+    })
+}
+
+/// Rule 5: want the named nodes off. All or nothing: every node must be a member (matched by
+/// providerID, then name; fake nodes included), the target must stay at or above `minSize`, and a
+/// registered `scaleDownDisabled` machine is refused. Nodes already wanted off change nothing
+/// (CA repeats the call for failed instances until they are gone).
+pub fn delete_nodes(
+    inv: &Inventory,
+    id: &str,
+    nodes: &[NodeRef],
+    now: Timestamp,
+) -> Result<Decision, ProviderError> {
+    let g = group(inv, id)?;
+    let mut seen = HashSet::new();
+    let mut off = Vec::new();
+    for n in nodes {
+        let found = inv.resolve(&n.provider_id, &n.name);
+        let m = match &found {
+            Some(r @ MachineRef::InGroup { group, .. }) if group == id => inv.machine(r),
+            _ => None,
+        };
+        let Some(m) = m else {
+            let actual = match &found {
+                Some(MachineRef::InGroup { group, .. }) => format!("group {group:?}"),
+                Some(MachineRef::Ungrouped { .. }) => "no group".to_owned(),
+                None => "no known machine".to_owned(),
+            };
+            return Err(ProviderError::NodeNotInGroup {
+                group: id.to_owned(),
+                node: n.to_string(),
+                actual,
+            });
+        };
+        if !seen.insert(m.key.clone()) || !m.wanted_on() {
+            continue;
+        }
+        if m.scale_down_disabled && inv.is_registered(m) {
+            return Err(ProviderError::ScaleDownDisabled {
+                group: id.to_owned(),
+                machine: m.key.to_string(),
+            });
+        }
+        off.push(m);
+    }
+    let target = target_of(g);
+    let n = count(off.len());
+    if target < n || target - n < g.spec.min_size {
+        return Err(ProviderError::BelowMin {
+            group: id.to_owned(),
+            target,
+            count: n,
+            min: g.spec.min_size,
+        });
+    }
+    Ok(Decision {
+        group: id.to_owned(),
+        changes: off
+            .into_iter()
+            .map(|m| PowerChange {
+                machine: m.key.clone(),
+                desired: PowerState::Off,
+                at: now,
+            })
+            .collect(),
+        target_before: target,
+        target_after: target - n,
+    })
+}
+
+/// Wanted-on members whose node has registered.
+pub fn registered_count(inv: &Inventory, g: &GroupState) -> u32 {
+    count(
+        g.machines
+            .iter()
+            .filter(|m| m.wanted_on() && inv.is_registered(m))
+            .count(),
+    )
+}
+
+/// Rule 6: cancel `|delta|` wanted-on machines that have not registered, newest request first.
+/// Never below the registered count; never below `minSize` either, except when the new target is
+/// exactly the registered count (CA's size fix, which must always succeed).
+pub fn decrease_target_size(
+    inv: &Inventory,
+    id: &str,
+    delta: i32,
+    now: Timestamp,
+) -> Result<Decision, ProviderError> {
+    let g = group(inv, id)?;
+    if delta >= 0 {
+        return Err(ProviderError::DeltaNotNegative {
+            group: id.to_owned(),
+            delta,
+        });
+    }
+    let target = target_of(g);
+    let registered = registered_count(inv, g);
+    let new = i64::from(target) + i64::from(delta);
+    if new < i64::from(registered) {
+        return Err(ProviderError::BelowRegistered {
+            group: id.to_owned(),
+            target,
+            delta,
+            registered,
+        });
+    }
+    if new < i64::from(g.spec.min_size) && new != i64::from(registered) {
+        return Err(ProviderError::DecreaseBelowMin {
+            group: id.to_owned(),
+            target,
+            delta,
+            min: g.spec.min_size,
+            registered,
+        });
+    }
+    let mut pending: Vec<&MachineView> = g
+        .machines
+        .iter()
+        .filter(|m| m.wanted_on() && !inv.is_registered(m))
+        .collect();
+    // Newest first (an unknown request time counts as oldest); among equals the one furthest
+    // from running (not started yet) first.
+    pending.sort_by(|a, b| {
+        cmp_opt(b.requested_at(), a.requested_at(), true)
+            .then_with(|| progress(a.lifecycle.phase()).cmp(&progress(b.lifecycle.phase())))
+            .then_with(|| b.key.cmp(&a.key))
+    });
+    let n = delta.unsigned_abs() as usize;
+    let changes: Vec<PowerChange> = pending
+        .into_iter()
+        .take(n)
+        .map(|m| PowerChange {
+            machine: m.key.clone(),
+            desired: PowerState::Off,
+            at: now,
+        })
+        .collect();
+    let after = target - count(changes.len());
+    Ok(Decision {
+        group: id.to_owned(),
+        changes,
+        target_before: target,
+        target_after: after,
+    })
+}
+
+fn progress(p: Phase) -> u8 {
+    match p {
+        Phase::Off | Phase::Unknown | Phase::Failed => 0,
+        Phase::PoweringOn => 1,
+        Phase::Booting => 2,
+        Phase::Ready | Phase::PoweringOff => 3,
+    }
+}
+
+/// Rule 7: the machines counted in the target plus those still being powered off; never idle
+/// powered-off spares. Failed power-ons are `Creating` with `errorInfo`.
+pub fn node_group_nodes(inv: &Inventory, id: &str) -> Result<Vec<InstanceInfo>, ProviderError> {
+    let g = group(inv, id)?;
+    let mut out = Vec::new();
+    for m in &g.machines {
+        let registered = inv.is_registered(m);
+        let (state, error) = if m.wanted_on() {
+            if inv.is_ready(m) {
+                (InstanceState::Running, None)
+            } else if m.lifecycle.phase() == Phase::Failed {
+                let message = m
+                    .lifecycle
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "power-on or boot failed".to_owned());
+                (
+                    InstanceState::Creating,
+                    Some(InstanceError {
+                        code: "PowerOnFailed".to_owned(),
+                        message: format!("machine {}: {message}", m.key),
+                        class: ErrorClass::Other,
+                    }),
+                )
+            } else {
+                (InstanceState::Creating, None)
+            }
+        } else if m.is_down(registered) {
+            continue;
+        } else {
+            (InstanceState::Deleting, None)
+        };
+        out.push(InstanceInfo {
+            id: m.provider_id.clone(),
+            machine: m.key.clone(),
+            state,
+            error,
+        });
+    }
+    Ok(out)
+}
+
+/// Rule 9: `None` (CA uses its flags) unless the Group sets options; then the request's defaults
+/// with the Group's fields on top.
+pub fn node_group_options(
+    inv: &Inventory,
+    id: &str,
+    defaults: Option<AutoscalingOptions>,
+) -> Result<Option<AutoscalingOptions>, ProviderError> {
+    let g = group(inv, id)?;
+    let o = &g.spec.options;
+    if o.is_empty() {
+        return Ok(None);
+    }
+    let mut out = defaults.unwrap_or_default();
+    if let Some(v) = o.scale_down_utilization_threshold {
+        out.scale_down_utilization_threshold = v;
+    }
+    if let Some(v) = o.scale_down_gpu_utilization_threshold {
+        out.scale_down_gpu_utilization_threshold = v;
+    }
+    if let Some(v) = o.zero_or_max_node_scaling {
+        out.zero_or_max_node_scaling = v;
+    }
+    if let Some(v) = o.ignore_daemon_sets_utilization {
+        out.ignore_daemon_sets_utilization = v;
+    }
+    if let Some(v) = o.scale_down_unneeded {
+        out.scale_down_unneeded = Some(v);
+    }
+    if let Some(v) = o.scale_down_unready {
+        out.scale_down_unready = Some(v);
+    }
+    if let Some(v) = o.max_node_provision {
+        out.max_node_provision = Some(v);
+    }
+    Ok(Some(out))
+}
+
+/// Prefix CA gives the template nodes it builds from `NodeGroupTemplateNodeInfo`
+/// (`template-node-for-<group id>-<random>`).
+pub const CA_TEMPLATE_PREFIX: &str = "template-node-for-";
+
+/// The group id in a CA template node name, if it names one of ours.
+fn template_group<'a>(inv: &'a Inventory, name: &str) -> Option<&'a GroupState> {
+    let rest = name.strip_prefix(CA_TEMPLATE_PREFIX)?;
+    let (id, suffix) = rest.rsplit_once('-')?;
+    if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    inv.group(id)
+}
+
+/// The rate CA should expect for one more node of the group: the machine `IncreaseSize` would
+/// pick next, else the cheapest member. Missing rates count as 0 (a homelab with no prices).
+pub fn group_hourly_rate(g: &GroupState) -> f64 {
+    candidates(g)
+        .first()
+        .and_then(|m| m.hourly_rate)
+        .or_else(|| {
+            g.machines
+                .iter()
+                .filter_map(|m| m.hourly_rate)
+                .min_by(f64::total_cmp)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Rule 11: price of a node (real, fake or CA's template) over `[start, end)`: hourly rate × hours.
+pub fn node_price(
+    inv: &Inventory,
+    node: &NodeRef,
+    start: Timestamp,
+    end: Timestamp,
+) -> Result<f64, ProviderError> {
+    if end < start {
+        return Err(ProviderError::InvalidWindow {
+            node: node.to_string(),
+            start: start.to_string(),
+            end: end.to_string(),
+        });
+    }
+    let hours = end.duration_since(start).as_secs_f64() / 3600.0;
+    let rate = match inv.resolve(&node.provider_id, &node.name) {
+        Some(r) => inv
+            .machine(&r)
+            .and_then(|m| m.hourly_rate)
+            .unwrap_or(0.0),
+        None => match template_group(inv, &node.name) {
+            Some(g) => group_hourly_rate(g),
+            None => {
+                return Err(ProviderError::NodeNotManaged {
+                    node: node.to_string(),
+                });
+            }
+        },
+    };
+    Ok(rate * hours)
+}
+
+/// Node label keys that name a GPU model, as set by the vendors' feature-discovery daemons.
+pub const GPU_LABELS: [&str; 3] = [
+    "nvidia.com/gpu.product",
+    "amd.com/gpu.product-name",
+    "gpu.intel.com/device-id",
+];
+
+fn all_label_sets(inv: &Inventory) -> impl Iterator<Item = &std::collections::BTreeMap<String, String>> {
+    inv.nodes().map(|n| &n.labels).chain(inv.machines().flat_map(|m| {
+        m.last_seen
+            .iter()
+            .map(|s| &s.labels)
+            .chain(std::iter::once(&m.hints.labels))
+    }))
+}
+
+/// Rule 11: the GPU label key found on our nodes (registered, last seen or declared), or `None`.
+pub fn gpu_label(inv: &Inventory) -> Option<&'static str> {
+    GPU_LABELS
+        .into_iter()
+        .find(|k| all_label_sets(inv).any(|l| l.contains_key(*k)))
+}
+
+/// Rule 11: the GPU types (values of [`gpu_label`]) found on our nodes; empty when none.
+pub fn gpu_types(inv: &Inventory) -> BTreeSet<String> {
+    let Some(key) = gpu_label(inv) else {
+        return BTreeSet::new();
+    };
+    all_label_sets(inv)
+        .filter_map(|l| l.get(key).cloned())
+        .collect()
+}

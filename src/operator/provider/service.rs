@@ -1,0 +1,588 @@
+//! The tonic `CloudProvider` service over the pure core.
+//!
+//! Reads answer from memory: the source's inventory snapshot with an overlay of the desired-power
+//! changes this server persisted and the source does not reflect yet, so a `TargetSize` right after
+//! an `IncreaseSize` agrees with it (rule 3). Mutations are serialised per group, computed by
+//! [`super::ops`], persisted through the source before the RPC returns, then recorded in the
+//! overlay.
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use super::error::{ErrorKind, ProviderError};
+use super::inventory::{Inventory, MachineKey, PowerChange};
+use super::ops::{self, AutoscalingOptions, Decision, ErrorClass, InstanceState, NodeRef};
+use super::proto;
+use super::proto::cloud_provider_server::{CloudProvider, CloudProviderServer};
+use super::template;
+
+/// A failed or partial persist. `applied` lists the changes that did reach durable storage (the
+/// source should undo what it can first; whatever remains is reported here and kept in the view).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PersistError {
+    pub applied: Vec<PowerChange>,
+    pub message: String,
+}
+
+/// Where the provider's inventory comes from and where its decisions go: the kube-backed source
+/// (reflectors + Node CR patches) in the operator, an in-memory one in tests and benches.
+pub trait InventorySource: Send + Sync + 'static {
+    /// The current inventory. Called on every RPC: return the same `Arc` until something changes.
+    fn snapshot(&self) -> Arc<Inventory>;
+
+    /// Durably records desired power (`spec.powerState`) for these machines. Must be idempotent.
+    fn set_desired_power(
+        &self,
+        changes: &[PowerChange],
+    ) -> impl Future<Output = Result<(), PersistError>> + Send;
+
+    /// Resolves once the inventory is complete (caches synced); the server accepts no connection
+    /// before.
+    fn wait_ready(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// How long a recorded change overrides a source that does not show it yet (the source normally
+/// catches up within a second; this only bounds the damage if a later write by someone else is
+/// never distinguishable from ours).
+pub const DEFAULT_OVERLAY_TTL: Duration = Duration::from_secs(60);
+/// Bound on a persist, well inside CA's default 5 s call deadline.
+pub const DEFAULT_PERSIST_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Pending {
+    change: PowerChange,
+    recorded: Instant,
+}
+
+struct View {
+    base: Arc<Inventory>,
+    effective: Arc<Inventory>,
+    pending: HashMap<MachineKey, Pending>,
+}
+
+struct Inner<S> {
+    source: Arc<S>,
+    view: Mutex<View>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    overlay_ttl: Duration,
+    persist_timeout: Duration,
+}
+
+/// The provider: a cheap-to-clone handle usable directly (simulator checks, tests) or as the
+/// tonic service ([`Provider::into_server`]).
+pub struct Provider<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Provider<S> {
+    fn clone(&self) -> Self {
+        Provider {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: InventorySource> Provider<S> {
+    pub fn new(source: Arc<S>) -> Provider<S> {
+        Provider::with_timeouts(source, DEFAULT_OVERLAY_TTL, DEFAULT_PERSIST_TIMEOUT)
+    }
+
+    pub fn with_timeouts(
+        source: Arc<S>,
+        overlay_ttl: Duration,
+        persist_timeout: Duration,
+    ) -> Provider<S> {
+        let base = source.snapshot();
+        Provider {
+            inner: Arc::new(Inner {
+                source,
+                view: Mutex::new(View {
+                    effective: base.clone(),
+                    base,
+                    pending: HashMap::new(),
+                }),
+                locks: Mutex::new(HashMap::new()),
+                overlay_ttl,
+                persist_timeout,
+            }),
+        }
+    }
+
+    pub fn into_server(self) -> CloudProviderServer<Provider<S>> {
+        CloudProviderServer::new(self)
+    }
+
+    /// The inventory as the provider answers from it: the source's snapshot plus pending changes.
+    pub fn view(&self) -> Arc<Inventory> {
+        let base = self.inner.source.snapshot();
+        // A poisoned lock only means a panic elsewhere mid-update; the data is still consistent
+        // enough to rebuild from the source.
+        let mut v = self.inner.view.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let expired = v
+            .pending
+            .values()
+            .any(|p| now.duration_since(p.recorded) > self.inner.overlay_ttl);
+        if Arc::ptr_eq(&base, &v.base) && !expired {
+            return v.effective.clone();
+        }
+        let ttl = self.inner.overlay_ttl;
+        v.pending.retain(|key, p| {
+            let reflected = base
+                .group_of(key)
+                .and_then(|g| base.group(g))
+                .and_then(|g| {
+                    g.machines
+                        .binary_search_by(|m| m.key.cmp(key))
+                        .ok()
+                        .map(|i| g.machines[i].desired == p.change.desired)
+                })
+                // A machine that is gone needs no overlay.
+                .unwrap_or(true);
+            !reflected && now.duration_since(p.recorded) <= ttl
+        });
+        let mut effective = (*base).clone();
+        let changes: Vec<PowerChange> = v.pending.values().map(|p| p.change.clone()).collect();
+        effective.apply_changes(&changes);
+        v.base = base;
+        v.effective = Arc::new(effective);
+        v.effective.clone()
+    }
+
+    fn record(&self, group: &str, changes: &[PowerChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut v = self.inner.view.lock().unwrap_or_else(|e| e.into_inner());
+        let recorded = Instant::now();
+        for c in changes {
+            v.pending.insert(
+                c.machine.clone(),
+                Pending {
+                    change: c.clone(),
+                    recorded,
+                },
+            );
+        }
+        let mut effective = (*v.effective).clone();
+        effective.apply(group, changes);
+        v.effective = Arc::new(effective);
+    }
+
+    fn group_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Runs one mutation for a group: serialised with every other mutation of the group,
+    /// decided on the current view, persisted (bounded by the persist timeout), then recorded.
+    pub async fn mutate(
+        &self,
+        id: &str,
+        decide: impl FnOnce(&Inventory, Timestamp) -> Result<Decision, ProviderError>,
+    ) -> Result<Decision, ProviderError> {
+        // Unknown ids fail before a lock is created for them.
+        ops::target_size(&self.view(), id)?;
+        let lock = self.group_lock(id);
+        let _guard = lock.lock().await;
+        let decision = decide(&self.view(), Timestamp::now())?;
+        if decision.is_noop() {
+            return Ok(decision);
+        }
+        let persisted = tokio::time::timeout(
+            self.inner.persist_timeout,
+            self.inner.source.set_desired_power(&decision.changes),
+        )
+        .await;
+        match persisted {
+            Ok(Ok(())) => {
+                self.record(&decision.group, &decision.changes);
+                tracing::info!(
+                    group = %decision.group,
+                    target_before = decision.target_before,
+                    target_after = decision.target_after,
+                    machines = ?decision.changes.iter().map(|c| c.machine.to_string()).collect::<Vec<_>>(),
+                    "desired power persisted"
+                );
+                Ok(decision)
+            }
+            Ok(Err(e)) => {
+                self.record(&decision.group, &e.applied);
+                Err(ProviderError::Persist {
+                    group: id.to_owned(),
+                    message: e.message,
+                })
+            }
+            Err(_) => Err(ProviderError::Persist {
+                group: id.to_owned(),
+                message: format!(
+                    "no answer within {:?}; the change may still land",
+                    self.inner.persist_timeout
+                ),
+            }),
+        }
+    }
+}
+
+/// Maps a core error to the gRPC status CA sees (rule 12: only `Unimplemented` is special).
+pub fn status(e: &ProviderError) -> Status {
+    let code = match e.kind() {
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Unimplemented => tonic::Code::Unimplemented,
+    };
+    Status::new(code, e.to_string())
+}
+
+fn fail(e: ProviderError) -> Status {
+    match e.kind() {
+        ErrorKind::Unavailable => tracing::warn!(error = %e, "provider call failed"),
+        _ => tracing::debug!(error = %e, "provider call rejected"),
+    }
+    status(&e)
+}
+
+fn node_ref(n: &proto::ExternalGrpcNode) -> NodeRef {
+    NodeRef {
+        provider_id: n.provider_id.clone(),
+        name: n.name.clone(),
+    }
+}
+
+fn group_pb(g: ops::NodeGroupInfo) -> proto::NodeGroup {
+    proto::NodeGroup {
+        id: g.id,
+        min_size: i32::try_from(g.min_size).unwrap_or(i32::MAX),
+        max_size: i32::try_from(g.max_size).unwrap_or(i32::MAX),
+        debug: g.debug,
+    }
+}
+
+fn ts(t: Option<prost_types::Timestamp>, field: &'static str) -> Result<Timestamp, ProviderError> {
+    let t = t.ok_or(ProviderError::MissingField { field })?;
+    Timestamp::new(t.seconds, t.nanos).map_err(|_| ProviderError::MissingField { field })
+}
+
+fn dur_from_pb(d: Option<prost_types::Duration>) -> Option<SignedDuration> {
+    d.map(|d| SignedDuration::new(d.seconds, d.nanos))
+}
+
+fn dur_to_pb(d: Option<SignedDuration>) -> Option<prost_types::Duration> {
+    d.map(|d| prost_types::Duration {
+        seconds: d.as_secs(),
+        nanos: d.subsec_nanos(),
+    })
+}
+
+/// Wire options → core options.
+pub fn options_from_pb(o: proto::NodeGroupAutoscalingOptions) -> AutoscalingOptions {
+    AutoscalingOptions {
+        scale_down_utilization_threshold: o.scale_down_utilization_threshold,
+        scale_down_gpu_utilization_threshold: o.scale_down_gpu_utilization_threshold,
+        zero_or_max_node_scaling: o.zero_or_max_node_scaling,
+        ignore_daemon_sets_utilization: o.ignore_daemon_sets_utilization,
+        scale_down_unneeded: dur_from_pb(o.scale_down_unneeded_duration),
+        scale_down_unready: dur_from_pb(o.scale_down_unready_duration),
+        max_node_provision: dur_from_pb(o.max_node_provision_duration),
+        max_node_startup: dur_from_pb(o.max_node_startup_duration),
+        allow_non_atomic_scale_up_to_max: o.allow_non_atomic_scale_up_to_max,
+    }
+}
+
+/// Core options → wire options.
+pub fn options_to_pb(o: AutoscalingOptions) -> proto::NodeGroupAutoscalingOptions {
+    proto::NodeGroupAutoscalingOptions {
+        scale_down_utilization_threshold: o.scale_down_utilization_threshold,
+        scale_down_gpu_utilization_threshold: o.scale_down_gpu_utilization_threshold,
+        zero_or_max_node_scaling: o.zero_or_max_node_scaling,
+        ignore_daemon_sets_utilization: o.ignore_daemon_sets_utilization,
+        scale_down_unneeded_duration: dur_to_pb(o.scale_down_unneeded),
+        scale_down_unready_duration: dur_to_pb(o.scale_down_unready),
+        max_node_provision_duration: dur_to_pb(o.max_node_provision),
+        max_node_startup_duration: dur_to_pb(o.max_node_startup),
+        allow_non_atomic_scale_up_to_max: o.allow_non_atomic_scale_up_to_max,
+    }
+}
+
+fn instance_pb(i: ops::InstanceInfo) -> proto::Instance {
+    use proto::instance_status::InstanceState as S;
+    let state = match i.state {
+        InstanceState::Running => S::InstanceRunning,
+        InstanceState::Creating => S::InstanceCreating,
+        InstanceState::Deleting => S::InstanceDeleting,
+    };
+    proto::Instance {
+        id: i.id,
+        status: Some(proto::InstanceStatus {
+            instance_state: state as i32,
+            error_info: i.error.map(|e| proto::InstanceErrorInfo {
+                error_code: e.code,
+                error_message: e.message,
+                instance_error_class: match e.class {
+                    ErrorClass::OutOfResources => 1,
+                    ErrorClass::Other => 99,
+                },
+            }),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: InventorySource> CloudProvider for Provider<S> {
+    async fn node_groups(
+        &self,
+        _: Request<proto::NodeGroupsRequest>,
+    ) -> Result<Response<proto::NodeGroupsResponse>, Status> {
+        let inv = self.view();
+        Ok(Response::new(proto::NodeGroupsResponse {
+            node_groups: ops::node_groups(&inv).into_iter().map(group_pb).collect(),
+        }))
+    }
+
+    async fn node_group_for_node(
+        &self,
+        req: Request<proto::NodeGroupForNodeRequest>,
+    ) -> Result<Response<proto::NodeGroupForNodeResponse>, Status> {
+        let node = req
+            .into_inner()
+            .node
+            .ok_or_else(|| fail(ProviderError::MissingField { field: "node" }))?;
+        let inv = self.view();
+        let g = ops::node_group_for_node(&inv, &node_ref(&node));
+        Ok(Response::new(proto::NodeGroupForNodeResponse {
+            node_group: Some(g.map(group_pb).unwrap_or_default()),
+        }))
+    }
+
+    async fn pricing_node_price(
+        &self,
+        req: Request<proto::PricingNodePriceRequest>,
+    ) -> Result<Response<proto::PricingNodePriceResponse>, Status> {
+        let r = req.into_inner();
+        let node = r
+            .node
+            .ok_or_else(|| fail(ProviderError::MissingField { field: "node" }))?;
+        let start = ts(r.start_timestamp, "startTimestamp").map_err(fail)?;
+        let end = ts(r.end_timestamp, "endTimestamp").map_err(fail)?;
+        let price = ops::node_price(&self.view(), &node_ref(&node), start, end).map_err(fail)?;
+        Ok(Response::new(proto::PricingNodePriceResponse { price }))
+    }
+
+    async fn pricing_pod_price(
+        &self,
+        _: Request<proto::PricingPodPriceRequest>,
+    ) -> Result<Response<proto::PricingPodPriceResponse>, Status> {
+        Err(status(&ProviderError::Unimplemented {
+            what: "PricingPodPrice",
+        }))
+    }
+
+    async fn gpu_label(
+        &self,
+        _: Request<proto::GpuLabelRequest>,
+    ) -> Result<Response<proto::GpuLabelResponse>, Status> {
+        Ok(Response::new(proto::GpuLabelResponse {
+            label: ops::gpu_label(&self.view()).unwrap_or_default().to_owned(),
+        }))
+    }
+
+    async fn get_available_gpu_types(
+        &self,
+        _: Request<proto::GetAvailableGpuTypesRequest>,
+    ) -> Result<Response<proto::GetAvailableGpuTypesResponse>, Status> {
+        Ok(Response::new(proto::GetAvailableGpuTypesResponse {
+            gpu_types: ops::gpu_types(&self.view())
+                .into_iter()
+                .map(|t| (t, prost_types::Any::default()))
+                .collect(),
+        }))
+    }
+
+    /// Rule 10: CA shutting down must never power anything off.
+    async fn cleanup(
+        &self,
+        _: Request<proto::CleanupRequest>,
+    ) -> Result<Response<proto::CleanupResponse>, Status> {
+        Ok(Response::new(proto::CleanupResponse {}))
+    }
+
+    /// The view is always current (reflectors + overlay): nothing to reload, nothing to fail.
+    async fn refresh(
+        &self,
+        _: Request<proto::RefreshRequest>,
+    ) -> Result<Response<proto::RefreshResponse>, Status> {
+        self.view();
+        Ok(Response::new(proto::RefreshResponse {}))
+    }
+
+    async fn node_group_target_size(
+        &self,
+        req: Request<proto::NodeGroupTargetSizeRequest>,
+    ) -> Result<Response<proto::NodeGroupTargetSizeResponse>, Status> {
+        let t = ops::target_size(&self.view(), &req.into_inner().id).map_err(fail)?;
+        Ok(Response::new(proto::NodeGroupTargetSizeResponse {
+            target_size: i32::try_from(t).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn node_group_increase_size(
+        &self,
+        req: Request<proto::NodeGroupIncreaseSizeRequest>,
+    ) -> Result<Response<proto::NodeGroupIncreaseSizeResponse>, Status> {
+        let r = req.into_inner();
+        self.mutate(&r.id, |inv, now| ops::increase_size(inv, &r.id, r.delta, now))
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(proto::NodeGroupIncreaseSizeResponse {}))
+    }
+
+    async fn node_group_delete_nodes(
+        &self,
+        req: Request<proto::NodeGroupDeleteNodesRequest>,
+    ) -> Result<Response<proto::NodeGroupDeleteNodesResponse>, Status> {
+        let r = req.into_inner();
+        let nodes: Vec<NodeRef> = r.nodes.iter().map(node_ref).collect();
+        self.mutate(&r.id, |inv, now| ops::delete_nodes(inv, &r.id, &nodes, now))
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(proto::NodeGroupDeleteNodesResponse {}))
+    }
+
+    async fn node_group_decrease_target_size(
+        &self,
+        req: Request<proto::NodeGroupDecreaseTargetSizeRequest>,
+    ) -> Result<Response<proto::NodeGroupDecreaseTargetSizeResponse>, Status> {
+        let r = req.into_inner();
+        self.mutate(&r.id, |inv, now| {
+            ops::decrease_target_size(inv, &r.id, r.delta, now)
+        })
+        .await
+        .map_err(fail)?;
+        Ok(Response::new(proto::NodeGroupDecreaseTargetSizeResponse {}))
+    }
+
+    async fn node_group_nodes(
+        &self,
+        req: Request<proto::NodeGroupNodesRequest>,
+    ) -> Result<Response<proto::NodeGroupNodesResponse>, Status> {
+        let instances = ops::node_group_nodes(&self.view(), &req.into_inner().id).map_err(fail)?;
+        Ok(Response::new(proto::NodeGroupNodesResponse {
+            instances: instances.into_iter().map(instance_pb).collect(),
+        }))
+    }
+
+    async fn node_group_template_node_info(
+        &self,
+        req: Request<proto::NodeGroupTemplateNodeInfoRequest>,
+    ) -> Result<Response<proto::NodeGroupTemplateNodeInfoResponse>, Status> {
+        let t = template::template_node(&self.view(), &req.into_inner().id).map_err(fail)?;
+        Ok(Response::new(proto::NodeGroupTemplateNodeInfoResponse {
+            node_bytes: t.encode(),
+            resource_slice_bytes: Vec::new(),
+        }))
+    }
+
+    async fn node_group_get_options(
+        &self,
+        req: Request<proto::NodeGroupAutoscalingOptionsRequest>,
+    ) -> Result<Response<proto::NodeGroupAutoscalingOptionsResponse>, Status> {
+        let r = req.into_inner();
+        let o = ops::node_group_options(&self.view(), &r.id, r.defaults.map(options_from_pb))
+            .map_err(fail)?;
+        Ok(Response::new(proto::NodeGroupAutoscalingOptionsResponse {
+            node_group_autoscaling_options: o.map(options_to_pb),
+        }))
+    }
+}
+
+/// PEM material for the server's TLS; `client_ca` turns on required client certificates.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl TlsOptions {
+    /// Reads the three PEM files, naming the one that fails.
+    pub fn from_files(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: Option<&std::path::Path>,
+    ) -> Result<TlsOptions, ServeError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| ServeError::ReadPem {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        Ok(TlsOptions {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            client_ca_pem: client_ca.map(read).transpose()?,
+        })
+    }
+
+    fn config(&self) -> ServerTlsConfig {
+        let mut c = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        if let Some(ca) = &self.client_ca_pem {
+            // tonic requires the client certificate once a root is set (client_auth_optional
+            // stays false); its rustls config advertises ALPN h2, which CA's grpc-go insists on.
+            c = c.client_ca_root(Certificate::from_pem(ca));
+        }
+        c
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot read {path}: {source}; check --tls-cert/--tls-key/--client-ca")]
+    ReadPem {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid TLS configuration (certificate or key PEM): {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Serves the provider on `listener` until `shutdown` resolves. No connection is accepted before
+/// the source is ready (CA's first `NodeGroupForNode` can arrive before any `Refresh`).
+pub async fn serve<S: InventorySource>(
+    listener: TcpListener,
+    source: Arc<S>,
+    tls: Option<TlsOptions>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let mut builder = Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.config()).map_err(ServeError::Tls)?;
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        () = source.wait_ready() => {}
+        () = &mut shutdown => return Ok(()),
+    }
+    let provider = Provider::new(source);
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        tls = tls.is_some(),
+        client_auth = tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+        "serving the Cluster Autoscaler externalgrpc provider"
+    );
+    builder
+        .add_service(provider.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(ServeError::Transport)
+}

@@ -1,0 +1,198 @@
+//! Rule 8: the template node CA simulates a scale-up with (`NodeGroupTemplateNodeInfo`).
+//!
+//! Built from what a member looked like when last seen, else its declared hints, else the
+//! Group's template; the Group's template labels and taints are applied on top. Transient taints
+//! (CA's own, the node lifecycle controller's) and each machine's `taintsToRemove` are dropped:
+//! the template describes a freshly booted, Ready node.
+use std::collections::BTreeMap;
+
+use k8s_pb::api::core::v1 as pb;
+use k8s_pb::apimachinery::pkg::api::resource::Quantity;
+use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use prost::Message;
+
+use super::error::ProviderError;
+use super::inventory::{GroupState, Inventory, MachineView, NodeView, TaintView, TemplateHints};
+use super::ops::power_on_order;
+
+/// Taints CA puts on nodes it scales down.
+pub const CA_TAINTS: [&str; 2] = [
+    "ToBeDeletedByClusterAutoscaler",
+    "DeletionCandidateOfClusterAutoscaler",
+];
+
+/// Taints Kubernetes sets for node conditions; a new node does not carry them.
+const CONDITION_TAINT_PREFIX: &str = "node.kubernetes.io/";
+
+/// Pods a kubelet accepts by default; CA rejects every pod on a template without a `pods` capacity.
+const DEFAULT_PODS: &str = "110";
+
+/// The template as plain data (before protobuf encoding).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TemplateNode {
+    pub name: String,
+    pub provider_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<TaintView>,
+    pub capacity: BTreeMap<String, String>,
+    pub allocatable: BTreeMap<String, String>,
+}
+
+impl TemplateNode {
+    /// `k8s.io.api.core.v1.Node`, Ready, as CA reads it.
+    pub fn to_pb(&self) -> pb::Node {
+        let q = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        Quantity {
+                            string: Some(v.clone()),
+                        },
+                    )
+                })
+                .collect()
+        };
+        pb::Node {
+            metadata: Some(ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: self.labels.clone(),
+                ..Default::default()
+            }),
+            spec: Some(pb::NodeSpec {
+                provider_id: Some(self.provider_id.clone()),
+                unschedulable: Some(false),
+                taints: self
+                    .taints
+                    .iter()
+                    .map(|t| pb::Taint {
+                        key: Some(t.key.clone()),
+                        value: t.value.clone(),
+                        effect: Some(t.effect.clone()),
+                        time_added: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            status: Some(pb::NodeStatus {
+                capacity: q(&self.capacity),
+                allocatable: q(&self.allocatable),
+                phase: Some("Running".to_owned()),
+                conditions: vec![pb::NodeCondition {
+                    r#type: Some("Ready".to_owned()),
+                    status: Some("True".to_owned()),
+                    reason: Some("KubeletReady".to_owned()),
+                    message: Some("template node for scale-up simulation".to_owned()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Raw protobuf bytes (no `k8s\0` envelope), never empty.
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_pb().encode_to_vec()
+    }
+}
+
+fn drop_taint(t: &TaintView, remove: &[TaintView]) -> bool {
+    CA_TAINTS.contains(&t.key.as_str())
+        || t.key.starts_with(CONDITION_TAINT_PREFIX)
+        || remove
+            .iter()
+            .any(|r| r.key == t.key && r.effect == t.effect)
+}
+
+fn from_hints(h: &TemplateHints) -> Option<NodeView> {
+    if h.capacity.is_empty() {
+        return None;
+    }
+    Some(NodeView {
+        labels: h.labels.clone(),
+        taints: h.taints.clone(),
+        capacity: h.capacity.clone(),
+        allocatable: h.allocatable.clone(),
+        ..Default::default()
+    })
+}
+
+/// The member (and its shape) the template is built from, best source first.
+fn source(g: &GroupState) -> Option<(Option<&MachineView>, NodeView)> {
+    let mut members: Vec<&MachineView> = g.machines.iter().collect();
+    // The machine IncreaseSize would pick first is the best guess of what comes up next.
+    members.sort_by(|a, b| {
+        a.wanted_on()
+            .cmp(&b.wanted_on())
+            .then_with(|| power_on_order(g.spec.power_on_order, a, b))
+    });
+    let seen = members
+        .iter()
+        .find_map(|m| m.last_seen.as_ref().filter(|s| !s.capacity.is_empty()).map(|s| (Some(*m), s.clone())));
+    seen.or_else(|| {
+        members
+            .iter()
+            .find_map(|m| from_hints(&m.hints).map(|v| (Some(*m), v)))
+    })
+    .or_else(|| from_hints(&g.spec.template).map(|v| (None, v)))
+}
+
+/// Rule 8: the template node for a group, or `NoTemplate` (→ `Unimplemented`) when no capacity is
+/// known from any source.
+pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, ProviderError> {
+    let g = inv.group(id).ok_or_else(|| ProviderError::GroupNotFound {
+        id: id.to_owned(),
+        known: inv.group_ids().take(10).collect::<Vec<_>>().join(", "),
+    })?;
+    let Some((machine, shape)) = source(g) else {
+        return Err(ProviderError::NoTemplate {
+            group: id.to_owned(),
+        });
+    };
+    let name = machine
+        .map(|m| m.node_name.clone())
+        .unwrap_or_else(|| format!("{}-template", g.spec.name));
+    let provider_id = machine.map(|m| m.provider_id.clone()).unwrap_or_default();
+    let remove: &[TaintView] = machine.map(|m| m.taints_to_remove.as_slice()).unwrap_or(&[]);
+
+    let mut labels = shape.labels.clone();
+    labels.extend(g.spec.template.labels.clone());
+    labels
+        .entry("kubernetes.io/arch".to_owned())
+        .or_insert_with(|| "amd64".to_owned());
+    labels
+        .entry("kubernetes.io/os".to_owned())
+        .or_insert_with(|| "linux".to_owned());
+    labels.insert("kubernetes.io/hostname".to_owned(), name.clone());
+
+    let mut taints: Vec<TaintView> = shape
+        .taints
+        .iter()
+        .chain(g.spec.template.taints.iter())
+        .filter(|t| !drop_taint(t, remove))
+        .cloned()
+        .collect();
+    taints.sort();
+    taints.dedup();
+
+    let mut capacity = shape.capacity.clone();
+    capacity
+        .entry("pods".to_owned())
+        .or_insert_with(|| DEFAULT_PODS.to_owned());
+    let mut allocatable = if shape.allocatable.is_empty() {
+        capacity.clone()
+    } else {
+        shape.allocatable.clone()
+    };
+    for (k, v) in &capacity {
+        allocatable.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    Ok(TemplateNode {
+        name,
+        provider_id,
+        labels,
+        taints,
+        capacity,
+        allocatable,
+    })
+}

@@ -1,0 +1,591 @@
+//! Unit and property tests of the pure provider core, one block per CA-CONTRACT rule.
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+use prost::Message;
+
+use super::error::{ErrorKind, ProviderError};
+use super::inventory::*;
+use super::ops::*;
+use super::template::template_node;
+use crate::operator::machine::{Lifecycle, Phase, PowerState};
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
+    GroupView {
+        id: String::new(),
+        namespace: "lab".into(),
+        name: name.into(),
+        min_size: min,
+        max_size: max,
+        power_on_order: PowerOnOrder::Name,
+        options: GroupOptions::default(),
+        template: TemplateHints::default(),
+    }
+}
+
+fn machine(name: &str, g: &str, desired: PowerState, phase: Phase) -> MachineView {
+    let mut m = MachineView::new("lab", name, Some(g));
+    m.desired = desired;
+    m.lifecycle = Lifecycle {
+        phase: Some(phase),
+        ..Default::default()
+    };
+    m
+}
+
+fn node_for(m: &MachineView, ready: bool) -> NodeView {
+    NodeView {
+        name: m.node_name.clone(),
+        provider_id: m.provider_id.clone(),
+        ready,
+        ..Default::default()
+    }
+}
+
+/// Group "g" (min 1, max 4): a ready+registered, b booting (not registered), c, d, e off.
+fn lab() -> Inventory {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let b = machine("b", "g", PowerState::On, Phase::Booting);
+    let c = machine("c", "g", PowerState::Off, Phase::Off);
+    let d = machine("d", "g", PowerState::Off, Phase::Off);
+    let e = machine("e", "g", PowerState::Off, Phase::Off);
+    let na = node_for(&a, true);
+    Inventory::build(vec![group("g", 1, Some(4))], vec![a, b, c, d, e], vec![na])
+}
+
+fn fake(m: &str) -> NodeRef {
+    let id = default_provider_id("lab", m);
+    NodeRef {
+        provider_id: id.clone(),
+        name: id,
+    }
+}
+
+fn names(d: &Decision) -> Vec<String> {
+    d.changes.iter().map(|c| c.machine.name.clone()).collect()
+}
+
+// Rule 1: instance ids are the expected providerIDs.
+#[test]
+fn instance_ids_are_provider_ids() {
+    let mut m = machine("a", "g", PowerState::On, Phase::Ready);
+    m.provider_id = "k3s://host-a".into();
+    let n = node_for(&m, true);
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![m], vec![n]);
+    let i = node_group_nodes(&inv, "g").unwrap_or_default();
+    assert_eq!(i.len(), 1);
+    assert_eq!(i[0].id, "k3s://host-a");
+    assert_eq!(i[0].state, InstanceState::Running);
+}
+
+// Rule 2: providerID first, then name; fake nodes; unmanaged → None; min/max filled.
+#[test]
+fn node_group_for_node_resolution() {
+    let mut a = machine("a", "g", PowerState::On, Phase::Ready);
+    a.node_name = "host-a".into();
+    let b = machine("b", "h", PowerState::Off, Phase::Off);
+    let loose = machine("loose", "nogroup", PowerState::Off, Phase::Off);
+    let inv = Inventory::build(
+        vec![group("g", 1, Some(3)), group("h", 0, None)],
+        vec![a.clone(), b, loose],
+        vec![],
+    );
+    // providerID wins over a misleading name.
+    let r = node_group_for_node(
+        &inv,
+        &NodeRef {
+            provider_id: a.provider_id.clone(),
+            name: "b".into(),
+        },
+    );
+    let r = r.map(|g| (g.id, g.min_size, g.max_size));
+    assert_eq!(r, Some(("g".into(), 1, 3)));
+    // name when the providerID is unknown.
+    let r = node_group_for_node(
+        &inv,
+        &NodeRef {
+            provider_id: "other://x".into(),
+            name: "b".into(),
+        },
+    );
+    assert_eq!(r.map(|g| (g.id, g.max_size)), Some(("h".into(), 1)));
+    // a fake node: name == providerID == instance id.
+    assert_eq!(
+        node_group_for_node(&inv, &fake("a")).map(|g| g.id),
+        Some("g".into())
+    );
+    // control plane / unknown / ungrouped → None (CA gets id "").
+    assert_eq!(
+        node_group_for_node(
+            &inv,
+            &NodeRef {
+                provider_id: String::new(),
+                name: "control-plane".into()
+            }
+        ),
+        None
+    );
+    assert_eq!(node_group_for_node(&inv, &fake("loose")), None);
+    // every id returned is in NodeGroups.
+    let ids: Vec<String> = node_groups(&inv).into_iter().map(|g| g.id).collect();
+    assert_eq!(ids, vec!["g".to_string(), "h".to_string()]);
+}
+
+#[test]
+fn registered_node_known_only_by_name_resolves_through_its_provider_id() {
+    let mut a = machine("a", "g", PowerState::On, Phase::Ready);
+    a.provider_id = "k3s://a".into();
+    a.node_name = "a-host".into();
+    let n = NodeView {
+        name: "renamed".into(),
+        provider_id: "k3s://a".into(),
+        ready: true,
+        ..Default::default()
+    };
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a], vec![n]);
+    let r = node_group_for_node(
+        &inv,
+        &NodeRef {
+            provider_id: String::new(),
+            name: "renamed".into(),
+        },
+    );
+    assert_eq!(r.map(|g| g.id), Some("g".into()));
+}
+
+// Rule 3: target = wanted on, unknown ids NotFound.
+#[test]
+fn target_counts_desired_on_and_unknown_is_not_found() {
+    let inv = lab();
+    assert_eq!(target_size(&inv, "g"), Ok(2));
+    let e = target_size(&inv, "nope").err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::NotFound));
+}
+
+#[test]
+fn group_ids_disambiguate_duplicate_names_across_namespaces() {
+    let mut g2 = group("g", 0, None);
+    g2.namespace = "other".into();
+    let inv = Inventory::build(vec![group("g", 0, None), g2], vec![], vec![]);
+    let ids: Vec<&str> = inv.group_ids().collect();
+    assert_eq!(ids, vec!["lab/g", "other/g"]);
+}
+
+// Rule 4.
+#[test]
+fn increase_size_picks_delta_machines_and_validates() {
+    let inv = lab();
+    let d = increase_size(&inv, "g", 2, t(0));
+    let d = d.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&d), vec!["c", "d"]);
+    assert_eq!((d.target_before, d.target_after), (2, 4));
+    assert!(d.changes.iter().all(|c| c.desired == PowerState::On));
+    let kind = |r: Result<Decision, ProviderError>| r.err().map(|e| e.kind());
+    assert_eq!(kind(increase_size(&inv, "g", 0, t(0))), Some(ErrorKind::InvalidArgument));
+    assert_eq!(kind(increase_size(&inv, "g", -1, t(0))), Some(ErrorKind::InvalidArgument));
+    assert_eq!(kind(increase_size(&inv, "g", 3, t(0))), Some(ErrorKind::FailedPrecondition));
+    assert_eq!(kind(increase_size(&inv, "x", 1, t(0))), Some(ErrorKind::NotFound));
+}
+
+#[test]
+fn increase_size_errors_when_too_few_machines_are_off() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let b = machine("b", "g", PowerState::Off, Phase::Off);
+    let inv = Inventory::build(vec![group("g", 0, Some(10))], vec![a, b], vec![]);
+    let e = increase_size(&inv, "g", 2, t(0)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::ResourceExhausted));
+    // max defaults to the member count.
+    let inv2 = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![machine("a", "g", PowerState::On, Phase::Ready)],
+        vec![],
+    );
+    let e = increase_size(&inv2, "g", 1, t(0)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+}
+
+#[test]
+fn power_on_order_policies() {
+    let mut g = group("g", 0, None);
+    let mut c1 = machine("m1", "g", PowerState::Off, Phase::Off);
+    let mut c2 = machine("m2", "g", PowerState::Off, Phase::Off);
+    let mut c3 = machine("m3", "g", PowerState::Off, Phase::Off);
+    c1.hourly_rate = Some(0.30);
+    c2.hourly_rate = None;
+    c3.hourly_rate = Some(0.10);
+    c1.boot_durations = vec![SignedDuration::from_secs(90), SignedDuration::from_secs(100), SignedDuration::from_secs(95)];
+    c3.boot_durations = vec![SignedDuration::from_secs(300)];
+    c1.last_power_on = Some(t(100));
+    c3.last_power_on = Some(t(50));
+    let pick = |g: &GroupView, order: PowerOnOrder| {
+        let mut g = g.clone();
+        g.power_on_order = order;
+        let inv = Inventory::build(vec![g], vec![c1.clone(), c2.clone(), c3.clone()], vec![]);
+        increase_size(&inv, "g", 3, t(0)).map(|d| names(&d)).unwrap_or_default()
+    };
+    assert_eq!(pick(&g, PowerOnOrder::Cheapest), vec!["m3", "m1", "m2"]);
+    assert_eq!(pick(&g, PowerOnOrder::FastestBoot), vec!["m1", "m3", "m2"]);
+    assert_eq!(pick(&g, PowerOnOrder::LeastRecentlyUsed), vec!["m2", "m3", "m1"]);
+    g.power_on_order = PowerOnOrder::Name;
+    assert_eq!(pick(&g, PowerOnOrder::Name), vec!["m1", "m2", "m3"]);
+}
+
+// Rule 5.
+#[test]
+fn delete_nodes_is_all_or_nothing() {
+    let inv = lab();
+    // a (registered) + b (fake node for the unregistered one): target 2 → 0 < min 1.
+    let e = delete_nodes(&inv, "g", &[fake("a"), fake("b")], t(0)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+    // one node: fine, by name (registered node).
+    let d = delete_nodes(
+        &inv,
+        "g",
+        &[NodeRef {
+            provider_id: String::new(),
+            name: "a".into(),
+        }],
+        t(0),
+    );
+    assert_eq!(d.map(|d| (names(&d), d.target_after)), Ok((vec!["a".into()], 1)));
+    // a node of another group rejects the whole call.
+    let other = machine("z", "h", PowerState::On, Phase::Ready);
+    let mut ms: Vec<MachineView> = inv.machines().cloned().collect();
+    ms.push(other);
+    let inv2 = Inventory::build(vec![group("g", 0, Some(4)), group("h", 0, None)], ms, vec![]);
+    let e = delete_nodes(&inv2, "g", &[fake("b"), fake("z")], t(0)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+    let e = delete_nodes(&inv2, "g", &[fake("unknown")], t(0)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
+}
+
+#[test]
+fn delete_nodes_is_idempotent_and_dedups() {
+    let inv = lab();
+    // c is already wanted off: nothing to do, no min check trips.
+    let d = delete_nodes(&inv, "g", &[fake("c")], t(0));
+    assert_eq!(d.map(|d| d.is_noop()), Ok(true));
+    let d = delete_nodes(&inv, "g", &[fake("b"), fake("b")], t(0));
+    assert_eq!(d.map(|d| names(&d)), Ok(vec!["b".to_string()]));
+}
+
+#[test]
+fn scale_down_disabled_machines_are_refused_once_registered() {
+    let mut a = machine("a", "g", PowerState::On, Phase::Ready);
+    a.scale_down_disabled = true;
+    let mut b = machine("b", "g", PowerState::On, Phase::Failed);
+    b.scale_down_disabled = true;
+    let na = node_for(&a, true);
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b], vec![na]);
+    let e = delete_nodes(&inv, "g", &[fake("a")], t(0)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+    // a failed boot can still be cancelled (CA retries that every loop).
+    assert!(delete_nodes(&inv, "g", &[fake("b")], t(0)).is_ok());
+}
+
+// Rule 6.
+#[test]
+fn decrease_target_size_cancels_newest_pending_only() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let mut b = machine("b", "g", PowerState::On, Phase::PoweringOn);
+    let mut c = machine("c", "g", PowerState::On, Phase::Off);
+    b.power_on_requested = Some(t(10));
+    c.power_on_requested = Some(t(5));
+    let mut d = machine("d", "g", PowerState::On, Phase::Booting);
+    d.power_on_requested = Some(t(20));
+    // Request time unknown: counts as oldest, cancelled last.
+    let e = machine("e", "g", PowerState::On, Phase::Booting);
+    let na = node_for(&a, true);
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b, c, d, e], vec![na]);
+    let r = decrease_target_size(&inv, "g", -3, t(30));
+    assert_eq!(r.map(|d| (names(&d), d.target_after)), Ok((vec!["d".into(), "b".into(), "c".into()], 2)));
+    let kind = |r: Result<Decision, ProviderError>| r.err().map(|e| e.kind());
+    assert_eq!(kind(decrease_target_size(&inv, "g", -5, t(0))), Some(ErrorKind::FailedPrecondition));
+    assert_eq!(kind(decrease_target_size(&inv, "g", 0, t(0))), Some(ErrorKind::InvalidArgument));
+    assert_eq!(kind(decrease_target_size(&inv, "g", 1, t(0))), Some(ErrorKind::InvalidArgument));
+}
+
+#[test]
+fn decrease_target_size_fix_case_always_succeeds_even_below_min() {
+    // min 3, one registered, two failed boots: CA fixes the size with delta = 1 - 3.
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let b = machine("b", "g", PowerState::On, Phase::Failed);
+    let c = machine("c", "g", PowerState::On, Phase::Failed);
+    let na = node_for(&a, true);
+    let inv = Inventory::build(vec![group("g", 3, None)], vec![a, b, c], vec![na]);
+    let r = decrease_target_size(&inv, "g", -2, t(0));
+    assert_eq!(r.map(|d| d.target_after), Ok(1));
+    // A partial decrease below min that is not the fix is refused.
+    let r = decrease_target_size(&inv, "g", -1, t(0)).err();
+    assert_eq!(r.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+}
+
+// Rule 7.
+#[test]
+fn node_group_nodes_states_and_errors() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let b = machine("b", "g", PowerState::On, Phase::Booting);
+    let mut f = machine("f", "g", PowerState::On, Phase::Failed);
+    f.lifecycle.last_error = Some("boot deadline passed".into());
+    let off = machine("off", "g", PowerState::Off, Phase::Off);
+    let going = machine("going", "g", PowerState::Off, Phase::PoweringOff);
+    let nr = machine("notready", "g", PowerState::On, Phase::Booting);
+    let nodes = vec![node_for(&a, true), node_for(&nr, false)];
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b, f, off, going, nr], nodes);
+    let got: BTreeMap<String, (InstanceState, Option<ErrorClass>)> = node_group_nodes(&inv, "g")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| (i.machine.name, (i.state, i.error.map(|e| e.class))))
+        .collect();
+    let want: BTreeMap<String, (InstanceState, Option<ErrorClass>)> = [
+        ("a", (InstanceState::Running, None)),
+        ("b", (InstanceState::Creating, None)),
+        ("f", (InstanceState::Creating, Some(ErrorClass::Other))),
+        ("going", (InstanceState::Deleting, None)),
+        ("notready", (InstanceState::Creating, None)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+    assert!(node_group_nodes(&inv, "nope").is_err());
+}
+
+// Rule 8.
+#[test]
+fn template_from_last_seen_strips_transient_taints() {
+    let mut a = machine("a", "g", PowerState::Off, Phase::Off);
+    a.taints_to_remove = vec![TaintView {
+        key: "custom/remove".into(),
+        value: None,
+        effect: "NoSchedule".into(),
+    }];
+    let taint = |k: &str| TaintView {
+        key: k.into(),
+        value: Some("x".into()),
+        effect: "NoSchedule".into(),
+    };
+    a.last_seen = Some(NodeView {
+        name: "a".into(),
+        provider_id: a.provider_id.clone(),
+        labels: [("kubernetes.io/arch".to_string(), "arm64".to_string())].into(),
+        taints: vec![
+            taint("ToBeDeletedByClusterAutoscaler"),
+            taint("DeletionCandidateOfClusterAutoscaler"),
+            taint("node.kubernetes.io/unreachable"),
+            taint("custom/remove"),
+            taint("dedicated"),
+        ],
+        capacity: [("cpu".to_string(), "8".to_string()), ("memory".to_string(), "32Gi".to_string())].into(),
+        allocatable: BTreeMap::new(),
+        ready: false,
+        unschedulable: true,
+    });
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a], vec![]);
+    let tn = template_node(&inv, "g").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tn.labels.get("kubernetes.io/arch").map(String::as_str), Some("arm64"));
+    assert_eq!(tn.labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    assert_eq!(tn.labels.get("kubernetes.io/hostname").map(String::as_str), Some("a"));
+    assert_eq!(tn.taints.iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), vec!["dedicated"]);
+    assert_eq!(tn.capacity.get("pods").map(String::as_str), Some("110"));
+    assert_eq!(tn.allocatable.get("cpu").map(String::as_str), Some("8"));
+    let bytes = tn.encode();
+    assert!(!bytes.is_empty());
+    let decoded = k8s_pb::api::core::v1::Node::decode(bytes.as_slice());
+    let decoded = decoded.unwrap_or_else(|e| panic!("{e}"));
+    let ready = decoded
+        .status
+        .as_ref()
+        .map(|s| s.conditions.iter().any(|c| c.r#type.as_deref() == Some("Ready") && c.status.as_deref() == Some("True")));
+    assert_eq!(ready, Some(true));
+    assert_eq!(decoded.spec.and_then(|s| s.unschedulable), Some(false));
+}
+
+#[test]
+fn template_falls_back_to_hints_then_group_then_unimplemented() {
+    let mut a = machine("a", "g", PowerState::Off, Phase::Off);
+    a.hints.capacity = [("cpu".to_string(), "4".to_string())].into();
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a.clone()], vec![]);
+    assert_eq!(
+        template_node(&inv, "g").map(|t| t.capacity.get("cpu").cloned()),
+        Ok(Some("4".to_string()))
+    );
+    let mut g = group("g", 0, None);
+    g.template.capacity = [("cpu".to_string(), "2".to_string())].into();
+    g.template.labels = [("zone".to_string(), "rack1".to_string())].into();
+    let bare = machine("a", "g", PowerState::Off, Phase::Off);
+    let inv = Inventory::build(vec![g], vec![bare.clone()], vec![]);
+    let tn = template_node(&inv, "g");
+    assert_eq!(
+        tn.map(|t| (t.capacity.get("cpu").cloned(), t.labels.get("zone").cloned())),
+        Ok((Some("2".into()), Some("rack1".into())))
+    );
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![bare], vec![]);
+    let e = template_node(&inv, "g").err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::Unimplemented));
+}
+
+// Rule 9.
+#[test]
+fn options_unset_unless_group_sets_them() {
+    let inv = lab();
+    let defaults = AutoscalingOptions {
+        scale_down_utilization_threshold: 0.5,
+        max_node_startup: Some(SignedDuration::from_mins(15)),
+        ..Default::default()
+    };
+    assert_eq!(node_group_options(&inv, "g", Some(defaults.clone())), Ok(None));
+    let mut g = group("g", 0, None);
+    g.options.scale_down_unneeded = Some(SignedDuration::from_mins(30));
+    let inv = Inventory::build(vec![g], vec![], vec![]);
+    let o = node_group_options(&inv, "g", Some(defaults.clone()));
+    let want = AutoscalingOptions {
+        scale_down_unneeded: Some(SignedDuration::from_mins(30)),
+        ..defaults
+    };
+    assert_eq!(o, Ok(Some(want)));
+}
+
+// Rule 11.
+#[test]
+fn pricing_over_the_window() {
+    let mut a = machine("a", "g", PowerState::On, Phase::Ready);
+    a.hourly_rate = Some(0.12);
+    let mut b = machine("b", "g", PowerState::Off, Phase::Off);
+    b.hourly_rate = Some(0.30);
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b], vec![]);
+    let p = node_price(&inv, &fake("a"), t(0), t(7200)).unwrap_or(-1.0);
+    assert!((p - 0.24).abs() < 1e-9, "{p}");
+    // CA's template node for the group is priced by the machine picked next (b).
+    let tmpl = NodeRef {
+        provider_id: String::new(),
+        name: "template-node-for-g-4242".into(),
+    };
+    let p = node_price(&inv, &tmpl, t(0), t(1800)).unwrap_or(-1.0);
+    assert!((p - 0.15).abs() < 1e-9, "{p}");
+    assert!(node_price(&inv, &fake("a"), t(10), t(0)).is_err());
+    let e = node_price(&inv, &fake("nope"), t(0), t(10)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::NotFound));
+}
+
+#[test]
+fn gpu_label_and_types_come_from_node_data() {
+    let inv = lab();
+    assert_eq!(gpu_label(&inv), None);
+    assert!(gpu_types(&inv).is_empty());
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let mut b = machine("b", "g", PowerState::Off, Phase::Off);
+    b.hints.labels = [("nvidia.com/gpu.product".to_string(), "RTX-3090".to_string())].into();
+    let mut na = node_for(&a, true);
+    na.labels = [("nvidia.com/gpu.product".to_string(), "T4".to_string())].into();
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b], vec![na]);
+    assert_eq!(gpu_label(&inv), Some("nvidia.com/gpu.product"));
+    assert_eq!(
+        gpu_types(&inv).into_iter().collect::<Vec<_>>(),
+        vec!["RTX-3090".to_string(), "T4".to_string()]
+    );
+}
+
+#[test]
+fn node_view_reads_a_kubernetes_node() {
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n1", "labels": {"a": "b"}},
+        "spec": {"providerID": "homelab://lab/n1", "taints": [{"key": "k", "effect": "NoSchedule"}]},
+        "status": {"capacity": {"cpu": "4"}, "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap_or_default();
+    let v = NodeView::from_k8s(&node);
+    assert_eq!(v.name, "n1");
+    assert_eq!(v.provider_id, "homelab://lab/n1");
+    assert!(v.ready);
+    assert_eq!(v.capacity.get("cpu").map(String::as_str), Some("4"));
+    assert_eq!(v.taints.len(), 1);
+}
+
+// Property: any sequence of operations keeps min ≤ target ≤ max (except CA's size fix to the
+// registered count), never picks a machine twice, and the target equals the machines counted.
+#[derive(Clone, Debug)]
+enum Op {
+    Inc(i32),
+    Del(Vec<usize>),
+    Dec(i32),
+    Register(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (-1i32..5).prop_map(Op::Inc),
+        proptest::collection::vec(0usize..12, 0..4).prop_map(Op::Del),
+        (-5i32..1).prop_map(Op::Dec),
+        (0usize..12).prop_map(Op::Register),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn invariants_hold_over_random_operations(
+        min in 0u32..4,
+        extra in 0u32..6,
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        let max = min + extra;
+        let names: Vec<String> = (0..12).map(|i| format!("m{i:02}")).collect();
+        let machines: Vec<MachineView> = names
+            .iter()
+            .map(|n| machine(n, "g", PowerState::Off, Phase::Off))
+            .collect();
+        let mut registered: Vec<NodeView> = Vec::new();
+        let mut inv = Inventory::build(vec![group("g", min, Some(max))], machines.clone(), vec![]);
+        for (step, o) in ops.into_iter().enumerate() {
+            let now = t(step as i64);
+            let before = target_size(&inv, "g").unwrap_or(0);
+            let r = match &o {
+                Op::Inc(d) => increase_size(&inv, "g", *d, now),
+                Op::Del(ix) => {
+                    let nodes: Vec<NodeRef> = ix.iter().map(|i| fake(&names[*i])).collect();
+                    delete_nodes(&inv, "g", &nodes, now)
+                }
+                Op::Dec(d) => decrease_target_size(&inv, "g", *d, now),
+                Op::Register(i) => {
+                    // A wanted-on machine's node registers.
+                    let m = inv.machines().find(|m| m.key.name == names[*i]).cloned();
+                    if let Some(m) = m.filter(|m| m.wanted_on() && !inv.is_registered(m)) {
+                        registered.push(node_for(&m, true));
+                        let ms: Vec<MachineView> = inv.machines().cloned().collect();
+                        inv = Inventory::build(vec![group("g", min, Some(max))], ms, registered.clone());
+                    }
+                    continue;
+                }
+            };
+            let Ok(d) = r else { prop_assert_eq!(target_size(&inv, "g").unwrap_or(0), before); continue };
+            // No machine twice, and each change really flips a machine.
+            let mut seen = std::collections::HashSet::new();
+            for c in &d.changes {
+                prop_assert!(seen.insert(c.machine.clone()));
+                let m = inv.machines().find(|m| m.key == c.machine);
+                prop_assert!(m.is_some_and(|m| m.desired != c.desired));
+            }
+            if let Op::Dec(_) = o {
+                for c in &d.changes {
+                    let m = inv.machines().find(|m| m.key == c.machine);
+                    prop_assert!(m.is_some_and(|m| !inv.is_registered(m)));
+                }
+            }
+            inv.apply("g", &d.changes);
+            let after = target_size(&inv, "g").unwrap_or(0);
+            prop_assert_eq!(after, d.target_after);
+            prop_assert!(after <= max);
+            let g = inv.group("g").map(|g| registered_count(&inv, g)).unwrap_or(0);
+            prop_assert!(after >= min || after < before && after == g || after >= before, "target {} < min {} (before {})", after, min, before);
+            prop_assert_eq!(
+                node_group_nodes(&inv, "g").unwrap_or_default().iter().filter(|i| i.state != InstanceState::Deleting).count() as u32,
+                after
+            );
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! The discrete-event engine: a virtual clock (integer milliseconds, converted to
+//! `jiff::Timestamp` only at the boundary of the operator's cores), a binary-heap event queue
+//! and a seeded RNG. It plays the parts the real world plays for the operator: the machines'
+//! power actions, boots and shutdowns, the kubelet registering Node objects, the scheduler and
+//! the pods. The decisions are taken by the operator's own code: the machine lifecycle FSM
+//! (`operator::machine::reconcile_mut`) for every machine, and the provider core
+//! (`operator::provider::ops`) for every call the Cluster Autoscaler model makes.
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use jiff::{SignedDuration, Timestamp};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::cluster::{Cluster, NodeId, Placed, PodId};
+use super::report::{Counters, Report, SeriesPoint, TimelineEntry};
+use super::scenario::Scenario;
+use super::units::{HOUR, Millis};
+use super::workload::{self, PodSpec};
+use crate::operator::machine::{
+    Effect, EventKind, Lifecycle, NodeObs, Observed, OpStatus, OperationKind, Phase, Policy,
+    PowerState, reconcile_mut,
+};
+use crate::operator::provider::{Inventory, PowerChange};
+
+/// What a run should record beyond the summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Keep every event for `--timeline` / JSON.
+    pub timeline: bool,
+    /// Keep the machines-on / pending-pods series for `--plot` / JSON.
+    pub series: bool,
+}
+
+/// A run that broke one of the operator's safety invariants: a bug, never a statistic.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invariant violated at {at} (virtual time {offset}) in scenario {scenario:?} (seed {seed}): {what}\n\
+     This is a bug in kubectl-homelab's decision code or in the simulator. Please report it with \
+     the scenario file and this message."
+)]
+pub struct InvariantViolation {
+    pub scenario: String,
+    pub seed: u64,
+    pub at: Timestamp,
+    pub offset: String,
+    pub what: String,
+}
+
+/// What the simulated hardware is doing (the truth the operator can only observe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Physical {
+    Off,
+    /// Powered, booting; `will_boot` false = hangs (never registers).
+    Booting { will_boot: bool },
+    On,
+    ShuttingDown,
+}
+
+/// The simulated power action (Job, WoL packet, BMC call) for the lifecycle's operation.
+#[derive(Clone, Debug)]
+pub(super) struct SimOp {
+    pub id: String,
+    pub kind: OperationKind,
+    pub status: SimOpStatus,
+    pub succeeds: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum SimOpStatus {
+    Running,
+    Succeeded,
+    Failed(String),
+}
+
+/// The simulator's record of one machine.
+#[derive(Clone, Debug)]
+pub(super) struct MachineSim {
+    pub desired: PowerState,
+    pub lifecycle: Lifecycle,
+    pub policy: Policy,
+    pub op: Option<SimOp>,
+    pub physical: Physical,
+    /// The Node object: `None` = absent; `Some(since)` = registered, NotReady since `since`
+    /// when `ready` is false.
+    pub node_registered: bool,
+    pub node_not_ready_since: Option<Millis>,
+    /// Bumped to invalidate pending hardware timers (a cancelled action, a new cycle).
+    pub generation: u32,
+    /// Scheduled FSM wake-up (deadline / retry), to avoid queueing duplicates.
+    pub wake_at: Option<Millis>,
+    pub last_power_on: Option<Timestamp>,
+    pub boot_durations: Vec<SignedDuration>,
+    pub power_on_requested: Option<Timestamp>,
+    /// Energy accounting: watts since `watts_since`.
+    pub watts: f64,
+    pub watts_busy_part: f64,
+    pub watts_since: Millis,
+    pub powered_since: Option<Millis>,
+    pub stats: MachineCounters,
+}
+
+/// Per-machine totals.
+#[derive(Clone, Debug, Default)]
+pub(super) struct MachineCounters {
+    pub on_ms: Millis,
+    pub boots: u32,
+    pub failed_boots: u32,
+    pub power_offs: u32,
+    pub wh: f64,
+    pub busy_wh: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum EventKindSim {
+    /// The power action of machine `m` reports done.
+    ActionDone { m: usize, generation: u32 },
+    /// Machine `m` finished booting: its kubelet registers a Ready Node.
+    BootDone { m: usize, generation: u32 },
+    /// Machine `m` is off: its Node goes NotReady.
+    ShutdownDone { m: usize, generation: u32 },
+    /// Reconcile machine `m` (a deadline or retry the FSM asked to be woken for).
+    Wake { m: usize },
+    PodFinish { pod: PodId, generation: u32 },
+    AutoscalerScan,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Queued {
+    at: Millis,
+    seq: u64,
+    kind: EventKindSim,
+}
+
+/// The simulation state. Fields are shared with the autoscaler model (`super::autoscaler`).
+pub struct Sim<'s> {
+    pub(super) sc: &'s Scenario,
+    pub(super) opts: RunOptions,
+    pub(super) now: Millis,
+    start_ms: i64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    seq: u64,
+    pub(super) rng: SmallRng,
+    arrivals: Vec<PodSpec>,
+    next_arrival: usize,
+    pub(super) cluster: Cluster,
+    pub(super) machines: Vec<MachineSim>,
+    pub(super) ca: super::autoscaler::CaState,
+    inventory: Option<Inventory>,
+    pub(super) counters: Counters,
+    pub(super) timeline: Vec<TimelineEntry>,
+    series: Vec<SeriesPoint>,
+    last_series: (u32, u32, u32),
+    pending_since: Option<Millis>,
+    placed_buf: Vec<Placed>,
+    violation: Option<String>,
+}
+
+impl<'s> Sim<'s> {
+    pub fn new(sc: &'s Scenario, opts: RunOptions) -> Sim<'s> {
+        let mut rng = SmallRng::seed_from_u64(sc.seed);
+        let start_ms = sc.start.as_millisecond();
+        let start_of_day = u64::try_from(start_ms.rem_euclid(86_400_000)).unwrap_or(0);
+        let weekday = sc
+            .start
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .weekday()
+            .to_monday_one_offset();
+        let arrivals = workload::generate(&sc.workloads, sc.duration, start_of_day, weekday, &mut rng);
+        let mut cluster = Cluster::new(sc.machines.len(), sc.scheduler);
+        cluster.pods.reserve(arrivals.len());
+        let machines = sc
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let slot = &mut cluster.nodes[i];
+                slot.cpu = m.cpu;
+                slot.memory = m.memory;
+                slot.max_pods = m.max_pods;
+                let policy = Policy {
+                    boot_timeout: m
+                        .machine
+                        .spec
+                        .boot_timeout("")
+                        .unwrap_or(crate::operator::api::DEFAULT_BOOT_TIMEOUT),
+                    shutdown_timeout: m
+                        .machine
+                        .spec
+                        .shutdown_timeout("")
+                        .unwrap_or(crate::operator::api::DEFAULT_SHUTDOWN_TIMEOUT),
+                    ..Policy::default()
+                };
+                let on = m.initially_on;
+                if on {
+                    slot.ready = true;
+                }
+                MachineSim {
+                    desired: m.machine.spec.power_state,
+                    // Unknown: the FSM resolves the start state from the (simulated) cluster.
+                    lifecycle: Lifecycle::default(),
+                    policy,
+                    op: None,
+                    physical: if on { Physical::On } else { Physical::Off },
+                    node_registered: on,
+                    node_not_ready_since: None,
+                    generation: 0,
+                    wake_at: None,
+                    last_power_on: None,
+                    boot_durations: Vec::new(),
+                    power_on_requested: None,
+                    watts: 0.0,
+                    watts_busy_part: 0.0,
+                    watts_since: 0,
+                    powered_since: on.then_some(0),
+                    stats: MachineCounters::default(),
+                }
+            })
+            .collect();
+        let ca = super::autoscaler::CaState::new(sc);
+        let mut sim = Sim {
+            sc,
+            opts,
+            now: 0,
+            start_ms,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng,
+            arrivals,
+            next_arrival: 0,
+            cluster,
+            machines,
+            ca,
+            inventory: None,
+            counters: Counters::default(),
+            timeline: Vec::new(),
+            series: Vec::new(),
+            last_series: (u32::MAX, u32::MAX, u32::MAX),
+            pending_since: None,
+            placed_buf: Vec::new(),
+            violation: None,
+        };
+        for m in 0..sim.machines.len() {
+            sim.update_watts(m);
+        }
+        sim
+    }
+
+    /// Virtual time → the timestamp handed to the cores.
+    pub(super) fn ts(&self, t: Millis) -> Timestamp {
+        let ms = self.start_ms.saturating_add(i64::try_from(t).unwrap_or(i64::MAX));
+        Timestamp::from_millisecond(ms).unwrap_or(Timestamp::MAX)
+    }
+
+    /// Timestamp from a core → virtual time (never before now: a deadline in the past is due).
+    fn from_ts(&self, t: Timestamp) -> Millis {
+        let ms = t.as_millisecond() - self.start_ms;
+        u64::try_from(ms).unwrap_or(0).max(self.now)
+    }
+
+    pub(super) fn schedule(&mut self, at: Millis, kind: EventKindSim) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            at,
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    pub(super) fn violate(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.violation = Some(what);
+        }
+    }
+
+    pub(super) fn note(&mut self, machine: Option<usize>, group: Option<usize>, what: String) {
+        if self.opts.timeline {
+            let group = group.or_else(|| machine.map(|m| self.sc.machines[m].group));
+            self.timeline.push(TimelineEntry {
+                at: self.now,
+                time: self.ts(self.now),
+                machine: machine.map(|m| self.sc.machines[m].name.clone()),
+                group: group.map(|g| self.sc.groups[g].name.clone()),
+                what,
+            });
+        }
+    }
+
+    /// Runs to the end. `progress` is called with the virtual time about every virtual hour.
+    pub fn run(
+        mut self,
+        progress: &mut dyn FnMut(Millis, Millis),
+    ) -> Result<Report, InvariantViolation> {
+        let end = self.sc.duration;
+        // The operator starts: every machine is reconciled once from Unknown.
+        for m in 0..self.machines.len() {
+            self.reconcile(m);
+        }
+        self.schedule(0, EventKindSim::AutoscalerScan);
+        let mut next_progress = HOUR;
+        loop {
+            let next_event = self.queue.peek().map(|Reverse(q)| q.at);
+            let next_pod = self.arrivals.get(self.next_arrival).map(|p| p.arrival);
+            let (at, is_pod) = match (next_event, next_pod) {
+                (Some(e), Some(p)) if p < e => (p, true),
+                (Some(e), _) => (e, false),
+                (None, Some(p)) => (p, true),
+                (None, None) => break,
+            };
+            if at >= end {
+                break;
+            }
+            self.advance(at);
+            if at >= next_progress {
+                progress(at, end);
+                next_progress = (at / HOUR + 1) * HOUR;
+            }
+            if is_pod {
+                let spec = self.arrivals[self.next_arrival];
+                self.next_arrival += 1;
+                self.pod_arrives(spec);
+            } else if let Some(Reverse(q)) = self.queue.pop() {
+                self.handle(q.kind);
+            }
+            if let Some(what) = self.violation.take() {
+                return Err(InvariantViolation {
+                    scenario: self.sc.name.clone(),
+                    seed: self.sc.seed,
+                    at: self.ts(self.now),
+                    offset: super::units::format_millis(self.now),
+                    what,
+                });
+            }
+            self.record_series();
+        }
+        self.advance(end);
+        progress(end, end);
+        Ok(self.finish())
+    }
+
+    fn advance(&mut self, to: Millis) {
+        if !self.cluster.pending.is_empty()
+            && let Some(since) = self.pending_since
+        {
+            self.counters.unschedulable_ms += to - since;
+            self.pending_since = Some(to);
+        }
+        self.now = to;
+    }
+
+    fn record_series(&mut self) {
+        let pending = self.cluster.pending.len() as u32;
+        if pending > 0 && self.pending_since.is_none() {
+            self.pending_since = Some(self.now);
+        } else if pending == 0 {
+            self.pending_since = None;
+        }
+        if !self.opts.series {
+            return;
+        }
+        let on = self
+            .machines
+            .iter()
+            .filter(|m| m.physical != Physical::Off)
+            .count() as u32;
+        let ready = self.cluster.nodes.iter().filter(|n| n.ready).count() as u32;
+        let point = (on, ready, pending);
+        if point != self.last_series {
+            self.last_series = point;
+            self.series.push(SeriesPoint {
+                at: self.now,
+                powered: on,
+                ready,
+                pending,
+            });
+        }
+    }
+
+    fn handle(&mut self, kind: EventKindSim) {
+        match kind {
+            EventKindSim::PodFinish { pod, generation } => {
+                let node = self.cluster.pods[pod as usize].node;
+                let mut out = std::mem::take(&mut self.placed_buf);
+                self.cluster.finish(pod, generation, self.now, &mut out);
+                if let Some(n) = node {
+                    self.update_watts(n);
+                }
+                self.after_placements(&mut out);
+                self.placed_buf = out;
+                if let Some(n) = node
+                    && self.cluster.nodes[n].pods.is_empty()
+                    && self.machines[n].desired == PowerState::Off
+                {
+                    // A draining node became empty: the operator's controller sees it.
+                    self.reconcile(n);
+                }
+            }
+            EventKindSim::AutoscalerScan => {
+                self.autoscaler_scan();
+                let next = self.now + self.sc.autoscaler.scan_interval;
+                self.schedule(next, EventKindSim::AutoscalerScan);
+            }
+            EventKindSim::Wake { m } => {
+                if self.machines[m].wake_at == Some(self.now) {
+                    self.machines[m].wake_at = None;
+                }
+                self.reconcile(m);
+            }
+            EventKindSim::ActionDone { m, generation } => {
+                if self.machines[m].generation != generation {
+                    return;
+                }
+                self.action_done(m);
+                self.reconcile(m);
+            }
+            EventKindSim::BootDone { m, generation } => {
+                if self.machines[m].generation != generation {
+                    return;
+                }
+                self.machines[m].physical = Physical::On;
+                self.machines[m].node_registered = true;
+                self.machines[m].node_not_ready_since = None;
+                self.cluster.nodes[m].ready = true;
+                self.invalidate_inventory();
+                self.update_watts(m);
+                self.note(Some(m), None, "node registered and Ready".to_owned());
+                self.reconcile(m);
+                let mut out = std::mem::take(&mut self.placed_buf);
+                self.cluster.fill_node(m, self.now, &mut out);
+                self.after_placements(&mut out);
+                self.placed_buf = out;
+            }
+            EventKindSim::ShutdownDone { m, generation } => {
+                if self.machines[m].generation != generation {
+                    return;
+                }
+                if !self.cluster.nodes[m].pods.is_empty() {
+                    let n = self.cluster.nodes[m].pods.len();
+                    self.violate(format!(
+                        "machine {} powered off with {n} pod(s) still bound to its node",
+                        self.sc.machines[m].name
+                    ));
+                }
+                self.set_physical(m, Physical::Off);
+                self.machines[m].stats.power_offs += 1;
+                if self.machines[m].node_registered {
+                    self.machines[m].node_not_ready_since = Some(self.now);
+                }
+                self.cluster.nodes[m].ready = false;
+                self.invalidate_inventory();
+                self.note(Some(m), None, "powered off".to_owned());
+                self.reconcile(m);
+            }
+        }
+    }
+
+    fn pod_arrives(&mut self, spec: PodSpec) {
+        let mut out = std::mem::take(&mut self.placed_buf);
+        self.cluster.arrive(spec, self.now, &mut out);
+        self.counters.pods += 1;
+        self.after_placements(&mut out);
+        self.placed_buf = out;
+    }
+
+    /// Schedules finish events for placed pods and updates the nodes' power draw.
+    pub(super) fn after_placements(&mut self, out: &mut Vec<Placed>) {
+        for p in out.drain(..) {
+            self.schedule(
+                p.finish_at,
+                EventKindSim::PodFinish {
+                    pod: p.pod,
+                    generation: p.generation,
+                },
+            );
+            self.update_watts(p.node);
+        }
+    }
+
+    /// The Inventory the provider core decides from, rebuilt from the simulated world only when
+    /// something it reads has changed.
+    pub(super) fn inventory(&mut self) -> &mut Inventory {
+        if self.inventory.is_none() {
+            self.inventory = Some(super::views::build_inventory(self));
+        }
+        self.inventory.get_or_insert_with(Inventory::default)
+    }
+
+    pub(super) fn invalidate_inventory(&mut self) {
+        self.inventory = None;
+        self.ca.invalidate_templates();
+    }
+
+    /// Applies the provider's decision the way the gRPC service does (desired `spec.powerState`
+    /// patched), then lets the machine controller react.
+    pub(super) fn apply_changes(&mut self, changes: &[PowerChange]) {
+        for c in changes {
+            let Some(m) = self.machine_index(&c.machine.namespace, &c.machine.name) else {
+                self.violate(format!(
+                    "the provider decided on machine {} which the simulation does not know",
+                    c.machine
+                ));
+                continue;
+            };
+            self.machines[m].desired = c.desired;
+            if c.desired == PowerState::On {
+                self.machines[m].power_on_requested = Some(c.at);
+            }
+        }
+        self.invalidate_inventory();
+        for c in changes {
+            if let Some(m) = self.machine_index(&c.machine.namespace, &c.machine.name) {
+                self.reconcile(m);
+            }
+        }
+    }
+
+    pub(super) fn machine_index(&self, namespace: &str, name: &str) -> Option<usize> {
+        self.sc.machines.iter().position(|m| {
+            m.name == name && m.machine.metadata.namespace.as_deref().unwrap_or("") == namespace
+        })
+    }
+
+    /// The machine controller: observe, call the FSM, perform its effects; repeat while the
+    /// effects changed what it observes (e.g. a drain emptied the node).
+    pub(super) fn reconcile(&mut self, m: usize) {
+        for _ in 0..4 {
+            let now_ts = self.ts(self.now);
+            let ms = &self.machines[m];
+            let reason_buf;
+            let operation = match (&ms.lifecycle.operation, &ms.op) {
+                (Some(lop), Some(sop)) if lop.id == sop.id => match &sop.status {
+                    SimOpStatus::Running => OpStatus::Running,
+                    SimOpStatus::Succeeded => OpStatus::Succeeded,
+                    SimOpStatus::Failed(r) => {
+                        reason_buf = r.clone();
+                        OpStatus::Failed {
+                            reason: &reason_buf,
+                        }
+                    }
+                },
+                _ => OpStatus::Absent,
+            };
+            let node = if ms.node_registered {
+                NodeObs::Registered {
+                    ready: self.cluster.nodes[m].ready,
+                    provider_id_matches: true,
+                    not_ready_since: ms.node_not_ready_since.map(|t| self.ts(t)),
+                }
+            } else {
+                NodeObs::Absent
+            };
+            let observed = Observed {
+                desired: ms.desired,
+                node,
+                operation,
+                pods_present: !self.cluster.nodes[m].pods.is_empty(),
+                manual_retry: false,
+            };
+            let policy = ms.policy;
+            let before = ms.lifecycle.phase();
+            let mut lc = std::mem::take(&mut self.machines[m].lifecycle);
+            let outcome = reconcile_mut(&mut lc, &observed, now_ts, &policy);
+            self.machines[m].lifecycle = lc;
+            if let Some(r) = outcome.rejected {
+                self.violate(format!(
+                    "the machine lifecycle rejected an event for {}: {r}",
+                    self.sc.machines[m].name
+                ));
+                return;
+            }
+            if !outcome.fired.is_empty() {
+                self.invalidate_inventory();
+                self.counters.transitions += outcome.fired.len() as u64;
+                let after = self.machines[m].lifecycle.phase();
+                for row in &outcome.fired {
+                    if row.to == Phase::Failed
+                        && matches!(
+                            row.event,
+                            EventKind::ActionFailed | EventKind::BootDeadlinePassed
+                        )
+                        && matches!(row.from, Phase::PoweringOn | Phase::Booting)
+                    {
+                        self.machines[m].stats.failed_boots += 1;
+                    }
+                }
+                if before != after {
+                    self.note(Some(m), None, format!("lifecycle {before} → {after}"));
+                }
+            }
+            let mut again = false;
+            for effect in outcome.effects {
+                again |= self.perform(m, effect);
+            }
+            if let Some(at) = outcome.requeue_at {
+                let at = self.from_ts(at);
+                if self.machines[m].wake_at.is_none_or(|w| w > at || w < self.now) {
+                    self.machines[m].wake_at = Some(at);
+                    self.schedule(at, EventKindSim::Wake { m });
+                }
+            }
+            if !again {
+                break;
+            }
+        }
+    }
+
+    /// Performs one FSM effect on the simulated world. Returns whether the machine should be
+    /// reconciled again at once (what it observes changed).
+    fn perform(&mut self, m: usize, effect: Effect) -> bool {
+        match effect {
+            Effect::StartPowerOn { op, .. } => {
+                self.start_action(m, op, OperationKind::PowerOn);
+                false
+            }
+            Effect::StartPowerOff { op, .. } => {
+                if !self.cluster.nodes[m].pods.is_empty() {
+                    let n = self.cluster.nodes[m].pods.len();
+                    self.violate(format!(
+                        "power-off of machine {} started with {n} pod(s) on its node",
+                        self.sc.machines[m].name
+                    ));
+                }
+                self.start_action(m, op, OperationKind::PowerOff);
+                false
+            }
+            Effect::CancelOperation { op } => {
+                if self.machines[m].op.as_ref().is_some_and(|o| o.id == op) {
+                    let ms = &mut self.machines[m];
+                    if ms.op.as_ref().is_some_and(|o| o.status == SimOpStatus::Running) {
+                        // The action had not acted yet: it never will.
+                        ms.generation += 1;
+                    }
+                    ms.op = None;
+                }
+                false
+            }
+            Effect::Cordon => {
+                self.cluster.nodes[m].cordoned = true;
+                false
+            }
+            Effect::Uncordon => {
+                self.cluster.nodes[m].cordoned = false;
+                let mut out = std::mem::take(&mut self.placed_buf);
+                self.cluster.fill_node(m, self.now, &mut out);
+                self.after_placements(&mut out);
+                self.placed_buf = out;
+                false
+            }
+            Effect::Drain => {
+                let evicted = self.cluster.evict_all(m);
+                if evicted == 0 {
+                    return false;
+                }
+                self.counters.evictions += evicted as u64;
+                self.update_watts(m);
+                self.note(Some(m), None, format!("drained: {evicted} pod(s) evicted"));
+                let mut out = std::mem::take(&mut self.placed_buf);
+                self.cluster.schedule_pending(self.now, &mut out);
+                self.after_placements(&mut out);
+                self.placed_buf = out;
+                true
+            }
+            Effect::DeleteNode => {
+                if self.machines[m].node_registered {
+                    self.machines[m].node_registered = false;
+                    self.machines[m].node_not_ready_since = None;
+                    self.cluster.nodes[m].ready = false;
+                    self.cluster.nodes[m].cordoned = false;
+                    self.invalidate_inventory();
+                }
+                false
+            }
+            Effect::AdoptAsWantedOn => {
+                if self.machines[m].desired != PowerState::On {
+                    self.machines[m].desired = PowerState::On;
+                    self.invalidate_inventory();
+                    return true;
+                }
+                false
+            }
+            Effect::PowerObserved { state, at } => {
+                if state == PowerState::On {
+                    self.machines[m].last_power_on = Some(at);
+                }
+                false
+            }
+            Effect::BootDuration(d) => {
+                let ms = &mut self.machines[m];
+                ms.stats.boots += 1;
+                ms.boot_durations.push(d);
+                let excess = ms.boot_durations.len().saturating_sub(10);
+                ms.boot_durations.drain(..excess);
+                false
+            }
+            Effect::Emit(e) => {
+                if self.opts.timeline {
+                    let kind = if e.warning { "warning" } else { "event" };
+                    self.note(Some(m), None, format!("{kind} {}: {}", e.reason, e.message));
+                }
+                false
+            }
+        }
+    }
+
+    fn start_action(&mut self, m: usize, op: String, kind: OperationKind) {
+        let model = &self.sc.machines[m];
+        let fail_p = match kind {
+            OperationKind::PowerOn => model.power_on_failure,
+            OperationKind::PowerOff => model.power_off_failure,
+        };
+        let succeeds = !(fail_p > 0.0 && self.rng.random::<f64>() < fail_p);
+        let took = model.power_action_time.sample(&mut self.rng);
+        let ms = &mut self.machines[m];
+        ms.generation += 1;
+        ms.op = Some(SimOp {
+            id: op,
+            kind,
+            status: SimOpStatus::Running,
+            succeeds,
+        });
+        let generation = ms.generation;
+        self.schedule(self.now + took, EventKindSim::ActionDone { m, generation });
+    }
+
+    fn action_done(&mut self, m: usize) {
+        let Some(op) = self.machines[m].op.clone() else {
+            return;
+        };
+        if op.status != SimOpStatus::Running {
+            return;
+        }
+        if !op.succeeds {
+            let reason = match op.kind {
+                OperationKind::PowerOn => "simulated power-on action failure",
+                OperationKind::PowerOff => "simulated power-off action failure",
+            };
+            if let Some(o) = self.machines[m].op.as_mut() {
+                o.status = SimOpStatus::Failed(reason.to_owned());
+            }
+            return;
+        }
+        if let Some(o) = self.machines[m].op.as_mut() {
+            o.status = SimOpStatus::Succeeded;
+        }
+        let generation = self.machines[m].generation;
+        match op.kind {
+            OperationKind::PowerOn => {
+                if matches!(self.machines[m].physical, Physical::On) {
+                    return;
+                }
+                let model = &self.sc.machines[m];
+                let will_boot = !(model.never_boots > 0.0 && self.rng.random::<f64>() < model.never_boots);
+                let boot = model.boot_time.sample(&mut self.rng);
+                self.set_physical(m, Physical::Booting { will_boot });
+                if will_boot {
+                    self.schedule(self.now + boot, EventKindSim::BootDone { m, generation });
+                } else {
+                    self.note(Some(m), None, "hangs while booting (simulated)".to_owned());
+                }
+            }
+            OperationKind::PowerOff => {
+                if self.machines[m].physical == Physical::Off {
+                    return;
+                }
+                let took = self.sc.machines[m].shutdown_time.sample(&mut self.rng);
+                // The kubelet stops: the node is NotReady from here on.
+                self.cluster.nodes[m].ready = false;
+                if !self.cluster.nodes[m].pods.is_empty() {
+                    let n = self.cluster.nodes[m].pods.len();
+                    self.violate(format!(
+                        "machine {} shuts down with {n} pod(s) still on its node",
+                        self.sc.machines[m].name
+                    ));
+                }
+                self.set_physical(m, Physical::ShuttingDown);
+                self.schedule(self.now + took, EventKindSim::ShutdownDone { m, generation });
+            }
+        }
+    }
+
+    fn set_physical(&mut self, m: usize, p: Physical) {
+        let was_off = self.machines[m].physical == Physical::Off;
+        self.machines[m].physical = p;
+        let is_off = p == Physical::Off;
+        if was_off && !is_off {
+            self.machines[m].powered_since = Some(self.now);
+        } else if !was_off && is_off {
+            if let Some(s) = self.machines[m].powered_since.take() {
+                self.machines[m].stats.on_ms += self.now - s;
+            }
+        }
+        self.update_watts(m);
+    }
+
+    /// Accounts energy up to now at the old draw and sets the new one.
+    pub(super) fn update_watts(&mut self, m: NodeId) {
+        let model = &self.sc.machines[m];
+        let idle = model.watts.idle.unwrap_or(0.0);
+        let busy = model.watts.busy.unwrap_or(idle);
+        let off = model.watts.off.unwrap_or(0.0);
+        let (watts, busy_part) = match self.machines[m].physical {
+            Physical::Off => (off, 0.0),
+            Physical::Booting { .. } | Physical::ShuttingDown => (idle, 0.0),
+            Physical::On => {
+                let extra = (busy - idle) * self.cluster.nodes[m].cpu_utilization();
+                (idle + extra, extra)
+            }
+        };
+        let ms = &mut self.machines[m];
+        let hours = (self.now - ms.watts_since) as f64 / HOUR as f64;
+        ms.stats.wh += ms.watts * hours;
+        ms.stats.busy_wh += ms.watts_busy_part * hours;
+        ms.watts = watts;
+        ms.watts_busy_part = busy_part;
+        ms.watts_since = self.now;
+    }
+
+    fn finish(mut self) -> Report {
+        let end = self.sc.duration;
+        for m in 0..self.machines.len() {
+            self.update_watts(m);
+            if let Some(s) = self.machines[m].powered_since.take() {
+                self.machines[m].stats.on_ms += end - s;
+            }
+        }
+        let series = std::mem::take(&mut self.series);
+        super::report::build(&self, end, series)
+    }
+}

@@ -1,0 +1,407 @@
+//! Workloads: when pods arrive, what they request and how long they run.
+//!
+//! Arrivals are generated up front from the seed (a sorted list), which keeps the event queue
+//! small and makes a run's workload independent of the decisions the autoscaler takes.
+use rand::Rng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+
+use super::units::{
+    Cpu, DAY, Distribution, Duration, Memory, Millis, Rate, parse_cpu, parse_memory, parse_millis,
+};
+
+/// One stream of pods in a scenario (`workload:` list item).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Shown in the timeline and JSON output.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant: Option<ConstantArrivals>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diurnal: Option<DiurnalArrivals>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<BurstArrivals>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceArrivals>,
+    /// CPU request of each pod (not used by `trace`, whose rows carry their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    /// Memory request of each pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    /// How long each pod runs once it is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Distribution>,
+}
+
+/// A Poisson process with a fixed rate.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConstantArrivals {
+    pub rate: Rate,
+}
+
+/// A Poisson process whose rate follows a cosine over the day (UTC): `peakRate` at `peakAt`,
+/// `troughRate` twelve hours away; on Saturdays and Sundays scaled by `weekendFactor`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiurnalArrivals {
+    pub peak_rate: Rate,
+    pub trough_rate: Rate,
+    /// Time of day of the peak, as an offset from midnight UTC (`14h`).
+    pub peak_at: Duration,
+    #[serde(default = "one")]
+    pub weekend_factor: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `count` pods at `at` (an offset from the start), repeated `every` if given, spread evenly
+/// over `spread`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BurstArrivals {
+    pub at: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<Duration>,
+    pub count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Duration>,
+}
+
+/// Pods from a CSV trace with the columns `time,cpu,memory,duration` (time is an offset from
+/// the start, e.g. `90s` or a number of seconds). Either a `file` (relative to the scenario
+/// file; read by the command, the simulator itself does no I/O) or the rows `inline`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceArrivals {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+}
+
+/// A pod as the simulator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodSpec {
+    pub arrival: Millis,
+    pub cpu: u64,
+    pub memory: u64,
+    pub duration: Millis,
+    pub workload: u16,
+}
+
+/// A trace row that does not parse, with its 1-based line in the CSV text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {problem}")]
+pub struct TraceError {
+    pub line: usize,
+    pub problem: String,
+}
+
+/// Parses trace CSV text. A first line starting with `time` is a header. Blank lines and lines
+/// starting with `#` are skipped.
+pub fn parse_trace(text: &str, workload: u16) -> Result<Vec<PodSpec>, TraceError> {
+    let mut pods = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let row = raw.trim();
+        if row.is_empty() || row.starts_with('#') || (i == 0 && row.starts_with("time")) {
+            continue;
+        }
+        let cols: Vec<&str> = row.split(',').map(str::trim).collect();
+        let err = |problem: String| TraceError { line, problem };
+        if cols.len() != 4 {
+            return Err(err(format!(
+                "expected 4 columns time,cpu,memory,duration, found {}",
+                cols.len()
+            )));
+        }
+        let time = parse_offset(cols[0]).ok_or_else(|| {
+            err(format!(
+                "time {:?} is not an offset like \"90s\" or a number of seconds",
+                cols[0]
+            ))
+        })?;
+        let cpu = parse_cpu(cols[1])
+            .ok_or_else(|| err(format!("cpu {:?} is not a quantity like \"500m\"", cols[1])))?;
+        let memory = parse_memory(cols[2]).ok_or_else(|| {
+            err(format!(
+                "memory {:?} is not a quantity like \"512Mi\"",
+                cols[2]
+            ))
+        })?;
+        let duration = parse_offset(cols[3]).ok_or_else(|| {
+            err(format!(
+                "duration {:?} is not a duration like \"10m\" or a number of seconds",
+                cols[3]
+            ))
+        })?;
+        pods.push(PodSpec {
+            arrival: time,
+            cpu,
+            memory,
+            duration,
+            workload,
+        });
+    }
+    Ok(pods)
+}
+
+fn parse_offset(s: &str) -> Option<Millis> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).round() as Millis);
+    }
+    parse_millis(s)
+}
+
+/// Pod template of a generated (non-trace) workload.
+#[derive(Clone, Copy, Debug)]
+pub struct PodTemplate {
+    pub cpu: u64,
+    pub memory: u64,
+    pub duration: Distribution,
+}
+
+/// How a workload's arrivals are generated, resolved from [`WorkloadSpec`] by the scenario.
+#[derive(Clone, Debug)]
+pub enum Arrivals {
+    Constant {
+        per_ms: f64,
+    },
+    Diurnal {
+        peak: f64,
+        trough: f64,
+        peak_at: Millis,
+        weekend_factor: f64,
+    },
+    Burst {
+        at: Millis,
+        every: Option<Millis>,
+        count: u32,
+        spread: Millis,
+    },
+    /// Rows already parsed.
+    Trace(Vec<PodSpec>),
+}
+
+/// A validated workload.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: String,
+    pub arrivals: Arrivals,
+    /// `None` for traces.
+    pub template: Option<PodTemplate>,
+}
+
+/// Generates every pod of every workload over `[0, duration)`, sorted by arrival.
+/// `start_of_day` is the scenario start's offset from midnight UTC and `start_weekday` its day
+/// of the week (Monday = 1), so diurnal patterns line up with the calendar.
+pub fn generate(
+    workloads: &[Workload],
+    duration: Millis,
+    start_of_day: Millis,
+    start_weekday: i8,
+    rng: &mut SmallRng,
+) -> Vec<PodSpec> {
+    let mut pods = Vec::new();
+    for (index, w) in workloads.iter().enumerate() {
+        let workload = u16::try_from(index).unwrap_or(u16::MAX);
+        let mut push = |arrival: Millis, rng: &mut SmallRng| {
+            if let Some(t) = &w.template {
+                pods.push(PodSpec {
+                    arrival,
+                    cpu: t.cpu,
+                    memory: t.memory,
+                    duration: t.duration.sample(rng).max(1),
+                    workload,
+                });
+            }
+        };
+        match &w.arrivals {
+            Arrivals::Constant { per_ms } => {
+                let mut t = 0.0;
+                if *per_ms > 0.0 {
+                    loop {
+                        t += exponential(rng, *per_ms);
+                        if t >= duration as f64 {
+                            break;
+                        }
+                        push(t as Millis, rng);
+                    }
+                }
+            }
+            Arrivals::Diurnal {
+                peak,
+                trough,
+                peak_at,
+                weekend_factor,
+            } => {
+                // Thinning: candidates at the highest rate, each kept with rate(t) / max.
+                let max = peak.max(*trough) * weekend_factor.max(1.0);
+                let mut t = 0.0;
+                if max > 0.0 {
+                    loop {
+                        t += exponential(rng, max);
+                        if t >= duration as f64 {
+                            break;
+                        }
+                        let at = t as Millis;
+                        let rate = diurnal_rate(
+                            at,
+                            *peak,
+                            *trough,
+                            *peak_at,
+                            *weekend_factor,
+                            start_of_day,
+                            start_weekday,
+                        );
+                        let keep: f64 = rng.random();
+                        if keep * max < rate {
+                            push(at, rng);
+                        }
+                    }
+                }
+            }
+            Arrivals::Burst {
+                at,
+                every,
+                count,
+                spread,
+            } => {
+                let mut when = *at;
+                while when < duration {
+                    for i in 0..*count {
+                        let offset = if *count > 1 {
+                            spread * u64::from(i) / u64::from(*count)
+                        } else {
+                            0
+                        };
+                        if when + offset < duration {
+                            push(when + offset, rng);
+                        }
+                    }
+                    match every {
+                        Some(e) if *e > 0 => when += e,
+                        _ => break,
+                    }
+                }
+            }
+            Arrivals::Trace(rows) => {
+                pods.extend(rows.iter().filter(|p| p.arrival < duration).map(|p| PodSpec {
+                    workload,
+                    ..*p
+                }));
+            }
+        }
+    }
+    // Stable, so equal arrival times keep workload order: deterministic.
+    pods.sort_by_key(|p| p.arrival);
+    pods
+}
+
+/// The diurnal rate (per ms) at virtual time `t`.
+pub fn diurnal_rate(
+    t: Millis,
+    peak: f64,
+    trough: f64,
+    peak_at: Millis,
+    weekend_factor: f64,
+    start_of_day: Millis,
+    start_weekday: i8,
+) -> f64 {
+    let since_midnight = start_of_day + t;
+    let tod = (since_midnight % DAY) as f64;
+    let phase = (tod - peak_at as f64) / DAY as f64 * std::f64::consts::TAU;
+    let rate = trough + (peak - trough) * 0.5 * (1.0 + phase.cos());
+    let weekday = (i64::from(start_weekday) - 1 + (since_midnight / DAY) as i64).rem_euclid(7);
+    if weekday >= 5 {
+        rate * weekend_factor
+    } else {
+        rate
+    }
+}
+
+fn exponential(rng: &mut SmallRng, rate: f64) -> f64 {
+    let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    -u.ln() / rate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::units::{HOUR, MINUTE, SECOND};
+    use rand::SeedableRng;
+
+    fn template() -> Option<PodTemplate> {
+        Some(PodTemplate {
+            cpu: 500,
+            memory: 1 << 30,
+            duration: Distribution::Fixed(10 * MINUTE),
+        })
+    }
+
+    #[test]
+    fn constant_rate_is_roughly_the_rate() {
+        let w = Workload {
+            name: "c".into(),
+            arrivals: Arrivals::Constant {
+                per_ms: 60.0 / HOUR as f64,
+            },
+            template: template(),
+        };
+        let mut rng = SmallRng::seed_from_u64(7);
+        let pods = generate(&[w], 100 * HOUR, 0, 1, &mut rng);
+        assert!((5_500..6_500).contains(&pods.len()), "{}", pods.len());
+        assert!(pods.windows(2).all(|p| p[0].arrival <= p[1].arrival));
+    }
+
+    #[test]
+    fn bursts_are_exact() {
+        let w = Workload {
+            name: "b".into(),
+            arrivals: Arrivals::Burst {
+                at: HOUR,
+                every: Some(24 * HOUR),
+                count: 10,
+                spread: 10 * SECOND,
+            },
+            template: template(),
+        };
+        let mut rng = SmallRng::seed_from_u64(7);
+        let pods = generate(&[w], 48 * HOUR, 0, 1, &mut rng);
+        assert_eq!(pods.len(), 20);
+        assert_eq!(pods[0].arrival, HOUR);
+        assert_eq!(pods[9].arrival, HOUR + 9 * SECOND);
+        assert_eq!(pods[10].arrival, 25 * HOUR);
+    }
+
+    #[test]
+    fn diurnal_peaks_at_peak_time_and_weekends_scale() {
+        let peak = 2.0;
+        let trough = 0.0;
+        assert!((diurnal_rate(14 * HOUR, peak, trough, 14 * HOUR, 0.5, 0, 1) - 2.0).abs() < 1e-9);
+        assert!(diurnal_rate(2 * HOUR, peak, trough, 14 * HOUR, 0.5, 0, 1) < 1e-9);
+        // Saturday (start Monday + 5 days) at the peak: half.
+        let sat = 5 * DAY + 14 * HOUR;
+        assert!((diurnal_rate(sat, peak, trough, 14 * HOUR, 0.5, 0, 1) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn trace_rows_and_errors_with_lines() {
+        let pods = parse_trace("time,cpu,memory,duration\n0,500m,1Gi,60\n90s,2,512Mi,10m\n", 3)
+            .unwrap();
+        assert_eq!(pods.len(), 2);
+        assert_eq!(pods[1].arrival, 90 * SECOND);
+        assert_eq!(pods[1].cpu, 2000);
+        assert_eq!(pods[1].duration, 10 * MINUTE);
+        assert_eq!(pods[1].workload, 3);
+        let err = parse_trace("time,cpu,memory,duration\n0,500m,1Gi,60\n5,lots,1Gi,60\n", 0)
+            .unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.problem.contains("cpu"));
+    }
+}

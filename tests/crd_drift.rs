@@ -1,0 +1,69 @@
+//! The committed CRDs under deploy/crds/ are exactly what the Rust types generate.
+//! Regenerate with `cargo run -- crd gen --out deploy/crds` (or run this test with
+//! KUBECTL_HOMELAB_UPDATE_GENERATED=1).
+use std::path::PathBuf;
+
+use kubectl_homelab::commands::crd::crd_files;
+
+#[test]
+fn committed_crds_match_the_types() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crds");
+    let files = crd_files().expect("CRDs render");
+    assert_eq!(files.len(), 2, "one file per CRD");
+    let update = std::env::var_os("KUBECTL_HOMELAB_UPDATE_GENERATED").is_some();
+    let mut stale = vec![];
+    for (name, want) in &files {
+        let path = dir.join(name);
+        if update {
+            std::fs::create_dir_all(&dir).expect("create deploy/crds");
+            std::fs::write(&path, want).expect("write CRD");
+            continue;
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        if &have != want {
+            stale.push(path.display().to_string());
+        }
+    }
+    // No leftovers from renamed CRDs.
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("deploy/crds exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut expected: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    expected.sort();
+    assert!(
+        stale.is_empty() && on_disk == expected,
+        "deploy/crds is out of date ({stale:?}; on disk {on_disk:?}, expected {expected:?}).\n\
+         Regenerate: cargo run -- crd gen --out deploy/crds   (and delete files no longer generated)"
+    );
+}
+
+#[test]
+fn generation_is_deterministic_and_stdout_matches_the_files() {
+    let a = kubectl_homelab::operator::api::crds_yaml().expect("yaml");
+    let b = kubectl_homelab::operator::api::crds_yaml().expect("yaml");
+    assert_eq!(a, b);
+    let joined: String = crd_files()
+        .expect("files")
+        .into_iter()
+        .map(|(_, y)| y)
+        .collect();
+    assert_eq!(
+        a, joined,
+        "`crd gen` and `crd gen --out` print the same documents"
+    );
+    // kubectl reads YAML 1.1: on/off must never be plain scalars.
+    for line in a.lines() {
+        let t = line.trim_start().trim_start_matches("- ");
+        for word in ["on", "off"] {
+            assert!(
+                t != word
+                    && !t.starts_with(&format!("{word}:"))
+                    && !t.ends_with(&format!(": {word}")),
+                "unquoted {word}: {line:?}"
+            );
+        }
+    }
+}

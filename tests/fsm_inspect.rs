@@ -1,0 +1,245 @@
+//! `kubectl homelab fsm inspect` as a user runs it: the built binary on files.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kubectl_homelab::operator::machine::{GraphFormat, TABLE, render};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubectl-homelab");
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fsm_inspect_machines.yaml")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        // Never reach a real cluster from these tests.
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?} failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+fn json(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = ok(args);
+    match serde_json::from_str::<serde_json::Value>(&out) {
+        Ok(serde_json::Value::Array(v)) => v,
+        other => panic!("not a JSON array: {other:?}\n{out}"),
+    }
+}
+
+#[test]
+fn table_shows_every_machine_with_its_phase_and_error() {
+    let file = data();
+    let out = ok(&["fsm", "inspect", "-f", file.to_str().unwrap_or_default()]);
+    for header in [
+        "MACHINE",
+        "GROUP",
+        "DESIRED",
+        "OBSERVED",
+        "PHASE",
+        "SINCE",
+        "ATTEMPT",
+        "LAST ERROR",
+        "NEXT RETRY",
+    ] {
+        assert!(out.contains(header), "missing {header}:\n{out}");
+    }
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{out}"))
+            .to_owned()
+    };
+    let nuc2 = line("nuc-2");
+    assert!(
+        nuc2.contains("Failed") && nuc2.contains("ago") && nuc2.contains("5"),
+        "{nuc2}"
+    );
+    assert!(out.contains("gave up"), "{out}");
+    assert!(line("nuc-1").contains("Ready"));
+    assert!(line("tower").contains("Booting"));
+    assert!(line("spare").contains("Unknown"));
+    // The core/v1 Node in the same file is not a machine.
+    assert!(!out.contains("control-plane"), "{out}");
+}
+
+#[test]
+fn json_has_the_lifecycle_fields_sorted_by_group_and_name() {
+    let file = data();
+    let v = json(&[
+        "fsm",
+        "inspect",
+        "-f",
+        file.to_str().unwrap_or_default(),
+        "-o",
+        "json",
+    ]);
+    let names: Vec<&str> = v.iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names, ["spare", "tower", "nuc-1", "nuc-2"]);
+    let nuc2 = &v[3];
+    assert_eq!(nuc2["namespace"], "homelab");
+    assert_eq!(nuc2["group"], "nucs");
+    assert_eq!(nuc2["desired"], "on");
+    assert_eq!(nuc2["observed"], "off");
+    assert_eq!(nuc2["phase"], "Failed");
+    assert_eq!(nuc2["phaseSince"], "2026-11-25T10:00:00Z");
+    assert_eq!(nuc2["attempt"], 5);
+    assert!(nuc2.get("nextRetryTime").is_none());
+    assert!(nuc2["lastError"].as_str().unwrap_or("").contains("gave up"));
+    let tower = &v[1];
+    assert_eq!(tower["operation"]["id"], "on-2");
+    assert_eq!(tower["progress"], "startingup");
+    assert_eq!(
+        tower["observed"], "on",
+        "derived from the phase when status has none"
+    );
+    assert_eq!(v[0]["phase"], "Unknown");
+}
+
+#[test]
+fn yaml_output_says_the_same_as_json() {
+    let file = data();
+    let f = file.to_str().unwrap_or_default();
+    let j = json(&["fsm", "inspect", "-f", f, "-o", "json"]);
+    let y = ok(&["fsm", "inspect", "-f", f, "-o", "yaml"]);
+    let parsed: Vec<serde_json::Value> =
+        serde_yaml::from_str(&y).unwrap_or_else(|e| panic!("not YAML: {e}\n{y}"));
+    assert_eq!(parsed, j);
+    // kubectl reads YAML 1.1: on/off must be quoted.
+    assert!(
+        y.contains("desired: \"on\"") || y.contains("desired: 'on'"),
+        "{y}"
+    );
+}
+
+#[test]
+fn names_select_machines_and_unknown_names_fail() {
+    let file = data();
+    let f = file.to_str().unwrap_or_default();
+    let v = json(&["fsm", "inspect", "-f", f, "-o", "json", "nuc-2", "tower"]);
+    assert_eq!(v.len(), 2);
+    let o = run(&["fsm", "inspect", "-f", f, "nuc-9"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("nuc-9") && err.contains("nuc-1"), "{err}");
+}
+
+#[test]
+fn graph_prints_the_transition_table() {
+    let mermaid = ok(&["fsm", "inspect", "--graph"]);
+    assert_eq!(mermaid, render(GraphFormat::Mermaid));
+    assert_eq!(ok(&["fsm", "inspect", "--graph", "mermaid"]), mermaid);
+    let edges = mermaid
+        .lines()
+        .filter(|l| l.contains(" --> ") && !l.contains("[*]"))
+        .count();
+    assert_eq!(edges, TABLE.len());
+    assert!(mermaid.contains("Booting --> Ready: NodeReady"));
+    let dot = ok(&["fsm", "inspect", "--graph", "dot"]);
+    assert!(dot.starts_with("digraph lifecycle {"));
+    assert!(dot.trim_end().ends_with('}'));
+    assert_eq!(
+        dot.lines().filter(|l| l.contains(" -> ")).count(),
+        TABLE.len()
+    );
+    let md = ok(&["fsm", "inspect", "--graph", "markdown"]);
+    assert_eq!(md.lines().count(), TABLE.len() + 2);
+}
+
+#[test]
+fn examples_inspect_cleanly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        // The examples belong to another part of the project; nothing to check without them.
+        return;
+    };
+    let mut checked = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let machines = text
+            .split("\n---")
+            .filter(|d| {
+                d.contains("apiVersion: infra.homecluster.dev/") && d.contains("\nkind: Node")
+            })
+            .count();
+        let v = json(&[
+            "fsm",
+            "inspect",
+            "-f",
+            path.to_str().unwrap_or_default(),
+            "-o",
+            "json",
+        ]);
+        assert_eq!(v.len(), machines, "{}", path.display());
+        ok(&["fsm", "inspect", "-f", path.to_str().unwrap_or_default()]);
+        checked += 1;
+    }
+    assert!(checked > 0 || std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) == 0);
+}
+
+#[test]
+fn bad_files_give_clear_errors_and_fail() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "items:\n- name: [unclosed\n  x: 1\n").unwrap_or_else(|e| panic!("{e}"));
+    let o = run(&["fsm", "inspect", "-f", bad.to_str().unwrap_or_default()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("bad.yaml") && err.contains("line"), "{err}");
+    assert!(stdout(&o).is_empty());
+
+    let missing = dir.path().join("missing.yaml");
+    let o = run(&["fsm", "inspect", "-f", missing.to_str().unwrap_or_default()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing.yaml"), "{}", stderr(&o));
+
+    // YAML, but a Node with a wrong field type: names the object.
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Node\nmetadata: {name: m1}\nspec: {powerState: sideways}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let o = run(&["fsm", "inspect", "-f", wrong.to_str().unwrap_or_default()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("wrong.yaml") && err.contains("m1"), "{err}");
+}
+
+#[test]
+fn without_a_cluster_the_error_suggests_a_file() {
+    let o = run(&["fsm", "inspect"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("no Kubernetes configuration") && err.contains("-f"),
+        "{err}"
+    );
+}
+
+#[test]
+fn namespace_and_all_namespaces_conflict() {
+    let o = run(&["fsm", "inspect", "-n", "x", "-A"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
