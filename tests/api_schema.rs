@@ -247,10 +247,10 @@ fn check_structural(node: &Value, path: &str, problems: &mut Vec<String>) {
     if ty.is_none() && !int_or_string && !preserve {
         problems.push(format!("{path}: no type"));
     }
-    if let Some(values) = obj.get("enum").and_then(Value::as_array) {
-        if values.iter().any(Value::is_null) {
-            problems.push(format!("{path}: null in enum"));
-        }
+    if let Some(values) = obj.get("enum").and_then(Value::as_array)
+        && values.iter().any(Value::is_null)
+    {
+        problems.push(format!("{path}: null in enum"));
     }
     if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
         problems.push(format!("{path}: both properties and additionalProperties"));
@@ -459,10 +459,10 @@ fn check_object(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
         }
         return;
     }
-    if let Some(values) = schema["enum"].as_array() {
-        if !values.contains(value) {
-            errors.push(format!("{path}: Unsupported value {value}"));
-        }
+    if let Some(values) = schema["enum"].as_array()
+        && !values.contains(value)
+    {
+        errors.push(format!("{path}: Unsupported value {value}"));
     }
     match schema["type"].as_str() {
         Some("object") => {
@@ -492,10 +492,11 @@ fn check_object(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
         }
         Some("array") => match value.as_array() {
             Some(items) => {
-                if let Some(max) = schema["maxItems"].as_u64() {
-                    if items.len() as u64 > max {
-                        errors.push(format!("{path}: too many items"));
-                    }
+                if schema["maxItems"]
+                    .as_u64()
+                    .is_some_and(|max| items.len() as u64 > max)
+                {
+                    errors.push(format!("{path}: too many items"));
                 }
                 for (i, item) in items.iter().enumerate() {
                     check_object(&schema["items"], item, &format!("{path}[{i}]"), errors);
@@ -538,10 +539,8 @@ fn check_object(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Stri
                 ));
             }
         }
-        Some("boolean") => {
-            if !value.is_boolean() {
-                errors.push(format!("{path}: must be a boolean"));
-            }
+        Some("boolean") if !value.is_boolean() => {
+            errors.push(format!("{path}: must be a boolean"));
         }
         _ => {}
     }

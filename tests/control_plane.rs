@@ -12,7 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kubectl_homelab::operator::api::{Group, Machine};
 use support::apply::{apply_file, apply_object, parse_multi_doc};
-use support::{FakeNode, World};
+use support::{FakeNode, JobOutcome, World};
 
 /// The example manifests shipped in examples/.
 fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
@@ -368,6 +368,69 @@ async fn simulated_job_runner_completes_and_fails_jobs() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn background_job_runner_plays_a_power_cycle() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("runner").await?;
+    let machine = cp.unique_name("nuc");
+    let world = World::new(cp.client()?);
+    let booter = world.clone();
+    let node = FakeNode::new(&machine).provider_id(&format!("homelab://{ns}/{machine}"));
+    let _runner = world.spawn_job_runner(
+        &ns,
+        Duration::from_millis(300),
+        |job: &Job| match job.metadata.name.as_deref() {
+            Some(n) if n.contains("-on-") => JobOutcome::Succeed,
+            Some(n) if n.contains("-hang-") => JobOutcome::Hang,
+            _ => JobOutcome::Fail("BMC unreachable".into()),
+        },
+        move |_job, outcome| {
+            // A successful power-on boots the machine: its kubelet registers the Node.
+            let (booter, node) = (booter.clone(), node.clone());
+            async move {
+                if outcome == JobOutcome::Succeed {
+                    booter.node_up(&node).await?;
+                }
+                Ok(())
+            }
+        },
+    );
+    let jobs: Api<Job> = Api::namespaced(cp.client()?, &ns);
+    for name in [
+        format!("{machine}-on-1"),
+        format!("{machine}-off-2"),
+        format!("{machine}-hang-3"),
+    ] {
+        jobs.create(&PostParams::default(), &job(&name)?).await?;
+    }
+    let nodes: Api<Node> = Api::all(cp.client()?);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let on = jobs.get(&format!("{machine}-on-1")).await?;
+            let off = jobs.get(&format!("{machine}-off-2")).await?;
+            let booted = nodes.get_opt(&machine).await?.is_some();
+            if condition(&on, "Complete") == Some("True")
+                && condition(&off, "Failed") == Some("True")
+                && booted
+            {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    let hanging = jobs.get(&format!("{machine}-hang-3")).await?;
+    assert_eq!(
+        hanging.status.and_then(|s| s.active),
+        Some(1),
+        "started, never finished"
+    );
+    world.node_delete(&machine).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn simulated_kubelet_runs_pods_and_finishes_their_deletion() -> anyhow::Result<()> {
     let Some(cp) = support::shared().await? else {
         return Ok(());
@@ -463,6 +526,18 @@ async fn own_control_plane_schedules_pods_and_dies_with_a_panicking_test() -> an
     .await??;
     assert_eq!(scheduled.as_deref(), Some("only-node"));
 
+    // The apiserver comes back on the same port with the same data.
+    cp.restart_apiserver().await?;
+    assert_eq!(
+        pods.get("pending")
+            .await?
+            .spec
+            .and_then(|s| s.node_name)
+            .as_deref(),
+        Some("only-node")
+    );
+    assert_eq!(cp.pids().len(), 3);
+
     // A test that panics while owning the control plane still kills it.
     let panicked = tokio::spawn(async move {
         let _owned = cp;
@@ -475,6 +550,41 @@ async fn own_control_plane_schedules_pods_and_dies_with_a_panicking_test() -> an
         let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
         assert!(!alive, "process {pid} outlived its control plane");
     }
+    Ok(())
+}
+
+#[test]
+fn missing_binaries_skip_or_fail_as_configured() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir()?;
+    let wanted = ["etcd", "kube-apiserver"];
+    let locate =
+        |required| support::Assets::locate_in(Some(dir.path().to_owned()), required, &wanted);
+    assert!(locate(false)?.is_none(), "missing and not required: skip");
+    let err = format!(
+        "{:#}",
+        locate(true)
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("required but missing must fail"))?
+    );
+    assert!(
+        err.contains("tests/k8s-bins/build.sh") && err.contains("kube-apiserver"),
+        "{err}"
+    );
+    for b in wanted {
+        let path = dir.path().join(b);
+        std::fs::write(&path, "")?;
+        assert!(locate(true).is_err(), "{b} present but not executable");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    assert_eq!(
+        locate(true)?.map(|a| a.kube_apiserver()),
+        Some(dir.path().join("kube-apiserver"))
+    );
+    let none = support::Assets::locate_in(None, true, &wanted)
+        .err()
+        .map(|e| e.to_string());
+    assert!(none.is_some_and(|e| e.contains("KUBECTL_HOMELAB_TEST_ASSETS")));
     Ok(())
 }
 

@@ -101,7 +101,12 @@ fn lab() -> Inventory {
     let mut cp = node_for(&loose, true);
     cp.name = "control-plane".into();
     cp.provider_id = "kind://control-plane".into();
-    let nodes = vec![node_for(&sa, true), node_for(&loose, true), node_for(&fc, true), cp];
+    let nodes = vec![
+        node_for(&sa, true),
+        node_for(&loose, true),
+        node_for(&fc, true),
+        cp,
+    ];
     Inventory::build(
         vec![
             group("small", 1, Some(4)),
@@ -123,32 +128,41 @@ async fn setup() -> (Arc<MemorySource>, Running, Client) {
 }
 
 async fn target(c: &mut Client, id: &str) -> i32 {
-    ok(c.node_group_target_size(NodeGroupTargetSizeRequest { id: id.into() })
-        .await)
+    ok(
+        c.node_group_target_size(NodeGroupTargetSizeRequest { id: id.into() })
+            .await,
+    )
     .target_size
 }
 
-async fn instances(c: &mut Client, id: &str) -> BTreeMap<String, (InstanceState, Option<InstanceErrorInfo>)> {
-    ok(c.node_group_nodes(NodeGroupNodesRequest { id: id.into() }).await)
-        .instances
-        .into_iter()
-        .map(|i| {
-            let s = i.status.unwrap_or_default();
+async fn instances(
+    c: &mut Client,
+    id: &str,
+) -> BTreeMap<String, (InstanceState, Option<InstanceErrorInfo>)> {
+    ok(c.node_group_nodes(NodeGroupNodesRequest { id: id.into() })
+        .await)
+    .instances
+    .into_iter()
+    .map(|i| {
+        let s = i.status.unwrap_or_default();
+        (
+            i.id,
             (
-                i.id,
-                (
-                    InstanceState::try_from(s.instance_state).unwrap_or(InstanceState::Unspecified),
-                    s.error_info,
-                ),
-            )
-        })
-        .collect()
+                InstanceState::try_from(s.instance_state).unwrap_or(InstanceState::Unspecified),
+                s.error_info,
+            ),
+        )
+    })
+    .collect()
 }
 
 async fn group_for(c: &mut Client, n: ExternalGrpcNode) -> NodeGroup {
-    ok(c.node_group_for_node(NodeGroupForNodeRequest { node: Some(n) }).await)
-        .node_group
-        .unwrap_or_default()
+    ok(
+        c.node_group_for_node(NodeGroupForNodeRequest { node: Some(n) })
+            .await,
+    )
+    .node_group
+    .unwrap_or_default()
 }
 
 fn changed(source: &MemorySource) -> Vec<(String, PowerState)> {
@@ -188,10 +202,21 @@ async fn rule2_node_group_for_node_by_provider_id_then_name() {
     let g = group_for(&mut c, fake("s-b")).await;
     assert_eq!((g.id.as_str(), g.min_size, g.max_size), ("small", 1, 4));
     // Nodes we do not manage: id "".
-    assert_eq!(group_for(&mut c, gnode("kind://control-plane", "control-plane")).await.id, "");
+    assert_eq!(
+        group_for(&mut c, gnode("kind://control-plane", "control-plane"))
+            .await
+            .id,
+        ""
+    );
     assert_eq!(group_for(&mut c, gnode("", "loose")).await.id, "");
-    assert_eq!(group_for(&mut c, gnode("aws:///x", "stranger")).await.id, "");
-    let mut probes: Vec<ExternalGrpcNode> = ["s-b", "g-a", "f-a", "x-a", "r-a"].into_iter().map(fake).collect();
+    assert_eq!(
+        group_for(&mut c, gnode("aws:///x", "stranger")).await.id,
+        ""
+    );
+    let mut probes: Vec<ExternalGrpcNode> = ["s-b", "g-a", "f-a", "x-a", "r-a"]
+        .into_iter()
+        .map(fake)
+        .collect();
     probes.push(gnode("k3s://s-a", "s-a"));
     for n in probes {
         let id = group_for(&mut c, n.clone()).await.id;
@@ -199,7 +224,10 @@ async fn rule2_node_group_for_node_by_provider_id_then_name() {
         assert!(all.contains(&id), "{n} → {id} not in NodeGroups {all:?}");
     }
     assert_eq!(
-        code(c.node_group_for_node(NodeGroupForNodeRequest { node: None }).await),
+        code(
+            c.node_group_for_node(NodeGroupForNodeRequest { node: None })
+                .await
+        ),
         Code::InvalidArgument
     );
     let _ = running.stop().await;
@@ -210,12 +238,20 @@ async fn rule3_target_follows_desired_state_at_once_even_when_the_source_lags() 
     let (source, running, mut c) = setup().await;
     assert_eq!(target(&mut c, "small").await, 2);
     source.set_lagging(true);
-    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest { delta: 1, id: "small".into() }).await);
+    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: "small".into(),
+    })
+    .await);
     // Persisted before the call returned, and the next TargetSize agrees.
     assert_eq!(changed(&source), vec![("s-c".to_string(), PowerState::On)]);
     assert_eq!(target(&mut c, "small").await, 3);
     assert_eq!(instances(&mut c, "small").await.len(), 3);
-    ok(c.node_group_delete_nodes(NodeGroupDeleteNodesRequest { nodes: vec![fake("s-c")], id: "small".into() }).await);
+    ok(c.node_group_delete_nodes(NodeGroupDeleteNodesRequest {
+        nodes: vec![fake("s-c")],
+        id: "small".into(),
+    })
+    .await);
     assert_eq!(target(&mut c, "small").await, 2);
     // The source catching up changes nothing.
     source.catch_up();
@@ -224,7 +260,12 @@ async fn rule3_target_follows_desired_state_at_once_even_when_the_source_lags() 
     // known groups never fail.
     source.set_lagging(false);
     source.fail_persist(Some("API server timeout".into()));
-    let r = c.node_group_increase_size(NodeGroupIncreaseSizeRequest { delta: 1, id: "small".into() }).await;
+    let r = c
+        .node_group_increase_size(NodeGroupIncreaseSizeRequest {
+            delta: 1,
+            id: "small".into(),
+        })
+        .await;
     assert_eq!(code(r), Code::Unavailable);
     assert_eq!(target(&mut c, "small").await, 2);
     ok(c.refresh(RefreshRequest {}).await);
@@ -236,26 +277,59 @@ async fn rule3_target_follows_desired_state_at_once_even_when_the_source_lags() 
 async fn unknown_group_ids_are_not_found_everywhere() {
     let (_s, running, mut c) = setup().await;
     let id = || "nope".to_string();
-    assert_eq!(code(c.node_group_target_size(NodeGroupTargetSizeRequest { id: id() }).await), Code::NotFound);
-    assert_eq!(code(c.node_group_nodes(NodeGroupNodesRequest { id: id() }).await), Code::NotFound);
     assert_eq!(
-        code(c.node_group_increase_size(NodeGroupIncreaseSizeRequest { delta: 1, id: id() }).await),
+        code(
+            c.node_group_target_size(NodeGroupTargetSizeRequest { id: id() })
+                .await
+        ),
         Code::NotFound
     );
     assert_eq!(
-        code(c.node_group_delete_nodes(NodeGroupDeleteNodesRequest { nodes: vec![fake("s-a")], id: id() }).await),
+        code(c.node_group_nodes(NodeGroupNodesRequest { id: id() }).await),
         Code::NotFound
     );
     assert_eq!(
-        code(c.node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest { delta: -1, id: id() }).await),
+        code(
+            c.node_group_increase_size(NodeGroupIncreaseSizeRequest { delta: 1, id: id() })
+                .await
+        ),
         Code::NotFound
     );
     assert_eq!(
-        code(c.node_group_template_node_info(NodeGroupTemplateNodeInfoRequest { id: id() }).await),
+        code(
+            c.node_group_delete_nodes(NodeGroupDeleteNodesRequest {
+                nodes: vec![fake("s-a")],
+                id: id()
+            })
+            .await
+        ),
         Code::NotFound
     );
     assert_eq!(
-        code(c.node_group_get_options(NodeGroupAutoscalingOptionsRequest { id: id(), defaults: None }).await),
+        code(
+            c.node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest {
+                delta: -1,
+                id: id()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.node_group_template_node_info(NodeGroupTemplateNodeInfoRequest { id: id() })
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.node_group_get_options(NodeGroupAutoscalingOptionsRequest {
+                id: id(),
+                defaults: None
+            })
+            .await
+        ),
         Code::NotFound
     );
     let _ = running.stop().await;
@@ -264,48 +338,86 @@ async fn unknown_group_ids_are_not_found_everywhere() {
 #[tokio::test]
 async fn rule4_increase_size_validates_and_picks_by_policy() {
     let (source, running, mut c) = setup().await;
-    let inc = |delta: i32, id: &str| NodeGroupIncreaseSizeRequest { delta, id: id.into() };
-    assert_eq!(code(c.node_group_increase_size(inc(0, "small")).await), Code::InvalidArgument);
-    assert_eq!(code(c.node_group_increase_size(inc(-2, "small")).await), Code::InvalidArgument);
+    let inc = |delta: i32, id: &str| NodeGroupIncreaseSizeRequest {
+        delta,
+        id: id.into(),
+    };
+    assert_eq!(
+        code(c.node_group_increase_size(inc(0, "small")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.node_group_increase_size(inc(-2, "small")).await),
+        Code::InvalidArgument
+    );
     // 2 + 3 > max 4.
-    assert_eq!(code(c.node_group_increase_size(inc(3, "small")).await), Code::FailedPrecondition);
+    assert_eq!(
+        code(c.node_group_increase_size(inc(3, "small")).await),
+        Code::FailedPrecondition
+    );
     // roomy: max 10 but only 2 machines.
-    assert_eq!(code(c.node_group_increase_size(inc(3, "roomy")).await), Code::ResourceExhausted);
+    assert_eq!(
+        code(c.node_group_increase_size(inc(3, "roomy")).await),
+        Code::ResourceExhausted
+    );
     assert!(source.persisted().is_empty());
     ok(c.node_group_increase_size(inc(2, "small")).await);
     assert_eq!(
         changed(&source),
-        vec![("s-c".to_string(), PowerState::On), ("s-d".to_string(), PowerState::On)]
+        vec![
+            ("s-c".to_string(), PowerState::On),
+            ("s-d".to_string(), PowerState::On)
+        ]
     );
     assert_eq!(target(&mut c, "small").await, 4);
     // Now at max.
-    assert_eq!(code(c.node_group_increase_size(inc(1, "small")).await), Code::FailedPrecondition);
+    assert_eq!(
+        code(c.node_group_increase_size(inc(1, "small")).await),
+        Code::FailedPrecondition
+    );
     let _ = running.stop().await;
 }
 
 #[tokio::test]
 async fn rule5_delete_nodes_is_all_or_nothing() {
     let (source, running, mut c) = setup().await;
-    let del = |nodes: Vec<ExternalGrpcNode>, id: &str| NodeGroupDeleteNodesRequest { nodes, id: id.into() };
+    let del = |nodes: Vec<ExternalGrpcNode>, id: &str| NodeGroupDeleteNodesRequest {
+        nodes,
+        id: id.into(),
+    };
     // Below min (2 - 2 < 1): nothing changes.
-    let r = c.node_group_delete_nodes(del(vec![gnode("k3s://s-a", "s-a"), fake("s-b")], "small")).await;
+    let r = c
+        .node_group_delete_nodes(del(vec![gnode("k3s://s-a", "s-a"), fake("s-b")], "small"))
+        .await;
     assert_eq!(code(r), Code::FailedPrecondition);
     // A node of another group, an unmanaged node: the whole call is rejected.
-    let r = c.node_group_delete_nodes(del(vec![fake("s-b"), fake("g-a")], "small")).await;
+    let r = c
+        .node_group_delete_nodes(del(vec![fake("s-b"), fake("g-a")], "small"))
+        .await;
     assert_eq!(code(r), Code::InvalidArgument);
-    let r = c.node_group_delete_nodes(del(vec![fake("s-b"), gnode("", "control-plane")], "small")).await;
+    let r = c
+        .node_group_delete_nodes(del(vec![fake("s-b"), gnode("", "control-plane")], "small"))
+        .await;
     assert_eq!(code(r), Code::InvalidArgument);
     assert!(source.persisted().is_empty());
     assert_eq!(target(&mut c, "small").await, 2);
     // A real node by providerID.
-    ok(c.node_group_delete_nodes(del(vec![gnode("k3s://s-a", "s-a")], "small")).await);
+    ok(
+        c.node_group_delete_nodes(del(vec![gnode("k3s://s-a", "s-a")], "small"))
+            .await,
+    );
     assert_eq!(changed(&source), vec![("s-a".to_string(), PowerState::Off)]);
     assert_eq!(target(&mut c, "small").await, 1);
     // Repeating it is a no-op, not an error.
-    ok(c.node_group_delete_nodes(del(vec![gnode("k3s://s-a", "s-a")], "small")).await);
+    ok(
+        c.node_group_delete_nodes(del(vec![gnode("k3s://s-a", "s-a")], "small"))
+            .await,
+    );
     assert_eq!(source.persisted().len(), 1);
     // The min still holds for the fake node of the last one.
-    let r = c.node_group_delete_nodes(del(vec![fake("s-b")], "small")).await;
+    let r = c
+        .node_group_delete_nodes(del(vec![fake("s-b")], "small"))
+        .await;
     assert_eq!(code(r), Code::FailedPrecondition);
     let _ = running.stop().await;
 }
@@ -313,12 +425,28 @@ async fn rule5_delete_nodes_is_all_or_nothing() {
 #[tokio::test]
 async fn rule6_decrease_target_size_cancels_pending_only() {
     let (source, running, mut c) = setup().await;
-    let dec = |delta: i32, id: &str| NodeGroupDecreaseTargetSizeRequest { delta, id: id.into() };
-    assert_eq!(code(c.node_group_decrease_target_size(dec(0, "small")).await), Code::InvalidArgument);
-    assert_eq!(code(c.node_group_decrease_target_size(dec(1, "small")).await), Code::InvalidArgument);
+    let dec = |delta: i32, id: &str| NodeGroupDecreaseTargetSizeRequest {
+        delta,
+        id: id.into(),
+    };
+    assert_eq!(
+        code(c.node_group_decrease_target_size(dec(0, "small")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.node_group_decrease_target_size(dec(1, "small")).await),
+        Code::InvalidArgument
+    );
     // 2 - 2 < 1 registered.
-    assert_eq!(code(c.node_group_decrease_target_size(dec(-2, "small")).await), Code::FailedPrecondition);
-    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest { delta: 2, id: "small".into() }).await);
+    assert_eq!(
+        code(c.node_group_decrease_target_size(dec(-2, "small")).await),
+        Code::FailedPrecondition
+    );
+    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest {
+        delta: 2,
+        id: "small".into(),
+    })
+    .await);
     // target 4, registered 1: CA's size fix (delta = registered - target) must succeed.
     ok(c.node_group_decrease_target_size(dec(-3, "small")).await);
     assert_eq!(target(&mut c, "small").await, 1);
@@ -327,18 +455,41 @@ async fn rule6_decrease_target_size_cancels_pending_only() {
         .filter(|(_, p)| *p == PowerState::Off)
         .map(|(n, _)| n)
         .collect();
-    assert_eq!(offs, ["s-b", "s-c", "s-d"].into_iter().map(String::from).collect());
+    assert_eq!(
+        offs,
+        ["s-b", "s-c", "s-d"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
     let _ = running.stop().await;
 }
 
 #[tokio::test]
 async fn rule6_newest_pending_is_cancelled_first() {
     let (source, running, mut c) = setup().await;
-    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest { delta: 1, id: "small".into() }).await);
+    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: "small".into(),
+    })
+    .await);
     tokio::time::sleep(Duration::from_millis(5)).await;
-    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest { delta: 1, id: "small".into() }).await);
-    ok(c.node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest { delta: -1, id: "small".into() }).await);
-    assert_eq!(changed(&source).last(), Some(&("s-d".to_string(), PowerState::Off)));
+    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: "small".into(),
+    })
+    .await);
+    ok(
+        c.node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest {
+            delta: -1,
+            id: "small".into(),
+        })
+        .await,
+    );
+    assert_eq!(
+        changed(&source).last(),
+        Some(&("s-d".to_string(), PowerState::Off))
+    );
     let _ = running.stop().await;
 }
 
@@ -349,7 +500,10 @@ async fn rule7_nodes_states_error_info_and_cancelling_a_failed_boot() {
     assert_eq!(small["k3s://s-a"].0, InstanceState::InstanceRunning);
     assert_eq!(small[&pid("s-b")].0, InstanceState::InstanceCreating);
     assert!(small[&pid("s-b")].1.is_none());
-    assert!(!small.contains_key(&pid("s-c")), "idle off spares are never listed");
+    assert!(
+        !small.contains_key(&pid("s-c")),
+        "idle off spares are never listed"
+    );
     let flaky = instances(&mut c, "flaky").await;
     assert_eq!(flaky.len(), 2);
     let (state, err) = &flaky[&pid("f-a")];
@@ -357,42 +511,94 @@ async fn rule7_nodes_states_error_info_and_cancelling_a_failed_boot() {
     let err = err.clone().unwrap_or_default();
     assert_eq!(err.instance_error_class, 99);
     assert!(!err.error_code.is_empty());
-    assert!(err.error_message.contains("boot deadline"), "{}", err.error_message);
+    assert!(
+        err.error_message.contains("boot deadline"),
+        "{}",
+        err.error_message
+    );
     assert_eq!(flaky[&pid("f-c")].0, InstanceState::InstanceDeleting);
     // CA deletes the failed instance with a fake node: it is cancelled.
-    ok(c.node_group_delete_nodes(NodeGroupDeleteNodesRequest { nodes: vec![fake("f-a")], id: "flaky".into() }).await);
+    ok(c.node_group_delete_nodes(NodeGroupDeleteNodesRequest {
+        nodes: vec![fake("f-a")],
+        id: "flaky".into(),
+    })
+    .await);
     assert_eq!(changed(&source), vec![("f-a".to_string(), PowerState::Off)]);
     assert_eq!(target(&mut c, "flaky").await, 0);
     let flaky = instances(&mut c, "flaky").await;
-    assert!(flaky.values().all(|(s, _)| *s != InstanceState::InstanceCreating), "{flaky:?}");
+    assert!(
+        flaky
+            .values()
+            .all(|(s, _)| *s != InstanceState::InstanceCreating),
+        "{flaky:?}"
+    );
     // And again the next loop: still fine.
-    ok(c.node_group_delete_nodes(NodeGroupDeleteNodesRequest { nodes: vec![fake("f-a")], id: "flaky".into() }).await);
+    ok(c.node_group_delete_nodes(NodeGroupDeleteNodesRequest {
+        nodes: vec![fake("f-a")],
+        id: "flaky".into(),
+    })
+    .await);
     let _ = running.stop().await;
 }
 
 #[tokio::test]
 async fn rule8_template_node_is_complete_or_unimplemented() {
     let (_s, running, mut c) = setup().await;
-    let r = ok(c.node_group_template_node_info(NodeGroupTemplateNodeInfoRequest { id: "gpu".into() }).await);
+    let r = ok(c
+        .node_group_template_node_info(NodeGroupTemplateNodeInfoRequest { id: "gpu".into() })
+        .await);
     assert!(!r.node_bytes.is_empty());
     let node = k8s_pb::api::core::v1::Node::decode(r.node_bytes.as_slice())
         .unwrap_or_else(|e| panic!("nodeBytes is not a v1.Node: {e}"));
     let meta = node.metadata.unwrap_or_default();
-    assert_eq!(meta.labels.get("kubernetes.io/arch").map(String::as_str), Some("amd64"));
-    assert_eq!(meta.labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
-    assert_eq!(meta.labels.get("kubernetes.io/hostname").map(String::as_str), Some("g-a"));
-    assert_eq!(meta.labels.get("nvidia.com/gpu.product").map(String::as_str), Some("RTX-4090"));
+    assert_eq!(
+        meta.labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("amd64")
+    );
+    assert_eq!(
+        meta.labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
+    assert_eq!(
+        meta.labels
+            .get("kubernetes.io/hostname")
+            .map(String::as_str),
+        Some("g-a")
+    );
+    assert_eq!(
+        meta.labels
+            .get("nvidia.com/gpu.product")
+            .map(String::as_str),
+        Some("RTX-4090")
+    );
     let spec = node.spec.unwrap_or_default();
-    assert!(spec.taints.is_empty(), "CA's taint must not be in the template: {:?}", spec.taints);
+    assert!(
+        spec.taints.is_empty(),
+        "CA's taint must not be in the template: {:?}",
+        spec.taints
+    );
     let status = node.status.unwrap_or_default();
-    assert_eq!(status.capacity.get("cpu").and_then(|q| q.string.as_deref()), Some("4"));
-    assert_eq!(status.allocatable.get("memory").and_then(|q| q.string.as_deref()), Some("16Gi"));
+    assert_eq!(
+        status.capacity.get("cpu").and_then(|q| q.string.as_deref()),
+        Some("4")
+    );
+    assert_eq!(
+        status
+            .allocatable
+            .get("memory")
+            .and_then(|q| q.string.as_deref()),
+        Some("16Gi")
+    );
     assert!(status.capacity.contains_key("pods"));
-    assert!(status
-        .conditions
-        .iter()
-        .any(|c| c.r#type.as_deref() == Some("Ready") && c.status.as_deref() == Some("True")));
-    let r = c.node_group_template_node_info(NodeGroupTemplateNodeInfoRequest { id: "bare".into() }).await;
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.r#type.as_deref() == Some("Ready") && c.status.as_deref() == Some("True"))
+    );
+    let r = c
+        .node_group_template_node_info(NodeGroupTemplateNodeInfoRequest { id: "bare".into() })
+        .await;
     assert_eq!(code(r), Code::Unimplemented);
     let _ = running.stop().await;
 }
@@ -403,20 +609,38 @@ async fn rule9_options_unset_unless_the_group_sets_them() {
     let defaults = NodeGroupAutoscalingOptions {
         scale_down_utilization_threshold: 0.5,
         scale_down_gpu_utilization_threshold: 0.5,
-        scale_down_unneeded_duration: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
-        max_node_provision_duration: Some(prost_types::Duration { seconds: 900, nanos: 0 }),
-        max_node_startup_duration: Some(prost_types::Duration { seconds: 900, nanos: 0 }),
+        scale_down_unneeded_duration: Some(prost_types::Duration {
+            seconds: 600,
+            nanos: 0,
+        }),
+        max_node_provision_duration: Some(prost_types::Duration {
+            seconds: 900,
+            nanos: 0,
+        }),
+        max_node_startup_duration: Some(prost_types::Duration {
+            seconds: 900,
+            nanos: 0,
+        }),
         ..Default::default()
     };
     let r = ok(c
-        .node_group_get_options(NodeGroupAutoscalingOptionsRequest { id: "small".into(), defaults: Some(defaults.clone()) })
+        .node_group_get_options(NodeGroupAutoscalingOptionsRequest {
+            id: "small".into(),
+            defaults: Some(defaults.clone()),
+        })
         .await);
     assert_eq!(r.node_group_autoscaling_options, None);
     let r = ok(c
-        .node_group_get_options(NodeGroupAutoscalingOptionsRequest { id: "gpu".into(), defaults: Some(defaults.clone()) })
+        .node_group_get_options(NodeGroupAutoscalingOptionsRequest {
+            id: "gpu".into(),
+            defaults: Some(defaults.clone()),
+        })
         .await);
     let want = NodeGroupAutoscalingOptions {
-        scale_down_unneeded_duration: Some(prost_types::Duration { seconds: 1800, nanos: 0 }),
+        scale_down_unneeded_duration: Some(prost_types::Duration {
+            seconds: 1800,
+            nanos: 0,
+        }),
         ..defaults
     };
     assert_eq!(r.node_group_autoscaling_options, Some(want));
@@ -436,26 +660,65 @@ async fn rule10_cleanup_changes_nothing() {
 #[tokio::test]
 async fn rule11_pricing_and_gpus_from_real_data() {
     let (_s, running, mut c) = setup().await;
-    let ts = |s: i64| Some(prost_types::Timestamp { seconds: 1_800_000_000 + s, nanos: 0 });
+    let ts = |s: i64| {
+        Some(prost_types::Timestamp {
+            seconds: 1_800_000_000 + s,
+            nanos: 0,
+        })
+    };
     let price = |node: ExternalGrpcNode, a: i64, b: i64| PricingNodePriceRequest {
         node: Some(node),
         start_timestamp: ts(a),
         end_timestamp: ts(b),
     };
-    let p = ok(c.pricing_node_price(price(gnode("k3s://s-a", "s-a"), 0, 7200)).await).price;
+    let p = ok(c
+        .pricing_node_price(price(gnode("k3s://s-a", "s-a"), 0, 7200))
+        .await)
+    .price;
     assert!((p - 0.20).abs() < 1e-9, "{p}");
-    let p = ok(c.pricing_node_price(price(gnode("", "template-node-for-gpu-8674665223082153551"), 0, 3600)).await).price;
+    let p = ok(c
+        .pricing_node_price(price(
+            gnode("", "template-node-for-gpu-8674665223082153551"),
+            0,
+            3600,
+        ))
+        .await)
+    .price;
     assert!((p - 0.50).abs() < 1e-9, "{p}");
-    assert_eq!(code(c.pricing_node_price(price(gnode("k3s://s-a", "s-a"), 10, 0)).await), Code::InvalidArgument);
+    assert_eq!(
+        code(
+            c.pricing_node_price(price(gnode("k3s://s-a", "s-a"), 10, 0))
+                .await
+        ),
+        Code::InvalidArgument
+    );
     let mut missing = price(gnode("k3s://s-a", "s-a"), 0, 10);
     missing.end_timestamp = None;
-    assert_eq!(code(c.pricing_node_price(missing).await), Code::InvalidArgument);
-    assert_eq!(code(c.pricing_node_price(price(gnode("", "control-plane"), 0, 10)).await), Code::NotFound);
+    assert_eq!(
+        code(c.pricing_node_price(missing).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.pricing_node_price(price(gnode("", "control-plane"), 0, 10))
+                .await
+        ),
+        Code::NotFound
+    );
     let r = c.pricing_pod_price(PricingPodPriceRequest::default()).await;
     assert_eq!(code(r), Code::Unimplemented);
-    assert_eq!(ok(c.gpu_label(GpuLabelRequest {}).await).label, "nvidia.com/gpu.product");
-    let types = ok(c.get_available_gpu_types(GetAvailableGpuTypesRequest {}).await).gpu_types;
-    assert_eq!(types.keys().cloned().collect::<Vec<_>>(), vec!["RTX-4090".to_string()]);
+    assert_eq!(
+        ok(c.gpu_label(GpuLabelRequest {}).await).label,
+        "nvidia.com/gpu.product"
+    );
+    let types = ok(c
+        .get_available_gpu_types(GetAvailableGpuTypesRequest {})
+        .await)
+    .gpu_types;
+    assert_eq!(
+        types.keys().cloned().collect::<Vec<_>>(),
+        vec!["RTX-4090".to_string()]
+    );
     let _ = running.stop().await;
 }
 
@@ -466,7 +729,12 @@ async fn no_gpu_means_empty_label_and_types() {
     let running = start(source, None).await;
     let mut c = client(running.addr).await;
     assert_eq!(ok(c.gpu_label(GpuLabelRequest {}).await).label, "");
-    assert!(ok(c.get_available_gpu_types(GetAvailableGpuTypesRequest {}).await).gpu_types.is_empty());
+    assert!(
+        ok(c.get_available_gpu_types(GetAvailableGpuTypesRequest {})
+            .await)
+        .gpu_types
+        .is_empty()
+    );
     let _ = running.stop().await;
 }
 
@@ -478,12 +746,21 @@ async fn no_call_is_served_before_the_source_is_ready() {
     let mut c = client(running.addr).await;
     let early = tokio::time::timeout(
         Duration::from_millis(300),
-        c.node_group_for_node(NodeGroupForNodeRequest { node: Some(gnode("k3s://s-a", "s-a")) }),
+        c.node_group_for_node(NodeGroupForNodeRequest {
+            node: Some(gnode("k3s://s-a", "s-a")),
+        }),
     )
     .await;
-    assert!(early.is_err(), "answered before the caches synced: {early:?}");
+    assert!(
+        early.is_err(),
+        "answered before the caches synced: {early:?}"
+    );
     source.set_ready(true);
-    let g = tokio::time::timeout(Duration::from_secs(5), group_for(&mut c, gnode("k3s://s-a", "s-a"))).await;
+    let g = tokio::time::timeout(
+        Duration::from_secs(5),
+        group_for(&mut c, gnode("k3s://s-a", "s-a")),
+    )
+    .await;
     assert_eq!(g.map(|g| g.id), Ok("small".to_string()));
     let _ = running.stop().await;
 }
@@ -498,7 +775,10 @@ struct Checking {
 
 impl Checking {
     fn violate(&self, s: String) {
-        self.violations.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+        self.violations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s);
     }
 }
 
@@ -512,11 +792,18 @@ impl InventorySource for Checking {
         tokio::task::yield_now().await;
         let mut guard = self.inv.lock().unwrap_or_else(|e| e.into_inner());
         let mut inv = (**guard).clone();
-        let Some(gid) = changes.first().and_then(|c| inv.group_of(&c.machine)).map(str::to_owned) else {
+        let Some(gid) = changes
+            .first()
+            .and_then(|c| inv.group_of(&c.machine))
+            .map(str::to_owned)
+        else {
             self.violate(format!("changes for unknown machines: {changes:?}"));
             return Ok(());
         };
-        let before = inv.group(&gid).map(|g| g.machines.iter().filter(|m| m.wanted_on()).count()).unwrap_or(0);
+        let before = inv
+            .group(&gid)
+            .map(|g| g.machines.iter().filter(|m| m.wanted_on()).count())
+            .unwrap_or(0);
         let mut seen = HashSet::new();
         for c in changes {
             if !seen.insert(c.machine.clone()) {
@@ -524,21 +811,34 @@ impl InventorySource for Checking {
             }
             let m = inv.machines().find(|m| m.key == c.machine);
             if m.is_none_or(|m| m.desired == c.desired) {
-                self.violate(format!("{} already {:?}: picked twice", c.machine, c.desired));
+                self.violate(format!(
+                    "{} already {:?}: picked twice",
+                    c.machine, c.desired
+                ));
             }
         }
         inv.apply_changes(changes);
         if let Some(g) = inv.group(&gid) {
             let after = g.machines.iter().filter(|m| m.wanted_on()).count() as u32;
-            let registered = g.machines.iter().filter(|m| m.wanted_on() && inv.is_registered(m)).count() as u32;
+            let registered = g
+                .machines
+                .iter()
+                .filter(|m| m.wanted_on() && inv.is_registered(m))
+                .count() as u32;
             if after > g.max_size() {
                 self.violate(format!("{gid}: target {after} > max {}", g.max_size()));
             }
             if after < g.spec.min_size && (after as usize) < before && after != registered {
-                self.violate(format!("{gid}: target {after} < min {} (registered {registered})", g.spec.min_size));
+                self.violate(format!(
+                    "{gid}: target {after} < min {} (registered {registered})",
+                    g.spec.min_size
+                ));
             }
         }
-        self.persisted.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(changes);
+        self.persisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(changes);
         *guard = Arc::new(inv);
         Ok(())
     }
@@ -577,16 +877,38 @@ async fn invariants_hold_under_64_concurrent_mutating_callers() {
             for _ in 0..15 {
                 let gid = format!("g{:02}", next(4));
                 let r = match next(3) {
-                    0 => code(c.node_group_increase_size(NodeGroupIncreaseSizeRequest { delta: 1 + next(3) as i32, id: gid }).await),
+                    0 => code(
+                        c.node_group_increase_size(NodeGroupIncreaseSizeRequest {
+                            delta: 1 + next(3) as i32,
+                            id: gid,
+                        })
+                        .await,
+                    ),
                     1 => {
                         let nodes = (0..1 + next(2)).map(|_| {
                             // Mostly members, sometimes another group's machine.
-                            let g = if next(8) == 0 { format!("g{:02}", next(4)) } else { gid.clone() };
+                            let g = if next(8) == 0 {
+                                format!("g{:02}", next(4))
+                            } else {
+                                gid.clone()
+                            };
                             fake(&format!("{g}-m{:03}", next(12)))
                         });
-                        code(c.node_group_delete_nodes(NodeGroupDeleteNodesRequest { nodes: nodes.collect(), id: gid }).await)
+                        code(
+                            c.node_group_delete_nodes(NodeGroupDeleteNodesRequest {
+                                nodes: nodes.collect(),
+                                id: gid,
+                            })
+                            .await,
+                        )
                     }
-                    _ => code(c.node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest { delta: -1 - next(2) as i32, id: gid }).await),
+                    _ => code(
+                        c.node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest {
+                            delta: -1 - next(2) as i32,
+                            id: gid,
+                        })
+                        .await,
+                    ),
                 };
                 match r {
                     Code::Ok => oks += 1,
@@ -601,10 +923,23 @@ async fn invariants_hold_under_64_concurrent_mutating_callers() {
     for t in tasks {
         oks += t.await.unwrap_or_else(|e| panic!("caller panicked: {e}"));
     }
-    let violations = source.violations.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let violations = source
+        .violations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     assert!(violations.is_empty(), "{violations:#?}");
-    assert!(oks > 100, "too few successful mutations to mean anything: {oks}");
-    assert!(!source.persisted.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
+    assert!(
+        oks > 100,
+        "too few successful mutations to mean anything: {oks}"
+    );
+    assert!(
+        !source
+            .persisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    );
     // Target equals the machines counted, per group, and the source agrees.
     let mut c = client(running.addr).await;
     let inv = source.snapshot();
@@ -674,7 +1009,11 @@ async fn tls_server(p: &Pki) -> (Arc<MemorySource>, Running) {
     (source, running)
 }
 
-async fn tls_client(p: &Pki, addr: std::net::SocketAddr, with_cert: bool) -> Result<Client, tonic::transport::Error> {
+async fn tls_client(
+    p: &Pki,
+    addr: std::net::SocketAddr,
+    with_cert: bool,
+) -> Result<Client, tonic::transport::Error> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&p.ca_pem))
@@ -695,10 +1034,16 @@ async fn tls_client(p: &Pki, addr: std::net::SocketAddr, with_cert: bool) -> Res
 async fn mtls_accepts_a_valid_client_certificate_and_refuses_none() {
     let p = pki();
     let (_s, running) = tls_server(&p).await;
-    let mut good = tls_client(&p, running.addr, true).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut good = tls_client(&p, running.addr, true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(target(&mut good, "small").await, 2);
-    let mut anon = tls_client(&p, running.addr, false).await.unwrap_or_else(|e| panic!("{e}"));
-    let r = anon.node_group_target_size(NodeGroupTargetSizeRequest { id: "small".into() }).await;
+    let mut anon = tls_client(&p, running.addr, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = anon
+        .node_group_target_size(NodeGroupTargetSizeRequest { id: "small".into() })
+        .await;
     assert!(r.is_err(), "served a client without a certificate: {r:?}");
     // Plaintext h2c against the TLS port fails too.
     let mut plain = client(running.addr).await;
@@ -723,13 +1068,18 @@ async fn tls_negotiates_alpn_h2() {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
-            .with_client_auth_cert(vec![client_der], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)))
+            .with_client_auth_cert(
+                vec![client_der],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)),
+            )
             .map_err(|e| e.to_string())?;
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
         let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
         while conn.is_handshaking() {
             conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
         }

@@ -260,3 +260,56 @@ fn json_and_plot_outputs() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("pending pods") && svg.contains("machines"));
 }
+
+#[test]
+fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
+    use kubectl_homelab::operator::api::{Group, Machine};
+    let group: Group = serde_yaml::from_str(
+        "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Group\n\
+         metadata: {name: solo, namespace: lab}\nspec: {maxSize: 1}\n",
+    )
+    .unwrap();
+    // No spec.capacity: the capacity comes from the last-seen node in status; observed power
+    // state on, so the machine starts on.
+    let machine: Machine = serde_yaml::from_str(
+        "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Node\n\
+         metadata: {name: box, namespace: lab, labels: {group: solo}}\n\
+         spec: {powerState: \"off\", watts: {idle: 10, busy: 30, off: 1}}\n\
+         status:\n  powerState: \"on\"\n  node:\n    name: box\n    seen: \"2026-01-01T00:00:00Z\"\n    \
+         capacity: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n",
+    )
+    .unwrap();
+    let text = data("one-burst.yaml");
+    let s = Scenario::with_cluster_objects("one-burst.yaml", &text, &NoTraceFiles, vec![group], vec![machine])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.machines.len(), 1);
+    assert_eq!(s.machines[0].cpu, 4000);
+    assert!(s.machines[0].initially_on);
+    let r = simulate(&s);
+    // Found on at the start (adopted as Ready), idle, so CA powers it off after the unneeded
+    // time (10 m, first scan at 0 s) and on again for the pod at 1 h.
+    let first = r.timeline.iter().find(|e| e.what.starts_with("lifecycle")).unwrap();
+    assert_eq!(first.what, "lifecycle Unknown → Ready");
+    let down = r.timeline.iter().find(|e| e.what.starts_with("CA scale-down")).unwrap();
+    assert_eq!(down.at, 600 * SECOND);
+    assert_eq!(r.total.boots, 1);
+    assert_eq!(r.wait.max_ms, 75 * SECOND);
+
+    // A cluster Node CR without any capacity: the error says where it came from and what to do.
+    let bare: Machine = serde_yaml::from_str(
+        "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Node\n\
+         metadata: {name: box, namespace: lab, labels: {group: solo}}\n\
+         spec: {watts: {idle: 10}}\n",
+    )
+    .unwrap();
+    let group: Group = serde_yaml::from_str(
+        "metadata: {name: solo, namespace: lab}\nspec: {}\n",
+    )
+    .unwrap();
+    let e = Scenario::with_cluster_objects("one-burst.yaml", &text, &NoTraceFiles, vec![group], vec![bare])
+        .err()
+        .expect("no capacity must be an error");
+    assert_eq!(e.file, "cluster");
+    assert_eq!(e.line, None);
+    assert!(e.to_string().contains("read from the cluster"), "{e}");
+}

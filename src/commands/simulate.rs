@@ -45,6 +45,13 @@ pub struct Args {
     /// Print the embedded default scenario and exit.
     #[arg(long)]
     pub print_default_scenario: bool,
+    /// Take the Groups and Nodes from the live cluster (kubeconfig or in-cluster); everything
+    /// else (workload, autoscaler, simulation defaults) from FILE or the default scenario.
+    #[arg(long)]
+    pub from_cluster: bool,
+    /// Namespace of the Groups and Nodes for --from-cluster (default: the kubeconfig's).
+    #[arg(short = 'n', long, requires = "from_cluster")]
+    pub namespace: Option<String>,
 }
 
 fn duration_arg(s: &str) -> Result<Millis, String> {
@@ -67,10 +74,41 @@ impl TraceSource for TraceFiles<'_> {
     }
 }
 
+/// Reads Groups and Node CRs from the cluster.
+async fn cluster_objects(
+    namespace: Option<&str>,
+) -> anyhow::Result<(Vec<crate::operator::api::Group>, Vec<crate::operator::api::Machine>)> {
+    use crate::operator::api::{Group, Machine};
+    use kube::api::{Api, ListParams};
+    let client = kube::Client::try_default().await.context(
+        "--from-cluster needs a cluster: no kubeconfig found and not running in a cluster",
+    )?;
+    let ns = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
+    let groups: Api<Group> = Api::namespaced(client.clone(), &ns);
+    let machines: Api<Machine> = Api::namespaced(client, &ns);
+    let hint = "are the CRDs installed (`kubectl homelab crd gen | kubectl apply -f -`) and may you list them?";
+    let g = groups
+        .list(&ListParams::default())
+        .await
+        .with_context(|| format!("cannot list Groups in namespace {ns}; {hint}"))?;
+    let m = machines
+        .list(&ListParams::default())
+        .await
+        .with_context(|| format!("cannot list Nodes (infra.homecluster.dev) in namespace {ns}; {hint}"))?;
+    if g.items.is_empty() {
+        anyhow::bail!("no Groups in namespace {ns}; pick the namespace with -n");
+    }
+    Ok((g.items, m.items))
+}
+
 /// Loads the scenario the arguments name.
-pub fn load(args: &Args) -> anyhow::Result<Scenario> {
-    let mut scenario = match &args.scenario {
-        None => Scenario::parse(DEFAULT_SCENARIO_NAME, DEFAULT_SCENARIO, &NoTraceFiles)?,
+pub async fn load(args: &Args) -> anyhow::Result<Scenario> {
+    let (name, text, dir) = match &args.scenario {
+        None => (
+            DEFAULT_SCENARIO_NAME.to_owned(),
+            DEFAULT_SCENARIO.to_owned(),
+            None,
+        ),
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| {
                 format!(
@@ -78,9 +116,23 @@ pub fn load(args: &Args) -> anyhow::Result<Scenario> {
                     path.display()
                 )
             })?;
-            let dir = path.parent().unwrap_or(Path::new("."));
-            Scenario::parse(&path.display().to_string(), &text, &TraceFiles { dir })?
+            let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+            (path.display().to_string(), text, Some(dir))
         }
+    };
+    let files;
+    let traces: &dyn TraceSource = match &dir {
+        Some(dir) => {
+            files = TraceFiles { dir };
+            &files
+        }
+        None => &NoTraceFiles,
+    };
+    let mut scenario = if args.from_cluster {
+        let (groups, machines) = cluster_objects(args.namespace.as_deref()).await?;
+        Scenario::with_cluster_objects(&name, &text, traces, groups, machines)?
+    } else {
+        Scenario::parse(&name, &text, traces)?
     };
     if let Some(seed) = args.seed {
         scenario.seed = seed;
@@ -96,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         print!("{DEFAULT_SCENARIO}");
         return Ok(());
     }
-    let scenario = load(&args)?;
+    let scenario = load(&args).await?;
     let options = RunOptions {
         timeline: args.timeline || args.output == Output::Json,
         series: args.plot.is_some() || args.output == Output::Json,

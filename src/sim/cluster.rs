@@ -367,7 +367,8 @@ mod tests {
             out.iter().map(|p| p.pod).collect::<Vec<_>>(),
             vec![b, d]
         );
-        assert_eq!(c.pods[b as usize].waited, Some(995));
+        // Arrived at 0 (the spec's arrival), placed at 1000.
+        assert_eq!(c.pods[b as usize].waited, Some(1000));
         assert!(c.pending.is_empty());
     }
 

@@ -89,12 +89,11 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 found = Some((lines[i].number, col + 1));
                 // The value's block: following lines indented deeper than the key.
                 let key_indent = col;
-                let mut j = i + 1;
-                while j < end && lines[j].indent > key_indent {
-                    j += 1;
-                }
                 // Sequences may sit at the same indentation as their key.
-                while j < end && lines[j].indent == key_indent && lines[j].text.starts_with("- ")
+                let mut j = i + 1;
+                while j < end
+                    && (lines[j].indent > key_indent
+                        || (lines[j].indent == key_indent && lines[j].text.starts_with("- ")))
                 {
                     j += 1;
                 }

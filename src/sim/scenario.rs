@@ -81,7 +81,10 @@ struct ScenarioFile {
     /// Defaults for every machine's `simulation:` block.
     #[serde(default)]
     simulation: MachineSimulation,
+    /// Required unless the groups and machines come from a cluster (`--from-cluster`).
+    #[serde(default)]
     groups: Vec<GroupDoc>,
+    #[serde(default)]
     machines: Vec<MachineDoc>,
     workload: Vec<WorkloadSpec>,
 }
@@ -382,21 +385,35 @@ pub fn default_start() -> Timestamp {
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
+    /// Groups and machines came from a cluster, not from `text`.
+    objects_from_cluster: bool,
 }
 
 impl Ctx<'_> {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ScenarioError {
         let field = field.into();
+        let from_cluster = self.objects_from_cluster
+            && (field.starts_with("groups") || field.starts_with("machines"));
         let (line, column) = match locate(self.text, &field) {
-            Some((l, c)) => (Some(l), Some(c)),
-            None => (None, None),
+            Some((l, c)) if !from_cluster => (Some(l), Some(c)),
+            _ => (None, None),
         };
+        let mut message = message.into();
+        if from_cluster {
+            message.push_str(
+                " (object read from the cluster: fix the Group/Node CR, or give the value in the scenario's top-level `simulation:` block)",
+            );
+        }
         ScenarioError {
-            file: self.file.to_owned(),
+            file: if from_cluster {
+                "cluster".to_owned()
+            } else {
+                self.file.to_owned()
+            },
             line,
             column,
             field,
-            message: message.into(),
+            message,
         }
     }
 
@@ -456,7 +473,70 @@ impl Scenario {
     /// Parses and validates a scenario. `file` names it in errors; `traces` reads trace files.
     pub fn parse(file: &str, text: &str, traces: &dyn TraceSource) -> Result<Scenario, ScenarioError> {
         let raw: ScenarioFile = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
-        let cx = Ctx { file, text };
+        let cx = Ctx {
+            file,
+            text,
+            objects_from_cluster: false,
+        };
+        Self::validate(&cx, raw, traces)
+    }
+
+    /// A scenario whose Groups and Nodes come from a live cluster: everything else (CA settings,
+    /// workload, `simulation:` defaults, price, duration, seed) from `text`, whose own groups
+    /// and machines are ignored. Machines start in their observed power state; a Node CR
+    /// without `spec.capacity` uses the capacity its Kubernetes Node last reported.
+    pub fn with_cluster_objects(
+        file: &str,
+        text: &str,
+        traces: &dyn TraceSource,
+        groups: Vec<Group>,
+        machines: Vec<Machine>,
+    ) -> Result<Scenario, ScenarioError> {
+        let mut raw: ScenarioFile =
+            serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        raw.groups = groups
+            .into_iter()
+            .map(|g| GroupDoc {
+                api_version: None,
+                kind: None,
+                metadata: g.metadata,
+                spec: g.spec,
+                status: None,
+            })
+            .collect();
+        raw.machines = machines
+            .into_iter()
+            .map(|m| {
+                let mut spec = m.spec;
+                if let Some(status) = &m.status {
+                    if let Some(observed) = status.power_state {
+                        spec.power_state = observed;
+                    }
+                    if spec.capacity.is_empty()
+                        && let Some(node) = &status.node
+                    {
+                        spec.capacity = if node.allocatable.is_empty() {
+                            node.capacity.clone()
+                        } else {
+                            node.allocatable.clone()
+                        };
+                    }
+                }
+                MachineDoc {
+                    api_version: None,
+                    kind: None,
+                    metadata: m.metadata,
+                    spec,
+                    status: None,
+                    simulation: MachineSimulation::default(),
+                }
+            })
+            .collect();
+        let cx = Ctx {
+            file,
+            text,
+            objects_from_cluster: true,
+        };
         Self::validate(&cx, raw, traces)
     }
 

@@ -41,6 +41,15 @@ impl Assets {
             _ => default_dir().filter(|d| d.is_dir()),
         };
         let required = std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1");
+        Self::locate_in(dir, required, binaries)
+    }
+
+    /// [`Self::locate`] with the environment already read.
+    pub fn locate_in(
+        dir: Option<PathBuf>,
+        required: bool,
+        binaries: &[&str],
+    ) -> anyhow::Result<Option<Self>> {
         let missing: Vec<String> = match &dir {
             None => binaries.iter().map(|b| (*b).to_owned()).collect(),
             Some(dir) => binaries

@@ -37,7 +37,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 pub use assets::Assets;
 pub use control_plane::{ControlPlane, FIELD_MANAGER, Options};
 pub use identity::Identity;
-pub use world::{FakeNode, World};
+pub use world::{Background, FakeNode, JobOutcome, World};
 
 /// The binaries a control plane needs.
 const CONTROL_PLANE_BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-scheduler"];

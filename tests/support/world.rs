@@ -82,6 +82,25 @@ pub struct World {
     client: kube::Client,
 }
 
+/// What the background Job runner does with a Job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Succeed,
+    Fail(String),
+    /// Leave it running forever (a power action that hangs).
+    Hang,
+}
+
+/// A background task of the world; stops when dropped.
+#[derive(Debug)]
+pub struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Field manager of the simulated kubelets and Job controller.
 const MANAGER: &str = "kubectl-homelab-test-world";
 
@@ -433,6 +452,81 @@ impl World {
             .with_context(|| format!("updating the status of Job {namespace}/{name}"))
     }
 
+    /// Plays the Job controller in `namespace` in the background: every Job it sees is marked
+    /// started, and `delay` after it was first seen finished as `decide` says. `on_done` runs
+    /// after a Job succeeded or failed (e.g. to boot a machine: `world.node_up(..)`). Runs until
+    /// the returned guard is dropped; errors are printed and retried.
+    pub fn spawn_job_runner<D, F, Fut>(
+        &self,
+        namespace: &str,
+        delay: std::time::Duration,
+        decide: D,
+        on_done: F,
+    ) -> Background
+    where
+        D: Fn(&Job) -> JobOutcome + Send + Sync + 'static,
+        F: Fn(Job, JobOutcome) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    {
+        let world = self.clone();
+        let ns = namespace.to_owned();
+        Background(tokio::spawn(async move {
+            let mut first_seen: BTreeMap<String, std::time::Instant> = BTreeMap::new();
+            loop {
+                if let Err(e) = world
+                    .job_runner_pass(&ns, delay, &decide, &on_done, &mut first_seen)
+                    .await
+                {
+                    eprintln!("simulated Job runner in {ns}: {e:#}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }))
+    }
+
+    async fn job_runner_pass<D, F, Fut>(
+        &self,
+        ns: &str,
+        delay: std::time::Duration,
+        decide: &D,
+        on_done: &F,
+        first_seen: &mut BTreeMap<String, std::time::Instant>,
+    ) -> anyhow::Result<()>
+    where
+        D: Fn(&Job) -> JobOutcome + Sync,
+        F: Fn(Job, JobOutcome) -> Fut + Sync,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    {
+        let jobs = self
+            .jobs(ns)
+            .list(&ListParams::default())
+            .await
+            .context("listing Jobs")?;
+        for job in jobs.items {
+            let name = job.metadata.name.clone().unwrap_or_default();
+            if job_finished(&job) || job.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            let Some(seen) = first_seen.get(&uid).copied() else {
+                first_seen.insert(uid, std::time::Instant::now());
+                self.start_job(ns, &name).await?;
+                continue;
+            };
+            if seen.elapsed() < delay {
+                continue;
+            }
+            let outcome = decide(&job);
+            let done = match &outcome {
+                JobOutcome::Succeed => self.complete_job(ns, &name).await?,
+                JobOutcome::Fail(message) => self.fail_job(ns, &name, message).await?,
+                JobOutcome::Hang => continue,
+            };
+            on_done(done, outcome).await?;
+        }
+        Ok(())
+    }
+
     /// Creates `pod` bound to `node` directly (no scheduler needed), in `namespace`.
     pub async fn create_bound_pod(
         &self,
@@ -447,6 +541,15 @@ impl World {
             .await
             .with_context(|| format!("creating pod {namespace}/{name} on Node {node}"))
     }
+}
+
+/// Complete or Failed.
+pub fn job_finished(job: &Job) -> bool {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| {
+        cs.iter()
+            .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+    })
 }
 
 fn pod_key(pod: &Pod) -> (String, String) {

@@ -62,7 +62,11 @@ pub fn pid(name: &str) -> String {
 
 /// `groups` groups of `per_group` machines; in each group the first `on` machines are on,
 /// registered and Ready. Group `gNN`, machine `gNN-mMMM`. min 0, max = members.
-pub fn big(groups: usize, per_group: usize, on: usize) -> (Vec<GroupView>, Vec<MachineView>, Vec<NodeView>) {
+pub fn big(
+    groups: usize,
+    per_group: usize,
+    on: usize,
+) -> (Vec<GroupView>, Vec<MachineView>, Vec<NodeView>) {
     let mut gs = Vec::new();
     let mut ms = Vec::new();
     let mut ns = Vec::new();

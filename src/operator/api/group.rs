@@ -330,6 +330,15 @@ impl Group {
         self.spec.size_bounds(members)
     }
 
+    /// Whether `machine` is a member: same namespace and labelled `group=<this group's name>`.
+    pub fn has_member(&self, machine: &super::Machine) -> bool {
+        self.metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| machine.group() == Some(n))
+            && self.metadata.namespace == machine.metadata.namespace
+    }
+
     /// [`GroupSpec::validate`] with errors naming this Group.
     pub fn validate(&self) -> Vec<FieldError> {
         self.spec.validate(&format!("{} ", self.object_ref()))

@@ -15,7 +15,7 @@ use super::group::GROUP_LABEL;
 use super::parse::{FieldError, parse_decimal, parse_duration, parse_mac};
 use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
 use super::{Health, object_ref};
-use crate::operator::machine::{Lifecycle, PowerState};
+use crate::operator::machine::{Lifecycle, PowerState, Progress};
 
 /// Default time from power-on to the Node object being Ready.
 pub const DEFAULT_BOOT_TIMEOUT: SignedDuration = SignedDuration::from_secs(10 * 60);
@@ -152,16 +152,6 @@ pub struct Watts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub off: Option<f64>,
-}
-
-/// The predecessor's `status.progress`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Progress {
-    Shutdown,
-    Startingup,
-    Ready,
-    Shuttingdown,
 }
 
 /// Observed state of a machine. The lifecycle fields (`phase`, `phaseSince`, `attempt`,

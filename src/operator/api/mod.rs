@@ -2,11 +2,17 @@
 //! a strict superset of the Go predecessor's API, with validation (enums, ranges, CEL rules)
 //! in the generated schema.
 pub mod cel;
+mod conditions;
 mod group;
 mod machine;
 mod parse;
 mod power;
+#[cfg(test)]
+mod tests;
 
+/// The predecessor's `status.progress` (defined with the lifecycle, which maps phases onto it).
+pub use crate::operator::machine::Progress;
+pub use conditions::*;
 pub use group::*;
 pub use machine::*;
 pub use parse::{

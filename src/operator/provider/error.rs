@@ -15,48 +15,64 @@ pub enum ErrorKind {
 
 #[derive(Clone, Debug, Error, PartialEq)]
 pub enum ProviderError {
-    #[error("node group {id:?} not found (known groups: {known}); check the Group CR exists in a watched namespace")]
+    #[error(
+        "node group {id:?} not found (known groups: {known}); check the Group CR exists in a watched namespace"
+    )]
     GroupNotFound { id: String, known: String },
     #[error("node group {group:?}: delta must be positive for IncreaseSize, got {delta}")]
     DeltaNotPositive { group: String, delta: i32 },
     #[error("node group {group:?}: delta must be negative for DecreaseTargetSize, got {delta}")]
     DeltaNotNegative { group: String, delta: i32 },
-    #[error("node group {group:?}: target {target} + {delta} would exceed maxSize {max}; raise spec.maxSize or add machines")]
+    #[error(
+        "node group {group:?}: target {target} + {delta} would exceed maxSize {max}; raise spec.maxSize or add machines"
+    )]
     AboveMax {
         group: String,
         target: u32,
         delta: i32,
         max: u32,
     },
-    #[error("node group {group:?}: {wanted} machine(s) requested but only {available} powered-off machine(s) can be powered on")]
+    #[error(
+        "node group {group:?}: {wanted} machine(s) requested but only {available} powered-off machine(s) can be powered on"
+    )]
     NotEnoughMachines {
         group: String,
         wanted: u32,
         available: u32,
     },
-    #[error("node group {group:?}: node {node:?} is not a member (it belongs to {actual}); nothing was changed")]
+    #[error(
+        "node group {group:?}: node {node:?} is not a member (it belongs to {actual}); nothing was changed"
+    )]
     NodeNotInGroup {
         group: String,
         node: String,
         actual: String,
     },
-    #[error("node group {group:?}: deleting {count} node(s) from target {target} would go below minSize {min}; nothing was changed")]
+    #[error(
+        "node group {group:?}: deleting {count} node(s) from target {target} would go below minSize {min}; nothing was changed"
+    )]
     BelowMin {
         group: String,
         target: u32,
         count: u32,
         min: u32,
     },
-    #[error("node group {group:?}: machine {machine} has spec.scaleDownDisabled=true and is registered; nothing was changed")]
+    #[error(
+        "node group {group:?}: machine {machine} has spec.scaleDownDisabled=true and is registered; nothing was changed"
+    )]
     ScaleDownDisabled { group: String, machine: String },
-    #[error("node group {group:?}: target {target} + {delta} would be below the {registered} registered node(s); only pending machines can be cancelled")]
+    #[error(
+        "node group {group:?}: target {target} + {delta} would be below the {registered} registered node(s); only pending machines can be cancelled"
+    )]
     BelowRegistered {
         group: String,
         target: u32,
         delta: i32,
         registered: u32,
     },
-    #[error("node group {group:?}: target {target} + {delta} would be below minSize {min} (and is not the {registered} registered node(s) CA resizes to)")]
+    #[error(
+        "node group {group:?}: target {target} + {delta} would be below minSize {min} (and is not the {registered} registered node(s) CA resizes to)"
+    )]
     DecreaseBelowMin {
         group: String,
         target: u32,
@@ -74,7 +90,9 @@ pub enum ProviderError {
     },
     #[error("request is missing field {field:?}")]
     MissingField { field: &'static str },
-    #[error("node group {group:?}: no template node: no member was ever seen as a node and neither the Node CRs (spec.capacity) nor the Group (spec.template) declare capacity")]
+    #[error(
+        "node group {group:?}: no template node: no member was ever seen as a node and neither the Node CRs (spec.capacity) nor the Group (spec.template) declare capacity"
+    )]
     NoTemplate { group: String },
     #[error("{what} is not implemented by this provider")]
     Unimplemented { what: &'static str },

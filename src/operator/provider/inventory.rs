@@ -76,7 +76,9 @@ impl NodeView {
     pub fn from_k8s(node: &k8s_openapi::api::core::v1::Node) -> NodeView {
         let spec = node.spec.as_ref();
         let status = node.status.as_ref();
-        let quantities = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+        let quantities = |m: Option<
+            &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+        >| {
             m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
                 .unwrap_or_default()
         };
@@ -266,9 +268,14 @@ impl GroupState {
 /// Where a machine lives in the inventory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MachineRef {
-    InGroup { group: String, index: usize },
+    InGroup {
+        group: String,
+        index: usize,
+    },
     /// Not a member of any known group.
-    Ungrouped { index: usize },
+    Ungrouped {
+        index: usize,
+    },
 }
 
 /// Everything the provider decides from. Cheap to clone (shared parts behind `Arc`).

@@ -416,12 +416,20 @@ impl KubeSource {
         };
         let to = power_str(change.desired);
         for _ in 0..=CONFLICT_RETRIES {
-            let machine = match current.take() {
-                Some(m) => m,
-                None => Arc::new(api.get(name).await.map_err(|e| classify(e, change))?),
+            let (machine, fresh) = match current.take() {
+                Some(m) => (m, false),
+                None => (
+                    Arc::new(api.get(name).await.map_err(|e| classify(e, change))?),
+                    true,
+                ),
             };
             if machine.spec.power_state == change.desired {
-                return Ok(());
+                if fresh {
+                    return Ok(());
+                }
+                // The cache may be behind (on, then off again by someone else): only the
+                // server's copy may declare the write unnecessary.
+                continue;
             }
             let Some(rv) = machine.resource_version() else {
                 // Only objects built locally lack one; read the server's copy.

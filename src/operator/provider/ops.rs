@@ -142,7 +142,7 @@ fn target_of(g: &GroupState) -> u32 {
 
 /// `NodeGroups`: every group, min and max filled.
 pub fn node_groups(inv: &Inventory) -> Vec<NodeGroupInfo> {
-    inv.groups().map(|g| info(g)).collect()
+    inv.groups().map(info).collect()
 }
 
 /// Rule 3: the number of machines wanted on (desired power `on`, whatever their progress).
@@ -154,7 +154,7 @@ pub fn target_size(inv: &Inventory, id: &str) -> Result<u32, ProviderError> {
 /// (CA expects `id: ""` for those).
 pub fn node_group_for_node(inv: &Inventory, node: &NodeRef) -> Option<NodeGroupInfo> {
     match inv.resolve(&node.provider_id, &node.name)? {
-        MachineRef::InGroup { group, .. } => inv.group(&group).map(|g| info(g)),
+        MachineRef::InGroup { group, .. } => inv.group(&group).map(info),
         MachineRef::Ungrouped { .. } => None,
     }
 }
@@ -518,10 +518,7 @@ pub fn node_price(
     }
     let hours = end.duration_since(start).as_secs_f64() / 3600.0;
     let rate = match inv.resolve(&node.provider_id, &node.name) {
-        Some(r) => inv
-            .machine(&r)
-            .and_then(|m| m.hourly_rate)
-            .unwrap_or(0.0),
+        Some(r) => inv.machine(&r).and_then(|m| m.hourly_rate).unwrap_or(0.0),
         None => match template_group(inv, &node.name) {
             Some(g) => group_hourly_rate(g),
             None => {
@@ -541,13 +538,17 @@ pub const GPU_LABELS: [&str; 3] = [
     "gpu.intel.com/device-id",
 ];
 
-fn all_label_sets(inv: &Inventory) -> impl Iterator<Item = &std::collections::BTreeMap<String, String>> {
-    inv.nodes().map(|n| &n.labels).chain(inv.machines().flat_map(|m| {
-        m.last_seen
-            .iter()
-            .map(|s| &s.labels)
-            .chain(std::iter::once(&m.hints.labels))
-    }))
+fn all_label_sets(
+    inv: &Inventory,
+) -> impl Iterator<Item = &std::collections::BTreeMap<String, String>> {
+    inv.nodes()
+        .map(|n| &n.labels)
+        .chain(inv.machines().flat_map(|m| {
+            m.last_seen
+                .iter()
+                .map(|s| &s.labels)
+                .chain(std::iter::once(&m.hints.labels))
+        }))
 }
 
 /// Rule 11: the GPU label key found on our nodes (registered, last seen or declared), or `None`.

@@ -439,9 +439,11 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
         req: Request<proto::NodeGroupIncreaseSizeRequest>,
     ) -> Result<Response<proto::NodeGroupIncreaseSizeResponse>, Status> {
         let r = req.into_inner();
-        self.mutate(&r.id, |inv, now| ops::increase_size(inv, &r.id, r.delta, now))
-            .await
-            .map_err(fail)?;
+        self.mutate(&r.id, |inv, now| {
+            ops::increase_size(inv, &r.id, r.delta, now)
+        })
+        .await
+        .map_err(fail)?;
         Ok(Response::new(proto::NodeGroupIncreaseSizeResponse {}))
     }
 
@@ -533,7 +535,8 @@ impl TlsOptions {
     }
 
     fn config(&self) -> ServerTlsConfig {
-        let mut c = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        let mut c =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
         if let Some(ca) = &self.client_ca_pem {
             // tonic requires the client certificate once a root is set (client_auth_optional
             // stays false); its rustls config advertises ALPN h2, which CA's grpc-go insists on.

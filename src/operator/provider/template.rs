@@ -126,9 +126,12 @@ fn source(g: &GroupState) -> Option<(Option<&MachineView>, NodeView)> {
             .cmp(&b.wanted_on())
             .then_with(|| power_on_order(g.spec.power_on_order, a, b))
     });
-    let seen = members
-        .iter()
-        .find_map(|m| m.last_seen.as_ref().filter(|s| !s.capacity.is_empty()).map(|s| (Some(*m), s.clone())));
+    let seen = members.iter().find_map(|m| {
+        m.last_seen
+            .as_ref()
+            .filter(|s| !s.capacity.is_empty())
+            .map(|s| (Some(*m), s.clone()))
+    });
     seen.or_else(|| {
         members
             .iter()
@@ -153,7 +156,9 @@ pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, Provider
         .map(|m| m.node_name.clone())
         .unwrap_or_else(|| format!("{}-template", g.spec.name));
     let provider_id = machine.map(|m| m.provider_id.clone()).unwrap_or_default();
-    let remove: &[TaintView] = machine.map(|m| m.taints_to_remove.as_slice()).unwrap_or(&[]);
+    let remove: &[TaintView] = machine
+        .map(|m| m.taints_to_remove.as_slice())
+        .unwrap_or(&[]);
 
     let mut labels = shape.labels.clone();
     labels.extend(g.spec.template.labels.clone());

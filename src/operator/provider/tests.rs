@@ -186,10 +186,22 @@ fn increase_size_picks_delta_machines_and_validates() {
     assert_eq!((d.target_before, d.target_after), (2, 4));
     assert!(d.changes.iter().all(|c| c.desired == PowerState::On));
     let kind = |r: Result<Decision, ProviderError>| r.err().map(|e| e.kind());
-    assert_eq!(kind(increase_size(&inv, "g", 0, t(0))), Some(ErrorKind::InvalidArgument));
-    assert_eq!(kind(increase_size(&inv, "g", -1, t(0))), Some(ErrorKind::InvalidArgument));
-    assert_eq!(kind(increase_size(&inv, "g", 3, t(0))), Some(ErrorKind::FailedPrecondition));
-    assert_eq!(kind(increase_size(&inv, "x", 1, t(0))), Some(ErrorKind::NotFound));
+    assert_eq!(
+        kind(increase_size(&inv, "g", 0, t(0))),
+        Some(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        kind(increase_size(&inv, "g", -1, t(0))),
+        Some(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        kind(increase_size(&inv, "g", 3, t(0))),
+        Some(ErrorKind::FailedPrecondition)
+    );
+    assert_eq!(
+        kind(increase_size(&inv, "x", 1, t(0))),
+        Some(ErrorKind::NotFound)
+    );
 }
 
 #[test]
@@ -218,7 +230,11 @@ fn power_on_order_policies() {
     c1.hourly_rate = Some(0.30);
     c2.hourly_rate = None;
     c3.hourly_rate = Some(0.10);
-    c1.boot_durations = vec![SignedDuration::from_secs(90), SignedDuration::from_secs(100), SignedDuration::from_secs(95)];
+    c1.boot_durations = vec![
+        SignedDuration::from_secs(90),
+        SignedDuration::from_secs(100),
+        SignedDuration::from_secs(95),
+    ];
     c3.boot_durations = vec![SignedDuration::from_secs(300)];
     c1.last_power_on = Some(t(100));
     c3.last_power_on = Some(t(50));
@@ -226,11 +242,16 @@ fn power_on_order_policies() {
         let mut g = g.clone();
         g.power_on_order = order;
         let inv = Inventory::build(vec![g], vec![c1.clone(), c2.clone(), c3.clone()], vec![]);
-        increase_size(&inv, "g", 3, t(0)).map(|d| names(&d)).unwrap_or_default()
+        increase_size(&inv, "g", 3, t(0))
+            .map(|d| names(&d))
+            .unwrap_or_default()
     };
     assert_eq!(pick(&g, PowerOnOrder::Cheapest), vec!["m3", "m1", "m2"]);
     assert_eq!(pick(&g, PowerOnOrder::FastestBoot), vec!["m1", "m3", "m2"]);
-    assert_eq!(pick(&g, PowerOnOrder::LeastRecentlyUsed), vec!["m2", "m3", "m1"]);
+    assert_eq!(
+        pick(&g, PowerOnOrder::LeastRecentlyUsed),
+        vec!["m2", "m3", "m1"]
+    );
     g.power_on_order = PowerOnOrder::Name;
     assert_eq!(pick(&g, PowerOnOrder::Name), vec!["m1", "m2", "m3"]);
 }
@@ -252,12 +273,19 @@ fn delete_nodes_is_all_or_nothing() {
         }],
         t(0),
     );
-    assert_eq!(d.map(|d| (names(&d), d.target_after)), Ok((vec!["a".into()], 1)));
+    assert_eq!(
+        d.map(|d| (names(&d), d.target_after)),
+        Ok((vec!["a".into()], 1))
+    );
     // a node of another group rejects the whole call.
     let other = machine("z", "h", PowerState::On, Phase::Ready);
     let mut ms: Vec<MachineView> = inv.machines().cloned().collect();
     ms.push(other);
-    let inv2 = Inventory::build(vec![group("g", 0, Some(4)), group("h", 0, None)], ms, vec![]);
+    let inv2 = Inventory::build(
+        vec![group("g", 0, Some(4)), group("h", 0, None)],
+        ms,
+        vec![],
+    );
     let e = delete_nodes(&inv2, "g", &[fake("b"), fake("z")], t(0)).err();
     assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::InvalidArgument));
     let e = delete_nodes(&inv2, "g", &[fake("unknown")], t(0)).err();
@@ -303,11 +331,23 @@ fn decrease_target_size_cancels_newest_pending_only() {
     let na = node_for(&a, true);
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b, c, d, e], vec![na]);
     let r = decrease_target_size(&inv, "g", -3, t(30));
-    assert_eq!(r.map(|d| (names(&d), d.target_after)), Ok((vec!["d".into(), "b".into(), "c".into()], 2)));
+    assert_eq!(
+        r.map(|d| (names(&d), d.target_after)),
+        Ok((vec!["d".into(), "b".into(), "c".into()], 2))
+    );
     let kind = |r: Result<Decision, ProviderError>| r.err().map(|e| e.kind());
-    assert_eq!(kind(decrease_target_size(&inv, "g", -5, t(0))), Some(ErrorKind::FailedPrecondition));
-    assert_eq!(kind(decrease_target_size(&inv, "g", 0, t(0))), Some(ErrorKind::InvalidArgument));
-    assert_eq!(kind(decrease_target_size(&inv, "g", 1, t(0))), Some(ErrorKind::InvalidArgument));
+    assert_eq!(
+        kind(decrease_target_size(&inv, "g", -5, t(0))),
+        Some(ErrorKind::FailedPrecondition)
+    );
+    assert_eq!(
+        kind(decrease_target_size(&inv, "g", 0, t(0))),
+        Some(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        kind(decrease_target_size(&inv, "g", 1, t(0))),
+        Some(ErrorKind::InvalidArgument)
+    );
 }
 
 #[test]
@@ -336,7 +376,11 @@ fn node_group_nodes_states_and_errors() {
     let going = machine("going", "g", PowerState::Off, Phase::PoweringOff);
     let nr = machine("notready", "g", PowerState::On, Phase::Booting);
     let nodes = vec![node_for(&a, true), node_for(&nr, false)];
-    let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b, f, off, going, nr], nodes);
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![a, b, f, off, going, nr],
+        nodes,
+    );
     let got: BTreeMap<String, (InstanceState, Option<ErrorClass>)> = node_group_nodes(&inv, "g")
         .unwrap_or_default()
         .into_iter()
@@ -381,27 +425,44 @@ fn template_from_last_seen_strips_transient_taints() {
             taint("custom/remove"),
             taint("dedicated"),
         ],
-        capacity: [("cpu".to_string(), "8".to_string()), ("memory".to_string(), "32Gi".to_string())].into(),
+        capacity: [
+            ("cpu".to_string(), "8".to_string()),
+            ("memory".to_string(), "32Gi".to_string()),
+        ]
+        .into(),
         allocatable: BTreeMap::new(),
         ready: false,
         unschedulable: true,
     });
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a], vec![]);
     let tn = template_node(&inv, "g").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(tn.labels.get("kubernetes.io/arch").map(String::as_str), Some("arm64"));
-    assert_eq!(tn.labels.get("kubernetes.io/os").map(String::as_str), Some("linux"));
-    assert_eq!(tn.labels.get("kubernetes.io/hostname").map(String::as_str), Some("a"));
-    assert_eq!(tn.taints.iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), vec!["dedicated"]);
+    assert_eq!(
+        tn.labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("arm64")
+    );
+    assert_eq!(
+        tn.labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
+    assert_eq!(
+        tn.labels.get("kubernetes.io/hostname").map(String::as_str),
+        Some("a")
+    );
+    assert_eq!(
+        tn.taints.iter().map(|t| t.key.as_str()).collect::<Vec<_>>(),
+        vec!["dedicated"]
+    );
     assert_eq!(tn.capacity.get("pods").map(String::as_str), Some("110"));
     assert_eq!(tn.allocatable.get("cpu").map(String::as_str), Some("8"));
     let bytes = tn.encode();
     assert!(!bytes.is_empty());
     let decoded = k8s_pb::api::core::v1::Node::decode(bytes.as_slice());
     let decoded = decoded.unwrap_or_else(|e| panic!("{e}"));
-    let ready = decoded
-        .status
-        .as_ref()
-        .map(|s| s.conditions.iter().any(|c| c.r#type.as_deref() == Some("Ready") && c.status.as_deref() == Some("True")));
+    let ready = decoded.status.as_ref().map(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.r#type.as_deref() == Some("Ready") && c.status.as_deref() == Some("True"))
+    });
     assert_eq!(ready, Some(true));
     assert_eq!(decoded.spec.and_then(|s| s.unschedulable), Some(false));
 }
@@ -422,7 +483,10 @@ fn template_falls_back_to_hints_then_group_then_unimplemented() {
     let inv = Inventory::build(vec![g], vec![bare.clone()], vec![]);
     let tn = template_node(&inv, "g");
     assert_eq!(
-        tn.map(|t| (t.capacity.get("cpu").cloned(), t.labels.get("zone").cloned())),
+        tn.map(|t| (
+            t.capacity.get("cpu").cloned(),
+            t.labels.get("zone").cloned()
+        )),
         Ok((Some("2".into()), Some("rack1".into())))
     );
     let inv = Inventory::build(vec![group("g", 0, None)], vec![bare], vec![]);
@@ -439,7 +503,10 @@ fn options_unset_unless_group_sets_them() {
         max_node_startup: Some(SignedDuration::from_mins(15)),
         ..Default::default()
     };
-    assert_eq!(node_group_options(&inv, "g", Some(defaults.clone())), Ok(None));
+    assert_eq!(
+        node_group_options(&inv, "g", Some(defaults.clone())),
+        Ok(None)
+    );
     let mut g = group("g", 0, None);
     g.options.scale_down_unneeded = Some(SignedDuration::from_mins(30));
     let inv = Inventory::build(vec![g], vec![], vec![]);
@@ -581,7 +648,8 @@ proptest! {
             prop_assert_eq!(after, d.target_after);
             prop_assert!(after <= max);
             let g = inv.group("g").map(|g| registered_count(&inv, g)).unwrap_or(0);
-            prop_assert!(after >= min || after < before && after == g || after >= before, "target {} < min {} (before {})", after, min, before);
+            // Below min only by not going down, or by CA's size fix to the registered count.
+            prop_assert!(after >= min || after >= before || after == g, "target {} < min {} (before {})", after, min, before);
             prop_assert_eq!(
                 node_group_nodes(&inv, "g").unwrap_or_default().iter().filter(|i| i.state != InstanceState::Deleting).count() as u32,
                 after

@@ -1,0 +1,257 @@
+//! The CA provider over loopback: latency (p50/p99) and throughput of the read RPCs CA calls every
+//! loop, and of IncreaseSize → desired state persisted (in-memory source), with 2,000 machines in
+//! 50 groups. Run: `cargo bench --bench provider` (client and server share this machine's cores).
+#[path = "../tests/support_grpc/mod.rs"]
+mod support_grpc;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kubectl_homelab::operator::provider::proto::*;
+use kubectl_homelab::operator::provider::{Inventory, MemorySource};
+use support_grpc::*;
+
+const GROUPS: usize = 50;
+const PER_GROUP: usize = 40;
+const ON_PER_GROUP: usize = 10;
+const SAMPLES: usize = 5_000;
+const THROUGHPUT_CALLERS: usize = 16;
+const THROUGHPUT_TIME: Duration = Duration::from_secs(2);
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: v.last().copied().unwrap_or_default(),
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Sequential latency of `call(i)` over SAMPLES calls (after a warm-up).
+async fn latency<F, Fut>(mut call: F) -> Stats
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for i in 0..300 {
+        call(i).await;
+    }
+    let mut v = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES {
+        let t = Instant::now();
+        call(i).await;
+        v.push(t.elapsed());
+    }
+    stats(v)
+}
+
+type Client = cloud_provider_client::CloudProviderClient<tonic::transport::Channel>;
+
+/// Calls per second with THROUGHPUT_CALLERS concurrent callers, each on its own connection.
+async fn throughput<F, Fut>(addr: std::net::SocketAddr, make: F) -> f64
+where
+    F: Fn(Client, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..THROUGHPUT_CALLERS {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client(addr).await;
+            let mut n = caller;
+            while start.elapsed() < THROUGHPUT_TIME {
+                make(c.clone(), n).await;
+                n += THROUGHPUT_CALLERS;
+            }
+            n / THROUGHPUT_CALLERS
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn row(name: &str, s: &Stats, tput: Option<f64>) {
+    println!(
+        "| {name:<40} | {:>8} | {:>8} | {:>8} | {:>12} |",
+        us(s.p50),
+        us(s.p99),
+        us(s.max),
+        tput.map(|t| format!("{t:.0}/s"))
+            .unwrap_or_else(|| "-".into())
+    );
+}
+
+fn main() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(run());
+}
+
+async fn run() {
+    let (gs, ms, ns) = big(GROUPS, PER_GROUP, ON_PER_GROUP);
+    let provider_ids: Arc<Vec<String>> =
+        Arc::new(ns.iter().map(|n| n.provider_id.clone()).collect());
+    let group_ids: Arc<Vec<String>> = Arc::new((0..GROUPS).map(|g| format!("g{g:02}")).collect());
+    let source = Arc::new(MemorySource::new(Inventory::build(gs, ms, ns)));
+    let running = start(source.clone(), None).await;
+    let addr = running.addr;
+    let mut c = client(addr).await;
+
+    println!(
+        "{} machines in {} groups ({} registered nodes), loopback h2c, 2 tokio workers shared by client and server",
+        GROUPS * PER_GROUP,
+        GROUPS,
+        provider_ids.len()
+    );
+    println!("| RPC | p50 | p99 | max | throughput ({THROUGHPUT_CALLERS} callers) |");
+    println!("|---|---|---|---|---|");
+
+    // NodeGroupForNode.
+    let s = {
+        let pids = provider_ids.clone();
+        let c = &mut c;
+        latency(move |i| {
+            let req = NodeGroupForNodeRequest {
+                node: Some(ExternalGrpcNode {
+                    provider_id: pids[i % pids.len()].clone(),
+                    name: String::new(),
+                    ..Default::default()
+                }),
+            };
+            let mut c = c.clone();
+            async move {
+                let r = c.node_group_for_node(req).await;
+                assert!(
+                    r.is_ok_and(|r| !r.into_inner().node_group.unwrap_or_default().id.is_empty())
+                );
+            }
+        })
+        .await
+    };
+    let pids = provider_ids.clone();
+    let t = throughput(addr, move |mut c, n| {
+        let pids = pids.clone();
+        async move {
+            let req = NodeGroupForNodeRequest {
+                node: Some(ExternalGrpcNode {
+                    provider_id: pids[n % pids.len()].clone(),
+                    ..Default::default()
+                }),
+            };
+            let _ = c.node_group_for_node(req).await;
+        }
+    })
+    .await;
+    row("NodeGroupForNode", &s, Some(t));
+
+    // NodeGroupTargetSize.
+    let s = {
+        let gids = group_ids.clone();
+        let c = &mut c;
+        latency(move |i| {
+            let id = gids[i % gids.len()].clone();
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .node_group_target_size(NodeGroupTargetSizeRequest { id })
+                    .await;
+                assert!(r.is_ok());
+            }
+        })
+        .await
+    };
+    let gids = group_ids.clone();
+    let t = throughput(addr, move |mut c, n| {
+        let gids = gids.clone();
+        async move {
+            let _ = c
+                .node_group_target_size(NodeGroupTargetSizeRequest {
+                    id: gids[n % gids.len()].clone(),
+                })
+                .await;
+        }
+    })
+    .await;
+    row("NodeGroupTargetSize", &s, Some(t));
+
+    // NodeGroupNodes.
+    let s = {
+        let gids = group_ids.clone();
+        let c = &mut c;
+        latency(move |i| {
+            let id = gids[i % gids.len()].clone();
+            let mut c = c.clone();
+            async move {
+                let r = c.node_group_nodes(NodeGroupNodesRequest { id }).await;
+                assert!(r.is_ok_and(|r| r.into_inner().instances.len() >= ON_PER_GROUP));
+            }
+        })
+        .await
+    };
+    let gids = group_ids.clone();
+    let t = throughput(addr, move |mut c, n| {
+        let gids = gids.clone();
+        async move {
+            let _ = c
+                .node_group_nodes(NodeGroupNodesRequest {
+                    id: gids[n % gids.len()].clone(),
+                })
+                .await;
+        }
+    })
+    .await;
+    row("NodeGroupNodes", &s, Some(t));
+
+    // IncreaseSize → desired power persisted; each is undone by DecreaseTargetSize (not timed)
+    // so the group never fills up.
+    let before = source.persisted().len();
+    let mut inc = Vec::with_capacity(SAMPLES / 5);
+    for i in 0..SAMPLES / 5 {
+        let id = group_ids[i % group_ids.len()].clone();
+        let t0 = Instant::now();
+        let r = c
+            .node_group_increase_size(NodeGroupIncreaseSizeRequest {
+                delta: 1,
+                id: id.clone(),
+            })
+            .await;
+        inc.push(t0.elapsed());
+        assert!(r.is_ok(), "{r:?}");
+        let r = c
+            .node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest { delta: -1, id })
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(source.persisted().len() - before, 2 * (SAMPLES / 5));
+    row(
+        "IncreaseSize (persisted, in-memory source)",
+        &stats(inc),
+        None,
+    );
+    let _ = running.stop().await;
+}

@@ -1,0 +1,312 @@
+//! Unit tests of the pure helpers on `Machine` and `Group`.
+use std::collections::BTreeMap;
+
+use jiff::SignedDuration;
+use kube::api::ObjectMeta;
+
+use super::*;
+use crate::operator::machine::PowerState;
+
+fn meta(ns: &str, name: &str, group: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(ns.to_owned()),
+        labels: group.map(|g| BTreeMap::from([(GROUP_LABEL.to_owned(), g.to_owned())])),
+        ..ObjectMeta::default()
+    }
+}
+
+fn job(image: &str) -> MinimalPodSpec {
+    MinimalPodSpec {
+        image: image.to_owned(),
+        ..MinimalPodSpec::default()
+    }
+}
+
+/// A machine with the predecessor's job-style drivers.
+fn machine(ns: &str, name: &str, group: Option<&str>) -> Machine {
+    let mut spec = MachineSpec::new(PowerState::Off);
+    spec.startup_pod_spec = Some(job("on"));
+    spec.shutdown_pod_spec = Some(job("off"));
+    Machine {
+        metadata: meta(ns, name, group),
+        spec,
+        status: None,
+    }
+}
+
+#[test]
+fn group_label_and_membership() {
+    let m = machine("lab", "m1", Some("g1"));
+    assert_eq!(m.group(), Some("g1"));
+    assert_eq!(machine("lab", "m2", None).group(), None);
+    assert_eq!(
+        machine("lab", "m3", Some("")).group(),
+        None,
+        "an empty label is no group"
+    );
+    let g = Group {
+        metadata: meta("lab", "g1", None),
+        spec: GroupSpec::default(),
+        status: None,
+    };
+    assert!(g.has_member(&m));
+    assert!(
+        !g.has_member(&machine("other", "m1", Some("g1"))),
+        "other namespace"
+    );
+    assert!(!g.has_member(&machine("lab", "m1", Some("g2"))));
+}
+
+#[test]
+fn provider_id_prefers_spec_then_last_seen_then_default() {
+    let mut m = machine("lab", "m1", None);
+    assert_eq!(m.expected_provider_id(), "homelab://lab/m1");
+    m.status = Some(MachineStatus {
+        node: Some(NodeSnapshot {
+            name: "node-a".to_owned(),
+            provider_id: Some("k3s://node-a".to_owned()),
+            seen: jiff::Timestamp::UNIX_EPOCH,
+            ..NodeSnapshot::default()
+        }),
+        ..MachineStatus::default()
+    });
+    assert_eq!(m.expected_provider_id(), "k3s://node-a");
+    assert_eq!(m.node_name(), Some("node-a"));
+    m.spec.provider_id = Some("homelab://custom".to_owned());
+    assert_eq!(m.expected_provider_id(), "homelab://custom");
+    m.spec.provider_id = Some(String::new());
+    assert_eq!(
+        m.expected_provider_id(),
+        "k3s://node-a",
+        "empty spec value is unset"
+    );
+    m.spec.kubernetes_node_name = Some("declared".to_owned());
+    assert_eq!(m.node_name(), Some("declared"));
+}
+
+#[test]
+fn desired_power_defaults_to_on_when_absent() {
+    let m: Machine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
+        "metadata": {"name": "m", "namespace": "lab"},
+        "spec": {"startupPodSpec": {"image": "a"}, "shutdownPodSpec": {"image": "b"}}
+    }))
+    .expect("minimal Node deserializes");
+    assert_eq!(m.desired_power(), PowerState::On);
+    assert_eq!(m.observed_power(), None);
+    assert_eq!(
+        m.lifecycle(),
+        crate::operator::machine::Lifecycle::default()
+    );
+}
+
+#[test]
+fn power_driver_resolution_and_errors() {
+    let mut m = machine("lab", "m1", None);
+    assert!(matches!(m.power_driver(Direction::On), Ok(PowerDriver::Job(j)) if j.image == "on"));
+    assert!(matches!(m.power_driver(Direction::Off), Ok(PowerDriver::Job(j)) if j.image == "off"));
+
+    // power.on together with startupPodSpec is refused.
+    m.spec.power = Some(PowerSpec {
+        on: Some(PowerOn {
+            wake_on_lan: Some(WakeOnLan {
+                mac: "aa:bb:cc:dd:ee:ff".to_owned(),
+                ..WakeOnLan::default()
+            }),
+            ..PowerOn::default()
+        }),
+        off: None,
+    });
+    let e = m.power_driver(Direction::On).unwrap_err().to_string();
+    assert!(
+        e.contains("Node lab/m1") && e.contains("spec.power.on") && e.contains("not both"),
+        "{e}"
+    );
+
+    m.spec.startup_pod_spec = None;
+    let Ok(PowerDriver::WakeOnLan(w)) = m.power_driver(Direction::On) else {
+        panic!("expected wakeOnLan");
+    };
+    assert_eq!(
+        (w.broadcast(), w.port()),
+        (DEFAULT_WOL_BROADCAST, DEFAULT_WOL_PORT)
+    );
+
+    // Two drivers in one direction.
+    if let Some(on) = m.spec.power.as_mut().and_then(|p| p.on.as_mut()) {
+        on.http = Some(HttpAction {
+            url: "http://plug/on".to_owned(),
+            ..HttpAction::default()
+        });
+    }
+    let e = m.power_driver(Direction::On).unwrap_err().to_string();
+    assert!(e.contains("2 drivers set (wakeOnLan, http)"), "{e}");
+
+    // No way to power off.
+    m.spec.shutdown_pod_spec = None;
+    let e = m.power_driver(Direction::Off).unwrap_err().to_string();
+    assert!(
+        e.contains("no way to power off") && e.contains("shutdownPodSpec"),
+        "{e}"
+    );
+    assert_eq!(m.validate().len(), 2, "{:?}", m.validate());
+}
+
+#[test]
+fn timeouts_default_and_parse() {
+    let mut m = machine("lab", "m1", None);
+    assert_eq!(m.boot_timeout(), Ok(DEFAULT_BOOT_TIMEOUT));
+    assert_eq!(m.shutdown_timeout(), Ok(SignedDuration::from_secs(300)));
+    m.spec.boot_timeout = Some("1h30m".to_owned());
+    assert_eq!(m.boot_timeout(), Ok(SignedDuration::from_secs(5400)));
+    m.spec.boot_timeout = Some("0s".to_owned());
+    let e = m.boot_timeout().unwrap_err().to_string();
+    assert!(e.contains("Node lab/m1 spec.bootTimeout"), "{e}");
+    m.spec.shutdown_timeout = Some("5 minutes".to_owned());
+    let e = m.shutdown_timeout().unwrap_err().to_string();
+    assert!(
+        e.contains("spec.shutdownTimeout") && e.contains("\"5 minutes\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn rates_parse_with_field_errors() {
+    let mut m = machine("lab", "m1", None);
+    assert_eq!(m.hourly_rate(), Ok(None));
+    m.spec.pricing = Some(Pricing {
+        hourly_rate: Some("0.12".to_owned()),
+        pod_rate: Some("abc".to_owned()),
+    });
+    assert_eq!(m.hourly_rate(), Ok(Some(0.12)));
+    let e = m.pod_rate().unwrap_err().to_string();
+    assert!(e.contains("spec.pricing.podRate"), "{e}");
+}
+
+#[test]
+fn size_bounds_default_and_cap() {
+    let spec = GroupSpec::default();
+    assert_eq!(spec.size_bounds(3), SizeBounds { min: 0, max: 3 });
+    let spec = GroupSpec {
+        min_size: Some(1),
+        max_size: Some(5),
+        ..GroupSpec::default()
+    };
+    assert_eq!(
+        spec.size_bounds(3),
+        SizeBounds { min: 1, max: 3 },
+        "max capped at members"
+    );
+    assert!(spec.check_size_bounds("", 3).is_ok());
+    let spec = GroupSpec {
+        min_size: Some(4),
+        ..GroupSpec::default()
+    };
+    assert_eq!(
+        spec.size_bounds(2),
+        SizeBounds { min: 2, max: 2 },
+        "min capped at max"
+    );
+    let e = spec
+        .check_size_bounds("Group lab/g ", 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("spec.minSize") && e.contains("only 2"), "{e}");
+    assert_eq!(
+        GroupSpec::default().size_bounds(0),
+        SizeBounds { min: 0, max: 0 }
+    );
+}
+
+#[test]
+fn autoscaling_options_parse_only_what_is_set() {
+    let none = GroupSpec::default()
+        .autoscaling_options("")
+        .expect("empty parses");
+    assert!(!none.any_set());
+    let spec = GroupSpec {
+        scale_down_utilization_threshold: Some("0.5".to_owned()),
+        scale_down_unneeded_time: Some("10m".to_owned()),
+        zero_or_max_node_scaling: Some(false),
+        ..GroupSpec::default()
+    };
+    let o = spec.autoscaling_options("").expect("parses");
+    assert!(o.any_set());
+    assert_eq!(o.scale_down_utilization_threshold, Some(0.5));
+    assert_eq!(
+        o.scale_down_unneeded_time,
+        Some(SignedDuration::from_secs(600))
+    );
+    assert_eq!(o.zero_or_max_node_scaling, Some(false));
+    assert_eq!(o.max_node_provision_time, None);
+    let bad = GroupSpec {
+        scale_down_utilization_threshold: Some("70".to_owned()),
+        ..GroupSpec::default()
+    };
+    let g = Group {
+        metadata: meta("lab", "g1", None),
+        spec: bad,
+        status: None,
+    };
+    let e = g.autoscaling_options().unwrap_err().to_string();
+    assert!(
+        e.contains("Group lab/g1 spec.scaleDownUtilizationThreshold") && e.contains("\"0.7\""),
+        "{e}"
+    );
+    assert_eq!(g.validate().len(), 1);
+}
+
+#[test]
+fn recent_boots_are_bounded() {
+    let mut s = MachineStatus::default();
+    assert_eq!(s.mean_boot_seconds(), None);
+    for i in 1..=15 {
+        s.record_boot(i);
+    }
+    assert_eq!(s.recent_boot_seconds.len(), RECENT_BOOTS_MAX);
+    assert_eq!(s.recent_boot_seconds.first(), Some(&6));
+    assert_eq!(s.mean_boot_seconds(), Some(10.5));
+}
+
+#[test]
+fn status_round_trips_with_flattened_lifecycle() {
+    let json = serde_json::json!({
+        "powerState": "on", "progress": "ready", "health": "healthy",
+        "phase": "Ready", "phaseSince": "2026-01-01T00:00:00Z", "attempt": 2,
+        "recentBootSeconds": [90, 95],
+        "node": {"name": "n1", "providerID": "homelab://lab/m1", "seen": "2026-01-01T00:00:00Z",
+                  "capacity": {"cpu": "8", "memory": "32Gi"}},
+        "observedGeneration": 3
+    });
+    let s: MachineStatus = serde_json::from_value(json.clone()).expect("status parses");
+    assert_eq!(s.lifecycle.phase(), crate::operator::machine::Phase::Ready);
+    assert_eq!(s.lifecycle.attempt, 2);
+    assert_eq!(s.progress, Some(Progress::Ready));
+    assert_eq!(serde_json::to_value(&s).expect("ser"), json);
+}
+
+#[test]
+fn node_agent_and_http_defaults() {
+    let a = NodeAgent::default();
+    assert_eq!(a.image(), DEFAULT_NODE_AGENT_IMAGE);
+    assert_eq!(
+        a.command(),
+        vec!["systemctl".to_owned(), "poweroff".to_owned()]
+    );
+    assert_eq!(HttpAction::default().method(), HttpMethod::Post);
+    assert_eq!(
+        job("x").ttl_seconds_after_finished(),
+        DEFAULT_JOB_TTL_SECONDS
+    );
+    assert_eq!(
+        serde_json::to_value(HttpMethod::Delete).expect("ser"),
+        serde_json::json!("DELETE")
+    );
+    for o in PowerOnOrder::ALL {
+        assert_eq!(
+            serde_json::to_value(o).expect("ser"),
+            serde_json::json!(o.as_str())
+        );
+    }
+}
