@@ -31,11 +31,37 @@ have_all() {
   for b in $binaries; do [ -x "$dir/$b" ] || return 1; done
 }
 
+# The Go build spends much of a cold run waiting for module downloads, so it runs in the
+# background while cargo checks and compiles; the tests wait for it.
+build_log=$(mktemp)
+build_pid=
+# On an early exit (fmt or clippy failed) stop the whole build, go compilers included.
+trap 'rm -f "$build_log"; [ -n "$build_pid" ] && kill -- -"$build_pid" 2>/dev/null || true' EXIT
 if [ -n "${KUBECTL_HOMELAB_TEST_ASSETS:-}" ] && have_all "$KUBECTL_HOMELAB_TEST_ASSETS"; then
   step "using Kubernetes test binaries in $KUBECTL_HOMELAB_TEST_ASSETS"
 else
-  step "building Kubernetes test binaries if missing (tests/k8s-bins/build.sh)"
-  assets=$(tests/k8s-bins/build.sh all | tail -n 1)
+  step "building Kubernetes test binaries in the background if missing (tests/k8s-bins/build.sh)"
+  setsid tests/k8s-bins/build.sh all >"$build_log" 2>&1 &
+  build_pid=$!
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+step "compiling tests"
+cargo test --all-targets --no-run
+
+if [ -n "$build_pid" ]; then
+  step "waiting for the Kubernetes test binaries"
+  if ! wait "$build_pid"; then
+    build_pid=
+    cat "$build_log" >&2
+    echo "tests/k8s-bins/build.sh failed (output above)" >&2
+    exit 1
+  fi
+  build_pid=
+  assets=$(tail -n 1 "$build_log")
   if [ -n "${KUBECTL_HOMELAB_TEST_ASSETS:-}" ] && [ "$KUBECTL_HOMELAB_TEST_ASSETS" != "$assets" ]; then
     mkdir -p "$KUBECTL_HOMELAB_TEST_ASSETS"
     for b in $binaries; do cp "$assets/$b" "$KUBECTL_HOMELAB_TEST_ASSETS/$b"; done
@@ -44,18 +70,14 @@ else
   fi
 fi
 have_all "$KUBECTL_HOMELAB_TEST_ASSETS" || {
-  echo "Kubernetes test binaries missing in $KUBECTL_HOMELAB_TEST_ASSETS after the build" >&2
+  echo "Kubernetes test binaries missing in $KUBECTL_HOMELAB_TEST_ASSETS" >&2
   exit 1
 }
 export KUBECTL_HOMELAB_TEST_ASSETS
 export KUBECTL_HOMELAB_REQUIRE_ASSETS=1
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
-step "cargo clippy"
-cargo clippy --all-targets -- -D warnings
 step "cargo test"
-cargo test --all-targets
+cargo test --all-targets --no-fail-fast
 step "doc tests"
 cargo test --doc
 step "all checks passed"

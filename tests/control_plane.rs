@@ -66,6 +66,37 @@ async fn crds_install_and_are_established() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn crd_gen_output_is_what_the_harness_installs_and_applies_strictly() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let (ok, stdout, stderr) = kubectl_homelab(cp.kubeconfig(), &["crd", "gen"]).await?;
+    assert!(ok, "crd gen failed: {stderr}");
+    let printed: Vec<CustomResourceDefinition> = parse_multi_doc("crd gen", &stdout)?
+        .into_iter()
+        .map(|o| serde_json::to_value(o).and_then(serde_json::from_value))
+        .collect::<Result<_, _>>()?;
+    let names = |crds: &[CustomResourceDefinition]| -> Vec<String> {
+        crds.iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&printed), names(&support::our_crds()));
+    // What `kubectl apply -f -` would send passes the API server's strict validation (dry run:
+    // the shared plane keeps the CRDs the harness installed).
+    let api: Api<CustomResourceDefinition> = Api::all(cp.client()?);
+    let pp = kube::api::PatchParams::apply("crd-gen-test")
+        .force()
+        .validation_strict()
+        .dry_run();
+    for crd in &printed {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &pp, &kube::api::Patch::Apply(crd)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn every_example_applies_and_reads_back_typed() -> anyhow::Result<()> {
     let Some(cp) = support::shared().await? else {
         return Ok(());

@@ -1,4 +1,7 @@
-//! `kubectl homelab fsm inspect` as a user runs it: the built binary on files.
+//! `kubectl homelab fsm inspect` as a user runs it: the built binary on files, and against a
+//! real API server (tests/support) with and without our CRDs.
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -242,4 +245,132 @@ fn namespace_and_all_namespaces_conflict() {
     let o = run(&["fsm", "inspect", "-n", "x", "-A"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
+
+fn run_with_kubeconfig(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+}
+
+#[tokio::test]
+async fn reads_node_crs_with_status_from_the_api_server() -> anyhow::Result<()> {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use kubectl_homelab::operator::api::Machine;
+
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("fsm-inspect").await?;
+    let api: Api<Machine> = Api::namespaced(cp.client()?, &ns);
+    let text = std::fs::read_to_string(data())?;
+    let machines = kubectl_homelab::commands::fsm::parse_machines("data", &text)?;
+    assert_eq!(machines.len(), 4);
+    for mut m in machines {
+        let status = m.status.take();
+        m.metadata.namespace = Some(ns.clone());
+        let name = m.metadata.name.clone().unwrap_or_default();
+        api.create(&PostParams::default(), &m).await?;
+        if let Some(status) = status {
+            let patch = serde_json::json!({ "status": status });
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+    let kubeconfig = cp.kubeconfig().to_path_buf();
+    let o = run_with_kubeconfig(&kubeconfig, &["fsm", "inspect", "-n", &ns, "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout)?;
+    let names: Vec<&str> = v.iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names, ["spare", "tower", "nuc-1", "nuc-2"]);
+    // Every lifecycle field survived the CRD schema (nothing pruned).
+    assert_eq!(v[3]["phase"], "Failed");
+    assert_eq!(v[3]["attempt"], 5);
+    assert_eq!(v[1]["operation"]["id"], "on-2");
+    assert_eq!(v[1]["operation"]["completed"], "2026-11-25T11:58:00Z");
+    // Same as reading the file.
+    let from_file = json(&[
+        "fsm",
+        "inspect",
+        "-f",
+        data().to_str().unwrap_or_default(),
+        "-o",
+        "json",
+    ]);
+    let strip_ns = |v: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        v.iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if let Some(o) = m.as_object_mut() {
+                    o.remove("namespace");
+                }
+                m
+            })
+            .collect()
+    };
+    assert_eq!(strip_ns(&v), strip_ns(&from_file));
+
+    let o = run_with_kubeconfig(&kubeconfig, &["fsm", "inspect", "-n", &ns, "tower"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(
+        table.contains("tower") && !table.contains("nuc-1"),
+        "{table}"
+    );
+
+    let o = run_with_kubeconfig(&kubeconfig, &["fsm", "inspect", "-A", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(
+        all.iter().filter(|m| m["namespace"] == ns.as_str()).count(),
+        4
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_crds_the_error_says_how_to_install_them() -> anyhow::Result<()> {
+    let Some(cp) = support::own(support::Options::default().without_crds()).await? else {
+        return Ok(());
+    };
+    let o = run_with_kubeconfig(cp.kubeconfig(), &["fsm", "inspect", "-A"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("CRDs are not installed")
+            && err.contains("kubectl homelab crd gen | kubectl apply -f -"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn reads_a_single_object_from_stdin() {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(["fsm", "inspect", "-f", "-", "-o", "json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    let doc = "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Node\nmetadata: {name: solo}\n\
+               spec: {powerState: \"off\"}\nstatus: {phase: Off, phaseSince: \"2026-01-01T00:00:00Z\"}\n";
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(doc.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let o = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Vec<serde_json::Value> =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["name"], "solo");
+    assert_eq!(v[0]["phase"], "Off");
+    assert_eq!(v[0]["observed"], "off");
+    assert_eq!(v[0]["progress"], "shutdown");
 }

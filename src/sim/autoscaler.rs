@@ -119,7 +119,7 @@ struct Option_ {
 }
 
 impl Sim<'_> {
-    fn group_ids(&mut self) -> Vec<String> {
+    fn resolve_group_ids(&mut self) {
         if self.ca.group_ids.is_empty() {
             let sc = self.sc;
             let inv = self.inventory();
@@ -136,7 +136,6 @@ impl Sim<'_> {
                 .collect();
             self.ca.group_ids = ids;
         }
-        self.ca.group_ids.clone()
     }
 
     fn back_off(&mut self, g: usize, why: &str) {
@@ -163,7 +162,8 @@ impl Sim<'_> {
 
     pub(super) fn autoscaler_scan(&mut self) {
         self.counters.scans += 1;
-        let ids = self.group_ids();
+        self.resolve_group_ids();
+        let ids = std::mem::take(&mut self.ca.group_ids);
         self.handle_unhealthy_instances(&ids);
         let scaled_up = if self.cluster.pending.is_empty() {
             false
@@ -173,6 +173,7 @@ impl Sim<'_> {
         if !scaled_up && self.sc.autoscaler.scale_down_enabled {
             self.scale_down(&ids);
         }
+        self.ca.group_ids = ids;
     }
 
     fn handle_unhealthy_instances(&mut self, ids: &[String]) {
@@ -466,14 +467,11 @@ impl Sim<'_> {
                 .is_some_and(|t| now < t + a.scale_down_delay_after_failure);
         // Track unneeded nodes every loop (CA does, even in cooldown). A node is unneeded when
         // its utilization is below the threshold and its pods could run elsewhere.
-        let (free_cpu, free_mem) = self
-            .cluster
-            .nodes
+        let rooms = self.cluster.free_rooms();
+        let (free_cpu, free_mem) = rooms
             .iter()
-            .filter(|n| n.ready && !n.cordoned)
-            .fold((0u64, 0u64), |(c, m), n| {
-                (c + (n.cpu - n.cpu_used), m + (n.memory - n.memory_used))
-            });
+            .fold((0u64, 0u64), |(c, m), r| (c + r.1, m + r.2));
+        let mut scratch = Vec::with_capacity(rooms.len());
         let mut due: Vec<usize> = Vec::new();
         for (m, model) in sc.machines.iter().enumerate() {
             let slot = &self.cluster.nodes[m];
@@ -490,7 +488,7 @@ impl Sim<'_> {
                 let own_free = (slot.cpu - slot.cpu_used, slot.memory - slot.memory_used);
                 eligible = free_cpu - own_free.0 >= slot.cpu_used
                     && free_mem - own_free.1 >= slot.memory_used
-                    && self.cluster.pods_fit_elsewhere(m, &[]);
+                    && self.cluster.pods_fit_in(m, &[], &rooms, &mut scratch);
             }
             if !eligible {
                 self.ca.unneeded_since[m] = None;
@@ -533,7 +531,7 @@ impl Sim<'_> {
             }
             let empty = self.cluster.nodes[m].pods.is_empty();
             if !empty {
-                if non_empty_taken || !self.cluster.pods_fit_elsewhere(m, &chosen) {
+                if non_empty_taken || !self.cluster.pods_fit_in(m, &chosen, &rooms, &mut scratch) {
                     continue;
                 }
                 non_empty_taken = true;

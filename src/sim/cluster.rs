@@ -261,33 +261,58 @@ impl Cluster {
         count
     }
 
-    /// Whether every pod on `node` would fit on the other Ready nodes, not counting `excluded`
-    /// ones (CA's scale-down simulation, first-fit on a scratch copy of free room).
-    pub fn pods_fit_elsewhere(&self, node: NodeId, excluded: &[NodeId]) -> bool {
-        let pods = &self.nodes[node].pods;
-        if pods.is_empty() {
-            return true;
-        }
-        let mut free: Vec<(u64, u64, u32)> = self
-            .nodes
+    /// Free room of every Ready, schedulable node: `(node, cpu, memory, pod slots)`.
+    pub fn free_rooms(&self) -> Vec<(NodeId, u64, u64, u32)> {
+        self.nodes
             .iter()
             .enumerate()
-            .filter(|(i, n)| *i != node && n.ready && !n.cordoned && !excluded.contains(i))
-            .map(|(_, n)| {
+            .filter(|(_, n)| n.ready && !n.cordoned)
+            .map(|(i, n)| {
                 (
+                    i,
                     n.cpu - n.cpu_used,
                     n.memory - n.memory_used,
                     n.max_pods.saturating_sub(n.pods.len() as u32),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    /// Whether every pod on `node` would fit on the other Ready nodes, not counting `excluded`
+    /// ones (CA's scale-down simulation: first-fit on a scratch copy of free room).
+    pub fn pods_fit_elsewhere(&self, node: NodeId, excluded: &[NodeId]) -> bool {
+        let rooms = self.free_rooms();
+        let mut scratch = Vec::new();
+        self.pods_fit_in(node, excluded, &rooms, &mut scratch)
+    }
+
+    /// [`Cluster::pods_fit_elsewhere`] with the free rooms computed once by the caller and a
+    /// reusable scratch buffer (the autoscaler checks many nodes per loop).
+    pub fn pods_fit_in(
+        &self,
+        node: NodeId,
+        excluded: &[NodeId],
+        rooms: &[(NodeId, u64, u64, u32)],
+        scratch: &mut Vec<(NodeId, u64, u64, u32)>,
+    ) -> bool {
+        let pods = &self.nodes[node].pods;
+        if pods.is_empty() {
+            return true;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(rooms);
         'pods: for &pod in pods {
             let s = &self.pods[pod as usize].spec;
-            for f in free.iter_mut() {
-                if f.0 >= s.cpu && f.1 >= s.memory && f.2 > 0 {
-                    f.0 -= s.cpu;
-                    f.1 -= s.memory;
-                    f.2 -= 1;
+            for f in scratch.iter_mut() {
+                if f.0 != node
+                    && f.1 >= s.cpu
+                    && f.2 >= s.memory
+                    && f.3 > 0
+                    && !excluded.contains(&f.0)
+                {
+                    f.1 -= s.cpu;
+                    f.2 -= s.memory;
+                    f.3 -= 1;
                     continue 'pods;
                 }
             }

@@ -147,6 +147,7 @@ pub struct Sim<'s> {
     pub(super) machines: Vec<MachineSim>,
     pub(super) ca: super::autoscaler::CaState,
     inventory: Option<Inventory>,
+    base_views: super::views::BaseViews,
     pub(super) counters: Counters,
     pub(super) timeline: Vec<TimelineEntry>,
     series: Vec<SeriesPoint>,
@@ -232,6 +233,7 @@ impl<'s> Sim<'s> {
             machines,
             ca,
             inventory: None,
+            base_views: super::views::base_views(sc),
             counters: Counters::default(),
             timeline: Vec::new(),
             series: Vec::new(),
@@ -480,7 +482,8 @@ impl<'s> Sim<'s> {
     /// something it reads has changed.
     pub(super) fn inventory(&mut self) -> &mut Inventory {
         if self.inventory.is_none() {
-            self.inventory = Some(super::views::build_inventory(self));
+            self.counters.inventory_builds += 1;
+            self.inventory = Some(super::views::build_inventory(self, &self.base_views));
         }
         self.inventory.get_or_insert_with(Inventory::default)
     }

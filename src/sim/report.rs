@@ -20,6 +20,8 @@ pub struct Counters {
     pub scale_downs: u64,
     pub backoffs: u64,
     pub failed_instances_deleted: u64,
+    /// Times the provider's inventory was rebuilt from the simulated world.
+    pub inventory_builds: u64,
 }
 
 /// One line of `--timeline`.

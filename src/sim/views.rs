@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::engine::Sim;
+use super::scenario::Scenario;
 use crate::operator::api;
 use crate::operator::provider::inventory::GroupOptions;
 use crate::operator::provider::{
@@ -38,8 +39,15 @@ fn capacity(cpu: u64, memory: u64, pods: u32) -> BTreeMap<String, String> {
     ])
 }
 
-pub(super) fn build_inventory(sim: &Sim<'_>) -> Inventory {
-    let sc = sim.sc;
+/// The parts of the provider's views that never change during a run, built once.
+#[derive(Clone, Debug, Default)]
+pub(super) struct BaseViews {
+    groups: Vec<GroupView>,
+    machines: Vec<MachineView>,
+    nodes: Vec<NodeView>,
+}
+
+pub(super) fn base_views(sc: &Scenario) -> BaseViews {
     let groups = sc
         .groups
         .iter()
@@ -79,14 +87,11 @@ pub(super) fn build_inventory(sim: &Sim<'_>) -> Inventory {
         })
         .collect();
     let mut machines = Vec::with_capacity(sc.machines.len());
-    let mut nodes = Vec::new();
-    for (i, model) in sc.machines.iter().enumerate() {
-        let state = &sim.machines[i];
+    let mut nodes = Vec::with_capacity(sc.machines.len());
+    for model in &sc.machines {
         let cr = &model.machine;
         let namespace = cr.metadata.namespace.clone().unwrap_or_default();
         let mut v = MachineView::new(&namespace, &model.name, cr.group());
-        v.desired = state.desired;
-        v.lifecycle = state.lifecycle.clone();
         v.provider_id = cr.expected_provider_id();
         v.node_name = cr.node_name().unwrap_or(&model.name).to_owned();
         v.hints = TemplateHints {
@@ -98,25 +103,44 @@ pub(super) fn build_inventory(sim: &Sim<'_>) -> Inventory {
         v.taints_to_remove = taints(&cr.spec.taints_to_remove);
         v.hourly_rate = cr.spec.hourly_rate("").ok().flatten();
         v.scale_down_disabled = model.scale_down_disabled;
+        nodes.push(NodeView {
+            name: v.node_name.clone(),
+            provider_id: v.provider_id.clone(),
+            labels: cr.spec.labels.clone(),
+            taints: taints(&cr.spec.taints),
+            capacity: capacity(model.cpu, model.memory, model.max_pods),
+            allocatable: capacity(model.cpu, model.memory, model.max_pods),
+            ready: false,
+            unschedulable: false,
+        });
+        machines.push(v);
+    }
+    BaseViews {
+        groups,
+        machines,
+        nodes,
+    }
+}
+
+/// The inventory for the current state. The machines' last-seen node snapshot is left out:
+/// in the simulation it always equals the declared hints the template falls back to.
+pub(super) fn build_inventory(sim: &Sim<'_>, base: &BaseViews) -> Inventory {
+    let mut machines = base.machines.clone();
+    let mut nodes = Vec::new();
+    for (i, v) in machines.iter_mut().enumerate() {
+        let state = &sim.machines[i];
+        v.desired = state.desired;
+        v.lifecycle = state.lifecycle.clone();
         v.last_power_on = state.last_power_on;
         v.boot_durations = state.boot_durations.clone();
         v.power_on_requested = state.power_on_requested;
         if state.node_registered {
             let slot = &sim.cluster.nodes[i];
-            let node = NodeView {
-                name: v.node_name.clone(),
-                provider_id: v.provider_id.clone(),
-                labels: cr.spec.labels.clone(),
-                taints: taints(&cr.spec.taints),
-                capacity: capacity(model.cpu, model.memory, model.max_pods),
-                allocatable: capacity(model.cpu, model.memory, model.max_pods),
-                ready: slot.ready,
-                unschedulable: slot.cordoned,
-            };
-            v.last_seen = Some(node.clone());
+            let mut node = base.nodes[i].clone();
+            node.ready = slot.ready;
+            node.unschedulable = slot.cordoned;
             nodes.push(node);
         }
-        machines.push(v);
     }
-    Inventory::build(groups, machines, nodes)
+    Inventory::build(base.groups.clone(), machines, nodes)
 }

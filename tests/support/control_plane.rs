@@ -34,6 +34,8 @@ pub struct Options {
     pub scheduler: bool,
     /// CRDs to install and wait for (Established) before returning.
     pub crds: Vec<CustomResourceDefinition>,
+    /// Extra kube-apiserver flags (e.g. `--feature-gates=...`), appended last.
+    pub apiserver_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
         Self {
             scheduler: false,
             crds: super::our_crds(),
+            apiserver_args: Vec::new(),
         }
     }
 }
@@ -53,6 +56,10 @@ impl Options {
     }
     pub fn without_crds(mut self) -> Self {
         self.crds.clear();
+        self
+    }
+    pub fn apiserver_arg(mut self, arg: &str) -> Self {
+        self.apiserver_args.push(arg.to_owned());
         self
     }
 }
@@ -157,7 +164,7 @@ impl ControlPlane {
         let etcd = Mutex::new(Some(etcd));
         wait_for_port(&etcd, etcd_client, Duration::from_secs(30)).await?;
 
-        let apiserver_args = strings(&[
+        let mut apiserver_args = strings(&[
             &format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
@@ -185,6 +192,7 @@ impl ControlPlane {
             "--allow-privileged=true",
             "--profiling=false",
         ]);
+        apiserver_args.extend(opts.apiserver_args.iter().cloned());
         let apiserver = Managed::spawn(
             "kube-apiserver",
             &assets.kube_apiserver(),

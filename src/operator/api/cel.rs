@@ -73,6 +73,11 @@ pub const ONE_VOLUME_SOURCE_RULE: &str = "(has(self.secretName) && self.secretNa
 pub const ONE_VOLUME_SOURCE_MESSAGE: &str =
     "a volume mounts exactly one of secretName or configMapName";
 
+// Root rule of the Group CRD (`self` is the whole object; CEL sees only name/generateName of
+// its metadata).
+pub const GROUP_NAME_RULE: &str = "self.metadata.name.size() <= 63";
+pub const GROUP_NAME_MESSAGE: &str = "a Group's name is the value of the `group` label on its Nodes, so it must be at most 63 characters";
+
 /// Every rule with its message, for tests and docs.
 pub const ALL_RULES: &[(&str, &str)] = &[
     (DURATION_RULE, DURATION_MESSAGE),
@@ -90,6 +95,7 @@ pub const ALL_RULES: &[(&str, &str)] = &[
     (NEEDS_ON_RULE, NEEDS_ON_MESSAGE),
     (NEEDS_OFF_RULE, NEEDS_OFF_MESSAGE),
     (ONE_VOLUME_SOURCE_RULE, ONE_VOLUME_SOURCE_MESSAGE),
+    (GROUP_NAME_RULE, GROUP_NAME_MESSAGE),
 ];
 
 #[cfg(test)]

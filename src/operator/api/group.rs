@@ -341,6 +341,14 @@ impl Group {
 
     /// [`GroupSpec::validate`] with errors naming this Group.
     pub fn validate(&self) -> Vec<FieldError> {
-        self.spec.validate(&format!("{} ", self.object_ref()))
+        let prefix = format!("{} ", self.object_ref());
+        let mut errors = self.spec.validate(&prefix);
+        if self.metadata.name.as_deref().is_some_and(|n| n.len() > 63) {
+            errors.push(FieldError::Invalid {
+                field: format!("{prefix}metadata.name"),
+                problem: GROUP_NAME_MESSAGE.to_owned(),
+            });
+        }
+        errors
     }
 }

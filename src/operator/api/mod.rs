@@ -22,6 +22,7 @@ pub use power::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    ValidationRule,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResourceExt;
@@ -57,7 +58,25 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 
 /// The Group CRD, cleaned up for the API server (see [`clean_schema`]).
 pub fn group_crd() -> CustomResourceDefinition {
-    clean_crd(Group::crd())
+    let mut crd = clean_crd(Group::crd());
+    // A root rule: the derive only attaches rules to spec/status types.
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema
+                .x_kubernetes_validations
+                .get_or_insert_with(Vec::new)
+                .push(ValidationRule {
+                    rule: cel::GROUP_NAME_RULE.to_owned(),
+                    message: Some(cel::GROUP_NAME_MESSAGE.to_owned()),
+                    ..ValidationRule::default()
+                });
+        }
+    }
+    crd
 }
 
 /// The Node CRD, cleaned up for the API server (see [`clean_schema`]).

@@ -56,6 +56,15 @@ fn group_label_and_membership() {
         "other namespace"
     );
     assert!(!g.has_member(&machine("lab", "m1", Some("g2"))));
+    assert!(g.validate().is_empty());
+    let long = Group {
+        metadata: meta("lab", &"g".repeat(64), None),
+        spec: GroupSpec::default(),
+        status: None,
+    };
+    let e = long.validate();
+    assert_eq!(e.len(), 1);
+    assert!(e[0].to_string().contains("metadata.name"), "{}", e[0]);
 }
 
 #[test]

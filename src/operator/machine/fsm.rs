@@ -472,6 +472,7 @@ fn apply(
             reached_goal(lc);
         }
         Action::ResolveOff => {
+            cancel_running(lc, effects);
             effects.push(Effect::PowerObserved {
                 state: PowerState::Off,
                 at: now,

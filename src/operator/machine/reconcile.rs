@@ -313,8 +313,12 @@ fn derive(
         }
         Phase::Ready => {
             if desired == PowerState::Off {
-                // Re-derived while draining; the self-loop runs once per reconcile.
-                Some(desired_event())
+                // Re-derived while draining; the self-loop runs once per reconcile. Pods bound
+                // to a node that is gone or NotReady past the grace period cannot be drained
+                // (they stay Terminating) and are not served anyway: power off.
+                Some(Event::DesiredOff {
+                    pods_present: observed.pods_present && !(absent || long_not_ready),
+                })
             } else if goal_differs {
                 Some(Event::DesiredOn)
             } else if absent {

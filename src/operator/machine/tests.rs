@@ -164,6 +164,7 @@ fn every_row_fires_and_every_other_pair_is_rejected() {
                                 assert_eq!(s.row.event, kind);
                                 assert_eq!(s.lifecycle.phase(), s.row.to, "{:?}", s.row);
                                 hit[s.row.index()] += 1;
+                                check_row_effects(&lc, &s);
                             }
                             Err(Rejected::NotInTable { phase: p, event: e }) => {
                                 assert!(!in_table, "{phase} {kind} is in the table");
@@ -195,6 +196,132 @@ fn every_row_fires_and_every_other_pair_is_rejected() {
             r.to
         );
     }
+}
+
+/// The effects a row's action promises (its `effects` text) are the ones `step` emits.
+fn check_row_effects(before: &Lifecycle, s: &Step) {
+    use super::table::Action;
+    let has = |f: &dyn Fn(&Effect) -> bool| s.effects.iter().any(f);
+    let running = before
+        .operation
+        .as_ref()
+        .filter(|o| o.completed.is_none())
+        .map(|o| o.id.clone());
+    let cancels = |id: &String| has(&|e| *e == Effect::CancelOperation { op: id.clone() });
+    let row = s.row;
+    let lc = &s.lifecycle;
+    match row.action {
+        Action::Nothing | Action::RecordGoal => {
+            assert!(s.effects.is_empty(), "{row:?}: {:?}", s.effects);
+            assert_eq!(lc.operation, before.operation);
+        }
+        Action::StartOn { reset_attempts } | Action::StartOff { reset_attempts } => {
+            let on = matches!(row.action, Action::StartOn { .. });
+            let id = lc
+                .operation
+                .as_ref()
+                .map(|o| o.id.clone())
+                .unwrap_or_default();
+            assert_eq!(
+                id,
+                format!(
+                    "{}-{}",
+                    if on { "on" } else { "off" },
+                    before.operation_seq + 1
+                )
+            );
+            assert!(has(
+                &|e| matches!(e, Effect::StartPowerOn { op, .. } if on && *op == id)
+                    || matches!(e, Effect::StartPowerOff { op, .. } if !on && *op == id)
+            ));
+            assert_eq!(has(&|e| *e == Effect::Cordon), !on);
+            if let Some(old) = &running {
+                assert!(cancels(old), "{row:?} must cancel {old}");
+            }
+            if reset_attempts {
+                assert_eq!(lc.attempt, 0);
+            } else {
+                assert_eq!(lc.attempt, before.attempt);
+            }
+            assert_eq!(lc.next_retry_time, None);
+        }
+        Action::MarkDone => {
+            assert!(lc.operation.as_ref().is_none_or(|o| o.completed.is_some()));
+        }
+        Action::Reissue => {
+            let id = before.operation.as_ref().map(|o| o.id.clone());
+            assert_eq!(lc.operation, before.operation);
+            assert!(id.is_none_or(|id| has(&|e| matches!(e,
+                Effect::StartPowerOn { op, .. } | Effect::StartPowerOff { op, .. } if *op == id))));
+        }
+        Action::BecomeReady | Action::Adopt => {
+            assert!(has(&|e| matches!(
+                e,
+                Effect::PowerObserved {
+                    state: PowerState::On,
+                    ..
+                }
+            )));
+            assert_eq!(
+                has(&|e| *e == Effect::Uncordon),
+                row.action == Action::BecomeReady
+            );
+            assert_eq!(
+                has(&|e| *e == Effect::AdoptAsWantedOn),
+                row.action == Action::Adopt && before.goal != Some(PowerState::On)
+            );
+            assert!(lc.operation.is_none() && lc.attempt == 0 && lc.last_error.is_none());
+            assert_eq!(lc.goal, Some(PowerState::On));
+            if let Some(old) = &running {
+                assert!(cancels(old));
+            }
+        }
+        Action::ResolveOff | Action::ConfirmOff => {
+            assert!(has(&|e| matches!(
+                e,
+                Effect::PowerObserved {
+                    state: PowerState::Off,
+                    ..
+                }
+            )));
+            assert_eq!(
+                has(&|e| *e == Effect::DeleteNode),
+                row.action == Action::ConfirmOff
+            );
+            assert!(lc.operation.is_none() && lc.attempt == 0 && lc.last_error.is_none());
+            if let Some(old) = &running {
+                assert!(cancels(old));
+            }
+        }
+        Action::Fail => {
+            assert_eq!(lc.attempt, before.attempt + 1);
+            assert!(lc.last_error.is_some() && lc.operation.is_none());
+            assert!(has(&|e| matches!(
+                e,
+                Effect::Emit(KubeEvent { warning: true, .. })
+            )));
+            let exhausted = row.guard.contains(&Cond::AttemptsExhausted);
+            assert_eq!(lc.next_retry_time.is_none(), exhausted, "{row:?}");
+            if let Some(old) = &running {
+                assert!(cancels(old));
+            }
+        }
+        Action::Drain => {
+            assert!(has(&|e| *e == Effect::Cordon) && has(&|e| *e == Effect::Drain));
+            assert_eq!(lc.goal, Some(PowerState::Off));
+        }
+        Action::UndoDrain => {
+            assert!(has(&|e| *e == Effect::Uncordon));
+            assert_eq!(lc.goal, Some(PowerState::On));
+        }
+    }
+    assert_eq!(
+        starts(&s.effects) > 0,
+        matches!(
+            row.action,
+            Action::StartOn { .. } | Action::StartOff { .. } | Action::Reissue
+        ) && !(row.action == Action::Reissue && before.operation.is_none())
+    );
 }
 
 #[test]
@@ -649,6 +776,18 @@ fn desired_off_drains_first_and_powers_off_only_without_pods() {
     assert!(t2.effects.contains(&Effect::Drain));
     assert!(!t2.effects.iter().any(|e| matches!(e, Effect::Emit(_))));
     assert_eq!(starts(&t2.effects), 0);
+    // Pods on a node lost for longer than the grace cannot be drained: power off anyway.
+    let lost = NodeObs::Registered {
+        ready: false,
+        provider_id_matches: true,
+        not_ready_since: Some(at(0)),
+    };
+    let mut lost_obs = obs;
+    lost_obs.node = lost;
+    let t_lost = reconcile(&t.lifecycle, &lost_obs, at(179), &p);
+    assert_eq!(t_lost.lifecycle.phase(), Phase::Ready);
+    let t_lost = reconcile(&t.lifecycle, &lost_obs, at(180), &p);
+    assert_eq!(t_lost.lifecycle.phase(), Phase::PoweringOff);
     // Desired on again: uncordon.
     let back = reconcile(
         &t.lifecycle,
@@ -1176,41 +1315,4 @@ impl SimMachine {
             .flatten()
             .min()
     }
-}
-
-#[test]
-#[ignore]
-fn perf_tmp() {
-    let p = Policy::default();
-    let mut lc = reconcile(&Lifecycle::default(), &world(PowerState::On, READY, OpStatus::Absent), at(0), &p).lifecycle;
-    let obs = world(PowerState::On, READY, OpStatus::Absent);
-    let n = 5_000_000u64;
-    let start = std::time::Instant::now();
-    let mut fired = 0usize;
-    for i in 0..n {
-        let o = reconcile_mut(&mut lc, &obs, at(i as i64), &p);
-        fired += o.fired.len();
-    }
-    let el = start.elapsed();
-    println!("steady Ready: {:.1} ns/reconcile ({fired} fired)", el.as_nanos() as f64 / n as f64);
-    // Full power cycles through step.
-    let start = std::time::Instant::now();
-    let cycles = 200_000u64;
-    let mut lc = Lifecycle::default();
-    let mut t = 0i64;
-    for _ in 0..cycles {
-        for obs in [
-            world(PowerState::On, NodeObs::Absent, OpStatus::Running),
-            world(PowerState::On, NodeObs::Absent, OpStatus::Succeeded),
-            world(PowerState::On, READY, OpStatus::Succeeded),
-            world(PowerState::Off, READY, OpStatus::Absent),
-            world(PowerState::Off, NodeObs::Absent, OpStatus::Succeeded),
-        ] {
-            t += 10;
-            let o = reconcile_mut(&mut lc, &obs, at(t), &p);
-            assert!(o.rejected.is_none());
-        }
-    }
-    let el = start.elapsed();
-    println!("power cycle (5 reconciles): {:.1} ns/reconcile, phase {}", el.as_nanos() as f64 / (cycles * 5) as f64, lc.phase());
 }
