@@ -151,6 +151,21 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
     assert!(source.generation() > g0);
     assert_eq!(source.objects().machines.len(), 3);
 
+    // The inventory follows the cluster in the background, without any write of ours.
+    assert_eq!(source.snapshot().machines().count(), 3);
+    let extra = cp.unique_name("src-sync-extra");
+    Api::<Machine>::namespaced(fx.client.clone(), &fx.ns)
+        .create(&PostParams::default(), &machine(&extra, "g", "off")?)
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while source.snapshot().machines().count() != 4 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the inventory never showed the new Node CR"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // All namespaces: both fixtures' CRs.
     let all = KubeSource::start(fx.client.clone(), Scope::AllNamespaces);
     all.wait_until_ready(SYNC).await?;
@@ -712,23 +727,71 @@ async fn measure_2000_machines() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = source.snapshot();
     let n = 20;
-    let mut rebuild = Vec::new();
+    let mut writes = Vec::new();
+    let mut reads = Vec::new();
+    let mut visible = Vec::new();
     for i in 0..n {
         let name = format!("{ns}-m{:04}", i * 2 + 1);
+        let t = std::time::Instant::now();
         let (_, r) = source
             .write_desired_power(&[change(&ns, &name, PowerState::On)])
             .await;
         r?;
+        writes.push(t.elapsed());
+        // Someone else's change: visible after the background rebuild.
+        let other = format!("{ns}-m{:04}", i * 2 + 1001);
         let t = std::time::Instant::now();
-        let inv = source.snapshot();
-        rebuild.push(t.elapsed());
-        assert_eq!(inv.machines().count(), 2000);
+        machines
+            .patch(
+                &other,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "powerState": "on" } })),
+            )
+            .await?;
+        loop {
+            let r = std::time::Instant::now();
+            let inv = source.snapshot();
+            reads.push(r.elapsed());
+            if inv.machines().any(|m| m.key.name == other && m.wanted_on()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        visible.push(t.elapsed());
     }
-    rebuild.sort();
+    for v in [&mut writes, &mut reads, &mut visible] {
+        v.sort();
+    }
     println!(
-        "snapshot rebuild after a change: median {:?}, max {:?}",
-        rebuild[n / 2],
-        rebuild[n - 1]
+        "write_desired_power(1) incl. rebuild: median {:?}, max {:?}",
+        writes[n / 2],
+        writes[n - 1]
+    );
+    println!(
+        "someone else's patch -> visible in snapshot: median {:?}, max {:?}",
+        visible[n / 2],
+        visible[n - 1]
+    );
+    println!(
+        "snapshot() during rebuilds: p50 {:?}, p99 {:?}, max {:?} ({} calls)",
+        reads[reads.len() / 2],
+        reads[reads.len() * 99 / 100],
+        reads[reads.len() - 1],
+        reads.len()
+    );
+    let t = std::time::Instant::now();
+    let objects = source.objects();
+    let copy = t.elapsed();
+    let t = std::time::Instant::now();
+    let inv = kubectl_homelab::operator::provider::Inventory::from_objects(
+        &objects.groups,
+        &objects.machines,
+        &objects.nodes,
+    );
+    println!(
+        "of which: copying the stores {copy:?}, Inventory::from_objects {:?} ({} machines)",
+        t.elapsed(),
+        inv.machines().count()
     );
     let t = std::time::Instant::now();
     for _ in 0..10_000 {
@@ -739,11 +802,12 @@ async fn measure_2000_machines() -> anyhow::Result<()> {
     let server = start_server(client.clone(), &ns).await?;
     let mut c = connect(server.addr).await?;
     let mut lat = Vec::new();
+    // Odd groups hold only powered-off machines (even-numbered machines are on).
     for g in 0..20 {
         let t = std::time::Instant::now();
         c.node_group_increase_size(proto::NodeGroupIncreaseSizeRequest {
             delta: 1,
-            id: format!("g{g}"),
+            id: format!("g{}", 2 * g + 1),
         })
         .await?;
         lat.push(t.elapsed());

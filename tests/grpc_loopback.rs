@@ -1090,3 +1090,55 @@ async fn tls_negotiates_alpn_h2() {
     assert_eq!(alpn, Ok(Some(b"h2".to_vec())));
     let _ = running.stop().await;
 }
+
+/// A source whose API server never answers a write.
+struct Stuck(MemorySource);
+
+impl InventorySource for Stuck {
+    fn snapshot(&self) -> Arc<Inventory> {
+        self.0.snapshot()
+    }
+    async fn set_desired_power(&self, _: &[PowerChange]) -> Result<(), PersistError> {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(())
+    }
+    async fn wait_ready(&self) {}
+}
+
+#[tokio::test]
+async fn rule4_mutations_answer_inside_the_deadline_when_persisting_hangs() {
+    use kubectl_homelab::operator::provider::{Provider, serve_provider};
+    let source = Arc::new(Stuck(MemorySource::new(lab())));
+    let provider =
+        Provider::with_timeouts(source, Duration::from_secs(60), Duration::from_millis(300));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_provider(listener, provider, None, async move {
+        let _ = rx.await;
+    }));
+    let mut c = client(addr).await;
+    let t0 = std::time::Instant::now();
+    let r = c
+        .node_group_increase_size(NodeGroupIncreaseSizeRequest {
+            delta: 1,
+            id: "small".into(),
+        })
+        .await;
+    assert_eq!(code(r), Code::Unavailable);
+    // A second caller queued behind the first also gets its answer within the budget.
+    let r = c
+        .node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest {
+            delta: -1,
+            id: "small".into(),
+        })
+        .await;
+    assert_eq!(code(r), Code::Unavailable);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // Reads of the group still answer, unchanged.
+    assert_eq!(target(&mut c, "small").await, 2);
+    let _ = tx.send(());
+    let _ = server.await;
+}

@@ -45,6 +45,7 @@ fn same_seed_same_report_other_seed_other_report() {
 /// - The pod runs 1800 s at 25 % CPU (15 W) until 5475 s. While it runs the node is not
 ///   unneeded (its pod could not move anywhere), from the 5480 s scan it is (empty), so CA
 ///   removes it at 5480 + 600 = 6080 s; power-off action done at 6085 s, off at 6095 s.
+///
 /// Energy: 1 W × 3615 s + 10 W × 60 s + 15 W × 1800 s + 10 W × 610 s + 10 W × 10 s +
 /// 1 W × (14400 − 6095) s = 45 720 Ws = 12.7 Wh. Always on: 10 W × 4 h + 5 W × 0.5 h = 42.5 Wh.
 #[test]
@@ -55,8 +56,16 @@ fn one_machine_one_burst_by_hand() {
     assert_eq!(t.failed_boots, 0);
     assert_eq!(t.power_offs, 1);
     assert!(close(t.kwh, 0.0127), "kWh {}", t.kwh);
-    assert!(close(t.baseline_kwh, 0.0425), "baseline kWh {}", t.baseline_kwh);
-    assert!(close(t.machine_hours_on, 2480.0 / 3600.0), "hours on {}", t.machine_hours_on);
+    assert!(
+        close(t.baseline_kwh, 0.0425),
+        "baseline kWh {}",
+        t.baseline_kwh
+    );
+    assert!(
+        close(t.machine_hours_on, 2480.0 / 3600.0),
+        "hours on {}",
+        t.machine_hours_on
+    );
     assert!(close(t.cost, 0.0127 * 0.30));
     assert_eq!(r.wait.pods, 1);
     assert_eq!(r.wait.p50_ms, 75 * SECOND);
@@ -77,8 +86,16 @@ fn one_machine_one_burst_by_hand() {
         .expect("powered off");
     assert_eq!(off.at, 6095 * SECOND);
     // The series shows the machine on exactly while it drew more than standby.
-    assert!(r.series.iter().any(|p| p.powered == 1 && p.at == 3615 * SECOND));
-    assert!(r.series.iter().any(|p| p.powered == 0 && p.at == 6095 * SECOND));
+    assert!(
+        r.series
+            .iter()
+            .any(|p| p.powered == 1 && p.at == 3615 * SECOND)
+    );
+    assert!(
+        r.series
+            .iter()
+            .any(|p| p.powered == 0 && p.at == 6095 * SECOND)
+    );
 }
 
 #[test]
@@ -132,11 +149,16 @@ fn malformed_scenarios_name_the_field_and_line() {
     assert_eq!(e.line, Some(28), "{e}");
     assert_eq!(e.field, "machines[0].simulation.bootTime", "{e}");
     let msg = e.to_string();
-    assert!(msg.starts_with("bad.yaml:28:17: machines[0].simulation.bootTime: "), "{msg}");
+    assert!(
+        msg.starts_with("bad.yaml:28:17: machines[0].simulation.bootTime: "),
+        "{msg}"
+    );
     assert!(msg.contains("expected a duration like \"90s\""), "{msg}");
 
     // A probability out of range.
-    let e = parse_err(&with_machine_extra("    simulation:\n      neverBoots: 2\n"));
+    let e = parse_err(&with_machine_extra(
+        "    simulation:\n      neverBoots: 2\n",
+    ));
     assert_eq!(e.line, Some(28), "{e}");
     assert!(e.to_string().contains("between 0 and 1"), "{e}");
 
@@ -158,12 +180,18 @@ fn malformed_scenarios_name_the_field_and_line() {
         "spec:\n      minSize: 0\n      scaleDownUtilizationThreshold: \"70\"",
     );
     let e = parse_err(&text);
-    assert_eq!(e.field, "groups[0].spec.scaleDownUtilizationThreshold", "{e}");
+    assert_eq!(
+        e.field, "groups[0].spec.scaleDownUtilizationThreshold",
+        "{e}"
+    );
     assert_eq!(e.line, Some(20), "{e}");
     assert!(e.to_string().contains("0.7"), "{e}");
 
     // A machine without capacity.
-    let text = data("one-burst.yaml").replace("      capacity: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n", "");
+    let text = data("one-burst.yaml").replace(
+        "      capacity: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n",
+        "",
+    );
     let e = parse_err(&text);
     assert_eq!(e.field, "machines[0].spec", "{e}");
     assert_eq!(e.line, Some(23), "{e}");
@@ -219,8 +247,18 @@ fn the_binary_with_no_arguments_prints_a_report() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stderr: {stderr}");
-    for needle in ["default homelab", "minis", "towers", "total", "kWh", "pod wait"] {
-        assert!(stdout.contains(needle), "{needle:?} missing from:\n{stdout}");
+    for needle in [
+        "default homelab",
+        "minis",
+        "towers",
+        "total",
+        "kWh",
+        "pod wait",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from:\n{stdout}"
+        );
     }
 }
 
@@ -228,7 +266,11 @@ fn the_binary_with_no_arguments_prints_a_report() {
 fn the_binary_reports_a_bad_file_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lab.yaml");
-    std::fs::write(&path, with_machine_extra("    simulation:\n      bootTime: 90x\n")).unwrap();
+    std::fs::write(
+        &path,
+        with_machine_extra("    simulation:\n      bootTime: 90x\n"),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
         .arg("simulate")
         .arg(&path)
@@ -251,7 +293,11 @@ fn json_and_plot_outputs() {
         .arg(&svg)
         .output()
         .expect("run kubectl-homelab simulate -o json");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     assert_eq!(v["scenario"], "default homelab");
     assert!(v["timeline"].as_array().is_some_and(|t| !t.is_empty()));
@@ -280,17 +326,31 @@ fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
     )
     .unwrap();
     let text = data("one-burst.yaml");
-    let s = Scenario::with_cluster_objects("one-burst.yaml", &text, &NoTraceFiles, vec![group], vec![machine])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let s = Scenario::with_cluster_objects(
+        "one-burst.yaml",
+        &text,
+        &NoTraceFiles,
+        vec![group],
+        vec![machine],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.machines.len(), 1);
     assert_eq!(s.machines[0].cpu, 4000);
     assert!(s.machines[0].initially_on);
     let r = simulate(&s);
     // Found on at the start (adopted as Ready), idle, so CA powers it off after the unneeded
     // time (10 m, first scan at 0 s) and on again for the pod at 1 h.
-    let first = r.timeline.iter().find(|e| e.what.starts_with("lifecycle")).unwrap();
+    let first = r
+        .timeline
+        .iter()
+        .find(|e| e.what.starts_with("lifecycle"))
+        .unwrap();
     assert_eq!(first.what, "lifecycle Unknown → Ready");
-    let down = r.timeline.iter().find(|e| e.what.starts_with("CA scale-down")).unwrap();
+    let down = r
+        .timeline
+        .iter()
+        .find(|e| e.what.starts_with("CA scale-down"))
+        .unwrap();
     assert_eq!(down.at, 600 * SECOND);
     assert_eq!(r.total.boots, 1);
     assert_eq!(r.wait.max_ms, 75 * SECOND);
@@ -302,13 +362,16 @@ fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
          spec: {watts: {idle: 10}}\n",
     )
     .unwrap();
-    let group: Group = serde_yaml::from_str(
-        "metadata: {name: solo, namespace: lab}\nspec: {}\n",
+    let group: Group =
+        serde_yaml::from_str("metadata: {name: solo, namespace: lab}\nspec: {}\n").unwrap();
+    let e = Scenario::with_cluster_objects(
+        "one-burst.yaml",
+        &text,
+        &NoTraceFiles,
+        vec![group],
+        vec![bare],
     )
-    .unwrap();
-    let e = Scenario::with_cluster_objects("one-burst.yaml", &text, &NoTraceFiles, vec![group], vec![bare])
-        .err()
-        .expect("no capacity must be an error");
+    .expect_err("no capacity must be an error");
     assert_eq!(e.file, "cluster");
     assert_eq!(e.line, None);
     assert!(e.to_string().contains("read from the cluster"), "{e}");

@@ -22,8 +22,10 @@ pub enum Output {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "With no FILE the embedded default scenario runs (a small homelab over one \
-week); print it with --print-default-scenario and edit it to describe your own machines.")]
+#[command(
+    after_help = "With no FILE the embedded default scenario runs (a small homelab over one \
+week); print it with --print-default-scenario and edit it to describe your own machines."
+)]
 pub struct Args {
     /// Scenario YAML: Groups and Nodes in the CRD shapes plus simulation settings.
     pub scenario: Option<PathBuf>,
@@ -77,7 +79,10 @@ impl TraceSource for TraceFiles<'_> {
 /// Reads Groups and Node CRs from the cluster.
 async fn cluster_objects(
     namespace: Option<&str>,
-) -> anyhow::Result<(Vec<crate::operator::api::Group>, Vec<crate::operator::api::Machine>)> {
+) -> anyhow::Result<(
+    Vec<crate::operator::api::Group>,
+    Vec<crate::operator::api::Machine>,
+)> {
     use crate::operator::api::{Group, Machine};
     use kube::api::{Api, ListParams};
     let client = kube::Client::try_default().await.context(
@@ -94,7 +99,9 @@ async fn cluster_objects(
     let m = machines
         .list(&ListParams::default())
         .await
-        .with_context(|| format!("cannot list Nodes (infra.homecluster.dev) in namespace {ns}; {hint}"))?;
+        .with_context(|| {
+            format!("cannot list Nodes (infra.homecluster.dev) in namespace {ns}; {hint}")
+        })?;
     if g.items.is_empty() {
         anyhow::bail!("no Groups in namespace {ns}; pick the namespace with -n");
     }

@@ -85,7 +85,11 @@ impl CaState {
 fn parse_shape(t: &template::TemplateNode) -> Option<Shape> {
     let cpu = super::units::parse_cpu(t.allocatable.get("cpu")?)?;
     let mem = super::units::parse_memory(t.allocatable.get("memory")?)?;
-    let pods = t.allocatable.get("pods").and_then(|p| p.parse().ok()).unwrap_or(110);
+    let pods = t
+        .allocatable
+        .get("pods")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(110);
     Some((cpu, mem, pods))
 }
 
@@ -210,7 +214,10 @@ impl Sim<'_> {
                 }
                 let since = *self.ca.creating_since[m].get_or_insert(self.now);
                 let reason = if let Some(err) = &inst.error {
-                    Some(format!("instance {} has errorInfo {}: {}", inst.id, err.code, err.message))
+                    Some(format!(
+                        "instance {} has errorInfo {}: {}",
+                        inst.id, err.code, err.message
+                    ))
                 } else if self.now - since >= group.max_node_provision_time {
                     Some(format!(
                         "instance {} not registered within maxNodeProvisionTime {}",
@@ -325,7 +332,9 @@ impl Sim<'_> {
         // Nodes on their way up take pods first.
         let mut upcoming: Vec<Room> = Vec::new();
         for (g, group) in sc.groups.iter().enumerate() {
-            let Some((cpu, mem, np)) = shapes[g] else { continue };
+            let Some((cpu, mem, np)) = shapes[g] else {
+                continue;
+            };
             for &m in &group.members {
                 let ms = &self.machines[m];
                 if ms.desired == PowerState::On
@@ -348,7 +357,9 @@ impl Sim<'_> {
             if self.ca.backoff[g].until > self.now {
                 continue;
             }
-            let Some((cpu, mem, np)) = shapes[g] else { continue };
+            let Some((cpu, mem, np)) = shapes[g] else {
+                continue;
+            };
             let target = match ops::target_size(self.inventory(), &ids[g]) {
                 Ok(t) => t,
                 Err(e) => {
@@ -410,7 +421,8 @@ impl Sim<'_> {
                 a.waste < b.waste - 1e-12 || ((a.waste - b.waste).abs() <= 1e-12 && a.pods > b.pods)
             }),
             Expander::Price => best(&options, |a, b| {
-                a.price < b.price - 1e-12 || ((a.price - b.price).abs() <= 1e-12 && a.waste < b.waste)
+                a.price < b.price - 1e-12
+                    || ((a.price - b.price).abs() <= 1e-12 && a.waste < b.waste)
             }),
             Expander::Random => self.rng.random_range(0..options.len()),
             Expander::Priority => {
@@ -460,7 +472,10 @@ impl Sim<'_> {
         let sc = self.sc;
         let a = &sc.autoscaler;
         let now = self.now;
-        let in_cooldown = self.ca.last_scale_up.is_some_and(|t| now < t + a.scale_down_delay_after_add)
+        let in_cooldown = self
+            .ca
+            .last_scale_up
+            .is_some_and(|t| now < t + a.scale_down_delay_after_add)
             || self
                 .ca
                 .last_scale_down_failure
@@ -599,7 +614,11 @@ impl Sim<'_> {
                 }
                 Err(e) => {
                     self.ca.last_scale_down_failure = Some(self.now);
-                    self.note(None, Some(g), format!("CA: DeleteNodes refused: {e}; untainting"));
+                    self.note(
+                        None,
+                        Some(g),
+                        format!("CA: DeleteNodes refused: {e}; untainting"),
+                    );
                     for &m in &members {
                         self.cluster.nodes[m].cordoned = false;
                         let mut out = Vec::new();

@@ -139,11 +139,7 @@ impl Cluster {
     }
 
     fn pick_node(&self, p: &PodSpec) -> Option<NodeId> {
-        let fitting = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.fits(p));
+        let fitting = self.nodes.iter().enumerate().filter(|(_, n)| n.fits(p));
         match self.policy {
             SchedulerPolicy::FirstFit => fitting.map(|(i, _)| i).next(),
             SchedulerPolicy::LeastAllocated => {
@@ -388,10 +384,7 @@ mod tests {
         assert_eq!(c.pending.len(), 2);
         out.clear();
         c.finish(a, 0, 1000, &mut out);
-        assert_eq!(
-            out.iter().map(|p| p.pod).collect::<Vec<_>>(),
-            vec![b, d]
-        );
+        assert_eq!(out.iter().map(|p| p.pod).collect::<Vec<_>>(), vec![b, d]);
         // Arrived at 0 (the spec's arrival), placed at 1000.
         assert_eq!(c.pods[b as usize].waited, Some(1000));
         assert!(c.pending.is_empty());

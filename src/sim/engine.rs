@@ -52,7 +52,9 @@ pub struct InvariantViolation {
 pub(super) enum Physical {
     Off,
     /// Powered, booting; `will_boot` false = hangs (never registers).
-    Booting { will_boot: bool },
+    Booting {
+        will_boot: bool,
+    },
     On,
     ShuttingDown,
 }
@@ -114,14 +116,28 @@ pub(super) struct MachineCounters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum EventKindSim {
     /// The power action of machine `m` reports done.
-    ActionDone { m: usize, generation: u32 },
+    ActionDone {
+        m: usize,
+        generation: u32,
+    },
     /// Machine `m` finished booting: its kubelet registers a Ready Node.
-    BootDone { m: usize, generation: u32 },
+    BootDone {
+        m: usize,
+        generation: u32,
+    },
     /// Machine `m` is off: its Node goes NotReady.
-    ShutdownDone { m: usize, generation: u32 },
+    ShutdownDone {
+        m: usize,
+        generation: u32,
+    },
     /// Reconcile machine `m` (a deadline or retry the FSM asked to be woken for).
-    Wake { m: usize },
-    PodFinish { pod: PodId, generation: u32 },
+    Wake {
+        m: usize,
+    },
+    PodFinish {
+        pod: PodId,
+        generation: u32,
+    },
     AutoscalerScan,
 }
 
@@ -167,7 +183,8 @@ impl<'s> Sim<'s> {
             .to_zoned(jiff::tz::TimeZone::UTC)
             .weekday()
             .to_monday_one_offset();
-        let arrivals = workload::generate(&sc.workloads, sc.duration, start_of_day, weekday, &mut rng);
+        let arrivals =
+            workload::generate(&sc.workloads, sc.duration, start_of_day, weekday, &mut rng);
         let mut cluster = Cluster::new(sc.machines.len(), sc.scheduler);
         cluster.pods.reserve(arrivals.len());
         let machines = sc
@@ -250,12 +267,14 @@ impl<'s> Sim<'s> {
 
     /// Virtual time → the timestamp handed to the cores.
     pub(super) fn ts(&self, t: Millis) -> Timestamp {
-        let ms = self.start_ms.saturating_add(i64::try_from(t).unwrap_or(i64::MAX));
+        let ms = self
+            .start_ms
+            .saturating_add(i64::try_from(t).unwrap_or(i64::MAX));
         Timestamp::from_millisecond(ms).unwrap_or(Timestamp::MAX)
     }
 
     /// Timestamp from a core → virtual time (never before now: a deadline in the past is due).
-    fn from_ts(&self, t: Timestamp) -> Millis {
+    fn millis_of(&self, t: Timestamp) -> Millis {
         let ms = t.as_millisecond() - self.start_ms;
         u64::try_from(ms).unwrap_or(0).max(self.now)
     }
@@ -595,8 +614,11 @@ impl<'s> Sim<'s> {
                 again |= self.perform(m, effect);
             }
             if let Some(at) = outcome.requeue_at {
-                let at = self.from_ts(at);
-                if self.machines[m].wake_at.is_none_or(|w| w > at || w < self.now) {
+                let at = self.millis_of(at);
+                if self.machines[m]
+                    .wake_at
+                    .is_none_or(|w| w > at || w < self.now)
+                {
                     self.machines[m].wake_at = Some(at);
                     self.schedule(at, EventKindSim::Wake { m });
                 }
@@ -629,7 +651,11 @@ impl<'s> Sim<'s> {
             Effect::CancelOperation { op } => {
                 if self.machines[m].op.as_ref().is_some_and(|o| o.id == op) {
                     let ms = &mut self.machines[m];
-                    if ms.op.as_ref().is_some_and(|o| o.status == SimOpStatus::Running) {
+                    if ms
+                        .op
+                        .as_ref()
+                        .is_some_and(|o| o.status == SimOpStatus::Running)
+                    {
                         // The action had not acted yet: it never will.
                         ms.generation += 1;
                     }
@@ -752,7 +778,8 @@ impl<'s> Sim<'s> {
                     return;
                 }
                 let model = &self.sc.machines[m];
-                let will_boot = !(model.never_boots > 0.0 && self.rng.random::<f64>() < model.never_boots);
+                let will_boot =
+                    !(model.never_boots > 0.0 && self.rng.random::<f64>() < model.never_boots);
                 let boot = model.boot_time.sample(&mut self.rng);
                 self.set_physical(m, Physical::Booting { will_boot });
                 if will_boot {
@@ -776,7 +803,10 @@ impl<'s> Sim<'s> {
                     ));
                 }
                 self.set_physical(m, Physical::ShuttingDown);
-                self.schedule(self.now + took, EventKindSim::ShutdownDone { m, generation });
+                self.schedule(
+                    self.now + took,
+                    EventKindSim::ShutdownDone { m, generation },
+                );
             }
         }
     }
@@ -787,10 +817,11 @@ impl<'s> Sim<'s> {
         let is_off = p == Physical::Off;
         if was_off && !is_off {
             self.machines[m].powered_since = Some(self.now);
-        } else if !was_off && is_off {
-            if let Some(s) = self.machines[m].powered_since.take() {
-                self.machines[m].stats.on_ms += self.now - s;
-            }
+        } else if !was_off
+            && is_off
+            && let Some(s) = self.machines[m].powered_since.take()
+        {
+            self.machines[m].stats.on_ms += self.now - s;
         }
         self.update_watts(m);
     }
@@ -828,5 +859,51 @@ impl<'s> Sim<'s> {
         }
         let series = std::mem::take(&mut self.series);
         super::report::build(&self, end, series)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::scenario::NoTraceFiles;
+
+    fn one_burst() -> Scenario {
+        let text = include_str!("../../tests/data/sim/one-burst.yaml");
+        match Scenario::parse("one-burst.yaml", text, &NoTraceFiles) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn powering_off_a_node_with_pods_is_a_violation_not_a_statistic() {
+        let sc = one_burst();
+        let mut sim = Sim::new(&sc, RunOptions::default());
+        // The machine is up with a pod on it.
+        sim.machines[0].physical = Physical::On;
+        sim.machines[0].node_registered = true;
+        sim.cluster.nodes[0].ready = true;
+        let mut out = Vec::new();
+        sim.cluster.arrive(sim.arrivals[0], 0, &mut out);
+        assert_eq!(out.len(), 1);
+        let off = Effect::StartPowerOff {
+            op: "off-1".to_owned(),
+            deadline: sim.ts(60_000),
+        };
+        sim.perform(0, off);
+        let what = sim.violation.clone().expect("a violation");
+        assert!(what.contains("power-off of machine box started with 1 pod(s)"), "{what}");
+        // The run stops with a bug-report message.
+        let err = sim.run(&mut |_, _| {}).expect_err("the run must fail");
+        assert!(err.to_string().contains("This is a bug"), "{err}");
+    }
+
+    #[test]
+    fn virtual_time_converts_to_timestamps_and_back() {
+        let sc = one_burst();
+        let sim = Sim::new(&sc, RunOptions::default());
+        let t = sim.ts(90_000);
+        assert_eq!(t.as_second() - sc.start.as_second(), 90);
+        assert_eq!(sim.millis_of(t), 90_000);
     }
 }

@@ -162,7 +162,10 @@ machines:
         assert_eq!(locate(DOC, "groups[0].metadata.name"), Some((4, 7)));
         assert_eq!(locate(DOC, "machines[1]"), Some((11, 1)));
         assert_eq!(locate(DOC, "machines[1].metadata"), Some((11, 3)));
-        assert_eq!(locate(DOC, "machines[1].simulation.bootTime"), Some((14, 5)));
+        assert_eq!(
+            locate(DOC, "machines[1].simulation.bootTime"),
+            Some((14, 5))
+        );
         // Missing leaf: the closest parent.
         assert_eq!(locate(DOC, "machines[0].spec.capacity"), Some((10, 3)));
     }

@@ -8,13 +8,15 @@ use super::units::{DAY, HOUR, Millis};
 const W: f64 = 1000.0;
 const H: f64 = 560.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 30.0;
+const RIGHT: f64 = 45.0;
 const TOP_PANEL: (f64, f64) = (70.0, 270.0);
 const BOTTOM_PANEL: (f64, f64) = (330.0, 500.0);
 const COLUMNS: usize = 900;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Per column: the highest value of each series during that slice of time (so a short burst
@@ -59,7 +61,13 @@ fn y_of(v: u32, max: u32, panel: (f64, f64)) -> f64 {
     panel.1 - (panel.1 - panel.0) * f64::from(v) / f64::from(max)
 }
 
-fn step_path(cols: &[(u32, u32, u32)], pick: impl Fn(&(u32, u32, u32)) -> u32, max: u32, panel: (f64, f64), close: bool) -> String {
+fn step_path(
+    cols: &[(u32, u32, u32)],
+    pick: impl Fn(&(u32, u32, u32)) -> u32,
+    max: u32,
+    panel: (f64, f64),
+    close: bool,
+) -> String {
     let mut d = String::new();
     let mut prev_y = None;
     for (c, col) in cols.iter().enumerate() {
@@ -73,7 +81,7 @@ fn step_path(cols: &[(u32, u32, u32)], pick: impl Fn(&(u32, u32, u32)) -> u32, m
                     let _ = write!(d, "M{x:.1},{y:.1}");
                 }
             }
-            Some(py) if (py - y) as f64 != 0.0 => {
+            Some(py) if py != y => {
                 let _ = write!(d, " L{x:.1},{py:.1} L{x:.1},{y:.1}");
             }
             _ => {}
@@ -160,7 +168,9 @@ pub fn svg(r: &Report) -> String {
     let start = r.start;
     let label = move |t: Millis| {
         let ts = start
-            .checked_add(jiff::SignedDuration::from_millis(i64::try_from(t).unwrap_or(0)))
+            .checked_add(jiff::SignedDuration::from_millis(
+                i64::try_from(t).unwrap_or(0),
+            ))
             .unwrap_or(start);
         if end > 3 * DAY {
             ts.strftime("%a %d %b").to_string()
@@ -271,9 +281,24 @@ mod tests {
     #[test]
     fn columns_keep_the_peak_and_carry_forward() {
         let s = vec![
-            SeriesPoint { at: 0, powered: 1, ready: 1, pending: 0 },
-            SeriesPoint { at: 10, powered: 1, ready: 1, pending: 7 },
-            SeriesPoint { at: 11, powered: 2, ready: 1, pending: 0 },
+            SeriesPoint {
+                at: 0,
+                powered: 1,
+                ready: 1,
+                pending: 0,
+            },
+            SeriesPoint {
+                at: 10,
+                powered: 1,
+                ready: 1,
+                pending: 7,
+            },
+            SeriesPoint {
+                at: 11,
+                powered: 2,
+                ready: 1,
+                pending: 0,
+            },
         ];
         let c = columns(&s, COLUMNS as u64 * 100);
         assert_eq!(c[0], (2, 1, 7));

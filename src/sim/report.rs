@@ -240,5 +240,9 @@ pub(super) fn build(sim: &Sim<'_>, end: Millis, series: Vec<SeriesPoint>) -> Rep
 }
 
 fn percent(part: f64, whole: f64) -> f64 {
-    if whole > 0.0 { 100.0 * part / whole } else { 0.0 }
+    if whole > 0.0 {
+        100.0 * part / whole
+    } else {
+        0.0
+    }
 }

@@ -449,9 +449,7 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> ScenarioError {
     };
     // serde_yaml puts the field path first (`machines[2].simulation.bootTime: ...`).
     let (field, message) = match message.split_once(": ") {
-        Some((path, rest))
-            if !path.contains(' ') && (path.contains('.') || path.contains('[')) =>
-        {
+        Some((path, rest)) if !path.contains(' ') && (path.contains('.') || path.contains('[')) => {
             (path.to_owned(), rest.to_owned())
         }
         _ => (String::new(), message),
@@ -471,7 +469,11 @@ fn quantity<'a>(map: &'a BTreeMap<String, Quantity>, key: &str) -> Option<&'a st
 
 impl Scenario {
     /// Parses and validates a scenario. `file` names it in errors; `traces` reads trace files.
-    pub fn parse(file: &str, text: &str, traces: &dyn TraceSource) -> Result<Scenario, ScenarioError> {
+    pub fn parse(
+        file: &str,
+        text: &str,
+        traces: &dyn TraceSource,
+    ) -> Result<Scenario, ScenarioError> {
         let raw: ScenarioFile = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
         let cx = Ctx {
             file,
@@ -492,8 +494,7 @@ impl Scenario {
         groups: Vec<Group>,
         machines: Vec<Machine>,
     ) -> Result<Scenario, ScenarioError> {
-        let mut raw: ScenarioFile =
-            serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        let mut raw: ScenarioFile = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
         raw.groups = groups
             .into_iter()
             .map(|g| GroupDoc {
@@ -566,12 +567,21 @@ impl Scenario {
         let mut by_name: BTreeMap<(String, String), usize> = BTreeMap::new();
         for (i, doc) in raw.groups.into_iter().enumerate() {
             let at = format!("groups[{i}]");
-            check_kind(cx, &at, doc.api_version.as_deref(), doc.kind.as_deref(), "Group")?;
+            check_kind(
+                cx,
+                &at,
+                doc.api_version.as_deref(),
+                doc.kind.as_deref(),
+                "Group",
+            )?;
             let Some(name) = doc.metadata.name.clone().filter(|n| !n.is_empty()) else {
                 return Err(cx.err(format!("{at}.metadata"), "metadata.name is required"));
             };
             let namespace = doc.metadata.namespace.clone().unwrap_or_default();
-            if by_name.insert((namespace.clone(), name.clone()), i).is_some() {
+            if by_name
+                .insert((namespace.clone(), name.clone()), i)
+                .is_some()
+            {
                 return Err(cx.err(
                     format!("{at}.metadata.name"),
                     format!("a second Group named {name:?}; Group names must be unique"),
@@ -623,7 +633,13 @@ impl Scenario {
         let mut seen = BTreeMap::new();
         for (i, doc) in raw.machines.into_iter().enumerate() {
             let at = format!("machines[{i}]");
-            check_kind(cx, &at, doc.api_version.as_deref(), doc.kind.as_deref(), "Node")?;
+            check_kind(
+                cx,
+                &at,
+                doc.api_version.as_deref(),
+                doc.kind.as_deref(),
+                "Node",
+            )?;
             let Some(name) = doc.metadata.name.clone().filter(|n| !n.is_empty()) else {
                 return Err(cx.err(format!("{at}.metadata"), "metadata.name is required"));
             };
@@ -653,13 +669,19 @@ impl Scenario {
                     format!("{at}.metadata.labels.{GROUP_LABEL}"),
                     format!(
                         "no Group {group_name:?} in namespace {namespace:?}; groups are {}",
-                        groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+                        groups
+                            .iter()
+                            .map(|g| g.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             };
             let sim = doc.simulation.or(&defaults);
             let prefix = format!("{at}.");
-            doc.spec.boot_timeout(&prefix).map_err(|e| cx.field_err(e))?;
+            doc.spec
+                .boot_timeout(&prefix)
+                .map_err(|e| cx.field_err(e))?;
             doc.spec
                 .shutdown_timeout(&prefix)
                 .map_err(|e| cx.field_err(e))?;
@@ -728,7 +750,11 @@ impl Scenario {
                 busy: sim_watts.busy.or(spec_watts.busy),
                 off: sim_watts.off.or(spec_watts.off),
             };
-            for (field, v) in [("idle", watts.idle), ("busy", watts.busy), ("off", watts.off)] {
+            for (field, v) in [
+                ("idle", watts.idle),
+                ("busy", watts.busy),
+                ("off", watts.off),
+            ] {
                 if let Some(v) = v
                     && !(v.is_finite() && v >= 0.0)
                 {
@@ -762,7 +788,9 @@ impl Scenario {
                 watts,
                 hourly_rate,
                 boot_time: sim.boot_time.unwrap_or(Distribution::Fixed(90 * SECOND)),
-                shutdown_time: sim.shutdown_time.unwrap_or(Distribution::Fixed(20 * SECOND)),
+                shutdown_time: sim
+                    .shutdown_time
+                    .unwrap_or(Distribution::Fixed(20 * SECOND)),
                 power_action_time: sim
                     .power_action_time
                     .unwrap_or(Distribution::Fixed(5 * SECOND)),
@@ -864,7 +892,10 @@ fn autoscaler_config(cx: &Ctx, f: &AutoscalerFile) -> Result<AutoscalerConfig, S
         scale_down_enabled: f.scale_down_enabled.unwrap_or(d.scale_down_enabled),
         expander: f.expander.unwrap_or(d.expander),
         priorities: f.priorities.clone(),
-        backoff_initial: f.backoff.as_ref().map_or(d.backoff_initial, |b| b.initial.0),
+        backoff_initial: f
+            .backoff
+            .as_ref()
+            .map_or(d.backoff_initial, |b| b.initial.0),
         backoff_max: f.backoff.as_ref().map_or(d.backoff_max, |b| b.max.0),
     };
     if c.scan_interval < 100 {
@@ -926,13 +957,28 @@ fn workload(
         None
     } else {
         let Some(cpu) = w.cpu else {
-            return Err(cx.err(at, format!("workload {:?}: cpu request missing, e.g. cpu: 500m", w.name)));
+            return Err(cx.err(
+                at,
+                format!("workload {:?}: cpu request missing, e.g. cpu: 500m", w.name),
+            ));
         };
         let Some(memory) = w.memory else {
-            return Err(cx.err(at, format!("workload {:?}: memory request missing, e.g. memory: 1Gi", w.name)));
+            return Err(cx.err(
+                at,
+                format!(
+                    "workload {:?}: memory request missing, e.g. memory: 1Gi",
+                    w.name
+                ),
+            ));
         };
         let Some(duration) = w.duration else {
-            return Err(cx.err(at, format!("workload {:?}: duration missing, e.g. duration: 10m", w.name)));
+            return Err(cx.err(
+                at,
+                format!(
+                    "workload {:?}: duration missing, e.g. duration: 10m",
+                    w.name
+                ),
+            ));
         };
         Some(PodTemplate {
             cpu: cpu.0,
@@ -976,8 +1022,8 @@ fn workload(
                 return Err(cx.err(format!("{at}.trace"), "give exactly one of file or inline"));
             }
         };
-        let rows = parse_trace(&text, workload_index)
-            .map_err(|e| cx.err(field, format!("CSV {e}")))?;
+        let rows =
+            parse_trace(&text, workload_index).map_err(|e| cx.err(field, format!("CSV {e}")))?;
         Arrivals::Trace(rows)
     } else {
         return Err(cx.err(at, "no arrivals"));

@@ -1,6 +1,6 @@
 //! Scenario value types: durations, CPU and memory quantities, arrival rates and random
 //! distributions. Each deserialises from YAML with a message that says what was expected, so
-//! serde_yaml's line/column and the field path (serde_path_to_error) point at the mistake.
+//! serde_yaml's line/column and field path point at the mistake.
 use std::fmt;
 
 use rand::Rng;
@@ -166,7 +166,7 @@ pub fn format_memory(bytes: u64) -> String {
 
 /// Formats millicores as cores (`1.5`) or millicores (`500m`).
 pub fn format_cpu(milli: u64) -> String {
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         format!("{}", milli / 1000)
     } else {
         format!("{milli}m")
@@ -196,7 +196,12 @@ macro_rules! quantity_type {
                     fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
                         $parse(v).map($name).ok_or_else(|| {
                             E::custom(format!(
-                                concat!("{:?} is not a ", $what, " quantity; expected one like ", $example),
+                                concat!(
+                                    "{:?} is not a ",
+                                    $what,
+                                    " quantity; expected one like ",
+                                    $example
+                                ),
                                 v
                             ))
                         })

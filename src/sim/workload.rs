@@ -291,10 +291,11 @@ pub fn generate(
                 }
             }
             Arrivals::Trace(rows) => {
-                pods.extend(rows.iter().filter(|p| p.arrival < duration).map(|p| PodSpec {
-                    workload,
-                    ..*p
-                }));
+                pods.extend(
+                    rows.iter()
+                        .filter(|p| p.arrival < duration)
+                        .map(|p| PodSpec { workload, ..*p }),
+                );
             }
         }
     }
@@ -392,15 +393,21 @@ mod tests {
 
     #[test]
     fn trace_rows_and_errors_with_lines() {
-        let pods = parse_trace("time,cpu,memory,duration\n0,500m,1Gi,60\n90s,2,512Mi,10m\n", 3)
-            .unwrap();
+        let pods = parse_trace(
+            "time,cpu,memory,duration\n0,500m,1Gi,60\n90s,2,512Mi,10m\n",
+            3,
+        )
+        .unwrap();
         assert_eq!(pods.len(), 2);
         assert_eq!(pods[1].arrival, 90 * SECOND);
         assert_eq!(pods[1].cpu, 2000);
         assert_eq!(pods[1].duration, 10 * MINUTE);
         assert_eq!(pods[1].workload, 3);
-        let err = parse_trace("time,cpu,memory,duration\n0,500m,1Gi,60\n5,lots,1Gi,60\n", 0)
-            .unwrap_err();
+        let err = parse_trace(
+            "time,cpu,memory,duration\n0,500m,1Gi,60\n5,lots,1Gi,60\n",
+            0,
+        )
+        .unwrap_err();
         assert_eq!(err.line, 3);
         assert!(err.problem.contains("cpu"));
     }

@@ -175,22 +175,32 @@ impl Drop for Tasks {
 
 type MachineKey = (String, String);
 
-/// Reflectors on Group CRs, Node CRs and Kubernetes Nodes, plus desired-power writes.
-pub struct KubeSource {
-    client: Client,
-    scope: Scope,
+/// The reflector stores and what is derived from them; shared with the rebuild task.
+struct Cache {
     groups: Store<Group>,
     machines: Store<Machine>,
     nodes: Store<Node>,
     changes: watch::Sender<u64>,
     /// Objects returned by our own patches, newer than the store until the watch catches up.
     written: Mutex<HashMap<MachineKey, Arc<Machine>>>,
-    /// The last inventory built and the generation it was built at.
+    /// The newest inventory built and the generation it was built at.
     inventory: Mutex<Option<(u64, Arc<Inventory>)>>,
     last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
+}
+
+/// Reflectors on Group CRs, Node CRs and Kubernetes Nodes, plus desired-power writes.
+pub struct KubeSource {
+    client: Client,
+    scope: Scope,
+    cache: Arc<Cache>,
     write_timeout: Duration,
     _tasks: Tasks,
 }
+
+/// Building the inventory of 2,000 machines takes ~15-30 ms here, far too long for a read RPC
+/// (target p99 < 1 ms): it runs in the background, at most this often, and reads return the
+/// newest one built. Mutations rebuild before returning, so their effect is visible at once.
+const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(200);
 
 impl std::fmt::Debug for KubeSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,9 +238,7 @@ impl KubeSource {
             last_errors.clone(),
             strip_node,
         );
-        KubeSource {
-            client,
-            scope,
+        let cache = Arc::new(Cache {
             groups,
             machines,
             nodes,
@@ -238,8 +246,14 @@ impl KubeSource {
             written: Mutex::new(HashMap::new()),
             inventory: Mutex::new(None),
             last_errors,
+        });
+        let rebuild = tokio::spawn(rebuild_on_change(cache.clone()));
+        KubeSource {
+            client,
+            scope,
+            cache,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
-            _tasks: Tasks(vec![g, m, n]),
+            _tasks: Tasks(vec![g, m, n, rebuild]),
         }
     }
 
@@ -254,12 +268,15 @@ impl KubeSource {
     }
 
     /// Waits until all three caches hold a complete initial list.
+    /// Waits until all three caches hold a complete initial list, then builds the first
+    /// inventory from them.
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), SyncError> {
+        let c = &self.cache;
         let all = async {
             let (g, m, n) = tokio::join!(
-                self.groups.wait_until_ready(),
-                self.machines.wait_until_ready(),
-                self.nodes.wait_until_ready()
+                c.groups.wait_until_ready(),
+                c.machines.wait_until_ready(),
+                c.nodes.wait_until_ready()
             );
             for (kind, r) in [("Group", g), ("Node CR", m), ("Kubernetes Node", n)] {
                 if r.is_err() {
@@ -269,19 +286,22 @@ impl KubeSource {
             Ok(())
         };
         match tokio::time::timeout(timeout, all).await {
-            Ok(r) => r,
-            Err(_) => Err(self.sync_timeout_error(timeout)),
+            Ok(r) => r?,
+            Err(_) => return Err(self.sync_timeout_error(timeout)),
         }
+        rebuild_now(&self.cache).await;
+        Ok(())
     }
 
     fn sync_timeout_error(&self, timeout: Duration) -> SyncError {
+        let c = &self.cache;
         let mut pending = Vec::new();
-        let errors = lock(&self.last_errors);
+        let errors = lock(&c.last_errors);
         let mut last_error = String::new();
         for (kind, ready) in [
-            ("Group", is_ready(&self.groups)),
-            ("Node CR", is_ready(&self.machines)),
-            ("Kubernetes Node", is_ready(&self.nodes)),
+            ("Group", is_ready(&c.groups)),
+            ("Node CR", is_ready(&c.machines)),
+            ("Kubernetes Node", is_ready(&c.nodes)),
         ] {
             if !ready {
                 pending.push(format!("{kind}s"));
@@ -299,51 +319,30 @@ impl KubeSource {
 
     /// True once all three caches synced (for `/readyz`).
     pub fn is_ready(&self) -> bool {
-        is_ready(&self.groups) && is_ready(&self.machines) && is_ready(&self.nodes)
+        self.cache.is_ready()
     }
 
     /// The current generation: changes whenever the objects may have changed.
     pub fn generation(&self) -> u64 {
-        *self.changes.borrow()
+        self.cache.generation()
     }
 
     /// A receiver that wakes on every generation bump (for rebuild-on-change consumers).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+        self.cache.changes.subscribe()
     }
 
     /// The objects as of now, our own confirmed writes included.
     pub fn objects(&self) -> ClusterObjects {
-        // Read the generation first: a change racing with the copy bumps it again, so a consumer
-        // caching by generation rebuilds once more rather than missing the change.
-        let generation = self.generation();
-        let mut machines = self.machines.state();
-        {
-            let mut written = lock(&self.written);
-            if !written.is_empty() {
-                let mut seen = std::collections::HashSet::new();
-                for m in &mut machines {
-                    let key = key_of(m);
-                    if let Some(w) = written.get(&key) {
-                        if generation_of(w) > generation_of(m) {
-                            *m = w.clone();
-                        } else {
-                            // The watch delivered our write (or something newer).
-                            written.remove(&key);
-                        }
-                    }
-                    seen.insert(key);
-                }
-                // Deleted meanwhile: the store is the truth.
-                written.retain(|k, _| seen.contains(k));
-            }
+        self.cache.objects()
+    }
+
+    /// The newest inventory built (see [`MIN_REBUILD_INTERVAL`]); built here only the first time.
+    pub fn inventory(&self) -> Arc<Inventory> {
+        if let Some((_, inv)) = lock(&self.cache.inventory).as_ref() {
+            return inv.clone();
         }
-        ClusterObjects {
-            groups: self.groups.state(),
-            machines,
-            nodes: self.nodes.state(),
-            generation,
-        }
+        self.cache.rebuild()
     }
 
     /// Writes each machine's desired power (`spec.powerState`) and returns once the API server
@@ -368,8 +367,9 @@ impl KubeSource {
             r
         }));
         let outcome = tokio::time::timeout(self.write_timeout, writes).await;
-        // Our confirmed writes are in `written`: make the next snapshot rebuild.
-        self.bump();
+        // Our confirmed writes are in `written`: show them in the inventory before returning.
+        self.cache.bump();
+        rebuild_now(&self.cache).await;
         let applied = applied.into_inner().unwrap_or_else(|p| p.into_inner());
         let result = match outcome {
             Ok(results) => results
@@ -383,26 +383,6 @@ impl KubeSource {
             }),
         };
         (applied, result)
-    }
-
-    /// The inventory built from [`objects`](Self::objects), rebuilt only when the generation
-    /// moved.
-    pub fn inventory(&self) -> Arc<Inventory> {
-        let generation = self.generation();
-        let mut cached = lock(&self.inventory);
-        if let Some((g, inv)) = cached.as_ref()
-            && *g == generation
-        {
-            return inv.clone();
-        }
-        let objects = self.objects();
-        let inv = Arc::new(Inventory::from_objects(
-            &objects.groups,
-            &objects.machines,
-            &objects.nodes,
-        ));
-        *cached = Some((objects.generation, inv.clone()));
-        inv
     }
 
     async fn write_one(&self, change: &PowerChange) -> Result<(), WriteError> {
@@ -441,7 +421,7 @@ impl KubeSource {
             });
             match api.patch(name, &params, &Patch::Merge(&patch)).await {
                 Ok(patched) => {
-                    lock(&self.written).insert(key, Arc::new(patched));
+                    lock(&self.cache.written).insert(key, Arc::new(patched));
                     return Ok(());
                 }
                 // resourceVersion moved: usually a status write by the operator. Re-read and
@@ -461,17 +441,109 @@ impl KubeSource {
     }
 
     fn cached_machine(&self, key: &MachineKey) -> Option<Arc<Machine>> {
-        let cached = self.machines.get(&ObjectRef::new(&key.1).within(&key.0));
-        let written = lock(&self.written).get(key).cloned();
+        let cached = self
+            .cache
+            .machines
+            .get(&ObjectRef::new(&key.1).within(&key.0));
+        let written = lock(&self.cache.written).get(key).cloned();
         match (cached, written) {
             (Some(c), Some(w)) if generation_of(&w) > generation_of(&c) => Some(w),
             (Some(c), _) => Some(c),
             (None, _) => None,
         }
     }
+}
+
+impl Cache {
+    fn is_ready(&self) -> bool {
+        is_ready(&self.groups) && is_ready(&self.machines) && is_ready(&self.nodes)
+    }
+
+    fn generation(&self) -> u64 {
+        *self.changes.borrow()
+    }
 
     fn bump(&self) {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn objects(&self) -> ClusterObjects {
+        // Read the generation first: a change racing with the copy bumps it again, so a consumer
+        // caching by generation rebuilds once more rather than missing the change.
+        let generation = self.generation();
+        let mut machines = self.machines.state();
+        {
+            let mut written = lock(&self.written);
+            if !written.is_empty() {
+                let mut seen = std::collections::HashSet::new();
+                for m in &mut machines {
+                    let key = key_of(m);
+                    if let Some(w) = written.get(&key) {
+                        if generation_of(w) > generation_of(m) {
+                            *m = w.clone();
+                        } else {
+                            // The watch delivered our write (or something newer).
+                            written.remove(&key);
+                        }
+                    }
+                    seen.insert(key);
+                }
+                // Deleted meanwhile: the store is the truth.
+                written.retain(|k, _| seen.contains(k));
+            }
+        }
+        ClusterObjects {
+            groups: self.groups.state(),
+            machines,
+            nodes: self.nodes.state(),
+            generation,
+        }
+    }
+
+    /// Builds the inventory from the objects now and keeps it unless a newer one was kept
+    /// meanwhile; returns the one kept.
+    fn rebuild(&self) -> Arc<Inventory> {
+        let objects = self.objects();
+        let inv = Arc::new(Inventory::from_objects(
+            &objects.groups,
+            &objects.machines,
+            &objects.nodes,
+        ));
+        let mut kept = lock(&self.inventory);
+        match kept.as_ref() {
+            Some((g, newer)) if *g > objects.generation => newer.clone(),
+            _ => {
+                *kept = Some((objects.generation, inv.clone()));
+                inv
+            }
+        }
+    }
+
+    fn is_current(&self) -> bool {
+        lock(&self.inventory)
+            .as_ref()
+            .is_some_and(|(g, _)| *g == self.generation())
+    }
+}
+
+/// Rebuilds off the async worker threads (the build is CPU work of milliseconds).
+async fn rebuild_now(cache: &Arc<Cache>) {
+    let cache = cache.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || cache.rebuild()).await {
+        tracing::error!(error = %e, "building the inventory failed");
+    }
+}
+
+/// Keeps the inventory current in the background: after a change, at most every
+/// [`MIN_REBUILD_INTERVAL`], and only once the caches synced (before that every initial list
+/// item is a change, and nothing is served).
+async fn rebuild_on_change(cache: Arc<Cache>) {
+    let mut rx = cache.changes.subscribe();
+    while rx.changed().await.is_ok() {
+        if cache.is_ready() && !cache.is_current() {
+            rebuild_now(&cache).await;
+        }
+        tokio::time::sleep(MIN_REBUILD_INTERVAL).await;
     }
 }
 
@@ -497,9 +569,9 @@ impl InventorySource for KubeSource {
 
     async fn wait_ready(&self) {
         let (g, m, n) = tokio::join!(
-            self.groups.wait_until_ready(),
-            self.machines.wait_until_ready(),
-            self.nodes.wait_until_ready()
+            self.cache.groups.wait_until_ready(),
+            self.cache.machines.wait_until_ready(),
+            self.cache.nodes.wait_until_ready()
         );
         if g.is_err() || m.is_err() || n.is_err() {
             // A reflector task died: never serve an incomplete inventory (the caller's shutdown
@@ -507,6 +579,7 @@ impl InventorySource for KubeSource {
             tracing::error!("a reflector stopped before its cache synced; not serving");
             std::future::pending::<()>().await;
         }
+        rebuild_now(&self.cache).await;
     }
 }
 

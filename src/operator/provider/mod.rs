@@ -23,7 +23,9 @@ pub mod service;
 pub mod template;
 
 pub use memory::MemorySource;
-pub use service::{InventorySource, PersistError, Provider, ServeError, TlsOptions, serve};
+pub use service::{
+    InventorySource, PersistError, Provider, ServeError, TlsOptions, serve, serve_provider,
+};
 
 #[cfg(test)]
 mod tests;

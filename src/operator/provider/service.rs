@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
@@ -147,11 +147,15 @@ impl<S: InventorySource> Provider<S> {
                 .unwrap_or(true);
             !reflected && now.duration_since(p.recorded) <= ttl
         });
-        let mut effective = (*base).clone();
-        let changes: Vec<PowerChange> = v.pending.values().map(|p| p.change.clone()).collect();
-        effective.apply_changes(&changes);
+        v.effective = if v.pending.is_empty() {
+            base.clone()
+        } else {
+            let mut effective = (*base).clone();
+            let changes: Vec<PowerChange> = v.pending.values().map(|p| p.change.clone()).collect();
+            effective.apply_changes(&changes);
+            Arc::new(effective)
+        };
         v.base = base;
-        v.effective = Arc::new(effective);
         v.effective.clone()
     }
 
@@ -189,14 +193,25 @@ impl<S: InventorySource> Provider<S> {
     ) -> Result<Decision, ProviderError> {
         // Unknown ids fail before a lock is created for them.
         ops::target_size(&self.view(), id)?;
+        // One budget for waiting on the group and persisting, so the RPC answers well inside
+        // CA's deadline even when calls for the group queue up behind a slow API server.
+        let deadline = tokio::time::Instant::now() + self.inner.persist_timeout;
         let lock = self.group_lock(id);
-        let _guard = lock.lock().await;
+        let Ok(_guard) = tokio::time::timeout_at(deadline, lock.lock()).await else {
+            return Err(ProviderError::Persist {
+                group: id.to_owned(),
+                message: format!(
+                    "other changes to the group still in progress after {:?}",
+                    self.inner.persist_timeout
+                ),
+            });
+        };
         let decision = decide(&self.view(), Timestamp::now())?;
         if decision.is_noop() {
             return Ok(decision);
         }
-        let persisted = tokio::time::timeout(
-            self.inner.persist_timeout,
+        let persisted = tokio::time::timeout_at(
+            deadline,
             self.inner.source.set_desired_power(&decision.changes),
         )
         .await;
@@ -567,16 +582,25 @@ pub async fn serve<S: InventorySource>(
     tls: Option<TlsOptions>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_provider(listener, Provider::new(source), tls, shutdown).await
+}
+
+/// [`serve`] with a provider built by the caller (e.g. [`Provider::with_timeouts`]).
+pub async fn serve_provider<S: InventorySource>(
+    listener: TcpListener,
+    provider: Provider<S>,
+    tls: Option<TlsOptions>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.config()).map_err(ServeError::Tls)?;
     }
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
-        () = source.wait_ready() => {}
+        () = provider.inner.source.wait_ready() => {}
         () = &mut shutdown => return Ok(()),
     }
-    let provider = Provider::new(source);
     tracing::info!(
         addr = ?listener.local_addr().ok(),
         tls = tls.is_some(),
@@ -585,7 +609,14 @@ pub async fn serve<S: InventorySource>(
     );
     builder
         .add_service(provider.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Without TCP_NODELAY a reply split over several writes waits for the client's delayed
+        // ACK (~40 ms); CA calls hundreds of these per loop.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            shutdown,
+        )
         .await
         .map_err(ServeError::Transport)
 }
