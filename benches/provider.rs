@@ -8,8 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kubectl_homelab::operator::provider::ops;
 use kubectl_homelab::operator::provider::proto::*;
-use kubectl_homelab::operator::provider::{Inventory, MemorySource};
+use kubectl_homelab::operator::provider::{Inventory, InventorySource, MemorySource, NodeRef};
 use support_grpc::*;
 
 const GROUPS: usize = 50;
@@ -36,7 +37,7 @@ fn stats(mut v: Vec<Duration>) -> Stats {
 }
 
 fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
 /// Sequential latency of `call(i)` over SAMPLES calls (after a warm-up).
@@ -254,4 +255,38 @@ async fn run() {
         None,
     );
     let _ = running.stop().await;
+
+    // The pure core alone (no gRPC, no scheduler hops): what the provider itself costs per call.
+    let inv = source.snapshot();
+    let core = |name: &str, f: &dyn Fn(usize)| {
+        let mut v = Vec::with_capacity(SAMPLES);
+        for i in 0..SAMPLES {
+            let t = Instant::now();
+            f(i);
+            v.push(t.elapsed());
+        }
+        row(name, &stats(v), None);
+    };
+    core("core: ops::node_group_for_node", &|i| {
+        let n = NodeRef {
+            provider_id: provider_ids[i % provider_ids.len()].clone(),
+            name: String::new(),
+        };
+        assert!(ops::node_group_for_node(&inv, &n).is_some());
+    });
+    core("core: ops::target_size", &|i| {
+        assert!(ops::target_size(&inv, &group_ids[i % group_ids.len()]).is_ok());
+    });
+    core("core: ops::node_group_nodes", &|i| {
+        assert!(ops::node_group_nodes(&inv, &group_ids[i % group_ids.len()]).is_ok());
+    });
+    core("core: ops::increase_size (decision only)", &|i| {
+        let d = ops::increase_size(
+            &inv,
+            &group_ids[i % group_ids.len()],
+            1,
+            jiff::Timestamp::UNIX_EPOCH,
+        );
+        assert!(d.is_ok());
+    });
 }

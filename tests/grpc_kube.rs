@@ -666,6 +666,7 @@ async fn serve_grpc_binary_serves_the_cluster() -> anyhow::Result<()> {
 #[ignore = "measurement, not a test"]
 async fn measure_2000_machines() -> anyhow::Result<()> {
     use futures::StreamExt as _;
+    kubectl_homelab::logging::init("kubectl_homelab=info,kube_runtime=info");
     let Some(cp) = support::shared().await? else {
         return Ok(());
     };

@@ -626,14 +626,14 @@ async fn rule9_options_unset_unless_the_group_sets_them() {
     let r = ok(c
         .node_group_get_options(NodeGroupAutoscalingOptionsRequest {
             id: "small".into(),
-            defaults: Some(defaults.clone()),
+            defaults: Some(defaults),
         })
         .await);
     assert_eq!(r.node_group_autoscaling_options, None);
     let r = ok(c
         .node_group_get_options(NodeGroupAutoscalingOptionsRequest {
             id: "gpu".into(),
-            defaults: Some(defaults.clone()),
+            defaults: Some(defaults),
         })
         .await);
     let want = NodeGroupAutoscalingOptions {

@@ -1,5 +1,7 @@
 //! `kubectl homelab simulate`: determinism, hand-computed figures, a failing boot, scenario
-//! errors with lines, and the binary's default run.
+//! errors with lines, the binary's default run, and `--from-cluster` against a real API server
+//! (tests/support).
+mod support;
 use kubectl_homelab::sim::scenario::{NoTraceFiles, Scenario, ScenarioError};
 use kubectl_homelab::sim::units::{HOUR, SECOND};
 use kubectl_homelab::sim::{Report, RunOptions, run};
@@ -375,4 +377,108 @@ fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
     assert_eq!(e.file, "cluster");
     assert_eq!(e.line, None);
     assert!(e.to_string().contains("read from the cluster"), "{e}");
+}
+
+/// Desired behaviour the simulator shows is missing today: after `broken`'s power-on fails and
+/// CA deletes it and backs the group off, the next `IncreaseSize` picks `broken` again (it is
+/// first by name, and nothing in the provider's ordering remembers the failure), so the pod
+/// waits forever while `good` stays off. Un-ignore when the provider core orders machines whose
+/// last power-on failed last.
+#[test]
+#[ignore = "provider core re-picks a machine whose power-on just failed (see /work/team/sim.md)"]
+fn same_group_failover_uses_the_other_machine() {
+    let r = simulate(&scenario("same-group-failover.yaml"));
+    assert_eq!(r.pods_never_placed, 0);
+    assert!(r.machines.iter().any(|m| m.name == "good" && m.boots == 1));
+}
+
+/// `--from-cluster`: the Groups and Nodes come from a real API server (our CRDs installed), the
+/// rest of the scenario from the file.
+#[tokio::test]
+async fn from_cluster_reads_groups_and_nodes_from_the_api_server() -> anyhow::Result<()> {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use kubectl_homelab::operator::api::{Group, Machine};
+
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("simulate").await?;
+    let groups: Api<Group> = Api::namespaced(cp.client()?, &ns);
+    let machines: Api<Machine> = Api::namespaced(cp.client()?, &ns);
+    let group: Group = serde_yaml::from_str(&format!(
+        "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Group\n\
+         metadata: {{name: rack, namespace: {ns}}}\nspec: {{maxSize: 2}}\n"
+    ))?;
+    groups.create(&PostParams::default(), &group).await?;
+    for name in ["live-a", "live-b"] {
+        let m: Machine = serde_yaml::from_str(&format!(
+            "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Node\n\
+             metadata: {{name: {name}, namespace: {ns}, labels: {{group: rack}}}}\n\
+             spec:\n  powerState: \"off\"\n  \
+             power: {{\"on\": {{wakeOnLan: {{mac: \"aa:bb:cc:00:00:0{}\"}}}}, \"off\": {{nodeAgent: {{}}}}}}\n  \
+             watts: {{idle: 12, busy: 40, off: 1}}\n",
+            if name == "live-a" { 1 } else { 2 }
+        ))?;
+        machines.create(&PostParams::default(), &m).await?;
+        // Capacity only in the last-seen node snapshot, as a machine that registered before.
+        let status = serde_json::json!({"status": {"powerState": "off", "node": {
+            "name": name, "seen": "2026-11-01T00:00:00Z",
+            "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"}}}});
+        machines
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+    }
+    let file = format!(
+        "{}/tests/data/sim/one-burst.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+        .args(["simulate", &file, "--from-cluster", "-n", &ns, "-o", "json"])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["groups"][0]["name"], "rack");
+    let names: Vec<&str> = v["machines"]
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["live-a", "live-b"]);
+    // The file's workload ran on the cluster's machines: one boot for the one pod.
+    assert_eq!(v["total"]["boots"], 1);
+    assert_eq!(v["wait"]["maxMs"], 75_000);
+    Ok(())
+}
+
+/// Many seeds of a hostile homelab (30 % of power-ons and 20 % of power-offs fail, 20 % of boots
+/// hang): every run must end without an invariant violation (the FSM never rejects an event,
+/// nothing is powered off with pods, sizes stay within bounds) and with sane figures.
+#[test]
+fn hostile_hardware_never_breaks_an_invariant() {
+    let text = kubectl_homelab::sim::scenario::DEFAULT_SCENARIO
+        .replace(
+            "powerOnFailure: 0.02",
+            "powerOnFailure: 0.3\n  neverBoots: 0.2\n  powerOffFailure: 0.2",
+        )
+        .replace("duration: 7d", "duration: 2d");
+    let base = Scenario::parse("hostile", &text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}"));
+    for seed in 0..12 {
+        let mut s = base.clone();
+        s.seed = seed;
+        let r = run(&s, RunOptions::default(), &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(
+            r.total.failed_boots > 0,
+            "seed {seed}: no failures at these odds"
+        );
+        assert!(
+            r.total.kwh > 0.0 && r.total.kwh <= r.total.baseline_kwh + 1e-9,
+            "seed {seed}"
+        );
+        assert!(r.wait.pods > 0, "seed {seed}");
+    }
 }

@@ -57,9 +57,10 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
 
-    /// Deadline for each API server write made by a mutating RPC; keep it below the Cluster
-    /// Autoscaler's grpc_timeout (5s by default) so CA gets our error, not its own timeout.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    /// Deadline for the API server writes of one mutating RPC; keep it below 3s (the
+    /// provider's own bound) and the Cluster Autoscaler's grpc_timeout (5s by default), so CA
+    /// gets our error, not its own timeout.
+    #[arg(long, value_name = "DURATION", default_value = "2.5s", value_parser = parse_duration)]
     pub api_timeout: Duration,
 
     /// How long to wait for the caches to sync before giving up at start-up.
@@ -407,6 +408,7 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
     }

@@ -85,9 +85,12 @@ async fn cluster_objects(
 )> {
     use crate::operator::api::{Group, Machine};
     use kube::api::{Api, ListParams};
-    let client = kube::Client::try_default().await.context(
-        "--from-cluster needs a cluster: no kubeconfig found and not running in a cluster",
-    )?;
+    // kube's error already nests its causes; print it once, not as an anyhow chain.
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "--from-cluster needs a cluster (a kubeconfig, or running in one), and none was usable: {e}"
+        )
+    })?;
     let ns = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
     let groups: Api<Group> = Api::namespaced(client.clone(), &ns);
     let machines: Api<Machine> = Api::namespaced(client, &ns);

@@ -892,7 +892,10 @@ mod tests {
         };
         sim.perform(0, off);
         let what = sim.violation.clone().expect("a violation");
-        assert!(what.contains("power-off of machine box started with 1 pod(s)"), "{what}");
+        assert!(
+            what.contains("power-off of machine box started with 1 pod(s)"),
+            "{what}"
+        );
         // The run stops with a bug-report message.
         let err = sim.run(&mut |_, _| {}).expect_err("the run must fail");
         assert!(err.to_string().contains("This is a bug"), "{err}");

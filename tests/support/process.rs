@@ -34,7 +34,7 @@ fn spawner() -> io::Result<&'static mpsc::Sender<SpawnRequest>> {
                 let _ = reply.send(cmd.spawn());
             }
         })?;
-    // Another test may have raced us here; its sender wins and our thread idles harmlessly.
+    // Another test may have raced us here: its sender wins, ours is dropped and our thread ends.
     Ok(SPAWNER.get_or_init(|| tx))
 }
 

@@ -657,3 +657,88 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn from_objects_reads_the_crs_and_nodes() {
+    use crate::operator::api::{Group, Machine};
+    let group: Group = serde_json::from_value(serde_json::json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
+        "metadata": {"name": "workers", "namespace": "lab"},
+        "spec": {"minSize": 1, "maxSize": 5, "powerOnOrder": "leastRecentlyUsed",
+                 "scaleDownUnneededTime": "30m",
+                 "template": {"labels": {"zone": "rack1"}, "capacity": {"cpu": "2"}}}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let machine = |name: &str, power: &str, extra: serde_json::Value| -> Machine {
+        let mut v = serde_json::json!({
+            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
+            "metadata": {"name": name, "namespace": "lab", "labels": {"group": "workers"}},
+            "spec": {"powerState": power, "pricing": {"hourlyRate": "0.25", "podRate": "0"},
+                     "capacity": {"cpu": "8", "memory": "32Gi"}}
+        });
+        if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let m1 = machine(
+        "m1",
+        "on",
+        serde_json::json!({"providerID": "k3s://m1", "kubernetesNodeName": "host1"}),
+    );
+    let m2 = machine("m2", "off", serde_json::json!({"scaleDownDisabled": true}));
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "host1"},
+        "spec": {"providerID": "k3s://m1"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let inv = Inventory::from_objects(
+        &[std::sync::Arc::new(group)],
+        &[std::sync::Arc::new(m1), std::sync::Arc::new(m2)],
+        &[&node],
+    );
+    let g = inv
+        .group("workers")
+        .unwrap_or_else(|| panic!("group missing"));
+    assert_eq!(
+        (g.spec.min_size, g.max_size()),
+        (1, 2),
+        "maxSize is capped at the 2 members"
+    );
+    assert_eq!(g.spec.power_on_order, PowerOnOrder::LeastRecentlyUsed);
+    assert_eq!(
+        g.spec.options.scale_down_unneeded,
+        Some(SignedDuration::from_mins(30))
+    );
+    assert_eq!(
+        g.spec.template.labels.get("zone").map(String::as_str),
+        Some("rack1")
+    );
+    let m1 = &g.machines[0];
+    assert_eq!(
+        (m1.provider_id.as_str(), m1.node_name.as_str()),
+        ("k3s://m1", "host1")
+    );
+    assert_eq!(m1.hourly_rate, Some(0.25));
+    assert!(inv.is_ready(m1));
+    let m2 = &g.machines[1];
+    assert_eq!(m2.provider_id, "homelab://lab/m2");
+    assert!(m2.scale_down_disabled);
+    assert_eq!(
+        m2.hints.capacity.get("memory").map(String::as_str),
+        Some("32Gi")
+    );
+    assert_eq!(target_size(&inv, "workers"), Ok(1));
+    assert_eq!(
+        node_group_for_node(
+            &inv,
+            &NodeRef {
+                provider_id: String::new(),
+                name: "host1".into()
+            }
+        )
+        .map(|g| g.id),
+        Some("workers".into())
+    );
+}
