@@ -80,8 +80,13 @@ export KUBECTL_HOMELAB_REQUIRE_ASSETS=1
 # Every target was compiled above (benches included); benches are measurements, not tests
 # (TESTING.md), and the harness = false ones run their full measurement under `cargo test`, so
 # they are left to `cargo bench`.
+failed=0
 step "cargo test"
-cargo test --lib --bins --tests --no-fail-fast
+cargo test --lib --bins --tests --no-fail-fast || failed=1
 step "doc tests"
-cargo test --doc
+cargo test --doc || failed=1
+if [ "$failed" -ne 0 ]; then
+  step "tests FAILED"
+  exit 1
+fi
 step "all checks passed"
