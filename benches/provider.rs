@@ -1,6 +1,9 @@
 //! The CA provider over loopback: latency (p50/p99) and throughput of the read RPCs CA calls every
 //! loop, and of IncreaseSize → desired state persisted (in-memory source), with 2,000 machines in
 //! 50 groups. Run: `cargo bench --bench provider` (client and server share this machine's cores).
+//!
+//! Without `--bench` (`cargo test --benches`) it runs a smoke version: 3 groups of 8, a few
+//! dozen calls per RPC, the same assertions on every answer.
 #[path = "../tests/support_grpc/mod.rs"]
 mod support_grpc;
 
@@ -13,12 +16,37 @@ use kubectl_homelab::operator::provider::proto::*;
 use kubectl_homelab::operator::provider::{Inventory, InventorySource, MemorySource, NodeRef};
 use support_grpc::*;
 
-const GROUPS: usize = 50;
-const PER_GROUP: usize = 40;
-const ON_PER_GROUP: usize = 10;
-const SAMPLES: usize = 5_000;
-const THROUGHPUT_CALLERS: usize = 16;
-const THROUGHPUT_TIME: Duration = Duration::from_secs(2);
+/// How big a run is: the measurement, or the smoke version `cargo test --benches` runs.
+#[derive(Clone, Copy)]
+struct Size {
+    groups: usize,
+    per_group: usize,
+    on_per_group: usize,
+    samples: usize,
+    warm_up: usize,
+    callers: usize,
+    throughput_time: Duration,
+}
+
+const BENCH: Size = Size {
+    groups: 50,
+    per_group: 40,
+    on_per_group: 10,
+    samples: 5_000,
+    warm_up: 300,
+    callers: 16,
+    throughput_time: Duration::from_secs(2),
+};
+
+const SMOKE: Size = Size {
+    groups: 3,
+    per_group: 8,
+    on_per_group: 2,
+    samples: 40,
+    warm_up: 5,
+    callers: 2,
+    throughput_time: Duration::from_millis(50),
+};
 
 struct Stats {
     p50: Duration,
@@ -40,17 +68,17 @@ fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-/// Sequential latency of `call(i)` over SAMPLES calls (after a warm-up).
-async fn latency<F, Fut>(mut call: F) -> Stats
+/// Sequential latency of `call(i)` over `size.samples` calls (after a warm-up).
+async fn latency<F, Fut>(size: Size, mut call: F) -> Stats
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = ()>,
 {
-    for i in 0..300 {
+    for i in 0..size.warm_up {
         call(i).await;
     }
-    let mut v = Vec::with_capacity(SAMPLES);
-    for i in 0..SAMPLES {
+    let mut v = Vec::with_capacity(size.samples);
+    for i in 0..size.samples {
         let t = Instant::now();
         call(i).await;
         v.push(t.elapsed());
@@ -60,24 +88,24 @@ where
 
 type Client = cloud_provider_client::CloudProviderClient<tonic::transport::Channel>;
 
-/// Calls per second with THROUGHPUT_CALLERS concurrent callers, each on its own connection.
-async fn throughput<F, Fut>(addr: std::net::SocketAddr, make: F) -> f64
+/// Calls per second with `size.callers` concurrent callers, each on its own connection.
+async fn throughput<F, Fut>(size: Size, addr: std::net::SocketAddr, make: F) -> f64
 where
     F: Fn(Client, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for caller in 0..THROUGHPUT_CALLERS {
+    for caller in 0..size.callers {
         let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let c = client(addr).await;
             let mut n = caller;
-            while start.elapsed() < THROUGHPUT_TIME {
+            while start.elapsed() < size.throughput_time {
                 make(c.clone(), n).await;
-                n += THROUGHPUT_CALLERS;
+                n += size.callers;
             }
-            n / THROUGHPUT_CALLERS
+            n / size.callers
         }));
     }
     let mut total = 0;
@@ -110,14 +138,21 @@ fn main() {
             std::process::exit(1);
         }
     };
-    rt.block_on(run());
+    let size = if std::env::args().any(|a| a == "--bench") {
+        BENCH
+    } else {
+        println!("provider bench (smoke; `cargo bench --bench provider` measures)");
+        SMOKE
+    };
+    rt.block_on(run(size));
 }
 
-async fn run() {
-    let (gs, ms, ns) = big(GROUPS, PER_GROUP, ON_PER_GROUP);
+async fn run(size: Size) {
+    let (gs, ms, ns) = big(size.groups, size.per_group, size.on_per_group);
     let provider_ids: Arc<Vec<String>> =
         Arc::new(ns.iter().map(|n| n.provider_id.clone()).collect());
-    let group_ids: Arc<Vec<String>> = Arc::new((0..GROUPS).map(|g| format!("g{g:02}")).collect());
+    let group_ids: Arc<Vec<String>> =
+        Arc::new((0..size.groups).map(|g| format!("g{g:02}")).collect());
     let source = Arc::new(MemorySource::new(Inventory::build(gs, ms, ns)));
     let running = start(source.clone(), None).await;
     let addr = running.addr;
@@ -125,18 +160,21 @@ async fn run() {
 
     println!(
         "{} machines in {} groups ({} registered nodes), loopback h2c, 2 tokio workers shared by client and server",
-        GROUPS * PER_GROUP,
-        GROUPS,
+        size.groups * size.per_group,
+        size.groups,
         provider_ids.len()
     );
-    println!("| RPC | p50 | p99 | max | throughput ({THROUGHPUT_CALLERS} callers) |");
+    println!(
+        "| RPC | p50 | p99 | max | throughput ({} callers) |",
+        size.callers
+    );
     println!("|---|---|---|---|---|");
 
     // NodeGroupForNode.
     let s = {
         let pids = provider_ids.clone();
         let c = &mut c;
-        latency(move |i| {
+        latency(size, move |i| {
             let req = NodeGroupForNodeRequest {
                 node: Some(ExternalGrpcNode {
                     provider_id: pids[i % pids.len()].clone(),
@@ -155,7 +193,7 @@ async fn run() {
         .await
     };
     let pids = provider_ids.clone();
-    let t = throughput(addr, move |mut c, n| {
+    let t = throughput(size, addr, move |mut c, n| {
         let pids = pids.clone();
         async move {
             let req = NodeGroupForNodeRequest {
@@ -174,7 +212,7 @@ async fn run() {
     let s = {
         let gids = group_ids.clone();
         let c = &mut c;
-        latency(move |i| {
+        latency(size, move |i| {
             let id = gids[i % gids.len()].clone();
             let mut c = c.clone();
             async move {
@@ -187,7 +225,7 @@ async fn run() {
         .await
     };
     let gids = group_ids.clone();
-    let t = throughput(addr, move |mut c, n| {
+    let t = throughput(size, addr, move |mut c, n| {
         let gids = gids.clone();
         async move {
             let _ = c
@@ -204,18 +242,18 @@ async fn run() {
     let s = {
         let gids = group_ids.clone();
         let c = &mut c;
-        latency(move |i| {
+        latency(size, move |i| {
             let id = gids[i % gids.len()].clone();
             let mut c = c.clone();
             async move {
                 let r = c.node_group_nodes(NodeGroupNodesRequest { id }).await;
-                assert!(r.is_ok_and(|r| r.into_inner().instances.len() >= ON_PER_GROUP));
+                assert!(r.is_ok_and(|r| r.into_inner().instances.len() >= size.on_per_group));
             }
         })
         .await
     };
     let gids = group_ids.clone();
-    let t = throughput(addr, move |mut c, n| {
+    let t = throughput(size, addr, move |mut c, n| {
         let gids = gids.clone();
         async move {
             let _ = c
@@ -231,8 +269,8 @@ async fn run() {
     // IncreaseSize → desired power persisted; each is undone by DecreaseTargetSize (not timed)
     // so the group never fills up.
     let before = source.persisted().len();
-    let mut inc = Vec::with_capacity(SAMPLES / 5);
-    for i in 0..SAMPLES / 5 {
+    let mut inc = Vec::with_capacity(size.samples / 5);
+    for i in 0..size.samples / 5 {
         let id = group_ids[i % group_ids.len()].clone();
         let t0 = Instant::now();
         let r = c
@@ -248,7 +286,7 @@ async fn run() {
             .await;
         assert!(r.is_ok(), "{r:?}");
     }
-    assert_eq!(source.persisted().len() - before, 2 * (SAMPLES / 5));
+    assert_eq!(source.persisted().len() - before, 2 * (size.samples / 5));
     row(
         "IncreaseSize (persisted, in-memory source)",
         &stats(inc),
@@ -259,8 +297,8 @@ async fn run() {
     // The pure core alone (no gRPC, no scheduler hops): what the provider itself costs per call.
     let inv = source.snapshot();
     let core = |name: &str, f: &dyn Fn(usize)| {
-        let mut v = Vec::with_capacity(SAMPLES);
-        for i in 0..SAMPLES {
+        let mut v = Vec::with_capacity(size.samples);
+        for i in 0..size.samples {
             let t = Instant::now();
             f(i);
             v.push(t.elapsed());

@@ -1,20 +1,53 @@
 //! `cargo bench --bench sim`: one week of virtual time, 200 machines in 10 groups, about
 //! 100,000 pods (diurnal), through the real FSM and provider core. Target: about 1 s on one
 //! core. Prints the figures BENCHMARKS.md records.
+//!
+//! Without `--bench` (`cargo test --benches`) it runs a smoke version instead: one day, 20
+//! machines, fewer pods, two runs, checking the outcome is sane.
 use std::fmt::Write;
 use std::time::Instant;
 
 use kubectl_homelab::sim::scenario::{NoTraceFiles, Scenario};
 use kubectl_homelab::sim::{RunOptions, run};
 
-fn scenario_yaml() -> String {
-    let mut y = String::from(
-        "name: bench 200 machines\nseed: 1\nduration: 7d\n\
-         simulation:\n  bootTime: {uniform: {min: 60s, max: 180s}}\n  shutdownTime: 30s\n  \
+/// How big a run is: the measurement, or the smoke version `cargo test --benches` runs.
+struct Size {
+    days: u32,
+    machines: usize,
+    groups: usize,
+    /// Pods per hour at the diurnal peak and trough.
+    peak: u32,
+    trough: u32,
+    runs: usize,
+}
+
+const BENCH: Size = Size {
+    days: 7,
+    machines: 200,
+    groups: 10,
+    peak: 900,
+    trough: 300,
+    runs: 5,
+};
+
+const SMOKE: Size = Size {
+    days: 1,
+    machines: 20,
+    groups: 2,
+    peak: 90,
+    trough: 30,
+    runs: 2,
+};
+
+fn scenario_yaml(size: &Size) -> String {
+    let mut y = format!(
+        "name: bench {} machines\nseed: 1\nduration: {}d\n\
+         simulation:\n  bootTime: {{uniform: {{min: 60s, max: 180s}}}}\n  shutdownTime: 30s\n  \
          powerActionTime: 5s\n  powerOnFailure: 0.01\n  neverBoots: 0.01\n\
          groups:\n",
+        size.machines, size.days
     );
-    for g in 0..10 {
+    for g in 0..size.groups {
         let order = ["cheapest", "fastestBoot", "leastRecentlyUsed", "name"][g % 4];
         let _ = writeln!(
             y,
@@ -22,10 +55,10 @@ fn scenario_yaml() -> String {
         );
     }
     y.push_str("machines:\n");
-    for m in 0..200 {
-        let g = m % 10;
+    for m in 0..size.machines {
+        let g = m % size.groups;
         let cpu = [4, 8, 16][g % 3];
-        let on = if m < 20 { "on" } else { "off" };
+        let on = if m < size.machines / 10 { "on" } else { "off" };
         let _ = writeln!(
             y,
             "  - metadata: {{name: m{m:03}, namespace: lab, labels: {{group: g{g}}}}}\n    spec:\n      \
@@ -37,15 +70,19 @@ fn scenario_yaml() -> String {
             1 + m % 9
         );
     }
-    y.push_str(
-        "workload:\n  - name: web\n    diurnal: {peakRate: 900/h, troughRate: 300/h, peakAt: 14h}\n    \
-         cpu: 1\n    memory: 2Gi\n    duration: {uniform: {min: 5m, max: 90m}}\n",
+    let _ = write!(
+        y,
+        "workload:\n  - name: web\n    diurnal: {{peakRate: {}/h, troughRate: {}/h, peakAt: 14h}}\n    \
+         cpu: 1\n    memory: 2Gi\n    duration: {{uniform: {{min: 5m, max: 90m}}}}\n",
+        size.peak, size.trough
     );
     y
 }
 
 fn main() {
-    let yaml = scenario_yaml();
+    let measure = std::env::args().any(|a| a == "--bench");
+    let size = if measure { &BENCH } else { &SMOKE };
+    let yaml = scenario_yaml(size);
     let t = Instant::now();
     let scenario = match Scenario::parse("bench.yaml", &yaml, &NoTraceFiles) {
         Ok(s) => s,
@@ -57,7 +94,7 @@ fn main() {
     let parse = t.elapsed();
     let mut times = Vec::new();
     let mut last = None;
-    for _ in 0..5 {
+    for _ in 0..size.runs {
         let t = Instant::now();
         let report = match run(&scenario, RunOptions::default(), &mut |_, _| {}) {
             Ok(r) => r,
@@ -71,15 +108,44 @@ fn main() {
     }
     times.sort();
     let Some(r) = last else { return };
+    // Sane outcome: pods came, machines booted to serve them, the CA loop and the FSM ran.
+    let placed = r.pods_arrived.saturating_sub(r.pods_never_placed);
+    if placed == 0
+        || r.total.boots == 0
+        || r.counters.scans == 0
+        || r.counters.transitions == 0
+        || r.counters.scale_ups == 0
+    {
+        eprintln!(
+            "sim bench: implausible outcome: {} pods arrived, {} never placed, {} boots, {} scans, {} transitions, {} scale-ups",
+            r.pods_arrived,
+            r.pods_never_placed,
+            r.total.boots,
+            r.counters.scans,
+            r.counters.transitions,
+            r.counters.scale_ups
+        );
+        std::process::exit(1);
+    }
     println!(
-        "sim bench: 7 days, {} machines, {} pods, {} FSM transitions, {} CA scans",
-        r.total.machines, r.pods_arrived, r.counters.transitions, r.counters.scans
+        "sim bench{}: {} days, {} machines, {} pods, {} FSM transitions, {} CA scans",
+        if measure {
+            ""
+        } else {
+            " (smoke; `cargo bench --bench sim` measures)"
+        },
+        size.days,
+        r.total.machines,
+        r.pods_arrived,
+        r.counters.transitions,
+        r.counters.scans
     );
     println!(
-        "  run time over 5 runs: min {:.3} s, median {:.3} s, max {:.3} s (scenario parse {:.1} ms)",
+        "  run time over {} runs: min {:.3} s, median {:.3} s, max {:.3} s (scenario parse {:.1} ms)",
+        times.len(),
         times[0].as_secs_f64(),
-        times[2].as_secs_f64(),
-        times[4].as_secs_f64(),
+        times[times.len() / 2].as_secs_f64(),
+        times[times.len() - 1].as_secs_f64(),
         parse.as_secs_f64() * 1e3
     );
     println!(

@@ -128,7 +128,14 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
     };
     let fx = fixture(cp, "src-sync").await?;
     let source = KubeSource::start(fx.client.clone(), Scope::Namespace(fx.ns.clone()));
-    source.wait_until_ready(SYNC).await?;
+    // Concurrent waiters all wake (kube's `Store::wait_until_ready` keeps only one waker).
+    let (a, ()) = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join(source.wait_until_ready(SYNC), source.wait_ready()),
+    )
+    .await
+    .context("concurrent waiters for the caches were not all woken")?;
+    a?;
     assert!(source.is_ready());
     let objects = source.objects();
     assert_eq!(objects.groups.len(), 1);
@@ -178,7 +185,7 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
             })
             .count()
     };
-    assert_eq!(mine(&all.objects()), 6);
+    assert_eq!(mine(&all.objects()), 7, "3 + the extra one here, 3 there");
     Ok(())
 }
 
@@ -818,5 +825,124 @@ async fn measure_2000_machines() -> anyhow::Result<()> {
         "IncreaseSize(1) -> spec.powerState patched: median {:?}, max {:?}",
         lat[10], lat[19]
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn serve_grpc_binary_with_mtls() -> anyhow::Result<()> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let fx = fixture(cp, "grpc-mtls").await?;
+    let bin = env!("CARGO_BIN_EXE_kubectl-homelab");
+    let ca = support::pki::Ca::generate()?;
+    let server_pair = ca.serving()?;
+    let client_pair = ca.client("cluster-autoscaler", &[])?;
+    let dir = tempfile::tempdir()?;
+    let path = |f: &str| dir.path().join(f);
+    std::fs::write(path("tls.crt"), &server_pair.cert_pem)?;
+    std::fs::write(path("tls.key"), &server_pair.key_pem)?;
+    std::fs::write(path("ca.crt"), &ca.cert_pem)?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let tls_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["serve-grpc", "--listen", &listen, "-n", &fx.ns]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        for (flag, file) in [
+            ("--tls-cert", "tls.crt"),
+            ("--tls-key", "tls.key"),
+            ("--client-ca", "ca.crt"),
+        ] {
+            v.push(flag.to_owned());
+            v.push(path(file).display().to_string());
+        }
+        v.extend(extra.iter().map(|s| (*s).to_owned()));
+        v
+    };
+
+    // The printed cloud-config asks CA for its client certificate.
+    let out = tokio::process::Command::new(bin)
+        .args(tls_args(&[
+            "--advertise-address",
+            &format!("localhost:{port}"),
+            "--print-cloud-config",
+        ]))
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_yaml::Value = serde_yaml::from_slice(&out.stdout)?;
+    assert_eq!(
+        v["address"].as_str(),
+        Some(format!("localhost:{port}").as_str())
+    );
+    assert!(v["cert"].as_str().is_some() && v["key"].as_str().is_some());
+    assert!(v["cacert"].as_str().is_some());
+
+    let log_path = cp.dir().join(format!("{}-serve-grpc-mtls.log", fx.ns));
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = tokio::process::Command::new(bin)
+        .args(tls_args(&[]))
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("KUBECTL_HOMELAB_LOG", "info")
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting kubectl-homelab serve-grpc with mTLS")?;
+
+    let endpoint = |identity: bool| -> anyhow::Result<Endpoint> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca.cert_pem))
+            .domain_name("localhost");
+        if identity {
+            tls = tls.identity(Identity::from_pem(
+                &client_pair.cert_pem,
+                &client_pair.key_pem,
+            ));
+        }
+        Ok(Endpoint::from_shared(format!("https://localhost:{port}"))?.tls_config(tls)?)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        match endpoint(true)?.connect().await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                if let Some(status) = child.try_wait()? {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    anyhow::bail!("serve-grpc exited early with {status}: {e}\n{log}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => anyhow::bail!("serve-grpc (mTLS) did not accept connections: {e}"),
+        }
+    };
+    let mut c = CloudProviderClient::new(channel);
+    assert_eq!(target(&mut c, "g").await?, 1);
+
+    // Without a client certificate: refused.
+    let refused = match endpoint(false)?.connect().await {
+        Err(_) => true,
+        Ok(ch) => CloudProviderClient::new(ch)
+            .node_groups(proto::NodeGroupsRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate must be refused");
+
+    let pid = child.id().context("serve-grpc has no pid")?;
+    // SAFETY: sending a signal to our own child process.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+    assert!(status.success(), "serve-grpc exited with {status}");
     Ok(())
 }

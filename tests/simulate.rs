@@ -379,13 +379,11 @@ fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
     assert!(e.to_string().contains("read from the cluster"), "{e}");
 }
 
-/// Desired behaviour the simulator shows is missing today: after `broken`'s power-on fails and
-/// CA deletes it and backs the group off, the next `IncreaseSize` picks `broken` again (it is
-/// first by name, and nothing in the provider's ordering remembers the failure), so the pod
-/// waits forever while `good` stays off. Un-ignore when the provider core orders machines whose
-/// last power-on failed last.
+/// After `broken`'s power-on fails and CA deletes it and backs the group off, the next
+/// `IncreaseSize` must pick `good`: the FSM records `lastPowerOnFailure` and the provider orders
+/// such machines after healthy ones (before the fix it re-picked `broken`, first by name, and
+/// the pod waited forever).
 #[test]
-#[ignore = "provider core re-picks a machine whose power-on just failed (see /work/team/sim.md)"]
 fn same_group_failover_uses_the_other_machine() {
     let r = simulate(&scenario("same-group-failover.yaml"));
     assert_eq!(r.pods_never_placed, 0);

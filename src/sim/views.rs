@@ -1,36 +1,15 @@
 //! The smallest adapter between the simulated world and the provider core: builds the
-//! provider's `Inventory` (groups, machines, registered nodes) from the scenario's CRs and the
-//! simulator's state, the way the operator builds it from its reflector caches. Field
-//! translation only: no decisions are taken here.
+//! provider's `Inventory` from the scenario's CRs (through the provider's own conversion,
+//! `provider::convert`, as the operator does from its reflector caches) and the simulator's
+//! state. No decisions and no field translation of its own are taken here.
 use std::collections::BTreeMap;
 
 use super::engine::Sim;
 use super::scenario::Scenario;
-use crate::operator::api;
-use crate::operator::provider::inventory::GroupOptions;
-use crate::operator::provider::{
-    GroupView, Inventory, MachineView, NodeView, PowerOnOrder, TaintView, TemplateHints,
-};
+use crate::operator::provider::convert::{declared_node, group_view, machine_view};
+use crate::operator::provider::{GroupView, Inventory, MachineView, NodeView};
 
-fn order(o: api::PowerOnOrder) -> PowerOnOrder {
-    match o {
-        api::PowerOnOrder::Cheapest => PowerOnOrder::Cheapest,
-        api::PowerOnOrder::FastestBoot => PowerOnOrder::FastestBoot,
-        api::PowerOnOrder::LeastRecentlyUsed => PowerOnOrder::LeastRecentlyUsed,
-        api::PowerOnOrder::Name => PowerOnOrder::Name,
-    }
-}
-
-fn taints(ts: &[k8s_openapi::api::core::v1::Taint]) -> Vec<TaintView> {
-    ts.iter()
-        .map(|t| TaintView {
-            key: t.key.clone(),
-            value: t.value.clone(),
-            effect: t.effect.clone(),
-        })
-        .collect()
-}
-
+/// Capacity in the simulator's units, as Kubernetes quantities.
 fn capacity(cpu: u64, memory: u64, pods: u32) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("cpu".to_owned(), format!("{cpu}m")),
@@ -44,6 +23,7 @@ fn capacity(cpu: u64, memory: u64, pods: u32) -> BTreeMap<String, String> {
 pub(super) struct BaseViews {
     groups: Vec<GroupView>,
     machines: Vec<MachineView>,
+    /// The node each machine registers as (Ready and cordoned filled in per build).
     nodes: Vec<NodeView>,
 }
 
@@ -51,68 +31,16 @@ pub(super) fn base_views(sc: &Scenario) -> BaseViews {
     let groups = sc
         .groups
         .iter()
-        .map(|g| {
-            let o = g.group.autoscaling_options().unwrap_or_default();
-            let template = g.group.spec.template.as_ref();
-            GroupView {
-                id: g.name.clone(),
-                namespace: g.group.metadata.namespace.clone().unwrap_or_default(),
-                name: g.name.clone(),
-                min_size: g.min,
-                max_size: Some(g.max),
-                power_on_order: order(g.group.spec.power_on_order()),
-                options: GroupOptions {
-                    scale_down_utilization_threshold: o.scale_down_utilization_threshold,
-                    scale_down_gpu_utilization_threshold: o.scale_down_gpu_utilization_threshold,
-                    zero_or_max_node_scaling: o.zero_or_max_node_scaling,
-                    ignore_daemon_sets_utilization: o.ignore_daemon_sets_utilization,
-                    scale_down_unneeded: o.scale_down_unneeded_time,
-                    scale_down_unready: o.scale_down_unready_time,
-                    max_node_provision: o.max_node_provision_time,
-                },
-                template: TemplateHints {
-                    labels: template.map(|t| t.labels.clone()).unwrap_or_default(),
-                    taints: template.map(|t| taints(&t.taints)).unwrap_or_default(),
-                    capacity: template
-                        .map(|t| {
-                            t.capacity
-                                .iter()
-                                .map(|(k, v)| (k.clone(), v.0.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    allocatable: BTreeMap::new(),
-                },
-            }
-        })
+        .map(|g| group_view(&g.group, g.members.len()))
         .collect();
     let mut machines = Vec::with_capacity(sc.machines.len());
     let mut nodes = Vec::with_capacity(sc.machines.len());
     for model in &sc.machines {
-        let cr = &model.machine;
-        let namespace = cr.metadata.namespace.clone().unwrap_or_default();
-        let mut v = MachineView::new(&namespace, &model.name, cr.group());
-        v.provider_id = cr.expected_provider_id();
-        v.node_name = cr.node_name().unwrap_or(&model.name).to_owned();
-        v.hints = TemplateHints {
-            labels: cr.spec.labels.clone(),
-            taints: taints(&cr.spec.taints),
-            capacity: capacity(model.cpu, model.memory, model.max_pods),
-            allocatable: BTreeMap::new(),
-        };
-        v.taints_to_remove = taints(&cr.spec.taints_to_remove);
-        v.hourly_rate = cr.spec.hourly_rate("").ok().flatten();
-        v.scale_down_disabled = model.scale_down_disabled;
-        nodes.push(NodeView {
-            name: v.node_name.clone(),
-            provider_id: v.provider_id.clone(),
-            labels: cr.spec.labels.clone(),
-            taints: taints(&cr.spec.taints),
-            capacity: capacity(model.cpu, model.memory, model.max_pods),
-            allocatable: capacity(model.cpu, model.memory, model.max_pods),
-            ready: false,
-            unschedulable: false,
-        });
+        let mut v = machine_view(&model.machine);
+        // The scenario's `simulation.capacity` may override (or supply) spec.capacity: the
+        // capacity the simulated machine really has is what its node reports.
+        v.hints.capacity = capacity(model.cpu, model.memory, model.max_pods);
+        nodes.push(declared_node(&v));
         machines.push(v);
     }
     BaseViews {

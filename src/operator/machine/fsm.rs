@@ -280,6 +280,13 @@ fn cancel_running(lc: &Lifecycle, effects: &mut Vec<Effect>) {
     }
 }
 
+/// The machine is up and Ready: whatever failed to boot before works now.
+fn came_up(lc: &mut Lifecycle) {
+    lc.last_power_on_failure = None;
+    lc.goal = Some(PowerState::On);
+    reached_goal(lc);
+}
+
 fn reached_goal(lc: &mut Lifecycle) {
     lc.operation = None;
     lc.attempt = 0;
@@ -450,8 +457,7 @@ fn apply(
                 }
                 None => emit(effects, "NodeReady", false, "Node Ready again".to_owned()),
             }
-            lc.goal = Some(PowerState::On);
-            reached_goal(lc);
+            came_up(lc);
         }
         Action::Adopt => {
             cancel_running(lc, effects);
@@ -468,8 +474,7 @@ fn apply(
                 false,
                 "machine found on with a Ready Node; adopted and counted as wanted on".to_owned(),
             );
-            lc.goal = Some(PowerState::On);
-            reached_goal(lc);
+            came_up(lc);
         }
         Action::ResolveOff => {
             cancel_running(lc, effects);
@@ -581,6 +586,14 @@ fn fail(
         ),
         other => ("Failed", format!("{} failed", other.kind())),
     };
+    let power_on_failed = match event {
+        Event::ActionFailed { .. } => op.as_ref().map(|o| o.kind) != Some(OperationKind::PowerOff),
+        Event::BootDeadlinePassed { .. } => true,
+        _ => false,
+    };
+    if power_on_failed {
+        lc.last_power_on_failure = Some(now);
+    }
     lc.attempt = lc.attempt.saturating_add(1);
     let message = if lc.attempt < policy.max_attempts {
         let at = add(now, policy.backoff(lc.attempt));

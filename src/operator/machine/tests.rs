@@ -56,6 +56,7 @@ fn candidates(phase: Phase) -> Vec<Lifecycle> {
                         next_retry_time: retry,
                         goal,
                         operation_seq: 1,
+                        last_power_on_failure: None,
                     });
                 }
             }
@@ -1052,6 +1053,10 @@ fn check_invariants(before: &Lifecycle, after: &Lifecycle, policy: &Policy, runn
     if after.phase() == Phase::Failed {
         assert!(after.last_error.is_some());
     }
+    // A machine that is up has no power-on failure to hold against it.
+    if after.phase() == Phase::Ready {
+        assert_eq!(after.last_power_on_failure, None, "{after:?}");
+    }
 }
 
 proptest! {
@@ -1315,4 +1320,95 @@ impl SimMachine {
             .flatten()
             .min()
     }
+}
+
+/// The provider orders machines that failed to power on after healthy ones; that needs the
+/// failure to outlive the desired-state changes CA makes after it (DeleteNodes, then a new
+/// IncreaseSize), which reset `attempt`.
+#[test]
+fn power_on_failure_is_remembered_across_desired_changes_until_the_machine_comes_up() {
+    let p = Policy::default();
+    let on = |lc: &Lifecycle, node: NodeObs, op: OpStatus<'static>, t: i64| {
+        reconcile(lc, &world(PowerState::On, node, op), at(t), &p).lifecycle
+    };
+    let off = |lc: &Lifecycle, op: OpStatus<'static>, t: i64| {
+        reconcile(lc, &world(PowerState::Off, NodeObs::Absent, op), at(t), &p).lifecycle
+    };
+    let lc = on(&Lifecycle::default(), NodeObs::Absent, OpStatus::Absent, 0);
+    assert_eq!(lc.last_power_on_failure, None);
+    let lc = on(
+        &lc,
+        NodeObs::Absent,
+        OpStatus::Failed {
+            reason: "BMC unreachable",
+        },
+        20,
+    );
+    assert_eq!(lc.phase(), Phase::Failed);
+    assert_eq!(lc.last_power_on_failure, Some(at(20)));
+    // CA gives up on the instance: desired off. The failure stays, `attempt` does not.
+    // (Failed powers off to be sure before calling it Off.)
+    let lc = off(&lc, OpStatus::Absent, 30);
+    assert_eq!(lc.phase(), Phase::PoweringOff);
+    assert_eq!(lc.last_power_on_failure, Some(at(20)));
+    let lc = off(&lc, OpStatus::Succeeded, 35);
+    assert_eq!(lc.phase(), Phase::Off);
+    assert_eq!(lc.attempt, 0);
+    assert_eq!(lc.last_power_on_failure, Some(at(20)));
+    // Asked again: the new attempt keeps it until it has an outcome.
+    let lc = on(&lc, NodeObs::Absent, OpStatus::Absent, 40);
+    assert_eq!(lc.phase(), Phase::PoweringOn);
+    assert_eq!(lc.last_power_on_failure, Some(at(20)));
+    // The boot deadline passing is a power-on failure too: the newer time is kept.
+    let lc = on(&lc, NodeObs::Absent, OpStatus::Running, 640);
+    assert_eq!(lc.phase(), Phase::Failed);
+    assert_eq!(lc.last_power_on_failure, Some(at(640)));
+    // The JSON field name the provider (and a restarted operator) reads.
+    let v = serde_json::to_value(&lc).unwrap_or_default();
+    assert!(v.get("lastPowerOnFailure").is_some(), "{v}");
+    // The retry boots: cleared.
+    let lc = on(&lc, NodeObs::Absent, OpStatus::Running, 700);
+    assert_eq!(lc.phase(), Phase::PoweringOn);
+    let lc = on(&lc, READY, OpStatus::Succeeded, 760);
+    assert_eq!(lc.phase(), Phase::Ready);
+    assert_eq!(lc.last_power_on_failure, None);
+}
+
+#[test]
+fn power_off_and_node_lost_failures_are_not_power_on_failures() {
+    let p = Policy::default();
+    let ready = Lifecycle {
+        phase: Some(Phase::Ready),
+        phase_since: Some(at(0)),
+        goal: Some(PowerState::On),
+        ..Default::default()
+    };
+    let t = reconcile(
+        &ready,
+        &world(PowerState::Off, READY, OpStatus::Absent),
+        at(10),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOff);
+    let t = reconcile(
+        &t.lifecycle,
+        &world(PowerState::Off, READY, OpStatus::Failed { reason: "ssh" }),
+        at(20),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Failed);
+    assert_eq!(t.lifecycle.last_power_on_failure, None);
+    let lost = NodeObs::Registered {
+        ready: false,
+        provider_id_matches: true,
+        not_ready_since: Some(at(0)),
+    };
+    let t = reconcile(
+        &ready,
+        &world(PowerState::On, lost, OpStatus::Absent),
+        at(3600),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Failed);
+    assert_eq!(t.lifecycle.last_power_on_failure, None);
 }

@@ -128,6 +128,11 @@ pub struct Lifecycle {
     /// `on-<n>` / `off-<n>`, so an id is never reused across power cycles.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub operation_seq: u64,
+    /// When a power-on last failed (the action failed or no Ready Node by the boot deadline);
+    /// cleared when the machine next comes up Ready. Unlike `attempt` it survives desired-state
+    /// changes, so the provider can prefer other machines over one that just failed to boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_power_on_failure: Option<Timestamp>,
 }
 
 fn is_zero_u64(n: &u64) -> bool {

@@ -8,10 +8,9 @@ use k8s_openapi::api::core::v1::{Node, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::inventory::{
-    GroupOptions, GroupView, Inventory, MachineView, NodeView, PowerOnOrder, TaintView,
-    TemplateHints,
+    GroupOptions, GroupView, Inventory, MachineView, NodeView, TaintView, TemplateHints,
 };
-use crate::operator::api::{self, Group, Machine};
+use crate::operator::api::{Group, Machine};
 
 fn taints(ts: &[Taint]) -> Vec<TaintView> {
     ts.iter()
@@ -25,15 +24,6 @@ fn taints(ts: &[Taint]) -> Vec<TaintView> {
 
 fn quantities(m: &BTreeMap<String, Quantity>) -> BTreeMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
-}
-
-fn order(o: api::PowerOnOrder) -> PowerOnOrder {
-    match o {
-        api::PowerOnOrder::Cheapest => PowerOnOrder::Cheapest,
-        api::PowerOnOrder::FastestBoot => PowerOnOrder::FastestBoot,
-        api::PowerOnOrder::LeastRecentlyUsed => PowerOnOrder::LeastRecentlyUsed,
-        api::PowerOnOrder::Name => PowerOnOrder::Name,
-    }
 }
 
 /// A Group CR with `members` Node CRs. Size bounds follow `GroupSpec::size_bounds` (what the
@@ -70,7 +60,7 @@ pub fn group_view(g: &Group, members: usize) -> GroupView {
         name: g.metadata.name.clone().unwrap_or_default(),
         min_size: bounds.min,
         max_size: Some(bounds.max),
-        power_on_order: order(g.spec.power_on_order.unwrap_or_default()),
+        power_on_order: g.spec.power_on_order(),
         options,
         template,
     }
@@ -113,6 +103,28 @@ pub fn machine_view(m: &Machine) -> MachineView {
         });
     }
     v
+}
+
+/// The Kubernetes node a machine registers as according to its declared hints (name,
+/// providerID, spec labels, taints and capacity; allocatable = capacity where the hints give
+/// none), neither Ready nor cordoned. For worlds without a real kubelet: the simulator registers
+/// exactly this node when a simulated machine finishes booting.
+pub fn declared_node(m: &MachineView) -> NodeView {
+    let allocatable = if m.hints.allocatable.is_empty() {
+        m.hints.capacity.clone()
+    } else {
+        m.hints.allocatable.clone()
+    };
+    NodeView {
+        name: m.node_name.clone(),
+        provider_id: m.provider_id.clone(),
+        labels: m.hints.labels.clone(),
+        taints: m.hints.taints.clone(),
+        capacity: m.hints.capacity.clone(),
+        allocatable,
+        ready: false,
+        unschedulable: false,
+    }
 }
 
 impl Inventory {

@@ -14,19 +14,9 @@ use crate::operator::machine::{Lifecycle, OperationKind, Phase, PowerState};
 /// that makes a Node CR a member of a Group (as in the Go predecessor).
 pub const GROUP_LABEL: &str = "group";
 
-/// Which powered-off machine `IncreaseSize` picks first.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum PowerOnOrder {
-    /// Lowest `pricing.hourlyRate` first; machines without a rate last.
-    Cheapest,
-    /// Shortest median recent boot duration first; machines never booted last.
-    FastestBoot,
-    /// Longest since last powered on first (wear-levelling); never powered on comes first.
-    LeastRecentlyUsed,
-    /// Machine name order.
-    #[default]
-    Name,
-}
+/// Which powered-off machine `IncreaseSize` picks first: the Group CR's own type, so the
+/// provider and the API cannot drift apart.
+pub use crate::operator::api::PowerOnOrder;
 
 /// Group-level autoscaling options (CA's `NodeGroupAutoscalingOptions`); `None` = not set by the
 /// Group, so CA's own default applies.

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,8 +91,6 @@ pub enum SyncError {
         /// `; last error: ...` when a watch reported one.
         last_error: String,
     },
-    #[error("the {kind} reflector stopped before its cache synced")]
-    Stopped { kind: &'static str },
 }
 
 /// Why a desired-power write failed. The gRPC layer maps these to status codes.
@@ -189,6 +188,8 @@ struct Cache {
     /// The newest inventory built and the generation it was built at.
     inventory: Mutex<Option<(u64, Arc<Inventory>)>>,
     last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
+    /// Per cache (Group, Node CR, Kubernetes Node): the initial list is complete.
+    synced: [Arc<AtomicBool>; 3],
 }
 
 /// Reflectors on Group CRs, Node CRs and Kubernetes Nodes, plus desired-power writes.
@@ -220,11 +221,13 @@ impl KubeSource {
     pub fn start(client: Client, scope: Scope) -> Self {
         let (changes, _) = watch::channel(0u64);
         let last_errors = Arc::new(Mutex::new(HashMap::new()));
+        let synced: [Arc<AtomicBool>; 3] = Default::default();
         let (groups, g) = spawn_reflector(
             scope.api::<Group>(client.clone()),
             "Group",
             changes.clone(),
             last_errors.clone(),
+            synced[0].clone(),
             strip_managed_fields,
         );
         let (machines, m) = spawn_reflector(
@@ -232,6 +235,7 @@ impl KubeSource {
             "Node CR",
             changes.clone(),
             last_errors.clone(),
+            synced[1].clone(),
             strip_managed_fields,
         );
         let (nodes, n) = spawn_reflector(
@@ -239,6 +243,7 @@ impl KubeSource {
             "Kubernetes Node",
             changes.clone(),
             last_errors.clone(),
+            synced[2].clone(),
             strip_node,
         );
         let cache = Arc::new(Cache {
@@ -249,6 +254,7 @@ impl KubeSource {
             written: Mutex::new(HashMap::new()),
             inventory: Mutex::new(None),
             last_errors,
+            synced,
         });
         let rebuild = tokio::spawn(rebuild_on_change(cache.clone()));
         KubeSource {
@@ -274,23 +280,11 @@ impl KubeSource {
     /// Waits until all three caches hold a complete initial list, then builds the first
     /// inventory from them.
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), SyncError> {
-        let c = &self.cache;
-        let all = async {
-            let (g, m, n) = tokio::join!(
-                c.groups.wait_until_ready(),
-                c.machines.wait_until_ready(),
-                c.nodes.wait_until_ready()
-            );
-            for (kind, r) in [("Group", g), ("Node CR", m), ("Kubernetes Node", n)] {
-                if r.is_err() {
-                    return Err(SyncError::Stopped { kind });
-                }
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(timeout, all).await {
-            Ok(r) => r?,
-            Err(_) => return Err(self.sync_timeout_error(timeout)),
+        if tokio::time::timeout(timeout, self.cache.synced())
+            .await
+            .is_err()
+        {
+            return Err(self.sync_timeout_error(timeout));
         }
         rebuild_now(&self.cache).await;
         Ok(())
@@ -302,9 +296,9 @@ impl KubeSource {
         let errors = lock(&c.last_errors);
         let mut last_error = String::new();
         for (kind, ready) in [
-            ("Group", is_ready(&c.groups)),
-            ("Node CR", is_ready(&c.machines)),
-            ("Kubernetes Node", is_ready(&c.nodes)),
+            ("Group", c.synced[0].load(Ordering::Acquire)),
+            ("Node CR", c.synced[1].load(Ordering::Acquire)),
+            ("Kubernetes Node", c.synced[2].load(Ordering::Acquire)),
         ] {
             if !ready {
                 pending.push(format!("{kind}s"));
@@ -459,7 +453,19 @@ impl KubeSource {
 
 impl Cache {
     fn is_ready(&self) -> bool {
-        is_ready(&self.groups) && is_ready(&self.machines) && is_ready(&self.nodes)
+        self.synced.iter().all(|s| s.load(Ordering::Acquire))
+    }
+
+    /// Resolves once all three caches synced. (Not `Store::wait_until_ready`: its one-shot
+    /// receiver keeps only the last waiter's waker, so concurrent waiters can miss the wake-up.)
+    async fn synced(&self) {
+        let mut rx = self.changes.subscribe();
+        while !self.is_ready() {
+            if rx.changed().await.is_err() {
+                // Cannot happen while `self` holds a sender; never report a false "ready".
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn generation(&self) -> u64 {
@@ -516,7 +522,10 @@ impl Cache {
         match kept.as_ref() {
             Some((g, newer)) if *g > objects.generation => newer.clone(),
             _ => {
-                *kept = Some((objects.generation, inv.clone()));
+                let old = kept.replace((objects.generation, inv.clone()));
+                // Freeing 2,000 machines takes a while: not while readers wait for the lock.
+                drop(kept);
+                drop(old);
                 inv
             }
         }
@@ -571,17 +580,7 @@ impl InventorySource for KubeSource {
     }
 
     async fn wait_ready(&self) {
-        let (g, m, n) = tokio::join!(
-            self.cache.groups.wait_until_ready(),
-            self.cache.machines.wait_until_ready(),
-            self.cache.nodes.wait_until_ready()
-        );
-        if g.is_err() || m.is_err() || n.is_err() {
-            // A reflector task died: never serve an incomplete inventory (the caller's shutdown
-            // signal or its own sync deadline ends the wait).
-            tracing::error!("a reflector stopped before its cache synced; not serving");
-            std::future::pending::<()>().await;
-        }
+        self.cache.synced().await;
         rebuild_now(&self.cache).await;
     }
 }
@@ -642,19 +641,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn is_ready<K>(store: &Store<K>) -> bool
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-    use futures::FutureExt as _;
-    // `wait_until_ready` resolves immediately once synced.
-    store
-        .wait_until_ready()
-        .now_or_never()
-        .is_some_and(|r| r.is_ok())
-}
-
 fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
@@ -675,6 +661,7 @@ fn spawn_reflector<K>(
     kind: &'static str,
     changes: watch::Sender<u64>,
     last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
+    synced: Arc<AtomicBool>,
     modify: fn(&mut K),
 ) -> (Store<K>, JoinHandle<()>)
 where
@@ -690,7 +677,11 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
+                Ok(e) => {
+                    // The store has swapped in the complete list when InitDone passes here.
+                    if matches!(e, watcher::Event::InitDone) {
+                        synced.store(true, Ordering::Release);
+                    }
                     changes.send_modify(|g| *g = g.wrapping_add(1));
                 }
                 Err(e) => {

@@ -184,10 +184,22 @@ pub fn power_on_order(order: PowerOnOrder, a: &MachineView, b: &MachineView) -> 
     primary.then_with(|| a.key.cmp(&b.key))
 }
 
-/// Machines `IncreaseSize` may pick, best first: members wanted off.
+/// Machines `IncreaseSize` may pick, best first: members wanted off. A machine whose last
+/// power-on failed (status `lastPowerOnFailure`, cleared by the FSM once it comes up) goes after
+/// every other one whatever the `powerOnOrder`, the longest-ago failure first: otherwise CA's
+/// retry after its backoff picks the same broken machine forever while a good one stays off. It
+/// is still picked when nothing else is left.
 fn candidates(g: &GroupState) -> Vec<&MachineView> {
     let mut c: Vec<&MachineView> = g.machines.iter().filter(|m| !m.wanted_on()).collect();
-    c.sort_by(|a, b| power_on_order(g.spec.power_on_order, a, b));
+    c.sort_by(|a, b| {
+        let (fa, fb) = (
+            a.lifecycle.last_power_on_failure,
+            b.lifecycle.last_power_on_failure,
+        );
+        // `None < Some`: machines without a failure first.
+        fa.cmp(&fb)
+            .then_with(|| power_on_order(g.spec.power_on_order, a, b))
+    });
     c
 }
 

@@ -256,6 +256,50 @@ fn power_on_order_policies() {
     assert_eq!(pick(&g, PowerOnOrder::Name), vec!["m1", "m2", "m3"]);
 }
 
+/// A machine whose last power-on failed goes after every healthy one whatever the order (CA
+/// retries IncreaseSize after its backoff; picking the same broken machine would starve pods),
+/// and is still picked when nothing else is left.
+#[test]
+fn machines_that_failed_to_power_on_are_picked_last() {
+    let mut bad = machine("m1", "g", PowerState::Off, Phase::Off);
+    bad.hourly_rate = Some(0.01);
+    bad.lifecycle.last_power_on_failure = Some(t(-60));
+    let mut worse = machine("m0", "g", PowerState::Off, Phase::Off);
+    worse.lifecycle.last_power_on_failure = Some(t(-10));
+    let mut good = machine("m2", "g", PowerState::Off, Phase::Off);
+    good.hourly_rate = Some(0.50);
+    let on = machine("m3", "g", PowerState::On, Phase::Ready);
+    for order in PowerOnOrder::ALL {
+        let mut g = group("g", 0, None);
+        g.power_on_order = order;
+        let inv = Inventory::build(
+            vec![g],
+            vec![bad.clone(), worse.clone(), good.clone(), on.clone()],
+            vec![],
+        );
+        let one = increase_size(&inv, "g", 1, t(0)).map(|d| names(&d));
+        assert_eq!(one.ok(), Some(vec!["m2".to_owned()]), "{order:?}");
+        // Failed ones only when nothing else is left, the longest-ago failure first.
+        let all = increase_size(&inv, "g", 3, t(0)).map(|d| names(&d));
+        assert_eq!(
+            all.ok(),
+            Some(vec!["m2".into(), "m1".into(), "m0".into()]),
+            "{order:?}"
+        );
+        // The rate CA expects is the good machine's, the one that will be picked.
+        let g = inv.group("g");
+        assert_eq!(g.map(group_hourly_rate), Some(0.50), "{order:?}");
+    }
+    // Once it has booted (the FSM clears the marker) the order applies again.
+    let mut healed = bad.clone();
+    healed.lifecycle.last_power_on_failure = None;
+    let mut g = group("g", 0, None);
+    g.power_on_order = PowerOnOrder::Cheapest;
+    let inv = Inventory::build(vec![g], vec![healed, good.clone()], vec![]);
+    let one = increase_size(&inv, "g", 1, t(0)).map(|d| names(&d));
+    assert_eq!(one.ok(), Some(vec!["m1".to_owned()]));
+}
+
 // Rule 5.
 #[test]
 fn delete_nodes_is_all_or_nothing() {
@@ -741,4 +785,32 @@ fn from_objects_reads_the_crs_and_nodes() {
         .map(|g| g.id),
         Some("workers".into())
     );
+}
+
+#[test]
+fn declared_node_is_the_machine_as_its_hints_describe_it() {
+    let mut m = MachineView::new("lab", "m1", Some("g"));
+    m.node_name = "host-1".into();
+    m.provider_id = "k3s://host-1".into();
+    m.hints.labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
+    m.hints.taints = vec![TaintView {
+        key: "gpu".into(),
+        value: None,
+        effect: "NoSchedule".into(),
+    }];
+    m.hints.capacity = BTreeMap::from([("cpu".to_owned(), "4".to_owned())]);
+    let n = super::convert::declared_node(&m);
+    assert_eq!(
+        (n.name.as_str(), n.provider_id.as_str()),
+        ("host-1", "k3s://host-1")
+    );
+    assert_eq!(n.labels, m.hints.labels);
+    assert_eq!(n.taints, m.hints.taints);
+    assert_eq!(n.capacity, m.hints.capacity);
+    // Allocatable defaults to capacity; explicit allocatable wins.
+    assert_eq!(n.allocatable, m.hints.capacity);
+    assert!(!n.ready && !n.unschedulable);
+    m.hints.allocatable = BTreeMap::from([("cpu".to_owned(), "3500m".to_owned())]);
+    let n = super::convert::declared_node(&m);
+    assert_eq!(n.allocatable.get("cpu").map(String::as_str), Some("3500m"));
 }
