@@ -13,13 +13,7 @@ use super::inventory::{
 use crate::operator::api::{Group, Machine};
 
 fn taints(ts: &[Taint]) -> Vec<TaintView> {
-    ts.iter()
-        .map(|t| TaintView {
-            key: t.key.clone(),
-            value: t.value.clone(),
-            effect: t.effect.clone(),
-        })
-        .collect()
+    TaintView::all_from(ts)
 }
 
 fn quantities(m: &BTreeMap<String, Quantity>) -> BTreeMap<String, String> {

@@ -45,6 +45,19 @@ pub struct TaintView {
     pub effect: String,
 }
 
+impl TaintView {
+    pub fn all_from(taints: &[k8s_openapi::api::core::v1::Taint]) -> Vec<TaintView> {
+        taints
+            .iter()
+            .map(|t| TaintView {
+                key: t.key.clone(),
+                value: t.value.clone(),
+                effect: t.effect.clone(),
+            })
+            .collect()
+    }
+}
+
 /// What a machine's Kubernetes node looks like (or looked like): a registered node, the last-seen
 /// snapshot kept in the Node CR status, or the capacity/labels/taints hints in a spec.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,15 +91,7 @@ impl NodeView {
             labels: node.metadata.labels.clone().unwrap_or_default(),
             taints: spec
                 .and_then(|s| s.taints.as_ref())
-                .map(|ts| {
-                    ts.iter()
-                        .map(|t| TaintView {
-                            key: t.key.clone(),
-                            value: t.value.clone(),
-                            effect: t.effect.clone(),
-                        })
-                        .collect()
-                })
+                .map(|ts| TaintView::all_from(ts))
                 .unwrap_or_default(),
             capacity: quantities(status.and_then(|s| s.capacity.as_ref())),
             allocatable: quantities(status.and_then(|s| s.allocatable.as_ref())),
