@@ -81,12 +81,20 @@ export KUBECTL_HOMELAB_REQUIRE_ASSETS=1
 # they run a quick smoke version that checks their answers, so they cannot rot; `cargo bench`
 # measures.
 failed=0
+results=$(mktemp)
 step "cargo test"
-cargo test --lib --bins --tests --benches --no-fail-fast || failed=1
+cargo test --lib --bins --tests --benches --no-fail-fast 2>&1 | tee -a "$results" || failed=1
 step "doc tests"
-cargo test --doc || failed=1
+cargo test --doc 2>&1 | tee -a "$results" || failed=1
+# One closing line for the whole run (cargo prints one per test binary, the last being the
+# doc tests, which may be empty).
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed", p, f }' "$results")
+rm -f "$results"
 if [ "$failed" -ne 0 ]; then
   step "tests FAILED"
+  echo "$summary"
   exit 1
 fi
 step "all checks passed"
+echo "$summary"
