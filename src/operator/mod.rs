@@ -2,3 +2,4 @@
 pub mod api;
 pub mod machine;
 pub mod provider;
+pub mod power;
