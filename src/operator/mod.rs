@@ -1,5 +1,23 @@
 //! The operator: CRD types, the pure lifecycle and provider cores, and the edges that drive them.
 pub mod api;
+pub mod controller;
 pub mod machine;
-pub mod provider;
 pub mod power;
+pub mod provider;
+
+/// An error with its causes (`a: b: c`), for messages that must say *why* (connection refused,
+/// DNS, TLS trust), not only the outermost context.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+pub mod metrics;

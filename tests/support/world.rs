@@ -95,6 +95,13 @@ pub enum JobOutcome {
 #[derive(Debug)]
 pub struct Background(tokio::task::JoinHandle<()>);
 
+impl From<tokio::task::JoinHandle<()>> for Background {
+    /// Any task of a test that must stop with it (e.g. an in-process operator).
+    fn from(task: tokio::task::JoinHandle<()>) -> Self {
+        Background(task)
+    }
+}
+
 impl Drop for Background {
     fn drop(&mut self) {
         self.0.abort();

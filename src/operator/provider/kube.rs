@@ -154,6 +154,30 @@ impl WriteError {
     }
 }
 
+/// One object changed in a cache (applied or deleted), for the operator's controllers: they
+/// share these reflectors instead of watching a second time (one watch per kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Group {
+        namespace: String,
+        name: String,
+    },
+    Machine {
+        namespace: String,
+        name: String,
+    },
+    Node {
+        name: String,
+        provider_id: Option<String>,
+    },
+    /// A watch listed again: objects deleted meanwhile sent no event, so look at everything.
+    Resync,
+}
+
+/// Capacity of the change channel; a receiver that falls further behind gets a `Lagged` error
+/// and must treat it as [`Change::Resync`].
+const CHANGE_BUFFER: usize = 4096;
+
 /// Everything the provider core needs from the cluster, as shared pointers into the stores.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterObjects {
@@ -183,6 +207,8 @@ struct Cache {
     machines: Store<Machine>,
     nodes: Store<Node>,
     changes: watch::Sender<u64>,
+    /// Which object changed (the generation counter above only says that something did).
+    events: tokio::sync::broadcast::Sender<Change>,
     /// Objects returned by our own patches, newer than the store until the watch catches up.
     written: Mutex<HashMap<MachineKey, Arc<Machine>>>,
     /// The newest inventory built and the generation it was built at.
@@ -220,12 +246,15 @@ impl KubeSource {
     /// [`wait_until_ready`](Self::wait_until_ready) before serving.
     pub fn start(client: Client, scope: Scope) -> Self {
         let (changes, _) = watch::channel(0u64);
+        let (events, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
         let last_errors = Arc::new(Mutex::new(HashMap::new()));
         let synced: [Arc<AtomicBool>; 3] = Default::default();
         let (groups, g) = spawn_reflector(
             scope.api::<Group>(client.clone()),
             "Group",
             changes.clone(),
+            events.clone(),
+            describe_group,
             last_errors.clone(),
             synced[0].clone(),
             strip_managed_fields,
@@ -234,6 +263,8 @@ impl KubeSource {
             scope.api::<Machine>(client.clone()),
             "Node CR",
             changes.clone(),
+            events.clone(),
+            describe_machine,
             last_errors.clone(),
             synced[1].clone(),
             strip_managed_fields,
@@ -242,6 +273,8 @@ impl KubeSource {
             Api::<Node>::all(client.clone()),
             "Kubernetes Node",
             changes.clone(),
+            events.clone(),
+            describe_node,
             last_errors.clone(),
             synced[2].clone(),
             strip_node,
@@ -251,6 +284,7 @@ impl KubeSource {
             machines,
             nodes,
             changes,
+            events,
             written: Mutex::new(HashMap::new()),
             inventory: Mutex::new(None),
             last_errors,
@@ -327,6 +361,29 @@ impl KubeSource {
     /// A receiver that wakes on every generation bump (for rebuild-on-change consumers).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.cache.changes.subscribe()
+    }
+
+    /// Which objects change, as the watches see them (for the operator's controllers).
+    pub fn object_changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.cache.events.subscribe()
+    }
+
+    /// The Node CR cache (the controllers read it; never a second watch).
+    pub fn machine_store(&self) -> Store<Machine> {
+        self.cache.machines.clone()
+    }
+
+    pub fn group_store(&self) -> Store<Group> {
+        self.cache.groups.clone()
+    }
+
+    pub fn node_store(&self) -> Store<Node> {
+        self.cache.nodes.clone()
+    }
+
+    /// The API client the source was started with.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The objects as of now, our own confirmed writes included.
@@ -656,10 +713,32 @@ fn strip_node(node: &mut Node) {
     }
 }
 
+fn describe_group(g: &Group) -> Change {
+    Change::Group {
+        namespace: g.namespace().unwrap_or_default(),
+        name: g.name_any(),
+    }
+}
+
+fn describe_machine(m: &Machine) -> Change {
+    let (namespace, name) = key_of(m);
+    Change::Machine { namespace, name }
+}
+
+fn describe_node(n: &Node) -> Change {
+    Change::Node {
+        name: n.name_any(),
+        provider_id: n.spec.as_ref().and_then(|s| s.provider_id.clone()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn_reflector<K>(
     api: Api<K>,
     kind: &'static str,
     changes: watch::Sender<u64>,
+    events: tokio::sync::broadcast::Sender<Change>,
+    describe: fn(&K) -> Change,
     last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
     synced: Arc<AtomicBool>,
     modify: fn(&mut K),
@@ -679,8 +758,17 @@ where
             match event {
                 Ok(e) => {
                     // The store has swapped in the complete list when InitDone passes here.
-                    if matches!(e, watcher::Event::InitDone) {
-                        synced.store(true, Ordering::Release);
+                    let change = match &e {
+                        watcher::Event::InitDone => {
+                            synced.store(true, Ordering::Release);
+                            Some(Change::Resync)
+                        }
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(describe(o)),
+                        watcher::Event::Init | watcher::Event::InitApply(_) => None,
+                    };
+                    if let Some(c) = change {
+                        // No receiver (no controllers running) is fine.
+                        let _ = events.send(c);
                     }
                     changes.send_modify(|g| *g = g.wrapping_add(1));
                 }

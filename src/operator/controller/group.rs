@@ -1,0 +1,130 @@
+//! The group controller: counts of the members by phase, the resolved size bounds and a Ready
+//! condition in Group status, written only when they change. It never powers anything: deleting
+//! a Group leaves its machines as they are (PITFALLS 23).
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource as _, ResourceExt as _};
+
+use super::{Context, Error, FIELD_MANAGER};
+use crate::operator::api::{
+    CONDITION_READY, Group, GroupStatus, Health, Machine, condition, upsert_condition,
+};
+use crate::operator::machine::{Phase, PowerState};
+
+pub fn error_policy(_g: Arc<Group>, e: &Error, ctx: Arc<Context>) -> Action {
+    if let Some(metrics) = &ctx.metrics {
+        metrics.reconcile_error("group");
+    }
+    tracing::warn!(error = %crate::operator::error_chain(e), "reconciling a group failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The counts part of a Group's status from its members (pure).
+pub fn counts(group: &Group, members: &[Arc<Machine>]) -> GroupStatus {
+    let mut s = GroupStatus {
+        members: members.len() as i32,
+        ..GroupStatus::default()
+    };
+    let bounds = group.size_bounds(members.len());
+    s.min_size = Some(bounds.min as i32);
+    s.max_size = Some(bounds.max as i32);
+    for m in members {
+        if m.desired_power() == PowerState::On {
+            s.target += 1;
+        }
+        match m.lifecycle().phase() {
+            Phase::Ready => s.ready += 1,
+            Phase::PoweringOn | Phase::Booting => s.powering_on += 1,
+            Phase::PoweringOff => s.powering_off += 1,
+            Phase::Failed => s.failed += 1,
+            Phase::Off => s.off += 1,
+            Phase::Unknown => {}
+        }
+    }
+    s
+}
+
+pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = g.namespace().unwrap_or_default();
+    let members: Vec<Arc<Machine>> = ctx
+        .source
+        .machine_store()
+        .state()
+        .into_iter()
+        .filter(|m| m.namespace().as_deref() == Some(ns.as_str()) && g.has_member(m))
+        .collect();
+    let old = g.status.clone().unwrap_or_default();
+    let mut new = counts(&g, &members);
+    new.conditions = old.conditions.clone();
+    let generation = g.meta().generation;
+    let now = Timestamp::now();
+    let problems = g.validate();
+    let (ok, reason, message) = if !problems.is_empty() {
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        (false, "InvalidSpec", text.join("; "))
+    } else if new.members == 0 {
+        (
+            false,
+            "NoMembers",
+            format!(
+                "no Node CR in namespace {ns} has the label group={}",
+                g.name_any()
+            ),
+        )
+    } else {
+        (
+            true,
+            "Members",
+            format!(
+                "{} machines: {} ready, {} powering on, {} powering off, {} off, {} failed",
+                new.members, new.ready, new.powering_on, new.powering_off, new.off, new.failed
+            ),
+        )
+    };
+    upsert_condition(
+        &mut new.conditions,
+        condition(CONDITION_READY, ok, reason, message, generation, now),
+    );
+    new.health = Some(if !ok {
+        Health::Unknown
+    } else if new.failed > 0 {
+        Health::Offline
+    } else {
+        Health::Healthy
+    });
+    new.observed_generation = generation;
+    if let Some(metrics) = &ctx.metrics {
+        let phases: Vec<(String, &'static str, i64)> = Phase::ALL
+            .iter()
+            .map(|p| {
+                let n = members
+                    .iter()
+                    .filter(|m| m.lifecycle().phase() == *p)
+                    .count();
+                (g.name_any(), p.as_str(), n as i64)
+            })
+            .collect();
+        metrics.set_machines_by_phase(&phases);
+    }
+    if old == new {
+        return Ok(Action::await_change());
+    }
+    let api: Api<Group> = Api::namespaced(ctx.client.clone(), &ns);
+    let value = serde_json::to_value(&new).map_err(|source| Error::Json {
+        what: "group status",
+        source,
+    })?;
+    let patch = serde_json::json!({ "status": value });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_status(&g.name_any(), &params, &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube(format!("writing status of {}", g.object_ref())))?;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,361 @@
+//! The operator's controllers: the edge of the lifecycle core. They read the world from the
+//! provider's reflector caches (one watch per kind, shared with the gRPC provider), call the pure
+//! core (`operator::machine::reconcile`) and carry out the effects it returns. No decision is
+//! made here that the core could make.
+//!
+//! Triggers: every change the shared watches see (a Node CR, its Kubernetes Node, its power Job,
+//! its Group) queues the machines it concerns; the core's `requeue_at` (deadlines, retries, the
+//! end of a NotReady grace) queues it again later. There is no periodic resync: an idle machine
+//! costs no API call.
+pub mod group;
+pub mod machine;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, ResourceExt as _};
+use tokio::sync::broadcast;
+
+use crate::operator::api::{Group, Machine};
+use crate::operator::power::job::{MACHINE_LABEL, job_selector};
+use crate::operator::provider::kube::{Change, KubeSource, Scope};
+
+/// Field manager of the operator's writes (shows in `managedFields`).
+pub const FIELD_MANAGER: &str = "kubectl-homelab-operator";
+/// Finalizer that keeps a Node CR until its Kubernetes Node is left clean.
+pub const FINALIZER: &str = "infra.homecluster.dev/cleanup";
+
+/// Settings of the controllers (flags of `run-operator`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long a drain may try before the power-off is refused and the machine left on.
+    pub drain_timeout: Duration,
+    /// While waiting for something that sends no watch event (pods leaving during a drain).
+    pub poll_interval: Duration,
+    /// Reconciles running at once (different machines; one machine never twice at once).
+    pub concurrency: u16,
+    /// Backoff, retries and the NotReady grace; each machine's `bootTimeout` /
+    /// `shutdownTimeout` override the timeouts in it.
+    pub policy: crate::operator::machine::Policy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            drain_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(5),
+            concurrency: 16,
+            policy: crate::operator::machine::Policy::default(),
+        }
+    }
+}
+
+/// Everything a reconcile needs: the API client, the shared caches, the Event recorder.
+pub struct Context {
+    pub client: Client,
+    pub source: Arc<KubeSource>,
+    pub jobs: Store<Job>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Option<Arc<crate::operator::metrics::Metrics>>,
+    /// Kubernetes Node name by providerID, kept current by the trigger task before it queues a
+    /// machine, so a reconcile never misses the Node whose event woke it.
+    node_index: Mutex<HashMap<String, String>>,
+}
+
+impl Context {
+    pub fn new(
+        source: Arc<KubeSource>,
+        jobs: Store<Job>,
+        settings: Settings,
+        metrics: Option<Arc<crate::operator::metrics::Metrics>>,
+    ) -> Context {
+        let client = source.client().clone();
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            source,
+            jobs,
+            settings,
+            metrics,
+            node_index: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The name of the Kubernetes Node that carries `provider_id`, if one is cached.
+    pub fn node_by_provider_id(&self, provider_id: &str) -> Option<String> {
+        lock(&self.node_index).get(provider_id).cloned()
+    }
+
+    fn index_node(&self, name: &str, provider_id: Option<&str>) {
+        let mut idx = lock(&self.node_index);
+        let exists = self
+            .source
+            .node_store()
+            .get(&ObjectRef::new(name))
+            .is_some();
+        idx.retain(|_, n| n != name);
+        if let (true, Some(p)) = (exists, provider_id.filter(|p| !p.is_empty())) {
+            idx.insert(p.to_owned(), name.to_owned());
+        }
+    }
+
+    fn reindex_nodes(&self) {
+        let mut idx = lock(&self.node_index);
+        idx.clear();
+        for n in self.source.node_store().state() {
+            if let Some(p) = n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) {
+                if !p.is_empty() {
+                    idx.insert(p.to_owned(), n.name_any());
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a reconcile failed; it is retried with a short backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Our view was older than the object (a guarded write failed): look again at once.
+    #[error("{what} changed since it was read")]
+    Stale { what: String },
+    #[error("{0}")]
+    Power(#[from] crate::operator::power::PowerError),
+    #[error("serializing {what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Kube { what, source }
+    }
+
+    /// A 409 from a write guarded by resourceVersion: our view was stale, look again at once.
+    fn is_conflict(&self) -> bool {
+        match self {
+            Error::Kube {
+                source: kube::Error::Api(s),
+                ..
+            } => s.code == 409,
+            Error::Stale { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// The operator's own power Jobs, cached by one label-selected watch.
+pub fn job_reflector(
+    client: Client,
+    scope: &Scope,
+) -> (
+    Store<Job>,
+    impl Stream<Item = ObjectRef<Machine>> + Send + 'static,
+) {
+    let api: Api<Job> = match scope {
+        Scope::Namespace(ns) => Api::namespaced(client, ns),
+        Scope::AllNamespaces => Api::all(client),
+    };
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().labels(&job_selector());
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|j: &mut Job| {
+            j.metadata.managed_fields = None;
+            j.spec = None;
+        })
+        .reflect(writer)
+        .applied_objects()
+        .filter_map(|r| async move {
+            match r {
+                Ok(job) => {
+                    let name = job.labels().get(MACHINE_LABEL)?.clone();
+                    Some(ObjectRef::new(&name).within(&job.namespace()?))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "power Job watch failed; retrying with backoff");
+                    None
+                }
+            }
+        });
+    (reader, stream)
+}
+
+/// The machines and groups a change concerns.
+fn affected(ctx: &Context, change: &Change) -> (Vec<ObjectRef<Machine>>, Vec<ObjectRef<Group>>) {
+    let machines = ctx.source.machine_store();
+    match change {
+        Change::Machine { namespace, name } => {
+            let m = ObjectRef::new(name).within(namespace);
+            let group = machines
+                .get(&m)
+                .and_then(|mc| mc.group().map(|g| ObjectRef::new(g).within(namespace)));
+            (vec![m], group.into_iter().collect())
+        }
+        Change::Group { namespace, name } => {
+            let members = machines
+                .state()
+                .into_iter()
+                .filter(|m| m.namespace().as_deref() == Some(namespace) && m.group() == Some(name))
+                .map(|m| ObjectRef::from_obj(&*m))
+                .collect();
+            (members, vec![ObjectRef::new(name).within(namespace)])
+        }
+        Change::Node { name, provider_id } => {
+            ctx.index_node(name, provider_id.as_deref());
+            let members = machines
+                .state()
+                .into_iter()
+                .filter(|m| {
+                    m.node_name() == Some(name.as_str())
+                        || provider_id
+                            .as_deref()
+                            .is_some_and(|p| m.expected_provider_id() == p)
+                })
+                .map(|m| ObjectRef::from_obj(&*m))
+                .collect();
+            (members, Vec::new())
+        }
+        Change::Resync => {
+            ctx.reindex_nodes();
+            let all = machines
+                .state()
+                .into_iter()
+                .map(|m| ObjectRef::from_obj(&*m))
+                .collect();
+            let groups = ctx
+                .source
+                .group_store()
+                .state()
+                .into_iter()
+                .map(|g| ObjectRef::from_obj(&*g))
+                .collect();
+            (all, groups)
+        }
+    }
+}
+
+/// Turns the shared caches' change feed into the two controllers' queues.
+fn queues(
+    ctx: Arc<Context>,
+    mut rx: broadcast::Receiver<Change>,
+) -> (
+    impl Stream<Item = ObjectRef<Machine>> + Send + 'static,
+    impl Stream<Item = ObjectRef<Group>> + Send + 'static,
+) {
+    let (mtx, mrx) = futures::channel::mpsc::unbounded();
+    let (gtx, grx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(async move {
+        // Start from everything: the caches synced before the controllers started.
+        let mut next = Some(Change::Resync);
+        loop {
+            let change = match next.take() {
+                Some(c) => c,
+                None => match rx.recv().await {
+                    Ok(c) => c,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::info!(missed = n, "change feed lagged; looking at every machine");
+                        Change::Resync
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            let (ms, gs) = affected(&ctx, &change);
+            for m in ms {
+                if mtx.unbounded_send(m).is_err() {
+                    return;
+                }
+            }
+            for g in gs {
+                if gtx.unbounded_send(g).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (mrx, grx)
+}
+
+/// Runs the machine and group controllers until `shutdown` resolves (leadership lost or
+/// SIGTERM). The caches of `source` must have synced.
+pub async fn run(
+    source: Arc<KubeSource>,
+    settings: Settings,
+    metrics: Option<Arc<crate::operator::metrics::Metrics>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let client = source.client().clone();
+    let (jobs, job_triggers) = job_reflector(client, source.scope());
+    let changes = source.object_changes();
+    let ctx = Arc::new(Context::new(source.clone(), jobs, settings, metrics));
+    let concurrency = ctx.settings.concurrency;
+    let (machine_queue, group_queue) = queues(ctx.clone(), changes);
+    let machine_queue =
+        futures::stream::select(machine_queue, job_triggers).map(Ok::<_, std::convert::Infallible>);
+    let group_queue = group_queue.map(Ok::<_, std::convert::Infallible>);
+
+    let machines = controller::applier(
+        |m, ctx| Box::pin(machine::reconcile(m, ctx)),
+        machine::error_policy,
+        ctx.clone(),
+        source.machine_store(),
+        machine_queue,
+        controller::Config::default().concurrency(concurrency),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "machine controller");
+        }
+    });
+    let groups = controller::applier(
+        |g, ctx| Box::pin(group::reconcile(g, ctx)),
+        group::error_policy,
+        ctx.clone(),
+        source.group_store(),
+        group_queue,
+        controller::Config::default().concurrency(2),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "group controller");
+        }
+    });
+    tokio::select! {
+        _ = machines => {}
+        _ = groups => {}
+        _ = shutdown => {}
+    }
+}
+
+/// Requeue after `d`, or wait for the next change when there is nothing to wait for.
+pub(crate) fn requeue(d: Option<Duration>) -> Action {
+    match d {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    }
+}

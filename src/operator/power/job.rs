@@ -1,0 +1,537 @@
+//! Power through Kubernetes Jobs: the `job` driver (the predecessor's `startupPodSpec` /
+//! `shutdownPodSpec`, or `power.<dir>.job`) and the `nodeAgent` power-off driver (a privileged
+//! Job pinned to the machine itself that runs the OS shutdown).
+//!
+//! The Job is named after the operation (deterministic), labelled with the machine and owned by
+//! the Node CR, so a restarted operator finds the Job it started instead of starting a second
+//! one (PITFALLS 1 and 3), and its completion wakes the controller through the Job watch.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, ConfigMapVolumeSource, Container, EnvVar, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt as _};
+
+use super::{Driver, OpContext, PowerError, Progress, Report};
+use crate::operator::api::{Direction, Machine, MinimalPodSpec, NodeAgent};
+
+/// Label on everything the operator creates (Jobs, relay pods): the Job watch selects on it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "kubectl-homelab";
+/// The Node CR a power Job acts for (its name; the Job lives in the CR's namespace).
+pub const MACHINE_LABEL: &str = "infra.homecluster.dev/machine";
+/// The operation id (`on-3`, `off-4`).
+pub const OPERATION_LABEL: &str = "infra.homecluster.dev/operation";
+/// `on` or `off`.
+pub const DIRECTION_LABEL: &str = "infra.homecluster.dev/direction";
+/// Node label the scheduler matches hosts by.
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// How long a power Job may run before Kubernetes stops it, when the operation's deadline is
+/// further away (a power action is seconds; the rest of the deadline is boot or shutdown time).
+const MAX_ACTION_SECONDS: i64 = 600;
+
+/// The label selector of the Job watch.
+pub fn job_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// Kubernetes names and label values are at most 63 characters: a long machine name keeps a
+/// readable prefix and gets a short hash of the whole name, so two long names never collide.
+pub fn job_name(resource_name: &str) -> String {
+    const MAX: usize = 63;
+    if resource_name.len() <= MAX {
+        return resource_name.to_owned();
+    }
+    let hash = fnv1a(resource_name.as_bytes());
+    let suffix = format!("-{hash:08x}");
+    let mut prefix: String = resource_name.chars().take(MAX - suffix.len()).collect();
+    while prefix.ends_with('-') || prefix.ends_with('.') {
+        prefix.pop();
+    }
+    format!("{prefix}{suffix}")
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// What the Job runs.
+#[derive(Clone, Copy, Debug)]
+pub enum JobKind<'a> {
+    /// The owner's container (`job` driver).
+    Custom(&'a MinimalPodSpec),
+    /// The OS shutdown on the machine itself (`nodeAgent`, power-off only).
+    NodeAgent(&'a NodeAgent),
+}
+
+/// The `job` and `nodeAgent` drivers.
+#[derive(Clone)]
+pub struct JobDriver<'a> {
+    pub client: Client,
+    /// The operator's Job cache (selected by [`job_selector`]); `check` reads it, never the API.
+    pub jobs: Store<Job>,
+    pub kind: JobKind<'a>,
+    /// The machine's Kubernetes node name, when known: a power-off Job never runs there (it
+    /// would kill itself), a node agent runs only there.
+    pub node_name: Option<&'a str>,
+}
+
+impl JobDriver<'_> {
+    fn api(&self, machine: &Machine) -> Api<Job> {
+        Api::namespaced(
+            self.client.clone(),
+            machine.metadata.namespace.as_deref().unwrap_or("default"),
+        )
+    }
+
+    fn cached(&self, cx: &OpContext<'_>) -> Option<std::sync::Arc<Job>> {
+        let ns = cx
+            .machine
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default");
+        self.jobs
+            .get(&ObjectRef::new(&job_name(cx.resource_name)).within(ns))
+            .filter(|j| belongs_to(j, cx))
+    }
+}
+
+/// A Job of the same name that is not for this machine and operation is someone else's:
+/// never adopt it.
+fn belongs_to(job: &Job, cx: &OpContext<'_>) -> bool {
+    let labels = job.labels();
+    labels.get(MACHINE_LABEL).map(String::as_str) == cx.machine.metadata.name.as_deref()
+        && labels.get(OPERATION_LABEL) == Some(&cx.op.id)
+}
+
+impl Driver for JobDriver<'_> {
+    fn kind(&self) -> &'static str {
+        match self.kind {
+            JobKind::Custom(_) => "job",
+            JobKind::NodeAgent(_) => "nodeAgent",
+        }
+    }
+
+    async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        if let Some(job) = self.cached(cx) {
+            return Ok(Report::new(progress(&job)));
+        }
+        let job = build_job(cx, self.kind, self.node_name)?;
+        let name = job.name_any();
+        match self
+            .api(cx.machine)
+            .create(&PostParams::default(), &job)
+            .await
+        {
+            Ok(_) => Ok(Report::new(Progress::Running)),
+            // Created by us before a restart, not yet in the cache: adopt it.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Report::new(Progress::Running)),
+            Err(e) => Err(api_error(&format!("creating power Job {name}"), e)),
+        }
+    }
+
+    async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        Ok(Report::new(match self.cached(cx) {
+            Some(job) => progress(&job),
+            None => Progress::Absent,
+        }))
+    }
+
+    async fn cancel(&self, cx: &OpContext<'_>) -> Result<(), PowerError> {
+        if self
+            .cached(cx)
+            .is_some_and(|j| progress(&j) != Progress::Running)
+        {
+            // Finished: it cannot act any more, and its pod's log says what happened. The TTL
+            // removes it.
+            return Ok(());
+        }
+        let name = job_name(cx.resource_name);
+        // Background propagation deletes the Job's pods too, so a stale action cannot act late.
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match self.api(cx.machine).delete(&name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(api_error(&format!("deleting power Job {name}"), e)),
+        }
+    }
+}
+
+pub(crate) fn api_error(what: &str, e: kube::Error) -> PowerError {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 => PowerError::Config(format!(
+            "{what}: forbidden ({}); grant the operator create/delete on jobs.batch",
+            s.message
+        )),
+        kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429 => {
+            PowerError::Config(format!("{what}: rejected by the API server: {}", s.message))
+        }
+        _ => PowerError::Transient(format!("{what}: {}", crate::operator::error_chain(&e))),
+    }
+}
+
+/// The Job's progress from its status conditions.
+pub fn progress(job: &Job) -> Progress {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let is_true = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if is_true("Complete").is_some() {
+        return Progress::Succeeded;
+    }
+    if let Some(c) = is_true("Failed").or_else(|| is_true("FailureTarget")) {
+        let why = c
+            .message
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .or(c.reason.as_deref())
+            .unwrap_or("the Job failed");
+        return Progress::Failed {
+            reason: format!("power Job {} failed: {why}", job.name_any()),
+        };
+    }
+    Progress::Running
+}
+
+/// The Job for `cx` (pure: tests check its shape without an API server).
+pub fn build_job(
+    cx: &OpContext<'_>,
+    kind: JobKind<'_>,
+    node_name: Option<&str>,
+) -> Result<Job, PowerError> {
+    let machine = cx.machine;
+    let machine_name = machine.metadata.name.clone().unwrap_or_default();
+    let name = job_name(cx.resource_name);
+    let labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (MACHINE_LABEL.to_owned(), machine_name.clone()),
+        (OPERATION_LABEL.to_owned(), cx.op.id.clone()),
+        (DIRECTION_LABEL.to_owned(), cx.direction.to_string()),
+    ]);
+    let owner = owner_reference(machine)?;
+    let until_deadline = (cx.op.deadline.as_second() - cx.now.as_second()).max(1);
+    let env = vec![
+        env("HOMELAB_MACHINE", &machine_name),
+        env(
+            "HOMELAB_NAMESPACE",
+            machine.metadata.namespace.as_deref().unwrap_or("default"),
+        ),
+        env("HOMELAB_DIRECTION", &cx.direction.to_string()),
+        env("HOMELAB_OPERATION", &cx.op.id),
+        env("HOMELAB_NODE_NAME", node_name.unwrap_or_default()),
+    ];
+    let (pod, ttl) = match kind {
+        JobKind::Custom(spec) => (
+            custom_pod(spec, env, cx.direction, node_name),
+            spec.ttl_seconds_after_finished(),
+        ),
+        JobKind::NodeAgent(agent) => {
+            let Some(node) = node_name else {
+                return Err(PowerError::Config(format!(
+                    "{}: the nodeAgent driver runs on the machine's own node, and its name is not \
+                     known (no registered Node and no spec.kubernetesNodeName)",
+                    machine.object_ref()
+                )));
+            };
+            (
+                node_agent_pod(agent, env, node),
+                crate::operator::api::DEFAULT_JOB_TTL_SECONDS,
+            )
+        }
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: machine.metadata.namespace.clone(),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            // The lifecycle core retries with backoff; one pod retry covers a flaky image pull.
+            backoff_limit: Some(1),
+            active_deadline_seconds: Some(until_deadline.min(MAX_ACTION_SECONDS)),
+            ttl_seconds_after_finished: Some(ttl),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    }
+}
+
+fn owner_reference(machine: &Machine) -> Result<OwnerReference, PowerError> {
+    let uid = machine.metadata.uid.clone().ok_or_else(|| {
+        PowerError::Config(format!(
+            "{} has no uid (not read from the API server)",
+            machine.object_ref()
+        ))
+    })?;
+    Ok(OwnerReference {
+        api_version: Machine::api_version(&()).into_owned(),
+        kind: Machine::kind(&()).into_owned(),
+        name: machine.metadata.name.clone().unwrap_or_default(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// The owner's container. A power-off Job must not land on the machine it switches off.
+fn custom_pod(
+    spec: &MinimalPodSpec,
+    env: Vec<EnvVar>,
+    direction: Direction,
+    node_name: Option<&str>,
+) -> PodSpec {
+    let (volumes, mounts): (Vec<_>, Vec<_>) = spec
+        .volumes
+        .iter()
+        .map(|v| {
+            let volume = Volume {
+                name: v.name.clone(),
+                secret: v.secret_name.as_ref().map(|s| SecretVolumeSource {
+                    secret_name: Some(s.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                config_map: v.config_map_name.as_ref().map(|c| ConfigMapVolumeSource {
+                    name: c.clone(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            };
+            let mount = VolumeMount {
+                name: v.name.clone(),
+                mount_path: v.mount_path.clone(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            };
+            (volume, mount)
+        })
+        .unzip();
+    let avoid_target = node_name
+        .filter(|_| direction == Direction::Off)
+        .map(|n| Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: HOSTNAME_LABEL.to_owned(),
+                            operator: "NotIn".to_owned(),
+                            values: Some(vec![n.to_owned()]),
+                        }]),
+                        ..NodeSelectorTerm::default()
+                    }],
+                }),
+                ..NodeAffinity::default()
+            }),
+            ..Affinity::default()
+        });
+    PodSpec {
+        restart_policy: Some("Never".to_owned()),
+        service_account_name: spec.service_account.clone(),
+        affinity: avoid_target,
+        containers: vec![Container {
+            name: "power".to_owned(),
+            image: Some(spec.image.clone()),
+            command: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            args: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: Some(env),
+            volume_mounts: (!mounts.is_empty()).then_some(mounts),
+            ..Container::default()
+        }],
+        volumes: (!volumes.is_empty()).then_some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+/// A privileged pod on the machine itself that enters the host's namespaces and runs the
+/// shutdown command. Bound by `nodeName` (no scheduler: the node is cordoned and may carry CA's
+/// NoSchedule taint), tolerating every taint. It needs no API access.
+fn node_agent_pod(agent: &NodeAgent, env: Vec<EnvVar>, node: &str) -> PodSpec {
+    let mut command: Vec<String> = ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    command.extend(agent.command());
+    PodSpec {
+        node_name: Some(node.to_owned()),
+        host_pid: Some(true),
+        restart_policy: Some("Never".to_owned()),
+        automount_service_account_token: Some(false),
+        tolerations: Some(vec![Toleration {
+            operator: Some("Exists".to_owned()),
+            ..Toleration::default()
+        }]),
+        security_context: Some(PodSecurityContext {
+            run_as_user: Some(0),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![Container {
+            name: "shutdown".to_owned(),
+            image: Some(agent.image().to_owned()),
+            command: Some(command),
+            env: Some(env),
+            security_context: Some(SecurityContext {
+                privileged: Some(true),
+                ..SecurityContext::default()
+            }),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::api::MachineSpec;
+    use crate::operator::machine::{Operation, OperationKind, PowerState};
+    use jiff::{SignedDuration, Timestamp};
+
+    fn machine(name: &str) -> Machine {
+        let mut m = Machine::new(name, MachineSpec::new(PowerState::On));
+        m.metadata.namespace = Some("lab".to_owned());
+        m.metadata.uid = Some("uid-1".to_owned());
+        m
+    }
+
+    fn operation(id: &str) -> Operation {
+        let started = Timestamp::UNIX_EPOCH;
+        Operation {
+            kind: OperationKind::PowerOff,
+            id: id.to_owned(),
+            started,
+            deadline: started + SignedDuration::from_mins(5),
+            completed: None,
+        }
+    }
+
+    fn context<'a>(m: &'a Machine, op: &'a Operation, name: &'a str) -> OpContext<'a> {
+        OpContext {
+            machine: m,
+            direction: Direction::Off,
+            op,
+            resource_name: name,
+            now: op.started,
+        }
+    }
+
+    fn pod_spec(job: &Job) -> &PodSpec {
+        job.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .unwrap_or_else(|| panic!("job without pod spec"))
+    }
+
+    #[test]
+    fn long_names_fit_a_label_and_stay_distinct() {
+        let a = job_name(&format!("{}-off-1", "a".repeat(70)));
+        let b = job_name(&format!("{}-off-2", "a".repeat(70)));
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        assert_eq!(job_name("m1-on-1"), "m1-on-1");
+    }
+
+    #[test]
+    fn a_power_off_job_is_owned_labelled_and_kept_off_its_target() -> Result<(), PowerError> {
+        let m = machine("m1");
+        let op = operation("off-2");
+        let spec = MinimalPodSpec {
+            image: "example/poweroff:1".to_owned(),
+            ..MinimalPodSpec::default()
+        };
+        let job = build_job(
+            &context(&m, &op, "m1-off-2"),
+            JobKind::Custom(&spec),
+            Some("node-m1"),
+        )?;
+        assert_eq!(job.metadata.name.as_deref(), Some("m1-off-2"));
+        let owner = &job.metadata.owner_references.as_deref().unwrap_or_default()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Node", "uid-1"));
+        assert_eq!(
+            job.labels().get(OPERATION_LABEL).map(String::as_str),
+            Some("off-2")
+        );
+        let affinity = serde_json::to_string(&pod_spec(&job).affinity).unwrap_or_default();
+        assert!(
+            affinity.contains("NotIn") && affinity.contains("node-m1"),
+            "{affinity}"
+        );
+        let deadline = job.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+        assert_eq!(deadline, Some(300));
+        Ok(())
+    }
+
+    #[test]
+    fn a_node_agent_runs_privileged_on_its_own_node_only() -> Result<(), PowerError> {
+        let m = machine("m1");
+        let op = operation("off-1");
+        let agent = NodeAgent::default();
+        let job = build_job(
+            &context(&m, &op, "m1-off-1"),
+            JobKind::NodeAgent(&agent),
+            Some("node-m1"),
+        )?;
+        let pod = pod_spec(&job);
+        assert_eq!(pod.node_name.as_deref(), Some("node-m1"));
+        assert_eq!(pod.host_pid, Some(true));
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.security_context.as_ref().and_then(|s| s.privileged),
+            Some(true)
+        );
+        let cmd = c.command.clone().unwrap_or_default();
+        assert_eq!(&cmd[..2], ["nsenter", "-t"]);
+        assert_eq!(&cmd[cmd.len() - 2..], ["systemctl", "poweroff"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_node_agent_without_a_node_name_is_a_config_error() {
+        let m = machine("m1");
+        let op = operation("off-1");
+        let agent = NodeAgent::default();
+        let err = build_job(
+            &context(&m, &op, "m1-off-1"),
+            JobKind::NodeAgent(&agent),
+            None,
+        );
+        assert!(matches!(err, Err(PowerError::Config(msg)) if msg.contains("kubernetesNodeName")));
+    }
+}

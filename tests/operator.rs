@@ -1,0 +1,424 @@
+//! The operator's controllers against a real control plane (etcd + kube-apiserver from
+//! tests/k8s-bins), with the harness world playing the kubelets and the Job controller: machines
+//! really move through their lifecycle, driven by power Jobs.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt as _};
+use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::controller::{self, Settings};
+use kubectl_homelab::operator::machine::{Phase, Policy, PowerState};
+use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
+use kubectl_homelab::operator::provider::kube::{KubeSource, Scope};
+use serde_json::json;
+use support::world::{JobOutcome, job_finished};
+use support::{Background, ControlPlane, FakeNode, World};
+
+const SYNC: Duration = Duration::from_secs(30);
+/// How long a test waits for the operator to reach a state (it normally takes a second or two).
+const WAIT: Duration = Duration::from_secs(45);
+
+/// A Node CR, built like a homelab owner writes one.
+struct MachineSpec {
+    name: String,
+    group: String,
+    power: &'static str,
+    node_name: Option<String>,
+    boot_timeout: Option<&'static str>,
+    node_agent_off: bool,
+}
+
+impl MachineSpec {
+    fn new(name: &str) -> Self {
+        MachineSpec {
+            name: name.to_owned(),
+            group: "g".to_owned(),
+            power: "off",
+            node_name: None,
+            boot_timeout: None,
+            node_agent_off: false,
+        }
+    }
+
+    fn on(mut self) -> Self {
+        self.power = "on";
+        self
+    }
+
+    fn node_name(mut self, n: &str) -> Self {
+        self.node_name = Some(n.to_owned());
+        self
+    }
+
+    fn boot_timeout(mut self, t: &'static str) -> Self {
+        self.boot_timeout = Some(t);
+        self
+    }
+
+    fn node_agent_off(mut self) -> Self {
+        self.node_agent_off = true;
+        self
+    }
+
+    fn build(&self) -> anyhow::Result<Machine> {
+        let job = json!({ "image": "example.org/power:1", "command": ["/power"] });
+        let off = if self.node_agent_off {
+            json!({ "nodeAgent": {} })
+        } else {
+            json!({ "job": job })
+        };
+        let mut spec = json!({
+            "powerState": self.power,
+            "power": { "on": { "job": job }, "off": off },
+            "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" },
+            "labels": { "homelab.example/disk": "ssd" },
+        });
+        if let Some(n) = &self.node_name {
+            spec["kubernetesNodeName"] = json!(n);
+        }
+        if let Some(t) = self.boot_timeout {
+            spec["bootTimeout"] = json!(t);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "infra.homecluster.dev/v1alpha1",
+            "kind": "Node",
+            "metadata": { "name": self.name, "labels": { "group": self.group } },
+            "spec": spec,
+        }))
+        .context("building a Node CR")
+    }
+}
+
+/// A namespace with Group `g`, an operator running on it, and the world playing kubelets.
+struct Lab {
+    ns: String,
+    client: Client,
+    world: World,
+    _operator: Background,
+}
+
+/// Short timings so a test takes seconds: retries after 1 s, 2 s; three attempts.
+fn fast_settings() -> Settings {
+    Settings {
+        drain_timeout: Duration::from_secs(6),
+        poll_interval: Duration::from_millis(500),
+        concurrency: 4,
+        policy: Policy {
+            backoff_base: jiff::SignedDuration::from_secs(1),
+            backoff_cap: jiff::SignedDuration::from_secs(2),
+            max_attempts: 3,
+            not_ready_grace: jiff::SignedDuration::from_secs(3),
+            ..Policy::default()
+        },
+    }
+}
+
+impl Lab {
+    async fn start(cp: &ControlPlane, prefix: &str) -> anyhow::Result<Lab> {
+        // The operator's log in the test output (shown when a test fails).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("kubectl_homelab=debug")
+            .with_test_writer()
+            .try_init();
+        let ns = cp.namespace(prefix).await?;
+        let client = cp.client()?;
+        let group: Group = serde_json::from_value(json!({
+            "apiVersion": "infra.homecluster.dev/v1alpha1",
+            "kind": "Group",
+            "metadata": { "name": "g" },
+            "spec": { "minSize": 0, "maxSize": 3 },
+        }))?;
+        Api::<Group>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &group)
+            .await
+            .context("creating Group g")?;
+        let operator = start_operator(client.clone(), &ns).await?;
+        Ok(Lab {
+            world: World::new(client.clone()),
+            ns,
+            client,
+            _operator: operator,
+        })
+    }
+
+    fn machines(&self) -> Api<Machine> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn create(&self, m: MachineSpec) -> anyhow::Result<Machine> {
+        self.machines()
+            .create(&PostParams::default(), &m.build()?)
+            .await
+            .with_context(|| format!("creating Node CR {}", m.name))
+    }
+
+    async fn set_power(&self, name: &str, p: &str) -> anyhow::Result<()> {
+        let patch = json!({ "spec": { "powerState": p } });
+        self.machines()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("setting {name} {p}"))?;
+        Ok(())
+    }
+
+    /// Waits until `check` holds for the Node CR `name`; on timeout shows what it looked like.
+    async fn wait_machine(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Machine) -> bool,
+    ) -> anyhow::Result<Machine> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let m = self.machines().get(name).await?;
+            if check(&m) {
+                return Ok(m);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{name}: waited {WAIT:?} for {what}; status: {}",
+                    serde_json::to_string_pretty(&m.status).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn wait_phase(&self, name: &str, phase: Phase) -> anyhow::Result<Machine> {
+        self.wait_machine(name, &format!("phase {phase}"), |m| {
+            m.lifecycle().phase() == phase
+        })
+        .await
+    }
+
+    async fn jobs(&self, machine: &str) -> anyhow::Result<Vec<Job>> {
+        let api: Api<Job> = Api::namespaced(self.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(&format!("{MACHINE_LABEL}={machine}"));
+        Ok(api.list(&lp).await?.items)
+    }
+
+    /// Waits for the machine's unfinished power Job in `direction` and returns it.
+    async fn wait_job(&self, machine: &str, direction: &str) -> anyhow::Result<Job> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let jobs = self.jobs(machine).await?;
+            if let Some(j) = jobs.into_iter().find(|j| {
+                j.labels().get(DIRECTION_LABEL).map(String::as_str) == Some(direction)
+                    && !job_finished(j)
+                    && j.metadata.deletion_timestamp.is_none()
+            }) {
+                return Ok(j);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{machine}: no power-{direction} Job after {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn node(&self, name: &str) -> anyhow::Result<Option<Node>> {
+        Ok(Api::<Node>::all(self.client.clone()).get_opt(name).await?)
+    }
+}
+
+/// The controllers of `run-operator`, in-process, scoped to `ns`.
+async fn start_operator(client: Client, ns: &str) -> anyhow::Result<Background> {
+    let source = Arc::new(KubeSource::start(client, Scope::Namespace(ns.to_owned())));
+    source.wait_until_ready(SYNC).await?;
+    Ok(Background::from(tokio::spawn(controller::run(
+        source,
+        fast_settings(),
+        None,
+        std::future::pending(),
+    ))))
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app": "web" },
+                      "ownerReferences": [] },
+        "spec": { "containers": [{ "name": "c", "image": "example.org/web:1" }] },
+    }))
+    .unwrap_or_default()
+}
+
+/// Off → on: the power-on Job runs, the machine registers (with an empty providerID, as kubeadm
+/// leaves it), becomes Ready; the operator sets the providerID and snapshots the node. Then off:
+/// cordon, power-off Job placed away from the machine, node goes down, Node object deleted.
+#[tokio::test]
+async fn a_machine_powers_on_and_off_through_jobs() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-cycle").await?;
+    let node = cp.unique_name("cycle");
+    lab.create(MachineSpec::new("m1").node_name(&node)).await?;
+    lab.wait_phase("m1", Phase::Off).await?;
+
+    lab.set_power("m1", "on").await?;
+    let on_job = lab.wait_job("m1", "on").await?;
+    lab.world.complete_job(&lab.ns, &on_job.name_any()).await?;
+    lab.wait_phase("m1", Phase::Booting).await?;
+    lab.world
+        .node_up(&FakeNode::new(&node).capacity("4", "8Gi"))
+        .await?;
+    let m = lab.wait_phase("m1", Phase::Ready).await?;
+    let expected_id = format!("homelab://{}/m1", lab.ns);
+    let registered = lab.node(&node).await?.context("node gone")?;
+    assert_eq!(
+        registered.spec.and_then(|s| s.provider_id).as_deref(),
+        Some(expected_id.as_str()),
+        "the operator sets the providerID the kubelet left empty"
+    );
+    let status = m.status.context("no status")?;
+    assert_eq!(status.power_state, Some(PowerState::On));
+    assert_eq!(status.recent_boot_seconds.len(), 1);
+    assert!(status.node.is_some_and(|n| n.capacity.contains_key("cpu")));
+
+    lab.set_power("m1", "off").await?;
+    let off_job = lab.wait_job("m1", "off").await?;
+    let cordoned = lab.node(&node).await?.context("node gone")?;
+    assert_eq!(
+        cordoned.spec.as_ref().and_then(|s| s.unschedulable),
+        Some(true)
+    );
+    let affinity = serde_json::to_string(
+        &off_job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.affinity.as_ref()),
+    )?;
+    assert!(
+        affinity.contains(&node),
+        "power-off Job avoids its target: {affinity}"
+    );
+    lab.world.complete_job(&lab.ns, &off_job.name_any()).await?;
+    lab.world.node_ready(&node, false).await?;
+    let m = lab.wait_phase("m1", Phase::Off).await?;
+    assert_eq!(m.status.and_then(|s| s.power_state), Some(PowerState::Off));
+    lab.wait_machine("m1", "its Node object deleted", |_| true)
+        .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while lab.node(&node).await?.is_some() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("Node {node} still exists after a confirmed power-off");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lab.jobs("m1").await?.len(), 2, "one Job per power action");
+    Ok(())
+}
+
+/// A power-on Job that keeps failing is retried with backoff, then the machine stays Failed with
+/// the Job's reason.
+#[tokio::test]
+async fn a_failing_power_job_backs_off_then_fails_with_its_reason() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-jobfail").await?;
+    lab.create(MachineSpec::new("m1").on()).await?;
+    let _runner = lab.world.spawn_job_runner(
+        &lab.ns,
+        Duration::from_millis(100),
+        |_| JobOutcome::Fail("relay unreachable".into()),
+        |_, _| async { Ok(()) },
+    );
+    let m = lab
+        .wait_machine("m1", "Failed after its last attempt", |m| {
+            let lc = m.lifecycle();
+            lc.phase() == Phase::Failed && lc.next_retry_time.is_none()
+        })
+        .await?;
+    let lc = m.lifecycle();
+    assert!(
+        lc.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("relay unreachable")),
+        "{:?}",
+        lc.last_error
+    );
+    assert_eq!(lc.attempt, 3);
+    let jobs = lab.jobs("m1").await?;
+    assert_eq!(jobs.len(), 3, "one Job per attempt, kept for their logs");
+    Ok(())
+}
+
+/// A power-on that succeeds but whose machine never registers fails at the boot deadline.
+#[tokio::test]
+async fn a_machine_that_never_boots_fails_at_its_boot_deadline() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-noboot").await?;
+    lab.create(MachineSpec::new("m1").on().boot_timeout("3s"))
+        .await?;
+    let job = lab.wait_job("m1", "on").await?;
+    lab.world.complete_job(&lab.ns, &job.name_any()).await?;
+    let m = lab.wait_phase("m1", Phase::Failed).await?;
+    let err = m.lifecycle().last_error.unwrap_or_default();
+    assert!(err.contains("no Ready Node"), "{err}");
+    Ok(())
+}
+
+/// A manual power-off of a machine whose pod a PodDisruptionBudget protects: the operator evicts
+/// through the Eviction API, the PDB refuses, and after the drain timeout the power-off is refused
+/// with the reason; the machine stays on.
+#[tokio::test]
+async fn a_pdb_that_forbids_eviction_keeps_the_machine_on() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-pdb").await?;
+    let node = cp.unique_name("pdb");
+    let id = format!("homelab://{}/m1", lab.ns);
+    lab.world
+        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+        .await?;
+    lab.create(MachineSpec::new("m1").on().node_name(&node))
+        .await?;
+    lab.wait_phase("m1", Phase::Ready).await?;
+    lab.world
+        .create_bound_pod(&lab.ns, pod("web-0"), &node)
+        .await?;
+    lab.world.run_pods(&node).await?;
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": { "name": "web" },
+        "spec": { "maxUnavailable": 0, "selector": { "matchLabels": { "app": "web" } } },
+    }))?;
+    Api::<PodDisruptionBudget>::namespaced(lab.client.clone(), &lab.ns)
+        .create(&PostParams::default(), &pdb)
+        .await?;
+
+    lab.set_power("m1", "off").await?;
+    let m = lab
+        .wait_machine("m1", "the drain given up", |m| {
+            m.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Draining" && c.reason == "DrainTimedOut")
+            })
+        })
+        .await?;
+    assert_eq!(m.lifecycle().phase(), Phase::Ready, "the machine stays on");
+    assert!(lab.jobs("m1").await?.is_empty(), "no power-off Job");
+    let pods = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns);
+    assert!(
+        pods.get_opt("web-0").await?.is_some(),
+        "the protected pod still runs"
+    );
+    Ok(())
+}
