@@ -939,7 +939,10 @@ async fn gpu_label_and_types_come_from_configuration() {
         .await)
     .gpu_types;
     assert_eq!(
-        types.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        types
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
         ["MI50".to_string(), "W7900".to_string()].into()
     );
     let _ = running.stop().await;

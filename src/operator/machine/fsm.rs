@@ -404,14 +404,19 @@ fn apply(
             policy,
             effects,
         ),
-        Action::StartOff { reset_attempts } => start(
-            lc,
-            OperationKind::PowerOff,
-            reset_attempts,
-            now,
-            policy,
-            effects,
-        ),
+        Action::StartOff { reset_attempts } => {
+            // A power-off someone asked for ends a NotReady episode: only a power-cycle
+            // (`PowerCycle`) keeps it, to finish powering off before powering on again.
+            lc.node_lost_since = None;
+            start(
+                lc,
+                OperationKind::PowerOff,
+                reset_attempts,
+                now,
+                policy,
+                effects,
+            )
+        }
         Action::MarkDone => {
             if let Some(op) = &mut lc.operation
                 && op.completed.is_none()

@@ -750,6 +750,23 @@ fn remediation_power_cycles_a_lost_machine_and_boots_it_again() {
             .any(|e| matches!(e, Effect::StartPowerOn { op, .. } if op == "on-2"))
     );
     assert_eq!(done.lifecycle.node_lost_since, None);
+    // A power-off someone asks for during the episode ends it: desired on again cancels that
+    // power-off as usual (only a power-cycle finishes first).
+    let asked = reconcile(
+        &noted.lifecycle,
+        &world(PowerState::Off, lost, OpStatus::Absent),
+        at(300),
+        &p,
+    );
+    assert_eq!(asked.lifecycle.phase(), Phase::PoweringOff);
+    assert_eq!(asked.lifecycle.node_lost_since, None);
+    let back = reconcile(
+        &asked.lifecycle,
+        &world(PowerState::On, lost, OpStatus::Running),
+        at(310),
+        &p,
+    );
+    assert_eq!(back.lifecycle.phase(), Phase::PoweringOn);
     // Without remediation the same episode never touches power.
     let off = reconcile(
         &noted.lifecycle,
