@@ -1455,3 +1455,42 @@ async fn rule4_mutations_answer_inside_the_deadline_when_persisting_hangs() {
     let _ = tx.send(());
     let _ = server.await;
 }
+
+/// Issue 11 items 2, 5 and 9 over the wire, on a group whose only member came up:
+/// - its Node went NotReady: still `instanceRunning`, no errorInfo (errorInfo makes CA's
+///   `deleteCreatedNodesWithErrors` in `core/static_autoscaler.go` delete it undrained);
+/// - a spare someone powered off left a NotReady Node behind: in no group;
+/// - the template comes from the running member's live Node (before: Unimplemented).
+#[tokio::test]
+async fn a_running_member_stays_running_and_shapes_the_template() {
+    let up = machine("up", "solo", PowerState::On, Phase::Ready);
+    let stale = machine("stale", "solo", PowerState::Off, Phase::Off);
+    // The stale Node shows no capacity, so the running member's is the only shape known.
+    let mut stale_node = node_for(&stale, false);
+    stale_node.capacity.clear();
+    let nodes = vec![node_for(&up, false), stale_node];
+    let inv = Inventory::build(vec![group("solo", 0, None)], vec![up, stale], nodes);
+    let source = Arc::new(MemorySource::new(inv));
+    let running = start(source, None).await;
+    let mut c = client(running.addr).await;
+    let solo = instances(&mut c, "solo").await;
+    assert_eq!(solo.len(), 1, "{solo:?}");
+    assert_eq!(solo[&pid("up")].0, InstanceState::InstanceRunning);
+    assert!(solo[&pid("up")].1.is_none());
+    assert_eq!(
+        group_for(&mut c, gnode(&pid("stale"), "stale")).await.id,
+        ""
+    );
+    assert_eq!(group_for(&mut c, gnode(&pid("up"), "up")).await.id, "solo");
+    let r = ok(c
+        .node_group_template_node_info(NodeGroupTemplateNodeInfoRequest { id: "solo".into() })
+        .await);
+    let node = k8s_pb::api::core::v1::Node::decode(r.node_bytes.as_slice())
+        .unwrap_or_else(|e| panic!("nodeBytes is not a v1.Node: {e}"));
+    let status = node.status.unwrap_or_default();
+    assert_eq!(
+        status.capacity.get("cpu").and_then(|q| q.string.as_deref()),
+        Some("4")
+    );
+    let _ = running.stop().await;
+}
