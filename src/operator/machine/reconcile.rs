@@ -184,6 +184,8 @@ pub fn next_wakeup(lc: &Lifecycle, policy: &Policy) -> Option<Timestamp> {
     match lc.phase() {
         Phase::PoweringOn | Phase::Booting | Phase::PoweringOff => deadline(lc, policy),
         Phase::Failed => lc.next_retry_time,
+        // Not while draining for a power-off: that comes first.
+        Phase::Ready if lc.goal == Some(PowerState::Off) => None,
         Phase::Ready => remediation_at(lc, policy),
         Phase::Unknown | Phase::Off => None,
     }
@@ -347,9 +349,12 @@ fn derive(
             let went_down_after_start = nr_since.is_some_and(|s| started.is_none_or(|st| s >= st));
             // A power-cycle (remediation) powers off with desired still on: finish it first.
             let power_cycle = lc.node_lost_since.is_some();
+            // The node of a machine being power-cycled was down before the power-off started:
+            // only the action's success is evidence then.
+            let went_down = went_down_after_start && !power_cycle;
             if desired == PowerState::On && !power_cycle {
                 Some(Event::DesiredOn)
-            } else if !up && (action_done || went_down_after_start) {
+            } else if !up && (action_done || went_down) {
                 Some(if absent {
                     Event::NodeGone
                 } else {

@@ -1332,12 +1332,13 @@ proptest! {
     /// chains of rows, and keeps the invariants.
     #[test]
     fn random_worlds_reconcile_within_the_table(
+        remediate in any::<bool>(),
         worlds in proptest::collection::vec(
             (any::<bool>(), 0u8..4, 0u8..4, any::<bool>(), any::<bool>(), 0i64..900, 0i64..400),
             1..60,
         )
     ) {
-        let policy = Policy::default();
+        let policy = if remediate { remediating() } else { Policy::default() };
         let mut lc = Lifecycle::default();
         let mut now = at(0);
         let mut running = Running::default();
@@ -1388,8 +1389,15 @@ proptest! {
             // does (NotReady, gone, wrong providerID): never Failed, never powered off, unless
             // the Group opted into remediation (off in this policy).
             if before.phase() == Phase::Ready && obs.desired == PowerState::On {
-                prop_assert_eq!(t.lifecycle.phase(), Phase::Ready, "{:?} -> {:?}", before, t.fired);
-                prop_assert_eq!(starts(&t.effects), 0);
+                if policy.remediate_after.is_none() {
+                    prop_assert_eq!(t.lifecycle.phase(), Phase::Ready, "{:?} -> {:?}", before, t.fired);
+                    prop_assert_eq!(starts(&t.effects), 0);
+                } else {
+                    // Remediation power-cycles: Ready, or on the way off with desired still on.
+                    let to = t.lifecycle.phase();
+                    prop_assert!(to == Phase::Ready || to == Phase::PoweringOff, "{:?} -> {:?}", before, t.fired);
+                    prop_assert!(t.lifecycle.phase() != Phase::PoweringOff || before.node_lost_since.is_some());
+                }
             }
             if let Some(w) = t.requeue_at {
                 prop_assert!(w > now || t.lifecycle.phase() == Phase::Failed && w == now || !t.changed());
