@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_pb::api::core::v1 as pb;
+use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 use prost::Message;
 
 use super::error::ProviderError;
@@ -47,11 +48,7 @@ pub fn parse_quantity(s: &str) -> Option<f64> {
         ("T", 1e12),
         ("P", 1e15),
     ];
-    let number = |n: &str| {
-        n.parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && !n.is_empty())
-    };
+    let number = |n: &str| n.parse::<f64>().ok().filter(|v| v.is_finite());
     for (suffix, factor) in BINARY.iter().chain(DECIMAL.iter()) {
         if let Some(n) = s.strip_suffix(suffix) {
             return number(n).map(|v| v * factor);
@@ -66,7 +63,7 @@ pub fn parse_quantity(s: &str) -> Option<f64> {
     number(s)
 }
 
-fn sum_into(total: &mut PodRequests, requests: &BTreeMap<String, pb_quantity::Quantity>) {
+fn sum_into(total: &mut PodRequests, requests: &BTreeMap<String, Quantity>) {
     let get = |k: &str| {
         requests
             .get(k)
@@ -76,10 +73,6 @@ fn sum_into(total: &mut PodRequests, requests: &BTreeMap<String, pb_quantity::Qu
     };
     total.cpu += get("cpu");
     total.memory += get("memory");
-}
-
-mod pb_quantity {
-    pub use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 }
 
 impl PodRequests {
