@@ -55,7 +55,7 @@ pub const DEFAULT_OVERLAY_TTL: Duration = Duration::from_secs(60);
 /// Bound on waiting for other mutations of the same group. Separate from the persist budget,
 /// so a queue of callers cannot eat the time a write needs; the two stay inside CA's default
 /// 5 s call deadline.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Bound on a persist (the kube source bounds its own writes below it, at 2.5 s).
 pub const DEFAULT_PERSIST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The node label CA reads GPU models from unless configured otherwise (NVIDIA's GPU feature
