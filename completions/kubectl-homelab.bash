@@ -442,7 +442,7 @@ _kubectl__homelab() {
             return 0
             ;;
         kubectl__subcmd__homelab__subcmd__serve__subcmd__grpc)
-            opts="-n -A -h -V --listen --advertise-address --kubeconfig --context --namespace --all-namespaces --tls-cert --tls-key --client-ca --api-timeout --sync-timeout --print-cloud-config --cloud-config-tls-dir --log --help --version"
+            opts="-n -A -h -V --listen --advertise-address --kubeconfig --context --namespace --all-namespaces --tls-cert --tls-key --client-ca --api-timeout --sync-timeout --gpu-label --gpu-type --print-cloud-config --cloud-config-tls-dir --log --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -489,6 +489,14 @@ _kubectl__homelab() {
                     return 0
                     ;;
                 --sync-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --gpu-label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --gpu-type)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -75,6 +75,18 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
     ] {
         out.push(("Group", field, cel::DURATION_RULE, cel::DURATION_MESSAGE));
     }
+    out.push((
+        "Group",
+        "powerOnFailureCooldown",
+        cel::DURATION_RULE,
+        cel::DURATION_MESSAGE,
+    ));
+    out.push((
+        "Group",
+        "remediation.powerCycleAfter",
+        cel::POSITIVE_DURATION_RULE,
+        cel::POSITIVE_DURATION_MESSAGE,
+    ));
     out.push(("Group", "", cel::MIN_LE_MAX_RULE, cel::MIN_LE_MAX_MESSAGE));
     let node = [
         ("", cel::ON_NOT_BOTH_RULE, cel::ON_NOT_BOTH_MESSAGE),
@@ -675,6 +687,21 @@ fn rules_accept_valid_values() {
         let typed: Group = serde_json::from_value(g).expect("typed");
         assert!(typed.autoscaling_options().is_ok(), "{field}={value}");
     }
+    // Issue 11 items 0 and 2: the cool-down and the opt-in remediation.
+    let mut g = base_group.clone();
+    g["spec"]["powerOnFailureCooldown"] = "45m".into();
+    g["spec"]["remediation"] = serde_json::json!({"powerCycleAfter": "15m"});
+    assert_eq!(cel_errors(&g), Vec::<String>::new());
+    assert_eq!(schema_errors(&g), Vec::<String>::new());
+    let typed: Group = serde_json::from_value(g).expect("typed");
+    assert_eq!(
+        typed.power_on_failure_cooldown().ok().flatten(),
+        Some(jiff::SignedDuration::from_mins(45))
+    );
+    assert_eq!(
+        typed.remediate_after().ok().flatten(),
+        Some(jiff::SignedDuration::from_mins(15))
+    );
     let mut g = base_group.clone();
     g["spec"]["minSize"] = 2.into();
     g["spec"]["maxSize"] = 2.into();

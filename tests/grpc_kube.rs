@@ -12,7 +12,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubectl_homelab::operator::api::{Group, Machine};
 use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::provider::kube::{KubeSource, Scope, WriteError};
-use kubectl_homelab::operator::provider::{InventorySource as _, MachineKey, PowerChange};
+use kubectl_homelab::operator::provider::{
+    InventorySource as _, MachineKey, POWER_ON_FAILED_ANNOTATION, PowerChange,
+};
 use serde_json::json;
 use support::{ControlPlane, FakeNode, World};
 
@@ -98,6 +100,16 @@ async fn desired(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<
         .await
         .with_context(|| format!("reading Node CR {ns}/{name}"))?;
     Ok(m.spec.power_state)
+}
+
+async fn failed_at(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<Option<String>> {
+    let m = Api::<Machine>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .with_context(|| format!("reading Node CR {ns}/{name}"))?;
+    Ok(m.metadata
+        .annotations
+        .and_then(|a| a.get(POWER_ON_FAILED_ANNOTATION).cloned()))
 }
 
 /// Waits until the source's objects satisfy `f` (watch events take a moment).
@@ -186,6 +198,12 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
             .count()
     };
     assert_eq!(mine(&all.objects()), 7, "3 + the extra one here, 3 there");
+    // Issue 11 item 10: across namespaces every id is `<namespace>/<name>`, from the start, so
+    // the second namespace's Group `g` renamed nothing (CA keys backoff and requests by id).
+    let ids: Vec<String> = all.snapshot().group_ids().map(str::to_owned).collect();
+    assert!(ids.contains(&format!("{}/g", fx.ns)), "{ids:?}");
+    assert!(ids.contains(&format!("{}/g", other.ns)), "{ids:?}");
+    assert_eq!(source.snapshot().group_ids().collect::<Vec<_>>(), vec!["g"]);
     Ok(())
 }
 
@@ -197,6 +215,7 @@ fn change(ns: &str, name: &str, desired: PowerState) -> PowerChange {
         },
         desired,
         at: jiff::Timestamp::UNIX_EPOCH,
+        power_on_failed: false,
     }
 }
 
@@ -509,6 +528,36 @@ async fn exercise(
     })
     .await?;
     assert_eq!(desired(admin, &fx.ns, &fx.names[0]).await?, PowerState::Off);
+    assert_eq!(target(c, "g").await?, 1);
+    assert_eq!(
+        failed_at(admin, &fx.ns, &fx.names[0]).await?,
+        None,
+        "a scale-down is no failure"
+    );
+
+    // DeleteNodes of the machine that never registered (CA gave up on it): its failed power-on
+    // is recorded in the same write, and the next IncreaseSize picks another machine (issue 11
+    // item 0; CA's clusterstate.go keeps the old "unregistered since" of a re-listed id).
+    let pending = on[0].clone();
+    let pending_id = format!("homelab://{}/{pending}", fx.ns);
+    c.node_group_delete_nodes(proto::NodeGroupDeleteNodesRequest {
+        nodes: vec![grpc_node(&pending_id, &pending_id)],
+        id: "g".into(),
+    })
+    .await?;
+    assert_eq!(desired(admin, &fx.ns, &pending).await?, PowerState::Off);
+    let at = failed_at(admin, &fx.ns, &pending).await?;
+    assert!(
+        at.as_deref()
+            .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
+        "{at:?}"
+    );
+    c.node_group_increase_size(proto::NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: "g".into(),
+    })
+    .await?;
+    assert_eq!(desired(admin, &fx.ns, &pending).await?, PowerState::Off);
     assert_eq!(target(c, "g").await?, 1);
 
     // Unknown group: NotFound. Bad delta: InvalidArgument.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::operator::provider::kube::{KubeSource, Scope};
-use crate::operator::provider::{TlsOptions, serve};
+use crate::operator::provider::service::DEFAULT_GPU_LABEL;
+use crate::operator::provider::{GpuConfig, Provider, ProviderOptions, TlsOptions, serve_provider};
 use anyhow::Context as _;
 
 /// Default port: what the Helm chart's Service and the printed cloud-config use.
@@ -67,6 +68,16 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub sync_timeout: Duration,
 
+    /// Node label whose value names a machine's GPU model: the Cluster Autoscaler's GPULabel.
+    /// CA asks once and keeps the answer for its lifetime.
+    #[arg(long, value_name = "LABEL", default_value = DEFAULT_GPU_LABEL)]
+    pub gpu_label: String,
+
+    /// A GPU model (a value of --gpu-label) for the Cluster Autoscaler's GetAvailableGPUTypes;
+    /// repeat for several. CA asks once and keeps the answer for its lifetime.
+    #[arg(long = "gpu-type", value_name = "TYPE")]
+    pub gpu_types: Vec<String>,
+
     /// Print the Cluster Autoscaler cloud-config YAML for this server and exit.
     #[arg(long)]
     pub print_cloud_config: bool,
@@ -86,6 +97,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|e| format!("`{s}` is not a duration like `3s` or `2m`: {e}"))?;
     Duration::try_from(d).map_err(|_| format!("`{s}` must not be negative"))
+}
+
+/// The provider's configuration from the flags (budgets stay at their defaults).
+pub fn provider_options(args: &Args) -> ProviderOptions {
+    ProviderOptions {
+        gpu: GpuConfig {
+            label: args.gpu_label.clone(),
+            types: args.gpu_types.iter().cloned().collect(),
+        },
+        ..ProviderOptions::default()
+    }
 }
 
 /// The address the Cluster Autoscaler should dial.
@@ -264,7 +286,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         %scope,
         "caches synced; serving"
     );
-    serve(listener, source, tls, shutdown_signal())
+    let provider = Provider::with_options(source, provider_options(&args));
+    serve_provider(listener, provider, tls, shutdown_signal())
         .await
         .context("the gRPC server failed")?;
     tracing::info!("stopped");
@@ -403,6 +426,28 @@ mod tests {
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();
         assert!(err.contains("--tls-cert") && err.contains("c.pem"), "{err}");
+    }
+
+    /// CA caches GPULabel and GetAvailableGPUTypes for its lifetime
+    /// (`cloudprovider/externalgrpc/externalgrpc_cloud_provider.go`), so they come from flags.
+    #[test]
+    fn gpu_answers_come_from_flags() {
+        let o = provider_options(&parse(&[]));
+        assert_eq!(o.gpu.label, "nvidia.com/gpu.product");
+        assert!(o.gpu.types.is_empty());
+        let o = provider_options(&parse(&[
+            "--gpu-label",
+            "amd.com/gpu.product-name",
+            "--gpu-type",
+            "MI50",
+            "--gpu-type",
+            "W7900",
+        ]));
+        assert_eq!(o.gpu.label, "amd.com/gpu.product-name");
+        assert_eq!(
+            o.gpu.types.into_iter().collect::<Vec<_>>(),
+            vec!["MI50".to_owned(), "W7900".to_owned()]
+        );
     }
 
     #[test]

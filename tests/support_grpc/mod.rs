@@ -8,8 +8,8 @@ use kubectl_homelab::operator::machine::{Lifecycle, Phase, PowerState};
 use kubectl_homelab::operator::provider::inventory::default_provider_id;
 use kubectl_homelab::operator::provider::proto::cloud_provider_client::CloudProviderClient;
 use kubectl_homelab::operator::provider::{
-    GroupOptions, GroupView, InventorySource, MachineView, NodeView, PowerOnOrder, ServeError,
-    TemplateHints, TlsOptions, serve,
+    GroupOptions, GroupView, InventorySource, MachineView, NodeView, PowerOnOrder, Provider,
+    ServeError, TemplateHints, TlsOptions, serve, serve_provider,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,6 +27,7 @@ pub fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         power_on_order: PowerOnOrder::Name,
         options: GroupOptions::default(),
         template: TemplateHints::default(),
+        power_on_failure_cooldown: None,
     }
 }
 
@@ -116,6 +117,25 @@ pub async fn start<S: InventorySource>(source: Arc<S>, tls: Option<TlsOptions>) 
         .unwrap_or_else(|e| panic!("local_addr: {e}"));
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(serve(listener, source, tls, async move {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        shutdown: Some(tx),
+        handle,
+    }
+}
+
+/// Serves an already built provider (custom options) on 127.0.0.1, plaintext.
+pub async fn start_with<S: InventorySource>(provider: Provider<S>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("local_addr: {e}"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(serve_provider(listener, provider, None, async move {
         let _ = rx.await;
     }));
     Running {

@@ -11,8 +11,11 @@ pub const CONDITION_POWER_FAILED: &str = "PowerFailed";
 pub const CONDITION_INVALID_SPEC: &str = "InvalidSpec";
 /// The registered Node's providerID and `kubernetesNodeName` disagree.
 pub const CONDITION_IDENTITY_MISMATCH: &str = "IdentityMismatch";
-/// Group: sets CA options, which on CA >= 1.35 zero `MaxNodeStartupTime` (upstream #10245).
+/// Group: sets CA options, which make CA <= 1.36 use a `MaxNodeStartupTime` of 0 (its
+/// externalgrpc client copies only fields 1-10 of the answer).
 pub const CONDITION_OPTIONS_WARNING: &str = "AutoscalingOptionsWarning";
+/// Group: no capacity is known for a new node, so CA cannot scale it up from zero.
+pub const CONDITION_NO_TEMPLATE: &str = "ScaleFromZeroUnavailable";
 
 pub const STATUS_TRUE: &str = "True";
 pub const STATUS_FALSE: &str = "False";

@@ -94,6 +94,32 @@ pub struct GroupSpec {
     /// seen yet; overrides the members' hints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<NodeTemplate>,
+    /// How long a machine whose power-on failed is skipped by scale-up, e.g. `"30m"` (default:
+    /// twice `maxNodeProvisionTime`, else twice the Cluster Autoscaler's default of 15m). The
+    /// machine keeps its instance id, which CA may still hold as long-unregistered: picking it
+    /// again at once makes CA delete it again at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": DURATION_RULE, "message": DURATION_MESSAGE}
+    ]))]
+    pub power_on_failure_cooldown: Option<String>,
+    /// What to do about a running member whose Node stays NotReady or disappears (default:
+    /// nothing; the Cluster Autoscaler's `--scale-down-unready-time` decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<Remediation>,
+}
+
+/// Opt-in remediation of members whose Node is lost while they run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Remediation {
+    /// Power-cycle (power off through the driver, then on again) a member whose Node has been
+    /// NotReady past the grace period, or gone, for this long, e.g. `"15m"`. Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
+    ]))]
+    pub power_cycle_after: Option<String>,
 }
 
 /// Which powered-off machine is powered on first.
@@ -213,6 +239,40 @@ impl GroupSpec {
         self.power_on_order.unwrap_or_default()
     }
 
+    /// `spec.powerOnFailureCooldown`; `None` when unset (the provider's default applies).
+    pub fn power_on_failure_cooldown(
+        &self,
+        field_prefix: &str,
+    ) -> Result<Option<SignedDuration>, FieldError> {
+        self.power_on_failure_cooldown
+            .as_deref()
+            .map(|v| parse_duration(&format!("{field_prefix}spec.powerOnFailureCooldown"), v))
+            .transpose()
+    }
+
+    /// `spec.remediation.powerCycleAfter` (the FSM's `Policy::remediate_after`); `None`: off.
+    pub fn remediate_after(
+        &self,
+        field_prefix: &str,
+    ) -> Result<Option<SignedDuration>, FieldError> {
+        let field = format!("{field_prefix}spec.remediation.powerCycleAfter");
+        let Some(v) = self
+            .remediation
+            .as_ref()
+            .and_then(|r| r.power_cycle_after.as_deref())
+        else {
+            return Ok(None);
+        };
+        let d = parse_duration(&field, v)?;
+        if d.is_zero() {
+            return Err(FieldError::Invalid {
+                field,
+                problem: "must be longer than 0s; leave it out to turn remediation off".to_owned(),
+            });
+        }
+        Ok(Some(d))
+    }
+
     /// Bounds given the current number of members: `min` defaults to 0, `max` to the member
     /// count and is capped at it (there are no more machines to power on); `min` is capped at
     /// `max`. Use [`GroupSpec::check_size_bounds`] to report a `minSize` that cannot be met.
@@ -250,6 +310,12 @@ impl GroupSpec {
     pub fn validate(&self, field_prefix: &str) -> Vec<FieldError> {
         let mut errors = Vec::new();
         if let Err(e) = self.autoscaling_options(field_prefix) {
+            errors.push(e);
+        }
+        if let Err(e) = self.power_on_failure_cooldown(field_prefix) {
+            errors.push(e);
+        }
+        if let Err(e) = self.remediate_after(field_prefix) {
             errors.push(e);
         }
         if let (Some(min), Some(max)) = (self.min_size, self.max_size)
@@ -328,6 +394,19 @@ impl Group {
 
     pub fn size_bounds(&self, members: usize) -> SizeBounds {
         self.spec.size_bounds(members)
+    }
+
+    /// [`GroupSpec::power_on_failure_cooldown`] with errors naming this Group.
+    pub fn power_on_failure_cooldown(&self) -> Result<Option<SignedDuration>, FieldError> {
+        self.spec
+            .power_on_failure_cooldown(&format!("{} ", self.object_ref()))
+    }
+
+    /// [`GroupSpec::remediate_after`] with errors naming this Group: the operator builds each
+    /// member's FSM `Policy::remediate_after` from it.
+    pub fn remediate_after(&self) -> Result<Option<SignedDuration>, FieldError> {
+        self.spec
+            .remediate_after(&format!("{} ", self.object_ref()))
     }
 
     /// Whether `machine` is a member: same namespace and labelled `group=<this group's name>`.

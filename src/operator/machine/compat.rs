@@ -75,7 +75,8 @@ pub enum InstanceState {
 }
 
 /// One machine as an instance for CA: `None` for an idle powered-off spare (never listed).
-/// `error` is set for a Failed machine (CA then backs the group off).
+/// `error` is set while a power-on attempt has failed (CA then backs the group off and deletes
+/// the instance); a machine that came up is Running whatever its Node does since.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InstanceView<'a> {
     pub state: InstanceState,
@@ -85,8 +86,9 @@ pub struct InstanceView<'a> {
 /// The instance CA should see for a machine with lifecycle `lc` and desired state `desired`.
 pub fn instance_view(lc: &Lifecycle, desired: PowerState) -> Option<InstanceView<'_>> {
     let phase = lc.phase();
-    let error = (phase == Phase::Failed)
-        .then(|| lc.last_error.as_deref().unwrap_or("power operation failed"));
+    let error =
+        (desired == PowerState::On && phase == Phase::Failed && lc.goal != Some(PowerState::Off))
+            .then(|| lc.last_error.as_deref().unwrap_or("power-on failed"));
     let state = match (desired, phase) {
         (PowerState::On, Phase::Ready) => InstanceState::Running,
         (PowerState::On, _) => InstanceState::Creating,

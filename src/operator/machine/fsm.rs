@@ -21,6 +21,9 @@ pub struct Policy {
     pub max_attempts: u32,
     /// How long a Ready machine's node may be NotReady before it counts as lost (default 3m).
     pub not_ready_grace: SignedDuration,
+    /// Remediation (a Group's opt-in `remediation.powerCycleAfter`): power-cycle a Ready
+    /// machine whose node has been lost this long. `None` (the default): never touch power.
+    pub remediate_after: Option<SignedDuration>,
 }
 
 impl Default for Policy {
@@ -32,6 +35,7 @@ impl Default for Policy {
             backoff_cap: SignedDuration::from_mins(10),
             max_attempts: 5,
             not_ready_grace: SignedDuration::from_mins(3),
+            remediate_after: None,
         }
     }
 }
@@ -230,7 +234,13 @@ pub(crate) fn holds(
         Cond::RetryTimeReached => lc.next_retry_time.is_some_and(|t| now >= t),
         Cond::ActionDone => action_done(lc),
         Cond::ActionPending => !action_done(lc),
+        Cond::RemediationTimeReached => remediation_at(lc, policy).is_some_and(|t| now >= t),
     }
+}
+
+/// When a recorded NotReady episode becomes due for a power-cycle (remediation on only).
+pub fn remediation_at(lc: &Lifecycle, policy: &Policy) -> Option<Timestamp> {
+    Some(add(lc.node_lost_since?, policy.remediate_after?))
 }
 
 /// No power action is still running (none in flight, or it reported success).
@@ -288,6 +298,7 @@ fn came_up(lc: &mut Lifecycle) {
 }
 
 fn reached_goal(lc: &mut Lifecycle) {
+    lc.node_lost_since = None;
     lc.operation = None;
     lc.attempt = 0;
     lc.last_error = None;
@@ -393,14 +404,19 @@ fn apply(
             policy,
             effects,
         ),
-        Action::StartOff { reset_attempts } => start(
-            lc,
-            OperationKind::PowerOff,
-            reset_attempts,
-            now,
-            policy,
-            effects,
-        ),
+        Action::StartOff { reset_attempts } => {
+            // A power-off someone asked for ends a NotReady episode: only a power-cycle
+            // (`PowerCycle`) keeps it, to finish powering off before powering on again.
+            lc.node_lost_since = None;
+            start(
+                lc,
+                OperationKind::PowerOff,
+                reset_attempts,
+                now,
+                policy,
+                effects,
+            )
+        }
         Action::MarkDone => {
             if let Some(op) = &mut lc.operation
                 && op.completed.is_none()
@@ -518,6 +534,56 @@ fn apply(
                 "desired on again: uncordoned".to_owned(),
             );
         }
+        Action::NoteLost => {
+            lc.node_lost_since = Some(now);
+            let (reason, what) = match event {
+                Event::NodeGone => ("NodeGone", "the Node object disappeared".to_owned()),
+                _ => (
+                    "NodeNotReady",
+                    format!(
+                        "the Node has been NotReady for longer than the {:#} grace period",
+                        policy.not_ready_grace
+                    ),
+                ),
+            };
+            let then = match policy.remediate_after {
+                Some(d) => format!("it is power-cycled if still lost after {d:#}"),
+                None => "power is left alone (the Cluster Autoscaler's --scale-down-unready-time \
+                         decides; set the Group's remediation.powerCycleAfter to power-cycle)"
+                    .to_owned(),
+            };
+            emit(
+                effects,
+                reason,
+                true,
+                format!("{what} while the machine was Ready; {then}"),
+            );
+        }
+        Action::Recovered => {
+            if let Some(since) = lc.node_lost_since.take() {
+                emit(
+                    effects,
+                    "NodeRecovered",
+                    false,
+                    format!("Node Ready again after {:#}", now.duration_since(since)),
+                );
+            }
+        }
+        Action::PowerCycle => {
+            let lost = lc
+                .node_lost_since
+                .map(|s| format!("{:#}", now.duration_since(s)))
+                .unwrap_or_default();
+            emit(
+                effects,
+                "RemediationPowerCycle",
+                true,
+                format!(
+                    "Node lost for {lost}: power-cycling (power off, then on again; desired power stays on)"
+                ),
+            );
+            start(lc, OperationKind::PowerOff, true, now, policy, effects);
+        }
     }
     set_phase(lc, row.to, now);
 }
@@ -573,17 +639,6 @@ fn fail(
                 format!("Node still Ready {took:#} after the power-off (operation {op_id})"),
             )
         }
-        Event::ReadyLost => (
-            "NodeLost",
-            format!(
-                "Node NotReady for longer than the {:#} grace period",
-                policy.not_ready_grace
-            ),
-        ),
-        Event::NodeGone => (
-            "NodeLost",
-            "the Node object disappeared while the machine was Ready".to_owned(),
-        ),
         other => ("Failed", format!("{} failed", other.kind())),
     };
     let power_on_failed = match event {

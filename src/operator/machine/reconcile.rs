@@ -3,7 +3,7 @@
 //! this; tests and event-driven callers may call `step` directly.
 use jiff::Timestamp;
 
-use super::fsm::{Effect, Policy, Rejected, add, deadline, step_mut};
+use super::fsm::{Effect, Policy, Rejected, add, deadline, remediation_at, step_mut};
 use super::table::{Event, EventKind, Row};
 use super::types::{Lifecycle, Phase, PowerState};
 
@@ -184,7 +184,10 @@ pub fn next_wakeup(lc: &Lifecycle, policy: &Policy) -> Option<Timestamp> {
     match lc.phase() {
         Phase::PoweringOn | Phase::Booting | Phase::PoweringOff => deadline(lc, policy),
         Phase::Failed => lc.next_retry_time,
-        Phase::Unknown | Phase::Off | Phase::Ready => None,
+        // Not while draining for a power-off: that comes first.
+        Phase::Ready if lc.goal == Some(PowerState::Off) => None,
+        Phase::Ready => remediation_at(lc, policy),
+        Phase::Unknown | Phase::Off => None,
     }
 }
 
@@ -197,7 +200,8 @@ fn requeue_at(
 ) -> Option<Timestamp> {
     let base = next_wakeup(lc, policy);
     let waits_for_grace = match lc.phase() {
-        Phase::Unknown | Phase::Ready => true,
+        Phase::Unknown => true,
+        Phase::Ready => lc.node_lost_since.is_none(),
         Phase::Failed => lc.goal == Some(PowerState::Off),
         _ => false,
     };
@@ -321,6 +325,14 @@ fn derive(
                 })
             } else if goal_differs {
                 Some(Event::DesiredOn)
+            } else if up {
+                // Ends a recorded NotReady episode; nothing to do otherwise.
+                lc.node_lost_since.is_some().then_some(Event::NodeReady)
+            } else if lc.node_lost_since.is_some() {
+                // The episode is recorded (one Event); only remediation acts on it.
+                remediation_at(lc, policy)
+                    .is_some_and(|t| now >= t)
+                    .then_some(Event::RemediationDue)
             } else if absent {
                 Some(Event::NodeGone)
             } else if long_not_ready {
@@ -335,9 +347,14 @@ fn derive(
             // Off evidence: the node stopped being Ready after we asked, or the action is
             // done and the node is not Ready.
             let went_down_after_start = nr_since.is_some_and(|s| started.is_none_or(|st| s >= st));
-            if desired == PowerState::On {
+            // A power-cycle (remediation) powers off with desired still on: finish it first.
+            let power_cycle = lc.node_lost_since.is_some();
+            // The node of a machine being power-cycled was down before the power-off started:
+            // only the action's success is evidence then.
+            let went_down = went_down_after_start && !power_cycle;
+            if desired == PowerState::On && !power_cycle {
                 Some(Event::DesiredOn)
-            } else if !up && (action_done || went_down_after_start) {
+            } else if !up && (action_done || went_down) {
                 Some(if absent {
                     Event::NodeGone
                 } else {

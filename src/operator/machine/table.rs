@@ -39,6 +39,9 @@ pub enum Event {
     ReadyLost,
     /// A person asked to try again (`kubectl homelab power on|off` on a Failed machine).
     ManualRetry,
+    /// A Ready machine's node has been lost (NotReady or gone) for `Policy::remediate_after`
+    /// and the group opted into remediation: power-cycle it.
+    RemediationDue,
 }
 
 /// [`Event`] without its data: the column of the transition table.
@@ -58,10 +61,11 @@ pub enum EventKind {
     FoundOn,
     ReadyLost,
     ManualRetry,
+    RemediationDue,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::DesiredOn,
         EventKind::DesiredOff,
         EventKind::ActionSucceeded,
@@ -76,6 +80,7 @@ impl EventKind {
         EventKind::FoundOn,
         EventKind::ReadyLost,
         EventKind::ManualRetry,
+        EventKind::RemediationDue,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +99,7 @@ impl EventKind {
             EventKind::FoundOn => "FoundOn",
             EventKind::ReadyLost => "ReadyLost",
             EventKind::ManualRetry => "ManualRetry",
+            EventKind::RemediationDue => "RemediationDue",
         }
     }
 }
@@ -121,6 +127,7 @@ impl Event {
             Event::FoundOn => EventKind::FoundOn,
             Event::ReadyLost => EventKind::ReadyLost,
             Event::ManualRetry => EventKind::ManualRetry,
+            Event::RemediationDue => EventKind::RemediationDue,
         }
     }
 }
@@ -152,6 +159,8 @@ pub enum Cond {
     ActionDone,
     /// The operation's power action has not reported success yet.
     ActionPending,
+    /// Remediation is on and the node has been lost for `Policy::remediate_after`.
+    RemediationTimeReached,
 }
 
 impl Cond {
@@ -169,6 +178,7 @@ impl Cond {
             Cond::RetryTimeReached => "retry time reached",
             Cond::ActionDone => "action done",
             Cond::ActionPending => "action pending",
+            Cond::RemediationTimeReached => "remediation on and due",
         }
     }
 }
@@ -202,6 +212,13 @@ pub(crate) enum Action {
     Drain,
     /// Desired on again while draining: uncordon.
     UndoDrain,
+    /// A Ready machine's node is NotReady past the grace period or gone: record the episode
+    /// once (`nodeLostSince`, warning Event); power and CA's view stay as they are.
+    NoteLost,
+    /// The node is Ready: end a NotReady episode if one was recorded.
+    Recovered,
+    /// Remediation: power off with the desired state still on, so Off powers it on again.
+    PowerCycle,
 }
 
 /// One row of the transition table.
@@ -323,12 +340,13 @@ pub static TABLE: &[Row] = &[
     row(P::Ready, E::DesiredOn, &[GoalNotOff], P::Ready, Action::RecordGoal, "none"),
     row(P::Ready, E::DesiredOff, &[NoPods], P::PoweringOff, START_OFF_FRESH, "Cordon, StartPowerOff(off-<n>), Event"),
     row(P::Ready, E::DesiredOff, &[PodsPresent], P::Ready, Action::Drain, "Cordon, Drain (evict, honouring PDBs); power-off waits for no pods"),
-    row(P::Ready, E::NodeReady, &[], P::Ready, Action::Nothing, "none"),
+    row(P::Ready, E::NodeReady, &[], P::Ready, Action::Recovered, "clear nodeLostSince, Event NodeRecovered (only after a NotReady episode)"),
     row(P::Ready, E::NodeNotReady, &[], P::Ready, Action::Nothing, "none: grace period running (a blip is not a power-off)"),
-    row(P::Ready, E::ReadyLost, &[AttemptsLeft], P::Failed, Action::Fail, FAIL_RETRY),
-    row(P::Ready, E::ReadyLost, &[AttemptsExhausted], P::Failed, Action::Fail, FAIL_GIVE_UP),
-    row(P::Ready, E::NodeGone, &[AttemptsLeft], P::Failed, Action::Fail, FAIL_RETRY),
-    row(P::Ready, E::NodeGone, &[AttemptsExhausted], P::Failed, Action::Fail, FAIL_GIVE_UP),
+    // A registered machine that goes NotReady or loses its Node is not a failed power-on: it
+    // stays Ready (CA sees it Running; its --scale-down-unready-time decides), power untouched.
+    row(P::Ready, E::ReadyLost, &[], P::Ready, Action::NoteLost, "nodeLostSince, warning Event NodeNotReady; power untouched"),
+    row(P::Ready, E::NodeGone, &[], P::Ready, Action::NoteLost, "nodeLostSince, warning Event NodeGone; power untouched"),
+    row(P::Ready, E::RemediationDue, &[RemediationTimeReached], P::PoweringOff, Action::PowerCycle, "power-cycle: Cordon, StartPowerOff(off-<n>), warning Event; desired stays on, so Off powers it on again"),
     // PoweringOff: cordoned, action issued, waiting for evidence (Node NotReady or gone).
     row(P::PoweringOff, E::DesiredOn, &[], P::PoweringOn, START_ON_FRESH, "CancelOperation(off-<n>) if running, StartPowerOn(on-<n+1>), Event"),
     row(P::PoweringOff, E::DesiredOff, &[], P::PoweringOff, Action::RecordGoal, "none"),

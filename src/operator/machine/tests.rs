@@ -46,23 +46,34 @@ fn candidates(phase: Phase) -> Vec<Lifecycle> {
     for goal in [None, Some(PowerState::On), Some(PowerState::Off)] {
         for attempt in [0, Policy::default().max_attempts - 1] {
             for retry in [None, Some(t0())] {
-                for o in &ops {
-                    v.push(Lifecycle {
-                        phase: Some(phase),
-                        phase_since: Some(t0()),
-                        attempt,
-                        operation: o.clone(),
-                        last_error: None,
-                        next_retry_time: retry,
-                        goal,
-                        operation_seq: 1,
-                        last_power_on_failure: None,
-                    });
+                for lost in [None, Some(t0())] {
+                    for o in &ops {
+                        v.push(Lifecycle {
+                            phase: Some(phase),
+                            phase_since: Some(t0()),
+                            attempt,
+                            operation: o.clone(),
+                            last_error: None,
+                            next_retry_time: retry,
+                            goal,
+                            operation_seq: 1,
+                            last_power_on_failure: None,
+                            node_lost_since: lost,
+                        });
+                    }
                 }
             }
         }
     }
     v
+}
+
+/// Remediation on (power-cycle after 1m lost), so its row can fire in the table tests.
+fn remediating() -> Policy {
+    Policy {
+        remediate_after: Some(secs(60)),
+        ..Policy::default()
+    }
 }
 
 fn events(kind: EventKind) -> Vec<Event> {
@@ -95,6 +106,7 @@ fn events(kind: EventKind) -> Vec<Event> {
         EventKind::FoundOn => vec![Event::FoundOn],
         EventKind::ReadyLost => vec![Event::ReadyLost],
         EventKind::ManualRetry => vec![Event::ManualRetry],
+        EventKind::RemediationDue => vec![Event::RemediationDue],
     }
 }
 
@@ -116,7 +128,7 @@ fn rows_of_a_pair_are_contiguous_and_phases_and_events_complete() {
         );
     }
     assert_eq!(Phase::ALL.len(), 7);
-    assert_eq!(EventKind::ALL.len(), 14);
+    assert_eq!(EventKind::ALL.len(), 15);
     for (i, k) in EventKind::ALL.iter().enumerate() {
         assert_eq!(*k as usize, i);
     }
@@ -127,7 +139,7 @@ fn rows_of_a_pair_are_contiguous_and_phases_and_events_complete() {
 
 #[test]
 fn guards_of_a_pair_never_overlap() {
-    let policy = Policy::default();
+    let policy = remediating();
     for phase in Phase::ALL {
         for kind in EventKind::ALL {
             let rows = rows_for(phase, kind);
@@ -150,7 +162,7 @@ fn guards_of_a_pair_never_overlap() {
 /// without rows is rejected as not in the table.
 #[test]
 fn every_row_fires_and_every_other_pair_is_rejected() {
-    let policy = Policy::default();
+    let policy = remediating();
     let mut hit = vec![0usize; TABLE.len()];
     for phase in Phase::ALL {
         for kind in EventKind::ALL {
@@ -165,7 +177,7 @@ fn every_row_fires_and_every_other_pair_is_rejected() {
                                 assert_eq!(s.row.event, kind);
                                 assert_eq!(s.lifecycle.phase(), s.row.to, "{:?}", s.row);
                                 hit[s.row.index()] += 1;
-                                check_row_effects(&lc, &s);
+                                check_row_effects(&lc, &s, now);
                             }
                             Err(Rejected::NotInTable { phase: p, event: e }) => {
                                 assert!(!in_table, "{phase} {kind} is in the table");
@@ -200,7 +212,7 @@ fn every_row_fires_and_every_other_pair_is_rejected() {
 }
 
 /// The effects a row's action promises (its `effects` text) are the ones `step` emits.
-fn check_row_effects(before: &Lifecycle, s: &Step) {
+fn check_row_effects(before: &Lifecycle, s: &Step, now: Timestamp) {
     use super::table::Action;
     let has = |f: &dyn Fn(&Effect) -> bool| s.effects.iter().any(f);
     let running = before
@@ -315,12 +327,46 @@ fn check_row_effects(before: &Lifecycle, s: &Step) {
             assert!(has(&|e| *e == Effect::Uncordon));
             assert_eq!(lc.goal, Some(PowerState::On));
         }
+        Action::NoteLost => {
+            // Recorded with one warning Event; power, attempts and errors untouched.
+            assert_eq!(lc.node_lost_since, Some(now));
+            assert_eq!(s.effects.len(), 1, "{:?}", s.effects);
+            assert!(has(&|e| matches!(
+                e,
+                Effect::Emit(KubeEvent { warning: true, .. })
+            )));
+            assert_eq!(
+                (&lc.operation, lc.attempt, &lc.last_error),
+                (&before.operation, before.attempt, &before.last_error)
+            );
+        }
+        Action::Recovered => {
+            assert_eq!(lc.node_lost_since, None);
+            let recovered = has(&|e| {
+                matches!(
+                    e,
+                    Effect::Emit(KubeEvent {
+                        reason: "NodeRecovered",
+                        ..
+                    })
+                )
+            });
+            assert_eq!(recovered, before.node_lost_since.is_some());
+            assert_eq!(s.effects.len(), usize::from(recovered));
+        }
+        Action::PowerCycle => {
+            assert!(has(&|e| *e == Effect::Cordon));
+            assert!(has(&|e| matches!(e, Effect::StartPowerOff { .. })));
+            // Still marked lost: the power-off finishes before the desired on acts again.
+            assert!(lc.node_lost_since.is_some());
+            assert_eq!(lc.attempt, 0);
+        }
     }
     assert_eq!(
         starts(&s.effects) > 0,
         matches!(
             row.action,
-            Action::StartOn { .. } | Action::StartOff { .. } | Action::Reissue
+            Action::StartOn { .. } | Action::StartOff { .. } | Action::Reissue | Action::PowerCycle
         ) && !(row.action == Action::Reissue && before.operation.is_none())
     );
 }
@@ -496,7 +542,10 @@ fn unknown_with_not_ready_node_waits_for_the_grace_period() {
     assert_eq!(t.lifecycle.phase(), Phase::PoweringOn);
 }
 
-/// PITFALLS 5: a NotReady blip shorter than the grace period is not a power-off.
+/// PITFALLS 5: a NotReady blip shorter than the grace period is not a power-off. Past the
+/// grace period the machine is not a failed power-on either (issue 11 item 2): it stays Ready
+/// (the provider keeps it `Running` for CA, whose `--scale-down-unready-time` decides), one
+/// warning Event records the episode, and power is left alone.
 #[test]
 fn ready_not_ready_blip_is_not_a_power_off() {
     let p = Policy::default();
@@ -527,27 +576,205 @@ fn ready_not_ready_blip_is_not_a_power_off() {
         &p,
     );
     assert!(t.fired.is_empty());
-    // Longer than the grace: a fault, retried as a power-on later, never a power-off.
+    // Longer than the grace: recorded once, still Ready, no power action, no error.
     let t = reconcile(
         &lc,
         &world(PowerState::On, blip, OpStatus::Absent),
         at(280),
         &p,
     );
-    assert_eq!(t.lifecycle.phase(), Phase::Failed);
-    assert!(
-        t.lifecycle
-            .last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("grace")
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    assert_eq!(t.lifecycle.node_lost_since, Some(at(280)));
+    assert_eq!(t.lifecycle.last_error, None);
+    assert_eq!(starts(&t.effects), 0);
+    let warnings: Vec<&str> = t
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Emit(KubeEvent {
+                reason,
+                warning: true,
+                ..
+            }) => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings, vec!["NodeNotReady"]);
+    assert_eq!(
+        instance_view(&t.lifecycle, PowerState::On).map(|v| v.state),
+        Some(InstanceState::Running)
     );
+    // Later reconciles of the same episode do nothing (no Event storm) and wait for no timer.
+    let later = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, blip, OpStatus::Absent),
+        at(5000),
+        &p,
+    );
+    assert!(later.fired.is_empty() && later.effects.is_empty());
+    assert_eq!(later.requeue_at, None);
+    // Ready again: the episode ends with one Event.
+    let back = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(5010),
+        &p,
+    );
+    assert_eq!(back.lifecycle.phase(), Phase::Ready);
+    assert_eq!(back.lifecycle.node_lost_since, None);
+    assert!(back.effects.iter().any(|e| matches!(
+        e,
+        Effect::Emit(KubeEvent {
+            reason: "NodeRecovered",
+            warning: false,
+            ..
+        })
+    )));
+}
+
+/// A Ready machine whose Node object vanishes is not a failed power-on either: recorded,
+/// still Ready, power untouched.
+#[test]
+fn ready_machine_whose_node_vanishes_stays_ready() {
+    let p = Policy::default();
+    let lc = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, NodeObs::Absent, OpStatus::Absent),
+        at(10),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    assert_eq!(t.lifecycle.node_lost_since, Some(at(10)));
+    assert_eq!(starts(&t.effects), 0);
+    assert!(t.effects.iter().any(|e| matches!(
+        e,
+        Effect::Emit(KubeEvent {
+            reason: "NodeGone",
+            warning: true,
+            ..
+        })
+    )));
+    assert!(!t.effects.contains(&Effect::DeleteNode));
+}
+
+/// Remediation (opt-in per Group): after `remediate_after` of a recorded episode the machine is
+/// power-cycled: powered off with desired still on, then the Off --DesiredOn--> PoweringOn row
+/// boots it again.
+#[test]
+fn remediation_power_cycles_a_lost_machine_and_boots_it_again() {
+    let p = Policy {
+        remediate_after: Some(SignedDuration::from_mins(10)),
+        ..Policy::default()
+    };
+    let ready = reconcile(
+        &Lifecycle::default(),
+        &world(PowerState::On, READY, OpStatus::Absent),
+        at(0),
+        &p,
+    )
+    .lifecycle;
+    let lost = NodeObs::Registered {
+        ready: false,
+        provider_id_matches: true,
+        not_ready_since: Some(at(100)),
+    };
+    let noted = reconcile(
+        &ready,
+        &world(PowerState::On, lost, OpStatus::Absent),
+        at(280),
+        &p,
+    );
+    assert_eq!(noted.lifecycle.phase(), Phase::Ready);
+    // Waits for the remediation time, not longer.
+    assert_eq!(noted.requeue_at, Some(at(880)));
+    let early = reconcile(
+        &noted.lifecycle,
+        &world(PowerState::On, lost, OpStatus::Absent),
+        at(879),
+        &p,
+    );
+    assert!(early.fired.is_empty());
+    let cycle = reconcile(
+        &noted.lifecycle,
+        &world(PowerState::On, lost, OpStatus::Absent),
+        at(880),
+        &p,
+    );
+    assert_eq!(cycle.lifecycle.phase(), Phase::PoweringOff);
     assert!(
-        !t.effects
+        cycle
+            .effects
             .iter()
-            .any(|e| matches!(e, Effect::StartPowerOff { .. } | Effect::DeleteNode))
+            .any(|e| matches!(e, Effect::StartPowerOff { op, .. } if op == "off-1"))
     );
-    assert_eq!(t.lifecycle.next_retry_time, Some(at(310)));
+    assert!(cycle.effects.iter().any(|e| matches!(
+        e,
+        Effect::Emit(KubeEvent {
+            reason: "RemediationPowerCycle",
+            warning: true,
+            ..
+        })
+    )));
+    // Desired is still on: the power-off is not cancelled while it runs.
+    let running = reconcile(
+        &cycle.lifecycle,
+        &world(PowerState::On, lost, OpStatus::Running),
+        at(890),
+        &p,
+    );
+    assert!(running.fired.is_empty(), "{:?}", running.fired);
+    // Power-off done: Off, then powered on again in the same reconcile.
+    let done = reconcile(
+        &cycle.lifecycle,
+        &world(PowerState::On, lost, OpStatus::Succeeded),
+        at(900),
+        &p,
+    );
+    let path: Vec<Phase> = done.fired.iter().map(|r| r.to).collect();
+    assert_eq!(
+        path,
+        vec![Phase::PoweringOff, Phase::Off, Phase::PoweringOn],
+        "{:?}",
+        done.fired
+    );
+    assert!(
+        done.effects
+            .iter()
+            .any(|e| matches!(e, Effect::StartPowerOn { op, .. } if op == "on-2"))
+    );
+    assert_eq!(done.lifecycle.node_lost_since, None);
+    // A power-off someone asks for during the episode ends it: desired on again cancels that
+    // power-off as usual (only a power-cycle finishes first).
+    let asked = reconcile(
+        &noted.lifecycle,
+        &world(PowerState::Off, lost, OpStatus::Absent),
+        at(300),
+        &p,
+    );
+    assert_eq!(asked.lifecycle.phase(), Phase::PoweringOff);
+    assert_eq!(asked.lifecycle.node_lost_since, None);
+    let back = reconcile(
+        &asked.lifecycle,
+        &world(PowerState::On, lost, OpStatus::Running),
+        at(310),
+        &p,
+    );
+    assert_eq!(back.lifecycle.phase(), Phase::PoweringOn);
+    // Without remediation the same episode never touches power.
+    let off = reconcile(
+        &noted.lifecycle,
+        &world(PowerState::On, lost, OpStatus::Absent),
+        at(100_000),
+        &Policy::default(),
+    );
+    assert!(off.fired.is_empty() && off.effects.is_empty());
 }
 
 /// PITFALLS 2: a power-on Job that succeeded without the node becoming Ready is a boot
@@ -955,6 +1182,11 @@ fn graph_renderings_list_every_row() {
     assert!(
         m.contains("PoweringOn --> Failed: BootDeadlinePassed [deadline passed, attempts left]")
     );
+    // Issue 11 item 2: a Ready machine never fails; remediation is the only way off Ready
+    // without a desired change.
+    assert!(!m.contains("Ready --> Failed"), "{m}");
+    assert!(m.contains("Ready --> Ready: ReadyLost"));
+    assert!(m.contains("Ready --> PoweringOff: RemediationDue [remediation on and due]"));
 }
 
 #[test]
@@ -1004,6 +1236,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         Just(Event::FoundOn),
         Just(Event::ReadyLost),
         Just(Event::ManualRetry),
+        Just(Event::RemediationDue),
     ]
 }
 
@@ -1099,12 +1332,13 @@ proptest! {
     /// chains of rows, and keeps the invariants.
     #[test]
     fn random_worlds_reconcile_within_the_table(
+        remediate in any::<bool>(),
         worlds in proptest::collection::vec(
             (any::<bool>(), 0u8..4, 0u8..4, any::<bool>(), any::<bool>(), 0i64..900, 0i64..400),
             1..60,
         )
     ) {
-        let policy = Policy::default();
+        let policy = if remediate { remediating() } else { Policy::default() };
         let mut lc = Lifecycle::default();
         let mut now = at(0);
         let mut running = Running::default();
@@ -1151,6 +1385,20 @@ proptest! {
                 running.0.retain(|id| *id != o.id);
             }
             check_invariants(&before, &t.lifecycle, &policy, &running);
+            // Issue 11 item 2: while wanted on, a Ready machine stays Ready whatever its Node
+            // does (NotReady, gone, wrong providerID): never Failed, never powered off, unless
+            // the Group opted into remediation (off in this policy).
+            if before.phase() == Phase::Ready && obs.desired == PowerState::On {
+                if policy.remediate_after.is_none() {
+                    prop_assert_eq!(t.lifecycle.phase(), Phase::Ready, "{:?} -> {:?}", before, t.fired);
+                    prop_assert_eq!(starts(&t.effects), 0);
+                } else {
+                    // Remediation power-cycles: Ready, or on the way off with desired still on.
+                    let to = t.lifecycle.phase();
+                    prop_assert!(to == Phase::Ready || to == Phase::PoweringOff, "{:?} -> {:?}", before, t.fired);
+                    prop_assert!(t.lifecycle.phase() != Phase::PoweringOff || before.node_lost_since.is_some());
+                }
+            }
             if let Some(w) = t.requeue_at {
                 prop_assert!(w > now || t.lifecycle.phase() == Phase::Failed && w == now || !t.changed());
             }
@@ -1409,6 +1657,6 @@ fn power_off_and_node_lost_failures_are_not_power_on_failures() {
         at(3600),
         &p,
     );
-    assert_eq!(t.lifecycle.phase(), Phase::Failed);
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
     assert_eq!(t.lifecycle.last_power_on_failure, None);
 }

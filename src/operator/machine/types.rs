@@ -133,6 +133,13 @@ pub struct Lifecycle {
     /// changes, so the provider can prefer other machines over one that just failed to boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_power_on_failure: Option<Timestamp>,
+    /// Since when a Ready machine's Node has been NotReady past the grace period or gone: the
+    /// current NotReady episode, recorded once (one warning Event) and cleared when the Node is
+    /// Ready again or the machine is off. The machine stays Ready for CA meanwhile (CA's
+    /// `--scale-down-unready-time` decides); with remediation on it is power-cycled after
+    /// `Policy::remediate_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_lost_since: Option<Timestamp>,
 }
 
 fn is_zero_u64(n: &u64) -> bool {

@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::{Node, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::inventory::{
-    GroupOptions, GroupView, Inventory, MachineView, NodeView, TaintView, TemplateHints,
+    GroupIds, GroupOptions, GroupView, Inventory, MachineView, NodeView,
+    POWER_ON_FAILED_ANNOTATION, TaintView, TemplateHints,
 };
 use crate::operator::api::{Group, Machine};
 
@@ -57,6 +58,8 @@ pub fn group_view(g: &Group, members: usize) -> GroupView {
         power_on_order: g.spec.power_on_order(),
         options,
         template,
+        // Unparsable (CEL rejects it at admission): the default applies.
+        power_on_failure_cooldown: g.power_on_failure_cooldown().ok().flatten(),
     }
 }
 
@@ -77,9 +80,17 @@ pub fn machine_view(m: &Machine) -> MachineView {
     };
     v.taints_to_remove = taints(&m.spec.taints_to_remove);
     v.hourly_rate = m.hourly_rate().ok().flatten();
+    v.pod_rate = m.pod_rate().ok().flatten();
     v.scale_down_disabled = m.scale_down_disabled();
+    v.power_on_failed_at = m
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(POWER_ON_FAILED_ANNOTATION))
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     if let Some(s) = &m.status {
         v.last_power_on = s.last_startup_time;
+        v.last_power_off = s.last_shutdown_time;
         v.boot_durations = s
             .recent_boot_seconds
             .iter()
@@ -122,8 +133,23 @@ pub fn declared_node(m: &MachineView) -> NodeView {
 }
 
 impl Inventory {
-    /// Builds the inventory from the objects a reflector store holds (`Arc<T>` or `&T`).
+    /// [`Inventory::from_objects_with_ids`] with ids = Group names.
     pub fn from_objects<G, M, N>(groups: &[G], machines: &[M], nodes: &[N]) -> Inventory
+    where
+        G: Deref<Target = Group>,
+        M: Deref<Target = Machine>,
+        N: Deref<Target = Node>,
+    {
+        Inventory::from_objects_with_ids(GroupIds::Name, groups, machines, nodes)
+    }
+
+    /// Builds the inventory from the objects a reflector store holds (`Arc<T>` or `&T`).
+    pub fn from_objects_with_ids<G, M, N>(
+        ids: GroupIds,
+        groups: &[G],
+        machines: &[M],
+        nodes: &[N],
+    ) -> Inventory
     where
         G: Deref<Target = Group>,
         M: Deref<Target = Machine>,
@@ -146,7 +172,8 @@ impl Inventory {
                 group_view(g, members.get(&key).copied().unwrap_or(0))
             })
             .collect();
-        Inventory::build(
+        Inventory::build_with_ids(
+            ids,
             groups,
             machines.iter().map(|m| machine_view(m)).collect(),
             nodes.iter().map(|n| NodeView::from_k8s(n)).collect(),

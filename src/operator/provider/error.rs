@@ -33,12 +33,14 @@ pub enum ProviderError {
         max: u32,
     },
     #[error(
-        "node group {group:?}: {wanted} machine(s) requested but only {available} powered-off machine(s) can be powered on"
+        "node group {group:?}: {wanted} machine(s) requested but only {available} powered-off machine(s) can be powered on{held_back}"
     )]
     NotEnoughMachines {
         group: String,
         wanted: u32,
         available: u32,
+        /// `; held back after a failed power-on: ...` or empty.
+        held_back: String,
     },
     #[error(
         "node group {group:?}: node {node:?} is not a member (it belongs to {actual}); nothing was changed"
@@ -70,16 +72,6 @@ pub enum ProviderError {
         delta: i32,
         registered: u32,
     },
-    #[error(
-        "node group {group:?}: target {target} + {delta} would be below minSize {min} (and is not the {registered} registered node(s) CA resizes to)"
-    )]
-    DecreaseBelowMin {
-        group: String,
-        target: u32,
-        delta: i32,
-        min: u32,
-        registered: u32,
-    },
     #[error("node {node:?} is not managed by any node group")]
     NodeNotManaged { node: String },
     #[error("price window for node {node:?} ends before it starts ({start} .. {end})")]
@@ -90,6 +82,8 @@ pub enum ProviderError {
     },
     #[error("request is missing field {field:?}")]
     MissingField { field: &'static str },
+    #[error("pod_bytes is not a protobuf-encoded k8s.io.api.core.v1.Pod: {message}")]
+    BadPod { message: String },
     #[error(
         "node group {group:?}: no template node: no member was ever seen as a node and neither the Node CRs (spec.capacity) nor the Group (spec.template) declare capacity"
     )]
@@ -111,12 +105,12 @@ impl ProviderError {
             | DeltaNotNegative { .. }
             | NodeNotInGroup { .. }
             | InvalidWindow { .. }
-            | MissingField { .. } => ErrorKind::InvalidArgument,
+            | MissingField { .. }
+            | BadPod { .. } => ErrorKind::InvalidArgument,
             AboveMax { .. }
             | BelowMin { .. }
             | ScaleDownDisabled { .. }
-            | BelowRegistered { .. }
-            | DecreaseBelowMin { .. } => ErrorKind::FailedPrecondition,
+            | BelowRegistered { .. } => ErrorKind::FailedPrecondition,
             NotEnoughMachines { .. } => ErrorKind::ResourceExhausted,
             Persist { .. } | NotReady { .. } => ErrorKind::Unavailable,
             NoTemplate { .. } | Unimplemented { .. } => ErrorKind::Unimplemented,

@@ -136,6 +136,31 @@ pub struct GroupView {
     pub options: GroupOptions,
     /// Template overrides for scale-from-zero.
     pub template: TemplateHints,
+    /// How long a machine whose power-on failed is not picked by `IncreaseSize`
+    /// (`spec.powerOnFailureCooldown`); `None`: [`GroupView::failure_cooldown`]'s default.
+    pub power_on_failure_cooldown: Option<SignedDuration>,
+}
+
+/// CA's default `--max-node-provision-time`.
+pub const CA_DEFAULT_MAX_NODE_PROVISION: SignedDuration = SignedDuration::from_mins(15);
+
+/// How long CA may still list an instance after we stopped listing it: its node-instances cache
+/// serves entries up to 5 minutes old (`CloudProviderNodeInstancesCacheEntryFreshnessThreshold`
+/// in CA's `clusterstate/utils/node_instances_cache.go`).
+pub const CA_INSTANCE_CACHE_FRESHNESS: SignedDuration = SignedDuration::from_mins(5);
+
+impl GroupView {
+    /// The cool-down after a failed power-on: the Group's setting, else twice the group's
+    /// `maxNodeProvisionTime`, else twice CA's default of 15m.
+    pub fn failure_cooldown(&self) -> SignedDuration {
+        self.power_on_failure_cooldown.unwrap_or_else(|| {
+            let provision = self
+                .options
+                .max_node_provision
+                .unwrap_or(CA_DEFAULT_MAX_NODE_PROVISION);
+            provision.checked_mul(2).unwrap_or(SignedDuration::MAX)
+        })
+    }
 }
 
 /// Identifies a machine (a Node CR).
@@ -177,7 +202,19 @@ pub struct MachineView {
     pub boot_durations: Vec<SignedDuration>,
     /// When it was last asked to be on; orders `DecreaseTargetSize` (newest first).
     pub power_on_requested: Option<Timestamp>,
+    /// When CA gave up on its last power-on (the [`POWER_ON_FAILED_ANNOTATION`] the provider
+    /// writes with `spec.powerState: off` in `DeleteNodes` of a never-registered machine).
+    pub power_on_failed_at: Option<Timestamp>,
+    /// Last confirmed power-off (status `lastShutdownTime`).
+    pub last_power_off: Option<Timestamp>,
+    /// `spec.pricing.podRate`: price of one pod-hour on this machine.
+    pub pod_rate: Option<f64>,
 }
+
+/// Annotation on a Node CR: when the Cluster Autoscaler last gave up on the machine's power-on
+/// (RFC 3339). Written by the provider in the same patch as `spec.powerState: off`, so the
+/// provider never writes status; the newer of it and `status.lastPowerOnFailure` counts.
+pub const POWER_ON_FAILED_ANNOTATION: &str = "infra.homecluster.dev/power-on-failed-at";
 
 impl MachineView {
     /// A machine with defaults: desired off, no history, providerID `homelab://<ns>/<name>`.
@@ -200,7 +237,20 @@ impl MachineView {
             last_power_on: None,
             boot_durations: Vec::new(),
             power_on_requested: None,
+            power_on_failed_at: None,
+            last_power_off: None,
+            pod_rate: None,
         }
+    }
+
+    /// When its last power-on failed, if that failure still counts: the newer of the FSM's
+    /// `lastPowerOnFailure` (cleared once the machine comes up) and CA's verdict recorded by
+    /// `DeleteNodes` (counted only when newer than the last time the machine was up).
+    pub fn last_power_on_failure(&self) -> Option<Timestamp> {
+        let ca = self
+            .power_on_failed_at
+            .filter(|f| self.last_power_on.is_none_or(|up| *f > up));
+        self.lifecycle.last_power_on_failure.max(ca)
     }
 
     pub fn wanted_on(&self) -> bool {
@@ -286,12 +336,35 @@ pub struct Inventory {
     node_name_to_provider_id: Arc<HashMap<String, String>>,
 }
 
+/// How group ids are formed. CA keys its backoff, scale-up requests and metrics by id, so an id
+/// must never change while the group exists: the scheme depends only on the provider's scope.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GroupIds {
+    /// The Group's name: for a provider reading one namespace, where names are unique.
+    #[default]
+    Name,
+    /// `<namespace>/<name>` for every group: for a provider reading every namespace, so a
+    /// same-named Group created in another namespace never renames an existing group.
+    NamespacedName,
+}
+
 impl Inventory {
-    /// Builds the inventory. A Group's id is its name, or `<namespace>/<name>` when several
-    /// namespaces hold a Group of that name (ids must be unique for CA). Machines whose `group`
-    /// label names no Group in their namespace are kept as ungrouped (their nodes resolve to
-    /// `id: ""`). Nodes without a providerID are only reachable by name.
+    /// [`Inventory::build_with_ids`] with ids = Group names ([`GroupIds::Name`]).
     pub fn build(
+        groups: Vec<GroupView>,
+        machines: Vec<MachineView>,
+        nodes: Vec<NodeView>,
+    ) -> Inventory {
+        Inventory::build_with_ids(GroupIds::Name, groups, machines, nodes)
+    }
+
+    /// Builds the inventory. A Group's id follows `ids`; with [`GroupIds::Name`], names held by
+    /// Groups in several namespaces (a misconfiguration for that scope) are qualified as
+    /// `<namespace>/<name>` so ids stay unique for CA. Machines whose `group` label names no
+    /// Group in their namespace are kept as ungrouped (their nodes resolve to `id: ""`). Nodes
+    /// without a providerID are only reachable by name.
+    pub fn build_with_ids(
+        ids: GroupIds,
         groups: Vec<GroupView>,
         machines: Vec<MachineView>,
         nodes: Vec<NodeView>,
@@ -303,7 +376,9 @@ impl Inventory {
         let mut by_ns_name: HashMap<(String, String), String> = HashMap::new();
         let mut states: BTreeMap<String, GroupState> = BTreeMap::new();
         for mut g in groups {
-            g.id = if name_count.get(&g.name).copied().unwrap_or(0) > 1 {
+            g.id = if ids == GroupIds::NamespacedName
+                || name_count.get(&g.name).copied().unwrap_or(0) > 1
+            {
                 format!("{}/{}", g.namespace, g.name)
             } else {
                 g.name.clone()
@@ -479,6 +554,9 @@ impl Inventory {
                 if c.desired == PowerState::On {
                     m.power_on_requested = Some(c.at);
                 }
+                if c.power_on_failed {
+                    m.power_on_failed_at = Some(c.at);
+                }
             }
         }
     }
@@ -491,4 +569,7 @@ pub struct PowerChange {
     pub desired: PowerState,
     /// When it was decided (orders cancellations newest first).
     pub at: Timestamp,
+    /// The machine never registered and CA gave up on it: record its power-on as failed at
+    /// `at` ([`POWER_ON_FAILED_ANNOTATION`]), in the same write as the desired power.
+    pub power_on_failed: bool,
 }

@@ -31,7 +31,9 @@ use tokio::task::JoinHandle;
 
 use crate::operator::api::{Group, Machine};
 use crate::operator::machine::PowerState;
-use crate::operator::provider::inventory::{Inventory, PowerChange};
+use crate::operator::provider::inventory::{
+    GroupIds, Inventory, POWER_ON_FAILED_ANNOTATION, PowerChange,
+};
 use crate::operator::provider::service::{InventorySource, PersistError};
 
 /// Field manager of our `spec.powerState` writes (shows in `managedFields`).
@@ -216,6 +218,8 @@ struct Cache {
     last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
     /// Per cache (Group, Node CR, Kubernetes Node): the initial list is complete.
     synced: [Arc<AtomicBool>; 3],
+    /// Group ids: names in one namespace, `<namespace>/<name>` across all (stable either way).
+    ids: GroupIds,
 }
 
 /// Reflectors on Group CRs, Node CRs and Kubernetes Nodes, plus desired-power writes.
@@ -289,6 +293,10 @@ impl KubeSource {
             inventory: Mutex::new(None),
             last_errors,
             synced,
+            ids: match scope {
+                Scope::Namespace(_) => GroupIds::Name,
+                Scope::AllNamespaces => GroupIds::NamespacedName,
+            },
         });
         let rebuild = tokio::spawn(rebuild_on_change(cache.clone()));
         KubeSource {
@@ -469,8 +477,15 @@ impl KubeSource {
                 // Only objects built locally lack one; read the server's copy.
                 continue;
             };
+            let mut metadata = serde_json::json!({ "resourceVersion": rv });
+            if change.power_on_failed {
+                // CA gave up on this power-on: recorded in the same write as the desired power,
+                // so the two never disagree (the provider never writes status).
+                metadata["annotations"] =
+                    serde_json::json!({ POWER_ON_FAILED_ANNOTATION: change.at.to_string() });
+            }
             let patch = serde_json::json!({
-                "metadata": { "resourceVersion": rv },
+                "metadata": metadata,
                 "spec": { "powerState": to },
             });
             match api.patch(name, &params, &Patch::Merge(&patch)).await {
@@ -570,7 +585,8 @@ impl Cache {
     /// meanwhile; returns the one kept.
     fn rebuild(&self) -> Arc<Inventory> {
         let objects = self.objects();
-        let inv = Arc::new(Inventory::from_objects(
+        let inv = Arc::new(Inventory::from_objects_with_ids(
+            self.ids,
             &objects.groups,
             &objects.machines,
             &objects.nodes,

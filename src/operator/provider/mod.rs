@@ -3,6 +3,8 @@
 //! - [`inventory`]: the pure view of groups, machines and registered nodes.
 //! - [`ops`]: one pure function per contract rule, returning answers or [`ops::Decision`]s.
 //! - [`template`]: the template node (rule 8).
+//! - [`pricing`]: pod prices (rule 11).
+//! - [`warnings`]: what a Group's status should warn about (options cost, no template).
 //! - [`service`]: the tonic service over the core, generic over an [`service::InventorySource`].
 //! - [`proto`]: generated wire types, server and client.
 pub mod convert;
@@ -10,12 +12,14 @@ pub mod error;
 pub mod inventory;
 pub mod kube;
 pub mod ops;
+pub mod pricing;
 pub mod proto;
+pub mod warnings;
 
 pub use error::{ErrorKind, ProviderError};
 pub use inventory::{
-    GroupOptions, GroupView, Inventory, MachineKey, MachineView, NodeView, PowerChange,
-    PowerOnOrder, TaintView, TemplateHints,
+    GroupIds, GroupOptions, GroupView, Inventory, MachineKey, MachineView, NodeView,
+    POWER_ON_FAILED_ANNOTATION, PowerChange, PowerOnOrder, TaintView, TemplateHints,
 };
 pub use ops::{Decision, NodeRef};
 pub mod memory;
@@ -24,7 +28,8 @@ pub mod template;
 
 pub use memory::MemorySource;
 pub use service::{
-    InventorySource, PersistError, Provider, ServeError, TlsOptions, serve, serve_provider,
+    GpuConfig, InventorySource, PersistError, Provider, ProviderOptions, ServeError, TlsOptions,
+    serve, serve_provider,
 };
 
 #[cfg(test)]

@@ -4,13 +4,14 @@
 //! returns an answer or a [`Decision`] naming which machines change desired power. Nothing here
 //! performs I/O: the gRPC service persists decisions, the simulator applies them to its world.
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::error::ProviderError;
 use super::inventory::{
-    GroupState, Inventory, MachineKey, MachineRef, MachineView, PowerChange, PowerOnOrder,
+    CA_INSTANCE_CACHE_FRESHNESS, GroupState, Inventory, MachineKey, MachineRef, MachineView,
+    PowerChange, PowerOnOrder,
 };
 use crate::operator::machine::{Phase, PowerState};
 
@@ -151,10 +152,18 @@ pub fn target_size(inv: &Inventory, id: &str) -> Result<u32, ProviderError> {
 }
 
 /// Rule 2: the group of a node, by providerID then name; `None` for nodes we do not manage
-/// (CA expects `id: ""` for those).
+/// (CA expects `id: ""` for those). A registered Node of a machine wanted off (being powered
+/// off, or a stale NotReady Node of a machine someone powered off) is `None` too: CA would
+/// otherwise count it as the group's capacity, or as a group node it is still waiting for.
 pub fn node_group_for_node(inv: &Inventory, node: &NodeRef) -> Option<NodeGroupInfo> {
     match inv.resolve(&node.provider_id, &node.name)? {
-        MachineRef::InGroup { group, .. } => inv.group(&group).map(info),
+        r @ MachineRef::InGroup { .. } => {
+            let m = inv.machine(&r)?;
+            if !m.wanted_on() && inv.is_registered(m) {
+                return None;
+            }
+            inv.group(m.group.as_deref()?).map(info)
+        }
         MachineRef::Ungrouped { .. } => None,
     }
 }
@@ -184,26 +193,101 @@ pub fn power_on_order(order: PowerOnOrder, a: &MachineView, b: &MachineView) -> 
     primary.then_with(|| a.key.cmp(&b.key))
 }
 
-/// Machines `IncreaseSize` may pick, best first: members wanted off. A machine whose last
-/// power-on failed (status `lastPowerOnFailure`, cleared by the FSM once it comes up) goes after
-/// every other one whatever the `powerOnOrder`, the longest-ago failure first: otherwise CA's
-/// retry after its backoff picks the same broken machine forever while a good one stays off. It
-/// is still picked when nothing else is left.
-fn candidates(g: &GroupState) -> Vec<&MachineView> {
+/// Orders power-on candidates, best first: a machine whose last power-on failed goes after
+/// every other one whatever the `powerOnOrder` (the longest-ago failure first), otherwise CA's
+/// retry after its backoff picks the same broken machine while a good one stays off.
+fn candidate_order(g: &GroupState, a: &MachineView, b: &MachineView) -> Ordering {
+    // `None < Some`: machines without a failure first.
+    a.last_power_on_failure()
+        .cmp(&b.last_power_on_failure())
+        .then_with(|| power_on_order(g.spec.power_on_order, a, b))
+}
+
+/// Members wanted off, best first, ignoring cool-downs (what the group looks like to a price).
+fn ordered_spares(g: &GroupState) -> Vec<&MachineView> {
     let mut c: Vec<&MachineView> = g.machines.iter().filter(|m| !m.wanted_on()).collect();
-    c.sort_by(|a, b| {
-        let (fa, fb) = (
-            a.lifecycle.last_power_on_failure,
-            b.lifecycle.last_power_on_failure,
-        );
-        // `None < Some`: machines without a failure first.
-        fa.cmp(&fb)
-            .then_with(|| power_on_order(g.spec.power_on_order, a, b))
-    });
+    c.sort_by(|a, b| candidate_order(g, a, b));
     c
 }
 
+/// Why a spare machine cannot be picked now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unpickable {
+    /// Its last power-on failed less than the group's cool-down ago.
+    CoolingDown { until: Timestamp },
+    /// Its power-on failed and it is still on its way off, or went off so recently that CA may
+    /// still list it: CA would find it "unregistered since" the failed attempt and delete it
+    /// again at once (CA's `clusterstate.go` `updateUnregisteredNodes` keeps the old time while
+    /// the id stays listed).
+    StillListed,
+}
+
+/// Whether `IncreaseSize` may pick the spare `m` at `now` (issue 11 item 0: no re-pick loop).
+pub fn pickable(
+    inv: &Inventory,
+    g: &GroupState,
+    m: &MachineView,
+    now: Timestamp,
+) -> Result<(), Unpickable> {
+    let Some(failed) = m.last_power_on_failure() else {
+        return Ok(());
+    };
+    let until = add(failed, g.spec.failure_cooldown());
+    if now < until {
+        return Err(Unpickable::CoolingDown { until });
+    }
+    let down = m.is_down(inv.is_registered(m));
+    let cache_fresh = m
+        .last_power_off
+        .is_some_and(|off| now < add(off, CA_INSTANCE_CACHE_FRESHNESS));
+    if !down || cache_fresh {
+        return Err(Unpickable::StillListed);
+    }
+    Ok(())
+}
+
+fn add(t: Timestamp, d: SignedDuration) -> Timestamp {
+    t.checked_add(d).unwrap_or(Timestamp::MAX)
+}
+
+/// Machines `IncreaseSize` may pick at `now`, best first, and how many spares are held back.
+fn candidates<'a>(
+    inv: &Inventory,
+    g: &'a GroupState,
+    now: Timestamp,
+) -> (Vec<&'a MachineView>, Vec<(&'a MachineView, Unpickable)>) {
+    let mut ok = Vec::new();
+    let mut held = Vec::new();
+    for m in ordered_spares(g) {
+        match pickable(inv, g, m, now) {
+            Ok(()) => ok.push(m),
+            Err(why) => held.push((m, why)),
+        }
+    }
+    (ok, held)
+}
+
+fn held_back_text(held: &[(&MachineView, Unpickable)]) -> String {
+    if held.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = held
+        .iter()
+        .map(|(m, why)| match why {
+            Unpickable::CoolingDown { until } => format!("{} until {until}", m.key),
+            Unpickable::StillListed => format!("{} until it is off", m.key),
+        })
+        .collect();
+    format!(
+        "; held back after a failed power-on: {} (set the Group's spec.powerOnFailureCooldown to change the wait)",
+        list.join(", ")
+    )
+}
+
 /// Rule 4: pick `delta` powered-off machines by the group's `powerOnOrder` and want them on.
+/// Machines whose power-on failed recently are not picked ([`pickable`]); when too few
+/// machines are left the call fails with `ResourceExhausted`, so CA backs the group off and
+/// tries another (CA's `core/scaleup/orchestrator/executor.go` registers the failed scale-up).
 pub fn increase_size(
     inv: &Inventory,
     id: &str,
@@ -228,12 +312,13 @@ pub fn increase_size(
             max,
         });
     }
-    let c = candidates(g);
+    let (c, held) = candidates(inv, g, now);
     if c.len() < wanted as usize {
         return Err(ProviderError::NotEnoughMachines {
             group: id.to_owned(),
             wanted,
             available: count(c.len()),
+            held_back: held_back_text(&held),
         });
     }
     let changes = c
@@ -243,6 +328,7 @@ pub fn increase_size(
             machine: m.key.clone(),
             desired: PowerState::On,
             at: now,
+            power_on_failed: false,
         })
         .collect();
     Ok(Decision {
@@ -254,9 +340,16 @@ pub fn increase_size(
 }
 
 /// Rule 5: want the named nodes off. All or nothing: every node must be a member (matched by
-/// providerID, then name; fake nodes included), the target must stay at or above `minSize`, and a
-/// registered `scaleDownDisabled` machine is refused. Nodes already wanted off change nothing
-/// (CA repeats the call for failed instances until they are gone).
+/// providerID, then name; fake nodes included) and a registered `scaleDownDisabled` machine is
+/// refused. Nodes already wanted off change nothing (CA repeats the call for failed instances
+/// until they are gone).
+///
+/// A machine that never registered is one CA gave up on (long unregistered or reported with
+/// errorInfo: CA's `static_autoscaler.go` `removeOldUnregisteredNodes` and
+/// `deleteCreatedNodesWithErrors`): its power-on is recorded as failed in the same change.
+/// The target must stay at or above `minSize`; when deleting failed machines would go below
+/// it, other spares are wanted on in their place (CA's `deleteCreatedNodesWithErrors` does not
+/// check `minSize`, and refusing would make it repeat the call every loop).
 pub fn delete_nodes(
     inv: &Inventory,
     id: &str,
@@ -297,26 +390,49 @@ pub fn delete_nodes(
     }
     let target = target_of(g);
     let n = count(off.len());
-    if target < n || target - n < g.spec.min_size {
-        return Err(ProviderError::BelowMin {
-            group: id.to_owned(),
-            target,
-            count: n,
-            min: g.spec.min_size,
-        });
+    let mut changes: Vec<PowerChange> = off
+        .iter()
+        .map(|m| PowerChange {
+            machine: m.key.clone(),
+            desired: PowerState::Off,
+            at: now,
+            power_on_failed: !inv.is_registered(m),
+        })
+        .collect();
+    let after = target.saturating_sub(n);
+    let min = g.spec.min_size;
+    let mut replaced = 0;
+    if target < n || after < min {
+        let failed = count(changes.iter().filter(|c| c.power_on_failed).count());
+        let deficit = min.saturating_sub(after);
+        let (spares, _) = candidates(inv, g, now);
+        // Only failed power-ons are swapped: a registered node at minSize stays refused.
+        if target < n || deficit > failed || spares.len() < deficit as usize {
+            return Err(ProviderError::BelowMin {
+                group: id.to_owned(),
+                target,
+                count: n,
+                min,
+            });
+        }
+        changes.extend(
+            spares
+                .into_iter()
+                .take(deficit as usize)
+                .map(|m| PowerChange {
+                    machine: m.key.clone(),
+                    desired: PowerState::On,
+                    at: now,
+                    power_on_failed: false,
+                }),
+        );
+        replaced = deficit;
     }
     Ok(Decision {
         group: id.to_owned(),
-        changes: off
-            .into_iter()
-            .map(|m| PowerChange {
-                machine: m.key.clone(),
-                desired: PowerState::Off,
-                at: now,
-            })
-            .collect(),
+        changes,
         target_before: target,
-        target_after: target - n,
+        target_after: after + replaced,
     })
 }
 
@@ -331,8 +447,9 @@ pub fn registered_count(inv: &Inventory, g: &GroupState) -> u32 {
 }
 
 /// Rule 6: cancel `|delta|` wanted-on machines that have not registered, newest request first.
-/// Never below the registered count; never below `minSize` either, except when the new target is
-/// exactly the registered count (CA's size fix, which must always succeed).
+/// Never below the registered count. `minSize` is not checked: CA computes the delta from its
+/// own registered count (`clusterstate.go` `updateIncorrectNodeGroupSizes`, then
+/// `static_autoscaler.go` `fixNodeGroupSize`) and an error here repeats every loop.
 pub fn decrease_target_size(
     inv: &Inventory,
     id: &str,
@@ -357,15 +474,6 @@ pub fn decrease_target_size(
             registered,
         });
     }
-    if new < i64::from(g.spec.min_size) && new != i64::from(registered) {
-        return Err(ProviderError::DecreaseBelowMin {
-            group: id.to_owned(),
-            target,
-            delta,
-            min: g.spec.min_size,
-            registered,
-        });
-    }
     let mut pending: Vec<&MachineView> = g
         .machines
         .iter()
@@ -386,6 +494,8 @@ pub fn decrease_target_size(
             machine: m.key.clone(),
             desired: PowerState::Off,
             at: now,
+            // Cancelled before CA gave up on it: not a failure.
+            power_on_failed: false,
         })
         .collect();
     let after = target - count(changes.len());
@@ -407,16 +517,21 @@ fn progress(p: Phase) -> u8 {
 }
 
 /// Rule 7: the machines counted in the target plus those still being powered off; never idle
-/// powered-off spares. Failed power-ons are `Creating` with `errorInfo`.
+/// powered-off spares. A machine that came up stays `Running` while its Node is NotReady or
+/// gone (CA's `--scale-down-unready-time` decides; errorInfo would make CA's
+/// `static_autoscaler.go` `deleteCreatedNodesWithErrors` delete it undrained every loop).
+/// errorInfo is for the current power-on attempt only: `Creating` with errorInfo while the
+/// FSM holds it Failed on its way on.
 pub fn node_group_nodes(inv: &Inventory, id: &str) -> Result<Vec<InstanceInfo>, ProviderError> {
     let g = group(inv, id)?;
     let mut out = Vec::new();
     for m in &g.machines {
         let registered = inv.is_registered(m);
+        let phase = m.lifecycle.phase();
         let (state, error) = if m.wanted_on() {
-            if inv.is_ready(m) {
+            if inv.is_ready(m) || phase == Phase::Ready {
                 (InstanceState::Running, None)
-            } else if m.lifecycle.phase() == Phase::Failed {
+            } else if phase == Phase::Failed && m.lifecycle.goal != Some(PowerState::Off) {
                 let message = m
                     .lifecycle
                     .last_error
@@ -502,7 +617,7 @@ fn template_group<'a>(inv: &'a Inventory, name: &str) -> Option<&'a GroupState> 
 /// The rate CA should expect for one more node of the group: the machine `IncreaseSize` would
 /// pick next, else the cheapest member. Missing rates count as 0 (a homelab with no prices).
 pub fn group_hourly_rate(g: &GroupState) -> f64 {
-    candidates(g)
+    ordered_spares(g)
         .first()
         .and_then(|m| m.hourly_rate)
         .or_else(|| {
@@ -541,41 +656,4 @@ pub fn node_price(
         },
     };
     Ok(rate * hours)
-}
-
-/// Node label keys that name a GPU model, as set by the vendors' feature-discovery daemons.
-pub const GPU_LABELS: [&str; 3] = [
-    "nvidia.com/gpu.product",
-    "amd.com/gpu.product-name",
-    "gpu.intel.com/device-id",
-];
-
-fn all_label_sets(
-    inv: &Inventory,
-) -> impl Iterator<Item = &std::collections::BTreeMap<String, String>> {
-    inv.nodes()
-        .map(|n| &n.labels)
-        .chain(inv.machines().flat_map(|m| {
-            m.last_seen
-                .iter()
-                .map(|s| &s.labels)
-                .chain(std::iter::once(&m.hints.labels))
-        }))
-}
-
-/// Rule 11: the GPU label key found on our nodes (registered, last seen or declared), or `None`.
-pub fn gpu_label(inv: &Inventory) -> Option<&'static str> {
-    GPU_LABELS
-        .into_iter()
-        .find(|k| all_label_sets(inv).any(|l| l.contains_key(*k)))
-}
-
-/// Rule 11: the GPU types (values of [`gpu_label`]) found on our nodes; empty when none.
-pub fn gpu_types(inv: &Inventory) -> BTreeSet<String> {
-    let Some(key) = gpu_label(inv) else {
-        return BTreeSet::new();
-    };
-    all_label_sets(inv)
-        .filter_map(|l| l.get(key).cloned())
-        .collect()
 }

@@ -21,7 +21,7 @@ use super::inventory::{Inventory, MachineKey, PowerChange};
 use super::ops::{self, AutoscalingOptions, Decision, ErrorClass, InstanceState, NodeRef};
 use super::proto;
 use super::proto::cloud_provider_server::{CloudProvider, CloudProviderServer};
-use super::template;
+use super::{pricing, template};
 
 /// A failed or partial persist. `applied` lists the changes that did reach durable storage (the
 /// source should undo what it can first; whatever remains is reported here and kept in the view).
@@ -52,8 +52,53 @@ pub trait InventorySource: Send + Sync + 'static {
 /// catches up within a second; this only bounds the damage if a later write by someone else is
 /// never distinguishable from ours).
 pub const DEFAULT_OVERLAY_TTL: Duration = Duration::from_secs(60);
-/// Bound on a persist, well inside CA's default 5 s call deadline.
+/// Bound on waiting for other mutations of the same group. Separate from the persist budget,
+/// so a queue of callers cannot eat the time a write needs; the two stay inside CA's default
+/// 5 s call deadline.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Bound on a persist (the kube source bounds its own writes below it, at 2.5 s).
 pub const DEFAULT_PERSIST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The node label CA reads GPU models from unless configured otherwise (NVIDIA's GPU feature
+/// discovery sets it).
+pub const DEFAULT_GPU_LABEL: &str = "nvidia.com/gpu.product";
+
+/// `GPULabel` / `GetAvailableGPUTypes` answers. CA asks once and caches both for its lifetime
+/// (`cloudprovider/externalgrpc/externalgrpc_cloud_provider.go`), so they come from
+/// configuration, never from the machines seen at the first call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuConfig {
+    pub label: String,
+    pub types: std::collections::BTreeSet<String>,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            label: DEFAULT_GPU_LABEL.to_owned(),
+            types: Default::default(),
+        }
+    }
+}
+
+/// Budgets and configuration of a [`Provider`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderOptions {
+    pub overlay_ttl: Duration,
+    pub lock_timeout: Duration,
+    pub persist_timeout: Duration,
+    pub gpu: GpuConfig,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        ProviderOptions {
+            overlay_ttl: DEFAULT_OVERLAY_TTL,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            persist_timeout: DEFAULT_PERSIST_TIMEOUT,
+            gpu: GpuConfig::default(),
+        }
+    }
+}
 
 struct Pending {
     change: PowerChange,
@@ -70,8 +115,7 @@ struct Inner<S> {
     source: Arc<S>,
     view: Mutex<View>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    overlay_ttl: Duration,
-    persist_timeout: Duration,
+    options: ProviderOptions,
 }
 
 /// The provider: a cheap-to-clone handle usable directly (simulator checks, tests) or as the
@@ -90,14 +134,26 @@ impl<S> Clone for Provider<S> {
 
 impl<S: InventorySource> Provider<S> {
     pub fn new(source: Arc<S>) -> Provider<S> {
-        Provider::with_timeouts(source, DEFAULT_OVERLAY_TTL, DEFAULT_PERSIST_TIMEOUT)
+        Provider::with_options(source, ProviderOptions::default())
     }
 
+    /// Default options with these overlay and persist budgets.
     pub fn with_timeouts(
         source: Arc<S>,
         overlay_ttl: Duration,
         persist_timeout: Duration,
     ) -> Provider<S> {
+        Provider::with_options(
+            source,
+            ProviderOptions {
+                overlay_ttl,
+                persist_timeout,
+                ..ProviderOptions::default()
+            },
+        )
+    }
+
+    pub fn with_options(source: Arc<S>, options: ProviderOptions) -> Provider<S> {
         let base = source.snapshot();
         Provider {
             inner: Arc::new(Inner {
@@ -108,8 +164,7 @@ impl<S: InventorySource> Provider<S> {
                     pending: HashMap::new(),
                 }),
                 locks: Mutex::new(HashMap::new()),
-                overlay_ttl,
-                persist_timeout,
+                options,
             }),
         }
     }
@@ -128,11 +183,11 @@ impl<S: InventorySource> Provider<S> {
         let expired = v
             .pending
             .values()
-            .any(|p| now.duration_since(p.recorded) > self.inner.overlay_ttl);
+            .any(|p| now.duration_since(p.recorded) > self.inner.options.overlay_ttl);
         if Arc::ptr_eq(&base, &v.base) && !expired {
             return v.effective.clone();
         }
-        let ttl = self.inner.overlay_ttl;
+        let ttl = self.inner.options.overlay_ttl;
         v.pending.retain(|key, p| {
             let reflected = base
                 .group_of(key)
@@ -185,7 +240,10 @@ impl<S: InventorySource> Provider<S> {
     }
 
     /// Runs one mutation for a group: serialised with every other mutation of the group,
-    /// decided on the current view, persisted (bounded by the persist timeout), then recorded.
+    /// decided on the current view, persisted, then recorded. Waiting for the group and
+    /// persisting have separate budgets. A decision that reached durable storage is reported
+    /// as done even when the source answered with an error or late: CA backs the group off (or
+    /// un-taints the nodes) on an error, which is wrong for a change that landed.
     pub async fn mutate(
         &self,
         id: &str,
@@ -193,16 +251,14 @@ impl<S: InventorySource> Provider<S> {
     ) -> Result<Decision, ProviderError> {
         // Unknown ids fail before a lock is created for them.
         ops::target_size(&self.view(), id)?;
-        // One budget for waiting on the group and persisting, so the RPC answers well inside
-        // CA's deadline even when calls for the group queue up behind a slow API server.
-        let deadline = tokio::time::Instant::now() + self.inner.persist_timeout;
+        let options = &self.inner.options;
         let lock = self.group_lock(id);
-        let Ok(_guard) = tokio::time::timeout_at(deadline, lock.lock()).await else {
+        let Ok(_guard) = tokio::time::timeout(options.lock_timeout, lock.lock()).await else {
             return Err(ProviderError::Persist {
                 group: id.to_owned(),
                 message: format!(
-                    "other changes to the group still in progress after {:?}",
-                    self.inner.persist_timeout
+                    "other changes to the group still in progress after {:?}; nothing was changed",
+                    options.lock_timeout
                 ),
             });
         };
@@ -210,38 +266,56 @@ impl<S: InventorySource> Provider<S> {
         if decision.is_noop() {
             return Ok(decision);
         }
-        let persisted = tokio::time::timeout_at(
-            deadline,
+        let persisted = tokio::time::timeout(
+            options.persist_timeout,
             self.inner.source.set_desired_power(&decision.changes),
         )
         .await;
-        match persisted {
-            Ok(Ok(())) => {
-                self.record(&decision.group, &decision.changes);
-                tracing::info!(
-                    group = %decision.group,
-                    target_before = decision.target_before,
-                    target_after = decision.target_after,
-                    machines = ?decision.changes.iter().map(|c| c.machine.to_string()).collect::<Vec<_>>(),
-                    "desired power persisted"
-                );
-                Ok(decision)
-            }
+        let failure = match persisted {
+            Ok(Ok(())) => None,
             Ok(Err(e)) => {
-                self.record(&decision.group, &e.applied);
-                Err(ProviderError::Persist {
-                    group: id.to_owned(),
-                    message: e.message,
-                })
+                let all_applied = decision.changes.iter().all(|c| e.applied.contains(c));
+                if all_applied {
+                    tracing::warn!(group = %decision.group, error = %e.message, "persist reported an error after every change landed; answering success");
+                    None
+                } else {
+                    self.record(&decision.group, &e.applied);
+                    Some(e.message)
+                }
             }
-            Err(_) => Err(ProviderError::Persist {
+            Err(_) if self.landed(&decision.changes) => {
+                tracing::warn!(group = %decision.group, "persist answered late but the changes are visible; answering success");
+                None
+            }
+            Err(_) => Some(format!(
+                "no answer within {:?}; the change may still land",
+                options.persist_timeout
+            )),
+        };
+        if let Some(message) = failure {
+            return Err(ProviderError::Persist {
                 group: id.to_owned(),
-                message: format!(
-                    "no answer within {:?}; the change may still land",
-                    self.inner.persist_timeout
-                ),
-            }),
+                message,
+            });
         }
+        self.record(&decision.group, &decision.changes);
+        tracing::info!(
+            group = %decision.group,
+            target_before = decision.target_before,
+            target_after = decision.target_after,
+            machines = ?decision.changes.iter().map(|c| c.machine.to_string()).collect::<Vec<_>>(),
+            "desired power persisted"
+        );
+        Ok(decision)
+    }
+
+    /// Whether the source's current snapshot shows every change (desired power as decided).
+    fn landed(&self, changes: &[PowerChange]) -> bool {
+        let base = self.inner.source.snapshot();
+        changes.iter().all(|c| {
+            base.machines()
+                .any(|m| m.key == c.machine && m.desired == c.desired)
+        })
     }
 }
 
@@ -394,11 +468,14 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
 
     async fn pricing_pod_price(
         &self,
-        _: Request<proto::PricingPodPriceRequest>,
+        req: Request<proto::PricingPodPriceRequest>,
     ) -> Result<Response<proto::PricingPodPriceResponse>, Status> {
-        Err(status(&ProviderError::Unimplemented {
-            what: "PricingPodPrice",
-        }))
+        let r = req.into_inner();
+        let pod = pricing::PodRequests::decode(&r.pod_bytes).map_err(fail)?;
+        let start = ts(r.start_timestamp, "startTimestamp").map_err(fail)?;
+        let end = ts(r.end_timestamp, "endTimestamp").map_err(fail)?;
+        let price = pricing::pod_price(&self.view(), &pod, start, end).map_err(fail)?;
+        Ok(Response::new(proto::PricingPodPriceResponse { price }))
     }
 
     async fn gpu_label(
@@ -406,7 +483,7 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
         _: Request<proto::GpuLabelRequest>,
     ) -> Result<Response<proto::GpuLabelResponse>, Status> {
         Ok(Response::new(proto::GpuLabelResponse {
-            label: ops::gpu_label(&self.view()).unwrap_or_default().to_owned(),
+            label: self.inner.options.gpu.label.clone(),
         }))
     }
 
@@ -415,9 +492,13 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
         _: Request<proto::GetAvailableGpuTypesRequest>,
     ) -> Result<Response<proto::GetAvailableGpuTypesResponse>, Status> {
         Ok(Response::new(proto::GetAvailableGpuTypesResponse {
-            gpu_types: ops::gpu_types(&self.view())
-                .into_iter()
-                .map(|t| (t, prost_types::Any::default()))
+            gpu_types: self
+                .inner
+                .options
+                .gpu
+                .types
+                .iter()
+                .map(|t| (t.clone(), prost_types::Any::default()))
                 .collect(),
         }))
     }

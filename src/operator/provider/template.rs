@@ -24,6 +24,9 @@ pub const CA_TAINTS: [&str; 2] = [
 /// Taints Kubernetes sets for node conditions; a new node does not carry them.
 const CONDITION_TAINT_PREFIX: &str = "node.kubernetes.io/";
 
+/// The node label naming the CPU architecture.
+pub const ARCH_LABEL: &str = "kubernetes.io/arch";
+
 /// Pods a kubelet accepts by default; CA rejects every pod on a template without a `pods` capacity.
 const DEFAULT_PODS: &str = "110";
 
@@ -117,19 +120,24 @@ fn from_hints(h: &TemplateHints) -> Option<NodeView> {
     })
 }
 
-/// The member (and its shape) the template is built from, best source first.
-fn source(g: &GroupState) -> Option<(Option<&MachineView>, NodeView)> {
+/// The member (and its shape) the template is built from, best source first: for each member
+/// in the order `IncreaseSize` picks (the next one up is the best guess of what comes), its
+/// registered Node as it is now, else what it looked like when last seen; then the members'
+/// declared capacity; then the Group's template.
+fn source<'a>(
+    inv: &'a Inventory,
+    g: &'a GroupState,
+) -> Option<(Option<&'a MachineView>, NodeView)> {
     let mut members: Vec<&MachineView> = g.machines.iter().collect();
-    // The machine IncreaseSize would pick first is the best guess of what comes up next.
     members.sort_by(|a, b| {
         a.wanted_on()
             .cmp(&b.wanted_on())
             .then_with(|| power_on_order(g.spec.power_on_order, a, b))
     });
     let seen = members.iter().find_map(|m| {
-        m.last_seen
-            .as_ref()
-            .filter(|s| !s.capacity.is_empty())
+        inv.node(&m.provider_id)
+            .filter(|n| !n.capacity.is_empty())
+            .or_else(|| m.last_seen.as_ref().filter(|s| !s.capacity.is_empty()))
             .map(|s| (Some(*m), s.clone()))
     });
     seen.or_else(|| {
@@ -140,6 +148,12 @@ fn source(g: &GroupState) -> Option<(Option<&MachineView>, NodeView)> {
     .or_else(|| from_hints(&g.spec.template).map(|v| (None, v)))
 }
 
+/// Whether CA can get a template node for the group at all (else scale-from-zero is impossible
+/// and `NodeGroupTemplateNodeInfo` answers `Unimplemented`, which CA does not log).
+pub fn has_template(inv: &Inventory, g: &GroupState) -> bool {
+    source(inv, g).is_some()
+}
+
 /// Rule 8: the template node for a group, or `NoTemplate` (→ `Unimplemented`) when no capacity is
 /// known from any source.
 pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, ProviderError> {
@@ -147,7 +161,7 @@ pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, Provider
         id: id.to_owned(),
         known: inv.group_ids().take(10).collect::<Vec<_>>().join(", "),
     })?;
-    let Some((machine, shape)) = source(g) else {
+    let Some((machine, shape)) = source(inv, g) else {
         return Err(ProviderError::NoTemplate {
             group: id.to_owned(),
         });
@@ -162,9 +176,18 @@ pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, Provider
 
     let mut labels = shape.labels.clone();
     labels.extend(g.spec.template.labels.clone());
-    labels
-        .entry("kubernetes.io/arch".to_owned())
-        .or_insert_with(|| "amd64".to_owned());
+    // The architecture only from what is known about the machine: a guessed amd64 would place
+    // arm64-only pods on an amd64 machine and keep amd64 pods off an arm64 one.
+    if !labels.contains_key(ARCH_LABEL)
+        && let Some(arch) = machine.and_then(|m| {
+            m.hints
+                .labels
+                .get(ARCH_LABEL)
+                .or_else(|| m.last_seen.as_ref().and_then(|s| s.labels.get(ARCH_LABEL)))
+        })
+    {
+        labels.insert(ARCH_LABEL.to_owned(), arch.clone());
+    }
     labels
         .entry("kubernetes.io/os".to_owned())
         .or_insert_with(|| "linux".to_owned());

@@ -25,6 +25,7 @@ fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         power_on_order: PowerOnOrder::Name,
         options: GroupOptions::default(),
         template: TemplateHints::default(),
+        power_on_failure_cooldown: None,
     }
 }
 
@@ -261,11 +262,12 @@ fn power_on_order_policies() {
 /// and is still picked when nothing else is left.
 #[test]
 fn machines_that_failed_to_power_on_are_picked_last() {
+    // Failures older than the cool-down (30m by default), machines off since.
     let mut bad = machine("m1", "g", PowerState::Off, Phase::Off);
     bad.hourly_rate = Some(0.01);
-    bad.lifecycle.last_power_on_failure = Some(t(-60));
+    bad.lifecycle.last_power_on_failure = Some(t(-7260));
     let mut worse = machine("m0", "g", PowerState::Off, Phase::Off);
-    worse.lifecycle.last_power_on_failure = Some(t(-10));
+    worse.lifecycle.last_power_on_failure = Some(t(-7210));
     let mut good = machine("m2", "g", PowerState::Off, Phase::Off);
     good.hourly_rate = Some(0.50);
     let on = machine("m3", "g", PowerState::On, Phase::Ready);
@@ -304,8 +306,23 @@ fn machines_that_failed_to_power_on_are_picked_last() {
 #[test]
 fn delete_nodes_is_all_or_nothing() {
     let inv = lab();
-    // a (registered) + b (fake node for the unregistered one): target 2 → 0 < min 1.
-    let e = delete_nodes(&inv, "g", &[fake("a"), fake("b")], t(0)).err();
+    // a (registered) + b (fake node for the unregistered one): target 2 → 0 < min 1, so the
+    // failed b is swapped for the spare c (issue 11 item 6) and min holds.
+    let d = delete_nodes(&inv, "g", &[fake("a"), fake("b")], t(0));
+    assert_eq!(
+        d.map(|d| (names(&d), d.target_after)),
+        Ok((vec!["a".into(), "b".into(), "c".into()], 1))
+    );
+    // Without a failed one to swap, going below min is refused, nothing changed.
+    let lone = Inventory::build(
+        vec![group("g", 1, None)],
+        vec![machine("a", "g", PowerState::On, Phase::Ready)],
+        vec![node_for(
+            &machine("a", "g", PowerState::On, Phase::Ready),
+            true,
+        )],
+    );
+    let e = delete_nodes(&lone, "g", &[fake("a")], t(0)).err();
     assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
     // one node: fine, by name (registered node).
     let d = delete_nodes(
@@ -394,9 +411,12 @@ fn decrease_target_size_cancels_newest_pending_only() {
     );
 }
 
+/// Issue 11 item 6: DecreaseTargetSize never refuses because of minSize. CA computes the delta
+/// from its own registered count (`clusterstate.go` `updateIncorrectNodeGroupSizes`,
+/// `static_autoscaler.go` `fixNodeGroupSize`) and repeats a refused call every loop.
 #[test]
-fn decrease_target_size_fix_case_always_succeeds_even_below_min() {
-    // min 3, one registered, two failed boots: CA fixes the size with delta = 1 - 3.
+fn decrease_target_size_ignores_min_size() {
+    // min 3, one registered, two failed boots.
     let a = machine("a", "g", PowerState::On, Phase::Ready);
     let b = machine("b", "g", PowerState::On, Phase::Failed);
     let c = machine("c", "g", PowerState::On, Phase::Failed);
@@ -404,8 +424,11 @@ fn decrease_target_size_fix_case_always_succeeds_even_below_min() {
     let inv = Inventory::build(vec![group("g", 3, None)], vec![a, b, c], vec![na]);
     let r = decrease_target_size(&inv, "g", -2, t(0));
     assert_eq!(r.map(|d| d.target_after), Ok(1));
-    // A partial decrease below min that is not the fix is refused.
-    let r = decrease_target_size(&inv, "g", -1, t(0)).err();
+    // A partial decrease below min is fine too (before: FailedPrecondition).
+    let r = decrease_target_size(&inv, "g", -1, t(0));
+    assert_eq!(r.map(|d| d.target_after), Ok(2));
+    // Only the registered count bounds it.
+    let r = decrease_target_size(&inv, "g", -3, t(0)).err();
     assert_eq!(r.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
 }
 
@@ -419,10 +442,17 @@ fn node_group_nodes_states_and_errors() {
     let off = machine("off", "g", PowerState::Off, Phase::Off);
     let going = machine("going", "g", PowerState::Off, Phase::PoweringOff);
     let nr = machine("notready", "g", PowerState::On, Phase::Booting);
-    let nodes = vec![node_for(&a, true), node_for(&nr, false)];
+    // Came up, then its Node went NotReady / vanished: still Running for CA (issue 11 item 2).
+    let lost = machine("lost", "g", PowerState::On, Phase::Ready);
+    let gone = machine("gone", "g", PowerState::On, Phase::Ready);
+    let nodes = vec![
+        node_for(&a, true),
+        node_for(&nr, false),
+        node_for(&lost, false),
+    ];
     let inv = Inventory::build(
         vec![group("g", 0, None)],
-        vec![a, b, f, off, going, nr],
+        vec![a, b, f, off, going, nr, lost, gone],
         nodes,
     );
     let got: BTreeMap<String, (InstanceState, Option<ErrorClass>)> = node_group_nodes(&inv, "g")
@@ -436,6 +466,8 @@ fn node_group_nodes_states_and_errors() {
         ("f", (InstanceState::Creating, Some(ErrorClass::Other))),
         ("going", (InstanceState::Deleting, None)),
         ("notready", (InstanceState::Creating, None)),
+        ("lost", (InstanceState::Running, None)),
+        ("gone", (InstanceState::Running, None)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -585,24 +617,6 @@ fn pricing_over_the_window() {
 }
 
 #[test]
-fn gpu_label_and_types_come_from_node_data() {
-    let inv = lab();
-    assert_eq!(gpu_label(&inv), None);
-    assert!(gpu_types(&inv).is_empty());
-    let a = machine("a", "g", PowerState::On, Phase::Ready);
-    let mut b = machine("b", "g", PowerState::Off, Phase::Off);
-    b.hints.labels = [("nvidia.com/gpu.product".to_string(), "RTX-3090".to_string())].into();
-    let mut na = node_for(&a, true);
-    na.labels = [("nvidia.com/gpu.product".to_string(), "T4".to_string())].into();
-    let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b], vec![na]);
-    assert_eq!(gpu_label(&inv), Some("nvidia.com/gpu.product"));
-    assert_eq!(
-        gpu_types(&inv).into_iter().collect::<Vec<_>>(),
-        vec!["RTX-3090".to_string(), "T4".to_string()]
-    );
-}
-
-#[test]
 fn node_view_reads_a_kubernetes_node() {
     let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "n1", "labels": {"a": "b"}},
@@ -692,8 +706,10 @@ proptest! {
             prop_assert_eq!(after, d.target_after);
             prop_assert!(after <= max);
             let g = inv.group("g").map(|g| registered_count(&inv, g)).unwrap_or(0);
-            // Below min only by not going down, or by CA's size fix to the registered count.
-            prop_assert!(after >= min || after >= before || after == g, "target {} < min {} (before {})", after, min, before);
+            // Below min only by not going down, or by DecreaseTargetSize (which never checks min,
+            // issue 11 item 6), and never below the registered count.
+            prop_assert!(after >= min || after >= before || matches!(o, Op::Dec(_)), "target {} < min {} (before {}) after {:?}", after, min, before, o);
+            prop_assert!(after >= g, "target {} below {} registered", after, g);
             prop_assert_eq!(
                 node_group_nodes(&inv, "g").unwrap_or_default().iter().filter(|i| i.state != InstanceState::Deleting).count() as u32,
                 after
@@ -813,4 +829,297 @@ fn declared_node_is_the_machine_as_its_hints_describe_it() {
     m.hints.allocatable = BTreeMap::from([("cpu".to_owned(), "3500m".to_owned())]);
     let n = super::convert::declared_node(&m);
     assert_eq!(n.allocatable.get("cpu").map(String::as_str), Some("3500m"));
+}
+
+// ---------- issue 11 ----------
+
+fn fake_node(m: &str) -> NodeRef {
+    fake(m)
+}
+
+/// Issue 11 item 0. CA keeps an unregistered instance's "unregistered since" time while its id
+/// stays listed (`clusterstate/clusterstate.go` `updateUnregisteredNodes`) and deletes it after
+/// `--max-node-provision-time` (`core/static_autoscaler.go` `removeOldUnregisteredNodes`). Our
+/// instance id is the machine's forever, so DeleteNodes of a never-registered machine records
+/// the failed power-on and IncreaseSize picks another machine, not the same one in a loop.
+#[test]
+fn a_machine_ca_gave_up_on_is_not_picked_again_at_once() {
+    let ms = vec![
+        machine("a", "g", PowerState::Off, Phase::Off),
+        machine("b", "g", PowerState::Off, Phase::Off),
+        machine("c", "g", PowerState::Off, Phase::Off),
+    ];
+    let mut inv = Inventory::build(vec![group("g", 0, None)], ms, vec![]);
+    let d = increase_size(&inv, "g", 1, t(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&d), vec!["a"]);
+    inv.apply("g", &d.changes);
+    // a never registers; CA deletes it with a fake node.
+    let d = delete_nodes(&inv, "g", &[fake_node("a")], t(900)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.changes.len(), 1);
+    assert!(d.changes[0].power_on_failed, "CA's verdict is recorded");
+    inv.apply("g", &d.changes);
+    let a = inv.machines().find(|m| m.key.name == "a").cloned();
+    assert_eq!(a.and_then(|m| m.last_power_on_failure()), Some(t(900)));
+    // The same loop's IncreaseSize: another machine.
+    let d = increase_size(&inv, "g", 1, t(900)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&d), vec!["b"]);
+}
+
+/// A one-machine group whose only machine failed: IncreaseSize fails with ResourceExhausted
+/// (CA backs the group off: `core/scaleup/orchestrator/executor.go`), so there is no loop;
+/// after the cool-down, with the machine off and out of CA's instance cache, it is tried again.
+#[test]
+fn a_one_machine_group_backs_off_instead_of_looping() {
+    let mut only = machine("only", "g", PowerState::On, Phase::PoweringOn);
+    only.power_on_requested = Some(t(0));
+    let mut inv = Inventory::build(vec![group("g", 0, None)], vec![only], vec![]);
+    let d = delete_nodes(&inv, "g", &[fake_node("only")], t(900)).unwrap_or_else(|e| panic!("{e}"));
+    inv.apply("g", &d.changes);
+    let e = increase_size(&inv, "g", 1, t(901)).err();
+    assert_eq!(
+        e.as_ref().map(|e| e.kind()),
+        Some(ErrorKind::ResourceExhausted)
+    );
+    let text = e.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        text.contains("lab/only") && text.contains("powerOnFailureCooldown"),
+        "{text}"
+    );
+    // Default cool-down: twice CA's 15m provision time.
+    let cooled = t(900 + 30 * 60);
+    // Cooled down, but still on its way off (listed as Deleting): not yet.
+    assert!(increase_size(&inv, "g", 1, cooled).is_err());
+    // Off, but only just: CA's instance cache may still hold it for 5 minutes.
+    let mut ms: Vec<MachineView> = inv.machines().cloned().collect();
+    ms[0].lifecycle.phase = Some(Phase::Off);
+    ms[0].last_power_off = Some(cooled);
+    let inv = Inventory::build(vec![group("g", 0, None)], ms, vec![]);
+    assert!(increase_size(&inv, "g", 1, cooled).is_err());
+    let d = increase_size(&inv, "g", 1, t(900 + 35 * 60));
+    assert_eq!(d.map(|d| names(&d)), Ok(vec!["only".to_owned()]));
+}
+
+#[test]
+fn failure_cooldown_defaults_to_twice_the_provision_time_and_is_settable() {
+    let mut g = group("g", 0, None);
+    assert_eq!(g.failure_cooldown(), SignedDuration::from_mins(30));
+    g.options.max_node_provision = Some(SignedDuration::from_mins(20));
+    assert_eq!(g.failure_cooldown(), SignedDuration::from_mins(40));
+    g.power_on_failure_cooldown = Some(SignedDuration::from_mins(5));
+    assert_eq!(g.failure_cooldown(), SignedDuration::from_mins(5));
+}
+
+/// CA's verdict (the annotation) counts only when newer than the last time the machine was up;
+/// the FSM's own `lastPowerOnFailure` counts until it clears it.
+#[test]
+fn recorded_failure_is_the_newest_that_still_applies() {
+    let mut m = machine("a", "g", PowerState::Off, Phase::Off);
+    m.power_on_failed_at = Some(t(100));
+    assert_eq!(m.last_power_on_failure(), Some(t(100)));
+    m.lifecycle.last_power_on_failure = Some(t(200));
+    assert_eq!(m.last_power_on_failure(), Some(t(200)));
+    m.lifecycle.last_power_on_failure = None;
+    m.last_power_on = Some(t(150));
+    assert_eq!(
+        m.last_power_on_failure(),
+        None,
+        "came up after CA's verdict"
+    );
+}
+
+/// Registered nodes are never marked: CA's scale-down of a running machine is no failure.
+#[test]
+fn deleting_a_registered_machine_records_no_failure() {
+    let inv = lab();
+    let d = delete_nodes(&inv, "g", &[fake_node("a")], t(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        d.changes
+            .iter()
+            .map(|c| c.power_on_failed)
+            .collect::<Vec<_>>(),
+        vec![false]
+    );
+    let d = delete_nodes(&inv, "g", &[fake_node("b")], t(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        d.changes
+            .iter()
+            .map(|c| c.power_on_failed)
+            .collect::<Vec<_>>(),
+        vec![true]
+    );
+}
+
+/// Issue 11 item 6: at minSize, deleting a failed power-on succeeds by wanting another spare on
+/// in its place (CA's `deleteCreatedNodesWithErrors` in `core/static_autoscaler.go` does not
+/// check minSize and repeats a refused call every loop); a registered node is still refused.
+#[test]
+fn delete_nodes_at_min_swaps_a_failed_machine_for_a_spare() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let mut b = machine("b", "g", PowerState::On, Phase::Failed);
+    b.lifecycle.last_error = Some("boot deadline passed".into());
+    let c = machine("c", "g", PowerState::Off, Phase::Off);
+    let na = node_for(&a, true);
+    let inv = Inventory::build(vec![group("g", 2, None)], vec![a, b, c], vec![na]);
+    let d = delete_nodes(&inv, "g", &[fake_node("b")], t(0)).unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(String, PowerState, bool)> = d
+        .changes
+        .iter()
+        .map(|c| (c.machine.name.clone(), c.desired, c.power_on_failed))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("b".to_owned(), PowerState::Off, true),
+            ("c".to_owned(), PowerState::On, false)
+        ]
+    );
+    assert_eq!((d.target_before, d.target_after), (2, 2));
+    // The registered one at min: refused, nothing changed.
+    let e = delete_nodes(&inv, "g", &[fake_node("a")], t(0)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+    // No spare to swap in: refused.
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let b = machine("b", "g", PowerState::On, Phase::Failed);
+    let na = node_for(&a, true);
+    let inv = Inventory::build(vec![group("g", 2, None)], vec![a, b], vec![na]);
+    let e = delete_nodes(&inv, "g", &[fake_node("b")], t(0)).err();
+    assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
+}
+
+/// Issue 11 item 5: the registered Node of a machine wanted off (being powered off, or a stale
+/// NotReady Node someone left behind) is in no group, so CA does not count it as the group's
+/// capacity (`clusterstate.go` counts nodes per `NodeGroupForNode`). Fake nodes of pending
+/// machines still resolve.
+#[test]
+fn nodes_of_machines_wanted_off_belong_to_no_group() {
+    let stale = machine("stale", "g", PowerState::Off, Phase::Off);
+    let going = machine("going", "g", PowerState::Off, Phase::PoweringOff);
+    let pending = machine("pending", "g", PowerState::On, Phase::Booting);
+    let nodes = vec![node_for(&stale, false), node_for(&going, true)];
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![stale, going, pending],
+        nodes,
+    );
+    let by_name = |n: &str| NodeRef {
+        provider_id: default_provider_id("lab", n),
+        name: n.to_owned(),
+    };
+    assert_eq!(node_group_for_node(&inv, &by_name("stale")), None);
+    assert_eq!(node_group_for_node(&inv, &by_name("going")), None);
+    assert_eq!(
+        node_group_for_node(&inv, &fake_node("pending")).map(|g| g.id),
+        Some("g".to_owned())
+    );
+}
+
+/// Issue 11 item 10: CA keys backoff and scale-up requests by group id; a provider reading every
+/// namespace uses `<namespace>/<name>` from the start, so a same-named Group appearing in another
+/// namespace renames nothing.
+#[test]
+fn group_ids_are_stable_when_a_same_named_group_appears() {
+    let before = Inventory::build_with_ids(
+        GroupIds::NamespacedName,
+        vec![group("g", 0, None)],
+        vec![],
+        vec![],
+    );
+    let mut other = group("g", 0, None);
+    other.namespace = "other".into();
+    let after = Inventory::build_with_ids(
+        GroupIds::NamespacedName,
+        vec![group("g", 0, None), other],
+        vec![],
+        vec![],
+    );
+    assert_eq!(before.group_ids().collect::<Vec<_>>(), vec!["lab/g"]);
+    assert_eq!(
+        after.group_ids().collect::<Vec<_>>(),
+        vec!["lab/g", "other/g"]
+    );
+    // One namespace: names, which are unique there.
+    let one = Inventory::build_with_ids(GroupIds::Name, vec![group("g", 0, None)], vec![], vec![]);
+    assert_eq!(one.group_ids().collect::<Vec<_>>(), vec!["g"]);
+}
+
+/// Issue 11 item 9: a running member's live Node is a template source (before: Unimplemented
+/// when it was the only shape known), with ephemeral-storage when known; the architecture comes
+/// from what is known of the machine and is omitted otherwise.
+#[test]
+fn template_from_a_running_members_live_node() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let mut n = node_for(&a, true);
+    n.capacity = [
+        ("cpu".to_string(), "8".to_string()),
+        ("memory".to_string(), "32Gi".to_string()),
+        ("ephemeral-storage".to_string(), "100Gi".to_string()),
+    ]
+    .into();
+    n.labels = [("kubernetes.io/arch".to_string(), "arm64".to_string())].into();
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![a.clone()], vec![n]);
+    let tn = template_node(&inv, "g").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        tn.capacity.get("ephemeral-storage").map(String::as_str),
+        Some("100Gi")
+    );
+    assert_eq!(
+        tn.allocatable.get("ephemeral-storage").map(String::as_str),
+        Some("100Gi")
+    );
+    assert_eq!(
+        tn.labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("arm64")
+    );
+    // Declared capacity without an architecture: no arch label at all.
+    let mut h = machine("h", "g", PowerState::Off, Phase::Off);
+    h.hints.capacity = [("cpu".to_string(), "4".to_string())].into();
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![h.clone()], vec![]);
+    let tn = template_node(&inv, "g").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tn.labels.get("kubernetes.io/arch"), None);
+    // ... unless the spec declares it.
+    h.hints.labels = [("kubernetes.io/arch".to_string(), "arm64".to_string())].into();
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![h], vec![]);
+    let tn = template_node(&inv, "g").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        tn.labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("arm64")
+    );
+}
+
+/// Issues 11 items 4 and 9: the Group warnings the group controller writes.
+#[test]
+fn group_warnings_name_options_cost_and_missing_capacity() {
+    use super::warnings::{GROUP_WARNING_CONDITIONS, group_warnings};
+    let mut g = group("g", 0, None);
+    g.options.max_node_provision = Some(SignedDuration::from_mins(20));
+    let bare = machine("bare", "g", PowerState::Off, Phase::Off);
+    let inv = Inventory::build(vec![g], vec![bare.clone()], vec![]);
+    let w = group_warnings(&inv, "lab", "g");
+    let types: Vec<&str> = w.iter().map(|w| w.condition_type).collect();
+    assert_eq!(types, GROUP_WARNING_CONDITIONS.to_vec());
+    assert!(
+        w[0].message.contains("maxNodeProvisionTime"),
+        "{}",
+        w[0].message
+    );
+    assert!(w[1].message.contains("spec.capacity"), "{}", w[1].message);
+    // No options, capacity declared: nothing to warn about.
+    let mut sized = bare;
+    sized.hints.capacity = [("cpu".to_string(), "4".to_string())].into();
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![sized], vec![]);
+    assert!(group_warnings(&inv, "lab", "g").is_empty());
+    assert!(group_warnings(&inv, "lab", "nope").is_empty());
+}
+
+#[test]
+fn quantities_parse_like_kubernetes() {
+    use super::pricing::parse_quantity;
+    assert_eq!(parse_quantity("500m"), Some(0.5));
+    assert_eq!(parse_quantity("2"), Some(2.0));
+    assert_eq!(parse_quantity("1Gi"), Some(1_073_741_824.0));
+    assert_eq!(parse_quantity("64M"), Some(64e6));
+    assert_eq!(parse_quantity("1e3"), Some(1000.0));
+    assert_eq!(parse_quantity("2E"), Some(2e18));
+    assert_eq!(parse_quantity("lots"), None);
+    assert_eq!(parse_quantity("Gi"), None);
 }

@@ -1,0 +1,183 @@
+//! Rule 11, pods: `PricingPodPrice`. CA's `price` expander (`expander/price/price.go`,
+//! `priceBased.BestOptions`) drops a whole scale-up option when a pod's price fails, and divides
+//! by the pods' price plus the price of its stabilization pod, so every answer is > 0.
+//!
+//! A pod costs `spec.pricing.podRate` per hour when a machine sets one (the lowest set), else the
+//! share of the cheapest machine it would take (its CPU or memory request against that machine's
+//! capacity, whichever is larger) times that machine's hourly rate. Pure and deterministic.
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_pb::api::core::v1 as pb;
+use k8s_pb::apimachinery::pkg::api::resource::Quantity;
+use prost::Message;
+
+use super::error::ProviderError;
+use super::inventory::{Inventory, MachineView};
+
+/// The smallest price answered: a pod with no requests in a homelab without prices still costs
+/// something, so CA's ratio stays defined.
+pub const MIN_POD_PRICE: f64 = 1e-9;
+
+/// What a pod asks for, in cores and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PodRequests {
+    pub cpu: f64,
+    pub memory: f64,
+}
+
+/// A Kubernetes quantity (`"500m"`, `"2"`, `"1.5Gi"`, `"1e3"`, `"64M"`) as a number of base
+/// units; `None` when it does not parse.
+pub fn parse_quantity(s: &str) -> Option<f64> {
+    let s = s.trim();
+    const BINARY: [(&str, f64); 6] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+    ];
+    const DECIMAL: [(&str, f64); 8] = [
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ];
+    let number = |n: &str| n.parse::<f64>().ok().filter(|v| v.is_finite());
+    for (suffix, factor) in BINARY.iter().chain(DECIMAL.iter()) {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return number(n).map(|v| v * factor);
+        }
+    }
+    // `E` alone is exa; `1E3` / `1e3` is an exponent, which f64 parsing reads.
+    if let Some(n) = s.strip_suffix('E')
+        && number(n).is_some()
+    {
+        return number(n).map(|v| v * 1e18);
+    }
+    number(s)
+}
+
+fn sum_into(total: &mut PodRequests, requests: &BTreeMap<String, Quantity>) {
+    let get = |k: &str| {
+        requests
+            .get(k)
+            .and_then(|q| q.string.as_deref())
+            .and_then(parse_quantity)
+            .unwrap_or(0.0)
+    };
+    total.cpu += get("cpu");
+    total.memory += get("memory");
+}
+
+impl PodRequests {
+    /// The effective requests the scheduler uses: the containers' sum or the largest init
+    /// container, whichever is larger, plus the pod overhead.
+    pub fn of(pod: &pb::Pod) -> PodRequests {
+        let Some(spec) = pod.spec.as_ref() else {
+            return PodRequests::default();
+        };
+        let mut sum = PodRequests::default();
+        for c in &spec.containers {
+            if let Some(r) = &c.resources {
+                sum_into(&mut sum, &r.requests);
+            }
+        }
+        for c in &spec.init_containers {
+            let mut one = PodRequests::default();
+            if let Some(r) = &c.resources {
+                sum_into(&mut one, &r.requests);
+            }
+            sum.cpu = sum.cpu.max(one.cpu);
+            sum.memory = sum.memory.max(one.memory);
+        }
+        sum_into(&mut sum, &spec.overhead);
+        sum
+    }
+
+    /// Decodes CA's `pod_bytes` (a protobuf `k8s.io.api.core.v1.Pod`, no envelope).
+    pub fn decode(bytes: &[u8]) -> Result<PodRequests, ProviderError> {
+        pb::Pod::decode(bytes)
+            .map(|p| PodRequests::of(&p))
+            .map_err(|e| ProviderError::BadPod {
+                message: e.to_string(),
+            })
+    }
+}
+
+/// The capacity CA would see for the machine: its registered Node's allocatable, else what it
+/// looked like when last seen, else its declared capacity.
+fn best_capacity<'a>(
+    inv: &'a Inventory,
+    m: &'a MachineView,
+) -> Option<&'a BTreeMap<String, String>> {
+    let non_empty = |c: &'a BTreeMap<String, String>| (!c.is_empty()).then_some(c);
+    inv.node(&m.provider_id)
+        .and_then(|n| non_empty(&n.allocatable).or_else(|| non_empty(&n.capacity)))
+        .or_else(|| {
+            m.last_seen
+                .as_ref()
+                .and_then(|s| non_empty(&s.allocatable).or_else(|| non_empty(&s.capacity)))
+        })
+        .or_else(|| non_empty(&m.hints.capacity))
+}
+
+/// Rule 11: the price of a pod over `[start, end)`; always > 0.
+pub fn pod_price(
+    inv: &Inventory,
+    pod: &PodRequests,
+    start: Timestamp,
+    end: Timestamp,
+) -> Result<f64, ProviderError> {
+    if end < start {
+        return Err(ProviderError::InvalidWindow {
+            node: "pod".to_owned(),
+            start: start.to_string(),
+            end: end.to_string(),
+        });
+    }
+    let hours = end.duration_since(start).as_secs_f64() / 3600.0;
+    let members = || inv.groups().flat_map(|g| g.machines.iter());
+    let pod_rate = members()
+        .filter_map(|m| m.pod_rate)
+        .filter(|r| *r > 0.0)
+        .min_by(f64::total_cmp);
+    let per_hour = match pod_rate {
+        Some(rate) => rate,
+        None => {
+            // The cheapest priced machine (ties: by name), else any machine: its share.
+            let cheapest = members()
+                .filter(|m| m.hourly_rate.is_some())
+                .min_by(|a, b| {
+                    let (x, y) = (a.hourly_rate.unwrap_or(0.0), b.hourly_rate.unwrap_or(0.0));
+                    x.total_cmp(&y).then_with(|| a.key.cmp(&b.key))
+                });
+            match cheapest {
+                Some(m) => {
+                    let share = best_capacity(inv, m).map_or(0.0, |cap| {
+                        let frac = |key: &str, want: f64| {
+                            cap.get(key)
+                                .and_then(|q| parse_quantity(q))
+                                .filter(|c| *c > 0.0)
+                                .map_or(0.0, |c| want / c)
+                        };
+                        frac("cpu", pod.cpu).max(frac("memory", pod.memory))
+                    });
+                    share * m.hourly_rate.unwrap_or(0.0)
+                }
+                None => 0.0,
+            }
+        }
+    };
+    let price = per_hour * hours;
+    Ok(if price.is_finite() && price > MIN_POD_PRICE {
+        price
+    } else {
+        MIN_POD_PRICE
+    })
+}
