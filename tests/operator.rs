@@ -422,3 +422,168 @@ async fn a_pdb_that_forbids_eviction_keeps_the_machine_on() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// A Ready machine whose node blips NotReady for less than the grace period is left alone; a
+/// longer loss is recorded (one warning Event, `nodeLostSince`) but power is not touched and the
+/// provider keeps reporting the instance Running: CA's own `--scale-down-unready-time` decides
+/// (issue 11 item 2; CA's `clusterstate.go` deletes instances reported with errorInfo).
+#[tokio::test]
+async fn a_node_that_goes_not_ready_is_recorded_not_powered_off() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-blip").await?;
+    let node = cp.unique_name("blip");
+    let id = format!("homelab://{}/m1", lab.ns);
+    lab.world
+        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+        .await?;
+    lab.create(MachineSpec::new("m1").on().node_name(&node))
+        .await?;
+    lab.wait_phase("m1", Phase::Ready).await?;
+
+    // Shorter than the 3 s grace period: nothing at all.
+    lab.world.node_ready(&node, false).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    lab.world.node_ready(&node, true).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = lab.machines().get("m1").await?;
+    assert_eq!(m.lifecycle().phase(), Phase::Ready);
+    assert!(
+        m.lifecycle().node_lost_since.is_none(),
+        "a blip is not a loss"
+    );
+
+    // Longer: recorded, power untouched.
+    lab.world.node_ready(&node, false).await?;
+    let m = lab
+        .wait_machine("m1", "the loss recorded", |m| {
+            m.lifecycle().node_lost_since.is_some()
+        })
+        .await?;
+    assert_eq!(m.lifecycle().phase(), Phase::Ready);
+    assert!(lab.jobs("m1").await?.is_empty(), "no power action");
+    let source = KubeSource::start(lab.client.clone(), Scope::Namespace(lab.ns.clone()));
+    source.wait_until_ready(SYNC).await?;
+    let group_id = kubectl_homelab::operator::provider::ops::node_groups(&source.inventory())
+        .into_iter()
+        .map(|g| g.id)
+        .next()
+        .context("no group")?;
+    let instances =
+        kubectl_homelab::operator::provider::ops::node_group_nodes(&source.inventory(), &group_id)?;
+    assert_eq!(instances.len(), 1);
+    assert_eq!(
+        instances[0].state,
+        kubectl_homelab::operator::provider::ops::InstanceState::Running
+    );
+    assert!(
+        instances[0].error.is_none(),
+        "no errorInfo for a registered machine"
+    );
+    Ok(())
+}
+
+/// The operator stopped dead (its task dropped at an arbitrary await point, as a SIGKILL leaves
+/// the API server) at 20 pseudo-random moments while ten machines power on and then off, and
+/// started again each time: every machine ends where it is wanted, each operation has at most one
+/// Job, and no Job of an abandoned operation is left running.
+#[tokio::test]
+async fn an_operator_killed_mid_transition_converges_without_duplicate_jobs() -> anyhow::Result<()>
+{
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let mut lab = Lab::start(cp, "op-kill").await?;
+    // This test starts and stops the operator itself.
+    lab._operator = Background::from(tokio::spawn(async {}));
+    let prefix = cp.unique_name("kill");
+    let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    for n in &names {
+        lab.create(MachineSpec::new(n).node_name(&format!("{prefix}-{n}")))
+            .await?;
+    }
+    let world = lab.world.clone();
+    let ns = lab.ns.clone();
+    let node_prefix = prefix.clone();
+    let _runner = lab.world.spawn_job_runner(
+        &lab.ns,
+        Duration::from_millis(300),
+        |_| JobOutcome::Succeed,
+        move |job, _| {
+            let world = world.clone();
+            let ns = ns.clone();
+            let node_prefix = node_prefix.clone();
+            async move {
+                let labels = job.labels();
+                let machine = labels.get(MACHINE_LABEL).cloned().unwrap_or_default();
+                let node = format!("{node_prefix}-{machine}");
+                if labels.get(DIRECTION_LABEL).map(String::as_str) == Some("on") {
+                    let id = format!("homelab://{ns}/{machine}");
+                    world
+                        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+                        .await?;
+                } else {
+                    world.node_ready(&node, false).await?;
+                }
+                Ok(())
+            }
+        },
+    );
+
+    // A fixed seed: the kill points are arbitrary but the same on every run.
+    let mut seed: u64 = 0x5eed_0001;
+    let mut next_delay = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(100 + seed % 1400)
+    };
+    for (round, (want, phase)) in [("on", Phase::Ready), ("off", Phase::Off)]
+        .into_iter()
+        .enumerate()
+    {
+        for n in &names {
+            lab.set_power(n, want).await?;
+        }
+        for _ in 0..10 {
+            let operator = start_operator(lab.client.clone(), &lab.ns).await?;
+            tokio::time::sleep(next_delay()).await;
+            drop(operator);
+        }
+        let _operator = start_operator(lab.client.clone(), &lab.ns).await?;
+        for n in &names {
+            let m = lab.wait_phase(n, phase).await?;
+            let lc = m.lifecycle();
+            let jobs = lab.jobs(n).await?;
+            let mut ops: Vec<String> = jobs
+                .iter()
+                .filter_map(|j| {
+                    j.labels()
+                        .get(kubectl_homelab::operator::power::job::OPERATION_LABEL)
+                        .cloned()
+                })
+                .collect();
+            let total = ops.len();
+            ops.sort();
+            ops.dedup();
+            assert_eq!(
+                ops.len(),
+                total,
+                "{n}: one Job per operation (round {round})"
+            );
+            for j in &jobs {
+                let op = j
+                    .labels()
+                    .get(kubectl_homelab::operator::power::job::OPERATION_LABEL);
+                let current = lc.operation.as_ref().map(|o| &o.id);
+                assert!(
+                    job_finished(j) || j.metadata.deletion_timestamp.is_some() || op == current,
+                    "{n}: Job {} of an abandoned operation still runs (round {round})",
+                    j.name_any()
+                );
+            }
+        }
+    }
+    Ok(())
+}

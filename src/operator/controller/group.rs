@@ -14,6 +14,7 @@ use crate::operator::api::{
     CONDITION_READY, Group, GroupStatus, Health, Machine, condition, upsert_condition,
 };
 use crate::operator::machine::{Phase, PowerState};
+use crate::operator::provider::warnings::{GROUP_WARNING_CONDITIONS, group_warnings};
 
 pub fn error_policy(_g: Arc<Group>, e: &Error, ctx: Arc<Context>) -> Action {
     if let Some(metrics) = &ctx.metrics {
@@ -89,6 +90,25 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
         &mut new.conditions,
         condition(CONDITION_READY, ok, reason, message, generation, now),
     );
+    let inventory = ctx.source.inventory();
+    let warnings = group_warnings(&inventory, &ns, &g.name_any());
+    let mut raised = Vec::new();
+    for kind in GROUP_WARNING_CONDITIONS {
+        let c = match warnings.iter().find(|w| w.condition_type == kind) {
+            Some(w) => {
+                let was = old
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == kind && c.status == "True" && c.message == w.message);
+                if !was {
+                    raised.push(w.clone());
+                }
+                condition(kind, true, w.reason, w.message.clone(), generation, now)
+            }
+            None => condition(kind, false, "NotApplicable", "", generation, now),
+        };
+        upsert_condition(&mut new.conditions, c);
+    }
     new.health = Some(if !ok {
         Health::Unknown
     } else if new.failed > 0 {
@@ -109,6 +129,22 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
             })
             .collect();
         metrics.set_machines_by_phase(&phases);
+    }
+    for w in raised {
+        let ev = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: w.reason.to_owned(),
+            note: Some(w.message),
+            action: "Validate".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx
+            .recorder
+            .publish(&ev, &kube::Resource::object_ref(&*g, &()))
+            .await
+        {
+            tracing::info!(group = %g.name_any(), error = %e, "could not record an Event");
+        }
     }
     if old == new {
         return Ok(Action::await_change());

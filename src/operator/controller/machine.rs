@@ -130,10 +130,16 @@ async fn pods_on(ctx: &Context, node: &str) -> Result<Vec<Pod>, Error> {
         .items)
 }
 
-fn policy(base: &Policy, m: &Machine) -> Result<Policy, String> {
-    let mut p = *base;
+/// The machine's policy: the operator's settings, its own timeouts, its Group's remediation.
+fn policy(ctx: &Context, m: &Machine) -> Result<Policy, String> {
+    let mut p = ctx.settings.policy;
     p.boot_timeout = m.boot_timeout().map_err(|e| e.to_string())?;
     p.shutdown_timeout = m.shutdown_timeout().map_err(|e| e.to_string())?;
+    if let (Some(g), Some(ns)) = (m.group(), m.namespace()) {
+        if let Some(group) = ctx.source.group_store().get(&ObjectRef::new(g).within(&ns)) {
+            p.remediate_after = group.remediate_after().map_err(|e| e.to_string())?;
+        }
+    }
     Ok(p)
 }
 
@@ -232,7 +238,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     let now = Timestamp::now();
     let old_status = m.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
-    let policy = match policy(&ctx.settings.policy, &m) {
+    let policy = match policy(&ctx, &m) {
         Ok(p) => p,
         Err(problem) => {
             upsert_condition(
