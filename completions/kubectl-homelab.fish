@@ -56,16 +56,20 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -f -a "inspect" -d 'Show every machine\'s lifecycle phase: desired vs observed power, since when, attempts, last error and next retry'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s n -l namespace -d 'Namespace to read from (default: the kubeconfig context\'s namespace)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod\'s service account)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l context -d 'The kubeconfig context to use (default: its current context)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s n -l namespace -d 'Namespace (default: the context\'s namespace, or the pod\'s)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s f -l filename -d 'Read Node CRs from a YAML file (`-` for stdin) instead of the cluster: a List as `kubectl get nodes.infra.homecluster.dev -o yaml` prints, multi-document YAML, or a single object. Other kinds in the file (e.g. Groups) are skipped' -r -F
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s o -l output -d 'Output format' -r -f -a "table\t''
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s o -l output -d 'Output format: `wide` adds columns and prints long ones (LAST ERROR) uncut' -r -f -a "table\t''
+wide\t''
 json\t''
 yaml\t''"
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l graph -d 'Print the lifecycle transition table as a graph instead (default: mermaid)' -r -f -a "mermaid\t''
 dot\t''
 markdown\t''"
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s A -l all-namespaces -d 'Read from every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s A -l all-namespaces -d 'Every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l no-headers -d 'Print the table without its header line'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from help" -f -a "inspect" -d 'Show every machine\'s lifecycle phase: desired vs observed power, since when, attempts, last error and next retry'
@@ -82,7 +86,7 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and __fish_seen_subcommand_from help" -f -a "gen" -d 'Print both CRDs as one multi-document YAML (for `kubectl apply -f -`), or write one file per CRD with `--out`'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l seed -d 'Override the scenario\'s seed' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l duration -d 'Override the scenario\'s duration (e.g. 2d, 12h)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l duration -d 'Override the scenario\'s duration (e.g. 48h, 90m)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l plot -d 'Write an SVG plot of machines on and pending pods over time' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s o -l output -d 'Output format' -r -f -a "table\t''
 json\t''"

@@ -38,6 +38,15 @@ fn ok(args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// The table line whose NAME (first or, with NAMESPACE, second column) is `name`.
+fn row(table: &str, name: &str) -> String {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().take(2).any(|w| w == name))
+        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+        .to_owned()
+}
+
 fn json(args: &[&str]) -> Vec<serde_json::Value> {
     let out = ok(args);
     match serde_json::from_str::<serde_json::Value>(&out) {
@@ -51,7 +60,7 @@ fn table_shows_every_machine_with_its_phase_and_error() {
     let file = data();
     let out = ok(&["fsm", "inspect", "-f", file.to_str().unwrap_or_default()]);
     for header in [
-        "MACHINE",
+        "NAME",
         "GROUP",
         "DESIRED",
         "OBSERVED",
@@ -63,12 +72,7 @@ fn table_shows_every_machine_with_its_phase_and_error() {
     ] {
         assert!(out.contains(header), "missing {header}:\n{out}");
     }
-    let line = |name: &str| {
-        out.lines()
-            .find(|l| l.contains(&format!(" {name} ")))
-            .unwrap_or_else(|| panic!("no row for {name}:\n{out}"))
-            .to_owned()
-    };
+    let line = |name: &str| row(&out, name);
     let nuc2 = line("nuc-2");
     assert!(
         nuc2.contains("Failed") && nuc2.contains("ago") && nuc2.contains("5"),
@@ -80,6 +84,100 @@ fn table_shows_every_machine_with_its_phase_and_error() {
     assert!(line("spare").contains("Unknown"));
     // The core/v1 Node in the same file is not a machine.
     assert!(!out.contains("control-plane"), "{out}");
+}
+
+/// Character columns where each header of the first line starts.
+fn header_starts(table: &str, headers: &[&str]) -> Vec<usize> {
+    let header: Vec<char> = table.lines().next().unwrap_or_default().chars().collect();
+    let text: String = header.iter().collect();
+    headers
+        .iter()
+        .map(|h| {
+            let byte = text
+                .find(&format!("{h} "))
+                .or_else(|| text.rfind(h))
+                .unwrap_or_else(|| panic!("no header {h}: {text}"));
+            text[..byte].chars().count()
+        })
+        .collect()
+}
+
+#[test]
+fn the_table_looks_like_kubectl_get() {
+    let file = data();
+    let out = ok(&["fsm", "inspect", "-f", file.to_str().unwrap_or_default()]);
+    // No borders: nothing but the cells and the spaces between them.
+    for border in ['│', '─', '┌', '└', '╞', '═', '|', '+'] {
+        assert!(!out.contains(border), "border {border:?} in:\n{out}");
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "a header and four machines:\n{out}");
+    assert!(lines[0].starts_with("NAME "), "{out}");
+    assert_eq!(lines[0], lines[0].to_uppercase(), "upper-case headers");
+    // Every left-aligned cell starts under its header, after a space.
+    let left = [
+        "GROUP",
+        "DESIRED",
+        "OBSERVED",
+        "PHASE",
+        "SINCE",
+        "LAST ERROR",
+    ];
+    let starts = header_starts(&out, &left);
+    for line in &lines[1..] {
+        let chars: Vec<char> = line.chars().collect();
+        for (h, &at) in left.iter().zip(&starts) {
+            assert!(
+                chars[at - 1] == ' ' && chars[at] != ' ',
+                "{h} is not aligned in {line:?}:\n{out}"
+            );
+        }
+    }
+    // The right-aligned ATTEMPT ends where its header ends.
+    let end = header_starts(&out, &["ATTEMPT"])[0] + "ATTEMPT".len();
+    let nuc2: Vec<char> = row(&out, "nuc-2").chars().collect();
+    assert_eq!((chars_at(&nuc2, end - 1), chars_at(&nuc2, end)), ('5', ' '));
+}
+
+fn chars_at(chars: &[char], i: usize) -> char {
+    chars.get(i).copied().unwrap_or('\0')
+}
+
+#[test]
+fn wide_prints_long_columns_whole_and_no_headers_leaves_only_rows() {
+    let file = data();
+    let f = file.to_str().unwrap_or_default();
+    let full_error = "no Ready Node with the machine's providerID within 10m of powering on \
+                      (operation on-5); gave up after 5 attempts";
+    let table = ok(&["fsm", "inspect", "-f", f]);
+    let nuc2 = row(&table, "nuc-2");
+    assert!(
+        !nuc2.contains(full_error) && nuc2.contains("no Ready Node with") && nuc2.contains('…'),
+        "the default table cuts LAST ERROR: {nuc2}"
+    );
+    assert!(!table.contains("OPERATION"), "{table}");
+
+    let wide = ok(&["fsm", "inspect", "-f", f, "-o", "wide"]);
+    assert!(row(&wide, "nuc-2").contains(full_error), "{wide}");
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap_or_default()
+            .contains("OPERATION")
+    );
+    assert!(row(&wide, "tower").contains("on-2 (done)"), "{wide}");
+
+    for args in [
+        vec!["-f", f, "--no-headers"],
+        vec!["-f", f, "-o", "wide", "--no-headers"],
+    ] {
+        let mut argv = vec!["fsm", "inspect"];
+        argv.extend(args);
+        let out = ok(&argv);
+        assert_eq!(out.lines().count(), 4, "{out}");
+        assert!(!out.contains("NAME") && !out.contains("PHASE"), "{out}");
+        assert!(out.starts_with("spare "), "sorted rows only:\n{out}");
+    }
 }
 
 #[test]
@@ -373,4 +471,178 @@ fn reads_a_single_object_from_stdin() {
     assert_eq!(v[0]["phase"], "Off");
     assert_eq!(v[0]["observed"], "off");
     assert_eq!(v[0]["progress"], "shutdown");
+}
+
+/// A kubeconfig with one context per `(name, server, ca)`, the first current, every user the
+/// same token.
+fn kubeconfig(dir: &Path, contexts: &[(&str, &str, Option<&Path>)], token: &str) -> PathBuf {
+    let mut clusters = String::new();
+    let mut ctxs = String::new();
+    for (name, server, ca) in contexts {
+        clusters.push_str(&format!(
+            "- name: {name}\n  cluster:\n    server: {server}\n"
+        ));
+        if let Some(ca) = ca {
+            clusters.push_str(&format!("    certificate-authority: {}\n", ca.display()));
+        }
+        ctxs.push_str(&format!(
+            "- name: {name}\n  context:\n    cluster: {name}\n    user: u\n    namespace: default\n"
+        ));
+    }
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n{clusters}users:\n- name: u\n  user:\n    \
+         token: {token}\ncontexts:\n{ctxs}current-context: {}\n",
+        contexts[0].0
+    );
+    let path = dir.join(format!("kubeconfig-{}", contexts[0].0));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    l.local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn inspect_fails_with(kubeconfig: &Path) -> String {
+    let o = Command::new(BIN)
+        .args(["fsm", "inspect", "--kubeconfig"])
+        .arg(kubeconfig)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    assert!(!o.status.success());
+    assert!(stdout(&o).is_empty());
+    stderr(&o)
+}
+
+#[test]
+fn an_unreachable_server_is_reported_with_the_refused_connection() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let server = format!("https://127.0.0.1:{}", closed_port());
+    let kc = kubeconfig(dir.path(), &[("closed", &server, None)], "t");
+    let err = inspect_fails_with(&kc);
+    assert!(err.contains(&server), "names the server: {err}");
+    assert!(
+        err.to_lowercase().contains("connection refused"),
+        "says why: {err}"
+    );
+    assert!(
+        err.matches("client error (Connect)").count() <= 1,
+        "once: {err}"
+    );
+}
+
+#[test]
+fn an_unknown_host_is_reported_as_a_dns_failure() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    // `.invalid` never resolves (RFC 2606).
+    let server = "https://apiserver.homelab.invalid:6443";
+    let kc = kubeconfig(dir.path(), &[("nowhere", server, None)], "t");
+    let err = inspect_fails_with(&kc);
+    assert!(err.contains(server), "{err}");
+    assert!(err.contains("dns error"), "says why: {err}");
+}
+
+#[test]
+fn a_missing_kubeconfig_names_the_flag_and_the_file() {
+    let err = inspect_fails_with(Path::new("/nonexistent/homelab.kubeconfig"));
+    assert!(
+        err.contains("--kubeconfig /nonexistent/homelab.kubeconfig")
+            && err.contains("No such file or directory")
+            && err.contains("-f nodes.yaml"),
+        "{err}"
+    );
+}
+
+/// The token the harness's admin kubeconfig carries.
+fn admin_token(cp: &support::ControlPlane) -> anyhow::Result<String> {
+    let kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig())?)?;
+    kc["users"][0]["user"]["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no token in {}", cp.kubeconfig().display()))
+}
+
+#[tokio::test]
+async fn a_server_certificate_the_kubeconfig_does_not_trust_is_reported() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    // The real API server, without the CA that signed its certificate.
+    let kc = kubeconfig(
+        dir.path(),
+        &[("untrusted", &cp.server, None)],
+        &admin_token(cp)?,
+    );
+    let err = inspect_fails_with(&kc);
+    assert!(err.contains(&cp.server), "{err}");
+    assert!(
+        err.contains("invalid peer certificate") && err.contains("UnknownIssuer"),
+        "says the certificate is not trusted: {err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn context_and_namespace_flags_pick_the_cluster_like_kubectl() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("fsm-context").await?;
+    let api: kube::Api<kubectl_homelab::operator::api::Machine> =
+        kube::Api::namespaced(cp.client()?, &ns);
+    let text = std::fs::read_to_string(data())?;
+    let mut machine = kubectl_homelab::commands::fsm::parse_machines("data", &text)?
+        .into_iter()
+        .find(|m| m.metadata.name.as_deref() == Some("spare"))
+        .ok_or_else(|| anyhow::anyhow!("no machine spare in the data"))?;
+    machine.metadata.namespace = Some(ns.clone());
+    machine.status = None;
+    api.create(&Default::default(), &machine).await?;
+
+    let dir = tempfile::tempdir()?;
+    let closed = format!("https://127.0.0.1:{}", closed_port());
+    let ca = cp.ca_cert_path();
+    // The current context points nowhere; --context picks the real one.
+    let kc = kubeconfig(
+        dir.path(),
+        &[("broken", &closed, None), ("lab", &cp.server, Some(&ca))],
+        &admin_token(cp)?,
+    );
+    let o = Command::new(BIN)
+        .args([
+            "fsm",
+            "inspect",
+            "--context",
+            "lab",
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["name"], "spare");
+    assert_eq!(v[0]["namespace"], ns.as_str());
+
+    let o = Command::new(BIN)
+        .args(["fsm", "inspect", "--context", "nope", "--kubeconfig"])
+        .arg(&kc)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()?;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    Ok(())
 }

@@ -590,9 +590,9 @@ async fn grpc_server_over_the_cluster() -> anyhow::Result<()> {
     exercise(&mut c, &fx.client, &fx).await
 }
 
-/// Exactly the RBAC the Helm chart ships for the provider (keep in sync with
-/// /work/team/provider-kube.md and the chart): read Groups and Node CRs in the watched
-/// namespace, patch Node CRs there; read Kubernetes Nodes cluster-wide.
+/// Exactly the RBAC the provider needs (keep in sync with the README's serve-grpc section):
+/// read Groups and Node CRs in the watched namespace, patch Node CRs there; read Kubernetes
+/// Nodes cluster-wide.
 fn namespaced_rules() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
     use k8s_openapi::api::rbac::v1::PolicyRule;
     let s = |v: &[&str]| Some(v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>());

@@ -255,7 +255,7 @@ fn the_binary_with_no_arguments_prints_a_report() {
         "towers",
         "total",
         "kWh",
-        "pod wait",
+        "POD WAIT",
     ] {
         assert!(
             stdout.contains(needle),
@@ -462,7 +462,7 @@ fn hostile_hardware_never_breaks_an_invariant() {
             "powerOnFailure: 0.02",
             "powerOnFailure: 0.3\n  neverBoots: 0.2\n  powerOffFailure: 0.2",
         )
-        .replace("duration: 7d", "duration: 2d");
+        .replace("duration: 168h", "duration: 48h");
     let base = Scenario::parse("hostile", &text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}"));
     for seed in 0..12 {
         let mut s = base.clone();

@@ -15,7 +15,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", kubectl_homelab::commands::render_error(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -2,7 +2,8 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use comfy_table::{ContentArrangement, Table, presets};
+use super::kube_args::{ConnectError, KubeArgs, KubeError, Namespaces};
+use super::table::{Column, Style, Table};
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
@@ -26,20 +27,19 @@ pub enum FsmCommand {
 pub struct InspectArgs {
     /// Machines (Node CR names, or their Kubernetes node names) to show; all when omitted.
     pub nodes: Vec<String>,
-    /// Namespace to read from (default: the kubeconfig context's namespace).
-    #[arg(short, long, conflicts_with = "all_namespaces")]
-    pub namespace: Option<String>,
-    /// Read from every namespace.
-    #[arg(short = 'A', long)]
-    pub all_namespaces: bool,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Read Node CRs from a YAML file (`-` for stdin) instead of the cluster: a List as
     /// `kubectl get nodes.infra.homecluster.dev -o yaml` prints, multi-document YAML, or a
     /// single object. Other kinds in the file (e.g. Groups) are skipped.
     #[arg(short = 'f', long, value_name = "FILE")]
     pub filename: Option<PathBuf>,
-    /// Output format.
+    /// Output format: `wide` adds columns and prints long ones (LAST ERROR) uncut.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Print the table without its header line.
+    #[arg(long)]
+    pub no_headers: bool,
     /// Print the lifecycle transition table as a graph instead (default: mermaid).
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "mermaid", value_name = "FORMAT")]
     pub graph: Option<GraphArg>,
@@ -48,6 +48,7 @@ pub struct InspectArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     Table,
+    Wide,
     Json,
     Yaml,
 }
@@ -59,42 +60,65 @@ pub enum GraphArg {
     Markdown,
 }
 
-/// What can go wrong, each naming the fix. Causes are kept as text (rendered once), so the
-/// CLI's error chain does not repeat them.
+/// What can go wrong, each naming the fix; the cause (I/O, kube, YAML) stays the `source`, and
+/// the edge prints the whole chain once.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error(
-        "no Kubernetes configuration found ({0}); to inspect machines without a cluster, pass a \
+        "cannot reach a cluster to read machines from; to inspect machines without one, pass a \
          file: `kubectl homelab fsm inspect -f nodes.yaml`"
     )]
-    NoCluster(String),
+    NoCluster(#[source] ConnectError),
     #[error(
-        "the API server does not know nodes.{API_GROUP} ({0}): the CRDs are not installed; \
+        "the API server at {server} does not know nodes.{API_GROUP}: the CRDs are not installed; \
          install them with `kubectl homelab crd gen | kubectl apply -f -`"
     )]
-    CrdsMissing(String),
+    CrdsMissing {
+        server: String,
+        #[source]
+        source: KubeError,
+    },
     #[error(
-        "not allowed to list nodes.{API_GROUP} in {scope} ({cause}); ask for RBAC `list` on \
+        "not allowed to list nodes.{API_GROUP} in {scope}; ask for RBAC `list` on \
          nodes.{API_GROUP}, or use -n with a namespace you can read"
     )]
-    Forbidden { scope: String, cause: String },
+    Forbidden {
+        scope: Namespaces,
+        #[source]
+        source: KubeError,
+    },
     #[error(
-        "cannot list nodes.{API_GROUP} in {scope} ({cause}); check that the API server is \
-         reachable (`kubectl get nodes`)"
+        "cannot list nodes.{API_GROUP} in {scope} from the API server at {server}; check that it \
+         is reachable and trusted (`kubectl get nodes`, the kubeconfig's server and \
+         certificate-authority)"
     )]
-    List { scope: String, cause: String },
-    #[error("cannot read {path}: {cause}")]
-    Read { path: String, cause: String },
+    List {
+        scope: Namespaces,
+        server: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
-        "{0}\nThe file must be YAML: a List (`kubectl get nodes.{API_GROUP} -o yaml`), \
+        "cannot read Node CRs from {path}: the file must be YAML: a List (`kubectl get nodes.{API_GROUP} -o yaml`), \
          documents separated by `---`, or one object"
     )]
-    NotYaml(String),
-    #[error("{path}: {what} is not a valid Node ({API_GROUP}/v1alpha1): {cause}")]
+    NotYaml {
+        path: String,
+        #[source]
+        source: crate::yaml::YamlError,
+    },
+    #[error("{path}: {what} is not a valid Node ({API_GROUP}/v1alpha1)")]
     BadObject {
         path: String,
         what: String,
-        cause: String,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("no machine named {names} in {source_desc} (found: {found})")]
     NotFound {
@@ -102,17 +126,8 @@ pub enum InspectError {
         source_desc: String,
         found: String,
     },
-    #[error("cannot render the output: {0}")]
-    Render(String),
-}
-
-/// A kube error as one line, without the chain repeating itself.
-fn cause(e: &kube::Error) -> String {
-    match e {
-        kube::Error::InferConfig(inner) => inner.to_string(),
-        kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
-        other => other.to_string(),
-    }
+    #[error("cannot render the output")]
+    Render(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub async fn run(cmd: FsmCommand) -> anyhow::Result<()> {
@@ -140,49 +155,48 @@ pub async fn inspect(args: &InspectArgs) -> Result<String, InspectError> {
     };
     let views = select(&machines, &args.nodes, &source_desc)?;
     // "Now" is read here, at the edge; the core never reads a clock.
-    render_views(&views, args.output, Timestamp::now())
+    let options = TableOptions {
+        wide: false,
+        no_headers: args.no_headers,
+        all_namespaces: args.kube.all_namespaces && args.filename.is_none(),
+    };
+    render_views(&views, args.output, options, Timestamp::now())
 }
 
 async fn load_cluster(args: &InspectArgs) -> Result<(Vec<Machine>, String), InspectError> {
     use kube::api::{Api, ListParams};
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| InspectError::NoCluster(cause(&e)))?;
-    let (api, scope): (Api<Machine>, String) = if args.all_namespaces {
-        (Api::all(client), "all namespaces".to_owned())
-    } else {
-        let ns = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
-        (Api::namespaced(client, &ns), format!("namespace {ns}"))
+    let cluster = args.kube.connect().await.map_err(InspectError::NoCluster)?;
+    let scope = args.kube.namespaces(&cluster);
+    let api: Api<Machine> = match &scope {
+        Namespaces::All => Api::all(cluster.client.clone()),
+        Namespaces::One(ns) => Api::namespaced(cluster.client.clone(), ns),
     };
     match api.list(&ListParams::default()).await {
-        Ok(list) => Ok((list.items, scope)),
-        Err(e @ kube::Error::Api(_)) if is_code(&e, 404) => {
-            Err(InspectError::CrdsMissing(cause(&e)))
+        Ok(list) => Ok((list.items, scope.to_string())),
+        Err(e) => {
+            let source = KubeError(e);
+            Err(match source.code() {
+                Some(404) => InspectError::CrdsMissing {
+                    server: cluster.server,
+                    source,
+                },
+                Some(403) => InspectError::Forbidden { scope, source },
+                _ => InspectError::List {
+                    scope,
+                    server: cluster.server,
+                    source,
+                },
+            })
         }
-        Err(e) if is_code(&e, 403) => Err(InspectError::Forbidden {
-            scope,
-            cause: cause(&e),
-        }),
-        Err(e) => Err(InspectError::List {
-            scope,
-            cause: cause(&e),
-        }),
     }
-}
-
-fn is_code(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
 /// Reads Node CRs from a file (`-`: stdin).
 pub fn load_file(path: &Path) -> Result<Vec<Machine>, InspectError> {
     let name = path.display().to_string();
-    let read_err = |e: std::io::Error| InspectError::Read {
+    let read_err = |source| InspectError::Read {
         path: name.clone(),
-        cause: e.to_string(),
+        source,
     };
     let text = if path == Path::new("-") {
         let mut s = String::new();
@@ -196,8 +210,11 @@ pub fn load_file(path: &Path) -> Result<Vec<Machine>, InspectError> {
 
 /// Node CRs in YAML text: Lists are unpacked, objects of other kinds skipped.
 pub fn parse_machines(source_name: &str, text: &str) -> Result<Vec<Machine>, InspectError> {
-    let docs: Vec<serde_json::Value> = crate::yaml::from_multi_doc(source_name, text)
-        .map_err(|e| InspectError::NotYaml(e.to_string()))?;
+    let docs: Vec<serde_json::Value> =
+        crate::yaml::from_multi_doc(source_name, text).map_err(|source| InspectError::NotYaml {
+            path: source_name.to_owned(),
+            source,
+        })?;
     let mut out = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
         let items = match doc.get("items") {
@@ -218,11 +235,12 @@ pub fn parse_machines(source_name: &str, text: &str) -> Result<Vec<Machine>, Ins
                 Some(n) => format!("document {}, item {}, Node {n}", i + 1, j + 1),
                 None => format!("document {}, item {}", i + 1, j + 1),
             };
-            let m: Machine = serde_json::from_value(item).map_err(|e| InspectError::BadObject {
-                path: source_name.to_owned(),
-                what,
-                cause: e.to_string(),
-            })?;
+            let m: Machine =
+                serde_json::from_value(item).map_err(|source| InspectError::BadObject {
+                    path: source_name.to_owned(),
+                    what,
+                    source,
+                })?;
             out.push(m);
         }
     }
@@ -349,24 +367,45 @@ fn power(p: Option<PowerState>) -> &'static str {
     }
 }
 
+/// How the table looks: kubectl's `-o wide`, `--no-headers`, and `-A` (which always shows the
+/// NAMESPACE column, as kubectl does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    pub wide: bool,
+    pub no_headers: bool,
+    pub all_namespaces: bool,
+}
+
 /// The output in the chosen format at `now` (relative times in the table only).
 pub fn render_views(
     views: &[MachineView],
     output: Output,
+    options: TableOptions,
     now: Timestamp,
 ) -> Result<String, InspectError> {
     match output {
         Output::Json => serde_json::to_string_pretty(views)
             .map(|s| s + "\n")
-            .map_err(|e| InspectError::Render(e.to_string())),
+            .map_err(|e| InspectError::Render(Box::new(e))),
         Output::Yaml => {
-            crate::yaml::to_string(&views).map_err(|e| InspectError::Render(e.to_string()))
+            crate::yaml::to_string(&views).map_err(|e| InspectError::Render(Box::new(e)))
         }
-        Output::Table => Ok(render_table(views, now)),
+        Output::Table => Ok(render_table(views, options, now)),
+        Output::Wide => Ok(render_table(
+            views,
+            TableOptions {
+                wide: true,
+                ..options
+            },
+            now,
+        )),
     }
 }
 
-fn render_table(views: &[MachineView], now: Timestamp) -> String {
+/// Characters of LAST ERROR the default table shows; `-o wide` shows all.
+const LAST_ERROR_WIDTH: usize = 40;
+
+fn render_table(views: &[MachineView], options: TableOptions, now: Timestamp) -> String {
     if views.is_empty() {
         return "No machines (Node CRs) found.\n".to_owned();
     }
@@ -374,27 +413,25 @@ fn render_table(views: &[MachineView], now: Timestamp) -> String {
         .iter()
         .map(|v| v.namespace.as_deref())
         .collect::<std::collections::BTreeSet<_>>();
-    let show_ns = namespaces.len() > 1;
-    let mut table = Table::new();
-    table
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic);
-    let mut header = Vec::new();
+    let show_ns = options.all_namespaces || namespaces.len() > 1;
+    let mut columns = Vec::new();
     if show_ns {
-        header.push("NAMESPACE");
+        columns.push(Column::new("namespace"));
     }
-    header.extend([
-        "MACHINE",
-        "GROUP",
-        "DESIRED",
-        "OBSERVED",
-        "PHASE",
-        "SINCE",
-        "ATTEMPT",
-        "LAST ERROR",
-        "NEXT RETRY",
+    columns.extend([
+        Column::new("name"),
+        Column::new("group"),
+        Column::new("desired"),
+        Column::new("observed"),
+        Column::new("phase"),
+        Column::new("since"),
+        Column::new("attempt").right(),
+        Column::new("last error").cut_at(LAST_ERROR_WIDTH),
+        Column::new("next retry"),
+        Column::new("operation").wide_only(),
+        Column::new("progress").wide_only(),
     ]);
-    table.set_header(header);
+    let mut table = Table::new(columns);
     for v in views {
         let mut row: Vec<String> = Vec::new();
         if show_ns {
@@ -406,6 +443,22 @@ fn render_table(views: &[MachineView], now: Timestamp) -> String {
             (None, Phase::Failed) => "none (gave up)".to_owned(),
             (None, _) => "-".to_owned(),
         };
+        let operation = v.operation.as_ref().map_or_else(
+            || "-".to_owned(),
+            |op| match op.completed {
+                Some(_) => format!("{} (done)", op.id),
+                None => op.id.clone(),
+            },
+        );
+        let progress = v.progress.map_or_else(
+            || "-".to_owned(),
+            |p| {
+                serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "-".to_owned())
+            },
+        );
         row.extend([
             v.name.clone(),
             v.group.clone().unwrap_or_else(|| "-".to_owned()),
@@ -417,10 +470,15 @@ fn render_table(views: &[MachineView], now: Timestamp) -> String {
             v.attempt.to_string(),
             v.last_error.clone().unwrap_or_else(|| "-".to_owned()),
             next_retry,
+            operation,
+            progress,
         ]);
-        table.add_row(row);
+        table.row(row);
     }
-    format!("{table}\n")
+    table.render(Style {
+        wide: options.wide,
+        no_headers: options.no_headers,
+    })
 }
 
 #[cfg(test)]
@@ -478,18 +536,15 @@ items:
             err.as_deref(),
             Some("no machine named zzz in list.yaml (found: b, a)")
         );
-        let table = render_table(&views, ts(0));
-        assert!(
-            table.contains("MACHINE") && table.contains("boom"),
-            "{table}"
-        );
+        let table = render_table(&views, TableOptions::default(), ts(0));
+        assert!(table.contains("NAME") && table.contains("boom"), "{table}");
     }
 
     #[test]
     fn not_yaml_names_the_file_and_line() {
         let err = parse_machines("bad.yaml", "a: [1, 2\nb: c\n")
             .err()
-            .map(|e| e.to_string())
+            .map(|e| crate::commands::render_chain(&e))
             .unwrap_or_default();
         assert!(err.contains("bad.yaml") && err.contains("line"), "{err}");
     }

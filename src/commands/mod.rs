@@ -4,8 +4,10 @@ use clap::{Parser, Subcommand};
 pub mod completion;
 pub mod crd;
 pub mod fsm;
+pub mod kube_args;
 pub mod serve_grpc;
 pub mod simulate;
+pub mod table;
 
 /// Power homelab machines on when pods need room and off when they are idle.
 ///
@@ -56,5 +58,69 @@ impl Cli {
             Command::Simulate(args) => simulate::run(args).await,
             Command::Completion(args) => completion::run(args),
         }
+    }
+}
+
+/// An error and its causes as the CLI prints them, once: the message, then every `source()`
+/// whose text the line above does not already include (many errors repeat their cause in
+/// their own message), so the reason at the bottom (connection refused, DNS, an untrusted
+/// certificate) is never lost.
+pub fn render_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    render_messages(std::iter::successors(Some(error), |e| e.source()).map(|e| e.to_string()))
+}
+
+/// [`render_chain`] for the `anyhow::Error` a command returns.
+pub fn render_error(error: &anyhow::Error) -> String {
+    render_messages(error.chain().map(|e| e.to_string()))
+}
+
+fn render_messages(messages: impl Iterator<Item = String>) -> String {
+    let mut shown: Vec<String> = Vec::new();
+    for message in messages {
+        let message = message.trim().to_owned();
+        if message.is_empty() || shown.last().is_some_and(|prev| prev.contains(&message)) {
+            continue;
+        }
+        shown.push(message);
+    }
+    let mut out = format!("error: {}", shown.first().map_or("", String::as_str));
+    if shown.len() > 1 {
+        out.push_str("\n\nCaused by:");
+        for cause in &shown[1..] {
+            out.push_str("\n  ");
+            out.push_str(cause);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot list machines")]
+    struct Top(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("ServiceError: {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn causes_print_once_each_down_to_the_root() {
+        let e = Top(Middle(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        )));
+        assert_eq!(
+            render_chain(&e),
+            "error: cannot list machines\n\nCaused by:\n  ServiceError: Connection refused (os error 111)"
+        );
+        let e = anyhow::Error::new(std::io::Error::other("disk full")).context("cannot write x");
+        assert_eq!(
+            render_error(&e),
+            "error: cannot write x\n\nCaused by:\n  disk full"
+        );
+        assert_eq!(render_error(&anyhow::anyhow!("plain")), "error: plain");
     }
 }

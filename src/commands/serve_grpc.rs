@@ -93,10 +93,7 @@ pub struct Args {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("`{s}` is not a duration like `3s` or `2m`: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("`{s}` must not be negative"))
+    crate::operator::api::parse_duration_arg(s)
 }
 
 /// The provider's configuration from the flags (budgets stay at their defaults).

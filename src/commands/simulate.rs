@@ -3,14 +3,14 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use super::table::{Column, Style, Table};
 use anyhow::Context;
-use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::sim::report::{GroupReport, WaitStats};
 use crate::sim::scenario::{
     DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, NoTraceFiles, Scenario, TraceSource,
 };
-use crate::sim::units::{Millis, format_millis, parse_millis};
+use crate::sim::units::{Millis, format_millis};
 use crate::sim::{Report, RunOptions, plot};
 
 /// Output format.
@@ -32,7 +32,7 @@ pub struct Args {
     /// Override the scenario's seed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Override the scenario's duration (e.g. 2d, 12h).
+    /// Override the scenario's duration (e.g. 48h, 90m).
     #[arg(long, value_parser = duration_arg)]
     pub duration: Option<Millis>,
     /// Print the events (scale-ups, power actions, boots, failures) with virtual timestamps.
@@ -57,9 +57,12 @@ pub struct Args {
 }
 
 fn duration_arg(s: &str) -> Result<Millis, String> {
-    match parse_millis(s) {
-        Some(d) if d > 0 => Ok(d),
-        _ => Err(format!("{s:?} is not a duration like 2d, 12h or 90m")),
+    let d = crate::operator::api::parse_duration_arg(s)?;
+    match u64::try_from(d.as_millis()) {
+        Ok(ms) if ms > 0 => Ok(ms),
+        _ => Err(format!(
+            "{s:?} must be at least 1ms (the simulation's tick), e.g. 48h"
+        )),
     }
 }
 
@@ -251,46 +254,38 @@ fn kwh(v: f64) -> String {
     }
 }
 
-fn row(g: &GroupReport, currency: &str) -> Vec<Cell> {
-    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+fn row(g: &GroupReport, currency: &str) -> Vec<String> {
     vec![
-        Cell::new(&g.name),
-        right(format!("{} ({}-{})", g.machines, g.min_size, g.max_size)),
-        right(format!("{:.1}", g.machine_hours_on)),
-        right(format!("{} / {}", g.boots, g.failed_boots)),
-        right(format!("{} / {}", kwh(g.kwh), kwh(g.baseline_kwh))),
-        right(money(g.cost, currency)),
-        right(format!(
-            "{} ({:.0}%)",
-            money(g.savings, currency),
-            g.savings_percent
-        )),
-        right(wait(&g.wait)),
+        g.name.clone(),
+        format!("{} ({}-{})", g.machines, g.min_size, g.max_size),
+        format!("{:.1}", g.machine_hours_on),
+        format!("{} / {}", g.boots, g.failed_boots),
+        format!("{} / {}", kwh(g.kwh), kwh(g.baseline_kwh)),
+        money(g.cost, currency),
+        format!("{} ({:.0}%)", money(g.savings, currency), g.savings_percent),
+        wait(&g.wait),
     ]
 }
 
 /// The summary table and the lines under it.
 pub fn render_summary(r: &Report) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(vec![
-            "group",
-            "machines (min-max)",
-            "machine-hours on",
-            "boots / failed",
-            "kWh / always-on",
-            "cost",
-            "saved",
-            "pod wait p50 / p95 / max",
-        ]);
+    let mut t = Table::new(vec![
+        Column::new("group"),
+        Column::new("machines (min-max)").right(),
+        Column::new("machine-hours on").right(),
+        Column::new("boots / failed").right(),
+        Column::new("kWh / always-on").right(),
+        Column::new("cost").right(),
+        Column::new("saved").right(),
+        Column::new("pod wait p50 / p95 / max").right(),
+    ]);
     for g in &r.groups {
-        t.add_row(row(g, &r.currency));
+        t.row(row(g, &r.currency));
     }
-    t.add_row(row(&r.total, &r.currency));
+    t.row(row(&r.total, &r.currency));
     let c = &r.counters;
     format!(
-        "scenario {:?}, seed {}, {} of virtual time from {}, electricity {:.2} {}/kWh\n{t}\n\
+        "scenario {:?}, seed {}, {} of virtual time from {}, electricity {:.2} {}/kWh\n{}\
          pods: {} arrived, {} never placed; pods waiting for room {} of the time ({})\n\
          autoscaler: {} scale-ups, {} scale-downs, {} failed instances removed, {} backoffs, {} refused scale-ups; {} pods evicted by drains\n",
         r.scenario,
@@ -299,6 +294,7 @@ pub fn render_summary(r: &Report) -> String {
         r.start.strftime("%Y-%m-%d %H:%M UTC"),
         r.price_per_kwh,
         r.currency,
+        t.render(Style::default()),
         r.pods_arrived,
         r.pods_never_placed,
         pct(r.unschedulable_ms, r.duration_ms),

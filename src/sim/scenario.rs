@@ -552,7 +552,7 @@ impl Scenario {
         traces: &dyn TraceSource,
     ) -> Result<Scenario, ScenarioError> {
         if raw.duration.0 == 0 {
-            return Err(cx.err("duration", "must be longer than 0s, e.g. \"7d\""));
+            return Err(cx.err("duration", "must be longer than 0s, e.g. \"168h\""));
         }
         if !(raw.electricity.price_per_kwh.is_finite() && raw.electricity.price_per_kwh >= 0.0) {
             return Err(cx.err(

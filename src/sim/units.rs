@@ -7,7 +7,7 @@ use rand::Rng;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::operator::api::parse_duration;
+use crate::operator::api::{duration_problem, parse_duration};
 
 /// Milliseconds of virtual time. The simulator keeps integer milliseconds and converts to
 /// `jiff::Timestamp` only where it calls the operator's cores.
@@ -18,29 +18,11 @@ pub const MINUTE: Millis = 60 * SECOND;
 pub const HOUR: Millis = 60 * MINUTE;
 pub const DAY: Millis = 24 * HOUR;
 
-/// Parses `90s`, `10m`, `1h30m` (Go syntax, as in the CRDs) and additionally whole days
-/// (`7d`, `2d12h`) since simulations run for days.
+/// Parses a duration in the project's one grammar ([`parse_duration`]: `90s`, `10m`, `1h30m`,
+/// `168h`, as in the CRDs and on the command line) into milliseconds.
 pub fn parse_millis(s: &str) -> Option<Millis> {
-    let s = s.trim();
-    let (days, rest) = match s.split_once('d') {
-        Some((d, rest)) if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => {
-            (d.parse::<u64>().ok()?, rest)
-        }
-        _ => (0, s),
-    };
-    let rest_ms = if rest.is_empty() {
-        if days == 0 && !s.starts_with('0') {
-            return None;
-        }
-        0
-    } else {
-        let d = parse_duration("", rest).ok()?;
-        if d.is_negative() {
-            return None;
-        }
-        u64::try_from(d.as_millis()).ok()?
-    };
-    days.checked_mul(DAY)?.checked_add(rest_ms)
+    let d = parse_duration("", s).ok()?;
+    u64::try_from(d.as_millis()).ok()
 }
 
 /// Formats milliseconds compactly for tables and timelines (`1d2h`, `3m20s`, `850ms`).
@@ -82,14 +64,12 @@ impl<'de> Deserialize<'de> for Duration {
         impl Visitor<'_> for V {
             type Value = Duration;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration like \"90s\", \"10m\", \"1h30m\" or \"7d\"")
+                f.write_str("a duration like \"90s\", \"10m\", \"1h30m\" or \"168h\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                parse_millis(v).map(Duration).ok_or_else(|| {
-                    E::custom(format!(
-                        "{v:?} is not a duration; expected a duration like \"90s\", \"10m\", \"1h30m\" or \"7d\""
-                    ))
-                })
+                parse_millis(v)
+                    .map(Duration)
+                    .ok_or_else(|| E::custom(duration_problem(v)))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
                 if v == 0 {
@@ -411,10 +391,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_with_days() {
+    fn durations_use_the_crd_grammar() {
         assert_eq!(parse_millis("90s"), Some(90 * SECOND));
-        assert_eq!(parse_millis("7d"), Some(7 * DAY));
-        assert_eq!(parse_millis("2d12h"), Some(2 * DAY + 12 * HOUR));
+        assert_eq!(parse_millis("168h"), Some(7 * DAY));
+        assert_eq!(parse_millis("60h"), Some(2 * DAY + 12 * HOUR));
+        // The CRDs' grammar: no day unit.
+        assert_eq!(parse_millis("7d"), None);
         assert_eq!(parse_millis("1h30m"), Some(90 * MINUTE));
         assert_eq!(parse_millis("0"), Some(0));
         assert_eq!(parse_millis("ninety"), None);

@@ -16,7 +16,8 @@ pub use conditions::*;
 pub use group::*;
 pub use machine::*;
 pub use parse::{
-    FieldError, format_duration, is_mac, parse_decimal, parse_duration, parse_mac, parse_threshold,
+    FieldError, duration_problem, format_duration, is_mac, parse_decimal, parse_duration,
+    parse_duration_arg, parse_mac, parse_threshold,
 };
 pub use power::*;
 

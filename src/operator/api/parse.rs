@@ -1,13 +1,16 @@
 //! Parsers for the string-typed fields the predecessor's CRDs fixed (durations, thresholds,
 //! prices). The CEL rules in the schema accept exactly what these accept, so an object the API
 //! server stored parses here; the errors still name the field for objects read from files.
+//!
+//! [`parse_duration`] is the one duration grammar of the project: CRD fields, scenario files
+//! and command-line flags all call it, so a value that works in one place works in all.
 use jiff::SignedDuration;
 
 /// A field of a Group or Node CR that does not hold what it should. `field` is the path the
 /// caller gave (e.g. `Node homelab/m1 spec.bootTimeout`), so the message says where to look.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FieldError {
-    #[error("{field}: {value:?} is not a duration; write it like 90s, 10m or 1h30m")]
+    #[error("{field}: {}", duration_problem(.value))]
     Duration { field: String, value: String },
     #[error(
         "{field}: {value:?} is not a decimal between 0 and 1; write a fraction as a string, \
@@ -23,11 +26,68 @@ pub enum FieldError {
 /// Parses a Go-style duration (`time.ParseDuration` without a sign): a sequence of decimal
 /// numbers each with a unit `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`, e.g. `1h30m`, `1.5s`; the bare
 /// `0` is allowed as in Go. `field` names the field in the error.
+///
+/// Go's grammar because the Cluster Autoscaler's flags and Kubernetes' own durations use it, so
+/// values copy between them; it has no day unit (`7d` is `168h`).
 pub fn parse_duration(field: &str, value: &str) -> Result<SignedDuration, FieldError> {
     parse_go_duration(value).ok_or_else(|| FieldError::Duration {
         field: field.to_owned(),
         value: value.to_owned(),
     })
+}
+
+/// [`parse_duration`] for a command-line flag (clap's `value_parser`): a non-negative
+/// `std::time::Duration`, and the message clap prints after the flag's name.
+pub fn parse_duration_arg(value: &str) -> Result<std::time::Duration, String> {
+    parse_go_duration(value)
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .ok_or_else(|| duration_problem(value))
+}
+
+/// Why `value` is not a duration and what to write instead (without a field name).
+pub fn duration_problem(value: &str) -> String {
+    let hint = if let Some(hours) = days_as_hours(value) {
+        format!(
+            "there is no day unit (durations are written as in Kubernetes and the Cluster \
+             Autoscaler's flags): write {hours}"
+        )
+    } else if value.chars().any(char::is_whitespace) {
+        "write it without spaces, like 90s, 10m or 1h30m".to_owned()
+    } else if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        format!("give it a unit, like {value}s or {value}m")
+    } else {
+        "write it like 90s, 10m or 1h30m (units ns, us, ms, s, m, h)".to_owned()
+    };
+    format!("{value:?} is not a duration; {hint}")
+}
+
+/// `7d` → `168h`, `2d12h` → `60h`: what a value written with days means, when it parses
+/// otherwise and comes out in whole seconds.
+fn days_as_hours(value: &str) -> Option<String> {
+    let (days, rest) = value.split_once('d')?;
+    if days.is_empty() || !days.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let rest = if rest.is_empty() {
+        SignedDuration::ZERO
+    } else {
+        parse_go_duration(rest)?
+    };
+    let days: i64 = days.parse().ok()?;
+    let total = SignedDuration::from_hours(days.checked_mul(24)?).checked_add(rest)?;
+    if total.subsec_nanos() != 0 {
+        return None;
+    }
+    let secs = total.as_secs();
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = format!("{h}h");
+    if m != 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s != 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    Some(out)
 }
 
 fn parse_go_duration(s: &str) -> Option<SignedDuration> {
@@ -187,6 +247,41 @@ mod tests {
         // int64 nanoseconds overflow, as in Go.
         assert_eq!(d("2562048h"), None);
         assert!(d("2562047h").is_some());
+    }
+
+    #[test]
+    fn duration_errors_say_what_to_write_instead() {
+        let problem = |v: &str| parse_duration("spec.x", v).unwrap_err().to_string();
+        assert!(problem("7d").ends_with("write 168h"), "{}", problem("7d"));
+        assert!(
+            problem("2d12h").ends_with("write 60h"),
+            "{}",
+            problem("2d12h")
+        );
+        assert!(
+            problem("10 m").contains("without spaces"),
+            "{}",
+            problem("10 m")
+        );
+        assert!(problem("600").contains("like 600s"), "{}", problem("600"));
+        assert!(problem("soon").contains("like 90s"), "{}", problem("soon"));
+        assert!(
+            problem("soon").starts_with("spec.x: \"soon\""),
+            "{}",
+            problem("soon")
+        );
+    }
+
+    #[test]
+    fn flags_use_the_same_grammar() {
+        use std::time::Duration;
+        assert_eq!(parse_duration_arg("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration_arg("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration_arg("0"), Ok(Duration::ZERO));
+        // What a looser parser would take, and the CRDs refuse.
+        for bad in ["2 minutes", "PT2M", "1d", "-2s", "2", " 2s"] {
+            assert!(parse_duration_arg(bad).is_err(), "{bad:?} must be rejected");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The pure machine lifecycle core: no I/O, no clock, no tokio. Callers pass `now` in and
-//! perform the returned effects. See /work/team/machine.md for how to drive it.
+//! perform the returned effects.
 //!
 //! - [`TABLE`]: the transition table, the single definition of what may happen.
 //! - [`step`]: one event → new lifecycle + effects (or [`Rejected`]).
