@@ -1,5 +1,9 @@
 //! The operator: CRD types, the pure lifecycle and provider cores, and the edges that drive them.
 pub mod api;
+pub mod health;
+pub mod leader;
 pub mod machine;
-pub mod provider;
+pub mod metrics;
 pub mod power;
+pub mod provider;
+pub mod runtime;

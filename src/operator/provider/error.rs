@@ -100,6 +100,10 @@ pub enum ProviderError {
     Persist { group: String, message: String },
     #[error("inventory not ready: {message}")]
     NotReady { message: String },
+    #[error(
+        "this replica is not the leader; mutating calls go to the leader (route the Cluster Autoscaler through the Service, which selects ready replicas only)"
+    )]
+    NotLeader,
 }
 
 impl ProviderError {
@@ -118,7 +122,7 @@ impl ProviderError {
             | BelowRegistered { .. }
             | DecreaseBelowMin { .. } => ErrorKind::FailedPrecondition,
             NotEnoughMachines { .. } => ErrorKind::ResourceExhausted,
-            Persist { .. } | NotReady { .. } => ErrorKind::Unavailable,
+            Persist { .. } | NotReady { .. } | NotLeader => ErrorKind::Unavailable,
             NoTemplate { .. } | Unimplemented { .. } => ErrorKind::Unimplemented,
         }
     }

@@ -25,6 +25,7 @@ pub mod template;
 pub use memory::MemorySource;
 pub use service::{
     InventorySource, PersistError, Provider, ServeError, TlsOptions, serve, serve_provider,
+    serve_provider_with_layer,
 };
 
 #[cfg(test)]
