@@ -210,3 +210,98 @@ async fn on_for_a_failed_machine_requests_a_retry() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Plays the operator's part: writes the lifecycle phase (and error) into status.
+async fn set_phase(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    phase: &str,
+    error: Option<&str>,
+) -> anyhow::Result<()> {
+    let status = json!({ "status": {
+        "phase": phase,
+        "phaseSince": jiff::Timestamp::now(),
+        "lastError": error,
+    }});
+    Api::<Machine>::namespaced(cp.client()?, ns)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("setting {name} to phase {phase}"))?;
+    Ok(())
+}
+
+/// Waits until the CLI has written the desired power (it lists, then patches, then watches).
+async fn until_desired(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    want: PowerState,
+) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if get(cp, ns, name).await?.spec.power_state == want {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{name} never got spec.powerState {want:?}")
+}
+
+fn spawn_power(
+    cp: &ControlPlane,
+    ns: &str,
+    args: &[&str],
+) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+        .arg("power")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["-n", ns])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting kubectl-homelab power --wait")
+}
+
+#[tokio::test]
+async fn wait_follows_the_phase_until_ready_or_failed() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("power-wait").await?;
+    machine(cp, &ns, "good", &cp.unique_name("good"), "off").await?;
+    machine(cp, &ns, "bad", &cp.unique_name("bad"), "off").await?;
+    set_phase(cp, &ns, "good", "Off", None).await?;
+    set_phase(cp, &ns, "bad", "Off", None).await?;
+
+    let child = spawn_power(cp, &ns, &["on", "good", "--wait", "--timeout", "2m"])?;
+    until_desired(cp, &ns, "good", PowerState::On).await?;
+    set_phase(cp, &ns, "good", "PoweringOn", None).await?;
+    set_phase(cp, &ns, "good", "Ready", None).await?;
+    let out = child.wait_with_output().await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("good: Ready"), "{stderr}");
+
+    let child = spawn_power(cp, &ns, &["on", "bad", "--wait", "--timeout", "2m"])?;
+    until_desired(cp, &ns, "bad", PowerState::On).await?;
+    set_phase(
+        cp,
+        &ns,
+        "bad",
+        "Failed",
+        Some("no Ready Node by the boot deadline"),
+    )
+    .await?;
+    let out = child.wait_with_output().await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("bad: no Ready Node by the boot deadline"),
+        "{stderr}"
+    );
+    Ok(())
+}
