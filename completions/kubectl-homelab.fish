@@ -27,12 +27,41 @@ end
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "run-operator" -d 'Run the operator: CA gRPC provider, controllers (leader only), health and metrics'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "serve-grpc" -d 'Serve the Cluster Autoscaler externalgrpc cloud provider on its own'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "power" -d 'Power machines on or off by hand (the operator carries it out)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "fsm" -d 'Inspect machine lifecycles, or print the lifecycle transition table'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "crd" -d 'Print the CustomResourceDefinitions generated from the Rust types'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "simulate" -d 'Dry-run scaling on virtual time with the real decision code'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "completion" -d 'Print shell completions'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l listen -d 'Address to serve gRPC on' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l advertise-address -d 'host:port the Cluster Autoscaler dials, for `--print-cloud-config` (with mTLS, the host must be a name in the server certificate). Default: the listen address, or 127.0.0.1 when listening on every interface' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l kubeconfig -d 'kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l context -d 'kubeconfig context to use (default: the current context)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s n -l namespace -d 'Namespace of the Group and Node CRs (default: the context\'s namespace, or the pod\'s)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l tls-cert -d 'PEM server certificate (chain) for TLS; needs --tls-key' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l tls-key -d 'PEM private key of --tls-cert' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l client-ca -d 'PEM CA bundle: when given, clients must present a certificate it signed (mTLS)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l api-timeout -d 'Deadline for the API server writes of one mutating RPC; keep it below 3s (the provider\'s own bound) and the Cluster Autoscaler\'s grpc_timeout (5s by default), so CA gets our error, not its own timeout' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l sync-timeout -d 'How long to wait for the caches to sync before giving up at start-up' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l cloud-config-tls-dir -d 'Directory where the Cluster Autoscaler pod mounts its client certificate (tls.crt, tls.key) and the CA of our server certificate (ca.crt), for `--print-cloud-config`' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l leader-elect -d 'Elect one leader among the replicas through a Lease: only the leader reconciles and answers mutating gRPC calls. `false` for a single replica' -r -f -a "true\t''
+false\t''"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l lease-name -d 'Name of the leader election Lease' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l lease-namespace -d 'Namespace of the Lease (default: the pod\'s namespace, else the Group/Node CRs\' namespace)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l lease-identity -d 'This replica\'s holder identity (default: pod name, process id and start time)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l lease-duration -d 'How long the Lease stays valid after a renewal; a killed leader is replaced after about this long (whole seconds)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l lease-renew-grace -d 'Renew the Lease this long before it expires (whole seconds, less than --lease-duration)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l readiness-requires-leader -d 'With --leader-elect: report ready only while leading, so a Service in front of the replicas sends the Cluster Autoscaler to the leader (followers answer mutating calls with Unavailable)' -r -f -a "true\t''
+false\t''"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l health-address -d 'Address of the /healthz, /readyz and /metrics server' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l shutdown-timeout -d 'How long the controllers and gRPC calls in flight get to finish after SIGTERM' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s A -l all-namespaces -d 'Serve Group and Node CRs from every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l listen -d 'Address to serve gRPC on' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l advertise-address -d 'host:port the Cluster Autoscaler dials, for `--print-cloud-config` (with mTLS, the host must be a name in the server certificate). Default: the listen address, or 127.0.0.1 when listening on every interface' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l kubeconfig -d 'kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)' -r -F
@@ -51,6 +80,15 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-gr
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l timeout -d 'Give up waiting after this long (with --wait)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod\'s service account)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l context -d 'The kubeconfig context to use (default: its current context)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s n -l namespace -d 'Namespace of the Node CRs (default: the context\'s namespace)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l wait -d 'Follow each machine\'s lifecycle phase until it is Ready (on) or Off (off), or Failed'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s y -l yes -d 'Power off machines that run pods without asking (they are drained first)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -s V -l version -d 'Print version'
@@ -101,11 +139,13 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completi
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -l complete -d 'Internal: complete the words after `--` (called by `kubectl_complete-homelab`)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -s V -l version -d 'Print version'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "serve-grpc" -d 'Serve the Cluster Autoscaler externalgrpc cloud provider on its own'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "fsm" -d 'Inspect machine lifecycles, or print the lifecycle transition table'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "crd" -d 'Print the CustomResourceDefinitions generated from the Rust types'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "simulate" -d 'Dry-run scaling on virtual time with the real decision code'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "completion" -d 'Print shell completions'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from serve-grpc fsm crd simulate completion help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "run-operator" -d 'Run the operator: CA gRPC provider, controllers (leader only), health and metrics'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "serve-grpc" -d 'Serve the Cluster Autoscaler externalgrpc cloud provider on its own'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "power" -d 'Power machines on or off by hand (the operator carries it out)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "fsm" -d 'Inspect machine lifecycles, or print the lifecycle transition table'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "crd" -d 'Print the CustomResourceDefinitions generated from the Rust types'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "simulate" -d 'Dry-run scaling on virtual time with the real decision code'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "completion" -d 'Print shell completions'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and __fish_seen_subcommand_from fsm" -f -a "inspect" -d 'Show every machine\'s lifecycle phase: desired vs observed power, since when, attempts, last error and next retry'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and __fish_seen_subcommand_from crd" -f -a "gen" -d 'Print both CRDs as one multi-document YAML (for `kubectl apply -f -`), or write one file per CRD with `--out`'

@@ -5,6 +5,8 @@ pub mod completion;
 pub mod crd;
 pub mod fsm;
 pub mod kube_args;
+pub mod power;
+pub mod run_operator;
 pub mod serve_grpc;
 pub mod simulate;
 pub mod table;
@@ -35,8 +37,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: CA gRPC provider, controllers (leader only), health and metrics.
+    RunOperator(run_operator::Args),
     /// Serve the Cluster Autoscaler externalgrpc cloud provider on its own.
     ServeGrpc(serve_grpc::Args),
+    /// Power machines on or off by hand (the operator carries it out).
+    Power(power::Args),
     /// Inspect machine lifecycles, or print the lifecycle transition table.
     #[command(subcommand)]
     Fsm(fsm::FsmCommand),
@@ -52,7 +58,9 @@ pub enum Command {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::RunOperator(args) => run_operator::run(args).await,
             Command::ServeGrpc(args) => serve_grpc::run(args).await,
+            Command::Power(args) => power::run(args).await,
             Command::Fsm(cmd) => fsm::run(cmd).await,
             Command::Crd(cmd) => crd::run(cmd),
             Command::Simulate(args) => simulate::run(args).await,

@@ -1,9 +1,13 @@
 //! The operator: CRD types, the pure lifecycle and provider cores, and the edges that drive them.
 pub mod api;
 pub mod controller;
+pub mod health;
+pub mod leader;
 pub mod machine;
+pub mod metrics;
 pub mod power;
 pub mod provider;
+pub mod runtime;
 
 /// An error with its causes (`a: b: c`), for messages that must say *why* (connection refused,
 /// DNS, TLS trust), not only the outermost context.
@@ -20,4 +24,3 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
-pub mod metrics;

@@ -64,7 +64,7 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub recorder: Recorder,
     pub settings: Settings,
-    pub metrics: Option<Arc<crate::operator::metrics::Metrics>>,
+    pub metrics: Option<crate::operator::metrics::Metrics>,
     /// Kubernetes Node name by providerID, kept current by the trigger task before it queues a
     /// machine, so a reconcile never misses the Node whose event woke it.
     node_index: Mutex<HashMap<String, String>>,
@@ -75,7 +75,7 @@ impl Context {
         source: Arc<KubeSource>,
         jobs: Store<Job>,
         settings: Settings,
-        metrics: Option<Arc<crate::operator::metrics::Metrics>>,
+        metrics: Option<crate::operator::metrics::Metrics>,
     ) -> Context {
         let client = source.client().clone();
         let reporter = Reporter {
@@ -306,7 +306,7 @@ fn queues(
 pub async fn run(
     source: Arc<KubeSource>,
     settings: Settings,
-    metrics: Option<Arc<crate::operator::metrics::Metrics>>,
+    metrics: Option<crate::operator::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let client = source.client().clone();

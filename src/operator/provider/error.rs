@@ -94,6 +94,10 @@ pub enum ProviderError {
     Persist { group: String, message: String },
     #[error("inventory not ready: {message}")]
     NotReady { message: String },
+    #[error(
+        "this replica is not the leader; mutating calls go to the leader (route the Cluster Autoscaler through the Service, which selects ready replicas only)"
+    )]
+    NotLeader,
 }
 
 impl ProviderError {
@@ -112,7 +116,7 @@ impl ProviderError {
             | ScaleDownDisabled { .. }
             | BelowRegistered { .. } => ErrorKind::FailedPrecondition,
             NotEnoughMachines { .. } => ErrorKind::ResourceExhausted,
-            Persist { .. } | NotReady { .. } => ErrorKind::Unavailable,
+            Persist { .. } | NotReady { .. } | NotLeader => ErrorKind::Unavailable,
             NoTemplate { .. } | Unimplemented { .. } => ErrorKind::Unimplemented,
         }
     }

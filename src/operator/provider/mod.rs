@@ -29,7 +29,7 @@ pub mod template;
 pub use memory::MemorySource;
 pub use service::{
     GpuConfig, InventorySource, PersistError, Provider, ProviderOptions, ServeError, TlsOptions,
-    serve, serve_provider,
+    serve, serve_provider, serve_provider_with_layer,
 };
 
 #[cfg(test)]

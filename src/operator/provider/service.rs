@@ -122,12 +122,15 @@ struct Inner<S> {
 /// tonic service ([`Provider::into_server`]).
 pub struct Provider<S> {
     inner: Arc<Inner<S>>,
+    /// While it reads `false`, mutations answer `Unavailable` (a follower of leader election).
+    mutation_gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl<S> Clone for Provider<S> {
     fn clone(&self) -> Self {
         Provider {
             inner: self.inner.clone(),
+            mutation_gate: self.mutation_gate.clone(),
         }
     }
 }
@@ -166,6 +169,21 @@ impl<S: InventorySource> Provider<S> {
                 locks: Mutex::new(HashMap::new()),
                 options,
             }),
+            mutation_gate: None,
+        }
+    }
+
+    /// Mutations are allowed only while `gate` reads `true` (checked before deciding and again
+    /// before persisting); reads are always served.
+    pub fn with_mutation_gate(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Provider<S> {
+        self.mutation_gate = Some(gate);
+        self
+    }
+
+    fn check_mutation_gate(&self) -> Result<(), ProviderError> {
+        match &self.mutation_gate {
+            Some(gate) if !*gate.borrow() => Err(ProviderError::NotLeader),
+            _ => Ok(()),
         }
     }
 
@@ -249,6 +267,7 @@ impl<S: InventorySource> Provider<S> {
         id: &str,
         decide: impl FnOnce(&Inventory, Timestamp) -> Result<Decision, ProviderError>,
     ) -> Result<Decision, ProviderError> {
+        self.check_mutation_gate()?;
         // Unknown ids fail before a lock is created for them.
         ops::target_size(&self.view(), id)?;
         let options = &self.inner.options;
@@ -266,6 +285,8 @@ impl<S: InventorySource> Provider<S> {
         if decision.is_noop() {
             return Ok(decision);
         }
+        // Leadership may have ended while this call waited for the group.
+        self.check_mutation_gate()?;
         let persisted = tokio::time::timeout(
             options.persist_timeout,
             self.inner.source.set_desired_power(&decision.changes),
@@ -673,6 +694,39 @@ pub async fn serve_provider<S: InventorySource>(
     tls: Option<TlsOptions>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_provider_with_layer(
+        listener,
+        provider,
+        tls,
+        tower_layer::Identity::new(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_provider`] with a tower layer around the service (e.g. the operator's gRPC metrics).
+pub async fn serve_provider_with_layer<S, L>(
+    listener: TcpListener,
+    provider: Provider<S>,
+    tls: Option<TlsOptions>,
+    layer: L,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    S: InventorySource,
+    L: tower_layer::Layer<CloudProviderServer<Provider<S>>>,
+    L::Service: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower_service::Service<http::Request<tonic::body::Body>>>::Future:
+        Send + 'static,
+{
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.config()).map_err(ServeError::Tls)?;
@@ -689,7 +743,7 @@ pub async fn serve_provider<S: InventorySource>(
         "serving the Cluster Autoscaler externalgrpc provider"
     );
     builder
-        .add_service(provider.into_server())
+        .add_service(layer.layer(provider.into_server()))
         // Without TCP_NODELAY a reply split over several writes waits for the client's delayed
         // ACK (~40 ms); CA calls hundreds of these per loop.
         .serve_with_incoming_shutdown(
