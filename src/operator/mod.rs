@@ -1,5 +1,5 @@
 //! The operator: CRD types, the pure lifecycle and provider cores, and the edges that drive them.
 pub mod api;
 pub mod machine;
-pub mod provider;
 pub mod power;
+pub mod provider;

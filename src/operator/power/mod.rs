@@ -6,6 +6,13 @@
 //! (spec and the operation recorded in status) and the world (the Job, the BMC's readback), so a
 //! restarted or newly elected operator calls `check` and carries on (ARCHITECTURE.md, "Machine
 //! lifecycle").
+pub mod http;
+pub mod redfish;
+pub mod secret;
+pub mod tls;
+mod web;
+pub mod wol;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,7 +31,9 @@ pub enum Progress {
     /// The power action is done. For power-on the FSM still waits for the Node to be Ready.
     Succeeded,
     /// The action failed; `reason` is shown in status and Events, so it never holds a secret.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// A driver's answer to `start` or `check`.
