@@ -264,12 +264,15 @@ impl Bmc {
 
     fn unreachable(&self, e: WebError) -> PowerError {
         match e {
-            e @ (WebError::Timeout { .. } | WebError::Unreachable { .. }) => {
-                PowerError::Transient(format!(
-                    "BMC {} ({}.endpoint) is unreachable: {e}",
-                    self.endpoint, self.field
-                ))
-            }
+            WebError::Unreachable { what, why } => PowerError::Transient(format!(
+                "BMC {} ({}.endpoint) is unreachable: {what}: {why}",
+                self.endpoint, self.field
+            )),
+            WebError::Timeout { what, timeout } => PowerError::Transient(format!(
+                "BMC {} ({}.endpoint) is unreachable: {what}: no answer within {timeout:?} \
+                 ({}.timeout)",
+                self.endpoint, self.field, self.field
+            )),
             e => e.into_power(&self.field),
         }
     }
