@@ -155,6 +155,62 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
         ),
     ];
     out.extend(node.into_iter().map(|(p, r, m)| ("Node", p, r, m)));
+    // The network drivers' settings, in both directions.
+    let drivers = [
+        (
+            "power.on.redfish",
+            cel::TLS_CHOICE_RULE,
+            cel::TLS_CHOICE_MESSAGE,
+        ),
+        (
+            "power.on.redfish.forceOffAfter",
+            cel::DURATION_RULE,
+            cel::DURATION_MESSAGE,
+        ),
+        (
+            "power.on.redfish.timeout",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ),
+        (
+            "power.on.http",
+            cel::TLS_CHOICE_RULE,
+            cel::TLS_CHOICE_MESSAGE,
+        ),
+        (
+            "power.on.http.timeout",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ),
+        ("power.on.http.status.url", cel::URL_RULE, cel::URL_MESSAGE),
+        (
+            "power.off.redfish",
+            cel::TLS_CHOICE_RULE,
+            cel::TLS_CHOICE_MESSAGE,
+        ),
+        (
+            "power.off.redfish.forceOffAfter",
+            cel::DURATION_RULE,
+            cel::DURATION_MESSAGE,
+        ),
+        (
+            "power.off.redfish.timeout",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ),
+        (
+            "power.off.http",
+            cel::TLS_CHOICE_RULE,
+            cel::TLS_CHOICE_MESSAGE,
+        ),
+        (
+            "power.off.http.timeout",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ),
+        ("power.off.http.status.url", cel::URL_RULE, cel::URL_MESSAGE),
+    ];
+    out.extend(drivers.into_iter().map(|(p, r, m)| ("Node", p, r, m)));
     out
 }
 
@@ -795,6 +851,7 @@ fn examples_are_valid_and_deserialize() {
     for want in [
         "wake-on-lan.yaml",
         "redfish.yaml",
+        "http.yaml",
         "job-style.yaml",
         "predecessor-compat.yaml",
     ] {
@@ -881,6 +938,9 @@ fn examples_use_the_drivers_they_are_named_for() {
     }
     for (on, off) in kinds("redfish.yaml") {
         assert_eq!((on.as_str(), off.as_str()), ("redfish", "redfish"));
+    }
+    for (on, off) in kinds("http.yaml") {
+        assert_eq!((on.as_str(), off.as_str()), ("http", "http"));
     }
     for file in ["job-style.yaml", "predecessor-compat.yaml"] {
         for (on, off) in kinds(file) {

@@ -73,6 +73,10 @@ pub const ONE_VOLUME_SOURCE_RULE: &str = "(has(self.secretName) && self.secretNa
 pub const ONE_VOLUME_SOURCE_MESSAGE: &str =
     "a volume mounts exactly one of secretName or configMapName";
 
+pub const TLS_CHOICE_RULE: &str =
+    "!(has(self.caBundle) && has(self.insecureSkipVerify) && self.insecureSkipVerify)";
+pub const TLS_CHOICE_MESSAGE: &str = "set either caBundle (verify the server against this CA) or insecureSkipVerify: true (no verification), not both";
+
 // Root rule of the Group CRD (`self` is the whole object; CEL sees only name/generateName of
 // its metadata).
 pub const GROUP_NAME_RULE: &str = "self.metadata.name.size() <= 63";
@@ -95,6 +99,7 @@ pub const ALL_RULES: &[(&str, &str)] = &[
     (NEEDS_ON_RULE, NEEDS_ON_MESSAGE),
     (NEEDS_OFF_RULE, NEEDS_OFF_MESSAGE),
     (ONE_VOLUME_SOURCE_RULE, ONE_VOLUME_SOURCE_MESSAGE),
+    (TLS_CHOICE_RULE, TLS_CHOICE_MESSAGE),
     (GROUP_NAME_RULE, GROUP_NAME_MESSAGE),
 ];
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cel::*;
 use super::group::GROUP_LABEL;
-use super::parse::{FieldError, parse_decimal, parse_duration, parse_mac};
+use super::parse::{FieldError, parse_decimal, parse_duration};
 use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
 use super::{Health, object_ref};
 use crate::operator::machine::{Lifecycle, PowerState, Progress};
@@ -329,16 +329,6 @@ impl MachineSpec {
         check(self.shutdown_timeout(field_prefix).map(drop));
         check(self.hourly_rate(field_prefix).map(drop));
         check(self.pod_rate(field_prefix).map(drop));
-        let url = |field: String, u: &str| {
-            if u.starts_with("http://") || u.starts_with("https://") {
-                Ok(())
-            } else {
-                Err(FieldError::Invalid {
-                    field,
-                    problem: format!("{u:?} {URL_MESSAGE}"),
-                })
-            }
-        };
         let power = self.power.as_ref();
         for (dir, drivers) in [
             ("on", power.and_then(|p| p.on.as_ref()).map(|d| d.drivers())),
@@ -351,18 +341,14 @@ impl MachineSpec {
                 let field = format!("{field_prefix}spec.power.{dir}.{}", driver.kind());
                 match driver {
                     PowerDriver::WakeOnLan(w) => {
-                        check(parse_mac(&format!("{field}.mac"), &w.mac).map(drop));
-                        if let Some(b) = w.broadcast.as_deref()
-                            && b.parse::<std::net::Ipv4Addr>().is_err()
-                        {
-                            check(Err(FieldError::Invalid {
-                                field: format!("{field}.broadcast"),
-                                problem: format!("{b:?} {IPV4_MESSAGE}"),
-                            }));
-                        }
+                        w.validate(&field).into_iter().for_each(|e| check(Err(e)))
                     }
-                    PowerDriver::Redfish(r) => check(url(format!("{field}.endpoint"), &r.endpoint)),
-                    PowerDriver::Http(h) => check(url(format!("{field}.url"), &h.url)),
+                    PowerDriver::Redfish(r) => {
+                        r.validate(&field).into_iter().for_each(|e| check(Err(e)))
+                    }
+                    PowerDriver::Http(h) => {
+                        h.validate(&field).into_iter().for_each(|e| check(Err(e)))
+                    }
                     PowerDriver::Job(j) => {
                         check(j.validate_volumes(&field));
                     }

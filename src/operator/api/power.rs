@@ -1,6 +1,7 @@
 //! How a machine is powered on and off: the predecessor's pod specs and the new `power` drivers.
 use std::collections::BTreeMap;
 
+use jiff::SignedDuration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -144,9 +145,53 @@ pub struct WakeOnLan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+    /// Name of a Secret (same namespace) whose key `password` holds the card's SecureOn
+    /// password: 4 or 6 hex octets, e.g. `01:02:03:04:05:06`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_on_secret: Option<String>,
+    /// Send the packet from a short-lived Job on the host network of another Ready node of the
+    /// same LAN (never the target), for an operator whose pod cannot reach the LAN broadcast
+    /// domain. Without it the operator sends the packet itself (it then needs hostNetwork).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<WakeOnLanRelay>,
+}
+
+/// Where and how a Wake-on-LAN relay Job runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WakeOnLanRelay {
+    /// Labels of the nodes that share the target's LAN (empty: any Ready node but the target).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Image with `python3` that sends the packet (default: [`DEFAULT_WOL_RELAY_IMAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+pub const DEFAULT_WOL_RELAY_IMAGE: &str = "python:3.13-alpine";
+
+impl WakeOnLanRelay {
+    pub fn image(&self) -> &str {
+        self.image.as_deref().unwrap_or(DEFAULT_WOL_RELAY_IMAGE)
+    }
 }
 
 impl WakeOnLan {
+    /// The checks of the schema's rules, for objects read from files.
+    pub fn validate(&self, field: &str) -> Vec<super::FieldError> {
+        let mut errors = Vec::new();
+        errors.extend(super::parse_mac(&format!("{field}.mac"), &self.mac).err());
+        if let Some(b) = self.broadcast.as_deref()
+            && b.parse::<std::net::Ipv4Addr>().is_err()
+        {
+            errors.push(super::FieldError::Invalid {
+                field: format!("{field}.broadcast"),
+                problem: format!("{b:?} {IPV4_MESSAGE}"),
+            });
+        }
+        errors
+    }
+
     pub fn broadcast(&self) -> &str {
         self.broadcast.as_deref().unwrap_or(DEFAULT_WOL_BROADCAST)
     }
@@ -164,6 +209,9 @@ impl WakeOnLan {
 /// `password`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": TLS_CHOICE_RULE, "message": TLS_CHOICE_MESSAGE}
+]))]
 pub struct Redfish {
     /// Base URL of the BMC, e.g. `https://10.0.0.20`.
     #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
@@ -178,6 +226,103 @@ pub struct Redfish {
     /// Accept the BMC's self-signed certificate (common on homelab BMCs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    /// PEM certificates of the CA that signed the BMC's certificate (trusted in addition to the
+    /// system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub ca_bundle: Option<String>,
+    /// Power-off: how long after `GracefulShutdown` the BMC may still report `PowerState: On`
+    /// before `ForceOff` is sent (default 2m; `0s` sends `ForceOff` at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": DURATION_RULE, "message": DURATION_MESSAGE}
+    ]))]
+    pub force_off_after: Option<String>,
+    /// Timeout of each request to the BMC (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
+    ]))]
+    pub timeout: Option<String>,
+}
+
+/// Defaults of the network drivers.
+pub const DEFAULT_FORCE_OFF_AFTER: SignedDuration = SignedDuration::from_secs(120);
+pub const DEFAULT_REQUEST_TIMEOUT: SignedDuration = SignedDuration::from_secs(10);
+
+impl Redfish {
+    /// `forceOffAfter`; `field` is the path of this driver in the Node (for errors).
+    pub fn force_off_after(&self, field: &str) -> Result<SignedDuration, super::FieldError> {
+        match self.force_off_after.as_deref() {
+            None => Ok(DEFAULT_FORCE_OFF_AFTER),
+            Some(v) => super::parse_duration(&format!("{field}.forceOffAfter"), v),
+        }
+    }
+
+    pub fn timeout(&self, field: &str) -> Result<SignedDuration, super::FieldError> {
+        request_timeout(&format!("{field}.timeout"), self.timeout.as_deref())
+    }
+
+    pub fn tls(&self) -> TlsSettings<'_> {
+        TlsSettings {
+            ca_bundle: self.ca_bundle.as_deref(),
+            insecure_skip_verify: self.insecure_skip_verify.unwrap_or(false),
+        }
+    }
+
+    /// The checks of the schema's rules, for objects read from files.
+    pub fn validate(&self, field: &str) -> Vec<super::FieldError> {
+        let mut errors = Vec::new();
+        errors.extend(check_url(&format!("{field}.endpoint"), &self.endpoint).err());
+        errors.extend(self.force_off_after(field).err());
+        errors.extend(self.timeout(field).err());
+        errors.extend(self.tls().validate(field).err());
+        errors
+    }
+}
+
+/// TLS settings shared by the Redfish and HTTP drivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsSettings<'a> {
+    pub ca_bundle: Option<&'a str>,
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsSettings<'_> {
+    fn validate(&self, field: &str) -> Result<(), super::FieldError> {
+        if self.ca_bundle.is_some() && self.insecure_skip_verify {
+            return Err(super::FieldError::Invalid {
+                field: field.to_owned(),
+                problem: TLS_CHOICE_MESSAGE.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_url(field: &str, u: &str) -> Result<(), super::FieldError> {
+    if u.starts_with("http://") || u.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(super::FieldError::Invalid {
+            field: field.to_owned(),
+            problem: format!("{u:?} {URL_MESSAGE}"),
+        })
+    }
+}
+
+fn request_timeout(field: &str, value: Option<&str>) -> Result<SignedDuration, super::FieldError> {
+    let Some(v) = value else {
+        return Ok(DEFAULT_REQUEST_TIMEOUT);
+    };
+    let d = super::parse_duration(field, v)?;
+    if d.is_zero() {
+        return Err(super::FieldError::Invalid {
+            field: field.to_owned(),
+            problem: "must be longer than 0s; leave it out for the default".to_owned(),
+        });
+    }
+    Ok(d)
 }
 
 /// Keys read from a Redfish credentials Secret or an HTTP driver's Secret.
@@ -209,9 +354,12 @@ impl HttpMethod {
     }
 }
 
-/// An HTTP call that powers the machine on or off; any 2xx answer is success.
+/// An HTTP call that powers the machine on or off.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": TLS_CHOICE_RULE, "message": TLS_CHOICE_MESSAGE}
+]))]
 pub struct HttpAction {
     #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
         {"rule": URL_RULE, "message": URL_MESSAGE}
@@ -228,11 +376,102 @@ pub struct HttpAction {
     /// `username` and `password` as basic auth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Status codes that mean the action was accepted (default: any 2xx).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(range(min = 100, max = 599)))]
+    pub expected_status: Vec<i32>,
+    /// Timeout of each request (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
+    ]))]
+    pub timeout: Option<String>,
+    /// Accept a self-signed certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    /// PEM certificates of the CA that signed the server's certificate (trusted in addition to
+    /// the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub ca_bundle: Option<String>,
+    /// Power readback: a URL whose JSON answer tells whether the action took effect. Without
+    /// it, the action's accepted status is taken as done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<HttpStatusCheck>,
+}
+
+/// A GET whose JSON answer holds the power state: `field` (JSONPath, e.g. `$.output`) reads
+/// `value` once the action has taken effect; anything else reads as the opposite state. Sent
+/// with the action's headers, credentials and TLS settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpStatusCheck {
+    #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
+        {"rule": URL_RULE, "message": URL_MESSAGE}
+    ]))]
+    pub url: String,
+    /// JSONPath (RFC 9535) of the field, e.g. `$.output` or `$.state`.
+    #[schemars(length(max = 256))]
+    pub field: String,
+    /// The field's value, as text (`true`, `on`, `1`), once the action has taken effect.
+    #[schemars(length(max = 256))]
+    pub value: String,
 }
 
 impl HttpAction {
     pub fn method(&self) -> HttpMethod {
         self.method.unwrap_or_default()
+    }
+
+    pub fn timeout(&self, field: &str) -> Result<SignedDuration, super::FieldError> {
+        request_timeout(&format!("{field}.timeout"), self.timeout.as_deref())
+    }
+
+    pub fn tls(&self) -> TlsSettings<'_> {
+        TlsSettings {
+            ca_bundle: self.ca_bundle.as_deref(),
+            insecure_skip_verify: self.insecure_skip_verify.unwrap_or(false),
+        }
+    }
+
+    /// Whether `code` means the action was accepted.
+    pub fn accepts(&self, code: u16) -> bool {
+        if self.expected_status.is_empty() {
+            (200..300).contains(&code)
+        } else {
+            self.expected_status.iter().any(|c| *c == i32::from(code))
+        }
+    }
+
+    /// The checks of the schema's rules, for objects read from files.
+    pub fn validate(&self, field: &str) -> Vec<super::FieldError> {
+        let mut errors = Vec::new();
+        errors.extend(check_url(&format!("{field}.url"), &self.url).err());
+        errors.extend(self.timeout(field).err());
+        errors.extend(self.tls().validate(field).err());
+        if let Some(i) = self
+            .expected_status
+            .iter()
+            .position(|c| !(100..=599).contains(c))
+        {
+            errors.push(super::FieldError::Invalid {
+                field: format!("{field}.expectedStatus[{i}]"),
+                problem: "must be an HTTP status code between 100 and 599".to_owned(),
+            });
+        }
+        if let Some(s) = &self.status {
+            errors.extend(check_url(&format!("{field}.status.url"), &s.url).err());
+            if let Err(e) = jsonpath_rust::JsonPath::query(&serde_json::Value::Null, &s.field) {
+                errors.push(super::FieldError::Invalid {
+                    field: format!("{field}.status.field"),
+                    problem: format!(
+                        "{:?} is not a JSONPath ({e}); write it like $.output",
+                        s.field
+                    ),
+                });
+            }
+        }
+        errors
     }
 }
 

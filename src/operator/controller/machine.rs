@@ -20,7 +20,10 @@ use crate::operator::machine::{
     Effect, KubeEvent, Lifecycle, NodeObs, Observed, OpStatus, Operation, OperationKind, Phase,
     Policy, PowerState, operation_resource_name, reconcile as core_reconcile,
 };
+use crate::operator::power::http::HttpDriver;
 use crate::operator::power::job::{JobDriver, JobKind};
+use crate::operator::power::redfish::RedfishDriver;
+use crate::operator::power::wol::WakeOnLanDriver;
 use crate::operator::power::{Driver, OpContext, PowerError, Progress, Report};
 
 /// Annotation a person (or `kubectl homelab power`) sets to retry a Failed machine now; a value
@@ -150,34 +153,41 @@ fn direction_of(op: &Operation) -> Direction {
     }
 }
 
-/// A driver for one direction, built from the spec. Drivers this version cannot run say so.
+/// A driver for one direction, built from the spec.
 enum AnyDriver<'a> {
     Job(JobDriver<'a>),
+    WakeOnLan(WakeOnLanDriver<'a>),
+    Redfish(RedfishDriver<'a>),
+    Http(HttpDriver<'a>),
+}
+
+/// Calls the same method on whichever driver it is.
+macro_rules! dispatch {
+    ($self:expr, $d:ident => $call:expr) => {
+        match $self {
+            AnyDriver::Job($d) => $call,
+            AnyDriver::WakeOnLan($d) => $call,
+            AnyDriver::Redfish($d) => $call,
+            AnyDriver::Http($d) => $call,
+        }
+    };
 }
 
 impl AnyDriver<'_> {
     fn kind(&self) -> &'static str {
-        match self {
-            AnyDriver::Job(d) => d.kind(),
-        }
+        dispatch!(self, d => d.kind())
     }
 
     async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
-        match self {
-            AnyDriver::Job(d) => d.start(cx).await,
-        }
+        dispatch!(self, d => d.start(cx).await)
     }
 
     async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
-        match self {
-            AnyDriver::Job(d) => d.check(cx).await,
-        }
+        dispatch!(self, d => d.check(cx).await)
     }
 
     async fn cancel(&self, cx: &OpContext<'_>) -> Result<(), PowerError> {
-        match self {
-            AnyDriver::Job(d) => d.cancel(cx).await,
-        }
+        dispatch!(self, d => d.cancel(cx).await)
     }
 }
 
@@ -190,24 +200,26 @@ fn driver<'a>(
     let spec = m
         .power_driver(direction)
         .map_err(|e| PowerError::Config(e.to_string()))?;
-    let job = |kind| {
-        AnyDriver::Job(JobDriver {
-            client: ctx.client.clone(),
+    let client = ctx.client.clone();
+    Ok(match spec {
+        DriverSpec::Job(spec) => AnyDriver::Job(JobDriver {
+            client,
             jobs: ctx.jobs.clone(),
-            kind,
+            kind: JobKind::Custom(spec),
             node_name,
-        })
-    };
-    match spec {
-        DriverSpec::Job(spec) => Ok(job(JobKind::Custom(spec))),
-        DriverSpec::NodeAgent(agent) => Ok(job(JobKind::NodeAgent(agent))),
-        other => Err(PowerError::Config(format!(
-            "{}: the {} driver (spec.power.{direction}) is not available in this version of \
-             kubectl-homelab; use job or nodeAgent",
-            m.object_ref(),
-            other.kind()
-        ))),
-    }
+        }),
+        DriverSpec::NodeAgent(agent) => AnyDriver::Job(JobDriver {
+            client,
+            jobs: ctx.jobs.clone(),
+            kind: JobKind::NodeAgent(agent),
+            node_name,
+        }),
+        DriverSpec::WakeOnLan(w) => {
+            AnyDriver::WakeOnLan(WakeOnLanDriver::new(client, w, node_name))
+        }
+        DriverSpec::Redfish(r) => AnyDriver::Redfish(RedfishDriver::new(client, r)),
+        DriverSpec::Http(h) => AnyDriver::Http(HttpDriver::new(client, h)),
+    })
 }
 
 /// What one reconcile changes besides the lifecycle.

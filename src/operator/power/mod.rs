@@ -6,7 +6,13 @@
 //! (spec and the operation recorded in status) and the world (the Job, the BMC's readback), so a
 //! restarted or newly elected operator calls `check` and carries on (ARCHITECTURE.md, "Machine
 //! lifecycle").
+pub mod http;
 pub mod job;
+pub mod redfish;
+pub mod secret;
+pub mod tls;
+mod web;
+pub mod wol;
 
 use std::future::Future;
 use std::time::Duration;

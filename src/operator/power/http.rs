@@ -1,0 +1,299 @@
+//! The `http` driver: one HTTP call switches the machine (a smart plug, a Proxmox or VM host API,
+//! a home-automation webhook). The answer's status says whether it was accepted; an optional
+//! status URL is the readback (a JSONPath field compared with the value it has once the action
+//! took effect), and then the operation succeeds only when the readback says so.
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use jsonpath_rust::JsonPath as _;
+use kube::Client;
+use serde_json::Value;
+
+use super::secret::{self, Redactor};
+use super::tls;
+use super::web::{Auth, WebClient};
+use super::{Driver, OpContext, PowerError, Progress, Report};
+use crate::operator::api::{
+    Direction, HttpAction, HttpMethod, HttpStatusCheck, SECRET_KEY_PASSWORD, SECRET_KEY_TOKEN,
+    SECRET_KEY_USERNAME,
+};
+use crate::operator::machine::PowerState;
+
+/// How often the status URL is read while the action has not shown yet.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The HTTP driver for one machine and direction.
+pub struct HttpDriver<'a> {
+    client: Client,
+    spec: &'a HttpAction,
+}
+
+impl<'a> HttpDriver<'a> {
+    /// `client` reads the Secret named by `secret` (only that one) in the machine's namespace.
+    pub fn new(client: Client, spec: &'a HttpAction) -> HttpDriver<'a> {
+        HttpDriver { client, spec }
+    }
+
+    async fn connect(&self, cx: &OpContext<'_>) -> Result<Endpoint, PowerError> {
+        let field = format!("spec.power.{}.http", cx.direction);
+        let (auth, redactor) = match &self.spec.secret {
+            None => (Auth::None, Redactor::default()),
+            Some(name) => {
+                let namespace = cx
+                    .machine
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or("default");
+                let s =
+                    secret::read(&self.client, namespace, name, &format!("{field}.secret")).await?;
+                let auth = if s.has(SECRET_KEY_TOKEN) {
+                    Auth::Bearer(s.get(SECRET_KEY_TOKEN)?)
+                } else if s.has(SECRET_KEY_USERNAME) || s.has(SECRET_KEY_PASSWORD) {
+                    Auth::Basic {
+                        username: s.get(SECRET_KEY_USERNAME)?,
+                        password: s.get(SECRET_KEY_PASSWORD)?,
+                    }
+                } else {
+                    return Err(PowerError::Config(format!(
+                        "Secret {} (named by {field}.secret) has neither key `{SECRET_KEY_TOKEN}` \
+                         nor keys `{SECRET_KEY_USERNAME}` and `{SECRET_KEY_PASSWORD}`: add them",
+                        s.object()
+                    )));
+                };
+                (auth, s.redactor())
+            }
+        };
+        let timeout = self
+            .spec
+            .timeout(&field)
+            .map_err(|e| PowerError::Config(e.to_string()))?;
+        let tls = tls::client_config(self.spec.tls(), &field)?;
+        Ok(Endpoint {
+            web: WebClient::new(tls, timeout.unsigned_abs()),
+            auth,
+            redactor,
+            field,
+        })
+    }
+
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.spec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    async fn start_inner(&self, cx: &OpContext<'_>, ep: &Endpoint) -> Result<Report, PowerError> {
+        let want = wanted(cx.direction);
+        // Already there (e.g. the action was sent before a restart): do not act twice.
+        if let Some(status) = &self.spec.status
+            && self.readback(ep, status, want).await? == Some(want)
+        {
+            return Ok(Report::new(Progress::Succeeded).with_readback(Some(want)));
+        }
+        let method = method(self.spec.method());
+        let what = format!("{method} {}", self.spec.url);
+        let answer = ep
+            .web
+            .send(
+                method,
+                &self.spec.url,
+                &self.headers(),
+                &ep.auth,
+                self.spec.body.clone().map(Bytes::from),
+            )
+            .await
+            .map_err(|e| field_error(&ep.field, "url", e))?;
+        if !self.spec.accepts(answer.status) {
+            let expected = if self.spec.expected_status.is_empty() {
+                "2xx".to_owned()
+            } else {
+                self.spec
+                    .expected_status
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let reason = format!(
+                "{what} answered {}, expected {expected} ({}.expectedStatus){}",
+                answer.status,
+                ep.field,
+                if matches!(answer.status, 401 | 403) {
+                    ": check the credentials in the Secret"
+                } else {
+                    ""
+                }
+            );
+            // The server is busy or broken: try again rather than fail the attempt.
+            if answer.status >= 500 || matches!(answer.status, 408 | 429) {
+                return Err(PowerError::Transient(reason));
+            }
+            return Ok(Report::new(Progress::Failed { reason }));
+        }
+        match &self.spec.status {
+            None => Ok(Report::new(Progress::Succeeded)),
+            Some(status) => {
+                let readback = self.readback(ep, status, want).await?;
+                Ok(progress(want, readback))
+            }
+        }
+    }
+
+    async fn check_inner(&self, cx: &OpContext<'_>, ep: &Endpoint) -> Result<Report, PowerError> {
+        match &self.spec.status {
+            // No readback: nothing tells whether the call was made (e.g. before a restart), so
+            // the lifecycle sends it again (a switch call is idempotent).
+            None => Ok(Report::new(Progress::Absent)),
+            Some(status) => {
+                let want = wanted(cx.direction);
+                let readback = self.readback(ep, status, want).await?;
+                Ok(progress(want, readback))
+            }
+        }
+    }
+
+    /// Reads the status URL: `want` when the field holds the expected value, the other state
+    /// otherwise.
+    async fn readback(
+        &self,
+        ep: &Endpoint,
+        status: &HttpStatusCheck,
+        want: PowerState,
+    ) -> Result<Option<PowerState>, PowerError> {
+        let answer = ep
+            .web
+            .send(Method::GET, &status.url, &self.headers(), &ep.auth, None)
+            .await
+            .map_err(|e| field_error(&ep.field, "status.url", e))?;
+        let what = format!("GET {}", status.url);
+        if !(200..300).contains(&answer.status) {
+            return Err(PowerError::Transient(format!(
+                "{what} ({}.status.url) answered {}",
+                ep.field, answer.status
+            )));
+        }
+        let Some(json) = answer.json() else {
+            return Err(PowerError::Config(format!(
+                "{what} ({}.status.url) did not answer JSON",
+                ep.field
+            )));
+        };
+        let found = json.query(&status.field).map_err(|e| {
+            PowerError::Config(format!(
+                "{}.status.field {:?} is not a JSONPath: {e}",
+                ep.field, status.field
+            ))
+        })?;
+        let Some(value) = found.first() else {
+            return Err(PowerError::Config(format!(
+                "{what} has no field {} ({}.status.field)",
+                status.field, ep.field
+            )));
+        };
+        Ok(Some(if as_text(value) == status.value {
+            want
+        } else {
+            opposite(want)
+        }))
+    }
+}
+
+fn field_error(field: &str, sub: &str, e: super::web::WebError) -> PowerError {
+    match e {
+        e @ super::web::WebError::BadRequest(_) => e.into_power(&format!("{field}.{sub}")),
+        e => e.into_power(field),
+    }
+}
+
+fn progress(want: PowerState, readback: Option<PowerState>) -> Report {
+    if readback == Some(want) {
+        Report::new(Progress::Succeeded).with_readback(readback)
+    } else {
+        Report::new(Progress::Running)
+            .with_readback(readback)
+            .recheck_after(POLL_INTERVAL)
+    }
+}
+
+/// A JSON value as the text an owner writes in `status.value`: strings bare, the rest as JSON.
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn wanted(direction: Direction) -> PowerState {
+    match direction {
+        Direction::On => PowerState::On,
+        Direction::Off => PowerState::Off,
+    }
+}
+
+fn opposite(state: PowerState) -> PowerState {
+    match state {
+        PowerState::On => PowerState::Off,
+        PowerState::Off => PowerState::On,
+    }
+}
+
+fn method(m: HttpMethod) -> Method {
+    match m {
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Post => Method::POST,
+        HttpMethod::Put => Method::PUT,
+        HttpMethod::Patch => Method::PATCH,
+        HttpMethod::Delete => Method::DELETE,
+    }
+}
+
+/// One endpoint, connected for one driver call.
+struct Endpoint {
+    web: WebClient,
+    auth: Auth,
+    redactor: Redactor,
+    field: String,
+}
+
+impl Driver for HttpDriver<'_> {
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+
+    async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        let ep = self.connect(cx).await?;
+        match self.start_inner(cx, &ep).await {
+            Ok(r) => Ok(ep.redactor.report(r)),
+            Err(e) => Err(ep.redactor.error(e)),
+        }
+    }
+
+    async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        let ep = self.connect(cx).await?;
+        match self.check_inner(cx, &ep).await {
+            Ok(r) => Ok(ep.redactor.report(r)),
+            Err(e) => Err(ep.redactor.error(e)),
+        }
+    }
+
+    /// The call is made and answered within `start`; nothing is left running.
+    async fn cancel(&self, _cx: &OpContext<'_>) -> Result<(), PowerError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_values_compare_as_the_text_an_owner_writes() {
+        assert_eq!(as_text(&Value::Bool(true)), "true");
+        assert_eq!(as_text(&Value::String("ON".into())), "ON");
+        assert_eq!(as_text(&serde_json::json!(1)), "1");
+    }
+}

@@ -1,0 +1,188 @@
+//! The one Secret a network power driver names (`credentialsSecret`, `secret`,
+//! `secureOnSecret`): read by name from the machine's namespace, so the operator's RBAC can be
+//! limited to those names (`resourceNames`). Values never reach a log, an Event or an error: they
+//! are wrapped in [`SecretValue`] (no `Debug`/`Display` of the content) and every text a driver
+//! reports goes through a [`Redactor`] holding them.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+
+use super::PowerError;
+
+/// The keys of one Secret, and where it was named (for errors).
+pub struct SecretData {
+    /// `namespace/name`.
+    object: String,
+    /// The spec field that names it, e.g. `spec.power.on.redfish.credentialsSecret`.
+    field: String,
+    data: BTreeMap<String, Vec<u8>>,
+}
+
+/// A secret string. Its `Debug` shows `***`; read it with [`SecretValue::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Reads Secret `name` in `namespace`. `field` is the spec field naming it.
+pub async fn read(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<SecretData, PowerError> {
+    let object = format!("{namespace}/{name}");
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.get(name).await {
+        Ok(secret) => Ok(SecretData {
+            object,
+            field: field.to_owned(),
+            data: secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
+        }),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(PowerError::Config(format!(
+            "Secret {object} (named by {field}) does not exist: create it in the Node's namespace"
+        ))),
+        Err(kube::Error::Api(s)) if s.code == 403 => Err(PowerError::Config(format!(
+            "the operator may not read Secret {object} (named by {field}): grant it `get` on \
+             secrets with resourceNames [{name}] in namespace {namespace}"
+        ))),
+        Err(e) => Err(PowerError::Transient(format!(
+            "reading Secret {object} (named by {field}): {}",
+            error_chain(&e)
+        ))),
+    }
+}
+
+impl SecretData {
+    /// Whether the Secret has `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.data.contains_key(key)
+    }
+
+    /// The UTF-8 value of `key` (surrounding whitespace, e.g. a trailing newline from
+    /// `kubectl create secret --from-file`, removed).
+    pub fn get(&self, key: &str) -> Result<SecretValue, PowerError> {
+        let Some(bytes) = self.data.get(key) else {
+            return Err(PowerError::Config(format!(
+                "Secret {} (named by {}) has no key `{key}`: add it",
+                self.object, self.field
+            )));
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(SecretValue(s.trim().to_owned())),
+            Err(_) => Err(PowerError::Config(format!(
+                "Secret {} (named by {}): key `{key}` is not UTF-8 text",
+                self.object, self.field
+            ))),
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+
+    /// A redactor for every value of this Secret.
+    pub fn redactor(&self) -> Redactor {
+        let mut r = Redactor::default();
+        for v in self.data.values() {
+            if let Ok(s) = std::str::from_utf8(v) {
+                r.add(s.trim());
+            }
+        }
+        r
+    }
+}
+
+/// Replaces known secret values in text a driver reports (errors, notes, failure reasons):
+/// the last guard in case a server echoes a credential back in its error message.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    values: Vec<String>,
+}
+
+impl Redactor {
+    pub fn add(&mut self, value: &str) {
+        // Very short values would blank out ordinary words; they are not credentials anyone uses.
+        if value.len() >= 4 {
+            self.values.push(value.to_owned());
+            self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
+    }
+
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for v in &self.values {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    pub fn error(&self, e: PowerError) -> PowerError {
+        match e {
+            PowerError::Transient(m) => PowerError::Transient(self.scrub(&m)),
+            PowerError::Config(m) => PowerError::Config(self.scrub(&m)),
+        }
+    }
+
+    pub fn report(&self, mut r: super::Report) -> super::Report {
+        r.note = r.note.map(|n| self.scrub(&n));
+        if let super::Progress::Failed { reason } = &r.progress {
+            r.progress = super::Progress::Failed {
+                reason: self.scrub(reason),
+            };
+        }
+        r
+    }
+}
+
+/// An error and its sources, `: `-separated (kube and hyper errors say the useful part in a
+/// source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redactor_replaces_every_value_and_debug_hides_it() {
+        let mut r = Redactor::default();
+        r.add("hunter22");
+        r.add("hunter22-long");
+        assert_eq!(
+            r.scrub("login hunter22-long failed, hunter22 too"),
+            "login *** failed, *** too"
+        );
+        assert_eq!(format!("{:?}", SecretValue("hunter22".into())), "***");
+    }
+}

@@ -1,0 +1,469 @@
+//! The `wakeOnLan` driver: the magic packet (6×0xFF, then the MAC 16 times, then the optional
+//! 4- or 6-byte SecureOn password) sent as a UDP broadcast to the machine's LAN.
+//!
+//! A pod on the cluster network cannot reach the LAN's broadcast domain, so the packet goes
+//! either from the operator's own process (which then runs with hostNetwork) or, with `via`, from
+//! a short-lived Job on the host network of another Ready node of the same LAN (PITFALLS 21). WoL
+//! has no readback: the evidence of power-on is the Node registering, so sending the packet (or
+//! the relay Job completing) is the action's success.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SecretKeySelector, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
+use kube::{Client, Resource as _};
+use tokio::net::UdpSocket;
+
+use super::secret::{self, error_chain};
+use super::{Driver, OpContext, PowerError, Progress, Report};
+use crate::operator::api::{Machine, SECRET_KEY_PASSWORD, WakeOnLan, WakeOnLanRelay, parse_mac};
+
+/// Labels of the relay Job: the same as every power Job's, so the operator's Job watch (selected
+/// on the managed-by label) sees it and its completion wakes the controller.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "kubectl-homelab";
+pub const MACHINE_LABEL: &str = "infra.homecluster.dev/machine";
+pub const OPERATION_LABEL: &str = "infra.homecluster.dev/operation";
+pub const DIRECTION_LABEL: &str = "infra.homecluster.dev/direction";
+
+/// A relay sends one packet: a Job still not done after this is stuck (no node to run on, image
+/// not pulled) and fails, so the lifecycle retries instead of waiting for the boot deadline.
+pub const RELAY_DEADLINE_SECONDS: i64 = 120;
+const RELAY_BACKOFF_LIMIT: i32 = 2;
+const RELAY_TTL_SECONDS: i32 = 600;
+
+/// The relay container's program (Python, so any `python3` image runs it): the same packet as
+/// [`magic_packet`], the password read from the environment (a `secretKeyRef`, so it is never in
+/// the Job's spec) and never printed.
+pub const RELAY_SCRIPT: &str = r#"import os, socket, sys
+def octets(text):
+    return bytes.fromhex(text.strip().replace(":", "").replace("-", ""))
+mac = octets(os.environ["WOL_MAC"])
+password = octets(os.environ.get("WOL_SECURE_ON", ""))
+if len(mac) != 6 or len(password) not in (0, 4, 6):
+    sys.exit("WOL_MAC must be 6 octets and the SecureOn password 4 or 6 octets")
+packet = b"\xff" * 6 + mac * 16 + password
+target = (os.environ["WOL_BROADCAST"], int(os.environ["WOL_PORT"]))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.sendto(packet, target)
+print("sent a %d-byte magic packet to %s:%d" % (len(packet), target[0], target[1]))
+"#;
+
+/// The magic packet for `mac`, with the SecureOn password appended when there is one.
+pub fn magic_packet(mac: [u8; 6], secure_on: Option<&[u8]>) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(6 + 16 * 6 + 6);
+    packet.extend_from_slice(&[0xff; 6]);
+    for _ in 0..16 {
+        packet.extend_from_slice(&mac);
+    }
+    packet.extend_from_slice(secure_on.unwrap_or_default());
+    packet
+}
+
+/// A SecureOn password: 4 or 6 hex octets separated by `:` or `-`. The error never repeats the
+/// value.
+pub fn parse_secure_on(text: &str) -> Result<Vec<u8>, &'static str> {
+    const PROBLEM: &str =
+        "must be 4 or 6 hex octets separated by ':' or '-', e.g. 01:02:03:04:05:06";
+    let text = text.trim();
+    let parts: Vec<&str> = text.split([':', '-']).collect();
+    if !(parts.len() == 4 || parts.len() == 6) {
+        return Err(PROBLEM);
+    }
+    parts
+        .iter()
+        .map(|p| {
+            if p.len() == 2 {
+                u8::from_str_radix(p, 16).map_err(|_| PROBLEM)
+            } else {
+                Err(PROBLEM)
+            }
+        })
+        .collect()
+}
+
+/// The Wake-on-LAN driver for one machine (power-on only).
+pub struct WakeOnLanDriver<'a> {
+    client: Client,
+    spec: &'a WakeOnLan,
+    /// The machine's Kubernetes node name, when known: the relay never runs there.
+    node_name: Option<&'a str>,
+}
+
+impl<'a> WakeOnLanDriver<'a> {
+    /// `client` reads the SecureOn Secret (only that one, by name) and, with `via`, creates,
+    /// reads and deletes the relay Job in the machine's namespace.
+    pub fn new(
+        client: Client,
+        spec: &'a WakeOnLan,
+        node_name: Option<&'a str>,
+    ) -> WakeOnLanDriver<'a> {
+        WakeOnLanDriver {
+            client,
+            spec,
+            node_name,
+        }
+    }
+
+    fn field(cx: &OpContext<'_>) -> String {
+        format!("spec.power.{}.wakeOnLan", cx.direction)
+    }
+
+    fn jobs(&self, cx: &OpContext<'_>) -> Api<Job> {
+        Api::namespaced(self.client.clone(), namespace(cx.machine))
+    }
+
+    /// Sends the packet from this process.
+    async fn send(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        let field = Self::field(cx);
+        let mac = parse_mac(&format!("{field}.mac"), &self.spec.mac)
+            .map_err(|e| PowerError::Config(e.to_string()))?;
+        let password = match &self.spec.secure_on_secret {
+            None => None,
+            Some(name) => {
+                let s = secret::read(
+                    &self.client,
+                    namespace(cx.machine),
+                    name,
+                    &format!("{field}.secureOnSecret"),
+                )
+                .await?;
+                let text = s.get(SECRET_KEY_PASSWORD)?;
+                Some(parse_secure_on(text.expose()).map_err(|problem| {
+                    PowerError::Config(format!(
+                        "Secret {} (named by {field}.secureOnSecret): key `{SECRET_KEY_PASSWORD}` {problem}",
+                        s.object()
+                    ))
+                })?)
+            }
+        };
+        let broadcast: Ipv4Addr = self.spec.broadcast().parse().map_err(|_| {
+            PowerError::Config(format!(
+                "{field}.broadcast: {:?} is not an IPv4 address",
+                self.spec.broadcast()
+            ))
+        })?;
+        let target = (broadcast, self.spec.port());
+        let packet = magic_packet(mac, password.as_deref());
+        let sent = async {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+            socket.set_broadcast(true)?;
+            socket.send_to(&packet, target).await
+        }
+        .await;
+        match sent {
+            Ok(_) => Ok(Report::new(Progress::Succeeded)),
+            Err(e) => Err(PowerError::Transient(format!(
+                "sending the Wake-on-LAN packet to {}:{} failed: {}; if the operator's pod is \
+                 not on the host network, set {field}.via to send it from a node of the LAN",
+                target.0,
+                target.1,
+                error_chain(&e)
+            ))),
+        }
+    }
+}
+
+fn namespace(machine: &Machine) -> &str {
+    machine.metadata.namespace.as_deref().unwrap_or("default")
+}
+
+impl Driver for WakeOnLanDriver<'_> {
+    fn kind(&self) -> &'static str {
+        "wakeOnLan"
+    }
+
+    async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        let Some(via) = &self.spec.via else {
+            return self.send(cx).await;
+        };
+        let job = relay_job(cx, self.spec, via, self.node_name)?;
+        let name = relay_job_name(cx.resource_name);
+        match self.jobs(cx).create(&PostParams::default(), &job).await {
+            Ok(_) => Ok(Report::new(Progress::Running)),
+            // Created before a restart: adopt it.
+            Err(kube::Error::Api(s)) if s.code == 409 => self.check(cx).await,
+            Err(e) => Err(api_error(
+                &format!("creating the Wake-on-LAN relay Job {name}"),
+                e,
+            )),
+        }
+    }
+
+    async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        // Without a relay nothing is left to look at: the packet is sent again if asked.
+        if self.spec.via.is_none() {
+            return Ok(Report::new(Progress::Absent));
+        }
+        let name = relay_job_name(cx.resource_name);
+        match self.jobs(cx).get_opt(&name).await {
+            Ok(Some(job)) if belongs_to(&job, cx) => Ok(Report::new(progress(&job))),
+            Ok(_) => Ok(Report::new(Progress::Absent)),
+            Err(e) => Err(api_error(
+                &format!("reading the Wake-on-LAN relay Job {name}"),
+                e,
+            )),
+        }
+    }
+
+    async fn cancel(&self, cx: &OpContext<'_>) -> Result<(), PowerError> {
+        if self.spec.via.is_none() {
+            return Ok(());
+        }
+        let name = relay_job_name(cx.resource_name);
+        // Background propagation deletes its pod too, so a late packet is not sent.
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match self.jobs(cx).delete(&name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(api_error(
+                &format!("deleting the Wake-on-LAN relay Job {name}"),
+                e,
+            )),
+        }
+    }
+}
+
+fn belongs_to(job: &Job, cx: &OpContext<'_>) -> bool {
+    let labels = job.metadata.labels.as_ref();
+    let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    get(MACHINE_LABEL) == cx.machine.metadata.name.as_deref()
+        && get(OPERATION_LABEL) == Some(cx.op.id.as_str())
+}
+
+fn api_error(what: &str, e: kube::Error) -> PowerError {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 => PowerError::Config(format!(
+            "{what}: forbidden ({}); grant the operator create/get/delete on jobs.batch in the \
+             Node's namespace",
+            s.message
+        )),
+        kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429 => {
+            PowerError::Config(format!("{what}: rejected by the API server: {}", s.message))
+        }
+        _ => PowerError::Transient(format!("{what}: {}", error_chain(&e))),
+    }
+}
+
+/// The relay Job's progress from its conditions.
+pub fn progress(job: &Job) -> Progress {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let is_true = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if is_true("Complete").is_some() {
+        return Progress::Succeeded;
+    }
+    if let Some(c) = is_true("Failed").or_else(|| is_true("FailureTarget")) {
+        let why = c
+            .message
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .or(c.reason.as_deref())
+            .unwrap_or("the Job failed");
+        return Progress::Failed {
+            reason: format!(
+                "Wake-on-LAN relay Job {} failed: {why}",
+                job.metadata.name.as_deref().unwrap_or_default()
+            ),
+        };
+    }
+    Progress::Running
+}
+
+/// Names are at most 63 characters: a long one keeps a readable prefix and a hash of the whole.
+pub fn relay_job_name(resource_name: &str) -> String {
+    const MAX: usize = 63;
+    if resource_name.len() <= MAX {
+        return resource_name.to_owned();
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in resource_name.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let suffix = format!("-{h:08x}");
+    let mut prefix: String = resource_name.chars().take(MAX - suffix.len()).collect();
+    while prefix.ends_with('-') || prefix.ends_with('.') {
+        prefix.pop();
+    }
+    format!("{prefix}{suffix}")
+}
+
+/// The relay Job for `cx` (pure, so its shape is tested without an API server).
+pub fn relay_job(
+    cx: &OpContext<'_>,
+    spec: &WakeOnLan,
+    via: &WakeOnLanRelay,
+    target_node: Option<&str>,
+) -> Result<Job, PowerError> {
+    let field = format!("spec.power.{}.wakeOnLan", cx.direction);
+    let mac = parse_mac(&format!("{field}.mac"), &spec.mac)
+        .map_err(|e| PowerError::Config(e.to_string()))?;
+    let machine = cx.machine;
+    let machine_name = machine.metadata.name.clone().unwrap_or_default();
+    let labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (MACHINE_LABEL.to_owned(), machine_name.clone()),
+        (OPERATION_LABEL.to_owned(), cx.op.id.clone()),
+        (DIRECTION_LABEL.to_owned(), cx.direction.to_string()),
+    ]);
+    let Some(uid) = machine.metadata.uid.clone() else {
+        return Err(PowerError::Config(format!(
+            "Node {machine_name} has no uid (not read from the API server): cannot own a relay Job"
+        )));
+    };
+    let owner = OwnerReference {
+        api_version: Machine::api_version(&()).into_owned(),
+        kind: Machine::kind(&()).into_owned(),
+        name: machine_name,
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let mac_text = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let env_value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env = vec![
+        env_value("WOL_MAC", mac_text),
+        env_value("WOL_BROADCAST", spec.broadcast().to_owned()),
+        env_value("WOL_PORT", spec.port().to_string()),
+    ];
+    if let Some(secret) = &spec.secure_on_secret {
+        env.push(EnvVar {
+            name: "WOL_SECURE_ON".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: SECRET_KEY_PASSWORD.to_owned(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
+    }
+    // Never on the machine being woken (a stale Node object of it may still look Ready).
+    let affinity = target_node.map(|node| Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".to_owned(),
+                        operator: "NotIn".to_owned(),
+                        values: Some(vec![node.to_owned()]),
+                    }]),
+                    match_expressions: None,
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    });
+    let container = Container {
+        name: "wake-on-lan".to_owned(),
+        image: Some(via.image().to_owned()),
+        command: Some(vec![
+            "python3".to_owned(),
+            "-c".to_owned(),
+            RELAY_SCRIPT.to_owned(),
+        ]),
+        env: Some(env),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(relay_job_name(cx.resource_name)),
+            namespace: machine.metadata.namespace.clone(),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(RELAY_BACKOFF_LIMIT),
+            active_deadline_seconds: Some(RELAY_DEADLINE_SECONDS),
+            ttl_seconds_after_finished: Some(RELAY_TTL_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    // The LAN's broadcast domain is only reachable from the host's network.
+                    host_network: Some(true),
+                    restart_policy: Some("Never".to_owned()),
+                    automount_service_account_token: Some(false),
+                    node_selector: (!via.node_selector.is_empty())
+                        .then(|| via.node_selector.clone()),
+                    affinity,
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65534),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_on_takes_four_or_six_octets_and_never_echoes_the_value() {
+        assert_eq!(parse_secure_on("01:02:03:04"), Ok(vec![1, 2, 3, 4]));
+        assert_eq!(
+            parse_secure_on("a1-b2-c3-d4-e5-f6\n"),
+            Ok(vec![0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6])
+        );
+        for bad in ["a1:b2:c3", "a1:b2:c3:d4:e5", "zz:b2:c3:d4", "a1b2:c3:d4"] {
+            let err = parse_secure_on(bad).err().unwrap_or_default();
+            assert!(!err.is_empty() && !err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn long_resource_names_fit_and_stay_distinct() {
+        let a = relay_job_name(&format!("{}-on-1", "m".repeat(80)));
+        let b = relay_job_name(&format!("{}-on-2", "m".repeat(80)));
+        assert!(a.len() <= 63 && b.len() <= 63 && a != b);
+    }
+}

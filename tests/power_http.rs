@@ -1,0 +1,427 @@
+//! The HTTP driver against a real HTTPS server started by the test: a smart plug that switches on
+//! a POST with a bearer token or basic auth and reports its relay state as JSON (the readback),
+//! behind a certificate from a test CA.
+mod support;
+mod support_power;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use kubectl_homelab::operator::api::{
+    Direction, HttpAction, HttpMethod, HttpStatusCheck, MachineSpec, PowerOff, PowerOn, PowerSpec,
+};
+use kubectl_homelab::operator::machine::PowerState;
+use kubectl_homelab::operator::power::http::HttpDriver;
+use kubectl_homelab::operator::power::{Driver as _, PowerError, Progress};
+use support::pki::Ca;
+use support_power::server::{self, Received, Server};
+use support_power::{Op, Transcript, create_secret, machine};
+
+const TOKEN: &str = "plug-token-5b9e2c71";
+const USER: &str = "admin";
+const PASSWORD: &str = "plug-Pa55-c0ffee";
+
+fn spec_with(on: &HttpAction, off: &HttpAction) -> MachineSpec {
+    MachineSpec {
+        power: Some(PowerSpec {
+            on: Some(PowerOn {
+                http: Some(on.clone()),
+                ..PowerOn::default()
+            }),
+            off: Some(PowerOff {
+                http: Some(off.clone()),
+                ..PowerOff::default()
+            }),
+        }),
+        ..MachineSpec::new(kubectl_homelab::operator::machine::PowerState::Off)
+    }
+}
+
+/// A smart plug: `POST /relay?turn=on|off` with the right credentials switches it, `GET /status`
+/// answers `{"output": <bool>}`. Answers 401 to anything without them.
+struct Plug {
+    server: Server,
+    on: Arc<Mutex<bool>>,
+    requests: Arc<Mutex<Vec<Received>>>,
+}
+
+async fn plug(ca: &Ca) -> anyhow::Result<Plug> {
+    let on = Arc::new(Mutex::new(false));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let (state, log) = (on.clone(), requests.clone());
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{USER}:{PASSWORD}")
+        )
+    );
+    let server = server::serve(Some(&ca.serving()?), move |req: Received| {
+        let (state, log, basic) = (state.clone(), log.clone(), basic.clone());
+        async move {
+            if let Ok(mut l) = log.lock() {
+                l.push(req.clone());
+            }
+            let auth = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            if auth != format!("Bearer {TOKEN}") && auth != basic {
+                return server::answer(401, r#"{"error": "unauthorized"}"#);
+            }
+            if req.path_and_query == "/slow" {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                return server::answer(200, "");
+            }
+            let Ok(mut on) = state.lock() else {
+                return server::answer(500, "");
+            };
+            match (req.method.as_str(), req.path_and_query.as_str()) {
+                ("POST", "/relay?turn=on") => {
+                    *on = true;
+                    server::answer(200, r#"{"was_on": false}"#)
+                }
+                ("POST", "/relay?turn=off") => {
+                    *on = false;
+                    server::answer(200, r#"{"was_on": true}"#)
+                }
+                ("GET", "/status") => server::answer(200, format!(r#"{{"output": {}}}"#, *on)),
+                _ => server::answer(404, r#"{"error": "no such path"}"#),
+            }
+        }
+    })
+    .await?;
+    Ok(Plug {
+        server,
+        on,
+        requests,
+    })
+}
+
+fn action(plug: &Plug, ca: &Ca, turn: &str, value: &str) -> HttpAction {
+    HttpAction {
+        url: format!("{}/relay?turn={turn}", plug.server.url),
+        method: Some(HttpMethod::Post),
+        headers: BTreeMap::from([("Content-Type".to_owned(), "application/json".to_owned())]),
+        body: Some(r#"{"source": "kubectl-homelab"}"#.to_owned()),
+        secret: Some("plug".to_owned()),
+        ca_bundle: Some(ca.cert_pem.clone()),
+        status: Some(HttpStatusCheck {
+            url: format!("{}/status", plug.server.url),
+            field: "$.output".to_owned(),
+            value: value.to_owned(),
+        }),
+        ..HttpAction::default()
+    }
+}
+
+#[tokio::test]
+async fn the_plug_switches_on_and_off_and_the_readback_confirms_it() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("http-plug").await?;
+    let ca = Ca::generate()?;
+    let plug = plug(&ca).await?;
+    create_secret(&cp.client()?, &ns, "plug", &[("token", TOKEN)]).await?;
+    let operator = support_power::operator_reading(cp, &ns, &["plug"]).await?;
+    let on = action(&plug, &ca, "on", "true");
+    let off = action(&plug, &ca, "off", "false");
+    let m = machine(&ns, "nuc", spec_with(&on, &off));
+    let mut said = Transcript::default();
+
+    let op = Op::new(m.clone(), Direction::On, "on-1", Timestamp::now());
+    let driver = HttpDriver::new(operator.client()?, &on);
+    let report = said
+        .record(&driver.start(&op.at(Timestamp::now())).await)
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        (report.progress, report.readback),
+        (Progress::Succeeded, Some(PowerState::On))
+    );
+    assert!(plug.on.lock().is_ok_and(|on| *on));
+    let sent = plug
+        .requests
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|r| r.method == http::Method::POST)
+        .context("the action was sent")?;
+    assert_eq!(sent.body, r#"{"source": "kubectl-homelab"}"#);
+    assert_eq!(
+        sent.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let checked = driver.check(&op.at(Timestamp::now())).await?;
+    assert_eq!(checked.readback, Some(PowerState::On));
+
+    // Off with basic auth instead of a token.
+    let admin = cp.client()?;
+    create_secret(
+        &admin,
+        &ns,
+        "plug-basic",
+        &[("username", USER), ("password", PASSWORD)],
+    )
+    .await?;
+    let mut off = off;
+    off.secret = Some("plug-basic".to_owned());
+    let op = Op::new(m, Direction::Off, "off-2", Timestamp::now());
+    let driver = HttpDriver::new(admin, &off);
+    let report = said
+        .record(&driver.start(&op.at(Timestamp::now())).await)
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        (report.progress, report.readback),
+        (Progress::Succeeded, Some(PowerState::Off))
+    );
+    assert!(plug.on.lock().is_ok_and(|on| !*on));
+    said.assert_never_shows(TOKEN);
+    said.assert_never_shows(PASSWORD);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_action_the_readback_does_not_confirm_keeps_running() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("http-unconfirmed").await?;
+    let ca = Ca::generate()?;
+    let plug = plug(&ca).await?;
+    create_secret(&cp.client()?, &ns, "plug", &[("token", TOKEN)]).await?;
+    // The plug accepts the call but its status never reads what this action expects.
+    let on = action(&plug, &ca, "on", "switched-on");
+    let m = machine(&ns, "nuc", spec_with(&on, &on));
+    let op = Op::new(m, Direction::On, "on-1", Timestamp::now());
+    let driver = HttpDriver::new(cp.client()?, &on);
+    let report = driver.start(&op.at(Timestamp::now())).await?;
+    assert_eq!(
+        (report.progress, report.readback),
+        (Progress::Running, Some(PowerState::Off))
+    );
+    assert!(report.recheck_after.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unexpected_status_fails_the_action_and_says_why() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("http-status").await?;
+    let ca = Ca::generate()?;
+    let plug = plug(&ca).await?;
+    create_secret(&cp.client()?, &ns, "plug", &[("token", TOKEN)]).await?;
+    let mut said = Transcript::default();
+
+    let mut on = action(&plug, &ca, "on", "true");
+    on.status = None;
+    on.expected_status = vec![204];
+    let m = machine(&ns, "nuc", spec_with(&on, &on));
+    let op = Op::new(m.clone(), Direction::On, "on-1", Timestamp::now());
+    let report = said
+        .record(
+            &HttpDriver::new(cp.client()?, &on)
+                .start(&op.at(Timestamp::now()))
+                .await,
+        )
+        .map_err(anyhow::Error::msg)?;
+    let Progress::Failed { reason } = report.progress else {
+        panic!("expected Failed, got {report:?}");
+    };
+    assert!(reason.contains("answered 200, expected 204"), "{reason}");
+
+    // A wrong token: refused, named, not shown.
+    let wrong = "wrong-token-41d1";
+    create_secret(&cp.client()?, &ns, "wrong", &[("token", wrong)]).await?;
+    on.expected_status = vec![];
+    on.secret = Some("wrong".to_owned());
+    let report = said
+        .record(
+            &HttpDriver::new(cp.client()?, &on)
+                .start(&op.at(Timestamp::now()))
+                .await,
+        )
+        .map_err(anyhow::Error::msg)?;
+    let Progress::Failed { reason } = report.progress else {
+        panic!("expected Failed, got {report:?}");
+    };
+    assert!(
+        reason.contains("401") && reason.contains("credentials"),
+        "{reason}"
+    );
+
+    // Without a status URL nothing tells whether the call was made: check says Absent.
+    let checked = HttpDriver::new(cp.client()?, &on)
+        .check(&op.at(Timestamp::now()))
+        .await?;
+    assert_eq!(checked.progress, Progress::Absent);
+    said.assert_never_shows(wrong);
+    said.assert_never_shows(TOKEN);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_slower_than_the_timeout_is_a_transient_error() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("http-timeout").await?;
+    let ca = Ca::generate()?;
+    let plug = plug(&ca).await?;
+    create_secret(&cp.client()?, &ns, "plug", &[("token", TOKEN)]).await?;
+    let mut on = action(&plug, &ca, "on", "true");
+    on.url = format!("{}/slow", plug.server.url);
+    on.status = None;
+    on.timeout = Some("1s".to_owned());
+    let op = Op::new(
+        machine(&ns, "nuc", spec_with(&on, &on)),
+        Direction::On,
+        "on-1",
+        Timestamp::now(),
+    );
+    let result = HttpDriver::new(cp.client()?, &on)
+        .start(&op.at(Timestamp::now()))
+        .await;
+    let Err(PowerError::Transient(err)) = result else {
+        panic!("a timeout is retried: {result:?}");
+    };
+    assert!(
+        err.contains("no answer within 1s") && err.contains("/slow"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_certificate_from_an_unknown_ca_is_refused_unless_its_ca_is_given() -> anyhow::Result<()>
+{
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("http-tls").await?;
+    let ca = Ca::generate()?;
+    let plug = plug(&ca).await?;
+    create_secret(&cp.client()?, &ns, "plug", &[("token", TOKEN)]).await?;
+    let mut on = action(&plug, &ca, "on", "true");
+    let other_ca = Ca::generate()?;
+    on.ca_bundle = Some(other_ca.cert_pem.clone());
+    let op = Op::new(
+        machine(&ns, "nuc", spec_with(&on, &on)),
+        Direction::On,
+        "on-1",
+        Timestamp::now(),
+    );
+    let result = HttpDriver::new(cp.client()?, &on)
+        .start(&op.at(Timestamp::now()))
+        .await;
+    let Err(PowerError::Config(err)) = result else {
+        panic!("an untrusted certificate is a setting to fix: {result:?}");
+    };
+    assert!(
+        err.contains("not trusted") && err.contains("spec.power.on.http.caBundle"),
+        "{err}"
+    );
+    assert!(plug.on.lock().is_ok_and(|on| !*on), "nothing was switched");
+
+    on.ca_bundle = Some(ca.cert_pem.clone());
+    let report = HttpDriver::new(cp.client()?, &on)
+        .start(&op.at(Timestamp::now()))
+        .await?;
+    assert_eq!(report.progress, Progress::Succeeded);
+    Ok(())
+}
+
+/// examples/http.yaml as written (its Secret, calls and readback), with only Home Assistant's
+/// address pointed at a server that plays its REST API: `POST /api/services/script/turn_on`
+/// runs a script, `GET /api/states/binary_sensor.nas_power` tells the sensor's state.
+#[tokio::test]
+async fn the_http_example_switches_the_nas_through_home_assistant() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let sensor = Arc::new(Mutex::new("off".to_owned()));
+    let state = sensor.clone();
+    let home_assistant = server::serve(None, move |req: Received| {
+        let state = state.clone();
+        async move {
+            let authorized = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .is_some_and(|v| v == "Bearer change-me");
+            if !authorized {
+                return server::answer(401, "");
+            }
+            let Ok(mut sensor) = state.lock() else {
+                return server::answer(500, "");
+            };
+            match (req.method.as_str(), req.path_and_query.as_str()) {
+                ("POST", "/api/services/script/turn_on") => {
+                    let script = serde_json::from_slice::<serde_json::Value>(&req.body)
+                        .ok()
+                        .and_then(|v| v["entity_id"].as_str().map(str::to_owned));
+                    match script.as_deref() {
+                        Some("script.nas_power_on") => *sensor = "on".to_owned(),
+                        Some("script.nas_power_off") => *sensor = "off".to_owned(),
+                        _ => return server::answer(400, ""),
+                    }
+                    server::answer(200, "[]")
+                }
+                ("GET", "/api/states/binary_sensor.nas_power") => server::answer(
+                    200,
+                    format!(r#"{{"entity_id": "binary_sensor.nas_power", "state": "{sensor}"}}"#),
+                ),
+                _ => server::answer(404, ""),
+            }
+        }
+    })
+    .await?;
+    let ns = cp.namespace("http-example").await?;
+    let client = cp.client()?;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/http.yaml");
+    support::apply::apply_file(&client, &ns, &example, true).await?;
+    let m = kube::Api::<kubectl_homelab::operator::api::Machine>::namespaced(client.clone(), &ns)
+        .get("nas")
+        .await?;
+    let moved = |url: &str| url.replace("http://homeassistant.lan:8123", &home_assistant.url);
+    let mut said = Transcript::default();
+    for (direction, id, want) in [
+        (Direction::On, "on-1", PowerState::On),
+        (Direction::Off, "off-2", PowerState::Off),
+    ] {
+        let kubectl_homelab::operator::api::PowerDriver::Http(written) =
+            m.power_driver(direction)?
+        else {
+            panic!("examples/http.yaml uses http both ways");
+        };
+        let mut spec = written.clone();
+        spec.url = moved(&spec.url);
+        if let Some(status) = &mut spec.status {
+            status.url = moved(&status.url);
+        }
+        let op = Op::new(m.clone(), direction, id, Timestamp::now());
+        let report = said
+            .record(
+                &HttpDriver::new(client.clone(), &spec)
+                    .start(&op.at(Timestamp::now()))
+                    .await,
+            )
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            (report.progress, report.readback),
+            (Progress::Succeeded, Some(want))
+        );
+    }
+    assert_eq!(sensor.lock().map(|s| s.clone()).unwrap_or_default(), "off");
+    said.assert_never_shows("change-me");
+    Ok(())
+}
