@@ -1,0 +1,2 @@
+//! kube-runtime reconcilers and the pieces they call.
+pub mod node_side;
