@@ -15,6 +15,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use kubectl_homelab::operator::api::{Group, Machine};
 use kubectl_homelab::operator::controller::{self, Settings};
+use kubectl_homelab::operator::drain::DrainClient;
 use kubectl_homelab::operator::machine::{Phase, Policy, PowerState};
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
 use kubectl_homelab::operator::provider::kube::{KubeSource, Scope};
@@ -140,7 +141,7 @@ impl Lab {
             .create(&PostParams::default(), &group)
             .await
             .context("creating Group g")?;
-        let operator = start_operator(client.clone(), &ns).await?;
+        let operator = start_operator(cp, &ns).await?;
         Ok(Lab {
             world: World::new(client.clone()),
             ns,
@@ -230,11 +231,15 @@ impl Lab {
 }
 
 /// The controllers of `run-operator`, in-process, scoped to `ns`.
-async fn start_operator(client: Client, ns: &str) -> anyhow::Result<Background> {
+async fn start_operator(cp: &ControlPlane, ns: &str) -> anyhow::Result<Background> {
+    let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
+    let drain = DrainClient::new(config.clone())?;
+    let client = Client::try_from(config)?;
     let source = Arc::new(KubeSource::start(client, Scope::Namespace(ns.to_owned())));
     source.wait_until_ready(SYNC).await?;
     Ok(Background::from(tokio::spawn(controller::run(
         source,
+        drain,
         fast_settings(),
         None,
         std::future::pending(),
@@ -317,6 +322,43 @@ async fn a_machine_powers_on_and_off_through_jobs() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(lab.jobs("m1").await?.len(), 2, "one Job per power action");
+    Ok(())
+}
+
+/// The nodeAgent driver powers a machine off from a Job pinned to the machine itself; the
+/// evidence of power-off is the Node going NotReady (the agent's Job dies with the machine and
+/// never completes).
+#[tokio::test]
+async fn a_node_agent_powers_its_own_machine_off() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-agent").await?;
+    let node = cp.unique_name("agent");
+    let id = format!("homelab://{}/m1", lab.ns);
+    lab.world
+        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+        .await?;
+    lab.create(
+        MachineSpec::new("m1")
+            .on()
+            .node_name(&node)
+            .node_agent_off(),
+    )
+    .await?;
+    lab.wait_phase("m1", Phase::Ready).await?;
+    lab.set_power("m1", "off").await?;
+    let job = lab.wait_job("m1", "off").await?;
+    let pod = job
+        .spec
+        .clone()
+        .and_then(|s| s.template.spec)
+        .context("Job without a pod spec")?;
+    assert_eq!(pod.node_name.as_deref(), Some(node.as_str()));
+    assert_eq!(pod.host_pid, Some(true));
+    lab.world.start_job(&lab.ns, &job.name_any()).await?;
+    lab.world.node_ready(&node, false).await?;
+    lab.wait_phase("m1", Phase::Off).await?;
     Ok(())
 }
 
@@ -547,11 +589,11 @@ async fn an_operator_killed_mid_transition_converges_without_duplicate_jobs() ->
             lab.set_power(n, want).await?;
         }
         for _ in 0..10 {
-            let operator = start_operator(lab.client.clone(), &lab.ns).await?;
+            let operator = start_operator(cp, &lab.ns).await?;
             tokio::time::sleep(next_delay()).await;
             drop(operator);
         }
-        let _operator = start_operator(lab.client.clone(), &lab.ns).await?;
+        let _operator = start_operator(cp, &lab.ns).await?;
         for n in &names {
             let m = lab.wait_phase(n, phase).await?;
             let lc = m.lifecycle();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use super::serve_grpc::{self, kube_client, server_tls, shutdown_signal};
+use super::serve_grpc::{self, kube_config, server_tls, shutdown_signal};
 use crate::operator::controller::{self, Settings};
 use crate::operator::health::{self, Readiness};
 use crate::operator::leader::{
@@ -154,7 +154,7 @@ async fn run_controllers(
     settings: Settings,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    controller::run(ctx.source, settings, Some(ctx.metrics), shutdown).await;
+    controller::run(ctx.source, ctx.drain, settings, Some(ctx.metrics), shutdown).await;
     Ok(())
 }
 
@@ -164,11 +164,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let tls = server_tls(&args.serve)?;
-    let (client, default_namespace) = kube_client(
+    let config = kube_config(
         args.serve.kubeconfig.as_deref(),
         args.serve.context.as_deref(),
     )
     .await?;
+    let default_namespace = config.default_namespace.clone();
+    let drain = crate::operator::drain::DrainClient::new(config.clone())
+        .context("cannot build the Kubernetes client for evictions")?;
+    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
     let scope = if args.serve.all_namespaces {
         Scope::AllNamespaces
     } else {
@@ -251,6 +255,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let outcome = serve_after_sync(
         &args,
         client,
+        drain,
         scope,
         source,
         tls,
@@ -303,6 +308,7 @@ fn readiness(
 async fn serve_after_sync(
     args: &Args,
     client: kube::Client,
+    drain: crate::operator::drain::DrainClient,
     scope: Scope,
     source: Arc<KubeSource>,
     tls: Option<crate::operator::provider::TlsOptions>,
@@ -352,6 +358,7 @@ async fn serve_after_sync(
 
     let ctx = OperatorContext {
         client,
+        drain,
         source,
         scope,
         metrics,

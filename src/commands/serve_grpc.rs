@@ -226,6 +226,17 @@ pub async fn kube_client(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
 ) -> anyhow::Result<(kube::Client, String)> {
+    let config = kube_config(kubeconfig, context).await?;
+    let namespace = config.default_namespace.clone();
+    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
+    Ok((client, namespace))
+}
+
+/// The client configuration from `--kubeconfig` / `--context`, else the environment.
+pub async fn kube_config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Config> {
     let options = kube::config::KubeConfigOptions {
         context: context.map(str::to_owned),
         ..Default::default()
@@ -247,9 +258,7 @@ pub async fn kube_client(
             "no Kubernetes configuration: set KUBECONFIG, pass --kubeconfig, or run in a pod",
         )?,
     };
-    let namespace = config.default_namespace.clone();
-    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
-    Ok((client, namespace))
+    Ok(config)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

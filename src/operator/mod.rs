@@ -1,6 +1,7 @@
 //! The operator: CRD types, the pure lifecycle and provider cores, and the edges that drive them.
 pub mod api;
 pub mod controller;
+pub mod drain;
 pub mod health;
 pub mod leader;
 pub mod machine;

@@ -15,6 +15,8 @@ use super::provider::kube::{KubeSource, Scope};
 #[derive(Clone)]
 pub struct OperatorContext {
     pub client: kube::Client,
+    /// For evictions (no 429 retries, see `operator::drain::DrainClient`).
+    pub drain: super::drain::DrainClient,
     /// The shared reflectors (Group CRs, Node CRs, Kubernetes Nodes), synced before the
     /// controllers start.
     pub source: Arc<KubeSource>,

@@ -11,11 +11,14 @@ use kube::runtime::events::{Event as KubeEventOut, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource as _, ResourceExt as _};
 
+use super::node_side;
 use super::{Context, Error, FIELD_MANAGER, FINALIZER, requeue};
 use crate::operator::api::{
-    CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY, Direction, Health, Machine,
-    MachineStatus, NodeSnapshot, PowerDriver as DriverSpec, condition, upsert_condition,
+    CONDITION_IDENTITY_MISMATCH, CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY,
+    Direction, Health, Machine, MachineStatus, PowerDriver as DriverSpec, condition,
+    upsert_condition,
 };
+use crate::operator::drain;
 use crate::operator::machine::{
     Effect, KubeEvent, Lifecycle, NodeObs, Observed, OpStatus, Operation, OperationKind, Phase,
     Policy, PowerState, operation_resource_name, reconcile as core_reconcile,
@@ -29,10 +32,6 @@ use crate::operator::power::{Driver, OpContext, PowerError, Progress, Report};
 /// Annotation a person (or `kubectl homelab power`) sets to retry a Failed machine now; a value
 /// newer than `status.phaseSince` counts once.
 pub const RETRY_ANNOTATION: &str = "infra.homecluster.dev/retry-requested-at";
-/// CA's taint on a node it is scaling down (it drained the node already).
-pub const CA_TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
-/// CA's soft taint on a node it considers unneeded.
-pub const CA_DELETION_CANDIDATE_TAINT: &str = "DeletionCandidateOfClusterAutoscaler";
 /// Condition: a drain for a power-off is running or was given up.
 pub const CONDITION_DRAINING: &str = "Draining";
 /// Condition: the registered Node reports Ready.
@@ -41,9 +40,6 @@ pub const CONDITION_NODE_READY: &str = "NodeReady";
 /// Passes of observe → decide → act in one reconcile: a driver that answers at once (Wake-on-LAN
 /// sent, an HTTP call refused) feeds its answer back to the core without waiting for an event.
 const MAX_PASSES: usize = 3;
-
-/// One eviction request; the API server answers at once (429 when a PDB forbids it).
-const EVICTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn error_policy(_m: Arc<Machine>, e: &Error, ctx: Arc<Context>) -> Action {
     if let Some(metrics) = &ctx.metrics {
@@ -97,30 +93,6 @@ fn node_obs(m: &Machine, node: Option<&Node>) -> NodeObs {
             .and_then(|c| c.last_transition_time.as_ref())
             .map(|t| t.0),
     }
-}
-
-fn has_taint(node: &Node, key: &str) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| ts.iter().any(|t| t.key == key))
-}
-
-/// Pods that keep a machine from being powered off: bound to the node, not finished, not owned
-/// by a DaemonSet, not mirror pods.
-pub fn blocking_pods(pods: &[Pod]) -> Vec<&Pod> {
-    pods.iter()
-        .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            let finished = matches!(phase, Some("Succeeded" | "Failed"));
-            let daemon = p
-                .owner_references()
-                .iter()
-                .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
-            let mirror = p.annotations().contains_key("kubernetes.io/config.mirror");
-            !finished && !daemon && !mirror
-        })
-        .collect()
 }
 
 async fn pods_on(ctx: &Context, node: &str) -> Result<Vec<Pod>, Error> {
@@ -231,6 +203,8 @@ struct Outcome {
     note_events: Vec<KubeEvent>,
     /// A drain ran (or was given up) in this reconcile.
     drained: bool,
+    /// The Node object was deleted in this reconcile (confirmed off).
+    node_deleted: bool,
 }
 
 pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -315,7 +289,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         (Some(n), PowerState::Off) => pods_on(&ctx, &n.name_any()).await?,
         _ => Vec::new(),
     };
-    let pods_present = !blocking_pods(&pods).is_empty();
+    let pods_present = !drain::pods_blocking_power_off(&pods).is_empty();
     let manual_retry = m
         .annotations()
         .get(RETRY_ANNOTATION)
@@ -349,7 +323,6 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
                 effect,
                 node.as_deref(),
                 node_name.as_deref(),
-                &pods,
                 now,
                 &mut status,
                 &mut out,
@@ -391,18 +364,53 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         (_, Phase::Off) => Health::Offline,
         _ => Health::Unknown,
     });
-    if let Some(n) = node
-        .as_deref()
-        .filter(|n| provider_id(n).is_empty() || provider_id(n) == m.expected_provider_id())
-    {
-        let snap = snapshot(n, now);
+    // The Node side first, so the snapshot records what was restored on it.
+    let mut mismatch = None;
+    let mut seen = node.clone().filter(|_| !out.node_deleted);
+    if let Some(n) = seen.clone() {
+        let (written, problem) = sync_node(&ctx, &m, &n).await?;
+        mismatch = problem;
+        if let Some(w) = written {
+            seen = Some(Arc::new(w));
+        }
+    }
+    if let Some(n) = seen.filter(|_| mismatch.is_none()) {
+        let snap = node_side::snapshot(&n, now);
         if status
             .node
             .as_ref()
-            .is_none_or(|old| !same_snapshot(old, &snap))
+            .is_none_or(|old| !node_side::same_shape(old, &snap))
         {
             status.node = Some(snap);
         }
+    }
+    let identity_changed = upsert_condition(
+        &mut status.conditions,
+        match &mismatch {
+            Some(problem) => condition(
+                CONDITION_IDENTITY_MISMATCH,
+                true,
+                "ProviderIDMismatch",
+                problem.clone(),
+                m.meta().generation,
+                now,
+            ),
+            None => condition(
+                CONDITION_IDENTITY_MISMATCH,
+                false,
+                "Matches",
+                "",
+                m.meta().generation,
+                now,
+            ),
+        },
+    );
+    if let (Some(problem), true) = (&mismatch, identity_changed) {
+        out.note_events.push(KubeEvent {
+            reason: "ProviderIDMismatch",
+            warning: true,
+            message: problem.clone(),
+        });
     }
     let generation = m.meta().generation;
     upsert_condition(
@@ -470,10 +478,6 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     }
     write_status(&api, &m, rv, &old_status, status).await?;
 
-    if let Some(node) = &node {
-        sync_node(&ctx, &m, node, &lc).await?;
-    }
-
     let until = requeue_at.map(|t| {
         let d = t.duration_since(Timestamp::now());
         Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
@@ -519,7 +523,6 @@ async fn perform(
     effect: Effect,
     node: Option<&Node>,
     node_name: Option<&str>,
-    pods: &[Pod],
     now: Timestamp,
     status: &mut MachineStatus,
     out: &mut Outcome,
@@ -599,11 +602,12 @@ async fn perform(
         }
         Effect::Drain => {
             if let Some(n) = node {
-                drain(ctx, m, n, pods, now, status, out).await?;
+                drain_pass(ctx, m, n, now, status, out).await?;
             }
         }
         Effect::DeleteNode => {
             if let Some(n) = node {
+                out.node_deleted = true;
                 let api: Api<Node> = Api::all(ctx.client.clone());
                 match api.delete(&n.name_any(), &DeleteParams::default()).await {
                     Ok(_) => {}
@@ -634,209 +638,110 @@ async fn perform(
     Ok(())
 }
 
-/// Evicts the pods keeping a power-off back (not for CA's scale-down: CA drained already), and
-/// gives up after the drain timeout, leaving the machine on and saying why.
-async fn drain(
+/// One drain pass for a power-off not started by CA (CA drained before `DeleteNodes`): evict
+/// what keeps the power-off back; past the drain timeout give up, leaving the machine on and
+/// saying why.
+async fn drain_pass(
     ctx: &Context,
     m: &Machine,
     node: &Node,
-    pods: &[Pod],
     now: Timestamp,
     status: &mut MachineStatus,
     out: &mut Outcome,
 ) -> Result<(), Error> {
     let generation = m.meta().generation;
-    let blocking = blocking_pods(pods);
     out.drained = true;
     let given_up = status
         .conditions
         .iter()
         .any(|c| c.type_ == CONDITION_DRAINING && c.reason == "DrainTimedOut");
-    if given_up {
-        // Said why already; a person sets spec.powerState on (or retries) to move on.
+    if given_up || drain::is_ca_deleting(node) {
+        // Said why already (a person sets spec.powerState on, or retries, to move on); or CA
+        // drained the node itself.
         return Ok(());
     }
-    if has_taint(node, CA_TO_BE_DELETED_TAINT) {
-        // CA drained the node before calling DeleteNodes; what is left are pods it tolerates.
-        return Ok(());
-    }
-    set_unschedulable(ctx, node, true).await?;
-    let started = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_DRAINING && c.status == "True")
-        .map(|c| c.last_transition_time.0)
-        .unwrap_or(now);
     let timeout = SignedDuration::try_from(ctx.settings.drain_timeout)
-        .unwrap_or(SignedDuration::from_mins(5));
-    let names: Vec<String> = blocking
-        .iter()
-        .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
-        .collect();
-    if now >= started + timeout {
-        let message = format!(
-            "could not drain Kubernetes Node {} within {:?}: still running {}; the machine stays on \
-             (check PodDisruptionBudgets, or set spec.powerState back to on)",
-            node.name_any(),
-            ctx.settings.drain_timeout,
-            names.join(", ")
-        );
-        let changed = upsert_condition(
-            &mut status.conditions,
-            condition(
-                CONDITION_DRAINING,
-                false,
-                "DrainTimedOut",
-                message.clone(),
-                generation,
-                now,
-            ),
-        );
-        if changed {
+        .unwrap_or(drain::DEFAULT_DRAIN_TIMEOUT);
+    let outcome = drain::drain(
+        &ctx.drain,
+        &node.name_any(),
+        &drain::DrainOptions::new(now).timeout(timeout),
+    )
+    .await
+    .map_err(|e| Error::NodeSide(e.to_string()))?;
+    match &outcome {
+        drain::DrainOutcome::Drained | drain::DrainOutcome::NodeGone => {}
+        drain::DrainOutcome::Draining(progress) => {
+            upsert_condition(
+                &mut status.conditions,
+                condition(
+                    CONDITION_DRAINING,
+                    true,
+                    "Evicting",
+                    outcome.to_string(),
+                    generation,
+                    progress.started,
+                ),
+            );
+            // Pods leaving send this machine no event: look again soon.
+            out.requeue_after = Some(drain::DRAIN_RECHECK);
+        }
+        drain::DrainOutcome::TimedOut(_) => {
+            let message = format!(
+                "{outcome}; the machine stays on (set spec.powerState back to on, or fix what \
+                 blocks the eviction and run `kubectl homelab power off` again)"
+            );
+            upsert_condition(
+                &mut status.conditions,
+                condition(
+                    CONDITION_DRAINING,
+                    false,
+                    "DrainTimedOut",
+                    message.clone(),
+                    generation,
+                    now,
+                ),
+            );
             out.note_events.push(KubeEvent {
                 reason: "DrainFailed",
                 warning: true,
                 message,
             });
         }
-        return Ok(());
     }
-    upsert_condition(
-        &mut status.conditions,
-        condition(
-            CONDITION_DRAINING,
-            true,
-            "Evicting",
-            format!("evicting {}", names.join(", ")),
-            generation,
-            started,
-        ),
-    );
-    let mut blocked = Vec::new();
-    for p in blocking {
-        if p.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-        tracing::info!(machine = %m.object_ref(), pod = %p.name_any(), "evicting for a power-off");
-        let (pod_name, params) = (p.name_any(), kube::api::EvictParams::default());
-        match tokio::time::timeout(EVICTION_TIMEOUT, api.evict(&pod_name, &params)).await {
-            Err(_) => blocked.push(format!(
-                "{}: the eviction got no answer within {EVICTION_TIMEOUT:?}",
-                p.name_any()
-            )),
-            Ok(Ok(_)) => {}
-            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
-            // 429: a PodDisruptionBudget allows no disruption now. Anything else (the API
-            // server busy, a PDB not yet processed) is also retried until the drain timeout.
-            Ok(Err(e)) => blocked.push(format!(
-                "{}: {}",
-                p.name_any(),
-                crate::operator::error_chain(&e)
-            )),
-        }
-    }
-    if !blocked.is_empty() {
-        upsert_condition(
-            &mut status.conditions,
-            condition(
-                CONDITION_DRAINING,
-                true,
-                "EvictionBlocked",
-                blocked.join("; "),
-                generation,
-                started,
-            ),
-        );
-    }
-    // Pods leaving send no event to this machine: look again soon.
-    out.requeue_after = Some(ctx.settings.poll_interval);
     Ok(())
 }
 
 async fn set_unschedulable(ctx: &Context, node: &Node, on: bool) -> Result<(), Error> {
-    let current = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false);
-    if current == on {
-        return Ok(());
-    }
-    let api: Api<Node> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({ "spec": { "unschedulable": on } });
-    match api
-        .patch(
-            &node.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+    drain::cordon(&ctx.client, &node.name_any(), on)
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube(format!("cordoning Node {}", node.name_any()))(
-            e,
-        )),
-    }
-}
-
-/// Keeps the Kubernetes Node in line with the machine: the providerID CA matches instances by.
-async fn sync_node(ctx: &Context, m: &Machine, node: &Node, lc: &Lifecycle) -> Result<(), Error> {
-    let _ = lc;
-    if provider_id(node).is_empty() {
-        let api: Api<Node> = Api::all(ctx.client.clone());
-        let patch = serde_json::json!({ "spec": { "providerID": m.expected_provider_id() } });
-        match api
-            .patch(
-                &node.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(Error::kube(format!(
-                    "setting providerID on Node {}",
-                    node.name_any()
-                ))(e));
-            }
-        }
-    }
+        .map_err(|e| Error::NodeSide(e.to_string()))?;
     Ok(())
 }
 
-fn snapshot(node: &Node, now: Timestamp) -> NodeSnapshot {
-    let status = node.status.as_ref();
-    NodeSnapshot {
-        name: node.name_any(),
-        provider_id: Some(provider_id(node).to_owned()).filter(|p| !p.is_empty()),
-        labels: node.labels().clone(),
-        taints: node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| t.key != CA_TO_BE_DELETED_TAINT && t.key != CA_DELETION_CANDIDATE_TAINT)
-            .filter(|t| !t.key.starts_with("node.kubernetes.io/"))
-            .collect(),
-        capacity: status.and_then(|s| s.capacity.clone()).unwrap_or_default(),
-        allocatable: status
-            .and_then(|s| s.allocatable.clone())
-            .unwrap_or_default(),
-        seen: now,
+/// Keeps the Kubernetes Node in line with the machine: the providerID CA matches instances by,
+/// the machine's labels and taints, CA's scale-down opt-out for protected machines. Returns the
+/// Node as written (`None`: unchanged) and a providerID mismatch to report.
+async fn sync_node(
+    ctx: &Context,
+    m: &Machine,
+    node: &Node,
+) -> Result<(Option<Node>, Option<String>), Error> {
+    let reg = node_side::registration(m, node, false);
+    let mismatch = match &reg.provider_id {
+        node_side::ProviderIdCheck::Mismatch { node, expected } => Some(format!(
+            "the Kubernetes Node carries providerID {node} but the machine expects {expected}; \
+             a providerID cannot change: fix spec.providerID or the kubelet's --provider-id"
+        )),
+        _ => None,
+    };
+    if reg.change.is_empty() {
+        return Ok((None, mismatch));
     }
-}
-
-/// Equal but for when it was seen: no write for a heartbeat.
-fn same_snapshot(a: &NodeSnapshot, b: &NodeSnapshot) -> bool {
-    NodeSnapshot {
-        seen: b.seen,
-        ..a.clone()
-    } == *b
+    let written = node_side::patch_node(&ctx.client, node, &reg.change)
+        .await
+        .map_err(|e| Error::NodeSide(e.to_string()))?;
+    Ok((written, mismatch))
 }
 
 async fn emit(ctx: &Context, m: &Machine, ev: &KubeEvent) {
@@ -902,7 +807,11 @@ async fn finalize(ctx: &Context, api: &Api<Machine>, m: &Machine) -> Result<Acti
         }
     }
     if let Some(n) = &node {
-        set_unschedulable(ctx, n, false).await?;
+        // Leave the Node as it was before we managed it: our cordon, labels, taints and
+        // annotations go; a person's stay.
+        node_side::update_node(&ctx.client, &n.name_any(), node_side::cleanup_change)
+            .await
+            .map_err(|e| Error::NodeSide(e.to_string()))?;
     }
     let finalizers: Vec<String> = m
         .finalizers()
@@ -973,34 +882,71 @@ async fn write_status(
     if *old == new {
         return Ok(());
     }
-    let value = serde_json::to_value(&new).map_err(|source| Error::Json {
-        what: "status",
-        source,
-    })?;
-    // JSON Patch: `add` replaces the whole status (a merge patch could not remove fields).
-    let patch = serde_json::json!([
-        { "op": "test", "path": "/metadata/resourceVersion", "value": resource_version },
-        { "op": "add", "path": "/status", "value": value },
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|source| Error::Json {
-        what: "status patch",
-        source,
-    })?;
+    let to_json = |st: &MachineStatus| {
+        serde_json::to_value(st).map_err(|source| Error::Json {
+            what: "status",
+            source,
+        })
+    };
+    // A merge patch of what changed, with `null` for what went away (a plain merge patch of the
+    // new status would keep removed fields), guarded by the resourceVersion the decision was
+    // made on: a 409 means the view was stale and the reconcile runs again.
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": resource_version },
+        "status": merge_diff(&to_json(old)?, &to_json(&new)?),
+    });
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    match api
-        .patch_status(&m.name_any(), &params, &Patch::<()>::Json(patch))
+    api.patch_status(&m.name_any(), &params, &Patch::Merge(&patch))
         .await
-    {
-        Ok(_) => Ok(()),
-        // The JSON Patch test failing is a 422 with "testing value" or a 409: stale view.
-        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("test") => {
-            Err(Error::Stale {
-                what: format!("status of {}", m.object_ref()),
-            })
+        .map_err(Error::kube(format!("writing status of {}", m.object_ref())))?;
+    Ok(())
+}
+
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`.
+fn merge_diff(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in b {
+                match a.get(k) {
+                    Some(old_v) if old_v == v => {}
+                    Some(old_v) => {
+                        out.insert(k.clone(), merge_diff(old_v, v));
+                    }
+                    None => {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in a.keys() {
+                if !b.contains_key(k) {
+                    out.insert(k.clone(), Value::Null);
+                }
+            }
+            Value::Object(out)
         }
-        Err(e) => Err(Error::kube(format!("writing status of {}", m.object_ref()))(e)),
+        _ => new.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_diff;
+    use serde_json::json;
+
+    #[test]
+    fn a_merge_diff_nulls_what_went_away_and_keeps_what_did_not_change() {
+        let old = json!({ "phase": "PoweringOn", "operation": { "id": "on-1", "completed": "t" },
+                          "attempt": 2, "conditions": [1, 2] });
+        let new = json!({ "phase": "Booting", "operation": { "id": "on-1" }, "attempt": 2,
+                          "conditions": [1, 3] });
+        assert_eq!(
+            merge_diff(&old, &new),
+            json!({ "phase": "Booting", "operation": { "completed": null }, "conditions": [1, 3] })
+        );
     }
 }

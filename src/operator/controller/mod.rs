@@ -9,6 +9,7 @@
 //! costs no API call.
 pub mod group;
 pub mod machine;
+pub mod node_side;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,8 @@ impl Default for Settings {
 /// Everything a reconcile needs: the API client, the shared caches, the Event recorder.
 pub struct Context {
     pub client: Client,
+    /// For evictions: a client that does not retry 429s (a PodDisruptionBudget refusing).
+    pub drain: crate::operator::drain::DrainClient,
     pub source: Arc<KubeSource>,
     pub jobs: Store<Job>,
     pub recorder: Recorder,
@@ -73,6 +76,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         source: Arc<KubeSource>,
+        drain: crate::operator::drain::DrainClient,
         jobs: Store<Job>,
         settings: Settings,
         metrics: Option<crate::operator::metrics::Metrics>,
@@ -85,6 +89,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            drain,
             source,
             jobs,
             settings,
@@ -137,9 +142,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Our view was older than the object (a guarded write failed): look again at once.
-    #[error("{what} changed since it was read")]
-    Stale { what: String },
+    #[error("{0}")]
+    NodeSide(String),
     #[error("{0}")]
     Power(#[from] crate::operator::power::PowerError),
     #[error("serializing {what}: {source}")]
@@ -163,7 +167,6 @@ impl Error {
                 source: kube::Error::Api(s),
                 ..
             } => s.code == 409,
-            Error::Stale { .. } => true,
             _ => false,
         }
     }
@@ -305,6 +308,7 @@ fn queues(
 /// SIGTERM). The caches of `source` must have synced.
 pub async fn run(
     source: Arc<KubeSource>,
+    drain: crate::operator::drain::DrainClient,
     settings: Settings,
     metrics: Option<crate::operator::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -312,7 +316,7 @@ pub async fn run(
     let client = source.client().clone();
     let (jobs, job_triggers) = job_reflector(client, source.scope());
     let changes = source.object_changes();
-    let ctx = Arc::new(Context::new(source.clone(), jobs, settings, metrics));
+    let ctx = Arc::new(Context::new(source.clone(), drain, jobs, settings, metrics));
     let concurrency = ctx.settings.concurrency;
     let (machine_queue, group_queue) = queues(ctx.clone(), changes);
     let machine_queue =

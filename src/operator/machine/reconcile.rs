@@ -346,7 +346,10 @@ fn derive(
             let started = lc.operation.as_ref().map(|o| o.started);
             // Off evidence: the node stopped being Ready after we asked, or the action is
             // done and the node is not Ready.
-            let went_down_after_start = nr_since.is_some_and(|s| started.is_none_or(|st| s >= st));
+            // Node condition times have whole seconds: compare at that precision, or a node that
+            // went down in the same second as the request would not count.
+            let went_down_after_start =
+                nr_since.is_some_and(|s| started.is_none_or(|st| s.as_second() >= st.as_second()));
             // A power-cycle (remediation) powers off with desired still on: finish it first.
             let power_cycle = lc.node_lost_since.is_some();
             // The node of a machine being power-cycled was down before the power-off started:

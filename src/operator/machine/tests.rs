@@ -1660,3 +1660,45 @@ fn power_off_and_node_lost_failures_are_not_power_on_failures() {
     assert_eq!(t.lifecycle.phase(), Phase::Ready);
     assert_eq!(t.lifecycle.last_power_on_failure, None);
 }
+
+/// Kubernetes writes condition times in whole seconds: a node that went NotReady in the same
+/// second as the power-off request (its lastTransitionTime truncated to before the request) is
+/// still evidence that the machine went down after it.
+#[test]
+fn not_ready_in_the_same_second_as_the_power_off_counts_as_off() {
+    let started: Timestamp = "2026-01-01T00:00:10.400Z".parse().unwrap_or_default();
+    let mut lc = Lifecycle::default();
+    let policy = Policy::default();
+    lc.phase = Some(Phase::Ready);
+    lc.goal = Some(PowerState::On);
+    let t = reconcile(
+        &lc,
+        &Observed {
+            node: NodeObs::Registered {
+                ready: true,
+                provider_id_matches: true,
+                not_ready_since: None,
+            },
+            ..Observed::empty(PowerState::Off)
+        },
+        started,
+        &policy,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOff);
+    let later = started + jiff::SignedDuration::from_millis(300);
+    let t = reconcile(
+        &t.lifecycle,
+        &Observed {
+            node: NodeObs::Registered {
+                ready: false,
+                provider_id_matches: true,
+                not_ready_since: Some("2026-01-01T00:00:10Z".parse().unwrap_or_default()),
+            },
+            operation: OpStatus::Running,
+            ..Observed::empty(PowerState::Off)
+        },
+        later,
+        &policy,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Off);
+}

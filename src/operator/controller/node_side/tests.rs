@@ -1,0 +1,620 @@
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+
+use super::*;
+use crate::operator::api::{MachineSpec, MachineStatus};
+use crate::operator::machine::PowerState;
+
+// --- Fixture builders.
+
+fn taint(key: &str, value: &str, effect: &str) -> Taint {
+    Taint {
+        key: key.to_owned(),
+        value: (!value.is_empty()).then(|| value.to_owned()),
+        effect: effect.to_owned(),
+        time_added: None,
+    }
+}
+
+/// A Node as a kubelet registers it: hostname/os/arch labels, no providerID.
+fn node(name: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            resource_version: Some("7".to_owned()),
+            labels: Some(BTreeMap::from([
+                ("kubernetes.io/hostname".to_owned(), name.to_owned()),
+                ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+                ("kubernetes.io/arch".to_owned(), "amd64".to_owned()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: None,
+    }
+}
+
+trait NodeBuilder {
+    fn provider_id(self, id: &str) -> Self;
+    fn label(self, k: &str, v: &str) -> Self;
+    fn annotation(self, k: &str, v: &str) -> Self;
+    fn taint(self, t: Taint) -> Self;
+    fn cordoned(self) -> Self;
+}
+
+impl NodeBuilder for Node {
+    fn provider_id(mut self, id: &str) -> Self {
+        self.spec.get_or_insert_with(Default::default).provider_id = Some(id.to_owned());
+        self
+    }
+    fn label(mut self, k: &str, v: &str) -> Self {
+        self.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(k.to_owned(), v.to_owned());
+        self
+    }
+    fn annotation(mut self, k: &str, v: &str) -> Self {
+        self.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(k.to_owned(), v.to_owned());
+        self
+    }
+    fn taint(mut self, t: Taint) -> Self {
+        self.spec
+            .get_or_insert_with(Default::default)
+            .taints
+            .get_or_insert_with(Vec::new)
+            .push(t);
+        self
+    }
+    fn cordoned(mut self) -> Self {
+        self.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+        self
+    }
+}
+
+/// Node CR `lab/<name>`, desired on, nothing else set.
+fn machine(name: &str) -> Machine {
+    let mut m = Machine::new(name, MachineSpec::new(PowerState::On));
+    m.metadata.namespace = Some("lab".to_owned());
+    m
+}
+
+fn with_snapshot(mut m: Machine, snap: NodeSnapshot) -> Machine {
+    m.status.get_or_insert_with(MachineStatus::default).node = Some(snap);
+    m
+}
+
+fn seen_node(name: &str) -> NodeSnapshot {
+    NodeSnapshot {
+        name: name.to_owned(),
+        seen: Timestamp::UNIX_EPOCH,
+        ..NodeSnapshot::default()
+    }
+}
+
+/// What the API server makes of `change` (a JSON merge patch): the Node after the write.
+fn applied(node: &Node, change: &NodeChange) -> Node {
+    let mut n = node.clone();
+    let labels = n.metadata.labels.get_or_insert_with(Default::default);
+    for (k, v) in &change.labels {
+        match v {
+            Some(v) => labels.insert(k.clone(), v.clone()),
+            None => labels.remove(k),
+        };
+    }
+    let annotations = n.metadata.annotations.get_or_insert_with(Default::default);
+    for (k, v) in &change.annotations {
+        match v {
+            Some(v) => annotations.insert(k.clone(), v.clone()),
+            None => annotations.remove(k),
+        };
+    }
+    if n.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.is_empty())
+    {
+        n.metadata.annotations = None;
+    }
+    let spec = n.spec.get_or_insert_with(Default::default);
+    if let Some(id) = &change.provider_id {
+        spec.provider_id = Some(id.clone());
+    }
+    if let Some(t) = &change.taints {
+        spec.taints = (!t.is_empty()).then(|| t.clone());
+    }
+    if let Some(u) = change.unschedulable {
+        spec.unschedulable = u.then_some(true);
+    }
+    n
+}
+
+fn labels(n: &Node) -> BTreeMap<String, String> {
+    n.metadata.labels.clone().unwrap_or_default()
+}
+
+fn annotations(n: &Node) -> BTreeMap<String, String> {
+    n.metadata.annotations.clone().unwrap_or_default()
+}
+
+fn taints(n: &Node) -> Vec<Taint> {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+}
+
+fn unschedulable(n: &Node) -> bool {
+    n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+}
+
+fn registered(m: &Machine, n: &Node, disabled: bool) -> Node {
+    applied(n, &registration(m, n, disabled).change)
+}
+
+// --- providerID.
+
+#[test]
+fn empty_provider_id_is_set_to_the_expected_one() {
+    let r = registration(&machine("m1"), &node("n1"), false);
+    assert_eq!(
+        r.provider_id,
+        ProviderIdCheck::Set("homelab://lab/m1".to_owned())
+    );
+    assert_eq!(r.change.provider_id.as_deref(), Some("homelab://lab/m1"));
+}
+
+#[test]
+fn a_declared_provider_id_is_what_gets_set() {
+    let mut m = machine("m1");
+    m.spec.provider_id = Some("bmc://rack/3".to_owned());
+    let r = registration(&m, &node("n1"), false);
+    assert_eq!(r.change.provider_id.as_deref(), Some("bmc://rack/3"));
+}
+
+#[test]
+fn a_matching_provider_id_is_left_alone() {
+    let n = node("n1").provider_id("homelab://lab/m1");
+    let r = registration(&machine("m1"), &n, false);
+    assert_eq!(r.provider_id, ProviderIdCheck::Matches);
+    assert_eq!(r.change.provider_id, None);
+}
+
+#[test]
+fn a_distribution_provider_id_is_learned_when_none_is_on_record() {
+    let n = node("n1").provider_id("k3s://n1");
+    let r = registration(&machine("m1"), &n, false);
+    assert_eq!(r.provider_id, ProviderIdCheck::Learn("k3s://n1".to_owned()));
+    assert_eq!(r.change.provider_id, None);
+}
+
+#[test]
+fn a_different_provider_id_is_a_mismatch_and_never_overwritten() {
+    let n = node("n1").provider_id("k3s://n1");
+    let mut declared = machine("m1");
+    declared.spec.provider_id = Some("homelab://lab/m1".to_owned());
+    let recorded = with_snapshot(
+        machine("m1"),
+        NodeSnapshot {
+            provider_id: Some("homelab://lab/m1".to_owned()),
+            ..seen_node("n1")
+        },
+    );
+    for m in [declared, recorded] {
+        let r = registration(&m, &n, false);
+        assert_eq!(
+            r.provider_id,
+            ProviderIdCheck::Mismatch {
+                node: "k3s://n1".to_owned(),
+                expected: "homelab://lab/m1".to_owned()
+            }
+        );
+        assert_eq!(r.change.provider_id, None);
+    }
+}
+
+// --- Restoring labels and taints.
+
+#[test]
+fn registration_restores_last_seen_labels_and_taints_but_not_transient_ones() {
+    let snap = NodeSnapshot {
+        labels: BTreeMap::from([
+            ("gpu".to_owned(), "true".to_owned()),
+            ("kubernetes.io/hostname".to_owned(), "old-name".to_owned()),
+        ]),
+        taints: vec![
+            taint("dedicated", "ml", "NoSchedule"),
+            taint(CA_TO_BE_DELETED, "1700000000", "NoSchedule"),
+            taint(CA_DELETION_CANDIDATE, "1700000000", "PreferNoSchedule"),
+            taint("node.kubernetes.io/unreachable", "", "NoExecute"),
+        ],
+        ..seen_node("n1")
+    };
+    let m = with_snapshot(machine("m1"), snap);
+    let after = registered(&m, &node("n1"), false);
+
+    assert_eq!(labels(&after).get("gpu").map(String::as_str), Some("true"));
+    assert_eq!(
+        labels(&after)
+            .get("kubernetes.io/hostname")
+            .map(String::as_str),
+        Some("n1"),
+        "the kubelet's own label keeps the kubelet's value"
+    );
+    assert_eq!(taints(&after), vec![taint("dedicated", "ml", "NoSchedule")]);
+    let a = annotations(&after);
+    assert_eq!(a.get(OWNED_LABELS).map(String::as_str), Some("gpu"));
+    assert_eq!(
+        a.get(OWNED_TAINTS).map(String::as_str),
+        Some("dedicated:NoSchedule")
+    );
+    assert!(a.contains_key(RESTORED));
+}
+
+#[test]
+fn restoring_happens_once_per_node_object() {
+    let snap = NodeSnapshot {
+        labels: BTreeMap::from([("gpu".to_owned(), "true".to_owned())]),
+        ..seen_node("n1")
+    };
+    let m = with_snapshot(machine("m1"), snap);
+    let after = registered(&m, &node("n1"), false);
+    // A person removes the restored label afterwards: it stays removed.
+    let mut edited = after.clone();
+    edited.metadata.labels.as_mut().map(|l| l.remove("gpu"));
+    let r = registration(&m, &edited, false);
+    assert!(r.change.is_empty(), "unexpected change: {:?}", r.change);
+}
+
+#[test]
+fn registration_is_idempotent_so_an_idle_machine_writes_nothing() {
+    let mut m = with_snapshot(
+        machine("m1"),
+        NodeSnapshot {
+            labels: BTreeMap::from([("gpu".to_owned(), "true".to_owned())]),
+            taints: vec![taint("dedicated", "ml", "NoSchedule")],
+            ..seen_node("n1")
+        },
+    );
+    m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
+    m.spec.taints.push(taint("slow", "", "PreferNoSchedule"));
+    m.spec.scale_down_disabled = Some(true);
+    let once = registered(&m, &node("n1"), false);
+    let again = registration(&m, &once, false);
+    assert!(
+        again.change.is_empty(),
+        "second pass changed {:?}",
+        again.change
+    );
+}
+
+#[test]
+fn spec_labels_are_added_and_follow_the_spec_only_when_ours() {
+    let mut m = machine("m1");
+    m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
+    m.spec.labels.insert("owner".to_owned(), "ops".to_owned());
+    let n = node("n1").label("owner", "alice");
+    let after = registered(&m, &n, false);
+    assert_eq!(
+        labels(&after).get("zone").map(String::as_str),
+        Some("attic")
+    );
+    assert_eq!(
+        labels(&after).get("owner").map(String::as_str),
+        Some("alice"),
+        "a label the Node already had is not ours to change"
+    );
+
+    m.spec.labels.insert("zone".to_owned(), "garage".to_owned());
+    let moved = registered(&m, &after, false);
+    assert_eq!(
+        labels(&moved).get("zone").map(String::as_str),
+        Some("garage")
+    );
+}
+
+#[test]
+fn spec_taints_are_added_unless_one_with_key_and_effect_is_there() {
+    let mut m = machine("m1");
+    m.spec.taints.push(taint("dedicated", "ml", "NoSchedule"));
+    m.spec.taints.push(taint("slow", "", "PreferNoSchedule"));
+    m.spec
+        .taints
+        .push(taint(CA_TO_BE_DELETED, "1", "NoSchedule"));
+    let n = node("n1").taint(taint("dedicated", "batch", "NoSchedule"));
+    let after = registered(&m, &n, false);
+    assert_eq!(
+        taints(&after),
+        vec![
+            taint("dedicated", "batch", "NoSchedule"),
+            taint("slow", "", "PreferNoSchedule"),
+        ]
+    );
+    assert_eq!(
+        annotations(&after).get(OWNED_TAINTS).map(String::as_str),
+        Some("slow:PreferNoSchedule")
+    );
+}
+
+#[test]
+fn taints_to_remove_are_removed_by_key_and_effect_and_never_restored() {
+    let mut m = with_snapshot(
+        machine("m1"),
+        NodeSnapshot {
+            taints: vec![taint("booting", "x", "NoSchedule")],
+            ..seen_node("n1")
+        },
+    );
+    m.spec
+        .taints_to_remove
+        .push(taint("booting", "", "NoSchedule"));
+    let n = node("n1")
+        .taint(taint("booting", "yes", "NoSchedule"))
+        .taint(taint("booting", "yes", "NoExecute"));
+    let after = registered(&m, &n, false);
+    assert_eq!(taints(&after), vec![taint("booting", "yes", "NoExecute")]);
+    assert!(!annotations(&after).contains_key(OWNED_TAINTS));
+}
+
+// --- CA's scale-down opt-out.
+
+#[test]
+fn scale_down_disabled_puts_cas_annotation_and_marks_it_ours() {
+    let mut m = machine("m1");
+    m.spec.scale_down_disabled = Some(true);
+    let after = registered(&m, &node("n1"), false);
+    let a = annotations(&after);
+    assert_eq!(a.get(SCALE_DOWN_DISABLED).map(String::as_str), Some("true"));
+    assert_eq!(
+        a.get(OWNED_ANNOTATIONS).map(String::as_str),
+        Some(SCALE_DOWN_DISABLED)
+    );
+
+    m.spec.scale_down_disabled = Some(false);
+    let enabled = registered(&m, &after, false);
+    let a = annotations(&enabled);
+    assert!(!a.contains_key(SCALE_DOWN_DISABLED));
+    assert!(!a.contains_key(OWNED_ANNOTATIONS));
+}
+
+#[test]
+fn the_groups_scale_down_disabled_counts_too() {
+    let after = registered(&machine("m1"), &node("n1"), true);
+    assert_eq!(
+        annotations(&after)
+            .get(SCALE_DOWN_DISABLED)
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
+#[test]
+fn a_persons_own_scale_down_annotation_is_kept() {
+    let n = node("n1").annotation(SCALE_DOWN_DISABLED, "true");
+    // Wanted by us too: already there, so not ours.
+    let mut m = machine("m1");
+    m.spec.scale_down_disabled = Some(true);
+    let after = registered(&m, &n, false);
+    assert!(!annotations(&after).contains_key(OWNED_ANNOTATIONS));
+    // Not wanted by us: left as the person set it.
+    m.spec.scale_down_disabled = None;
+    let later = registered(&m, &after, false);
+    assert_eq!(
+        annotations(&later)
+            .get(SCALE_DOWN_DISABLED)
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
+// --- Cordon and cancelled power-offs.
+
+#[test]
+fn cordon_marks_the_node_and_records_it_as_ours() {
+    let after = applied(&node("n1"), &cordon_change(&node("n1"), true));
+    assert!(unschedulable(&after));
+    assert!(annotations(&after).contains_key(CORDONED));
+    assert!(cordon_change(&after, true).is_empty());
+}
+
+#[test]
+fn uncordon_undoes_only_our_cordon() {
+    let ours = applied(&node("n1"), &cordon_change(&node("n1"), true));
+    let undone = applied(&ours, &cordon_change(&ours, false));
+    assert!(!unschedulable(&undone));
+    assert!(annotations(&undone).is_empty());
+
+    let theirs = node("n1").cordoned();
+    assert!(cordon_change(&theirs, true).is_empty());
+    assert!(cordon_change(&theirs, false).is_empty());
+}
+
+#[test]
+fn a_cancelled_ca_power_off_loses_cas_taints_and_cas_cordon() {
+    // CA's scale-down: taint + cordon (`MarkToBeDeleted` with --cordon-node-before-terminating).
+    let n = node("n1")
+        .taint(taint("dedicated", "ml", "NoSchedule"))
+        .taint(taint(CA_TO_BE_DELETED, "1700000000", "NoSchedule"))
+        .taint(taint(
+            CA_DELETION_CANDIDATE,
+            "1700000000",
+            "PreferNoSchedule",
+        ))
+        .cordoned();
+    let after = applied(&n, &cordon_change(&n, false));
+    assert_eq!(taints(&after), vec![taint("dedicated", "ml", "NoSchedule")]);
+    assert!(!unschedulable(&after));
+}
+
+#[test]
+fn removing_only_the_deletion_candidate_taint_keeps_a_persons_cordon() {
+    let n = node("n1")
+        .taint(taint(
+            CA_DELETION_CANDIDATE,
+            "1700000000",
+            "PreferNoSchedule",
+        ))
+        .cordoned();
+    let after = applied(&n, &cordon_change(&n, false));
+    assert!(taints(&after).is_empty());
+    assert!(unschedulable(&after));
+}
+
+#[test]
+fn uncordon_clears_the_drain_record() {
+    let n = node("n1");
+    let mut edit = NodeEdit::new(&n);
+    edit.cordon().drain_started(Timestamp::UNIX_EPOCH);
+    let draining = applied(&n, &edit.change());
+    assert!(annotations(&draining).contains_key(DRAIN_STARTED));
+    let after = applied(&draining, &cordon_change(&draining, false));
+    assert!(annotations(&after).is_empty());
+}
+
+// --- Finalizer cleanup.
+
+#[test]
+fn cleanup_leaves_the_node_as_the_kubelet_and_people_left_it() {
+    let before = node("n1")
+        .label("team", "infra")
+        .annotation("note", "mine")
+        .taint(taint("owner-taint", "x", "NoSchedule"));
+    let mut m = with_snapshot(
+        machine("m1"),
+        NodeSnapshot {
+            labels: BTreeMap::from([("gpu".to_owned(), "true".to_owned())]),
+            taints: vec![taint("dedicated", "ml", "NoSchedule")],
+            ..seen_node("n1")
+        },
+    );
+    m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
+    m.spec.taints.push(taint("slow", "", "PreferNoSchedule"));
+    m.spec.scale_down_disabled = Some(true);
+
+    let managed = registered(&m, &before, false);
+    let cordoned = applied(&managed, &cordon_change(&managed, true));
+    let ca_tainted = cordoned
+        .clone()
+        .taint(taint(CA_DELETION_CANDIDATE, "1", "PreferNoSchedule"));
+    let clean = applied(&ca_tainted, &cleanup_change(&ca_tainted));
+
+    assert_eq!(labels(&clean), labels(&before));
+    assert_eq!(annotations(&clean), annotations(&before));
+    assert_eq!(taints(&clean), taints(&before));
+    assert!(!unschedulable(&clean));
+    // The providerID we set stays: it is immutable, and CA matches the machine by it.
+    assert_eq!(
+        clean.spec.as_ref().and_then(|s| s.provider_id.as_deref()),
+        Some("homelab://lab/m1")
+    );
+}
+
+#[test]
+fn cleanup_of_an_untouched_node_changes_nothing() {
+    let n = node("n1").label("team", "infra").cordoned();
+    assert!(cleanup_change(&n).is_empty());
+}
+
+// --- The patch.
+
+#[test]
+fn merge_patch_carries_the_resource_version_and_nulls_for_removals() {
+    let n = node("n1")
+        .annotation(CORDONED, "true")
+        .annotation(DRAIN_STARTED, "2026-01-01T00:00:00Z")
+        .cordoned();
+    let change = cordon_change(&n, false);
+    let patch = change.merge_patch(n.metadata.resource_version.as_deref());
+    assert_eq!(
+        patch,
+        serde_json::json!({
+            "metadata": {
+                "resourceVersion": "7",
+                "annotations": { CORDONED: null, DRAIN_STARTED: null },
+            },
+            "spec": { "unschedulable": false },
+        })
+    );
+}
+
+#[test]
+fn an_empty_change_is_an_empty_patch() {
+    assert!(NodeChange::default().is_empty());
+    assert_eq!(
+        NodeChange::default().merge_patch(None),
+        serde_json::json!({})
+    );
+}
+
+// --- Snapshot.
+
+#[test]
+fn snapshot_keeps_what_the_template_needs_without_transient_taints() {
+    let mut n = node("n1")
+        .provider_id("homelab://lab/m1")
+        .label("gpu", "true")
+        .taint(taint("dedicated", "ml", "NoSchedule"))
+        .taint(taint(CA_TO_BE_DELETED, "1", "NoSchedule"))
+        .taint(taint("node.kubernetes.io/not-ready", "", "NoSchedule"));
+    let capacity = BTreeMap::from([
+        ("cpu".to_owned(), Quantity("4".to_owned())),
+        ("memory".to_owned(), Quantity("8Gi".to_owned())),
+    ]);
+    let allocatable = BTreeMap::from([("cpu".to_owned(), Quantity("3800m".to_owned()))]);
+    n.status = Some(NodeStatus {
+        capacity: Some(capacity.clone()),
+        allocatable: Some(allocatable.clone()),
+        ..NodeStatus::default()
+    });
+    let at = Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
+    let s = snapshot(&n, at);
+    assert_eq!(s.name, "n1");
+    assert_eq!(s.provider_id.as_deref(), Some("homelab://lab/m1"));
+    assert_eq!(s.labels.get("gpu").map(String::as_str), Some("true"));
+    assert_eq!(s.taints, vec![taint("dedicated", "ml", "NoSchedule")]);
+    assert_eq!(s.capacity, capacity);
+    assert_eq!(s.allocatable, allocatable);
+    assert_eq!(s.seen, at);
+}
+
+#[test]
+fn snapshot_takes_arch_and_os_from_node_info_when_labels_lack_them() {
+    let mut n = node("n1");
+    n.metadata.labels = None;
+    n.status = Some(NodeStatus {
+        node_info: Some(NodeSystemInfo {
+            architecture: "arm64".to_owned(),
+            operating_system: "linux".to_owned(),
+            ..NodeSystemInfo::default()
+        }),
+        ..NodeStatus::default()
+    });
+    let s = snapshot(&n, Timestamp::UNIX_EPOCH);
+    assert_eq!(
+        s.labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("arm64")
+    );
+    assert_eq!(
+        s.labels.get("kubernetes.io/os").map(String::as_str),
+        Some("linux")
+    );
+    assert_eq!(s.provider_id, None);
+}
+
+#[test]
+fn same_shape_ignores_only_the_time_seen() {
+    let a = snapshot(&node("n1"), Timestamp::UNIX_EPOCH);
+    let later = Timestamp::from_second(60).unwrap_or(Timestamp::UNIX_EPOCH);
+    assert!(same_shape(&a, &snapshot(&node("n1"), later)));
+    assert!(!same_shape(
+        &a,
+        &snapshot(&node("n1").label("gpu", "true"), later)
+    ));
+}
