@@ -15,6 +15,7 @@
 //! - Energy baseline: every machine on for the whole run at idle power plus the same load energy
 //!   as measured.
 pub mod autoscaler;
+pub mod batch;
 pub mod cluster;
 pub mod engine;
 mod locate;
@@ -29,11 +30,46 @@ pub use engine::{InvariantViolation, RunOptions, Sim};
 pub use report::Report;
 pub use scenario::{Scenario, ScenarioError};
 
-/// Runs a scenario to the end.
+/// Runs a scenario to the end (and, with `options.baselines`, its baselines).
 pub fn run(
     scenario: &Scenario,
     options: RunOptions,
     progress: &mut dyn FnMut(units::Millis, units::Millis),
 ) -> Result<Report, InvariantViolation> {
-    Sim::new(scenario, options).run(progress)
+    let mut report = Sim::new(scenario, options).run(progress)?;
+    if options.baselines {
+        report.baselines = baselines(scenario)?;
+    }
+    Ok(report)
+}
+
+/// The same workload (same seed) with the autoscaler off: every machine on, and only the
+/// machines the scenario starts with on. Each has its own energy, cost and pod waits, so the
+/// autoscaler's savings are measured against what the owner would really run otherwise.
+pub fn baselines(scenario: &Scenario) -> Result<Vec<report::BaselineReport>, InvariantViolation> {
+    let off = RunOptions {
+        autoscaler_off: true,
+        ..RunOptions::default()
+    };
+    let mut all_on = scenario.clone();
+    for m in &mut all_on.machines {
+        m.initially_on = true;
+        m.machine.spec.power_state = crate::operator::machine::PowerState::On;
+    }
+    let subset = scenario.machines.iter().filter(|m| m.initially_on).count() as u32;
+    let mut out = Vec::new();
+    for (name, sc, on) in [
+        ("always on", &all_on, scenario.machines.len() as u32),
+        ("fixed subset", scenario, subset),
+    ] {
+        let r = Sim::new(sc, off).run(&mut |_, _| {})?;
+        out.push(report::BaselineReport {
+            name: name.to_owned(),
+            machines_on: on,
+            kwh: r.total.kwh,
+            cost: r.total.cost,
+            wait: r.wait,
+        });
+    }
+    Ok(out)
 }
