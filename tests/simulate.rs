@@ -373,6 +373,35 @@ fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
     assert_eq!(s.machines.len(), 1);
     assert_eq!(s.machines[0].cpu, 4000);
     assert!(s.machines[0].initially_on);
+    // No recorded boots: the file's boot time (60s).
+    assert_eq!(
+        s.machines[0].boot_time,
+        kubectl_homelab::sim::units::Distribution::Fixed(60 * SECOND)
+    );
+    // Recorded boots: uniform between the shortest and the longest.
+    let booted: Machine = serde_yaml::from_str(
+        "metadata: {name: box, namespace: lab, labels: {group: solo}}\n\
+         spec: {watts: {idle: 10}, capacity: {cpu: \"4\", memory: 8Gi}}\n\
+         status: {recentBootSeconds: [95, 70, 140]}\n",
+    )
+    .unwrap();
+    let g: Group =
+        serde_yaml::from_str("metadata: {name: solo, namespace: lab}\nspec: {}\n").unwrap();
+    let with_boots = Scenario::with_cluster_objects(
+        "one-burst.yaml",
+        &data("one-burst.yaml"),
+        &NoTraceFiles,
+        vec![g],
+        vec![booted],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        with_boots.machines[0].boot_time,
+        kubectl_homelab::sim::units::Distribution::Uniform {
+            min: 70 * SECOND,
+            max: 140 * SECOND
+        }
+    );
     let r = simulate(&s);
     // Found on at the start (adopted as Ready), idle, so CA powers it off once unneeded for
     // more than 10 m (first scan at 0 s: removed at the 610 s scan) and on again for the pod
@@ -752,4 +781,28 @@ fn time_of_use_prices_and_a_boot_surge() {
     let e = parse_err(&bad);
     assert_eq!(e.field, "electricity.timeOfUse[0]", "{e}");
     assert!(e.line.is_some(), "{e}");
+}
+
+/// Issue 16 item 1: every Group field is modelled or reported as ignored, never silently
+/// dropped. GPU thresholds (no GPUs simulated) and template labels/taints (simulated pods have
+/// no selectors and tolerate everything) are listed in the report.
+#[test]
+fn group_fields_the_simulation_does_not_model_are_reported() {
+    let text = data("one-burst.yaml").replace(
+        "spec: {minSize: 0, maxSize: 1}",
+        "spec:\n      minSize: 0\n      maxSize: 1\n      scaleDownGpuUtilizationThreshold: \"0.3\"\n      \
+         template:\n        labels: {disk: ssd}\n        taints: [{key: gpu, effect: NoSchedule}]",
+    );
+    let s = Scenario::parse("ignored.yaml", &text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}"));
+    let r = simulate(&s);
+    let has = |field: &str| r.ignored.iter().any(|i| i.starts_with(field));
+    assert!(
+        has("groups[0].spec.scaleDownGpuUtilizationThreshold"),
+        "{:?}",
+        r.ignored
+    );
+    assert!(has("groups[0].spec.template.labels"), "{:?}", r.ignored);
+    assert!(has("groups[0].spec.template.taints"), "{:?}", r.ignored);
+    // The plain scenario has nothing to report.
+    assert!(simulate(&scenario("one-burst.yaml")).ignored.is_empty());
 }
