@@ -147,7 +147,7 @@ pub struct Cluster {
     /// Pending pods in arrival order (pod ids grow with arrival).
     pub pending: BTreeSet<PodId>,
     /// Pending pods by `(cpu, memory)` request, and by workload.
-    pending_shapes: BTreeMap<(u64, u64), u32>,
+    pending_shapes: BTreeMap<(u64, u64), BTreeSet<PodId>>,
     pending_workloads: Vec<u32>,
     pub policy: SchedulerPolicy,
     pub eviction_cost: EvictionCost,
@@ -181,7 +181,10 @@ impl Cluster {
     fn add_pending(&mut self, pod: PodId) {
         if self.pending.insert(pod) {
             let s = self.pods[pod as usize].spec;
-            *self.pending_shapes.entry((s.cpu, s.memory)).or_default() += 1;
+            self.pending_shapes
+                .entry((s.cpu, s.memory))
+                .or_default()
+                .insert(pod);
             let w = usize::from(s.workload);
             if self.pending_workloads.len() <= w {
                 self.pending_workloads.resize(w + 1, 0);
@@ -195,9 +198,9 @@ impl Cluster {
             return false;
         }
         let s = self.pods[pod as usize].spec;
-        if let Some(n) = self.pending_shapes.get_mut(&(s.cpu, s.memory)) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(set) = self.pending_shapes.get_mut(&(s.cpu, s.memory)) {
+            set.remove(&pod);
+            if set.is_empty() {
                 self.pending_shapes.remove(&(s.cpu, s.memory));
             }
         }
@@ -211,7 +214,7 @@ impl Cluster {
     pub fn pending_classes(&self) -> Vec<(u64, u64, u32)> {
         self.pending_shapes
             .iter()
-            .map(|(&(c, m), &n)| (c, m, n))
+            .map(|(&(c, m), set)| (c, m, set.len() as u32))
             .collect()
     }
 
@@ -330,64 +333,42 @@ impl Cluster {
         }
     }
 
-    /// Places pending pods (oldest first) onto one node that gained room.
+    /// The oldest pending pod whose request passes `ok`, looking only at each request's oldest
+    /// pod: pending pods are kept per request, so a long queue of pods too big for the room
+    /// costs nothing (the engine stays near-linear when pods pile up).
+    fn oldest_pending(&self, mut ok: impl FnMut(u64, u64) -> bool) -> Option<PodId> {
+        self.pending_shapes
+            .iter()
+            .filter(|(k, _)| ok(k.0, k.1))
+            .filter_map(|(_, set)| set.first().copied())
+            .min()
+    }
+
+    /// Places pending pods (oldest first among those that fit) onto one node that gained room.
     pub fn fill_node(&mut self, node: NodeId, now: Millis, out: &mut Vec<Placed>) {
-        if self.pending.is_empty() || !self.nodes[node].ready || self.nodes[node].cordoned {
+        if !self.nodes[node].ready || self.nodes[node].cordoned {
             return;
         }
-        let mut placed = Vec::new();
-        for &pod in &self.pending {
+        loop {
             let n = &self.nodes[node];
             let (cpu, mem, slots) = n.free();
             if slots == 0 {
                 break;
             }
-            // No pending pod is small enough: stop rather than walk a long queue.
-            if !self
-                .pending_shapes
-                .keys()
-                .any(|&(c, m)| c <= cpu && m <= mem)
-            {
+            let Some(pod) = self.oldest_pending(|c, m| c <= cpu && m <= mem) else {
                 break;
-            }
-            if n.fits(&self.pods[pod as usize].spec) {
-                placed.push(pod);
-                let spec = self.pods[pod as usize].spec;
-                let n = &mut self.nodes[node];
-                // Reserve now so the next candidate sees the room taken.
-                n.cpu_used += spec.cpu;
-                n.memory_used += spec.memory;
-                n.pods.push(pod);
-            }
-        }
-        for pod in placed {
+            };
             self.remove_pending(pod);
-            let spec = self.pods[pod as usize].spec;
-            let n = &mut self.nodes[node];
-            n.cpu_used -= spec.cpu;
-            n.memory_used -= spec.memory;
-            if let Some(pos) = n.pods.iter().position(|&q| q == pod) {
-                n.pods.swap_remove(pos);
-            }
             out.push(self.bind(pod, node, now));
         }
     }
 
-    /// Places pending pods anywhere they fit (after evictions), oldest first. Stops as soon as
-    /// no pending request fits any node, so a long queue costs little.
+    /// Places pending pods anywhere they fit (after evictions), oldest first. A request that
+    /// fits no node is not looked at again in this call (rooms only shrink during it).
     pub fn schedule_pending(&mut self, now: Millis, out: &mut Vec<Placed>) {
-        // Rooms only shrink during this call: a request that fits nowhere stays so.
         let mut hopeless: BTreeSet<(u64, u64)> = BTreeSet::new();
-        let mut next = 0;
-        while let Some(&pod) = self.pending.range(next..).next() {
-            if hopeless.len() == self.pending_shapes.len() {
-                break;
-            }
-            next = pod + 1;
+        while let Some(pod) = self.oldest_pending(|c, m| !hopeless.contains(&(c, m))) {
             let spec = self.pods[pod as usize].spec;
-            if hopeless.contains(&(spec.cpu, spec.memory)) {
-                continue;
-            }
             match self.pick_node(&spec) {
                 Some(n) => {
                     self.remove_pending(pod);
