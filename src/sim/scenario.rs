@@ -502,9 +502,7 @@ pub struct GroupModel {
     pub name: String,
     pub min: u32,
     pub max: u32,
-    pub scale_down_utilization_threshold: f64,
-    pub scale_down_unneeded_time: Millis,
-    pub max_node_provision_time: Millis,
+    /// The `priority` expander's priority (0 when unlisted).
     pub priority: i32,
     /// Indexes into [`Scenario::machines`].
     pub members: Vec<usize>,
@@ -815,8 +813,9 @@ impl Scenario {
                     format!("a second Group named {name:?}; Group names must be unique"),
                 ));
             }
-            let options = doc
-                .spec
+            // Checked here for an error with its line; the CA model reads the options through
+            // the provider (`NodeGroupGetOptions`).
+            doc.spec
                 .autoscaling_options(&format!("{at}."))
                 .map_err(|e| cx.field_err(e))?;
             let priority = autoscaler.priorities.get(&name).copied().unwrap_or(0);
@@ -829,15 +828,6 @@ impl Scenario {
                 name,
                 min: 0,
                 max: 0,
-                scale_down_utilization_threshold: options
-                    .scale_down_utilization_threshold
-                    .unwrap_or(autoscaler.scale_down_utilization_threshold),
-                scale_down_unneeded_time: options
-                    .scale_down_unneeded_time
-                    .map_or(autoscaler.scale_down_unneeded_time, signed_to_millis),
-                max_node_provision_time: options
-                    .max_node_provision_time
-                    .map_or(autoscaler.max_node_provision_time, signed_to_millis),
                 priority,
                 members: Vec::new(),
                 group,
@@ -1115,10 +1105,6 @@ impl Scenario {
             ignored,
         })
     }
-}
-
-fn signed_to_millis(d: jiff::SignedDuration) -> Millis {
-    u64::try_from(d.as_millis()).unwrap_or(0)
 }
 
 fn check_kind(
