@@ -78,6 +78,7 @@ pub(super) struct GroupOptions {
 pub(super) struct CaState {
     pub last_scale_up: Option<Millis>,
     pub last_scale_down_failure: Option<Millis>,
+    pub last_scale_down: Option<Millis>,
     /// When each node was first found unneeded (`core/scaledown/unneeded` `Nodes.since`).
     pub unneeded_since: Vec<Option<Millis>>,
     /// Whether the unneeded node needs a drain (it had pods to move when last simulated).
@@ -97,6 +98,7 @@ impl CaState {
         CaState {
             last_scale_up: None,
             last_scale_down_failure: None,
+            last_scale_down: None,
             unneeded_since: vec![None; sc.machines.len()],
             unneeded_drain: vec![false; sc.machines.len()],
             unremovable_until: vec![0; sc.machines.len()],
@@ -825,7 +827,11 @@ impl Sim<'_> {
             || self
                 .ca
                 .last_scale_down_failure
-                .is_some_and(|t| t + a.scale_down_delay_after_failure > now);
+                .is_some_and(|t| t + a.scale_down_delay_after_failure > now)
+            || self
+                .ca
+                .last_scale_down
+                .is_some_and(|t| t + a.scale_down_delay_after_delete > now);
         if in_cooldown || removable.is_empty() {
             return;
         }
@@ -949,6 +955,7 @@ impl Sim<'_> {
                         ));
                     }
                     self.counters.scale_downs += 1;
+                    self.ca.last_scale_down = Some(now);
                     self.note(
                         None,
                         Some(g),
@@ -1381,6 +1388,30 @@ mod tests {
         scan_at(&mut s, MINUTE + 10 * SECOND);
         // Empty m05, m06 and one node to drain (m01): 3 = the parallelism, 1 drain.
         assert_eq!(wanted_off(&s), vec![1, 5, 6]);
+    }
+
+    /// `core/static_autoscaler.go` `isScaleDownInCooldown`: after a deletion, scale-down waits
+    /// --scale-down-delay-after-delete (0 by default: the next loop may delete again).
+    #[test]
+    fn scale_down_delay_after_delete_spaces_deletions() {
+        let machines = &[("a", "g", 4), ("b", "g", 4), ("c", "g", 4)];
+        let sc = lab(
+            "  maxScaleDownParallelism: 1\n  scaleDownUnneededTime: 1m\n  scaleDownDelayAfterDelete: 5m\n",
+            G,
+            machines,
+            &["name: w"],
+            "",
+        );
+        let mut s = sim(&sc);
+        put(&mut s, 2, 3000, 1, 0);
+        scan_at(&mut s, 0);
+        scan_at(&mut s, MINUTE + 10 * SECOND);
+        assert_eq!(wanted_off(&s), vec![0]);
+        scan_at(&mut s, MINUTE + 20 * SECOND);
+        scan_at(&mut s, 6 * MINUTE);
+        assert_eq!(wanted_off(&s), vec![0], "still in the delay after delete");
+        scan_at(&mut s, 6 * MINUTE + 20 * SECOND);
+        assert_eq!(wanted_off(&s), vec![0, 1]);
     }
 
     /// `core/scaledown/unneeded/nodes.go` `lookupAndSetRemovalThreshold`: a NotReady node waits

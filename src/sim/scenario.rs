@@ -291,6 +291,7 @@ struct AutoscalerFile {
     scale_down_utilization_threshold: Option<f64>,
     scale_down_delay_after_add: Option<Duration>,
     scale_down_delay_after_failure: Option<Duration>,
+    scale_down_delay_after_delete: Option<Duration>,
     max_node_provision_time: Option<Duration>,
     scale_down_enabled: Option<bool>,
     expander: Option<ExpanderChain>,
@@ -331,6 +332,7 @@ pub struct AutoscalerConfig {
     pub scale_down_utilization_threshold: f64,
     pub scale_down_delay_after_add: Millis,
     pub scale_down_delay_after_failure: Millis,
+    pub scale_down_delay_after_delete: Millis,
     pub max_node_provision_time: Millis,
     pub scale_down_enabled: bool,
     pub expander: ExpanderChain,
@@ -360,6 +362,7 @@ impl Default for AutoscalerConfig {
             scale_down_utilization_threshold: 0.5,
             scale_down_delay_after_add: 10 * MINUTE,
             scale_down_delay_after_failure: 3 * MINUTE,
+            scale_down_delay_after_delete: 0,
             max_node_provision_time: 15 * MINUTE,
             scale_down_enabled: true,
             expander: ExpanderChain::default(),
@@ -1149,6 +1152,9 @@ fn autoscaler_config(cx: &Ctx, f: &AutoscalerFile) -> Result<AutoscalerConfig, S
         scale_down_delay_after_failure: f
             .scale_down_delay_after_failure
             .map_or(d.scale_down_delay_after_failure, |v| v.0),
+        scale_down_delay_after_delete: f
+            .scale_down_delay_after_delete
+            .map_or(d.scale_down_delay_after_delete, |v| v.0),
         max_node_provision_time: f
             .max_node_provision_time
             .map_or(d.max_node_provision_time, |v| v.0),
