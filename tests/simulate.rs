@@ -701,6 +701,9 @@ fn baselines_are_runs_with_their_own_waits() {
     assert_eq!((on.name.as_str(), on.machines_on), ("always on", 1));
     assert!(close(on.kwh, 0.0425), "{}", on.kwh);
     assert_eq!((on.wait.pods, on.wait.max_ms), (1, 0));
+    // Savings are counted against the measured always-on run.
+    assert!(close(r.total.baseline_kwh, on.kwh) && close(r.groups[0].baseline_kwh, on.kwh));
+    assert!(close(r.total.savings, on.cost - r.total.cost));
     let subset = &r.baselines[1];
     assert_eq!(
         (subset.name.as_str(), subset.machines_on),

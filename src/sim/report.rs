@@ -133,7 +133,8 @@ pub struct GroupReport {
     /// Boots per machine per day (wear).
     pub boots_per_machine_day: f64,
     pub kwh: f64,
-    /// Every machine on for the whole run, drawing idle power plus the same load.
+    /// Every machine on for the whole run: measured by the always-on baseline run when the
+    /// run has baselines, else estimated as idle power plus this run's load.
     pub baseline_kwh: f64,
     pub cost: f64,
     pub baseline_cost: f64,
