@@ -1,6 +1,8 @@
 //! `cargo bench --bench sim`: one week of virtual time, 200 machines in 10 groups, about
-//! 100,000 pods (diurnal), through the real FSM and provider core. Target: about 1 s on one
-//! core. Prints the figures BENCHMARKS.md records.
+//! 100,000 pods (diurnal), through the real FSM and provider core, in three cases: as is; with a
+//! backlog that saturates the cluster for hours (pods pile up pending); and as is with what
+//! `-o json --plot` costs (timeline, series, the two baseline runs, the JSON text and the SVG).
+//! Target: at most 2 s each on one core. Prints the figures BENCHMARKS.md records.
 //!
 //! Without `--bench` (`cargo test --benches`) it runs a smoke version instead: one day, 20
 //! machines, fewer pods, two runs, checking the outcome is sane.
@@ -12,6 +14,8 @@ use kubectl_homelab::sim::{RunOptions, run};
 
 /// How big a run is: the measurement, or the smoke version `cargo test --benches` runs.
 struct Size {
+    /// Pods of the saturating backlog (4 CPUs, 8 Gi, 3-6 h each, all on day 2 at 08:00).
+    backlog: u32,
     days: u32,
     machines: usize,
     groups: usize,
@@ -22,6 +26,7 @@ struct Size {
 }
 
 const BENCH: Size = Size {
+    backlog: 3_000,
     days: 7,
     machines: 200,
     groups: 10,
@@ -31,6 +36,7 @@ const BENCH: Size = Size {
 };
 
 const SMOKE: Size = Size {
+    backlog: 300,
     days: 1,
     machines: 20,
     groups: 2,
@@ -39,7 +45,7 @@ const SMOKE: Size = Size {
     runs: 2,
 };
 
-fn scenario_yaml(size: &Size) -> String {
+fn scenario_yaml(size: &Size, backlog: bool) -> String {
     let mut y = format!(
         "name: bench {} machines\nseed: 1\nduration: {}d\n\
          simulation:\n  bootTime: {{uniform: {{min: 60s, max: 180s}}}}\n  shutdownTime: 30s\n  \
@@ -76,13 +82,35 @@ fn scenario_yaml(size: &Size) -> String {
          cpu: 1\n    memory: 2Gi\n    duration: {{uniform: {{min: 5m, max: 90m}}}}\n",
         size.peak, size.trough
     );
+    if backlog {
+        let _ = write!(
+            y,
+            "  - name: backlog\n    burst: {{at: {}h, count: {}, spread: 10m}}\n    \
+             cpu: 4\n    memory: 8Gi\n    duration: {{uniform: {{min: 3h, max: 6h}}}}\n",
+            (size.days.min(2) - 1) * 24 + 8,
+            size.backlog
+        );
+    }
     y
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Case {
+    AsIs,
+    Backlog,
+    JsonPlot,
 }
 
 fn main() {
     let measure = std::env::args().any(|a| a == "--bench");
     let size = if measure { &BENCH } else { &SMOKE };
-    let yaml = scenario_yaml(size);
+    for case in [Case::AsIs, Case::Backlog, Case::JsonPlot] {
+        bench(size, measure, case);
+    }
+}
+
+fn bench(size: &Size, measure: bool, case: Case) {
+    let yaml = scenario_yaml(size, case == Case::Backlog);
     let t = Instant::now();
     let scenario = match Scenario::parse("bench.yaml", &yaml, &NoTraceFiles) {
         Ok(s) => s,
@@ -92,22 +120,47 @@ fn main() {
         }
     };
     let parse = t.elapsed();
+    let options = if case == Case::JsonPlot {
+        RunOptions {
+            timeline: true,
+            series: true,
+            baselines: true,
+            ..RunOptions::default()
+        }
+    } else {
+        RunOptions::default()
+    };
     let mut times = Vec::new();
     let mut last = None;
+    let mut peak_pending = 0;
     for _ in 0..size.runs {
         let t = Instant::now();
-        let report = match run(&scenario, RunOptions::default(), &mut |_, _| {}) {
+        let report = match run(&scenario, options, &mut |_, _| {}) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{e}");
                 std::process::exit(1);
             }
         };
+        if case == Case::JsonPlot {
+            let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+            let svg = kubectl_homelab::sim::plot::svg(&report);
+            if json.len() < 1000 || !svg.starts_with("<svg") {
+                eprintln!("sim bench: JSON or SVG output missing");
+                std::process::exit(1);
+            }
+            peak_pending = report.series.iter().map(|p| p.pending).max().unwrap_or(0);
+        }
         times.push(t.elapsed());
         last = Some(report);
     }
     times.sort();
     let Some(r) = last else { return };
+    let name = match case {
+        Case::AsIs => "as is",
+        Case::Backlog => "saturating backlog",
+        Case::JsonPlot => "as is, with -o json --plot (timeline, series, baselines, JSON, SVG)",
+    };
     // Sane outcome: pods came, machines booted to serve them, the CA loop and the FSM ran.
     let placed = r.pods_arrived.saturating_sub(r.pods_never_placed);
     if placed == 0
@@ -128,7 +181,7 @@ fn main() {
         std::process::exit(1);
     }
     println!(
-        "sim bench{}: {} days, {} machines, {} pods, {} FSM transitions, {} CA scans",
+        "sim bench{} [{name}]: {} days, {} machines, {} pods, {} FSM transitions, {} CA scans",
         if measure {
             ""
         } else {
@@ -149,14 +202,19 @@ fn main() {
         parse.as_secs_f64() * 1e3
     );
     println!(
-        "  outcome: {} boots, {} failed, {} scale-ups, {} scale-downs, wait p50 {} ms p95 {} ms, {:.1} kWh vs {:.1} always on",
+        "  outcome: {} boots, {} failed, {} scale-ups, {} scale-downs, wait p50 {} ms p95 {} ms p99 {} ms, {} never placed, {:.1} kWh vs {:.1} always on",
         r.total.boots,
         r.total.failed_boots,
         r.counters.scale_ups,
         r.counters.scale_downs,
         r.wait.p50_ms,
         r.wait.p95_ms,
+        r.wait.p99_ms,
+        r.pods_never_placed,
         r.total.kwh,
         r.total.baseline_kwh
     );
+    if case == Case::JsonPlot {
+        println!("  peak pending pods {peak_pending}");
+    }
 }

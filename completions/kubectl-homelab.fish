@@ -129,10 +129,14 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s o -l output -d 'Output format' -r -f -a "table\t''
 json\t''"
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s n -l namespace -d 'Namespace of the Groups and Nodes for --from-cluster (default: the kubeconfig\'s)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l seeds -d 'Run N seeds (from --seed or the scenario\'s) and report each figure\'s median and 10th/90th percentiles' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l compare -d 'Compare scenario files side by side on the same seeds (after FILE, if given)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l set -d 'A variant of the scenario to compare: KEY=VALUE[,KEY=VALUE...] with KEY a field path (e.g. autoscaler.scaleDownUnneededTime=30m). Repeat for more variants' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l timeline -d 'Print the events (scale-ups, power actions, boots, failures) with virtual timestamps'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l print-default-scenario -d 'Print the embedded default scenario and exit'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l from-cluster -d 'Take the Groups and Nodes from the live cluster (kubeconfig or in-cluster); everything else (workload, autoscaler, simulation defaults) from FILE or the default scenario'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l no-baselines -d 'Skip the baseline runs (the same workload with every machine on, and with only the machines the scenario starts with on)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r

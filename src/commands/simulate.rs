@@ -11,7 +11,7 @@ use crate::sim::scenario::{
     DEFAULT_SCENARIO, DEFAULT_SCENARIO_NAME, NoTraceFiles, Scenario, TraceSource,
 };
 use crate::sim::units::{Millis, format_millis};
-use crate::sim::{Report, RunOptions, plot};
+use crate::sim::{Report, RunOptions, batch, plot};
 
 /// Output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +54,21 @@ pub struct Args {
     /// Namespace of the Groups and Nodes for --from-cluster (default: the kubeconfig's).
     #[arg(short = 'n', long, requires = "from_cluster")]
     pub namespace: Option<String>,
+    /// Run N seeds (from --seed or the scenario's) and report each figure's median and
+    /// 10th/90th percentiles.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub seeds: u32,
+    /// Compare scenario files side by side on the same seeds (after FILE, if given).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub compare: Vec<PathBuf>,
+    /// A variant of the scenario to compare: KEY=VALUE[,KEY=VALUE...] with KEY a field path
+    /// (e.g. autoscaler.scaleDownUnneededTime=30m). Repeat for more variants.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Skip the baseline runs (the same workload with every machine on, and with only the
+    /// machines the scenario starts with on).
+    #[arg(long)]
+    pub no_baselines: bool,
 }
 
 fn duration_arg(s: &str) -> Result<Millis, String> {
@@ -114,14 +129,20 @@ async fn cluster_objects(
     Ok((g.items, m.items))
 }
 
-/// Loads the scenario the arguments name.
-pub async fn load(args: &Args) -> anyhow::Result<Scenario> {
-    let (name, text, dir) = match &args.scenario {
-        None => (
-            DEFAULT_SCENARIO_NAME.to_owned(),
-            DEFAULT_SCENARIO.to_owned(),
-            None,
-        ),
+/// A scenario's text, its name in messages and the directory its trace files are read from.
+struct Source {
+    name: String,
+    text: String,
+    dir: Option<PathBuf>,
+}
+
+fn read_source(path: Option<&Path>) -> anyhow::Result<Source> {
+    Ok(match path {
+        None => Source {
+            name: DEFAULT_SCENARIO_NAME.to_owned(),
+            text: DEFAULT_SCENARIO.to_owned(),
+            dir: None,
+        },
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| {
                 format!(
@@ -130,9 +151,23 @@ pub async fn load(args: &Args) -> anyhow::Result<Scenario> {
                 )
             })?;
             let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
-            (path.display().to_string(), text, Some(dir))
+            Source {
+                name: path.display().to_string(),
+                text,
+                dir: Some(dir),
+            }
         }
-    };
+    })
+}
+
+/// Loads the scenario the arguments name.
+pub async fn load(args: &Args) -> anyhow::Result<Scenario> {
+    let source = read_source(args.scenario.as_deref())?;
+    load_source(args, &source).await
+}
+
+async fn load_source(args: &Args, source: &Source) -> anyhow::Result<Scenario> {
+    let (name, text, dir) = (&source.name, &source.text, &source.dir);
     let files;
     let traces: &dyn TraceSource = match &dir {
         Some(dir) => {
@@ -143,9 +178,9 @@ pub async fn load(args: &Args) -> anyhow::Result<Scenario> {
     };
     let mut scenario = if args.from_cluster {
         let (groups, machines) = cluster_objects(args.namespace.as_deref()).await?;
-        Scenario::with_cluster_objects(&name, &text, traces, groups, machines)?
+        Scenario::with_cluster_objects(name, text, traces, groups, machines)?
     } else {
-        Scenario::parse(&name, &text, traces)?
+        Scenario::parse(name, text, traces)?
     };
     if let Some(seed) = args.seed {
         scenario.seed = seed;
@@ -161,10 +196,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         print!("{DEFAULT_SCENARIO}");
         return Ok(());
     }
+    if args.seeds > 1 || !args.compare.is_empty() || !args.set.is_empty() {
+        return run_batch(&args).await;
+    }
     let scenario = load(&args).await?;
     let options = RunOptions {
         timeline: args.timeline || args.output == Output::Json,
         series: args.plot.is_some() || args.output == Output::Json,
+        baselines: !args.no_baselines,
+        ..RunOptions::default()
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(scenario.duration / 1000);
@@ -210,6 +250,127 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The scenarios to compare: FILE (or the default), then each `--set` variant of it, then each
+/// `--compare` file.
+async fn variants(args: &Args) -> anyhow::Result<Vec<Scenario>> {
+    let mut out = Vec::new();
+    let base = read_source(args.scenario.as_deref())?;
+    if args.scenario.is_some() || args.compare.is_empty() {
+        out.push(load_source(args, &base).await?);
+    }
+    for set in &args.set {
+        let text = batch::apply_set(&base.text, set)?;
+        let variant = Source {
+            name: format!("{} with {set}", base.name),
+            text,
+            dir: base.dir.clone(),
+        };
+        let mut s = load_source(args, &variant).await?;
+        s.name = set.clone();
+        out.push(s);
+    }
+    for path in &args.compare {
+        out.push(load_source(args, &read_source(Some(path))?).await?);
+    }
+    Ok(out)
+}
+
+/// `--seeds`, `--compare`, `--set`: every scenario on the same seeds, side by side.
+async fn run_batch(args: &Args) -> anyhow::Result<()> {
+    let scenarios = variants(args).await?;
+    let first = args
+        .seed
+        .or_else(|| scenarios.first().map(|s| s.seed))
+        .unwrap_or(1);
+    let seeds = batch::seeds(first, args.seeds);
+    let options = RunOptions {
+        baselines: !args.no_baselines,
+        ..RunOptions::default()
+    };
+    let mut summaries = Vec::with_capacity(scenarios.len());
+    for (i, s) in scenarios.iter().enumerate() {
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "simulating {} ({}/{}) over {} seed(s)...",
+                s.name,
+                i + 1,
+                scenarios.len(),
+                seeds.len()
+            );
+        }
+        summaries.push(batch::run_seeds(s, &seeds, options)?);
+    }
+    match args.output {
+        Output::Json => {
+            let v = serde_json::json!({"seeds": seeds, "scenarios": summaries});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Table => print!("{}", render_batch(&seeds, &summaries)),
+    }
+    Ok(())
+}
+
+fn number(v: f64) -> String {
+    if (v == v.trunc() && v.abs() < 1e12) || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Figures down, scenarios across; `median (p10-p90)` when there are several seeds.
+pub fn render_batch(seeds: &[u64], summaries: &[batch::Summary]) -> String {
+    let mut columns = vec![Column::new("figure")];
+    columns.extend(summaries.iter().map(|s| Column::new(&s.scenario).right()));
+    let mut t = Table::new(columns);
+    let Some(first) = summaries.first() else {
+        return String::new();
+    };
+    for (i, f) in first.figures.iter().enumerate() {
+        let unit = if f.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", f.unit)
+        };
+        let mut row = vec![format!("{}{unit}", f.figure)];
+        for s in summaries {
+            let Some(x) = s.figures.get(i) else { continue };
+            row.push(if seeds.len() > 1 {
+                format!("{} ({}-{})", number(x.median), number(x.p10), number(x.p90))
+            } else {
+                number(x.median)
+            });
+        }
+        t.row(row);
+    }
+    let t = t.render(Style::default());
+    let mut out = format!(
+        "{} seed(s): {}{}\n{t}",
+        seeds.len(),
+        seeds
+            .iter()
+            .take(10)
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        if seeds.len() > 10 { ", ..." } else { "" },
+    );
+    if seeds.len() > 1 {
+        out.push_str("cells: median (10th-90th percentile) over the seeds\n");
+    }
+    for s in summaries {
+        for w in &s.warnings {
+            out.push_str(&format!("warning ({}): {w}\n", s.scenario));
+        }
+        for w in &s.ignored {
+            out.push_str(&format!("ignored ({}): {w}\n", s.scenario));
+        }
+    }
+    out
+}
+
 /// The timeline, one event per line.
 pub fn render_timeline(r: &Report) -> String {
     let mut out = String::new();
@@ -230,9 +391,10 @@ fn wait(w: &WaitStats) -> String {
         return "-".to_owned();
     }
     format!(
-        "{} / {} / {}",
+        "{} / {} / {} / {}",
         format_millis(w.p50_ms),
         format_millis(w.p95_ms),
+        format_millis(w.p99_ms),
         format_millis(w.max_ms)
     )
 }
@@ -277,17 +439,52 @@ pub fn render_summary(r: &Report) -> String {
         Column::new("kWh / always-on").right(),
         Column::new("cost").right(),
         Column::new("saved").right(),
-        Column::new("pod wait p50 / p95 / max").right(),
+        Column::new("pod wait p50 / p95 / p99 / max").right(),
     ]);
     for g in &r.groups {
         t.row(row(g, &r.currency));
     }
     t.row(row(&r.total, &r.currency));
+    for b in &r.baselines {
+        t.row([
+            format!("baseline: {}", b.name),
+            format!("{} on", b.machines_on),
+            format!(
+                "{:.1}",
+                f64::from(b.machines_on) * r.duration_ms as f64 / 3_600_000.0
+            ),
+            "-".to_owned(),
+            kwh(b.kwh),
+            money(b.cost, &r.currency),
+            "-".to_owned(),
+            wait(&b.wait),
+        ]);
+    }
     let c = &r.counters;
+    let mut notes = String::new();
+    if r.eviction.evictions > 0 {
+        notes.push_str(&format!(
+            "evictions: {} pods evicted, {} of work lost, evicted pods waited {} in total to run again (longest {})\n",
+            r.eviction.evictions,
+            format_millis(r.eviction.lost_work_ms),
+            format_millis(r.eviction.rewait_ms),
+            format_millis(r.eviction.rewait_max_ms),
+        ));
+    }
+    notes.push_str(&format!(
+        "wear: {:.2} boots per machine per day\n",
+        r.total.boots_per_machine_day
+    ));
+    for w in &r.warnings {
+        notes.push_str(&format!("warning: {w}\n"));
+    }
+    for w in &r.ignored {
+        notes.push_str(&format!("ignored: {w}\n"));
+    }
     format!(
         "scenario {:?}, seed {}, {} of virtual time from {}, electricity {:.2} {}/kWh\n{}\
          pods: {} arrived, {} never placed; pods waiting for room {} of the time ({})\n\
-         autoscaler: {} scale-ups, {} scale-downs, {} failed instances removed, {} backoffs, {} refused scale-ups; {} pods evicted by drains\n",
+         autoscaler: {} scale-ups, {} scale-downs, {} failed instances removed, {} backoffs, {} refused scale-ups; {} pods evicted by drains\n{notes}",
         r.scenario,
         r.seed,
         r.duration,

@@ -2,14 +2,15 @@
 //! that places pending pods onto Ready, schedulable nodes.
 //!
 //! Simplifications: pods have only CPU and memory requests and a pod count; no affinity,
-//! taints, DaemonSets or priorities. An evicted pod (drain before power-off) starts over on its
-//! new node with its full duration.
-use std::collections::BTreeSet;
+//! taints or priorities; DaemonSet pods are a fixed overhead on every node. An evicted pod
+//! (drain before power-off) starts over on its new node with its full duration: the time it had
+//! run is lost work, the time until it is placed again is re-wait.
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::units::Millis;
-use super::workload::PodSpec;
+use super::workload::{FOREVER, PodSpec};
 
 /// How the scheduler picks among the nodes a pod fits on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -40,14 +41,38 @@ pub struct Pod {
     pub waited: Option<Millis>,
     /// The node of its first placement (for per-group wait figures).
     pub first_node: Option<NodeId>,
+    /// Deleted by its controller (a replica count going down).
+    pub deleted: bool,
+    /// When it was last evicted, until it is placed again.
+    pub evicted_at: Option<Millis>,
+}
+
+/// What evictions cost the pods.
+#[derive(Clone, Debug, Default)]
+pub struct EvictionCost {
+    /// Time evicted finite pods had run before their eviction (they start over).
+    pub lost_work_ms: Millis,
+    /// Time evicted pods waited to be placed again, summed.
+    pub rewait_ms: Millis,
+    pub rewait_max_ms: Millis,
+    /// Evicted pods placed again.
+    pub replaced: u64,
 }
 
 /// A Node object for one machine (indexed like the machines).
 #[derive(Clone, Debug, Default)]
 pub struct NodeSlot {
+    /// Allocatable.
     pub cpu: u64,
     pub memory: u64,
     pub max_pods: u32,
+    /// What the DaemonSet pods take (on every node).
+    pub ds_cpu: u64,
+    pub ds_memory: u64,
+    pub ds_pods: u32,
+    /// The Kubernetes Node carries `cluster-autoscaler.kubernetes.io/scale-down-disabled: "true"`
+    /// (set by the operator for `scaleDownDisabled` machines).
+    pub no_scale_down: bool,
     pub cpu_used: u64,
     pub memory_used: u64,
     pub pods: Vec<PodId>,
@@ -59,27 +84,53 @@ pub struct NodeSlot {
 
 impl NodeSlot {
     pub fn fits(&self, p: &PodSpec) -> bool {
-        self.ready
-            && !self.cordoned
-            && self.cpu_used + p.cpu <= self.cpu
-            && self.memory_used + p.memory <= self.memory
-            && (self.pods.len() as u32) < self.max_pods
+        self.ready && !self.cordoned && self.has_room(p.cpu, p.memory)
     }
 
-    /// Requested share of the node, CA's way: the larger of CPU and memory.
-    pub fn utilization(&self) -> f64 {
-        let cpu = ratio(self.cpu_used, self.cpu);
-        let mem = ratio(self.memory_used, self.memory);
+    fn has_room(&self, cpu: u64, memory: u64) -> bool {
+        self.cpu_used + self.ds_cpu + cpu <= self.cpu
+            && self.memory_used + self.ds_memory + memory <= self.memory
+            && (self.pods.len() as u32) + self.ds_pods < self.max_pods
+    }
+
+    /// Free CPU, memory and pod slots.
+    pub fn free(&self) -> (u64, u64, u32) {
+        (
+            self.cpu.saturating_sub(self.cpu_used + self.ds_cpu),
+            self.memory
+                .saturating_sub(self.memory_used + self.ds_memory),
+            self.max_pods
+                .saturating_sub(self.pods.len() as u32 + self.ds_pods),
+        )
+    }
+
+    /// Requested share of the node, CA's way (`simulator/utilization` `Calculate`): the larger
+    /// of CPU and memory; DaemonSet pods count as requests, or with `ignore_daemonsets` come off
+    /// the allocatable instead.
+    pub fn utilization(&self, ignore_daemonsets: bool) -> f64 {
+        let (cpu, mem) = if ignore_daemonsets {
+            (
+                ratio(self.cpu_used, self.cpu.saturating_sub(self.ds_cpu)),
+                ratio(self.memory_used, self.memory.saturating_sub(self.ds_memory)),
+            )
+        } else {
+            (
+                ratio(self.cpu_used + self.ds_cpu, self.cpu),
+                ratio(self.memory_used + self.ds_memory, self.memory),
+            )
+        };
         cpu.max(mem)
     }
 
+    /// Requested CPU share, DaemonSets included (for power draw).
     pub fn cpu_utilization(&self) -> f64 {
-        ratio(self.cpu_used, self.cpu)
+        ratio(self.cpu_used + self.ds_cpu, self.cpu)
     }
 
     fn free_score(&self, p: &PodSpec) -> f64 {
-        let cpu = ratio(self.cpu - self.cpu_used - p.cpu, self.cpu);
-        let mem = ratio(self.memory - self.memory_used - p.memory, self.memory);
+        let (cpu, mem, _) = self.free();
+        let cpu = ratio(cpu.saturating_sub(p.cpu), self.cpu);
+        let mem = ratio(mem.saturating_sub(p.memory), self.memory);
         (cpu + mem) / 2.0
     }
 }
@@ -95,7 +146,13 @@ pub struct Cluster {
     pub nodes: Vec<NodeSlot>,
     /// Pending pods in arrival order (pod ids grow with arrival).
     pub pending: BTreeSet<PodId>,
+    /// Pending pods by `(cpu, memory)` request, and by workload.
+    pending_shapes: BTreeMap<(u64, u64), BTreeSet<PodId>>,
+    pending_workloads: Vec<u32>,
     pub policy: SchedulerPolicy,
+    pub eviction_cost: EvictionCost,
+    /// A node given more than its allocatable: an invariant violation for the engine to report.
+    pub overcommit: Option<String>,
 }
 
 /// A pod placed by the scheduler: the engine schedules its finish.
@@ -113,8 +170,57 @@ impl Cluster {
             pods: Vec::new(),
             nodes: vec![NodeSlot::default(); node_count],
             pending: BTreeSet::new(),
+            pending_shapes: BTreeMap::new(),
+            pending_workloads: Vec::new(),
             policy,
+            eviction_cost: EvictionCost::default(),
+            overcommit: None,
         }
+    }
+
+    fn add_pending(&mut self, pod: PodId) {
+        if self.pending.insert(pod) {
+            let s = self.pods[pod as usize].spec;
+            self.pending_shapes
+                .entry((s.cpu, s.memory))
+                .or_default()
+                .insert(pod);
+            let w = usize::from(s.workload);
+            if self.pending_workloads.len() <= w {
+                self.pending_workloads.resize(w + 1, 0);
+            }
+            self.pending_workloads[w] += 1;
+        }
+    }
+
+    fn remove_pending(&mut self, pod: PodId) -> bool {
+        if !self.pending.remove(&pod) {
+            return false;
+        }
+        let s = self.pods[pod as usize].spec;
+        if let Some(set) = self.pending_shapes.get_mut(&(s.cpu, s.memory)) {
+            set.remove(&pod);
+            if set.is_empty() {
+                self.pending_shapes.remove(&(s.cpu, s.memory));
+            }
+        }
+        if let Some(n) = self.pending_workloads.get_mut(usize::from(s.workload)) {
+            *n = n.saturating_sub(1);
+        }
+        true
+    }
+
+    /// Pending pods by request: `(cpu, memory, count)`.
+    pub fn pending_classes(&self) -> Vec<(u64, u64, u32)> {
+        self.pending_shapes
+            .iter()
+            .map(|(&(c, m), set)| (c, m, set.len() as u32))
+            .collect()
+    }
+
+    /// Pending pods of one workload.
+    pub fn pending_of(&self, workload: usize) -> u32 {
+        self.pending_workloads.get(workload).copied().unwrap_or(0)
     }
 
     /// A new pod arrives; it is placed at once if a node has room.
@@ -128,14 +234,30 @@ impl Cluster {
             finished: false,
             waited: None,
             first_node: None,
+            deleted: false,
+            evicted_at: None,
         });
         match self.pick_node(&spec) {
             Some(n) => out.push(self.bind(id, n, now)),
-            None => {
-                self.pending.insert(id);
-            }
+            None => self.add_pending(id),
         }
         id
+    }
+
+    /// A pod deleted by its controller: gone from its node (whose room pending pods may take)
+    /// or from the pending queue.
+    pub fn delete(&mut self, pod: PodId, now: Millis, out: &mut Vec<Placed>) {
+        let p = &mut self.pods[pod as usize];
+        if p.finished || p.deleted {
+            return;
+        }
+        p.deleted = true;
+        p.generation += 1;
+        if !self.remove_pending(pod)
+            && let Some(node) = self.unbind(pod)
+        {
+            self.fill_node(node, now, out);
+        }
     }
 
     fn pick_node(&self, p: &PodSpec) -> Option<NodeId> {
@@ -154,6 +276,14 @@ impl Cluster {
     fn bind(&mut self, pod: PodId, node: NodeId, now: Millis) -> Placed {
         let p = &mut self.pods[pod as usize];
         let n = &mut self.nodes[node];
+        if self.overcommit.is_none() && !n.has_room(p.spec.cpu, p.spec.memory) {
+            self.overcommit = Some(format!(
+                "pod {pod} ({}m CPU, {} bytes) placed on node {node} with {:?} free (CPU, memory, pods)",
+                p.spec.cpu,
+                p.spec.memory,
+                n.free()
+            ));
+        }
         n.cpu_used += p.spec.cpu;
         n.memory_used += p.spec.memory;
         n.pods.push(pod);
@@ -163,10 +293,17 @@ impl Cluster {
             p.waited = Some(now.saturating_sub(p.spec.arrival));
             p.first_node = Some(node);
         }
+        if let Some(at) = p.evicted_at.take() {
+            let c = &mut self.eviction_cost;
+            let w = now.saturating_sub(at);
+            c.rewait_ms += w;
+            c.rewait_max_ms = c.rewait_max_ms.max(w);
+            c.replaced += 1;
+        }
         Placed {
             pod,
             node,
-            finish_at: now + p.spec.duration,
+            finish_at: now.saturating_add(p.spec.duration),
             generation: p.generation,
         }
     }
@@ -196,63 +333,69 @@ impl Cluster {
         }
     }
 
-    /// Places pending pods (oldest first) onto one node that gained room.
+    /// The oldest pending pod whose request passes `ok`, looking only at each request's oldest
+    /// pod: pending pods are kept per request, so a long queue of pods too big for the room
+    /// costs nothing (the engine stays near-linear when pods pile up).
+    fn oldest_pending(&self, mut ok: impl FnMut(u64, u64) -> bool) -> Option<PodId> {
+        self.pending_shapes
+            .iter()
+            .filter(|(k, _)| ok(k.0, k.1))
+            .filter_map(|(_, set)| set.first().copied())
+            .min()
+    }
+
+    /// Places pending pods (oldest first among those that fit) onto one node that gained room.
     pub fn fill_node(&mut self, node: NodeId, now: Millis, out: &mut Vec<Placed>) {
-        if self.pending.is_empty() || !self.nodes[node].ready || self.nodes[node].cordoned {
+        if !self.nodes[node].ready || self.nodes[node].cordoned {
             return;
         }
-        let mut placed = Vec::new();
-        for &pod in &self.pending {
+        loop {
             let n = &self.nodes[node];
-            if n.cpu_used >= n.cpu || n.pods.len() as u32 >= n.max_pods {
+            let (cpu, mem, slots) = n.free();
+            if slots == 0 {
                 break;
             }
-            if n.fits(&self.pods[pod as usize].spec) {
-                placed.push(pod);
-                let spec = self.pods[pod as usize].spec;
-                let n = &mut self.nodes[node];
-                // Reserve now so the next candidate sees the room taken.
-                n.cpu_used += spec.cpu;
-                n.memory_used += spec.memory;
-                n.pods.push(pod);
-            }
-        }
-        for pod in placed {
-            self.pending.remove(&pod);
-            let spec = self.pods[pod as usize].spec;
-            let n = &mut self.nodes[node];
-            n.cpu_used -= spec.cpu;
-            n.memory_used -= spec.memory;
-            if let Some(pos) = n.pods.iter().position(|&q| q == pod) {
-                n.pods.swap_remove(pos);
-            }
+            let Some(pod) = self.oldest_pending(|c, m| c <= cpu && m <= mem) else {
+                break;
+            };
+            self.remove_pending(pod);
             out.push(self.bind(pod, node, now));
         }
     }
 
-    /// Places pending pods anywhere they fit (after evictions).
+    /// Places pending pods anywhere they fit (after evictions), oldest first. A request that
+    /// fits no node is not looked at again in this call (rooms only shrink during it).
     pub fn schedule_pending(&mut self, now: Millis, out: &mut Vec<Placed>) {
-        let pending: Vec<PodId> = self.pending.iter().copied().collect();
-        for pod in pending {
+        let mut hopeless: BTreeSet<(u64, u64)> = BTreeSet::new();
+        while let Some(pod) = self.oldest_pending(|c, m| !hopeless.contains(&(c, m))) {
             let spec = self.pods[pod as usize].spec;
-            if let Some(n) = self.pick_node(&spec) {
-                self.pending.remove(&pod);
-                out.push(self.bind(pod, n, now));
+            match self.pick_node(&spec) {
+                Some(n) => {
+                    self.remove_pending(pod);
+                    out.push(self.bind(pod, n, now));
+                }
+                None => {
+                    hopeless.insert((spec.cpu, spec.memory));
+                }
             }
         }
     }
 
     /// Evicts every pod from a node (a drain): they become pending again.
-    pub fn evict_all(&mut self, node: NodeId) -> usize {
+    pub fn evict_all(&mut self, node: NodeId, now: Millis) -> usize {
         let pods = std::mem::take(&mut self.nodes[node].pods);
         let count = pods.len();
         for pod in pods {
             let p = &mut self.pods[pod as usize];
             p.node = None;
             p.generation += 1;
+            p.evicted_at = Some(now);
+            if p.spec.duration != FOREVER {
+                self.eviction_cost.lost_work_ms += now.saturating_sub(p.placed_at.unwrap_or(now));
+            }
             self.nodes[node].cpu_used -= p.spec.cpu;
             self.nodes[node].memory_used -= p.spec.memory;
-            self.pending.insert(pod);
+            self.add_pending(pod);
         }
         count
     }
@@ -264,57 +407,10 @@ impl Cluster {
             .enumerate()
             .filter(|(_, n)| n.ready && !n.cordoned)
             .map(|(i, n)| {
-                (
-                    i,
-                    n.cpu - n.cpu_used,
-                    n.memory - n.memory_used,
-                    n.max_pods.saturating_sub(n.pods.len() as u32),
-                )
+                let (c, m, p) = n.free();
+                (i, c, m, p)
             })
             .collect()
-    }
-
-    /// Whether every pod on `node` would fit on the other Ready nodes, not counting `excluded`
-    /// ones (CA's scale-down simulation: first-fit on a scratch copy of free room).
-    pub fn pods_fit_elsewhere(&self, node: NodeId, excluded: &[NodeId]) -> bool {
-        let rooms = self.free_rooms();
-        let mut scratch = Vec::new();
-        self.pods_fit_in(node, excluded, &rooms, &mut scratch)
-    }
-
-    /// [`Cluster::pods_fit_elsewhere`] with the free rooms computed once by the caller and a
-    /// reusable scratch buffer (the autoscaler checks many nodes per loop).
-    pub fn pods_fit_in(
-        &self,
-        node: NodeId,
-        excluded: &[NodeId],
-        rooms: &[(NodeId, u64, u64, u32)],
-        scratch: &mut Vec<(NodeId, u64, u64, u32)>,
-    ) -> bool {
-        let pods = &self.nodes[node].pods;
-        if pods.is_empty() {
-            return true;
-        }
-        scratch.clear();
-        scratch.extend_from_slice(rooms);
-        'pods: for &pod in pods {
-            let s = &self.pods[pod as usize].spec;
-            for f in scratch.iter_mut() {
-                if f.0 != node
-                    && f.1 >= s.cpu
-                    && f.2 >= s.memory
-                    && f.3 > 0
-                    && !excluded.contains(&f.0)
-                {
-                    f.1 -= s.cpu;
-                    f.2 -= s.memory;
-                    f.3 -= 1;
-                    continue 'pods;
-                }
-            }
-            return false;
-        }
-        true
     }
 }
 
@@ -391,21 +487,40 @@ mod tests {
     }
 
     #[test]
-    fn eviction_and_fit_elsewhere() {
+    fn eviction_makes_pods_pending_again() {
         let mut c = Cluster::new(2, SchedulerPolicy::FirstFit);
         c.nodes[0] = node(1000);
         c.nodes[1] = node(1000);
         let mut out = Vec::new();
         c.arrive(pod(600), 0, &mut out);
         c.arrive(pod(600), 0, &mut out);
-        assert!(!c.pods_fit_elsewhere(0, &[]));
-        c.nodes[1].pods.clear();
-        c.nodes[1].cpu_used = 0;
-        c.nodes[1].memory_used = 0;
-        assert!(c.pods_fit_elsewhere(0, &[]));
-        assert!(!c.pods_fit_elsewhere(0, &[1]));
-        assert_eq!(c.evict_all(0), 1);
+        assert_eq!(c.evict_all(0, 0), 1);
         assert_eq!(c.nodes[0].cpu_used, 0);
         assert_eq!(c.pending.len(), 1);
+    }
+
+    /// The no-overcommit invariant: a bind that exceeds the node's allocatable (a scheduler
+    /// bug) is recorded for the engine to report.
+    #[test]
+    fn a_bind_beyond_allocatable_is_recorded_as_overcommit() {
+        let mut c = Cluster::new(1, SchedulerPolicy::FirstFit);
+        c.nodes[0] = node(1000);
+        let mut out = Vec::new();
+        c.arrive(pod(800), 0, &mut out);
+        assert!(c.overcommit.is_none());
+        c.pods.push(Pod {
+            spec: pod(800),
+            node: None,
+            placed_at: None,
+            generation: 0,
+            finished: false,
+            waited: None,
+            first_node: None,
+            deleted: false,
+            evicted_at: None,
+        });
+        c.bind(1, 0, 0);
+        let what = c.overcommit.clone().unwrap_or_default();
+        assert!(what.contains("pod 1") && what.contains("node 0"), "{what}");
     }
 }

@@ -1,6 +1,9 @@
 //! The discrete-event engine: a virtual clock (integer milliseconds, converted to
 //! `jiff::Timestamp` only at the boundary of the operator's cores), a binary-heap event queue
-//! and a seeded RNG. It plays the parts the real world plays for the operator: the machines'
+//! and seeded RNG streams: the workload's, one per machine for its hardware (power actions,
+//! boots, shutdowns: the k-th power-on of a machine fails or not whatever the autoscaler did
+//! before) and the Cluster Autoscaler's tie-breaks, so changing a CA setting does not change
+//! which boots fail. It plays the parts the real world plays for the operator: the machines'
 //! power actions, boots and shutdowns, the kubelet registering Node objects, the scheduler and
 //! the pods. The decisions are taken by the operator's own code: the machine lifecycle FSM
 //! (`operator::machine::reconcile_mut`) for every machine, and the provider core
@@ -30,6 +33,10 @@ pub struct RunOptions {
     pub timeline: bool,
     /// Keep the machines-on / pending-pods series for `--plot` / JSON.
     pub series: bool,
+    /// Also run the baselines (autoscaler off: all machines on; the initial subset on).
+    pub baselines: bool,
+    /// No Cluster Autoscaler: machines keep the power state they start in (baselines).
+    pub autoscaler_off: bool,
 }
 
 /// A run that broke one of the operator's safety invariants: a bug, never a statistic.
@@ -111,6 +118,7 @@ pub(super) struct MachineCounters {
     pub power_offs: u32,
     pub wh: f64,
     pub busy_wh: f64,
+    pub cost: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -138,6 +146,11 @@ pub(super) enum EventKindSim {
         pod: PodId,
         generation: u32,
     },
+    /// A `replicas` workload's count changes.
+    Replicas {
+        workload: u16,
+        count: u32,
+    },
     AutoscalerScan,
 }
 
@@ -156,8 +169,13 @@ pub struct Sim<'s> {
     start_ms: i64,
     queue: BinaryHeap<Reverse<Queued>>,
     seq: u64,
-    pub(super) rng: SmallRng,
+    /// Per machine: power actions, boots, shutdowns.
+    hw_rng: Vec<SmallRng>,
+    /// The Cluster Autoscaler model's random tie-breaks.
+    pub(super) ca_rng: SmallRng,
     arrivals: Vec<PodSpec>,
+    /// Live pods of each `replicas` workload, oldest first.
+    replicas: Vec<Vec<PodId>>,
     next_arrival: usize,
     pub(super) cluster: Cluster,
     pub(super) machines: Vec<MachineSim>,
@@ -175,7 +193,7 @@ pub struct Sim<'s> {
 
 impl<'s> Sim<'s> {
     pub fn new(sc: &'s Scenario, opts: RunOptions) -> Sim<'s> {
-        let mut rng = SmallRng::seed_from_u64(sc.seed);
+        let mut rng = SmallRng::seed_from_u64(stream_seed(sc.seed, STREAM_WORKLOAD, 0));
         let start_ms = sc.start.as_millisecond();
         let start_of_day = u64::try_from(start_ms.rem_euclid(86_400_000)).unwrap_or(0);
         let weekday = sc
@@ -196,6 +214,10 @@ impl<'s> Sim<'s> {
                 slot.cpu = m.cpu;
                 slot.memory = m.memory;
                 slot.max_pods = m.max_pods;
+                slot.ds_cpu = sc.daemonset_cpu;
+                slot.ds_memory = sc.daemonset_memory;
+                slot.ds_pods = u32::from(sc.daemonset_cpu > 0 || sc.daemonset_memory > 0);
+                slot.no_scale_down = m.scale_down_disabled;
                 let policy = Policy {
                     boot_timeout: m
                         .machine
@@ -243,7 +265,11 @@ impl<'s> Sim<'s> {
             start_ms,
             queue: BinaryHeap::new(),
             seq: 0,
-            rng,
+            hw_rng: (0..sc.machines.len())
+                .map(|m| SmallRng::seed_from_u64(stream_seed(sc.seed, STREAM_HARDWARE, m as u64)))
+                .collect(),
+            ca_rng: SmallRng::seed_from_u64(stream_seed(sc.seed, STREAM_CA, 0)),
+            replicas: vec![Vec::new(); sc.workloads.len()],
             arrivals,
             next_arrival: 0,
             cluster,
@@ -261,6 +287,9 @@ impl<'s> Sim<'s> {
         };
         for m in 0..sim.machines.len() {
             sim.update_watts(m);
+        }
+        for (at, workload, count) in workload::replica_steps(&sc.workloads, sc.duration) {
+            sim.schedule(at, EventKindSim::Replicas { workload, count });
         }
         sim
     }
@@ -317,7 +346,9 @@ impl<'s> Sim<'s> {
         for m in 0..self.machines.len() {
             self.reconcile(m);
         }
-        self.schedule(0, EventKindSim::AutoscalerScan);
+        if !self.opts.autoscaler_off {
+            self.schedule(0, EventKindSim::AutoscalerScan);
+        }
         let mut next_progress = HOUR;
         loop {
             let next_event = self.queue.peek().map(|Reverse(q)| q.at);
@@ -343,6 +374,9 @@ impl<'s> Sim<'s> {
             } else if let Some(Reverse(q)) = self.queue.pop() {
                 self.handle(q.kind);
             }
+            if let Some(what) = self.cluster.overcommit.take() {
+                self.violate(format!("overcommit: {what}"));
+            }
             if let Some(what) = self.violation.take() {
                 return Err(InvariantViolation {
                     scenario: self.sc.name.clone(),
@@ -356,7 +390,100 @@ impl<'s> Sim<'s> {
         }
         self.advance(end);
         progress(end, end);
+        if let Some(what) = self.pods_unaccounted() {
+            return Err(InvariantViolation {
+                scenario: self.sc.name.clone(),
+                seed: self.sc.seed,
+                at: self.ts(self.now),
+                offset: super::units::format_millis(self.now),
+                what,
+            });
+        }
         Ok(self.finish())
+    }
+
+    /// Every pod that arrived is finished, deleted, running on a node or pending, exactly once.
+    fn pods_unaccounted(&self) -> Option<String> {
+        let c = &self.cluster;
+        let running: usize = c.nodes.iter().map(|n| n.pods.len()).sum();
+        let finished = c.pods.iter().filter(|p| p.finished).count();
+        let deleted = c.pods.iter().filter(|p| p.deleted && !p.finished).count();
+        let pending = c.pending.len();
+        let arrived = c.pods.len();
+        (running + finished + deleted + pending != arrived
+            || self.counters.pods != arrived as u64)
+            .then(|| {
+                format!(
+                    "pods not accounted for at the end: {arrived} arrived ({} counted), {finished} finished, {deleted} deleted, {running} running, {pending} pending",
+                    self.counters.pods
+                )
+            })
+    }
+
+    /// Drains a node for CA or the operator: every pod back to pending, their lost work and
+    /// eviction counted.
+    pub(super) fn evict_node(&mut self, m: usize) -> usize {
+        let evicted = self.cluster.evict_all(m, self.now);
+        if evicted > 0 {
+            self.counters.evictions += evicted as u64;
+            self.update_watts(m);
+        }
+        evicted
+    }
+
+    fn replicas_to(&mut self, workload: u16, count: u32) {
+        let w = usize::from(workload);
+        let Some(wl) = self.sc.workloads.get(w) else {
+            return;
+        };
+        let live = self.replicas[w].len() as u32;
+        let mut out = std::mem::take(&mut self.placed_buf);
+        if count > live {
+            let Some(t) = wl.template else { return };
+            for _ in live..count {
+                let spec = PodSpec {
+                    arrival: self.now,
+                    cpu: t.cpu,
+                    memory: t.memory,
+                    duration: workload::FOREVER,
+                    workload,
+                };
+                let id = self.cluster.arrive(spec, self.now, &mut out);
+                self.counters.pods += 1;
+                self.replicas[w].push(id);
+            }
+        } else if count < live {
+            // A ReplicaSet scaling down deletes unscheduled pods first, then the newest.
+            let mut victims: Vec<PodId> = self.replicas[w]
+                .iter()
+                .copied()
+                .filter(|&p| self.cluster.pods[p as usize].node.is_none())
+                .rev()
+                .collect();
+            victims.extend(
+                self.replicas[w]
+                    .iter()
+                    .copied()
+                    .filter(|&p| self.cluster.pods[p as usize].node.is_some())
+                    .rev(),
+            );
+            victims.truncate((live - count) as usize);
+            for &p in &victims {
+                let node = self.cluster.pods[p as usize].node;
+                self.cluster.delete(p, self.now, &mut out);
+                if let Some(n) = node {
+                    self.update_watts(n);
+                }
+            }
+            self.replicas[w].retain(|p| !victims.contains(p));
+        }
+        self.note(
+            None,
+            None,
+            format!("workload {}: {live} → {count} replicas", wl.name),
+        );
+        self.after_placements(&mut out);
+        self.placed_buf = out;
     }
 
     fn advance(&mut self, to: Millis) {
@@ -416,6 +543,7 @@ impl<'s> Sim<'s> {
                     self.reconcile(n);
                 }
             }
+            EventKindSim::Replicas { workload, count } => self.replicas_to(workload, count),
             EventKindSim::AutoscalerScan => {
                 self.autoscaler_scan();
                 let next = self.now + self.sc.autoscaler.scan_interval;
@@ -442,6 +570,9 @@ impl<'s> Sim<'s> {
                 self.machines[m].node_registered = true;
                 self.machines[m].node_not_ready_since = None;
                 self.cluster.nodes[m].ready = true;
+                // The operator annotates the Node of a scaleDownDisabled machine so CA leaves it
+                // alone (`cluster-autoscaler.kubernetes.io/scale-down-disabled`).
+                self.cluster.nodes[m].no_scale_down = self.sc.machines[m].scale_down_disabled;
                 self.invalidate_inventory();
                 self.update_watts(m);
                 self.note(Some(m), None, "node registered and Ready".to_owned());
@@ -486,13 +617,16 @@ impl<'s> Sim<'s> {
     /// Schedules finish events for placed pods and updates the nodes' power draw.
     pub(super) fn after_placements(&mut self, out: &mut Vec<Placed>) {
         for p in out.drain(..) {
-            self.schedule(
-                p.finish_at,
-                EventKindSim::PodFinish {
-                    pod: p.pod,
-                    generation: p.generation,
-                },
-            );
+            // A finish after the end never happens.
+            if p.finish_at < self.sc.duration {
+                self.schedule(
+                    p.finish_at,
+                    EventKindSim::PodFinish {
+                        pod: p.pod,
+                        generation: p.generation,
+                    },
+                );
+            }
             self.update_watts(p.node);
         }
     }
@@ -676,12 +810,10 @@ impl<'s> Sim<'s> {
                 false
             }
             Effect::Drain => {
-                let evicted = self.cluster.evict_all(m);
+                let evicted = self.evict_node(m);
                 if evicted == 0 {
                     return false;
                 }
-                self.counters.evictions += evicted as u64;
-                self.update_watts(m);
                 self.note(Some(m), None, format!("drained: {evicted} pod(s) evicted"));
                 let mut out = std::mem::take(&mut self.placed_buf);
                 self.cluster.schedule_pending(self.now, &mut out);
@@ -737,8 +869,9 @@ impl<'s> Sim<'s> {
             OperationKind::PowerOn => model.power_on_failure,
             OperationKind::PowerOff => model.power_off_failure,
         };
-        let succeeds = !(fail_p > 0.0 && self.rng.random::<f64>() < fail_p);
-        let took = model.power_action_time.sample(&mut self.rng);
+        let rng = &mut self.hw_rng[m];
+        let succeeds = !(fail_p > 0.0 && rng.random::<f64>() < fail_p);
+        let took = model.power_action_time.sample(rng);
         let ms = &mut self.machines[m];
         ms.generation += 1;
         ms.op = Some(SimOp {
@@ -778,9 +911,10 @@ impl<'s> Sim<'s> {
                     return;
                 }
                 let model = &self.sc.machines[m];
+                let rng = &mut self.hw_rng[m];
                 let will_boot =
-                    !(model.never_boots > 0.0 && self.rng.random::<f64>() < model.never_boots);
-                let boot = model.boot_time.sample(&mut self.rng);
+                    !(model.never_boots > 0.0 && rng.random::<f64>() < model.never_boots);
+                let boot = model.boot_time.sample(rng);
                 self.set_physical(m, Physical::Booting { will_boot });
                 if will_boot {
                     self.schedule(self.now + boot, EventKindSim::BootDone { m, generation });
@@ -792,7 +926,9 @@ impl<'s> Sim<'s> {
                 if self.machines[m].physical == Physical::Off {
                     return;
                 }
-                let took = self.sc.machines[m].shutdown_time.sample(&mut self.rng);
+                let took = self.sc.machines[m]
+                    .shutdown_time
+                    .sample(&mut self.hw_rng[m]);
                 // The kubelet stops: the node is NotReady from here on.
                 self.cluster.nodes[m].ready = false;
                 if !self.cluster.nodes[m].pods.is_empty() {
@@ -834,7 +970,8 @@ impl<'s> Sim<'s> {
         let off = model.watts.off.unwrap_or(0.0);
         let (watts, busy_part) = match self.machines[m].physical {
             Physical::Off => (off, 0.0),
-            Physical::Booting { .. } | Physical::ShuttingDown => (idle, 0.0),
+            Physical::Booting { .. } => (model.boot_watts.unwrap_or(idle), 0.0),
+            Physical::ShuttingDown => (idle, 0.0),
             Physical::On => {
                 let extra = (busy - idle) * self.cluster.nodes[m].cpu_utilization();
                 (idle + extra, extra)
@@ -842,6 +979,7 @@ impl<'s> Sim<'s> {
         };
         let ms = &mut self.machines[m];
         let hours = (self.now - ms.watts_since) as f64 / HOUR as f64;
+        ms.stats.cost += self.sc.electricity.cost(ms.watts_since, self.now, ms.watts);
         ms.stats.wh += ms.watts * hours;
         ms.stats.busy_wh += ms.watts_busy_part * hours;
         ms.watts = watts;
@@ -860,6 +998,21 @@ impl<'s> Sim<'s> {
         let series = std::mem::take(&mut self.series);
         super::report::build(&self, end, series)
     }
+}
+
+const STREAM_WORKLOAD: u64 = 1;
+const STREAM_HARDWARE: u64 = 2;
+const STREAM_CA: u64 = 3;
+
+/// The seed of one random stream: the scenario seed, the stream and its index mixed
+/// (SplitMix64's finaliser), so streams do not overlap.
+fn stream_seed(seed: u64, stream: u64, index: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -908,5 +1061,20 @@ mod tests {
         let t = sim.ts(90_000);
         assert_eq!(t.as_second() - sc.start.as_second(), 90);
         assert_eq!(sim.millis_of(t), 90_000);
+    }
+
+    /// The every-pod-accounted-for invariant: a pod that vanished from the pending queue
+    /// without being placed, finished or deleted fails the run.
+    #[test]
+    fn a_pod_lost_by_the_simulation_fails_the_run() {
+        let sc = one_burst();
+        let mut sim = Sim::new(&sc, RunOptions::default());
+        let mut out = Vec::new();
+        let spec = sim.arrivals[0];
+        sim.cluster.arrive(spec, 0, &mut out);
+        sim.counters.pods += 1;
+        sim.cluster.pending.clear();
+        let err = sim.run(&mut |_, _| {}).expect_err("the run must fail");
+        assert!(err.what.contains("not accounted for"), "{err}");
     }
 }

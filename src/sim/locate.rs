@@ -65,7 +65,7 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 // A key may sit on the block's first line after "- ".
                 if let Some(col) = inline_col {
                     let l = &lines[start];
-                    let rest = &l.text[col - l.indent..];
+                    let rest = l.text.get(col.saturating_sub(l.indent)..).unwrap_or("");
                     if rest.starts_with(&want) {
                         hit = Some((start, col));
                     }
@@ -93,7 +93,9 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 let mut j = i + 1;
                 while j < end
                     && (lines[j].indent > key_indent
-                        || (lines[j].indent == key_indent && lines[j].text.starts_with("- ")))
+                        || (lines[j].indent == key_indent
+                            && (lines[j].text.starts_with("- ")
+                                || lines[j].text.trim_end() == "-")))
                 {
                     j += 1;
                 }
@@ -111,7 +113,7 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 let mut count = 0;
                 let mut hit = None;
                 for (i, l) in lines.iter().enumerate().take(end).skip(start) {
-                    if l.indent == base && (l.text.starts_with("- ") || l.text == "-") {
+                    if l.indent == base && (l.text.starts_with("- ") || l.text.trim_end() == "-") {
                         if count == n {
                             hit = Some(i);
                             break;
@@ -125,9 +127,18 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 while j < end && lines[j].indent > base {
                     j += 1;
                 }
-                start = i;
+                if lines[i].text.trim_end() == "-" {
+                    // A bare `-`: the item's content starts on the next line.
+                    start = i + 1;
+                    inline_col = None;
+                    if start >= j {
+                        break;
+                    }
+                } else {
+                    start = i;
+                    inline_col = Some(base + 2);
+                }
                 end = j;
-                inline_col = Some(base + 2);
             }
         }
     }
@@ -168,5 +179,22 @@ machines:
         );
         // Missing leaf: the closest parent.
         assert_eq!(locate(DOC, "machines[0].spec.capacity"), Some((10, 3)));
+    }
+
+    /// A bare `-` puts the item's fields on the following lines; it used to slice past the end
+    /// of the `-` line and panic.
+    #[test]
+    fn bare_dash_items_are_walked_into_without_panicking() {
+        let doc =
+            "machines:\n-\n  metadata:\n    name: a\n  spec:\n    x: 1\n- \n    spec: {}\n-\n";
+        assert_eq!(locate(doc, "machines[0].spec.x"), Some((6, 5)));
+        assert_eq!(locate(doc, "machines[1].spec"), Some((8, 5)));
+        // An empty last item: the item itself.
+        assert_eq!(locate(doc, "machines[2].spec"), Some((9, 1)));
+        for path in ["machines[0]", "machines[5].spec", "a.b[3].c", "[0]", ""] {
+            let _ = locate(doc, path);
+            let _ = locate("-\n", path);
+            let _ = locate("- \n-", path);
+        }
     }
 }

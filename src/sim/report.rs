@@ -17,6 +17,7 @@ pub struct Counters {
     pub scans: u64,
     pub scale_ups: u64,
     pub failed_scale_ups: u64,
+    pub failed_scale_downs: u64,
     pub scale_downs: u64,
     pub backoffs: u64,
     pub failed_instances_deleted: u64,
@@ -49,20 +50,28 @@ pub struct SeriesPoint {
     pub pending: u32,
 }
 
-/// Pending-pod wait (arrival to first placement).
+/// Pending-pod wait (arrival to first placement). Pods never placed count with their wait
+/// until the end of the run (a lower bound), and are also counted apart.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WaitStats {
+    /// Pods placed at least once.
     pub pods: u64,
+    /// Pods still waiting for their first placement at the end.
+    pub never_placed: u64,
     pub p50_ms: Millis,
     pub p95_ms: Millis,
+    pub p99_ms: Millis,
     pub max_ms: Millis,
     pub mean_ms: f64,
 }
 
 impl WaitStats {
-    /// Nearest-rank percentiles.
-    pub fn from(mut waits: Vec<Millis>) -> WaitStats {
+    /// Nearest-rank percentiles over `waits` (placed pods) and `never` (waits so far of pods
+    /// never placed).
+    pub fn from(mut waits: Vec<Millis>, never: &[Millis]) -> WaitStats {
+        let placed = waits.len() as u64;
+        waits.extend_from_slice(never);
         if waits.is_empty() {
             return WaitStats::default();
         }
@@ -73,13 +82,40 @@ impl WaitStats {
             waits[i]
         };
         WaitStats {
-            pods: n as u64,
+            pods: placed,
+            never_placed: never.len() as u64,
             p50_ms: rank(0.50),
             p95_ms: rank(0.95),
+            p99_ms: rank(0.99),
             max_ms: waits[n - 1],
             mean_ms: waits.iter().sum::<u64>() as f64 / n as f64,
         }
     }
+}
+
+/// What drains cost the pods they evicted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvictionReport {
+    pub evictions: u64,
+    /// Work finite pods had done before their eviction and do again.
+    pub lost_work_ms: Millis,
+    /// Total and longest wait of evicted pods to be placed again.
+    pub rewait_ms: Millis,
+    pub rewait_max_ms: Millis,
+}
+
+/// A run of the same workload with the autoscaler off.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineReport {
+    /// `always on` or `fixed subset`.
+    pub name: String,
+    /// Machines on for the whole run.
+    pub machines_on: u32,
+    pub kwh: f64,
+    pub cost: f64,
+    pub wait: WaitStats,
 }
 
 /// Figures for one group, or the total.
@@ -94,8 +130,11 @@ pub struct GroupReport {
     pub boots: u32,
     pub failed_boots: u32,
     pub power_offs: u32,
+    /// Boots per machine per day (wear).
+    pub boots_per_machine_day: f64,
     pub kwh: f64,
-    /// Every machine on for the whole run, drawing idle power plus the same load.
+    /// Every machine on for the whole run: measured by the always-on baseline run when the
+    /// run has baselines, else estimated as idle power plus this run's load.
     pub baseline_kwh: f64,
     pub cost: f64,
     pub baseline_cost: f64,
@@ -115,6 +154,7 @@ pub struct MachineReport {
     pub boots: u32,
     pub failed_boots: u32,
     pub kwh: f64,
+    pub cost: f64,
     pub final_phase: String,
 }
 
@@ -139,6 +179,14 @@ pub struct Report {
     pub pods_never_placed: u64,
     /// Time with at least one pod pending.
     pub unschedulable_ms: Millis,
+    pub eviction: EvictionReport,
+    /// The same workload with the autoscaler off (filled when the run asked for them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub baselines: Vec<BaselineReport>,
+    /// Things the owner should know about the figures (pods that fit no machine).
+    pub warnings: Vec<String>,
+    /// Scenario fields read but not modelled.
+    pub ignored: Vec<String>,
     pub counters: Counters,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<TimelineEntry>,
@@ -152,12 +200,16 @@ pub(super) fn build(sim: &Sim<'_>, end: Millis, series: Vec<SeriesPoint>) -> Rep
     let hours = end as f64 / HOUR as f64;
     let mut group_waits: Vec<Vec<Millis>> = vec![Vec::new(); sc.groups.len()];
     let mut all_waits = Vec::with_capacity(sim.cluster.pods.len());
+    let mut never = Vec::new();
     for p in &sim.cluster.pods {
         if let (Some(w), Some(n)) = (p.waited, p.first_node) {
             all_waits.push(w);
             group_waits[sc.machines[n].group].push(w);
+        } else if !p.deleted {
+            never.push(end.saturating_sub(p.spec.arrival));
         }
     }
+    let days = end as f64 / super::units::DAY as f64;
     let mut machines = Vec::with_capacity(sc.machines.len());
     let mut groups: Vec<GroupReport> = sc
         .groups
@@ -181,6 +233,7 @@ pub(super) fn build(sim: &Sim<'_>, end: Millis, series: Vec<SeriesPoint>) -> Rep
         g.failed_boots += s.failed_boots;
         g.power_offs += s.power_offs;
         g.kwh += kwh;
+        g.cost += s.cost;
         g.baseline_kwh += baseline;
         machines.push(MachineReport {
             name: model.name.clone(),
@@ -189,6 +242,7 @@ pub(super) fn build(sim: &Sim<'_>, end: Millis, series: Vec<SeriesPoint>) -> Rep
             boots: s.boots,
             failed_boots: s.failed_boots,
             kwh,
+            cost: s.cost,
             final_phase: sim.machines[i].lifecycle.phase().to_string(),
         });
     }
@@ -196,12 +250,13 @@ pub(super) fn build(sim: &Sim<'_>, end: Millis, series: Vec<SeriesPoint>) -> Rep
         name: "total".to_owned(),
         ..GroupReport::default()
     };
+    let mean_price = sc.electricity.mean_price(end);
     for (g, waits) in groups.iter_mut().zip(group_waits) {
-        g.cost = g.kwh * price;
-        g.baseline_cost = g.baseline_kwh * price;
+        g.baseline_cost = g.baseline_kwh * mean_price;
         g.savings = g.baseline_cost - g.cost;
         g.savings_percent = percent(g.baseline_kwh - g.kwh, g.baseline_kwh);
-        g.wait = WaitStats::from(waits);
+        g.boots_per_machine_day = per_machine_day(g.boots, g.machines, days);
+        g.wait = WaitStats::from(waits, &[]);
         total.machines += g.machines;
         total.min_size += g.min_size;
         total.max_size += g.max_size;
@@ -210,14 +265,22 @@ pub(super) fn build(sim: &Sim<'_>, end: Millis, series: Vec<SeriesPoint>) -> Rep
         total.failed_boots += g.failed_boots;
         total.power_offs += g.power_offs;
         total.kwh += g.kwh;
+        total.cost += g.cost;
         total.baseline_kwh += g.baseline_kwh;
     }
-    total.cost = total.kwh * price;
-    total.baseline_cost = total.baseline_kwh * price;
+    total.baseline_cost = total.baseline_kwh * mean_price;
     total.savings = total.baseline_cost - total.cost;
     total.savings_percent = percent(total.baseline_kwh - total.kwh, total.baseline_kwh);
-    let wait = WaitStats::from(all_waits);
+    total.boots_per_machine_day = per_machine_day(total.boots, total.machines, days);
+    let wait = WaitStats::from(all_waits, &never);
     total.wait = wait.clone();
+    let cost = &sim.cluster.eviction_cost;
+    let eviction = EvictionReport {
+        evictions: sim.counters.evictions,
+        lost_work_ms: cost.lost_work_ms,
+        rewait_ms: cost.rewait_ms,
+        rewait_max_ms: cost.rewait_max_ms,
+    };
     Report {
         scenario: sc.name.clone(),
         seed: sc.seed,
@@ -231,12 +294,51 @@ pub(super) fn build(sim: &Sim<'_>, end: Millis, series: Vec<SeriesPoint>) -> Rep
         machines,
         wait,
         pods_arrived: sim.counters.pods,
-        pods_never_placed: sim.cluster.pending.len() as u64,
+        pods_never_placed: never.len() as u64,
         unschedulable_ms: sim.counters.unschedulable_ms,
+        eviction,
+        baselines: Vec::new(),
+        warnings: warnings(sc),
+        ignored: sc.ignored.clone(),
         counters: sim.counters.clone(),
         timeline: sim.timeline.clone(),
         series,
     }
+}
+
+fn per_machine_day(boots: u32, machines: u32, days: f64) -> f64 {
+    if machines == 0 || days <= 0.0 {
+        0.0
+    } else {
+        f64::from(boots) / f64::from(machines) / days
+    }
+}
+
+/// Workloads whose pods fit no machine, even an empty one: they wait forever.
+fn warnings(sc: &super::scenario::Scenario) -> Vec<String> {
+    let mut out = Vec::new();
+    let fits = |cpu: u64, mem: u64| {
+        sc.machines
+            .iter()
+            .any(|m| cpu + sc.daemonset_cpu <= m.cpu && mem + sc.daemonset_memory <= m.memory)
+    };
+    for w in &sc.workloads {
+        let shapes: Vec<(u64, u64)> = match (&w.template, &w.arrivals) {
+            (Some(t), _) => vec![(t.cpu, t.memory)],
+            (None, super::workload::Arrivals::Trace(rows)) => {
+                rows.iter().map(|r| (r.cpu, r.memory)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let too_big = shapes.iter().filter(|&&(c, m)| !fits(c, m)).count();
+        if too_big > 0 {
+            out.push(format!(
+                "workload {:?}: {too_big} pod request(s) fit no machine (even empty, after DaemonSets); those pods are never placed",
+                w.name
+            ));
+        }
+    }
+    out
 }
 
 fn percent(part: f64, whole: f64) -> f64 {

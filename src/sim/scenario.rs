@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 use super::cluster::SchedulerPolicy;
 use super::locate::locate;
 use super::units::{
-    Cpu, Distribution, Duration, MINUTE, Memory, Millis, Probability, SECOND, parse_cpu,
+    Cpu, DAY, Distribution, Duration, HOUR, MINUTE, Memory, Millis, Probability, SECOND, parse_cpu,
     parse_memory,
 };
-use super::workload::{Arrivals, PodTemplate, Workload, WorkloadSpec, parse_trace};
+use super::workload::{
+    Arrivals, Controller, DrainTraits, FOREVER, PodTemplate, Workload, WorkloadSpec, parse_trace,
+};
 use crate::operator::api::{
     FieldError, GROUP_LABEL, Group, GroupSpec, Machine, MachineSpec, Watts,
 };
@@ -87,9 +89,22 @@ struct ScenarioFile {
     #[serde(default)]
     machines: Vec<MachineDoc>,
     workload: Vec<WorkloadSpec>,
+    /// DaemonSets: one pod of each on every node.
+    #[serde(default)]
+    daemon_sets: Vec<DaemonSetSpec>,
 }
 
-/// Electricity price.
+/// A DaemonSet's pod requests.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DaemonSetSpec {
+    pub name: String,
+    pub cpu: Cpu,
+    pub memory: Memory,
+}
+
+/// Electricity price: `pricePerKWh`, or during each `timeOfUse` window (time of day, UTC)
+/// that window's price.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Electricity {
@@ -97,6 +112,66 @@ pub struct Electricity {
     pub price_per_kwh: f64,
     #[serde(default = "default_currency")]
     pub currency: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_of_use: Vec<Tariff>,
+    /// Offset of the run's start from midnight UTC (set from `start`).
+    #[serde(skip)]
+    pub start_of_day: Millis,
+}
+
+/// A time-of-use window: `[from, to)` as offsets from midnight UTC.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tariff {
+    pub from: Duration,
+    pub to: Duration,
+    #[serde(rename = "pricePerKWh")]
+    pub price_per_kwh: f64,
+}
+
+impl Electricity {
+    /// The price at time of day `tod` and how long it holds from there.
+    fn price_at(&self, tod: Millis) -> (f64, Millis) {
+        let mut next = DAY;
+        let mut price = self.price_per_kwh;
+        for t in &self.time_of_use {
+            if (t.from.0..t.to.0).contains(&tod) {
+                price = t.price_per_kwh;
+            }
+            for edge in [t.from.0, t.to.0] {
+                if edge > tod && edge < next {
+                    next = edge;
+                }
+            }
+        }
+        (price, next - tod)
+    }
+
+    /// Cost of drawing `watts` over virtual time `[from, to)`.
+    pub fn cost(&self, from: Millis, to: Millis, watts: f64) -> f64 {
+        if self.time_of_use.is_empty() || watts == 0.0 {
+            return watts * (to.saturating_sub(from)) as f64 / HOUR as f64 / 1000.0
+                * self.price_per_kwh;
+        }
+        let mut cost = 0.0;
+        let mut t = from;
+        while t < to {
+            let tod = (self.start_of_day + t) % DAY;
+            let (price, holds) = self.price_at(tod);
+            let end = to.min(t + holds.max(1));
+            cost += watts * (end - t) as f64 / HOUR as f64 / 1000.0 * price;
+            t = end;
+        }
+        cost
+    }
+
+    /// The time-weighted mean price over `[0, end)`.
+    pub fn mean_price(&self, end: Millis) -> f64 {
+        if end == 0 {
+            return self.price_per_kwh;
+        }
+        self.cost(0, end, 1000.0) / (end as f64 / HOUR as f64)
+    }
 }
 
 fn default_price() -> f64 {
@@ -112,6 +187,8 @@ impl Default for Electricity {
         Electricity {
             price_per_kwh: default_price(),
             currency: default_currency(),
+            time_of_use: Vec::new(),
+            start_of_day: 0,
         }
     }
 }
@@ -122,19 +199,87 @@ impl Default for Electricity {
 pub enum Expander {
     #[default]
     LeastWaste,
+    MostPods,
     Price,
     Random,
     Priority,
 }
 
-impl fmt::Display for Expander {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Expander {
+    const ALL: [Expander; 5] = [
+        Expander::LeastWaste,
+        Expander::MostPods,
+        Expander::Price,
+        Expander::Random,
+        Expander::Priority,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
             Expander::LeastWaste => "least-waste",
+            Expander::MostPods => "most-pods",
             Expander::Price => "price",
             Expander::Random => "random",
             Expander::Priority => "priority",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Expander {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// CA's `--expander` value: one expander or a comma-separated chain, each narrowing the options
+/// of the one before; ties left at the end are broken at random (`expander/factory/chain.go`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct ExpanderChain(pub Vec<Expander>);
+
+impl Default for ExpanderChain {
+    fn default() -> Self {
+        ExpanderChain(vec![Expander::LeastWaste])
+    }
+}
+
+impl fmt::Display for ExpanderChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|e| e.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl From<ExpanderChain> for String {
+    fn from(c: ExpanderChain) -> String {
+        c.to_string()
+    }
+}
+
+impl ExpanderChain {
+    pub fn contains(&self, e: Expander) -> bool {
+        self.0.contains(&e)
+    }
+
+    fn parse(s: &str) -> Result<ExpanderChain, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let Some(e) = Expander::ALL.into_iter().find(|e| e.name() == part) else {
+                return Err(format!(
+                    "{part:?} is not an expander; expected a comma-separated list of {}",
+                    Expander::ALL.map(Expander::name).join(", ")
+                ));
+            };
+            out.push(e);
+        }
+        Ok(ExpanderChain(out))
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpanderChain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ExpanderChain::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -146,13 +291,26 @@ struct AutoscalerFile {
     scale_down_utilization_threshold: Option<f64>,
     scale_down_delay_after_add: Option<Duration>,
     scale_down_delay_after_failure: Option<Duration>,
+    scale_down_delay_after_delete: Option<Duration>,
     max_node_provision_time: Option<Duration>,
     scale_down_enabled: Option<bool>,
-    expander: Option<Expander>,
+    expander: Option<ExpanderChain>,
     /// Group name → priority (higher wins), for the `priority` expander.
     #[serde(default)]
     priorities: BTreeMap<String, i32>,
     backoff: Option<BackoffFile>,
+    max_nodes_total: Option<u32>,
+    max_scale_down_parallelism: Option<u32>,
+    max_drain_parallelism: Option<u32>,
+    scale_down_unready_enabled: Option<bool>,
+    scale_down_unready_time: Option<Duration>,
+    unremovable_node_recheck_timeout: Option<Duration>,
+    #[serde(rename = "ignoreDaemonSetsUtilization")]
+    ignore_daemonsets_utilization: Option<bool>,
+    skip_nodes_with_system_pods: Option<bool>,
+    skip_nodes_with_local_storage: Option<bool>,
+    skip_nodes_with_custom_controller_pods: Option<bool>,
+    blocking_system_pod_disruption_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -160,6 +318,9 @@ struct AutoscalerFile {
 struct BackoffFile {
     initial: Duration,
     max: Duration,
+    /// CA's `--node-group-backoff-reset-timeout`.
+    #[serde(default)]
+    reset_timeout: Option<Duration>,
 }
 
 /// CA model settings after defaults (CA's own flag defaults).
@@ -171,12 +332,26 @@ pub struct AutoscalerConfig {
     pub scale_down_utilization_threshold: f64,
     pub scale_down_delay_after_add: Millis,
     pub scale_down_delay_after_failure: Millis,
+    pub scale_down_delay_after_delete: Millis,
     pub max_node_provision_time: Millis,
     pub scale_down_enabled: bool,
-    pub expander: Expander,
+    pub expander: ExpanderChain,
     pub priorities: BTreeMap<String, i32>,
     pub backoff_initial: Millis,
     pub backoff_max: Millis,
+    pub backoff_reset: Millis,
+    /// 0 = no limit.
+    pub max_nodes_total: u32,
+    pub max_scale_down_parallelism: u32,
+    pub max_drain_parallelism: u32,
+    pub scale_down_unready_enabled: bool,
+    pub scale_down_unready_time: Millis,
+    pub unremovable_node_recheck_timeout: Millis,
+    pub ignore_daemonsets_utilization: bool,
+    pub skip_nodes_with_system_pods: bool,
+    pub skip_nodes_with_local_storage: bool,
+    pub skip_nodes_with_custom_controller_pods: bool,
+    pub blocking_system_pod_disruption_timeout: Millis,
 }
 
 impl Default for AutoscalerConfig {
@@ -187,12 +362,25 @@ impl Default for AutoscalerConfig {
             scale_down_utilization_threshold: 0.5,
             scale_down_delay_after_add: 10 * MINUTE,
             scale_down_delay_after_failure: 3 * MINUTE,
+            scale_down_delay_after_delete: 0,
             max_node_provision_time: 15 * MINUTE,
             scale_down_enabled: true,
-            expander: Expander::LeastWaste,
+            expander: ExpanderChain::default(),
             priorities: BTreeMap::new(),
             backoff_initial: 5 * MINUTE,
             backoff_max: 30 * MINUTE,
+            backoff_reset: 3 * HOUR,
+            max_nodes_total: 0,
+            max_scale_down_parallelism: 10,
+            max_drain_parallelism: 1,
+            scale_down_unready_enabled: true,
+            scale_down_unready_time: 20 * MINUTE,
+            unremovable_node_recheck_timeout: 5 * MINUTE,
+            ignore_daemonsets_utilization: false,
+            skip_nodes_with_system_pods: true,
+            skip_nodes_with_local_storage: true,
+            skip_nodes_with_custom_controller_pods: true,
+            blocking_system_pod_disruption_timeout: HOUR,
         }
     }
 }
@@ -257,6 +445,9 @@ pub struct MachineSimulation {
     /// Power draw; fields left out come from `spec.watts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watts: Option<Watts>,
+    /// Power draw while booting (a surge: disks spinning up, fans at full speed); default idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_watts: Option<f64>,
     /// Capacity; fields left out come from `spec.capacity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacityFile>,
@@ -281,6 +472,7 @@ impl MachineSimulation {
             power_action_time: self.power_action_time.or(d.power_action_time),
             power_on_failure: self.power_on_failure.or(d.power_on_failure),
             never_boots: self.never_boots.or(d.never_boots),
+            boot_watts: self.boot_watts.or(d.boot_watts),
             power_off_failure: self.power_off_failure.or(d.power_off_failure),
             watts: match (self.watts, d.watts) {
                 (Some(w), Some(dw)) => Some(Watts {
@@ -313,9 +505,7 @@ pub struct GroupModel {
     pub name: String,
     pub min: u32,
     pub max: u32,
-    pub scale_down_utilization_threshold: f64,
-    pub scale_down_unneeded_time: Millis,
-    pub max_node_provision_time: Millis,
+    /// The `priority` expander's priority (0 when unlisted).
     pub priority: i32,
     /// Indexes into [`Scenario::machines`].
     pub members: Vec<usize>,
@@ -332,6 +522,7 @@ pub struct MachineModel {
     pub memory: u64,
     pub max_pods: u32,
     pub watts: Watts,
+    pub boot_watts: Option<f64>,
     pub hourly_rate: f64,
     pub boot_time: Distribution,
     pub shutdown_time: Distribution,
@@ -357,6 +548,11 @@ pub struct Scenario {
     pub groups: Vec<GroupModel>,
     pub machines: Vec<MachineModel>,
     pub workloads: Vec<Workload>,
+    /// CPU (millicores) and memory (bytes) every node gives its DaemonSet pods.
+    pub daemonset_cpu: u64,
+    pub daemonset_memory: u64,
+    /// Group fields the simulation reads but does not model, with why (shown in the report).
+    pub ignored: Vec<String>,
 }
 
 /// Trace files a scenario refers to, for the caller to read (the simulator does no I/O).
@@ -509,7 +705,19 @@ impl Scenario {
             .into_iter()
             .map(|m| {
                 let mut spec = m.spec;
+                let mut simulation = MachineSimulation::default();
                 if let Some(status) = &m.status {
+                    // Boot times from the machine's recorded boots: uniform between the
+                    // shortest and the longest.
+                    let recorded = &status.recent_boot_seconds;
+                    if let (Some(&lo), Some(&hi)) = (recorded.iter().min(), recorded.iter().max()) {
+                        let (lo, hi) = (u64::from(lo) * SECOND, u64::from(hi) * SECOND);
+                        simulation.boot_time = Some(if lo == hi {
+                            Distribution::Fixed(lo)
+                        } else {
+                            Distribution::Uniform { min: lo, max: hi }
+                        });
+                    }
                     if let Some(observed) = status.power_state {
                         spec.power_state = observed;
                     }
@@ -529,7 +737,7 @@ impl Scenario {
                     metadata: m.metadata,
                     spec,
                     status: None,
-                    simulation: MachineSimulation::default(),
+                    simulation,
                 }
             })
             .collect();
@@ -560,6 +768,27 @@ impl Scenario {
                 "must be a non-negative number, e.g. 0.30",
             ));
         }
+        for (i, t) in raw.electricity.time_of_use.iter().enumerate() {
+            let at = format!("electricity.timeOfUse[{i}]");
+            if !(t.price_per_kwh.is_finite() && t.price_per_kwh >= 0.0) {
+                return Err(cx.err(
+                    format!("{at}.pricePerKWh"),
+                    "must be a non-negative number, e.g. 0.40",
+                ));
+            }
+            if t.from.0 >= t.to.0 || t.to.0 > DAY {
+                return Err(cx.err(
+                    at,
+                    "a window is `from` before `to` within one day, e.g. {from: 7h, to: 23h}; split windows that cross midnight",
+                ));
+            }
+            if raw.electricity.time_of_use[..i]
+                .iter()
+                .any(|o| o.from.0 < t.to.0 && t.from.0 < o.to.0)
+            {
+                return Err(cx.err(at, "overlaps an earlier window"));
+            }
+        }
         let autoscaler = autoscaler_config(cx, &raw.autoscaler)?;
 
         // Groups.
@@ -587,8 +816,9 @@ impl Scenario {
                     format!("a second Group named {name:?}; Group names must be unique"),
                 ));
             }
-            let options = doc
-                .spec
+            // Checked here for an error with its line; the CA model reads the options through
+            // the provider (`NodeGroupGetOptions`).
+            doc.spec
                 .autoscaling_options(&format!("{at}."))
                 .map_err(|e| cx.field_err(e))?;
             let priority = autoscaler.priorities.get(&name).copied().unwrap_or(0);
@@ -601,15 +831,6 @@ impl Scenario {
                 name,
                 min: 0,
                 max: 0,
-                scale_down_utilization_threshold: options
-                    .scale_down_utilization_threshold
-                    .unwrap_or(autoscaler.scale_down_utilization_threshold),
-                scale_down_unneeded_time: options
-                    .scale_down_unneeded_time
-                    .map_or(autoscaler.scale_down_unneeded_time, signed_to_millis),
-                max_node_provision_time: options
-                    .max_node_provision_time
-                    .map_or(autoscaler.max_node_provision_time, signed_to_millis),
                 priority,
                 members: Vec::new(),
                 group,
@@ -764,6 +985,14 @@ impl Scenario {
                     ));
                 }
             }
+            if let Some(v) = sim.boot_watts
+                && !(v.is_finite() && v >= 0.0)
+            {
+                return Err(cx.err(
+                    format!("{at}.simulation.bootWatts"),
+                    format!("{v} is not a non-negative number of watts"),
+                ));
+            }
             if watts.idle.is_none() {
                 return Err(cx.err(
                     format!("{at}.spec"),
@@ -786,6 +1015,7 @@ impl Scenario {
                 memory,
                 max_pods,
                 watts,
+                boot_watts: sim.boot_watts,
                 hourly_rate,
                 boot_time: sim.boot_time.unwrap_or(Distribution::Fixed(90 * SECOND)),
                 shutdown_time: sim
@@ -824,24 +1054,60 @@ impl Scenario {
             return Err(cx.err("workload", "at least one workload is needed"));
         }
         let start = raw.start.unwrap_or_else(default_start);
+        let mut electricity = raw.electricity;
+        electricity.start_of_day =
+            u64::try_from(start.as_millisecond().rem_euclid(DAY as i64)).unwrap_or(0);
+        let daemonset_cpu = raw.daemon_sets.iter().map(|d| d.cpu.0).sum();
+        let daemonset_memory = raw.daemon_sets.iter().map(|d| d.memory.0).sum();
+        for (i, m) in machines.iter().enumerate() {
+            if m.cpu <= daemonset_cpu || m.memory <= daemonset_memory {
+                return Err(cx.err(
+                    "daemonSets",
+                    format!(
+                        "the DaemonSets request all of machine {}'s capacity (machines[{i}])",
+                        m.name
+                    ),
+                ));
+            }
+        }
+        let mut ignored = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            let spec = &g.group.spec;
+            if spec.scale_down_gpu_utilization_threshold.is_some() {
+                ignored.push(format!(
+                    "groups[{i}].spec.scaleDownGpuUtilizationThreshold: no GPUs are simulated"
+                ));
+            }
+            if let Some(t) = &spec.template {
+                if !t.labels.is_empty() {
+                    ignored.push(format!(
+                        "groups[{i}].spec.template.labels: simulated pods have no node selectors"
+                    ));
+                }
+                if !t.taints.is_empty() {
+                    ignored.push(format!(
+                        "groups[{i}].spec.template.taints: simulated pods tolerate every taint"
+                    ));
+                }
+            }
+        }
         Ok(Scenario {
             name: raw.name.unwrap_or_else(|| cx.file.to_owned()),
             description: raw.description,
             seed: raw.seed.unwrap_or(1),
             duration: raw.duration.0,
             start,
-            electricity: raw.electricity,
+            electricity,
             autoscaler,
             scheduler: raw.scheduler,
             groups,
             machines,
             workloads,
+            daemonset_cpu,
+            daemonset_memory,
+            ignored,
         })
     }
-}
-
-fn signed_to_millis(d: jiff::SignedDuration) -> Millis {
-    u64::try_from(d.as_millis()).unwrap_or(0)
 }
 
 fn check_kind(
@@ -886,17 +1152,54 @@ fn autoscaler_config(cx: &Ctx, f: &AutoscalerFile) -> Result<AutoscalerConfig, S
         scale_down_delay_after_failure: f
             .scale_down_delay_after_failure
             .map_or(d.scale_down_delay_after_failure, |v| v.0),
+        scale_down_delay_after_delete: f
+            .scale_down_delay_after_delete
+            .map_or(d.scale_down_delay_after_delete, |v| v.0),
         max_node_provision_time: f
             .max_node_provision_time
             .map_or(d.max_node_provision_time, |v| v.0),
         scale_down_enabled: f.scale_down_enabled.unwrap_or(d.scale_down_enabled),
-        expander: f.expander.unwrap_or(d.expander),
+        expander: f.expander.clone().unwrap_or(d.expander),
         priorities: f.priorities.clone(),
         backoff_initial: f
             .backoff
             .as_ref()
             .map_or(d.backoff_initial, |b| b.initial.0),
         backoff_max: f.backoff.as_ref().map_or(d.backoff_max, |b| b.max.0),
+        backoff_reset: f
+            .backoff
+            .as_ref()
+            .and_then(|b| b.reset_timeout)
+            .map_or(d.backoff_reset, |v| v.0),
+        max_nodes_total: f.max_nodes_total.unwrap_or(d.max_nodes_total),
+        max_scale_down_parallelism: f
+            .max_scale_down_parallelism
+            .unwrap_or(d.max_scale_down_parallelism),
+        max_drain_parallelism: f.max_drain_parallelism.unwrap_or(d.max_drain_parallelism),
+        scale_down_unready_enabled: f
+            .scale_down_unready_enabled
+            .unwrap_or(d.scale_down_unready_enabled),
+        scale_down_unready_time: f
+            .scale_down_unready_time
+            .map_or(d.scale_down_unready_time, |v| v.0),
+        unremovable_node_recheck_timeout: f
+            .unremovable_node_recheck_timeout
+            .map_or(d.unremovable_node_recheck_timeout, |v| v.0),
+        ignore_daemonsets_utilization: f
+            .ignore_daemonsets_utilization
+            .unwrap_or(d.ignore_daemonsets_utilization),
+        skip_nodes_with_system_pods: f
+            .skip_nodes_with_system_pods
+            .unwrap_or(d.skip_nodes_with_system_pods),
+        skip_nodes_with_local_storage: f
+            .skip_nodes_with_local_storage
+            .unwrap_or(d.skip_nodes_with_local_storage),
+        skip_nodes_with_custom_controller_pods: f
+            .skip_nodes_with_custom_controller_pods
+            .unwrap_or(d.skip_nodes_with_custom_controller_pods),
+        blocking_system_pod_disruption_timeout: f
+            .blocking_system_pod_disruption_timeout
+            .map_or(d.blocking_system_pod_disruption_timeout, |v| v.0),
     };
     if c.scan_interval < 100 {
         return Err(cx.err(
@@ -919,7 +1222,7 @@ fn autoscaler_config(cx: &Ctx, f: &AutoscalerFile) -> Result<AutoscalerConfig, S
             "initial backoff is longer than max; swap them",
         ));
     }
-    if c.expander == Expander::Priority && c.priorities.is_empty() {
+    if c.expander.contains(Expander::Priority) && c.priorities.is_empty() {
         return Err(cx.err(
             "autoscaler.priorities",
             "the priority expander needs priorities: {<group>: <number>}, higher wins",
@@ -940,6 +1243,7 @@ fn workload(
         w.diurnal.is_some(),
         w.burst.is_some(),
         w.trace.is_some(),
+        w.replicas.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -948,7 +1252,7 @@ fn workload(
         return Err(cx.err(
             at,
             format!(
-                "workload {:?}: give exactly one of constant, diurnal, burst or trace (found {kinds})",
+                "workload {:?}: give exactly one of constant, diurnal, burst, trace or replicas (found {kinds})",
                 w.name
             ),
         ));
@@ -971,14 +1275,27 @@ fn workload(
                 ),
             ));
         };
-        let Some(duration) = w.duration else {
-            return Err(cx.err(
-                at,
-                format!(
-                    "workload {:?}: duration missing, e.g. duration: 10m",
-                    w.name
-                ),
-            ));
+        let duration = match (w.duration, w.replicas.is_some()) {
+            (Some(_), true) => {
+                return Err(cx.err(
+                    format!("{at}.duration"),
+                    format!(
+                        "workload {:?}: replicas run until the count goes down; remove duration",
+                        w.name
+                    ),
+                ));
+            }
+            (None, true) => Distribution::Fixed(FOREVER),
+            (Some(d), false) => d,
+            (None, false) => {
+                return Err(cx.err(
+                    at,
+                    format!(
+                        "workload {:?}: duration missing, e.g. duration: 10m",
+                        w.name
+                    ),
+                ));
+            }
         };
         Some(PodTemplate {
             cpu: cpu.0,
@@ -987,7 +1304,41 @@ fn workload(
         })
     };
     let workload_index = u16::try_from(index).unwrap_or(u16::MAX);
-    let arrivals = if let Some(c) = w.constant {
+    let drain = DrainTraits {
+        kube_system: w.namespace.as_deref() == Some("kube-system"),
+        controller: w.controller.unwrap_or(if w.replicas.is_some() {
+            Controller::ReplicaSet
+        } else {
+            Controller::Job
+        }),
+        local_storage: w.local_storage.unwrap_or(false),
+        safe_to_evict: w.safe_to_evict,
+        pdb_max_unavailable: w.pdb.map(|p| p.max_unavailable),
+    };
+    let arrivals = if let Some(r) = w.replicas {
+        let steps: Vec<(Millis, u32)> = match (r.count, r.schedule.is_empty()) {
+            (Some(c), true) => vec![(0, c)],
+            (None, false) => r.schedule.iter().map(|s| (s.at.0, s.count)).collect(),
+            _ => {
+                return Err(cx.err(
+                    format!("{at}.replicas"),
+                    "give exactly one of count or schedule: [{at: 0h, count: 2}, ...]",
+                ));
+            }
+        };
+        if let Some(e) = r.every
+            && steps.iter().any(|s| s.0 >= e.0)
+        {
+            return Err(cx.err(
+                format!("{at}.replicas.schedule"),
+                "every step's `at` must be shorter than `every`",
+            ));
+        }
+        Arrivals::Replicas {
+            steps,
+            every: r.every.map(|e| e.0),
+        }
+    } else if let Some(c) = w.constant {
         Arrivals::Constant { per_ms: c.rate.0 }
     } else if let Some(d) = w.diurnal {
         if !(d.weekend_factor.is_finite() && d.weekend_factor >= 0.0) {
@@ -1032,5 +1383,6 @@ fn workload(
         name: w.name,
         arrivals,
         template,
+        drain,
     })
 }

@@ -265,9 +265,24 @@ impl<'de> Deserialize<'de> for Probability {
 #[serde(rename_all = "camelCase")]
 pub enum Distribution {
     Fixed(Millis),
-    Uniform { min: Millis, max: Millis },
-    Normal { mean: Millis, stddev: Millis },
+    Uniform {
+        min: Millis,
+        max: Millis,
+    },
+    Normal {
+        mean: Millis,
+        stddev: Millis,
+    },
+    /// Heavy-tailed: log-normal with this median and 99th percentile (not clamped: a boot now
+    /// and then takes far longer than usual).
+    LogNormal {
+        median: Millis,
+        p99: Millis,
+    },
 }
+
+/// The standard normal's 99th percentile.
+const Z99: f64 = 2.326_347_874;
 
 impl Distribution {
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Millis {
@@ -289,6 +304,15 @@ impl Distribution {
                 let v = mean as f64 + z * stddev as f64;
                 v.max(0.0).round() as Millis
             }
+            Distribution::LogNormal { median, p99 } => {
+                let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+                let u2: f64 = rng.random();
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                let sigma = log_sigma(median, p99);
+                let v = median as f64 * (sigma * z).exp();
+                // Ten days at most: a sample is a duration, not infinity.
+                v.clamp(0.0, 10.0 * DAY as f64).round() as Millis
+            }
         }
     }
 
@@ -298,6 +322,10 @@ impl Distribution {
             Distribution::Fixed(v) => v,
             Distribution::Uniform { min, max } => min + (max.saturating_sub(min)) / 2,
             Distribution::Normal { mean, .. } => mean,
+            Distribution::LogNormal { median, p99 } => {
+                let sigma = log_sigma(median, p99);
+                (median as f64 * (sigma * sigma / 2.0).exp()).round() as Millis
+            }
         }
     }
 
@@ -307,7 +335,16 @@ impl Distribution {
             Distribution::Fixed(v) => v,
             Distribution::Uniform { min, max } => max.max(min),
             Distribution::Normal { mean, stddev } => mean + 3 * stddev,
+            Distribution::LogNormal { .. } => 10 * DAY,
         }
+    }
+}
+
+fn log_sigma(median: Millis, p99: Millis) -> f64 {
+    if median == 0 || p99 <= median {
+        0.0
+    } else {
+        (p99 as f64 / median as f64).ln() / Z99
     }
 }
 
@@ -327,10 +364,18 @@ struct NormalSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct LogNormalSpec {
+    median: Duration,
+    p99: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct DistributionMap {
     fixed: Option<Duration>,
     uniform: Option<UniformSpec>,
     normal: Option<NormalSpec>,
+    log_normal: Option<LogNormalSpec>,
 }
 
 impl<'de> Deserialize<'de> for Distribution {
@@ -356,9 +401,23 @@ impl<'de> Deserialize<'de> for Distribution {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Distribution, A::Error> {
                 let m = DistributionMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                match (m.fixed, m.uniform, m.normal) {
-                    (Some(f), None, None) => Ok(Distribution::Fixed(f.0)),
-                    (None, Some(u), None) => {
+                match (m.fixed, m.uniform, m.normal, m.log_normal) {
+                    (Some(f), None, None, None) => Ok(Distribution::Fixed(f.0)),
+                    (None, None, None, Some(l)) => {
+                        if l.p99.0 < l.median.0 {
+                            Err(de::Error::custom(format!(
+                                "logNormal: p99 ({}) is shorter than the median ({}); swap them",
+                                format_millis(l.p99.0),
+                                format_millis(l.median.0)
+                            )))
+                        } else {
+                            Ok(Distribution::LogNormal {
+                                median: l.median.0,
+                                p99: l.p99.0,
+                            })
+                        }
+                    }
+                    (None, Some(u), None, None) => {
                         if u.min > u.max {
                             Err(de::Error::custom(format!(
                                 "uniform: min ({}) is larger than max ({}); swap them",
@@ -372,12 +431,12 @@ impl<'de> Deserialize<'de> for Distribution {
                             })
                         }
                     }
-                    (None, None, Some(n)) => Ok(Distribution::Normal {
+                    (None, None, Some(n), None) => Ok(Distribution::Normal {
                         mean: n.mean.0,
                         stddev: n.stddev.0,
                     }),
                     _ => Err(de::Error::custom(
-                        "give exactly one of fixed, uniform or normal",
+                        "give exactly one of fixed, uniform, normal or logNormal",
                     )),
                 }
             }
@@ -450,5 +509,36 @@ mod tests {
         assert_eq!(format_millis(500), "500ms");
         assert_eq!(format_memory(3 << 29), "1.5Gi");
         assert_eq!(format_cpu(1500), "1500m");
+    }
+
+    /// `{logNormal: {median, p99}}`: half the samples under the median, one in a hundred over
+    /// the p99, and a tail well beyond it (heavy-tailed boots).
+    #[test]
+    fn log_normal_boot_times_have_their_median_p99_and_a_tail() {
+        use rand::SeedableRng;
+        let d: Distribution = serde_yaml::from_str("{logNormal: {median: 90s, p99: 6m}}")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            d,
+            Distribution::LogNormal {
+                median: 90 * SECOND,
+                p99: 6 * MINUTE
+            }
+        );
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let mut v: Vec<Millis> = (0..20_000).map(|_| d.sample(&mut rng)).collect();
+        v.sort_unstable();
+        let median = v[10_000] as f64;
+        let p99 = v[19_800] as f64;
+        assert!(
+            (median / (90.0 * 1000.0) - 1.0).abs() < 0.05,
+            "median {median}"
+        );
+        assert!((p99 / (360.0 * 1000.0) - 1.0).abs() < 0.15, "p99 {p99}");
+        assert!(v[19_999] as f64 > 1.5 * p99, "no tail: max {}", v[19_999]);
+        assert!(d.mean() > 90 * SECOND, "the mean is above the median");
+        let bad: Result<Distribution, _> =
+            serde_yaml::from_str("{logNormal: {median: 6m, p99: 90s}}");
+        assert!(bad.is_err_and(|e| e.to_string().contains("swap them")));
     }
 }

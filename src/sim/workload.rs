@@ -24,6 +24,28 @@ pub struct WorkloadSpec {
     pub burst: Option<BurstArrivals>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceArrivals>,
+    /// Long-running replicas (a Deployment): pods that run until the count goes down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicasArrivals>,
+    /// The pods' namespace; `kube-system` pods block scale-down (CA's
+    /// `--skip-nodes-with-system-pods`) unless they have a PDB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// What owns the pods: `replicaSet` (default for replicas), `job` (default otherwise),
+    /// `statefulSet`, `custom` (a controller CA does not know) or `none` (bare pods). CA does not
+    /// drain nodes with `none` or `custom` pods in its defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<Controller>,
+    /// The pods mount emptyDir or hostPath volumes (CA's `--skip-nodes-with-local-storage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_storage: Option<bool>,
+    /// The annotation `cluster-autoscaler.kubernetes.io/safe-to-evict`: `false` blocks
+    /// scale-down of the pods' nodes, `true` lets CA evict them whatever else holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_to_evict: Option<bool>,
+    /// A PodDisruptionBudget over the workload's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pdb: Option<PdbSpec>,
     /// CPU request of each pod (not used by `trace`, whose rows carry their own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Cpu>,
@@ -71,6 +93,69 @@ pub struct BurstArrivals {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<Duration>,
 }
+
+/// A replica count over time: `count` from the start, or `schedule` steps (`at` offsets from
+/// the start, repeated `every` if given).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicasArrivals {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<ReplicaStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicaStep {
+    pub at: Duration,
+    pub count: u32,
+}
+
+/// What owns a workload's pods, as CA's drain rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Controller {
+    ReplicaSet,
+    StatefulSet,
+    Job,
+    Custom,
+    None,
+}
+
+/// `maxUnavailable` of a PodDisruptionBudget selecting the workload's pods.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PdbSpec {
+    pub max_unavailable: u32,
+}
+
+/// The pod properties CA's drain rules read (`simulator/drainability/rules`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainTraits {
+    pub kube_system: bool,
+    pub controller: Controller,
+    pub local_storage: bool,
+    pub safe_to_evict: Option<bool>,
+    pub pdb_max_unavailable: Option<u32>,
+}
+
+impl Default for DrainTraits {
+    fn default() -> Self {
+        DrainTraits {
+            kube_system: false,
+            controller: Controller::Job,
+            local_storage: false,
+            safe_to_evict: None,
+            pdb_max_unavailable: None,
+        }
+    }
+}
+
+/// A pod runs until deleted (replicas).
+pub const FOREVER: Millis = Millis::MAX;
 
 /// Pods from a CSV trace with the columns `time,cpu,memory,duration` (time is an offset from
 /// the start, e.g. `90s` or a number of seconds). Either a `file` (relative to the scenario
@@ -186,6 +271,11 @@ pub enum Arrivals {
     },
     /// Rows already parsed.
     Trace(Vec<PodSpec>),
+    /// Replica count steps `(at, count)`, repeated `every`.
+    Replicas {
+        steps: Vec<(Millis, u32)>,
+        every: Option<Millis>,
+    },
 }
 
 /// A validated workload.
@@ -195,6 +285,33 @@ pub struct Workload {
     pub arrivals: Arrivals,
     /// `None` for traces.
     pub template: Option<PodTemplate>,
+    pub drain: DrainTraits,
+}
+
+/// The replica count changes of every `replicas` workload over `[0, duration)`:
+/// `(at, workload, count)`, sorted.
+pub fn replica_steps(workloads: &[Workload], duration: Millis) -> Vec<(Millis, u16, u32)> {
+    let mut out = Vec::new();
+    for (index, w) in workloads.iter().enumerate() {
+        let Arrivals::Replicas { steps, every } = &w.arrivals else {
+            continue;
+        };
+        let workload = u16::try_from(index).unwrap_or(u16::MAX);
+        let mut base = 0;
+        loop {
+            for &(at, count) in steps {
+                if base + at < duration {
+                    out.push((base + at, workload, count));
+                }
+            }
+            match every {
+                Some(e) if *e > 0 && base + e < duration => base += e,
+                _ => break,
+            }
+        }
+    }
+    out.sort_by_key(|s| (s.0, s.1));
+    out
 }
 
 /// Generates every pod of every workload over `[0, duration)`, sorted by arrival.
@@ -216,7 +333,7 @@ pub fn generate(
                     arrival,
                     cpu: t.cpu,
                     memory: t.memory,
-                    duration: t.duration.sample(rng).max(1),
+                    duration: t.duration.sample(rng).clamp(1, FOREVER - 1),
                     workload,
                 });
             }
@@ -290,6 +407,7 @@ pub fn generate(
                     }
                 }
             }
+            Arrivals::Replicas { .. } => {}
             Arrivals::Trace(rows) => {
                 pods.extend(
                     rows.iter()
@@ -353,6 +471,7 @@ mod tests {
                 per_ms: 60.0 / HOUR as f64,
             },
             template: template(),
+            drain: DrainTraits::default(),
         };
         let mut rng = SmallRng::seed_from_u64(7);
         let pods = generate(&[w], 100 * HOUR, 0, 1, &mut rng);
@@ -371,6 +490,7 @@ mod tests {
                 spread: 10 * SECOND,
             },
             template: template(),
+            drain: DrainTraits::default(),
         };
         let mut rng = SmallRng::seed_from_u64(7);
         let pods = generate(&[w], 48 * HOUR, 0, 1, &mut rng);
