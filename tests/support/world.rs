@@ -95,6 +95,13 @@ pub enum JobOutcome {
 #[derive(Debug)]
 pub struct Background(tokio::task::JoinHandle<()>);
 
+impl Background {
+    /// Runs `task` on the current runtime until the guard drops.
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Background(tokio::spawn(task))
+    }
+}
+
 impl Drop for Background {
     fn drop(&mut self) {
         self.0.abort();
@@ -107,6 +114,10 @@ const MANAGER: &str = "kubectl-homelab-test-world";
 impl World {
     pub fn new(client: kube::Client) -> Self {
         Self { client }
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
     }
 
     fn nodes(&self) -> Api<Node> {
