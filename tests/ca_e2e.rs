@@ -367,8 +367,8 @@ where
 
 /// Scenario A: two pods that fit one machine power exactly one machine on, once (a provider whose
 /// target lagged would get IncreaseSize again and power on more); deleting the pods makes CA
-/// remove the node (DeleteNodes once), the machine goes off, its Node object goes away, and CA's
-/// target is back to 0 with every machine off.
+/// taint and drain the node and call DeleteNodes once, the machine goes off, its Node object goes
+/// away, and CA's target is back to 0 with every machine off.
 #[tokio::test]
 async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Result<()> {
     let Some(lab) = Lab::start(LabSpec::new("ca-a")).await? else {
@@ -395,6 +395,11 @@ async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Resu
         .await?;
         lab.ca_target(0).await?;
 
+        assert_eq!(
+            lab.machines.powered_off_tainted_by_ca(),
+            BTreeSet::from([node.clone()]),
+            "CA tainted (and so drained) the node before it asked for the power-off"
+        );
         assert_eq!(lab.wanted_on().await?, BTreeSet::new(), "every machine off");
         assert_eq!(
             lab.machines.power_ons(),
@@ -543,6 +548,7 @@ async fn c_restarted_ca_scales_up_from_zero_over_mtls() -> anyhow::Result<()> {
             lab.machines.ever_powered_on(),
             BTreeSet::from([node.clone()])
         );
+        assert!(lab.ca.healthy().await?, "the restarted CA reports healthy");
         let calls = lab.ca.calls();
         assert_eq!(calls.increase_size(), 1, "{calls}");
         assert_eq!(calls.delete_nodes(), 0, "{calls}");

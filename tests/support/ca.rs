@@ -297,6 +297,8 @@ pub struct ClusterAutoscaler {
     /// Logs of earlier runs (a restart starts a new file; all are read together).
     runs: std::sync::Mutex<Vec<PathBuf>>,
     kube: kube::Client,
+    /// `--address`: metrics and `/health-check`.
+    pub metrics_port: u16,
 }
 
 impl ClusterAutoscaler {
@@ -345,6 +347,7 @@ impl ClusterAutoscaler {
             log: cp.dir().join("cluster-autoscaler.log"),
             runs: std::sync::Mutex::new(Vec::new()),
             kube: cp.client()?,
+            metrics_port: port,
         };
         ca.spawn()?;
         Ok(ca)
@@ -377,6 +380,29 @@ impl ClusterAutoscaler {
             // `Managed::stop` waits with a blocking sleep.
             let _ = tokio::task::spawn_blocking(move || child.stop(grace)).await;
         }
+    }
+
+    /// CA's `/health-check` answer on its loopback metrics port: `Ok(true)` for HTTP 200.
+    pub async fn healthy(&self) -> anyhow::Result<bool> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to CA's --address 127.0.0.1:{}",
+                    self.metrics_port
+                )
+            })?;
+        conn.write_all(b"GET /health-check HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .context("asking CA's /health-check")?;
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer)
+            .await
+            .context("reading CA's /health-check answer")?;
+        let answer = String::from_utf8_lossy(&answer);
+        let status = answer.lines().next().unwrap_or_default();
+        Ok(status.split_whitespace().nth(1) == Some("200"))
     }
 
     /// Fails when CA exited (it exits on a fatal start-up error, such as a bad cloud-config).

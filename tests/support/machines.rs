@@ -64,7 +64,13 @@ pub enum Happened {
     Registered,
     /// The operator deleted the Node object after the power-off.
     NodeDeleted,
+    /// At the power-off, the Node carried CA's `ToBeDeletedByClusterAutoscaler` taint
+    /// (`utils/taints/taints.go`): CA had tainted and drained it before DeleteNodes.
+    PoweredOffTaintedByCa,
 }
+
+/// The taint CA puts on a node it is removing, before draining it.
+pub const CA_DELETION_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 #[derive(Debug, Default)]
 struct Machines {
@@ -181,6 +187,13 @@ impl OperatorStandIn {
         out
     }
 
+    /// Machines powered off while their Node carried CA's deletion taint.
+    pub fn powered_off_tainted_by_ca(&self) -> BTreeSet<String> {
+        self.count(&Happened::PoweredOffTaintedByCa)
+            .into_keys()
+            .collect()
+    }
+
     /// Node CRs whose `spec.powerState` is `on` now.
     pub fn wanted_on(&self) -> BTreeSet<String> {
         lock(&self.state)
@@ -269,6 +282,18 @@ fn on_change(
             }
             PowerState::Off => {
                 let was_up = lock(&state).up.remove(&node.name);
+                if was_up
+                    && let Ok(Some(n)) = Api::<Node>::all(world.client()).get_opt(&node.name).await
+                {
+                    let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+                    if taints.iter().any(|t| t.key == CA_DELETION_TAINT) {
+                        lock(&state).log.push((
+                            started.elapsed(),
+                            name.clone(),
+                            Happened::PoweredOffTaintedByCa,
+                        ));
+                    }
+                }
                 // The kubelet stops posting status, then the operator removes the Node object.
                 if was_up && let Err(e) = world.node_ready(&node.name, false).await {
                     eprintln!("operator stand-in: powering off {name}: {e:#}");
