@@ -130,7 +130,7 @@ impl OperatorStandIn {
         let watch = {
             let (state, world, config) = (state.clone(), world.clone(), config.clone());
             let api: Api<Machine> = Api::namespaced(client, &config.namespace);
-            Background::spawn(async move {
+            Background::from(tokio::spawn(async move {
                 let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
                 while let Some(event) = events.next().await {
                     match event {
@@ -144,11 +144,11 @@ impl OperatorStandIn {
                         }
                     }
                 }
-            })
+            }))
         };
         let kubelets = {
             let (state, world) = (state.clone(), world.clone());
-            Background::spawn(async move {
+            Background::from(tokio::spawn(async move {
                 loop {
                     let up: Vec<String> = lock(&state).up.iter().cloned().collect();
                     for node in up {
@@ -158,7 +158,7 @@ impl OperatorStandIn {
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
-            })
+            }))
         };
         OperatorStandIn {
             state,

@@ -95,10 +95,10 @@ pub enum JobOutcome {
 #[derive(Debug)]
 pub struct Background(tokio::task::JoinHandle<()>);
 
-impl Background {
-    /// Runs `task` on the current runtime until the guard drops.
-    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
-        Background(tokio::spawn(task))
+impl From<tokio::task::JoinHandle<()>> for Background {
+    /// Any task of a test that must stop with it (e.g. an in-process operator).
+    fn from(task: tokio::task::JoinHandle<()>) -> Self {
+        Background(task)
     }
 }
 
