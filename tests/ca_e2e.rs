@@ -419,7 +419,8 @@ async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Resu
 /// it after `--max-node-provision-time` (`removeOldUnregisteredNodes` in
 /// `core/static_autoscaler.go`: DeleteNodes of the unregistered instance), and its retry gets
 /// another machine, where the pods land; the broken machine ends wanted off and nothing is on
-/// that no pod needs.
+/// that no pod needs. (With `serve-grpc` nobody reports the failed boot as errorInfo or marks the
+/// Node CR Failed: that is run-operator's boot deadline; here CA's own provision timeout decides.)
 #[tokio::test]
 async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> anyhow::Result<()> {
     let mut spec = LabSpec::new("ca-b");
