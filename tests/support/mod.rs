@@ -23,8 +23,10 @@
 
 pub mod apply;
 pub mod assets;
+pub mod ca;
 pub mod control_plane;
 pub mod identity;
+pub mod machines;
 pub mod pki;
 pub mod process;
 pub mod world;
@@ -35,8 +37,10 @@ use anyhow::Context as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use assets::Assets;
+pub use ca::{CaOptions, ClusterAutoscaler, Provider, ProviderCommand, Transport};
 pub use control_plane::{ControlPlane, FIELD_MANAGER, Options};
 pub use identity::Identity;
+pub use machines::{Boot, OperatorStandIn, ProviderIdBy, StandInConfig};
 pub use world::{Background, FakeNode, JobOutcome, World};
 
 /// The binaries a control plane needs.

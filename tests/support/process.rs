@@ -49,9 +49,21 @@ pub struct Managed {
 impl Managed {
     /// Starts `program` with `args`, stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> io::Result<Self> {
+        Self::spawn_with_env(name, program, args, log, &[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> io::Result<Self> {
         let out = File::create(log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out)

@@ -116,6 +116,10 @@ impl World {
         Self { client }
     }
 
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     fn nodes(&self) -> Api<Node> {
         Api::all(self.client.clone())
     }

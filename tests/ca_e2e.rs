@@ -1,0 +1,698 @@
+//! End to end with the real Cluster Autoscaler 1.36.1 (built by tests/k8s-bins/build.sh): our
+//! provider binary, a real kube-apiserver and kube-scheduler, and simulated machines.
+//!
+//! Each scenario runs in a lab of its own (control plane, provider, CA): a Group `desktops` of
+//! powered-off machines that never registered, so CA must scale from zero on our template node
+//! (built from the capacity each Node CR declares, as the README tells a user), and one always-on
+//! node outside the group, tainted so the scenario's pods fit only on group machines.
+//!
+//! Today the provider is `serve-grpc`, which only records CA's decisions in `spec.powerState`;
+//! `support::OperatorStandIn` plays the operator's power actions and the kubelets. With
+//! run-operator, `Lab` switches `ProviderCommand` and replaces the stand-in by the harness's Job
+//! runner.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::machine::PowerState;
+use kubectl_homelab::operator::provider::proto;
+use serde_json::json;
+use support::ca::CallCounts;
+use support::{
+    Assets, Boot, CaOptions, ClusterAutoscaler, ControlPlane, FakeNode, OperatorStandIn, Options,
+    Provider, ProviderCommand, ProviderIdBy, StandInConfig, Transport, World,
+};
+
+/// The Group's name, which is CA's node group id.
+const GROUP: &str = "desktops";
+/// How long CA may take for what a scenario waits for (many CA loops; the machine is shared).
+const PATIENCE: Duration = Duration::from_secs(150);
+/// Boot delay of a simulated machine (power-on to Ready Node).
+const BOOT: Duration = Duration::from_secs(3);
+
+/// What a lab looks like.
+struct LabSpec {
+    name: &'static str,
+    machines: usize,
+    /// Per machine index; the rest boot after [`BOOT`].
+    broken: Vec<usize>,
+    provider_id_by: ProviderIdBy,
+    transport: Transport,
+    ca: CaOptions,
+    hourly_rate: Option<&'static str>,
+}
+
+impl LabSpec {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            machines: 3,
+            broken: Vec::new(),
+            provider_id_by: ProviderIdBy::Kubelet,
+            transport: Transport::Plaintext,
+            ca: CaOptions::default(),
+            hourly_rate: None,
+        }
+    }
+}
+
+/// One scenario's world. Fields drop in order: the stand-in and CA stop before the control plane.
+struct Lab {
+    machines: OperatorStandIn,
+    ca: ClusterAutoscaler,
+    provider: Provider,
+    world: World,
+    client: kube::Client,
+    ns: String,
+    /// Node CR names (also their Kubernetes node names), in the group's power-on order.
+    names: Vec<String>,
+    started: std::time::Instant,
+    cp: ControlPlane,
+}
+
+/// Machine `i`'s Node CR (and Kubernetes node) name.
+fn machine_name(i: usize) -> String {
+    format!("desktop-{i}")
+}
+
+fn group_cr(max: usize) -> anyhow::Result<Group> {
+    serde_json::from_value(json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1",
+        "kind": "Group",
+        "metadata": { "name": GROUP },
+        "spec": { "minSize": 0, "maxSize": max },
+    }))
+    .context("building the Group")
+}
+
+/// A powered-off machine with the capacity a user declares for scale-from-zero and Job-style
+/// power actions (what run-operator will run; `serve-grpc` never looks at them).
+fn machine_cr(name: &str, hourly_rate: Option<&str>) -> anyhow::Result<Machine> {
+    let job = json!({ "image": "busybox:1.37", "command": ["true"] });
+    let mut spec = json!({
+        "powerState": "off",
+        "kubernetesNodeName": name,
+        "startupPodSpec": job,
+        "shutdownPodSpec": job,
+        "capacity": { "cpu": "2", "memory": "4Gi", "pods": "110" },
+        "labels": { "homelab.dev/class": "desktop" },
+    });
+    if let Some(rate) = hourly_rate {
+        spec["pricing"] = json!({ "hourlyRate": rate, "podRate": "0" });
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": { "group": GROUP } },
+        "spec": spec,
+    }))
+    .context("building a Node CR")
+}
+
+/// A bare pod asking for 600m CPU and 1 GiB: two fit one 2-CPU, 4 GiB machine, and none fits
+/// the tainted always-on node.
+fn pod(name: &str) -> anyhow::Result<Pod> {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app": "scenario" } },
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "app",
+                "image": "registry.k8s.io/pause:3.10",
+                "resources": { "requests": { "cpu": "600m", "memory": "1Gi" } },
+            }],
+        },
+    }))
+    .context("building a pod")
+}
+
+impl Lab {
+    /// `Ok(None)`: binaries missing and not required (skipped).
+    async fn start(spec: LabSpec) -> anyhow::Result<Option<Lab>> {
+        let Some(assets) = Assets::locate(&[
+            "etcd",
+            "kube-apiserver",
+            "kube-scheduler",
+            "cluster-autoscaler",
+        ])?
+        else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let cp = ControlPlane::start(&assets, &Options::default().with_scheduler()).await?;
+        let ns = cp.namespace(spec.name).await?;
+        let client = cp.client()?;
+        create_when_served(
+            &Api::namespaced(client.clone(), &ns),
+            &group_cr(spec.machines)?,
+        )
+        .await?;
+        let crs: Api<Machine> = Api::namespaced(client.clone(), &ns);
+        let names: Vec<String> = (0..spec.machines).map(machine_name).collect();
+        for name in &names {
+            crs.create(&PostParams::default(), &machine_cr(name, spec.hourly_rate)?)
+                .await
+                .with_context(|| format!("creating Node CR {ns}/{name}"))?;
+        }
+        let world = World::new(client.clone());
+        world
+            .node_up(&FakeNode::new("always-on").taint(
+                "node-role.kubernetes.io/control-plane",
+                "",
+                "NoSchedule",
+            ))
+            .await?;
+
+        let mut config = StandInConfig::new(&ns, BOOT).provider_id_by(spec.provider_id_by);
+        for i in &spec.broken {
+            config = config.machine(&machine_name(*i), Boot::Never);
+        }
+        let machines = OperatorStandIn::start(client.clone(), config);
+        let provider =
+            Provider::start(&cp, &ns, ProviderCommand::ServeGrpc, spec.transport).await?;
+        let ca = ClusterAutoscaler::start(&cp, &provider, &spec.ca)?;
+        Ok(Some(Lab {
+            machines,
+            ca,
+            provider,
+            world,
+            client,
+            ns,
+            names,
+            started,
+            cp,
+        }))
+    }
+
+    async fn create_pods(&self, n: usize) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        for i in 0..n {
+            pods.create(&PostParams::default(), &pod(&format!("app-{i}"))?)
+                .await
+                .with_context(|| format!("creating pod app-{i}"))?;
+        }
+        Ok(())
+    }
+
+    async fn delete_pods(&self) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .context("deleting the scenario's pods")?;
+        Ok(())
+    }
+
+    /// The node each scenario pod is bound to (`None`: pending).
+    async fn placements(&self) -> anyhow::Result<Vec<Option<String>>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(pods
+            .list(&ListParams::default())
+            .await
+            .context("listing the scenario's pods")?
+            .items
+            .into_iter()
+            .map(|p| p.spec.and_then(|s| s.node_name))
+            .collect())
+    }
+
+    /// How many scenario pods the scheduler marked Unschedulable.
+    async fn unschedulable(&self) -> anyhow::Result<usize> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(pods
+            .list(&ListParams::default())
+            .await
+            .context("listing the scenario's pods")?
+            .items
+            .iter()
+            .filter(|p| {
+                let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+                conditions.is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_ == "PodScheduled"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("Unschedulable")
+                    })
+                })
+            })
+            .count())
+    }
+
+    /// The one node all pods are bound to, once they are.
+    async fn all_pods_on_one_node(&self) -> anyhow::Result<Option<String>> {
+        let placed = self.placements().await?;
+        let nodes: BTreeSet<Option<String>> = placed.iter().cloned().collect();
+        Ok(match nodes.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(node)] if !placed.is_empty() => Some(node.clone()),
+            _ => None,
+        })
+    }
+
+    /// `spec.powerState` of every machine that is `on` now, from the API server.
+    async fn wanted_on(&self) -> anyhow::Result<BTreeSet<String>> {
+        let crs: Api<Machine> = Api::namespaced(self.client.clone(), &self.ns);
+        Ok(crs
+            .list(&ListParams::default())
+            .await
+            .context("listing Node CRs")?
+            .items
+            .into_iter()
+            .filter(|m| m.spec.power_state == PowerState::On)
+            .filter_map(|m| m.metadata.name)
+            .collect())
+    }
+
+    /// Group machines that have a Kubernetes Node object.
+    async fn registered(&self) -> anyhow::Result<BTreeSet<String>> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let names: BTreeSet<String> = nodes
+            .list(&ListParams::default())
+            .await
+            .context("listing Nodes")?
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        Ok(self
+            .names
+            .iter()
+            .filter(|m| names.contains(*m))
+            .cloned()
+            .collect())
+    }
+
+    /// Polls `check` until it yields a value, failing after [`PATIENCE`] or when CA exited.
+    async fn until<T, F, Fut>(&self, what: &str, mut check: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            self.ca.ensure_running()?;
+            if let Some(v) = check().await? {
+                return Ok(v);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "waited {PATIENCE:?} for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until CA's status ConfigMap reports `target` for the group.
+    async fn ca_target(&self, target: i64) -> anyhow::Result<()> {
+        self.until(
+            &format!("CA's status ConfigMap to show target {target}"),
+            || async { Ok((self.ca.status_target(GROUP).await? == Some(target)).then_some(())) },
+        )
+        .await
+    }
+
+    /// Adds CA's and the provider's logs and the machines' history to a failure, and prints
+    /// the scenario's wall time.
+    fn finish(&self, result: anyhow::Result<()>) -> anyhow::Result<()> {
+        eprintln!(
+            "scenario in {} ({}) took {:.1} s; CA's calls: {}",
+            self.ns,
+            self.cp.dir().display(),
+            self.started.elapsed().as_secs_f64(),
+            self.ca.calls()
+        );
+        let result = result.map_err(|e| {
+            e.context(format!(
+                "machines (operator stand-in):\n{}",
+                self.machines.history()
+            ))
+        });
+        self.ca.with_logs(&self.provider, result)
+    }
+}
+
+impl Drop for Lab {
+    /// A failed assertion panics past [`Lab::finish`]: show what CA and the machines did.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let shown = self.finish(Err(anyhow::anyhow!("the scenario panicked")));
+            if let Err(e) = shown {
+                eprintln!("{e:?}");
+            }
+        }
+    }
+}
+
+/// Creates `obj`, retrying while the API server answers 404 for a CRD it just established.
+async fn create_when_served<K>(api: &Api<K>, obj: &K) -> anyhow::Result<K>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match api.create(&PostParams::default(), obj).await {
+            Err(kube::Error::Api(s)) if s.code == 404 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => return r.context("creating the first custom resource"),
+        }
+    }
+}
+
+/// Scenario A: two pods that fit one machine power exactly one machine on, once (a provider whose
+/// target lagged would get IncreaseSize again and power on more); deleting the pods makes CA
+/// taint and drain the node and call DeleteNodes once, the machine goes off, its Node object goes
+/// away, and CA's target is back to 0 with every machine off.
+#[tokio::test]
+async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Result<()> {
+    let Some(lab) = Lab::start(LabSpec::new("ca-a")).await? else {
+        return Ok(());
+    };
+    let result = async {
+        lab.create_pods(2).await?;
+        let node = lab
+            .until("both pods to be bound to one node", || {
+                lab.all_pods_on_one_node()
+            })
+            .await?;
+        let powered = lab.machines.ever_powered_on();
+        assert_eq!(
+            powered,
+            BTreeSet::from([node.clone()]),
+            "only the machine the pods run on was ever powered on"
+        );
+
+        lab.delete_pods().await?;
+        lab.until("the machine's Node object to be deleted", || async {
+            Ok(lab.registered().await?.is_empty().then_some(()))
+        })
+        .await?;
+        lab.ca_target(0).await?;
+
+        assert_eq!(
+            lab.machines.powered_off_tainted_by_ca(),
+            BTreeSet::from([node.clone()]),
+            "CA tainted (and so drained) the node before it asked for the power-off"
+        );
+        assert_eq!(lab.wanted_on().await?, BTreeSet::new(), "every machine off");
+        assert_eq!(
+            lab.machines.power_ons(),
+            [(node.clone(), 1)].into_iter().collect(),
+            "one power-on in the whole scenario"
+        );
+        let calls = lab.ca.calls();
+        assert_eq!(calls.increase_size(), 1, "{calls}");
+        assert_eq!(calls.delete_nodes(), 1, "{calls}");
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// Scenario B: the first machine picked accepts the power-on and never registers. CA gives up on
+/// it after `--max-node-provision-time` (`removeOldUnregisteredNodes` in
+/// `core/static_autoscaler.go`: DeleteNodes of the unregistered instance), and its retry gets
+/// another machine, where the pods land; the broken machine ends wanted off and nothing is on
+/// that no pod needs. (With `serve-grpc` nobody reports the failed boot as errorInfo or marks the
+/// Node CR Failed: that is run-operator's boot deadline; here CA's own provision timeout decides.)
+#[tokio::test]
+async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> anyhow::Result<()> {
+    let mut spec = LabSpec::new("ca-b");
+    spec.broken = vec![0];
+    spec.ca = CaOptions::default().max_node_provision_time(Duration::from_secs(20));
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        let broken = machine_name(0);
+        lab.create_pods(2).await?;
+        let node = lab
+            .until("both pods to be bound to one node", || {
+                lab.all_pods_on_one_node()
+            })
+            .await?;
+        assert_ne!(node, broken, "the pods run on a machine that booted");
+        assert!(
+            lab.machines.ever_powered_on().contains(&broken),
+            "the broken machine was tried first (power-on order: name)"
+        );
+        assert_eq!(
+            lab.wanted_on().await?,
+            BTreeSet::from([node.clone()]),
+            "only the machine the pods run on stays on"
+        );
+        let calls = lab.ca.calls();
+        assert_eq!(
+            calls.increase_size(),
+            2,
+            "one IncreaseSize for the broken machine, one for the retry: {calls}"
+        );
+        assert_eq!(
+            calls.delete_nodes(),
+            1,
+            "one DeleteNodes for the broken machine: {calls}"
+        );
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// Scenario B with a one-machine group whose machine never registers: CA gives up on it and backs
+/// the group off. No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
+/// machine CA still lists as long-unregistered makes CA call both every loop, ~30 a minute at a
+/// 2 s scan). Counted over a window of three provision times after CA first gave up: CA's
+/// exponential backoff (10 s, 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows at most
+/// a handful of retries there.
+#[tokio::test]
+async fn b_one_machine_group_with_a_failed_boot_does_not_loop() -> anyhow::Result<()> {
+    let provision = Duration::from_secs(15);
+    let mut spec = LabSpec::new("ca-b1");
+    spec.machines = 1;
+    spec.broken = vec![0];
+    spec.ca = CaOptions::default().max_node_provision_time(provision);
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        lab.create_pods(1).await?;
+        lab.until("CA to give up on the machine (DeleteNodes)", || async {
+            Ok((lab.ca.calls().delete_nodes() > 0).then_some(()))
+        })
+        .await?;
+        tokio::time::sleep(provision * 3).await;
+        let calls = lab.ca.calls();
+        assert!(
+            calls.increase_size() <= 4,
+            "IncreaseSize called {} times: a retry loop ({calls})",
+            calls.increase_size()
+        );
+        assert!(
+            calls.delete_nodes() <= 2,
+            "DeleteNodes called {} times: a retry loop ({calls})",
+            calls.delete_nodes()
+        );
+        assert_eq!(
+            lab.placements().await?,
+            vec![None],
+            "the pod stays pending: nothing can host it"
+        );
+        // With only a machine whose power-on just failed left, IncreaseSize is refused with
+        // ResourceExhausted (CA backs the group off): expected, not a provider error.
+        lab.ca.ensure_no_provider_errors(&[
+            "NodeGroupIncreaseSize: rpc error: code = ResourceExhausted",
+        ])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// Scenario C: CA restarted while every machine is off and pods are pending still scales up:
+/// nothing registered is left to copy, so the new CA has only our template node. Runs over
+/// mutual TLS, and the machines' kubelets register without a providerID (the operator sets it).
+#[tokio::test]
+async fn c_restarted_ca_scales_up_from_zero_over_mtls() -> anyhow::Result<()> {
+    let mut spec = LabSpec::new("ca-c");
+    spec.transport = Transport::Mtls;
+    spec.provider_id_by = ProviderIdBy::Operator;
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        // CA ran (and talked to the provider over mTLS) before it is stopped.
+        lab.ca_target(0).await?;
+        lab.ca.stop(Duration::from_secs(5)).await;
+        lab.create_pods(2).await?;
+        lab.until("the scheduler to find no room for the pods", || async {
+            Ok((lab.unschedulable().await? == 2).then_some(()))
+        })
+        .await?;
+        assert_eq!(
+            lab.wanted_on().await?,
+            BTreeSet::new(),
+            "all off while CA is away"
+        );
+        lab.ca.restart(Duration::from_secs(5)).await?;
+
+        let node = lab
+            .until("both pods to be bound to one node", || {
+                lab.all_pods_on_one_node()
+            })
+            .await?;
+        assert_eq!(
+            lab.machines.ever_powered_on(),
+            BTreeSet::from([node.clone()])
+        );
+        assert!(lab.ca.healthy().await?, "the restarted CA reports healthy");
+        let calls = lab.ca.calls();
+        assert_eq!(calls.increase_size(), 1, "{calls}");
+        assert_eq!(calls.delete_nodes(), 0, "{calls}");
+        assert!(
+            calls.get("Cleanup") >= 1,
+            "CA said goodbye when stopped: {calls}"
+        );
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// What the provider tells CA about the group's instances (the same RPC CA calls).
+async fn instances(lab: &Lab) -> anyhow::Result<Vec<proto::Instance>> {
+    let mut c = lab.provider.client().await?;
+    Ok(
+        c.node_group_nodes(proto::NodeGroupNodesRequest { id: GROUP.into() })
+            .await
+            .context("NodeGroupNodes")?
+            .into_inner()
+            .instances,
+    )
+}
+
+/// Scenario E: a running machine's node goes NotReady for a while (20 s, ten CA loops; with
+/// run-operator, longer than its NotReady grace) while its pods run there. The provider keeps
+/// reporting the instance Running without errorInfo (CA-CONTRACT rule 7: errorInfo there would
+/// make CA delete it undrained), CA calls no DeleteNodes (its `--scale-down-unready-time`, 20 min,
+/// decides), and nothing powers the machine off.
+#[tokio::test]
+async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
+    let Some(lab) = Lab::start(LabSpec::new("ca-e")).await? else {
+        return Ok(());
+    };
+    let result = async {
+        lab.create_pods(2).await?;
+        let node = lab
+            .until("both pods to be bound to one node", || {
+                lab.all_pods_on_one_node()
+            })
+            .await?;
+        lab.until("the pods to run", || async {
+            Ok(lab.world.run_pods(&node).await.is_ok().then_some(()))
+        })
+        .await?;
+
+        lab.world.node_ready(&node, false).await?;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let listed = instances(&lab).await?;
+            let states: Vec<(String, i32, bool)> = listed
+                .iter()
+                .map(|i| {
+                    let s = i.status.clone().unwrap_or_default();
+                    (i.id.clone(), s.instance_state, s.error_info.is_some())
+                })
+                .collect();
+            assert_eq!(
+                states,
+                vec![(
+                    format!("homelab://{}/{node}", lab.ns),
+                    proto::instance_status::InstanceState::InstanceRunning as i32,
+                    false
+                )],
+                "a NotReady registered machine stays Running, without errorInfo"
+            );
+        }
+        lab.world.node_ready(&node, true).await?;
+        // A few more loops: CA would act on a failed instance in its next loops.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+
+        assert_eq!(lab.wanted_on().await?, BTreeSet::from([node.clone()]));
+        assert_eq!(
+            lab.machines.power_ons(),
+            [(node.clone(), 1)].into_iter().collect()
+        );
+        assert_eq!(lab.all_pods_on_one_node().await?, Some(node));
+        let calls = lab.ca.calls();
+        assert_eq!(calls.delete_nodes(), 0, "{calls}");
+        assert_eq!(calls.increase_size(), 1, "{calls}");
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// Issue 11 item 1: with `--expander=price` CA scales up. `expander/price/price.go` drops every
+/// option whose pod price (PricingPodPrice) or node price (PricingNodePrice) fails, so a provider
+/// that cannot price a pod gets no scale-up at all.
+#[tokio::test]
+async fn price_expander_scales_up() -> anyhow::Result<()> {
+    let mut spec = LabSpec::new("ca-price");
+    spec.ca = CaOptions::default().expander("price");
+    spec.hourly_rate = Some("0.05");
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        lab.create_pods(2).await?;
+        let node = lab
+            .until("both pods to be bound to one node", || {
+                lab.all_pods_on_one_node()
+            })
+            .await?;
+        assert_eq!(lab.machines.ever_powered_on(), BTreeSet::from([node]));
+        let calls = lab.ca.calls();
+        assert_eq!(calls.increase_size(), 1, "{calls}");
+        assert!(
+            calls.get("PricingPodPrice") >= 1,
+            "the price expander ran: {calls}"
+        );
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+#[test]
+fn counts_calls_from_cas_v5_lines() {
+    let log = [
+        "I1129 20:01:02.000000 1 externalgrpc_cloud_provider.go:327] Performing gRPC call Refresh",
+        "I1129 20:01:02.1 1 externalgrpc_node_group.go:86] Performing gRPC call NodeGroupIncreaseSize for node group g",
+        "I1129 20:01:02.2 1 externalgrpc_node_group.go:114] Performing gRPC call NodeGroupDeleteNodes for node group g",
+        "I1129 20:01:02.3 1 externalgrpc_cloud_provider.go:124] Returning cached information for NodeGroupForNode for node a - b",
+        "I1129 20:01:04.1 1 externalgrpc_node_group.go:86] Performing gRPC call NodeGroupIncreaseSize for node group g",
+    ];
+    let c = CallCounts::from_log(log.into_iter());
+    assert_eq!(c.increase_size(), 2);
+    assert_eq!(c.delete_nodes(), 1);
+    assert_eq!(c.get("Refresh"), 1);
+    assert_eq!(c.get("NodeGroupForNode"), 0);
+}
+
+#[test]
+fn finds_provider_errors_and_skips_expected_ones() {
+    let log = [
+        "I1129 1 externalgrpc_node_group.go:92] Error on gRPC call NodeGroupIncreaseSize: rpc error: code = ResourceExhausted desc = x",
+        "E1129 1 static_autoscaler.go:478] Failed to fix node group sizes: boom",
+        "I1129 1 static_autoscaler.go:1] all fine",
+    ];
+    assert_eq!(support::ca::provider_errors(log.into_iter(), &[]).len(), 2);
+    let left = support::ca::provider_errors(log.into_iter(), &["code = ResourceExhausted"]);
+    assert_eq!(left.len(), 1);
+    assert!(left[0].contains("Failed to fix"), "{left:?}");
+}
