@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator: CA gRPC provider, controllers (leader only), health and metrics.
-    RunOperator(run_operator::Args),
+    RunOperator(Box<run_operator::Args>),
     /// Serve the Cluster Autoscaler externalgrpc cloud provider on its own.
     ServeGrpc(serve_grpc::Args),
     /// Power machines on or off by hand (the operator carries it out).
@@ -58,7 +58,7 @@ pub enum Command {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::RunOperator(args) => run_operator::run(args).await,
+            Command::RunOperator(args) => run_operator::run(*args).await,
             Command::ServeGrpc(args) => serve_grpc::run(args).await,
             Command::Power(args) => power::run(args).await,
             Command::Fsm(cmd) => fsm::run(cmd).await,

@@ -110,10 +110,10 @@ fn policy(ctx: &Context, m: &Machine) -> Result<Policy, String> {
     let mut p = ctx.settings.policy;
     p.boot_timeout = m.boot_timeout().map_err(|e| e.to_string())?;
     p.shutdown_timeout = m.shutdown_timeout().map_err(|e| e.to_string())?;
-    if let (Some(g), Some(ns)) = (m.group(), m.namespace()) {
-        if let Some(group) = ctx.source.group_store().get(&ObjectRef::new(g).within(&ns)) {
-            p.remediate_after = group.remediate_after().map_err(|e| e.to_string())?;
-        }
+    if let (Some(g), Some(ns)) = (m.group(), m.namespace())
+        && let Some(group) = ctx.source.group_store().get(&ObjectRef::new(g).within(&ns))
+    {
+        p.remediate_after = group.remediate_after().map_err(|e| e.to_string())?;
     }
     Ok(p)
 }
@@ -340,7 +340,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     if adopt {
         rv = patch_spec_power(&api, &m, PowerState::On).await?;
     }
-    if !out.drained && !(lc.phase() == Phase::Ready && desired == PowerState::Off) {
+    if !(out.drained || lc.phase() == Phase::Ready && desired == PowerState::Off) {
         // Not draining (any more): a given-up drain is forgotten once the machine moved on.
         upsert_condition(
             &mut status.conditions,

@@ -120,10 +120,10 @@ impl Context {
         let mut idx = lock(&self.node_index);
         idx.clear();
         for n in self.source.node_store().state() {
-            if let Some(p) = n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) {
-                if !p.is_empty() {
-                    idx.insert(p.to_owned(), n.name_any());
-                }
+            if let Some(p) = n.spec.as_ref().and_then(|s| s.provider_id.as_deref())
+                && !p.is_empty()
+            {
+                idx.insert(p.to_owned(), n.name_any());
             }
         }
     }
