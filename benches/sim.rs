@@ -47,11 +47,12 @@ const SMOKE: Size = Size {
 
 fn scenario_yaml(size: &Size, backlog: bool) -> String {
     let mut y = format!(
-        "name: bench {} machines\nseed: 1\nduration: {}d\n\
+        "name: bench {} machines\nseed: 1\nduration: {}h\n\
          simulation:\n  bootTime: {{uniform: {{min: 60s, max: 180s}}}}\n  shutdownTime: 30s\n  \
          powerActionTime: 5s\n  powerOnFailure: 0.01\n  neverBoots: 0.01\n\
          groups:\n",
-        size.machines, size.days
+        size.machines,
+        size.days * 24
     );
     for g in 0..size.groups {
         let order = ["cheapest", "fastestBoot", "leastRecentlyUsed", "name"][g % 4];

@@ -45,6 +45,8 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-oper
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l client-ca -d 'PEM CA bundle: when given, clients must present a certificate it signed (mTLS)' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l api-timeout -d 'Deadline for the API server writes of one mutating RPC; keep it below 3s (the provider\'s own bound) and the Cluster Autoscaler\'s grpc_timeout (5s by default), so CA gets our error, not its own timeout' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l sync-timeout -d 'How long to wait for the caches to sync before giving up at start-up' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l gpu-label -d 'Node label whose value names a machine\'s GPU model: the Cluster Autoscaler\'s GPULabel. CA asks once and keeps the answer for its lifetime' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l gpu-type -d 'A GPU model (a value of --gpu-label) for the Cluster Autoscaler\'s GetAvailableGPUTypes; repeat for several. CA asks once and keeps the answer for its lifetime' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l cloud-config-tls-dir -d 'Directory where the Cluster Autoscaler pod mounts its client certificate (tls.crt, tls.key) and the CA of our server certificate (ca.crt), for `--print-cloud-config`' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l leader-elect -d 'Elect one leader among the replicas through a Lease: only the leader reconciles and answers mutating gRPC calls. `false` for a single replica' -r -f -a "true\t''
 false\t''"
@@ -57,6 +59,12 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-oper
 false\t''"
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l health-address -d 'Address of the /healthz, /readyz and /metrics server' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l shutdown-timeout -d 'How long the controllers and gRPC calls in flight get to finish after SIGTERM' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l drain-timeout -d 'How long a drain for a power-off not started by the Cluster Autoscaler may try to evict pods (PodDisruptionBudgets may refuse) before the power-off is given up and the machine left on, with the reason in its status' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l not-ready-grace -d 'How long a running machine\'s Node may be NotReady before it is recorded as lost (a shorter blip is ignored)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l retry-backoff -d 'Delay before retrying a failed power operation; doubles per failed attempt' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l retry-backoff-max -d 'Longest delay between retries' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l max-attempts -d 'Failed attempts after which a machine stays Failed until its desired power changes or someone runs `kubectl homelab power on|off` again' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l concurrency -d 'Machines reconciled at once (one machine is never reconciled twice at once)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s A -l all-namespaces -d 'Serve Group and Node CRs from every namespace'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'

@@ -46,6 +46,7 @@ struct LabSpec {
     transport: Transport,
     ca: CaOptions,
     hourly_rate: Option<&'static str>,
+    provider: ProviderCommand,
 }
 
 impl LabSpec {
@@ -58,6 +59,7 @@ impl LabSpec {
             transport: Transport::Plaintext,
             ca: CaOptions::default(),
             hourly_rate: None,
+            provider: ProviderCommand::ServeGrpc,
         }
     }
 }
@@ -176,8 +178,7 @@ impl Lab {
             config = config.machine(&machine_name(*i), Boot::Never);
         }
         let machines = OperatorStandIn::start(client.clone(), config);
-        let provider =
-            Provider::start(&cp, &ns, ProviderCommand::ServeGrpc, spec.transport).await?;
+        let provider = Provider::start(&cp, &ns, spec.provider, spec.transport).await?;
         let ca = ClusterAutoscaler::start(&cp, &provider, &spec.ca)?;
         Ok(Some(Lab {
             machines,
@@ -582,7 +583,14 @@ async fn instances(lab: &Lab) -> anyhow::Result<Vec<proto::Instance>> {
 /// decides), and nothing powers the machine off.
 #[tokio::test]
 async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
-    let Some(lab) = Lab::start(LabSpec::new("ca-e")).await? else {
+    // The lifecycle (Ready, then a recorded NotReady episode) is the operator's: run-operator,
+    // with its NotReady grace at 3 s. The stand-in still plays the machines' power and kubelets;
+    // the operator's power Jobs are never run and are cancelled once the Node is Ready.
+    let spec = LabSpec {
+        provider: ProviderCommand::RunOperator,
+        ..LabSpec::new("ca-e")
+    };
+    let Some(lab) = Lab::start(spec).await? else {
         return Ok(());
     };
     let result = async {

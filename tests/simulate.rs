@@ -565,7 +565,7 @@ fn boot_outcomes(r: &Report, machine: &str) -> Vec<bool> {
 fn a_ca_setting_does_not_change_which_boots_fail() {
     let text = kubectl_homelab::sim::scenario::DEFAULT_SCENARIO
         .replace("powerOnFailure: 0.02", "powerOnFailure: 0.4")
-        .replace("duration: 7d", "duration: 2d");
+        .replace("duration: 168h", "duration: 48h");
     let a = Scenario::parse("a", &text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}"));
     let b_text = text.replace("scaleDownUnneededTime: 10m", "scaleDownUnneededTime: 2m");
     let b = Scenario::parse("b", &b_text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}"));
@@ -616,7 +616,7 @@ fn seeds_set_and_compare_side_by_side() {
         "--seeds",
         "3",
         "--duration",
-        "1d",
+        "24h",
         "-o",
         "json",
     ]));
@@ -675,8 +675,9 @@ fn seeds_set_and_compare_side_by_side() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        table.contains("one burst")
-            && table.contains("failing boot")
+        // Headers are upper-case, as in kubectl's tables.
+        table.contains("ONE BURST")
+            && table.contains("FAILING BOOT")
             && table.contains("pod wait p99"),
         "{table}"
     );

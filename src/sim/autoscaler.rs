@@ -1036,7 +1036,7 @@ mod tests {
         extra: &str,
     ) -> Scenario {
         let mut y = format!(
-            "duration: 1d\nscheduler: firstFit\n{extra}\nautoscaler:\n  scanInterval: 10s\n{autoscaler}\ngroups:\n"
+            "duration: 24h\nscheduler: firstFit\n{extra}\nautoscaler:\n  scanInterval: 10s\n{autoscaler}\ngroups:\n"
         );
         for (name, spec) in groups {
             y.push_str(&format!(
@@ -1052,7 +1052,7 @@ mod tests {
         y.push_str("workload:\n");
         for w in workloads {
             y.push_str(&format!(
-                "  - {{burst: {{at: 30d, count: 1}}, cpu: \"1\", memory: 1Gi, duration: 1h, {w}}}\n"
+                "  - {{burst: {{at: 720h, count: 1}}, cpu: \"1\", memory: 1Gi, duration: 1h, {w}}}\n"
             ));
         }
         match Scenario::parse("lab.yaml", &y, &NoTraceFiles) {

@@ -101,6 +101,20 @@ impl Provider {
             "--kubeconfig".to_owned(),
             cp.kubeconfig().display().to_string(),
         ];
+        if command == ProviderCommand::RunOperator {
+            // One replica, its health server on a port of its own (tests run side by side), and
+            // a NotReady grace short enough for a scenario.
+            let health = process::free_ports(1).context("picking a port for /healthz")?[0];
+            for a in [
+                "--leader-elect=false".to_owned(),
+                "--health-address".to_owned(),
+                format!("127.0.0.1:{health}"),
+                "--not-ready-grace".to_owned(),
+                "3s".to_owned(),
+            ] {
+                args.push(a);
+            }
+        }
         if let Some(t) = &tls {
             for (flag, path) in [
                 ("--tls-cert", &t.server_cert),
