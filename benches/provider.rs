@@ -26,6 +26,8 @@ struct Size {
     warm_up: usize,
     callers: usize,
     throughput_time: Duration,
+    /// The smoke version is a test: a failed call in the throughput loop fails it.
+    smoke: bool,
 }
 
 const BENCH: Size = Size {
@@ -36,6 +38,7 @@ const BENCH: Size = Size {
     warm_up: 300,
     callers: 16,
     throughput_time: Duration::from_secs(2),
+    smoke: false,
 };
 
 const SMOKE: Size = Size {
@@ -46,6 +49,7 @@ const SMOKE: Size = Size {
     warm_up: 5,
     callers: 2,
     throughput_time: Duration::from_millis(50),
+    smoke: true,
 };
 
 struct Stats {
@@ -88,41 +92,62 @@ where
 
 type Client = cloud_provider_client::CloudProviderClient<tonic::transport::Channel>;
 
-/// Calls per second with `size.callers` concurrent callers, each on its own connection.
-async fn throughput<F, Fut>(size: Size, addr: std::net::SocketAddr, make: F) -> f64
+/// Successful calls per second with `size.callers` concurrent callers, each on its own
+/// connection, and how many calls failed. `make` answers whether the call succeeded (with the
+/// answer checked); only those count. The clock starts once every caller is connected, so
+/// connection set-up is not in the figure.
+async fn throughput<F, Fut>(size: Size, addr: std::net::SocketAddr, make: F) -> (f64, usize)
 where
     F: Fn(Client, usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send,
+    Fut: Future<Output = bool> + Send,
 {
-    let start = Instant::now();
+    let connected = Arc::new(tokio::sync::Barrier::new(size.callers + 1));
     let mut tasks = Vec::new();
     for caller in 0..size.callers {
         let make = make.clone();
+        let connected = connected.clone();
         tasks.push(tokio::spawn(async move {
             let c = client(addr).await;
+            // Every caller and the clock below start together, once all are connected.
+            connected.wait().await;
+            let start = Instant::now();
+            let (mut ok, mut failed) = (0, 0);
             let mut n = caller;
             while start.elapsed() < size.throughput_time {
-                make(c.clone(), n).await;
+                if make(c.clone(), n).await {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
                 n += size.callers;
             }
-            n / size.callers
+            (ok, failed)
         }));
     }
-    let mut total = 0;
+    connected.wait().await;
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0usize, 0usize);
     for t in tasks {
-        total += t.await.unwrap_or(0);
+        let (o, f) = t.await.unwrap_or((0, 1));
+        ok += o;
+        failed += f;
     }
-    total as f64 / start.elapsed().as_secs_f64()
+    (ok as f64 / start.elapsed().as_secs_f64(), failed)
 }
 
-fn row(name: &str, s: &Stats, tput: Option<f64>) {
+/// One table row; `tput` is (successful calls per second, failed calls).
+fn row(name: &str, s: &Stats, tput: Option<(f64, usize)>) {
+    let tput = match tput {
+        None => "-".to_owned(),
+        Some((t, 0)) => format!("{t:.0}/s"),
+        Some((t, failed)) => format!("{t:.0}/s ({failed} failed)"),
+    };
     println!(
         "| {name:<40} | {:>8} | {:>8} | {:>8} | {:>12} |",
         us(s.p50),
         us(s.p99),
         us(s.max),
-        tput.map(|t| format!("{t:.0}/s"))
-            .unwrap_or_else(|| "-".into())
+        tput
     );
 }
 
@@ -202,10 +227,16 @@ async fn run(size: Size) {
                     ..Default::default()
                 }),
             };
-            let _ = c.node_group_for_node(req).await;
+            let r = c.node_group_for_node(req).await;
+            r.is_ok_and(|r| !r.into_inner().node_group.unwrap_or_default().id.is_empty())
         }
     })
     .await;
+    assert!(
+        !size.smoke || t.1 == 0,
+        "NodeGroupForNode: {} calls failed",
+        t.1
+    );
     row("NodeGroupForNode", &s, Some(t));
 
     // NodeGroupTargetSize.
@@ -228,14 +259,19 @@ async fn run(size: Size) {
     let t = throughput(size, addr, move |mut c, n| {
         let gids = gids.clone();
         async move {
-            let _ = c
-                .node_group_target_size(NodeGroupTargetSizeRequest {
-                    id: gids[n % gids.len()].clone(),
-                })
-                .await;
+            c.node_group_target_size(NodeGroupTargetSizeRequest {
+                id: gids[n % gids.len()].clone(),
+            })
+            .await
+            .is_ok()
         }
     })
     .await;
+    assert!(
+        !size.smoke || t.1 == 0,
+        "NodeGroupTargetSize: {} calls failed",
+        t.1
+    );
     row("NodeGroupTargetSize", &s, Some(t));
 
     // NodeGroupNodes.
@@ -256,14 +292,20 @@ async fn run(size: Size) {
     let t = throughput(size, addr, move |mut c, n| {
         let gids = gids.clone();
         async move {
-            let _ = c
+            let r = c
                 .node_group_nodes(NodeGroupNodesRequest {
                     id: gids[n % gids.len()].clone(),
                 })
                 .await;
+            r.is_ok_and(|r| r.into_inner().instances.len() >= size.on_per_group)
         }
     })
     .await;
+    assert!(
+        !size.smoke || t.1 == 0,
+        "NodeGroupNodes: {} calls failed",
+        t.1
+    );
     row("NodeGroupNodes", &s, Some(t));
 
     // IncreaseSize → desired power persisted; each is undone by DecreaseTargetSize (not timed)

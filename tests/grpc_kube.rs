@@ -5,6 +5,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -318,34 +319,137 @@ async fn desired_power_is_durable_and_visible_at_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Counts the API server's 409 Conflict answers to one kube client's requests (a tap on the
+/// real traffic: nothing is answered in the API server's place).
+#[derive(Clone, Default)]
+struct Conflicts(Arc<AtomicUsize>);
+
+impl Conflicts {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl<S> tower_layer::Layer<S> for Conflicts {
+    type Service = CountConflicts<S>;
+    fn layer(&self, inner: S) -> CountConflicts<S> {
+        CountConflicts {
+            inner,
+            count: self.0.clone(),
+        }
+    }
+}
+
+struct CountConflicts<S> {
+    inner: S,
+    count: Arc<AtomicUsize>,
+}
+
+impl<S, Req, Body> tower_service::Service<http::Request<Req>> for CountConflicts<S>
+where
+    S: tower_service::Service<http::Request<Req>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    Body: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Req>) -> Self::Future {
+        let count = self.count.clone();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let answer = answer.await;
+            if answer
+                .as_ref()
+                .is_ok_and(|r| r.status() == http::StatusCode::CONFLICT)
+            {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            answer
+        })
+    }
+}
+
+/// Someone else sets Node CR `ns/name`'s desired power to each of `powers` in turn, from its own
+/// thread and runtime, while the calling thread blocks: a `#[tokio::test]` runtime has one
+/// thread, so no watch event reaches a source running on it meanwhile, and its copy of the
+/// machine is stale once this returns. Returns the resourceVersion the last change left.
+fn change_unseen(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    powers: &[&str],
+) -> anyhow::Result<String> {
+    let someone_else = || -> anyhow::Result<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a second tokio runtime")?;
+        rt.block_on(async {
+            let machines: Api<Machine> = Api::namespaced(cp.client()?, ns);
+            let mut version = None;
+            for p in powers {
+                let m = machines
+                    .patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "spec": { "powerState": p } })),
+                    )
+                    .await
+                    .with_context(|| format!("setting {ns}/{name} {p}"))?;
+                version = m.metadata.resource_version;
+            }
+            version.with_context(|| format!("{ns}/{name} has no resourceVersion"))
+        })
+    };
+    std::thread::scope(|s| {
+        s.spawn(someone_else)
+            .join()
+            .map_err(|_| anyhow::anyhow!("the concurrent writer panicked"))?
+    })
+}
+
+/// A write is guarded by the resourceVersion the source last saw. Someone else turns m1 on and
+/// off again unseen by the source: its copy still says off at the old resourceVersion, so its
+/// patch is refused with 409 (once), and the retry re-reads the machine and writes on top of
+/// the other writer's version.
 #[tokio::test]
 async fn conflicting_write_is_not_blind() -> anyhow::Result<()> {
     let Some(cp) = support::shared().await? else {
         return Ok(());
     };
     let fx = fixture(cp, "src-conflict").await?;
-    let source = KubeSource::start(fx.client.clone(), Scope::Namespace(fx.ns.clone()));
+    let conflicts = Conflicts::default();
+    let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("building the tapped kube client")?
+        .with_layer(&conflicts)
+        .build();
+    let source = KubeSource::start(client, Scope::Namespace(fx.ns.clone()));
     source.wait_until_ready(SYNC).await?;
-    // Someone else turns m1 on, then off again: its desired power is unchanged but its
-    // resourceVersion moved twice. Our write of "on" re-reads and applies.
-    let machines: Api<Machine> = Api::namespaced(fx.client.clone(), &fx.ns);
-    for p in ["on", "off"] {
-        machines
-            .patch(
-                &fx.names[1],
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": { "powerState": p } })),
-            )
-            .await?;
-    }
-    let (_, result) = source
+    let theirs = change_unseen(cp, &fx.ns, &fx.names[1], &["on", "off"])?;
+    let (applied, result) = source
         .write_desired_power(&[change(&fx.ns, &fx.names[1], PowerState::On)])
         .await;
     result?;
-    assert_eq!(
-        desired(&fx.client, &fx.ns, &fx.names[1]).await?,
-        PowerState::On
-    );
+    assert_eq!(applied.len(), 1);
+    assert_eq!(conflicts.count(), 1, "the stale-guarded patch must get 409");
+    let m = Api::<Machine>::namespaced(fx.client.clone(), &fx.ns)
+        .get(&fx.names[1])
+        .await?;
+    assert_eq!(m.spec.power_state, PowerState::On);
+    // Written on top of the other writer's last version (resourceVersions are opaque: only
+    // compared for equality).
+    assert_ne!(m.metadata.resource_version, Some(theirs));
     Ok(())
 }
 

@@ -1424,56 +1424,121 @@ async fn tls_negotiates_alpn_h2() {
     let _ = running.stop().await;
 }
 
-/// A source whose API server never answers a write.
-struct Stuck(MemorySource);
+/// A source whose API server never answers a write. It logs when each write starts and when
+/// the provider gives up on it (drops it at the persist budget), and says when the inventory is
+/// read while a write hangs: in a mutation, that read comes right before waiting for the group
+/// lock.
+struct Stuck {
+    inner: MemorySource,
+    write_started: tokio::sync::Notify,
+    read_while_writing: tokio::sync::Notify,
+    log: Mutex<Vec<&'static str>>,
+}
+
+impl Stuck {
+    fn new(inventory: Inventory) -> Stuck {
+        Stuck {
+            inner: MemorySource::new(inventory),
+            write_started: tokio::sync::Notify::new(),
+            read_while_writing: tokio::sync::Notify::new(),
+            log: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Vec<&'static str>> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Logs "given up" when the provider drops a hanging write.
+struct GivenUp<'a>(&'a Stuck);
+
+impl Drop for GivenUp<'_> {
+    fn drop(&mut self) {
+        self.0.log().push("given up");
+    }
+}
 
 impl InventorySource for Stuck {
     fn snapshot(&self) -> Arc<Inventory> {
-        self.0.snapshot()
+        if self.log().last() == Some(&"write started") {
+            self.read_while_writing.notify_one();
+        }
+        self.inner.snapshot()
     }
     async fn set_desired_power(&self, _: &[PowerChange]) -> Result<(), PersistError> {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        self.log().push("write started");
+        let _given_up = GivenUp(self);
+        self.write_started.notify_one();
+        std::future::pending::<()>().await;
         Ok(())
     }
     async fn wait_ready(&self) {}
 }
 
+/// CA's `grpc_timeout` default (CA-CONTRACT.md §2) as the call's deadline: an answer later than
+/// that reaches the client as `Cancelled`, never as the provider's own status.
+fn ca_deadline<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(Duration::from_secs(5));
+    r
+}
+
+/// Rule 4: with the API server not answering, the caller holding the group lock and a caller
+/// queued behind it both get the provider's Unavailable inside CA's deadline, and nothing
+/// changes. The queued caller's write starts only after the first one was given up.
+/// (`#[tokio::test]` runs everything on one thread: when the test wakes from
+/// `read_while_writing`, the second call has already run up to its wait for the lock.)
 #[tokio::test]
 async fn rule4_mutations_answer_inside_the_deadline_when_persisting_hangs() {
-    use kubectl_homelab::operator::provider::{Provider, serve_provider};
-    let source = Arc::new(Stuck(MemorySource::new(lab())));
-    let provider =
-        Provider::with_timeouts(source, Duration::from_secs(60), Duration::from_millis(300));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_provider(listener, provider, None, async move {
-        let _ = rx.await;
-    }));
-    let mut c = client(addr).await;
-    let t0 = std::time::Instant::now();
-    let r = c
-        .node_group_increase_size(NodeGroupIncreaseSizeRequest {
-            delta: 1,
-            id: "small".into(),
-        })
-        .await;
-    assert_eq!(code(r), Code::Unavailable);
-    // A second caller queued behind the first also gets its answer within the budget.
-    let r = c
-        .node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest {
-            delta: -1,
-            id: "small".into(),
-        })
-        .await;
-    assert_eq!(code(r), Code::Unavailable);
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let source = Arc::new(Stuck::new(lab()));
+    // The lock budget outlasts the persist budget: the queued caller gets the lock once the
+    // first caller's write is given up, then its own write hangs.
+    let options = ProviderOptions {
+        lock_timeout: Duration::from_secs(3),
+        persist_timeout: Duration::from_millis(300),
+        ..ProviderOptions::default()
+    };
+    let running = start_with(Provider::with_options(source.clone(), options)).await;
+    let mut first = client(running.addr).await;
+    let mut second = client(running.addr).await;
+    let held = tokio::spawn(async move {
+        first
+            .node_group_increase_size(ca_deadline(NodeGroupIncreaseSizeRequest {
+                delta: 1,
+                id: "small".into(),
+            }))
+            .await
+    });
+    // The first caller holds the group lock while its write hangs.
+    source.write_started.notified().await;
+    let queued = tokio::spawn(async move {
+        second
+            .node_group_decrease_target_size(ca_deadline(NodeGroupDecreaseTargetSizeRequest {
+                delta: -1,
+                id: "small".into(),
+            }))
+            .await
+    });
+    source.read_while_writing.notified().await;
+    // The second caller is waiting for the lock: its write has not started.
+    assert_eq!(*source.log(), ["write started"]);
+    let queued = queued.await.unwrap_or_else(|e| panic!("{e}"));
+    let message = queued.err().map(|s| (s.code(), s.message().to_owned()));
+    assert_eq!(message.as_ref().map(|m| m.0), Some(Code::Unavailable));
+    // Its own write's budget ran out, not the lock's.
+    let message = message.map(|m| m.1).unwrap_or_default();
+    assert!(message.contains("no answer within"), "{message}");
+    let held = held.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(code(held), Code::Unavailable);
+    assert_eq!(
+        *source.log(),
+        ["write started", "given up", "write started", "given up"]
+    );
     // Reads of the group still answer, unchanged.
+    let mut c = client(running.addr).await;
     assert_eq!(target(&mut c, "small").await, 2);
-    let _ = tx.send(());
-    let _ = server.await;
+    let _ = running.stop().await;
 }
 
 /// Issue 11 items 2, 5 and 9 over the wire, on a group whose only member came up:
