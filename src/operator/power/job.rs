@@ -111,7 +111,7 @@ impl JobDriver<'_> {
 
 /// A Job of the same name that is not for this machine and operation is someone else's:
 /// never adopt it.
-fn belongs_to(job: &Job, cx: &OpContext<'_>) -> bool {
+pub(crate) fn belongs_to(job: &Job, cx: &OpContext<'_>) -> bool {
     let labels = job.labels();
     labels.get(MACHINE_LABEL).map(String::as_str) == cx.machine.metadata.name.as_deref()
         && labels.get(OPERATION_LABEL) == Some(&cx.op.id)
@@ -176,7 +176,8 @@ impl Driver for JobDriver<'_> {
 pub(crate) fn api_error(what: &str, e: kube::Error) -> PowerError {
     match &e {
         kube::Error::Api(s) if s.code == 403 => PowerError::Config(format!(
-            "{what}: forbidden ({}); grant the operator create/delete on jobs.batch",
+            "{what}: forbidden ({}); grant the operator get/list/watch/create/delete on jobs.batch \
+             in the Node's namespace",
             s.message
         )),
         kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429 => {

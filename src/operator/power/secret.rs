@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
 use super::PowerError;
+pub use crate::operator::error_chain;
 
 /// The keys of one Secret, and where it was named (for errors).
 pub struct SecretData {
@@ -152,22 +153,6 @@ impl Redactor {
         }
         r
     }
-}
-
-/// An error and its sources, `: `-separated (kube and hyper errors say the useful part in a
-/// source).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

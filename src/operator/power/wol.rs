@@ -20,17 +20,17 @@ use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::{Client, Resource as _};
 use tokio::net::UdpSocket;
 
-use super::secret::{self, error_chain};
+use super::secret;
 use super::{Driver, OpContext, PowerError, Progress, Report};
 use crate::operator::api::{Machine, SECRET_KEY_PASSWORD, WakeOnLan, WakeOnLanRelay, parse_mac};
+use crate::operator::error_chain;
 
 /// Labels of the relay Job: the same as every power Job's, so the operator's Job watch (selected
 /// on the managed-by label) sees it and its completion wakes the controller.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "kubectl-homelab";
-pub const MACHINE_LABEL: &str = "infra.homecluster.dev/machine";
-pub const OPERATION_LABEL: &str = "infra.homecluster.dev/operation";
-pub const DIRECTION_LABEL: &str = "infra.homecluster.dev/direction";
+pub use super::job::{
+    DIRECTION_LABEL, MACHINE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OPERATION_LABEL,
+};
+use super::job::{api_error, belongs_to, job_name as relay_job_name, progress};
 
 /// A relay sends one packet: a Job still not done after this is stuck (no node to run on, image
 /// not pulled) and fails, so the lifecycle retries instead of waiting for the boot deadline.
@@ -232,78 +232,6 @@ impl Driver for WakeOnLanDriver<'_> {
             )),
         }
     }
-}
-
-fn belongs_to(job: &Job, cx: &OpContext<'_>) -> bool {
-    let labels = job.metadata.labels.as_ref();
-    let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-    get(MACHINE_LABEL) == cx.machine.metadata.name.as_deref()
-        && get(OPERATION_LABEL) == Some(cx.op.id.as_str())
-}
-
-fn api_error(what: &str, e: kube::Error) -> PowerError {
-    match &e {
-        kube::Error::Api(s) if s.code == 403 => PowerError::Config(format!(
-            "{what}: forbidden ({}); grant the operator create/get/delete on jobs.batch in the \
-             Node's namespace",
-            s.message
-        )),
-        kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429 => {
-            PowerError::Config(format!("{what}: rejected by the API server: {}", s.message))
-        }
-        _ => PowerError::Transient(format!("{what}: {}", error_chain(&e))),
-    }
-}
-
-/// The relay Job's progress from its conditions.
-pub fn progress(job: &Job) -> Progress {
-    let conditions = job
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or_default();
-    let is_true = |t: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == t && c.status == "True")
-    };
-    if is_true("Complete").is_some() {
-        return Progress::Succeeded;
-    }
-    if let Some(c) = is_true("Failed").or_else(|| is_true("FailureTarget")) {
-        let why = c
-            .message
-            .as_deref()
-            .filter(|m| !m.is_empty())
-            .or(c.reason.as_deref())
-            .unwrap_or("the Job failed");
-        return Progress::Failed {
-            reason: format!(
-                "Wake-on-LAN relay Job {} failed: {why}",
-                job.metadata.name.as_deref().unwrap_or_default()
-            ),
-        };
-    }
-    Progress::Running
-}
-
-/// Names are at most 63 characters: a long one keeps a readable prefix and a hash of the whole.
-pub fn relay_job_name(resource_name: &str) -> String {
-    const MAX: usize = 63;
-    if resource_name.len() <= MAX {
-        return resource_name.to_owned();
-    }
-    let mut h: u32 = 0x811c_9dc5;
-    for b in resource_name.as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    let suffix = format!("-{h:08x}");
-    let mut prefix: String = resource_name.chars().take(MAX - suffix.len()).collect();
-    while prefix.ends_with('-') || prefix.ends_with('.') {
-        prefix.pop();
-    }
-    format!("{prefix}{suffix}")
 }
 
 /// The relay Job for `cx` (pure, so its shape is tested without an API server).
