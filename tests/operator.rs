@@ -225,6 +225,21 @@ impl Lab {
         }
     }
 
+    /// A machine that is already running: its Node registered Ready (as the kubelet would, with
+    /// the machine's providerID) before its Node CR is created; waits until the operator adopted
+    /// it as Ready. Returns the Kubernetes node name.
+    async fn running(&self, cp: &ControlPlane, m: MachineSpec) -> anyhow::Result<String> {
+        let node = cp.unique_name(&m.name);
+        let id = format!("homelab://{}/{}", self.ns, m.name);
+        self.world
+            .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+            .await?;
+        let name = m.name.clone();
+        self.create(m.on().node_name(&node)).await?;
+        self.wait_phase(&name, Phase::Ready).await?;
+        Ok(node)
+    }
+
     async fn node(&self, name: &str) -> anyhow::Result<Option<Node>> {
         Ok(Api::<Node>::all(self.client.clone()).get_opt(name).await?)
     }
@@ -334,19 +349,9 @@ async fn a_node_agent_powers_its_own_machine_off() -> anyhow::Result<()> {
         return Ok(());
     };
     let lab = Lab::start(cp, "op-agent").await?;
-    let node = cp.unique_name("agent");
-    let id = format!("homelab://{}/m1", lab.ns);
-    lab.world
-        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+    let node = lab
+        .running(cp, MachineSpec::new("m1").node_agent_off())
         .await?;
-    lab.create(
-        MachineSpec::new("m1")
-            .on()
-            .node_name(&node)
-            .node_agent_off(),
-    )
-    .await?;
-    lab.wait_phase("m1", Phase::Ready).await?;
     lab.set_power("m1", "off").await?;
     let job = lab.wait_job("m1", "off").await?;
     let pod = job
@@ -423,14 +428,7 @@ async fn a_pdb_that_forbids_eviction_keeps_the_machine_on() -> anyhow::Result<()
         return Ok(());
     };
     let lab = Lab::start(cp, "op-pdb").await?;
-    let node = cp.unique_name("pdb");
-    let id = format!("homelab://{}/m1", lab.ns);
-    lab.world
-        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
-        .await?;
-    lab.create(MachineSpec::new("m1").on().node_name(&node))
-        .await?;
-    lab.wait_phase("m1", Phase::Ready).await?;
+    let node = lab.running(cp, MachineSpec::new("m1")).await?;
     lab.world
         .create_bound_pod(&lab.ns, pod("web-0"), &node)
         .await?;
@@ -475,14 +473,7 @@ async fn a_node_that_goes_not_ready_is_recorded_not_powered_off() -> anyhow::Res
         return Ok(());
     };
     let lab = Lab::start(cp, "op-blip").await?;
-    let node = cp.unique_name("blip");
-    let id = format!("homelab://{}/m1", lab.ns);
-    lab.world
-        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
-        .await?;
-    lab.create(MachineSpec::new("m1").on().node_name(&node))
-        .await?;
-    lab.wait_phase("m1", Phase::Ready).await?;
+    let node = lab.running(cp, MachineSpec::new("m1")).await?;
 
     // Shorter than the 3 s grace period: nothing at all.
     lab.world.node_ready(&node, false).await?;

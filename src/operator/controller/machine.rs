@@ -118,6 +118,22 @@ fn policy(ctx: &Context, m: &Machine) -> Result<Policy, String> {
     Ok(p)
 }
 
+/// What a driver needs to act on `op` of `m`.
+fn op_context<'a>(
+    m: &'a Machine,
+    op: &'a Operation,
+    resource: &'a str,
+    now: Timestamp,
+) -> OpContext<'a> {
+    OpContext {
+        machine: m,
+        direction: direction_of(op),
+        op,
+        resource_name: resource,
+        now,
+    }
+}
+
 fn direction_of(op: &Operation) -> Direction {
     match op.kind {
         OperationKind::PowerOn => Direction::On,
@@ -256,13 +272,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         Some(op) => match driver(&ctx, &m, direction_of(op), node_name.as_deref()) {
             Ok(d) => {
                 let resource = operation_resource_name(&name, op);
-                let cx = OpContext {
-                    machine: &m,
-                    direction: direction_of(op),
-                    op,
-                    resource_name: &resource,
-                    now,
-                };
+                let cx = op_context(&m, op, &resource, now);
                 match d.check(&cx).await {
                     Ok(r) => absorb(&mut out, &mut status, r, now),
                     Err(PowerError::Transient(e)) => {
@@ -536,13 +546,7 @@ async fn perform(
             };
             let direction = direction_of(operation);
             let resource = operation_resource_name(&name, operation);
-            let cx = OpContext {
-                machine: m,
-                direction,
-                op: operation,
-                resource_name: &resource,
-                now,
-            };
+            let cx = op_context(m, operation, &resource, now);
             let d = match driver(ctx, m, direction, node_name) {
                 Ok(d) => d,
                 Err(e) => {
@@ -576,13 +580,7 @@ async fn perform(
             };
             let direction = direction_of(operation);
             let resource = operation_resource_name(&name, operation);
-            let cx = OpContext {
-                machine: m,
-                direction,
-                op: operation,
-                resource_name: &resource,
-                now,
-            };
+            let cx = op_context(m, operation, &resource, now);
             if let Ok(d) = driver(ctx, m, direction, node_name) {
                 d.cancel(&cx).await?;
                 if let Some(metrics) = &ctx.metrics {
@@ -795,13 +793,7 @@ async fn finalize(ctx: &Context, api: &Api<Machine>, m: &Machine) -> Result<Acti
     let node_name = node.as_ref().map(|n| n.name_any());
     if let Some(op) = lc.operation.as_ref().filter(|o| o.completed.is_none()) {
         let resource = operation_resource_name(&m.name_any(), op);
-        let cx = OpContext {
-            machine: m,
-            direction: direction_of(op),
-            op,
-            resource_name: &resource,
-            now: Timestamp::now(),
-        };
+        let cx = op_context(m, op, &resource, Timestamp::now());
         if let Ok(d) = driver(ctx, m, direction_of(op), node_name.as_deref()) {
             d.cancel(&cx).await?;
         }
