@@ -1,0 +1,666 @@
+//! `kubectl homelab run-operator` as a process against a real etcd + kube-apiserver (tests/support),
+//! with 2,000 powered-off machines in 50 groups using the Job power driver:
+//! - cold start: spawn → `NodeGroups` answers with every group (polled every 10 ms);
+//! - writes right after start (Node CRs, Groups, Jobs, Events, Leases) until the objects are quiet;
+//! - an idle window (default 300 s): CPU seconds of the process (/proc/<pid>/stat utime+stime) and
+//!   the writes it makes, counted as resourceVersion changes seen by watches;
+//! - CA's `NodeGroupIncreaseSize(1)` on a different group each call → the power-on Job seen by a
+//!   watch, p50/p99 (the Job watch's delivery is included, so this is an upper bound);
+//! - VmRSS / VmHWM (/proc/<pid>/status) after start, after the idle window and after the calls.
+//!
+//! Run: `cargo bench --bench operator` (`-- --idle SECS` shortens the idle window, `--per-group N`
+//! changes the scale). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
+//! of 10, a 5 s idle window, and checks every answer.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Event as CoreEvent;
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt as _};
+use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
+use kubectl_homelab::operator::provider::proto;
+use kubectl_homelab::operator::provider::proto::cloud_provider_client::CloudProviderClient;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Copy)]
+struct Size {
+    groups: usize,
+    per_group: usize,
+    calls: usize,
+    idle: Duration,
+    /// Start-up writes are over once the watched objects were unchanged for this long.
+    quiet: Duration,
+}
+
+const BENCH: Size = Size {
+    groups: 50,
+    per_group: 40,
+    calls: 50,
+    idle: Duration::from_secs(300),
+    quiet: Duration::from_secs(10),
+};
+
+const SMOKE: Size = Size {
+    groups: 2,
+    per_group: 10,
+    calls: 4,
+    idle: Duration::from_secs(5),
+    quiet: Duration::from_secs(2),
+};
+
+/// Upper bound for anything that normally takes a second (a loaded machine is slow).
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn group_id(g: usize) -> String {
+    format!("g{g:02}")
+}
+
+fn machine_name(g: usize, m: usize) -> String {
+    format!("g{g:02}-m{m:03}")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| -> Option<u64> {
+        let i = args.iter().position(|a| a == name)?;
+        args.get(i + 1).and_then(|v| v.parse().ok())
+    };
+    let mut size = if args.iter().any(|a| a == "--bench") {
+        BENCH
+    } else {
+        println!("operator bench (smoke; `cargo bench --bench operator` measures)");
+        SMOKE
+    };
+    if let Some(s) = flag("--idle") {
+        size.idle = Duration::from_secs(s);
+    }
+    if let Some(n) = flag("--per-group") {
+        size.per_group = n as usize;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(size)) {
+        eprintln!("operator bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Writes to one kind of object seen by a watch: creations, deletions and resourceVersion
+/// changes after the watch's first list.
+struct Writes {
+    count: Arc<AtomicU64>,
+    synced: Arc<AtomicBool>,
+    _task: support::Background,
+}
+
+impl Writes {
+    fn get(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts counting writes to `api`'s objects; new objects are also sent to `created`.
+fn count_writes<K>(api: Api<K>, created: Option<mpsc::UnboundedSender<(K, Instant)>>) -> Writes
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let count = Arc::new(AtomicU64::new(0));
+    let synced = Arc::new(AtomicBool::new(false));
+    let (c, s) = (count.clone(), synced.clone());
+    let task = tokio::spawn(async move {
+        let mut versions: HashMap<String, String> = HashMap::new();
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
+        while let Some(ev) = stream.next().await {
+            let (obj, initial) = match ev {
+                Ok(watcher::Event::Apply(o)) => (o, false),
+                Ok(watcher::Event::InitApply(o)) => (o, true),
+                Ok(watcher::Event::Delete(o)) => {
+                    versions.remove(&o.name_any());
+                    c.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    s.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                Ok(watcher::Event::Init) | Err(_) => continue,
+            };
+            let rv = obj.resource_version().unwrap_or_default();
+            match versions.insert(obj.name_any(), rv.clone()) {
+                Some(old) if old != rv => {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+                Some(_) => {}
+                None if !initial => {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if let Some(tx) = &created {
+                        let _ = tx.send((obj, Instant::now()));
+                    }
+                }
+                None => {}
+            }
+        }
+    });
+    Writes {
+        count,
+        synced,
+        _task: support::Background::from(task),
+    }
+}
+
+/// The watched kinds in the namespace.
+struct AllWrites {
+    machines: Writes,
+    groups: Writes,
+    jobs: Writes,
+    events: Writes,
+    leases: Writes,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    machines: u64,
+    groups: u64,
+    jobs: u64,
+    events: u64,
+    leases: u64,
+}
+
+impl AllWrites {
+    fn counts(&self) -> Counts {
+        Counts {
+            machines: self.machines.get(),
+            groups: self.groups.get(),
+            jobs: self.jobs.get(),
+            events: self.events.get(),
+            leases: self.leases.get(),
+        }
+    }
+
+    fn synced(&self) -> bool {
+        [
+            &self.machines,
+            &self.groups,
+            &self.jobs,
+            &self.events,
+            &self.leases,
+        ]
+        .iter()
+        .all(|w| w.synced.load(Ordering::SeqCst))
+    }
+}
+
+impl Counts {
+    fn since(self, before: Counts) -> Counts {
+        Counts {
+            machines: self.machines - before.machines,
+            groups: self.groups - before.groups,
+            jobs: self.jobs - before.jobs,
+            events: self.events - before.events,
+            leases: self.leases - before.leases,
+        }
+    }
+
+    /// Writes to the objects the controllers own (the Lease is leader election's renewals).
+    fn objects(self) -> u64 {
+        self.machines + self.groups + self.jobs + self.events
+    }
+
+    fn show(self) -> String {
+        format!(
+            "Node CRs {}, Groups {}, Jobs {}, Events {}, Lease {}",
+            self.machines, self.groups, self.jobs, self.events, self.leases
+        )
+    }
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in {path}"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system) the process has used.
+fn cpu(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("no command name in {path}"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        f.get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("field {} of {path}", i + 3))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// GET over HTTP/1.1: the status code.
+async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no HTTP status line in {out:?}"))
+}
+
+fn machine(g: usize, m: usize) -> anyhow::Result<Machine> {
+    let job = json!({ "image": "example.org/power:1", "command": ["/power"] });
+    serde_json::from_value(json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1",
+        "kind": "Node",
+        "metadata": { "name": machine_name(g, m), "labels": { "group": group_id(g) } },
+        "spec": {
+            "powerState": "off",
+            "power": { "on": { "job": job }, "off": { "job": job } },
+            "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" },
+        },
+    }))
+    .context("building a Node CR")
+}
+
+/// The groups and their powered-off machines.
+async fn fixtures(client: &kube::Client, ns: &str, size: Size) -> anyhow::Result<()> {
+    let groups: Api<Group> = Api::namespaced(client.clone(), ns);
+    for g in 0..size.groups {
+        let group: Group = serde_json::from_value(json!({
+            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
+            "metadata": { "name": group_id(g) },
+            "spec": { "minSize": 0, "maxSize": size.per_group },
+        }))?;
+        groups
+            .create(&PostParams::default(), &group)
+            .await
+            .with_context(|| format!("creating Group {}", group_id(g)))?;
+    }
+    let machines: Api<Machine> = Api::namespaced(client.clone(), ns);
+    let all: Vec<(usize, usize)> = (0..size.groups)
+        .flat_map(|g| (0..size.per_group).map(move |m| (g, m)))
+        .collect();
+    futures::stream::iter(all)
+        .map(|(g, m)| {
+            let machines = machines.clone();
+            async move {
+                machines
+                    .create(&PostParams::default(), &machine(g, m)?)
+                    .await
+                    .with_context(|| format!("creating Node CR {}", machine_name(g, m)))
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// Polls until `NodeGroups` lists exactly the fixture's groups with their max size.
+async fn correct_node_groups(addr: SocketAddr, size: Size) -> bool {
+    let Ok(mut c) = CloudProviderClient::connect(format!("http://{addr}")).await else {
+        return false;
+    };
+    let Ok(r) = c.node_groups(proto::NodeGroupsRequest {}).await else {
+        return false;
+    };
+    let got: BTreeMap<String, i32> = r
+        .into_inner()
+        .node_groups
+        .into_iter()
+        .map(|g| (g.id, g.max_size))
+        .collect();
+    let want: BTreeMap<String, i32> = (0..size.groups)
+        .map(|g| (group_id(g), size.per_group as i32))
+        .collect();
+    got == want
+}
+
+struct Operator {
+    child: tokio::process::Child,
+    pid: u32,
+    grpc: SocketAddr,
+    health: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Operator {
+    fn start(cp: &support::ControlPlane, ns: &str, dir: &Path) -> anyhow::Result<Operator> {
+        let ports = support::process::free_ports(2).context("picking free ports")?;
+        let grpc: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let health: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+        let log = dir.join("operator.log");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+            .arg("run-operator")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["-n", ns, "--lease-namespace", ns])
+            .args(["--listen", &grpc.to_string()])
+            .args(["--health-address", &health.to_string()])
+            .args(["--log", "info"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting kubectl-homelab run-operator")?;
+        let pid = child.id().context("the operator exited at once")?;
+        Ok(Operator {
+            child,
+            pid,
+            grpc,
+            health,
+            log,
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        support::process::log_tail(&self.log, 30)
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!("the operator exited ({status}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+}
+
+/// One start of the operator: time to correct answers and to ready, and the writes until quiet.
+struct Start {
+    cold: Duration,
+    ready: Duration,
+    writes: Counts,
+    settled: Duration,
+}
+
+async fn start(
+    cp: &support::ControlPlane,
+    ns: &str,
+    dir: &Path,
+    size: Size,
+    writes: &AllWrites,
+) -> anyhow::Result<(Operator, Start)> {
+    let at_spawn = writes.counts();
+    let spawned = Instant::now();
+    let mut op = Operator::start(cp, ns, dir)?;
+    loop {
+        if correct_node_groups(op.grpc, size).await {
+            break;
+        }
+        op.check_alive()?;
+        if spawned.elapsed() > PATIENCE {
+            bail!(
+                "NodeGroups did not list the {} groups within {PATIENCE:?}\n{}",
+                size.groups,
+                op.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cold = spawned.elapsed();
+    loop {
+        if matches!(http_status(op.health, "/readyz").await, Ok(200)) {
+            break;
+        }
+        op.check_alive()?;
+        if spawned.elapsed() > PATIENCE {
+            bail!("/readyz not 200 within {PATIENCE:?}\n{}", op.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready = spawned.elapsed();
+    let mut last = writes.counts().objects();
+    let mut last_change = Instant::now();
+    while last_change.elapsed() < size.quiet {
+        if spawned.elapsed() > PATIENCE {
+            bail!(
+                "the operator kept writing for {PATIENCE:?} after start\n{}",
+                op.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = writes.counts().objects();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+    }
+    op.check_alive()?;
+    let st = Start {
+        cold,
+        ready,
+        writes: writes.counts().since(at_spawn),
+        settled: last_change.saturating_duration_since(spawned),
+    };
+    Ok((op, st))
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+async fn run(size: Size) -> anyhow::Result<()> {
+    let Some(cp) = support::own(support::Options::default()).await? else {
+        println!("skipped: Kubernetes test binaries not found (see tests/support/README.md)");
+        return Ok(());
+    };
+    let client = cp.client()?;
+    let ns = cp.namespace("opbench").await?;
+    let t = Instant::now();
+    fixtures(&client, &ns, size).await?;
+    println!(
+        "{} machines (Job driver, all off) in {} groups created in {:.1} s; idle window {} s",
+        size.groups * size.per_group,
+        size.groups,
+        t.elapsed().as_secs_f64(),
+        size.idle.as_secs()
+    );
+
+    let (job_tx, mut job_rx) = mpsc::unbounded_channel();
+    let writes = AllWrites {
+        machines: count_writes(Api::<Machine>::namespaced(client.clone(), &ns), None),
+        groups: count_writes(Api::<Group>::namespaced(client.clone(), &ns), None),
+        jobs: count_writes(Api::<Job>::namespaced(client.clone(), &ns), Some(job_tx)),
+        events: count_writes(Api::<CoreEvent>::namespaced(client.clone(), &ns), None),
+        leases: count_writes(Api::<Lease>::namespaced(client.clone(), &ns), None),
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while !writes.synced() {
+        if Instant::now() > deadline {
+            bail!("the write-counting watches did not sync in {PATIENCE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // (1) Cold start: first on objects no operator has touched, then a restart (SIGKILL) over
+    // the status the first one wrote, which is the start that happens in a cluster every day.
+    let dir = tempfile::tempdir()?;
+    let (mut op, first) = start(&cp, &ns, dir.path(), size, &writes).await?;
+    op.child
+        .kill()
+        .await
+        .context("killing the first operator")?;
+    let (mut op, second) = start(&cp, &ns, dir.path(), size, &writes).await?;
+    let (rss_start, hwm_start) = memory(op.pid)?;
+    let cpu_start = cpu(op.pid)?;
+
+    // (4) Idle window.
+    let idle_before = writes.counts();
+    let cpu_before = cpu(op.pid)?;
+    let t = Instant::now();
+    tokio::time::sleep(size.idle).await;
+    let idle_wall = t.elapsed();
+    let idle_cpu = cpu(op.pid)?.saturating_sub(cpu_before);
+    let idle = writes.counts().since(idle_before);
+    op.check_alive()?;
+    let (rss_idle, hwm_idle) = memory(op.pid)?;
+
+    // (2) IncreaseSize(1) → power-on Job, each call on the next group. Jobs from before (there
+    // should be none; they are counted above) are not the calls'.
+    while job_rx.try_recv().is_ok() {}
+    let mut c = CloudProviderClient::connect(format!("http://{}", op.grpc))
+        .await
+        .context("connecting to the operator's gRPC")?;
+    let mut rpc = Vec::with_capacity(size.calls);
+    let mut to_job = Vec::with_capacity(size.calls);
+    for i in 0..size.calls {
+        let g = group_id(i % size.groups);
+        let t0 = Instant::now();
+        c.node_group_increase_size(proto::NodeGroupIncreaseSizeRequest {
+            id: g.clone(),
+            delta: 1,
+        })
+        .await
+        .with_context(|| format!("IncreaseSize(1) on {g}"))?;
+        rpc.push(t0.elapsed());
+        let (job, seen) = tokio::time::timeout(PATIENCE, job_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .with_context(|| {
+                format!("no power Job after IncreaseSize on {g}\n{}", op.log_tail())
+            })?;
+        to_job.push(seen.duration_since(t0));
+        let labels = job.labels();
+        let m = labels.get(MACHINE_LABEL).cloned().unwrap_or_default();
+        let dir = labels.get(DIRECTION_LABEL).cloned().unwrap_or_default();
+        if dir != "on" || !m.starts_with(&format!("{g}-")) {
+            bail!(
+                "IncreaseSize on {g} was followed by Job {} for machine {m:?} direction {dir:?}",
+                job.name_any()
+            );
+        }
+    }
+    // Jobs for other machines would arrive here: one call, one Job.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Ok((job, _)) = job_rx.try_recv() {
+        bail!("an extra power Job appeared: {}", job.name_any());
+    }
+    op.check_alive()?;
+    let (rss_calls, hwm_calls) = memory(op.pid)?;
+    rpc.sort();
+    to_job.sort();
+
+    println!("| measure | value |");
+    println!("|---|---|");
+    for (name, st) in [("first start", &first), ("restart after SIGKILL", &second)] {
+        println!(
+            "| {name}: spawn → NodeGroups lists all groups | {} |",
+            ms(st.cold)
+        );
+        println!(
+            "| {name}: spawn → /readyz 200 (leader) | {} |",
+            ms(st.ready)
+        );
+        println!(
+            "| {name}: writes until {} s quiet (last at {:.1} s) | {} |",
+            size.quiet.as_secs(),
+            st.settled.as_secs_f64(),
+            st.writes.show()
+        );
+    }
+    println!(
+        "| CPU used by the restart (incl. settling) | {:.2} s |",
+        cpu_start.as_secs_f64()
+    );
+    println!(
+        "| RSS / HWM after the restart settled | {} / {} |",
+        mib(rss_start),
+        mib(hwm_start)
+    );
+    println!(
+        "| idle {:.0} s: CPU | {:.2} s ({:.3} % of a core) |",
+        idle_wall.as_secs_f64(),
+        idle_cpu.as_secs_f64(),
+        100.0 * idle_cpu.as_secs_f64() / idle_wall.as_secs_f64()
+    );
+    println!(
+        "| idle {:.0} s: writes | {} |",
+        idle_wall.as_secs_f64(),
+        idle.show()
+    );
+    println!(
+        "| RSS / HWM after idle | {} / {} |",
+        mib(rss_idle),
+        mib(hwm_idle)
+    );
+    println!(
+        "| IncreaseSize(1) RPC, {} calls: p50 / p99 / max | {} / {} / {} |",
+        rpc.len(),
+        ms(percentile(&rpc, 0.5)),
+        ms(percentile(&rpc, 0.99)),
+        ms(percentile(&rpc, 1.0))
+    );
+    println!(
+        "| IncreaseSize(1) → power-on Job seen: p50 / p99 / max | {} / {} / {} |",
+        ms(percentile(&to_job, 0.5)),
+        ms(percentile(&to_job, 0.99)),
+        ms(percentile(&to_job, 1.0))
+    );
+    println!(
+        "| RSS / HWM after the calls | {} / {} |",
+        mib(rss_calls),
+        mib(hwm_calls)
+    );
+    Ok(())
+}
