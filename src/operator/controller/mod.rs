@@ -33,6 +33,9 @@ pub const FIELD_MANAGER: &str = "kubectl-homelab-operator";
 /// Finalizer that keeps a Node CR until its Kubernetes Node is left clean.
 pub const FINALIZER: &str = "infra.homecluster.dev/cleanup";
 
+/// How long a Group's reconcile waits for more member changes before writing its status.
+const GROUP_DEBOUNCE: Duration = Duration::from_secs(2);
+
 /// Settings of the controllers (flags of `run-operator`).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -342,7 +345,11 @@ pub async fn run(
         ctx.clone(),
         source.group_store(),
         group_queue,
-        controller::Config::default().concurrency(2),
+        // A Group's status sums its members: while many of them change at once (a first start,
+        // a scale-up), write it once they settled rather than once per member change.
+        controller::Config::default()
+            .concurrency(2)
+            .debounce(GROUP_DEBOUNCE),
     )
     .for_each(|r| async move {
         if let Err(e) = r {
