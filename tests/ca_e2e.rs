@@ -604,6 +604,20 @@ async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
             Ok(lab.world.run_pods(&node).await.is_ok().then_some(()))
         })
         .await?;
+        // A running machine: the operator has seen it Ready (the scheduler binds pods as soon as
+        // the Node is Ready, which can be before the operator's status says so).
+        lab.until("the machine to be Running for CA", || async {
+            let listed = instances(&lab).await?;
+            Ok((!listed.is_empty()
+                && listed.iter().all(|i| {
+                    i.status.as_ref().is_some_and(|s| {
+                        s.instance_state
+                            == proto::instance_status::InstanceState::InstanceRunning as i32
+                    })
+                }))
+            .then_some(()))
+        })
+        .await?;
 
         lab.world.node_ready(&node, false).await?;
         for _ in 0..10 {
