@@ -1,6 +1,8 @@
 //! The Kubernetes-backed inventory source of the CA provider: reflectors on Group CRs, Node CRs
 //! (`Machine`) and Kubernetes Nodes feed the pure core; desired power is written to the Node
-//! CRs' `spec.powerState` with merge patches guarded by resourceVersion preconditions.
+//! CRs' `spec.powerState` with merge patches guarded by resourceVersion preconditions (with the
+//! `infra.homecluster.dev/power-on-failed-at` annotation in the same patch when CA gave up on a
+//! power-on). Group ids are names for one namespace, `<namespace>/<name>` for all.
 //!
 //! Why it is shaped like this:
 //! - Read RPCs never build anything: they get the newest inventory (a pointer clone). A
