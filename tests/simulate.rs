@@ -788,14 +788,16 @@ fn time_of_use_prices_and_a_boot_surge() {
 }
 
 /// Issue 16 item 1: every Group field is modelled or reported as ignored, never silently
-/// dropped. GPU thresholds (no GPUs simulated) and template labels/taints (simulated pods have
-/// no selectors and tolerate everything) are listed in the report.
+/// dropped. GPU thresholds (no GPUs simulated), template labels/taints (simulated pods have
+/// no selectors and tolerate everything) and remediation (simulated Nodes are never lost while
+/// running) are listed in the report.
 #[test]
 fn group_fields_the_simulation_does_not_model_are_reported() {
     let text = data("one-burst.yaml").replace(
         "spec: {minSize: 0, maxSize: 1}",
         "spec:\n      minSize: 0\n      maxSize: 1\n      scaleDownGpuUtilizationThreshold: \"0.3\"\n      \
-         template:\n        labels: {disk: ssd}\n        taints: [{key: gpu, effect: NoSchedule}]",
+         template:\n        labels: {disk: ssd}\n        taints: [{key: gpu, effect: NoSchedule}]\n      \
+         remediation: {powerCycleAfter: 15m}",
     );
     let s = Scenario::parse("ignored.yaml", &text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}"));
     let r = simulate(&s);
@@ -807,6 +809,11 @@ fn group_fields_the_simulation_does_not_model_are_reported() {
     );
     assert!(has("groups[0].spec.template.labels"), "{:?}", r.ignored);
     assert!(has("groups[0].spec.template.taints"), "{:?}", r.ignored);
+    assert!(
+        has("groups[0].spec.remediation.powerCycleAfter"),
+        "{:?}",
+        r.ignored
+    );
     // The plain scenario has nothing to report.
     assert!(simulate(&scenario("one-burst.yaml")).ignored.is_empty());
 }

@@ -1475,6 +1475,27 @@ mod tests {
         );
     }
 
+    /// The Group's `scaleDownDisabled` protects every member as the operator does
+    /// (`controller/node_side.rs` annotates each member's Node): both machines stay on.
+    #[test]
+    fn a_groups_scale_down_disabled_keeps_every_member_on() {
+        let groups = &[("g", "{minSize: 0, scaleDownDisabled: true}")];
+        let mut sc = lab(
+            "  scaleDownUnneededTime: 1m\n",
+            groups,
+            TWO,
+            &["name: w"],
+            "",
+        );
+        assert!(sc.machines.iter().all(|m| m.scale_down_disabled));
+        sc.duration = 2 * HOUR;
+        let r = Sim::new(&sc, RunOptions::default())
+            .run(&mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        let hours: Vec<f64> = r.machines.iter().map(|m| m.hours_on).collect();
+        assert_eq!(hours, vec![2.0, 2.0]);
+    }
+
     fn option(group: usize, nodes: u32, pods: usize, waste: f64) -> Option_ {
         Option_ {
             group,

@@ -999,7 +999,9 @@ impl Scenario {
                     "no idle power draw: set spec.watts.idle (e.g. 12) or simulation.watts.idle",
                 ));
             }
-            let scale_down_disabled = doc.spec.scale_down_disabled();
+            // The operator annotates a member's Node for its own flag or its Group's.
+            let scale_down_disabled =
+                doc.spec.scale_down_disabled() || groups[group].group.scale_down_disabled();
             let initially_on = doc.spec.power_state == PowerState::On;
             let machine = Machine {
                 metadata: doc.metadata,
@@ -1076,6 +1078,15 @@ impl Scenario {
             if spec.scale_down_gpu_utilization_threshold.is_some() {
                 ignored.push(format!(
                     "groups[{i}].spec.scaleDownGpuUtilizationThreshold: no GPUs are simulated"
+                ));
+            }
+            if spec
+                .remediation
+                .as_ref()
+                .is_some_and(|r| r.power_cycle_after.is_some())
+            {
+                ignored.push(format!(
+                    "groups[{i}].spec.remediation.powerCycleAfter: simulated Nodes never go NotReady while their machine runs"
                 ));
             }
             if let Some(t) = &spec.template {
