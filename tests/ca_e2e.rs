@@ -420,7 +420,7 @@ async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Resu
             "only the machine the pods run on was ever powered on"
         );
         assert_eq!(
-            lab.wanted_on().await?,
+            lab.machines.ever_wanted_on(),
             BTreeSet::from([node.clone()]),
             "the other machines never got spec.powerState: on"
         );
@@ -496,6 +496,11 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
             lab.wanted_on().await?,
             BTreeSet::from([node.clone()]),
             "only the machine the pods run on stays on"
+        );
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([broken.clone(), node.clone()]),
+            "the third machine never got spec.powerState: on"
         );
         assert_eq!(
             lab.machines.power_ons(),
@@ -796,9 +801,14 @@ async fn price_expander_scales_up() -> anyhow::Result<()> {
                 lab.all_pods_on_one_node()
             })
             .await?;
-        assert_eq!(lab.machines.ever_powered_on(), BTreeSet::from([node]));
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([node.clone()])
+        );
+        assert_eq!(lab.machines.power_ons(), BTreeMap::from([(node, 1)]));
         let calls = lab.ca.calls();
         assert_eq!(calls.increase_size(), 1, "{calls}");
+        assert_eq!(calls.delete_nodes(), 0, "{calls}");
         assert!(
             calls.get("PricingPodPrice") >= 1,
             "the price expander ran: {calls}"

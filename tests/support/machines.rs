@@ -27,7 +27,7 @@ use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use kubectl_homelab::operator::api::Machine;
-use kubectl_homelab::operator::machine::Phase;
+use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL, job_selector};
 
 use super::control_plane::lock;
@@ -70,6 +70,8 @@ pub enum Happened {
     PoweredOffTaintedByCa,
     /// The operator wrote this phase (and `status.lastError`) into the Node CR.
     Phase(Phase, Option<String>),
+    /// `spec.powerState` became this (CA's IncreaseSize / DeleteNodes, through the provider).
+    Desired(PowerState),
 }
 
 /// The taint CA puts on a node it is removing, before draining it.
@@ -83,6 +85,8 @@ struct Seen {
     jobs: BTreeSet<String>,
     /// Last phase and error seen per Node CR.
     phases: BTreeMap<String, (Phase, Option<String>)>,
+    /// Last `spec.powerState` seen per Node CR.
+    desired: BTreeMap<String, PowerState>,
     /// Kubernetes node names that are up (registered here and not stopped).
     up: BTreeSet<String>,
     log: Vec<(Duration, String, Happened)>,
@@ -256,6 +260,13 @@ impl Machines {
         self.power_ons().into_keys().collect()
     }
 
+    /// Node CRs whose `spec.powerState` was ever seen `on`.
+    pub fn ever_wanted_on(&self) -> BTreeSet<String> {
+        self.count(&Happened::Desired(PowerState::On))
+            .into_keys()
+            .collect()
+    }
+
     /// Machines powered off while their Node carried CA's deletion taint.
     pub fn powered_off_tainted_by_ca(&self) -> BTreeSet<String> {
         self.count(&Happened::PoweredOffTaintedByCa)
@@ -313,6 +324,11 @@ fn on_job(shared: &Shared, job: &Job) {
 
 fn on_machine(shared: &Shared, m: &Machine) {
     let name = m.name_any();
+    let desired = m.spec.power_state;
+    let before = lock(&shared.seen).desired.insert(name.clone(), desired);
+    if before != Some(desired) {
+        shared.record(&name, Happened::Desired(desired));
+    }
     let lc = m.lifecycle();
     let now = (lc.phase(), lc.last_error.clone());
     let changed = lock(&shared.seen).phases.insert(name.clone(), now.clone()) != Some(now.clone());
