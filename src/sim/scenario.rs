@@ -311,6 +311,7 @@ struct AutoscalerFile {
     skip_nodes_with_local_storage: Option<bool>,
     skip_nodes_with_custom_controller_pods: Option<bool>,
     blocking_system_pod_disruption_timeout: Option<Duration>,
+    node_delete_delay_after_taint: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -352,6 +353,8 @@ pub struct AutoscalerConfig {
     pub skip_nodes_with_local_storage: bool,
     pub skip_nodes_with_custom_controller_pods: bool,
     pub blocking_system_pod_disruption_timeout: Millis,
+    /// CA's `--node-delete-delay-after-taint`: from tainting a node to draining and deleting it.
+    pub node_delete_delay_after_taint: Millis,
 }
 
 impl Default for AutoscalerConfig {
@@ -381,6 +384,7 @@ impl Default for AutoscalerConfig {
             skip_nodes_with_local_storage: true,
             skip_nodes_with_custom_controller_pods: true,
             blocking_system_pod_disruption_timeout: HOUR,
+            node_delete_delay_after_taint: 5 * SECOND,
         }
     }
 }
@@ -1211,6 +1215,9 @@ fn autoscaler_config(cx: &Ctx, f: &AutoscalerFile) -> Result<AutoscalerConfig, S
         blocking_system_pod_disruption_timeout: f
             .blocking_system_pod_disruption_timeout
             .map_or(d.blocking_system_pod_disruption_timeout, |v| v.0),
+        node_delete_delay_after_taint: f
+            .node_delete_delay_after_taint
+            .map_or(d.node_delete_delay_after_taint, |v| v.0),
     };
     if c.scan_interval < 100 {
         return Err(cx.err(
