@@ -14,7 +14,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -23,6 +23,9 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kubectl_homelab::operator::api::{Group, Machine};
 use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::provider::proto;
+use kubectl_homelab::sim::scenario::NoTraceFiles;
+use kubectl_homelab::sim::workload::replica_steps;
+use kubectl_homelab::sim::{RunOptions, Scenario, Sim};
 use serde_json::json;
 use support::ca::CallCounts;
 use support::{
@@ -209,6 +212,23 @@ impl Lab {
             pods.create(&PostParams::default(), &pod(&format!("app-{i}"))?)
                 .await
                 .with_context(|| format!("creating pod app-{i}"))?;
+        }
+        Ok(())
+    }
+
+    /// From `live` scenario pods (`app-0`..) to `count`: creates the missing ones or deletes
+    /// the newest.
+    async fn set_pods(&self, live: usize, count: usize) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        for i in live..count {
+            pods.create(&PostParams::default(), &pod(&format!("app-{i}"))?)
+                .await
+                .with_context(|| format!("creating pod app-{i}"))?;
+        }
+        for i in count..live {
+            pods.delete(&format!("app-{i}"), &DeleteParams::default())
+                .await
+                .with_context(|| format!("deleting pod app-{i}"))?;
         }
         Ok(())
     }
@@ -817,6 +837,199 @@ async fn price_expander_scales_up() -> anyhow::Result<()> {
     }
     .await;
     lab.finish(result)
+}
+
+/// Scenario F (issue 16 item 6): `simulate` against the real CA. tests/data/sim/versus-ca.yaml
+/// describes this lab (three 2-CPU machines, the Job and boot times of `support::Machines`, CA's
+/// flags) and a workload of bare 600m pods: 2 from 0 s, 5 from 20 s, none from 60 s. `simulate`
+/// runs it on virtual time; then CA 1.36.1 runs it here on wall time with the flags read from the
+/// same file, the test creating and deleting the pods on the file's schedule. The real run must
+/// change the same machines' `spec.powerState` the same way (which machines, on/off, how many),
+/// in the same order, each within the scan interval plus a machine's power action and boot of
+/// the simulated time, and call IncreaseSize as often as the simulation did.
+#[tokio::test]
+async fn f_simulate_agrees_with_the_real_ca() -> anyhow::Result<()> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sim/versus-ca.yaml");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let sc = Scenario::parse(path, &text, &NoTraceFiles).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = RunOptions {
+        timeline: true,
+        ..RunOptions::default()
+    };
+    let sim = Sim::new(&sc, opts)
+        .run(&mut |_, _| {})
+        .map_err(|e| anyhow::anyhow!("simulate {path}: {e}"))?;
+    let expected: Vec<PowerChange> = sim
+        .power_requests
+        .iter()
+        .map(|p| PowerChange {
+            at: Duration::from_millis(p.at),
+            machine: p.machine.clone(),
+            desired: p.desired,
+        })
+        .collect();
+    let machine = sc.machines.first().context("no machine in the scenario")?;
+    let tolerance = Duration::from_millis(
+        sc.autoscaler.scan_interval + machine.power_action_time.mean() + machine.boot_time.mean(),
+    );
+    let spec = LabSpec {
+        ca: ca_flags_of(&sc),
+        ..LabSpec::new("ca-f")
+    };
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        // CA has gone through its loops once (its status shows the group) when the clock starts.
+        lab.ca_target(0).await?;
+        let t0 = Instant::now();
+        let mut live = 0;
+        for (at, _, count) in replica_steps(&sc.workloads, sc.duration) {
+            tokio::time::sleep_until((t0 + Duration::from_millis(at)).into()).await;
+            lab.set_pods(live, count as usize).await?;
+            live = count as usize;
+        }
+        let real = lab
+            .until("as many power changes as the simulation made", || async {
+                let seen = lab.machines.desired_changes_since(t0);
+                Ok((seen.len() >= expected.len()).then_some(seen))
+            })
+            .await?;
+        let real: Vec<PowerChange> = real
+            .into_iter()
+            .map(|(at, machine, desired)| PowerChange {
+                at,
+                machine,
+                desired,
+            })
+            .collect();
+        eprintln!("simulated: {expected:?}\nreal CA:   {real:?}\ntolerance: {tolerance:?}");
+        agree(&expected, &real, tolerance)?;
+        anyhow::ensure!(
+            lab.ca.calls().increase_size() == sim.counters.scale_ups as usize,
+            "CA called IncreaseSize {} times, the simulation {}",
+            lab.ca.calls().increase_size(),
+            sim.counters.scale_ups
+        );
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// A desired-power change of one machine, at a time from the start of the workload.
+#[derive(Debug, Clone, PartialEq)]
+struct PowerChange {
+    at: Duration,
+    machine: String,
+    desired: PowerState,
+}
+
+/// The CA flags a scenario's `autoscaler:` section stands for (Go durations in milliseconds).
+fn ca_flags_of(sc: &Scenario) -> CaOptions {
+    let a = &sc.autoscaler;
+    let ms = |v: u64| format!("{v}ms");
+    let flags = [
+        ("scan-interval", ms(a.scan_interval)),
+        ("max-node-provision-time", ms(a.max_node_provision_time)),
+        ("scale-down-unneeded-time", ms(a.scale_down_unneeded_time)),
+        (
+            "scale-down-delay-after-add",
+            ms(a.scale_down_delay_after_add),
+        ),
+        (
+            "scale-down-delay-after-delete",
+            ms(a.scale_down_delay_after_delete),
+        ),
+        (
+            "scale-down-delay-after-failure",
+            ms(a.scale_down_delay_after_failure),
+        ),
+        (
+            "unremovable-node-recheck-timeout",
+            ms(a.unremovable_node_recheck_timeout),
+        ),
+        ("initial-node-group-backoff-duration", ms(a.backoff_initial)),
+        ("max-node-group-backoff-duration", ms(a.backoff_max)),
+        (
+            "node-delete-delay-after-taint",
+            ms(a.node_delete_delay_after_taint),
+        ),
+        (
+            "scale-down-utilization-threshold",
+            a.scale_down_utilization_threshold.to_string(),
+        ),
+    ];
+    flags
+        .into_iter()
+        .fold(CaOptions::default(), |o, (flag, v)| {
+            o.arg(&format!("--{flag}={v}"))
+        })
+}
+
+/// Whether the real run made the simulated changes: the same machines, each with the same
+/// sequence of desired states, each change within `tolerance` of its simulated time; and
+/// changes the simulation spaced more than `tolerance` apart in the same order.
+fn agree(
+    expected: &[PowerChange],
+    real: &[PowerChange],
+    tolerance: Duration,
+) -> anyhow::Result<()> {
+    let by_machine = |changes: &[PowerChange]| {
+        let mut out: BTreeMap<String, Vec<(Duration, PowerState)>> = BTreeMap::new();
+        for c in changes {
+            out.entry(c.machine.clone())
+                .or_default()
+                .push((c.at, c.desired));
+        }
+        out
+    };
+    let (want, got) = (by_machine(expected), by_machine(real));
+    let states = |m: &BTreeMap<String, Vec<(Duration, PowerState)>>| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|c| c.1).collect::<Vec<_>>()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    anyhow::ensure!(
+        states(&want) == states(&got),
+        "different power changes per machine: simulated {:?}, real {:?}",
+        states(&want),
+        states(&got)
+    );
+    for (machine, changes) in &want {
+        for (k, (at, desired)) in changes.iter().enumerate() {
+            let real_at = got[machine][k].0;
+            anyhow::ensure!(
+                real_at.abs_diff(*at) <= tolerance,
+                "{machine} wanted {desired:?} at {real_at:?} with the real CA, at {at:?} in the \
+                 simulation (more than {tolerance:?} apart)"
+            );
+        }
+    }
+    // The k-th change of a machine in `real`, for the order check.
+    let real_at = |c: &PowerChange, k: usize| got[&c.machine][k].0;
+    let nth = |changes: &[PowerChange], i: usize| {
+        changes[..i]
+            .iter()
+            .filter(|c| c.machine == changes[i].machine)
+            .count()
+    };
+    for i in 0..expected.len() {
+        for j in i + 1..expected.len() {
+            let (a, b) = (&expected[i], &expected[j]);
+            if b.at > a.at + tolerance {
+                anyhow::ensure!(
+                    real_at(a, nth(expected, i)) <= real_at(b, nth(expected, j)),
+                    "the simulation wanted {} {:?} before {} {:?}; the real CA the other way round",
+                    a.machine,
+                    a.desired,
+                    b.machine,
+                    b.desired
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[test]

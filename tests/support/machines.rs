@@ -95,6 +95,7 @@ struct Seen {
 /// The simulated machines, Job controller and kubelets of one namespace; stop when dropped.
 pub struct Machines {
     seen: Arc<Mutex<Seen>>,
+    started: Instant,
     _runner: Background,
     _jobs: Background,
     _crs: Background,
@@ -228,6 +229,7 @@ impl Machines {
         };
         Machines {
             seen: shared.seen.clone(),
+            started: shared.started,
             _runner: runner,
             _jobs: jobs,
             _crs: crs,
@@ -258,6 +260,21 @@ impl Machines {
     /// Node CRs the operator ever created a power-on Job for.
     pub fn ever_powered_on(&self) -> BTreeSet<String> {
         self.power_ons().into_keys().collect()
+    }
+
+    /// Every change of a Node CR's `spec.powerState` seen after `since`, with its time from
+    /// `since`, in order (the first sighting of each Node CR counts: ask after they were seen).
+    pub fn desired_changes_since(&self, since: Instant) -> Vec<(Duration, String, PowerState)> {
+        lock(&self.seen)
+            .log
+            .iter()
+            .filter_map(|(at, m, h)| match h {
+                Happened::Desired(p) => (self.started + *at)
+                    .checked_duration_since(since)
+                    .map(|d| (d, m.clone(), *p)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Node CRs whose `spec.powerState` was ever seen `on`.
