@@ -25,6 +25,7 @@ use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::provider::proto;
 use serde_json::json;
 use support::ca::CallCounts;
+use support::machines::Happened;
 use support::{
     Assets, Boot, CaOptions, ClusterAutoscaler, ControlPlane, FakeNode, Machines, MachinesConfig,
     Options, Provider, ProviderCommand, ProviderIdBy, Transport, World,
@@ -53,6 +54,8 @@ struct LabSpec {
     hourly_rate: Option<&'static str>,
     /// `spec.bootTimeout` of every machine (the operator's default, 10 minutes, when `None`).
     boot_timeout: Option<&'static str>,
+    /// From a machine's power-on Job succeeding to its Node registering Ready.
+    boot: Duration,
 }
 
 impl LabSpec {
@@ -66,6 +69,7 @@ impl LabSpec {
             ca: CaOptions::default(),
             hourly_rate: None,
             boot_timeout: None,
+            boot: BOOT,
         }
     }
 }
@@ -182,7 +186,7 @@ impl Lab {
             ))
             .await?;
 
-        let mut config = MachinesConfig::new(&ns, BOOT).provider_id_by(spec.provider_id_by);
+        let mut config = MachinesConfig::new(&ns, spec.boot).provider_id_by(spec.provider_id_by);
         for i in &spec.broken {
             config = config.machine(&machine_name(*i), Boot::Never);
         }
@@ -348,6 +352,18 @@ impl Lab {
             || async { Ok((self.ca.status_target(GROUP).await? == Some(target)).then_some(())) },
         )
         .await
+    }
+
+    /// SIGKILLs the operator and starts it again, checking that no group machine registered
+    /// before the kill (the scenario needs the boot in flight).
+    async fn kill_and_restart_operator_before_registration(&self) -> anyhow::Result<()> {
+        let registered = self.registered().await?;
+        anyhow::ensure!(
+            registered.is_empty(),
+            "{registered:?} registered before the kill: the boot is no longer in flight"
+        );
+        self.provider.kill();
+        self.provider.restart().await
     }
 
     /// Adds CA's and the provider's logs and the machines' history to a failure, and prints
@@ -643,13 +659,17 @@ async fn c_restarted_ca_scales_up_from_zero_over_mtls() -> anyhow::Result<()> {
 }
 
 /// Scenario D (also issue 12's SIGKILL restart of the real binary): the operator is SIGKILLed
-/// right after CA's IncreaseSize, as soon as its power-on Job exists and before the machine
-/// registers, and started again. The restarted operator picks the boot up from the Node CR's
-/// status and the Job (deterministic name): no second power-on Job, the machine ends Ready, CA
-/// sees one machine and the pods bind.
+/// twice between CA's IncreaseSize and the machine's registration, and started again each time:
+/// once as soon as its power-on Job exists (phase PoweringOn), once after the Job succeeded while
+/// the machine boots (phase Booting). Each restarted operator picks the boot up from the Node
+/// CR's status and the Job (deterministic name): no second power-on Job, the machine ends Ready,
+/// CA sees one machine and the pods bind.
 #[tokio::test]
 async fn d_operator_killed_mid_boot_finishes_it_after_a_restart() -> anyhow::Result<()> {
-    let Some(lab) = Lab::start(LabSpec::new("ca-d")).await? else {
+    let mut spec = LabSpec::new("ca-d");
+    // Room for the second kill and restart between the power-on Job's success and the boot.
+    spec.boot = Duration::from_secs(8);
+    let Some(lab) = Lab::start(spec).await? else {
         return Ok(());
     };
     let result = async {
@@ -659,12 +679,13 @@ async fn d_operator_killed_mid_boot_finishes_it_after_a_restart() -> anyhow::Res
                 Ok(lab.machines.ever_powered_on().into_iter().next())
             })
             .await?;
-        anyhow::ensure!(
-            lab.registered().await?.is_empty(),
-            "the machine registered before the kill (the scenario needs it booting)"
-        );
-        lab.provider.kill();
-        lab.provider.restart().await?;
+        lab.kill_and_restart_operator_before_registration().await?;
+        lab.until("the power-on Job to succeed", || async {
+            let done = Happened::PowerJobDone("on".to_owned());
+            Ok(lab.machines.saw(&machine, &done).then_some(()))
+        })
+        .await?;
+        lab.kill_and_restart_operator_before_registration().await?;
 
         let node = lab
             .until("both pods to be bound to one node", || {
@@ -680,9 +701,12 @@ async fn d_operator_killed_mid_boot_finishes_it_after_a_restart() -> anyhow::Res
         assert_eq!(
             lab.machines.power_ons(),
             BTreeMap::from([(machine.clone(), 1)]),
-            "one power-on Job across the kill"
+            "one power-on Job across both kills"
         );
-        assert_eq!(lab.wanted_on().await?, BTreeSet::from([machine.clone()]));
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([machine.clone()])
+        );
         assert_eq!(instances(&lab).await?.len(), 1, "CA is told of one machine");
         let calls = lab.ca.calls();
         assert_eq!(calls.increase_size(), 1, "{calls}");

@@ -245,6 +245,14 @@ impl Machines {
         out
     }
 
+    /// Whether `machine` went through `what` so far.
+    pub fn saw(&self, machine: &str, what: &Happened) -> bool {
+        lock(&self.seen)
+            .log
+            .iter()
+            .any(|(_, m, h)| m == machine && h == what)
+    }
+
     /// How many power-on Jobs the operator created per Node CR.
     pub fn power_ons(&self) -> BTreeMap<String, usize> {
         self.count(&Happened::PowerJob("on".to_owned()))
