@@ -545,26 +545,31 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
     lab.finish(result)
 }
 
-/// Scenario B with a one-machine group whose machine never registers: CA gives up on it and backs
-/// the group off. No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
+/// Scenario B with a one-machine group whose machine never registers, given up by CA itself
+/// (the operator's boot timeout is its default, 10 minutes): after `--max-node-provision-time`
+/// CA finds the scale-up timed out (`clusterstate/clusterstate.go` `updateScaleRequests`: the
+/// group is backed off and the target reverted with DecreaseTargetSize) and removes the
+/// long-unregistered instance (`core/static_autoscaler.go` `removeOldUnregisteredNodes`:
+/// DeleteNodes). No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
 /// machine CA still lists as long-unregistered makes CA call both every loop, ~30 a minute at a
 /// 2 s scan). Counted over a 45 s window after CA first gave up: CA's exponential backoff (10 s,
-/// 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows at most a handful of retries there,
-/// and each is refused (the only machine is cooling down after its failed boot).
+/// 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows the first IncreaseSize and three
+/// retries (at once, 10 s and 30 s later), each refused (the only machine is cooling down after
+/// its failed boot).
 #[tokio::test]
 async fn b_one_machine_group_with_a_failed_boot_does_not_loop() -> anyhow::Result<()> {
     let mut spec = LabSpec::new("ca-b1");
     spec.machines = 1;
     spec.broken = vec![0];
-    spec.boot_timeout = Some(BOOT_TIMEOUT);
-    spec.ca = CaOptions::default().max_node_provision_time(Duration::from_secs(60));
+    spec.ca = CaOptions::default().max_node_provision_time(Duration::from_secs(15));
     let Some(lab) = Lab::start(spec).await? else {
         return Ok(());
     };
     let result = async {
         lab.create_pods(1).await?;
-        lab.until("CA to give up on the machine (DeleteNodes)", || async {
-            Ok((lab.ca.calls().delete_nodes() > 0).then_some(()))
+        lab.until("CA to give up on the machine", || async {
+            let calls = lab.ca.calls();
+            Ok((calls.delete_nodes() + calls.decrease_target_size() > 0).then_some(()))
         })
         .await?;
         tokio::time::sleep(Duration::from_secs(45)).await;
@@ -578,6 +583,11 @@ async fn b_one_machine_group_with_a_failed_boot_does_not_loop() -> anyhow::Resul
             calls.delete_nodes() <= 2,
             "DeleteNodes called {} times: a retry loop ({calls})",
             calls.delete_nodes()
+        );
+        assert!(
+            calls.decrease_target_size() <= 2,
+            "DecreaseTargetSize called {} times: a retry loop ({calls})",
+            calls.decrease_target_size()
         );
         assert_eq!(
             lab.placements().await?,
