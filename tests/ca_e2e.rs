@@ -225,14 +225,21 @@ impl Lab {
         Ok(())
     }
 
-    /// The node each scenario pod is bound to (`None`: pending).
-    async fn placements(&self) -> anyhow::Result<Vec<Option<String>>> {
+    /// The scenario's pods, from the API server.
+    async fn pods(&self) -> anyhow::Result<Vec<Pod>> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
         Ok(pods
             .list(&ListParams::default())
             .await
             .context("listing the scenario's pods")?
-            .items
+            .items)
+    }
+
+    /// The node each scenario pod is bound to (`None`: pending).
+    async fn placements(&self) -> anyhow::Result<Vec<Option<String>>> {
+        Ok(self
+            .pods()
+            .await?
             .into_iter()
             .map(|p| p.spec.and_then(|s| s.node_name))
             .collect())
@@ -240,12 +247,9 @@ impl Lab {
 
     /// How many scenario pods the scheduler marked Unschedulable.
     async fn unschedulable(&self) -> anyhow::Result<usize> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        Ok(pods
-            .list(&ListParams::default())
-            .await
-            .context("listing the scenario's pods")?
-            .items
+        Ok(self
+            .pods()
+            .await?
             .iter()
             .filter(|p| {
                 let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
@@ -270,28 +274,32 @@ impl Lab {
         })
     }
 
-    /// `spec.powerState` of every machine that is `on` now, from the API server.
-    async fn wanted_on(&self) -> anyhow::Result<BTreeSet<String>> {
+    /// The group's Node CRs, from the API server.
+    async fn crs(&self) -> anyhow::Result<Vec<Machine>> {
         let crs: Api<Machine> = Api::namespaced(self.client.clone(), &self.ns);
         Ok(crs
             .list(&ListParams::default())
             .await
             .context("listing Node CRs")?
-            .items
+            .items)
+    }
+
+    /// `spec.powerState` of every machine that is `on` now, from the API server.
+    async fn wanted_on(&self) -> anyhow::Result<BTreeSet<String>> {
+        Ok(self
+            .crs()
+            .await?
             .into_iter()
             .filter(|m| m.spec.power_state == PowerState::On)
-            .filter_map(|m| m.metadata.name)
+            .map(|m| m.name_any())
             .collect())
     }
 
     /// The operator's phase of every machine, from the API server.
     async fn phases(&self) -> anyhow::Result<BTreeMap<String, Phase>> {
-        let crs: Api<Machine> = Api::namespaced(self.client.clone(), &self.ns);
-        Ok(crs
-            .list(&ListParams::default())
-            .await
-            .context("listing Node CRs")?
-            .items
+        Ok(self
+            .crs()
+            .await?
             .into_iter()
             .map(|m| (m.name_any(), m.lifecycle().phase()))
             .collect())
