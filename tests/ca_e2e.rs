@@ -516,6 +516,17 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
             reasons.iter().any(|r| r.contains("Ready")),
             "the broken machine was Failed with the boot timeout as its reason: {reasons:?}"
         );
+        // Off now (CA's DeleteNodes cancelled it, CA-CONTRACT rule 7), the failure kept: it is
+        // what makes the provider pick the other machines first.
+        let crs: Api<Machine> = Api::namespaced(lab.client.clone(), &lab.ns);
+        assert!(
+            crs.get(&broken)
+                .await?
+                .lifecycle()
+                .last_power_on_failure
+                .is_some(),
+            "the broken machine's status keeps lastPowerOnFailure"
+        );
         assert_eq!(
             lab.wanted_on().await?,
             BTreeSet::from([node.clone()]),
@@ -816,6 +827,11 @@ async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
             [(node.clone(), 1)].into_iter().collect()
         );
         assert_eq!(lab.all_pods_on_one_node().await?, Some(node));
+        assert_eq!(
+            lab.machines.power_offs(),
+            BTreeMap::new(),
+            "no power-off Job"
+        );
         let calls = lab.ca.calls();
         assert_eq!(calls.delete_nodes(), 0, "{calls}");
         assert_eq!(calls.increase_size(), 1, "{calls}");
