@@ -566,10 +566,10 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
 
 /// Scenario B with a one-machine group whose machine never registers, given up by CA itself
 /// (the operator's boot timeout is its default, 10 minutes): after `--max-node-provision-time`
-/// CA finds the scale-up timed out (`clusterstate/clusterstate.go` `updateScaleRequests`: the
-/// group is backed off and the target reverted with DecreaseTargetSize) and removes the
-/// long-unregistered instance (`core/static_autoscaler.go` `removeOldUnregisteredNodes`:
-/// DeleteNodes). No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
+/// CA removes the long-unregistered instance (`core/static_autoscaler.go`
+/// `removeOldUnregisteredNodes`: DeleteNodes; when its scale-up request times out first,
+/// `clusterstate/clusterstate.go` `updateScaleRequests` reverts it with DecreaseTargetSize, so
+/// both are counted) and backs the group off. No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
 /// machine CA still lists as long-unregistered makes CA call both every loop, ~30 a minute at a
 /// 2 s scan). Counted over a 45 s window after CA first gave up: CA's exponential backoff (10 s,
 /// 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows the first IncreaseSize and three
@@ -689,8 +689,8 @@ async fn c_restarted_ca_scales_up_from_zero_over_mtls() -> anyhow::Result<()> {
 
 /// Scenario D (also issue 12's SIGKILL restart of the real binary): the operator is SIGKILLed
 /// twice between CA's IncreaseSize and the machine's registration, and started again each time:
-/// once as soon as its power-on Job exists (phase PoweringOn), once after the Job succeeded while
-/// the machine boots (phase Booting). Each restarted operator picks the boot up from the Node
+/// once as soon as its power-on Job exists (usually still running), once after the Job succeeded
+/// while the machine boots. Each restarted operator picks the boot up from the Node
 /// CR's status and the Job (deterministic name): no second power-on Job, the machine ends Ready,
 /// CA sees one machine and the pods bind.
 #[tokio::test]
