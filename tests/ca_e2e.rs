@@ -28,6 +28,7 @@ use kubectl_homelab::sim::workload::replica_steps;
 use kubectl_homelab::sim::{RunOptions, Scenario, Sim};
 use serde_json::json;
 use support::ca::CallCounts;
+use support::machines::Happened;
 use support::{
     Assets, Boot, CaOptions, ClusterAutoscaler, ControlPlane, FakeNode, Machines, MachinesConfig,
     Options, Provider, ProviderCommand, ProviderIdBy, Transport, World,
@@ -56,6 +57,8 @@ struct LabSpec {
     hourly_rate: Option<&'static str>,
     /// `spec.bootTimeout` of every machine (the operator's default, 10 minutes, when `None`).
     boot_timeout: Option<&'static str>,
+    /// From a machine's power-on Job succeeding to its Node registering Ready.
+    boot: Duration,
 }
 
 impl LabSpec {
@@ -69,6 +72,7 @@ impl LabSpec {
             ca: CaOptions::default(),
             hourly_rate: None,
             boot_timeout: None,
+            boot: BOOT,
         }
     }
 }
@@ -185,7 +189,7 @@ impl Lab {
             ))
             .await?;
 
-        let mut config = MachinesConfig::new(&ns, BOOT).provider_id_by(spec.provider_id_by);
+        let mut config = MachinesConfig::new(&ns, spec.boot).provider_id_by(spec.provider_id_by);
         for i in &spec.broken {
             config = config.machine(&machine_name(*i), Boot::Never);
         }
@@ -241,14 +245,21 @@ impl Lab {
         Ok(())
     }
 
-    /// The node each scenario pod is bound to (`None`: pending).
-    async fn placements(&self) -> anyhow::Result<Vec<Option<String>>> {
+    /// The scenario's pods, from the API server.
+    async fn pods(&self) -> anyhow::Result<Vec<Pod>> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
         Ok(pods
             .list(&ListParams::default())
             .await
             .context("listing the scenario's pods")?
-            .items
+            .items)
+    }
+
+    /// The node each scenario pod is bound to (`None`: pending).
+    async fn placements(&self) -> anyhow::Result<Vec<Option<String>>> {
+        Ok(self
+            .pods()
+            .await?
             .into_iter()
             .map(|p| p.spec.and_then(|s| s.node_name))
             .collect())
@@ -256,12 +267,9 @@ impl Lab {
 
     /// How many scenario pods the scheduler marked Unschedulable.
     async fn unschedulable(&self) -> anyhow::Result<usize> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        Ok(pods
-            .list(&ListParams::default())
-            .await
-            .context("listing the scenario's pods")?
-            .items
+        Ok(self
+            .pods()
+            .await?
             .iter()
             .filter(|p| {
                 let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
@@ -286,28 +294,32 @@ impl Lab {
         })
     }
 
-    /// `spec.powerState` of every machine that is `on` now, from the API server.
-    async fn wanted_on(&self) -> anyhow::Result<BTreeSet<String>> {
+    /// The group's Node CRs, from the API server.
+    async fn crs(&self) -> anyhow::Result<Vec<Machine>> {
         let crs: Api<Machine> = Api::namespaced(self.client.clone(), &self.ns);
         Ok(crs
             .list(&ListParams::default())
             .await
             .context("listing Node CRs")?
-            .items
+            .items)
+    }
+
+    /// `spec.powerState` of every machine that is `on` now, from the API server.
+    async fn wanted_on(&self) -> anyhow::Result<BTreeSet<String>> {
+        Ok(self
+            .crs()
+            .await?
             .into_iter()
             .filter(|m| m.spec.power_state == PowerState::On)
-            .filter_map(|m| m.metadata.name)
+            .map(|m| m.name_any())
             .collect())
     }
 
     /// The operator's phase of every machine, from the API server.
     async fn phases(&self) -> anyhow::Result<BTreeMap<String, Phase>> {
-        let crs: Api<Machine> = Api::namespaced(self.client.clone(), &self.ns);
-        Ok(crs
-            .list(&ListParams::default())
-            .await
-            .context("listing Node CRs")?
-            .items
+        Ok(self
+            .crs()
+            .await?
             .into_iter()
             .map(|m| (m.name_any(), m.lifecycle().phase()))
             .collect())
@@ -368,6 +380,18 @@ impl Lab {
             || async { Ok((self.ca.status_target(GROUP).await? == Some(target)).then_some(())) },
         )
         .await
+    }
+
+    /// SIGKILLs the operator and starts it again, checking that no group machine registered
+    /// before the kill (the scenario needs the boot in flight).
+    async fn kill_and_restart_operator_before_registration(&self) -> anyhow::Result<()> {
+        let registered = self.registered().await?;
+        anyhow::ensure!(
+            registered.is_empty(),
+            "{registered:?} registered before the kill: the boot is no longer in flight"
+        );
+        self.provider.kill();
+        self.provider.restart().await
     }
 
     /// Adds CA's and the provider's logs and the machines' history to a failure, and prints
@@ -512,6 +536,17 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
             reasons.iter().any(|r| r.contains("Ready")),
             "the broken machine was Failed with the boot timeout as its reason: {reasons:?}"
         );
+        // Off now (CA's DeleteNodes cancelled it, CA-CONTRACT rule 7), the failure kept: it is
+        // what makes the provider pick the other machines first.
+        let crs: Api<Machine> = Api::namespaced(lab.client.clone(), &lab.ns);
+        assert!(
+            crs.get(&broken)
+                .await?
+                .lifecycle()
+                .last_power_on_failure
+                .is_some(),
+            "the broken machine's status keeps lastPowerOnFailure"
+        );
         assert_eq!(
             lab.wanted_on().await?,
             BTreeSet::from([node.clone()]),
@@ -549,26 +584,31 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
     lab.finish(result)
 }
 
-/// Scenario B with a one-machine group whose machine never registers: CA gives up on it and backs
-/// the group off. No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
+/// Scenario B with a one-machine group whose machine never registers, given up by CA itself
+/// (the operator's boot timeout is its default, 10 minutes): after `--max-node-provision-time`
+/// CA removes the long-unregistered instance (`core/static_autoscaler.go`
+/// `removeOldUnregisteredNodes`: DeleteNodes; when its scale-up request times out first,
+/// `clusterstate/clusterstate.go` `updateScaleRequests` reverts it with DecreaseTargetSize, so
+/// both are counted) and backs the group off. No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
 /// machine CA still lists as long-unregistered makes CA call both every loop, ~30 a minute at a
 /// 2 s scan). Counted over a 45 s window after CA first gave up: CA's exponential backoff (10 s,
-/// 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows at most a handful of retries there,
-/// and each is refused (the only machine is cooling down after its failed boot).
+/// 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows the first IncreaseSize and three
+/// retries (at once, 10 s and 30 s later), each refused (the only machine is cooling down after
+/// its failed boot).
 #[tokio::test]
 async fn b_one_machine_group_with_a_failed_boot_does_not_loop() -> anyhow::Result<()> {
     let mut spec = LabSpec::new("ca-b1");
     spec.machines = 1;
     spec.broken = vec![0];
-    spec.boot_timeout = Some(BOOT_TIMEOUT);
-    spec.ca = CaOptions::default().max_node_provision_time(Duration::from_secs(60));
+    spec.ca = CaOptions::default().max_node_provision_time(Duration::from_secs(15));
     let Some(lab) = Lab::start(spec).await? else {
         return Ok(());
     };
     let result = async {
         lab.create_pods(1).await?;
-        lab.until("CA to give up on the machine (DeleteNodes)", || async {
-            Ok((lab.ca.calls().delete_nodes() > 0).then_some(()))
+        lab.until("CA to give up on the machine", || async {
+            let calls = lab.ca.calls();
+            Ok((calls.delete_nodes() + calls.decrease_target_size() > 0).then_some(()))
         })
         .await?;
         tokio::time::sleep(Duration::from_secs(45)).await;
@@ -582,6 +622,11 @@ async fn b_one_machine_group_with_a_failed_boot_does_not_loop() -> anyhow::Resul
             calls.delete_nodes() <= 2,
             "DeleteNodes called {} times: a retry loop ({calls})",
             calls.delete_nodes()
+        );
+        assert!(
+            calls.decrease_target_size() <= 2,
+            "DecreaseTargetSize called {} times: a retry loop ({calls})",
+            calls.decrease_target_size()
         );
         assert_eq!(
             lab.placements().await?,
@@ -663,13 +708,17 @@ async fn c_restarted_ca_scales_up_from_zero_over_mtls() -> anyhow::Result<()> {
 }
 
 /// Scenario D (also issue 12's SIGKILL restart of the real binary): the operator is SIGKILLed
-/// right after CA's IncreaseSize, as soon as its power-on Job exists and before the machine
-/// registers, and started again. The restarted operator picks the boot up from the Node CR's
-/// status and the Job (deterministic name): no second power-on Job, the machine ends Ready, CA
-/// sees one machine and the pods bind.
+/// twice between CA's IncreaseSize and the machine's registration, and started again each time:
+/// once as soon as its power-on Job exists (usually still running), once after the Job succeeded
+/// while the machine boots. Each restarted operator picks the boot up from the Node
+/// CR's status and the Job (deterministic name): no second power-on Job, the machine ends Ready,
+/// CA sees one machine and the pods bind.
 #[tokio::test]
 async fn d_operator_killed_mid_boot_finishes_it_after_a_restart() -> anyhow::Result<()> {
-    let Some(lab) = Lab::start(LabSpec::new("ca-d")).await? else {
+    let mut spec = LabSpec::new("ca-d");
+    // Room for the second kill and restart between the power-on Job's success and the boot.
+    spec.boot = Duration::from_secs(8);
+    let Some(lab) = Lab::start(spec).await? else {
         return Ok(());
     };
     let result = async {
@@ -679,12 +728,13 @@ async fn d_operator_killed_mid_boot_finishes_it_after_a_restart() -> anyhow::Res
                 Ok(lab.machines.ever_powered_on().into_iter().next())
             })
             .await?;
-        anyhow::ensure!(
-            lab.registered().await?.is_empty(),
-            "the machine registered before the kill (the scenario needs it booting)"
-        );
-        lab.provider.kill();
-        lab.provider.restart().await?;
+        lab.kill_and_restart_operator_before_registration().await?;
+        lab.until("the power-on Job to succeed", || async {
+            let done = Happened::PowerJobDone("on".to_owned());
+            Ok(lab.machines.saw(&machine, &done).then_some(()))
+        })
+        .await?;
+        lab.kill_and_restart_operator_before_registration().await?;
 
         let node = lab
             .until("both pods to be bound to one node", || {
@@ -700,9 +750,12 @@ async fn d_operator_killed_mid_boot_finishes_it_after_a_restart() -> anyhow::Res
         assert_eq!(
             lab.machines.power_ons(),
             BTreeMap::from([(machine.clone(), 1)]),
-            "one power-on Job across the kill"
+            "one power-on Job across both kills"
         );
-        assert_eq!(lab.wanted_on().await?, BTreeSet::from([machine.clone()]));
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([machine.clone()])
+        );
         assert_eq!(instances(&lab).await?.len(), 1, "CA is told of one machine");
         let calls = lab.ca.calls();
         assert_eq!(calls.increase_size(), 1, "{calls}");
@@ -794,6 +847,11 @@ async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
             [(node.clone(), 1)].into_iter().collect()
         );
         assert_eq!(lab.all_pods_on_one_node().await?, Some(node));
+        assert_eq!(
+            lab.machines.power_offs(),
+            BTreeMap::new(),
+            "no power-off Job"
+        );
         let calls = lab.ca.calls();
         assert_eq!(calls.delete_nodes(), 0, "{calls}");
         assert_eq!(calls.increase_size(), 1, "{calls}");

@@ -606,6 +606,9 @@ pub const PROVIDER_ERROR_MARKS: &[&str] = &[
     "failed to fix node group sizes",
     "Unable to build proper template node",
     "Failed to get node group",
+    // `clusterstate/clusterstate.go` `updateScaleRequests`: DecreaseTargetSize after a timed-out
+    // scale-up was refused.
+    "Failed to revert timed-out scale-up",
     // `expander/price/price.go`: a pricing answer CA could not use drops the scale-up option.
     "Failed to calculate pod price",
     "Failed to get price for stabilization pod",

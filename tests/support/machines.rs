@@ -178,40 +178,14 @@ impl Machines {
             let shared = shared.clone();
             let api: Api<Job> = Api::namespaced(world.client(), &ns);
             let config = watcher::Config::default().labels(&job_selector());
-            Background::from(tokio::spawn(async move {
-                let mut events = std::pin::pin!(watcher(api, config));
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
-                            on_job(&shared, &j)
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            eprintln!("simulated machines: watching Jobs: {e}");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    }
-                }
-            }))
+            watch_each(api, config, "power Jobs", move |j| on_job(&shared, &j))
         };
         let crs = {
             let shared = shared.clone();
             let api: Api<Machine> = Api::namespaced(world.client(), &ns);
-            Background::from(tokio::spawn(async move {
-                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
-                            on_machine(&shared, &m)
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            eprintln!("simulated machines: watching Node CRs: {e}");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    }
-                }
-            }))
+            watch_each(api, watcher::Config::default(), "Node CRs", move |m| {
+                on_machine(&shared, &m)
+            })
         };
         let kubelets = {
             let shared = shared.clone();
@@ -245,6 +219,14 @@ impl Machines {
             }
         }
         out
+    }
+
+    /// Whether `machine` went through `what` so far.
+    pub fn saw(&self, machine: &str, what: &Happened) -> bool {
+        lock(&self.seen)
+            .log
+            .iter()
+            .any(|(_, m, h)| m == machine && h == what)
     }
 
     /// How many power-on Jobs the operator created per Node CR.
@@ -322,6 +304,27 @@ impl Machines {
         );
         lines.join("\n")
     }
+}
+
+/// Calls `f` with every object of `api` as it is created or changes, in the background.
+fn watch_each<K, F>(api: Api<K>, config: watcher::Config, what: &'static str, f: F) -> Background
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    F: Fn(K) + Send + 'static,
+{
+    Background::from(tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config));
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => f(o),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("simulated machines: watching {what}: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }))
 }
 
 /// The Node CR a power Job acts for and its direction (`on` / `off`).
