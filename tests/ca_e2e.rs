@@ -210,14 +210,9 @@ impl Lab {
         }))
     }
 
+    /// Creates scenario pods `app-0`..`app-{n-1}`.
     async fn create_pods(&self, n: usize) -> anyhow::Result<()> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        for i in 0..n {
-            pods.create(&PostParams::default(), &pod(&format!("app-{i}"))?)
-                .await
-                .with_context(|| format!("creating pod app-{i}"))?;
-        }
-        Ok(())
+        self.set_pods(0, n).await
     }
 
     /// From `live` scenario pods (`app-0`..) to `count`: creates the missing ones or deletes

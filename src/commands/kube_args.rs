@@ -146,7 +146,6 @@ impl Cluster {
             server,
         })
     }
-
 }
 
 impl KubeArgs {

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::kube_args::{Cluster, KubeArgs, Namespaces};
 use crate::operator::provider::kube::{KubeSource, Scope};
 use crate::operator::provider::service::DEFAULT_GPU_LABEL;
 use crate::operator::provider::{GpuConfig, Provider, ProviderOptions, TlsOptions, serve_provider};
 use anyhow::Context as _;
-use super::kube_args::{Cluster, KubeArgs, Namespaces};
 
 /// Default port: what the Helm chart's Service and the printed cloud-config use.
 pub const DEFAULT_PORT: u16 = 8086;
