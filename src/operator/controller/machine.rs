@@ -741,9 +741,7 @@ async fn sync_node(
     if reg.change.is_empty() {
         return Ok((None, mismatch));
     }
-    let written = node_side::patch_node(&ctx.client, node, &reg.change)
-        .await
-        .map_err(|e| Error::NodeSide(e.to_string()))?;
+    let written = node_side::patch_node(&ctx.client, node, &reg.change).await?;
     Ok((written, mismatch))
 }
 
@@ -806,9 +804,7 @@ async fn finalize(ctx: &Context, api: &Api<Machine>, m: &Machine) -> Result<Acti
     if let Some(n) = &node {
         // Leave the Node as it was before we managed it: our cordon, labels, taints and
         // annotations go; a person's stay.
-        node_side::update_node(&ctx.client, &n.name_any(), node_side::cleanup_change)
-            .await
-            .map_err(|e| Error::NodeSide(e.to_string()))?;
+        node_side::update_node(&ctx.client, &n.name_any(), node_side::cleanup_change).await?;
     }
     let finalizers: Vec<String> = m
         .finalizers()
