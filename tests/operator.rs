@@ -700,34 +700,25 @@ async fn an_operator_killed_mid_transition_converges_without_duplicate_jobs() ->
     Ok(())
 }
 
-/// examples/redfish.yaml as written, its BMC endpoint (`https://192.168.1.20`) pointed at the
-/// sushy-tools emulator (TLS from a test CA, which the example's `insecureSkipVerify` accepts;
-/// the user and password of the example's Secret). The emulator switches 1 to 11 s after a reset
-/// and tells nobody: the operator sees it only because the driver's recheck requeues the machine.
-/// On is the BMC's `PowerState: On` before the kubelet registers; off is the BMC's
-/// `PowerState: Off`, then the Node going NotReady.
-#[tokio::test]
-async fn the_redfish_example_powers_on_and_off_confirmed_by_the_bmc() -> anyhow::Result<()> {
+/// The BMC examples/redfish.yaml expects: the sushy-tools emulator with its system
+/// `System.Embedded.1`, off, and the user and password of the example's Secret; TLS from a test
+/// CA, which the example's `insecureSkipVerify` accepts.
+async fn example_bmc(ca: &support::pki::Ca) -> anyhow::Result<Option<support_power::sushy::Sushy>> {
     use support_power::sushy::{FakeSystem, Sushy, SushyOptions};
-    let Some(cp) = support::shared().await? else {
-        return Ok(());
-    };
-    let ca = support::pki::Ca::generate()?;
-    let Some(sushy) = Sushy::start(SushyOptions {
+    Sushy::start(SushyOptions {
         systems: vec![FakeSystem::new("System.Embedded.1", "Off")],
         tls: Some(ca.serving()?),
         users: vec![("homelab".to_owned(), "change-me".to_owned())],
         disable_power_off: false,
     })
-    .await?
-    else {
-        return Ok(());
-    };
-    let lab = Lab::start(cp, "op-redfish").await?;
-    lab.apply_example("redfish.yaml", &[("https://192.168.1.20", &sushy.url)])
-        .await?;
-    lab.wait_phase("r730", Phase::Off).await?;
+    .await
+}
 
+/// Powers the example's r730 on: Booting once the BMC reads back On (the kubelet has not
+/// registered yet), then the kubelet registers as `node` with providerID
+/// `homelab://homelab/<node>`, and it is Ready.
+async fn power_on_r730(lab: &Lab, node: &str) -> anyhow::Result<()> {
+    lab.wait_phase("r730", Phase::Off).await?;
     lab.set_power("r730", "on").await?;
     let m = lab
         .wait_machine("r730", "the BMC's PowerState On read back", |m| {
@@ -740,9 +731,30 @@ async fn the_redfish_example_powers_on_and_off_confirmed_by_the_bmc() -> anyhow:
         "powered on at the BMC, waiting for the Node"
     );
     lab.world
-        .node_up(&FakeNode::new("r730").provider_id("homelab://homelab/r730"))
+        .node_up(&FakeNode::new(node).provider_id(&format!("homelab://homelab/{node}")))
         .await?;
     lab.wait_phase("r730", Phase::Ready).await?;
+    Ok(())
+}
+
+/// examples/redfish.yaml as written, its BMC endpoint (`https://192.168.1.20`) pointed at the
+/// emulator ([`example_bmc`]). The emulator switches 1 to 11 s after a reset and tells nobody:
+/// the operator sees it only because the driver's recheck requeues the machine. On is the BMC's
+/// `PowerState: On` before the kubelet registers; off is the BMC's `PowerState: Off`, then the
+/// Node going NotReady.
+#[tokio::test]
+async fn the_redfish_example_powers_on_and_off_confirmed_by_the_bmc() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ca = support::pki::Ca::generate()?;
+    let Some(sushy) = example_bmc(&ca).await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-redfish").await?;
+    lab.apply_example("redfish.yaml", &[("https://192.168.1.20", &sushy.url)])
+        .await?;
+    power_on_r730(&lab, "r730").await?;
 
     lab.set_power("r730", "off").await?;
     let m = lab
@@ -762,6 +774,69 @@ async fn the_redfish_example_powers_on_and_off_confirmed_by_the_bmc() -> anyhow:
     assert_eq!(m.status.and_then(|s| s.power_state), Some(PowerState::Off));
     lab.assert_secret_never_shown("change-me").await?;
     drop(sushy);
+    Ok(())
+}
+
+/// examples/redfish.yaml with an OS that ignores GracefulShutdown (a proxy in front of the
+/// emulator swallows it), `forceOffAfter` shortened from the example's 3m to 3s so the test
+/// waits seconds, and another Kubernetes node name (Nodes are cluster-wide, and the test above
+/// registers `r730`): the operator sends ForceOff once the grace is over, the BMC reads Off, and the
+/// escalation is recorded in `status.power.escalated` and a Warning Event.
+#[tokio::test]
+async fn an_ignored_graceful_shutdown_is_forced_off_and_recorded() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ca = support::pki::Ca::generate()?;
+    let Some(sushy) = example_bmc(&ca).await? else {
+        return Ok(());
+    };
+    let (proxy, seen) =
+        support_power::proxy::ignoring_graceful_shutdown(sushy.url.clone(), &ca.serving()?, &ca)
+            .await?;
+    let lab = Lab::start(cp, "op-forceoff").await?;
+    lab.apply_example(
+        "redfish.yaml",
+        &[
+            ("https://192.168.1.20", &proxy.url),
+            ("forceOffAfter: 3m", "forceOffAfter: 3s"),
+            (
+                "kubernetesNodeName: r730",
+                "kubernetesNodeName: r730-forced",
+            ),
+            ("homelab://homelab/r730", "homelab://homelab/r730-forced"),
+        ],
+    )
+    .await?;
+    power_on_r730(&lab, "r730-forced").await?;
+
+    lab.set_power("r730", "off").await?;
+    let m = lab
+        .wait_machine("r730", "the BMC's PowerState Off read back", |m| {
+            readback(m) == Some((Direction::Off, Some(PowerState::Off)))
+        })
+        .await?;
+    let power = m.status.and_then(|s| s.power).context("no status.power")?;
+    assert!(power.escalated, "{power:?}");
+    let mut resets = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    resets.dedup();
+    assert_eq!(resets, ["On", "GracefulShutdown", "ForceOff"]);
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(lab.client.clone(), &lab.ns)
+        .list(&ListParams::default())
+        .await?;
+    let escalations: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("PowerOffEscalated"))
+        .collect();
+    assert_eq!(escalations.len(), 1, "one Event for the escalation");
+    assert_eq!(escalations[0].type_.as_deref(), Some("Warning"));
+    let note = escalations[0].message.clone().unwrap_or_default();
+    assert!(note.contains("ForceOff"), "{note}");
+
+    lab.world.node_ready("r730-forced", false).await?;
+    lab.wait_phase("r730", Phase::Off).await?;
+    lab.assert_secret_never_shown("change-me").await?;
     Ok(())
 }
 
