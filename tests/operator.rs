@@ -1013,3 +1013,130 @@ async fn the_wake_on_lan_example_wakes_the_machine_and_its_node_agent_powers_it_
     lab.assert_secret_never_shown("01:02:03:04:05:06").await?;
     Ok(())
 }
+
+/// The kubelet's part for a relay Job: runs its container's command here with the environment the
+/// kubelet would give it (Secret references resolved from the API server), as the host network of
+/// the node it runs on is the test's loopback.
+async fn run_job_container(lab: &Lab, job: &Job) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let pod = job
+        .spec
+        .clone()
+        .and_then(|s| s.template.spec)
+        .context("Job without a pod spec")?;
+    let container = pod.containers.first().context("Job without a container")?;
+    let command = container.command.clone().unwrap_or_default();
+    let (program, args) = command
+        .split_first()
+        .context("container without a command")?;
+    let program = match program.as_str() {
+        "python3" => std::env::var("KUBECTL_HOMELAB_PYTHON").unwrap_or_else(|_| program.clone()),
+        _ => program.clone(),
+    };
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(args).env_clear();
+    let secrets = Api::<Secret>::namespaced(lab.client.clone(), &lab.ns);
+    for var in container.env.clone().unwrap_or_default() {
+        let value = match var.value_from.and_then(|f| f.secret_key_ref) {
+            Some(r) => {
+                let secret = secrets.get(&r.name).await?;
+                let bytes = secret
+                    .data
+                    .and_then(|d| d.get(&r.key).cloned())
+                    .with_context(|| format!("Secret {} has no key {}", r.name, r.key))?;
+                String::from_utf8(bytes.0)?
+            }
+            None => var.value.unwrap_or_default(),
+        };
+        cmd.env(&var.name, value);
+    }
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("running {program} for Job {}", job.name_any()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "Job {}'s command failed: {}",
+        job.name_any(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// examples/wake-on-lan.yaml's minipc-2: its packet comes from a relay Job on another Ready node
+/// of its LAN (`via.nodeSelector: homelab.dev/lan: home`), never on minipc-2 itself, with the
+/// SecureOn password of the example's Secret. The broadcast address and port are moved to the
+/// test's loopback socket and the Kubernetes node names made unique; the test plays the kubelet that runs the Job (a real python3 runs the
+/// relay's program), and the packet arrives with the password, byte for byte.
+#[tokio::test]
+async fn the_wake_on_lan_example_relays_minipc_2s_packet_from_a_job_on_its_lan()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let port = socket.local_addr()?.port();
+    let lab = Lab::start(cp, "op-wol-relay").await?;
+    let loopback = format!("broadcast: 127.0.0.1\n        port: {port}\n");
+    // Nodes are cluster-wide: other names than the test above registers.
+    let (node1, node2) = (cp.unique_name("minipc-1"), cp.unique_name("minipc-2"));
+    lab.apply_example(
+        "wake-on-lan.yaml",
+        &[
+            ("broadcast: 192.168.1.255\n        port: 9\n", &loopback),
+            (
+                "kubernetesNodeName: minipc-1",
+                &format!("kubernetesNodeName: {node1}"),
+            ),
+            (
+                "kubernetesNodeName: minipc-2",
+                &format!("kubernetesNodeName: {node2}"),
+            ),
+        ],
+    )
+    .await?;
+    let peer = cp.unique_name("lan-peer");
+    lab.world
+        .node_up(&FakeNode::new(&peer).label("homelab.dev/lan", "home"))
+        .await?;
+    lab.wait_phase("minipc-2", Phase::Off).await?;
+
+    lab.set_power("minipc-2", "on").await?;
+    let job = lab.wait_job("minipc-2", "on").await?;
+    let pod = job
+        .spec
+        .clone()
+        .and_then(|s| s.template.spec)
+        .context("Job without a pod spec")?;
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("homelab.dev/lan"))
+            .map(String::as_str),
+        Some("home")
+    );
+    let avoid = serde_json::to_string(&pod.affinity)?;
+    assert!(avoid.contains(&node2), "never on the target: {avoid}");
+    run_job_container(&lab, &job).await?;
+    let mut buf = [0u8; 256];
+    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .context("no magic packet arrived")??;
+    let mut expected = vec![0xff; 6];
+    for _ in 0..16 {
+        expected.extend_from_slice(&[0x3c, 0x7c, 0x3f, 0x1a, 0x2b, 0x02]);
+    }
+    expected.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        buf[..n],
+        expected[..],
+        "3c:7c:3f:1a:2b:02 with its SecureOn"
+    );
+    lab.world.complete_job(&lab.ns, &job.name_any()).await?;
+    lab.wait_phase("minipc-2", Phase::Booting).await?;
+    lab.world.node_up(&FakeNode::new(&node2)).await?;
+    lab.wait_phase("minipc-2", Phase::Ready).await?;
+    lab.assert_secret_never_shown("01:02:03:04:05:06").await?;
+    Ok(())
+}
