@@ -948,6 +948,32 @@ async fn the_http_example_powers_on_and_off_confirmed_by_the_status_url() -> any
     Ok(())
 }
 
+/// A UDP socket on loopback standing in for the LAN's broadcast address, and its port.
+async fn lan_socket() -> anyhow::Result<(tokio::net::UdpSocket, u16)> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let port = socket.local_addr()?.port();
+    Ok((socket, port))
+}
+
+async fn next_packet(socket: &tokio::net::UdpSocket) -> anyhow::Result<Vec<u8>> {
+    let mut buf = [0u8; 256];
+    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .context("no magic packet arrived")??;
+    Ok(buf[..n].to_vec())
+}
+
+/// The magic packet as the Wake-on-LAN spec writes it (6 x 0xff, 16 x the MAC, the SecureOn
+/// password), built here independently of the driver.
+fn magic_packet(mac: [u8; 6], password: &[u8]) -> Vec<u8> {
+    let mut p = vec![0xff; 6];
+    for _ in 0..16 {
+        p.extend_from_slice(&mac);
+    }
+    p.extend_from_slice(password);
+    p
+}
+
 /// examples/wake-on-lan.yaml: minipc-1 has no `via`, so the operator sends its magic packet
 /// itself; the example's broadcast address is moved to loopback (127.0.0.1, and the port of a
 /// UDP socket of the test, as `port` is not in the example) where the packet arrives byte for
@@ -959,8 +985,7 @@ async fn the_wake_on_lan_example_wakes_the_machine_and_its_node_agent_powers_it_
     let Some(cp) = support::shared().await? else {
         return Ok(());
     };
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    let port = socket.local_addr()?.port();
+    let (socket, port) = lan_socket().await?;
     let lab = Lab::start(cp, "op-wol").await?;
     let direct = format!("broadcast: 127.0.0.1\n        port: {port}\n    \"off\"");
     lab.apply_example(
@@ -971,17 +996,9 @@ async fn the_wake_on_lan_example_wakes_the_machine_and_its_node_agent_powers_it_
     lab.wait_phase("minipc-1", Phase::Off).await?;
 
     lab.set_power("minipc-1", "on").await?;
-    let mut buf = [0u8; 256];
-    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
-        .await
-        .context("no magic packet arrived")??;
-    let mut expected = vec![0xff; 6];
-    for _ in 0..16 {
-        expected.extend_from_slice(&[0x3c, 0x7c, 0x3f, 0x1a, 0x2b, 0x01]);
-    }
     assert_eq!(
-        buf[..n],
-        expected[..],
+        next_packet(&socket).await?,
+        magic_packet([0x3c, 0x7c, 0x3f, 0x1a, 0x2b, 0x01], &[]),
         "the magic packet for 3c:7c:3f:1a:2b:01"
     );
     let m = lab.wait_phase("minipc-1", Phase::Booting).await?;
@@ -1066,16 +1083,16 @@ async fn run_job_container(lab: &Lab, job: &Job) -> anyhow::Result<()> {
 /// examples/wake-on-lan.yaml's minipc-2: its packet comes from a relay Job on another Ready node
 /// of its LAN (`via.nodeSelector: homelab.dev/lan: home`), never on minipc-2 itself, with the
 /// SecureOn password of the example's Secret. The broadcast address and port are moved to the
-/// test's loopback socket and the Kubernetes node names made unique; the test plays the kubelet that runs the Job (a real python3 runs the
-/// relay's program), and the packet arrives with the password, byte for byte.
+/// test's loopback socket and the Kubernetes node names made unique; the test plays the kubelet
+/// that runs the Job (a real python3 runs the relay's program), and the packet arrives with the
+/// password, byte for byte.
 #[tokio::test]
 async fn the_wake_on_lan_example_relays_minipc_2s_packet_from_a_job_on_its_lan()
 -> anyhow::Result<()> {
     let Some(cp) = support::shared().await? else {
         return Ok(());
     };
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    let port = socket.local_addr()?.port();
+    let (socket, port) = lan_socket().await?;
     let lab = Lab::start(cp, "op-wol-relay").await?;
     let loopback = format!("broadcast: 127.0.0.1\n        port: {port}\n");
     // Nodes are cluster-wide: other names than the test above registers.
@@ -1119,19 +1136,10 @@ async fn the_wake_on_lan_example_relays_minipc_2s_packet_from_a_job_on_its_lan()
     let avoid = serde_json::to_string(&pod.affinity)?;
     assert!(avoid.contains(&node2), "never on the target: {avoid}");
     run_job_container(&lab, &job).await?;
-    let mut buf = [0u8; 256];
-    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
-        .await
-        .context("no magic packet arrived")??;
-    let mut expected = vec![0xff; 6];
-    for _ in 0..16 {
-        expected.extend_from_slice(&[0x3c, 0x7c, 0x3f, 0x1a, 0x2b, 0x02]);
-    }
-    expected.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
     assert_eq!(
-        buf[..n],
-        expected[..],
-        "3c:7c:3f:1a:2b:02 with its SecureOn"
+        next_packet(&socket).await?,
+        magic_packet([0x3c, 0x7c, 0x3f, 0x1a, 0x2b, 0x02], &[1, 2, 3, 4, 5, 6]),
+        "the magic packet for 3c:7c:3f:1a:2b:02 with its SecureOn password"
     );
     lab.world.complete_job(&lab.ns, &job.name_any()).await?;
     lab.wait_phase("minipc-2", Phase::Booting).await?;
