@@ -236,6 +236,14 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         // The patch triggers another reconcile with the finalizer in place.
         return Ok(Action::await_change());
     }
+    let key = format!("{ns}/{name}");
+    if ctx.is_superseded(&key, m.resource_version().as_deref()) {
+        // The cache has not seen this operator's last status write yet: deciding on it would
+        // repeat what that reconcile did (a second HTTP call, a second reset). The write's own
+        // watch event queues the machine again.
+        tracing::debug!(machine = %m.object_ref(), "cache behind the last status write; waiting for it");
+        return Ok(Action::await_change());
+    }
 
     let now = Timestamp::now();
     let old_status = m.status.clone().unwrap_or_default();
@@ -486,7 +494,9 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     for ev in std::mem::take(&mut out.note_events) {
         emit(&ctx, &m, &ev).await;
     }
-    write_status(&api, &m, rv, &old_status, status).await?;
+    if write_status(&api, &m, rv.clone(), &old_status, status).await? {
+        ctx.supersede(&key, rv);
+    }
 
     let until = requeue_at.map(|t| {
         let d = t.duration_since(Timestamp::now());
@@ -888,16 +898,17 @@ async fn patch_spec_power(
 }
 
 /// Writes status when it changed, guarded by the resourceVersion the decision was made on (a
-/// conflict means the view was stale: the reconcile runs again on the new object).
+/// conflict means the view was stale: the reconcile runs again on the new object). Returns
+/// whether it wrote.
 async fn write_status(
     api: &Api<Machine>,
     m: &Machine,
     resource_version: Option<String>,
     old: &MachineStatus,
     new: MachineStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if *old == new {
-        return Ok(());
+        return Ok(false);
     }
     let to_json = |st: &MachineStatus| {
         serde_json::to_value(st).map_err(|source| Error::Json {
@@ -919,7 +930,7 @@ async fn write_status(
     api.patch_status(&m.name_any(), &params, &Patch::Merge(&patch))
         .await
         .map_err(Error::kube(format!("writing status of {}", m.object_ref())))?;
-    Ok(())
+    Ok(true)
 }
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`.
