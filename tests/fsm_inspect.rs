@@ -139,6 +139,46 @@ fn the_table_looks_like_kubectl_get() {
     assert_eq!((chars_at(&nuc2, end - 1), chars_at(&nuc2, end)), ('5', ' '));
 }
 
+/// READBACK shows what the driver last read back (nuc-1's BMC said on); a machine whose driver
+/// cannot read back (tower's power Job) or that has no operation yet shows `-`. `-o wide` adds
+/// each direction's driver (one name when both ways use the same) and which operation the
+/// readback belongs to.
+#[test]
+fn the_driver_and_its_last_readback_are_shown() {
+    let file = data();
+    let f = file.to_str().unwrap_or_default();
+    let table = ok(&["fsm", "inspect", "-f", f]);
+    let at = header_starts(&table, &["READBACK"])[0];
+    let cell = |name: &str| -> String {
+        row(&table, name)
+            .chars()
+            .skip(at)
+            .take_while(|c| *c != ' ')
+            .collect()
+    };
+    assert_eq!(
+        [cell("nuc-1"), cell("tower"), cell("spare")],
+        ["on", "-", "-"],
+        "{table}"
+    );
+    assert!(!table.contains("DRIVERS"), "{table}");
+
+    let wide = ok(&["fsm", "inspect", "-f", f, "-o", "wide"]);
+    assert!(row(&wide, "nuc-1").contains("redfish on-1 "), "{wide}");
+    assert!(row(&wide, "tower").contains("on:job off:redfish"), "{wide}");
+    assert!(row(&wide, "nuc-2").contains(" job "), "{wide}");
+
+    let v = json(&["fsm", "inspect", "-f", f, "-o", "json"]);
+    let nuc1 = &v[2];
+    assert_eq!(
+        nuc1["drivers"],
+        serde_json::json!({"on": "redfish", "off": "redfish"})
+    );
+    assert_eq!(nuc1["power"]["readback"], "on");
+    assert_eq!(nuc1["power"]["observedAt"], "2026-11-25T08:58:10Z");
+    assert!(v[3].get("power").is_none(), "nuc-2 has no driver report");
+}
+
 fn chars_at(chars: &[char], i: usize) -> char {
     chars.get(i).copied().unwrap_or('\0')
 }

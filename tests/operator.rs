@@ -3,8 +3,9 @@
 //! really move through their lifecycle, driven by power Jobs.
 
 mod support;
+mod support_power;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -13,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
-use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::api::{Direction, Group, Machine};
 use kubectl_homelab::operator::controller::node_side::SCALE_DOWN_DISABLED;
 use kubectl_homelab::operator::controller::{self, Settings};
 use kubectl_homelab::operator::drain::DrainClient;
@@ -110,6 +111,28 @@ impl MachineSpec {
     }
 }
 
+/// Everything the in-process operators of this test binary logged, for the checks that no
+/// secret value is ever logged.
+static OPERATOR_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Writes the operator's log to the test output (shown when a test fails) and to
+/// [`OPERATOR_LOG`].
+struct LogTee;
+
+impl std::io::Write for LogTee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut log) = OPERATOR_LOG.lock() {
+            log.extend_from_slice(buf);
+        }
+        print!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A namespace with Group `g`, an operator running on it, and the world playing kubelets.
 struct Lab {
     ns: String,
@@ -139,7 +162,8 @@ impl Lab {
         // The operator's log in the test output (shown when a test fails).
         let _ = tracing_subscriber::fmt()
             .with_env_filter("kubectl_homelab=debug")
-            .with_test_writer()
+            .with_ansi(false)
+            .with_writer(|| LogTee)
             .try_init();
         let ns = cp.namespace(prefix).await?;
         let client = cp.client()?;
@@ -316,6 +340,61 @@ impl Lab {
             .context("patching Group g")?;
         Ok(())
     }
+
+    /// Applies `examples/<file>` into the namespace as `kubectl apply -f` would (strict field
+    /// validation), each text `from` replaced by `to` first (endpoints the test must point at
+    /// its own counterparts).
+    async fn apply_example(&self, file: &str, replace: &[(&str, &str)]) -> anyhow::Result<()> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(file);
+        let mut text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for (from, to) in replace {
+            anyhow::ensure!(text.contains(from), "examples/{file} no longer has {from}");
+            text = text.replace(from, to);
+        }
+        for obj in support::apply::parse_multi_doc(file, &text)? {
+            support::apply::apply_object(&self.client, &self.ns, &obj, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Fails naming where `secret` shows: an Event of the namespace, a Node CR (spec or
+    /// status), or the log of the operators of this test binary.
+    async fn assert_secret_never_shown(&self, secret: &str) -> anyhow::Result<()> {
+        let events =
+            Api::<k8s_openapi::api::core::v1::Event>::namespaced(self.client.clone(), &self.ns)
+                .list(&ListParams::default())
+                .await?;
+        anyhow::ensure!(!events.items.is_empty(), "no Events recorded at all");
+        for e in &events.items {
+            let text = serde_json::to_string(e)?;
+            anyhow::ensure!(!text.contains(secret), "a secret value in an Event: {text}");
+        }
+        for m in self.machines().list(&ListParams::default()).await? {
+            let text = serde_json::to_string(&m)?;
+            anyhow::ensure!(
+                !text.contains(secret),
+                "a secret value in a Node CR: {text}"
+            );
+        }
+        let log = OPERATOR_LOG
+            .lock()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        anyhow::ensure!(!log.is_empty(), "the operator logged nothing");
+        if let Some(line) = log.lines().find(|l| l.contains(secret)) {
+            bail!("a secret value in the operator's log: {line}");
+        }
+        Ok(())
+    }
+}
+
+/// The driver's last readback recorded in the Node CR's `status.power`: direction and state.
+fn readback(m: &Machine) -> Option<(Direction, Option<PowerState>)> {
+    let p = m.status.as_ref()?.power.as_ref()?;
+    Some((p.direction, p.readback))
 }
 
 /// The controllers of `run-operator`, in-process, scoped to `ns`.
@@ -691,6 +770,454 @@ async fn an_operator_killed_mid_transition_converges_without_duplicate_jobs() ->
             }
         }
     }
+    Ok(())
+}
+
+/// The BMC examples/redfish.yaml expects: the sushy-tools emulator with its system
+/// `System.Embedded.1`, off, and the user and password of the example's Secret; TLS from a test
+/// CA, which the example's `insecureSkipVerify` accepts.
+async fn example_bmc(ca: &support::pki::Ca) -> anyhow::Result<Option<support_power::sushy::Sushy>> {
+    use support_power::sushy::{FakeSystem, Sushy, SushyOptions};
+    Sushy::start(SushyOptions {
+        systems: vec![FakeSystem::new("System.Embedded.1", "Off")],
+        tls: Some(ca.serving()?),
+        users: vec![("homelab".to_owned(), "change-me".to_owned())],
+        disable_power_off: false,
+    })
+    .await
+}
+
+/// Powers the example's r730 on: Booting once the BMC reads back On (the kubelet has not
+/// registered yet), then the kubelet registers as `node` with providerID
+/// `homelab://homelab/<node>`, and it is Ready.
+async fn power_on_r730(lab: &Lab, node: &str) -> anyhow::Result<()> {
+    lab.wait_phase("r730", Phase::Off).await?;
+    lab.set_power("r730", "on").await?;
+    let m = lab
+        .wait_machine("r730", "the BMC's PowerState On read back", |m| {
+            readback(m) == Some((Direction::On, Some(PowerState::On)))
+        })
+        .await?;
+    assert_eq!(
+        m.lifecycle().phase(),
+        Phase::Booting,
+        "powered on at the BMC, waiting for the Node"
+    );
+    lab.world
+        .node_up(&FakeNode::new(node).provider_id(&format!("homelab://homelab/{node}")))
+        .await?;
+    lab.wait_phase("r730", Phase::Ready).await?;
+    Ok(())
+}
+
+/// examples/redfish.yaml as written, its BMC endpoint (`https://192.168.1.20`) pointed at the
+/// emulator ([`example_bmc`]). The emulator switches 1 to 11 s after a reset and tells nobody:
+/// the operator sees it only because the driver's recheck requeues the machine. On is the BMC's
+/// `PowerState: On` before the kubelet registers; off is the BMC's `PowerState: Off`, then the
+/// Node going NotReady.
+#[tokio::test]
+async fn the_redfish_example_powers_on_and_off_confirmed_by_the_bmc() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ca = support::pki::Ca::generate()?;
+    let Some(sushy) = example_bmc(&ca).await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-redfish").await?;
+    lab.apply_example("redfish.yaml", &[("https://192.168.1.20", &sushy.url)])
+        .await?;
+    power_on_r730(&lab, "r730").await?;
+
+    lab.set_power("r730", "off").await?;
+    let m = lab
+        .wait_machine("r730", "the BMC's PowerState Off read back", |m| {
+            readback(m) == Some((Direction::Off, Some(PowerState::Off)))
+        })
+        .await?;
+    let power = m.status.as_ref().and_then(|s| s.power.clone());
+    assert_eq!(
+        power.map(|p| (p.driver, p.escalated)),
+        Some(("redfish".to_owned(), false)),
+        "GracefulShutdown was enough"
+    );
+    // The kubelet stops posting status with the machine.
+    lab.world.node_ready("r730", false).await?;
+    let m = lab.wait_phase("r730", Phase::Off).await?;
+    assert_eq!(m.status.and_then(|s| s.power_state), Some(PowerState::Off));
+    lab.assert_secret_never_shown("change-me").await?;
+    drop(sushy);
+    Ok(())
+}
+
+/// examples/redfish.yaml with an OS that ignores GracefulShutdown (a proxy in front of the
+/// emulator swallows it), `forceOffAfter` shortened from the example's 3m to 3s so the test
+/// waits seconds, and another Kubernetes node name (Nodes are cluster-wide, and the test above
+/// registers `r730`): the operator sends ForceOff once the grace is over, the BMC reads Off, and the
+/// escalation is recorded in `status.power.escalated` and a Warning Event.
+#[tokio::test]
+async fn an_ignored_graceful_shutdown_is_forced_off_and_recorded() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ca = support::pki::Ca::generate()?;
+    let Some(sushy) = example_bmc(&ca).await? else {
+        return Ok(());
+    };
+    let (proxy, seen) =
+        support_power::proxy::ignoring_graceful_shutdown(sushy.url.clone(), &ca.serving()?, &ca)
+            .await?;
+    let lab = Lab::start(cp, "op-forceoff").await?;
+    lab.apply_example(
+        "redfish.yaml",
+        &[
+            ("https://192.168.1.20", &proxy.url),
+            ("forceOffAfter: 3m", "forceOffAfter: 3s"),
+            (
+                "kubernetesNodeName: r730",
+                "kubernetesNodeName: r730-forced",
+            ),
+            ("homelab://homelab/r730", "homelab://homelab/r730-forced"),
+        ],
+    )
+    .await?;
+    power_on_r730(&lab, "r730-forced").await?;
+
+    lab.set_power("r730", "off").await?;
+    let m = lab
+        .wait_machine("r730", "the BMC's PowerState Off read back", |m| {
+            readback(m) == Some((Direction::Off, Some(PowerState::Off)))
+        })
+        .await?;
+    let power = m.status.and_then(|s| s.power).context("no status.power")?;
+    assert!(power.escalated, "{power:?}");
+    let mut resets = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    resets.dedup();
+    assert_eq!(resets, ["On", "GracefulShutdown", "ForceOff"]);
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(lab.client.clone(), &lab.ns)
+        .list(&ListParams::default())
+        .await?;
+    let escalations: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("PowerOffEscalated"))
+        .collect();
+    assert_eq!(escalations.len(), 1, "one Event for the escalation");
+    assert_eq!(escalations[0].type_.as_deref(), Some("Warning"));
+    let note = escalations[0].message.clone().unwrap_or_default();
+    assert!(note.contains("ForceOff"), "{note}");
+
+    lab.world.node_ready("r730-forced", false).await?;
+    lab.wait_phase("r730", Phase::Off).await?;
+    lab.assert_secret_never_shown("change-me").await?;
+    Ok(())
+}
+
+/// Home Assistant as examples/http.yaml uses it: `POST /api/services/script/turn_on` runs the
+/// script named in the body (with the bearer token of the example's Secret, else 401), and the
+/// binary sensor `GET /api/states/binary_sensor.nas_power` reports the NAS's state a second after
+/// a script switched it (a NAS takes a while), so the operator must read it back again.
+struct HomeAssistant {
+    server: support_power::server::Server,
+    scripts: Arc<Mutex<Vec<String>>>,
+}
+
+async fn home_assistant(token: &'static str) -> anyhow::Result<HomeAssistant> {
+    use support_power::server::{self, Received};
+    // (wanted on, when a script last switched it); the NAS starts off, settled.
+    let state = Arc::new(Mutex::new((false, None::<std::time::Instant>)));
+    let scripts = Arc::new(Mutex::new(Vec::new()));
+    let log = scripts.clone();
+    let server = server::serve(None, move |req: Received| {
+        let (state, log) = (state.clone(), log.clone());
+        async move {
+            let auth = req.headers.get(http::header::AUTHORIZATION);
+            if auth.and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {token}")) {
+                return server::answer(401, r#"{"message": "Unauthorized"}"#);
+            }
+            let Ok(mut state) = state.lock() else {
+                return server::answer(500, "");
+            };
+            match (req.method.as_str(), req.path_and_query.as_str()) {
+                ("POST", "/api/services/script/turn_on") => {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&req.body).unwrap_or_default();
+                    let script = body["entity_id"].as_str().unwrap_or_default().to_owned();
+                    let on = match script.as_str() {
+                        "script.nas_power_on" => true,
+                        "script.nas_power_off" => false,
+                        _ => return server::answer(400, r#"{"message": "no such script"}"#),
+                    };
+                    *state = (on, Some(std::time::Instant::now()));
+                    if let Ok(mut l) = log.lock() {
+                        l.push(script);
+                    }
+                    server::answer(200, "[]")
+                }
+                ("GET", "/api/states/binary_sensor.nas_power") => {
+                    let (wanted, since) = *state;
+                    let on = if since.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        wanted
+                    } else {
+                        !wanted
+                    };
+                    let value = if on { "on" } else { "off" };
+                    server::answer(
+                        200,
+                        format!(
+                            r#"{{"entity_id": "binary_sensor.nas_power", "state": "{value}"}}"#
+                        ),
+                    )
+                }
+                _ => server::answer(404, r#"{"message": "Not found"}"#),
+            }
+        }
+    })
+    .await?;
+    Ok(HomeAssistant { server, scripts })
+}
+
+/// examples/http.yaml as written, Home Assistant's address (`http://homeassistant.lan:8123`)
+/// pointed at a server of the test playing it: on runs the power-on script and is confirmed by
+/// the sensor reading "on" before the kubelet registers; off runs the power-off script and is
+/// confirmed by the sensor reading "off".
+#[tokio::test]
+async fn the_http_example_powers_on_and_off_confirmed_by_the_status_url() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ha = home_assistant("change-me").await?;
+    let lab = Lab::start(cp, "op-http").await?;
+    lab.apply_example(
+        "http.yaml",
+        &[("http://homeassistant.lan:8123", &ha.server.url)],
+    )
+    .await?;
+    lab.wait_phase("nas", Phase::Off).await?;
+
+    lab.set_power("nas", "on").await?;
+    let m = lab
+        .wait_machine("nas", "the sensor's \"on\" read back", |m| {
+            readback(m) == Some((Direction::On, Some(PowerState::On)))
+        })
+        .await?;
+    assert_eq!(m.lifecycle().phase(), Phase::Booting);
+    lab.world.node_up(&FakeNode::new("nas")).await?;
+    lab.wait_phase("nas", Phase::Ready).await?;
+
+    lab.set_power("nas", "off").await?;
+    lab.wait_machine("nas", "the sensor's \"off\" read back", |m| {
+        readback(m) == Some((Direction::Off, Some(PowerState::Off)))
+    })
+    .await?;
+    lab.world.node_ready("nas", false).await?;
+    lab.wait_phase("nas", Phase::Off).await?;
+    // Each script once: a reconcile on a cache that has not seen the operator's own last status
+    // write yet does not call again.
+    let scripts = ha.scripts.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(scripts, ["script.nas_power_on", "script.nas_power_off"]);
+    lab.assert_secret_never_shown("change-me").await?;
+    Ok(())
+}
+
+/// A UDP socket on loopback standing in for the LAN's broadcast address, and its port.
+async fn lan_socket() -> anyhow::Result<(tokio::net::UdpSocket, u16)> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let port = socket.local_addr()?.port();
+    Ok((socket, port))
+}
+
+async fn next_packet(socket: &tokio::net::UdpSocket) -> anyhow::Result<Vec<u8>> {
+    let mut buf = [0u8; 256];
+    let (n, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .context("no magic packet arrived")??;
+    Ok(buf[..n].to_vec())
+}
+
+/// The magic packet as the Wake-on-LAN spec writes it (6 x 0xff, 16 x the MAC, the SecureOn
+/// password), built here independently of the driver.
+fn magic_packet(mac: [u8; 6], password: &[u8]) -> Vec<u8> {
+    let mut p = vec![0xff; 6];
+    for _ in 0..16 {
+        p.extend_from_slice(&mac);
+    }
+    p.extend_from_slice(password);
+    p
+}
+
+/// examples/wake-on-lan.yaml: minipc-1 has no `via`, so the operator sends its magic packet
+/// itself; the example's broadcast address is moved to loopback (127.0.0.1, and the port of a
+/// UDP socket of the test, as `port` is not in the example) where the packet arrives byte for
+/// byte. Then the kubelet registers (Wake-on-LAN has no readback: the Node is the evidence), and
+/// the example's nodeAgent powers it off from a Job pinned to the machine.
+#[tokio::test]
+async fn the_wake_on_lan_example_wakes_the_machine_and_its_node_agent_powers_it_off()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let (socket, port) = lan_socket().await?;
+    let lab = Lab::start(cp, "op-wol").await?;
+    let direct = format!("broadcast: 127.0.0.1\n        port: {port}\n    \"off\"");
+    lab.apply_example(
+        "wake-on-lan.yaml",
+        &[("broadcast: 192.168.1.255\n    \"off\"", &direct)],
+    )
+    .await?;
+    lab.wait_phase("minipc-1", Phase::Off).await?;
+
+    lab.set_power("minipc-1", "on").await?;
+    assert_eq!(
+        next_packet(&socket).await?,
+        magic_packet([0x3c, 0x7c, 0x3f, 0x1a, 0x2b, 0x01], &[]),
+        "the magic packet for 3c:7c:3f:1a:2b:01"
+    );
+    let m = lab.wait_phase("minipc-1", Phase::Booting).await?;
+    let power = m.status.and_then(|s| s.power).context("no status.power")?;
+    assert_eq!(
+        (power.driver.as_str(), power.direction, power.readback),
+        ("wakeOnLan", Direction::On, None),
+        "Wake-on-LAN cannot read power back"
+    );
+    lab.world.node_up(&FakeNode::new("minipc-1")).await?;
+    lab.wait_phase("minipc-1", Phase::Ready).await?;
+
+    lab.set_power("minipc-1", "off").await?;
+    let job = lab.wait_job("minipc-1", "off").await?;
+    let pod = job
+        .spec
+        .clone()
+        .and_then(|s| s.template.spec)
+        .context("Job without a pod spec")?;
+    assert_eq!(pod.node_name.as_deref(), Some("minipc-1"));
+    lab.world.start_job(&lab.ns, &job.name_any()).await?;
+    lab.world.node_ready("minipc-1", false).await?;
+    let m = lab.wait_phase("minipc-1", Phase::Off).await?;
+    let power = m.status.and_then(|s| s.power).context("no status.power")?;
+    assert_eq!(
+        (power.driver.as_str(), power.direction),
+        ("nodeAgent", Direction::Off)
+    );
+    lab.assert_secret_never_shown("01:02:03:04:05:06").await?;
+    Ok(())
+}
+
+/// The kubelet's part for a relay Job: runs its container's command here with the environment the
+/// kubelet would give it (Secret references resolved from the API server), as the host network of
+/// the node it runs on is the test's loopback.
+async fn run_job_container(lab: &Lab, job: &Job) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let pod = job
+        .spec
+        .clone()
+        .and_then(|s| s.template.spec)
+        .context("Job without a pod spec")?;
+    let container = pod.containers.first().context("Job without a container")?;
+    let command = container.command.clone().unwrap_or_default();
+    let (program, args) = command
+        .split_first()
+        .context("container without a command")?;
+    let program = match program.as_str() {
+        "python3" => std::env::var("KUBECTL_HOMELAB_PYTHON").unwrap_or_else(|_| program.clone()),
+        _ => program.clone(),
+    };
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(args).env_clear();
+    let secrets = Api::<Secret>::namespaced(lab.client.clone(), &lab.ns);
+    for var in container.env.clone().unwrap_or_default() {
+        let value = match var.value_from.and_then(|f| f.secret_key_ref) {
+            Some(r) => {
+                let secret = secrets.get(&r.name).await?;
+                let bytes = secret
+                    .data
+                    .and_then(|d| d.get(&r.key).cloned())
+                    .with_context(|| format!("Secret {} has no key {}", r.name, r.key))?;
+                String::from_utf8(bytes.0)?
+            }
+            None => var.value.unwrap_or_default(),
+        };
+        cmd.env(&var.name, value);
+    }
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("running {program} for Job {}", job.name_any()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "Job {}'s command failed: {}",
+        job.name_any(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// examples/wake-on-lan.yaml's minipc-2: its packet comes from a relay Job on another Ready node
+/// of its LAN (`via.nodeSelector: homelab.dev/lan: home`), never on minipc-2 itself, with the
+/// SecureOn password of the example's Secret. The broadcast address and port are moved to the
+/// test's loopback socket and the Kubernetes node names made unique; the test plays the kubelet
+/// that runs the Job (a real python3 runs the relay's program), and the packet arrives with the
+/// password, byte for byte.
+#[tokio::test]
+async fn the_wake_on_lan_example_relays_minipc_2s_packet_from_a_job_on_its_lan()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let (socket, port) = lan_socket().await?;
+    let lab = Lab::start(cp, "op-wol-relay").await?;
+    let loopback = format!("broadcast: 127.0.0.1\n        port: {port}\n");
+    // Nodes are cluster-wide: other names than the test above registers.
+    let (node1, node2) = (cp.unique_name("minipc-1"), cp.unique_name("minipc-2"));
+    lab.apply_example(
+        "wake-on-lan.yaml",
+        &[
+            ("broadcast: 192.168.1.255\n        port: 9\n", &loopback),
+            (
+                "kubernetesNodeName: minipc-1",
+                &format!("kubernetesNodeName: {node1}"),
+            ),
+            (
+                "kubernetesNodeName: minipc-2",
+                &format!("kubernetesNodeName: {node2}"),
+            ),
+        ],
+    )
+    .await?;
+    let peer = cp.unique_name("lan-peer");
+    lab.world
+        .node_up(&FakeNode::new(&peer).label("homelab.dev/lan", "home"))
+        .await?;
+    lab.wait_phase("minipc-2", Phase::Off).await?;
+
+    lab.set_power("minipc-2", "on").await?;
+    let job = lab.wait_job("minipc-2", "on").await?;
+    let pod = job
+        .spec
+        .clone()
+        .and_then(|s| s.template.spec)
+        .context("Job without a pod spec")?;
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .and_then(|s| s.get("homelab.dev/lan"))
+            .map(String::as_str),
+        Some("home")
+    );
+    let avoid = serde_json::to_string(&pod.affinity)?;
+    assert!(avoid.contains(&node2), "never on the target: {avoid}");
+    run_job_container(&lab, &job).await?;
+    assert_eq!(
+        next_packet(&socket).await?,
+        magic_packet([0x3c, 0x7c, 0x3f, 0x1a, 0x2b, 0x02], &[1, 2, 3, 4, 5, 6]),
+        "the magic packet for 3c:7c:3f:1a:2b:02 with its SecureOn password"
+    );
+    lab.world.complete_job(&lab.ns, &job.name_any()).await?;
+    lab.wait_phase("minipc-2", Phase::Booting).await?;
+    lab.world.node_up(&FakeNode::new(&node2)).await?;
+    lab.wait_phase("minipc-2", Phase::Ready).await?;
+    lab.assert_secret_never_shown("01:02:03:04:05:06").await?;
     Ok(())
 }
 

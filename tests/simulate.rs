@@ -820,3 +820,100 @@ fn group_fields_the_simulation_does_not_model_are_reported() {
     // The plain scenario has nothing to report.
     assert!(simulate(&scenario("one-burst.yaml")).ignored.is_empty());
 }
+
+/// one-burst.yaml with its machine powered by Redfish both ways (`forceOffAfter: 2m`) and the
+/// machine simulation `extra` (e.g. `gracefulShutdownIgnored: 1`).
+fn redfish_burst(extra: &str) -> String {
+    data("one-burst.yaml")
+        .replace(
+            "      powerState: \"off\"\n",
+            "      powerState: \"off\"\n      power:\n        \"on\": {redfish: {endpoint: \"https://bmc\", credentialsSecret: bmc}}\n        \"off\": {redfish: {endpoint: \"https://bmc\", credentialsSecret: bmc, forceOffAfter: 2m}}\n",
+        )
+        .replace(
+            "      watts: {idle: 10, busy: 30, off: 1}\n",
+            &format!("      watts: {{idle: 10, busy: 30, off: 1}}\n    simulation: {{{extra}}}\n"),
+        )
+}
+
+fn entry_at(r: &Report, needle: &str) -> Option<u64> {
+    r.timeline
+        .iter()
+        .find(|e| e.what.contains(needle))
+        .map(|e| e.at)
+}
+
+/// A Redfish power-off is done when the BMC reads Off: one_machine_one_burst_by_hand's machine
+/// (scale-down at 6090 s, power action 5 s, shutdown 10 s) is off at 6105 s when the OS shuts
+/// down; when it ignores GracefulShutdown, or takes longer (3m) than `forceOffAfter` (2m), the
+/// BMC's ForceOff cuts the power at 6090 + 5 + 120 = 6215 s.
+#[test]
+fn a_redfish_power_off_escalates_to_force_off_after_its_grace() {
+    let run = |extra: &str, shutdown: &str| {
+        let text = redfish_burst(extra).replace("shutdownTime: 10s", shutdown);
+        simulate(
+            &Scenario::parse("redfish.yaml", &text, &NoTraceFiles)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    };
+    let honoured = run("gracefulShutdownIgnored: 0", "shutdownTime: 10s");
+    assert_eq!(entry_at(&honoured, "powered off"), Some(6105 * SECOND));
+    assert_eq!(entry_at(&honoured, "ForceOff"), None);
+
+    for (extra, shutdown) in [
+        ("gracefulShutdownIgnored: 1", "shutdownTime: 10s"),
+        ("gracefulShutdownIgnored: 0", "shutdownTime: 3m"),
+    ] {
+        let r = run(extra, shutdown);
+        assert_eq!(
+            entry_at(&r, "powered off"),
+            Some(6215 * SECOND),
+            "{extra}, {shutdown}"
+        );
+        assert_eq!(
+            entry_at(&r, "ForceOff"),
+            Some(6215 * SECOND),
+            "{extra}, {shutdown}"
+        );
+        assert_eq!(r.total.power_offs, 1);
+    }
+}
+
+/// Without `powerActionTime`, a power action takes what its driver takes: a Wake-on-LAN packet
+/// sent by the operator at once, a BMC call 2 s, an HTTP call 1 s, a Job (also a relay Job or a
+/// nodeAgent) 5 s.
+#[test]
+fn power_action_times_default_by_driver() {
+    use kubectl_homelab::sim::units::Distribution;
+    let times = |text: &str| {
+        let s = Scenario::parse(
+            "drivers.yaml",
+            &text.replace("  powerActionTime: 5s\n", ""),
+            &NoTraceFiles,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let m = &s.machines[0];
+        (m.power_on_action_time, m.power_off_action_time)
+    };
+    assert_eq!(
+        times(&redfish_burst("")),
+        (
+            Distribution::Fixed(2 * SECOND),
+            Distribution::Fixed(2 * SECOND)
+        )
+    );
+    let wol = data("one-burst.yaml").replace(
+        "      powerState: \"off\"\n",
+        "      powerState: \"off\"\n      power:\n        \"on\": {wakeOnLan: {mac: \"3c:7c:3f:1a:2b:01\"}}\n        \"off\": {http: {url: \"http://plug/off\"}}\n",
+    );
+    assert_eq!(
+        times(&wol),
+        (Distribution::Fixed(0), Distribution::Fixed(SECOND))
+    );
+    assert_eq!(
+        times(&data("one-burst.yaml")),
+        (
+            Distribution::Fixed(5 * SECOND),
+            Distribution::Fixed(5 * SECOND)
+        )
+    );
+}

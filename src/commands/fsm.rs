@@ -7,7 +7,7 @@ use super::table::{Column, Style, Table};
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::operator::api::{API_GROUP, Machine};
+use crate::operator::api::{API_GROUP, Direction, DriverReadback, Machine};
 use crate::operator::machine::{
     GraphFormat, Lifecycle, Operation, Phase, PowerState, Progress, observed_power, progress,
     render,
@@ -19,7 +19,9 @@ pub enum FsmCommand {
     /// last error and next retry.
     ///
     /// Reads the Node CRs (nodes.infra.homecluster.dev) from the cluster, or from a file with
-    /// -f. With --graph, prints the lifecycle transition table instead.
+    /// -f. READBACK is the power state the driver last read back (status.power); -o wide adds
+    /// each direction's driver and when it was read. With --graph, prints the lifecycle
+    /// transition table instead.
     Inspect(InspectArgs),
 }
 
@@ -271,6 +273,32 @@ pub struct MachineView {
     pub operation: Option<Operation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The power driver of each direction, from the spec.
+    pub drivers: Drivers,
+    /// What the driver of the latest operation last reported (`status.power`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power: Option<DriverReadback>,
+}
+
+/// The driver kind per direction (`job`, `nodeAgent`, `wakeOnLan`, `redfish`, `http`); `-` when
+/// the spec sets none or several (an invalid spec the API server would have refused).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Drivers {
+    pub on: String,
+    pub off: String,
+}
+
+impl Drivers {
+    fn of(m: &Machine) -> Drivers {
+        let kind = |d| {
+            m.power_driver(d)
+                .map_or_else(|_| "-".to_owned(), |d| d.kind().to_owned())
+        };
+        Drivers {
+            on: kind(Direction::On),
+            off: kind(Direction::Off),
+        }
+    }
 }
 
 impl MachineView {
@@ -289,6 +317,8 @@ impl MachineView {
             last_error: lc.last_error,
             next_retry_time: lc.next_retry_time,
             operation: lc.operation,
+            drivers: Drivers::of(m),
+            power: m.status.as_ref().and_then(|s| s.power.clone()),
         }
     }
 }
@@ -367,6 +397,16 @@ fn power(p: Option<PowerState>) -> &'static str {
     }
 }
 
+/// READBACK: the power state the driver last read back (`-`: none, or a driver without
+/// readback), marked when a power-off was forced.
+fn readback(p: Option<&DriverReadback>) -> String {
+    match p {
+        None => "-".to_owned(),
+        Some(p) if p.escalated => format!("{} (ForceOff)", power(p.readback)),
+        Some(p) => power(p.readback).to_owned(),
+    }
+}
+
 /// How the table looks: kubectl's `-o wide`, `--no-headers`, and `-A` (which always shows the
 /// NAMESPACE column, as kubectl does).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -423,6 +463,7 @@ fn render_table(views: &[MachineView], options: TableOptions, now: Timestamp) ->
         Column::new("group"),
         Column::new("desired"),
         Column::new("observed"),
+        Column::new("readback"),
         Column::new("phase"),
         Column::new("since"),
         Column::new("attempt").right(),
@@ -430,6 +471,8 @@ fn render_table(views: &[MachineView], options: TableOptions, now: Timestamp) ->
         Column::new("next retry"),
         Column::new("operation").wide_only(),
         Column::new("progress").wide_only(),
+        Column::new("drivers").wide_only(),
+        Column::new("read").wide_only(),
     ]);
     let mut table = Table::new(columns);
     for v in views {
@@ -459,11 +502,28 @@ fn render_table(views: &[MachineView], options: TableOptions, now: Timestamp) ->
                     .unwrap_or_else(|| "-".to_owned())
             },
         );
+        let drivers = if v.drivers.on == v.drivers.off {
+            v.drivers.on.clone()
+        } else {
+            format!("on:{} off:{}", v.drivers.on, v.drivers.off)
+        };
+        let read = v.power.as_ref().map_or_else(
+            || "-".to_owned(),
+            |p| {
+                format!(
+                    "{} {} {}",
+                    p.driver,
+                    p.operation,
+                    relative(p.observed_at, now)
+                )
+            },
+        );
         row.extend([
             v.name.clone(),
             v.group.clone().unwrap_or_else(|| "-".to_owned()),
             power(Some(v.desired)).to_owned(),
             power(v.observed).to_owned(),
+            readback(v.power.as_ref()),
             v.phase.to_string(),
             v.phase_since
                 .map_or_else(|| "-".to_owned(), |t| relative(t, now)),
@@ -472,6 +532,8 @@ fn render_table(views: &[MachineView], options: TableOptions, now: Timestamp) ->
             next_retry,
             operation,
             progress,
+            drivers,
+            read,
         ]);
         table.row(row);
     }
@@ -538,6 +600,35 @@ items:
         );
         let table = render_table(&views, TableOptions::default(), ts(0));
         assert!(table.contains("NAME") && table.contains("boom"), "{table}");
+    }
+
+    #[test]
+    fn a_forced_power_off_is_marked_in_readback() {
+        let ms = parse_machines("list.yaml", LIST).unwrap_or_default();
+        let mut views = select(&ms, &[], "list.yaml").unwrap_or_default();
+        views[0].power = Some(DriverReadback {
+            driver: "redfish".to_owned(),
+            direction: Direction::Off,
+            operation: "off-3".to_owned(),
+            readback: Some(PowerState::Off),
+            observed_at: ts(-90),
+            escalated: true,
+        });
+        let table = render_table(&views, TableOptions::default(), ts(0));
+        let a = table
+            .lines()
+            .find(|l| l.starts_with("a "))
+            .unwrap_or_default();
+        assert!(a.contains("off (ForceOff)"), "{table}");
+        let wide = render_table(
+            &views,
+            TableOptions {
+                wide: true,
+                ..TableOptions::default()
+            },
+            ts(0),
+        );
+        assert!(wide.contains("redfish off-3 1m30s ago"), "{wide}");
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub(super) struct SimOp {
     pub kind: OperationKind,
     pub status: SimOpStatus,
     pub succeeds: bool,
+    /// A soft power-off confirmed by readback (Redfish): whether it was escalated to a hard one.
+    pub soft_off: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -885,7 +887,23 @@ impl<'s> Sim<'s> {
         };
         let rng = &mut self.hw_rng[m];
         let succeeds = !(fail_p > 0.0 && rng.random::<f64>() < fail_p);
-        let took = model.power_action_time.sample(rng);
+        let mut took = match kind {
+            OperationKind::PowerOn => model.power_on_action_time.sample(rng),
+            OperationKind::PowerOff => model.power_off_action_time.sample(rng),
+        };
+        let mut soft_off = None;
+        if let (OperationKind::PowerOff, Some(soft), true) = (kind, &model.soft_off, succeeds) {
+            // Done once the BMC reads Off: after the OS shut down, or when it cut the power.
+            let ignored = soft.ignored > 0.0 && rng.random::<f64>() < soft.ignored;
+            let shutdown = model.shutdown_time.sample(rng);
+            let escalated = ignored || shutdown > soft.force_off_after;
+            took += if escalated {
+                soft.force_off_after
+            } else {
+                shutdown
+            };
+            soft_off = Some(escalated);
+        }
         let ms = &mut self.machines[m];
         ms.generation += 1;
         ms.op = Some(SimOp {
@@ -893,6 +911,7 @@ impl<'s> Sim<'s> {
             kind,
             status: SimOpStatus::Running,
             succeeds,
+            soft_off,
         });
         let generation = ms.generation;
         self.schedule(self.now + took, EventKindSim::ActionDone { m, generation });
@@ -940,9 +959,24 @@ impl<'s> Sim<'s> {
                 if self.machines[m].physical == Physical::Off {
                     return;
                 }
-                let took = self.sc.machines[m]
-                    .shutdown_time
-                    .sample(&mut self.hw_rng[m]);
+                // A readback-confirmed power-off is done when the machine is off already.
+                let took = match op.soft_off {
+                    Some(escalated) => {
+                        if escalated {
+                            self.note(
+                                Some(m),
+                                None,
+                                "GracefulShutdown not done within forceOffAfter: ForceOff \
+                                 (simulated)"
+                                    .to_owned(),
+                            );
+                        }
+                        0
+                    }
+                    None => self.sc.machines[m]
+                        .shutdown_time
+                        .sample(&mut self.hw_rng[m]),
+                };
                 // The kubelet stops: the node is NotReady from here on.
                 self.cluster.nodes[m].ready = false;
                 if !self.cluster.nodes[m].pods.is_empty() {

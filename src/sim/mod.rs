@@ -4,9 +4,11 @@
 //! (no I/O, no clock): the command reads files and renders the [`Report`].
 //!
 //! What it simplifies (see also [`autoscaler`]):
-//! - Machines: a power action takes `powerActionTime` and fails with `powerOnFailure` /
-//!   `powerOffFailure`; a successful power-on boots in `bootTime` or, with `neverBoots`, hangs
-//!   until the operator gives up. Booting and shutting down draw idle power; on, power grows
+//! - Machines: a power action takes `powerActionTime` (default by driver, see
+//!   [`scenario::driver_action_time`]) and fails with `powerOnFailure` / `powerOffFailure`; a
+//!   successful power-on boots in `bootTime` or, with `neverBoots`, hangs until the operator
+//!   gives up. A Redfish power-off is done when the BMC reads Off: after `shutdownTime`, or at
+//!   `forceOffAfter` (ForceOff) when the OS is slower or ignores it (`gracefulShutdownIgnored`). Booting and shutting down draw idle power; on, power grows
 //!   linearly from idle to busy with the requested CPU share; off draws `watts.off`.
 //! - Kubernetes: a Node object appears Ready when the boot completes and goes NotReady when the
 //!   machine is off; the operator deletes it (the FSM's `DeleteNode`). Pods request CPU, memory

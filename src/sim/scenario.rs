@@ -20,7 +20,7 @@ use super::workload::{
     Arrivals, Controller, DrainTraits, FOREVER, PodTemplate, Workload, WorkloadSpec, parse_trace,
 };
 use crate::operator::api::{
-    FieldError, GROUP_LABEL, Group, GroupSpec, Machine, MachineSpec, Watts,
+    Direction, FieldError, GROUP_LABEL, Group, GroupSpec, Machine, MachineSpec, PowerDriver, Watts,
 };
 use crate::operator::machine::PowerState;
 
@@ -434,9 +434,14 @@ pub struct MachineSimulation {
     /// From the power-off action being done to the machine being off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_time: Option<Distribution>,
-    /// How long a power action (Job, WoL packet, BMC call) takes to report done.
+    /// How long a power action (Job, WoL packet, BMC call) takes to report done (default by
+    /// driver, see [`driver_action_time`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_action_time: Option<Distribution>,
+    /// Chance that the OS ignores a Redfish `GracefulShutdown`, so the BMC's `ForceOff` follows
+    /// after `spec.power.off.redfish.forceOffAfter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_shutdown_ignored: Option<Probability>,
     /// Chance that a power-on action fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_on_failure: Option<Probability>,
@@ -474,6 +479,9 @@ impl MachineSimulation {
             boot_time: self.boot_time.or(d.boot_time),
             shutdown_time: self.shutdown_time.or(d.shutdown_time),
             power_action_time: self.power_action_time.or(d.power_action_time),
+            graceful_shutdown_ignored: self
+                .graceful_shutdown_ignored
+                .or(d.graceful_shutdown_ignored),
             power_on_failure: self.power_on_failure.or(d.power_on_failure),
             never_boots: self.never_boots.or(d.never_boots),
             boot_watts: self.boot_watts.or(d.boot_watts),
@@ -530,12 +538,40 @@ pub struct MachineModel {
     pub hourly_rate: f64,
     pub boot_time: Distribution,
     pub shutdown_time: Distribution,
-    pub power_action_time: Distribution,
+    /// How long the power-on action takes to report done.
+    pub power_on_action_time: Distribution,
+    /// How long the power-off action takes to report done (for a Redfish power-off, before the
+    /// BMC is asked: its readback waits for the shutdown itself, see [`SoftOff`]).
+    pub power_off_action_time: Distribution,
+    /// A power-off whose driver reads the power state back and hardens it (Redfish).
+    pub soft_off: Option<SoftOff>,
     pub power_on_failure: f64,
     pub never_boots: f64,
     pub power_off_failure: f64,
     pub scale_down_disabled: bool,
     pub initially_on: bool,
+}
+
+/// A soft power-off confirmed by readback, escalated when the OS does not comply (Redfish:
+/// `GracefulShutdown`, then `ForceOff` after `forceOffAfter`). The action reports done only once
+/// the machine is off: after its shutdown, or at `force_off_after` (the BMC cuts the power).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SoftOff {
+    pub force_off_after: Millis,
+    /// Chance that the OS ignores the soft request.
+    pub ignored: f64,
+}
+
+/// Default time a driver's action takes to report done: a Job (also a nodeAgent or a Wake-on-LAN
+/// relay) is scheduled and runs, a packet is sent at once, a BMC or HTTP endpoint answers a call.
+/// Without a driver (scenarios need none), a Job's.
+pub fn driver_action_time(spec: &MachineSpec, direction: Direction) -> Distribution {
+    match spec.power_driver("", direction) {
+        Ok(PowerDriver::WakeOnLan(w)) if w.via.is_none() => Distribution::Fixed(0),
+        Ok(PowerDriver::Redfish(_)) => Distribution::Fixed(2 * SECOND),
+        Ok(PowerDriver::Http(_)) => Distribution::Fixed(SECOND),
+        _ => Distribution::Fixed(5 * SECOND),
+    }
 }
 
 /// A validated scenario.
@@ -904,6 +940,24 @@ impl Scenario {
             };
             let sim = doc.simulation.or(&defaults);
             let prefix = format!("{at}.");
+            let soft_off = match doc.spec.power_driver(&prefix, Direction::Off) {
+                Ok(PowerDriver::Redfish(r)) => Some(SoftOff {
+                    force_off_after: r
+                        .force_off_after(&format!("{prefix}spec.power.off.redfish"))
+                        .map_err(|e| cx.field_err(e))?
+                        .as_millis()
+                        .try_into()
+                        .unwrap_or(0),
+                    ignored: sim.graceful_shutdown_ignored.unwrap_or_default().0,
+                }),
+                _ => None,
+            };
+            let action_time = |direction| {
+                sim.power_action_time
+                    .unwrap_or_else(|| driver_action_time(&doc.spec, direction))
+            };
+            let (power_on_action_time, power_off_action_time) =
+                (action_time(Direction::On), action_time(Direction::Off));
             doc.spec
                 .boot_timeout(&prefix)
                 .map_err(|e| cx.field_err(e))?;
@@ -1027,9 +1081,9 @@ impl Scenario {
                 shutdown_time: sim
                     .shutdown_time
                     .unwrap_or(Distribution::Fixed(20 * SECOND)),
-                power_action_time: sim
-                    .power_action_time
-                    .unwrap_or(Distribution::Fixed(5 * SECOND)),
+                power_on_action_time,
+                power_off_action_time,
+                soft_off,
                 power_on_failure: sim.power_on_failure.unwrap_or_default().0,
                 never_boots: sim.never_boots.unwrap_or_default().0,
                 power_off_failure: sim.power_off_failure.unwrap_or_default().0,

@@ -44,6 +44,7 @@ pub const RECENT_BOOTS_MAX: usize = 10;
     printcolumn = r#"{"name":"Group","type":"string","jsonPath":".metadata.labels.group"}"#,
     printcolumn = r#"{"name":"Node","type":"string","priority":1,"jsonPath":".status.node.name"}"#,
     printcolumn = r#"{"name":"Error","type":"string","priority":1,"jsonPath":".status.lastError"}"#,
+    printcolumn = r#"{"name":"Readback","type":"string","priority":1,"jsonPath":".status.power.readback"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -189,6 +190,62 @@ pub struct MachineStatus {
     pub energy: Option<EnergyCounters>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What the power driver of the latest operation last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<DriverReadback>,
+}
+
+/// The power driver's last word on an operation: which driver, which way, and the power state
+/// the hardware reported back (Redfish `PowerState`, an HTTP status URL; drivers without a
+/// readback, such as `wakeOnLan` or a Job, leave `readback` out).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverReadback {
+    /// `job`, `nodeAgent`, `wakeOnLan`, `redfish` or `http`.
+    #[schemars(length(max = 32))]
+    pub driver: String,
+    pub direction: Direction,
+    /// The operation (`status.operation.id`) this is about.
+    #[schemars(length(max = 64))]
+    pub operation: String,
+    /// The power state the hardware reports; absent while it reports neither (e.g. Redfish
+    /// `PoweringOn`) or when the driver cannot read it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readback: Option<PowerState>,
+    /// When the driver first reported this readback for this operation (not refreshed by every
+    /// poll, so polling a BMC does not write status each time).
+    pub observed_at: Timestamp,
+    /// The power-off was made a hard one (Redfish `ForceOff`, after an ignored `GracefulShutdown`
+    /// or at once with `forceOffAfter: 0s`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalated: bool,
+}
+
+impl DriverReadback {
+    /// The record after a driver reported `readback` (and `escalated`) for `operation`:
+    /// `previous` carries over its time while the readback is unchanged, and an escalation
+    /// stays recorded for the rest of the operation.
+    pub fn next(
+        previous: Option<&DriverReadback>,
+        driver: &str,
+        direction: Direction,
+        operation: &str,
+        readback: Option<PowerState>,
+        escalated: bool,
+        now: Timestamp,
+    ) -> DriverReadback {
+        let same_op = previous.filter(|p| p.operation == operation && p.driver == driver);
+        DriverReadback {
+            driver: driver.to_owned(),
+            direction,
+            operation: operation.to_owned(),
+            readback,
+            observed_at: same_op
+                .filter(|p| p.readback == readback)
+                .map_or(now, |p| p.observed_at),
+            escalated: escalated || same_op.is_some_and(|p| p.escalated),
+        }
+    }
 }
 
 /// What the machine's Kubernetes Node looked like when last seen.

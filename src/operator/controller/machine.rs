@@ -15,8 +15,8 @@ use super::node_side;
 use super::{Context, Error, FIELD_MANAGER, FINALIZER, requeue};
 use crate::operator::api::{
     CONDITION_IDENTITY_MISMATCH, CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY,
-    Direction, Group, Health, Machine, MachineStatus, PowerDriver as DriverSpec, condition,
-    upsert_condition,
+    Direction, DriverReadback, Group, Health, Machine, MachineStatus, PowerDriver as DriverSpec,
+    condition, upsert_condition,
 };
 use crate::operator::drain;
 use crate::operator::machine::{
@@ -240,6 +240,14 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         // The patch triggers another reconcile with the finalizer in place.
         return Ok(Action::await_change());
     }
+    let key = format!("{ns}/{name}");
+    if ctx.is_superseded(&key, m.resource_version().as_deref()) {
+        // The cache has not seen this operator's last status write yet: deciding on it would
+        // repeat what that reconcile did (a second HTTP call, a second reset). The write's own
+        // watch event queues the machine again.
+        tracing::debug!(machine = %m.object_ref(), "cache behind the last status write; waiting for it");
+        return Ok(Action::await_change());
+    }
 
     let now = Timestamp::now();
     let old_status = m.status.clone().unwrap_or_default();
@@ -278,7 +286,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
                 let resource = operation_resource_name(&name, op);
                 let cx = op_context(&m, op, &resource, now);
                 match d.check(&cx).await {
-                    Ok(r) => absorb(&mut out, &mut status, r, now),
+                    Ok(r) => absorb(&mut out, &mut status, d.kind(), &cx, r),
                     Err(PowerError::Transient(e)) => {
                         tracing::info!(machine = %m.object_ref(), error = %e, "power check failed; retrying");
                         out.requeue_after = Some(ctx.settings.poll_interval);
@@ -490,7 +498,9 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     for ev in std::mem::take(&mut out.note_events) {
         emit(&ctx, &m, &ev).await;
     }
-    write_status(&api, &m, rv, &old_status, status).await?;
+    if write_status(&api, &m, rv.clone(), &old_status, status).await? {
+        ctx.supersede(&key, rv);
+    }
 
     let until = requeue_at.map(|t| {
         let d = t.duration_since(Timestamp::now());
@@ -512,13 +522,38 @@ fn to_op_status(p: &Progress) -> OpStatus<'_> {
     }
 }
 
-/// Takes a driver's report: readback into status, a note as an Event, a recheck time.
-fn absorb(out: &mut Outcome, status: &mut MachineStatus, r: Report, now: Timestamp) -> Progress {
-    let _ = (status, now);
+/// Takes a driver's report: readback into `status.power`, a note as an Event (a Warning when
+/// the driver cut the power hard), a recheck time (a BMC or status URL changes without any
+/// event in the cluster, so only this brings the reconcile back).
+fn absorb(
+    out: &mut Outcome,
+    status: &mut MachineStatus,
+    driver: &str,
+    cx: &OpContext<'_>,
+    r: Report,
+) -> Progress {
+    let escalated_before = status
+        .power
+        .as_ref()
+        .is_some_and(|p| p.operation == cx.op.id && p.escalated);
+    status.power = Some(DriverReadback::next(
+        status.power.as_ref(),
+        driver,
+        cx.direction,
+        &cx.op.id,
+        r.readback,
+        r.escalated,
+        cx.now,
+    ));
     if let Some(note) = r.note {
+        let escalation = r.escalated && !escalated_before;
         out.note_events.push(KubeEvent {
-            reason: "PowerDriverNote",
-            warning: false,
+            reason: if escalation {
+                "PowerOffEscalated"
+            } else {
+                "PowerDriverNote"
+            },
+            warning: escalation,
             message: note,
         });
     }
@@ -565,7 +600,7 @@ async fn perform(
                     if let Some(metrics) = &ctx.metrics {
                         metrics.power_operation(d.kind(), &direction.to_string(), "started");
                     }
-                    let p = absorb(out, status, r, now);
+                    let p = absorb(out, status, d.kind(), &cx, r);
                     if p != Progress::Running {
                         out.feedback = Some(p);
                     }
@@ -864,16 +899,17 @@ async fn patch_spec_power(
 }
 
 /// Writes status when it changed, guarded by the resourceVersion the decision was made on (a
-/// conflict means the view was stale: the reconcile runs again on the new object).
+/// conflict means the view was stale: the reconcile runs again on the new object). Returns
+/// whether it wrote.
 async fn write_status(
     api: &Api<Machine>,
     m: &Machine,
     resource_version: Option<String>,
     old: &MachineStatus,
     new: MachineStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if *old == new {
-        return Ok(());
+        return Ok(false);
     }
     let to_json = |st: &MachineStatus| {
         serde_json::to_value(st).map_err(|source| Error::Json {
@@ -895,7 +931,7 @@ async fn write_status(
     api.patch_status(&m.name_any(), &params, &Patch::Merge(&patch))
         .await
         .map_err(Error::kube(format!("writing status of {}", m.object_ref())))?;
-    Ok(())
+    Ok(true)
 }
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`.
@@ -928,8 +964,136 @@ fn merge_diff(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::V
 
 #[cfg(test)]
 mod tests {
-    use super::merge_diff;
+    use super::*;
     use serde_json::json;
+
+    fn off_op(id: &str, started: Timestamp) -> Operation {
+        Operation {
+            kind: OperationKind::PowerOff,
+            id: id.to_owned(),
+            started,
+            deadline: started + SignedDuration::from_mins(5),
+            completed: None,
+        }
+    }
+
+    /// Feeds `r` for `op` at `now` to `absorb` with the status and outcome given.
+    fn absorb_at(
+        out: &mut Outcome,
+        status: &mut MachineStatus,
+        op: &Operation,
+        now: Timestamp,
+        r: Report,
+    ) -> Progress {
+        let m = Machine::new(
+            "r730",
+            crate::operator::api::MachineSpec::new(PowerState::Off),
+        );
+        let cx = op_context(&m, op, "r730-off-1", now);
+        absorb(out, status, "redfish", &cx, r)
+    }
+
+    /// A BMC's PowerState changes without any event in the cluster: the driver's recheck time is
+    /// what brings the reconcile back, and it wins over a later wake-up already planned.
+    #[test]
+    fn a_drivers_recheck_time_becomes_the_requeue() {
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1);
+        let op = off_op("off-1", t0);
+        let mut status = MachineStatus::default();
+        let mut out = Outcome {
+            requeue_after: Some(Duration::from_secs(30)),
+            ..Outcome::default()
+        };
+        let running = Report::new(Progress::Running).recheck_after(Duration::from_secs(5));
+        assert_eq!(
+            absorb_at(&mut out, &mut status, &op, t0, running),
+            Progress::Running
+        );
+        assert_eq!(out.requeue_after, Some(Duration::from_secs(5)));
+        let mut idle = Outcome::default();
+        absorb_at(
+            &mut idle,
+            &mut status,
+            &op,
+            t0,
+            Report::new(Progress::Running).recheck_after(Duration::from_secs(2)),
+        );
+        assert_eq!(idle.requeue_after, Some(Duration::from_secs(2)));
+        assert_eq!(
+            super::requeue(idle.requeue_after),
+            Action::requeue(Duration::from_secs(2))
+        );
+    }
+
+    /// The readback lands in `status.power`; its time moves only when the readback changes (a
+    /// poll that reads the same writes no status); a ForceOff is recorded once as a Warning
+    /// Event and stays recorded for the operation; a new operation starts a fresh record.
+    #[test]
+    fn readbacks_and_a_forced_power_off_are_recorded_in_status() {
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1);
+        let at = |s: i64| t0 + SignedDuration::from_secs(s);
+        let op = off_op("off-1", t0);
+        let mut status = MachineStatus::default();
+        let mut out = Outcome::default();
+        let on = || Report::new(Progress::Running).with_readback(Some(PowerState::On));
+        absorb_at(&mut out, &mut status, &op, at(0), on());
+        absorb_at(&mut out, &mut status, &op, at(5), on());
+        let first = status.power.clone();
+        assert_eq!(
+            first,
+            Some(DriverReadback {
+                driver: "redfish".to_owned(),
+                direction: Direction::Off,
+                operation: "off-1".to_owned(),
+                readback: Some(PowerState::On),
+                observed_at: at(0),
+                escalated: false,
+            })
+        );
+        assert!(out.note_events.is_empty());
+
+        absorb_at(
+            &mut out,
+            &mut status,
+            &op,
+            at(120),
+            on().escalated().with_note("sent ForceOff"),
+        );
+        absorb_at(
+            &mut out,
+            &mut status,
+            &op,
+            at(180),
+            on().escalated().with_note("sent ForceOff again"),
+        );
+        let events: Vec<_> = out
+            .note_events
+            .iter()
+            .map(|e| (e.reason, e.warning))
+            .collect();
+        assert_eq!(
+            events,
+            [("PowerOffEscalated", true), ("PowerDriverNote", false)]
+        );
+        let off = Report::new(Progress::Succeeded).with_readback(Some(PowerState::Off));
+        absorb_at(&mut out, &mut status, &op, at(185), off);
+        let p = status
+            .power
+            .clone()
+            .unwrap_or_else(|| panic!("no status.power"));
+        assert_eq!(
+            (p.readback, p.observed_at, p.escalated),
+            (Some(PowerState::Off), at(185), true)
+        );
+
+        let next = off_op("off-2", at(600));
+        absorb_at(&mut out, &mut status, &next, at(600), on());
+        let p = status.power.unwrap_or_else(|| panic!("no status.power"));
+        assert_eq!(
+            (p.operation.as_str(), p.escalated, p.observed_at),
+            ("off-2", false, at(600))
+        );
+    }
 
     #[test]
     fn a_merge_diff_nulls_what_went_away_and_keeps_what_did_not_change() {

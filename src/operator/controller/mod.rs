@@ -74,6 +74,9 @@ pub struct Context {
     /// Kubernetes Node name by providerID, kept current by the trigger task before it queues a
     /// machine, so a reconcile never misses the Node whose event woke it.
     node_index: Mutex<HashMap<String, String>>,
+    /// Per Node CR (`namespace/name`), the resourceVersion its last status write replaced: a
+    /// cache still showing it has not seen that write yet (see `machine::reconcile`).
+    superseded: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -98,7 +101,22 @@ impl Context {
             settings,
             metrics,
             node_index: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// This operator wrote the object `key` over `resource_version`.
+    pub(crate) fn supersede(&self, key: &str, resource_version: Option<String>) {
+        let mut map = lock(&self.superseded);
+        match resource_version {
+            Some(rv) => map.insert(key.to_owned(), rv),
+            None => map.remove(key),
+        };
+    }
+
+    /// Whether `resource_version` of `key` is one this operator already wrote over.
+    pub(crate) fn is_superseded(&self, key: &str, resource_version: Option<&str>) -> bool {
+        resource_version.is_some_and(|rv| lock(&self.superseded).get(key).is_some_and(|s| s == rv))
     }
 
     /// The name of the Kubernetes Node that carries `provider_id`, if one is cached.

@@ -49,6 +49,10 @@ pub struct Report {
     /// Look again this soon even if nothing in the cluster changes (drivers without a watchable
     /// object, e.g. a BMC whose PowerState is polled).
     pub recheck_after: Option<Duration>,
+    /// The driver cut the power hard (Redfish `ForceOff`, after an ignored `GracefulShutdown` or
+    /// at once with `forceOffAfter: 0s`): recorded in `status.power.escalated`, sent as a Warning
+    /// Event.
+    pub escalated: bool,
 }
 
 impl Report {
@@ -58,7 +62,14 @@ impl Report {
             readback: None,
             note: None,
             recheck_after: None,
+            escalated: false,
         }
+    }
+
+    /// Marks the report of a hard power-off sent after a soft one (see [`Report::escalated`]).
+    pub fn escalated(mut self) -> Report {
+        self.escalated = true;
+        self
     }
 
     pub fn with_readback(mut self, state: Option<PowerState>) -> Report {

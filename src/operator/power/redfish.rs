@@ -101,6 +101,7 @@ impl<'a> RedfishDriver<'a> {
                     return Ok(Report::new(Progress::Running)
                         .with_readback(readback)
                         .with_note("sent ForceOff at once (forceOffAfter is 0s)")
+                        .escalated()
                         .recheck_after(POLL_INTERVAL));
                 }
                 bmc.reset(&system, "GracefulShutdown").await?;
@@ -140,6 +141,7 @@ impl<'a> RedfishDriver<'a> {
                     format_duration(elapsed),
                     format_duration(grace)
                 ))
+                .escalated()
                 .recheck_after(POLL_INTERVAL));
         }
         if elapsed >= grace {
