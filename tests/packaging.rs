@@ -376,11 +376,44 @@ fn kube_args(cp: &ControlPlane) -> anyhow::Result<String> {
         .context("kubeconfig path is not UTF-8")
 }
 
-/// `helm install`, then `helm upgrade` changing values, then `helm uninstall`, against the real
-/// apiserver (no kubelet: objects, not pods). Uninstall leaves the CRDs (helm never deletes
-/// crds/) and so the Node CRs.
+/// The values file of the README's Install section (the ```yaml block headed
+/// `# homelab-values.yaml`).
+fn readme_values() -> anyhow::Result<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md"))?;
+    let start = readme
+        .find("```yaml\n# homelab-values.yaml\n")
+        .context("README.md has no homelab-values.yaml block")?;
+    let block = &readme[start + "```yaml\n".len()..];
+    let end = block
+        .find("```")
+        .context("unterminated yaml block in README.md")?;
+    Ok(block[..end].to_owned())
+}
+
+/// kubectl with the harness's admin kubeconfig; its stdout.
+fn kubectl_admin(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .with_context(|| format!("running {KUBECTL} {args:?}"))?;
+    ensure!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The README's Install section against the real apiserver (no kubelet: objects, not pods):
+/// `helm install` with its values file, `kubectl apply` of the example, `kubectl get homelab`;
+/// then `helm upgrade` changing a value, and `helm uninstall`, which leaves the CRDs (helm never
+/// deletes crds/) and so the Groups and Node CRs.
 #[tokio::test]
-async fn helm_installs_upgrades_and_uninstalls_the_chart() -> anyhow::Result<()> {
+async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() -> anyhow::Result<()>
+{
     let Some(helm) = Helm::locate()? else {
         return Ok(());
     };
@@ -389,66 +422,84 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() -> anyhow::Result<()>
     };
     let ns = cp.namespace("helm-life").await?;
     let kubeconfig = kube_args(cp)?;
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("homelab-values.yaml");
+    std::fs::write(&values, readme_values()?)?;
+    let values = values.to_str().context("temp path is not UTF-8")?;
     let client = cp.client()?;
+
     helm.ok(&[
         "install",
-        "lab",
+        "homelab",
         CHART,
         "-n",
         &ns,
         "--kubeconfig",
         &kubeconfig,
+        "-f",
+        values,
     ])?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let d = deployments.get("lab-kubectl-homelab").await?;
+    let d = deployments.get("homelab-kubectl-homelab").await?;
     assert_eq!(d.spec.and_then(|s| s.replicas), Some(2));
-    let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
-    let role = roles.get("lab-kubectl-homelab").await?;
-    assert!(!serde_json::to_string(&role)?.contains("secrets"));
-
-    let machine: Machine = serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
-        "metadata": { "name": "m1", "labels": { "group": "g" } },
-        "spec": { "powerState": "off", "power": { "on": { "job": { "image": "example.org/p:1" } },
-                                                   "off": { "job": { "image": "example.org/p:1" } } } },
-    }))?;
-    Api::<Machine>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &machine)
+    deployments
+        .get("homelab-kubectl-homelab-cluster-autoscaler")
         .await
-        .context("creating Node CR m1")?;
-
-    helm.ok(&[
-        "upgrade",
-        "lab",
-        CHART,
-        "-n",
-        &ns,
-        "--kubeconfig",
-        &kubeconfig,
-        "--set",
-        "replicas=3",
-        "--set",
-        "credentialSecrets={bmc-m1}",
-    ])?;
-    let d = deployments.get("lab-kubectl-homelab").await?;
-    assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
-    let role = serde_json::to_value(roles.get("lab-kubectl-homelab").await?)?;
+        .context("the README's values enable the Cluster Autoscaler")?;
+    let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
+    let role = serde_json::to_value(roles.get("homelab-kubectl-homelab").await?)?;
     assert!(
         role["rules"]
             .as_array()
             .is_some_and(|rs| rs.iter().any(|r| {
-                r["resources"] == json!(["secrets"]) && r["resourceNames"] == json!(["bmc-m1"])
+                r["resources"] == json!(["secrets"]) && r["resourceNames"] == json!(["bmc-minipc1"])
             })),
         "{role}"
     );
-    let history = helm.ok(&["history", "lab", "-n", &ns, "--kubeconfig", &kubeconfig])?;
+    kubectl_admin(cp, &["apply", "-n", &ns, "-f", "examples/job-style.yaml"])?;
+    let listed = kubectl_admin(cp, &["get", "homelab", "-n", &ns])?;
+    assert!(
+        listed.contains("group.infra.homecluster.dev/desktops")
+            && listed.contains("node.infra.homecluster.dev/desktop-1"),
+        "{listed}"
+    );
+
+    helm.ok(&[
+        "upgrade",
+        "homelab",
+        CHART,
+        "-n",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig,
+        "-f",
+        values,
+        "--set",
+        "replicas=3",
+    ])?;
+    let d = deployments.get("homelab-kubectl-homelab").await?;
+    assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
+    let history = helm.ok(&["history", "homelab", "-n", &ns, "--kubeconfig", &kubeconfig])?;
     assert!(history.contains("Upgrade complete"), "{history}");
 
-    helm.ok(&["uninstall", "lab", "-n", &ns, "--kubeconfig", &kubeconfig])?;
-    assert!(deployments.get_opt("lab-kubectl-homelab").await?.is_none());
+    helm.ok(&[
+        "uninstall",
+        "homelab",
+        "-n",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig,
+    ])?;
+    assert!(
+        deployments
+            .get_opt("homelab-kubectl-homelab")
+            .await?
+            .is_none()
+    );
+    assert!(roles.get_opt("homelab-kubectl-homelab").await?.is_none());
     assert!(
         Api::<Machine>::namespaced(client, &ns)
-            .get_opt("m1")
+            .get_opt("desktop-1")
             .await?
             .is_some(),
         "Node CRs outlive the release"

@@ -515,6 +515,37 @@ mod tests {
     }
 
     #[test]
+    fn the_operators_pod_service_account_applies_only_where_the_node_cr_names_none()
+    -> Result<(), PowerError> {
+        let m = machine("m1");
+        let op = operation("off-2");
+        let cx = context(&m, &op, "m1-off-2");
+        let plain = MinimalPodSpec {
+            image: "example/poweroff:1".to_owned(),
+            ..MinimalPodSpec::default()
+        };
+        let own = MinimalPodSpec {
+            service_account: Some("bmc-reader".to_owned()),
+            ..plain.clone()
+        };
+        let account = |spec: &MinimalPodSpec, default: Option<&str>| {
+            let mut job = build_job(&cx, JobKind::Custom(spec), None)?;
+            default_service_account(&mut job, default);
+            Ok::<_, PowerError>(pod_spec(&job).service_account_name.clone())
+        };
+        assert_eq!(
+            account(&plain, Some("lab-power"))?.as_deref(),
+            Some("lab-power")
+        );
+        assert_eq!(
+            account(&own, Some("lab-power"))?.as_deref(),
+            Some("bmc-reader")
+        );
+        assert_eq!(account(&plain, None)?, None);
+        Ok(())
+    }
+
+    #[test]
     fn a_node_agent_runs_privileged_on_its_own_node_only() -> Result<(), PowerError> {
         let m = machine("m1");
         let op = operation("off-1");
