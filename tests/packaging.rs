@@ -287,6 +287,33 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
     let config_map = find(&plain, "ConfigMap", "lab-kubectl-homelab-cloud-config")?;
     assert_eq!(config_map.data["data"]["cloud-config.yaml"], printed_plain);
 
+    // tls.mode=secret mounts the Secrets named, for the operator and for CA.
+    let named = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "tls.mode=secret",
+            "tls.serverSecret=op-tls",
+            "tls.clientSecret=ca-tls",
+            "clusterAutoscaler.enabled=true",
+        ],
+    )?;
+    let volume = |deployment: &str| -> anyhow::Result<serde_json::Value> {
+        let d = find(&named, "Deployment", deployment)?;
+        Ok(d.data["spec"]["template"]["spec"]["volumes"].clone())
+    };
+    assert!(
+        volume("lab-kubectl-homelab")?
+            .to_string()
+            .contains(r#""secretName":"op-tls""#)
+    );
+    let ca_volumes = volume("lab-kubectl-homelab-cluster-autoscaler")?.to_string();
+    assert!(
+        ca_volumes.contains(r#""secretName":"ca-tls""#),
+        "{ca_volumes}"
+    );
+    assert!(!kinds(&named).contains(&"Certificate".to_owned()));
+
     // CA mounts its client certificate where the cloud-config says, and has the slow-boot flags.
     let ca = find(&all, "Deployment", "lab-kubectl-homelab-cluster-autoscaler")?;
     let ca_pod = ca.data["spec"]["template"]["spec"].to_string();
@@ -623,6 +650,8 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
         &kubeconfig,
         "--set",
         "credentialSecrets={bmc-m1}",
+        "--set",
+        "clusterAutoscaler.enabled=true",
     ])?;
     let manifest = helm.ok(&[
         "get",
@@ -809,6 +838,11 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
     no(&["patch", "deployments.apps/lab-kubectl-homelab", "-n", &ns])?;
     no(&["create", "configmaps", "-n", &ns])?;
 
+    // The Cluster Autoscaler with the chart's arguments, its ServiceAccount's token and the
+    // chart's cloud-config (dialling the operator on loopback instead of the Service): it elects
+    // itself, runs its loops against the operator and writes its status, refused nothing.
+    run_chart_cluster_autoscaler(cp, &ns, &objects, ports[0]).await?;
+
     // The power pods' account: nothing.
     let power = format!("--as=system:serviceaccount:{ns}:lab-kubectl-homelab-power");
     let admin_kc = cp.kubeconfig();
@@ -826,6 +860,83 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
             "the power account must NOT be able to: {args:?}"
         );
     }
+    Ok(())
+}
+
+/// Runs the chart's Cluster Autoscaler Deployment as a process until it wrote its status
+/// ConfigMap (one full loop, after taking its Lease), then fails on anything the apiserver
+/// refused it.
+async fn run_chart_cluster_autoscaler(
+    cp: &ControlPlane,
+    ns: &str,
+    objects: &[DynamicObject],
+    grpc_port: u16,
+) -> anyhow::Result<()> {
+    let Some(assets) = support::assets::Assets::locate(&["cluster-autoscaler"])? else {
+        return Ok(());
+    };
+    let deployment = find(
+        objects,
+        "Deployment",
+        "lab-kubectl-homelab-cluster-autoscaler",
+    )?;
+    let command: Vec<String> = serde_json::from_value(
+        deployment.data["spec"]["template"]["spec"]["containers"][0]["command"].clone(),
+    )
+    .context("the Cluster Autoscaler container's command")?;
+    let config_map = find(objects, "ConfigMap", "lab-kubectl-homelab-cloud-config")?;
+    let cloud_config = config_map.data["data"]["cloud-config.yaml"]
+        .as_str()
+        .context("cloud-config.yaml")?
+        .replace(
+            &format!("lab-kubectl-homelab-grpc.{ns}.svc:8086"),
+            &format!("127.0.0.1:{grpc_port}"),
+        );
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("cloud-config.yaml");
+    std::fs::write(&config_path, &cloud_config)?;
+    let ca = cp
+        .service_account(ns, "lab-kubectl-homelab-cluster-autoscaler")
+        .await?;
+    let port = support::process::free_ports(1)?[0];
+    let mut args: Vec<String> = command
+        .iter()
+        .skip(1)
+        .map(|a| {
+            if a.starts_with("--cloud-config=") {
+                format!("--cloud-config={}", config_path.display())
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    args.extend([
+        format!("--kubeconfig={}", ca.kubeconfig().display()),
+        format!("--address=127.0.0.1:{port}"),
+        "--scan-interval=2s".to_owned(),
+    ]);
+    let log = dir.path().join("cluster-autoscaler.log");
+    let _ca = tokio::process::Command::new(assets.cluster_autoscaler())
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting cluster-autoscaler")?;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(cp.client()?, ns);
+    wait_for("CA's status ConfigMap in the release namespace", || async {
+        Ok(maps.get_opt("cluster-autoscaler-status").await?)
+    })
+    .await
+    .map_err(|e| e.context(support::process::log_tail(&log, 40)))?;
+    let text = std::fs::read_to_string(&log)?;
+    let refused: Vec<&str> = text.lines().filter(|l| l.contains("forbidden")).collect();
+    ensure!(
+        refused.is_empty(),
+        "the chart's Cluster Autoscaler was refused:\n{}",
+        refused.join("\n")
+    );
     Ok(())
 }
 
