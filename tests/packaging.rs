@@ -681,7 +681,7 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
         .collect();
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("operator.log");
-    let _operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+    let mut operator_process = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
         .args(&args)
         .arg("--kubeconfig")
         .arg(operator.kubeconfig())
@@ -860,6 +860,24 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
             "the power account must NOT be able to: {args:?}"
         );
     }
+
+    // SIGTERM: the operator releases its Lease (a patch the chart allows) and exits cleanly.
+    let pid = operator_process.id().context("the operator exited early")?;
+    // SAFETY: sends a signal to our own child process.
+    ensure!(
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,
+        "kill(SIGTERM)"
+    );
+    let status = tokio::time::timeout(WAIT, operator_process.wait())
+        .await
+        .context("the operator did not exit after SIGTERM")??;
+    let text = std::fs::read_to_string(&log)?;
+    ensure!(status.success(), "{status:?}\n{text}");
+    ensure!(!text.contains("forbidden"), "refused at shutdown:\n{text}");
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin, &ns)
+        .get("lab-kubectl-homelab-leader")
+        .await?;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity), None, "{text}");
     Ok(())
 }
 
