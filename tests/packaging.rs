@@ -8,7 +8,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -56,31 +56,39 @@ impl Helm {
         }))
     }
 
-    /// Runs helm; `Ok` whatever its exit status (see [`Helm::ok`]).
-    fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+    fn command(&self, args: &[&str]) -> Command {
         let h = self.home.path();
-        std::process::Command::new(&self.bin)
-            .args(args)
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
             .current_dir(repo())
             .env("HELM_CACHE_HOME", h.join("cache"))
             .env("HELM_CONFIG_HOME", h.join("config"))
             .env("HELM_DATA_HOME", h.join("data"))
-            .env_remove("KUBECONFIG")
+            .env_remove("KUBECONFIG");
+        cmd
+    }
+
+    /// Runs helm; `Ok` whatever its exit status (see [`Helm::ok`]).
+    fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.command(args)
             .output()
             .with_context(|| format!("running {} {args:?}", self.bin.display()))
     }
 
     /// Runs helm and returns its stdout; a failure is an error with its stderr.
     fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.run(args)?;
-        ensure!(
-            out.status.success(),
-            "helm {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(&mut self.command(args))
+    }
+
+    /// helm against the harness's apiserver (admin) in namespace `ns`.
+    fn on(&self, cp: &ControlPlane, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+        let kubeconfig = cp
+            .kubeconfig()
+            .to_str()
+            .context("kubeconfig path is not UTF-8")?;
+        let mut all = args.to_vec();
+        all.extend(["-n", ns, "--kubeconfig", kubeconfig]);
+        self.ok(&all)
     }
 
     /// `helm template` of the chart as release `release` in `ns` with `--set` values.
@@ -138,17 +146,22 @@ fn operator_args(deployment: &DynamicObject) -> anyhow::Result<Vec<String>> {
     serde_json::from_value(args.clone()).context("the operator container's args")
 }
 
-fn run_binary(args: &[String]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
-        .args(args)
-        .output()
-        .context("running kubectl-homelab")?;
+/// Runs `cmd`: its stdout, or an error with its output when it fails.
+fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let what = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
         out.status.success(),
-        "kubectl-homelab {args:?} failed: {}",
+        "{what} failed ({}):\n{stdout}{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(stdout)
+}
+
+fn run_binary(args: &[String]) -> anyhow::Result<String> {
+    stdout_of(Command::new(env!("CARGO_BIN_EXE_kubectl-homelab")).args(args))
 }
 
 #[test]
@@ -395,14 +408,6 @@ fn bad_values_fail_with_the_key_named() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// helm talks to the harness's apiserver with its admin kubeconfig.
-fn kube_args(cp: &ControlPlane) -> anyhow::Result<String> {
-    cp.kubeconfig()
-        .to_str()
-        .map(str::to_owned)
-        .context("kubeconfig path is not UTF-8")
-}
-
 /// The values file of the README's Install section (the ```yaml block headed
 /// `# homelab-values.yaml`).
 fn readme_values() -> anyhow::Result<String> {
@@ -419,19 +424,13 @@ fn readme_values() -> anyhow::Result<String> {
 
 /// kubectl with the harness's admin kubeconfig; its stdout.
 fn kubectl_admin(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(KUBECTL)
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .with_context(|| format!("running {KUBECTL} {args:?}"))?;
-    ensure!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    stdout_of(
+        Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(args)
+            .current_dir(repo()),
+    )
 }
 
 /// The README's Install section against the real apiserver (no kubelet: objects, not pods):
@@ -448,24 +447,13 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
         return Ok(());
     };
     let ns = cp.namespace("helm-life").await?;
-    let kubeconfig = kube_args(cp)?;
     let dir = tempfile::tempdir()?;
     let values = dir.path().join("homelab-values.yaml");
     std::fs::write(&values, readme_values()?)?;
     let values = values.to_str().context("temp path is not UTF-8")?;
     let client = cp.client()?;
 
-    helm.ok(&[
-        "install",
-        "homelab",
-        CHART,
-        "-n",
-        &ns,
-        "--kubeconfig",
-        &kubeconfig,
-        "-f",
-        values,
-    ])?;
+    helm.on(cp, &ns, &["install", "homelab", CHART, "-f", values])?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let d = deployments.get("homelab-kubectl-homelab").await?;
     assert_eq!(d.spec.and_then(|s| s.replicas), Some(2));
@@ -491,32 +479,25 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
         "{listed}"
     );
 
-    helm.ok(&[
-        "upgrade",
-        "homelab",
-        CHART,
-        "-n",
+    helm.on(
+        cp,
         &ns,
-        "--kubeconfig",
-        &kubeconfig,
-        "-f",
-        values,
-        "--set",
-        "replicas=3",
-    ])?;
+        &[
+            "upgrade",
+            "homelab",
+            CHART,
+            "-f",
+            values,
+            "--set",
+            "replicas=3",
+        ],
+    )?;
     let d = deployments.get("homelab-kubectl-homelab").await?;
     assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
-    let history = helm.ok(&["history", "homelab", "-n", &ns, "--kubeconfig", &kubeconfig])?;
+    let history = helm.on(cp, &ns, &["history", "homelab"])?;
     assert!(history.contains("Upgrade complete"), "{history}");
 
-    helm.ok(&[
-        "uninstall",
-        "homelab",
-        "-n",
-        &ns,
-        "--kubeconfig",
-        &kubeconfig,
-    ])?;
+    helm.on(cp, &ns, &["uninstall", "homelab"])?;
     assert!(
         deployments
             .get_opt("homelab-kubectl-homelab")
@@ -537,7 +518,7 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
 /// `kubectl auth can-i` as the operator's ServiceAccount (its own token, so the apiserver
 /// answers for exactly that identity).
 fn can_i(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<bool> {
-    let out = std::process::Command::new(KUBECTL)
+    let out = Command::new(KUBECTL)
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(["auth", "can-i"])
@@ -639,29 +620,20 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
     let ns = cp.namespace("helm-op").await?;
     let apps = cp.namespace("helm-apps").await?;
     let other = cp.namespace("helm-other").await?;
-    let kubeconfig = kube_args(cp)?;
-    helm.ok(&[
-        "install",
-        "lab",
-        CHART,
-        "-n",
+    helm.on(
+        cp,
         &ns,
-        "--kubeconfig",
-        &kubeconfig,
-        "--set",
-        "credentialSecrets={bmc-m1}",
-        "--set",
-        "clusterAutoscaler.enabled=true",
-    ])?;
-    let manifest = helm.ok(&[
-        "get",
-        "manifest",
-        "lab",
-        "-n",
-        &ns,
-        "--kubeconfig",
-        &kubeconfig,
-    ])?;
+        &[
+            "install",
+            "lab",
+            CHART,
+            "--set",
+            "credentialSecrets={bmc-m1}",
+            "--set",
+            "clusterAutoscaler.enabled=true",
+        ],
+    )?;
+    let manifest = helm.on(cp, &ns, &["get", "manifest", "lab"])?;
     let objects = support::apply::parse_multi_doc("helm get manifest", &manifest)?;
     let chart_args = operator_args(find(&objects, "Deployment", "lab-kubectl-homelab")?)?;
     let operator = cp.service_account(&ns, "lab-kubectl-homelab").await?;
@@ -968,7 +940,7 @@ fn krew_validates_the_plugin_manifest() -> anyhow::Result<()> {
     };
     let manifest = repo().join("plugins/homelab.yaml");
     let validate = |path: &Path| -> anyhow::Result<Output> {
-        std::process::Command::new(&validator)
+        Command::new(&validator)
             .arg("--manifest")
             .arg(path)
             .arg("--skip-install")
@@ -1018,18 +990,12 @@ fn kubectl_runs_the_plugin_and_completes_it_from_path() -> anyhow::Result<()> {
     )?;
     let path = format!("{}:/usr/bin:/bin", bin.path().display());
     let kubectl = |args: &[&str]| -> anyhow::Result<String> {
-        let out = std::process::Command::new(KUBECTL)
-            .args(args)
-            .env("PATH", &path)
-            .env_remove("KUBECONFIG")
-            .output()
-            .with_context(|| format!("running kubectl {args:?}"))?;
-        ensure!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(
+            Command::new(KUBECTL)
+                .args(args)
+                .env("PATH", &path)
+                .env_remove("KUBECONFIG"),
+        )
     };
     let help = kubectl(&["homelab", "--help"])?;
     assert!(help.contains("Usage: kubectl homelab"), "{help}");
