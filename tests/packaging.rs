@@ -262,6 +262,9 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
     ] {
         find(&all, kind, name)?;
     }
+    // Only the leader is Ready: a budget below 100% would make the leader unevictable.
+    let pdb = find(&all, "PodDisruptionBudget", "lab-kubectl-homelab")?;
+    assert_eq!(pdb.data["spec"]["maxUnavailable"], "100%");
     let role = find(&all, "Role", "lab-kubectl-homelab")?;
     let secrets_rule = role.data["rules"]
         .as_array()
