@@ -470,7 +470,7 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
         role["rules"]
             .as_array()
             .is_some_and(|rs| rs.iter().any(|r| {
-                r["resources"] == json!(["secrets"]) && r["resourceNames"] == json!(["bmc-minipc1"])
+                r["resources"] == json!(["secrets"]) && r["resourceNames"] == json!(["r730-bmc"])
             })),
         "{role}"
     );
