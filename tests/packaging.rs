@@ -347,6 +347,30 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
     Ok(())
 }
 
+/// The Dockerfile's image is what the chart expects: the user the pod runs as (non-root, so a
+/// mismatch would not start), the static binary as entrypoint taking the chart's arguments, and
+/// the repository the chart pulls by default.
+#[test]
+fn the_dockerfile_builds_the_image_the_chart_runs() -> anyhow::Result<()> {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile"))?;
+    let values = std::fs::read_to_string(repo().join(CHART).join("values.yaml"))?;
+    let deployment = std::fs::read_to_string(repo().join(CHART).join("templates/deployment.yaml"))?;
+    assert!(dockerfile.contains("\nUSER 65532:65532\n"), "{dockerfile}");
+    assert!(deployment.contains("runAsUser: 65532") && deployment.contains("runAsGroup: 65532"));
+    assert!(dockerfile.contains("--target x86_64-unknown-linux-musl"));
+    assert!(dockerfile.contains("FROM gcr.io/distroless/static"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/kubectl-homelab"]"#));
+    let repository = values
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("repository: ghcr.io/"))
+        .context("image.repository in values.yaml")?;
+    assert!(
+        dockerfile.contains(&format!("docker build -t ghcr.io/{repository}:")),
+        "the Dockerfile's build line tags the chart's default repository ghcr.io/{repository}"
+    );
+    Ok(())
+}
+
 /// Values the schema refuses, each with the message helm prints naming the key.
 #[test]
 fn bad_values_fail_with_the_key_named() -> anyhow::Result<()> {
