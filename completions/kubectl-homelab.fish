@@ -37,9 +37,9 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "com
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l listen -d 'Address to serve gRPC on' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l advertise-address -d 'host:port the Cluster Autoscaler dials, for `--print-cloud-config` (with mTLS, the host must be a name in the server certificate). Default: the listen address, or 127.0.0.1 when listening on every interface' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l kubeconfig -d 'kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)' -r -F
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l context -d 'kubeconfig context to use (default: the current context)' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s n -l namespace -d 'Namespace of the Group and Node CRs (default: the context\'s namespace, or the pod\'s)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod\'s service account)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l context -d 'The kubeconfig context to use (default: its current context)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s n -l namespace -d 'Namespace (default: the context\'s namespace, or the pod\'s)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l tls-cert -d 'PEM server certificate (chain) for TLS; needs --tls-key' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l tls-key -d 'PEM private key of --tls-cert' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l client-ca -d 'PEM CA bundle: when given, clients must present a certificate it signed (mTLS)' -r -F
@@ -67,15 +67,15 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-oper
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l concurrency -d 'Machines reconciled at once (one machine is never reconciled twice at once)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l pod-service-account -d 'ServiceAccount of the pods the operator creates (power Jobs, node agents, Wake-on-LAN relays) when a Node CR\'s pod spec names none; give it no API rights (the Helm chart\'s `<release>-power`). Default: the namespace\'s `default`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s A -l all-namespaces -d 'Serve Group and Node CRs from every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s A -l all-namespaces -d 'Every namespace'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l listen -d 'Address to serve gRPC on' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l advertise-address -d 'host:port the Cluster Autoscaler dials, for `--print-cloud-config` (with mTLS, the host must be a name in the server certificate). Default: the listen address, or 127.0.0.1 when listening on every interface' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l kubeconfig -d 'kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account)' -r -F
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l context -d 'kubeconfig context to use (default: the current context)' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s n -l namespace -d 'Namespace of the Group and Node CRs (default: the context\'s namespace, or the pod\'s)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod\'s service account)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l context -d 'The kubeconfig context to use (default: its current context)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s n -l namespace -d 'Namespace (default: the context\'s namespace, or the pod\'s)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l tls-cert -d 'PEM server certificate (chain) for TLS; needs --tls-key' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l tls-key -d 'PEM private key of --tls-cert' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l client-ca -d 'PEM CA bundle: when given, clients must present a certificate it signed (mTLS)' -r -F
@@ -85,7 +85,7 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-gr
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l gpu-type -d 'A GPU model (a value of --gpu-label) for the Cluster Autoscaler\'s GetAvailableGPUTypes; repeat for several. CA asks once and keeps the answer for its lifetime' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l cloud-config-tls-dir -d 'Directory where the Cluster Autoscaler pod mounts its client certificate (tls.crt, tls.key) and the CA of our server certificate (ca.crt), for `--print-cloud-config`' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s A -l all-namespaces -d 'Serve Group and Node CRs from every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s A -l all-namespaces -d 'Every namespace'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s V -l version -d 'Print version'

@@ -1,4 +1,6 @@
 //! Logging: JSON when running in a cluster (log collectors parse it), human-readable on a terminal.
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 /// kube's client logs every failed request at ERROR under this target, and then returns the same
@@ -11,7 +13,9 @@ pub fn init(filter: &str) {
         EnvFilter::try_new(with_defaults(filter)).unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or collector gets plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     // Ignore the error: a test harness may have installed a subscriber already.
     let _ = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
         builder.json().try_init()

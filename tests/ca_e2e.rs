@@ -1,40 +1,49 @@
 //! End to end with the real Cluster Autoscaler 1.36.1 (built by tests/k8s-bins/build.sh): our
-//! provider binary, a real kube-apiserver and kube-scheduler, and simulated machines.
+//! `run-operator` binary, a real kube-apiserver and kube-scheduler, and simulated machines.
 //!
-//! Each scenario runs in a lab of its own (control plane, provider, CA): a Group `desktops` of
+//! Each scenario runs in a lab of its own (control plane, operator, CA): a Group `desktops` of
 //! powered-off machines that never registered, so CA must scale from zero on our template node
 //! (built from the capacity each Node CR declares, as the README tells a user), and one always-on
-//! node outside the group, tainted so the scenario's pods fit only on group machines.
+//! node outside the group, tainted so the scenario's pods fit only on group machines. The
+//! operator powers machines through Jobs; `support::Machines` runs those Jobs, boots a machine
+//! whose power-on Job succeeded (its kubelet registers a Ready Node after a boot delay) and stops
+//! one whose power-off Job succeeded (its Node goes NotReady; the operator deletes it).
 //!
-//! Today the provider is `serve-grpc`, which only records CA's decisions in `spec.powerState`;
-//! `support::OperatorStandIn` plays the operator's power actions and the kubelets. With
-//! run-operator, `Lab` switches `ProviderCommand` and replaces the stand-in by the harness's Job
-//! runner.
+//! Libtest runs the scenarios side by side (each has its own processes and ports).
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kubectl_homelab::operator::api::{Group, Machine};
-use kubectl_homelab::operator::machine::PowerState;
+use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::provider::proto;
+use kubectl_homelab::sim::scenario::NoTraceFiles;
+use kubectl_homelab::sim::workload::replica_steps;
+use kubectl_homelab::sim::{RunOptions, Scenario, Sim};
 use serde_json::json;
 use support::ca::CallCounts;
+use support::machines::Happened;
 use support::{
-    Assets, Boot, CaOptions, ClusterAutoscaler, ControlPlane, FakeNode, OperatorStandIn, Options,
-    Provider, ProviderCommand, ProviderIdBy, StandInConfig, Transport, World,
+    Assets, Boot, CaOptions, ClusterAutoscaler, ControlPlane, FakeNode, Machines, MachinesConfig,
+    Options, Provider, ProviderCommand, ProviderIdBy, Transport, World,
 };
 
 /// The Group's name, which is CA's node group id.
 const GROUP: &str = "desktops";
 /// How long CA may take for what a scenario waits for (many CA loops; the machine is shared).
 const PATIENCE: Duration = Duration::from_secs(150);
-/// Boot delay of a simulated machine (power-on to Ready Node).
+/// Boot delay of a simulated machine (power-on Job succeeded to Ready Node).
 const BOOT: Duration = Duration::from_secs(3);
+/// `spec.bootTimeout` of the machines in the failed-boot scenarios: the operator gives a boot up
+/// (and reports errorInfo to CA) well before CA's `--max-node-provision-time` there, yet a good
+/// machine (Job 1 s + boot 3 s) makes it with room to spare on a loaded machine.
+const BOOT_TIMEOUT: &str = "15s";
 
 /// What a lab looks like.
 struct LabSpec {
@@ -46,7 +55,10 @@ struct LabSpec {
     transport: Transport,
     ca: CaOptions,
     hourly_rate: Option<&'static str>,
-    provider: ProviderCommand,
+    /// `spec.bootTimeout` of every machine (the operator's default, 10 minutes, when `None`).
+    boot_timeout: Option<&'static str>,
+    /// From a machine's power-on Job succeeding to its Node registering Ready.
+    boot: Duration,
 }
 
 impl LabSpec {
@@ -59,14 +71,15 @@ impl LabSpec {
             transport: Transport::Plaintext,
             ca: CaOptions::default(),
             hourly_rate: None,
-            provider: ProviderCommand::ServeGrpc,
+            boot_timeout: None,
+            boot: BOOT,
         }
     }
 }
 
-/// One scenario's world. Fields drop in order: the stand-in and CA stop before the control plane.
+/// One scenario's world. Fields drop in order: the machines and CA stop before the control plane.
 struct Lab {
-    machines: OperatorStandIn,
+    machines: Machines,
     ca: ClusterAutoscaler,
     provider: Provider,
     world: World,
@@ -94,8 +107,8 @@ fn group_cr(max: usize) -> anyhow::Result<Group> {
 }
 
 /// A powered-off machine with the capacity a user declares for scale-from-zero and Job-style
-/// power actions (what run-operator will run; `serve-grpc` never looks at them).
-fn machine_cr(name: &str, hourly_rate: Option<&str>) -> anyhow::Result<Machine> {
+/// power actions (which `support::Machines` runs).
+fn machine_cr(lab: &LabSpec, name: &str) -> anyhow::Result<Machine> {
     let job = json!({ "image": "busybox:1.37", "command": ["true"] });
     let mut spec = json!({
         "powerState": "off",
@@ -105,8 +118,11 @@ fn machine_cr(name: &str, hourly_rate: Option<&str>) -> anyhow::Result<Machine> 
         "capacity": { "cpu": "2", "memory": "4Gi", "pods": "110" },
         "labels": { "homelab.dev/class": "desktop" },
     });
-    if let Some(rate) = hourly_rate {
+    if let Some(rate) = lab.hourly_rate {
         spec["pricing"] = json!({ "hourlyRate": rate, "podRate": "0" });
+    }
+    if let Some(t) = lab.boot_timeout {
+        spec["bootTimeout"] = json!(t);
     }
     serde_json::from_value(json!({
         "apiVersion": "infra.homecluster.dev/v1alpha1",
@@ -160,7 +176,7 @@ impl Lab {
         let crs: Api<Machine> = Api::namespaced(client.clone(), &ns);
         let names: Vec<String> = (0..spec.machines).map(machine_name).collect();
         for name in &names {
-            crs.create(&PostParams::default(), &machine_cr(name, spec.hourly_rate)?)
+            crs.create(&PostParams::default(), &machine_cr(&spec, name)?)
                 .await
                 .with_context(|| format!("creating Node CR {ns}/{name}"))?;
         }
@@ -173,12 +189,13 @@ impl Lab {
             ))
             .await?;
 
-        let mut config = StandInConfig::new(&ns, BOOT).provider_id_by(spec.provider_id_by);
+        let mut config = MachinesConfig::new(&ns, spec.boot).provider_id_by(spec.provider_id_by);
         for i in &spec.broken {
             config = config.machine(&machine_name(*i), Boot::Never);
         }
-        let machines = OperatorStandIn::start(client.clone(), config);
-        let provider = Provider::start(&cp, &ns, spec.provider, spec.transport).await?;
+        let machines = Machines::start(&world, config);
+        let provider =
+            Provider::start(&cp, &ns, ProviderCommand::RunOperator, spec.transport).await?;
         let ca = ClusterAutoscaler::start(&cp, &provider, &spec.ca)?;
         Ok(Some(Lab {
             machines,
@@ -193,12 +210,24 @@ impl Lab {
         }))
     }
 
+    /// Creates scenario pods `app-0`..`app-{n-1}`.
     async fn create_pods(&self, n: usize) -> anyhow::Result<()> {
+        self.set_pods(0, n).await
+    }
+
+    /// From `live` scenario pods (`app-0`..) to `count`: creates the missing ones or deletes
+    /// the newest.
+    async fn set_pods(&self, live: usize, count: usize) -> anyhow::Result<()> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        for i in 0..n {
+        for i in live..count {
             pods.create(&PostParams::default(), &pod(&format!("app-{i}"))?)
                 .await
                 .with_context(|| format!("creating pod app-{i}"))?;
+        }
+        for i in count..live {
+            pods.delete(&format!("app-{i}"), &DeleteParams::default())
+                .await
+                .with_context(|| format!("deleting pod app-{i}"))?;
         }
         Ok(())
     }
@@ -211,14 +240,21 @@ impl Lab {
         Ok(())
     }
 
-    /// The node each scenario pod is bound to (`None`: pending).
-    async fn placements(&self) -> anyhow::Result<Vec<Option<String>>> {
+    /// The scenario's pods, from the API server.
+    async fn pods(&self) -> anyhow::Result<Vec<Pod>> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
         Ok(pods
             .list(&ListParams::default())
             .await
             .context("listing the scenario's pods")?
-            .items
+            .items)
+    }
+
+    /// The node each scenario pod is bound to (`None`: pending).
+    async fn placements(&self) -> anyhow::Result<Vec<Option<String>>> {
+        Ok(self
+            .pods()
+            .await?
             .into_iter()
             .map(|p| p.spec.and_then(|s| s.node_name))
             .collect())
@@ -226,12 +262,9 @@ impl Lab {
 
     /// How many scenario pods the scheduler marked Unschedulable.
     async fn unschedulable(&self) -> anyhow::Result<usize> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        Ok(pods
-            .list(&ListParams::default())
-            .await
-            .context("listing the scenario's pods")?
-            .items
+        Ok(self
+            .pods()
+            .await?
             .iter()
             .filter(|p| {
                 let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
@@ -256,18 +289,44 @@ impl Lab {
         })
     }
 
-    /// `spec.powerState` of every machine that is `on` now, from the API server.
-    async fn wanted_on(&self) -> anyhow::Result<BTreeSet<String>> {
+    /// The group's Node CRs, from the API server.
+    async fn crs(&self) -> anyhow::Result<Vec<Machine>> {
         let crs: Api<Machine> = Api::namespaced(self.client.clone(), &self.ns);
         Ok(crs
             .list(&ListParams::default())
             .await
             .context("listing Node CRs")?
-            .items
+            .items)
+    }
+
+    /// `spec.powerState` of every machine that is `on` now, from the API server.
+    async fn wanted_on(&self) -> anyhow::Result<BTreeSet<String>> {
+        Ok(self
+            .crs()
+            .await?
             .into_iter()
             .filter(|m| m.spec.power_state == PowerState::On)
-            .filter_map(|m| m.metadata.name)
+            .map(|m| m.name_any())
             .collect())
+    }
+
+    /// The operator's phase of every machine, from the API server.
+    async fn phases(&self) -> anyhow::Result<BTreeMap<String, Phase>> {
+        Ok(self
+            .crs()
+            .await?
+            .into_iter()
+            .map(|m| (m.name_any(), m.lifecycle().phase()))
+            .collect())
+    }
+
+    /// Waits until the operator reports every machine Off.
+    async fn all_off(&self) -> anyhow::Result<()> {
+        self.until("the operator to report every machine Off", || async {
+            let phases = self.phases().await?;
+            Ok(phases.values().all(|p| *p == Phase::Off).then_some(()))
+        })
+        .await
     }
 
     /// Group machines that have a Kubernetes Node object.
@@ -318,6 +377,18 @@ impl Lab {
         .await
     }
 
+    /// SIGKILLs the operator and starts it again, checking that no group machine registered
+    /// before the kill (the scenario needs the boot in flight).
+    async fn kill_and_restart_operator_before_registration(&self) -> anyhow::Result<()> {
+        let registered = self.registered().await?;
+        anyhow::ensure!(
+            registered.is_empty(),
+            "{registered:?} registered before the kill: the boot is no longer in flight"
+        );
+        self.provider.kill();
+        self.provider.restart().await
+    }
+
     /// Adds CA's and the provider's logs and the machines' history to a failure, and prints
     /// the scenario's wall time.
     fn finish(&self, result: anyhow::Result<()>) -> anyhow::Result<()> {
@@ -330,7 +401,7 @@ impl Lab {
         );
         let result = result.map_err(|e| {
             e.context(format!(
-                "machines (operator stand-in):\n{}",
+                "what the machines saw (power Jobs, phases, registrations):\n{}",
                 self.machines.history()
             ))
         });
@@ -368,8 +439,8 @@ where
 
 /// Scenario A: two pods that fit one machine power exactly one machine on, once (a provider whose
 /// target lagged would get IncreaseSize again and power on more); deleting the pods makes CA
-/// taint and drain the node and call DeleteNodes once, the machine goes off, its Node object goes
-/// away, and CA's target is back to 0 with every machine off.
+/// taint and drain the node and call DeleteNodes once, the operator's power-off Job runs, the
+/// Node object goes away, and CA's target is back to 0 with every machine Off.
 #[tokio::test]
 async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Result<()> {
     let Some(lab) = Lab::start(LabSpec::new("ca-a")).await? else {
@@ -382,11 +453,15 @@ async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Resu
                 lab.all_pods_on_one_node()
             })
             .await?;
-        let powered = lab.machines.ever_powered_on();
         assert_eq!(
-            powered,
+            lab.machines.ever_powered_on(),
             BTreeSet::from([node.clone()]),
             "only the machine the pods run on was ever powered on"
+        );
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([node.clone()]),
+            "the other machines never got spec.powerState: on"
         );
 
         lab.delete_pods().await?;
@@ -395,18 +470,17 @@ async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Resu
         })
         .await?;
         lab.ca_target(0).await?;
+        lab.all_off().await?;
 
         assert_eq!(
             lab.machines.powered_off_tainted_by_ca(),
             BTreeSet::from([node.clone()]),
-            "CA tainted (and so drained) the node before it asked for the power-off"
+            "CA tainted (and so drained) the node before the power-off"
         );
         assert_eq!(lab.wanted_on().await?, BTreeSet::new(), "every machine off");
-        assert_eq!(
-            lab.machines.power_ons(),
-            [(node.clone(), 1)].into_iter().collect(),
-            "one power-on in the whole scenario"
-        );
+        let once = BTreeMap::from([(node.clone(), 1)]);
+        assert_eq!(lab.machines.power_ons(), once, "one power-on Job in all");
+        assert_eq!(lab.machines.power_offs(), once, "one power-off Job in all");
         let calls = lab.ca.calls();
         assert_eq!(calls.increase_size(), 1, "{calls}");
         assert_eq!(calls.delete_nodes(), 1, "{calls}");
@@ -416,17 +490,22 @@ async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Resu
     lab.finish(result)
 }
 
-/// Scenario B: the first machine picked accepts the power-on and never registers. CA gives up on
-/// it after `--max-node-provision-time` (`removeOldUnregisteredNodes` in
-/// `core/static_autoscaler.go`: DeleteNodes of the unregistered instance), and its retry gets
-/// another machine, where the pods land; the broken machine ends wanted off and nothing is on
-/// that no pod needs. (With `serve-grpc` nobody reports the failed boot as errorInfo or marks the
-/// Node CR Failed: that is run-operator's boot deadline; here CA's own provision timeout decides.)
+/// Scenario B: the first machine picked accepts the power-on and never registers. At its
+/// `spec.bootTimeout` the operator marks it Failed (with the reason in `status.lastError`) and
+/// reports the instance `instanceCreating` with errorInfo. CA reads that in
+/// `clusterstate/clusterstate.go` (`handleInstanceCreationErrorsForNodeGroup`: the scale-up
+/// failed, the group is backed off) and removes the instance with DeleteNodes
+/// (`core/static_autoscaler.go` `deleteCreatedNodesWithErrors`), so the operator powers it off.
+/// After the backoff CA's retry gets another machine (the failed one is picked last), where the
+/// pods land; nothing that no pod needs stays on.
 #[tokio::test]
 async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> anyhow::Result<()> {
     let mut spec = LabSpec::new("ca-b");
     spec.broken = vec![0];
-    spec.ca = CaOptions::default().max_node_provision_time(Duration::from_secs(20));
+    spec.boot_timeout = Some(BOOT_TIMEOUT);
+    // Longer than the boot timeout: the operator's errorInfo, not CA's own provision timeout
+    // (`removeOldUnregisteredNodes`), is what gives the machine up.
+    spec.ca = CaOptions::default().max_node_provision_time(Duration::from_secs(60));
     let Some(lab) = Lab::start(spec).await? else {
         return Ok(());
     };
@@ -443,10 +522,45 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
             lab.machines.ever_powered_on().contains(&broken),
             "the broken machine was tried first (power-on order: name)"
         );
+        lab.until("the broken machine to be Off", || async {
+            Ok((lab.phases().await?.get(&broken) == Some(&Phase::Off)).then_some(()))
+        })
+        .await?;
+        let reasons = lab.machines.errors_in_phase(&broken, Phase::Failed);
+        assert!(
+            reasons.iter().any(|r| r.contains("Ready")),
+            "the broken machine was Failed with the boot timeout as its reason: {reasons:?}"
+        );
+        // Off now (CA's DeleteNodes cancelled it, CA-CONTRACT rule 7), the failure kept: it is
+        // what makes the provider pick the other machines first.
+        let crs: Api<Machine> = Api::namespaced(lab.client.clone(), &lab.ns);
+        assert!(
+            crs.get(&broken)
+                .await?
+                .lifecycle()
+                .last_power_on_failure
+                .is_some(),
+            "the broken machine's status keeps lastPowerOnFailure"
+        );
         assert_eq!(
             lab.wanted_on().await?,
             BTreeSet::from([node.clone()]),
             "only the machine the pods run on stays on"
+        );
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([broken.clone(), node.clone()]),
+            "the third machine never got spec.powerState: on"
+        );
+        assert_eq!(
+            lab.machines.power_ons(),
+            BTreeMap::from([(broken.clone(), 1), (node.clone(), 1)]),
+            "one power-on each: the broken machine is not retried while CA wants it off"
+        );
+        assert_eq!(
+            lab.machines.power_offs(),
+            BTreeMap::from([(broken.clone(), 1)]),
+            "the broken machine was powered off"
         );
         let calls = lab.ca.calls();
         assert_eq!(
@@ -465,29 +579,34 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
     lab.finish(result)
 }
 
-/// Scenario B with a one-machine group whose machine never registers: CA gives up on it and backs
-/// the group off. No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
+/// Scenario B with a one-machine group whose machine never registers, given up by CA itself
+/// (the operator's boot timeout is its default, 10 minutes): after `--max-node-provision-time`
+/// CA removes the long-unregistered instance (`core/static_autoscaler.go`
+/// `removeOldUnregisteredNodes`: DeleteNodes; when its scale-up request times out first,
+/// `clusterstate/clusterstate.go` `updateScaleRequests` reverts it with DecreaseTargetSize, so
+/// both are counted) and backs the group off. No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
 /// machine CA still lists as long-unregistered makes CA call both every loop, ~30 a minute at a
-/// 2 s scan). Counted over a window of three provision times after CA first gave up: CA's
-/// exponential backoff (10 s, 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows at most
-/// a handful of retries there.
+/// 2 s scan). Counted over a 45 s window after CA first gave up: CA's exponential backoff (10 s,
+/// 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows the first IncreaseSize and three
+/// retries (at once, 10 s and 30 s later), each refused (the only machine is cooling down after
+/// its failed boot).
 #[tokio::test]
 async fn b_one_machine_group_with_a_failed_boot_does_not_loop() -> anyhow::Result<()> {
-    let provision = Duration::from_secs(15);
     let mut spec = LabSpec::new("ca-b1");
     spec.machines = 1;
     spec.broken = vec![0];
-    spec.ca = CaOptions::default().max_node_provision_time(provision);
+    spec.ca = CaOptions::default().max_node_provision_time(Duration::from_secs(15));
     let Some(lab) = Lab::start(spec).await? else {
         return Ok(());
     };
     let result = async {
         lab.create_pods(1).await?;
-        lab.until("CA to give up on the machine (DeleteNodes)", || async {
-            Ok((lab.ca.calls().delete_nodes() > 0).then_some(()))
+        lab.until("CA to give up on the machine", || async {
+            let calls = lab.ca.calls();
+            Ok((calls.delete_nodes() + calls.decrease_target_size() > 0).then_some(()))
         })
         .await?;
-        tokio::time::sleep(provision * 3).await;
+        tokio::time::sleep(Duration::from_secs(45)).await;
         let calls = lab.ca.calls();
         assert!(
             calls.increase_size() <= 4,
@@ -499,11 +618,24 @@ async fn b_one_machine_group_with_a_failed_boot_does_not_loop() -> anyhow::Resul
             "DeleteNodes called {} times: a retry loop ({calls})",
             calls.delete_nodes()
         );
+        assert!(
+            calls.decrease_target_size() <= 2,
+            "DecreaseTargetSize called {} times: a retry loop ({calls})",
+            calls.decrease_target_size()
+        );
         assert_eq!(
             lab.placements().await?,
             vec![None],
             "the pod stays pending: nothing can host it"
         );
+        let machine = machine_name(0);
+        assert_eq!(
+            lab.machines.power_ons(),
+            BTreeMap::from([(machine.clone(), 1)]),
+            "the failed machine is not powered on again"
+        );
+        assert_eq!(lab.wanted_on().await?, BTreeSet::new(), "it is wanted off");
+        lab.all_off().await?;
         // With only a machine whose power-on just failed left, IncreaseSize is refused with
         // ResourceExhausted (CA backs the group off): expected, not a provider error.
         lab.ca.ensure_no_provider_errors(&[
@@ -547,9 +679,15 @@ async fn c_restarted_ca_scales_up_from_zero_over_mtls() -> anyhow::Result<()> {
             })
             .await?;
         assert_eq!(
-            lab.machines.ever_powered_on(),
-            BTreeSet::from([node.clone()])
+            lab.machines.power_ons(),
+            BTreeMap::from([(node.clone(), 1)])
         );
+        let id = format!("homelab://{}/{node}", lab.ns);
+        lab.until("the operator to set the Node's providerID", || async {
+            let n = Api::<Node>::all(lab.client.clone()).get(&node).await?;
+            Ok((n.spec.and_then(|s| s.provider_id).as_deref() == Some(id.as_str())).then_some(()))
+        })
+        .await?;
         assert!(lab.ca.healthy().await?, "the restarted CA reports healthy");
         let calls = lab.ca.calls();
         assert_eq!(calls.increase_size(), 1, "{calls}");
@@ -559,6 +697,66 @@ async fn c_restarted_ca_scales_up_from_zero_over_mtls() -> anyhow::Result<()> {
             "CA said goodbye when stopped: {calls}"
         );
         lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// Scenario D (also issue 12's SIGKILL restart of the real binary): the operator is SIGKILLed
+/// twice between CA's IncreaseSize and the machine's registration, and started again each time:
+/// once as soon as its power-on Job exists (usually still running), once after the Job succeeded
+/// while the machine boots. Each restarted operator picks the boot up from the Node
+/// CR's status and the Job (deterministic name): no second power-on Job, the machine ends Ready,
+/// CA sees one machine and the pods bind.
+#[tokio::test]
+async fn d_operator_killed_mid_boot_finishes_it_after_a_restart() -> anyhow::Result<()> {
+    let mut spec = LabSpec::new("ca-d");
+    // Room for the second kill and restart between the power-on Job's success and the boot.
+    spec.boot = Duration::from_secs(8);
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        lab.create_pods(2).await?;
+        let machine = lab
+            .until("the operator to create a power-on Job", || async {
+                Ok(lab.machines.ever_powered_on().into_iter().next())
+            })
+            .await?;
+        lab.kill_and_restart_operator_before_registration().await?;
+        lab.until("the power-on Job to succeed", || async {
+            let done = Happened::PowerJobDone("on".to_owned());
+            Ok(lab.machines.saw(&machine, &done).then_some(()))
+        })
+        .await?;
+        lab.kill_and_restart_operator_before_registration().await?;
+
+        let node = lab
+            .until("both pods to be bound to one node", || {
+                lab.all_pods_on_one_node()
+            })
+            .await?;
+        assert_eq!(node, machine, "the pods run on the machine being booted");
+        lab.until("the operator to report the machine Ready", || async {
+            Ok((lab.phases().await?.get(&machine) == Some(&Phase::Ready)).then_some(()))
+        })
+        .await?;
+        lab.ca_target(1).await?;
+        assert_eq!(
+            lab.machines.power_ons(),
+            BTreeMap::from([(machine.clone(), 1)]),
+            "one power-on Job across both kills"
+        );
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([machine.clone()])
+        );
+        assert_eq!(instances(&lab).await?.len(), 1, "CA is told of one machine");
+        let calls = lab.ca.calls();
+        assert_eq!(calls.increase_size(), 1, "{calls}");
+        assert_eq!(calls.delete_nodes(), 0, "{calls}");
+        // While the operator is down CA's calls find nobody listening.
+        lab.ca.ensure_no_provider_errors(&["code = Unavailable"])
     }
     .await;
     lab.finish(result)
@@ -583,14 +781,8 @@ async fn instances(lab: &Lab) -> anyhow::Result<Vec<proto::Instance>> {
 /// decides), and nothing powers the machine off.
 #[tokio::test]
 async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
-    // The lifecycle (Ready, then a recorded NotReady episode) is the operator's: run-operator,
-    // with its NotReady grace at 3 s. The stand-in still plays the machines' power and kubelets;
-    // the operator's power Jobs are never run and are cancelled once the Node is Ready.
-    let spec = LabSpec {
-        provider: ProviderCommand::RunOperator,
-        ..LabSpec::new("ca-e")
-    };
-    let Some(lab) = Lab::start(spec).await? else {
+    // run-operator's NotReady grace is 3 s here (`support::Provider`).
+    let Some(lab) = Lab::start(LabSpec::new("ca-e")).await? else {
         return Ok(());
     };
     let result = async {
@@ -650,6 +842,11 @@ async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
             [(node.clone(), 1)].into_iter().collect()
         );
         assert_eq!(lab.all_pods_on_one_node().await?, Some(node));
+        assert_eq!(
+            lab.machines.power_offs(),
+            BTreeMap::new(),
+            "no power-off Job"
+        );
         let calls = lab.ca.calls();
         assert_eq!(calls.delete_nodes(), 0, "{calls}");
         assert_eq!(calls.increase_size(), 1, "{calls}");
@@ -677,9 +874,14 @@ async fn price_expander_scales_up() -> anyhow::Result<()> {
                 lab.all_pods_on_one_node()
             })
             .await?;
-        assert_eq!(lab.machines.ever_powered_on(), BTreeSet::from([node]));
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([node.clone()])
+        );
+        assert_eq!(lab.machines.power_ons(), BTreeMap::from([(node, 1)]));
         let calls = lab.ca.calls();
         assert_eq!(calls.increase_size(), 1, "{calls}");
+        assert_eq!(calls.delete_nodes(), 0, "{calls}");
         assert!(
             calls.get("PricingPodPrice") >= 1,
             "the price expander ran: {calls}"
@@ -688,6 +890,199 @@ async fn price_expander_scales_up() -> anyhow::Result<()> {
     }
     .await;
     lab.finish(result)
+}
+
+/// Scenario F (issue 16 item 6): `simulate` against the real CA. tests/data/sim/versus-ca.yaml
+/// describes this lab (three 2-CPU machines, the Job and boot times of `support::Machines`, CA's
+/// flags) and a workload of bare 600m pods: 2 from 0 s, 5 from 20 s, none from 60 s. `simulate`
+/// runs it on virtual time; then CA 1.36.1 runs it here on wall time with the flags read from the
+/// same file, the test creating and deleting the pods on the file's schedule. The real run must
+/// change the same machines' `spec.powerState` the same way (which machines, on/off, how many),
+/// in the same order, each within the scan interval plus a machine's power action and boot of
+/// the simulated time, and call IncreaseSize as often as the simulation did.
+#[tokio::test]
+async fn f_simulate_agrees_with_the_real_ca() -> anyhow::Result<()> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/sim/versus-ca.yaml");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let sc = Scenario::parse(path, &text, &NoTraceFiles).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = RunOptions {
+        timeline: true,
+        ..RunOptions::default()
+    };
+    let sim = Sim::new(&sc, opts)
+        .run(&mut |_, _| {})
+        .map_err(|e| anyhow::anyhow!("simulate {path}: {e}"))?;
+    let expected: Vec<PowerChange> = sim
+        .power_requests
+        .iter()
+        .map(|p| PowerChange {
+            at: Duration::from_millis(p.at),
+            machine: p.machine.clone(),
+            desired: p.desired,
+        })
+        .collect();
+    let machine = sc.machines.first().context("no machine in the scenario")?;
+    let tolerance = Duration::from_millis(
+        sc.autoscaler.scan_interval + machine.power_action_time.mean() + machine.boot_time.mean(),
+    );
+    let spec = LabSpec {
+        ca: ca_flags_of(&sc),
+        ..LabSpec::new("ca-f")
+    };
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        // CA has gone through its loops once (its status shows the group) when the clock starts.
+        lab.ca_target(0).await?;
+        let t0 = Instant::now();
+        let mut live = 0;
+        for (at, _, count) in replica_steps(&sc.workloads, sc.duration) {
+            tokio::time::sleep_until((t0 + Duration::from_millis(at)).into()).await;
+            lab.set_pods(live, count as usize).await?;
+            live = count as usize;
+        }
+        let real = lab
+            .until("as many power changes as the simulation made", || async {
+                let seen = lab.machines.desired_changes_since(t0);
+                Ok((seen.len() >= expected.len()).then_some(seen))
+            })
+            .await?;
+        let real: Vec<PowerChange> = real
+            .into_iter()
+            .map(|(at, machine, desired)| PowerChange {
+                at,
+                machine,
+                desired,
+            })
+            .collect();
+        eprintln!("simulated: {expected:?}\nreal CA:   {real:?}\ntolerance: {tolerance:?}");
+        agree(&expected, &real, tolerance)?;
+        anyhow::ensure!(
+            lab.ca.calls().increase_size() == sim.counters.scale_ups as usize,
+            "CA called IncreaseSize {} times, the simulation {}",
+            lab.ca.calls().increase_size(),
+            sim.counters.scale_ups
+        );
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// A desired-power change of one machine, at a time from the start of the workload.
+#[derive(Debug, Clone, PartialEq)]
+struct PowerChange {
+    at: Duration,
+    machine: String,
+    desired: PowerState,
+}
+
+/// The CA flags a scenario's `autoscaler:` section stands for (Go durations in milliseconds).
+fn ca_flags_of(sc: &Scenario) -> CaOptions {
+    let a = &sc.autoscaler;
+    let ms = |v: u64| format!("{v}ms");
+    let flags = [
+        ("scan-interval", ms(a.scan_interval)),
+        ("max-node-provision-time", ms(a.max_node_provision_time)),
+        ("scale-down-unneeded-time", ms(a.scale_down_unneeded_time)),
+        (
+            "scale-down-delay-after-add",
+            ms(a.scale_down_delay_after_add),
+        ),
+        (
+            "scale-down-delay-after-delete",
+            ms(a.scale_down_delay_after_delete),
+        ),
+        (
+            "scale-down-delay-after-failure",
+            ms(a.scale_down_delay_after_failure),
+        ),
+        (
+            "unremovable-node-recheck-timeout",
+            ms(a.unremovable_node_recheck_timeout),
+        ),
+        ("initial-node-group-backoff-duration", ms(a.backoff_initial)),
+        ("max-node-group-backoff-duration", ms(a.backoff_max)),
+        (
+            "node-delete-delay-after-taint",
+            ms(a.node_delete_delay_after_taint),
+        ),
+        (
+            "scale-down-utilization-threshold",
+            a.scale_down_utilization_threshold.to_string(),
+        ),
+    ];
+    flags
+        .into_iter()
+        .fold(CaOptions::default(), |o, (flag, v)| {
+            o.arg(&format!("--{flag}={v}"))
+        })
+}
+
+/// Whether the real run made the simulated changes: the same machines, each with the same
+/// sequence of desired states, each change within `tolerance` of its simulated time; and
+/// changes the simulation spaced more than `tolerance` apart in the same order.
+fn agree(
+    expected: &[PowerChange],
+    real: &[PowerChange],
+    tolerance: Duration,
+) -> anyhow::Result<()> {
+    let by_machine = |changes: &[PowerChange]| {
+        let mut out: BTreeMap<String, Vec<(Duration, PowerState)>> = BTreeMap::new();
+        for c in changes {
+            out.entry(c.machine.clone())
+                .or_default()
+                .push((c.at, c.desired));
+        }
+        out
+    };
+    let (want, got) = (by_machine(expected), by_machine(real));
+    let states = |m: &BTreeMap<String, Vec<(Duration, PowerState)>>| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|c| c.1).collect::<Vec<_>>()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    anyhow::ensure!(
+        states(&want) == states(&got),
+        "different power changes per machine: simulated {:?}, real {:?}",
+        states(&want),
+        states(&got)
+    );
+    for (machine, changes) in &want {
+        for (k, (at, desired)) in changes.iter().enumerate() {
+            let real_at = got[machine][k].0;
+            anyhow::ensure!(
+                real_at.abs_diff(*at) <= tolerance,
+                "{machine} wanted {desired:?} at {real_at:?} with the real CA, at {at:?} in the \
+                 simulation (more than {tolerance:?} apart)"
+            );
+        }
+    }
+    // The k-th change of a machine in `real`, for the order check.
+    let real_at = |c: &PowerChange, k: usize| got[&c.machine][k].0;
+    let nth = |changes: &[PowerChange], i: usize| {
+        changes[..i]
+            .iter()
+            .filter(|c| c.machine == changes[i].machine)
+            .count()
+    };
+    for i in 0..expected.len() {
+        for j in i + 1..expected.len() {
+            let (a, b) = (&expected[i], &expected[j]);
+            if b.at > a.at + tolerance {
+                anyhow::ensure!(
+                    real_at(a, nth(expected, i)) <= real_at(b, nth(expected, j)),
+                    "the simulation wanted {} {:?} before {} {:?}; the real CA the other way round",
+                    a.machine,
+                    a.desired,
+                    b.machine,
+                    b.desired
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[test]

@@ -14,6 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::controller::node_side::SCALE_DOWN_DISABLED;
 use kubectl_homelab::operator::controller::{self, Settings};
 use kubectl_homelab::operator::drain::DrainClient;
 use kubectl_homelab::operator::machine::{Phase, Policy, PowerState};
@@ -35,6 +36,7 @@ struct MachineSpec {
     node_name: Option<String>,
     boot_timeout: Option<&'static str>,
     node_agent_off: bool,
+    taint: Option<(&'static str, &'static str)>,
 }
 
 impl MachineSpec {
@@ -46,6 +48,7 @@ impl MachineSpec {
             node_name: None,
             boot_timeout: None,
             node_agent_off: false,
+            taint: None,
         }
     }
 
@@ -61,6 +64,12 @@ impl MachineSpec {
 
     fn boot_timeout(mut self, t: &'static str) -> Self {
         self.boot_timeout = Some(t);
+        self
+    }
+
+    /// A `NoSchedule` taint the machine's Node must carry.
+    fn taint(mut self, key: &'static str, value: &'static str) -> Self {
+        self.taint = Some((key, value));
         self
     }
 
@@ -87,6 +96,9 @@ impl MachineSpec {
         }
         if let Some(t) = self.boot_timeout {
             spec["bootTimeout"] = json!(t);
+        }
+        if let Some((key, value)) = self.taint {
+            spec["taints"] = json!([{ "key": key, "value": value, "effect": "NoSchedule" }]);
         }
         serde_json::from_value(json!({
             "apiVersion": "infra.homecluster.dev/v1alpha1",
@@ -243,6 +255,67 @@ impl Lab {
 
     async fn node(&self, name: &str) -> anyhow::Result<Option<Node>> {
         Ok(Api::<Node>::all(self.client.clone()).get_opt(name).await?)
+    }
+
+    /// Waits until `check` holds for the Kubernetes Node `name` (`None`: it does not exist).
+    async fn wait_node(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(Option<&Node>) -> bool,
+    ) -> anyhow::Result<Option<Node>> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let n = self.node(name).await?;
+            if check(n.as_ref()) {
+                return Ok(n);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "Node {name}: waited {WAIT:?} for {what}; it is: {}",
+                    serde_json::to_string_pretty(&n).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Desired on, the power-on Job completes, and the kubelet registers `node` bare (no labels,
+    /// taints or providerID, as after a reinstall); waits until the machine is Ready.
+    async fn boot(&self, machine: &str, node: &str) -> anyhow::Result<()> {
+        self.set_power(machine, "on").await?;
+        let job = self.wait_job(machine, "on").await?;
+        self.world.complete_job(&self.ns, &job.name_any()).await?;
+        self.world
+            .node_up(&FakeNode::new(node).capacity("4", "8Gi"))
+            .await?;
+        self.wait_phase(machine, Phase::Ready).await?;
+        Ok(())
+    }
+
+    /// Desired off, the power-off Job completes and the node goes NotReady; waits until the
+    /// machine is Off and its Node object deleted.
+    async fn shut_down(&self, machine: &str, node: &str) -> anyhow::Result<()> {
+        self.set_power(machine, "off").await?;
+        let job = self.wait_job(machine, "off").await?;
+        self.world.complete_job(&self.ns, &job.name_any()).await?;
+        self.world.node_ready(node, false).await?;
+        self.wait_phase(machine, Phase::Off).await?;
+        self.wait_node(node, "deletion after the power-off", |n| n.is_none())
+            .await?;
+        Ok(())
+    }
+
+    async fn patch_group(&self, spec: serde_json::Value) -> anyhow::Result<()> {
+        Api::<Group>::namespaced(self.client.clone(), &self.ns)
+            .patch(
+                "g",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await
+            .context("patching Group g")?;
+        Ok(())
     }
 }
 
@@ -619,5 +692,72 @@ async fn an_operator_killed_mid_transition_converges_without_duplicate_jobs() ->
             }
         }
     }
+    Ok(())
+}
+
+/// Whether `node` carries the machine's label and taint from the builder above, and CA's
+/// scale-down opt-out annotation.
+fn carries_the_machines_identity(node: &Node) -> bool {
+    let labelled = node
+        .labels()
+        .get("homelab.example/disk")
+        .is_some_and(|v| v == "ssd");
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| ts.iter().any(|t| t.key == "homelab.example/gpu"));
+    labelled && tainted
+}
+
+fn scale_down_disabled(node: &Node) -> bool {
+    node.annotations()
+        .get(SCALE_DOWN_DISABLED)
+        .is_some_and(|v| v == "true")
+}
+
+/// Through the operator, across two boots: each time the kubelet registers the machine's Node
+/// bare, the machine's labels and taints come back, and the Group's `scaleDownDisabled` puts CA's
+/// opt-out annotation on it (CA's `core/scaledown/eligibility` skips a node with it); clearing
+/// the Group's flag takes the annotation away.
+#[tokio::test]
+async fn each_boot_restores_the_machines_labels_taints_and_its_groups_protection()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-identity").await?;
+    lab.patch_group(json!({ "scaleDownDisabled": true }))
+        .await?;
+    let node = cp.unique_name("identity");
+    lab.create(
+        MachineSpec::new("m1")
+            .node_name(&node)
+            .taint("homelab.example/gpu", "true"),
+    )
+    .await?;
+    lab.wait_phase("m1", Phase::Off).await?;
+
+    for boot in 1..=2 {
+        lab.boot("m1", &node).await?;
+        lab.wait_node(
+            &node,
+            &format!("labels, taints and the opt-out after boot {boot}"),
+            |n| n.is_some_and(|n| carries_the_machines_identity(n) && scale_down_disabled(n)),
+        )
+        .await?;
+        if boot == 1 {
+            lab.shut_down("m1", &node).await?;
+        }
+    }
+
+    lab.patch_group(json!({ "scaleDownDisabled": false }))
+        .await?;
+    let n = lab
+        .wait_node(&node, "the opt-out gone with the Group's flag", |n| {
+            n.is_some_and(|n| !scale_down_disabled(n))
+        })
+        .await?;
+    assert!(n.as_ref().is_some_and(carries_the_machines_identity));
     Ok(())
 }

@@ -49,10 +49,11 @@ fn same_seed_same_report_other_seed_other_report() {
 ///   unneeded (its pod could not move anywhere; CA re-checks it every 5 min from the 3680 s
 ///   scan: 3680, 3980, ..., 5480 s). At the 5480 s scan it is empty, so unneeded; CA removes
 ///   it once unneeded for *more* than 600 s (`unremovableReason`: `since + 10m` must be before
-///   the loop's time): at 6090 s. Power-off action done at 6095 s, off at 6105 s.
+///   the loop's time): tainted at 6090 s, deleted 5 s later (CA's
+///   --node-delete-delay-after-taint) at 6095 s. Power-off action done at 6100 s, off at 6110 s.
 ///
-/// Energy: 1 W × 3615 s + 10 W × 60 s + 15 W × 1800 s + 10 W × 620 s + 10 W × 10 s +
-/// 1 W × (14400 − 6105) s = 45 810 Ws = 12.725 Wh. Always on: 10 W × 4 h + 5 W × 0.5 h = 42.5 Wh.
+/// Energy: 1 W × 3615 s + 10 W × 60 s + 15 W × 1800 s + 10 W × 625 s + 10 W × 10 s +
+/// 1 W × (14400 − 6110) s = 45 855 Ws = 12.7375 Wh. Always on: 10 W × 4 h + 5 W × 0.5 h = 42.5 Wh.
 #[test]
 fn one_machine_one_burst_by_hand() {
     let r = simulate(&scenario("one-burst.yaml"));
@@ -60,18 +61,18 @@ fn one_machine_one_burst_by_hand() {
     assert_eq!(t.boots, 1);
     assert_eq!(t.failed_boots, 0);
     assert_eq!(t.power_offs, 1);
-    assert!(close(t.kwh, 0.012725), "kWh {}", t.kwh);
+    assert!(close(t.kwh, 0.0127375), "kWh {}", t.kwh);
     assert!(
         close(t.baseline_kwh, 0.0425),
         "baseline kWh {}",
         t.baseline_kwh
     );
     assert!(
-        close(t.machine_hours_on, 2490.0 / 3600.0),
+        close(t.machine_hours_on, 2495.0 / 3600.0),
         "hours on {}",
         t.machine_hours_on
     );
-    assert!(close(t.cost, 0.012725 * 0.30));
+    assert!(close(t.cost, 0.0127375 * 0.30));
     assert_eq!(r.wait.pods, 1);
     assert_eq!(r.wait.p50_ms, 75 * SECOND);
     assert_eq!(r.wait.p95_ms, 75 * SECOND);
@@ -83,13 +84,13 @@ fn one_machine_one_burst_by_hand() {
         .iter()
         .find(|e| e.what.starts_with("CA scale-down"))
         .expect("a scale-down");
-    assert_eq!(scale_down.at, 6090 * SECOND);
+    assert_eq!(scale_down.at, 6095 * SECOND);
     let off = r
         .timeline
         .iter()
         .find(|e| e.what == "powered off")
         .expect("powered off");
-    assert_eq!(off.at, 6105 * SECOND);
+    assert_eq!(off.at, 6110 * SECOND);
     // The series shows the machine on exactly while it drew more than standby.
     assert!(
         r.series
@@ -99,7 +100,7 @@ fn one_machine_one_burst_by_hand() {
     assert!(
         r.series
             .iter()
-            .any(|p| p.powered == 0 && p.at == 6105 * SECOND)
+            .any(|p| p.powered == 0 && p.at == 6110 * SECOND)
     );
 }
 
@@ -257,7 +258,7 @@ fn trace_workload_from_inline_csv() {
     let r = simulate(&s);
     // The same pod as the burst: the same figures.
     assert_eq!(r.wait.max_ms, 75 * SECOND);
-    assert!(close(r.total.kwh, 0.012725));
+    assert!(close(r.total.kwh, 0.0127375));
     let bad = text.replace("3600,1,1Gi,1800", "3600,1,lots,1800");
     let e = parse_err(&bad);
     assert!(e.to_string().contains("line 2: memory"), "{e}");
@@ -404,7 +405,8 @@ fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
     );
     let r = simulate(&s);
     // Found on at the start (adopted as Ready), idle, so CA powers it off once unneeded for
-    // more than 10 m (first scan at 0 s: removed at the 610 s scan) and on again for the pod
+    // more than 10 m (first scan at 0 s: tainted at the 610 s scan, deleted 5 s later) and on
+    // again for the pod
     // at 1 h.
     let first = r
         .timeline
@@ -417,7 +419,7 @@ fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
         .iter()
         .find(|e| e.what.starts_with("CA scale-down"))
         .unwrap();
-    assert_eq!(down.at, 610 * SECOND);
+    assert_eq!(down.at, 615 * SECOND);
     assert_eq!(r.total.boots, 1);
     assert_eq!(r.wait.max_ms, 75 * SECOND);
 
@@ -753,19 +755,20 @@ fn replicas_run_until_the_count_goes_down() {
     // The replicas appear at 3600 s before that instant's CA loop (scale-up at 3600 s, not
     // 3610 s as for the burst), placed at 3665 s, deleted at 7200 s. The node was found
     // unremovable (its pods had nowhere to go) at 3670 s and is re-checked every 5 min: empty
-    // at the 7270 s check, removed once unneeded for more than 10 min, at 7880 s.
+    // at the 7270 s check, tainted once unneeded for more than 10 min (7880 s) and deleted 5 s
+    // later.
     let down = r
         .timeline
         .iter()
         .find(|e| e.what.starts_with("CA scale-down"))
         .expect("a scale-down");
-    assert_eq!(down.at, 7880 * SECOND);
+    assert_eq!(down.at, 7885 * SECOND);
 }
 
 /// Time-of-use prices and a boot power surge, by hand on one-burst (see
 /// one_machine_one_burst_by_hand for the timings): 1.00/kWh from 1h to 2h, 0.30 otherwise;
 /// 50 W while booting (3615-3675 s). At 1.00: 1 W × 15 s + 50 W × 60 s + 15 W × 1800 s +
-/// 10 W × 630 s + 1 W × 1095 s = 37 410 Ws; at 0.30: 1 W × 3600 s + 1 W × 7200 s = 10 800 Ws.
+/// 10 W × 635 s + 1 W × 1090 s = 37 455 Ws; at 0.30: 1 W × 3600 s + 1 W × 7200 s = 10 800 Ws.
 #[test]
 fn time_of_use_prices_and_a_boot_surge() {
     let text = data("one-burst.yaml")
@@ -776,9 +779,9 @@ fn time_of_use_prices_and_a_boot_surge() {
         .replace("  powerActionTime: 5s\n", "  powerActionTime: 5s\n  bootWatts: 50\n");
     let s = Scenario::parse("tou.yaml", &text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}"));
     let r = simulate(&s);
-    let wh = (37_410.0 + 10_800.0) / 3600.0;
+    let wh = (37_455.0 + 10_800.0) / 3600.0;
     assert!(close(r.total.kwh, wh / 1000.0), "{}", r.total.kwh);
-    let cost = 37_410.0 / 3600.0 / 1000.0 * 1.0 + 10_800.0 / 3600.0 / 1000.0 * 0.30;
+    let cost = 37_455.0 / 3600.0 / 1000.0 * 1.0 + 10_800.0 / 3600.0 / 1000.0 * 0.30;
     assert!(close(r.total.cost, cost), "{} vs {cost}", r.total.cost);
     // A window crossing midnight is refused with its line.
     let bad = text.replace("{from: 1h, to: 2h,", "{from: 23h, to: 1h,");
@@ -788,14 +791,16 @@ fn time_of_use_prices_and_a_boot_surge() {
 }
 
 /// Issue 16 item 1: every Group field is modelled or reported as ignored, never silently
-/// dropped. GPU thresholds (no GPUs simulated) and template labels/taints (simulated pods have
-/// no selectors and tolerate everything) are listed in the report.
+/// dropped. GPU thresholds (no GPUs simulated), template labels/taints (simulated pods have
+/// no selectors and tolerate everything) and remediation (simulated Nodes are never lost while
+/// running) are listed in the report.
 #[test]
 fn group_fields_the_simulation_does_not_model_are_reported() {
     let text = data("one-burst.yaml").replace(
         "spec: {minSize: 0, maxSize: 1}",
         "spec:\n      minSize: 0\n      maxSize: 1\n      scaleDownGpuUtilizationThreshold: \"0.3\"\n      \
-         template:\n        labels: {disk: ssd}\n        taints: [{key: gpu, effect: NoSchedule}]",
+         template:\n        labels: {disk: ssd}\n        taints: [{key: gpu, effect: NoSchedule}]\n      \
+         remediation: {powerCycleAfter: 15m}",
     );
     let s = Scenario::parse("ignored.yaml", &text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}"));
     let r = simulate(&s);
@@ -807,6 +812,11 @@ fn group_fields_the_simulation_does_not_model_are_reported() {
     );
     assert!(has("groups[0].spec.template.labels"), "{:?}", r.ignored);
     assert!(has("groups[0].spec.template.taints"), "{:?}", r.ignored);
+    assert!(
+        has("groups[0].spec.remediation.powerCycleAfter"),
+        "{:?}",
+        r.ignored
+    );
     // The plain scenario has nothing to report.
     assert!(simulate(&scenario("one-burst.yaml")).ignored.is_empty());
 }

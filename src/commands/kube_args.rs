@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+/// `--kubeconfig` and `--context`: which cluster, as whom.
 #[derive(Clone, Debug, Default, clap::Args)]
-pub struct KubeArgs {
+pub struct ClusterArgs {
     /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod's
     /// service account).
     #[arg(long, value_name = "PATH")]
@@ -14,6 +15,13 @@ pub struct KubeArgs {
     /// The kubeconfig context to use (default: its current context).
     #[arg(long, value_name = "NAME")]
     pub context: Option<String>,
+}
+
+/// [`ClusterArgs`] with `-n`/`-A`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct KubeArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Namespace (default: the context's namespace, or the pod's).
     #[arg(
         short = 'n',
@@ -81,10 +89,16 @@ pub enum ConnectError {
     },
 }
 
-impl KubeArgs {
+impl ClusterArgs {
     /// A client from `--kubeconfig`/`--context`, else the usual inference (KUBECONFIG,
     /// ~/.kube/config, in-cluster). Nothing is sent to the server yet.
     pub async fn connect(&self) -> Result<Cluster, ConnectError> {
+        Cluster::from_config(self.config().await?)
+    }
+
+    /// The client configuration [`ClusterArgs::connect`] uses, for clients built differently
+    /// (the drain's client without kube's retries).
+    pub async fn config(&self) -> Result<kube::Config, ConnectError> {
         let options = KubeConfigOptions {
             context: self.context.clone(),
             ..Default::default()
@@ -113,6 +127,13 @@ impl KubeArgs {
                 .await
                 .map_err(ConnectError::NoConfig)?,
         };
+        Ok(config)
+    }
+}
+
+impl Cluster {
+    /// A client for `config`. Nothing is sent to the server yet.
+    pub fn from_config(config: kube::Config) -> Result<Cluster, ConnectError> {
         let server = config.cluster_url.to_string();
         let default_namespace = config.default_namespace.clone();
         let client = kube::Client::try_from(config).map_err(|source| ConnectError::Client {
@@ -124,6 +145,13 @@ impl KubeArgs {
             default_namespace,
             server,
         })
+    }
+}
+
+impl KubeArgs {
+    /// See [`ClusterArgs::connect`].
+    pub async fn connect(&self) -> Result<Cluster, ConnectError> {
+        self.cluster.connect().await
     }
 
     /// `-A`, else `-n`, else the configuration's namespace.
@@ -199,8 +227,8 @@ mod tests {
         let Ok(c) = c else {
             panic!("flags rejected");
         };
-        assert_eq!(c.kube.kubeconfig, Some(PathBuf::from("/k")));
-        assert_eq!(c.kube.context.as_deref(), Some("lab"));
+        assert_eq!(c.kube.cluster.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(c.kube.cluster.context.as_deref(), Some("lab"));
         assert_eq!(c.kube.namespace.as_deref(), Some("homelab"));
         assert!(Cli::try_parse_from(["x", "-n", "a", "-A"]).is_err());
         assert!(
@@ -210,7 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_kubeconfig_names_the_flag_and_keeps_the_io_cause() {
-        let args = KubeArgs {
+        let args = ClusterArgs {
             kubeconfig: Some(PathBuf::from("/nonexistent/homelab-kubeconfig")),
             ..Default::default()
         };

@@ -2,7 +2,6 @@
 //! for the operator to carry out, optionally waiting for it with a progress bar.
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,6 +12,7 @@ use kube::ResourceExt as _;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 
+use super::kube_args::ClusterArgs;
 use crate::operator::api::Machine;
 use crate::operator::machine::{Phase, PowerState};
 
@@ -56,22 +56,6 @@ impl Direction {
     }
 }
 
-/// kubectl's cluster flags. (Branch cli-fixes adds a shared struct for these in
-/// `src/commands/`; this one goes once it is merged.)
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct KubeArgs {
-    /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod's
-    /// service account).
-    #[arg(long, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use (default: its current context).
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
-    /// Namespace of the Node CRs (default: the context's namespace).
-    #[arg(short = 'n', long, value_name = "NAMESPACE")]
-    pub namespace: Option<String>,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Desired power.
@@ -95,7 +79,11 @@ pub struct Args {
     pub yes: bool,
 
     #[command(flatten)]
-    pub kube: KubeArgs,
+    pub cluster: ClusterArgs,
+
+    /// Namespace of the Node CRs (default: the context's namespace).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 /// A requested name resolved to its Node CR.
@@ -317,12 +305,12 @@ fn patch_for(m: &Machine, direction: Direction, now: Timestamp) -> Option<serde_
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let (client, default_namespace) = super::serve_grpc::kube_client(
-        args.kube.kubeconfig.as_deref(),
-        args.kube.context.as_deref(),
-    )
-    .await?;
-    let namespace = args.kube.namespace.clone().unwrap_or(default_namespace);
+    let cluster = args.cluster.connect().await?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| cluster.default_namespace.clone());
+    let client = cluster.client;
     let api: Api<Machine> = Api::namespaced(client.clone(), &namespace);
     let machines = api
         .list(&ListParams::default())

@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use super::serve_grpc::{self, kube_config, server_tls, shutdown_signal};
+use super::kube_args::Cluster;
+use super::serve_grpc::{self, server_tls, shutdown_signal};
 use crate::operator::controller::{self, Settings};
 use crate::operator::health::{self, Readiness};
 use crate::operator::leader::{
@@ -171,25 +172,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let tls = server_tls(&args.serve)?;
-    let config = kube_config(
-        args.serve.kubeconfig.as_deref(),
-        args.serve.context.as_deref(),
-    )
-    .await?;
-    let default_namespace = config.default_namespace.clone();
+    let config = args.serve.kube.cluster.config().await?;
     let drain = crate::operator::drain::DrainClient::new(config.clone())
         .context("cannot build the Kubernetes client for evictions")?;
-    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
-    let scope = if args.serve.all_namespaces {
-        Scope::AllNamespaces
-    } else {
-        Scope::Namespace(
-            args.serve
-                .namespace
-                .clone()
-                .unwrap_or_else(|| default_namespace.clone()),
-        )
-    };
+    let cluster = Cluster::from_config(config)?;
+    let scope = serve_grpc::scope(&args.serve.kube, &cluster);
+    let default_namespace = cluster.default_namespace.clone();
+    let client = cluster.client;
     let settings = LeaseSettings {
         name: args.lease_name.clone(),
         namespace: lease_namespace(

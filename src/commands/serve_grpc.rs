@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::kube_args::{Cluster, KubeArgs, Namespaces};
 use crate::operator::provider::kube::{KubeSource, Scope};
 use crate::operator::provider::service::DEFAULT_GPU_LABEL;
 use crate::operator::provider::{GpuConfig, Provider, ProviderOptions, TlsOptions, serve_provider};
@@ -25,26 +26,9 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_address: Option<String>,
 
-    /// kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account).
-    #[arg(long, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// kubeconfig context to use (default: the current context).
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
-
-    /// Namespace of the Group and Node CRs (default: the context's namespace, or the pod's).
-    #[arg(
-        short = 'n',
-        long,
-        value_name = "NAMESPACE",
-        conflicts_with = "all_namespaces"
-    )]
-    pub namespace: Option<String>,
-
-    /// Serve Group and Node CRs from every namespace.
-    #[arg(short = 'A', long)]
-    pub all_namespaces: bool,
+    /// The cluster and the namespace of the Group and Node CRs (`-A`: every namespace).
+    #[command(flatten)]
+    pub kube: KubeArgs,
 
     /// PEM server certificate (chain) for TLS; needs --tls-key.
     #[arg(long, value_name = "PATH", requires = "tls_key")]
@@ -220,45 +204,12 @@ fn check_pem(flag: &str, path: &Path, pem: &[u8], kind: PemKind) -> anyhow::Resu
     Ok(())
 }
 
-/// A kube client from `--kubeconfig`/`--context`, else the usual inference (KUBECONFIG,
-/// ~/.kube/config, in-cluster), and the namespace to default to.
-pub async fn kube_client(
-    kubeconfig: Option<&Path>,
-    context: Option<&str>,
-) -> anyhow::Result<(kube::Client, String)> {
-    let config = kube_config(kubeconfig, context).await?;
-    let namespace = config.default_namespace.clone();
-    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
-    Ok((client, namespace))
-}
-
-/// The client configuration from `--kubeconfig` / `--context`, else the environment.
-pub async fn kube_config(
-    kubeconfig: Option<&Path>,
-    context: Option<&str>,
-) -> anyhow::Result<kube::Config> {
-    let options = kube::config::KubeConfigOptions {
-        context: context.map(str::to_owned),
-        ..Default::default()
-    };
-    let config = match (kubeconfig, context) {
-        (Some(path), _) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &options)
-                .await
-                .with_context(|| format!("--kubeconfig {}: cannot use it", path.display()))?
-        }
-        (None, Some(ctx)) => kube::Config::from_kubeconfig(&options)
-            .await
-            .with_context(|| {
-                format!("--context {ctx}: not usable from $KUBECONFIG or ~/.kube/config")
-            })?,
-        (None, None) => kube::Config::infer().await.context(
-            "no Kubernetes configuration: set KUBECONFIG, pass --kubeconfig, or run in a pod",
-        )?,
-    };
-    Ok(config)
+/// `-A`, else `-n`, else the configuration's namespace, as the provider's scope.
+pub fn scope(kube: &KubeArgs, cluster: &Cluster) -> Scope {
+    match kube.namespaces(cluster) {
+        Namespaces::All => Scope::AllNamespaces,
+        Namespaces::One(ns) => Scope::Namespace(ns),
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -268,13 +219,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     // Read the TLS files before contacting the cluster: a wrong path is the likelier mistake.
     let tls = server_tls(&args)?;
-    let (client, default_namespace) =
-        kube_client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    let scope = if args.all_namespaces {
-        Scope::AllNamespaces
-    } else {
-        Scope::Namespace(args.namespace.clone().unwrap_or(default_namespace))
-    };
+    let cluster = args.kube.connect().await?;
+    let scope = scope(&args.kube, &cluster);
+    let client = cluster.client;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;

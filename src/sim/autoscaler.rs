@@ -44,7 +44,7 @@
 //! anyway (CA marks it risky and drains it last).
 use rand::Rng;
 
-use super::engine::Sim;
+use super::engine::{EventKindSim, Sim};
 use super::scenario::{Expander, Scenario};
 use super::units::{Millis, format_millis};
 use super::workload::Controller;
@@ -85,6 +85,8 @@ pub(super) struct CaState {
     pub unneeded_drain: Vec<bool>,
     /// Until when a node found unremovable is not re-checked (`unremovable.Nodes` TTLs).
     pub unremovable_until: Vec<Millis>,
+    /// When a tainted node is drained and deleted (after --node-delete-delay-after-taint).
+    pub delete_due: Vec<Option<Millis>>,
     pub creating_since: Vec<Option<Millis>>,
     pub backoff: Vec<Backoff>,
     /// The provider's id of each scenario group (resolved once).
@@ -102,6 +104,7 @@ impl CaState {
             unneeded_since: vec![None; sc.machines.len()],
             unneeded_drain: vec![false; sc.machines.len()],
             unremovable_until: vec![0; sc.machines.len()],
+            delete_due: vec![None; sc.machines.len()],
             creating_since: vec![None; sc.machines.len()],
             backoff: vec![Backoff::default(); sc.groups.len()],
             group_ids: Vec::new(),
@@ -237,6 +240,14 @@ impl Sim<'_> {
             Some(g),
             format!("CA backs the group off for {}: {why}", format_millis(d)),
         );
+    }
+
+    /// The delay after the taint of group `g`'s removed nodes is over (an event between loops).
+    pub(super) fn ca_delete_nodes(&mut self, g: usize) {
+        self.resolve_group_ids();
+        let ids = std::mem::take(&mut self.ca.group_ids);
+        self.delete_tainted(&ids, g);
+        self.ca.group_ids = ids;
     }
 
     pub(super) fn autoscaler_scan(&mut self) {
@@ -914,77 +925,113 @@ impl Sim<'_> {
         if chosen.is_empty() {
             return;
         }
-        // One DeleteNodes per group, as CA batches deletions per group.
+        // `actuator.go` `StartDeletion`: the nodes are tainted now (no new pods; the cooldown
+        // after a delete starts), and each is drained and deleted after
+        // --node-delete-delay-after-taint (`deleteNodesAsync`).
+        self.ca.last_scale_down = Some(now);
+        let due = now + a.node_delete_delay_after_taint;
+        for &m in &chosen {
+            self.cluster.nodes[m].cordoned = true;
+            self.ca.delete_due[m] = Some(due);
+        }
         for (g, _) in sc.groups.iter().enumerate() {
-            let members: Vec<usize> = chosen
-                .iter()
-                .copied()
-                .filter(|&m| sc.machines[m].group == g)
-                .collect();
-            if members.is_empty() {
+            if !chosen.iter().any(|&m| sc.machines[m].group == g) {
                 continue;
             }
-            // Taint and drain first, as CA does before calling DeleteNodes.
-            let mut evicted = 0;
-            for &m in &members {
-                self.cluster.nodes[m].cordoned = true;
-                evicted += self.evict_node(m);
+            if due == now {
+                self.delete_tainted(ids, g);
+            } else {
+                self.schedule(due, EventKindSim::CaDeleteNodes { group: g });
             }
-            if evicted > 0 {
-                let mut out = Vec::new();
-                self.cluster.schedule_pending(self.now, &mut out);
-                self.after_placements(&mut out);
-            }
-            let refs: Vec<NodeRef> = members
-                .iter()
-                .map(|&m| {
-                    let cr = &sc.machines[m].machine;
-                    NodeRef {
-                        provider_id: cr.expected_provider_id(),
-                        name: cr.node_name().unwrap_or(&sc.machines[m].name).to_owned(),
-                    }
-                })
-                .collect();
-            let ts = self.ts(self.now);
-            match ops::delete_nodes(self.inventory(), &ids[g], &refs, ts) {
-                Ok(d) => {
-                    if d.target_after < sc.groups[g].min {
-                        self.violate(format!(
-                            "DeleteNodes took group {} to target {}, below its min {}",
-                            sc.groups[g].name, d.target_after, sc.groups[g].min
-                        ));
-                    }
-                    self.counters.scale_downs += 1;
-                    self.ca.last_scale_down = Some(now);
-                    self.note(
-                        None,
-                        Some(g),
-                        format!(
-                            "CA scale-down: {} unneeded (evicted {evicted} pod(s)): target {} → {}",
-                            names(&d.changes),
-                            d.target_before,
-                            d.target_after
-                        ),
-                    );
-                    for &m in &members {
-                        self.ca.unneeded_since[m] = None;
-                    }
-                    self.apply_changes(&d.changes);
+        }
+    }
+
+    /// Drains and deletes the nodes of group `g` whose delay after the taint is over. CA calls
+    /// DeleteNodes once per node (`delete_in_batch.go` `AddNodes` with no batching interval),
+    /// and once for all nodes of a `zeroOrMaxNodeScaling` group (`ScheduleDeletion` waits for
+    /// the whole batch).
+    pub(super) fn delete_tainted(&mut self, ids: &[String], g: usize) {
+        let sc = self.sc;
+        let now = self.now;
+        let due: Vec<usize> = sc.groups[g]
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| self.ca.delete_due[m].is_some_and(|t| t <= now))
+            .collect();
+        for &m in &due {
+            self.ca.delete_due[m] = None;
+        }
+        let batches: Vec<Vec<usize>> = if self.ca.options[g].zero_or_max {
+            vec![due]
+        } else {
+            due.into_iter().map(|m| vec![m]).collect()
+        };
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+            self.delete_batch(ids, g, &batch);
+        }
+    }
+
+    fn delete_batch(&mut self, ids: &[String], g: usize, members: &[usize]) {
+        let sc = self.sc;
+        let now = self.now;
+        let mut evicted = 0;
+        for &m in members {
+            evicted += self.evict_node(m);
+        }
+        if evicted > 0 {
+            let mut out = Vec::new();
+            self.cluster.schedule_pending(self.now, &mut out);
+            self.after_placements(&mut out);
+        }
+        let refs: Vec<NodeRef> = members
+            .iter()
+            .map(|&m| {
+                let cr = &sc.machines[m].machine;
+                NodeRef {
+                    provider_id: cr.expected_provider_id(),
+                    name: cr.node_name().unwrap_or(&sc.machines[m].name).to_owned(),
                 }
-                Err(e) => {
-                    self.ca.last_scale_down_failure = Some(now);
-                    self.counters.failed_scale_downs += 1;
-                    self.note(
-                        None,
-                        Some(g),
-                        format!("CA: DeleteNodes refused: {e}; untainting"),
-                    );
-                    for &m in &members {
-                        self.cluster.nodes[m].cordoned = false;
-                        let mut out = Vec::new();
-                        self.cluster.fill_node(m, self.now, &mut out);
-                        self.after_placements(&mut out);
-                    }
+            })
+            .collect();
+        let ts = self.ts(self.now);
+        match ops::delete_nodes(self.inventory(), &ids[g], &refs, ts) {
+            Ok(d) => {
+                if d.target_after < sc.groups[g].min {
+                    self.violate(format!(
+                        "DeleteNodes took group {} to target {}, below its min {}",
+                        sc.groups[g].name, d.target_after, sc.groups[g].min
+                    ));
+                }
+                self.counters.scale_downs += 1;
+                self.note(
+                    None,
+                    Some(g),
+                    format!(
+                        "CA scale-down: {} unneeded (evicted {evicted} pod(s)): target {} → {}",
+                        names(&d.changes),
+                        d.target_before,
+                        d.target_after
+                    ),
+                );
+                for &m in members {
+                    self.ca.unneeded_since[m] = None;
+                }
+                self.apply_changes(&d.changes);
+            }
+            Err(e) => {
+                self.ca.last_scale_down_failure = Some(now);
+                self.counters.failed_scale_downs += 1;
+                self.note(
+                    None,
+                    Some(g),
+                    format!("CA: DeleteNodes refused: {e}; untainting"),
+                );
+                for &m in members {
+                    self.cluster.nodes[m].cordoned = false;
+                    let mut out = Vec::new();
+                    self.cluster.fill_node(m, self.now, &mut out);
+                    self.after_placements(&mut out);
                 }
             }
         }
@@ -1055,10 +1102,16 @@ mod tests {
                 "  - {{burst: {{at: 720h, count: 1}}, cpu: \"1\", memory: 1Gi, duration: 1h, {w}}}\n"
             ));
         }
-        match Scenario::parse("lab.yaml", &y, &NoTraceFiles) {
+        let mut sc = match Scenario::parse("lab.yaml", &y, &NoTraceFiles) {
             Ok(s) => s,
             Err(e) => panic!("{e}\n{y}"),
+        };
+        // The decision tests see DeleteNodes in the loop that decides it; the delay after the
+        // taint has its own test.
+        if !autoscaler.contains("nodeDeleteDelayAfterTaint") {
+            sc.autoscaler.node_delete_delay_after_taint = 0;
         }
+        sc
     }
 
     fn sim(sc: &Scenario) -> Sim<'_> {
@@ -1473,6 +1526,59 @@ mod tests {
             b.is_some_and(|h| h < 0.2),
             "the other one is scaled down: {b:?}"
         );
+    }
+
+    /// `core/scaledown/actuation/actuator.go` `deleteNodesAsync`: CA taints the nodes it removes,
+    /// waits --node-delete-delay-after-taint, then drains and deletes each with a DeleteNodes of
+    /// its own (`delete_in_batch.go` `AddNodes`, no batching interval). Two empty nodes found
+    /// removable at the 70 s loop (unneeded since 0 s, strictly longer than 1 m) are wanted off
+    /// 5 s later, one call each.
+    #[test]
+    fn removed_nodes_are_deleted_one_call_each_after_the_delay_after_taint() {
+        let mut sc = lab(
+            "  scaleDownUnneededTime: 1m\n  scaleDownDelayAfterAdd: 0s\n  nodeDeleteDelayAfterTaint: 5s\n",
+            G,
+            TWO,
+            &["name: w"],
+            "",
+        );
+        sc.duration = 10 * MINUTE;
+        let opts = RunOptions {
+            timeline: true,
+            ..RunOptions::default()
+        };
+        let r = Sim::new(&sc, opts)
+            .run(&mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        let offs: Vec<(Millis, &str)> = r
+            .power_requests
+            .iter()
+            .filter(|p| p.desired == PowerState::Off)
+            .map(|p| (p.at, p.machine.as_str()))
+            .collect();
+        assert_eq!(offs, vec![(75 * SECOND, "a"), (75 * SECOND, "b")]);
+        assert_eq!(r.counters.scale_downs, 2);
+    }
+
+    /// The Group's `scaleDownDisabled` protects every member as the operator does
+    /// (`controller/node_side.rs` annotates each member's Node): both machines stay on.
+    #[test]
+    fn a_groups_scale_down_disabled_keeps_every_member_on() {
+        let groups = &[("g", "{minSize: 0, scaleDownDisabled: true}")];
+        let mut sc = lab(
+            "  scaleDownUnneededTime: 1m\n",
+            groups,
+            TWO,
+            &["name: w"],
+            "",
+        );
+        assert!(sc.machines.iter().all(|m| m.scale_down_disabled));
+        sc.duration = 2 * HOUR;
+        let r = Sim::new(&sc, RunOptions::default())
+            .run(&mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        let hours: Vec<f64> = r.machines.iter().map(|m| m.hours_on).collect();
+        assert_eq!(hours, vec![2.0, 2.0]);
     }
 
     fn option(group: usize, nodes: u32, pods: usize, waste: f64) -> Option_ {

@@ -16,7 +16,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::cluster::{Cluster, NodeId, Placed, PodId};
-use super::report::{Counters, Report, SeriesPoint, TimelineEntry};
+use super::report::{Counters, PowerRequest, Report, SeriesPoint, TimelineEntry};
 use super::scenario::Scenario;
 use super::units::{HOUR, Millis};
 use super::workload::{self, PodSpec};
@@ -152,6 +152,10 @@ pub(super) enum EventKindSim {
         count: u32,
     },
     AutoscalerScan,
+    /// CA's delay after tainting group `group`'s scale-down nodes is over.
+    CaDeleteNodes {
+        group: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -184,6 +188,7 @@ pub struct Sim<'s> {
     base_views: super::views::BaseViews,
     pub(super) counters: Counters,
     pub(super) timeline: Vec<TimelineEntry>,
+    pub(super) power_requests: Vec<PowerRequest>,
     series: Vec<SeriesPoint>,
     last_series: (u32, u32, u32),
     pending_since: Option<Millis>,
@@ -279,6 +284,7 @@ impl<'s> Sim<'s> {
             base_views: super::views::base_views(sc),
             counters: Counters::default(),
             timeline: Vec::new(),
+            power_requests: Vec::new(),
             series: Vec::new(),
             last_series: (u32::MAX, u32::MAX, u32::MAX),
             pending_since: None,
@@ -549,6 +555,7 @@ impl<'s> Sim<'s> {
                 let next = self.now + self.sc.autoscaler.scan_interval;
                 self.schedule(next, EventKindSim::AutoscalerScan);
             }
+            EventKindSim::CaDeleteNodes { group } => self.ca_delete_nodes(group),
             EventKindSim::Wake { m } => {
                 if self.machines[m].wake_at == Some(self.now) {
                     self.machines[m].wake_at = None;
@@ -657,6 +664,13 @@ impl<'s> Sim<'s> {
                 ));
                 continue;
             };
+            if self.opts.timeline && self.machines[m].desired != c.desired {
+                self.power_requests.push(PowerRequest {
+                    at: self.now,
+                    machine: self.sc.machines[m].name.clone(),
+                    desired: c.desired,
+                });
+            }
             self.machines[m].desired = c.desired;
             if c.desired == PowerState::On {
                 self.machines[m].power_on_requested = Some(c.at);

@@ -27,7 +27,7 @@ mod views;
 pub mod workload;
 
 pub use engine::{InvariantViolation, RunOptions, Sim};
-pub use report::Report;
+pub use report::{PowerRequest, Report};
 pub use scenario::{Scenario, ScenarioError};
 
 /// Runs a scenario to the end (and, with `options.baselines`, its baselines).

@@ -39,6 +39,18 @@ pub struct TimelineEntry {
     pub what: String,
 }
 
+/// A desired-power change the provider decided for CA (`spec.powerState` patched by IncreaseSize,
+/// DeleteNodes or DecreaseTargetSize), recorded with the timeline: the record to compare with a
+/// real Cluster Autoscaler's run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerRequest {
+    /// Virtual milliseconds since the start.
+    pub at: Millis,
+    pub machine: String,
+    pub desired: crate::operator::machine::PowerState,
+}
+
 /// A change in the number of machines powered / nodes Ready / pods pending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -190,6 +202,9 @@ pub struct Report {
     pub counters: Counters,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<TimelineEntry>,
+    /// With the timeline: every desired-power change, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub power_requests: Vec<PowerRequest>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<SeriesPoint>,
 }
@@ -302,6 +317,7 @@ pub(super) fn build(sim: &Sim<'_>, end: Millis, series: Vec<SeriesPoint>) -> Rep
         ignored: sc.ignored.clone(),
         counters: sim.counters.clone(),
         timeline: sim.timeline.clone(),
+        power_requests: sim.power_requests.clone(),
         series,
     }
 }

@@ -311,6 +311,7 @@ struct AutoscalerFile {
     skip_nodes_with_local_storage: Option<bool>,
     skip_nodes_with_custom_controller_pods: Option<bool>,
     blocking_system_pod_disruption_timeout: Option<Duration>,
+    node_delete_delay_after_taint: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -352,6 +353,8 @@ pub struct AutoscalerConfig {
     pub skip_nodes_with_local_storage: bool,
     pub skip_nodes_with_custom_controller_pods: bool,
     pub blocking_system_pod_disruption_timeout: Millis,
+    /// CA's `--node-delete-delay-after-taint`: from tainting a node to draining and deleting it.
+    pub node_delete_delay_after_taint: Millis,
 }
 
 impl Default for AutoscalerConfig {
@@ -381,6 +384,7 @@ impl Default for AutoscalerConfig {
             skip_nodes_with_local_storage: true,
             skip_nodes_with_custom_controller_pods: true,
             blocking_system_pod_disruption_timeout: HOUR,
+            node_delete_delay_after_taint: 5 * SECOND,
         }
     }
 }
@@ -999,7 +1003,9 @@ impl Scenario {
                     "no idle power draw: set spec.watts.idle (e.g. 12) or simulation.watts.idle",
                 ));
             }
-            let scale_down_disabled = doc.spec.scale_down_disabled();
+            // The operator annotates a member's Node for its own flag or its Group's.
+            let scale_down_disabled =
+                doc.spec.scale_down_disabled() || groups[group].group.scale_down_disabled();
             let initially_on = doc.spec.power_state == PowerState::On;
             let machine = Machine {
                 metadata: doc.metadata,
@@ -1076,6 +1082,15 @@ impl Scenario {
             if spec.scale_down_gpu_utilization_threshold.is_some() {
                 ignored.push(format!(
                     "groups[{i}].spec.scaleDownGpuUtilizationThreshold: no GPUs are simulated"
+                ));
+            }
+            if spec
+                .remediation
+                .as_ref()
+                .is_some_and(|r| r.power_cycle_after.is_some())
+            {
+                ignored.push(format!(
+                    "groups[{i}].spec.remediation.powerCycleAfter: simulated Nodes never go NotReady while their machine runs"
                 ));
             }
             if let Some(t) = &spec.template {
@@ -1200,6 +1215,9 @@ fn autoscaler_config(cx: &Ctx, f: &AutoscalerFile) -> Result<AutoscalerConfig, S
         blocking_system_pod_disruption_timeout: f
             .blocking_system_pod_disruption_timeout
             .map_or(d.blocking_system_pod_disruption_timeout, |v| v.0),
+        node_delete_delay_after_taint: f
+            .node_delete_delay_after_taint
+            .map_or(d.node_delete_delay_after_taint, |v| v.0),
     };
     if c.scan_interval < 100 {
         return Err(cx.err(

@@ -1,6 +1,6 @@
 //! The real Cluster Autoscaler (CA 1.36.1, built by tests/k8s-bins/build.sh) against our provider
-//! binary: [`Provider`] starts `kubectl-homelab serve-grpc` (or, once it exists, `run-operator`)
-//! as a child process, [`ClusterAutoscaler`] starts CA with `--cloud-provider=externalgrpc` and the
+//! binary: [`Provider`] starts `kubectl-homelab run-operator` (or `serve-grpc`) as a child
+//! process (and can SIGKILL and restart it), [`ClusterAutoscaler`] starts CA with `--cloud-provider=externalgrpc` and the
 //! cloud-config our binary prints, and reads back what CA did: the gRPC calls it made (from its
 //! `--v=5` log), its status ConfigMap, and any provider errors it logged.
 
@@ -24,7 +24,7 @@ use super::process::{self, Managed};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderCommand {
     /// `serve-grpc`: records CA's decisions as each Node CR's `spec.powerState`; nothing switches
-    /// machines, so a test needs `super::machines::OperatorStandIn` next to it.
+    /// machines.
     ServeGrpc,
     /// `run-operator`: the provider plus the controllers that carry power out through Jobs.
     RunOperator,
@@ -65,11 +65,16 @@ struct TlsFiles {
 pub struct Provider {
     command: ProviderCommand,
     child: std::sync::Mutex<Managed>,
+    /// The command line, for [`Self::restart`].
+    args: Vec<String>,
+    /// How many times it was started (each run logs to a file of its own).
+    runs: std::sync::atomic::AtomicUsize,
     /// `127.0.0.1:<port>`.
     pub addr: String,
     tls: Option<TlsFiles>,
     /// The `--cloud-config` file for CA, as `--print-cloud-config` printed it.
     pub cloud_config: PathBuf,
+    /// The first run's log; a restart logs to `<name>.<n>.log` next to it.
     pub log: PathBuf,
 }
 
@@ -163,6 +168,8 @@ impl Provider {
         let provider = Provider {
             command,
             child: std::sync::Mutex::new(child),
+            args,
+            runs: std::sync::atomic::AtomicUsize::new(1),
             addr,
             tls,
             cloud_config,
@@ -170,6 +177,34 @@ impl Provider {
         };
         provider.wait_serving(Duration::from_secs(60)).await?;
         Ok(provider)
+    }
+
+    /// SIGKILL to the provider's process group (no shutdown path runs), then reaps it.
+    pub fn kill(&self) {
+        lock(&self.child).kill();
+    }
+
+    /// Starts the provider again with the same flags (same port, certificates, namespace) and
+    /// waits until it answers `NodeGroups`.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let bin = Path::new(env!("CARGO_BIN_EXE_kubectl-homelab"));
+        let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = self.log.with_extension(format!("{run}.log"));
+        let child = Managed::spawn_with_env(
+            self.command.subcommand(),
+            bin,
+            &self.args,
+            &log,
+            &[("KUBECTL_HOMELAB_LOG", "info")],
+        )
+        .with_context(|| format!("restarting {} {}", bin.display(), self.args.join(" ")))?;
+        *lock(&self.child) = child;
+        self.wait_serving(Duration::from_secs(60)).await
+    }
+
+    /// The log of the current run.
+    pub fn current_log(&self) -> PathBuf {
+        lock(&self.child).log.clone()
     }
 
     /// A gRPC client that connects the way CA does (with CA's client certificate under mTLS).
@@ -210,7 +245,7 @@ impl Provider {
                 anyhow::bail!(
                     "{} exited with {status} before serving; last log lines:\n{}",
                     self.command.subcommand(),
-                    process::log_tail(&self.log, 40)
+                    process::log_tail(&self.current_log(), 40)
                 );
             }
             if tokio::time::Instant::now() > deadline {
@@ -219,7 +254,7 @@ impl Provider {
                      lines:\n{}",
                     self.command.subcommand(),
                     self.addr,
-                    process::log_tail(&self.log, 40)
+                    process::log_tail(&self.current_log(), 40)
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -227,7 +262,7 @@ impl Provider {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        process::log_tail(&self.log, lines)
+        process::log_tail(&self.current_log(), lines)
     }
 }
 
@@ -516,7 +551,7 @@ impl ClusterAutoscaler {
                     .last()
                     .map(|p| process::log_tail(p, 120))
                     .unwrap_or_default(),
-                provider.log.display(),
+                provider.current_log().display(),
                 provider.log_tail(40),
             ))
         })
@@ -571,6 +606,9 @@ pub const PROVIDER_ERROR_MARKS: &[&str] = &[
     "failed to fix node group sizes",
     "Unable to build proper template node",
     "Failed to get node group",
+    // `clusterstate/clusterstate.go` `updateScaleRequests`: DecreaseTargetSize after a timed-out
+    // scale-up was refused.
+    "Failed to revert timed-out scale-up",
     // `expander/price/price.go`: a pricing answer CA could not use drops the scale-up option.
     "Failed to calculate pod price",
     "Failed to get price for stabilization pod",

@@ -1,22 +1,18 @@
-//! A test-side stand-in for `kubectl homelab run-operator` AND the machines' kubelets, for tests
-//! that run `serve-grpc` (which only records CA's decisions in each Node CR's `spec.powerState`;
-//! nothing switches machines). [`OperatorStandIn`] watches the Node CRs of one namespace:
+//! The machines behind `kubectl homelab run-operator`: what happens outside the operator when it
+//! runs a power Job. [`Machines`] plays, for the Node CRs of one namespace,
 //!
-//! - `spec.powerState: on` (the operator's power-on): after the machine's boot delay its kubelet
+//! - the Job controller ([`World::spawn_job_runner`]): every power Job the operator creates
+//!   succeeds shortly after it appears;
+//! - the machine: a completed power-on Job boots it, and after its boot delay its kubelet
 //!   registers a Ready Kubernetes Node shaped like the CR declares it (`spec.capacity`,
-//!   `spec.labels`), with the machine's providerID set by the kubelet, or registered without one
-//!   and then set by the operator part, which is what run-operator does for a kubelet started
-//!   without `--provider-id`;
-//! - `spec.powerState: off` (the operator's power-off, after CA drained the node): the kubelet
-//!   stops (NotReady) and the operator deletes the Node object;
+//!   `spec.labels`), with the machine's providerID set by the kubelet, or without one (the
+//!   operator then writes it, as for a kubelet started without `--provider-id`); a completed
+//!   power-off Job stops it (its Node goes NotReady; the operator deletes the Node object);
 //! - while a node is up, its kubelet runs the pods bound to it and finishes their deletion.
 //!
 //! Failure injection: [`Boot::Never`], a machine that accepts the power-on and never registers.
-//!
-//! It writes no Node CR status: that is the operator's FSM, which this stand-in does not
-//! imitate. Once run-operator lands, a test replaces this with run-operator (the `Provider`'s
-//! `ProviderCommand::RunOperator`) plus `World::spawn_job_runner`, whose `on_done` boots the
-//! machine with the same [`register`] this module uses.
+//! It records what it saw (power Jobs created, phases the operator wrote, registrations) so a
+//! test can count power actions and show the history when it fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -24,21 +20,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use kubectl_homelab::operator::api::Machine;
-use kubectl_homelab::operator::machine::PowerState;
-use kubectl_homelab::operator::provider::inventory::default_provider_id;
+use kubectl_homelab::operator::machine::{Phase, PowerState};
+use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL, job_selector};
 
 use super::control_plane::lock;
-use super::world::{Background, FakeNode, World};
+use super::world::{Background, FakeNode, JobOutcome, World};
 
-/// What a simulated machine does after its power-on.
+/// How long a power Job "runs" before the simulated Job controller marks it succeeded.
+pub const JOB_RUNS: Duration = Duration::from_secs(1);
+
+/// What a simulated machine does after its power-on Job succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Boot {
-    /// Its kubelet registers a Ready Node this long after the power-on.
+    /// Its kubelet registers a Ready Node this long after the power-on Job succeeded.
     After(Duration),
     /// Accepts the power-on and never registers (broken boot disk, wrong network).
     Never,
@@ -53,55 +54,66 @@ pub enum ProviderIdBy {
     Operator,
 }
 
-/// One thing the stand-in saw or did, in order.
+/// One thing the machines saw or did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happened {
-    /// `spec.powerState` turned `on` (or was `on` when first seen).
-    PowerOn,
-    /// `spec.powerState` turned `off` after having been `on`.
-    PowerOff,
+    /// The operator created a power Job in this direction (`on` / `off`).
+    PowerJob(String),
+    /// A power Job in this direction succeeded.
+    PowerJobDone(String),
     /// The kubelet registered a Ready Node.
     Registered,
-    /// The operator deleted the Node object after the power-off.
-    NodeDeleted,
+    /// The power-off stopped the kubelet: the Node went NotReady.
+    Stopped,
     /// At the power-off, the Node carried CA's `ToBeDeletedByClusterAutoscaler` taint
     /// (`utils/taints/taints.go`): CA had tainted and drained it before DeleteNodes.
     PoweredOffTaintedByCa,
+    /// The operator wrote this phase (and `status.lastError`) into the Node CR.
+    Phase(Phase, Option<String>),
+    /// `spec.powerState` became this (CA's IncreaseSize / DeleteNodes, through the provider).
+    Desired(PowerState),
 }
 
 /// The taint CA puts on a node it is removing, before draining it.
 pub const CA_DELETION_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 #[derive(Debug, Default)]
-struct Machines {
-    /// Last seen `spec.powerState` per Node CR.
-    desired: BTreeMap<String, PowerState>,
-    /// Bumped on every power change: a boot still sleeping for an older generation is dropped.
+struct Seen {
+    /// Bumped on every finished power Job: a boot still sleeping for an older one is dropped.
     generation: BTreeMap<String, u64>,
-    /// Kubernetes node names that are up (registered by the stand-in and not deleted).
+    /// Power Jobs seen, by uid.
+    jobs: BTreeSet<String>,
+    /// Last phase and error seen per Node CR.
+    phases: BTreeMap<String, (Phase, Option<String>)>,
+    /// Last `spec.powerState` seen per Node CR.
+    desired: BTreeMap<String, PowerState>,
+    /// Kubernetes node names that are up (registered here and not stopped).
     up: BTreeSet<String>,
     log: Vec<(Duration, String, Happened)>,
 }
 
-/// The operator + kubelets stand-in; stops when dropped.
-pub struct OperatorStandIn {
-    state: Arc<Mutex<Machines>>,
-    _watch: Background,
+/// The simulated machines, Job controller and kubelets of one namespace; stop when dropped.
+pub struct Machines {
+    seen: Arc<Mutex<Seen>>,
+    started: Instant,
+    _runner: Background,
+    _jobs: Background,
+    _crs: Background,
     _kubelets: Background,
 }
 
-/// How the stand-in treats the machines of its namespace.
+/// How the machines of a namespace behave.
 #[derive(Debug, Clone)]
-pub struct StandInConfig {
+pub struct MachinesConfig {
     pub namespace: String,
-    /// Boot delay of every machine not in `boots`.
+    /// Boot of every machine not in `boots`.
     pub boot: Boot,
     /// Per Node CR name.
     pub boots: BTreeMap<String, Boot>,
     pub provider_id_by: ProviderIdBy,
 }
 
-impl StandInConfig {
+impl MachinesConfig {
     pub fn new(namespace: &str, boot_delay: Duration) -> Self {
         Self {
             namespace: namespace.to_owned(),
@@ -120,71 +132,138 @@ impl StandInConfig {
     }
 }
 
-impl OperatorStandIn {
-    /// Starts watching the Node CRs of `config.namespace` (machines already `on` are booted).
-    pub fn start(client: kube::Client, config: StandInConfig) -> OperatorStandIn {
-        let state = Arc::new(Mutex::new(Machines::default()));
-        let started = Instant::now();
-        let world = World::new(client.clone());
-        let config = Arc::new(config);
-        let watch = {
-            let (state, world, config) = (state.clone(), world.clone(), config.clone());
-            let api: Api<Machine> = Api::namespaced(client, &config.namespace);
-            Background::from(tokio::spawn(async move {
-                let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => {
-                            on_change(&state, &world, &config, started, &m)
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            eprintln!("operator stand-in: watching Node CRs: {e}");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
+/// Shared by the background tasks.
+struct Shared {
+    seen: Arc<Mutex<Seen>>,
+    world: World,
+    config: MachinesConfig,
+    started: Instant,
+}
+
+impl Shared {
+    fn record(&self, machine: &str, happened: Happened) {
+        lock(&self.seen)
+            .log
+            .push((self.started.elapsed(), machine.to_owned(), happened));
+    }
+}
+
+impl Machines {
+    /// Starts playing the Job controller, machines and kubelets of `config.namespace`.
+    pub fn start(world: &World, config: MachinesConfig) -> Machines {
+        let shared = Arc::new(Shared {
+            seen: Arc::new(Mutex::new(Seen::default())),
+            world: world.clone(),
+            config,
+            started: Instant::now(),
+        });
+        let ns = shared.config.namespace.clone();
+        let runner = {
+            let shared = shared.clone();
+            world.spawn_job_runner(
+                &ns,
+                JOB_RUNS,
+                |_| JobOutcome::Succeed,
+                move |job, _| {
+                    let shared = shared.clone();
+                    async move {
+                        // Detached: a boot sleeps, and the runner must go on finishing Jobs.
+                        tokio::spawn(power_job_done(shared, job));
+                        Ok(())
                     }
-                }
-            }))
+                },
+            )
+        };
+        let jobs = {
+            let shared = shared.clone();
+            let api: Api<Job> = Api::namespaced(world.client(), &ns);
+            let config = watcher::Config::default().labels(&job_selector());
+            watch_each(api, config, "power Jobs", move |j| on_job(&shared, &j))
+        };
+        let crs = {
+            let shared = shared.clone();
+            let api: Api<Machine> = Api::namespaced(world.client(), &ns);
+            watch_each(api, watcher::Config::default(), "Node CRs", move |m| {
+                on_machine(&shared, &m)
+            })
         };
         let kubelets = {
-            let (state, world) = (state.clone(), world.clone());
+            let shared = shared.clone();
             Background::from(tokio::spawn(async move {
                 loop {
-                    let up: Vec<String> = lock(&state).up.iter().cloned().collect();
+                    let up: Vec<String> = lock(&shared.seen).up.iter().cloned().collect();
                     for node in up {
                         // A node deleted meanwhile makes these fail; the next pass is right.
-                        let _ = world.run_pods(&node).await;
-                        let _ = world.finish_terminating_pods(&node).await;
+                        let _ = shared.world.run_pods(&node).await;
+                        let _ = shared.world.finish_terminating_pods(&node).await;
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             }))
         };
-        OperatorStandIn {
-            state,
-            _watch: watch,
+        Machines {
+            seen: shared.seen.clone(),
+            started: shared.started,
+            _runner: runner,
+            _jobs: jobs,
+            _crs: crs,
             _kubelets: kubelets,
         }
     }
 
-    /// Node CRs that were ever `spec.powerState: on` while watched.
-    pub fn ever_powered_on(&self) -> BTreeSet<String> {
-        self.count(&Happened::PowerOn).into_keys().collect()
-    }
-
-    /// How many power-ons each Node CR got.
-    pub fn power_ons(&self) -> BTreeMap<String, usize> {
-        self.count(&Happened::PowerOn)
-    }
-
     fn count(&self, what: &Happened) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for (_, m, h) in &lock(&self.state).log {
+        for (_, m, h) in &lock(&self.seen).log {
             if h == what {
                 *out.entry(m.clone()).or_insert(0) += 1;
             }
         }
         out
+    }
+
+    /// Whether `machine` went through `what` so far.
+    pub fn saw(&self, machine: &str, what: &Happened) -> bool {
+        lock(&self.seen)
+            .log
+            .iter()
+            .any(|(_, m, h)| m == machine && h == what)
+    }
+
+    /// How many power-on Jobs the operator created per Node CR.
+    pub fn power_ons(&self) -> BTreeMap<String, usize> {
+        self.count(&Happened::PowerJob("on".to_owned()))
+    }
+
+    /// How many power-off Jobs the operator created per Node CR.
+    pub fn power_offs(&self) -> BTreeMap<String, usize> {
+        self.count(&Happened::PowerJob("off".to_owned()))
+    }
+
+    /// Node CRs the operator ever created a power-on Job for.
+    pub fn ever_powered_on(&self) -> BTreeSet<String> {
+        self.power_ons().into_keys().collect()
+    }
+
+    /// Every change of a Node CR's `spec.powerState` seen after `since`, with its time from
+    /// `since`, in order (the first sighting of each Node CR counts: ask after they were seen).
+    pub fn desired_changes_since(&self, since: Instant) -> Vec<(Duration, String, PowerState)> {
+        lock(&self.seen)
+            .log
+            .iter()
+            .filter_map(|(at, m, h)| match h {
+                Happened::Desired(p) => (self.started + *at)
+                    .checked_duration_since(since)
+                    .map(|d| (d, m.clone(), *p)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Node CRs whose `spec.powerState` was ever seen `on`.
+    pub fn ever_wanted_on(&self) -> BTreeSet<String> {
+        self.count(&Happened::Desired(PowerState::On))
+            .into_keys()
+            .collect()
     }
 
     /// Machines powered off while their Node carried CA's deletion taint.
@@ -194,23 +273,24 @@ impl OperatorStandIn {
             .collect()
     }
 
-    /// Node CRs whose `spec.powerState` is `on` now.
-    pub fn wanted_on(&self) -> BTreeSet<String> {
-        lock(&self.state)
-            .desired
+    /// Every `status.lastError` the operator wrote with phase `phase` for Node CR `machine`.
+    pub fn errors_in_phase(&self, machine: &str, phase: Phase) -> Vec<String> {
+        lock(&self.seen)
+            .log
             .iter()
-            .filter(|(_, d)| **d == PowerState::On)
-            .map(|(m, _)| m.clone())
+            .filter_map(|(_, m, h)| match h {
+                Happened::Phase(p, Some(e)) if m == machine && *p == phase => Some(e.clone()),
+                _ => None,
+            })
             .collect()
     }
 
-    /// Everything that happened, with the time since the stand-in started (for failure
-    /// messages).
+    /// Everything that happened, with the time since the start (for failure messages).
     pub fn history(&self) -> String {
-        const SHOWN: usize = 40;
-        let s = lock(&self.state);
+        const SHOWN: usize = 60;
+        let s = lock(&self.seen);
         if s.log.is_empty() {
-            return "(no power action)".to_owned();
+            return "(nothing happened)".to_owned();
         }
         let skipped = s.log.len().saturating_sub(SHOWN);
         let mut lines: Vec<String> = Vec::new();
@@ -226,96 +306,129 @@ impl OperatorStandIn {
     }
 }
 
-fn on_change(
-    state: &Arc<Mutex<Machines>>,
-    world: &World,
-    config: &Arc<StandInConfig>,
-    started: Instant,
-    m: &Machine,
-) {
-    let name = m.metadata.name.clone().unwrap_or_default();
-    let desired = m.spec.power_state;
-    let generation = {
-        let mut s = lock(state);
-        let before = s.desired.insert(name.clone(), desired);
-        if before == Some(desired) {
-            return;
+/// Calls `f` with every object of `api` as it is created or changes, in the background.
+fn watch_each<K, F>(api: Api<K>, config: watcher::Config, what: &'static str, f: F) -> Background
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    F: Fn(K) + Send + 'static,
+{
+    Background::from(tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config));
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => f(o),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("simulated machines: watching {what}: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
-        let happened = match (before, desired) {
-            (_, PowerState::On) => Happened::PowerOn,
-            // First seen off: nothing to do.
-            (None, PowerState::Off) => return,
-            (Some(_), PowerState::Off) => Happened::PowerOff,
-        };
-        s.log.push((started.elapsed(), name.clone(), happened));
+    }))
+}
+
+/// The Node CR a power Job acts for and its direction (`on` / `off`).
+fn job_target(job: &Job) -> (String, String) {
+    let label = |k: &str| job.labels().get(k).cloned().unwrap_or_default();
+    (label(MACHINE_LABEL), label(DIRECTION_LABEL))
+}
+
+fn on_job(shared: &Shared, job: &Job) {
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    if !lock(&shared.seen).jobs.insert(uid) {
+        return;
+    }
+    let (machine, direction) = job_target(job);
+    shared.record(&machine, Happened::PowerJob(direction));
+}
+
+fn on_machine(shared: &Shared, m: &Machine) {
+    let name = m.name_any();
+    let desired = m.spec.power_state;
+    let before = lock(&shared.seen).desired.insert(name.clone(), desired);
+    if before != Some(desired) {
+        shared.record(&name, Happened::Desired(desired));
+    }
+    let lc = m.lifecycle();
+    let now = (lc.phase(), lc.last_error.clone());
+    let changed = lock(&shared.seen).phases.insert(name.clone(), now.clone()) != Some(now.clone());
+    if changed {
+        shared.record(&name, Happened::Phase(now.0, now.1));
+    }
+}
+
+/// A power Job succeeded: the machine boots (and registers after its delay) or stops.
+async fn power_job_done(shared: Arc<Shared>, job: Job) {
+    let (name, direction) = job_target(&job);
+    shared.record(&name, Happened::PowerJobDone(direction.clone()));
+    let generation = {
+        let mut s = lock(&shared.seen);
         let g = s.generation.entry(name.clone()).or_insert(0);
         *g += 1;
         *g
     };
-    let node = FakeNode::for_machine(m);
-    let provider_id = m
-        .spec
-        .provider_id
-        .clone()
-        .unwrap_or_else(|| default_provider_id(&config.namespace, &name));
-    let (state, world, config) = (state.clone(), world.clone(), config.clone());
-    // Detached: a boot outlives nothing but the runtime, and checks its generation first.
-    tokio::spawn(async move {
-        let current = |s: &Machines| s.generation.get(&name).copied() == Some(generation);
-        match desired {
-            PowerState::On => {
-                let boot = config.boots.get(&name).copied().unwrap_or(config.boot);
-                let Boot::After(delay) = boot else { return };
-                tokio::time::sleep(delay).await;
-                if !current(&lock(&state)) {
-                    return;
-                }
-                match register(&world, &node, &provider_id, config.provider_id_by).await {
-                    Ok(()) => {
-                        let mut s = lock(&state);
-                        s.up.insert(node.name.clone());
-                        s.log
-                            .push((started.elapsed(), name.clone(), Happened::Registered));
-                    }
-                    Err(e) => eprintln!("operator stand-in: booting {name}: {e:#}"),
-                }
-            }
-            PowerState::Off => {
-                let was_up = lock(&state).up.remove(&node.name);
-                if was_up
-                    && let Ok(Some(n)) = Api::<Node>::all(world.client()).get_opt(&node.name).await
-                {
-                    let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
-                    if taints.iter().any(|t| t.key == CA_DELETION_TAINT) {
-                        lock(&state).log.push((
-                            started.elapsed(),
-                            name.clone(),
-                            Happened::PoweredOffTaintedByCa,
-                        ));
-                    }
-                }
-                // The kubelet stops posting status, then the operator removes the Node object.
-                if was_up && let Err(e) = world.node_ready(&node.name, false).await {
-                    eprintln!("operator stand-in: powering off {name}: {e:#}");
-                }
-                match world.node_delete(&node.name).await {
-                    Ok(()) if was_up => {
-                        lock(&state).log.push((
-                            started.elapsed(),
-                            name.clone(),
-                            Happened::NodeDeleted,
-                        ));
-                    }
-                    Ok(()) => {}
-                    Err(e) => eprintln!("operator stand-in: deleting Node {}: {e:#}", node.name),
-                }
-            }
+    let ns = &shared.config.namespace;
+    let m = match Api::<Machine>::namespaced(shared.world.client(), ns)
+        .get(&name)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("simulated machines: reading Node CR {ns}/{name}: {e}");
+            return;
         }
-    });
+    };
+    let node = FakeNode::for_machine(&m);
+    if direction == "on" {
+        let boot = shared
+            .config
+            .boots
+            .get(&name)
+            .copied()
+            .unwrap_or(shared.config.boot);
+        let Boot::After(delay) = boot else { return };
+        tokio::time::sleep(delay).await;
+        if lock(&shared.seen).generation.get(&name) != Some(&generation) {
+            return;
+        }
+        let provider_id = m.expected_provider_id();
+        match register(
+            &shared.world,
+            &node,
+            &provider_id,
+            shared.config.provider_id_by,
+        )
+        .await
+        {
+            Ok(()) => {
+                lock(&shared.seen).up.insert(node.name.clone());
+                shared.record(&name, Happened::Registered);
+            }
+            Err(e) => eprintln!("simulated machines: booting {name}: {e:#}"),
+        }
+        return;
+    }
+    if !lock(&shared.seen).up.remove(&node.name) {
+        return;
+    }
+    if let Ok(Some(n)) = Api::<Node>::all(shared.world.client())
+        .get_opt(&node.name)
+        .await
+    {
+        let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
+        if taints.iter().any(|t| t.key == CA_DELETION_TAINT) {
+            shared.record(&name, Happened::PoweredOffTaintedByCa);
+        }
+    }
+    // The kubelet stops posting status; the operator sees the Node NotReady and deletes it.
+    match shared.world.node_ready(&node.name, false).await {
+        Ok(_) => shared.record(&name, Happened::Stopped),
+        Err(e) => eprintln!("simulated machines: powering off {name}: {e:#}"),
+    }
 }
 
 /// The machine's kubelet registers its Node, Ready; with [`ProviderIdBy::Operator`] it does so
-/// without a providerID and the operator's part then writes `provider_id` into the Node.
+/// without a providerID (the operator then writes it).
 pub async fn register(
     world: &World,
     node: &FakeNode,
@@ -330,11 +443,6 @@ pub async fn register(
         }
         ProviderIdBy::Operator => {
             world.node_up(node).await?;
-            let patch = serde_json::json!({ "spec": { "providerID": provider_id } });
-            Api::<Node>::all(world.client())
-                .patch(&node.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .with_context(|| format!("setting spec.providerID of Node {}", node.name))?;
         }
     }
     Ok(())

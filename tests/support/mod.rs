@@ -40,7 +40,7 @@ pub use assets::Assets;
 pub use ca::{CaOptions, ClusterAutoscaler, Provider, ProviderCommand, Transport};
 pub use control_plane::{ControlPlane, FIELD_MANAGER, Options};
 pub use identity::Identity;
-pub use machines::{Boot, OperatorStandIn, ProviderIdBy, StandInConfig};
+pub use machines::{Boot, Machines, MachinesConfig, ProviderIdBy};
 pub use world::{Background, FakeNode, JobOutcome, World};
 
 /// The binaries a control plane needs.

@@ -134,6 +134,15 @@ impl Managed {
         let _ = self.child.wait();
     }
 
+    /// SIGKILL to the process group (nothing of the child's shutdown path runs), then reaps it.
+    pub fn kill(&mut self) {
+        let pgid = self.child.id() as libc::pid_t;
+        // SAFETY: a plain syscall on a process group we created.
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The last `lines` lines of the log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)

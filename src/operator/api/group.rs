@@ -103,6 +103,12 @@ pub struct GroupSpec {
         {"rule": DURATION_RULE, "message": DURATION_MESSAGE}
     ]))]
     pub power_on_failure_cooldown: Option<String>,
+    /// Never let the Cluster Autoscaler power a member off (default false), as each member's
+    /// own `spec.scaleDownDisabled` does: the operator puts CA's
+    /// `cluster-autoscaler.kubernetes.io/scale-down-disabled` annotation on every member's
+    /// Node, and DeleteNodes refuses registered members. Scale-up still powers members on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_disabled: Option<bool>,
     /// What to do about a running member whose Node stays NotReady or disappears (default:
     /// nothing; the Cluster Autoscaler's `--scale-down-unready-time` decides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -407,6 +413,11 @@ impl Group {
     pub fn remediate_after(&self) -> Result<Option<SignedDuration>, FieldError> {
         self.spec
             .remediate_after(&format!("{} ", self.object_ref()))
+    }
+
+    /// `spec.scaleDownDisabled`, unset meaning false.
+    pub fn scale_down_disabled(&self) -> bool {
+        self.spec.scale_down_disabled.unwrap_or(false)
     }
 
     /// Whether `machine` is a member: same namespace and labelled `group=<this group's name>`.

@@ -15,7 +15,7 @@ use super::node_side;
 use super::{Context, Error, FIELD_MANAGER, FINALIZER, requeue};
 use crate::operator::api::{
     CONDITION_IDENTITY_MISMATCH, CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY,
-    Direction, Health, Machine, MachineStatus, PowerDriver as DriverSpec, condition,
+    Direction, Group, Health, Machine, MachineStatus, PowerDriver as DriverSpec, condition,
     upsert_condition,
 };
 use crate::operator::drain;
@@ -110,12 +110,16 @@ fn policy(ctx: &Context, m: &Machine) -> Result<Policy, String> {
     let mut p = ctx.settings.policy;
     p.boot_timeout = m.boot_timeout().map_err(|e| e.to_string())?;
     p.shutdown_timeout = m.shutdown_timeout().map_err(|e| e.to_string())?;
-    if let (Some(g), Some(ns)) = (m.group(), m.namespace())
-        && let Some(group) = ctx.source.group_store().get(&ObjectRef::new(g).within(&ns))
-    {
+    if let Some(group) = group_of(ctx, m) {
         p.remediate_after = group.remediate_after().map_err(|e| e.to_string())?;
     }
     Ok(p)
+}
+
+/// The machine's Group from the provider's cache (`None`: no group label, or no such Group).
+fn group_of(ctx: &Context, m: &Machine) -> Option<Arc<Group>> {
+    let (g, ns) = (m.group()?, m.namespace()?);
+    ctx.source.group_store().get(&ObjectRef::new(g).within(&ns))
 }
 
 /// What a driver needs to act on `op` of `m`.
@@ -728,7 +732,8 @@ async fn sync_node(
     m: &Machine,
     node: &Node,
 ) -> Result<(Option<Node>, Option<String>), Error> {
-    let reg = node_side::registration(m, node, false);
+    let group_protects = group_of(ctx, m).is_some_and(|g| g.scale_down_disabled());
+    let reg = node_side::registration(m, node, group_protects);
     let mismatch = match &reg.provider_id {
         node_side::ProviderIdCheck::Mismatch { node, expected } => Some(format!(
             "the Kubernetes Node carries providerID {node} but the machine expects {expected}; \
@@ -739,9 +744,7 @@ async fn sync_node(
     if reg.change.is_empty() {
         return Ok((None, mismatch));
     }
-    let written = node_side::patch_node(&ctx.client, node, &reg.change)
-        .await
-        .map_err(|e| Error::NodeSide(e.to_string()))?;
+    let written = node_side::patch_node(&ctx.client, node, &reg.change).await?;
     Ok((written, mismatch))
 }
 
@@ -804,9 +807,7 @@ async fn finalize(ctx: &Context, api: &Api<Machine>, m: &Machine) -> Result<Acti
     if let Some(n) = &node {
         // Leave the Node as it was before we managed it: our cordon, labels, taints and
         // annotations go; a person's stay.
-        node_side::update_node(&ctx.client, &n.name_any(), node_side::cleanup_change)
-            .await
-            .map_err(|e| Error::NodeSide(e.to_string()))?;
+        node_side::update_node(&ctx.client, &n.name_any(), node_side::cleanup_change).await?;
     }
     let finalizers: Vec<String> = m
         .finalizers()

@@ -151,6 +151,8 @@ pub enum Error {
     },
     #[error("{0}")]
     NodeSide(String),
+    #[error(transparent)]
+    NodeWrite(#[from] node_side::NodeSideError),
     #[error("{0}")]
     Power(#[from] crate::operator::power::PowerError),
     #[error("serializing {what}: {source}")]
@@ -174,6 +176,7 @@ impl Error {
                 source: kube::Error::Api(s),
                 ..
             } => s.code == 409,
+            Error::NodeWrite(e) => e.is_conflict(),
             _ => false,
         }
     }
@@ -372,5 +375,23 @@ pub(crate) fn requeue(d: Option<Duration>) -> Action {
     match d {
         Some(d) => Action::requeue(d),
         None => Action::await_change(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Node that changed under a write is retried at once (the machine's error policy), not
+    /// logged as a failed reconcile: it happens on every first registration, when the kubelet
+    /// updates the Node while we label it.
+    #[test]
+    fn a_node_write_conflict_counts_as_a_conflict() {
+        let conflict = Error::from(node_side::NodeSideError::Conflict {
+            node: "desktop-0".into(),
+            what: "labels".into(),
+        });
+        assert!(conflict.is_conflict());
+        assert!(!Error::NodeSide("drain failed".into()).is_conflict());
     }
 }

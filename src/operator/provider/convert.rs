@@ -60,6 +60,7 @@ pub fn group_view(g: &Group, members: usize) -> GroupView {
         template,
         // Unparsable (CEL rejects it at admission): the default applies.
         power_on_failure_cooldown: g.power_on_failure_cooldown().ok().flatten(),
+        scale_down_disabled: g.scale_down_disabled(),
     }
 }
 

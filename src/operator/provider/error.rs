@@ -60,9 +60,13 @@ pub enum ProviderError {
         min: u32,
     },
     #[error(
-        "node group {group:?}: machine {machine} has spec.scaleDownDisabled=true and is registered; nothing was changed"
+        "node group {group:?}: machine {machine} is registered and {by} has spec.scaleDownDisabled=true; nothing was changed (set it to false to let the Cluster Autoscaler power the machine off)"
     )]
-    ScaleDownDisabled { group: String, machine: String },
+    ScaleDownDisabled {
+        group: String,
+        machine: String,
+        by: String,
+    },
     #[error(
         "node group {group:?}: target {target} + {delta} would be below the {registered} registered node(s); only pending machines can be cancelled"
     )]

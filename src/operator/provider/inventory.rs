@@ -139,6 +139,8 @@ pub struct GroupView {
     /// How long a machine whose power-on failed is not picked by `IncreaseSize`
     /// (`spec.powerOnFailureCooldown`); `None`: [`GroupView::failure_cooldown`]'s default.
     pub power_on_failure_cooldown: Option<SignedDuration>,
+    /// `spec.scaleDownDisabled`: every member is protected as by its own flag.
+    pub scale_down_disabled: bool,
 }
 
 /// CA's default `--max-node-provision-time`.

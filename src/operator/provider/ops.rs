@@ -340,8 +340,8 @@ pub fn increase_size(
 }
 
 /// Rule 5: want the named nodes off. All or nothing: every node must be a member (matched by
-/// providerID, then name; fake nodes included) and a registered `scaleDownDisabled` machine is
-/// refused. Nodes already wanted off change nothing (CA repeats the call for failed instances
+/// providerID, then name; fake nodes included) and a registered machine protected by
+/// `scaleDownDisabled` (its own or its Group's) is refused. Nodes already wanted off change nothing (CA repeats the call for failed instances
 /// until they are gone).
 ///
 /// A machine that never registered is one CA gave up on (long unregistered or reported with
@@ -380,10 +380,15 @@ pub fn delete_nodes(
         if !seen.insert(m.key.clone()) || !m.wanted_on() {
             continue;
         }
-        if m.scale_down_disabled && inv.is_registered(m) {
+        if (m.scale_down_disabled || g.spec.scale_down_disabled) && inv.is_registered(m) {
             return Err(ProviderError::ScaleDownDisabled {
                 group: id.to_owned(),
                 machine: m.key.to_string(),
+                by: if m.scale_down_disabled {
+                    format!("its Node CR {}", m.key)
+                } else {
+                    format!("its Group {}/{}", g.spec.namespace, g.spec.name)
+                },
             });
         }
         off.push(m);

@@ -26,6 +26,7 @@ fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         options: GroupOptions::default(),
         template: TemplateHints::default(),
         power_on_failure_cooldown: None,
+        scale_down_disabled: false,
     }
 }
 
@@ -374,6 +375,25 @@ fn scale_down_disabled_machines_are_refused_once_registered() {
     let e = delete_nodes(&inv, "g", &[fake("a")], t(0)).err();
     assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
     // a failed boot can still be cancelled (CA retries that every loop).
+    assert!(delete_nodes(&inv, "g", &[fake("b")], t(0)).is_ok());
+}
+
+#[test]
+fn a_groups_scale_down_disabled_protects_every_registered_member() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let b = machine("b", "g", PowerState::On, Phase::Failed);
+    let na = node_for(&a, true);
+    let mut g = group("g", 0, None);
+    g.scale_down_disabled = true;
+    let inv = Inventory::build(vec![g], vec![a, b], vec![na]);
+    let e = delete_nodes(&inv, "g", &[fake("a")], t(0)).err();
+    assert_eq!(
+        e.as_ref().map(|e| e.kind()),
+        Some(ErrorKind::FailedPrecondition)
+    );
+    let message = e.map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("its Group lab/g"), "{message}");
+    // As for a machine's own flag, a failed boot can still be cancelled.
     assert!(delete_nodes(&inv, "g", &[fake("b")], t(0)).is_ok());
 }
 
