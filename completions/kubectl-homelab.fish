@@ -65,6 +65,7 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-oper
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l retry-backoff-max -d 'Longest delay between retries' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l max-attempts -d 'Failed attempts after which a machine stays Failed until its desired power changes or someone runs `kubectl homelab power on|off` again' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l concurrency -d 'Machines reconciled at once (one machine is never reconciled twice at once)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l pod-service-account -d 'ServiceAccount of the pods the operator creates (power Jobs, node agents, Wake-on-LAN relays) when a Node CR\'s pod spec names none; give it no API rights (the Helm chart\'s `<release>-power`). Default: the namespace\'s `default`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s A -l all-namespaces -d 'Every namespace'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'

@@ -1,21 +1,23 @@
-//! The committed CRDs under deploy/crds/ are exactly what the Rust types generate.
-//! Regenerate with `cargo run -- crd gen --out deploy/crds` (or run this test with
+//! The committed CRDs under deploy/crds/ and in the Helm chart's crds/ are exactly what the Rust
+//! types generate. Regenerate with `cargo run -- crd gen --out deploy/crds` and
+//! `cargo run -- crd gen --out deploy/helm/kubectl-homelab/crds` (or run this test with
 //! KUBECTL_HOMELAB_UPDATE_GENERATED=1).
 use std::path::PathBuf;
 
 use kubectl_homelab::commands::crd::crd_files;
 
-#[test]
-fn committed_crds_match_the_types() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crds");
+/// Every CRD file in `dir` (relative to the repository) is what `crd gen --out` writes there,
+/// and nothing else is.
+fn check_generated_crds(dir: &str) {
+    let dir_path = &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
     let files = crd_files().expect("CRDs render");
     assert_eq!(files.len(), 2, "one file per CRD");
     let update = std::env::var_os("KUBECTL_HOMELAB_UPDATE_GENERATED").is_some();
     let mut stale = vec![];
     for (name, want) in &files {
-        let path = dir.join(name);
+        let path = dir_path.join(name);
         if update {
-            std::fs::create_dir_all(&dir).expect("create deploy/crds");
+            std::fs::create_dir_all(dir_path).expect("create the CRD directory");
             std::fs::write(&path, want).expect("write CRD");
             continue;
         }
@@ -25,8 +27,8 @@ fn committed_crds_match_the_types() {
         }
     }
     // No leftovers from renamed CRDs.
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .expect("deploy/crds exists")
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir_path)
+        .expect("the CRD directory exists")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
@@ -35,9 +37,20 @@ fn committed_crds_match_the_types() {
     expected.sort();
     assert!(
         stale.is_empty() && on_disk == expected,
-        "deploy/crds is out of date ({stale:?}; on disk {on_disk:?}, expected {expected:?}).\n\
-         Regenerate: cargo run -- crd gen --out deploy/crds   (and delete files no longer generated)"
+        "{dir} is out of date ({stale:?}; on disk {on_disk:?}, expected {expected:?}).\n\
+         Regenerate: cargo run -- crd gen --out {dir}   (and delete files no longer generated)"
     );
+}
+
+#[test]
+fn committed_crds_match_the_types() {
+    check_generated_crds("deploy/crds");
+}
+
+/// Helm installs the chart's crds/ before its templates and never upgrades or deletes them.
+#[test]
+fn helm_chart_crds_match_the_types() {
+    check_generated_crds("deploy/helm/kubectl-homelab/crds");
 }
 
 #[test]

@@ -154,6 +154,7 @@ fn fast_settings() -> Settings {
             not_ready_grace: jiff::SignedDuration::from_secs(3),
             ..Policy::default()
         },
+        ..Settings::default()
     }
 }
 

@@ -103,6 +103,12 @@ pub struct Args {
     /// Machines reconciled at once (one machine is never reconciled twice at once).
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+
+    /// ServiceAccount of the pods the operator creates (power Jobs, node agents, Wake-on-LAN
+    /// relays) when a Node CR's pod spec names none; give it no API rights (the Helm chart's
+    /// `<release>-power`). Default: the namespace's `default`.
+    #[arg(long, value_name = "NAME")]
+    pub pod_service_account: Option<String>,
 }
 
 impl Args {
@@ -121,6 +127,7 @@ impl Args {
                 not_ready_grace: signed(self.not_ready_grace),
                 ..defaults.policy
             },
+            pod_service_account: self.pod_service_account.clone(),
             ..defaults
         }
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes components the tests run against (etcd, kube-apiserver,
-# kube-scheduler, cluster-autoscaler) from Go modules, and caches them outside the work
+# kube-scheduler, cluster-autoscaler) and the packaging tools the install tests run (helm,
+# krew's validate-krew-manifest) from Go modules, and caches them outside the work
 # tree keyed by version. A second run finds them and costs nothing.
 #
 # Prints the cache directory on its last line (the value for KUBECTL_HOMELAB_TEST_ASSETS).
@@ -15,6 +16,8 @@ set -euo pipefail
 K8S_VERSION=1.36.3
 ETCD_VERSION=3.6.16
 CA_VERSION=1.36.1
+HELM_VERSION=3.22.0
+KREW_VERSION=0.4.3
 STAGING="api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
 cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
 cri-client cri-streaming csi-translation-lib dynamic-resource-allocation endpointslice externaljwt
@@ -84,6 +87,32 @@ build_ca() {
   mv "$out/cluster-autoscaler.tmp" "$out/cluster-autoscaler"
 }
 
+# `go install module@version` builds a command from its published module (with that module's own
+# go.mod), so no wrapper module is needed for these two.
+go_install() {
+  local bin=$1 pkg=$2 ldflags=$3
+  [ -x "$out/$bin" ] && return 0
+  log "building $bin from $pkg"
+  mkdir -p "$work/gobin"
+  GOBIN="$work/gobin" go install -trimpath -ldflags "-s -w $ldflags" "$pkg" >&2
+  mv "$work/gobin/$bin" "$out/$bin"
+}
+
+build_helm() {
+  # Stamped as helm's Makefile does: its version, and the Kubernetes version `helm template` and
+  # `helm lint` assume (its client-go minor, 0.37 -> 1.37; unstamped they assume 1.20 and
+  # refuse a chart needing a newer one).
+  local v="-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" p
+  for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    v="$v -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=37"
+  done
+  go_install helm "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" "$v"
+}
+
+build_krew_validator() {
+  go_install validate-krew-manifest "sigs.k8s.io/krew/cmd/validate-krew-manifest@v$KREW_VERSION" ""
+}
+
 # Runs one build step and logs how long it took (the numbers the README quotes).
 timed() {
   local t0=$SECONDS
@@ -94,11 +123,12 @@ timed() {
 
 what=${1:-all}
 case "$what" in
-  all) timed build_etcd; timed build_kubernetes; timed build_ca ;;
+  all) timed build_etcd; timed build_kubernetes; timed build_ca; timed build_helm; timed build_krew_validator ;;
   control-plane) timed build_etcd; timed build_kubernetes ;;
   etcd) timed build_etcd ;;
   kubernetes) timed build_kubernetes ;;
   cluster-autoscaler) timed build_ca ;;
-  *) echo "usage: $0 [all|control-plane|etcd|kubernetes|cluster-autoscaler]" >&2; exit 2 ;;
+  packaging) timed build_helm; timed build_krew_validator ;;
+  *) echo "usage: $0 [all|control-plane|etcd|kubernetes|cluster-autoscaler|packaging]" >&2; exit 2 ;;
 esac
 echo "$out"

@@ -184,7 +184,7 @@ impl AnyDriver<'_> {
 }
 
 fn driver<'a>(
-    ctx: &Context,
+    ctx: &'a Context,
     m: &'a Machine,
     direction: Direction,
     node_name: Option<&'a str>,
@@ -193,22 +193,25 @@ fn driver<'a>(
         .power_driver(direction)
         .map_err(|e| PowerError::Config(e.to_string()))?;
     let client = ctx.client.clone();
+    let service_account = ctx.settings.pod_service_account.as_deref();
     Ok(match spec {
         DriverSpec::Job(spec) => AnyDriver::Job(JobDriver {
             client,
             jobs: ctx.jobs.clone(),
             kind: JobKind::Custom(spec),
             node_name,
+            service_account,
         }),
         DriverSpec::NodeAgent(agent) => AnyDriver::Job(JobDriver {
             client,
             jobs: ctx.jobs.clone(),
             kind: JobKind::NodeAgent(agent),
             node_name,
+            service_account,
         }),
-        DriverSpec::WakeOnLan(w) => {
-            AnyDriver::WakeOnLan(WakeOnLanDriver::new(client, w, node_name))
-        }
+        DriverSpec::WakeOnLan(w) => AnyDriver::WakeOnLan(
+            WakeOnLanDriver::new(client, w, node_name).with_service_account(service_account),
+        ),
         DriverSpec::Redfish(r) => AnyDriver::Redfish(RedfishDriver::new(client, r)),
         DriverSpec::Http(h) => AnyDriver::Http(HttpDriver::new(client, h)),
     })

@@ -48,6 +48,9 @@ pub struct Settings {
     /// Backoff, retries and the NotReady grace; each machine's `bootTimeout` /
     /// `shutdownTimeout` override the timeouts in it.
     pub policy: crate::operator::machine::Policy,
+    /// ServiceAccount of the pods the operator creates (power Jobs, node agents, Wake-on-LAN
+    /// relays) when the Node CR names none; `None` leaves the namespace's `default`.
+    pub pod_service_account: Option<String>,
 }
 
 impl Default for Settings {
@@ -57,6 +60,7 @@ impl Default for Settings {
             poll_interval: Duration::from_secs(5),
             concurrency: 16,
             policy: crate::operator::machine::Policy::default(),
+            pod_service_account: None,
         }
     }
 }

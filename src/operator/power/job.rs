@@ -86,6 +86,9 @@ pub struct JobDriver<'a> {
     /// The machine's Kubernetes node name, when known: a power-off Job never runs there (it
     /// would kill itself), a node agent runs only there.
     pub node_name: Option<&'a str>,
+    /// ServiceAccount of the Job's pod when the Node CR names none (`run-operator
+    /// --pod-service-account`).
+    pub service_account: Option<&'a str>,
 }
 
 impl JobDriver<'_> {
@@ -109,6 +112,17 @@ impl JobDriver<'_> {
     }
 }
 
+/// Runs the Job's pod as `name` unless its spec already names a ServiceAccount, so the pods the
+/// operator creates can get an account of their own, with no API rights, instead of the
+/// namespace's `default`.
+pub fn default_service_account(job: &mut Job, name: Option<&str>) {
+    let Some(name) = name else { return };
+    if let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pod.service_account_name
+            .get_or_insert_with(|| name.to_owned());
+    }
+}
+
 /// A Job of the same name that is not for this machine and operation is someone else's:
 /// never adopt it.
 pub(crate) fn belongs_to(job: &Job, cx: &OpContext<'_>) -> bool {
@@ -129,7 +143,8 @@ impl Driver for JobDriver<'_> {
         if let Some(job) = self.cached(cx) {
             return Ok(Report::new(progress(&job)));
         }
-        let job = build_job(cx, self.kind, self.node_name)?;
+        let mut job = build_job(cx, self.kind, self.node_name)?;
+        default_service_account(&mut job, self.service_account);
         let name = job.name_any();
         match self
             .api(cx.machine)
@@ -496,6 +511,37 @@ mod tests {
         );
         let deadline = job.spec.as_ref().and_then(|s| s.active_deadline_seconds);
         assert_eq!(deadline, Some(300));
+        Ok(())
+    }
+
+    #[test]
+    fn the_operators_pod_service_account_applies_only_where_the_node_cr_names_none()
+    -> Result<(), PowerError> {
+        let m = machine("m1");
+        let op = operation("off-2");
+        let cx = context(&m, &op, "m1-off-2");
+        let plain = MinimalPodSpec {
+            image: "example/poweroff:1".to_owned(),
+            ..MinimalPodSpec::default()
+        };
+        let own = MinimalPodSpec {
+            service_account: Some("bmc-reader".to_owned()),
+            ..plain.clone()
+        };
+        let account = |spec: &MinimalPodSpec, default: Option<&str>| {
+            let mut job = build_job(&cx, JobKind::Custom(spec), None)?;
+            default_service_account(&mut job, default);
+            Ok::<_, PowerError>(pod_spec(&job).service_account_name.clone())
+        };
+        assert_eq!(
+            account(&plain, Some("lab-power"))?.as_deref(),
+            Some("lab-power")
+        );
+        assert_eq!(
+            account(&own, Some("lab-power"))?.as_deref(),
+            Some("bmc-reader")
+        );
+        assert_eq!(account(&plain, None)?, None);
         Ok(())
     }
 

@@ -95,6 +95,8 @@ pub struct WakeOnLanDriver<'a> {
     spec: &'a WakeOnLan,
     /// The machine's Kubernetes node name, when known: the relay never runs there.
     node_name: Option<&'a str>,
+    /// ServiceAccount of the relay pod (`run-operator --pod-service-account`).
+    service_account: Option<&'a str>,
 }
 
 impl<'a> WakeOnLanDriver<'a> {
@@ -109,7 +111,14 @@ impl<'a> WakeOnLanDriver<'a> {
             client,
             spec,
             node_name,
+            service_account: None,
         }
+    }
+
+    /// Runs the relay pod as `name` (else the namespace's `default`).
+    pub fn with_service_account(mut self, name: Option<&'a str>) -> Self {
+        self.service_account = name;
+        self
     }
 
     fn field(cx: &OpContext<'_>) -> String {
@@ -184,7 +193,8 @@ impl Driver for WakeOnLanDriver<'_> {
         let Some(via) = &self.spec.via else {
             return self.send(cx).await;
         };
-        let job = relay_job(cx, self.spec, via, self.node_name)?;
+        let mut job = relay_job(cx, self.spec, via, self.node_name)?;
+        super::job::default_service_account(&mut job, self.service_account);
         let name = relay_job_name(cx.resource_name);
         match self.jobs(cx).create(&PostParams::default(), &job).await {
             Ok(_) => Ok(Report::new(Progress::Running)),

@@ -1,0 +1,1048 @@
+//! The installable product: the Helm chart (deploy/helm/kubectl-homelab), the krew manifest
+//! (plugins/homelab.yaml) and the plugin on PATH, checked with the real tools (helm and krew's
+//! validate-krew-manifest built by tests/k8s-bins/build.sh, /usr/bin/kubectl) and, for the
+//! chart, the real apiserver of tests/support: `helm install` / `upgrade` / `uninstall`, and the
+//! operator binary run with exactly the chart's arguments and the chart's ServiceAccount token
+//! through a power cycle with a drain.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::rbac::v1::Role;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt as _};
+use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::machine::Phase;
+use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
+use serde_json::json;
+use support::world::job_finished;
+use support::{ControlPlane, FakeNode, World};
+
+const CHART: &str = "deploy/helm/kubectl-homelab";
+/// How long a test waits for the operator to reach a state (normally a second or two).
+const WAIT: Duration = Duration::from_secs(60);
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A built tool from the test binaries' cache; `None` = skip (missing and not required).
+fn tool(name: &str) -> anyhow::Result<Option<PathBuf>> {
+    Ok(support::assets::Assets::locate(&[name])?.map(|a| a.dir.join(name)))
+}
+
+/// helm with its own config, cache and data directories (nothing of the user's is read).
+struct Helm {
+    bin: PathBuf,
+    home: tempfile::TempDir,
+}
+
+impl Helm {
+    fn locate() -> anyhow::Result<Option<Helm>> {
+        let Some(bin) = tool("helm")? else {
+            return Ok(None);
+        };
+        Ok(Some(Helm {
+            bin,
+            home: tempfile::tempdir()?,
+        }))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let h = self.home.path();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .current_dir(repo())
+            .env("HELM_CACHE_HOME", h.join("cache"))
+            .env("HELM_CONFIG_HOME", h.join("config"))
+            .env("HELM_DATA_HOME", h.join("data"))
+            .env_remove("KUBECONFIG");
+        cmd
+    }
+
+    /// Runs helm; `Ok` whatever its exit status (see [`Helm::ok`]).
+    fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.command(args)
+            .output()
+            .with_context(|| format!("running {} {args:?}", self.bin.display()))
+    }
+
+    /// Runs helm and returns its stdout; a failure is an error with its stderr.
+    fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        stdout_of(&mut self.command(args))
+    }
+
+    /// helm against the harness's apiserver (admin) in namespace `ns`.
+    fn on(&self, cp: &ControlPlane, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+        let kubeconfig = cp
+            .kubeconfig()
+            .to_str()
+            .context("kubeconfig path is not UTF-8")?;
+        let mut all = args.to_vec();
+        all.extend(["-n", ns, "--kubeconfig", kubeconfig]);
+        self.ok(&all)
+    }
+
+    /// `helm template` of the chart as release `release` in `ns` with `--set` values.
+    fn template(
+        &self,
+        release: &str,
+        ns: &str,
+        set: &[&str],
+    ) -> anyhow::Result<Vec<DynamicObject>> {
+        let mut args = vec!["template", release, CHART, "--namespace", ns];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        let text = self.ok(&args)?;
+        support::apply::parse_multi_doc("helm template", &text)
+    }
+}
+
+/// Every optional part of the chart switched on.
+const EVERYTHING_ON: &[&str] = &[
+    "clusterAutoscaler.enabled=true",
+    "tls.mode=certManager",
+    "tls.certManager.issuerRef.name=lab-ca",
+    "serviceMonitor.enabled=true",
+    "podDisruptionBudget.enabled=true",
+    "credentialSecrets={bmc-lab1,wol-secureon}",
+];
+
+fn kind_of(o: &DynamicObject) -> &str {
+    o.types
+        .as_ref()
+        .map(|t| t.kind.as_str())
+        .unwrap_or_default()
+}
+
+fn find<'a>(
+    objs: &'a [DynamicObject],
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<&'a DynamicObject> {
+    objs.iter()
+        .find(|o| kind_of(o) == kind && o.metadata.name.as_deref() == Some(name))
+        .with_context(|| format!("no {kind} {name} rendered"))
+}
+
+fn kinds(objs: &[DynamicObject]) -> Vec<String> {
+    let mut k: Vec<String> = objs.iter().map(|o| kind_of(o).to_owned()).collect();
+    k.sort();
+    k
+}
+
+/// The operator container's arguments in a rendered Deployment.
+fn operator_args(deployment: &DynamicObject) -> anyhow::Result<Vec<String>> {
+    let args = &deployment.data["spec"]["template"]["spec"]["containers"][0]["args"];
+    serde_json::from_value(args.clone()).context("the operator container's args")
+}
+
+/// Runs `cmd`: its stdout, or an error with its output when it fails.
+fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let what = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+fn run_binary(args: &[String]) -> anyhow::Result<String> {
+    stdout_of(Command::new(env!("CARGO_BIN_EXE_kubectl-homelab")).args(args))
+}
+
+#[test]
+fn the_chart_version_is_the_crates() -> anyhow::Result<()> {
+    let chart = std::fs::read_to_string(repo().join(CHART).join("Chart.yaml"))?;
+    let want = env!("CARGO_PKG_VERSION");
+    assert!(chart.contains(&format!("\nversion: {want}\n")), "{chart}");
+    assert!(
+        chart.contains(&format!("\nappVersion: \"{want}\"\n")),
+        "{chart}"
+    );
+    Ok(())
+}
+
+/// `helm lint` passes with the defaults and with every option on; the default rendering is the
+/// operator alone, hardened; with every option on it adds the Certificates, the ServiceMonitor,
+/// the budget, the credential Secrets rule and a Cluster Autoscaler whose cloud-config is what
+/// `run-operator --print-cloud-config` prints given the chart's own arguments (which also shows
+/// the binary accepts every argument the chart passes).
+#[test]
+fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Result<()> {
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    helm.ok(&["lint", "--strict", CHART])?;
+    let mut lint_all = vec!["lint", "--strict", CHART];
+    for s in EVERYTHING_ON {
+        lint_all.extend(["--set", s]);
+    }
+    helm.ok(&lint_all)?;
+
+    let defaults = helm.template("lab", "homelab", &[])?;
+    assert_eq!(
+        kinds(&defaults),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Service",
+            "ServiceAccount",
+            "ServiceAccount"
+        ]
+    );
+    let deployment = find(&defaults, "Deployment", "lab-kubectl-homelab")?;
+    let spec = &deployment.data["spec"];
+    assert_eq!(spec["replicas"], 2);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"],
+        "ghcr.io/homecluster-dev/kubectl-homelab:0.1.0"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let args = operator_args(deployment)?;
+    assert_eq!(args[0], "run-operator");
+    for want in [
+        "--leader-elect=true",
+        "--namespace=homelab",
+        "--pod-service-account=lab-kubectl-homelab-power",
+    ] {
+        assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
+    }
+    let power = find(&defaults, "ServiceAccount", "lab-kubectl-homelab-power")?;
+    assert_eq!(power.data["automountServiceAccountToken"], false);
+    let role = find(&defaults, "Role", "lab-kubectl-homelab")?;
+    assert!(
+        !role.data.to_string().contains("secrets"),
+        "no Secret is readable unless named: {}",
+        role.data
+    );
+
+    let all = helm.template("lab", "homelab", EVERYTHING_ON)?;
+    for (kind, name) in [
+        ("Certificate", "lab-kubectl-homelab-grpc-server"),
+        ("Certificate", "lab-kubectl-homelab-ca-client"),
+        ("ServiceMonitor", "lab-kubectl-homelab"),
+        ("PodDisruptionBudget", "lab-kubectl-homelab"),
+        ("Deployment", "lab-kubectl-homelab-cluster-autoscaler"),
+        ("ConfigMap", "lab-kubectl-homelab-cloud-config"),
+    ] {
+        find(&all, kind, name)?;
+    }
+    // Only the leader is Ready: a budget below 100% would make the leader unevictable.
+    let pdb = find(&all, "PodDisruptionBudget", "lab-kubectl-homelab")?;
+    assert_eq!(pdb.data["spec"]["maxUnavailable"], "100%");
+    let role = find(&all, "Role", "lab-kubectl-homelab")?;
+    let secrets_rule = role.data["rules"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["resources"] == json!(["secrets"])))
+        .context("a secrets rule")?;
+    assert_eq!(
+        secrets_rule["resourceNames"],
+        json!(["bmc-lab1", "wol-secureon"])
+    );
+    assert_eq!(secrets_rule["verbs"], json!(["get"]));
+
+    let server_cert = find(&all, "Certificate", "lab-kubectl-homelab-grpc-server")?;
+    let names = server_cert.data["spec"]["dnsNames"].to_string();
+    assert!(
+        names.contains("\"lab-kubectl-homelab-grpc.homelab.svc\""),
+        "{names}"
+    );
+
+    // The chart's cloud-config is the binary's, given the chart's own arguments.
+    let args = operator_args(find(&all, "Deployment", "lab-kubectl-homelab")?)?;
+    assert!(
+        args.iter().any(|a| a.starts_with("--tls-cert=")),
+        "{args:?}"
+    );
+    let mut print = args.clone();
+    print.push("--print-cloud-config".to_owned());
+    let printed = run_binary(&print)?;
+    let config_map = find(&all, "ConfigMap", "lab-kubectl-homelab-cloud-config")?;
+    assert_eq!(config_map.data["data"]["cloud-config.yaml"], printed);
+    let printed_plain = {
+        let mut a = operator_args(deployment)?;
+        a.push("--print-cloud-config".to_owned());
+        run_binary(&a)?
+    };
+    let plain = helm.template("lab", "homelab", &["clusterAutoscaler.enabled=true"])?;
+    let config_map = find(&plain, "ConfigMap", "lab-kubectl-homelab-cloud-config")?;
+    assert_eq!(config_map.data["data"]["cloud-config.yaml"], printed_plain);
+
+    // tls.mode=secret mounts the Secrets named, for the operator and for CA.
+    let named = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "tls.mode=secret",
+            "tls.serverSecret=op-tls",
+            "tls.clientSecret=ca-tls",
+            "clusterAutoscaler.enabled=true",
+        ],
+    )?;
+    let volume = |deployment: &str| -> anyhow::Result<serde_json::Value> {
+        let d = find(&named, "Deployment", deployment)?;
+        Ok(d.data["spec"]["template"]["spec"]["volumes"].clone())
+    };
+    assert!(
+        volume("lab-kubectl-homelab")?
+            .to_string()
+            .contains(r#""secretName":"op-tls""#)
+    );
+    let ca_volumes = volume("lab-kubectl-homelab-cluster-autoscaler")?.to_string();
+    assert!(
+        ca_volumes.contains(r#""secretName":"ca-tls""#),
+        "{ca_volumes}"
+    );
+    assert!(!kinds(&named).contains(&"Certificate".to_owned()));
+
+    // CA mounts its client certificate where the cloud-config says, and has the slow-boot flags.
+    let ca = find(&all, "Deployment", "lab-kubectl-homelab-cluster-autoscaler")?;
+    let ca_pod = ca.data["spec"]["template"]["spec"].to_string();
+    assert!(
+        ca_pod.contains("/etc/cluster-autoscaler/homelab-grpc"),
+        "{ca_pod}"
+    );
+    for flag in [
+        "--cloud-provider=externalgrpc",
+        "--max-node-provision-time=20m",
+        "--max-node-startup-time=20m",
+    ] {
+        assert!(ca_pod.contains(flag), "{flag} not in {ca_pod}");
+    }
+    Ok(())
+}
+
+/// The Dockerfile's image is what the chart expects: the user the pod runs as (non-root, so a
+/// mismatch would not start), the static binary as entrypoint taking the chart's arguments, and
+/// the repository the chart pulls by default.
+#[test]
+fn the_dockerfile_builds_the_image_the_chart_runs() -> anyhow::Result<()> {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile"))?;
+    let values = std::fs::read_to_string(repo().join(CHART).join("values.yaml"))?;
+    let deployment = std::fs::read_to_string(repo().join(CHART).join("templates/deployment.yaml"))?;
+    assert!(dockerfile.contains("\nUSER 65532:65532\n"), "{dockerfile}");
+    assert!(deployment.contains("runAsUser: 65532") && deployment.contains("runAsGroup: 65532"));
+    assert!(dockerfile.contains("--target x86_64-unknown-linux-musl"));
+    assert!(dockerfile.contains("FROM gcr.io/distroless/static"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/kubectl-homelab"]"#));
+    let repository = values
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("repository: ghcr.io/"))
+        .context("image.repository in values.yaml")?;
+    assert!(
+        dockerfile.contains(&format!("docker build -t ghcr.io/{repository}:")),
+        "the Dockerfile's build line tags the chart's default repository ghcr.io/{repository}"
+    );
+    Ok(())
+}
+
+/// Values the schema refuses, each with the message helm prints naming the key.
+#[test]
+fn bad_values_fail_with_the_key_named() -> anyhow::Result<()> {
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    // helm names the key as a JSON pointer.
+    let cases: &[(&str, &str)] = &[
+        ("replicas=0", "at '/replicas': minimum: got 0, want 1"),
+        (
+            "tls.mode=mutual",
+            "at '/tls/mode': value must be one of 'none', 'certManager', 'secret'",
+        ),
+        (
+            "operator.drainTimeout=five minutes",
+            "at '/operator/drainTimeout': 'five minutes' does not match",
+        ),
+        (
+            "credentialSecrets={Not_A_Name}",
+            "at '/credentialSecrets/0': 'Not_A_Name' does not match",
+        ),
+        (
+            "replicaCount=2",
+            "additional properties 'replicaCount' not allowed",
+        ),
+        (
+            "tls.mode=secret",
+            "at '/tls/serverSecret': minLength: got 0, want 1",
+        ),
+        (
+            "tls.mode=certManager",
+            "at '/tls/certManager/issuerRef/name': minLength: got 0, want 1",
+        ),
+        (
+            "leaderElection.enabled=false",
+            "at '/replicas': value must be 1",
+        ),
+    ];
+    for (set, key) in cases {
+        let out = helm.run(&["template", "lab", CHART, "--set", set])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            stderr.contains("values don't meet the specifications of the schema"),
+            "--set {set}: not a schema error: {stderr}"
+        );
+        assert!(
+            stderr.contains(key),
+            "--set {set}: {key} not named in: {stderr}"
+        );
+    }
+    // One replica without leader election is valid.
+    helm.ok(&[
+        "template",
+        "lab",
+        CHART,
+        "--set",
+        "leaderElection.enabled=false",
+        "--set",
+        "replicas=1",
+    ])?;
+    Ok(())
+}
+
+/// The values file of the README's Install section (the ```yaml block headed
+/// `# homelab-values.yaml`).
+fn readme_values() -> anyhow::Result<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md"))?;
+    let start = readme
+        .find("```yaml\n# homelab-values.yaml\n")
+        .context("README.md has no homelab-values.yaml block")?;
+    let block = &readme[start + "```yaml\n".len()..];
+    let end = block
+        .find("```")
+        .context("unterminated yaml block in README.md")?;
+    Ok(block[..end].to_owned())
+}
+
+/// kubectl with the harness's admin kubeconfig; its stdout.
+fn kubectl_admin(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
+    stdout_of(
+        Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(args)
+            .current_dir(repo()),
+    )
+}
+
+/// The README's Install section against the real apiserver (no kubelet: objects, not pods):
+/// `helm install` with its values file, `kubectl apply` of the example, `kubectl get homelab`;
+/// then `helm upgrade` changing a value, and `helm uninstall`, which leaves the CRDs (helm never
+/// deletes crds/) and so the Groups and Node CRs.
+#[tokio::test]
+async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() -> anyhow::Result<()>
+{
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("helm-life").await?;
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("homelab-values.yaml");
+    std::fs::write(&values, readme_values()?)?;
+    let values = values.to_str().context("temp path is not UTF-8")?;
+    let client = cp.client()?;
+
+    helm.on(cp, &ns, &["install", "homelab", CHART, "-f", values])?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = deployments.get("homelab-kubectl-homelab").await?;
+    assert_eq!(d.spec.and_then(|s| s.replicas), Some(2));
+    deployments
+        .get("homelab-kubectl-homelab-cluster-autoscaler")
+        .await
+        .context("the README's values enable the Cluster Autoscaler")?;
+    let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
+    let role = serde_json::to_value(roles.get("homelab-kubectl-homelab").await?)?;
+    assert!(
+        role["rules"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| {
+                r["resources"] == json!(["secrets"]) && r["resourceNames"] == json!(["r730-bmc"])
+            })),
+        "{role}"
+    );
+    kubectl_admin(cp, &["apply", "-n", &ns, "-f", "examples/job-style.yaml"])?;
+    let listed = kubectl_admin(cp, &["get", "homelab", "-n", &ns])?;
+    assert!(
+        listed.contains("group.infra.homecluster.dev/desktops")
+            && listed.contains("node.infra.homecluster.dev/desktop-1"),
+        "{listed}"
+    );
+
+    helm.on(
+        cp,
+        &ns,
+        &[
+            "upgrade",
+            "homelab",
+            CHART,
+            "-f",
+            values,
+            "--set",
+            "replicas=3",
+        ],
+    )?;
+    let d = deployments.get("homelab-kubectl-homelab").await?;
+    assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
+    let history = helm.on(cp, &ns, &["history", "homelab"])?;
+    assert!(history.contains("Upgrade complete"), "{history}");
+
+    helm.on(cp, &ns, &["uninstall", "homelab"])?;
+    assert!(
+        deployments
+            .get_opt("homelab-kubectl-homelab")
+            .await?
+            .is_none()
+    );
+    assert!(roles.get_opt("homelab-kubectl-homelab").await?.is_none());
+    assert!(
+        Api::<Machine>::namespaced(client, &ns)
+            .get_opt("desktop-1")
+            .await?
+            .is_some(),
+        "Node CRs outlive the release"
+    );
+    Ok(())
+}
+
+/// `kubectl auth can-i` as the operator's ServiceAccount (its own token, so the apiserver
+/// answers for exactly that identity).
+fn can_i(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<bool> {
+    let out = Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["auth", "can-i"])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {KUBECTL} auth can-i {args:?}"))?;
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match answer.as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => bail!(
+            "kubectl auth can-i {args:?}: {answer:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("waited {WAIT:?} for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn phase(machines: &Api<Machine>, name: &str, want: Phase) -> anyhow::Result<()> {
+    wait_for(&format!("{name} in phase {want}"), || async {
+        let m = machines.get(name).await?;
+        Ok((m.lifecycle().phase() == want).then_some(()))
+    })
+    .await
+}
+
+async fn power_job(
+    client: &Client,
+    ns: &str,
+    machine: &str,
+    direction: &str,
+) -> anyhow::Result<Job> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("{MACHINE_LABEL}={machine}"));
+    wait_for(
+        &format!("the power-{direction} Job of {machine}"),
+        || async {
+            Ok(api.list(&lp).await?.items.into_iter().find(|j| {
+                j.labels().get(DIRECTION_LABEL).map(String::as_str) == Some(direction)
+                    && !job_finished(j)
+            }))
+        },
+    )
+    .await
+}
+
+async fn set_power(machines: &Api<Machine>, name: &str, power: &str) -> anyhow::Result<()> {
+    let patch = json!({ "spec": { "powerState": power } });
+    machines
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("setting {name} {power}"))?;
+    Ok(())
+}
+
+/// The chart installed with `helm install`; the operator binary runs with the Deployment's own
+/// arguments (ports moved to free loopback ones) and a TokenRequest token of the chart's
+/// ServiceAccount, so it has exactly the chart's RBAC. A machine goes off → on → off through
+/// power Jobs (the harness plays the Job controller and the kubelet); the power-off drains a pod
+/// of another namespace through the Eviction API. Then `kubectl auth can-i` with the same token
+/// shows what the chart does NOT allow:
+/// - reading a Secret not listed in credentialSecrets, listing Secrets (the listed one: yes);
+/// - reading or writing Node CRs and Groups of another namespace; creating or deleting Node CRs
+///   (the operator only patches them) or Groups in its own;
+/// - creating Jobs in another namespace; reading Leases other than its own;
+/// - creating, deleting or patching pods (it evicts; it only lists them), writing PDBs;
+/// - creating Kubernetes Nodes (it patches and deletes existing ones; node names are not known
+///   in advance, so those cannot be narrowed by name);
+/// - creating Roles, RoleBindings, ClusterRoleBindings, ServiceAccount tokens; changing CRDs,
+///   Deployments (its own included), ConfigMaps.
+///
+/// The power pods' ServiceAccount (`<release>-power`, on every power Job) can do none of the
+/// operator's things.
+#[tokio::test]
+async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with_a_drain()
+-> anyhow::Result<()> {
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("helm-op").await?;
+    let apps = cp.namespace("helm-apps").await?;
+    let other = cp.namespace("helm-other").await?;
+    helm.on(
+        cp,
+        &ns,
+        &[
+            "install",
+            "lab",
+            CHART,
+            "--set",
+            "credentialSecrets={bmc-m1}",
+            "--set",
+            "clusterAutoscaler.enabled=true",
+        ],
+    )?;
+    let manifest = helm.on(cp, &ns, &["get", "manifest", "lab"])?;
+    let objects = support::apply::parse_multi_doc("helm get manifest", &manifest)?;
+    let chart_args = operator_args(find(&objects, "Deployment", "lab-kubectl-homelab")?)?;
+    let operator = cp.service_account(&ns, "lab-kubectl-homelab").await?;
+
+    let ports = support::process::free_ports(2)?;
+    let args: Vec<String> = chart_args
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--listen=") {
+                format!("--listen=127.0.0.1:{}", ports[0])
+            } else if a.starts_with("--health-address=") {
+                format!("--health-address=127.0.0.1:{}", ports[1])
+            } else {
+                a
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("operator.log");
+    let mut operator_process = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+        .args(&args)
+        .arg("--kubeconfig")
+        .arg(operator.kubeconfig())
+        .env("POD_NAME", "lab-kubectl-homelab-test")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting run-operator")?;
+    let with_log = |e: anyhow::Error| e.context(support::process::log_tail(&log, 40));
+
+    let admin = cp.client()?;
+    let world = World::new(admin.clone());
+    let group: Group = serde_json::from_value(json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
+        "metadata": { "name": "g" }, "spec": { "minSize": 0, "maxSize": 1 },
+    }))?;
+    Api::<Group>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &group)
+        .await?;
+    let node = cp.unique_name("helm-m1");
+    let job = json!({ "image": "example.org/power:1", "command": ["/power"] });
+    let machine: Machine = serde_json::from_value(json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
+        "metadata": { "name": "m1", "labels": { "group": "g" } },
+        "spec": { "powerState": "off", "kubernetesNodeName": node,
+                  "power": { "on": { "job": job }, "off": { "job": job } },
+                  "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" } },
+    }))?;
+    let machines: Api<Machine> = Api::namespaced(admin.clone(), &ns);
+    machines.create(&PostParams::default(), &machine).await?;
+    phase(&machines, "m1", Phase::Off).await.map_err(with_log)?;
+
+    // On: the power Job runs as the power account; the machine registers and is Ready.
+    set_power(&machines, "m1", "on").await?;
+    let on = power_job(&admin, &ns, "m1", "on").await.map_err(with_log)?;
+    let pod_spec = on.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    assert_eq!(
+        pod_spec.and_then(|p| p.service_account_name.as_deref()),
+        Some("lab-kubectl-homelab-power")
+    );
+    world.complete_job(&ns, &on.name_any()).await?;
+    world
+        .node_up(&FakeNode::new(&node).capacity("4", "8Gi"))
+        .await?;
+    phase(&machines, "m1", Phase::Ready)
+        .await
+        .map_err(with_log)?;
+
+    // A workload of another namespace on it.
+    let web: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "web-0", "labels": { "app": "web" } },
+        "spec": { "containers": [{ "name": "c", "image": "example.org/web:1" }] },
+    }))?;
+    world.create_bound_pod(&apps, web, &node).await?;
+    world.run_pods(&node).await?;
+
+    // Off: cordon, evict (the world finishes the terminating pod as a kubelet would), Job.
+    set_power(&machines, "m1", "off").await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &apps);
+    wait_for("web-0 evicted", || async {
+        world.finish_terminating_pods(&node).await?;
+        Ok(pods.get_opt("web-0").await?.is_none().then_some(()))
+    })
+    .await
+    .map_err(with_log)?;
+    let off = power_job(&admin, &ns, "m1", "off")
+        .await
+        .map_err(with_log)?;
+    world.complete_job(&ns, &off.name_any()).await?;
+    world.node_ready(&node, false).await?;
+    phase(&machines, "m1", Phase::Off).await.map_err(with_log)?;
+    let nodes: Api<Node> = Api::all(admin.clone());
+    wait_for("the powered-off Node deleted", || async {
+        Ok(nodes.get_opt(&node).await?.is_none().then_some(()))
+    })
+    .await
+    .map_err(with_log)?;
+
+    // Nothing the operator did was refused (a refused Event or status write is only logged).
+    let text = std::fs::read_to_string(&log)?;
+    assert!(
+        !text.contains("forbidden") && !text.contains("403"),
+        "the operator was refused something:\n{text}"
+    );
+
+    // What the token may do: the listed Secret, and nothing else on the lists above.
+    let kc = operator.kubeconfig();
+    let yes = |args: &[&str]| -> anyhow::Result<()> {
+        ensure!(can_i(kc, args)?, "the operator should be able to: {args:?}");
+        Ok(())
+    };
+    let no = |args: &[&str]| -> anyhow::Result<()> {
+        ensure!(
+            !can_i(kc, args)?,
+            "the operator must NOT be able to: {args:?}"
+        );
+        Ok(())
+    };
+    yes(&["get", "secret/bmc-m1", "-n", &ns])?;
+    no(&["get", "secret/bmc-m2", "-n", &ns])?;
+    no(&["list", "secrets", "-n", &ns])?;
+    no(&["get", "secret/bmc-m1", "-n", &other])?;
+    for verb in ["get", "list", "patch"] {
+        no(&[verb, "nodes.infra.homecluster.dev", "-n", &other])?;
+        no(&[verb, "groups.infra.homecluster.dev", "-n", &other])?;
+    }
+    no(&[
+        "patch",
+        "nodes.infra.homecluster.dev",
+        "--subresource=status",
+        "-n",
+        &other,
+    ])?;
+    no(&["create", "nodes.infra.homecluster.dev", "-n", &ns])?;
+    no(&["delete", "nodes.infra.homecluster.dev", "-n", &ns])?;
+    no(&["create", "groups.infra.homecluster.dev", "-n", &ns])?;
+    no(&["delete", "groups.infra.homecluster.dev", "-n", &ns])?;
+    no(&["create", "jobs.batch", "-n", &other])?;
+    yes(&["create", "jobs.batch", "-n", &ns])?;
+    no(&["get", "leases.coordination.k8s.io/someone-else", "-n", &ns])?;
+    yes(&[
+        "get",
+        "leases.coordination.k8s.io/lab-kubectl-homelab-leader",
+        "-n",
+        &ns,
+    ])?;
+    for verb in ["create", "delete", "patch", "get"] {
+        no(&[verb, "pods", "-n", &apps])?;
+    }
+    yes(&["create", "pods", "--subresource=eviction", "-n", &apps])?;
+    no(&["create", "poddisruptionbudgets.policy", "-n", &apps])?;
+    no(&["delete", "poddisruptionbudgets.policy", "-n", &apps])?;
+    no(&["create", "nodes"])?;
+    no(&["patch", "nodes", "--subresource=status"])?;
+    no(&["create", "roles.rbac.authorization.k8s.io", "-n", &ns])?;
+    no(&[
+        "create",
+        "rolebindings.rbac.authorization.k8s.io",
+        "-n",
+        &ns,
+    ])?;
+    no(&["create", "clusterrolebindings.rbac.authorization.k8s.io"])?;
+    no(&[
+        "create",
+        "serviceaccounts",
+        "--subresource=token",
+        "-n",
+        &ns,
+    ])?;
+    no(&["patch", "customresourcedefinitions.apiextensions.k8s.io"])?;
+    no(&["patch", "deployments.apps/lab-kubectl-homelab", "-n", &ns])?;
+    no(&["create", "configmaps", "-n", &ns])?;
+
+    // The Cluster Autoscaler with the chart's arguments, its ServiceAccount's token and the
+    // chart's cloud-config (dialling the operator on loopback instead of the Service): it elects
+    // itself, runs its loops against the operator and writes its status, refused nothing.
+    run_chart_cluster_autoscaler(cp, &ns, &objects, ports[0]).await?;
+
+    // The power pods' account: nothing.
+    let power = format!("--as=system:serviceaccount:{ns}:lab-kubectl-homelab-power");
+    let admin_kc = cp.kubeconfig();
+    for args in [
+        vec!["get", "pods", "-n", &ns],
+        vec!["get", "secret/bmc-m1", "-n", &ns],
+        vec!["list", "nodes.infra.homecluster.dev", "-n", &ns],
+        vec!["create", "jobs.batch", "-n", &ns],
+        vec!["list", "nodes"],
+    ] {
+        let mut a = args.clone();
+        a.push(&power);
+        ensure!(
+            !can_i(admin_kc, &a)?,
+            "the power account must NOT be able to: {args:?}"
+        );
+    }
+
+    // SIGTERM: the operator releases its Lease (a patch the chart allows) and exits cleanly.
+    let pid = operator_process.id().context("the operator exited early")?;
+    // SAFETY: sends a signal to our own child process.
+    ensure!(
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,
+        "kill(SIGTERM)"
+    );
+    let status = tokio::time::timeout(WAIT, operator_process.wait())
+        .await
+        .context("the operator did not exit after SIGTERM")??;
+    let text = std::fs::read_to_string(&log)?;
+    ensure!(status.success(), "{status:?}\n{text}");
+    ensure!(!text.contains("forbidden"), "refused at shutdown:\n{text}");
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin, &ns)
+        .get("lab-kubectl-homelab-leader")
+        .await?;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity), None, "{text}");
+    Ok(())
+}
+
+/// Runs the chart's Cluster Autoscaler Deployment as a process until it wrote its status
+/// ConfigMap (one full loop, after taking its Lease), then fails on anything the apiserver
+/// refused it.
+async fn run_chart_cluster_autoscaler(
+    cp: &ControlPlane,
+    ns: &str,
+    objects: &[DynamicObject],
+    grpc_port: u16,
+) -> anyhow::Result<()> {
+    let Some(assets) = support::assets::Assets::locate(&["cluster-autoscaler"])? else {
+        return Ok(());
+    };
+    let deployment = find(
+        objects,
+        "Deployment",
+        "lab-kubectl-homelab-cluster-autoscaler",
+    )?;
+    let command: Vec<String> = serde_json::from_value(
+        deployment.data["spec"]["template"]["spec"]["containers"][0]["command"].clone(),
+    )
+    .context("the Cluster Autoscaler container's command")?;
+    let config_map = find(objects, "ConfigMap", "lab-kubectl-homelab-cloud-config")?;
+    let cloud_config = config_map.data["data"]["cloud-config.yaml"]
+        .as_str()
+        .context("cloud-config.yaml")?
+        .replace(
+            &format!("lab-kubectl-homelab-grpc.{ns}.svc:8086"),
+            &format!("127.0.0.1:{grpc_port}"),
+        );
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("cloud-config.yaml");
+    std::fs::write(&config_path, &cloud_config)?;
+    let ca = cp
+        .service_account(ns, "lab-kubectl-homelab-cluster-autoscaler")
+        .await?;
+    let port = support::process::free_ports(1)?[0];
+    let mut args: Vec<String> = command
+        .iter()
+        .skip(1)
+        .map(|a| {
+            if a.starts_with("--cloud-config=") {
+                format!("--cloud-config={}", config_path.display())
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    args.extend([
+        format!("--kubeconfig={}", ca.kubeconfig().display()),
+        format!("--address=127.0.0.1:{port}"),
+        "--scan-interval=2s".to_owned(),
+    ]);
+    let log = dir.path().join("cluster-autoscaler.log");
+    let _ca = tokio::process::Command::new(assets.cluster_autoscaler())
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting cluster-autoscaler")?;
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(cp.client()?, ns);
+    wait_for("CA's status ConfigMap in the release namespace", || async {
+        Ok(maps.get_opt("cluster-autoscaler-status").await?)
+    })
+    .await
+    .map_err(|e| e.context(support::process::log_tail(&log, 40)))?;
+    let text = std::fs::read_to_string(&log)?;
+    let refused: Vec<&str> = text.lines().filter(|l| l.contains("forbidden")).collect();
+    ensure!(
+        refused.is_empty(),
+        "the chart's Cluster Autoscaler was refused:\n{}",
+        refused.join("\n")
+    );
+    Ok(())
+}
+
+/// krew's own validator accepts plugins/homelab.yaml (structure, platforms for linux and
+/// darwin on amd64 and arm64, no overlapping selectors) and refuses a broken copy of it. It
+/// does not install: the release archives it names do not exist before a release.
+#[test]
+fn krew_validates_the_plugin_manifest() -> anyhow::Result<()> {
+    let Some(validator) = tool("validate-krew-manifest")? else {
+        return Ok(());
+    };
+    let manifest = repo().join("plugins/homelab.yaml");
+    let validate = |path: &Path| -> anyhow::Result<Output> {
+        Command::new(&validator)
+            .arg("--manifest")
+            .arg(path)
+            .arg("--skip-install")
+            .output()
+            .context("running validate-krew-manifest")
+    };
+    let out = validate(&manifest)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&manifest)?;
+    for platform in ["os: linux", "os: darwin", "arch: amd64", "arch: arm64"] {
+        assert!(text.contains(platform), "{platform}");
+    }
+    assert_eq!(text.matches("- selector:").count(), 4);
+
+    let dir = tempfile::tempdir()?;
+    let broken = dir.path().join("homelab.yaml");
+    std::fs::write(&broken, text.replacen("bin: kubectl-homelab", "bin: ''", 1))?;
+    let out = validate(&broken)?;
+    assert!(!out.status.success(), "a platform without bin was accepted");
+    Ok(())
+}
+
+/// Installed as `kubectl-homelab` on PATH (what krew does), kubectl finds the plugin: `kubectl
+/// homelab --help` is ours and kubectl's completion of `kubectl homelab ...` asks
+/// `kubectl_complete-homelab` (completions/), which asks the binary.
+#[test]
+fn kubectl_runs_the_plugin_and_completes_it_from_path() -> anyhow::Result<()> {
+    if !Path::new(KUBECTL).exists() {
+        ensure!(
+            std::env::var(support::assets::REQUIRE_ENV).as_deref() != Ok("1"),
+            "{KUBECTL} is missing"
+        );
+        return Ok(());
+    }
+    let bin = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_kubectl-homelab"),
+        bin.path().join("kubectl-homelab"),
+    )?;
+    std::fs::copy(
+        repo().join("completions/kubectl_complete-homelab"),
+        bin.path().join("kubectl_complete-homelab"),
+    )?;
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    let kubectl = |args: &[&str]| -> anyhow::Result<String> {
+        stdout_of(
+            Command::new(KUBECTL)
+                .args(args)
+                .env("PATH", &path)
+                .env_remove("KUBECONFIG"),
+        )
+    };
+    let help = kubectl(&["homelab", "--help"])?;
+    assert!(help.contains("Usage: kubectl homelab"), "{help}");
+    assert!(help.contains("run-operator"), "{help}");
+    let plugins = kubectl(&["plugin", "list", "--name-only"])?;
+    assert!(
+        plugins.lines().any(|l| l.trim() == "kubectl-homelab"),
+        "{plugins}"
+    );
+    let completions = kubectl(&["__complete", "homelab", "run-op"])?;
+    assert!(
+        completions.lines().any(|l| l.starts_with("run-operator")),
+        "{completions}"
+    );
+    let flags = kubectl(&["__complete", "homelab", "run-operator", "--pod-service"])?;
+    assert!(
+        flags
+            .lines()
+            .any(|l| l.starts_with("--pod-service-account")),
+        "{flags}"
+    );
+    Ok(())
+}
