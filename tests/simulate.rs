@@ -843,9 +843,9 @@ fn entry_at(r: &Report, needle: &str) -> Option<u64> {
 }
 
 /// A Redfish power-off is done when the BMC reads Off: one_machine_one_burst_by_hand's machine
-/// (scale-down at 6090 s, power action 5 s, shutdown 10 s) is off at 6105 s when the OS shuts
+/// (deleted at 6095 s, power action 5 s, shutdown 10 s) is off at 6110 s when the OS shuts
 /// down; when it ignores GracefulShutdown, or takes longer (3m) than `forceOffAfter` (2m), the
-/// BMC's ForceOff cuts the power at 6090 + 5 + 120 = 6215 s.
+/// BMC's ForceOff cuts the power at 6095 + 5 + 120 = 6220 s.
 #[test]
 fn a_redfish_power_off_escalates_to_force_off_after_its_grace() {
     let run = |extra: &str, shutdown: &str| {
@@ -856,7 +856,7 @@ fn a_redfish_power_off_escalates_to_force_off_after_its_grace() {
         )
     };
     let honoured = run("gracefulShutdownIgnored: 0", "shutdownTime: 10s");
-    assert_eq!(entry_at(&honoured, "powered off"), Some(6105 * SECOND));
+    assert_eq!(entry_at(&honoured, "powered off"), Some(6110 * SECOND));
     assert_eq!(entry_at(&honoured, "ForceOff"), None);
 
     for (extra, shutdown) in [
@@ -866,12 +866,12 @@ fn a_redfish_power_off_escalates_to_force_off_after_its_grace() {
         let r = run(extra, shutdown);
         assert_eq!(
             entry_at(&r, "powered off"),
-            Some(6215 * SECOND),
+            Some(6220 * SECOND),
             "{extra}, {shutdown}"
         );
         assert_eq!(
             entry_at(&r, "ForceOff"),
-            Some(6215 * SECOND),
+            Some(6220 * SECOND),
             "{extra}, {shutdown}"
         );
         assert_eq!(r.total.power_offs, 1);
