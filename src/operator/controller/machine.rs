@@ -235,7 +235,10 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     tracing::debug!(machine = %m.object_ref(), desired = ?m.desired_power(), "reconciling");
     let ns = m.namespace().unwrap_or_default();
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = format!("{ns}/{name}");
     if m.meta().deletion_timestamp.is_some() {
+        // Nothing more is decided for it: forget its last status write.
+        ctx.supersede(&key, None);
         return finalize(&ctx, &api, &m).await;
     }
     if !m.finalizers().iter().any(|f| f == FINALIZER) {
@@ -243,7 +246,6 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         // The patch triggers another reconcile with the finalizer in place.
         return Ok(Action::await_change());
     }
-    let key = format!("{ns}/{name}");
     if ctx.is_superseded(&key, m.resource_version().as_deref()) {
         // The cache has not seen this operator's last status write yet: deciding on it would
         // repeat what that reconcile did (a second HTTP call, a second reset). The write's own
