@@ -923,7 +923,9 @@ async fn f_simulate_agrees_with_the_real_ca() -> anyhow::Result<()> {
         .collect();
     let machine = sc.machines.first().context("no machine in the scenario")?;
     let tolerance = Duration::from_millis(
-        sc.autoscaler.scan_interval + machine.power_action_time.mean() + machine.boot_time.mean(),
+        sc.autoscaler.scan_interval
+            + machine.power_on_action_time.mean()
+            + machine.boot_time.mean(),
     );
     let spec = LabSpec {
         ca: ca_flags_of(&sc),

@@ -80,3 +80,22 @@ fn generation_is_deterministic_and_stdout_matches_the_files() {
         }
     }
 }
+
+/// `kubectl homelab crd gen | head`: the reader goes away after a few lines. The output (80 kB,
+/// more than a pipe holds) stops quietly and the command succeeds, as kubectl's does; a bare
+/// `print!` would panic with "failed printing to stdout".
+#[test]
+fn crd_gen_into_a_pipe_closed_early_stops_quietly() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+        .args(["crd", "gen"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kubectl-homelab");
+    // Closing the read end: every write from now on fails with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for kubectl-homelab");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}

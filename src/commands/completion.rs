@@ -8,7 +8,6 @@
 //!   being completed) and reads Cobra's protocol back: one candidate per line (optionally
 //!   `candidate<TAB>description`), then `:<directive>`. The script hands the words to the hidden
 //!   `completion --complete -- WORDS…` mode below, which walks the same clap definition.
-use std::io::Write;
 
 use clap::{Arg, ArgAction, Command, CommandFactory, ValueEnum, ValueHint};
 use clap_complete::Shell;
@@ -242,9 +241,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (false, Some(target)) => script(target),
         (false, None) => anyhow::bail!("name a shell: bash, zsh, fish or kubectl"),
     };
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()?;
+    super::print_stdout(&text)?;
     Ok(())
 }
 

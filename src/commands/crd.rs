@@ -34,7 +34,7 @@ pub fn crd_files() -> anyhow::Result<Vec<(String, String)>> {
 pub fn run(cmd: CrdCommand) -> anyhow::Result<()> {
     match cmd {
         CrdCommand::Gen(GenArgs { out: None }) => {
-            print!("{}", crds_yaml()?);
+            super::print_stdout(&crds_yaml()?)?;
             Ok(())
         }
         CrdCommand::Gen(GenArgs { out: Some(dir) }) => {

@@ -136,7 +136,7 @@ pub async fn run(cmd: FsmCommand) -> anyhow::Result<()> {
     match cmd {
         FsmCommand::Inspect(args) => {
             let out = inspect(&args).await?;
-            print!("{out}");
+            super::print_stdout(&out)?;
             Ok(())
         }
     }

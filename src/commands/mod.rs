@@ -69,6 +69,18 @@ impl Cli {
     }
 }
 
+/// Writes `text` to standard output. A reader that went away (`kubectl homelab crd gen | head`)
+/// ends the output quietly, as it does for kubectl: that is not an error of ours, and `print!`
+/// would panic on it.
+pub fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
 /// An error and its causes as the CLI prints them, once: the message, then every `source()`
 /// whose text the line above does not already include (many errors repeat their cause in
 /// their own message), so the reason at the bottom (connection refused, DNS, an untrusted

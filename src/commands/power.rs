@@ -341,11 +341,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             format!(" ({})", t.requested)
         };
         match patch_for(&t.machine, args.direction, now) {
-            None => println!(
-                "{name}{alias}: already {} (phase {})",
+            None => super::print_stdout(&format!(
+                "{name}{alias}: already {} (phase {})\n",
                 args.direction.as_str(),
                 phase_of(&t.machine)
-            ),
+            ))?,
             Some(patch) => {
                 api.patch(&name, &params, &Patch::Merge(&patch))
                     .await
@@ -360,10 +360,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     ""
                 };
-                println!(
-                    "{name}{alias}: powerState {}{retry}",
+                super::print_stdout(&format!(
+                    "{name}{alias}: powerState {}{retry}\n",
                     args.direction.as_str()
-                );
+                ))?;
             }
         }
     }

@@ -168,7 +168,7 @@ async fn run_controllers(
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.serve.print_cloud_config {
-        print!("{}", serve_grpc::cloud_config_yaml(&args.serve));
+        super::print_stdout(&serve_grpc::cloud_config_yaml(&args.serve))?;
         return Ok(());
     }
     let tls = server_tls(&args.serve)?;

@@ -214,7 +214,7 @@ pub fn scope(kube: &KubeArgs, cluster: &Cluster) -> Scope {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.print_cloud_config {
-        print!("{}", cloud_config_yaml(&args));
+        super::print_stdout(&cloud_config_yaml(&args))?;
         return Ok(());
     }
     // Read the TLS files before contacting the cluster: a wrong path is the likelier mistake.

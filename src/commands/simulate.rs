@@ -193,7 +193,7 @@ async fn load_source(args: &Args, source: &Source) -> anyhow::Result<Scenario> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.print_default_scenario {
-        print!("{DEFAULT_SCENARIO}");
+        super::print_stdout(DEFAULT_SCENARIO)?;
         return Ok(());
     }
     if args.seeds > 1 || !args.compare.is_empty() || !args.set.is_empty() {
@@ -234,16 +234,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     match args.output {
         Output::Json => {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
         }
         Output::Table => {
             if args.timeline {
-                print!("{}", render_timeline(&report));
-                println!();
+                super::print_stdout(&format!("{}\n", render_timeline(&report)))?;
             }
-            print!("{}", render_summary(&report));
+            super::print_stdout(&render_summary(&report))?;
             if let Some(path) = &args.plot {
-                println!("plot written to {}", path.display());
+                super::print_stdout(&format!("plot written to {}\n", path.display()))?;
             }
         }
     }
@@ -303,9 +302,9 @@ async fn run_batch(args: &Args) -> anyhow::Result<()> {
     match args.output {
         Output::Json => {
             let v = serde_json::json!({"seeds": seeds, "scenarios": summaries});
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
         }
-        Output::Table => print!("{}", render_batch(&seeds, &summaries)),
+        Output::Table => super::print_stdout(&render_batch(&seeds, &summaries))?,
     }
     Ok(())
 }
