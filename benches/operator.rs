@@ -393,7 +393,10 @@ impl Operator {
             .args(["-n", ns, "--lease-namespace", ns])
             .args(["--listen", &grpc.to_string()])
             .args(["--health-address", &health.to_string()])
-            .args(["--log", "info"])
+            .args([
+                "--log".to_owned(),
+                std::env::var("OPBENCH_LOG").unwrap_or_else(|_| "info".to_owned()),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -581,6 +584,15 @@ async fn run(size: Size) -> anyhow::Result<()> {
                 format!("no power Job after IncreaseSize on {g}\n{}", op.log_tail())
             })?;
         to_job.push(seen.duration_since(t0));
+        if std::env::var_os("OPBENCH_TRACE").is_some() {
+            eprintln!(
+                "TRACE call {i} group {g} start {:?} rpc {:?} job {:?} {}",
+                std::time::SystemTime::now() - seen.elapsed() - seen.duration_since(t0),
+                rpc.last(),
+                seen.duration_since(t0),
+                job.name_any()
+            );
+        }
         let labels = job.labels();
         let m = labels.get(MACHINE_LABEL).cloned().unwrap_or_default();
         let dir = labels.get(DIRECTION_LABEL).cloned().unwrap_or_default();

@@ -1,6 +1,7 @@
 //! kubectl-homelab: powers homelab machines on and off for the Kubernetes Cluster Autoscaler.
 pub mod commands;
 pub mod logging;
+pub mod memory;
 pub mod operator;
 pub mod sim;
 pub mod yaml;

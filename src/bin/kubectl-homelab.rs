@@ -3,6 +3,8 @@ use clap::Parser;
 use kubectl_homelab::commands::Cli;
 
 fn main() -> std::process::ExitCode {
+    // Before any thread exists (see the module docs).
+    kubectl_homelab::memory::tune_allocator();
     let cli = Cli::parse();
     kubectl_homelab::logging::init(&cli.log);
     let runtime = match tokio::runtime::Runtime::new() {

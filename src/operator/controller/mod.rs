@@ -237,8 +237,18 @@ pub fn job_reflector(
     (reader, stream)
 }
 
+/// The `metadata.generation` of each Group as the trigger task last saw it. A machine's reconcile
+/// reads only its Group's spec (see `machine::policy`), so a Group change whose generation did
+/// not move (a status write, typically the group controller's own) concerns none of its members:
+/// without this, every Group status write would reconcile its 40 members for nothing.
+type GroupGenerations = HashMap<ObjectRef<Group>, Option<i64>>;
+
 /// The machines and groups a change concerns.
-fn affected(ctx: &Context, change: &Change) -> (Vec<ObjectRef<Machine>>, Vec<ObjectRef<Group>>) {
+fn affected(
+    ctx: &Context,
+    groups_seen: &mut GroupGenerations,
+    change: &Change,
+) -> (Vec<ObjectRef<Machine>>, Vec<ObjectRef<Group>>) {
     let machines = ctx.source.machine_store();
     match change {
         Change::Machine { namespace, name } => {
@@ -249,13 +259,26 @@ fn affected(ctx: &Context, change: &Change) -> (Vec<ObjectRef<Machine>>, Vec<Obj
             (vec![m], group.into_iter().collect())
         }
         Change::Group { namespace, name } => {
+            let group = ObjectRef::new(name).within(namespace);
+            let generation = ctx
+                .source
+                .group_store()
+                .get(&group)
+                .map(|g| g.metadata.generation);
+            let before = match generation {
+                Some(g) => groups_seen.insert(group.clone(), g),
+                None => groups_seen.remove(&group),
+            };
+            if generation.is_some() && before == generation {
+                return (Vec::new(), vec![group]);
+            }
             let members = machines
                 .state()
                 .into_iter()
                 .filter(|m| m.namespace().as_deref() == Some(namespace) && m.group() == Some(name))
                 .map(|m| ObjectRef::from_obj(&*m))
                 .collect();
-            (members, vec![ObjectRef::new(name).within(namespace)])
+            (members, vec![group])
         }
         Change::Node { name, provider_id } => {
             ctx.index_node(name, provider_id.as_deref());
@@ -274,6 +297,13 @@ fn affected(ctx: &Context, change: &Change) -> (Vec<ObjectRef<Machine>>, Vec<Obj
         }
         Change::Resync => {
             ctx.reindex_nodes();
+            *groups_seen = ctx
+                .source
+                .group_store()
+                .state()
+                .iter()
+                .map(|g| (ObjectRef::from_obj(&**g), g.metadata.generation))
+                .collect();
             let all = machines
                 .state()
                 .into_iter()
@@ -304,6 +334,7 @@ fn queues(
     tokio::spawn(async move {
         // Start from everything: the caches synced before the controllers started.
         let mut next = Some(Change::Resync);
+        let mut groups_seen = GroupGenerations::new();
         loop {
             let change = match next.take() {
                 Some(c) => c,
@@ -316,7 +347,7 @@ fn queues(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             };
-            let (ms, gs) = affected(&ctx, &change);
+            let (ms, gs) = affected(&ctx, &mut groups_seen, &change);
             for m in ms {
                 if mtx.unbounded_send(m).is_err() {
                     return;

@@ -37,6 +37,7 @@ use crate::operator::provider::inventory::{
     GroupIds, Inventory, POWER_ON_FAILED_ANNOTATION, PowerChange,
 };
 use crate::operator::provider::service::{InventorySource, PersistError};
+use crate::operator::provider::trim::{strip_custom_resource, strip_node};
 
 /// Field manager of our `spec.powerState` writes (shows in `managedFields`).
 pub const FIELD_MANAGER: &str = "kubectl-homelab-provider";
@@ -263,7 +264,7 @@ impl KubeSource {
             describe_group,
             last_errors.clone(),
             synced[0].clone(),
-            strip_managed_fields,
+            strip_custom_resource,
         );
         let (machines, m) = spawn_reflector(
             scope.api::<Machine>(client.clone()),
@@ -273,7 +274,7 @@ impl KubeSource {
             describe_machine,
             last_errors.clone(),
             synced[1].clone(),
-            strip_managed_fields,
+            strip_custom_resource,
         );
         let (nodes, n) = spawn_reflector(
             Api::<Node>::all(client.clone()),
@@ -714,21 +715,6 @@ fn generation_of(m: &Machine) -> i64 {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep serving.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn strip_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-}
-
-/// Drops what the provider never reads and what makes Nodes big (image lists, managed fields):
-/// 2,000 cached Nodes would otherwise hold tens of megabytes.
-fn strip_node(node: &mut Node) {
-    node.metadata.managed_fields = None;
-    if let Some(status) = node.status.as_mut() {
-        status.images = None;
-        status.volumes_attached = None;
-        status.volumes_in_use = None;
-    }
 }
 
 fn describe_group(g: &Group) -> Change {

@@ -7,6 +7,7 @@
 //! - [`warnings`]: what a Group's status should warn about (options cost, no template).
 //! - [`service`]: the tonic service over the core, generic over an [`service::InventorySource`].
 //! - [`proto`]: generated wire types, server and client.
+//! - [`trim`]: what the reflector caches keep of each object.
 pub mod convert;
 pub mod error;
 pub mod inventory;
@@ -25,6 +26,7 @@ pub use ops::{Decision, NodeRef};
 pub mod memory;
 pub mod service;
 pub mod template;
+pub mod trim;
 
 pub use memory::MemorySource;
 pub use service::{

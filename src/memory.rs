@@ -1,0 +1,47 @@
+//! How the long-running servers (`run-operator`, `serve-grpc`) use glibc's allocator.
+//!
+//! Measured with `benches/operator.rs` (BENCHMARKS.md): with glibc's defaults most of the
+//! operator's resident memory was free heap the allocator kept, not live objects. Two defaults
+//! cause it: every thread that allocates gets its own arena (tokio's workers and the blocking
+//! pool that builds the inventory), and after a large block is freed (a page of the initial
+//! list) glibc raises its mmap and trim thresholds, so later large blocks come from the heap
+//! and are never given back. Fixing the thresholds and capping the arenas keeps the heap close
+//! to what is live.
+//!
+//! A `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the environment
+//! wins: the settings here are applied only when none of them is set.
+
+/// Arenas: one per core of a small homelab node is plenty for a process that mostly waits.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENA_MAX: libc::c_int = 2;
+/// Blocks at least this big are mmapped and unmapped when freed (glibc's initial default, kept
+/// fixed instead of growing after the first large free).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+/// Free memory at the top of the heap beyond this goes back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: libc::c_int = 256 * 1024;
+
+/// Applies the settings above. Call before any thread is started (first thing in `main`).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let set_by_env = [
+            "MALLOC_ARENA_MAX",
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        if set_by_env {
+            return;
+        }
+        // SAFETY: mallopt only changes the allocator's parameters; it is called before other
+        // threads exist, and a refused value (return 0) leaves glibc's default in place.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
+    }
+}
