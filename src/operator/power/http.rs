@@ -266,18 +266,12 @@ impl Driver for HttpDriver<'_> {
 
     async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         let ep = self.connect(cx).await?;
-        match self.start_inner(cx, &ep).await {
-            Ok(r) => Ok(ep.redactor.report(r)),
-            Err(e) => Err(ep.redactor.error(e)),
-        }
+        ep.redactor.outcome(self.start_inner(cx, &ep).await)
     }
 
     async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         let ep = self.connect(cx).await?;
-        match self.check_inner(cx, &ep).await {
-            Ok(r) => Ok(ep.redactor.report(r)),
-            Err(e) => Err(ep.redactor.error(e)),
-        }
+        ep.redactor.outcome(self.check_inner(cx, &ep).await)
     }
 
     /// The call is made and answered within `start`; nothing is left running.

@@ -167,18 +167,12 @@ impl Driver for RedfishDriver<'_> {
 
     async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         let bmc = self.connect(cx).await?;
-        match self.start_inner(cx, &bmc).await {
-            Ok(r) => Ok(bmc.redactor.report(r)),
-            Err(e) => Err(bmc.redactor.error(e)),
-        }
+        bmc.redactor.outcome(self.start_inner(cx, &bmc).await)
     }
 
     async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         let bmc = self.connect(cx).await?;
-        match self.check_inner(cx, &bmc).await {
-            Ok(r) => Ok(bmc.redactor.report(r)),
-            Err(e) => Err(bmc.redactor.error(e)),
-        }
+        bmc.redactor.outcome(self.check_inner(cx, &bmc).await)
     }
 
     /// A posted reset cannot be called back, and nothing of ours keeps running.

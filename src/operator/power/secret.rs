@@ -153,6 +153,14 @@ impl Redactor {
         }
         r
     }
+
+    /// A driver call's outcome with every secret scrubbed, report or error.
+    pub fn outcome(
+        &self,
+        r: Result<super::Report, PowerError>,
+    ) -> Result<super::Report, PowerError> {
+        r.map(|r| self.report(r)).map_err(|e| self.error(e))
+    }
 }
 
 #[cfg(test)]
