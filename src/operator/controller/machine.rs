@@ -226,6 +226,8 @@ struct Outcome {
     note_events: Vec<KubeEvent>,
     /// A drain ran (or was given up) in this reconcile.
     drained: bool,
+    /// The drain found nothing left to evict: the pods seen before deciding are gone.
+    pods_gone: bool,
     /// The Node object was deleted in this reconcile (confirmed off).
     node_deleted: bool,
 }
@@ -316,7 +318,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         (Some(n), PowerState::Off) => pods_on(&ctx, &n.name_any()).await?,
         _ => Vec::new(),
     };
-    let pods_present = !drain::pods_blocking_power_off(&pods).is_empty();
+    let mut pods_present = !drain::pods_blocking_power_off(&pods).is_empty();
     let manual_retry = m
         .annotations()
         .get(RETRY_ANNOTATION)
@@ -357,9 +359,14 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
             )
             .await?;
         }
-        match out.feedback.take() {
-            Some(p) => op_status = p,
-            None => break,
+        match (out.feedback.take(), std::mem::take(&mut out.pods_gone)) {
+            (Some(p), _) => op_status = p,
+            // The pods went away between the look above and the drain's own (a kubelet that
+            // finished them, an eviction answered 404). Nothing about pods will queue this
+            // machine again, so decide on what the drain saw now rather than waiting for an
+            // event that never comes.
+            (None, true) if pods_present => pods_present = false,
+            (None, _) => break,
         }
     }
 
@@ -692,7 +699,6 @@ async fn drain_pass(
     out: &mut Outcome,
 ) -> Result<(), Error> {
     let generation = m.meta().generation;
-    out.drained = true;
     let given_up = status
         .conditions
         .iter()
@@ -700,6 +706,7 @@ async fn drain_pass(
     if given_up || drain::is_ca_deleting(node) {
         // Said why already (a person sets spec.powerState on, or retries, to move on); or CA
         // drained the node itself.
+        out.drained = true;
         return Ok(());
     }
     let timeout = SignedDuration::try_from(ctx.settings.drain_timeout)
@@ -712,8 +719,9 @@ async fn drain_pass(
     .await
     .map_err(|e| Error::NodeSide(e.to_string()))?;
     match &outcome {
-        drain::DrainOutcome::Drained | drain::DrainOutcome::NodeGone => {}
+        drain::DrainOutcome::Drained | drain::DrainOutcome::NodeGone => out.pods_gone = true,
         drain::DrainOutcome::Draining(progress) => {
+            out.drained = true;
             upsert_condition(
                 &mut status.conditions,
                 condition(
@@ -729,6 +737,7 @@ async fn drain_pass(
             out.requeue_after = Some(drain::DRAIN_RECHECK);
         }
         drain::DrainOutcome::TimedOut(_) => {
+            out.drained = true;
             let message = format!(
                 "{outcome}; the machine stays on (set spec.powerState back to on, or fix what \
                  blocks the eviction and run `kubectl homelab power off` again)"
