@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo bench --bench operator` (`-- --idle SECS` shortens the idle window, `--per-group N`
 //! changes the scale). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
-//! of 10, a 5 s idle window, and checks every answer.
+//! of 10, a 5 s idle window, and checks every answer. `OPBENCH_HEAPTRACK=/tmp/op.heap` records the
+//! operator's allocations with heaptrack (one raw trace per start: `/tmp/op.heap.0`, `.1`).
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -386,7 +387,19 @@ impl Operator {
         let log = dir.join("operator.log");
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"));
+        if let Some(out) = std::env::var_os("OPBENCH_HEAPTRACK") {
+            // heaptrack's recorder, preloaded into the operator only (not this bench): one raw
+            // trace per start, read afterwards with heaptrack_interpret and heaptrack_print.
+            let mut out = std::path::PathBuf::from(out);
+            static STARTS: AtomicU64 = AtomicU64::new(0);
+            out.as_mut_os_string()
+                .push(format!(".{}", STARTS.fetch_add(1, Ordering::Relaxed)));
+            command
+                .env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
+                .env("DUMP_HEAPTRACK_OUTPUT", out);
+        }
+        let child = command
             .arg("run-operator")
             .arg("--kubeconfig")
             .arg(cp.kubeconfig())

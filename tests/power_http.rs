@@ -26,16 +26,16 @@ const PASSWORD: &str = "plug-Pa55-c0ffee";
 
 fn spec_with(on: &HttpAction, off: &HttpAction) -> MachineSpec {
     MachineSpec {
-        power: Some(PowerSpec {
+        power: Some(Box::new(PowerSpec {
             on: Some(PowerOn {
-                http: Some(on.clone()),
+                http: Some(Box::new(on.clone())),
                 ..PowerOn::default()
             }),
             off: Some(PowerOff {
-                http: Some(off.clone()),
+                http: Some(Box::new(off.clone())),
                 ..PowerOff::default()
             }),
-        }),
+        })),
         ..MachineSpec::new(kubectl_homelab::operator::machine::PowerState::Off)
     }
 }

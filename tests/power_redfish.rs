@@ -26,16 +26,16 @@ const SECRET: &str = "r730-bmc";
 
 fn spec_with(redfish: &Redfish) -> MachineSpec {
     MachineSpec {
-        power: Some(PowerSpec {
+        power: Some(Box::new(PowerSpec {
             on: Some(PowerOn {
-                redfish: Some(redfish.clone()),
+                redfish: Some(Box::new(redfish.clone())),
                 ..PowerOn::default()
             }),
             off: Some(PowerOff {
-                redfish: Some(redfish.clone()),
+                redfish: Some(Box::new(redfish.clone())),
                 ..PowerOff::default()
             }),
-        }),
+        })),
         ..MachineSpec::new(kubectl_homelab::operator::machine::PowerState::Off)
     }
 }

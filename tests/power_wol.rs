@@ -37,13 +37,13 @@ fn expected_packet(password: &[u8]) -> Vec<u8> {
 
 fn spec_with(wol: WakeOnLan) -> MachineSpec {
     MachineSpec {
-        power: Some(PowerSpec {
+        power: Some(Box::new(PowerSpec {
             on: Some(PowerOn {
-                wake_on_lan: Some(wol),
+                wake_on_lan: Some(Box::new(wol)),
                 ..PowerOn::default()
             }),
             off: None,
-        }),
+        })),
         ..MachineSpec::new(kubectl_homelab::operator::machine::PowerState::Off)
     }
 }

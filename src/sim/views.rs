@@ -3,6 +3,7 @@
 //! `provider::convert`, as the operator does from its reflector caches) and the simulator's
 //! state. No decisions and no field translation of its own are taken here.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::engine::Sim;
 use super::scenario::Scenario;
@@ -39,7 +40,7 @@ pub(super) fn base_views(sc: &Scenario) -> BaseViews {
         let mut v = machine_view(&model.machine);
         // The scenario's `simulation.capacity` may override (or supply) spec.capacity: the
         // capacity the simulated machine really has is what its node reports.
-        v.hints.capacity = capacity(model.cpu, model.memory, model.max_pods);
+        Arc::make_mut(&mut v.hints).capacity = capacity(model.cpu, model.memory, model.max_pods);
         nodes.push(declared_node(&v));
         machines.push(v);
     }

@@ -65,10 +65,10 @@ pub struct MachineSpec {
     pub kubernetes_node_name: Option<String>,
     /// The predecessor's power-on Job; same as `power.on.job`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_pod_spec: Option<MinimalPodSpec>,
+    pub startup_pod_spec: Option<Box<MinimalPodSpec>>,
     /// The predecessor's power-off Job; same as `power.off.job`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shutdown_pod_spec: Option<MinimalPodSpec>,
+    pub shutdown_pod_spec: Option<Box<MinimalPodSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
     /// Taints left out of the template node CA sees (e.g. taints a boot script adds).
@@ -86,7 +86,7 @@ pub struct MachineSpec {
     pub provider_id: Option<String>,
     /// Power drivers; a direction left out uses `startupPodSpec` / `shutdownPodSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power: Option<PowerSpec>,
+    pub power: Option<Box<PowerSpec>>,
     /// From power-on until the Node is Ready (default 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("x-kubernetes-validations" = [

@@ -88,19 +88,21 @@ pub struct PowerSpec {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": ONE_ON_DRIVER_RULE, "message": ONE_ON_DRIVER_MESSAGE}
 ]))]
+// Drivers are boxed: a machine uses one per direction, and every cached Node CR would otherwise
+// carry the inline size of all of them (over 1 KiB; see BENCHMARKS.md, operator memory).
 pub struct PowerOn {
     /// Run this container as a Job (e.g. a script that talks to a smart plug).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<MinimalPodSpec>,
+    pub job: Option<Box<MinimalPodSpec>>,
     /// Send a Wake-on-LAN magic packet (from a Job on the host network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wake_on_lan: Option<WakeOnLan>,
+    pub wake_on_lan: Option<Box<WakeOnLan>>,
     /// Ask the machine's BMC (Redfish `ComputerSystem.Reset`, `On`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redfish: Option<Redfish>,
+    pub redfish: Option<Box<Redfish>>,
     /// Call an HTTP endpoint (e.g. a smart plug or Home Assistant webhook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpAction>,
+    pub http: Option<Box<HttpAction>>,
 }
 
 /// Power-off driver: exactly one of `job`, `nodeAgent`, `redfish`, `http`.
@@ -111,15 +113,15 @@ pub struct PowerOn {
 ]))]
 pub struct PowerOff {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<MinimalPodSpec>,
+    pub job: Option<Box<MinimalPodSpec>>,
     /// Shut the OS down from a privileged Job pinned to the node itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_agent: Option<NodeAgent>,
+    pub node_agent: Option<Box<NodeAgent>>,
     /// Ask the machine's BMC (Redfish `ComputerSystem.Reset`, `GracefulShutdown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redfish: Option<Redfish>,
+    pub redfish: Option<Box<Redfish>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpAction>,
+    pub http: Option<Box<HttpAction>>,
 }
 
 /// Default Wake-on-LAN broadcast address and UDP port.

@@ -26,8 +26,8 @@ fn job(image: &str) -> MinimalPodSpec {
 /// A machine with the predecessor's job-style drivers.
 fn machine(ns: &str, name: &str, group: Option<&str>) -> Machine {
     let mut spec = MachineSpec::new(PowerState::Off);
-    spec.startup_pod_spec = Some(job("on"));
-    spec.shutdown_pod_spec = Some(job("off"));
+    spec.startup_pod_spec = Some(Box::new(job("on")));
+    spec.shutdown_pod_spec = Some(Box::new(job("off")));
     Machine {
         metadata: meta(ns, name, group),
         spec,
@@ -117,16 +117,16 @@ fn power_driver_resolution_and_errors() {
     assert!(matches!(m.power_driver(Direction::Off), Ok(PowerDriver::Job(j)) if j.image == "off"));
 
     // power.on together with startupPodSpec is refused.
-    m.spec.power = Some(PowerSpec {
+    m.spec.power = Some(Box::new(PowerSpec {
         on: Some(PowerOn {
-            wake_on_lan: Some(WakeOnLan {
+            wake_on_lan: Some(Box::new(WakeOnLan {
                 mac: "aa:bb:cc:dd:ee:ff".to_owned(),
                 ..WakeOnLan::default()
-            }),
+            })),
             ..PowerOn::default()
         }),
         off: None,
-    });
+    }));
     let e = m.power_driver(Direction::On).unwrap_err().to_string();
     assert!(
         e.contains("Node lab/m1") && e.contains("spec.power.on") && e.contains("not both"),
@@ -144,10 +144,10 @@ fn power_driver_resolution_and_errors() {
 
     // Two drivers in one direction.
     if let Some(on) = m.spec.power.as_mut().and_then(|p| p.on.as_mut()) {
-        on.http = Some(HttpAction {
+        on.http = Some(Box::new(HttpAction {
             url: "http://plug/on".to_owned(),
             ..HttpAction::default()
-        });
+        }));
     }
     let e = m.power_driver(Direction::On).unwrap_err().to_string();
     assert!(e.contains("2 drivers set (wakeOnLan, http)"), "{e}");
@@ -318,4 +318,16 @@ fn node_agent_and_http_defaults() {
             serde_json::json!(o.as_str())
         );
     }
+}
+
+/// The reflector caches every Node CR in full. A machine uses one driver per direction, so the
+/// others must not cost their inline size in each cached object (PowerSpec alone was 1,232 bytes,
+/// a third of the operator's live heap at 2,000 machines; BENCHMARKS.md).
+#[test]
+fn unused_power_drivers_take_no_room_in_a_cached_node_cr() {
+    let pointer = std::mem::size_of::<usize>();
+    assert!(std::mem::size_of::<PowerOn>() <= 4 * pointer);
+    assert!(std::mem::size_of::<PowerOff>() <= 4 * pointer);
+    // 320 bytes on 64-bit today; an inline PowerSpec or pod spec would add 128 to 1,200 more.
+    assert!(std::mem::size_of::<MachineSpec>() < 448);
 }

@@ -1,7 +1,8 @@
 //! Pure conversion from the CR objects and Kubernetes Nodes (as reflector stores hold them) to the
 //! provider's [`Inventory`].
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Deref;
+use std::sync::Arc;
 
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::{Node, Taint};
@@ -66,6 +67,25 @@ pub fn group_view(g: &Group, members: usize) -> GroupView {
 
 /// A Node CR. An unparsable `pricing.hourlyRate` counts as no rate.
 pub fn machine_view(m: &Machine) -> MachineView {
+    machine_view_sharing(m, &mut HintsInterner::default())
+}
+
+/// One shared copy of each distinct [`TemplateHints`] while building an inventory.
+#[derive(Default)]
+struct HintsInterner(HashSet<Arc<TemplateHints>>);
+
+impl HintsInterner {
+    fn intern(&mut self, hints: TemplateHints) -> Arc<TemplateHints> {
+        if let Some(shared) = self.0.get(&hints) {
+            return shared.clone();
+        }
+        let shared = Arc::new(hints);
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
+fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> MachineView {
     let namespace = m.metadata.namespace.clone().unwrap_or_default();
     let name = m.metadata.name.clone().unwrap_or_default();
     let mut v = MachineView::new(&namespace, &name, m.group());
@@ -73,12 +93,12 @@ pub fn machine_view(m: &Machine) -> MachineView {
     v.lifecycle = m.lifecycle();
     v.provider_id = m.expected_provider_id();
     v.node_name = m.node_name().unwrap_or(&name).to_owned();
-    v.hints = TemplateHints {
+    v.hints = hints.intern(TemplateHints {
         labels: m.spec.labels.clone(),
         taints: taints(&m.spec.taints),
         capacity: quantities(&m.spec.capacity),
         allocatable: BTreeMap::new(),
-    };
+    });
     v.taints_to_remove = taints(&m.spec.taints_to_remove);
     v.hourly_rate = m.hourly_rate().ok().flatten();
     v.pod_rate = m.pod_rate().ok().flatten();
@@ -176,7 +196,13 @@ impl Inventory {
         Inventory::build_with_ids(
             ids,
             groups,
-            machines.iter().map(|m| machine_view(m)).collect(),
+            {
+                let mut hints = HintsInterner::default();
+                machines
+                    .iter()
+                    .map(|m| machine_view_sharing(m, &mut hints))
+                    .collect()
+            },
             nodes.iter().map(|n| NodeView::from_k8s(n)).collect(),
         )
     }

@@ -1,5 +1,6 @@
 //! Unit and property tests of the pure provider core, one block per CA-CONTRACT rule.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
@@ -566,7 +567,7 @@ fn template_from_last_seen_strips_transient_taints() {
 #[test]
 fn template_falls_back_to_hints_then_group_then_unimplemented() {
     let mut a = machine("a", "g", PowerState::Off, Phase::Off);
-    a.hints.capacity = [("cpu".to_string(), "4".to_string())].into();
+    Arc::make_mut(&mut a.hints).capacity = [("cpu".to_string(), "4".to_string())].into();
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a.clone()], vec![]);
     assert_eq!(
         template_node(&inv, "g").map(|t| t.capacity.get("cpu").cloned()),
@@ -828,13 +829,13 @@ fn declared_node_is_the_machine_as_its_hints_describe_it() {
     let mut m = MachineView::new("lab", "m1", Some("g"));
     m.node_name = "host-1".into();
     m.provider_id = "k3s://host-1".into();
-    m.hints.labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
-    m.hints.taints = vec![TaintView {
+    Arc::make_mut(&mut m.hints).labels = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
+    Arc::make_mut(&mut m.hints).taints = vec![TaintView {
         key: "gpu".into(),
         value: None,
         effect: "NoSchedule".into(),
     }];
-    m.hints.capacity = BTreeMap::from([("cpu".to_owned(), "4".to_owned())]);
+    Arc::make_mut(&mut m.hints).capacity = BTreeMap::from([("cpu".to_owned(), "4".to_owned())]);
     let n = super::convert::declared_node(&m);
     assert_eq!(
         (n.name.as_str(), n.provider_id.as_str()),
@@ -846,7 +847,8 @@ fn declared_node_is_the_machine_as_its_hints_describe_it() {
     // Allocatable defaults to capacity; explicit allocatable wins.
     assert_eq!(n.allocatable, m.hints.capacity);
     assert!(!n.ready && !n.unschedulable);
-    m.hints.allocatable = BTreeMap::from([("cpu".to_owned(), "3500m".to_owned())]);
+    Arc::make_mut(&mut m.hints).allocatable =
+        BTreeMap::from([("cpu".to_owned(), "3500m".to_owned())]);
     let n = super::convert::declared_node(&m);
     assert_eq!(n.allocatable.get("cpu").map(String::as_str), Some("3500m"));
 }
@@ -1092,12 +1094,13 @@ fn template_from_a_running_members_live_node() {
     );
     // Declared capacity without an architecture: no arch label at all.
     let mut h = machine("h", "g", PowerState::Off, Phase::Off);
-    h.hints.capacity = [("cpu".to_string(), "4".to_string())].into();
+    Arc::make_mut(&mut h.hints).capacity = [("cpu".to_string(), "4".to_string())].into();
     let inv = Inventory::build(vec![group("g", 0, None)], vec![h.clone()], vec![]);
     let tn = template_node(&inv, "g").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(tn.labels.get("kubernetes.io/arch"), None);
     // ... unless the spec declares it.
-    h.hints.labels = [("kubernetes.io/arch".to_string(), "arm64".to_string())].into();
+    Arc::make_mut(&mut h.hints).labels =
+        [("kubernetes.io/arch".to_string(), "arm64".to_string())].into();
     let inv = Inventory::build(vec![group("g", 0, None)], vec![h], vec![]);
     let tn = template_node(&inv, "g").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -1125,7 +1128,7 @@ fn group_warnings_name_options_cost_and_missing_capacity() {
     assert!(w[1].message.contains("spec.capacity"), "{}", w[1].message);
     // No options, capacity declared: nothing to warn about.
     let mut sized = bare;
-    sized.hints.capacity = [("cpu".to_string(), "4".to_string())].into();
+    Arc::make_mut(&mut sized.hints).capacity = [("cpu".to_string(), "4".to_string())].into();
     let inv = Inventory::build(vec![group("g", 0, None)], vec![sized], vec![]);
     assert!(group_warnings(&inv, "lab", "g").is_empty());
     assert!(group_warnings(&inv, "lab", "nope").is_empty());
