@@ -6,12 +6,14 @@
 //!   the writes it makes, counted as resourceVersion changes seen by watches;
 //! - CA's `NodeGroupIncreaseSize(1)` on a different group each call → the power-on Job seen by a
 //!   watch, p50/p99 (the Job watch's delivery is included, so this is an upper bound);
-//! - VmRSS / VmHWM (/proc/<pid>/status) after start, after the idle window and after the calls.
+//! - VmRSS / VmHWM, and RSS split into anonymous and file-backed (/proc/<pid>/status) after start,
+//!   after the idle window and after the calls.
 //!
 //! Run: `cargo bench --bench operator` (`-- --idle SECS` shortens the idle window, `--per-group N`
 //! changes the scale). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
 //! of 10, a 5 s idle window, and checks every answer. `OPBENCH_HEAPTRACK=/tmp/op.heap` records the
-//! operator's allocations with heaptrack (one raw trace per start: `/tmp/op.heap.0`, `.1`).
+//! operator's allocations with heaptrack (one raw trace per start: `/tmp/op.heap.0`, `.1`);
+//! `OPBENCH_BIN=path` runs that build of `kubectl-homelab` instead of the one cargo built.
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -242,18 +244,44 @@ impl Counts {
     }
 }
 
-/// (VmRSS, VmHWM) in KiB.
-fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name} in {path}"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+/// A process's memory from `/proc/<pid>/status`, in KiB.
+struct Memory {
+    rss: u64,
+    hwm: u64,
+    /// Heap, stacks: what the process allocated.
+    anon: u64,
+    /// Mapped files: the binary's and libraries' pages.
+    file: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> anyhow::Result<Memory> {
+        let path = format!("/proc/{pid}/status");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {name} in {path}"))
+        };
+        Ok(Memory {
+            rss: field("VmRSS:")?,
+            hwm: field("VmHWM:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")?,
+        })
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "{} / {} (anonymous {}, file-backed {})",
+            mib(self.rss),
+            mib(self.hwm),
+            mib(self.anon),
+            mib(self.file)
+        )
+    }
 }
 
 /// CPU time (user + system) the process has used.
@@ -387,7 +415,10 @@ impl Operator {
         let log = dir.join("operator.log");
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"));
+        // OPBENCH_BIN measures another build of the binary (another profile, the image's).
+        let bin = std::env::var_os("OPBENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_kubectl-homelab").into());
+        let mut command = tokio::process::Command::new(bin);
         if let Some(out) = std::env::var_os("OPBENCH_HEAPTRACK") {
             // heaptrack's recorder, preloaded into the operator only (not this bench): one raw
             // trace per start, read afterwards with heaptrack_interpret and heaptrack_print.
@@ -557,7 +588,7 @@ async fn run(size: Size) -> anyhow::Result<()> {
         .await
         .context("killing the first operator")?;
     let (mut op, second) = start(&cp, &ns, dir.path(), size, &writes).await?;
-    let (rss_start, hwm_start) = memory(op.pid)?;
+    let mem_start = Memory::of(op.pid)?;
     let cpu_start = cpu(op.pid)?;
 
     // (4) Idle window.
@@ -569,7 +600,7 @@ async fn run(size: Size) -> anyhow::Result<()> {
     let idle_cpu = cpu(op.pid)?.saturating_sub(cpu_before);
     let idle = writes.counts().since(idle_before);
     op.check_alive()?;
-    let (rss_idle, hwm_idle) = memory(op.pid)?;
+    let mem_idle = Memory::of(op.pid)?;
 
     // (2) IncreaseSize(1) → power-on Job, each call on the next group. Jobs from before (there
     // should be none; they are counted above) are not the calls'.
@@ -622,7 +653,7 @@ async fn run(size: Size) -> anyhow::Result<()> {
         bail!("an extra power Job appeared: {}", job.name_any());
     }
     op.check_alive()?;
-    let (rss_calls, hwm_calls) = memory(op.pid)?;
+    let mem_calls = Memory::of(op.pid)?;
     rpc.sort();
     to_job.sort();
 
@@ -649,9 +680,8 @@ async fn run(size: Size) -> anyhow::Result<()> {
         cpu_start.as_secs_f64()
     );
     println!(
-        "| RSS / HWM after the restart settled | {} / {} |",
-        mib(rss_start),
-        mib(hwm_start)
+        "| RSS / HWM after the restart settled | {} |",
+        mem_start.show()
     );
     println!(
         "| idle {:.0} s: CPU | {:.2} s ({:.3} % of a core) |",
@@ -664,11 +694,7 @@ async fn run(size: Size) -> anyhow::Result<()> {
         idle_wall.as_secs_f64(),
         idle.show()
     );
-    println!(
-        "| RSS / HWM after idle | {} / {} |",
-        mib(rss_idle),
-        mib(hwm_idle)
-    );
+    println!("| RSS / HWM after idle | {} |", mem_idle.show());
     println!(
         "| IncreaseSize(1) RPC, {} calls: p50 / p99 / max | {} / {} / {} |",
         rpc.len(),
@@ -682,10 +708,6 @@ async fn run(size: Size) -> anyhow::Result<()> {
         ms(percentile(&to_job, 0.99)),
         ms(percentile(&to_job, 1.0))
     );
-    println!(
-        "| RSS / HWM after the calls | {} / {} |",
-        mib(rss_calls),
-        mib(hwm_calls)
-    );
+    println!("| RSS / HWM after the calls | {} |", mem_calls.show());
     Ok(())
 }

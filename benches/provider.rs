@@ -369,4 +369,81 @@ async fn run(size: Size) {
         );
         assert!(d.is_ok());
     });
+    inventory_build(size);
+}
+
+/// What `run-operator` does after every change it sees (`KubeSource`'s rebuild): the inventory
+/// built from the cached Group and Node CR objects.
+fn inventory_build(size: Size) {
+    use kubectl_homelab::operator::api::{Group, Machine};
+    use kubectl_homelab::operator::provider::GroupIds;
+    use kubectl_homelab::operator::provider::rebuild::InventoryBuilder;
+    use serde_json::json;
+    let job = json!({ "image": "example.org/power:1", "command": ["/power"] });
+    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        match serde_json::from_value(v) {
+            Ok(o) => o,
+            Err(e) => panic!("bench fixture does not parse: {e}"),
+        }
+    }
+    let groups: Vec<Arc<Group>> = (0..size.groups)
+        .map(|g| {
+            Arc::new(parse(json!({
+                "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
+                "metadata": { "name": format!("g{g:02}"), "namespace": "lab" },
+                "spec": { "minSize": 0, "maxSize": size.per_group },
+            })))
+        })
+        .collect();
+    let machines: Vec<Arc<Machine>> = (0..size.groups * size.per_group)
+        .map(|i| {
+            let g = i / size.per_group;
+            Arc::new(parse(json!({
+                "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
+                "metadata": { "name": format!("g{g:02}-m{i:04}"), "namespace": "lab",
+                              "labels": { "group": format!("g{g:02}") } },
+                "spec": { "powerState": "off",
+                          "power": { "on": { "job": job }, "off": { "job": job } },
+                          "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" } },
+                "status": { "phase": "Off", "recentBootSeconds": [61, 58, 64] },
+            })))
+        })
+        .collect();
+    let nodes: Vec<Arc<k8s_openapi::api::core::v1::Node>> = Vec::new();
+    let samples = if size.smoke { 3 } else { 200 };
+    let mut v = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let inv = Inventory::from_objects_with_ids(GroupIds::Name, &groups, &machines, &nodes);
+        v.push(t.elapsed());
+        assert_eq!(inv.groups().count(), size.groups);
+    }
+    row(
+        &format!(
+            "core: inventory from {} Node CRs, full build",
+            machines.len()
+        ),
+        &stats(v),
+        None,
+    );
+
+    // What run-operator does: build on the last build after one Node CR changed (a new object
+    // in the store), converting only its group.
+    let mut machines = machines;
+    let mut builder = InventoryBuilder::new(GroupIds::Name);
+    builder.build(&groups, &machines, &nodes);
+    let mut v = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let changed = i * 7 % machines.len();
+        machines[changed] = Arc::new((*machines[changed]).clone());
+        let t = Instant::now();
+        let inv = builder.build(&groups, &machines, &nodes);
+        v.push(t.elapsed());
+        assert_eq!(inv.groups().count(), size.groups);
+    }
+    row(
+        "core: the same after one Node CR changed (rebuild)",
+        &stats(v),
+        None,
+    );
 }

@@ -72,7 +72,7 @@ pub fn machine_view(m: &Machine) -> MachineView {
 
 /// One shared copy of each distinct [`TemplateHints`] while building an inventory.
 #[derive(Default)]
-struct HintsInterner(HashSet<Arc<TemplateHints>>);
+pub(crate) struct HintsInterner(HashSet<Arc<TemplateHints>>);
 
 impl HintsInterner {
     fn intern(&mut self, hints: TemplateHints) -> Arc<TemplateHints> {
@@ -85,7 +85,7 @@ impl HintsInterner {
     }
 }
 
-fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> MachineView {
+pub(crate) fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> MachineView {
     let namespace = m.metadata.namespace.clone().unwrap_or_default();
     let name = m.metadata.name.clone().unwrap_or_default();
     let mut v = MachineView::new(&namespace, &name, m.group());

@@ -3,7 +3,7 @@
 //! Pure data, built from the CR objects and reflector caches by the edges (or by the simulator
 //! from its virtual world). Groups own their machines behind an `Arc`, so applying a desired-power
 //! change clones one group, not the whole inventory (the gRPC service does that on every mutation).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -327,7 +327,7 @@ pub enum MachineRef {
 }
 
 /// Everything the provider decides from. Cheap to clone (shared parts behind `Arc`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inventory {
     groups: BTreeMap<String, Arc<GroupState>>,
     ungrouped: Arc<Vec<MachineView>>,
@@ -351,6 +351,34 @@ pub enum GroupIds {
     NamespacedName,
 }
 
+/// The id of each Group under a [`GroupIds`] scheme, given every Group name in scope.
+pub struct GroupNames {
+    ids: GroupIds,
+    /// Names held by Groups of more than one namespace.
+    shared: HashSet<String>,
+}
+
+impl GroupNames {
+    pub fn new<'a>(ids: GroupIds, names: impl IntoIterator<Item = &'a str>) -> GroupNames {
+        let mut seen = HashSet::new();
+        let mut shared = HashSet::new();
+        for n in names {
+            if !seen.insert(n) {
+                shared.insert(n.to_owned());
+            }
+        }
+        GroupNames { ids, shared }
+    }
+
+    pub fn id(&self, namespace: &str, name: &str) -> String {
+        if self.ids == GroupIds::NamespacedName || self.shared.contains(name) {
+            format!("{namespace}/{name}")
+        } else {
+            name.to_owned()
+        }
+    }
+}
+
 impl Inventory {
     /// [`Inventory::build_with_ids`] with ids = Group names ([`GroupIds::Name`]).
     pub fn build(
@@ -372,20 +400,11 @@ impl Inventory {
         machines: Vec<MachineView>,
         nodes: Vec<NodeView>,
     ) -> Inventory {
-        let mut name_count: HashMap<String, usize> = HashMap::new();
-        for g in &groups {
-            *name_count.entry(g.name.clone()).or_default() += 1;
-        }
+        let names = GroupNames::new(ids, groups.iter().map(|g| g.name.as_str()));
         let mut by_ns_name: HashMap<(String, String), String> = HashMap::new();
         let mut states: BTreeMap<String, GroupState> = BTreeMap::new();
         for mut g in groups {
-            g.id = if ids == GroupIds::NamespacedName
-                || name_count.get(&g.name).copied().unwrap_or(0) > 1
-            {
-                format!("{}/{}", g.namespace, g.name)
-            } else {
-                g.name.clone()
-            };
+            g.id = names.id(&g.namespace, &g.name);
             by_ns_name.insert((g.namespace.clone(), g.name.clone()), g.id.clone());
             states.insert(
                 g.id.clone(),
@@ -412,17 +431,32 @@ impl Inventory {
                 }
             }
         }
-        for s in states.values_mut() {
-            s.machines.sort_by(|a, b| a.key.cmp(&b.key));
-            // Pushing one by one leaves up to half of each group's vector unused.
-            s.machines.shrink_to_fit();
-        }
+        let states = states
+            .into_iter()
+            .map(|(id, mut s)| {
+                s.machines.sort_by(|a, b| a.key.cmp(&b.key));
+                // Pushing one by one leaves up to half of each group's vector unused.
+                s.machines.shrink_to_fit();
+                (id, Arc::new(s))
+            })
+            .collect();
+        Inventory::from_states(states, ungrouped, nodes)
+    }
+
+    /// The inventory of these groups (members sorted by key, each machine's `group` its
+    /// group's id), machines in no group, and registered nodes: the lookup indexes are built
+    /// here. The groups are shared as given (an incremental build passes unchanged ones on).
+    pub fn from_states(
+        groups: BTreeMap<String, Arc<GroupState>>,
+        mut ungrouped: Vec<MachineView>,
+        nodes: Vec<NodeView>,
+    ) -> Inventory {
         ungrouped.sort_by(|a, b| a.key.cmp(&b.key));
         ungrouped.shrink_to_fit();
 
         let mut by_provider_id = HashMap::new();
         let mut by_node_name = HashMap::new();
-        for (id, s) in &states {
+        for (id, s) in &groups {
             for (index, m) in s.machines.iter().enumerate() {
                 let r = MachineRef::InGroup {
                     group: id.clone(),
@@ -450,13 +484,19 @@ impl Inventory {
             node_map.insert(n.provider_id.clone(), n);
         }
         Inventory {
-            groups: states.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            groups,
             ungrouped: Arc::new(ungrouped),
             nodes: Arc::new(node_map),
             by_provider_id: Arc::new(by_provider_id),
             by_node_name: Arc::new(by_node_name),
             node_name_to_provider_id: Arc::new(node_names),
         }
+    }
+
+    /// The shared state of one group (tests check what an incremental build reused).
+    #[cfg(test)]
+    pub(crate) fn group_arc(&self, id: &str) -> Option<Arc<GroupState>> {
+        self.groups.get(id).cloned()
     }
 
     pub fn groups(&self) -> impl Iterator<Item = &GroupState> {

@@ -36,6 +36,7 @@ use crate::operator::machine::PowerState;
 use crate::operator::provider::inventory::{
     GroupIds, Inventory, POWER_ON_FAILED_ANNOTATION, PowerChange,
 };
+use crate::operator::provider::rebuild::InventoryBuilder;
 use crate::operator::provider::service::{InventorySource, PersistError};
 use crate::operator::provider::trim::{strip_custom_resource, strip_node};
 
@@ -221,8 +222,9 @@ struct Cache {
     last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
     /// Per cache (Group, Node CR, Kubernetes Node): the initial list is complete.
     synced: [Arc<AtomicBool>; 3],
-    /// Group ids: names in one namespace, `<namespace>/<name>` across all (stable either way).
-    ids: GroupIds,
+    /// Builds each inventory on the last one (group ids: names in one namespace,
+    /// `<namespace>/<name>` across all, stable either way). Rebuilds take turns on it.
+    builder: Mutex<InventoryBuilder>,
 }
 
 /// Reflectors on Group CRs, Node CRs and Kubernetes Nodes, plus desired-power writes.
@@ -296,10 +298,10 @@ impl KubeSource {
             inventory: Mutex::new(None),
             last_errors,
             synced,
-            ids: match scope {
+            builder: Mutex::new(InventoryBuilder::new(match scope {
                 Scope::Namespace(_) => GroupIds::Name,
                 Scope::AllNamespaces => GroupIds::NamespacedName,
-            },
+            })),
         });
         let rebuild = tokio::spawn(rebuild_on_change(cache.clone()));
         KubeSource {
@@ -332,6 +334,9 @@ impl KubeSource {
             return Err(self.sync_timeout_error(timeout));
         }
         rebuild_now(&self.cache).await;
+        // The initial lists were read, copied into the stores and converted: most of what that
+        // allocated is free again, in holes glibc keeps.
+        crate::memory::release_free_memory();
         Ok(())
     }
 
@@ -587,19 +592,20 @@ impl Cache {
     /// Builds the inventory from the objects now and keeps it unless a newer one was kept
     /// meanwhile; returns the one kept.
     fn rebuild(&self) -> Arc<Inventory> {
-        let objects = self.objects();
-        let inv = Arc::new(Inventory::from_objects_with_ids(
-            self.ids,
-            &objects.groups,
-            &objects.machines,
-            &objects.nodes,
-        ));
+        let (generation, inv) = {
+            // Objects read under the builder's lock, so builds go in the order of what they
+            // saw (an older view after a newer one would only convert groups back and forth).
+            let mut builder = lock(&self.builder);
+            let objects = self.objects();
+            let inv = builder.build(&objects.groups, &objects.machines, &objects.nodes);
+            (objects.generation, Arc::new(inv))
+        };
         let mut kept = lock(&self.inventory);
         match kept.as_ref() {
-            Some((g, newer)) if *g > objects.generation => newer.clone(),
+            Some((g, newer)) if *g > generation => newer.clone(),
             _ => {
-                let old = kept.replace((objects.generation, inv.clone()));
-                // Freeing 2,000 machines takes a while: not while readers wait for the lock.
+                let old = kept.replace((generation, inv.clone()));
+                // Freeing the groups it alone held takes a while: not while readers wait.
                 drop(kept);
                 drop(old);
                 inv

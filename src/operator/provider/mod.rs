@@ -8,6 +8,7 @@
 //! - [`service`]: the tonic service over the core, generic over an [`service::InventorySource`].
 //! - [`proto`]: generated wire types, server and client.
 //! - [`trim`]: what the reflector caches keep of each object.
+//! - [`rebuild`]: the inventory rebuilt after each change, converting only changed groups.
 pub mod convert;
 pub mod error;
 pub mod inventory;
@@ -15,6 +16,7 @@ pub mod kube;
 pub mod ops;
 pub mod pricing;
 pub mod proto;
+pub mod rebuild;
 pub mod warnings;
 
 pub use error::{ErrorKind, ProviderError};
