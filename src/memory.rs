@@ -3,17 +3,20 @@
 //! Measured with `benches/operator.rs` (BENCHMARKS.md): with glibc's defaults most of the
 //! operator's resident memory was free heap the allocator kept, not live objects. Two defaults
 //! cause it: every thread that allocates gets its own arena (tokio's workers and the blocking
-//! pool that builds the inventory), and after a large block is freed (a page of the initial
-//! list) glibc raises its mmap and trim thresholds, so later large blocks come from the heap
-//! and are never given back. Fixing the thresholds and capping the arenas keeps the heap close
-//! to what is live.
+//! pool that builds the inventory), each keeping its own free holes, and after a large block is
+//! freed (a page of the initial list) glibc raises its mmap and trim thresholds, so later large
+//! blocks come from the heap and are never given back. Fixing the thresholds and using one arena
+//! keeps the heap close to what is live; what the initial lists leave behind is given back once
+//! ([`release_free_memory`]).
 //!
 //! A `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the environment
 //! wins: the settings here are applied only when none of them is set.
 
-/// Arenas: one per core of a small homelab node is plenty for a process that mostly waits.
+/// One arena: the process mostly waits, so contention on it is rare, while every further arena
+/// holds its own free holes (2,000 machines: 22 MiB anonymous with one, 28 MiB with two; the
+/// IncreaseSize latency was no worse; BENCHMARKS.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ARENA_MAX: libc::c_int = 2;
+const ARENA_MAX: libc::c_int = 1;
 /// Blocks at least this big are mmapped and unmapped when freed (glibc's initial default, kept
 /// fixed instead of growing after the first large free).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
