@@ -13,7 +13,8 @@
 //! changes the scale). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
 //! of 10, a 5 s idle window, and checks every answer. `OPBENCH_HEAPTRACK=/tmp/op.heap` records the
 //! operator's allocations with heaptrack (one raw trace per start: `/tmp/op.heap.0`, `.1`);
-//! `OPBENCH_BIN=path` runs that build of `kubectl-homelab` instead of the one cargo built.
+//! `OPBENCH_BIN=path` runs that build of `kubectl-homelab` instead of the one cargo built;
+//! `OPBENCH_KEEP_LOG=path` keeps the (restarted) operator's log there (`OPBENCH_LOG` its filter).
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -654,6 +655,10 @@ async fn run(size: Size) -> anyhow::Result<()> {
     }
     op.check_alive()?;
     let mem_calls = Memory::of(op.pid)?;
+    if let Some(keep) = std::env::var_os("OPBENCH_KEEP_LOG") {
+        std::fs::copy(&op.log, &keep)
+            .with_context(|| format!("copying the operator's log to {keep:?}"))?;
+    }
     rpc.sort();
     to_job.sort();
 
