@@ -170,7 +170,7 @@ async fn labels_and_taints_come_back_when_the_kubelet_registers_a_bare_node_agai
 
     // Powered off: the status keeps the snapshot, the Node object is deleted (CA-CONTRACT §4).
     m.status = Some(MachineStatus {
-        node: Some(snapshot(&first, Timestamp::now())),
+        node: Some(Box::new(snapshot(&first, Timestamp::now()))),
         ..MachineStatus::default()
     });
     world.node_delete(&name).await?;

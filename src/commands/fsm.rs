@@ -318,7 +318,7 @@ impl MachineView {
             next_retry_time: lc.next_retry_time,
             operation: lc.operation,
             drivers: Drivers::of(m),
-            power: m.status.as_ref().and_then(|s| s.power.clone()),
+            power: m.status.as_ref().and_then(|s| s.power.as_deref().cloned()),
         }
     }
 }

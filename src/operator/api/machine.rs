@@ -181,18 +181,18 @@ pub struct MachineStatus {
     pub lifecycle: Lifecycle,
     /// The Kubernetes Node as last seen registered (kept after the Node object is deleted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<NodeSnapshot>,
+    pub node: Option<Box<NodeSnapshot>>,
     /// Recent boot durations in seconds, newest last, at most [`RECENT_BOOTS_MAX`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub recent_boot_seconds: Vec<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub energy: Option<EnergyCounters>,
+    pub energy: Option<Box<EnergyCounters>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// What the power driver of the latest operation last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power: Option<DriverReadback>,
+    pub power: Option<Box<DriverReadback>>,
 }
 
 /// The power driver's last word on an operation: which driver, which way, and the power state

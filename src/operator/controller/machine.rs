@@ -415,7 +415,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
             .as_ref()
             .is_none_or(|old| !node_side::same_shape(old, &snap))
         {
-            status.node = Some(snap);
+            status.node = Some(Box::new(snap));
         }
     }
     let identity_changed = upsert_condition(
@@ -548,15 +548,15 @@ fn absorb(
         .power
         .as_ref()
         .is_some_and(|p| p.operation == cx.op.id && p.escalated);
-    status.power = Some(DriverReadback::next(
-        status.power.as_ref(),
+    status.power = Some(Box::new(DriverReadback::next(
+        status.power.as_deref(),
         driver,
         cx.direction,
         &cx.op.id,
         r.readback,
         r.escalated,
         cx.now,
-    ));
+    )));
     if let Some(note) = r.note {
         let escalation = r.escalated && !escalated_before;
         out.note_events.push(KubeEvent {
@@ -609,6 +609,7 @@ async fn perform(
             };
             match d.start(&cx).await {
                 Ok(r) => {
+                    tracing::debug!(machine = %m.object_ref(), driver = d.kind(), %direction, "power action started");
                     if let Some(metrics) = &ctx.metrics {
                         metrics.power_operation(d.kind(), &direction.to_string(), "started");
                     }
@@ -1055,14 +1056,14 @@ mod tests {
         let first = status.power.clone();
         assert_eq!(
             first,
-            Some(DriverReadback {
+            Some(Box::new(DriverReadback {
                 driver: "redfish".to_owned(),
                 direction: Direction::Off,
                 operation: "off-1".to_owned(),
                 readback: Some(PowerState::On),
                 observed_at: at(0),
                 escalated: false,
-            })
+            }))
         );
         assert!(out.note_events.is_empty());
 

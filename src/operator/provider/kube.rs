@@ -497,7 +497,9 @@ impl KubeSource {
                 "spec": { "powerState": to },
             });
             match api.patch(name, &params, &Patch::Merge(&patch)).await {
-                Ok(patched) => {
+                Ok(mut patched) => {
+                    tracing::debug!(machine = %format!("{namespace}/{name}"), desired = to, "desired power written");
+                    strip_custom_resource(&mut patched);
                     lock(&self.cache.written).insert(key, Arc::new(patched));
                     return Ok(());
                 }

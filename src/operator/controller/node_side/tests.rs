@@ -87,7 +87,7 @@ fn machine(name: &str) -> Machine {
 }
 
 fn with_snapshot(mut m: Machine, snap: NodeSnapshot) -> Machine {
-    m.status.get_or_insert_with(MachineStatus::default).node = Some(snap);
+    m.status.get_or_insert_with(MachineStatus::default).node = Some(Box::new(snap));
     m
 }
 
