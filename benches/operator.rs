@@ -10,7 +10,8 @@
 //!   after the idle window and after the calls.
 //!
 //! Run: `cargo bench --bench operator` (`-- --idle SECS` shortens the idle window, `--per-group N`
-//! changes the scale). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
+//! changes the scale, `--calls N` makes N IncreaseSize calls instead of 50: with 50 the p99 is
+//! the slowest call, with 200 the third slowest). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
 //! of 10, a 5 s idle window, and checks every answer. `OPBENCH_HEAPTRACK=/tmp/op.heap` records the
 //! operator's allocations with heaptrack (one raw trace per start: `/tmp/op.heap.0`, `.1`);
 //! `OPBENCH_BIN=path` runs that build of `kubectl-homelab` instead of the one cargo built;
@@ -98,6 +99,17 @@ fn main() {
     }
     if let Some(n) = flag("--per-group") {
         size.per_group = n as usize;
+    }
+    if let Some(n) = flag("--calls") {
+        size.calls = n as usize;
+    }
+    if size.calls > size.groups * size.per_group {
+        eprintln!(
+            "--calls {}: at most {} (one power-on per machine)",
+            size.calls,
+            size.groups * size.per_group
+        );
+        std::process::exit(2);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
