@@ -11,8 +11,8 @@
 //!
 //! Run: `cargo bench --bench operator` (`-- --idle SECS` shortens the idle window, `--per-group N`
 //! changes the scale, `--calls N` makes N IncreaseSize calls instead of 50: with 50 the p99 is
-//! the slowest call, with 200 the third slowest). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
-//! of 10, a 5 s idle window, and checks every answer. `OPBENCH_HEAPTRACK=/tmp/op.heap` records the
+//! the slowest call, with 200 the third slowest). Without `--bench` (`cargo test --benches`) it
+//! runs a smoke version: 2 groups of 10, a 5 s idle window, and checks every answer. `OPBENCH_HEAPTRACK=/tmp/op.heap` records the
 //! operator's allocations with heaptrack (one raw trace per start: `/tmp/op.heap.0`, `.1`);
 //! `OPBENCH_BIN=path` runs that build of `kubectl-homelab` instead of the one cargo built;
 //! `OPBENCH_KEEP_LOG=path` keeps the (restarted) operator's log there (`OPBENCH_LOG` its filter).
