@@ -699,7 +699,7 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> ScenarioError {
     }
 }
 
-fn quantity<'a>(map: &'a BTreeMap<String, Quantity>, key: &str) -> Option<&'a str> {
+fn quantity<'a>(map: &'a crate::operator::api::FlatMap<Quantity>, key: &str) -> Option<&'a str> {
     map.get(key).map(|q| q.0.as_str())
 }
 

@@ -455,7 +455,12 @@ impl FakeNode {
         let cr = m.metadata.name.clone().unwrap_or_default();
         let name = m.spec.kubernetes_node_name.clone().unwrap_or(cr);
         let mut node = FakeNode::new(&name);
-        node.capacity = m.spec.capacity.clone();
+        node.capacity = m
+            .spec
+            .capacity
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         node.capacity
             .entry("pods".to_owned())
             .or_insert_with(|| Quantity("110".to_owned()));

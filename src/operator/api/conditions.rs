@@ -1,7 +1,48 @@
 //! Status conditions, upserted by type (the lists are `x-kubernetes-list-type: map` keyed by
 //! `type`; appending a second entry of a type makes the API server refuse the write).
+use compact_str::CompactString;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::{Deserialize, Serialize};
+
+/// A status condition: `metav1.Condition`'s JSON and schema, with its strings kept inline
+/// when short. Every cached Node CR carries five of them, and their type, status, reason and
+/// usual message ("", "phase Off") all fit in 24 bytes, so with plain `String`s they were about
+/// 16 heap blocks per machine (BENCHMARKS.md, operator memory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    pub last_transition_time: Time,
+    #[serde(default)]
+    pub message: CompactString,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub reason: CompactString,
+    #[serde(default)]
+    pub status: CompactString,
+    #[serde(rename = "type", default)]
+    pub type_: CompactString,
+}
+
+/// The schema is `metav1.Condition`'s, so the CRDs stay as they were.
+impl schemars::JsonSchema for Condition {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        <k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as schemars::JsonSchema>::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        <k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as schemars::JsonSchema>::schema_id()
+    }
+
+    fn inline_schema() -> bool {
+        <k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as schemars::JsonSchema>::inline_schema()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as schemars::JsonSchema>::json_schema(generator)
+    }
+}
 
 /// Condition types the operator writes.
 pub const CONDITION_READY: &str = "Ready";
@@ -27,14 +68,14 @@ pub fn condition(
     type_: &str,
     status: bool,
     reason: &str,
-    message: impl Into<String>,
+    message: impl Into<CompactString>,
     observed_generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
     Condition {
-        type_: type_.to_owned(),
-        status: if status { STATUS_TRUE } else { STATUS_FALSE }.to_owned(),
-        reason: reason.to_owned(),
+        type_: type_.into(),
+        status: if status { STATUS_TRUE } else { STATUS_FALSE }.into(),
+        reason: reason.into(),
         message: message.into(),
         observed_generation,
         last_transition_time: Time(now),
@@ -80,6 +121,51 @@ mod tests {
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    /// Same JSON as `metav1.Condition`, both ways: the API server and kubectl see no change.
+    #[test]
+    fn conditions_read_and_write_the_json_of_metav1_condition() {
+        let ours = condition(CONDITION_READY, false, "Off", "phase Off", Some(3), t(60));
+        let theirs = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Ready".to_owned(),
+            status: "False".to_owned(),
+            reason: "Off".to_owned(),
+            message: "phase Off".to_owned(),
+            observed_generation: Some(3),
+            last_transition_time: Time(t(60)),
+        };
+        let json = serde_json::to_string(&theirs).unwrap();
+        assert_eq!(serde_json::to_string(&ours).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Condition>(&json).unwrap(), ours);
+    }
+
+    /// What an idle machine's cached status holds: every string of its conditions fits inline,
+    /// so the five conditions take no heap block beyond their vector.
+    #[test]
+    fn an_off_machines_conditions_keep_their_strings_inline() {
+        let cached: Vec<Condition> = serde_json::from_value(serde_json::json!([
+            {"type": "Draining", "status": "False", "reason": "NotDraining", "message": "",
+             "lastTransitionTime": "2026-11-30T04:46:16Z", "observedGeneration": 1},
+            {"type": "IdentityMismatch", "status": "False", "reason": "Matches", "message": "",
+             "lastTransitionTime": "2026-11-30T04:46:16Z", "observedGeneration": 1},
+            {"type": "Ready", "status": "False", "reason": "Off", "message": "phase Off",
+             "lastTransitionTime": "2026-11-30T04:46:16Z", "observedGeneration": 1},
+            {"type": "PowerFailed", "status": "False", "reason": "NoFailure", "message": "",
+             "lastTransitionTime": "2026-11-30T04:46:16Z", "observedGeneration": 1},
+            {"type": "InvalidSpec", "status": "False", "reason": "Valid", "message": "",
+             "lastTransitionTime": "2026-11-30T04:46:16Z", "observedGeneration": 1},
+        ]))
+        .unwrap();
+        for c in &cached {
+            for s in [&c.type_, &c.status, &c.reason, &c.message] {
+                assert!(
+                    !s.is_heap_allocated(),
+                    "{s:?} of {} is on the heap",
+                    c.type_
+                );
+            }
+        }
     }
 
     #[test]

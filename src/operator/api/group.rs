@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::Taint;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::cel::*;
+use super::conditions::Condition;
 use super::parse::{FieldError, parse_duration, parse_threshold};
 use super::{Health, object_ref};
 

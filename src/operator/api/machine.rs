@@ -5,16 +5,16 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Taint;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::cel::*;
+use super::conditions::Condition;
 use super::group::GROUP_LABEL;
 use super::parse::{FieldError, parse_decimal, parse_duration};
 use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
-use super::{Health, object_ref};
+use super::{FlatMap, Health, object_ref};
 use crate::operator::machine::{Lifecycle, PowerState, Progress};
 
 /// Default time from power-on to the Node object being Ready.
@@ -100,11 +100,13 @@ pub struct MachineSpec {
     ]))]
     pub shutdown_timeout: Option<String>,
     /// Capacity of the machine's node before it was ever seen (scale-from-zero).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub capacity: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, Quantity>")]
+    pub capacity: FlatMap<Quantity>,
     /// Labels the node will carry, before it was ever seen (scale-from-zero).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub labels: FlatMap<String>,
     /// Taints the node will carry, before it was ever seen (scale-from-zero).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
@@ -259,14 +261,17 @@ pub struct NodeSnapshot {
         skip_serializing_if = "Option::is_none"
     )]
     pub provider_id: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub labels: FlatMap<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub capacity: BTreeMap<String, Quantity>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub allocatable: BTreeMap<String, Quantity>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, Quantity>")]
+    pub capacity: FlatMap<Quantity>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, Quantity>")]
+    pub allocatable: FlatMap<Quantity>,
     pub seen: Timestamp,
 }
 
@@ -303,8 +308,8 @@ impl MachineSpec {
             power: None,
             boot_timeout: None,
             shutdown_timeout: None,
-            capacity: BTreeMap::new(),
-            labels: BTreeMap::new(),
+            capacity: FlatMap::new(),
+            labels: FlatMap::new(),
             taints: Vec::new(),
             watts: None,
             scale_down_disabled: None,

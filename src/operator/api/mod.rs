@@ -30,6 +30,13 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The string-keyed maps of the CRs (labels, capacity, allocatable): a sorted vector with the
+/// API of a `BTreeMap` and its JSON. A map of one to a few entries costs its entries instead of
+/// a 552-byte B-tree leaf, and the reflector keeps one Node CR per machine (BENCHMARKS.md,
+/// operator memory). Fields of this type take their schema from the `BTreeMap` they replace:
+/// `#[schemars(with = "BTreeMap<String, V>")]`.
+pub type FlatMap<V> = litemap::LiteMap<String, V>;
+
 /// API group of both CRDs.
 pub const API_GROUP: &str = "infra.homecluster.dev";
 pub const API_VERSION: &str = "v1alpha1";

@@ -340,3 +340,25 @@ fn absent_status_parts_take_no_room_in_a_cached_node_cr() {
     // 368 bytes on 64-bit today, of which the lifecycle is 224; 656 with the three inline.
     assert!(std::mem::size_of::<MachineStatus>() < 400);
 }
+
+/// The CRs' maps are flat vectors now; their JSON is still a map with sorted keys, as a
+/// `BTreeMap` wrote it, whatever order the file gave.
+#[test]
+fn cr_maps_read_any_order_and_write_sorted_keys() {
+    let spec: MachineSpec = serde_json::from_value(serde_json::json!({
+        "powerState": "off",
+        "capacity": {"pods": "110", "cpu": "4", "memory": "8Gi"},
+        "labels": {"zone": "attic", "gpu": "true"}
+    }))
+    .expect("spec");
+    assert_eq!(spec.capacity.get("cpu").map(|q| q.0.as_str()), Some("4"));
+    let written = serde_json::to_string(&spec).expect("ser");
+    assert!(
+        written.contains(r#""capacity":{"cpu":"4","memory":"8Gi","pods":"110"}"#),
+        "{written}"
+    );
+    assert!(
+        written.contains(r#""labels":{"gpu":"true","zone":"attic"}"#),
+        "{written}"
+    );
+}

@@ -548,12 +548,18 @@ pub fn snapshot(node: &Node, seen: Timestamp) -> NodeSnapshot {
     NodeSnapshot {
         name: node.metadata.name.clone().unwrap_or_default(),
         provider_id: node_provider_id(node).map(str::to_owned),
-        labels,
+        labels: labels.into_iter().collect(),
         taints,
-        capacity: status.and_then(|s| s.capacity.clone()).unwrap_or_default(),
+        capacity: status
+            .and_then(|s| s.capacity.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         allocatable: status
             .and_then(|s| s.allocatable.clone())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         seen,
     }
 }

@@ -12,14 +12,22 @@ use super::inventory::{
     GroupIds, GroupOptions, GroupView, Inventory, MachineView, NodeView,
     POWER_ON_FAILED_ANNOTATION, TaintView, TemplateHints,
 };
-use crate::operator::api::{Group, Machine};
+use crate::operator::api::{FlatMap, Group, Machine};
 
 fn taints(ts: &[Taint]) -> Vec<TaintView> {
     TaintView::all_from(ts)
 }
 
-fn quantities(m: &BTreeMap<String, Quantity>) -> BTreeMap<String, String> {
-    m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+fn quantities<'a>(
+    m: impl IntoIterator<Item = (&'a String, &'a Quantity)>,
+) -> BTreeMap<String, String> {
+    m.into_iter()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+fn owned(m: &FlatMap<String>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// A Group CR with `members` Node CRs. Size bounds follow `GroupSpec::size_bounds` (what the
@@ -94,7 +102,7 @@ pub(crate) fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> Ma
     v.provider_id = m.expected_provider_id();
     v.node_name = m.node_name().unwrap_or(&name).to_owned();
     v.hints = hints.intern(TemplateHints {
-        labels: m.spec.labels.clone(),
+        labels: owned(&m.spec.labels),
         taints: taints(&m.spec.taints),
         capacity: quantities(&m.spec.capacity),
         allocatable: BTreeMap::new(),
@@ -120,7 +128,7 @@ pub(crate) fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> Ma
         v.last_seen = s.node.as_ref().map(|n| NodeView {
             name: n.name.clone(),
             provider_id: n.provider_id.clone().unwrap_or_default(),
-            labels: n.labels.clone(),
+            labels: owned(&n.labels),
             taints: taints(&n.taints),
             capacity: quantities(&n.capacity),
             allocatable: quantities(&n.allocatable),

@@ -332,11 +332,49 @@ pub struct Inventory {
     groups: BTreeMap<String, Arc<GroupState>>,
     ungrouped: Arc<Vec<MachineView>>,
     /// Registered Kubernetes nodes by providerID.
-    nodes: Arc<HashMap<String, NodeView>>,
-    by_provider_id: Arc<HashMap<String, MachineRef>>,
-    by_node_name: Arc<HashMap<String, MachineRef>>,
+    nodes: Arc<SortedIndex<NodeView>>,
+    by_provider_id: Arc<SortedIndex<MachineRef>>,
+    by_node_name: Arc<SortedIndex<MachineRef>>,
     /// Registered nodes by name (for name lookups of nodes whose providerID is unknown to us).
-    node_name_to_provider_id: Arc<HashMap<String, String>>,
+    node_name_to_provider_id: Arc<SortedIndex<String>>,
+}
+
+/// A lookup table built with each inventory and then only read: a vector sorted by key. A
+/// `HashMap` of the same entries keeps up to twice the buckets it needs (2,000 machines: 4,096
+/// buckets per index), and the operator holds an inventory for as long as it runs.
+#[derive(Clone, Debug, PartialEq)]
+struct SortedIndex<V>(Vec<(String, V)>);
+
+impl<V> Default for SortedIndex<V> {
+    fn default() -> Self {
+        SortedIndex(Vec::new())
+    }
+}
+
+impl<V> SortedIndex<V> {
+    fn get(&self, key: &str) -> Option<&V> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
+/// Built from a map, so a key given twice keeps the entry the map kept.
+impl<V> From<HashMap<String, V>> for SortedIndex<V> {
+    fn from(m: HashMap<String, V>) -> Self {
+        let mut entries: Vec<(String, V)> = m.into_iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        SortedIndex(entries)
+    }
 }
 
 /// How group ids are formed. CA keys its backoff, scale-up requests and metrics by id, so an id
@@ -454,8 +492,9 @@ impl Inventory {
         ungrouped.sort_by(|a, b| a.key.cmp(&b.key));
         ungrouped.shrink_to_fit();
 
-        let mut by_provider_id = HashMap::new();
-        let mut by_node_name = HashMap::new();
+        let machines = groups.values().map(|g| g.machines.len()).sum::<usize>() + ungrouped.len();
+        let mut by_provider_id = HashMap::with_capacity(machines);
+        let mut by_node_name = HashMap::with_capacity(machines);
         for (id, s) in &groups {
             for (index, m) in s.machines.iter().enumerate() {
                 let r = MachineRef::InGroup {
@@ -474,8 +513,8 @@ impl Inventory {
                 .entry(m.node_name.clone())
                 .or_insert(MachineRef::Ungrouped { index });
         }
-        let mut node_map = HashMap::new();
-        let mut node_names = HashMap::new();
+        let mut node_map = HashMap::with_capacity(nodes.len());
+        let mut node_names = HashMap::with_capacity(nodes.len());
         for n in nodes {
             if n.provider_id.is_empty() {
                 continue;
@@ -486,10 +525,10 @@ impl Inventory {
         Inventory {
             groups,
             ungrouped: Arc::new(ungrouped),
-            nodes: Arc::new(node_map),
-            by_provider_id: Arc::new(by_provider_id),
-            by_node_name: Arc::new(by_node_name),
-            node_name_to_provider_id: Arc::new(node_names),
+            nodes: Arc::new(node_map.into()),
+            by_provider_id: Arc::new(by_provider_id.into()),
+            by_node_name: Arc::new(by_node_name.into()),
+            node_name_to_provider_id: Arc::new(node_names.into()),
         }
     }
 

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 
 use super::*;
-use crate::operator::api::{MachineSpec, MachineStatus};
+use crate::operator::api::{FlatMap, MachineSpec, MachineStatus};
 use crate::operator::machine::PowerState;
 
 // --- Fixture builders.
@@ -225,7 +225,7 @@ fn a_different_provider_id_is_a_mismatch_and_never_overwritten() {
 #[test]
 fn registration_restores_last_seen_labels_and_taints_but_not_transient_ones() {
     let snap = NodeSnapshot {
-        labels: BTreeMap::from([
+        labels: FlatMap::from_iter([
             ("gpu".to_owned(), "true".to_owned()),
             ("kubernetes.io/hostname".to_owned(), "old-name".to_owned()),
         ]),
@@ -261,7 +261,7 @@ fn registration_restores_last_seen_labels_and_taints_but_not_transient_ones() {
 #[test]
 fn restoring_happens_once_per_node_object() {
     let snap = NodeSnapshot {
-        labels: BTreeMap::from([("gpu".to_owned(), "true".to_owned())]),
+        labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
         ..seen_node("n1")
     };
     let m = with_snapshot(machine("m1"), snap);
@@ -278,7 +278,7 @@ fn registration_is_idempotent_so_an_idle_machine_writes_nothing() {
     let mut m = with_snapshot(
         machine("m1"),
         NodeSnapshot {
-            labels: BTreeMap::from([("gpu".to_owned(), "true".to_owned())]),
+            labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
             taints: vec![taint("dedicated", "ml", "NoSchedule")],
             ..seen_node("n1")
         },
@@ -489,7 +489,7 @@ fn cleanup_leaves_the_node_as_the_kubelet_and_people_left_it() {
     let mut m = with_snapshot(
         machine("m1"),
         NodeSnapshot {
-            labels: BTreeMap::from([("gpu".to_owned(), "true".to_owned())]),
+            labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
             taints: vec![taint("dedicated", "ml", "NoSchedule")],
             ..seen_node("n1")
         },
@@ -579,8 +579,11 @@ fn snapshot_keeps_what_the_template_needs_without_transient_taints() {
     assert_eq!(s.provider_id.as_deref(), Some("homelab://lab/m1"));
     assert_eq!(s.labels.get("gpu").map(String::as_str), Some("true"));
     assert_eq!(s.taints, vec![taint("dedicated", "ml", "NoSchedule")]);
-    assert_eq!(s.capacity, capacity);
-    assert_eq!(s.allocatable, allocatable);
+    assert_eq!(s.capacity, capacity.into_iter().collect::<FlatMap<_>>());
+    assert_eq!(
+        s.allocatable,
+        allocatable.into_iter().collect::<FlatMap<_>>()
+    );
     assert_eq!(s.seen, at);
 }
 
