@@ -5,7 +5,9 @@
 //! - an idle window (default 300 s): CPU seconds of the process (/proc/<pid>/stat utime+stime) and
 //!   the writes it makes, counted as resourceVersion changes seen by watches;
 //! - CA's `NodeGroupIncreaseSize(1)` on a different group each call → the power-on Job seen by a
-//!   watch, p50/p99 (the Job watch's delivery is included, so this is an upper bound);
+//!   watch, p50/p99 (the Job watch's delivery is included, so this is an upper bound), and → the
+//!   operator's `power action started` log line, written when the apiserver answered its Job
+//!   create (the same clock: both processes read the system time);
 //! - VmRSS / VmHWM, and RSS split into anonymous and file-backed (/proc/<pid>/status) after start,
 //!   after the idle window and after the calls.
 //!
@@ -623,8 +625,11 @@ async fn run(size: Size) -> anyhow::Result<()> {
         .context("connecting to the operator's gRPC")?;
     let mut rpc = Vec::with_capacity(size.calls);
     let mut to_job = Vec::with_capacity(size.calls);
+    // (machine, when its call was made) for the operator's log lines.
+    let mut called = Vec::with_capacity(size.calls);
     for i in 0..size.calls {
         let g = group_id(i % size.groups);
+        let wall0 = std::time::SystemTime::now();
         let t0 = Instant::now();
         c.node_group_increase_size(proto::NodeGroupIncreaseSizeRequest {
             id: g.clone(),
@@ -659,6 +664,7 @@ async fn run(size: Size) -> anyhow::Result<()> {
                 job.name_any()
             );
         }
+        called.push((m, wall0));
     }
     // Jobs for other machines would arrive here: one call, one Job.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -671,8 +677,10 @@ async fn run(size: Size) -> anyhow::Result<()> {
         std::fs::copy(&op.log, &keep)
             .with_context(|| format!("copying the operator's log to {keep:?}"))?;
     }
+    let mut to_started = power_actions_started(&op.log, &ns, &called)?;
     rpc.sort();
     to_job.sort();
+    to_started.sort();
 
     println!("| measure | value |");
     println!("|---|---|");
@@ -725,6 +733,53 @@ async fn run(size: Size) -> anyhow::Result<()> {
         ms(percentile(&to_job, 0.99)),
         ms(percentile(&to_job, 1.0))
     );
+    println!(
+        "| IncreaseSize(1) → power action started (Job create answered, operator's log): p50 / p99 / max | {} / {} / {} |",
+        ms(percentile(&to_started, 0.5)),
+        ms(percentile(&to_started, 0.99)),
+        ms(percentile(&to_started, 1.0))
+    );
     println!("| RSS / HWM after the calls | {} |", mem_calls.show());
     Ok(())
+}
+
+/// For each call, the time from the call to the operator's `power action started` line for its
+/// machine's power-on (logged when the Job create was answered). Each call must have one.
+fn power_actions_started(
+    log: &Path,
+    ns: &str,
+    called: &[(String, std::time::SystemTime)],
+) -> anyhow::Result<Vec<Duration>> {
+    let text = std::fs::read_to_string(log)
+        .with_context(|| format!("reading the operator's log {}", log.display()))?;
+    let mut started: HashMap<&str, jiff::Timestamp> = HashMap::new();
+    let prefix = format!("machine=Node {ns}/");
+    for line in text.lines() {
+        if !line.contains("power action started") || !line.contains(" direction=on") {
+            continue;
+        }
+        let Some(machine) = line
+            .split_once(&prefix)
+            .and_then(|(_, rest)| rest.split(' ').next())
+        else {
+            continue;
+        };
+        let at = line
+            .split(' ')
+            .next()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .with_context(|| format!("no timestamp in the operator's log line {line:?}"))?;
+        // The first power-on of each machine is the call's.
+        started.entry(machine).or_insert(at);
+    }
+    called
+        .iter()
+        .map(|(m, at)| {
+            let t = started.get(m.as_str()).with_context(|| {
+                format!("no `power action started` line for {m} in the operator's log (OPBENCH_LOG must keep info)")
+            })?;
+            let call = jiff::Timestamp::try_from(*at).context("the call's time")?;
+            Ok(Duration::try_from(t.duration_since(call)).unwrap_or(Duration::ZERO))
+        })
+        .collect()
 }

@@ -609,7 +609,9 @@ async fn perform(
             };
             match d.start(&cx).await {
                 Ok(r) => {
-                    tracing::debug!(machine = %m.object_ref(), driver = d.kind(), %direction, "power action started");
+                    // Info: one line per power operation says when a machine was switched, and
+                    // the operator bench times IncreaseSize → Job created from it.
+                    tracing::info!(machine = %m.object_ref(), driver = d.kind(), %direction, "power action started");
                     if let Some(metrics) = &ctx.metrics {
                         metrics.power_operation(d.kind(), &direction.to_string(), "started");
                     }
