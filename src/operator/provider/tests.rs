@@ -139,6 +139,28 @@ fn node_group_for_node_resolution() {
     assert_eq!(ids, vec!["g".to_string(), "h".to_string()]);
 }
 
+/// Two Node CRs claiming one providerID, one in a group and one outside any: the node is the
+/// group member's, so CA counts it in its group.
+#[test]
+fn a_provider_id_claimed_in_and_out_of_a_group_resolves_to_the_member() {
+    let member = machine("a", "g", PowerState::On, Phase::Ready);
+    let mut stray = machine("stray", "nogroup", PowerState::Off, Phase::Off);
+    stray.provider_id = member.provider_id.clone();
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![stray, member.clone()],
+        vec![],
+    );
+    let r = node_group_for_node(
+        &inv,
+        &NodeRef {
+            provider_id: member.provider_id.clone(),
+            name: String::new(),
+        },
+    );
+    assert_eq!(r.map(|g| g.id), Some("g".into()));
+}
+
 #[test]
 fn registered_node_known_only_by_name_resolves_through_its_provider_id() {
     let mut a = machine("a", "g", PowerState::On, Phase::Ready);
