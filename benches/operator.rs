@@ -623,6 +623,8 @@ async fn run(size: Size) -> anyhow::Result<()> {
     let mut c = CloudProviderClient::connect(format!("http://{}", op.grpc))
         .await
         .context("connecting to the operator's gRPC")?;
+    let cpu_calls = cpu(op.pid)?;
+    let calls_began = Instant::now();
     let mut rpc = Vec::with_capacity(size.calls);
     let mut to_job = Vec::with_capacity(size.calls);
     // (machine, when its call was made) for the operator's log lines.
@@ -666,6 +668,8 @@ async fn run(size: Size) -> anyhow::Result<()> {
         }
         called.push((m, wall0));
     }
+    let calls_wall = calls_began.elapsed();
+    let calls_cpu = cpu(op.pid)?.saturating_sub(cpu_calls);
     // Jobs for other machines would arrive here: one call, one Job.
     tokio::time::sleep(Duration::from_secs(1)).await;
     if let Ok((job, _)) = job_rx.try_recv() {
@@ -738,6 +742,12 @@ async fn run(size: Size) -> anyhow::Result<()> {
         ms(percentile(&to_started, 0.5)),
         ms(percentile(&to_started, 0.99)),
         ms(percentile(&to_started, 1.0))
+    );
+    println!(
+        "| operator CPU during the calls ({:.1} s) | {:.2} s ({:.1} ms per call) |",
+        calls_wall.as_secs_f64(),
+        calls_cpu.as_secs_f64(),
+        calls_cpu.as_secs_f64() * 1000.0 / size.calls.max(1) as f64
     );
     println!("| RSS / HWM after the calls | {} |", mem_calls.show());
     Ok(())

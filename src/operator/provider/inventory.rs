@@ -377,6 +377,70 @@ impl<V> From<HashMap<String, V>> for SortedIndex<V> {
     }
 }
 
+/// An inventory's lookup tables and its machines in no group, shared (not copied) by the
+/// inventories built on it.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    pub ungrouped: Arc<Vec<MachineView>>,
+    nodes: Arc<SortedIndex<NodeView>>,
+    by_provider_id: Arc<SortedIndex<MachineRef>>,
+    by_node_name: Arc<SortedIndex<MachineRef>>,
+    node_name_to_provider_id: Arc<SortedIndex<String>>,
+}
+
+impl Tables {
+    /// Whether `other` holds these very tables (not equal copies).
+    pub fn same_as(&self, other: &Tables) -> bool {
+        Arc::ptr_eq(&self.nodes, &other.nodes)
+            && Arc::ptr_eq(&self.by_provider_id, &other.by_provider_id)
+            && Arc::ptr_eq(&self.by_node_name, &other.by_node_name)
+            && Arc::ptr_eq(
+                &self.node_name_to_provider_id,
+                &other.node_name_to_provider_id,
+            )
+    }
+}
+
+/// Machines by providerID and by node name. A providerID or node name claimed twice resolves to
+/// a group member before a machine in no group: among members to the one in the last group by
+/// id, among the others to the first by key.
+fn machine_tables(
+    groups: &BTreeMap<String, Arc<GroupState>>,
+    ungrouped: &[MachineView],
+) -> (SortedIndex<MachineRef>, SortedIndex<MachineRef>) {
+    let machines = groups.values().map(|g| g.machines.len()).sum::<usize>() + ungrouped.len();
+    let mut by_provider_id = HashMap::with_capacity(machines);
+    let mut by_node_name = HashMap::with_capacity(machines);
+    for (id, s) in groups {
+        for (index, m) in s.machines.iter().enumerate() {
+            let r = MachineRef::InGroup {
+                group: id.clone(),
+                index,
+            };
+            by_provider_id.insert(m.provider_id.clone(), r.clone());
+            by_node_name.insert(m.node_name.clone(), r);
+        }
+    }
+    for (index, m) in ungrouped.iter().enumerate() {
+        by_provider_id
+            .entry(m.provider_id.clone())
+            .or_insert(MachineRef::Ungrouped { index });
+        by_node_name
+            .entry(m.node_name.clone())
+            .or_insert(MachineRef::Ungrouped { index });
+    }
+    (by_provider_id.into(), by_node_name.into())
+}
+
+/// Whether the two machine lists place the same machines, providerIDs and node names at the
+/// same positions: what the machine tables of [`Inventory::assemble`] are built from.
+pub fn same_places(a: &[MachineView], b: &[MachineView]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.key == y.key && x.provider_id == y.provider_id && x.node_name == y.node_name
+        })
+}
+
 /// How group ids are formed. CA keys its backoff, scale-up requests and metrics by id, so an id
 /// must never change while the group exists: the scheme depends only on the provider's scope.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -491,44 +555,61 @@ impl Inventory {
     ) -> Inventory {
         ungrouped.sort_by(|a, b| a.key.cmp(&b.key));
         ungrouped.shrink_to_fit();
+        Inventory::assemble(groups, Arc::new(ungrouped), Some(nodes), None)
+    }
 
-        let machines = groups.values().map(|g| g.machines.len()).sum::<usize>() + ungrouped.len();
-        let mut by_provider_id = HashMap::with_capacity(machines);
-        let mut by_node_name = HashMap::with_capacity(machines);
-        for (id, s) in &groups {
-            for (index, m) in s.machines.iter().enumerate() {
-                let r = MachineRef::InGroup {
-                    group: id.clone(),
-                    index,
-                };
-                by_provider_id.insert(m.provider_id.clone(), r.clone());
-                by_node_name.insert(m.node_name.clone(), r);
+    /// The inventory of these groups, machines in no group (sorted by key) and, when given,
+    /// registered nodes. `previous` passes on an earlier inventory's lookup tables: its node
+    /// tables when `nodes` is `None`, and its machine tables when `machines_moved` is false,
+    /// i.e. every group id, member position, providerID and node name is as it was then.
+    /// Building the machine tables copies and sorts two strings per machine, which at 2,000
+    /// machines was most of an inventory build after a one-machine change (BENCHMARKS.md).
+    pub fn assemble(
+        groups: BTreeMap<String, Arc<GroupState>>,
+        ungrouped: Arc<Vec<MachineView>>,
+        nodes: Option<Vec<NodeView>>,
+        previous: Option<(&Tables, bool)>,
+    ) -> Inventory {
+        let (by_provider_id, by_node_name) = match previous {
+            Some((t, false)) => (t.by_provider_id.clone(), t.by_node_name.clone()),
+            _ => {
+                let (p, n) = machine_tables(&groups, &ungrouped);
+                (Arc::new(p), Arc::new(n))
             }
-        }
-        for (index, m) in ungrouped.iter().enumerate() {
-            by_provider_id
-                .entry(m.provider_id.clone())
-                .or_insert(MachineRef::Ungrouped { index });
-            by_node_name
-                .entry(m.node_name.clone())
-                .or_insert(MachineRef::Ungrouped { index });
-        }
-        let mut node_map = HashMap::with_capacity(nodes.len());
-        let mut node_names = HashMap::with_capacity(nodes.len());
-        for n in nodes {
-            if n.provider_id.is_empty() {
-                continue;
+        };
+        let (nodes, node_name_to_provider_id) = match (nodes, previous) {
+            (None, Some((t, _))) => (t.nodes.clone(), t.node_name_to_provider_id.clone()),
+            (nodes, _) => {
+                let mut node_map = HashMap::new();
+                let mut node_names = HashMap::new();
+                for n in nodes.unwrap_or_default() {
+                    if n.provider_id.is_empty() {
+                        continue;
+                    }
+                    node_names.insert(n.name.clone(), n.provider_id.clone());
+                    node_map.insert(n.provider_id.clone(), n);
+                }
+                (Arc::new(node_map.into()), Arc::new(node_names.into()))
             }
-            node_names.insert(n.name.clone(), n.provider_id.clone());
-            node_map.insert(n.provider_id.clone(), n);
-        }
+        };
         Inventory {
             groups,
-            ungrouped: Arc::new(ungrouped),
-            nodes: Arc::new(node_map.into()),
-            by_provider_id: Arc::new(by_provider_id.into()),
-            by_node_name: Arc::new(by_node_name.into()),
-            node_name_to_provider_id: Arc::new(node_names.into()),
+            ungrouped,
+            nodes,
+            by_provider_id,
+            by_node_name,
+            node_name_to_provider_id,
+        }
+    }
+
+    /// The lookup tables, for [`Inventory::assemble`] to pass on to the next inventory.
+    pub fn tables(&self) -> Tables {
+        Tables {
+            ungrouped: self.ungrouped.clone(),
+            nodes: self.nodes.clone(),
+            by_provider_id: self.by_provider_id.clone(),
+            by_node_name: self.by_node_name.clone(),
+            node_name_to_provider_id: self.node_name_to_provider_id.clone(),
         }
     }
 
