@@ -7,7 +7,8 @@
 //! - CA's `NodeGroupIncreaseSize(1)` on a different group each call → the power-on Job seen by a
 //!   watch, p50/p99 (the Job watch's delivery is included, so this is an upper bound), and → the
 //!   operator's `power action started` log line, written when the apiserver answered its Job
-//!   create (the same clock: both processes read the system time);
+//!   create (the same clock: both processes read the system time); the operator's CPU seconds
+//!   over the calls;
 //! - VmRSS / VmHWM, and RSS split into anonymous and file-backed (/proc/<pid>/status) after start,
 //!   after the idle window and after the calls.
 //!
