@@ -97,19 +97,7 @@ impl InventoryBuilder {
             ms.sort_by(|a, b| name_of(&***a).cmp(name_of(&***b)));
             let state = match self.built.remove(&id) {
                 Some(b) if b.is_built_from(g, &ms) => b.state,
-                _ => {
-                    let mut spec = group_view(g, ms.len());
-                    spec.id = id.clone();
-                    let machines = ms
-                        .iter()
-                        .map(|m| {
-                            let mut v = machine_view_sharing(m, &mut hints);
-                            v.group = Some(id.clone());
-                            v
-                        })
-                        .collect();
-                    Arc::new(GroupState { spec, machines })
-                }
+                _ => Arc::new(convert_group(g, &id, ms.iter().copied(), &mut hints)),
             };
             states.insert(id.clone(), state.clone());
             built.insert(
@@ -124,14 +112,7 @@ impl InventoryBuilder {
         // Groups gone since the last build are forgotten with the rest of the old map.
         self.built = built;
 
-        let views = ungrouped
-            .iter()
-            .map(|m| {
-                let mut v = machine_view_sharing(m, &mut hints);
-                v.group = None;
-                v
-            })
-            .collect();
+        let views = convert_ungrouped(ungrouped.iter().copied(), &mut hints);
         let nodes = nodes.iter().map(|n| NodeView::from_k8s(n)).collect();
         let inv = Inventory::from_states(states, views, nodes);
         self.last = Some((ungrouped.into_iter().cloned().collect(), inv.tables()));
@@ -211,32 +192,15 @@ impl InventoryBuilder {
             let id = names.id(namespace_of(&**g), name_of(&**g));
             let b = self.built.get_mut(&id)?;
             if touched.contains(&id) || !Arc::ptr_eq(&b.group, g) {
-                let mut spec = group_view(g, b.members.len());
-                spec.id = id.clone();
-                let machines: Vec<MachineView> = b
-                    .members
-                    .iter()
-                    .map(|m| {
-                        let mut v = machine_view_sharing(m, &mut hints);
-                        v.group = Some(id.clone());
-                        v
-                    })
-                    .collect();
-                moved |= !same_places(&b.state.machines, &machines);
+                let state = convert_group(g, &id, b.members.iter(), &mut hints);
+                moved |= !same_places(&b.state.machines, &state.machines);
                 b.group = g.clone();
-                b.state = Arc::new(GroupState { spec, machines });
+                b.state = Arc::new(state);
             }
             states.insert(id, b.state.clone());
         }
         let views = if ungrouped_changed {
-            let mut views: Vec<MachineView> = ungrouped
-                .iter()
-                .map(|m| {
-                    let mut v = machine_view_sharing(m, &mut hints);
-                    v.group = None;
-                    v
-                })
-                .collect();
+            let mut views = convert_ungrouped(ungrouped.iter(), &mut hints);
             views.sort_by(|a, b| a.key.cmp(&b.key));
             moved |= !same_places(&tables.ungrouped, &views);
             Arc::new(views)
@@ -248,6 +212,39 @@ impl InventoryBuilder {
         *tables = inv.tables();
         Some(inv)
     }
+}
+
+/// The group `g` (id `id`) with these members, in the order given.
+fn convert_group<'a>(
+    g: &Group,
+    id: &str,
+    members: impl ExactSizeIterator<Item = &'a Arc<Machine>>,
+    hints: &mut HintsInterner,
+) -> GroupState {
+    let mut spec = group_view(g, members.len());
+    spec.id = id.to_owned();
+    let machines = members
+        .map(|m| {
+            let mut v = machine_view_sharing(m, hints);
+            v.group = Some(id.to_owned());
+            v
+        })
+        .collect();
+    GroupState { spec, machines }
+}
+
+/// Machines of no known group, in the order given.
+fn convert_ungrouped<'a>(
+    machines: impl Iterator<Item = &'a Arc<Machine>>,
+    hints: &mut HintsInterner,
+) -> Vec<MachineView> {
+    machines
+        .map(|m| {
+            let mut v = machine_view_sharing(m, hints);
+            v.group = None;
+            v
+        })
+        .collect()
 }
 
 pub(super) fn namespace_of<K: kube::Resource>(o: &K) -> &str {
@@ -387,6 +384,13 @@ mod tests {
             w
         }
 
+        fn find(&self, ns: &str, name: &str) -> Option<Arc<Machine>> {
+            self.machines
+                .iter()
+                .find(|m| namespace_of(&***m) == ns && name_of(&***m) == name)
+                .cloned()
+        }
+
         fn add_machine(&mut self, ns: &str, group: Option<&str>) {
             self.next += 1;
             let name = format!("m{}", self.next);
@@ -518,16 +522,9 @@ mod tests {
                 if !build_now {
                     continue;
                 }
-                let current = |(ns, name): &(String, String)| {
-                    world
-                        .machines
-                        .iter()
-                        .find(|m| namespace_of(&***m) == ns && name_of(&***m) == name)
-                        .cloned()
-                };
                 let changed: Vec<_> = machines
                     .iter()
-                    .map(|k| (k.0.as_str(), k.1.as_str(), current(k)))
+                    .map(|(ns, name)| (ns.as_str(), name.as_str(), world.find(ns, name)))
                     .collect();
                 let updated = builder
                     .update(&world.groups, &changed, nodes.then_some(&world.nodes[..]))
@@ -538,6 +535,15 @@ mod tests {
                 nodes = false;
             }
         }
+    }
+
+    /// The update after one machine of `world` changed (`t`), the Groups the same.
+    fn update_one(builder: &mut InventoryBuilder, world: &World, t: Touched) -> Inventory {
+        let (ns, name) = t.machine.expect("a machine changed");
+        let now = world.find(&ns, &name);
+        builder
+            .update(&world.groups, &[(&ns, &name, now)], None)
+            .expect("the same Groups: an update")
     }
 
     #[test]
@@ -551,15 +557,7 @@ mod tests {
             on: true,
             cpu: 4,
         });
-        let key = turned_on.machine.expect("a machine changed");
-        let changed = [(
-            key.0.as_str(),
-            key.1.as_str(),
-            Some(world.machines[1].clone()),
-        )];
-        let after = builder
-            .update(&world.groups, &changed, None)
-            .expect("the same Groups: an update");
+        let after = update_one(&mut builder, &world, turned_on);
         assert!(
             after.tables().same_as(&before.tables()),
             "a power change moves no machine: the same tables"
@@ -570,15 +568,7 @@ mod tests {
             index: 1,
             group: Some(0),
         });
-        let key = moved.machine.expect("a machine changed");
-        let changed = [(
-            key.0.as_str(),
-            key.1.as_str(),
-            Some(world.machines[1].clone()),
-        )];
-        let relabelled = builder
-            .update(&world.groups, &changed, None)
-            .expect("the same Groups: an update");
+        let relabelled = update_one(&mut builder, &world, moved);
         assert!(
             !relabelled.tables().same_as(&after.tables()),
             "a machine that changed groups changes the tables"
