@@ -648,9 +648,7 @@ impl Cache {
     /// A Node CR as the inventory should see it: the store's, or our own write while the
     /// store has not caught up with it (see [`objects`](Self::objects)).
     fn machine_now(&self, namespace: &str, name: &str) -> Option<Arc<Machine>> {
-        let stored = self
-            .machines
-            .get(&reflector::ObjectRef::new(name).within(namespace));
+        let stored = self.machines.get(&ObjectRef::new(name).within(namespace));
         let mut written = lock(&self.written);
         let key = (namespace.to_owned(), name.to_owned());
         let Some(w) = written.get(&key) else {
