@@ -372,7 +372,7 @@ async fn run(size: Size) {
     inventory_build(size);
 }
 
-/// What `run-operator` does after every change it sees (`KubeSource`'s rebuild): the inventory
+/// What `run-operator` does after every change it sees (`ClusterSource`'s rebuild): the inventory
 /// built from the cached Group and Node CR objects.
 fn inventory_build(size: Size) {
     use kubectl_homelab::operator::api::{Group, Machine};

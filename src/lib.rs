@@ -5,3 +5,9 @@ pub mod memory;
 pub mod operator;
 pub mod sim;
 pub mod yaml;
+
+/// Locks a mutex whose data stays valid after a panic elsewhere (plain maps and counters): the
+/// operator keeps serving instead of propagating the poison.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

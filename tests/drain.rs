@@ -12,10 +12,10 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kubectl_homelab::operator::controller::node_side::{CORDONED, DRAIN_STARTED};
-use kubectl_homelab::operator::drain::{
+use kubectl_homelab::operator::node::drain::{
     self, DrainClient, DrainOptions, DrainOutcome, DrainProgress, PodRef, cordon,
 };
+use kubectl_homelab::operator::node::{CORDONED, DRAIN_STARTED};
 use support::{ControlPlane, FakeNode, World};
 
 // --- Fixture builders.

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::cache::Scope;
 use kubectl_homelab::operator::machine::PowerState;
-use kubectl_homelab::operator::provider::kube::{KubeSource, Scope, WriteError};
+use kubectl_homelab::operator::provider::cluster::{ClusterSource, WriteError};
 use kubectl_homelab::operator::provider::{
     InventorySource as _, MachineKey, POWER_ON_FAILED_ANNOTATION, PowerChange,
 };
@@ -115,9 +116,9 @@ async fn failed_at(client: &kube::Client, ns: &str, name: &str) -> anyhow::Resul
 
 /// Waits until the source's objects satisfy `f` (watch events take a moment).
 async fn eventually(
-    source: &KubeSource,
+    source: &ClusterSource,
     what: &str,
-    f: impl Fn(&kubectl_homelab::operator::provider::kube::ClusterObjects) -> bool,
+    f: impl Fn(&kubectl_homelab::operator::provider::cluster::ClusterObjects) -> bool,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut rx = source.subscribe();
@@ -140,7 +141,7 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
         return Ok(());
     };
     let fx = fixture(cp, "src-sync").await?;
-    let source = KubeSource::start(fx.client.clone(), Scope::Namespace(fx.ns.clone()));
+    let source = ClusterSource::start(fx.client.clone(), Scope::Namespace(fx.ns.clone()));
     // Concurrent waiters all wake (kube's `Store::wait_until_ready` keeps only one waker).
     let (a, ()) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -187,9 +188,9 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
     }
 
     // All namespaces: both fixtures' CRs.
-    let all = KubeSource::start(fx.client.clone(), Scope::AllNamespaces);
+    let all = ClusterSource::start(fx.client.clone(), Scope::AllNamespaces);
     all.wait_until_ready(SYNC).await?;
-    let mine = |o: &kubectl_homelab::operator::provider::kube::ClusterObjects| {
+    let mine = |o: &kubectl_homelab::operator::provider::cluster::ClusterObjects| {
         o.machines
             .iter()
             .filter(|m| {
@@ -226,7 +227,7 @@ async fn desired_power_is_durable_and_visible_at_once() -> anyhow::Result<()> {
         return Ok(());
     };
     let fx = fixture(cp, "src-write").await?;
-    let source = KubeSource::start(fx.client.clone(), Scope::Namespace(fx.ns.clone()));
+    let source = ClusterSource::start(fx.client.clone(), Scope::Namespace(fx.ns.clone()));
     source.wait_until_ready(SYNC).await?;
     let before = source.snapshot();
     let g0 = source.generation();
@@ -434,7 +435,7 @@ async fn conflicting_write_is_not_blind() -> anyhow::Result<()> {
         .context("building the tapped kube client")?
         .with_layer(&conflicts)
         .build();
-    let source = KubeSource::start(client, Scope::Namespace(fx.ns.clone()));
+    let source = ClusterSource::start(client, Scope::Namespace(fx.ns.clone()));
     source.wait_until_ready(SYNC).await?;
     let theirs = change_unseen(cp, &fx.ns, &fx.names[1], &["on", "off"])?;
     let (applied, result) = source
@@ -460,7 +461,7 @@ async fn sync_timeout_names_what_is_missing() -> anyhow::Result<()> {
     };
     // An identity without any RBAC: no list succeeds, so nothing syncs.
     let nobody = cp.user(&cp.unique_name("nobody"), None).await?;
-    let source = KubeSource::start(nobody.client()?, Scope::Namespace("default".into()));
+    let source = ClusterSource::start(nobody.client()?, Scope::Namespace("default".into()));
     let err = source
         .wait_until_ready(Duration::from_secs(3))
         .await
@@ -500,7 +501,10 @@ impl Drop for Server {
 }
 
 async fn start_server(client: kube::Client, ns: &str) -> anyhow::Result<Server> {
-    let source = Arc::new(KubeSource::start(client, Scope::Namespace(ns.to_owned())));
+    let source = Arc::new(ClusterSource::start(
+        client,
+        Scope::Namespace(ns.to_owned()),
+    ));
     source.wait_until_ready(SYNC).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -878,7 +882,7 @@ async fn measure_2000_machines() -> anyhow::Result<()> {
     );
 
     let started = std::time::Instant::now();
-    let source = Arc::new(KubeSource::start(
+    let source = Arc::new(ClusterSource::start(
         client.clone(),
         Scope::Namespace(ns.clone()),
     ));

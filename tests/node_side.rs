@@ -10,12 +10,15 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, Patch, PatchParams};
 use kubectl_homelab::operator::api::{Machine, MachineSpec, MachineStatus};
-use kubectl_homelab::operator::controller::node_side::{
-    self, CA_DELETION_CANDIDATE, CA_TO_BE_DELETED, ProviderIdCheck, SCALE_DOWN_DISABLED,
-    cleanup_change, registration, snapshot,
+use kubectl_homelab::operator::ca::{
+    DELETION_CANDIDATE_TAINT as CA_DELETION_CANDIDATE, SCALE_DOWN_DISABLED,
+    TO_BE_DELETED_TAINT as CA_TO_BE_DELETED,
 };
-use kubectl_homelab::operator::drain::cordon;
 use kubectl_homelab::operator::machine::PowerState;
+use kubectl_homelab::operator::node::drain::cordon;
+use kubectl_homelab::operator::node::{
+    self as node_side, ProviderIdCheck, cleanup_change, registration, snapshot,
+};
 use support::{ControlPlane, FakeNode, World};
 
 // --- Fixture builders.

@@ -15,12 +15,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use kubectl_homelab::operator::api::{Direction, Group, Machine};
-use kubectl_homelab::operator::controller::node_side::SCALE_DOWN_DISABLED;
+use kubectl_homelab::operator::ca::SCALE_DOWN_DISABLED;
+use kubectl_homelab::operator::cache::Scope;
 use kubectl_homelab::operator::controller::{self, Settings};
-use kubectl_homelab::operator::drain::DrainClient;
 use kubectl_homelab::operator::machine::{Phase, Policy, PowerState};
+use kubectl_homelab::operator::node::drain::DrainClient;
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
-use kubectl_homelab::operator::provider::kube::{KubeSource, Scope};
+use kubectl_homelab::operator::provider::cluster::ClusterSource;
 use serde_json::json;
 use support::world::{JobOutcome, job_finished};
 use support::{Background, ControlPlane, FakeNode, World};
@@ -403,7 +404,10 @@ async fn start_operator(cp: &ControlPlane, ns: &str) -> anyhow::Result<Backgroun
     let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
     let drain = DrainClient::new(config.clone())?;
     let client = Client::try_from(config)?;
-    let source = Arc::new(KubeSource::start(client, Scope::Namespace(ns.to_owned())));
+    let source = Arc::new(ClusterSource::start(
+        client,
+        Scope::Namespace(ns.to_owned()),
+    ));
     source.wait_until_ready(SYNC).await?;
     Ok(Background::from(tokio::spawn(controller::run(
         source,
@@ -649,7 +653,7 @@ async fn a_node_that_goes_not_ready_is_recorded_not_powered_off() -> anyhow::Res
         .await?;
     assert_eq!(m.lifecycle().phase(), Phase::Ready);
     assert!(lab.jobs("m1").await?.is_empty(), "no power action");
-    let source = KubeSource::start(lab.client.clone(), Scope::Namespace(lab.ns.clone()));
+    let source = ClusterSource::start(lab.client.clone(), Scope::Namespace(lab.ns.clone()));
     source.wait_until_ready(SYNC).await?;
     let group_id = kubectl_homelab::operator::provider::ops::node_groups(&source.inventory())
         .into_iter()

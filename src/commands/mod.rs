@@ -95,14 +95,7 @@ pub fn render_error(error: &anyhow::Error) -> String {
 }
 
 fn render_messages(messages: impl Iterator<Item = String>) -> String {
-    let mut shown: Vec<String> = Vec::new();
-    for message in messages {
-        let message = message.trim().to_owned();
-        if message.is_empty() || shown.last().is_some_and(|prev| prev.contains(&message)) {
-            continue;
-        }
-        shown.push(message);
-    }
+    let shown = crate::operator::distinct_messages(messages);
     let mut out = format!("error: {}", shown.first().map_or("", String::as_str));
     if shown.len() > 1 {
         out.push_str("\n\nCaused by:");

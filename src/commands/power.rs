@@ -13,18 +13,12 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 
 use super::kube_args::ClusterArgs;
-use crate::operator::api::Machine;
+use crate::operator::api::{Machine, RETRY_ANNOTATION};
 use crate::operator::machine::{Phase, PowerState};
-
-/// Annotation asking the operator to retry a machine in phase `Failed` now instead of waiting
-/// for its backoff: an RFC 3339 time, honoured when newer than `status.phaseSince`.
-pub const RETRY_ANNOTATION: &str = "infra.homecluster.dev/retry-requested-at";
+use crate::operator::node::drain::pods_blocking_power_off;
 
 /// Field manager of the CLI's writes.
 const FIELD_MANAGER: &str = "kubectl-homelab-power";
-
-/// Pods that mark a mirror (static) pod.
-const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Direction {
@@ -105,12 +99,11 @@ impl Target {
     }
 }
 
+/// The operator's rule ([`Machine::node_name`]), with the Node CR's own name when the machine
+/// declares none and never registered.
 fn kubernetes_node_name(m: &Machine) -> String {
-    m.status
-        .as_ref()
-        .and_then(|s| s.node.as_ref())
-        .map(|n| n.name.clone())
-        .or_else(|| m.spec.kubernetes_node_name.clone())
+    m.node_name()
+        .map(str::to_owned)
         .unwrap_or_else(|| m.name_any())
 }
 
@@ -234,7 +227,7 @@ fn close_matches(name: &str, machines: &[Machine]) -> Vec<String> {
     let mut scored: Vec<(usize, String)> = candidates
         .into_iter()
         .filter_map(|c| {
-            let d = edit_distance(name, &c);
+            let d = strsim::levenshtein(name, &c);
             (d <= limit || (name.len() >= 2 && (c.contains(name) || name.contains(&c))))
                 .then_some((d, c))
         })
@@ -243,40 +236,10 @@ fn close_matches(name: &str, machines: &[Machine]) -> Vec<String> {
     scored.into_iter().take(5).map(|(_, c)| c).collect()
 }
 
-/// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = Vec::with_capacity(b.len() + 1);
-        cur.push(i + 1);
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// Pods a power-off would evict: bound to the node, not owned by a DaemonSet, not mirror pods,
-/// not finished.
+/// Pods a power-off would evict: exactly the ones the operator's drain waits for.
 fn evictable(pods: &[Pod]) -> Vec<String> {
-    let mut out: Vec<String> = pods
-        .iter()
-        .filter(|p| {
-            let daemon = p
-                .owner_references()
-                .iter()
-                .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
-            let mirror = p.annotations().contains_key(MIRROR_ANNOTATION);
-            let finished = p
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
-            !daemon && !mirror && !finished
-        })
+    let mut out: Vec<String> = pods_blocking_power_off(pods)
+        .into_iter()
         .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
         .collect();
     out.sort();
@@ -699,7 +662,7 @@ mod tests {
         assert!(at.is_some_and(|at| at > since), "{p:?}");
     }
 
-    fn pod(name: &str, owner: Option<&str>, mirror: bool, phase: &str) -> Pod {
+    fn pod(name: &str, owner: Option<&str>, annotation: Option<&str>, phase: &str) -> Pod {
         let mut v = serde_json::json!({
             "metadata": { "name": name, "namespace": "apps" },
             "status": { "phase": phase },
@@ -709,8 +672,8 @@ mod tests {
                 "apiVersion": "apps/v1", "kind": kind, "name": "x", "uid": "u", "controller": true
             }]);
         }
-        if mirror {
-            v["metadata"]["annotations"] = serde_json::json!({ MIRROR_ANNOTATION: "abc" });
+        if let Some(key) = annotation {
+            v["metadata"]["annotations"] = serde_json::json!({ key: "true" });
         }
         match serde_json::from_value(v) {
             Ok(p) => p,
@@ -718,16 +681,38 @@ mod tests {
         }
     }
 
+    /// The confirmation lists what the operator's drain would wait for, nothing else: a pod
+    /// CA counts as a DaemonSet pod by annotation is not listed (the operator does not evict it).
     #[test]
     fn only_pods_a_drain_would_evict_block_a_power_off() {
+        use crate::operator::{ca, node::drain::MIRROR_POD_ANNOTATION};
         let pods = [
-            pod("web", Some("ReplicaSet"), false, "Running"),
-            pod("agent", Some("DaemonSet"), false, "Running"),
-            pod("static", None, true, "Running"),
-            pod("done", None, false, "Succeeded"),
-            pod("bare", None, false, "Pending"),
+            pod("web", Some("ReplicaSet"), None, "Running"),
+            pod("agent", Some("DaemonSet"), None, "Running"),
+            pod("ds-marked", None, Some(ca::DAEMONSET_POD), "Running"),
+            pod("static", None, Some(MIRROR_POD_ANNOTATION), "Running"),
+            pod("done", None, None, "Succeeded"),
+            pod("bare", None, None, "Pending"),
         ];
         assert_eq!(evictable(&pods), ["apps/bare", "apps/web"]);
+    }
+
+    /// `power` looks for pods on the Node the operator would drain: the declared
+    /// `kubernetesNodeName` before the name last registered, the Node CR's name without either.
+    #[test]
+    fn the_node_whose_pods_are_listed_is_the_operators() {
+        let mut m = machine("m", Some("declared"), PowerState::On, Phase::Ready);
+        if let Some(s) = m.status.as_mut() {
+            s.node = Some(Box::new(crate::operator::api::NodeSnapshot {
+                name: "registered".into(),
+                ..Default::default()
+            }));
+        }
+        assert_eq!(kubernetes_node_name(&m), "declared");
+        m.spec.kubernetes_node_name = None;
+        assert_eq!(kubernetes_node_name(&m), "registered");
+        let bare = machine("m", None, PowerState::On, Phase::Off);
+        assert_eq!(kubernetes_node_name(&bare), "m");
     }
 
     #[test]
@@ -754,12 +739,5 @@ mod tests {
             f.observe(&m, Direction::On),
             Progress::Failed("power Job failed".into())
         );
-    }
-
-    #[test]
-    fn edit_distance_counts_single_edits() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "ab"), 2);
-        assert_eq!(edit_distance("m1", "m1"), 0);
     }
 }

@@ -14,13 +14,14 @@ use tokio::sync::watch;
 
 use super::kube_args::Cluster;
 use super::serve_grpc::{self, server_tls, shutdown_signal};
+use crate::operator::cache::Scope;
 use crate::operator::controller::{self, Settings};
 use crate::operator::health::{self, Readiness};
 use crate::operator::leader::{
     DEFAULT_LEASE_NAME, Election, Leadership, LeaseSettings, default_identity,
 };
 use crate::operator::metrics::{GrpcMetricsLayer, Metrics};
-use crate::operator::provider::kube::{KubeSource, Scope};
+use crate::operator::provider::cluster::ClusterSource;
 use crate::operator::provider::{Provider, serve_provider_with_layer};
 use crate::operator::runtime::{OperatorContext, Shutdown, run_while_leader, set, when_set};
 
@@ -173,7 +174,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let tls = server_tls(&args.serve)?;
     let config = args.serve.kube.cluster.config().await?;
-    let drain = crate::operator::drain::DrainClient::new(config.clone())
+    let drain = crate::operator::node::drain::DrainClient::new(config.clone())
         .context("cannot build the Kubernetes client for evictions")?;
     let cluster = Cluster::from_config(config)?;
     let scope = serve_grpc::scope(&args.serve.kube, &cluster);
@@ -222,7 +223,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let metrics = Metrics::new();
     let source = Arc::new(
-        KubeSource::start(client.clone(), scope.clone()).with_write_timeout(args.serve.api_timeout),
+        ClusterSource::start(client.clone(), scope.clone())
+            .with_write_timeout(args.serve.api_timeout),
     );
     let (stopping_tx, stopping) = watch::channel(false);
     let leadership_cell: Arc<OnceLock<Leadership>> = Arc::new(OnceLock::new());
@@ -278,7 +280,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// `/readyz`: not while stopping; caches synced; and, when required, leading.
 fn readiness(
-    source: Arc<KubeSource>,
+    source: Arc<ClusterSource>,
     leadership: Arc<OnceLock<Leadership>>,
     stopping: watch::Receiver<bool>,
     requires_leader: bool,
@@ -304,9 +306,9 @@ fn readiness(
 async fn serve_after_sync(
     args: &Args,
     client: kube::Client,
-    drain: crate::operator::drain::DrainClient,
+    drain: crate::operator::node::drain::DrainClient,
     scope: Scope,
-    source: Arc<KubeSource>,
+    source: Arc<ClusterSource>,
     tls: Option<crate::operator::provider::TlsOptions>,
     grpc_listener: tokio::net::TcpListener,
     settings: LeaseSettings,

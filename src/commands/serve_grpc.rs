@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::kube_args::{Cluster, KubeArgs, Namespaces};
-use crate::operator::provider::kube::{KubeSource, Scope};
+use crate::operator::cache::Scope;
+use crate::operator::provider::cluster::ClusterSource;
 use crate::operator::provider::service::DEFAULT_GPU_LABEL;
 use crate::operator::provider::{GpuConfig, Provider, ProviderOptions, TlsOptions, serve_provider};
 use anyhow::Context as _;
@@ -226,7 +227,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
     let source =
-        Arc::new(KubeSource::start(client, scope.clone()).with_write_timeout(args.api_timeout));
+        Arc::new(ClusterSource::start(client, scope.clone()).with_write_timeout(args.api_timeout));
     tracing::info!(%scope, "waiting for the caches to sync");
     tokio::select! {
         r = source.wait_until_ready(args.sync_timeout) => r?,

@@ -7,19 +7,21 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::cache::Scope;
 use super::leader::Leadership;
 use super::metrics::Metrics;
-use super::provider::kube::{KubeSource, Scope};
+use super::provider::cluster::ClusterSource;
 
-/// Everything the controllers act through. The caches are the provider's: one watch per kind.
+/// Everything the controllers act through. The provider and the controllers read one watch
+/// cache: one watch per kind.
 #[derive(Clone)]
 pub struct OperatorContext {
     pub client: kube::Client,
-    /// For evictions (no 429 retries, see `operator::drain::DrainClient`).
-    pub drain: super::drain::DrainClient,
-    /// The shared reflectors (Group CRs, Node CRs, Kubernetes Nodes), synced before the
-    /// controllers start.
-    pub source: Arc<KubeSource>,
+    /// For evictions (no 429 retries, see `operator::node::drain::DrainClient`).
+    pub drain: super::node::drain::DrainClient,
+    /// The provider's inventory over the shared watch cache (Group CRs, Node CRs, Kubernetes
+    /// Nodes), synced before the controllers start.
+    pub source: Arc<ClusterSource>,
     pub scope: Scope,
     pub metrics: Metrics,
     /// Still `true` whenever the controllers run; they are stopped at once when it turns false.

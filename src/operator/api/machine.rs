@@ -25,6 +25,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: SignedDuration = SignedDuration::from_secs(5
 pub const PROVIDER_ID_SCHEME: &str = "homelab://";
 /// How many recent boot durations status keeps.
 pub const RECENT_BOOTS_MAX: usize = 10;
+/// Annotation a person (or `kubectl homelab power`) sets on a Node CR to retry a Failed machine
+/// now instead of waiting for its backoff: an RFC 3339 time, honoured once when newer than
+/// `status.phaseSince`.
+pub const RETRY_ANNOTATION: &str = "infra.homecluster.dev/retry-requested-at";
 
 /// A physical machine that is (or becomes) a Kubernetes node, powered on and off on demand.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -90,6 +90,11 @@ fn days_as_hours(value: &str) -> Option<String> {
     Some(out)
 }
 
+/// Go's `time.ParseDuration` without a sign, in integer nanoseconds. Written here rather than
+/// taken from `kube::core::Duration`: that parser also takes an empty string (as zero) and a
+/// sign, and multiplies in floating point; the CRDs' CEL rules accept exactly this grammar, so
+/// an object the API server stored must parse here. `kube_duration_accepts_more_than_the_crds`
+/// below pins the difference.
 fn parse_go_duration(s: &str) -> Option<SignedDuration> {
     if s == "0" {
         return Some(SignedDuration::ZERO);
@@ -341,5 +346,56 @@ mod tests {
         assert_eq!(format_duration(SignedDuration::from_secs(600)), "10m0s");
         assert_eq!(format_duration(SignedDuration::from_secs(5)), "5s");
         assert_eq!(format_duration(SignedDuration::from_secs(5400)), "1h30m0s");
+    }
+}
+
+#[cfg(test)]
+mod go_duration_tests {
+    use super::*;
+
+    /// Where `kube::core::Duration` (the duration parser already in the dependency tree) and
+    /// ours agree, and the inputs on which it accepts what the CRDs reject: the reason ours stays.
+    #[test]
+    fn kube_duration_accepts_more_than_the_crds() {
+        let kube = |v: &str| {
+            v.parse::<kube::core::Duration>()
+                .ok()
+                .map(|d| std::time::Duration::from(d).as_nanos())
+        };
+        let ours = |v: &str| parse_go_duration(v).map(|d| d.as_nanos().unsigned_abs());
+        for same in [
+            "0",
+            "1s",
+            "90s",
+            "10m",
+            "1h30m",
+            "1.5s",
+            ".5s",
+            "1.s",
+            "100ms",
+            "10us",
+            "10µs",
+            "10μs",
+            "1ns",
+            "2h45m30.5s",
+            "5",
+            "7d",
+            "1x",
+            "s",
+            "1.5.5s",
+            " 5s",
+        ] {
+            assert_eq!(kube(same), ours(same), "{same:?}");
+        }
+        for (kube_only, why) in [
+            ("", "empty is not a duration (CEL rejects it)"),
+            ("+5s", "signs are not part of the CRDs' grammar"),
+            ("-5s", "a negative timeout makes no sense here"),
+        ] {
+            assert!(
+                kube(kube_only).is_some() && ours(kube_only).is_none(),
+                "{why}"
+            );
+        }
     }
 }

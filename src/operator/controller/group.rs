@@ -52,8 +52,8 @@ pub fn counts(group: &Group, members: &[Arc<Machine>]) -> GroupStatus {
 pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = g.namespace().unwrap_or_default();
     let members: Vec<Arc<Machine>> = ctx
-        .source
-        .machine_store()
+        .cache
+        .machines()
         .state()
         .into_iter()
         .filter(|m| m.namespace().as_deref() == Some(ns.as_str()) && g.has_member(m))
@@ -90,7 +90,7 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
         &mut new.conditions,
         condition(CONDITION_READY, ok, reason, message, generation, now),
     );
-    let inventory = ctx.source.inventory();
+    let inventory = ctx.provider.inventory();
     let warnings = group_warnings(&inventory, &ns, &g.name_any());
     let mut raised = Vec::new();
     for kind in GROUP_WARNING_CONDITIONS {

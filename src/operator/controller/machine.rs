@@ -11,27 +11,24 @@ use kube::runtime::events::{Event as KubeEventOut, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource as _, ResourceExt as _};
 
-use super::node_side;
 use super::{Context, Error, FIELD_MANAGER, FINALIZER, requeue};
 use crate::operator::api::{
     CONDITION_IDENTITY_MISMATCH, CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY,
     Direction, DriverReadback, Group, Health, Machine, MachineStatus, PowerDriver as DriverSpec,
     condition, upsert_condition,
 };
-use crate::operator::drain;
 use crate::operator::machine::{
     Effect, KubeEvent, Lifecycle, NodeObs, Observed, OpStatus, Operation, OperationKind, Phase,
     Policy, PowerState, operation_resource_name, reconcile as core_reconcile,
 };
+use crate::operator::node as node_side;
+use crate::operator::node::drain;
 use crate::operator::power::http::HttpDriver;
 use crate::operator::power::job::{JobDriver, JobKind};
 use crate::operator::power::redfish::RedfishDriver;
 use crate::operator::power::wol::WakeOnLanDriver;
 use crate::operator::power::{Driver, OpContext, PowerError, Progress, Report};
 
-/// Annotation a person (or `kubectl homelab power`) sets to retry a Failed machine now; a value
-/// newer than `status.phaseSince` counts once.
-pub const RETRY_ANNOTATION: &str = "infra.homecluster.dev/retry-requested-at";
 /// Condition: a drain for a power-off is running or was given up.
 pub const CONDITION_DRAINING: &str = "Draining";
 /// Condition: the registered Node reports Ready.
@@ -55,7 +52,7 @@ pub fn error_policy(_m: Arc<Machine>, e: &Error, ctx: Arc<Context>) -> Action {
 /// The Kubernetes Node of a machine: by providerID, then by `kubernetesNodeName` (or the name it
 /// last registered under).
 fn find_node(ctx: &Context, m: &Machine) -> Option<Arc<Node>> {
-    let store = ctx.source.node_store();
+    let store = ctx.cache.nodes();
     ctx.node_by_provider_id(&m.expected_provider_id())
         .and_then(|n| store.get(&ObjectRef::new(&n)))
         .or_else(|| m.node_name().and_then(|n| store.get(&ObjectRef::new(n))))
@@ -119,7 +116,7 @@ fn policy(ctx: &Context, m: &Machine) -> Result<Policy, String> {
 /// The machine's Group from the provider's cache (`None`: no group label, or no such Group).
 fn group_of(ctx: &Context, m: &Machine) -> Option<Arc<Group>> {
     let (g, ns) = (m.group()?, m.namespace()?);
-    ctx.source.group_store().get(&ObjectRef::new(g).within(&ns))
+    ctx.cache.groups().get(&ObjectRef::new(g).within(&ns))
 }
 
 /// What a driver needs to act on `op` of `m`.
@@ -321,7 +318,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     let mut pods_present = !drain::pods_blocking_power_off(&pods).is_empty();
     let manual_retry = m
         .annotations()
-        .get(RETRY_ANNOTATION)
+        .get(crate::operator::api::RETRY_ANNOTATION)
         .and_then(|v| v.parse::<Timestamp>().ok())
         .is_some_and(|t| lc.phase_since.is_none_or(|since| t > since));
 

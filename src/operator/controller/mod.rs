@@ -1,5 +1,6 @@
 //! The operator's controllers: the edge of the lifecycle core. They read the world from the
-//! provider's reflector caches (one watch per kind, shared with the gRPC provider), call the pure
+//! operator's watch cache (`operator::cache`, one watch per kind, shared with the gRPC
+//! provider), call the pure
 //! core (`operator::machine::reconcile`) and carry out the effects it returns. No decision is
 //! made here that the core could make.
 //!
@@ -9,7 +10,6 @@
 //! costs no API call.
 pub mod group;
 pub mod machine;
-pub mod node_side;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,17 +19,16 @@ use futures::{Stream, StreamExt as _};
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Client, ResourceExt as _};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt as _};
 use tokio::sync::broadcast;
 
+use crate::lock;
 use crate::operator::api::{Group, Machine};
-use crate::operator::power::job::{MACHINE_LABEL, job_selector};
-use crate::operator::provider::kube::{Change, KubeSource, Scope};
+use crate::operator::cache::{self, Cache, Change};
+use crate::operator::provider::cluster::ClusterSource;
 
-/// Field manager of the operator's writes (shows in `managedFields`).
-pub const FIELD_MANAGER: &str = "kubectl-homelab-operator";
+pub use crate::operator::FIELD_MANAGER;
 /// Finalizer that keeps a Node CR until its Kubernetes Node is left clean.
 pub const FINALIZER: &str = "infra.homecluster.dev/cleanup";
 
@@ -56,7 +55,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            drain_timeout: Duration::from_secs(300),
+            drain_timeout: crate::operator::node::drain::DEFAULT_DRAIN_TIMEOUT.unsigned_abs(),
             poll_interval: Duration::from_secs(5),
             concurrency: 16,
             policy: crate::operator::machine::Policy::default(),
@@ -69,8 +68,12 @@ impl Default for Settings {
 pub struct Context {
     pub client: Client,
     /// For evictions: a client that does not retry 429s (a PodDisruptionBudget refusing).
-    pub drain: crate::operator::drain::DrainClient,
-    pub source: Arc<KubeSource>,
+    pub drain: crate::operator::node::drain::DrainClient,
+    /// The shared watch cache (Group CRs, Node CRs, Kubernetes Nodes).
+    pub cache: Arc<Cache>,
+    /// The CA provider's inventory over the same cache: the group controller reports what the
+    /// provider answers CA (warnings in the Group's status).
+    pub provider: Arc<ClusterSource>,
     pub jobs: Store<Job>,
     pub recorder: Recorder,
     pub settings: Settings,
@@ -85,13 +88,14 @@ pub struct Context {
 
 impl Context {
     pub fn new(
-        source: Arc<KubeSource>,
-        drain: crate::operator::drain::DrainClient,
+        provider: Arc<ClusterSource>,
+        drain: crate::operator::node::drain::DrainClient,
         jobs: Store<Job>,
         settings: Settings,
         metrics: Option<crate::operator::metrics::Metrics>,
     ) -> Context {
-        let client = source.client().clone();
+        let cache = provider.cache().clone();
+        let client = cache.client().clone();
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -100,7 +104,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             drain,
-            source,
+            cache,
+            provider,
             jobs,
             settings,
             metrics,
@@ -130,11 +135,7 @@ impl Context {
 
     fn index_node(&self, name: &str, provider_id: Option<&str>) {
         let mut idx = lock(&self.node_index);
-        let exists = self
-            .source
-            .node_store()
-            .get(&ObjectRef::new(name))
-            .is_some();
+        let exists = self.cache.nodes().get(&ObjectRef::new(name)).is_some();
         idx.retain(|_, n| n != name);
         if let (true, Some(p)) = (exists, provider_id.filter(|p| !p.is_empty())) {
             idx.insert(p.to_owned(), name.to_owned());
@@ -144,7 +145,7 @@ impl Context {
     fn reindex_nodes(&self) {
         let mut idx = lock(&self.node_index);
         idx.clear();
-        for n in self.source.node_store().state() {
+        for n in self.cache.nodes().state() {
             if let Some(p) = n.spec.as_ref().and_then(|s| s.provider_id.as_deref())
                 && !p.is_empty()
             {
@@ -152,10 +153,6 @@ impl Context {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a reconcile failed; it is retried with a short backoff.
@@ -170,7 +167,7 @@ pub enum Error {
     #[error("{0}")]
     NodeSide(String),
     #[error(transparent)]
-    NodeWrite(#[from] node_side::NodeSideError),
+    NodeWrite(#[from] crate::operator::node::NodeSideError),
     #[error("{0}")]
     Power(#[from] crate::operator::power::PowerError),
     #[error("serializing {what}: {source}")]
@@ -200,43 +197,6 @@ impl Error {
     }
 }
 
-/// The operator's own power Jobs, cached by one label-selected watch.
-pub fn job_reflector(
-    client: Client,
-    scope: &Scope,
-) -> (
-    Store<Job>,
-    impl Stream<Item = ObjectRef<Machine>> + Send + 'static,
-) {
-    let api: Api<Job> = match scope {
-        Scope::Namespace(ns) => Api::namespaced(client, ns),
-        Scope::AllNamespaces => Api::all(client),
-    };
-    let (reader, writer) = reflector::store();
-    let config = watcher::Config::default().labels(&job_selector());
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|j: &mut Job| {
-            j.metadata.managed_fields = None;
-            j.spec = None;
-        })
-        .reflect(writer)
-        .applied_objects()
-        .filter_map(|r| async move {
-            match r {
-                Ok(job) => {
-                    let name = job.labels().get(MACHINE_LABEL)?.clone();
-                    Some(ObjectRef::new(&name).within(&job.namespace()?))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "power Job watch failed; retrying with backoff");
-                    None
-                }
-            }
-        });
-    (reader, stream)
-}
-
 /// The `metadata.generation` of each Group as the trigger task last saw it. A machine's reconcile
 /// reads only its Group's spec (see `machine::policy`), so a Group change whose generation did
 /// not move (a status write, typically the group controller's own) concerns none of its members:
@@ -249,7 +209,7 @@ fn affected(
     groups_seen: &mut GroupGenerations,
     change: &Change,
 ) -> (Vec<ObjectRef<Machine>>, Vec<ObjectRef<Group>>) {
-    let machines = ctx.source.machine_store();
+    let machines = ctx.cache.machines();
     match change {
         Change::Machine { namespace, name } => {
             let m = ObjectRef::new(name).within(namespace);
@@ -261,8 +221,8 @@ fn affected(
         Change::Group { namespace, name } => {
             let group = ObjectRef::new(name).within(namespace);
             let generation = ctx
-                .source
-                .group_store()
+                .cache
+                .groups()
                 .get(&group)
                 .map(|g| g.metadata.generation);
             let before = match generation {
@@ -298,8 +258,8 @@ fn affected(
         Change::Resync => {
             ctx.reindex_nodes();
             *groups_seen = ctx
-                .source
-                .group_store()
+                .cache
+                .groups()
                 .state()
                 .iter()
                 .map(|g| (ObjectRef::from_obj(&**g), g.metadata.generation))
@@ -310,8 +270,8 @@ fn affected(
                 .map(|m| ObjectRef::from_obj(&*m))
                 .collect();
             let groups = ctx
-                .source
-                .group_store()
+                .cache
+                .groups()
                 .state()
                 .into_iter()
                 .map(|g| ObjectRef::from_obj(&*g))
@@ -364,18 +324,18 @@ fn queues(
 }
 
 /// Runs the machine and group controllers until `shutdown` resolves (leadership lost or
-/// SIGTERM). The caches of `source` must have synced.
+/// SIGTERM). The provider's cache must have synced.
 pub async fn run(
-    source: Arc<KubeSource>,
-    drain: crate::operator::drain::DrainClient,
+    provider: Arc<ClusterSource>,
+    drain: crate::operator::node::drain::DrainClient,
     settings: Settings,
     metrics: Option<crate::operator::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let client = source.client().clone();
-    let (jobs, job_triggers) = job_reflector(client, source.scope());
-    let changes = source.object_changes();
-    let ctx = Arc::new(Context::new(source.clone(), drain, jobs, settings, metrics));
+    let cache = provider.cache().clone();
+    let (jobs, job_triggers) = cache::jobs::watch(cache.client().clone(), cache.scope());
+    let changes = cache.changes();
+    let ctx = Arc::new(Context::new(provider, drain, jobs, settings, metrics));
     let concurrency = ctx.settings.concurrency;
     let (machine_queue, group_queue) = queues(ctx.clone(), changes);
     let machine_queue =
@@ -386,7 +346,7 @@ pub async fn run(
         |m, ctx| Box::pin(machine::reconcile(m, ctx)),
         machine::error_policy,
         ctx.clone(),
-        source.machine_store(),
+        cache.machines().clone(),
         machine_queue,
         controller::Config::default().concurrency(concurrency),
     )
@@ -399,7 +359,7 @@ pub async fn run(
         |g, ctx| Box::pin(group::reconcile(g, ctx)),
         group::error_policy,
         ctx.clone(),
-        source.group_store(),
+        cache.groups().clone(),
         group_queue,
         // A Group's status sums its members: while many of them change at once (a first start,
         // a scale-up), write it once they settled rather than once per member change.
@@ -436,7 +396,7 @@ mod tests {
     /// updates the Node while we label it.
     #[test]
     fn a_node_write_conflict_counts_as_a_conflict() {
-        let conflict = Error::from(node_side::NodeSideError::Conflict {
+        let conflict = Error::from(crate::operator::node::NodeSideError::Conflict {
             node: "desktop-0".into(),
             what: "labels".into(),
         });

@@ -239,14 +239,7 @@ pub fn build_job(
 ) -> Result<Job, PowerError> {
     let machine = cx.machine;
     let machine_name = machine.metadata.name.clone().unwrap_or_default();
-    let name = job_name(cx.resource_name);
-    let labels = BTreeMap::from([
-        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
-        (MACHINE_LABEL.to_owned(), machine_name.clone()),
-        (OPERATION_LABEL.to_owned(), cx.op.id.clone()),
-        (DIRECTION_LABEL.to_owned(), cx.direction.to_string()),
-    ]);
-    let owner = owner_reference(machine)?;
+    let (metadata, labels) = job_metadata(cx, job_name(cx.resource_name))?;
     let until_deadline = (cx.op.deadline.as_second() - cx.now.as_second()).max(1);
     let env = vec![
         env("HOMELAB_MACHINE", &machine_name),
@@ -278,13 +271,7 @@ pub fn build_job(
         }
     };
     Ok(Job {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: machine.metadata.namespace.clone(),
-            labels: Some(labels.clone()),
-            owner_references: Some(vec![owner]),
-            ..ObjectMeta::default()
-        },
+        metadata,
         spec: Some(JobSpec {
             // The lifecycle core retries with backoff; one pod retry covers a flaky image pull.
             backoff_limit: Some(1),
@@ -311,10 +298,38 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// The metadata of every Job the operator creates for an operation (power Jobs, node agents,
+/// Wake-on-LAN relays): named `name` in the machine's namespace, owned by its Node CR (deleted
+/// with it), and labelled so the Job watch selects it and [`belongs_to`] recognises it. Also
+/// returns the labels for the Job's pod template.
+pub(crate) fn job_metadata(
+    cx: &OpContext<'_>,
+    name: String,
+) -> Result<(ObjectMeta, BTreeMap<String, String>), PowerError> {
+    let machine = cx.machine;
+    let labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (
+            MACHINE_LABEL.to_owned(),
+            machine.metadata.name.clone().unwrap_or_default(),
+        ),
+        (OPERATION_LABEL.to_owned(), cx.op.id.clone()),
+        (DIRECTION_LABEL.to_owned(), cx.direction.to_string()),
+    ]);
+    let metadata = ObjectMeta {
+        name: Some(name),
+        namespace: machine.metadata.namespace.clone(),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![owner_reference(machine)?]),
+        ..ObjectMeta::default()
+    };
+    Ok((metadata, labels))
+}
+
 fn owner_reference(machine: &Machine) -> Result<OwnerReference, PowerError> {
     let uid = machine.metadata.uid.clone().ok_or_else(|| {
         PowerError::Config(format!(
-            "{} has no uid (not read from the API server)",
+            "{} has no uid (not read from the API server): it cannot own a Job",
             machine.object_ref()
         ))
     })?;

@@ -6,7 +6,6 @@
 //! a short-lived Job on the host network of another Ready node of the same LAN (PITFALLS 21). WoL
 //! has no readback: the evidence of power-on is the Node registering, so sending the packet (or
 //! the relay Job completing) is the action's success.
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -15,9 +14,9 @@ use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
     SecretKeySelector, SecurityContext,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
-use kube::{Client, Resource as _};
 use tokio::net::UdpSocket;
 
 use super::secret;
@@ -30,7 +29,7 @@ use crate::operator::error_chain;
 pub use super::job::{
     DIRECTION_LABEL, MACHINE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OPERATION_LABEL,
 };
-use super::job::{api_error, belongs_to, job_name as relay_job_name, progress};
+use super::job::{api_error, belongs_to, job_metadata, job_name as relay_job_name, progress};
 
 /// A relay sends one packet: a Job still not done after this is stuck (no node to run on, image
 /// not pulled) and fails, so the lifecycle retries instead of waiting for the boot deadline.
@@ -254,27 +253,7 @@ pub fn relay_job(
     let field = format!("spec.power.{}.wakeOnLan", cx.direction);
     let mac = parse_mac(&format!("{field}.mac"), &spec.mac)
         .map_err(|e| PowerError::Config(e.to_string()))?;
-    let machine = cx.machine;
-    let machine_name = machine.metadata.name.clone().unwrap_or_default();
-    let labels = BTreeMap::from([
-        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
-        (MACHINE_LABEL.to_owned(), machine_name.clone()),
-        (OPERATION_LABEL.to_owned(), cx.op.id.clone()),
-        (DIRECTION_LABEL.to_owned(), cx.direction.to_string()),
-    ]);
-    let Some(uid) = machine.metadata.uid.clone() else {
-        return Err(PowerError::Config(format!(
-            "Node {machine_name} has no uid (not read from the API server): cannot own a relay Job"
-        )));
-    };
-    let owner = OwnerReference {
-        api_version: Machine::api_version(&()).into_owned(),
-        kind: Machine::kind(&()).into_owned(),
-        name: machine_name,
-        uid,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
+    let (metadata, labels) = job_metadata(cx, relay_job_name(cx.resource_name))?;
     let mac_text = mac
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -342,13 +321,7 @@ pub fn relay_job(
         ..Container::default()
     };
     Ok(Job {
-        metadata: ObjectMeta {
-            name: Some(relay_job_name(cx.resource_name)),
-            namespace: machine.metadata.namespace.clone(),
-            labels: Some(labels.clone()),
-            owner_references: Some(vec![owner]),
-            ..ObjectMeta::default()
-        },
+        metadata,
         spec: Some(JobSpec {
             backoff_limit: Some(RELAY_BACKOFF_LIMIT),
             active_deadline_seconds: Some(RELAY_DEADLINE_SECONDS),

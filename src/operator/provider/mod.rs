@@ -7,12 +7,12 @@
 //! - [`warnings`]: what a Group's status should warn about (options cost, no template).
 //! - [`service`]: the tonic service over the core, generic over an [`service::InventorySource`].
 //! - [`proto`]: generated wire types, server and client.
-//! - [`trim`]: what the reflector caches keep of each object.
+//! - [`cluster`]: the inventory source over the operator's watch cache, and desired-power writes.
 //! - [`rebuild`]: the inventory rebuilt after each change, converting only changed groups.
+pub mod cluster;
 pub mod convert;
 pub mod error;
 pub mod inventory;
-pub mod kube;
 pub mod ops;
 pub mod pricing;
 pub mod proto;
@@ -28,7 +28,6 @@ pub use ops::{Decision, NodeRef};
 pub mod memory;
 pub mod service;
 pub mod template;
-pub mod trim;
 
 pub use memory::MemorySource;
 pub use service::{

@@ -140,22 +140,6 @@ impl<S: InventorySource> Provider<S> {
         Provider::with_options(source, ProviderOptions::default())
     }
 
-    /// Default options with these overlay and persist budgets.
-    pub fn with_timeouts(
-        source: Arc<S>,
-        overlay_ttl: Duration,
-        persist_timeout: Duration,
-    ) -> Provider<S> {
-        Provider::with_options(
-            source,
-            ProviderOptions {
-                overlay_ttl,
-                persist_timeout,
-                ..ProviderOptions::default()
-            },
-        )
-    }
-
     pub fn with_options(source: Arc<S>, options: ProviderOptions) -> Provider<S> {
         let base = source.snapshot();
         Provider {
@@ -632,25 +616,6 @@ pub struct TlsOptions {
 }
 
 impl TlsOptions {
-    /// Reads the three PEM files, naming the one that fails.
-    pub fn from_files(
-        cert: &std::path::Path,
-        key: &std::path::Path,
-        client_ca: Option<&std::path::Path>,
-    ) -> Result<TlsOptions, ServeError> {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|source| ServeError::ReadPem {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        Ok(TlsOptions {
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
-            client_ca_pem: client_ca.map(read).transpose()?,
-        })
-    }
-
     fn config(&self) -> ServerTlsConfig {
         let mut c =
             ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
@@ -665,11 +630,6 @@ impl TlsOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot read {path}: {source}; check --tls-cert/--tls-key/--client-ca")]
-    ReadPem {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("invalid TLS configuration (certificate or key PEM): {0}")]
     Tls(#[source] tonic::transport::Error),
     #[error("gRPC server failed: {0}")]
@@ -687,7 +647,7 @@ pub async fn serve<S: InventorySource>(
     serve_provider(listener, Provider::new(source), tls, shutdown).await
 }
 
-/// [`serve`] with a provider built by the caller (e.g. [`Provider::with_timeouts`]).
+/// [`serve`] with a provider built by the caller (e.g. [`Provider::with_options`]).
 pub async fn serve_provider<S: InventorySource>(
     listener: TcpListener,
     provider: Provider<S>,

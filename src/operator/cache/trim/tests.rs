@@ -6,9 +6,8 @@ use serde_json::json;
 
 use super::*;
 use crate::operator::api::{Group, Machine};
-use crate::operator::controller::node_side::{
-    self, CORDONED, DRAIN_STARTED, OWNED_LABELS, RESTORED,
-};
+use crate::operator::ca::SCALE_DOWN_DISABLED;
+use crate::operator::node::{self, CORDONED, DRAIN_STARTED, OWNED_LABELS, RESTORED};
 use crate::operator::provider::convert::{group_view, machine_view};
 use crate::operator::provider::inventory::{NodeView, POWER_ON_FAILED_ANNOTATION};
 
@@ -114,14 +113,14 @@ fn node_decisions(m: &Machine, n: &Node) -> Vec<String> {
         .map(|c| (c.status.clone(), c.last_transition_time.clone()));
     vec![
         format!("{:?}", NodeView::from_k8s(n)),
-        format!("{:?}", node_side::snapshot(n, t)),
-        format!("{:?}", node_side::registration(m, n, false)),
-        format!("{:?}", node_side::registration(m, n, true)),
-        format!("{:?}", node_side::cordon_change(n, true)),
-        format!("{:?}", node_side::cordon_change(n, false)),
-        format!("{:?}", node_side::cleanup_change(n)),
-        format!("{:?}", node_side::provider_id_check(m, n)),
-        format!("{:?}", crate::operator::drain::drain_started(n)),
+        format!("{:?}", node::snapshot(n, t)),
+        format!("{:?}", node::registration(m, n, false)),
+        format!("{:?}", node::registration(m, n, true)),
+        format!("{:?}", node::cordon_change(n, true)),
+        format!("{:?}", node::cordon_change(n, false)),
+        format!("{:?}", node::cleanup_change(n)),
+        format!("{:?}", node::provider_id_check(m, n)),
+        format!("{:?}", crate::operator::node::drain::drain_started(n)),
         format!("{ready:?}"),
     ]
 }

@@ -1,47 +1,44 @@
-//! The Kubernetes-backed inventory source of the CA provider: reflectors on Group CRs, Node CRs
-//! (`Machine`) and Kubernetes Nodes feed the pure core; desired power is written to the Node
-//! CRs' `spec.powerState` with merge patches guarded by resourceVersion preconditions (with the
-//! `infra.homecluster.dev/power-on-failed-at` annotation in the same patch when CA gave up on a
-//! power-on). Group ids are names for one namespace, `<namespace>/<name>` for all.
+//! The provider's inventory source on a live cluster: it reads the operator's watch cache
+//! ([`Cache`]: Group CRs, Node CRs, Kubernetes Nodes), keeps the inventory the pure core answers
+//! from, and writes desired power to the Node CRs' `spec.powerState` with merge patches guarded
+//! by resourceVersion preconditions (with the `infra.homecluster.dev/power-on-failed-at`
+//! annotation in the same patch when CA gave up on a power-on). Group ids are names for one
+//! namespace, `<namespace>/<name>` for all.
 //!
 //! Why it is shaped like this:
 //! - Read RPCs never build anything: they get the newest inventory (a pointer clone). A
-//!   background task rebuilds it from the reflector stores after watch events (bumping a
+//!   background task rebuilds it after the cache reports changes (bumping this source's
 //!   generation counter), coalesced to at most one build per [`MIN_REBUILD_INTERVAL`]: building
 //!   2,000 machines costs milliseconds.
-//! - A rebuild looks at what changed, not at everything: the watch events name the Node CRs
-//!   they changed, and [`InventoryBuilder::update`] moves only those into the last build. A
-//!   re-list, or more changes than [`DIRTY_LIMIT`], reads everything again.
+//! - A rebuild looks at what changed, not at everything: the cache's change feed names the Node
+//!   CRs that changed, and [`InventoryBuilder::update`] moves only those into the last build. A
+//!   re-list, a lagging feed, or more changes than [`DIRTY_LIMIT`] reads everything again.
 //! - A write is visible in the inventory when it returns: the patched object returned by the API
 //!   server overrides the cached one until the watch delivers that generation (or a newer one),
 //!   and the inventory is rebuilt before returning, so `TargetSize` agrees with `IncreaseSize`
 //!   before the watch event arrives.
 //! - Every write runs under one deadline below CA's 5 s `grpc_timeout`.
 use std::collections::{HashMap, HashSet};
-use std::fmt::Debug;
-use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Client, Resource, ResourceExt as _};
-use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt as _};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::lock;
 use crate::operator::api::{Group, Machine};
+use crate::operator::cache::trim::strip_custom_resource;
+use crate::operator::cache::{Cache, Change, Scope, SyncError};
 use crate::operator::machine::PowerState;
 use crate::operator::provider::inventory::{
     GroupIds, Inventory, POWER_ON_FAILED_ANNOTATION, PowerChange,
 };
 use crate::operator::provider::rebuild::{InventoryBuilder, name_of, namespace_of};
 use crate::operator::provider::service::{InventorySource, PersistError};
-use crate::operator::provider::trim::{strip_custom_resource, strip_node};
 
 /// Field manager of our `spec.powerState` writes (shows in `managedFields`).
 pub const FIELD_MANAGER: &str = "kubectl-homelab-provider";
@@ -54,53 +51,6 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_millis(2500);
 /// How often a write retries after a conflict caused by someone else's unrelated change
 /// (typically the operator writing status) before giving up with `Conflict`.
 const CONFLICT_RETRIES: usize = 3;
-
-/// Which Group and Node CRs the source reads. Kubernetes Nodes are cluster-scoped and always read
-/// in full.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Namespace(String),
-    AllNamespaces,
-}
-
-impl Scope {
-    fn api<K>(&self, client: Client) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match self {
-            Scope::Namespace(ns) => Api::namespaced(client, ns),
-            Scope::AllNamespaces => Api::all(client),
-        }
-    }
-}
-
-impl std::fmt::Display for Scope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Scope::Namespace(ns) => write!(f, "namespace {ns}"),
-            Scope::AllNamespaces => f.write_str("all namespaces"),
-        }
-    }
-}
-
-/// The source could not start serving.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error(
-        "the caches of {pending} did not sync within {timeout:?}{last_error}: the API server is \
-         unreachable or slow, the CRDs are not installed (`kubectl homelab crd gen | kubectl apply \
-         -f -`), or RBAC does not allow list and watch (check `kubectl auth can-i watch \
-         nodes.infra.homecluster.dev`)"
-    )]
-    Timeout {
-        pending: String,
-        timeout: Duration,
-        /// `; last error: ...` when a watch reported one.
-        last_error: String,
-    },
-}
 
 /// Why a desired-power write failed. The gRPC layer maps these to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -163,30 +113,6 @@ impl WriteError {
     }
 }
 
-/// One object changed in a cache (applied or deleted), for the operator's controllers: they
-/// share these reflectors instead of watching a second time (one watch per kind).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
-    Group {
-        namespace: String,
-        name: String,
-    },
-    Machine {
-        namespace: String,
-        name: String,
-    },
-    Node {
-        name: String,
-        provider_id: Option<String>,
-    },
-    /// A watch listed again: objects deleted meanwhile sent no event, so look at everything.
-    Resync,
-}
-
-/// Capacity of the change channel; a receiver that falls further behind gets a `Lagged` error
-/// and must treat it as [`Change::Resync`].
-const CHANGE_BUFFER: usize = 4096;
-
 /// Everything the provider core needs from the cluster, as shared pointers into the stores.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterObjects {
@@ -197,7 +123,7 @@ pub struct ClusterObjects {
     pub generation: u64,
 }
 
-/// Keeps the reflector tasks alive as long as the source; aborts them when it is dropped.
+/// Keeps the source's tasks alive as long as the source; aborts them when it is dropped.
 struct Tasks(Vec<JoinHandle<()>>);
 
 impl Drop for Tasks {
@@ -210,26 +136,21 @@ impl Drop for Tasks {
 
 type MachineKey = (String, String);
 
-/// The reflector stores and what is derived from them; shared with the rebuild task.
-struct Cache {
-    groups: Store<Group>,
-    machines: Store<Machine>,
-    nodes: Store<Node>,
-    changes: watch::Sender<u64>,
-    /// Which object changed (the generation counter above only says that something did).
-    events: tokio::sync::broadcast::Sender<Change>,
+/// The inventory and what it is built from; shared with the background tasks.
+struct State {
+    cache: Arc<Cache>,
+    /// Moves with every change the cache reports (after it is noted in `dirty`) and every
+    /// confirmed write: equal generations, equal objects.
+    generation: watch::Sender<u64>,
     /// Objects returned by our own patches, newer than the store until the watch catches up.
     written: Mutex<HashMap<MachineKey, Arc<Machine>>>,
     /// The newest inventory built and the generation it was built at.
     inventory: Mutex<Option<(u64, Arc<Inventory>)>>,
-    last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
-    /// Per cache (Group, Node CR, Kubernetes Node): the initial list is complete.
-    synced: [Arc<AtomicBool>; 3],
     /// Builds each inventory on the last one (group ids: names in one namespace,
     /// `<namespace>/<name>` across all, stable either way). Rebuilds take turns on it.
     builder: Mutex<InventoryBuilder>,
     /// What changed since the last rebuild, for it to look at only that.
-    dirty: Arc<Mutex<Dirty>>,
+    dirty: Mutex<Dirty>,
 }
 
 /// The objects changed since the last inventory build: Node CRs by key, whether any Kubernetes
@@ -269,11 +190,11 @@ impl Dirty {
     }
 }
 
-/// Reflectors on Group CRs, Node CRs and Kubernetes Nodes, plus desired-power writes.
-pub struct KubeSource {
+/// The CA provider's view of a live cluster: the inventory over the shared [`Cache`], plus
+/// desired-power writes.
+pub struct ClusterSource {
     client: Client,
-    scope: Scope,
-    cache: Arc<Cache>,
+    state: Arc<State>,
     write_timeout: Duration,
     _tasks: Tasks,
 }
@@ -283,84 +204,50 @@ pub struct KubeSource {
 /// the newest one built. Mutations rebuild before returning, so their effect is visible at once.
 const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(200);
 
-impl std::fmt::Debug for KubeSource {
+impl std::fmt::Debug for ClusterSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeSource")
-            .field("scope", &self.scope)
+        f.debug_struct("ClusterSource")
+            .field("scope", self.scope())
             .field("write_timeout", &self.write_timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl KubeSource {
-    /// Starts the three reflectors on the current tokio runtime. Call
-    /// [`wait_until_ready`](Self::wait_until_ready) before serving.
+impl ClusterSource {
+    /// Starts a watch cache of its own and reads it (`serve-grpc`, tests). `run-operator`
+    /// shares one cache between the provider and the controllers: [`over`](Self::over).
     pub fn start(client: Client, scope: Scope) -> Self {
-        let (changes, _) = watch::channel(0u64);
-        let (events, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
-        let last_errors = Arc::new(Mutex::new(HashMap::new()));
-        let synced: [Arc<AtomicBool>; 3] = Default::default();
-        // Everything is new to the first build.
-        let dirty = Arc::new(Mutex::new(Dirty {
-            all: true,
-            ..Dirty::default()
-        }));
-        let (groups, g) = spawn_reflector(
-            scope.api::<Group>(client.clone()),
-            "Group",
-            changes.clone(),
-            events.clone(),
-            describe_group,
-            last_errors.clone(),
-            dirty.clone(),
-            synced[0].clone(),
-            strip_custom_resource,
-        );
-        let (machines, m) = spawn_reflector(
-            scope.api::<Machine>(client.clone()),
-            "Node CR",
-            changes.clone(),
-            events.clone(),
-            describe_machine,
-            last_errors.clone(),
-            dirty.clone(),
-            synced[1].clone(),
-            strip_custom_resource,
-        );
-        let (nodes, n) = spawn_reflector(
-            Api::<Node>::all(client.clone()),
-            "Kubernetes Node",
-            changes.clone(),
-            events.clone(),
-            describe_node,
-            last_errors.clone(),
-            dirty.clone(),
-            synced[2].clone(),
-            strip_node,
-        );
-        let cache = Arc::new(Cache {
-            groups,
-            machines,
-            nodes,
-            changes,
-            events,
-            written: Mutex::new(HashMap::new()),
-            inventory: Mutex::new(None),
-            last_errors,
-            synced,
-            builder: Mutex::new(InventoryBuilder::new(match scope {
+        Self::over(Arc::new(Cache::start(client, scope)))
+    }
+
+    /// A source over `cache`, which may already be running and synced: the first build reads
+    /// everything. Call [`wait_until_ready`](Self::wait_until_ready) before serving.
+    pub fn over(cache: Arc<Cache>) -> Self {
+        let (generation, _) = watch::channel(0u64);
+        // Subscribed before anything else happens here: every later change is on the feed, and
+        // everything earlier is covered by the first build reading everything.
+        let feed = cache.changes();
+        let state = Arc::new(State {
+            builder: Mutex::new(InventoryBuilder::new(match cache.scope() {
                 Scope::Namespace(_) => GroupIds::Name,
                 Scope::AllNamespaces => GroupIds::NamespacedName,
             })),
-            dirty,
-        });
-        let rebuild = tokio::spawn(rebuild_on_change(cache.clone()));
-        KubeSource {
-            client,
-            scope,
             cache,
+            generation,
+            written: Mutex::new(HashMap::new()),
+            inventory: Mutex::new(None),
+            dirty: Mutex::new(Dirty {
+                all: true,
+                ..Dirty::default()
+            }),
+        });
+        let follow = tokio::spawn(follow_changes(state.clone(), feed));
+        let rebuild = tokio::spawn(rebuild_on_change(state.clone()));
+        ClusterSource {
+            client: state.cache.client().clone(),
+            state,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
-            _tasks: Tasks(vec![g, m, n, rebuild]),
+            _tasks: Tasks(vec![follow, rebuild]),
         }
     }
 
@@ -371,99 +258,51 @@ impl KubeSource {
     }
 
     pub fn scope(&self) -> &Scope {
-        &self.scope
+        self.state.cache.scope()
     }
 
-    /// Waits until all three caches hold a complete initial list.
+    /// The watch cache this source reads.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.state.cache
+    }
+
     /// Waits until all three caches hold a complete initial list, then builds the first
     /// inventory from them.
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), SyncError> {
-        if tokio::time::timeout(timeout, self.cache.synced())
-            .await
-            .is_err()
-        {
-            return Err(self.sync_timeout_error(timeout));
-        }
-        rebuild_now(&self.cache).await;
+        self.state.cache.wait_until_ready(timeout).await?;
+        rebuild_now(&self.state).await;
         // The initial lists were read, copied into the stores and converted: most of what that
         // allocated is free again, in holes glibc keeps.
         crate::memory::release_free_memory();
         Ok(())
     }
 
-    fn sync_timeout_error(&self, timeout: Duration) -> SyncError {
-        let c = &self.cache;
-        let mut pending = Vec::new();
-        let errors = lock(&c.last_errors);
-        let mut last_error = String::new();
-        for (kind, ready) in [
-            ("Group", c.synced[0].load(Ordering::Acquire)),
-            ("Node CR", c.synced[1].load(Ordering::Acquire)),
-            ("Kubernetes Node", c.synced[2].load(Ordering::Acquire)),
-        ] {
-            if !ready {
-                pending.push(format!("{kind}s"));
-                if let Some(e) = errors.get(kind) {
-                    last_error = format!("; last error: {e}");
-                }
-            }
-        }
-        SyncError::Timeout {
-            pending: pending.join(", "),
-            timeout,
-            last_error,
-        }
-    }
-
     /// True once all three caches synced (for `/readyz`).
     pub fn is_ready(&self) -> bool {
-        self.cache.is_ready()
+        self.state.cache.is_ready()
     }
 
     /// The current generation: changes whenever the objects may have changed.
     pub fn generation(&self) -> u64 {
-        self.cache.generation()
+        self.state.generation()
     }
 
     /// A receiver that wakes on every generation bump (for rebuild-on-change consumers).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.cache.changes.subscribe()
-    }
-
-    /// Which objects change, as the watches see them (for the operator's controllers).
-    pub fn object_changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
-        self.cache.events.subscribe()
-    }
-
-    /// The Node CR cache (the controllers read it; never a second watch).
-    pub fn machine_store(&self) -> Store<Machine> {
-        self.cache.machines.clone()
-    }
-
-    pub fn group_store(&self) -> Store<Group> {
-        self.cache.groups.clone()
-    }
-
-    pub fn node_store(&self) -> Store<Node> {
-        self.cache.nodes.clone()
-    }
-
-    /// The API client the source was started with.
-    pub fn client(&self) -> &Client {
-        &self.client
+        self.state.generation.subscribe()
     }
 
     /// The objects as of now, our own confirmed writes included.
     pub fn objects(&self) -> ClusterObjects {
-        self.cache.objects()
+        self.state.objects()
     }
 
     /// The newest inventory built (see [`MIN_REBUILD_INTERVAL`]); built here only the first time.
     pub fn inventory(&self) -> Arc<Inventory> {
-        if let Some((_, inv)) = lock(&self.cache.inventory).as_ref() {
+        if let Some((_, inv)) = lock(&self.state.inventory).as_ref() {
             return inv.clone();
         }
-        self.cache.rebuild()
+        self.state.rebuild()
     }
 
     /// Writes each machine's desired power (`spec.powerState`) and returns once the API server
@@ -489,8 +328,8 @@ impl KubeSource {
         }));
         let outcome = tokio::time::timeout(self.write_timeout, writes).await;
         // Our confirmed writes are in `written`: show them in the inventory before returning.
-        self.cache.bump();
-        rebuild_now(&self.cache).await;
+        self.state.bump();
+        rebuild_now(&self.state).await;
         let applied = applied.into_inner().unwrap_or_else(|p| p.into_inner());
         let result = match outcome {
             Ok(results) => results
@@ -551,9 +390,9 @@ impl KubeSource {
                 Ok(mut patched) => {
                     tracing::debug!(machine = %format!("{namespace}/{name}"), desired = to, "desired power written");
                     strip_custom_resource(&mut patched);
-                    lock(&self.cache.written).insert(key, Arc::new(patched));
+                    lock(&self.state.written).insert(key, Arc::new(patched));
                     // After the object is in place: a rebuild that takes the change finds it.
-                    lock(&self.cache.dirty).machine(namespace, name);
+                    lock(&self.state.dirty).machine(namespace, name);
                     return Ok(());
                 }
                 // resourceVersion moved: usually a status write by the operator. Re-read and
@@ -574,10 +413,11 @@ impl KubeSource {
 
     fn cached_machine(&self, key: &MachineKey) -> Option<Arc<Machine>> {
         let cached = self
+            .state
             .cache
-            .machines
+            .machines()
             .get(&ObjectRef::new(&key.1).within(&key.0));
-        let written = lock(&self.cache.written).get(key).cloned();
+        let written = lock(&self.state.written).get(key).cloned();
         match (cached, written) {
             (Some(c), Some(w)) if generation_of(&w) > generation_of(&c) => Some(w),
             (Some(c), _) => Some(c),
@@ -586,36 +426,20 @@ impl KubeSource {
     }
 }
 
-impl Cache {
-    fn is_ready(&self) -> bool {
-        self.synced.iter().all(|s| s.load(Ordering::Acquire))
-    }
-
-    /// Resolves once all three caches synced. (Not `Store::wait_until_ready`: its one-shot
-    /// receiver keeps only the last waiter's waker, so concurrent waiters can miss the wake-up.)
-    async fn synced(&self) {
-        let mut rx = self.changes.subscribe();
-        while !self.is_ready() {
-            if rx.changed().await.is_err() {
-                // Cannot happen while `self` holds a sender; never report a false "ready".
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
+impl State {
     fn generation(&self) -> u64 {
-        *self.changes.borrow()
+        *self.generation.borrow()
     }
 
     fn bump(&self) {
-        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn objects(&self) -> ClusterObjects {
         // Read the generation first: a change racing with the copy bumps it again, so a consumer
         // caching by generation rebuilds once more rather than missing the change.
         let generation = self.generation();
-        let mut machines = self.machines.state();
+        let mut machines = self.cache.machines().state();
         {
             let mut written = lock(&self.written);
             if !written.is_empty() {
@@ -638,9 +462,9 @@ impl Cache {
             }
         }
         ClusterObjects {
-            groups: self.groups.state(),
+            groups: self.cache.groups().state(),
             machines,
-            nodes: self.nodes.state(),
+            nodes: self.cache.nodes().state(),
             generation,
         }
     }
@@ -648,7 +472,10 @@ impl Cache {
     /// A Node CR as the inventory should see it: the store's, or our own write while the
     /// store has not caught up with it (see [`objects`](Self::objects)).
     fn machine_now(&self, namespace: &str, name: &str) -> Option<Arc<Machine>> {
-        let stored = self.machines.get(&ObjectRef::new(name).within(namespace));
+        let stored = self
+            .cache
+            .machines()
+            .get(&ObjectRef::new(name).within(namespace));
         let mut written = lock(&self.written);
         let key = (namespace.to_owned(), name.to_owned());
         let Some(w) = written.get(&key) else {
@@ -686,8 +513,8 @@ impl Cache {
                     .iter()
                     .map(|(ns, name)| (ns.as_str(), name.as_str(), self.machine_now(ns, name)))
                     .collect();
-                let nodes = dirty.nodes.then(|| self.nodes.state());
-                builder.update(&self.groups.state(), &changed, nodes.as_deref())
+                let nodes = dirty.nodes.then(|| self.cache.nodes().state());
+                builder.update(&self.cache.groups().state(), &changed, nodes.as_deref())
             };
             let inv = inv.unwrap_or_else(|| {
                 let objects = self.objects();
@@ -716,27 +543,39 @@ impl Cache {
 }
 
 /// Rebuilds off the async worker threads (the build is CPU work of milliseconds).
-async fn rebuild_now(cache: &Arc<Cache>) {
-    let cache = cache.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || cache.rebuild()).await {
+async fn rebuild_now(state: &Arc<State>) {
+    let state = state.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || state.rebuild()).await {
         tracing::error!(error = %e, "building the inventory failed");
     }
 }
 
+/// Notes each change the cache reports for the next rebuild, then moves the generation: a build
+/// tagged with a generation has seen every change up to it.
+async fn follow_changes(state: Arc<State>, mut feed: broadcast::Receiver<Change>) {
+    loop {
+        match feed.recv().await {
+            Ok(change) => lock(&state.dirty).note(&change),
+            Err(broadcast::error::RecvError::Lagged(_)) => lock(&state.dirty).all = true,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+        state.bump();
+    }
+}
+
 /// Keeps the inventory current in the background: after a change, at most every
-/// [`MIN_REBUILD_INTERVAL`], and only once the caches synced (before that every initial list
-/// item is a change, and nothing is served).
-async fn rebuild_on_change(cache: Arc<Cache>) {
-    let mut rx = cache.changes.subscribe();
+/// [`MIN_REBUILD_INTERVAL`], and only once the caches synced (before that nothing is served).
+async fn rebuild_on_change(state: Arc<State>) {
+    let mut rx = state.generation.subscribe();
     while rx.changed().await.is_ok() {
-        if cache.is_ready() && !cache.is_current() {
-            rebuild_now(&cache).await;
+        if state.cache.is_ready() && !state.is_current() {
+            rebuild_now(&state).await;
         }
         tokio::time::sleep(MIN_REBUILD_INTERVAL).await;
     }
 }
 
-impl InventorySource for KubeSource {
+impl InventorySource for ClusterSource {
     fn snapshot(&self) -> Arc<Inventory> {
         self.inventory()
     }
@@ -757,8 +596,8 @@ impl InventorySource for KubeSource {
     }
 
     async fn wait_ready(&self) {
-        self.cache.synced().await;
-        rebuild_now(&self.cache).await;
+        self.state.cache.synced().await;
+        rebuild_now(&self.state).await;
     }
 }
 
@@ -805,96 +644,6 @@ fn classify(e: kube::Error, change: &PowerChange) -> WriteError {
     }
 }
 
-fn key_of(m: &Machine) -> MachineKey {
-    (m.namespace().unwrap_or_default(), m.name_any())
-}
-
 fn generation_of(m: &Machine) -> i64 {
     m.metadata.generation.unwrap_or(0)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn describe_group(g: &Group) -> Change {
-    Change::Group {
-        namespace: g.namespace().unwrap_or_default(),
-        name: g.name_any(),
-    }
-}
-
-fn describe_machine(m: &Machine) -> Change {
-    let (namespace, name) = key_of(m);
-    Change::Machine { namespace, name }
-}
-
-fn describe_node(n: &Node) -> Change {
-    Change::Node {
-        name: n.name_any(),
-        provider_id: n.spec.as_ref().and_then(|s| s.provider_id.clone()),
-    }
-}
-
-/// Objects per page of the caches' initial lists (and re-lists); kube's default is 500. A page
-/// is parsed whole before its objects reach the cache, and what the parse leaves behind (the
-/// managedFields the cache drops, the parsed originals the reflector copies) is freed in small
-/// blocks between the cached objects: holes the allocator cannot give back. 2,000 machines at
-/// 500 per page left the operator at 19.7 MiB anonymous, at 100 per page 13.7 MiB; the restart
-/// reads 20 pages instead of 4 and was no slower (BENCHMARKS.md, operator memory).
-const LIST_PAGE_SIZE: u32 = 100;
-
-#[allow(clippy::too_many_arguments)]
-fn spawn_reflector<K>(
-    api: Api<K>,
-    kind: &'static str,
-    changes: watch::Sender<u64>,
-    events: tokio::sync::broadcast::Sender<Change>,
-    describe: fn(&K) -> Change,
-    last_errors: Arc<Mutex<HashMap<&'static str, String>>>,
-    dirty: Arc<Mutex<Dirty>>,
-    synced: Arc<AtomicBool>,
-    modify: fn(&mut K),
-) -> (Store<K>, JoinHandle<()>)
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE_SIZE))
-        .default_backoff()
-        .modify(modify)
-        .reflect(writer);
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(e) => {
-                    // The store has swapped in the complete list when InitDone passes here.
-                    let change = match &e {
-                        watcher::Event::InitDone => {
-                            synced.store(true, Ordering::Release);
-                            Some(Change::Resync)
-                        }
-                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(describe(o)),
-                        watcher::Event::Init | watcher::Event::InitApply(_) => None,
-                    };
-                    if let Some(c) = change {
-                        // Noted before the generation moves, so a build tagged with a
-                        // generation has seen every change up to it.
-                        lock(&dirty).note(&c);
-                        // No receiver (no controllers running) is fine.
-                        let _ = events.send(c);
-                    }
-                    changes.send_modify(|g| *g = g.wrapping_add(1));
-                }
-                Err(e) => {
-                    tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
-                    lock(&last_errors).insert(kind, e.to_string());
-                }
-            }
-        }
-    });
-    (reader, task)
 }

@@ -231,8 +231,12 @@ fn registration_restores_last_seen_labels_and_taints_but_not_transient_ones() {
         ]),
         taints: vec![
             taint("dedicated", "ml", "NoSchedule"),
-            taint(CA_TO_BE_DELETED, "1700000000", "NoSchedule"),
-            taint(CA_DELETION_CANDIDATE, "1700000000", "PreferNoSchedule"),
+            taint(ca::TO_BE_DELETED_TAINT, "1700000000", "NoSchedule"),
+            taint(
+                ca::DELETION_CANDIDATE_TAINT,
+                "1700000000",
+                "PreferNoSchedule",
+            ),
             taint("node.kubernetes.io/unreachable", "", "NoExecute"),
         ],
         ..seen_node("n1")
@@ -327,7 +331,7 @@ fn spec_taints_are_added_unless_one_with_key_and_effect_is_there() {
     m.spec.taints.push(taint("slow", "", "PreferNoSchedule"));
     m.spec
         .taints
-        .push(taint(CA_TO_BE_DELETED, "1", "NoSchedule"));
+        .push(taint(ca::TO_BE_DELETED_TAINT, "1", "NoSchedule"));
     let n = node("n1").taint(taint("dedicated", "batch", "NoSchedule"));
     let after = registered(&m, &n, false);
     assert_eq!(
@@ -371,16 +375,19 @@ fn scale_down_disabled_puts_cas_annotation_and_marks_it_ours() {
     m.spec.scale_down_disabled = Some(true);
     let after = registered(&m, &node("n1"), false);
     let a = annotations(&after);
-    assert_eq!(a.get(SCALE_DOWN_DISABLED).map(String::as_str), Some("true"));
+    assert_eq!(
+        a.get(ca::SCALE_DOWN_DISABLED).map(String::as_str),
+        Some("true")
+    );
     assert_eq!(
         a.get(OWNED_ANNOTATIONS).map(String::as_str),
-        Some(SCALE_DOWN_DISABLED)
+        Some(ca::SCALE_DOWN_DISABLED)
     );
 
     m.spec.scale_down_disabled = Some(false);
     let enabled = registered(&m, &after, false);
     let a = annotations(&enabled);
-    assert!(!a.contains_key(SCALE_DOWN_DISABLED));
+    assert!(!a.contains_key(ca::SCALE_DOWN_DISABLED));
     assert!(!a.contains_key(OWNED_ANNOTATIONS));
 }
 
@@ -389,7 +396,7 @@ fn the_groups_scale_down_disabled_counts_too() {
     let after = registered(&machine("m1"), &node("n1"), true);
     assert_eq!(
         annotations(&after)
-            .get(SCALE_DOWN_DISABLED)
+            .get(ca::SCALE_DOWN_DISABLED)
             .map(String::as_str),
         Some("true")
     );
@@ -397,7 +404,7 @@ fn the_groups_scale_down_disabled_counts_too() {
 
 #[test]
 fn a_persons_own_scale_down_annotation_is_kept() {
-    let n = node("n1").annotation(SCALE_DOWN_DISABLED, "true");
+    let n = node("n1").annotation(ca::SCALE_DOWN_DISABLED, "true");
     // Wanted by us too: already there, so not ours.
     let mut m = machine("m1");
     m.spec.scale_down_disabled = Some(true);
@@ -408,7 +415,7 @@ fn a_persons_own_scale_down_annotation_is_kept() {
     let later = registered(&m, &after, false);
     assert_eq!(
         annotations(&later)
-            .get(SCALE_DOWN_DISABLED)
+            .get(ca::SCALE_DOWN_DISABLED)
             .map(String::as_str),
         Some("true")
     );
@@ -441,9 +448,9 @@ fn a_cancelled_ca_power_off_loses_cas_taints_and_cas_cordon() {
     // CA's scale-down: taint + cordon (`MarkToBeDeleted` with --cordon-node-before-terminating).
     let n = node("n1")
         .taint(taint("dedicated", "ml", "NoSchedule"))
-        .taint(taint(CA_TO_BE_DELETED, "1700000000", "NoSchedule"))
+        .taint(taint(ca::TO_BE_DELETED_TAINT, "1700000000", "NoSchedule"))
         .taint(taint(
-            CA_DELETION_CANDIDATE,
+            ca::DELETION_CANDIDATE_TAINT,
             "1700000000",
             "PreferNoSchedule",
         ))
@@ -457,7 +464,7 @@ fn a_cancelled_ca_power_off_loses_cas_taints_and_cas_cordon() {
 fn removing_only_the_deletion_candidate_taint_keeps_a_persons_cordon() {
     let n = node("n1")
         .taint(taint(
-            CA_DELETION_CANDIDATE,
+            ca::DELETION_CANDIDATE_TAINT,
             "1700000000",
             "PreferNoSchedule",
         ))
@@ -500,9 +507,10 @@ fn cleanup_leaves_the_node_as_the_kubelet_and_people_left_it() {
 
     let managed = registered(&m, &before, false);
     let cordoned = applied(&managed, &cordon_change(&managed, true));
-    let ca_tainted = cordoned
-        .clone()
-        .taint(taint(CA_DELETION_CANDIDATE, "1", "PreferNoSchedule"));
+    let ca_tainted =
+        cordoned
+            .clone()
+            .taint(taint(ca::DELETION_CANDIDATE_TAINT, "1", "PreferNoSchedule"));
     let clean = applied(&ca_tainted, &cleanup_change(&ca_tainted));
 
     assert_eq!(labels(&clean), labels(&before));
@@ -561,7 +569,7 @@ fn snapshot_keeps_what_the_template_needs_without_transient_taints() {
         .provider_id("homelab://lab/m1")
         .label("gpu", "true")
         .taint(taint("dedicated", "ml", "NoSchedule"))
-        .taint(taint(CA_TO_BE_DELETED, "1", "NoSchedule"))
+        .taint(taint(ca::TO_BE_DELETED_TAINT, "1", "NoSchedule"))
         .taint(taint("node.kubernetes.io/not-ready", "", "NoSchedule"));
     let capacity = BTreeMap::from([
         ("cpu".to_owned(), Quantity("4".to_owned())),

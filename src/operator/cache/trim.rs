@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo};
 use kube::Resource;
 
-use crate::operator::controller::node_side::{OWNED_ANNOTATIONS, SCALE_DOWN_DISABLED};
+use crate::operator::ca::SCALE_DOWN_DISABLED;
+use crate::operator::node::OWNED_ANNOTATIONS;
 
 /// Prefix of the annotations this project writes and reads.
 const OUR_PREFIX: &str = "infra.homecluster.dev/";

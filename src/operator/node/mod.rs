@@ -20,6 +20,8 @@
 //!
 //! Never restored or snapshotted: CA's deletion taints and the taints Kubernetes derives from
 //! node conditions (`node.kubernetes.io/*`); they describe a moment, not the machine.
+pub mod drain;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
 use crate::operator::api::{Machine, NodeSnapshot};
-use crate::operator::provider::template::CA_TAINTS;
+use crate::operator::ca;
 
 /// Label keys we added to the Node (comma-separated, sorted).
 pub const OWNED_LABELS: &str = "infra.homecluster.dev/owned-labels";
@@ -43,14 +45,6 @@ pub const CORDONED: &str = "infra.homecluster.dev/cordoned";
 pub const DRAIN_STARTED: &str = "infra.homecluster.dev/drain-started";
 /// Present once the last-seen labels and taints were restored on this Node object.
 pub const RESTORED: &str = "infra.homecluster.dev/restored";
-
-/// CA never scales down a Node with this annotation set to `"true"`
-/// (`core/scaledown/eligibility/eligibility.go`, `HasNoScaleDownAnnotation`).
-pub const SCALE_DOWN_DISABLED: &str = "cluster-autoscaler.kubernetes.io/scale-down-disabled";
-/// CA's taint on a Node it is scaling down (`utils/taints/taints.go`, `ToBeDeletedTaint`).
-pub const CA_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
-/// CA's soft taint on an unneeded Node (`utils/taints/taints.go`, `DeletionCandidateTaintKey`).
-pub const CA_DELETION_CANDIDATE: &str = "DeletionCandidateOfClusterAutoscaler";
 
 /// Taints Kubernetes derives from node conditions and lifecycle (not-ready, unreachable,
 /// unschedulable, pressure, ...).
@@ -72,22 +66,24 @@ const KUBELET_LABELS: [&str; 11] = [
     "failure-domain.beta.kubernetes.io/zone",
 ];
 
-/// Field manager of our Node writes (shows in `managedFields`).
-pub const FIELD_MANAGER: &str = "kubectl-homelab-operator";
+use crate::operator::FIELD_MANAGER;
 
 /// How often [`update_node`] re-reads and retries after a resourceVersion conflict.
 const CONFLICT_RETRIES: usize = 5;
 
 /// Whether `taint` is one of CA's two scale-down taints.
 pub fn is_ca_taint(taint: &Taint) -> bool {
-    CA_TAINTS.contains(&taint.key.as_str())
+    ca::is_ca_taint_key(&taint.key)
 }
 
 /// Whether `taint` is derived from node conditions (e.g. `node.kubernetes.io/not-ready`).
 pub fn is_condition_taint(taint: &Taint) -> bool {
-    CONDITION_TAINT_PREFIXES
-        .iter()
-        .any(|p| taint.key.starts_with(p))
+    is_condition_taint_key(&taint.key)
+}
+
+/// [`is_condition_taint`] by key, for views that keep only the key.
+pub fn is_condition_taint_key(key: &str) -> bool {
+    CONDITION_TAINT_PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
 /// Taints that describe a moment of the Node rather than the machine.
@@ -385,21 +381,23 @@ impl<'a> NodeEdit<'a> {
     /// Puts CA's opt-out annotation on the Node (marked ours) or removes it if it is ours. A
     /// person's own annotation is never touched.
     pub fn scale_down_disabled(&mut self, disabled: bool) -> &mut Self {
-        let ours = self.owned(OWNED_ANNOTATIONS).contains(SCALE_DOWN_DISABLED);
+        let ours = self
+            .owned(OWNED_ANNOTATIONS)
+            .contains(ca::SCALE_DOWN_DISABLED);
         let present = self
             .annotations
-            .get(SCALE_DOWN_DISABLED)
+            .get(ca::SCALE_DOWN_DISABLED)
             .map(String::as_str);
         if disabled {
             if present != Some("true") {
                 self.annotations
-                    .insert(SCALE_DOWN_DISABLED.to_owned(), "true".to_owned());
-                self.own(OWNED_ANNOTATIONS, SCALE_DOWN_DISABLED.to_owned());
+                    .insert(ca::SCALE_DOWN_DISABLED.to_owned(), "true".to_owned());
+                self.own(OWNED_ANNOTATIONS, ca::SCALE_DOWN_DISABLED.to_owned());
             }
         } else if ours {
-            self.annotations.remove(SCALE_DOWN_DISABLED);
+            self.annotations.remove(ca::SCALE_DOWN_DISABLED);
             let mut owned = self.owned(OWNED_ANNOTATIONS);
-            owned.remove(SCALE_DOWN_DISABLED);
+            owned.remove(ca::SCALE_DOWN_DISABLED);
             self.set_owned(OWNED_ANNOTATIONS, &owned);
         }
         self
@@ -429,7 +427,7 @@ impl<'a> NodeEdit<'a> {
     /// CA's own `CleanTaints` does (`utils/taints/taints.go`; CA cordons by default,
     /// `--cordon-node-before-terminating`).
     pub fn uncordon(&mut self) -> &mut Self {
-        let ca_deleting = self.taints.iter().any(|t| t.key == CA_TO_BE_DELETED);
+        let ca_deleting = self.taints.iter().any(|t| t.key == ca::TO_BE_DELETED_TAINT);
         if self.annotations.remove(CORDONED).is_some() || ca_deleting {
             self.unschedulable = false;
         }

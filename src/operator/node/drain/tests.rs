@@ -120,7 +120,7 @@ fn daemonset_mirror_and_finished_pods_do_not_block_power_off() {
         pod("stopping").terminating(),
         pod("bare").owned_by("Job"),
         pod("ds").owned_by("DaemonSet"),
-        pod("ds-marked").annotation(DAEMONSET_POD_ANNOTATION, "true"),
+        pod("ds-marked").annotation(ca::DAEMONSET_POD, "true"),
         pod("static").annotation(MIRROR_POD_ANNOTATION, "abc123"),
         pod("done").phase("Succeeded"),
         pod("crashed").phase("Failed"),
@@ -155,7 +155,7 @@ fn cas_deletion_taint_means_ca_started_the_power_off() {
         }),
         ..Node::default()
     };
-    assert!(is_ca_deleting(&tainted(CA_TO_BE_DELETED)));
+    assert!(is_ca_deleting(&tainted(ca::TO_BE_DELETED_TAINT)));
     assert!(!is_ca_deleting(&tainted(
         "DeletionCandidateOfClusterAutoscaler"
     )));

@@ -23,21 +23,19 @@ use kube::api::{Api, EvictParams, ListParams, PostParams};
 use kube::core::{Selector, SelectorExt as _};
 use kube::{Client, ResourceExt as _};
 
-use super::controller::node_side::{
-    self, CA_TO_BE_DELETED, DRAIN_STARTED, NodeEdit, NodeSideError,
-};
+use super::{DRAIN_STARTED, NodeEdit, NodeSideError};
+use crate::operator::ca;
 
-/// How long a drain may take before it gives up and leaves the machine on.
-pub const DEFAULT_DRAIN_TIMEOUT: SignedDuration = SignedDuration::from_secs(10 * 60);
+/// How long a drain may take before it gives up and leaves the machine on, unless
+/// `run-operator --drain-timeout` says otherwise (its default is this value; a test there
+/// checks that the two agree).
+pub const DEFAULT_DRAIN_TIMEOUT: SignedDuration = SignedDuration::from_secs(5 * 60);
 /// How soon to call [`drain`] again while it is in progress: pod deletions are not watched by
 /// the machine controller, so it requeues.
 pub const DRAIN_RECHECK: Duration = Duration::from_secs(5);
 
 /// Annotation the kubelet puts on the API server's copy of a static pod.
-const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
-/// CA treats a pod with this annotation set to `"true"` as a DaemonSet pod
-/// (`utils/pod/pod.go`, `IsDaemonSetPod`).
-const DAEMONSET_POD_ANNOTATION: &str = "cluster-autoscaler.kubernetes.io/daemonset-pod";
+pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// `StatusCause.type` the Eviction API gives a refusal by a PodDisruptionBudget.
 const DISRUPTION_BUDGET_CAUSE: &str = "DisruptionBudget";
 
@@ -47,7 +45,7 @@ pub fn is_ca_deleting(node: &Node) -> bool {
     node.spec
         .as_ref()
         .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| ts.iter().any(|t| t.key == CA_TO_BE_DELETED))
+        .is_some_and(|ts| ts.iter().any(|t| t.key == ca::TO_BE_DELETED_TAINT))
 }
 
 /// Whether `pod` is a DaemonSet's (owned by one, or marked as one the way CA accepts).
@@ -56,12 +54,7 @@ pub fn is_daemonset_pod(pod: &Pod) -> bool {
         os.iter()
             .any(|o| o.controller == Some(true) && o.kind == "DaemonSet")
     });
-    owned
-        || pod
-            .annotations()
-            .get(DAEMONSET_POD_ANNOTATION)
-            .map(String::as_str)
-            == Some("true")
+    owned || pod.annotations().get(ca::DAEMONSET_POD).map(String::as_str) == Some("true")
 }
 
 /// Whether `pod` is the API server's copy of a static pod (it cannot be evicted; it goes with
@@ -286,7 +279,7 @@ pub fn drain_started(node: &Node) -> Option<Timestamp> {
 /// before) or undo a cancelled power-off (`!on`: our cordon, the drain record and CA's two
 /// taints go; see `NodeEdit::uncordon`). Returns the Node as written; `None` if it does not exist.
 pub async fn cordon(client: &Client, node: &str, on: bool) -> Result<Option<Node>, NodeSideError> {
-    node_side::update_node(client, node, |n| node_side::cordon_change(n, on)).await
+    super::update_node(client, node, |n| super::cordon_change(n, on)).await
 }
 
 /// One drain pass over Node `node_name`: cordon (recording the start), then evict each pod that
@@ -299,7 +292,7 @@ pub async fn drain(
 ) -> Result<DrainOutcome, DrainError> {
     let client = &client.client;
     let now = opts.now;
-    let node = node_side::update_node(client, node_name, |n| {
+    let node = super::update_node(client, node_name, |n| {
         NodeEdit::new(n).cordon().drain_started(now).change()
     })
     .await?;
