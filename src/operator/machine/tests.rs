@@ -490,7 +490,7 @@ fn power_on_walks_through_booting_to_ready() {
     assert_eq!(observed_power(&t.lifecycle), Some(PowerState::On));
 }
 
-/// docs/pitfalls.md, item 6: a new Node CR with desired on for a machine already on starts no
+/// docs/pitfalls.md, pitfall 6: a new Node CR with desired on for a machine already on starts no
 /// power-on.
 #[test]
 fn unknown_machine_already_on_is_adopted_without_power_on() {
@@ -543,7 +543,7 @@ fn unknown_with_not_ready_node_waits_for_the_grace_period() {
     assert_eq!(t.lifecycle.phase(), Phase::PoweringOn);
 }
 
-/// docs/pitfalls.md, item 5: a NotReady blip shorter than the grace period is not a power-off.
+/// docs/pitfalls.md, pitfall 5: a NotReady blip shorter than the grace period is not a power-off.
 /// Past the grace period the machine is not a failed power-on either (errorInfo would get it
 /// deleted undrained: docs/ca-contract.md, rule 7): it stays Ready
 /// (the provider keeps it `Running` for CA, whose `--scale-down-unready-time` decides), one
@@ -779,7 +779,7 @@ fn remediation_power_cycles_a_lost_machine_and_boots_it_again() {
     assert!(off.fired.is_empty() && off.effects.is_empty());
 }
 
-/// docs/pitfalls.md, item 2: a power-on Job that succeeded without the node becoming Ready is a
+/// docs/pitfalls.md, pitfall 2: a power-on Job that succeeded without the node becoming Ready is a
 /// boot failure at the deadline, never Ready.
 #[test]
 fn job_success_without_ready_node_ends_in_boot_deadline_failure() {
