@@ -523,7 +523,7 @@ fn the_reference_checks_find_what_they_are_for() {
     let n = ["PIT", "FALLS"].concat();
     assert_eq!(
         note_references(&format!("({n} 6)"), &notes, &repo),
-        [n.clone()]
+        [n.as_str()]
     );
     assert!(note_references(&format!("MY_{n}_X"), &notes, &repo).is_empty());
 
