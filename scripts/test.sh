@@ -96,7 +96,7 @@ have_all "$KUBECTL_HOMELAB_TEST_ASSETS" || {
 export KUBECTL_HOMELAB_TEST_ASSETS
 export KUBECTL_HOMELAB_REQUIRE_ASSETS=1
 
-# Benches are measurements, not tests (TESTING.md): under `cargo test` (no `--bench` argument)
+# Benches are measurements, not tests (docs/testing.md): under `cargo test` (no `--bench` argument)
 # they run a quick smoke version that checks their answers, so they cannot rot; `cargo bench`
 # measures.
 failed=0

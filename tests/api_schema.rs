@@ -743,7 +743,7 @@ fn rules_accept_valid_values() {
         let typed: Group = serde_json::from_value(g).expect("typed");
         assert!(typed.autoscaling_options().is_ok(), "{field}={value}");
     }
-    // Issue 11 items 0 and 2: the cool-down and the opt-in remediation.
+    // The power-on failure cool-down and the opt-in remediation.
     let mut g = base_group.clone();
     g["spec"]["powerOnFailureCooldown"] = "45m".into();
     g["spec"]["remediation"] = serde_json::json!({"powerCycleAfter": "15m"});

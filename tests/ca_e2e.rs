@@ -531,8 +531,8 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
             reasons.iter().any(|r| r.contains("Ready")),
             "the broken machine was Failed with the boot timeout as its reason: {reasons:?}"
         );
-        // Off now (CA's DeleteNodes cancelled it, CA-CONTRACT rule 7), the failure kept: it is
-        // what makes the provider pick the other machines first.
+        // Off now (CA's DeleteNodes cancelled it, docs/ca-contract.md, rule 7), the failure kept:
+        // it is what makes the provider pick the other machines first.
         let crs: Api<Machine> = Api::namespaced(lab.client.clone(), &lab.ns);
         assert!(
             crs.get(&broken)
@@ -584,12 +584,12 @@ async fn b_failed_boot_is_given_up_and_the_pods_land_on_another_machine() -> any
 /// CA removes the long-unregistered instance (`core/static_autoscaler.go`
 /// `removeOldUnregisteredNodes`: DeleteNodes; when its scale-up request times out first,
 /// `clusterstate/clusterstate.go` `updateScaleRequests` reverts it with DecreaseTargetSize, so
-/// both are counted) and backs the group off. No IncreaseSize/DeleteNodes loop (issue 11 item 0: a provider that re-picks the
-/// machine CA still lists as long-unregistered makes CA call both every loop, ~30 a minute at a
-/// 2 s scan). Counted over a 45 s window after CA first gave up: CA's exponential backoff (10 s,
-/// 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows the first IncreaseSize and three
-/// retries (at once, 10 s and 30 s later), each refused (the only machine is cooling down after
-/// its failed boot).
+/// both are counted) and backs the group off. No IncreaseSize/DeleteNodes loop (a provider that
+/// re-picks the machine CA still lists as long-unregistered makes CA call both every loop, ~30 a
+/// minute at a 2 s scan). Counted over a 45 s window after CA first gave up: CA's exponential
+/// backoff (10 s, 20 s, 40 s, `utils/backoff/exponential_backoff.go`) allows the first IncreaseSize
+/// and three retries (at once, 10 s and 30 s later), each refused (the only machine is cooling down
+/// after its failed boot).
 #[tokio::test]
 async fn b_one_machine_group_with_a_failed_boot_does_not_loop() -> anyhow::Result<()> {
     let mut spec = LabSpec::new("ca-b1");
@@ -702,7 +702,7 @@ async fn c_restarted_ca_scales_up_from_zero_over_mtls() -> anyhow::Result<()> {
     lab.finish(result)
 }
 
-/// Scenario D (also issue 12's SIGKILL restart of the real binary): the operator is SIGKILLed
+/// Scenario D (a SIGKILL restart of the real `run-operator` binary): the operator is SIGKILLed
 /// twice between CA's IncreaseSize and the machine's registration, and started again each time:
 /// once as soon as its power-on Job exists (usually still running), once after the Job succeeded
 /// while the machine boots. Each restarted operator picks the boot up from the Node
@@ -776,9 +776,9 @@ async fn instances(lab: &Lab) -> anyhow::Result<Vec<proto::Instance>> {
 
 /// Scenario E: a running machine's node goes NotReady for a while (20 s, ten CA loops; with
 /// run-operator, longer than its NotReady grace) while its pods run there. The provider keeps
-/// reporting the instance Running without errorInfo (CA-CONTRACT rule 7: errorInfo there would
-/// make CA delete it undrained), CA calls no DeleteNodes (its `--scale-down-unready-time`, 20 min,
-/// decides), and nothing powers the machine off.
+/// reporting the instance Running without errorInfo (docs/ca-contract.md, rule 7: errorInfo there
+/// would make CA delete it undrained), CA calls no DeleteNodes (its `--scale-down-unready-time`,
+/// 20 min, decides), and nothing powers the machine off.
 #[tokio::test]
 async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
     // run-operator's NotReady grace is 3 s here (`support::Provider`).
@@ -856,9 +856,9 @@ async fn e_not_ready_blip_powers_nothing_off() -> anyhow::Result<()> {
     lab.finish(result)
 }
 
-/// Issue 11 item 1: with `--expander=price` CA scales up. `expander/price/price.go` drops every
-/// option whose pod price (PricingPodPrice) or node price (PricingNodePrice) fails, so a provider
-/// that cannot price a pod gets no scale-up at all.
+/// With `--expander=price` CA scales up (docs/ca-contract.md, rule 11). `expander/price/price.go`
+/// drops every option whose pod price (PricingPodPrice) or node price (PricingNodePrice) fails, so
+/// a provider that cannot price a pod gets no scale-up at all.
 #[tokio::test]
 async fn price_expander_scales_up() -> anyhow::Result<()> {
     let mut spec = LabSpec::new("ca-price");
@@ -892,7 +892,7 @@ async fn price_expander_scales_up() -> anyhow::Result<()> {
     lab.finish(result)
 }
 
-/// Scenario F (issue 16 item 6): `simulate` against the real CA. tests/data/sim/versus-ca.yaml
+/// Scenario F: `simulate` against the real CA. tests/data/sim/versus-ca.yaml
 /// describes this lab (three 2-CPU machines, the Job and boot times of `support::Machines`, CA's
 /// flags) and a workload of bare 600m pods: 2 from 0 s, 5 from 20 s, none from 60 s. `simulate`
 /// runs it on virtual time; then CA 1.36.1 runs it here on wall time with the flags read from the

@@ -200,7 +200,7 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
             .count()
     };
     assert_eq!(mine(&all.objects()), 7, "3 + the extra one here, 3 there");
-    // Issue 11 item 10: across namespaces every id is `<namespace>/<name>`, from the start, so
+    // Across namespaces every id is `<namespace>/<name>`, from the start, so
     // the second namespace's Group `g` renamed nothing (CA keys backoff and requests by id).
     let ids: Vec<String> = all.snapshot().group_ids().map(str::to_owned).collect();
     assert!(ids.contains(&format!("{}/g", fx.ns)), "{ids:?}");
@@ -644,8 +644,9 @@ async fn exercise(
     );
 
     // DeleteNodes of the machine that never registered (CA gave up on it): its failed power-on
-    // is recorded in the same write, and the next IncreaseSize picks another machine (issue 11
-    // item 0; CA's clusterstate.go keeps the old "unregistered since" of a re-listed id).
+    // is recorded in the same write, and the next IncreaseSize picks another machine (CA's
+    // clusterstate.go keeps the old "unregistered since" of a re-listed id: docs/ca-contract.md,
+    // rule 7).
     let pending = on[0].clone();
     let pending_id = format!("homelab://{}/{pending}", fx.ns);
     c.node_group_delete_nodes(proto::NodeGroupDeleteNodesRequest {

@@ -1,6 +1,6 @@
 //! The CA externalgrpc provider over real sockets (127.0.0.1, ephemeral ports) with the tonic
 //! client generated from the same proto: every RPC, every error code, rules 1-12 of
-//! CA-CONTRACT.md §3, concurrency invariants, readiness, mTLS and ALPN h2.
+//! docs/ca-contract.md section 3, concurrency invariants, readiness, mTLS and ALPN h2.
 mod support_grpc;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -411,7 +411,7 @@ async fn rule5_delete_nodes_is_all_or_nothing() {
     );
     assert_eq!(source.persisted().len(), 1);
     // At min, the fake node of the last one (it never registered: a failed power-on) is
-    // swapped for a spare (issue 11 item 6): CA's `deleteCreatedNodesWithErrors`
+    // swapped for a spare (docs/ca-contract.md, rule 7): CA's `deleteCreatedNodesWithErrors`
     // (`core/static_autoscaler.go`) does not check minSize and would repeat a refused call.
     ok(c.node_group_delete_nodes(del(vec![fake("s-b")], "small"))
         .await);
@@ -450,10 +450,10 @@ async fn rule5_delete_nodes_below_min_is_refused() {
     let _ = running.stop().await;
 }
 
-/// Issue 11 item 0, over the wire as CA drives it. Measured with CA 1.36.1: three machines off,
-/// the first accepts power-on and never registers; CA deletes it as long-unregistered
-/// (`core/static_autoscaler.go` `removeOldUnregisteredNodes`) and, keeping its "unregistered
-/// since" time while the id stays listed (`clusterstate/clusterstate.go`
+/// Identity reuse (docs/ca-contract.md, rule 7), over the wire as CA drives it. Measured with
+/// CA 1.36.1: three machines off, the first accepts power-on and never registers; CA deletes it
+/// as long-unregistered (`core/static_autoscaler.go` `removeOldUnregisteredNodes`) and, keeping its
+/// "unregistered since" time while the id stays listed (`clusterstate/clusterstate.go`
 /// `updateUnregisteredNodes`), deletes it again at once if IncreaseSize picks it again. The
 /// provider records the failure in the same write and picks another machine.
 #[tokio::test]
@@ -536,7 +536,7 @@ impl InventorySource for LandsThenErrs {
     async fn wait_ready(&self) {}
 }
 
-/// Issue 11 item 7: a mutation that landed is never reported as failed: on an IncreaseSize
+/// A mutation that landed is never reported as failed: on an IncreaseSize
 /// error CA registers a failed scale-up and backs the group off
 /// (`core/scaleup/orchestrator/executor.go`), on a DeleteNodes error it un-taints the nodes it
 /// drained (`core/scaledown/actuation`).
@@ -572,7 +572,7 @@ impl InventorySource for Hanging {
     async fn wait_ready(&self) {}
 }
 
-/// Issue 11 item 7: waiting for the group lock has its own budget: a caller queued behind a
+/// Waiting for the group lock has its own budget: a caller queued behind a
 /// hanging persist answers Unavailable once the lock budget is spent (the persist budget here is
 /// an hour), and nothing of its change is made.
 #[tokio::test]
@@ -743,7 +743,7 @@ async fn rule8_template_node_is_complete_or_unimplemented() {
     let node = k8s_pb::api::core::v1::Node::decode(r.node_bytes.as_slice())
         .unwrap_or_else(|e| panic!("nodeBytes is not a v1.Node: {e}"));
     let meta = node.metadata.unwrap_or_default();
-    // g-a's architecture is unknown: omitted, never guessed (issue 11 item 9).
+    // g-a's architecture is unknown: omitted, never guessed (docs/ca-contract.md, rule 8).
     assert_eq!(
         meta.labels.get("kubernetes.io/arch").map(String::as_str),
         None
@@ -901,7 +901,7 @@ async fn rule11_pricing_and_gpus_from_real_data() {
     let _ = running.stop().await;
 }
 
-/// Issue 11 item 8: CA asks GPULabel and GetAvailableGPUTypes once and caches the answers for
+/// Rule 11: CA asks GPULabel and GetAvailableGPUTypes once and caches the answers for
 /// its lifetime (`cloudprovider/externalgrpc/externalgrpc_cloud_provider.go`, `GPULabel`,
 /// `GetAvailableGPUTypes`), so they come from configuration, not from the machines seen so far:
 /// lab() has a machine labelled RTX-4090, and the unconfigured answer does not mention it.
@@ -979,7 +979,7 @@ fn pod_bytes(cpu: Option<&str>, memory: Option<&str>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// Issue 11 item 1: CA's `price` expander (`expander/price/price.go`, `BestOptions`) drops a
+/// Rule 11: CA's `price` expander (`expander/price/price.go`, `BestOptions`) drops a
 /// scale-up option whose PodPrice fails and divides by the pods' price plus its stabilization
 /// pod's, so PodPrice answers > 0, deterministically. lab(): the cheapest priced machine is s-a
 /// ($0.10/h; its Node has 4 CPUs and 16Gi).
@@ -1130,8 +1130,8 @@ impl InventorySource for Checking {
                 ));
             }
         }
-        // DecreaseTargetSize may go below minSize (issue 11 item 6: CA computes it from its
-        // registered count); its decisions only cancel unregistered machines, unmarked.
+        // DecreaseTargetSize may go below minSize (rule 6: CA computes it from its registered
+        // count); its decisions only cancel unregistered machines, unmarked.
         let cancel_only = changes.iter().all(|c| {
             c.desired == PowerState::Off
                 && !c.power_on_failed
@@ -1476,8 +1476,8 @@ impl InventorySource for Stuck {
     async fn wait_ready(&self) {}
 }
 
-/// CA's `grpc_timeout` default (CA-CONTRACT.md §2) as the call's deadline: an answer later than
-/// that reaches the client as `Cancelled`, never as the provider's own status.
+/// CA's `grpc_timeout` default (docs/ca-contract.md, section 2) as the call's deadline: an answer
+/// later than that reaches the client as `Cancelled`, never as the provider's own status.
 fn ca_deadline<T>(message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.set_timeout(Duration::from_secs(5));
@@ -1541,11 +1541,11 @@ async fn rule4_mutations_answer_inside_the_deadline_when_persisting_hangs() {
     let _ = running.stop().await;
 }
 
-/// Issue 11 items 2, 5 and 9 over the wire, on a group whose only member came up:
+/// Rules 7, 2 and 8 over the wire, on a group whose only member came up:
 /// - its Node went NotReady: still `instanceRunning`, no errorInfo (errorInfo makes CA's
 ///   `deleteCreatedNodesWithErrors` in `core/static_autoscaler.go` delete it undrained);
 /// - a spare someone powered off left a NotReady Node behind: in no group;
-/// - the template comes from the running member's live Node (before: Unimplemented).
+/// - the template comes from the running member's live Node, the only shape known of it.
 #[tokio::test]
 async fn a_running_member_stays_running_and_shapes_the_template() {
     let up = machine("up", "solo", PowerState::On, Phase::Ready);

@@ -171,7 +171,8 @@ async fn labels_and_taints_come_back_when_the_kubelet_registers_a_bare_node_agai
     m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
     let first = register(cp, &m, &name, false).await?;
 
-    // Powered off: the status keeps the snapshot, the Node object is deleted (CA-CONTRACT §4).
+    // Powered off: the status keeps the snapshot, the Node object is deleted (docs/ca-contract.md,
+    // section 4).
     m.status = Some(MachineStatus {
         node: Some(Box::new(snapshot(&first, Timestamp::now()))),
         ..MachineStatus::default()

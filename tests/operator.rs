@@ -623,7 +623,7 @@ async fn a_pdb_that_forbids_eviction_keeps_the_machine_on() -> anyhow::Result<()
 /// A Ready machine whose node blips NotReady for less than the grace period is left alone; a
 /// longer loss is recorded (one warning Event, `nodeLostSince`) but power is not touched and the
 /// provider keeps reporting the instance Running: CA's own `--scale-down-unready-time` decides
-/// (issue 11 item 2; CA's `clusterstate.go` deletes instances reported with errorInfo).
+/// (docs/ca-contract.md, rule 7: CA deletes instances reported with errorInfo).
 #[tokio::test]
 async fn a_node_that_goes_not_ready_is_recorded_not_powered_off() -> anyhow::Result<()> {
     let Some(cp) = support::shared().await? else {
@@ -858,8 +858,8 @@ async fn the_redfish_example_powers_on_and_off_confirmed_by_the_bmc() -> anyhow:
 /// examples/redfish.yaml with an OS that ignores GracefulShutdown (a proxy in front of the
 /// emulator swallows it), `forceOffAfter` shortened from the example's 3m to 3s so the test
 /// waits seconds, and another Kubernetes node name (Nodes are cluster-wide, and the test above
-/// registers `r730`): the operator sends ForceOff once the grace is over, the BMC reads Off, and the
-/// escalation is recorded in `status.power.escalated` and a Warning Event.
+/// registers `r730`): the operator sends ForceOff once the grace is over, the BMC reads Off, and
+/// the escalation is recorded in `status.power.escalated` and a Warning Event.
 #[tokio::test]
 async fn an_ignored_graceful_shutdown_is_forced_off_and_recorded() -> anyhow::Result<()> {
     let Some(cp) = support::shared().await? else {

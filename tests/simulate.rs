@@ -217,9 +217,9 @@ fn malformed_scenarios_name_the_field_and_line() {
     assert!(e.line.is_some(), "{e}");
 }
 
-/// A list item written as a bare `-` with its fields on the next lines (issue 11 item 11): the
-/// error found after parsing still gets `file:line:col` and the field; before the fix the line
-/// lookup sliced past the end of the `-` line and panicked.
+/// A list item written as a bare `-` with its fields on the next lines: the error found after
+/// parsing still gets `file:line:col` and the field (a line lookup that slices past the end of
+/// the `-` line would panic).
 #[test]
 fn bare_dash_list_items_get_a_located_error_not_a_panic() {
     let text = data("one-burst.yaml")
@@ -560,7 +560,7 @@ fn boot_outcomes(r: &Report, machine: &str) -> Vec<bool> {
         .collect()
 }
 
-/// Issue 16 item 2: hardware draws come from a stream per machine, so a CA setting that
+/// Hardware draws come from a stream per machine, so a CA setting that
 /// changes when and how often machines boot does not change whether a machine's k-th power-on
 /// fails.
 #[test]
@@ -688,7 +688,7 @@ fn seeds_set_and_compare_side_by_side() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("index 9"));
 }
 
-/// Issue 16 item 3: the baselines are runs of the same workload with the autoscaler off, each
+/// The baselines are runs of the same workload with the autoscaler off, each
 /// with its own waits. One-burst: always on = 10 W × 4 h + 5 W × 0.5 h (the pod at 25 % CPU of a
 /// 10-30 W machine) and the pod waits 0 s; the fixed subset (no machine on) draws 1 W × 4 h and
 /// never places the pod, which waits the 3 h to the end.
@@ -790,7 +790,7 @@ fn time_of_use_prices_and_a_boot_surge() {
     assert!(e.line.is_some(), "{e}");
 }
 
-/// Issue 16 item 1: every Group field is modelled or reported as ignored, never silently
+/// Every Group field is modelled or reported as ignored, never silently
 /// dropped. GPU thresholds (no GPUs simulated), template labels/taints (simulated pods have
 /// no selectors and tolerate everything) and remediation (simulated Nodes are never lost while
 /// running) are listed in the report.

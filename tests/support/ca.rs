@@ -1,8 +1,9 @@
 //! The real Cluster Autoscaler (CA 1.36.1, built by tests/k8s-bins/build.sh) against our provider
 //! binary: [`Provider`] starts `kubectl-homelab run-operator` (or `serve-grpc`) as a child
-//! process (and can SIGKILL and restart it), [`ClusterAutoscaler`] starts CA with `--cloud-provider=externalgrpc` and the
-//! cloud-config our binary prints, and reads back what CA did: the gRPC calls it made (from its
-//! `--v=5` log), its status ConfigMap, and any provider errors it logged.
+//! process (and can SIGKILL and restart it), [`ClusterAutoscaler`] starts CA with
+//! `--cloud-provider=externalgrpc` and the cloud-config our binary prints, and reads back what CA
+//! did: the gRPC calls it made (from its `--v=5` log), its status ConfigMap, and any provider
+//! errors it logged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -293,7 +294,8 @@ fn tls_files(dir: &Path) -> anyhow::Result<TlsFiles> {
     Ok(files)
 }
 
-/// CA's flags that vary per scenario; the rest are fixed short timings (TESTING.md).
+/// CA's flags that vary per scenario; the rest are fixed short timings
+/// (docs/testing.md, "Fast timings").
 #[derive(Debug, Clone)]
 pub struct CaOptions {
     /// `--max-node-provision-time`: how long CA waits for a powered-on machine to register.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// A status condition: `metav1.Condition`'s JSON and schema, with its strings kept inline
 /// when short. Every cached Node CR carries five of them, and their type, status, reason and
 /// usual message ("", "phase Off") all fit in 24 bytes, so with plain `String`s they were about
-/// 16 heap blocks per machine (BENCHMARKS.md, operator memory).
+/// 16 heap blocks per machine (BENCHMARKS.md, "The memory target met").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {

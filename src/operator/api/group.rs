@@ -42,7 +42,7 @@ pub const GROUP_LABEL: &str = "group";
 ]))]
 pub struct GroupSpec {
     // --- Compat with the predecessor: per-group Cluster Autoscaler options. Unset means
-    // CA's own flag applies (CA-CONTRACT.md rule 9), so they stay optional.
+    // CA's own flag applies (docs/ca-contract.md, rule 9), so they stay optional.
     /// Scale a node down when its CPU/memory utilization is below this fraction, e.g. `"0.5"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), extend("x-kubernetes-validations" = [
@@ -230,7 +230,7 @@ pub struct AutoscalingOptions {
 }
 
 impl AutoscalingOptions {
-    /// Whether the Group sets any option (if not, CA's flags apply: CA-CONTRACT.md rule 9).
+    /// Whether the Group sets any option (if not, CA's flags apply: docs/ca-contract.md, rule 9).
     pub fn any_set(&self) -> bool {
         *self != AutoscalingOptions::default()
     }

@@ -564,7 +564,7 @@ impl Machine {
             .unwrap_or_default()
     }
 
-    /// The providerID the machine's Node object carries (CA-CONTRACT.md rule 1):
+    /// The providerID the machine's Node object carries (docs/ca-contract.md, rule 1):
     /// `spec.providerID`, else the one it last registered with, else
     /// `homelab://<namespace>/<name>`.
     pub fn expected_provider_id(&self) -> String {

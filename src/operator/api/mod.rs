@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 /// The string-keyed maps of the CRs (labels, capacity, allocatable): a sorted vector with the
 /// API of a `BTreeMap` and its JSON. A map of one to a few entries costs its entries instead of
 /// a 552-byte B-tree leaf, and the reflector keeps one Node CR per machine (BENCHMARKS.md,
-/// operator memory). Fields of this type take their schema from the `BTreeMap` they replace:
+/// "The memory target met"). Fields of this type take their schema from the `BTreeMap` they replace:
 /// `#[schemars(with = "BTreeMap<String, V>")]`.
 pub type FlatMap<V> = litemap::LiteMap<String, V>;
 

@@ -89,7 +89,7 @@ pub struct PowerSpec {
     {"rule": ONE_ON_DRIVER_RULE, "message": ONE_ON_DRIVER_MESSAGE}
 ]))]
 // Drivers are boxed: a machine uses one per direction, and every cached Node CR would otherwise
-// carry the inline size of all of them (over 1 KiB; see BENCHMARKS.md, operator memory).
+// carry the inline size of all of them (over 1 KiB; see the heap profiles in BENCHMARKS.md).
 pub struct PowerOn {
     /// Run this container as a Job (e.g. a script that talks to a smart plug).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -109,7 +109,7 @@ const CHANGE_BUFFER: usize = 4096;
 /// managedFields the cache drops, the parsed originals the reflector copies) is freed in small
 /// blocks between the cached objects: holes the allocator cannot give back. 2,000 machines at
 /// 500 per page left the operator at 19.7 MiB anonymous, at 100 per page 13.7 MiB; the restart
-/// reads 20 pages instead of 4 and was no slower (BENCHMARKS.md, operator memory).
+/// reads 20 pages instead of 4 and was no slower (BENCHMARKS.md, "The memory target met").
 const LIST_PAGE_SIZE: u32 = 100;
 
 /// Keeps the reflector tasks alive as long as the cache; aborts them when it is dropped.

@@ -1,6 +1,6 @@
 //! The group controller: counts of the members by phase, the resolved size bounds and a Ready
 //! condition in Group status, written only when they change. It never powers anything: deleting
-//! a Group leaves its machines as they are (PITFALLS 23).
+//! a Group leaves its machines as they are (docs/pitfalls.md, pitfall 23).
 use std::sync::Arc;
 use std::time::Duration;
 

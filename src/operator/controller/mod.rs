@@ -40,7 +40,9 @@ const GROUP_DEBOUNCE: Duration = Duration::from_secs(2);
 pub struct Settings {
     /// How long a drain may try before the power-off is refused and the machine left on.
     pub drain_timeout: Duration,
-    /// While waiting for something that sends no watch event (pods leaving during a drain).
+    /// How soon a machine is reconciled again after a power driver's `start` or `check` failed
+    /// transiently (a BMC or the API server not answering): no watch event would bring it back.
+    /// A drain in progress rechecks on its own interval.
     pub poll_interval: Duration,
     /// Reconciles running at once (different machines; one machine never twice at once).
     pub concurrency: u16,

@@ -59,14 +59,14 @@ pub fn observed_power(lc: &Lifecycle) -> Option<PowerState> {
     })
 }
 
-/// Whether the machine counts in its group's target size (CA-CONTRACT §3.3): its desired
+/// Whether the machine counts in its group's target size (docs/ca-contract.md, rule 3): its desired
 /// state is on. A machine found on is adopted through `Effect::AdoptAsWantedOn`, which makes
 /// the caller write desired on, so the desired state is the single source.
 pub fn counts_as_wanted_on(_lc: &Lifecycle, desired: PowerState) -> bool {
     desired == PowerState::On
 }
 
-/// How CA should see a machine in `NodeGroupNodes` (CA-CONTRACT §3.7).
+/// How CA should see a machine in `NodeGroupNodes` (docs/ca-contract.md, rule 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstanceState {
     Creating,

@@ -81,8 +81,8 @@ pub enum Effect {
     /// Evict the node's non-DaemonSet pods through the Eviction API, honouring PDBs. The FSM
     /// powers off only once the caller reports no pods (`pods_present: false`).
     Drain,
-    /// Delete the Node object of a machine confirmed off (CA-CONTRACT §4), after saving its
-    /// labels, taints, capacity and providerID in status.
+    /// Delete the Node object of a machine confirmed off (docs/ca-contract.md, section 4), after
+    /// saving its labels, taints, capacity and providerID in status.
     DeleteNode,
     /// The machine was found on: record it as wanted on (`spec.powerState: on`) so the
     /// provider counts it in the target.

@@ -255,7 +255,8 @@ fn derive(
     let deadline_passed = deadline(lc, policy).is_some_and(|d| now >= d);
     let action_done = lc.operation.as_ref().is_none_or(|o| o.completed.is_some());
     match lc.phase() {
-        // Never act before reading the cluster: a machine may already be on (PITFALLS 6).
+        // Never act before reading the cluster: a machine may already be on
+        // (docs/pitfalls.md, pitfall 6).
         Phase::Unknown => {
             if goal_differs {
                 Some(desired_event())
@@ -336,7 +337,7 @@ fn derive(
             } else if absent {
                 Some(Event::NodeGone)
             } else if long_not_ready {
-                // A shorter NotReady blip is not a power-off (PITFALLS 5).
+                // A shorter NotReady blip is not a power-off (docs/pitfalls.md, pitfall 5).
                 Some(Event::ReadyLost)
             } else {
                 None

@@ -1,4 +1,4 @@
-//! Tests of the lifecycle core: every row, every rejected pair, scenarios from PITFALLS.md,
+//! Tests of the lifecycle core: every row, every rejected pair, scenarios from docs/pitfalls.md,
 //! and property tests over random event sequences and random worlds.
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
@@ -490,7 +490,8 @@ fn power_on_walks_through_booting_to_ready() {
     assert_eq!(observed_power(&t.lifecycle), Some(PowerState::On));
 }
 
-/// PITFALLS 6: a new Node CR with desired on for a machine already on starts no power-on.
+/// docs/pitfalls.md, pitfall 6: a new Node CR with desired on for a machine already on starts no
+/// power-on.
 #[test]
 fn unknown_machine_already_on_is_adopted_without_power_on() {
     let p = Policy::default();
@@ -542,8 +543,9 @@ fn unknown_with_not_ready_node_waits_for_the_grace_period() {
     assert_eq!(t.lifecycle.phase(), Phase::PoweringOn);
 }
 
-/// PITFALLS 5: a NotReady blip shorter than the grace period is not a power-off. Past the
-/// grace period the machine is not a failed power-on either (issue 11 item 2): it stays Ready
+/// docs/pitfalls.md, pitfall 5: a NotReady blip shorter than the grace period is not a power-off.
+/// Past the grace period the machine is not a failed power-on either (errorInfo would get it
+/// deleted undrained: docs/ca-contract.md, rule 7): it stays Ready
 /// (the provider keeps it `Running` for CA, whose `--scale-down-unready-time` decides), one
 /// warning Event records the episode, and power is left alone.
 #[test]
@@ -777,8 +779,8 @@ fn remediation_power_cycles_a_lost_machine_and_boots_it_again() {
     assert!(off.fired.is_empty() && off.effects.is_empty());
 }
 
-/// PITFALLS 2: a power-on Job that succeeded without the node becoming Ready is a boot
-/// failure at the deadline, never Ready.
+/// docs/pitfalls.md, pitfall 2: a power-on Job that succeeded without the node becoming Ready is a
+/// boot failure at the deadline, never Ready.
 #[test]
 fn job_success_without_ready_node_ends_in_boot_deadline_failure() {
     let p = Policy::default();
@@ -1182,8 +1184,8 @@ fn graph_renderings_list_every_row() {
     assert!(
         m.contains("PoweringOn --> Failed: BootDeadlinePassed [deadline passed, attempts left]")
     );
-    // Issue 11 item 2: a Ready machine never fails; remediation is the only way off Ready
-    // without a desired change.
+    // A Ready machine never fails (docs/ca-contract.md, rule 7); remediation is the only way
+    // off Ready without a desired change.
     assert!(!m.contains("Ready --> Failed"), "{m}");
     assert!(m.contains("Ready --> Ready: ReadyLost"));
     assert!(m.contains("Ready --> PoweringOff: RemediationDue [remediation on and due]"));
@@ -1385,7 +1387,7 @@ proptest! {
                 running.0.retain(|id| *id != o.id);
             }
             check_invariants(&before, &t.lifecycle, &policy, &running);
-            // Issue 11 item 2: while wanted on, a Ready machine stays Ready whatever its Node
+            // While wanted on, a Ready machine stays Ready whatever its Node
             // does (NotReady, gone, wrong providerID): never Failed, never powered off, unless
             // the Group opted into remediation (off in this policy).
             if before.phase() == Phase::Ready && obs.desired == PowerState::On {

@@ -11,7 +11,7 @@
 //! afresh.
 //!
 //! CA-started power-offs skip all this ([`is_ca_deleting`]): CA cordoned and drained the Node
-//! before it called `NodeGroupDeleteNodes` (CA-CONTRACT.md rule 5).
+//! before it called `NodeGroupDeleteNodes` (docs/ca-contract.md, rule 5).
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;

@@ -13,7 +13,8 @@
 //!   set, so a different one is reported ([`ProviderIdCheck::Mismatch`]), never changed.
 //! - Once per Node object ([`RESTORED`] marks it), the labels and taints of the last-seen
 //!   snapshot (`status.node`) that the new Node lacks are put back: a machine confirmed off has
-//!   its Node object deleted (CA-CONTRACT.md §4), and the kubelet registers a bare one.
+//!   its Node object deleted (docs/ca-contract.md, section 4), and the kubelet registers a
+//!   bare one.
 //! - `spec.labels` / `spec.taints` are added when missing (a label we own follows a changed spec
 //!   value); `spec.taintsToRemove` are removed.
 //! - CA's opt-out annotation follows `scaleDownDisabled` (ours only: a person's own stays).

@@ -4,7 +4,8 @@
 //!
 //! The Job is named after the operation (deterministic), labelled with the machine and owned by
 //! the Node CR, so a restarted operator finds the Job it started instead of starting a second
-//! one (PITFALLS 1 and 3), and its completion wakes the controller through the Job watch.
+//! one (docs/pitfalls.md, pitfalls 1 and 3), and its completion wakes the controller through the
+//! Job watch.
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};

@@ -4,7 +4,7 @@
 //!
 //! Crash safety: a driver keeps no state of its own. Everything it needs comes from the Node CR
 //! (spec and the operation recorded in status) and the world (the Job, the BMC's readback), so a
-//! restarted or newly elected operator calls `check` and carries on (ARCHITECTURE.md, "Machine
+//! restarted or newly elected operator calls `check` and carries on (docs/architecture.md, "Machine
 //! lifecycle").
 pub mod http;
 pub mod job;

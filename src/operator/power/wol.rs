@@ -3,9 +3,9 @@
 //!
 //! A pod on the cluster network cannot reach the LAN's broadcast domain, so the packet goes
 //! either from the operator's own process (which then runs with hostNetwork) or, with `via`, from
-//! a short-lived Job on the host network of another Ready node of the same LAN (PITFALLS 21). WoL
-//! has no readback: the evidence of power-on is the Node registering, so sending the packet (or
-//! the relay Job completing) is the action's success.
+//! a short-lived Job on the host network of another Ready node of the same LAN (docs/pitfalls.md,
+//! pitfall 21). WoL has no readback: the evidence of power-on is the Node registering, so sending
+//! the packet (or the relay Job completing) is the action's success.
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};

@@ -1,6 +1,6 @@
-//! An in-memory [`InventorySource`] for tests, benchmarks and the simulator's gRPC checks:
-//! persisting applies the change to the snapshot at once (or, with `set_lagging`, only records
-//! it, as a slow reflector would).
+//! An in-memory [`InventorySource`] for tests and benchmarks (the simulator calls the provider
+//! core directly and needs no source): persisting applies the change to the snapshot at once
+//! (or, with `set_lagging`, only records it, as a slow reflector would).
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;

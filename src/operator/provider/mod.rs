@@ -1,4 +1,4 @@
-//! The Cluster Autoscaler `externalgrpc` cloud provider (CA-CONTRACT.md).
+//! The Cluster Autoscaler `externalgrpc` cloud provider (docs/ca-contract.md).
 //!
 //! - [`inventory`]: the pure view of groups, machines and registered nodes.
 //! - [`ops`]: one pure function per contract rule, returning answers or [`ops::Decision`]s.

@@ -1,4 +1,4 @@
-//! The provider's decisions, one function per rule of CA-CONTRACT.md §3.
+//! The provider's decisions, one function per rule of docs/ca-contract.md, section 3.
 //!
 //! Each takes the inventory (and, where a decision is recorded, the time as a parameter) and
 //! returns an answer or a [`Decision`] naming which machines change desired power. Nothing here
@@ -222,7 +222,8 @@ pub enum Unpickable {
     StillListed,
 }
 
-/// Whether `IncreaseSize` may pick the spare `m` at `now` (issue 11 item 0: no re-pick loop).
+/// Whether `IncreaseSize` may pick the spare `m` at `now`: not a machine CA just gave up on,
+/// which CA would delete again at once, in a loop (docs/ca-contract.md, rule 7).
 pub fn pickable(
     inv: &Inventory,
     g: &GroupState,
@@ -341,8 +342,8 @@ pub fn increase_size(
 
 /// Rule 5: want the named nodes off. All or nothing: every node must be a member (matched by
 /// providerID, then name; fake nodes included) and a registered machine protected by
-/// `scaleDownDisabled` (its own or its Group's) is refused. Nodes already wanted off change nothing (CA repeats the call for failed instances
-/// until they are gone).
+/// `scaleDownDisabled` (its own or its Group's) is refused. Nodes already wanted off change nothing
+/// (CA repeats the call for failed instances until they are gone).
 ///
 /// A machine that never registered is one CA gave up on (long unregistered or reported with
 /// errorInfo: CA's `static_autoscaler.go` `removeOldUnregisteredNodes` and

@@ -1,4 +1,4 @@
-//! Unit and property tests of the pure provider core, one block per CA-CONTRACT rule.
+//! Unit and property tests of the pure provider core, one block per rule of docs/ca-contract.md.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -331,7 +331,7 @@ fn machines_that_failed_to_power_on_are_picked_last() {
 fn delete_nodes_is_all_or_nothing() {
     let inv = lab();
     // a (registered) + b (fake node for the unregistered one): target 2 → 0 < min 1, so the
-    // failed b is swapped for the spare c (issue 11 item 6) and min holds.
+    // failed b is swapped for the spare c (docs/ca-contract.md, rule 7) and min holds.
     let d = delete_nodes(&inv, "g", &[fake("a"), fake("b")], t(0));
     assert_eq!(
         d.map(|d| (names(&d), d.target_after)),
@@ -454,7 +454,7 @@ fn decrease_target_size_cancels_newest_pending_only() {
     );
 }
 
-/// Issue 11 item 6: DecreaseTargetSize never refuses because of minSize. CA computes the delta
+/// Rule 6: DecreaseTargetSize never refuses because of minSize. CA computes the delta
 /// from its own registered count (`clusterstate.go` `updateIncorrectNodeGroupSizes`,
 /// `static_autoscaler.go` `fixNodeGroupSize`) and repeats a refused call every loop.
 #[test]
@@ -485,7 +485,8 @@ fn node_group_nodes_states_and_errors() {
     let off = machine("off", "g", PowerState::Off, Phase::Off);
     let going = machine("going", "g", PowerState::Off, Phase::PoweringOff);
     let nr = machine("notready", "g", PowerState::On, Phase::Booting);
-    // Came up, then its Node went NotReady / vanished: still Running for CA (issue 11 item 2).
+    // Came up, then its Node went NotReady / vanished: still Running for CA (errorInfo is for
+    // the current power-on only: rule 7).
     let lost = machine("lost", "g", PowerState::On, Phase::Ready);
     let gone = machine("gone", "g", PowerState::On, Phase::Ready);
     let nodes = vec![
@@ -749,8 +750,8 @@ proptest! {
             prop_assert_eq!(after, d.target_after);
             prop_assert!(after <= max);
             let g = inv.group("g").map(|g| registered_count(&inv, g)).unwrap_or(0);
-            // Below min only by not going down, or by DecreaseTargetSize (which never checks min,
-            // issue 11 item 6), and never below the registered count.
+            // Below min only by not going down, or by DecreaseTargetSize (which never checks min:
+            // rule 6), and never below the registered count.
             prop_assert!(after >= min || after >= before || matches!(o, Op::Dec(_)), "target {} < min {} (before {}) after {:?}", after, min, before, o);
             prop_assert!(after >= g, "target {} below {} registered", after, g);
             prop_assert_eq!(
@@ -875,14 +876,14 @@ fn declared_node_is_the_machine_as_its_hints_describe_it() {
     assert_eq!(n.allocatable.get("cpu").map(String::as_str), Some("3500m"));
 }
 
-// ---------- issue 11 ----------
+// ---------- What the real CA 1.36.1 does that the rules above must allow for ----------
 
 fn fake_node(m: &str) -> NodeRef {
     fake(m)
 }
 
-/// Issue 11 item 0. CA keeps an unregistered instance's "unregistered since" time while its id
-/// stays listed (`clusterstate/clusterstate.go` `updateUnregisteredNodes`) and deletes it after
+/// Rule 7, identity reuse: CA keeps an unregistered instance's "unregistered since" time while its
+/// id stays listed (`clusterstate/clusterstate.go` `updateUnregisteredNodes`) and deletes it after
 /// `--max-node-provision-time` (`core/static_autoscaler.go` `removeOldUnregisteredNodes`). Our
 /// instance id is the machine's forever, so DeleteNodes of a never-registered machine records
 /// the failed power-on and IncreaseSize picks another machine, not the same one in a loop.
@@ -993,7 +994,7 @@ fn deleting_a_registered_machine_records_no_failure() {
     );
 }
 
-/// Issue 11 item 6: at minSize, deleting a failed power-on succeeds by wanting another spare on
+/// Rules 5 and 7: at minSize, deleting a failed power-on succeeds by wanting another spare on
 /// in its place (CA's `deleteCreatedNodesWithErrors` in `core/static_autoscaler.go` does not
 /// check minSize and repeats a refused call every loop); a registered node is still refused.
 #[test]
@@ -1030,7 +1031,7 @@ fn delete_nodes_at_min_swaps_a_failed_machine_for_a_spare() {
     assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
 }
 
-/// Issue 11 item 5: the registered Node of a machine wanted off (being powered off, or a stale
+/// Rule 2: the registered Node of a machine wanted off (being powered off, or a stale
 /// NotReady Node someone left behind) is in no group, so CA does not count it as the group's
 /// capacity (`clusterstate.go` counts nodes per `NodeGroupForNode`). Fake nodes of pending
 /// machines still resolve.
@@ -1057,7 +1058,7 @@ fn nodes_of_machines_wanted_off_belong_to_no_group() {
     );
 }
 
-/// Issue 11 item 10: CA keys backoff and scale-up requests by group id; a provider reading every
+/// CA keys backoff and scale-up requests by group id; a provider reading every
 /// namespace uses `<namespace>/<name>` from the start, so a same-named Group appearing in another
 /// namespace renames nothing.
 #[test]
@@ -1086,8 +1087,8 @@ fn group_ids_are_stable_when_a_same_named_group_appears() {
     assert_eq!(one.group_ids().collect::<Vec<_>>(), vec!["g"]);
 }
 
-/// Issue 11 item 9: a running member's live Node is a template source (before: Unimplemented
-/// when it was the only shape known), with ephemeral-storage when known; the architecture comes
+/// Rule 8: a running member's live Node is a template source (also when it is the only shape
+/// known), with ephemeral-storage when known; the architecture comes
 /// from what is known of the machine and is omitted otherwise.
 #[test]
 fn template_from_a_running_members_live_node() {
@@ -1131,7 +1132,8 @@ fn template_from_a_running_members_live_node() {
     );
 }
 
-/// Issues 11 items 4 and 9: the Group warnings the group controller writes.
+/// The Group warnings the group controller writes: options that cost CA's startup time
+/// (rule 9) and a group no template can be built for (rule 8).
 #[test]
 fn group_warnings_name_options_cost_and_missing_capacity() {
     use super::warnings::{GROUP_WARNING_CONDITIONS, group_warnings};
