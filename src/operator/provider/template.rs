@@ -14,15 +14,7 @@ use prost::Message;
 use super::error::ProviderError;
 use super::inventory::{GroupState, Inventory, MachineView, NodeView, TaintView, TemplateHints};
 use super::ops::power_on_order;
-
-/// Taints CA puts on nodes it scales down.
-pub const CA_TAINTS: [&str; 2] = [
-    "ToBeDeletedByClusterAutoscaler",
-    "DeletionCandidateOfClusterAutoscaler",
-];
-
-/// Taints Kubernetes sets for node conditions; a new node does not carry them.
-const CONDITION_TAINT_PREFIX: &str = "node.kubernetes.io/";
+use crate::operator::{ca, node};
 
 /// The node label naming the CPU architecture.
 pub const ARCH_LABEL: &str = "kubernetes.io/arch";
@@ -99,9 +91,12 @@ impl TemplateNode {
     }
 }
 
+/// CA's scale-down taints and the condition taints describe a moment of a Node, not a freshly
+/// booted one (CA's own template sanitising drops them too); `remove` is the machine's
+/// `taintsToRemove`.
 fn drop_taint(t: &TaintView, remove: &[TaintView]) -> bool {
-    CA_TAINTS.contains(&t.key.as_str())
-        || t.key.starts_with(CONDITION_TAINT_PREFIX)
+    ca::is_ca_taint_key(&t.key)
+        || node::is_condition_taint_key(&t.key)
         || remove
             .iter()
             .any(|r| r.key == t.key && r.effect == t.effect)

@@ -520,7 +520,9 @@ fn node_group_nodes_states_and_errors() {
     assert!(node_group_nodes(&inv, "nope").is_err());
 }
 
-// Rule 8.
+// Rule 8. The taints dropped are the ones CA's own template sanitising drops
+// (`utils/taints/taints.go`, `SanitizeTaints`: its two scale-down taints and
+// `NodeConditionTaints`, which include the cloud-provider `uninitialized` and `shutdown` taints).
 #[test]
 fn template_from_last_seen_strips_transient_taints() {
     let mut a = machine("a", "g", PowerState::Off, Phase::Off);
@@ -542,6 +544,8 @@ fn template_from_last_seen_strips_transient_taints() {
             taint("ToBeDeletedByClusterAutoscaler"),
             taint("DeletionCandidateOfClusterAutoscaler"),
             taint("node.kubernetes.io/unreachable"),
+            taint("node.cloudprovider.kubernetes.io/shutdown"),
+            taint("node.cloudprovider.kubernetes.io/uninitialized"),
             taint("custom/remove"),
             taint("dedicated"),
         ],
