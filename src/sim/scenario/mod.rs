@@ -25,7 +25,7 @@ use crate::operator::api::{
 use crate::operator::machine::PowerState;
 
 /// The embedded default scenario: what `kubectl homelab simulate` runs without a file.
-pub const DEFAULT_SCENARIO: &str = include_str!("default-scenario.yaml");
+pub const DEFAULT_SCENARIO: &str = include_str!("../default-scenario.yaml");
 /// Name shown in errors and reports for the embedded scenario.
 pub const DEFAULT_SCENARIO_NAME: &str = "<default scenario>";
 
