@@ -217,9 +217,9 @@ fn malformed_scenarios_name_the_field_and_line() {
     assert!(e.line.is_some(), "{e}");
 }
 
-/// A list item written as a bare `-` with its fields on the next lines (issue 11 item 11): the
-/// error found after parsing still gets `file:line:col` and the field; before the fix the line
-/// lookup sliced past the end of the `-` line and panicked.
+/// A list item written as a bare `-` with its fields on the next lines: the error found after
+/// parsing still gets `file:line:col` and the field (the line lookup must not slice past the
+/// end of the `-` line, which once panicked).
 #[test]
 fn bare_dash_list_items_get_a_located_error_not_a_panic() {
     let text = data("one-burst.yaml")
