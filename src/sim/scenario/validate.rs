@@ -891,7 +891,8 @@ fn arrivals(
     }
 }
 
-/// A trace's rows, from the file (read by the caller's [`TraceSource`]) or inline.
+/// A trace's rows, from the file (read by the caller's [`TraceSource`]) or inline. A CSV error
+/// names the trace file and its line.
 fn trace_arrivals(
     cx: &Ctx,
     at: &str,
@@ -903,7 +904,8 @@ fn trace_arrivals(
         (Some(file), None) => {
             let field = format!("{at}.trace.file");
             let text = traces.read(file).map_err(|e| cx.err(field.clone(), e))?;
-            parse_trace(&text, workload_index).map_err(|e| cx.err(field, format!("CSV {e}")))?
+            parse_trace(&text, workload_index)
+                .map_err(|e| cx.err(field, format!("CSV file {file:?} {e}")))?
         }
         (None, Some(inline)) => parse_trace(inline, workload_index)
             .map_err(|e| cx.err(format!("{at}.trace.inline"), format!("CSV {e}")))?,
