@@ -3,6 +3,7 @@ pub mod commands;
 pub mod logging;
 pub mod memory;
 pub mod operator;
+pub mod quantity;
 pub mod sim;
 pub mod yaml;
 

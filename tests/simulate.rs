@@ -264,6 +264,33 @@ fn trace_workload_from_inline_csv() {
     assert!(e.to_string().contains("line 2: memory"), "{e}");
 }
 
+/// A trace file with a quoted field: the error names the scenario's `trace.file` line, the
+/// trace file and its line, and says to drop the quotes (the CSV reader does no quoting).
+#[test]
+fn a_quoted_field_in_a_trace_file_names_the_file_line_and_fix() {
+    struct OneFile;
+    impl kubectl_homelab::sim::scenario::TraceSource for OneFile {
+        fn read(&self, file: &str) -> Result<String, String> {
+            assert_eq!(file, "pods.csv");
+            Ok("time,cpu,memory,duration\n3600,\"1\",1Gi,1800\n".to_owned())
+        }
+    }
+    let text = data("one-burst.yaml").replace(
+        "    burst: {at: 1h, count: 1}\n    cpu: \"1\"\n    memory: 1Gi\n    duration: 30m\n",
+        "    trace:\n      file: pods.csv\n",
+    );
+    let e = match Scenario::parse("trace.yaml", &text, &OneFile) {
+        Ok(_) => panic!("a quoted trace field parsed"),
+        Err(e) => e,
+    };
+    assert_eq!(e.field, "workload[0].trace.file", "{e}");
+    assert!(e.line.is_some(), "{e}");
+    let shown = e.to_string();
+    assert!(shown.contains("CSV file \"pods.csv\" line 2"), "{shown}");
+    assert!(shown.contains("quoted fields are not supported"), "{shown}");
+    assert!(shown.contains("without quotes"), "{shown}");
+}
+
 #[test]
 fn the_default_scenario_runs_a_week_and_saves_energy() {
     let s = Scenario::default_scenario().unwrap();

@@ -8,6 +8,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::operator::api::{duration_problem, parse_duration};
+use crate::quantity::parse_whole;
 
 /// Milliseconds of virtual time. The simulator keeps integer milliseconds and converts to
 /// `jiff::Timestamp` only where it calls the operator's cores.
@@ -97,39 +98,12 @@ impl<'de> Deserialize<'de> for Duration {
 
 /// Parses a Kubernetes CPU quantity into millicores: `500m`, `2`, `1.5`.
 pub fn parse_cpu(s: &str) -> Option<u64> {
-    let s = s.trim();
-    if let Some(m) = s.strip_suffix('m') {
-        return m.parse::<u64>().ok();
-    }
-    let v: f64 = s.parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| (v * 1000.0).round() as u64)
+    parse_whole(s, -3)
 }
 
 /// Parses a Kubernetes memory quantity into bytes: `512Mi`, `16Gi`, `1G`, `1000`.
 pub fn parse_memory(s: &str) -> Option<u64> {
-    let s = s.trim();
-    const SUFFIXES: [(&str, f64); 12] = [
-        ("Ki", 1024.0),
-        ("Mi", 1_048_576.0),
-        ("Gi", 1_073_741_824.0),
-        ("Ti", 1_099_511_627_776.0),
-        ("Pi", 1_125_899_906_842_624.0),
-        ("Ei", 1_152_921_504_606_846_976.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    for (suffix, mult) in SUFFIXES {
-        if let Some(n) = s.strip_suffix(suffix) {
-            let v: f64 = n.parse().ok()?;
-            return (v.is_finite() && v >= 0.0).then(|| (v * mult).round() as u64);
-        }
-    }
-    let v: f64 = s.parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| v.round() as u64)
+    parse_whole(s, 0)
 }
 
 /// Formats bytes as a short binary quantity (`1.5Gi`).

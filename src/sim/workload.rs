@@ -188,7 +188,8 @@ pub struct TraceError {
 }
 
 /// Parses trace CSV text. A first line starting with `time` is a header. Blank lines and lines
-/// starting with `#` are skipped.
+/// starting with `#` are skipped. Fields are plain: no quoting (none of the four columns needs
+/// a comma).
 pub fn parse_trace(text: &str, workload: u16) -> Result<Vec<PodSpec>, TraceError> {
     let mut pods = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -197,8 +198,16 @@ pub fn parse_trace(text: &str, workload: u16) -> Result<Vec<PodSpec>, TraceError
         if row.is_empty() || row.starts_with('#') || (i == 0 && row.starts_with("time")) {
             continue;
         }
-        let cols: Vec<&str> = row.split(',').map(str::trim).collect();
         let err = |problem: String| TraceError { line, problem };
+        // Columns are split at every comma; a quoted field (which could hold one) would be
+        // split wrongly or keep its quotes, so it is refused with the fix.
+        if row.contains('"') {
+            return Err(err(
+                "quoted fields are not supported; write the row without quotes, e.g. 0,500m,1Gi,60"
+                    .to_owned(),
+            ));
+        }
+        let cols: Vec<&str> = row.split(',').map(str::trim).collect();
         if cols.len() != 4 {
             return Err(err(format!(
                 "expected 4 columns time,cpu,memory,duration, found {}",
@@ -530,5 +539,22 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.line, 3);
         assert!(err.problem.contains("cpu"));
+    }
+
+    /// No CSV quoting: a row with a `"` is an error naming its line and the fix, not a
+    /// misread column.
+    #[test]
+    fn quoted_trace_fields_are_refused_with_the_fix() {
+        let err = parse_trace(
+            "time,cpu,memory,duration\n0,500m,1Gi,60\n5,\"500m\",1Gi,60\n",
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(
+            err.problem.contains("quoted fields are not supported"),
+            "{err}"
+        );
+        assert!(err.problem.contains("without quotes"), "{err}");
     }
 }

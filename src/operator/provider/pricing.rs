@@ -1,5 +1,5 @@
-//! Rule 11, pods: `PricingPodPrice`. CA's `price` expander (`expander/price/price.go`,
-//! `priceBased.BestOptions`) drops a whole scale-up option when a pod's price fails, and divides
+//! The price of a pod, for CA's `PricingPodPrice` call. CA's `price` expander
+//! (`expander/price/price.go`, `priceBased.BestOptions`) drops a whole scale-up option when a pod's price fails, and divides
 //! by the pods' price plus the price of its stabilization pod, so every answer is > 0.
 //!
 //! A pod costs `spec.pricing.podRate` per hour when a machine sets one (the lowest set), else the
@@ -26,42 +26,8 @@ pub struct PodRequests {
     pub memory: f64,
 }
 
-/// A Kubernetes quantity (`"500m"`, `"2"`, `"1.5Gi"`, `"1e3"`, `"64M"`) as a number of base
-/// units; `None` when it does not parse.
-pub fn parse_quantity(s: &str) -> Option<f64> {
-    let s = s.trim();
-    const BINARY: [(&str, f64); 6] = [
-        ("Ki", 1024.0),
-        ("Mi", 1_048_576.0),
-        ("Gi", 1_073_741_824.0),
-        ("Ti", 1_099_511_627_776.0),
-        ("Pi", 1_125_899_906_842_624.0),
-        ("Ei", 1_152_921_504_606_846_976.0),
-    ];
-    const DECIMAL: [(&str, f64); 8] = [
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-    ];
-    let number = |n: &str| n.parse::<f64>().ok().filter(|v| v.is_finite());
-    for (suffix, factor) in BINARY.iter().chain(DECIMAL.iter()) {
-        if let Some(n) = s.strip_suffix(suffix) {
-            return number(n).map(|v| v * factor);
-        }
-    }
-    // `E` alone is exa; `1E3` / `1e3` is an exponent, which f64 parsing reads.
-    if let Some(n) = s.strip_suffix('E')
-        && number(n).is_some()
-    {
-        return number(n).map(|v| v * 1e18);
-    }
-    number(s)
-}
+/// Kubernetes quantities are parsed by the crate's one parser, shared with the simulator.
+pub use crate::quantity::parse_quantity;
 
 fn sum_into(total: &mut PodRequests, requests: &BTreeMap<String, Quantity>) {
     let get = |k: &str| {
@@ -127,7 +93,7 @@ fn best_capacity<'a>(
         .or_else(|| non_empty(&m.hints.capacity))
 }
 
-/// Rule 11: the price of a pod over `[start, end)`; always > 0.
+/// The price of a pod over `[start, end)`; always > 0.
 pub fn pod_price(
     inv: &Inventory,
     pod: &PodRequests,
