@@ -4,4 +4,7 @@ pub mod logging;
 pub mod memory;
 pub mod operator;
 pub mod sim;
+/// Builders of test objects, for the tests and benches (src/testing.rs).
+#[doc(hidden)]
+pub mod testing;
 pub mod yaml;
