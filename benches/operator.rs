@@ -40,11 +40,11 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt as _};
 use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
 use kubectl_homelab::operator::provider::proto;
 use kubectl_homelab::operator::provider::proto::cloud_provider_client::CloudProviderClient;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
@@ -346,30 +346,15 @@ async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
         .with_context(|| format!("no HTTP status line in {out:?}"))
 }
 
-fn machine(g: usize, m: usize) -> anyhow::Result<Machine> {
-    let job = json!({ "image": "example.org/power:1", "command": ["/power"] });
-    serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1",
-        "kind": "Node",
-        "metadata": { "name": machine_name(g, m), "labels": { "group": group_id(g) } },
-        "spec": {
-            "powerState": "off",
-            "power": { "on": { "job": job }, "off": { "job": job } },
-            "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" },
-        },
-    }))
-    .context("building a Node CR")
-}
-
 /// The groups and their powered-off machines.
 async fn fixtures(client: &kube::Client, ns: &str, size: Size) -> anyhow::Result<()> {
     let groups: Api<Group> = Api::namespaced(client.clone(), ns);
     for g in 0..size.groups {
-        let group: Group = serde_json::from_value(json!({
-            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
-            "metadata": { "name": group_id(g) },
-            "spec": { "minSize": 0, "maxSize": size.per_group },
-        }))?;
+        let group = Group::test(&group_id(g))
+            .namespace(ns)
+            .min(0)
+            .max(u32::try_from(size.per_group)?)
+            .build();
         groups
             .create(&PostParams::default(), &group)
             .await
@@ -384,7 +369,15 @@ async fn fixtures(client: &kube::Client, ns: &str, size: Size) -> anyhow::Result
             let machines = machines.clone();
             async move {
                 machines
-                    .create(&PostParams::default(), &machine(g, m)?)
+                    .create(
+                        &PostParams::default(),
+                        &Machine::test(&machine_name(g, m))
+                            .namespace(ns)
+                            .group(&group_id(g))
+                            .desired(PowerState::Off)
+                            .capacity([("cpu", "4"), ("memory", "8Gi"), ("pods", "110")])
+                            .build(),
+                    )
                     .await
                     .with_context(|| format!("creating Node CR {}", machine_name(g, m)))
             }

@@ -376,37 +376,30 @@ async fn run(size: Size) {
 /// built from the cached Group and Node CR objects.
 fn inventory_build(size: Size) {
     use kubectl_homelab::operator::api::{Group, Machine};
+    use kubectl_homelab::operator::machine::{Phase, PowerState};
     use kubectl_homelab::operator::provider::GroupIds;
     use kubectl_homelab::operator::provider::rebuild::InventoryBuilder;
-    use serde_json::json;
-    let job = json!({ "image": "example.org/power:1", "command": ["/power"] });
-    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-        match serde_json::from_value(v) {
-            Ok(o) => o,
-            Err(e) => panic!("bench fixture does not parse: {e}"),
-        }
-    }
+    let per_group = u32::try_from(size.per_group).unwrap_or(u32::MAX);
     let groups: Vec<Arc<Group>> = (0..size.groups)
         .map(|g| {
-            Arc::new(parse(json!({
-                "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
-                "metadata": { "name": format!("g{g:02}"), "namespace": "lab" },
-                "spec": { "minSize": 0, "maxSize": size.per_group },
-            })))
+            Arc::new(
+                Group::test(&format!("g{g:02}"))
+                    .min(0)
+                    .max(per_group)
+                    .build(),
+            )
         })
         .collect();
     let machines: Vec<Arc<Machine>> = (0..size.groups * size.per_group)
         .map(|i| {
             let g = i / size.per_group;
-            Arc::new(parse(json!({
-                "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
-                "metadata": { "name": format!("g{g:02}-m{i:04}"), "namespace": "lab",
-                              "labels": { "group": format!("g{g:02}") } },
-                "spec": { "powerState": "off",
-                          "power": { "on": { "job": job }, "off": { "job": job } },
-                          "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" } },
-                "status": { "phase": "Off", "recentBootSeconds": [61, 58, 64] },
-            })))
+            let m = Machine::test(&format!("g{g:02}-m{i:04}"))
+                .group(&format!("g{g:02}"))
+                .desired(PowerState::Off)
+                .capacity([("cpu", "4"), ("memory", "8Gi"), ("pods", "110")])
+                .phase(Phase::Off)
+                .recent_boots(&[61, 58, 64]);
+            Arc::new(m.build())
         })
         .collect();
     let nodes: Vec<Arc<k8s_openapi::api::core::v1::Node>> = Vec::new();

@@ -5,6 +5,9 @@ pub mod memory;
 pub mod operator;
 pub mod quantity;
 pub mod sim;
+/// Builders of test objects, for the tests and benches (src/testing.rs).
+#[doc(hidden)]
+pub mod testing;
 pub mod yaml;
 
 /// Locks a mutex whose data stays valid after a panic elsewhere (plain maps and counters): the

@@ -26,6 +26,7 @@ use kubectl_homelab::operator::provider::proto;
 use kubectl_homelab::sim::scenario::NoTraceFiles;
 use kubectl_homelab::sim::workload::replica_steps;
 use kubectl_homelab::sim::{RunOptions, Scenario, Sim};
+use kubectl_homelab::testing::job;
 use serde_json::json;
 use support::ca::CallCounts;
 use support::machines::Happened;
@@ -96,41 +97,25 @@ fn machine_name(i: usize) -> String {
     format!("desktop-{i}")
 }
 
-fn group_cr(max: usize) -> anyhow::Result<Group> {
-    serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1",
-        "kind": "Group",
-        "metadata": { "name": GROUP },
-        "spec": { "minSize": 0, "maxSize": max },
-    }))
-    .context("building the Group")
-}
-
 /// A powered-off machine with the capacity a user declares for scale-from-zero and Job-style
 /// power actions (which `support::Machines` runs).
-fn machine_cr(lab: &LabSpec, name: &str) -> anyhow::Result<Machine> {
-    let job = json!({ "image": "busybox:1.37", "command": ["true"] });
-    let mut spec = json!({
-        "powerState": "off",
-        "kubernetesNodeName": name,
-        "startupPodSpec": job,
-        "shutdownPodSpec": job,
-        "capacity": { "cpu": "2", "memory": "4Gi", "pods": "110" },
-        "labels": { "homelab.dev/class": "desktop" },
-    });
+fn machine_cr(lab: &LabSpec, ns: &str, name: &str) -> Machine {
+    let pod = job("busybox:1.37", &["true"]);
+    let mut m = Machine::test(name)
+        .namespace(ns)
+        .group(GROUP)
+        .desired(PowerState::Off)
+        .node_name(name)
+        .legacy_jobs(pod.clone(), pod)
+        .capacity([("cpu", "2"), ("memory", "4Gi"), ("pods", "110")])
+        .node_label("homelab.dev/class", "desktop");
     if let Some(rate) = lab.hourly_rate {
-        spec["pricing"] = json!({ "hourlyRate": rate, "podRate": "0" });
+        m = m.pricing(rate, "0");
     }
     if let Some(t) = lab.boot_timeout {
-        spec["bootTimeout"] = json!(t);
+        m = m.boot_timeout(t);
     }
-    serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1",
-        "kind": "Node",
-        "metadata": { "name": name, "labels": { "group": GROUP } },
-        "spec": spec,
-    }))
-    .context("building a Node CR")
+    m.build()
 }
 
 /// A bare pod asking for 600m CPU and 1 GiB: two fit one 2-CPU, 4 GiB machine, and none fits
@@ -170,13 +155,17 @@ impl Lab {
         let client = cp.client()?;
         create_when_served(
             &Api::namespaced(client.clone(), &ns),
-            &group_cr(spec.machines)?,
+            &Group::test(GROUP)
+                .namespace(&ns)
+                .min(0)
+                .max(u32::try_from(spec.machines)?)
+                .build(),
         )
         .await?;
         let crs: Api<Machine> = Api::namespaced(client.clone(), &ns);
         let names: Vec<String> = (0..spec.machines).map(machine_name).collect();
         for name in &names {
-            crs.create(&PostParams::default(), &machine_cr(&spec, name)?)
+            crs.create(&PostParams::default(), &machine_cr(&spec, &ns, name))
                 .await
                 .with_context(|| format!("creating Node CR {ns}/{name}"))?;
         }

@@ -17,36 +17,23 @@ use kubectl_homelab::operator::provider::cluster::{ClusterSource, WriteError};
 use kubectl_homelab::operator::provider::{
     InventorySource as _, MachineKey, POWER_ON_FAILED_ANNOTATION, PowerChange,
 };
+use kubectl_homelab::testing::job;
 use serde_json::json;
 use support::{ControlPlane, FakeNode, World};
 
 const SYNC: Duration = Duration::from_secs(30);
 
-fn group(name: &str, min: i32, max: i32) -> anyhow::Result<Group> {
-    serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1",
-        "kind": "Group",
-        "metadata": { "name": name },
-        "spec": { "minSize": min, "maxSize": max },
-    }))
-    .context("building a Group")
-}
-
-/// A Node CR in the predecessor's style (startup/shutdown pod specs).
-fn machine(name: &str, group: &str, power: &str) -> anyhow::Result<Machine> {
-    let pod = json!({ "image": "busybox", "command": ["true"] });
-    serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1",
-        "kind": "Node",
-        "metadata": { "name": name, "labels": { "group": group } },
-        "spec": {
-            "powerState": power,
-            "kubernetesNodeName": name,
-            "startupPodSpec": pod,
-            "shutdownPodSpec": pod,
-        },
-    }))
-    .context("building a Node CR")
+/// A Node CR in the predecessor's style (startup/shutdown pod specs) in Group `group`,
+/// registering as Kubernetes node `name`.
+fn predecessor_style(ns: &str, name: &str, group: &str, power: PowerState) -> Machine {
+    let pod = job("busybox", &["true"]);
+    Machine::test(name)
+        .namespace(ns)
+        .group(group)
+        .desired(power)
+        .node_name(name)
+        .legacy_jobs(pod.clone(), pod)
+        .build()
 }
 
 /// A namespace with Group `g` (min 0, max 3) and machines m0 (on, registered), m1, m2 (off).
@@ -60,14 +47,24 @@ async fn fixture(cp: &ControlPlane, prefix: &str) -> anyhow::Result<Fixture> {
     let ns = cp.namespace(prefix).await?;
     let client = cp.client()?;
     let groups: Api<Group> = Api::namespaced(client.clone(), &ns);
-    create_when_served(&groups, &group("g", 0, 3)?).await?;
+    create_when_served(
+        &groups,
+        &Group::test("g").namespace(&ns).min(0).max(3).build(),
+    )
+    .await?;
     let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
     let mut names = Vec::new();
-    for (i, power) in ["on", "off", "off"].into_iter().enumerate() {
+    for (i, power) in [PowerState::On, PowerState::Off, PowerState::Off]
+        .into_iter()
+        .enumerate()
+    {
         // Node names are cluster-wide: make them unique per test.
         let name = cp.unique_name(&format!("{prefix}-m{i}"));
         machines
-            .create(&PostParams::default(), &machine(&name, "g", power)?)
+            .create(
+                &PostParams::default(),
+                &predecessor_style(&ns, &name, "g", power),
+            )
             .await
             .with_context(|| format!("creating Node CR {name}"))?;
         names.push(name);
@@ -176,7 +173,10 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
     assert_eq!(source.snapshot().machines().count(), 3);
     let extra = cp.unique_name("src-sync-extra");
     Api::<Machine>::namespaced(fx.client.clone(), &fx.ns)
-        .create(&PostParams::default(), &machine(&extra, "g", "off")?)
+        .create(
+            &PostParams::default(),
+            &predecessor_style(&fx.ns, &extra, "g", PowerState::Off),
+        )
         .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while source.snapshot().machines().count() != 4 {
@@ -838,10 +838,21 @@ async fn measure_2000_machines() -> anyhow::Result<()> {
     let ns = cp.namespace("measure").await?;
     let client = cp.client()?;
     let groups: Api<Group> = Api::namespaced(client.clone(), &ns);
-    create_when_served(&groups, &group("g0", 0, 40)?).await?;
+    create_when_served(
+        &groups,
+        &Group::test("g0").namespace(&ns).min(0).max(40).build(),
+    )
+    .await?;
     for g in 1..50 {
         groups
-            .create(&PostParams::default(), &group(&format!("g{g}"), 0, 40)?)
+            .create(
+                &PostParams::default(),
+                &Group::test(&format!("g{g}"))
+                    .namespace(&ns)
+                    .min(0)
+                    .max(40)
+                    .build(),
+            )
             .await?;
     }
     let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
@@ -856,11 +867,12 @@ async fn measure_2000_machines() -> anyhow::Result<()> {
                 machines
                     .create(
                         &PostParams::default(),
-                        &machine(
+                        &predecessor_style(
+                            ns,
                             &name,
                             &format!("g{}", i % 50),
-                            if on { "on" } else { "off" },
-                        )?,
+                            if on { PowerState::On } else { PowerState::Off },
+                        ),
                     )
                     .await?;
                 if on {

@@ -7,39 +7,21 @@ mod support;
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kubectl_homelab::operator::api::{Machine, MachineSpec, MachineStatus};
+use kubectl_homelab::operator::api::{Machine, MachineStatus};
 use kubectl_homelab::operator::ca::{
     DELETION_CANDIDATE_TAINT as CA_DELETION_CANDIDATE, SCALE_DOWN_DISABLED,
     TO_BE_DELETED_TAINT as CA_TO_BE_DELETED,
 };
-use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::node::drain::cordon;
 use kubectl_homelab::operator::node::{
     self as node_side, ProviderIdCheck, cleanup_change, registration, snapshot,
 };
+use kubectl_homelab::testing::taint;
 use support::{ControlPlane, FakeNode, World};
 
-// --- Fixture builders.
-
-/// Node CR `lab/<name>` for a machine whose Kubernetes Node is `node`.
-fn machine(name: &str, node: &str) -> Machine {
-    let mut spec = MachineSpec::new(PowerState::On);
-    spec.kubernetes_node_name = Some(node.to_owned());
-    let mut m = Machine::new(name, spec);
-    m.metadata.namespace = Some("lab".to_owned());
-    m
-}
-
-fn taint(key: &str, value: &str, effect: &str) -> Taint {
-    Taint {
-        key: key.to_owned(),
-        value: Some(value.to_owned()),
-        effect: effect.to_owned(),
-        time_added: None,
-    }
-}
+// --- Reading the Node.
 
 fn labels(n: &Node) -> BTreeMap<String, String> {
     n.metadata.labels.clone().unwrap_or_default()
@@ -126,14 +108,16 @@ async fn an_empty_provider_id_gets_set_and_a_set_one_is_never_changed() -> anyho
     let name = cp.unique_name("kubeadm");
     // kubeadm's kubelet registers without a providerID.
     world.node_up(&FakeNode::new(&name)).await?;
-    let m = machine("m1", &name);
+    let m = Machine::test("m1").node_name(&name).build();
 
     let n = register(cp, &m, &name, false).await?;
     assert_eq!(provider_id(&n), Some("homelab://lab/m1"));
 
     // Another machine claiming the same Node: reported, not written.
-    let mut other = machine("m2", &name);
-    other.spec.provider_id = Some("homelab://lab/m2".to_owned());
+    let other = Machine::test("m2")
+        .node_name(&name)
+        .provider_id("homelab://lab/m2")
+        .build();
     let r = registration(&other, &n, false);
     assert_eq!(
         r.provider_id,
@@ -167,8 +151,10 @@ async fn labels_and_taints_come_back_when_the_kubelet_registers_a_bare_node_agai
         .label("gpu", "true")
         .taint("dedicated", "ml", "NoSchedule");
     world.node_up(&booted).await?;
-    let mut m = machine("m1", &name);
-    m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
+    let mut m = Machine::test("m1")
+        .node_name(&name)
+        .node_label("zone", "attic")
+        .build();
     let first = register(cp, &m, &name, false).await?;
 
     // Powered off: the status keeps the snapshot, the Node object is deleted (docs/ca-contract.md,
@@ -237,7 +223,7 @@ async fn scale_down_disabled_puts_cas_annotation_and_removes_only_ours() -> anyh
     let world = World::new(cp.client()?);
     let name = cp.unique_name("protected");
     world.node_up(&FakeNode::new(&name)).await?;
-    let mut m = machine("m1", &name);
+    let mut m = Machine::test("m1").node_name(&name).build();
 
     // The Group's flag alone is enough.
     let n = register(cp, &m, &name, true).await?;
@@ -289,10 +275,12 @@ async fn finalizer_cleanup_leaves_the_node_as_it_was_before_we_touched_it() -> a
         .await?;
     let before = get(cp, &name).await?;
 
-    let mut m = machine("m1", &name);
-    m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
-    m.spec.taints.push(taint("dedicated", "ml", "NoSchedule"));
-    m.spec.scale_down_disabled = Some(true);
+    let m = Machine::test("m1")
+        .node_name(&name)
+        .node_label("zone", "attic")
+        .node_taint(taint("dedicated", "ml", "NoSchedule"))
+        .scale_down_disabled(true)
+        .build();
     register(cp, &m, &name, false).await?;
     cordon(&cp.client()?, &name, true).await?;
     let managed = get(cp, &name).await?;
@@ -321,7 +309,7 @@ async fn a_write_on_a_stale_view_is_a_conflict_not_a_lost_update() -> anyhow::Re
     // Someone else (CA) writes the taint list after our view was taken.
     ca_marks_for_deletion(cp, &name).await?;
 
-    let m = machine("m1", &name);
+    let m = Machine::test("m1").node_name(&name).build();
     let mut edit = node_side::NodeEdit::new(&stale);
     edit.register(&m, false);
     let result = node_side::patch_node(&cp.client()?, &stale, &edit.change()).await;

@@ -22,6 +22,7 @@ use kubectl_homelab::operator::machine::{Phase, Policy, PowerState};
 use kubectl_homelab::operator::node::drain::DrainClient;
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
 use kubectl_homelab::operator::provider::cluster::ClusterSource;
+use kubectl_homelab::testing::{MachineBuilder, taint};
 use serde_json::json;
 use support::world::{JobOutcome, job_finished};
 use support::{Background, ControlPlane, FakeNode, World};
@@ -29,88 +30,6 @@ use support::{Background, ControlPlane, FakeNode, World};
 const SYNC: Duration = Duration::from_secs(30);
 /// How long a test waits for the operator to reach a state (it normally takes a second or two).
 const WAIT: Duration = Duration::from_secs(45);
-
-/// A Node CR, built like a homelab owner writes one.
-struct MachineSpec {
-    name: String,
-    group: String,
-    power: &'static str,
-    node_name: Option<String>,
-    boot_timeout: Option<&'static str>,
-    node_agent_off: bool,
-    taint: Option<(&'static str, &'static str)>,
-}
-
-impl MachineSpec {
-    fn new(name: &str) -> Self {
-        MachineSpec {
-            name: name.to_owned(),
-            group: "g".to_owned(),
-            power: "off",
-            node_name: None,
-            boot_timeout: None,
-            node_agent_off: false,
-            taint: None,
-        }
-    }
-
-    fn on(mut self) -> Self {
-        self.power = "on";
-        self
-    }
-
-    fn node_name(mut self, n: &str) -> Self {
-        self.node_name = Some(n.to_owned());
-        self
-    }
-
-    fn boot_timeout(mut self, t: &'static str) -> Self {
-        self.boot_timeout = Some(t);
-        self
-    }
-
-    /// A `NoSchedule` taint the machine's Node must carry.
-    fn taint(mut self, key: &'static str, value: &'static str) -> Self {
-        self.taint = Some((key, value));
-        self
-    }
-
-    fn node_agent_off(mut self) -> Self {
-        self.node_agent_off = true;
-        self
-    }
-
-    fn build(&self) -> anyhow::Result<Machine> {
-        let job = json!({ "image": "example.org/power:1", "command": ["/power"] });
-        let off = if self.node_agent_off {
-            json!({ "nodeAgent": {} })
-        } else {
-            json!({ "job": job })
-        };
-        let mut spec = json!({
-            "powerState": self.power,
-            "power": { "on": { "job": job }, "off": off },
-            "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" },
-            "labels": { "homelab.example/disk": "ssd" },
-        });
-        if let Some(n) = &self.node_name {
-            spec["kubernetesNodeName"] = json!(n);
-        }
-        if let Some(t) = self.boot_timeout {
-            spec["bootTimeout"] = json!(t);
-        }
-        if let Some((key, value)) = self.taint {
-            spec["taints"] = json!([{ "key": key, "value": value, "effect": "NoSchedule" }]);
-        }
-        serde_json::from_value(json!({
-            "apiVersion": "infra.homecluster.dev/v1alpha1",
-            "kind": "Node",
-            "metadata": { "name": self.name, "labels": { "group": self.group } },
-            "spec": spec,
-        }))
-        .context("building a Node CR")
-    }
-}
 
 /// Everything the in-process operators of this test binary logged, for the checks that no
 /// secret value is ever logged.
@@ -169,12 +88,7 @@ impl Lab {
             .try_init();
         let ns = cp.namespace(prefix).await?;
         let client = cp.client()?;
-        let group: Group = serde_json::from_value(json!({
-            "apiVersion": "infra.homecluster.dev/v1alpha1",
-            "kind": "Group",
-            "metadata": { "name": "g" },
-            "spec": { "minSize": 0, "maxSize": 3 },
-        }))?;
+        let group = Group::test("g").namespace(&ns).min(0).max(3).build();
         Api::<Group>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &group)
             .await
@@ -192,11 +106,23 @@ impl Lab {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    async fn create(&self, m: MachineSpec) -> anyhow::Result<Machine> {
+    /// Node CR `name` in Group `g`, as a homelab owner writes one: off, powered on and off by
+    /// Jobs, with the capacity and a label its Node will have.
+    fn machine(&self, name: &str) -> MachineBuilder {
+        Machine::test(name)
+            .namespace(&self.ns)
+            .group("g")
+            .desired(PowerState::Off)
+            .capacity([("cpu", "4"), ("memory", "8Gi"), ("pods", "110")])
+            .node_label("homelab.example/disk", "ssd")
+    }
+
+    async fn create(&self, m: MachineBuilder) -> anyhow::Result<Machine> {
+        let m = m.build();
         self.machines()
-            .create(&PostParams::default(), &m.build()?)
+            .create(&PostParams::default(), &m)
             .await
-            .with_context(|| format!("creating Node CR {}", m.name))
+            .with_context(|| format!("creating Node CR {}", m.name_any()))
     }
 
     async fn set_power(&self, name: &str, p: &str) -> anyhow::Result<()> {
@@ -266,14 +192,19 @@ impl Lab {
     /// A machine that is already running: its Node registered Ready (as the kubelet would, with
     /// the machine's providerID) before its Node CR is created; waits until the operator adopted
     /// it as Ready. Returns the Kubernetes node name.
-    async fn running(&self, cp: &ControlPlane, m: MachineSpec) -> anyhow::Result<String> {
-        let node = cp.unique_name(&m.name);
-        let id = format!("homelab://{}/{}", self.ns, m.name);
+    async fn running(&self, cp: &ControlPlane, m: MachineBuilder) -> anyhow::Result<String> {
+        let mut m = m.desired(PowerState::On).build();
+        let name = m.name_any();
+        let node = cp.unique_name(&name);
+        let id = format!("homelab://{}/{name}", self.ns);
         self.world
             .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
             .await?;
-        let name = m.name.clone();
-        self.create(m.on().node_name(&node)).await?;
+        m.spec.kubernetes_node_name = Some(node.clone());
+        self.machines()
+            .create(&PostParams::default(), &m)
+            .await
+            .with_context(|| format!("creating Node CR {name}"))?;
         self.wait_phase(&name, Phase::Ready).await?;
         Ok(node)
     }
@@ -439,7 +370,7 @@ async fn a_machine_powers_on_and_off_through_jobs() -> anyhow::Result<()> {
     };
     let lab = Lab::start(cp, "op-cycle").await?;
     let node = cp.unique_name("cycle");
-    lab.create(MachineSpec::new("m1").node_name(&node)).await?;
+    lab.create(lab.machine("m1").node_name(&node)).await?;
     lab.wait_phase("m1", Phase::Off).await?;
 
     lab.set_power("m1", "on").await?;
@@ -506,9 +437,7 @@ async fn a_node_agent_powers_its_own_machine_off() -> anyhow::Result<()> {
         return Ok(());
     };
     let lab = Lab::start(cp, "op-agent").await?;
-    let node = lab
-        .running(cp, MachineSpec::new("m1").node_agent_off())
-        .await?;
+    let node = lab.running(cp, lab.machine("m1").node_agent_off()).await?;
     lab.set_power("m1", "off").await?;
     let job = lab.wait_job("m1", "off").await?;
     let pod = job
@@ -532,7 +461,8 @@ async fn a_failing_power_job_backs_off_then_fails_with_its_reason() -> anyhow::R
         return Ok(());
     };
     let lab = Lab::start(cp, "op-jobfail").await?;
-    lab.create(MachineSpec::new("m1").on()).await?;
+    lab.create(lab.machine("m1").desired(PowerState::On))
+        .await?;
     let _runner = lab.world.spawn_job_runner(
         &lab.ns,
         Duration::from_millis(100),
@@ -566,7 +496,7 @@ async fn a_machine_that_never_boots_fails_at_its_boot_deadline() -> anyhow::Resu
         return Ok(());
     };
     let lab = Lab::start(cp, "op-noboot").await?;
-    lab.create(MachineSpec::new("m1").on().boot_timeout("3s"))
+    lab.create(lab.machine("m1").desired(PowerState::On).boot_timeout("3s"))
         .await?;
     let job = lab.wait_job("m1", "on").await?;
     lab.world.complete_job(&lab.ns, &job.name_any()).await?;
@@ -585,7 +515,7 @@ async fn a_pdb_that_forbids_eviction_keeps_the_machine_on() -> anyhow::Result<()
         return Ok(());
     };
     let lab = Lab::start(cp, "op-pdb").await?;
-    let node = lab.running(cp, MachineSpec::new("m1")).await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
     lab.world
         .create_bound_pod(&lab.ns, pod("web-0"), &node)
         .await?;
@@ -630,7 +560,7 @@ async fn a_node_that_goes_not_ready_is_recorded_not_powered_off() -> anyhow::Res
         return Ok(());
     };
     let lab = Lab::start(cp, "op-blip").await?;
-    let node = lab.running(cp, MachineSpec::new("m1")).await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
 
     // Shorter than the 3 s grace period: nothing at all.
     lab.world.node_ready(&node, false).await?;
@@ -690,7 +620,7 @@ async fn an_operator_killed_mid_transition_converges_without_duplicate_jobs() ->
     let prefix = cp.unique_name("kill");
     let names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
     for n in &names {
-        lab.create(MachineSpec::new(n).node_name(&format!("{prefix}-{n}")))
+        lab.create(lab.machine(n).node_name(&format!("{prefix}-{n}")))
             .await?;
     }
     let world = lab.world.clone();
@@ -1261,11 +1191,11 @@ async fn each_boot_restores_the_machines_labels_taints_and_its_groups_protection
     lab.patch_group(json!({ "scaleDownDisabled": true }))
         .await?;
     let node = cp.unique_name("identity");
-    lab.create(
-        MachineSpec::new("m1")
-            .node_name(&node)
-            .taint("homelab.example/gpu", "true"),
-    )
+    lab.create(lab.machine("m1").node_name(&node).node_taint(taint(
+        "homelab.example/gpu",
+        "true",
+        "NoSchedule",
+    )))
     .await?;
     lab.wait_phase("m1", Phase::Off).await?;
 

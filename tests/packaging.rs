@@ -19,7 +19,7 @@ use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use kubectl_homelab::operator::api::{Group, Machine};
-use kubectl_homelab::operator::machine::Phase;
+use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
 use serde_json::json;
 use support::world::job_finished;
@@ -695,22 +695,18 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
 
     let admin = cp.client()?;
     let world = World::new(admin.clone());
-    let group: Group = serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
-        "metadata": { "name": "g" }, "spec": { "minSize": 0, "maxSize": 1 },
-    }))?;
+    let group = Group::test("g").namespace(&ns).min(0).max(1).build();
     Api::<Group>::namespaced(admin.clone(), &ns)
         .create(&PostParams::default(), &group)
         .await?;
     let node = cp.unique_name("helm-m1");
-    let job = json!({ "image": "example.org/power:1", "command": ["/power"] });
-    let machine: Machine = serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
-        "metadata": { "name": "m1", "labels": { "group": "g" } },
-        "spec": { "powerState": "off", "kubernetesNodeName": node,
-                  "power": { "on": { "job": job }, "off": { "job": job } },
-                  "capacity": { "cpu": "4", "memory": "8Gi", "pods": "110" } },
-    }))?;
+    let machine = Machine::test("m1")
+        .namespace(&ns)
+        .group("g")
+        .desired(PowerState::Off)
+        .node_name(&node)
+        .capacity([("cpu", "4"), ("memory", "8Gi"), ("pods", "110")])
+        .build();
     let machines: Api<Machine> = Api::namespaced(admin.clone(), &ns);
     machines.create(&PostParams::default(), &machine).await?;
     phase(&machines, "m1", Phase::Off).await.map_err(with_log)?;

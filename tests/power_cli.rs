@@ -13,6 +13,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubectl_homelab::operator::api::Machine;
 use kubectl_homelab::operator::api::RETRY_ANNOTATION;
 use kubectl_homelab::operator::machine::PowerState;
+use kubectl_homelab::testing::job;
 use serde_json::json;
 use support::{ControlPlane, FakeNode, World};
 
@@ -41,21 +42,23 @@ async fn power(cp: &ControlPlane, ns: &str, args: &[&str]) -> anyhow::Result<Run
     })
 }
 
-/// A Node CR registering as Kubernetes node `node`.
-async fn machine(
+/// Creates Node CR `name` in Group `g`, in the predecessor's style (startup/shutdown pod specs),
+/// registering as Kubernetes node `node`.
+async fn create_machine(
     cp: &ControlPlane,
     ns: &str,
     name: &str,
     node: &str,
-    power: &str,
+    power: PowerState,
 ) -> anyhow::Result<()> {
-    let pod = json!({ "image": "busybox", "command": ["true"] });
-    let m: Machine = serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
-        "metadata": { "name": name, "labels": { "group": "g" } },
-        "spec": { "powerState": power, "kubernetesNodeName": node,
-                  "startupPodSpec": pod, "shutdownPodSpec": pod },
-    }))?;
+    let pod = job("busybox", &["true"]);
+    let m = Machine::test(name)
+        .namespace(ns)
+        .group("g")
+        .desired(power)
+        .node_name(node)
+        .legacy_jobs(pod.clone(), pod)
+        .build();
     Api::<Machine>::namespaced(cp.client()?, ns)
         .create(&PostParams::default(), &m)
         .await
@@ -91,7 +94,7 @@ async fn on_and_off_set_desired_power_by_node_cr_or_kubernetes_node_name() -> an
     };
     let ns = cp.namespace("power").await?;
     let node = cp.unique_name("nuc");
-    machine(cp, &ns, "worker-1", &node, "off").await?;
+    create_machine(cp, &ns, "worker-1", &node, PowerState::Off).await?;
 
     let r = power(cp, &ns, &["on", &node]).await?;
     assert!(r.success, "{}", r.stderr);
@@ -117,9 +120,9 @@ async fn unknown_names_fail_listing_close_matches() -> anyhow::Result<()> {
         return Ok(());
     };
     let ns = cp.namespace("power-unknown").await?;
-    machine(cp, &ns, "worker-1", &cp.unique_name("a"), "off").await?;
-    machine(cp, &ns, "worker-2", &cp.unique_name("b"), "off").await?;
-    machine(cp, &ns, "gpu-box", &cp.unique_name("c"), "off").await?;
+    create_machine(cp, &ns, "worker-1", &cp.unique_name("a"), PowerState::Off).await?;
+    create_machine(cp, &ns, "worker-2", &cp.unique_name("b"), PowerState::Off).await?;
+    create_machine(cp, &ns, "gpu-box", &cp.unique_name("c"), PowerState::Off).await?;
 
     let r = power(cp, &ns, &["on", "worker-3"]).await?;
     assert!(!r.success);
@@ -143,7 +146,7 @@ async fn off_without_a_terminal_refuses_a_node_with_pods_naming_them_and_yes_pro
     };
     let ns = cp.namespace("power-pods").await?;
     let node = cp.unique_name("busy");
-    machine(cp, &ns, "busy", &node, "on").await?;
+    create_machine(cp, &ns, "busy", &node, PowerState::On).await?;
     let world = World::new(cp.client()?);
     world.node_up(&FakeNode::new(&node)).await?;
     world
@@ -179,7 +182,7 @@ async fn on_for_a_failed_machine_requests_a_retry() -> anyhow::Result<()> {
         return Ok(());
     };
     let ns = cp.namespace("power-retry").await?;
-    machine(cp, &ns, "flaky", &cp.unique_name("flaky"), "on").await?;
+    create_machine(cp, &ns, "flaky", &cp.unique_name("flaky"), PowerState::On).await?;
     let status = json!({ "status": {
         "phase": "Failed",
         "phaseSince": "2026-01-01T00:00:00Z",
@@ -272,8 +275,8 @@ async fn wait_follows_the_phase_until_ready_or_failed() -> anyhow::Result<()> {
         return Ok(());
     };
     let ns = cp.namespace("power-wait").await?;
-    machine(cp, &ns, "good", &cp.unique_name("good"), "off").await?;
-    machine(cp, &ns, "bad", &cp.unique_name("bad"), "off").await?;
+    create_machine(cp, &ns, "good", &cp.unique_name("good"), PowerState::Off).await?;
+    create_machine(cp, &ns, "bad", &cp.unique_name("bad"), PowerState::Off).await?;
     set_phase(cp, &ns, "good", "Off", None).await?;
     set_phase(cp, &ns, "bad", "Off", None).await?;
 

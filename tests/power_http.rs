@@ -10,35 +10,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
-use kubectl_homelab::operator::api::{
-    Direction, HttpAction, HttpMethod, HttpStatusCheck, MachineSpec, PowerOff, PowerOn, PowerSpec,
-};
+use kubectl_homelab::operator::api::{Direction, HttpAction, HttpMethod, HttpStatusCheck, Machine};
 use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::power::http::HttpDriver;
 use kubectl_homelab::operator::power::{Driver as _, PowerError, Progress};
 use support::pki::Ca;
 use support_power::server::{self, Received, Server};
-use support_power::{Op, Transcript, create_secret, machine};
+use support_power::{Op, Transcript, create_secret};
 
 const TOKEN: &str = "plug-token-5b9e2c71";
 const USER: &str = "admin";
 const PASSWORD: &str = "plug-Pa55-c0ffee";
-
-fn spec_with(on: &HttpAction, off: &HttpAction) -> MachineSpec {
-    MachineSpec {
-        power: Some(Box::new(PowerSpec {
-            on: Some(PowerOn {
-                http: Some(Box::new(on.clone())),
-                ..PowerOn::default()
-            }),
-            off: Some(PowerOff {
-                http: Some(Box::new(off.clone())),
-                ..PowerOff::default()
-            }),
-        })),
-        ..MachineSpec::new(kubectl_homelab::operator::machine::PowerState::Off)
-    }
-}
 
 /// A smart plug: `POST /relay?turn=on|off` with the right credentials switches it, `GET /status`
 /// answers `{"output": <bool>}`. Answers 401 to anything without them.
@@ -132,7 +114,11 @@ async fn the_plug_switches_on_and_off_and_the_readback_confirms_it() -> anyhow::
     let operator = support_power::operator_reading(cp, &ns, &["plug"]).await?;
     let on = action(&plug, &ca, "on", "true");
     let off = action(&plug, &ca, "off", "false");
-    let m = machine(&ns, "nuc", spec_with(&on, &off));
+    let m = Machine::test("nuc")
+        .namespace(&ns)
+        .desired(PowerState::Off)
+        .http(on.clone(), off.clone())
+        .build();
     let mut said = Transcript::default();
 
     let op = Op::new(m.clone(), Direction::On, "on-1", Timestamp::now());
@@ -200,7 +186,11 @@ async fn an_action_the_readback_does_not_confirm_keeps_running() -> anyhow::Resu
     create_secret(&cp.client()?, &ns, "plug", &[("token", TOKEN)]).await?;
     // The plug accepts the call but its status never reads what this action expects.
     let on = action(&plug, &ca, "on", "switched-on");
-    let m = machine(&ns, "nuc", spec_with(&on, &on));
+    let m = Machine::test("nuc")
+        .namespace(&ns)
+        .desired(PowerState::Off)
+        .http(on.clone(), on.clone())
+        .build();
     let op = Op::new(m, Direction::On, "on-1", Timestamp::now());
     let driver = HttpDriver::new(cp.client()?, &on);
     let report = driver.start(&op.at(Timestamp::now())).await?;
@@ -226,7 +216,11 @@ async fn an_unexpected_status_fails_the_action_and_says_why() -> anyhow::Result<
     let mut on = action(&plug, &ca, "on", "true");
     on.status = None;
     on.expected_status = vec![204];
-    let m = machine(&ns, "nuc", spec_with(&on, &on));
+    let m = Machine::test("nuc")
+        .namespace(&ns)
+        .desired(PowerState::Off)
+        .http(on.clone(), on.clone())
+        .build();
     let op = Op::new(m.clone(), Direction::On, "on-1", Timestamp::now());
     let report = said
         .record(
@@ -284,7 +278,11 @@ async fn a_server_slower_than_the_timeout_is_a_transient_error() -> anyhow::Resu
     on.status = None;
     on.timeout = Some("1s".to_owned());
     let op = Op::new(
-        machine(&ns, "nuc", spec_with(&on, &on)),
+        Machine::test("nuc")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .http(on.clone(), on.clone())
+            .build(),
         Direction::On,
         "on-1",
         Timestamp::now(),
@@ -316,7 +314,11 @@ async fn a_certificate_from_an_unknown_ca_is_refused_unless_its_ca_is_given() ->
     let other_ca = Ca::generate()?;
     on.ca_bundle = Some(other_ca.cert_pem.clone());
     let op = Op::new(
-        machine(&ns, "nuc", spec_with(&on, &on)),
+        Machine::test("nuc")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .http(on.clone(), on.clone())
+            .build(),
         Direction::On,
         "on-1",
         Timestamp::now(),

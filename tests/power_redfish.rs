@@ -9,36 +9,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use jiff::{SignedDuration, Timestamp};
-use kubectl_homelab::operator::api::{
-    Direction, MachineSpec, PowerOff, PowerOn, PowerSpec, Redfish,
-};
+use kubectl_homelab::operator::api::{Direction, Machine, Redfish};
 use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::power::redfish::RedfishDriver;
 use kubectl_homelab::operator::power::{Driver as _, Progress, Report};
 use support::pki::Ca;
 use support_power::proxy::ignoring_graceful_shutdown;
 use support_power::sushy::{FakeSystem, Sushy, SushyOptions};
-use support_power::{Op, Transcript, create_secret, machine};
+use support_power::{Op, Transcript, create_secret};
 
 const USER: &str = "homelab";
 const PASSWORD: &str = "bmc-Pa55word-9f3k";
 const SECRET: &str = "r730-bmc";
-
-fn spec_with(redfish: &Redfish) -> MachineSpec {
-    MachineSpec {
-        power: Some(Box::new(PowerSpec {
-            on: Some(PowerOn {
-                redfish: Some(Box::new(redfish.clone())),
-                ..PowerOn::default()
-            }),
-            off: Some(PowerOff {
-                redfish: Some(Box::new(redfish.clone())),
-                ..PowerOff::default()
-            }),
-        })),
-        ..MachineSpec::new(kubectl_homelab::operator::machine::PowerState::Off)
-    }
-}
 
 /// A BMC (the emulator) with one system in `power_state`, TLS from `ca`, one user.
 async fn bmc(ca: &Ca, power_state: &'static str) -> anyhow::Result<Option<Sushy>> {
@@ -102,7 +84,11 @@ async fn power_on_and_graceful_off_are_confirmed_by_the_bmc() -> anyhow::Result<
     // No systemId: the driver finds the BMC's only system.
     let spec = redfish(&sushy.url, &ca);
     let driver = RedfishDriver::new(operator.client()?, &spec);
-    let m = machine(&ns, "r730", spec_with(&spec));
+    let m = Machine::test("r730")
+        .namespace(&ns)
+        .desired(PowerState::Off)
+        .redfish(spec.clone())
+        .build();
     let mut said = Transcript::default();
 
     let on = Op::new(m.clone(), Direction::On, "on-1", Timestamp::now());
@@ -176,7 +162,11 @@ async fn an_ignored_graceful_shutdown_escalates_to_force_off_after_the_grace() -
     let driver = RedfishDriver::new(cp.client()?, &spec);
     let t0 = Timestamp::now();
     let off = Op::new(
-        machine(&ns, "r730", spec_with(&spec)),
+        Machine::test("r730")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .redfish(spec.clone())
+            .build(),
         Direction::Off,
         "off-1",
         t0,
@@ -251,7 +241,11 @@ async fn a_wrong_password_is_named_but_never_shown() -> anyhow::Result<()> {
     let spec = redfish(&sushy.url, &ca);
     let driver = RedfishDriver::new(cp.client()?, &spec);
     let on = Op::new(
-        machine(&ns, "r730", spec_with(&spec)),
+        Machine::test("r730")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .redfish(spec.clone())
+            .build(),
         Direction::On,
         "on-1",
         Timestamp::now(),
@@ -306,7 +300,11 @@ async fn an_unknown_system_id_lists_the_ones_the_bmc_has() -> anyhow::Result<()>
     spec.system_id = Some("System.Embedded.9".to_owned());
     let driver = RedfishDriver::new(cp.client()?, &spec);
     let on = Op::new(
-        machine(&ns, "r730", spec_with(&spec)),
+        Machine::test("r730")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .redfish(spec.clone())
+            .build(),
         Direction::On,
         "on-1",
         Timestamp::now(),
@@ -359,7 +357,11 @@ async fn a_bmc_down_mid_operation_is_transient_and_the_operation_resumes() -> an
     let spec = redfish(&sushy.url, &ca);
     let driver = RedfishDriver::new(cp.client()?, &spec);
     let on = Op::new(
-        machine(&ns, "r730", spec_with(&spec)),
+        Machine::test("r730")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .redfish(spec.clone())
+            .build(),
         Direction::On,
         "on-1",
         Timestamp::now(),
@@ -414,7 +416,11 @@ async fn tls_is_verified_unless_the_owner_opts_out() -> anyhow::Result<()> {
     let mut spec = redfish(&sushy.url, &ca);
     spec.ca_bundle = None;
     let on = Op::new(
-        machine(&ns, "r730", spec_with(&spec)),
+        Machine::test("r730")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .redfish(spec.clone())
+            .build(),
         Direction::On,
         "on-1",
         Timestamp::now(),
@@ -467,7 +473,11 @@ async fn a_reset_the_bmc_refuses_fails_with_its_message() -> anyhow::Result<()> 
     .await?;
     let spec = redfish(&sushy.url, &ca);
     let off = Op::new(
-        machine(&ns, "r730", spec_with(&spec)),
+        Machine::test("r730")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .redfish(spec.clone())
+            .build(),
         Direction::Off,
         "off-1",
         Timestamp::now(),

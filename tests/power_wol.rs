@@ -12,14 +12,13 @@ use anyhow::Context as _;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, PostParams};
-use kubectl_homelab::operator::api::{
-    Direction, Machine, MachineSpec, PowerOn, PowerSpec, WakeOnLan, WakeOnLanRelay,
-};
+use kubectl_homelab::operator::api::{Direction, Machine, WakeOnLan, WakeOnLanRelay};
+use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::power::wol::{
     MACHINE_LABEL, MANAGED_BY_LABEL, OPERATION_LABEL, RELAY_SCRIPT, WakeOnLanDriver, magic_packet,
 };
 use kubectl_homelab::operator::power::{Driver as _, Progress};
-use support_power::{Op, Transcript, create_secret, machine};
+use support_power::{Op, Transcript, create_secret};
 use tokio::net::UdpSocket;
 
 const MAC: &str = "3c:7c:3f:1a:2b:01";
@@ -33,19 +32,6 @@ fn expected_packet(password: &[u8]) -> Vec<u8> {
     }
     p.extend_from_slice(password);
     p
-}
-
-fn spec_with(wol: WakeOnLan) -> MachineSpec {
-    MachineSpec {
-        power: Some(Box::new(PowerSpec {
-            on: Some(PowerOn {
-                wake_on_lan: Some(Box::new(wol)),
-                ..PowerOn::default()
-            }),
-            off: None,
-        })),
-        ..MachineSpec::new(kubectl_homelab::operator::machine::PowerState::Off)
-    }
 }
 
 /// A UDP socket on loopback standing in for the LAN's broadcast address.
@@ -76,7 +62,12 @@ async fn the_magic_packet_arrives_byte_for_byte() -> anyhow::Result<()> {
         port: Some(port),
         ..WakeOnLan::default()
     };
-    let m = machine(&ns, "minipc-1", spec_with(wol.clone()));
+    let m = Machine::test("minipc-1")
+        .namespace(&ns)
+        .desired(PowerState::Off)
+        .wol(wol.clone())
+        .no_power_off()
+        .build();
     let op = Op::new(m, Direction::On, "on-1", Timestamp::now());
     let driver = WakeOnLanDriver::new(cp.client()?, &wol, None);
 
@@ -116,7 +107,12 @@ async fn secure_on_password_from_the_secret_ends_the_packet() -> anyhow::Result<
             ..WakeOnLan::default()
         };
         let op = Op::new(
-            machine(&ns, "minipc-1", spec_with(wol.clone())),
+            Machine::test("minipc-1")
+                .namespace(&ns)
+                .desired(PowerState::Off)
+                .wol(wol.clone())
+                .no_power_off()
+                .build(),
             Direction::On,
             "on-1",
             Timestamp::now(),
@@ -146,7 +142,12 @@ async fn a_malformed_secure_on_password_is_refused_without_showing_it() -> anyho
         ..WakeOnLan::default()
     };
     let op = Op::new(
-        machine(&ns, "minipc-1", spec_with(wol.clone())),
+        Machine::test("minipc-1")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .wol(wol.clone())
+            .no_power_off()
+            .build(),
         Direction::On,
         "on-1",
         Timestamp::now(),
@@ -172,13 +173,14 @@ async fn stored_machine(
     name: &str,
     wol: &WakeOnLan,
 ) -> anyhow::Result<Machine> {
-    let mut spec = spec_with(wol.clone());
-    spec.kubernetes_node_name = Some(name.to_owned());
-    let m = machine(ns, name, spec);
     // The CRD needs a way to power off too.
-    let mut value = serde_json::to_value(&m)?;
-    value["spec"]["power"]["off"] = serde_json::json!({"nodeAgent": {}});
-    let m: Machine = serde_json::from_value(value)?;
+    let m = Machine::test(name)
+        .namespace(ns)
+        .desired(PowerState::Off)
+        .node_name(name)
+        .wol(wol.clone())
+        .node_agent_off()
+        .build();
     Ok(Api::<Machine>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &m)
         .await?)

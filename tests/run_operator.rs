@@ -19,6 +19,7 @@ use kubectl_homelab::operator::leader::{Election, LeaseSettings};
 use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::provider::proto;
 use kubectl_homelab::operator::provider::proto::cloud_provider_client::CloudProviderClient;
+use kubectl_homelab::testing::job;
 use serde_json::json;
 use support::ControlPlane;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -141,23 +142,20 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
 /// Group `g` (0..2) with two powered-off machines.
 async fn fixture(cp: &ControlPlane, ns: &str) -> anyhow::Result<()> {
     let client = cp.client()?;
-    let group: Group = serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
-        "metadata": { "name": "g" }, "spec": { "minSize": 0, "maxSize": 2 },
-    }))?;
+    let group = Group::test("g").namespace(ns).min(0).max(2).build();
     Api::<Group>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &group)
         .await
         .context("creating Group g")?;
     for i in 0..2 {
         let name = cp.unique_name(&format!("op-m{i}"));
-        let m: Machine = serde_json::from_value(json!({
-            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
-            "metadata": { "name": name, "labels": { "group": "g" } },
-            "spec": { "powerState": "off",
-                "startupPodSpec": { "image": "busybox", "command": ["true"] },
-                "shutdownPodSpec": { "image": "busybox", "command": ["true"] } },
-        }))?;
+        let pod = job("busybox", &["true"]);
+        let m = Machine::test(&name)
+            .namespace(ns)
+            .group("g")
+            .desired(PowerState::Off)
+            .legacy_jobs(pod.clone(), pod)
+            .build();
         Api::<Machine>::namespaced(client.clone(), ns)
             .create(&PostParams::default(), &m)
             .await

@@ -548,31 +548,6 @@ async fn wait(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::api::MachineStatus;
-    use crate::operator::machine::Lifecycle;
-
-    fn machine(name: &str, node: Option<&str>, desired: PowerState, phase: Phase) -> Machine {
-        let mut m: Machine = match serde_json::from_value(serde_json::json!({
-            "apiVersion": "infra.homecluster.dev/v1alpha1",
-            "kind": "Node",
-            "metadata": { "name": name, "namespace": "lab" },
-            "spec": { "powerState": "on" },
-        })) {
-            Ok(m) => m,
-            Err(e) => panic!("{e}"),
-        };
-        m.spec.power_state = desired;
-        m.spec.kubernetes_node_name = node.map(str::to_owned);
-        m.status = Some(MachineStatus {
-            lifecycle: Lifecycle {
-                phase: Some(phase),
-                phase_since: Some(Timestamp::UNIX_EPOCH),
-                ..Default::default()
-            },
-            ..Default::default()
-        });
-        m
-    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
@@ -581,8 +556,15 @@ mod tests {
     #[test]
     fn names_resolve_by_cr_then_kubernetes_node_name() {
         let ms = [
-            machine("m1", Some("host-a"), PowerState::Off, Phase::Off),
-            machine("m2", None, PowerState::Off, Phase::Off),
+            Machine::test("m1")
+                .node_name("host-a")
+                .desired(PowerState::Off)
+                .phase(Phase::Off)
+                .build(),
+            Machine::test("m2")
+                .desired(PowerState::Off)
+                .phase(Phase::Off)
+                .build(),
         ];
         let t = match resolve(&names(&["host-a", "m2", "m1"]), &ms, "lab") {
             Ok(t) => t,
@@ -596,9 +578,19 @@ mod tests {
     #[test]
     fn unknown_names_suggest_close_ones() {
         let ms = [
-            machine("worker-1", Some("nuc-1"), PowerState::Off, Phase::Off),
-            machine("worker-2", None, PowerState::Off, Phase::Off),
-            machine("gpu", None, PowerState::Off, Phase::Off),
+            Machine::test("worker-1")
+                .node_name("nuc-1")
+                .desired(PowerState::Off)
+                .phase(Phase::Off)
+                .build(),
+            Machine::test("worker-2")
+                .desired(PowerState::Off)
+                .phase(Phase::Off)
+                .build(),
+            Machine::test("gpu")
+                .desired(PowerState::Off)
+                .phase(Phase::Off)
+                .build(),
         ];
         let e = match resolve(&names(&["worker-3"]), &ms, "lab") {
             Err(e) => e.to_string(),
@@ -621,8 +613,16 @@ mod tests {
     #[test]
     fn a_kubernetes_name_two_machines_claim_is_ambiguous() {
         let ms = [
-            machine("a", Some("host"), PowerState::Off, Phase::Off),
-            machine("b", Some("host"), PowerState::Off, Phase::Off),
+            Machine::test("a")
+                .node_name("host")
+                .desired(PowerState::Off)
+                .phase(Phase::Off)
+                .build(),
+            Machine::test("b")
+                .node_name("host")
+                .desired(PowerState::Off)
+                .phase(Phase::Off)
+                .build(),
         ];
         let e = match resolve(&names(&["host"]), &ms, "lab") {
             Err(e) => e.to_string(),
@@ -634,14 +634,23 @@ mod tests {
     #[test]
     fn patches_set_desired_power_and_ask_failed_machines_to_retry() {
         let now = Timestamp::UNIX_EPOCH + SignedDuration::from_secs(100);
-        let off = machine("m", None, PowerState::Off, Phase::Off);
+        let off = Machine::test("m")
+            .desired(PowerState::Off)
+            .phase(Phase::Off)
+            .build();
         assert_eq!(
             patch_for(&off, Direction::On, now),
             Some(serde_json::json!({ "spec": { "powerState": "on" } }))
         );
-        let ready = machine("m", None, PowerState::On, Phase::Ready);
+        let ready = Machine::test("m")
+            .desired(PowerState::On)
+            .phase(Phase::Ready)
+            .build();
         assert_eq!(patch_for(&ready, Direction::On, now), None);
-        let failed = machine("m", None, PowerState::On, Phase::Failed);
+        let failed = Machine::test("m")
+            .desired(PowerState::On)
+            .phase(Phase::Failed)
+            .build();
         let p = patch_for(&failed, Direction::On, now);
         assert_eq!(
             p.as_ref()
@@ -649,11 +658,12 @@ mod tests {
             Some(now.to_string().as_str())
         );
         // The operator's clock ahead of ours: the request is still newer than phaseSince.
-        let mut ahead = machine("m", None, PowerState::On, Phase::Failed);
         let since = now + SignedDuration::from_secs(50);
-        if let Some(s) = ahead.status.as_mut() {
-            s.lifecycle.phase_since = Some(since);
-        }
+        let ahead = Machine::test("m")
+            .desired(PowerState::On)
+            .phase(Phase::Failed)
+            .phase_since(since)
+            .build();
         let p = patch_for(&ahead, Direction::On, now);
         let at: Option<Timestamp> = p
             .as_ref()
@@ -701,23 +711,23 @@ mod tests {
     /// `kubernetesNodeName` before the name last registered, the Node CR's name without either.
     #[test]
     fn the_node_whose_pods_are_listed_is_the_operators() {
-        let mut m = machine("m", Some("declared"), PowerState::On, Phase::Ready);
-        if let Some(s) = m.status.as_mut() {
-            s.node = Some(Box::new(crate::operator::api::NodeSnapshot {
-                name: "registered".into(),
-                ..Default::default()
-            }));
-        }
+        let mut m = Machine::test("m")
+            .node_name("declared")
+            .node_snapshot(crate::testing::seen_node("registered"))
+            .build();
         assert_eq!(kubernetes_node_name(&m), "declared");
         m.spec.kubernetes_node_name = None;
         assert_eq!(kubernetes_node_name(&m), "registered");
-        let bare = machine("m", None, PowerState::On, Phase::Off);
+        let bare = Machine::test("m").build();
         assert_eq!(kubernetes_node_name(&bare), "m");
     }
 
     #[test]
     fn a_stale_failed_phase_is_not_the_outcome_until_the_machine_moves() {
-        let mut m = machine("m", None, PowerState::On, Phase::Failed);
+        let mut m = Machine::test("m")
+            .desired(PowerState::On)
+            .phase(Phase::Failed)
+            .build();
         let mut f = Follow::new(&m);
         assert_eq!(
             f.observe(&m, Direction::On),

@@ -1,6 +1,6 @@
 //! Real counterparts for the network power drivers: the sushy-tools Redfish emulator
-//! ([`sushy`]), small HTTP(S) servers started in the test ([`serve`]), and fixtures (a Node CR
-//! and an operation to hand a driver). Use it next to the control-plane harness:
+//! ([`sushy`]), small HTTP(S) servers started in the test ([`serve`]), and fixtures (an operation
+//! to hand a driver). Use it next to the control-plane harness:
 //! `mod support; mod support_power;`.
 #![allow(dead_code)]
 
@@ -12,18 +12,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Api, PostParams};
-use kubectl_homelab::operator::api::{Direction, Machine, MachineSpec};
+use kubectl_homelab::operator::api::{Direction, Machine};
 use kubectl_homelab::operator::machine::{Operation, OperationKind};
 use kubectl_homelab::operator::power::{OpContext, PowerError, Report};
 
 use crate::support::{ControlPlane, Identity};
-
-/// A Node CR in `namespace` (not stored in the API server unless the test creates it).
-pub fn machine(namespace: &str, name: &str, spec: MachineSpec) -> Machine {
-    let mut m = Machine::new(name, spec);
-    m.metadata.namespace = Some(namespace.to_owned());
-    m
-}
 
 /// The operation `id` (`on-1`, `off-2`) started at `started`.
 pub fn operation(direction: Direction, id: &str, started: Timestamp) -> Operation {

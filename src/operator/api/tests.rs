@@ -1,67 +1,29 @@
 //! Unit tests of the pure helpers on `Machine` and `Group`.
-use std::collections::BTreeMap;
-
 use jiff::SignedDuration;
-use kube::api::ObjectMeta;
 
 use super::*;
 use crate::operator::machine::PowerState;
-
-fn meta(ns: &str, name: &str, group: Option<&str>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace: Some(ns.to_owned()),
-        labels: group.map(|g| BTreeMap::from([(GROUP_LABEL.to_owned(), g.to_owned())])),
-        ..ObjectMeta::default()
-    }
-}
-
-fn job(image: &str) -> MinimalPodSpec {
-    MinimalPodSpec {
-        image: image.to_owned(),
-        ..MinimalPodSpec::default()
-    }
-}
-
-/// A machine with the predecessor's job-style drivers.
-fn machine(ns: &str, name: &str, group: Option<&str>) -> Machine {
-    let mut spec = MachineSpec::new(PowerState::Off);
-    spec.startup_pod_spec = Some(Box::new(job("on")));
-    spec.shutdown_pod_spec = Some(Box::new(job("off")));
-    Machine {
-        metadata: meta(ns, name, group),
-        spec,
-        status: None,
-    }
-}
+use crate::testing::job;
 
 #[test]
 fn group_label_and_membership() {
-    let m = machine("lab", "m1", Some("g1"));
+    let m = Machine::test("m1").group("g1").build();
     assert_eq!(m.group(), Some("g1"));
-    assert_eq!(machine("lab", "m2", None).group(), None);
+    assert_eq!(Machine::test("m2").build().group(), None);
     assert_eq!(
-        machine("lab", "m3", Some("")).group(),
+        Machine::test("m3").group("").build().group(),
         None,
         "an empty label is no group"
     );
-    let g = Group {
-        metadata: meta("lab", "g1", None),
-        spec: GroupSpec::default(),
-        status: None,
-    };
+    let g = Group::test("g1").build();
     assert!(g.has_member(&m));
     assert!(
-        !g.has_member(&machine("other", "m1", Some("g1"))),
+        !g.has_member(&Machine::test("m1").namespace("other").group("g1").build()),
         "other namespace"
     );
-    assert!(!g.has_member(&machine("lab", "m1", Some("g2"))));
+    assert!(!g.has_member(&Machine::test("m1").group("g2").build()));
     assert!(g.validate().is_empty());
-    let long = Group {
-        metadata: meta("lab", &"g".repeat(64), None),
-        spec: GroupSpec::default(),
-        status: None,
-    };
+    let long = Group::test(&"g".repeat(64)).build();
     let e = long.validate();
     assert_eq!(e.len(), 1);
     assert!(e[0].to_string().contains("metadata.name"), "{}", e[0]);
@@ -69,7 +31,7 @@ fn group_label_and_membership() {
 
 #[test]
 fn provider_id_prefers_spec_then_last_seen_then_default() {
-    let mut m = machine("lab", "m1", None);
+    let mut m = Machine::test("m1").build();
     assert_eq!(m.expected_provider_id(), "homelab://lab/m1");
     m.status = Some(MachineStatus {
         node: Some(Box::new(NodeSnapshot {
@@ -112,7 +74,9 @@ fn desired_power_defaults_to_on_when_absent() {
 
 #[test]
 fn power_driver_resolution_and_errors() {
-    let mut m = machine("lab", "m1", None);
+    let mut m = Machine::test("m1")
+        .legacy_jobs(job("on", &[]), job("off", &[]))
+        .build();
     assert!(matches!(m.power_driver(Direction::On), Ok(PowerDriver::Job(j)) if j.image == "on"));
     assert!(matches!(m.power_driver(Direction::Off), Ok(PowerDriver::Job(j)) if j.image == "off"));
 
@@ -164,7 +128,7 @@ fn power_driver_resolution_and_errors() {
 
 #[test]
 fn timeouts_default_and_parse() {
-    let mut m = machine("lab", "m1", None);
+    let mut m = Machine::test("m1").build();
     assert_eq!(m.boot_timeout(), Ok(DEFAULT_BOOT_TIMEOUT));
     assert_eq!(m.shutdown_timeout(), Ok(SignedDuration::from_secs(300)));
     m.spec.boot_timeout = Some("1h30m".to_owned());
@@ -182,7 +146,7 @@ fn timeouts_default_and_parse() {
 
 #[test]
 fn rates_parse_with_field_errors() {
-    let mut m = machine("lab", "m1", None);
+    let mut m = Machine::test("m1").build();
     assert_eq!(m.hourly_rate(), Ok(None));
     m.spec.pricing = Some(Pricing {
         hourly_rate: Some("0.12".to_owned()),
@@ -254,9 +218,8 @@ fn autoscaling_options_parse_only_what_is_set() {
         ..GroupSpec::default()
     };
     let g = Group {
-        metadata: meta("lab", "g1", None),
         spec: bad,
-        status: None,
+        ..Group::test("g1").build()
     };
     let e = g.autoscaling_options().unwrap_err().to_string();
     assert!(
@@ -305,7 +268,7 @@ fn node_agent_and_http_defaults() {
     );
     assert_eq!(HttpAction::default().method(), HttpMethod::Post);
     assert_eq!(
-        job("x").ttl_seconds_after_finished(),
+        job("x", &[]).ttl_seconds_after_finished(),
         DEFAULT_JOB_TTL_SECONDS
     );
     assert_eq!(

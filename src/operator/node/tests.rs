@@ -1,103 +1,12 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
+use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::ObjectMeta;
 
 use super::*;
-use crate::operator::api::{FlatMap, MachineSpec, MachineStatus};
-use crate::operator::machine::PowerState;
-
-// --- Fixture builders.
-
-fn taint(key: &str, value: &str, effect: &str) -> Taint {
-    Taint {
-        key: key.to_owned(),
-        value: (!value.is_empty()).then(|| value.to_owned()),
-        effect: effect.to_owned(),
-        time_added: None,
-    }
-}
-
-/// A Node as a kubelet registers it: hostname/os/arch labels, no providerID.
-fn node(name: &str) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            resource_version: Some("7".to_owned()),
-            labels: Some(BTreeMap::from([
-                ("kubernetes.io/hostname".to_owned(), name.to_owned()),
-                ("kubernetes.io/os".to_owned(), "linux".to_owned()),
-                ("kubernetes.io/arch".to_owned(), "amd64".to_owned()),
-            ])),
-            ..ObjectMeta::default()
-        },
-        spec: Some(NodeSpec::default()),
-        status: None,
-    }
-}
-
-trait NodeBuilder {
-    fn provider_id(self, id: &str) -> Self;
-    fn label(self, k: &str, v: &str) -> Self;
-    fn annotation(self, k: &str, v: &str) -> Self;
-    fn taint(self, t: Taint) -> Self;
-    fn cordoned(self) -> Self;
-}
-
-impl NodeBuilder for Node {
-    fn provider_id(mut self, id: &str) -> Self {
-        self.spec.get_or_insert_with(Default::default).provider_id = Some(id.to_owned());
-        self
-    }
-    fn label(mut self, k: &str, v: &str) -> Self {
-        self.metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(k.to_owned(), v.to_owned());
-        self
-    }
-    fn annotation(mut self, k: &str, v: &str) -> Self {
-        self.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(k.to_owned(), v.to_owned());
-        self
-    }
-    fn taint(mut self, t: Taint) -> Self {
-        self.spec
-            .get_or_insert_with(Default::default)
-            .taints
-            .get_or_insert_with(Vec::new)
-            .push(t);
-        self
-    }
-    fn cordoned(mut self) -> Self {
-        self.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
-        self
-    }
-}
-
-/// Node CR `lab/<name>`, desired on, nothing else set.
-fn machine(name: &str) -> Machine {
-    let mut m = Machine::new(name, MachineSpec::new(PowerState::On));
-    m.metadata.namespace = Some("lab".to_owned());
-    m
-}
-
-fn with_snapshot(mut m: Machine, snap: NodeSnapshot) -> Machine {
-    m.status.get_or_insert_with(MachineStatus::default).node = Some(Box::new(snap));
-    m
-}
-
-fn seen_node(name: &str) -> NodeSnapshot {
-    NodeSnapshot {
-        name: name.to_owned(),
-        seen: Timestamp::UNIX_EPOCH,
-        ..NodeSnapshot::default()
-    }
-}
+use crate::operator::api::FlatMap;
+use crate::testing::{NodeExt as _, node, seen_node, taint};
 
 /// What the API server makes of `change` (a JSON merge patch): the Node after the write.
 fn applied(node: &Node, change: &NodeChange) -> Node {
@@ -163,7 +72,7 @@ fn registered(m: &Machine, n: &Node, disabled: bool) -> Node {
 
 #[test]
 fn empty_provider_id_is_set_to_the_expected_one() {
-    let r = registration(&machine("m1"), &node("n1"), false);
+    let r = registration(&Machine::test("m1").build(), &node("n1"), false);
     assert_eq!(
         r.provider_id,
         ProviderIdCheck::Set("homelab://lab/m1".to_owned())
@@ -173,8 +82,7 @@ fn empty_provider_id_is_set_to_the_expected_one() {
 
 #[test]
 fn a_declared_provider_id_is_what_gets_set() {
-    let mut m = machine("m1");
-    m.spec.provider_id = Some("bmc://rack/3".to_owned());
+    let m = Machine::test("m1").provider_id("bmc://rack/3").build();
     let r = registration(&m, &node("n1"), false);
     assert_eq!(r.change.provider_id.as_deref(), Some("bmc://rack/3"));
 }
@@ -182,7 +90,7 @@ fn a_declared_provider_id_is_what_gets_set() {
 #[test]
 fn a_matching_provider_id_is_left_alone() {
     let n = node("n1").provider_id("homelab://lab/m1");
-    let r = registration(&machine("m1"), &n, false);
+    let r = registration(&Machine::test("m1").build(), &n, false);
     assert_eq!(r.provider_id, ProviderIdCheck::Matches);
     assert_eq!(r.change.provider_id, None);
 }
@@ -190,7 +98,7 @@ fn a_matching_provider_id_is_left_alone() {
 #[test]
 fn a_distribution_provider_id_is_learned_when_none_is_on_record() {
     let n = node("n1").provider_id("k3s://n1");
-    let r = registration(&machine("m1"), &n, false);
+    let r = registration(&Machine::test("m1").build(), &n, false);
     assert_eq!(r.provider_id, ProviderIdCheck::Learn("k3s://n1".to_owned()));
     assert_eq!(r.change.provider_id, None);
 }
@@ -198,15 +106,13 @@ fn a_distribution_provider_id_is_learned_when_none_is_on_record() {
 #[test]
 fn a_different_provider_id_is_a_mismatch_and_never_overwritten() {
     let n = node("n1").provider_id("k3s://n1");
-    let mut declared = machine("m1");
-    declared.spec.provider_id = Some("homelab://lab/m1".to_owned());
-    let recorded = with_snapshot(
-        machine("m1"),
-        NodeSnapshot {
+    let declared = Machine::test("m1").provider_id("homelab://lab/m1").build();
+    let recorded = Machine::test("m1")
+        .node_snapshot(NodeSnapshot {
             provider_id: Some("homelab://lab/m1".to_owned()),
             ..seen_node("n1")
-        },
-    );
+        })
+        .build();
     for m in [declared, recorded] {
         let r = registration(&m, &n, false);
         assert_eq!(
@@ -241,7 +147,7 @@ fn registration_restores_last_seen_labels_and_taints_but_not_transient_ones() {
         ],
         ..seen_node("n1")
     };
-    let m = with_snapshot(machine("m1"), snap);
+    let m = Machine::test("m1").node_snapshot(snap).build();
     let after = registered(&m, &node("n1"), false);
 
     assert_eq!(labels(&after).get("gpu").map(String::as_str), Some("true"));
@@ -268,7 +174,7 @@ fn restoring_happens_once_per_node_object() {
         labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
         ..seen_node("n1")
     };
-    let m = with_snapshot(machine("m1"), snap);
+    let m = Machine::test("m1").node_snapshot(snap).build();
     let after = registered(&m, &node("n1"), false);
     // A person removes the restored label afterwards: it stays removed.
     let mut edited = after.clone();
@@ -279,17 +185,16 @@ fn restoring_happens_once_per_node_object() {
 
 #[test]
 fn registration_is_idempotent_so_an_idle_machine_writes_nothing() {
-    let mut m = with_snapshot(
-        machine("m1"),
-        NodeSnapshot {
+    let m = Machine::test("m1")
+        .node_snapshot(NodeSnapshot {
             labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
             taints: vec![taint("dedicated", "ml", "NoSchedule")],
             ..seen_node("n1")
-        },
-    );
-    m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
-    m.spec.taints.push(taint("slow", "", "PreferNoSchedule"));
-    m.spec.scale_down_disabled = Some(true);
+        })
+        .node_label("zone", "attic")
+        .node_taint(taint("slow", "", "PreferNoSchedule"))
+        .scale_down_disabled(true)
+        .build();
     let once = registered(&m, &node("n1"), false);
     let again = registration(&m, &once, false);
     assert!(
@@ -301,9 +206,10 @@ fn registration_is_idempotent_so_an_idle_machine_writes_nothing() {
 
 #[test]
 fn spec_labels_are_added_and_follow_the_spec_only_when_ours() {
-    let mut m = machine("m1");
-    m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
-    m.spec.labels.insert("owner".to_owned(), "ops".to_owned());
+    let mut m = Machine::test("m1")
+        .node_label("zone", "attic")
+        .node_label("owner", "ops")
+        .build();
     let n = node("n1").label("owner", "alice");
     let after = registered(&m, &n, false);
     assert_eq!(
@@ -326,12 +232,11 @@ fn spec_labels_are_added_and_follow_the_spec_only_when_ours() {
 
 #[test]
 fn spec_taints_are_added_unless_one_with_key_and_effect_is_there() {
-    let mut m = machine("m1");
-    m.spec.taints.push(taint("dedicated", "ml", "NoSchedule"));
-    m.spec.taints.push(taint("slow", "", "PreferNoSchedule"));
-    m.spec
-        .taints
-        .push(taint(ca::TO_BE_DELETED_TAINT, "1", "NoSchedule"));
+    let m = Machine::test("m1")
+        .node_taint(taint("dedicated", "ml", "NoSchedule"))
+        .node_taint(taint("slow", "", "PreferNoSchedule"))
+        .node_taint(taint(ca::TO_BE_DELETED_TAINT, "1", "NoSchedule"))
+        .build();
     let n = node("n1").taint(taint("dedicated", "batch", "NoSchedule"));
     let after = registered(&m, &n, false);
     assert_eq!(
@@ -349,16 +254,13 @@ fn spec_taints_are_added_unless_one_with_key_and_effect_is_there() {
 
 #[test]
 fn taints_to_remove_are_removed_by_key_and_effect_and_never_restored() {
-    let mut m = with_snapshot(
-        machine("m1"),
-        NodeSnapshot {
+    let m = Machine::test("m1")
+        .node_snapshot(NodeSnapshot {
             taints: vec![taint("booting", "x", "NoSchedule")],
             ..seen_node("n1")
-        },
-    );
-    m.spec
-        .taints_to_remove
-        .push(taint("booting", "", "NoSchedule"));
+        })
+        .taint_to_remove(taint("booting", "", "NoSchedule"))
+        .build();
     let n = node("n1")
         .taint(taint("booting", "yes", "NoSchedule"))
         .taint(taint("booting", "yes", "NoExecute"));
@@ -371,8 +273,7 @@ fn taints_to_remove_are_removed_by_key_and_effect_and_never_restored() {
 
 #[test]
 fn scale_down_disabled_puts_cas_annotation_and_marks_it_ours() {
-    let mut m = machine("m1");
-    m.spec.scale_down_disabled = Some(true);
+    let mut m = Machine::test("m1").scale_down_disabled(true).build();
     let after = registered(&m, &node("n1"), false);
     let a = annotations(&after);
     assert_eq!(
@@ -393,7 +294,7 @@ fn scale_down_disabled_puts_cas_annotation_and_marks_it_ours() {
 
 #[test]
 fn the_groups_scale_down_disabled_counts_too() {
-    let after = registered(&machine("m1"), &node("n1"), true);
+    let after = registered(&Machine::test("m1").build(), &node("n1"), true);
     assert_eq!(
         annotations(&after)
             .get(ca::SCALE_DOWN_DISABLED)
@@ -406,8 +307,7 @@ fn the_groups_scale_down_disabled_counts_too() {
 fn a_persons_own_scale_down_annotation_is_kept() {
     let n = node("n1").annotation(ca::SCALE_DOWN_DISABLED, "true");
     // Wanted by us too: already there, so not ours.
-    let mut m = machine("m1");
-    m.spec.scale_down_disabled = Some(true);
+    let mut m = Machine::test("m1").scale_down_disabled(true).build();
     let after = registered(&m, &n, false);
     assert!(!annotations(&after).contains_key(OWNED_ANNOTATIONS));
     // Not wanted by us: left as the person set it.
@@ -493,17 +393,16 @@ fn cleanup_leaves_the_node_as_the_kubelet_and_people_left_it() {
         .label("team", "infra")
         .annotation("note", "mine")
         .taint(taint("owner-taint", "x", "NoSchedule"));
-    let mut m = with_snapshot(
-        machine("m1"),
-        NodeSnapshot {
+    let m = Machine::test("m1")
+        .node_snapshot(NodeSnapshot {
             labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
             taints: vec![taint("dedicated", "ml", "NoSchedule")],
             ..seen_node("n1")
-        },
-    );
-    m.spec.labels.insert("zone".to_owned(), "attic".to_owned());
-    m.spec.taints.push(taint("slow", "", "PreferNoSchedule"));
-    m.spec.scale_down_disabled = Some(true);
+        })
+        .node_label("zone", "attic")
+        .node_taint(taint("slow", "", "PreferNoSchedule"))
+        .scale_down_disabled(true)
+        .build();
 
     let managed = registered(&m, &before, false);
     let cordoned = applied(&managed, &cordon_change(&managed, true));
@@ -535,6 +434,7 @@ fn cleanup_of_an_untouched_node_changes_nothing() {
 #[test]
 fn merge_patch_carries_the_resource_version_and_nulls_for_removals() {
     let n = node("n1")
+        .at_version("7")
         .annotation(CORDONED, "true")
         .annotation(DRAIN_STARTED, "2026-01-01T00:00:00Z")
         .cordoned();

@@ -452,16 +452,8 @@ fn node_agent_pod(agent: &NodeAgent, env: Vec<EnvVar>, node: &str) -> PodSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::api::MachineSpec;
-    use crate::operator::machine::{Operation, OperationKind, PowerState};
+    use crate::operator::machine::{Operation, OperationKind};
     use jiff::{SignedDuration, Timestamp};
-
-    fn machine(name: &str) -> Machine {
-        let mut m = Machine::new(name, MachineSpec::new(PowerState::On));
-        m.metadata.namespace = Some("lab".to_owned());
-        m.metadata.uid = Some("uid-1".to_owned());
-        m
-    }
 
     fn operation(id: &str) -> Operation {
         let started = Timestamp::UNIX_EPOCH;
@@ -502,7 +494,7 @@ mod tests {
 
     #[test]
     fn a_power_off_job_is_owned_labelled_and_kept_off_its_target() -> Result<(), PowerError> {
-        let m = machine("m1");
+        let m = Machine::test("m1").uid("uid-1").build();
         let op = operation("off-2");
         let spec = MinimalPodSpec {
             image: "example/poweroff:1".to_owned(),
@@ -533,7 +525,7 @@ mod tests {
     #[test]
     fn the_operators_pod_service_account_applies_only_where_the_node_cr_names_none()
     -> Result<(), PowerError> {
-        let m = machine("m1");
+        let m = Machine::test("m1").uid("uid-1").build();
         let op = operation("off-2");
         let cx = context(&m, &op, "m1-off-2");
         let plain = MinimalPodSpec {
@@ -563,7 +555,7 @@ mod tests {
 
     #[test]
     fn a_node_agent_runs_privileged_on_its_own_node_only() -> Result<(), PowerError> {
-        let m = machine("m1");
+        let m = Machine::test("m1").uid("uid-1").build();
         let op = operation("off-1");
         let agent = NodeAgent::default();
         let job = build_job(
@@ -587,7 +579,7 @@ mod tests {
 
     #[test]
     fn a_node_agent_without_a_node_name_is_a_config_error() {
-        let m = machine("m1");
+        let m = Machine::test("m1").uid("uid-1").build();
         let op = operation("off-1");
         let agent = NodeAgent::default();
         let err = build_job(

@@ -258,33 +258,25 @@ pub(super) fn name_of<K: kube::Resource>(o: &K) -> &str {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use serde_json::json;
 
     use super::*;
+    use crate::operator::machine::PowerState;
+    use crate::testing::{NodeExt as _, node};
 
     fn group(ns: &str, name: &str, max: u32) -> Arc<Group> {
-        Arc::new(parse(json!({
-            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
-            "metadata": { "name": name, "namespace": ns },
-            "spec": { "minSize": 0, "maxSize": max },
-        })))
+        Arc::new(Group::test(name).namespace(ns).min(0).max(max).build())
     }
 
     fn machine(ns: &str, name: &str, group: Option<&str>, on: bool, cpu: u32) -> Arc<Machine> {
-        let mut labels = serde_json::Map::new();
+        let cpu = cpu.to_string();
+        let mut m = Machine::test(name)
+            .namespace(ns)
+            .desired(if on { PowerState::On } else { PowerState::Off })
+            .capacity([("cpu", cpu.as_str()), ("memory", "8Gi")]);
         if let Some(g) = group {
-            labels.insert("group".into(), g.into());
+            m = m.group(g);
         }
-        Arc::new(parse(json!({
-            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
-            "metadata": { "name": name, "namespace": ns, "labels": labels },
-            "spec": { "powerState": if on { "on" } else { "off" },
-                      "capacity": { "cpu": cpu.to_string(), "memory": "8Gi" } },
-        })))
-    }
-
-    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-        serde_json::from_value(v).expect("test fixture parses")
+        Arc::new(m.build())
     }
 
     /// One change the watches could report.
@@ -421,7 +413,7 @@ mod tests {
                         namespace_of(&**old),
                         name_of(&**old),
                         g.map(|g| GROUP_NAMES[g]),
-                        old.spec.power_state == crate::operator::machine::PowerState::On,
+                        old.spec.power_state == PowerState::On,
                         4,
                     );
                 }
@@ -458,7 +450,9 @@ mod tests {
                     // machine's; a second Node of the same name replaces the first.
                     let name = format!("m{}", machine % (self.next + 2));
                     self.nodes.retain(|n| name_of(&**n) != name);
-                    self.nodes.push(node(&name));
+                    self.nodes.push(Arc::new(
+                        node(&name).provider_id(&format!("homelab://{name}")),
+                    ));
                 }
                 Change::RemoveNode { index } if !self.nodes.is_empty() => {
                     let n = self.nodes.len();
@@ -471,14 +465,6 @@ mod tests {
                 nodes,
             }
         }
-    }
-
-    fn node(name: &str) -> Arc<Node> {
-        Arc::new(parse(json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": { "name": name },
-            "spec": { "providerID": format!("homelab://{name}") },
-        })))
     }
 
     proptest! {

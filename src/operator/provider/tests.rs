@@ -666,12 +666,13 @@ fn pricing_over_the_window() {
 
 #[test]
 fn node_view_reads_a_kubernetes_node() {
-    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "n1", "labels": {"a": "b"}},
-        "spec": {"providerID": "homelab://lab/n1", "taints": [{"key": "k", "effect": "NoSchedule"}]},
-        "status": {"capacity": {"cpu": "4"}, "conditions": [{"type": "Ready", "status": "True"}]}
-    }))
-    .unwrap_or_default();
+    use crate::testing::{NodeExt as _, node, taint};
+    let node = node("n1")
+        .label("a", "b")
+        .provider_id("homelab://lab/n1")
+        .taint(taint("k", "", "NoSchedule"))
+        .capacity([("cpu", "4")])
+        .ready();
     let v = NodeView::from_k8s(&node);
     assert_eq!(v.name, "n1");
     assert_eq!(v.provider_id, "homelab://lab/n1");
@@ -768,39 +769,35 @@ proptest! {
 
 #[test]
 fn from_objects_reads_the_crs_and_nodes() {
-    use crate::operator::api::{Group, Machine};
-    let group: Group = serde_json::from_value(serde_json::json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
-        "metadata": {"name": "workers", "namespace": "lab"},
-        "spec": {"minSize": 1, "maxSize": 5, "powerOnOrder": "leastRecentlyUsed",
-                 "scaleDownUnneededTime": "30m",
-                 "template": {"labels": {"zone": "rack1"}, "capacity": {"cpu": "2"}}}
-    }))
-    .unwrap_or_else(|e| panic!("{e}"));
-    let machine = |name: &str, power: &str, extra: serde_json::Value| -> Machine {
-        let mut v = serde_json::json!({
-            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
-            "metadata": {"name": name, "namespace": "lab", "labels": {"group": "workers"}},
-            "spec": {"powerState": power, "pricing": {"hourlyRate": "0.25", "podRate": "0"},
-                     "capacity": {"cpu": "8", "memory": "32Gi"}}
-        });
-        if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
-            spec.extend(extra.clone());
-        }
-        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    use crate::operator::api::{Group, Machine, NodeTemplate};
+    use crate::testing::{NodeExt as _, node};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let group = Group::test("workers")
+        .min(1)
+        .max(5)
+        .power_on_order(PowerOnOrder::LeastRecentlyUsed)
+        .spec_with(|s| s.scale_down_unneeded_time = Some("30m".to_owned()))
+        .template(NodeTemplate {
+            labels: BTreeMap::from([("zone".to_owned(), "rack1".to_owned())]),
+            capacity: BTreeMap::from([("cpu".to_owned(), Quantity("2".to_owned()))]),
+            ..NodeTemplate::default()
+        })
+        .build();
+    let machine = |name: &str, power: PowerState| {
+        Machine::test(name)
+            .group("workers")
+            .desired(power)
+            .pricing("0.25", "0")
+            .capacity([("cpu", "8"), ("memory", "32Gi")])
     };
-    let m1 = machine(
-        "m1",
-        "on",
-        serde_json::json!({"providerID": "k3s://m1", "kubernetesNodeName": "host1"}),
-    );
-    let m2 = machine("m2", "off", serde_json::json!({"scaleDownDisabled": true}));
-    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "host1"},
-        "spec": {"providerID": "k3s://m1"},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
-    }))
-    .unwrap_or_else(|e| panic!("{e}"));
+    let m1 = machine("m1", PowerState::On)
+        .provider_id("k3s://m1")
+        .node_name("host1")
+        .build();
+    let m2 = machine("m2", PowerState::Off)
+        .scale_down_disabled(true)
+        .build();
+    let node = node("host1").provider_id("k3s://m1").ready();
     let inv = Inventory::from_objects(
         &[std::sync::Arc::new(group)],
         &[std::sync::Arc::new(m1), std::sync::Arc::new(m2)],

@@ -10,6 +10,7 @@ use crate::operator::ca::SCALE_DOWN_DISABLED;
 use crate::operator::node::{self, CORDONED, DRAIN_STARTED, OWNED_LABELS, RESTORED};
 use crate::operator::provider::convert::{group_view, machine_view};
 use crate::operator::provider::inventory::{NodeView, POWER_ON_FAILED_ANNOTATION};
+use crate::testing::taint;
 
 /// A Node as a kubelet (kubeadm) reports it, with our records on it, CA's scale-down opt-out
 /// set to `scale_down` and our record of added annotations set to `owned_annotations`.
@@ -88,18 +89,16 @@ fn trimmed(node: &Node) -> Node {
     n
 }
 
-fn machine(scale_down_disabled: bool) -> Machine {
-    serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
-        "metadata": { "name": "n1", "namespace": "lab", "labels": { "group": "workers" } },
-        "spec": {
-            "powerState": "on", "scaleDownDisabled": scale_down_disabled,
-            "labels": { "homelab/role": "worker", "homelab/zone": "rack1" },
-            "taints": [{ "key": "homelab/dedicated", "value": "ci", "effect": "NoSchedule" }],
-            "taintsToRemove": [{ "key": "homelab/gpu", "effect": "NoSchedule" }],
-        },
-    }))
-    .unwrap_or_else(|e| panic!("Node CR fixture: {e}"))
+/// A Node CR with every field the Node-side decisions read.
+fn node_cr(scale_down_disabled: bool) -> Machine {
+    Machine::test("n1")
+        .group("workers")
+        .scale_down_disabled(scale_down_disabled)
+        .node_label("homelab/role", "worker")
+        .node_label("homelab/zone", "rack1")
+        .node_taint(taint("homelab/dedicated", "ci", "NoSchedule"))
+        .taint_to_remove(taint("homelab/gpu", "", "NoSchedule"))
+        .build()
 }
 
 /// Every Node-side decision the operator derives from a Node, for comparing two Nodes.
@@ -136,7 +135,7 @@ fn a_trimmed_node_gives_the_same_views_and_node_side_changes() {
         let full = kubelet_node(scale_down, owned, unschedulable);
         let small = trimmed(&full);
         for sd in [false, true] {
-            let m = machine(sd);
+            let m = node_cr(sd);
             assert_eq!(
                 node_decisions(&m, &full),
                 node_decisions(&m, &small),
@@ -200,7 +199,7 @@ fn a_trimmed_node_keeps_only_what_is_read() {
 
 #[test]
 fn a_trimmed_node_cr_and_group_give_the_same_views() {
-    let mut m = machine(false);
+    let mut m = node_cr(false);
     let a = m.metadata.annotations.get_or_insert_with(Default::default);
     a.insert(
         POWER_ON_FAILED_ANNOTATION.to_owned(),
@@ -221,13 +220,11 @@ fn a_trimmed_node_cr_and_group_give_the_same_views() {
         Some(vec![POWER_ON_FAILED_ANNOTATION.to_owned()])
     );
 
-    let group: Group = serde_json::from_value(json!({
-        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
-        "metadata": { "name": "workers", "namespace": "lab",
-                      "annotations": { "kubectl.kubernetes.io/last-applied-configuration": "{}" } },
-        "spec": { "minSize": 0, "maxSize": 3 },
-    }))
-    .unwrap_or_else(|e| panic!("Group fixture: {e}"));
+    let group = Group::test("workers")
+        .annotation("kubectl.kubernetes.io/last-applied-configuration", "{}")
+        .min(0)
+        .max(3)
+        .build();
     let mut small = group.clone();
     strip_custom_resource(&mut small);
     assert_eq!(group_view(&group, 1), group_view(&small, 1));

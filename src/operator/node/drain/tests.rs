@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{NodeSpec, PodStatus, Taint};
+use k8s_openapi::api::core::v1::PodStatus;
 use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use kube::api::ObjectMeta;
@@ -8,6 +8,7 @@ use kube::core::Status;
 use kube::core::response::{StatusCause, StatusDetails};
 
 use super::*;
+use crate::testing::{NodeExt as _, node, taint};
 
 // --- Fixture builders.
 
@@ -143,18 +144,7 @@ fn a_daemonset_owner_that_is_not_the_controller_does_not_count() {
 
 #[test]
 fn cas_deletion_taint_means_ca_started_the_power_off() {
-    let tainted = |key: &str| Node {
-        spec: Some(NodeSpec {
-            taints: Some(vec![Taint {
-                key: key.to_owned(),
-                value: Some("1700000000".to_owned()),
-                effect: "NoSchedule".to_owned(),
-                time_added: None,
-            }]),
-            ..NodeSpec::default()
-        }),
-        ..Node::default()
-    };
+    let tainted = |key: &str| node("n1").taint(taint(key, "1700000000", "NoSchedule"));
     assert!(is_ca_deleting(&tainted(ca::TO_BE_DELETED_TAINT)));
     assert!(!is_ca_deleting(&tainted(
         "DeletionCandidateOfClusterAutoscaler"
