@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kubectl_homelab::operator::provider::ops;
 use kubectl_homelab::operator::provider::proto::*;
-use kubectl_homelab::operator::provider::{Inventory, InventorySource, MemorySource, NodeRef};
+use kubectl_homelab::operator::provider::{InMemorySource, Inventory, InventorySource, NodeRef};
 use support_grpc::*;
 
 /// How big a run is: the measurement, or the smoke version `cargo test --benches` runs.
@@ -178,7 +178,7 @@ async fn run(size: Size) {
         Arc::new(ns.iter().map(|n| n.provider_id.clone()).collect());
     let group_ids: Arc<Vec<String>> =
         Arc::new((0..size.groups).map(|g| format!("g{g:02}")).collect());
-    let source = Arc::new(MemorySource::new(Inventory::build(gs, ms, ns)));
+    let source = Arc::new(InMemorySource::new(Inventory::build(gs, ms, ns)));
     let running = start(source.clone(), None).await;
     let addr = running.addr;
     let mut c = client(addr).await;

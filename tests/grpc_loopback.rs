@@ -13,7 +13,7 @@ use kubectl_homelab::operator::provider::proto::cloud_provider_client::CloudProv
 use kubectl_homelab::operator::provider::proto::instance_status::InstanceState;
 use kubectl_homelab::operator::provider::proto::*;
 use kubectl_homelab::operator::provider::{
-    GpuConfig, Inventory, InventorySource, MemorySource, PersistError, PowerChange, Provider,
+    GpuConfig, InMemorySource, Inventory, InventorySource, PersistError, PowerChange, Provider,
     ProviderOptions, TaintView, TlsOptions,
 };
 use prost::Message;
@@ -121,8 +121,8 @@ fn lab() -> Inventory {
     )
 }
 
-async fn setup() -> (Arc<MemorySource>, Running, Client) {
-    let source = Arc::new(MemorySource::new(lab()));
+async fn setup() -> (Arc<InMemorySource>, Running, Client) {
+    let source = Arc::new(InMemorySource::new(lab()));
     let running = start(source.clone(), None).await;
     let c = client(running.addr).await;
     (source, running, c)
@@ -166,7 +166,7 @@ async fn group_for(c: &mut Client, n: ExternalGrpcNode) -> NodeGroup {
     .unwrap_or_default()
 }
 
-fn changed(source: &MemorySource) -> Vec<(String, PowerState)> {
+fn changed(source: &InMemorySource) -> Vec<(String, PowerState)> {
     source
         .persisted()
         .into_iter()
@@ -435,7 +435,7 @@ async fn rule5_delete_nodes_below_min_is_refused() {
     let b = machine("b", "pair", PowerState::On, Phase::Ready);
     let nodes = vec![node_for(&a, true), node_for(&b, true)];
     let inv = Inventory::build(vec![group("pair", 1, None)], vec![a, b], nodes);
-    let source = Arc::new(MemorySource::new(inv));
+    let source = Arc::new(InMemorySource::new(inv));
     let running = start(source.clone(), None).await;
     let mut c = client(running.addr).await;
     let r = c
@@ -469,7 +469,7 @@ async fn a_machine_ca_deleted_as_unregistered_is_not_picked_again() {
         ms,
         vec![],
     );
-    let source = Arc::new(MemorySource::new(inv));
+    let source = Arc::new(InMemorySource::new(inv));
     let running = start(source.clone(), None).await;
     let mut c = client(running.addr).await;
     let inc = |id: &str| NodeGroupIncreaseSizeRequest {
@@ -520,7 +520,7 @@ async fn a_machine_ca_deleted_as_unregistered_is_not_picked_again() {
 
 /// A source whose writes land but whose answer is an error (the API server applied the patch
 /// and the connection dropped before the response, say).
-struct LandsThenErrs(MemorySource);
+struct LandsThenErrs(InMemorySource);
 
 impl InventorySource for LandsThenErrs {
     fn snapshot(&self) -> Arc<Inventory> {
@@ -542,7 +542,7 @@ impl InventorySource for LandsThenErrs {
 /// drained (`core/scaledown/actuation`).
 #[tokio::test]
 async fn a_change_that_landed_is_reported_as_done() {
-    let source = Arc::new(LandsThenErrs(MemorySource::new(lab())));
+    let source = Arc::new(LandsThenErrs(InMemorySource::new(lab())));
     let running = start(source.clone(), None).await;
     let mut c = client(running.addr).await;
     ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest {
@@ -556,7 +556,7 @@ async fn a_change_that_landed_is_reported_as_done() {
 
 /// A source whose writes never answer, and that says when the first one started.
 struct Hanging {
-    inner: MemorySource,
+    inner: InMemorySource,
     started: tokio::sync::Notify,
 }
 
@@ -578,7 +578,7 @@ impl InventorySource for Hanging {
 #[tokio::test]
 async fn the_group_lock_wait_has_its_own_budget() {
     let source = Arc::new(Hanging {
-        inner: MemorySource::new(lab()),
+        inner: InMemorySource::new(lab()),
         started: tokio::sync::Notify::new(),
     });
     let options = ProviderOptions {
@@ -907,7 +907,7 @@ async fn rule11_pricing_and_gpus_from_real_data() {
 /// lab() has a machine labelled RTX-4090, and the unconfigured answer does not mention it.
 #[tokio::test]
 async fn gpu_label_and_types_come_from_configuration() {
-    let source = Arc::new(MemorySource::new(lab()));
+    let source = Arc::new(InMemorySource::new(lab()));
     let running = start(source.clone(), None).await;
     let mut c = client(running.addr).await;
     assert_eq!(
@@ -1053,7 +1053,7 @@ async fn pricing_pod_price_answers_from_requests_or_pod_rate() {
 
 #[tokio::test]
 async fn no_call_is_served_before_the_source_is_ready() {
-    let source = Arc::new(MemorySource::new(lab()));
+    let source = Arc::new(InMemorySource::new(lab()));
     source.set_ready(false);
     let running = start(source.clone(), None).await;
     let mut c = client(running.addr).await;
@@ -1331,8 +1331,8 @@ fn pki() -> Pki {
     }
 }
 
-async fn tls_server(p: &Pki) -> (Arc<MemorySource>, Running) {
-    let source = Arc::new(MemorySource::new(lab()));
+async fn tls_server(p: &Pki) -> (Arc<InMemorySource>, Running) {
+    let source = Arc::new(InMemorySource::new(lab()));
     let tls = TlsOptions {
         cert_pem: p.server_cert.clone().into_bytes(),
         key_pem: p.server_key.clone().into_bytes(),
@@ -1429,7 +1429,7 @@ async fn tls_negotiates_alpn_h2() {
 /// read while a write hangs: in a mutation, that read comes right before waiting for the group
 /// lock.
 struct Stuck {
-    inner: MemorySource,
+    inner: InMemorySource,
     write_started: tokio::sync::Notify,
     read_while_writing: tokio::sync::Notify,
     log: Mutex<Vec<&'static str>>,
@@ -1438,7 +1438,7 @@ struct Stuck {
 impl Stuck {
     fn new(inventory: Inventory) -> Stuck {
         Stuck {
-            inner: MemorySource::new(inventory),
+            inner: InMemorySource::new(inventory),
             write_started: tokio::sync::Notify::new(),
             read_while_writing: tokio::sync::Notify::new(),
             log: Mutex::new(Vec::new()),
@@ -1555,7 +1555,7 @@ async fn a_running_member_stays_running_and_shapes_the_template() {
     stale_node.capacity.clear();
     let nodes = vec![node_for(&up, false), stale_node];
     let inv = Inventory::build(vec![group("solo", 0, None)], vec![up, stale], nodes);
-    let source = Arc::new(MemorySource::new(inv));
+    let source = Arc::new(InMemorySource::new(inv));
     let running = start(source, None).await;
     let mut c = client(running.addr).await;
     let solo = instances(&mut c, "solo").await;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::operator::api::{API_GROUP, Direction, DriverReadback, Machine};
 use crate::operator::machine::{
-    GraphFormat, Lifecycle, Operation, Phase, PowerState, Progress, observed_power, progress,
+    GraphFormat, Lifecycle, Operation, Phase, PowerState, StatusProgress, observed_power, progress,
     render,
 };
 
@@ -252,7 +252,7 @@ pub fn parse_machines(source_name: &str, text: &str) -> Result<Vec<Machine>, Ins
 /// One machine as `fsm inspect` shows it (also the `-o json|yaml` shape).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MachineView {
+pub struct MachineRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
@@ -272,7 +272,7 @@ pub struct MachineView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
+    pub progress: Option<StatusProgress>,
     /// The power driver of each direction, from the spec.
     pub drivers: Drivers,
     /// What the driver of the latest operation last reported (`status.power`).
@@ -301,10 +301,10 @@ impl Drivers {
     }
 }
 
-impl MachineView {
-    pub fn of(m: &Machine) -> MachineView {
+impl MachineRow {
+    pub fn of(m: &Machine) -> MachineRow {
         let lc: Lifecycle = m.lifecycle();
-        MachineView {
+        MachineRow {
             namespace: m.metadata.namespace.clone(),
             name: m.metadata.name.clone().unwrap_or_default(),
             group: m.group().map(str::to_owned),
@@ -328,7 +328,7 @@ pub fn select(
     machines: &[Machine],
     names: &[String],
     source_desc: &str,
-) -> Result<Vec<MachineView>, InspectError> {
+) -> Result<Vec<MachineRow>, InspectError> {
     let matches = |m: &Machine, n: &str| {
         m.metadata.name.as_deref() == Some(n) || m.spec.kubernetes_node_name.as_deref() == Some(n)
     };
@@ -352,10 +352,10 @@ pub fn select(
             },
         });
     }
-    let mut views: Vec<MachineView> = machines
+    let mut views: Vec<MachineRow> = machines
         .iter()
         .filter(|m| names.is_empty() || names.iter().any(|n| matches(m, n)))
-        .map(MachineView::of)
+        .map(MachineRow::of)
         .collect();
     views.sort_by(|a, b| (&a.namespace, &a.group, &a.name).cmp(&(&b.namespace, &b.group, &b.name)));
     Ok(views)
@@ -418,7 +418,7 @@ pub struct TableOptions {
 
 /// The output in the chosen format at `now` (relative times in the table only).
 pub fn render_views(
-    views: &[MachineView],
+    views: &[MachineRow],
     output: Output,
     options: TableOptions,
     now: Timestamp,
@@ -445,7 +445,7 @@ pub fn render_views(
 /// Characters of LAST ERROR the default table shows; `-o wide` shows all.
 const LAST_ERROR_WIDTH: usize = 40;
 
-fn render_table(views: &[MachineView], options: TableOptions, now: Timestamp) -> String {
+fn render_table(views: &[MachineRow], options: TableOptions, now: Timestamp) -> String {
     if views.is_empty() {
         return "No machines (Node CRs) found.\n".to_owned();
     }

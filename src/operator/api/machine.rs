@@ -15,7 +15,7 @@ use super::group::GROUP_LABEL;
 use super::parse::{FieldError, parse_decimal, parse_duration};
 use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
 use super::{FlatMap, Health, object_ref};
-use crate::operator::machine::{Lifecycle, PowerState, Progress};
+use crate::operator::machine::{Lifecycle, PowerState, StatusProgress};
 
 /// Default time from power-on to the Node object being Ready.
 pub const DEFAULT_BOOT_TIMEOUT: SignedDuration = SignedDuration::from_secs(10 * 60);
@@ -172,7 +172,7 @@ pub struct MachineStatus {
     pub power_state: Option<PowerState>,
     /// The phase in the predecessor's words (compat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
+    pub progress: Option<StatusProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_startup_time: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

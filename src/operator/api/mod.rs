@@ -11,7 +11,7 @@ mod power;
 mod tests;
 
 /// The predecessor's `status.progress` (defined with the lifecycle, which maps phases onto it).
-pub use crate::operator::machine::Progress;
+pub use crate::operator::machine::StatusProgress;
 pub use conditions::*;
 pub use group::*;
 pub use machine::*;

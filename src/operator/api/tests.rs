@@ -254,7 +254,7 @@ fn status_round_trips_with_flattened_lifecycle() {
     let s: MachineStatus = serde_json::from_value(json.clone()).expect("status parses");
     assert_eq!(s.lifecycle.phase(), crate::operator::machine::Phase::Ready);
     assert_eq!(s.lifecycle.attempt, 2);
-    assert_eq!(s.progress, Some(Progress::Ready));
+    assert_eq!(s.progress, Some(StatusProgress::Ready));
     assert_eq!(serde_json::to_value(&s).expect("ser"), json);
 }
 

@@ -5,19 +5,21 @@
 //! - [`step`]: one event → new lifecycle + effects (or [`Rejected`]).
 //! - [`reconcile`]: level-triggered: the observed world → the events that follow, applied.
 //! - [`next_wakeup`]: when to look again (deadlines, retries), from stored timestamps.
-mod compat;
+//! - [`views`]: what others see of a lifecycle (the predecessor's `status.progress` and
+//!   `powerState`, CA's instance state).
 mod fsm;
 mod graph;
 mod reconcile;
 mod table;
 mod types;
+mod views;
 
-pub use compat::*;
 pub use fsm::*;
 pub use graph::*;
 pub use reconcile::*;
 pub use table::*;
 pub use types::*;
+pub use views::*;
 
 #[cfg(test)]
 mod tests;

@@ -486,7 +486,7 @@ fn power_on_walks_through_booting_to_ready() {
     );
     assert_eq!(t.lifecycle.operation, None);
     assert_eq!(t.lifecycle.phase_since, Some(at(100)));
-    assert_eq!(progress(&t.lifecycle), Some(Progress::Ready));
+    assert_eq!(progress(&t.lifecycle), Some(StatusProgress::Ready));
     assert_eq!(observed_power(&t.lifecycle), Some(PowerState::On));
 }
 
@@ -1032,7 +1032,7 @@ fn desired_off_drains_first_and_powers_off_only_without_pods() {
     let t3 = reconcile(&t2.lifecycle, &obs, at(30), &p);
     assert_eq!(t3.lifecycle.phase(), Phase::PoweringOff);
     assert!(t3.effects.contains(&Effect::Cordon));
-    assert_eq!(progress(&t3.lifecycle), Some(Progress::ShuttingDown));
+    assert_eq!(progress(&t3.lifecycle), Some(StatusProgress::ShuttingDown));
     let down = NodeObs::Registered {
         ready: false,
         provider_id_matches: true,

@@ -25,11 +25,11 @@ pub use inventory::{
     POWER_ON_FAILED_ANNOTATION, PowerChange, PowerOnOrder, TaintView, TemplateHints,
 };
 pub use ops::{Decision, NodeRef};
-pub mod memory;
+pub mod in_memory;
 pub mod service;
 pub mod template;
 
-pub use memory::MemorySource;
+pub use in_memory::InMemorySource;
 pub use service::{
     GpuConfig, InventorySource, PersistError, Provider, ProviderOptions, ServeError, TlsOptions,
     serve, serve_provider, serve_provider_with_layer,

@@ -10,36 +10,36 @@ use super::types::{Lifecycle, Phase, PowerState};
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum Progress {
+pub enum StatusProgress {
     Shutdown,
     StartingUp,
     Ready,
     ShuttingDown,
 }
 
-impl Progress {
+impl StatusProgress {
     pub fn as_str(self) -> &'static str {
         match self {
-            Progress::Shutdown => "shutdown",
-            Progress::StartingUp => "startingup",
-            Progress::Ready => "ready",
-            Progress::ShuttingDown => "shuttingdown",
+            StatusProgress::Shutdown => "shutdown",
+            StatusProgress::StartingUp => "startingup",
+            StatusProgress::Ready => "ready",
+            StatusProgress::ShuttingDown => "shuttingdown",
         }
     }
 }
 
 /// `status.progress` for a lifecycle; `None` while Unknown. A Failed machine shows the
 /// direction it is still trying to go.
-pub fn progress(lc: &Lifecycle) -> Option<Progress> {
+pub fn progress(lc: &Lifecycle) -> Option<StatusProgress> {
     Some(match lc.phase() {
         Phase::Unknown => return None,
-        Phase::Off => Progress::Shutdown,
-        Phase::PoweringOn | Phase::Booting => Progress::StartingUp,
-        Phase::Ready => Progress::Ready,
-        Phase::PoweringOff => Progress::ShuttingDown,
+        Phase::Off => StatusProgress::Shutdown,
+        Phase::PoweringOn | Phase::Booting => StatusProgress::StartingUp,
+        Phase::Ready => StatusProgress::Ready,
+        Phase::PoweringOff => StatusProgress::ShuttingDown,
         Phase::Failed => match lc.goal {
-            Some(PowerState::Off) => Progress::ShuttingDown,
-            _ => Progress::StartingUp,
+            Some(PowerState::Off) => StatusProgress::ShuttingDown,
+            _ => StatusProgress::StartingUp,
         },
     })
 }

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use super::inventory::{Inventory, PowerChange};
 use super::service::{InventorySource, PersistError};
 
-pub struct MemorySource {
+pub struct InMemorySource {
     state: Mutex<State>,
     ready: watch::Sender<bool>,
 }
@@ -20,10 +20,10 @@ struct State {
     lagging: bool,
 }
 
-impl MemorySource {
+impl InMemorySource {
     /// A ready source holding `inventory`.
-    pub fn new(inventory: Inventory) -> MemorySource {
-        MemorySource {
+    pub fn new(inventory: Inventory) -> InMemorySource {
+        InMemorySource {
             state: Mutex::new(State {
                 inventory: Arc::new(inventory),
                 persisted: Vec::new(),
@@ -71,7 +71,7 @@ impl MemorySource {
     }
 }
 
-impl InventorySource for MemorySource {
+impl InventorySource for InMemorySource {
     fn snapshot(&self) -> Arc<Inventory> {
         self.lock().inventory.clone()
     }
