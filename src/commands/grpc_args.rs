@@ -355,4 +355,19 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
     }
+
+    /// A flag's default is written as text for `--help`; the library's constant is the one
+    /// definition, and this keeps the two equal.
+    #[test]
+    fn defaults_are_the_librarys() {
+        let a = parse(&[]);
+        assert_eq!(
+            a.api_timeout,
+            crate::operator::provider::cluster::DEFAULT_WRITE_TIMEOUT
+        );
+        assert_eq!(a.listen.port(), DEFAULT_PORT);
+        assert_eq!(a.gpu_label, DEFAULT_GPU_LABEL);
+        let c = provider_config(&a, Scope::AllNamespaces, None);
+        assert_eq!(c.grpc.provider, ProviderOptions::default());
+    }
 }

@@ -273,6 +273,36 @@ mod tests {
         assert_eq!(lease_namespace(&a, None, &Scope::AllNamespaces, "d"), "d");
     }
 
+    /// The flags' defaults are written as text for `--help`; the library's constants are the
+    /// one definition, and these keep the two equal.
+    #[test]
+    fn drain_timeout_default_is_the_drain_codes() {
+        assert_eq!(
+            parse(&[]).drain_timeout,
+            crate::operator::node::drain::DEFAULT_DRAIN_TIMEOUT.unsigned_abs()
+        );
+    }
+
+    #[test]
+    fn controller_defaults_are_the_librarys() {
+        let flags = parse(&[]).controller_settings();
+        let library = Settings::default();
+        assert_eq!(flags.drain_timeout, library.drain_timeout);
+        assert_eq!(flags.concurrency, library.concurrency);
+        assert_eq!(flags.policy, library.policy);
+        assert_eq!(flags.pod_service_account, library.pod_service_account);
+        assert_eq!(flags.poll_interval, library.poll_interval);
+    }
+
+    #[test]
+    fn lease_defaults_are_the_librarys() {
+        use crate::operator::leader::{DEFAULT_LEASE_DURATION, DEFAULT_RENEW_GRACE};
+        let a = parse(&[]);
+        assert_eq!(a.lease_name, DEFAULT_LEASE_NAME);
+        assert_eq!(a.lease_duration, DEFAULT_LEASE_DURATION);
+        assert_eq!(a.lease_renew_grace, DEFAULT_RENEW_GRACE);
+    }
+
     #[test]
     fn the_configuration_follows_the_flags() {
         let scope = Scope::Namespace("lab".into());
