@@ -166,6 +166,15 @@ impl KubeArgs {
             )
         }
     }
+
+    /// [`namespaces`](Self::namespaces) as the operator's cache scope.
+    pub fn scope(&self, cluster: &Cluster) -> crate::operator::cache::Scope {
+        use crate::operator::cache::Scope;
+        match self.namespaces(cluster) {
+            Namespaces::All => Scope::AllNamespaces,
+            Namespaces::One(ns) => Scope::Namespace(ns),
+        }
+    }
 }
 
 /// A kube error for people: an answer of the API server reads `403 Forbidden: <message>`

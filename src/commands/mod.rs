@@ -1,9 +1,11 @@
-//! Subcommands: each file turns its arguments into a library call and renders the result.
+//! Subcommands: each file turns its arguments into a library call and renders the result;
+//! `kube_args` and `grpc_args` hold the flags several commands share.
 use clap::{Parser, Subcommand};
 
 pub mod completion;
 pub mod crd;
 pub mod fsm;
+pub mod grpc_args;
 pub mod kube_args;
 pub mod power;
 pub mod run_operator;
@@ -40,7 +42,7 @@ pub enum Command {
     /// Run the operator: CA gRPC provider, controllers (leader only), health and metrics.
     RunOperator(Box<run_operator::Args>),
     /// Serve the Cluster Autoscaler externalgrpc cloud provider on its own.
-    ServeGrpc(serve_grpc::Args),
+    ServeGrpc(grpc_args::GrpcArgs),
     /// Power machines on or off by hand (the operator carries it out).
     Power(power::Args),
     /// Inspect machine lifecycles, or print the lifecycle transition table.

@@ -1,29 +1,19 @@
-//! `kubectl homelab run-operator`: the CA gRPC provider, the controllers (while leading) and the
-//! health/metrics server in one process, over one set of reflector caches.
-//!
-//! Start-up: health server (so liveness answers at once) → caches synced → leader election →
-//! gRPC provider + controllers. SIGTERM: not ready → controllers stopped → Lease released (so
-//! mutating calls answer `Unavailable` from here on) → gRPC drained → health server stopped.
-use std::net::SocketAddr;
+//! `kubectl homelab run-operator`: turns the flags into `operator::run`'s configuration and runs
+//! it (the CA gRPC provider, the controllers while leading and the health/metrics server in one
+//! process, over one watch cache; the start-up and shutdown order is described there).
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::watch;
 
+use super::grpc_args::{GrpcArgs, cloud_config_yaml, provider_config, server_tls};
 use super::kube_args::Cluster;
-use super::serve_grpc::{self, server_tls, shutdown_signal};
 use crate::operator::cache::Scope;
-use crate::operator::controller::{self, Settings};
-use crate::operator::health::{self, Readiness};
-use crate::operator::leader::{
-    DEFAULT_LEASE_NAME, Election, Leadership, LeaseSettings, default_identity,
-};
-use crate::operator::metrics::{GrpcMetricsLayer, Metrics};
-use crate::operator::provider::cluster::ClusterSource;
-use crate::operator::provider::{Provider, serve_provider_with_layer};
-use crate::operator::runtime::{OperatorContext, Shutdown, run_while_leader, set, when_set};
+use crate::operator::controller::Settings;
+use crate::operator::leader::{DEFAULT_LEASE_NAME, LeaseSettings, default_identity};
+use crate::operator::node::drain::DrainClient;
+use crate::operator::provider::TlsOptions;
+use crate::operator::run::{Clients, ElectionConfig, OperatorConfig, shutdown_signal};
 
 use crate::operator::api::parse_duration_arg as parse_duration;
 
@@ -31,11 +21,9 @@ use crate::operator::api::parse_duration_arg as parse_duration;
 const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 #[derive(Debug, clap::Args)]
-// serve-grpc's flattened `Args` already takes the default group id "Args".
-#[group(id = "RunOperatorArgs")]
 pub struct Args {
     #[command(flatten)]
-    pub serve: serve_grpc::Args,
+    pub serve: GrpcArgs,
 
     /// Elect one leader among the replicas through a Lease: only the leader reconciles and
     /// answers mutating gRPC calls. `false` for a single replica.
@@ -71,7 +59,7 @@ pub struct Args {
 
     /// Address of the /healthz, /readyz and /metrics server.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
-    pub health_address: SocketAddr,
+    pub health_address: std::net::SocketAddr,
 
     /// How long the controllers and gRPC calls in flight get to finish after SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
@@ -156,287 +144,84 @@ fn lease_namespace(args: &Args, pod_ns: Option<String>, scope: &Scope, default_n
     }
 }
 
-/// Runs the controllers until `shutdown` resolves; called only while this replica leads and
-/// dropped at once when it stops leading.
-async fn run_controllers(
-    ctx: OperatorContext,
-    settings: Settings,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    controller::run(ctx.source, ctx.drain, settings, Some(ctx.metrics), shutdown).await;
-    Ok(())
+/// The operator's configuration from the flags; `pod_ns` and `default_ns` decide the Lease's
+/// namespace when `--lease-namespace` is not given.
+fn operator_config(
+    args: &Args,
+    scope: Scope,
+    default_ns: &str,
+    pod_ns: Option<String>,
+    tls: Option<TlsOptions>,
+) -> OperatorConfig {
+    let election = args.leader_elect.then(|| ElectionConfig {
+        lease: LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace: lease_namespace(args, pod_ns, &scope, default_ns),
+            identity: args.lease_identity.clone().unwrap_or_else(default_identity),
+            duration: args.lease_duration,
+            renew_grace: args.lease_renew_grace,
+        },
+        readiness_requires_leader: args.readiness_requires_leader,
+    });
+    OperatorConfig {
+        provider: provider_config(&args.serve, scope, tls),
+        health: args.health_address.into(),
+        election,
+        controllers: args.controller_settings(),
+        shutdown_timeout: args.shutdown_timeout,
+    }
+}
+
+/// The start-up line: what this replica serves and how it elects.
+fn banner(args: &Args, config: &OperatorConfig) -> String {
+    format!(
+        "run-operator: {}; gRPC on {}{}; health and metrics on {}; {}",
+        config.provider.scope,
+        args.serve.listen,
+        if config.provider.grpc.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        },
+        args.health_address,
+        match &config.election {
+            Some(ElectionConfig { lease, .. }) => format!(
+                "leader election as {:?} on Lease {}/{} ({:?}, renewed {:?} before expiry)",
+                lease.identity, lease.namespace, lease.name, lease.duration, lease.renew_grace
+            ),
+            None =>
+                "no leader election (--leader-elect=false): this replica always acts".to_owned(),
+        }
+    )
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.serve.print_cloud_config {
-        super::print_stdout(&serve_grpc::cloud_config_yaml(&args.serve))?;
+        super::print_stdout(&cloud_config_yaml(&args.serve))?;
         return Ok(());
     }
     let tls = server_tls(&args.serve)?;
-    let config = args.serve.kube.cluster.config().await?;
-    let drain = crate::operator::node::drain::DrainClient::new(config.clone())
+    let kube_config = args.serve.kube.cluster.config().await?;
+    let drain = DrainClient::new(kube_config.clone())
         .context("cannot build the Kubernetes client for evictions")?;
-    let cluster = Cluster::from_config(config)?;
-    let scope = serve_grpc::scope(&args.serve.kube, &cluster);
-    let default_namespace = cluster.default_namespace.clone();
-    let client = cluster.client;
-    let settings = LeaseSettings {
-        name: args.lease_name.clone(),
-        namespace: lease_namespace(
-            &args,
-            pod_namespace(Path::new(POD_NAMESPACE_FILE)),
-            &scope,
-            &default_namespace,
-        ),
-        identity: args.lease_identity.clone().unwrap_or_else(default_identity),
-        duration: args.lease_duration,
-        renew_grace: args.lease_renew_grace,
-    };
-    if args.leader_elect {
-        settings.validate()?;
-    }
-    // Bind both ports before anything else: a port in use is a start-up error, not a late one.
-    let grpc_listener = tokio::net::TcpListener::bind(args.serve.listen)
-        .await
-        .with_context(|| format!("cannot listen on --listen {}", args.serve.listen))?;
-    let health_listener = tokio::net::TcpListener::bind(args.health_address)
-        .await
-        .with_context(|| format!("cannot listen on --health-address {}", args.health_address))?;
-    eprintln!(
-        "run-operator: {scope}; gRPC on {}{}; health and metrics on {}; {}",
-        args.serve.listen,
-        if tls.is_some() { " (TLS)" } else { "" },
-        args.health_address,
-        if args.leader_elect {
-            format!(
-                "leader election as {:?} on Lease {}/{} ({:?}, renewed {:?} before expiry)",
-                settings.identity,
-                settings.namespace,
-                settings.name,
-                settings.duration,
-                settings.renew_grace
-            )
-        } else {
-            "no leader election (--leader-elect=false): this replica always acts".to_owned()
-        }
-    );
-
-    let metrics = Metrics::new();
-    let source = Arc::new(
-        ClusterSource::start(client.clone(), scope.clone())
-            .with_write_timeout(args.serve.api_timeout),
-    );
-    let (stopping_tx, stopping) = watch::channel(false);
-    let leadership_cell: Arc<OnceLock<Leadership>> = Arc::new(OnceLock::new());
-    let readiness = readiness(
-        source.clone(),
-        leadership_cell.clone(),
-        stopping.clone(),
-        args.leader_elect && args.readiness_requires_leader,
-    );
-    let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut health = tokio::spawn(health::serve(
-        health_listener,
-        metrics.clone(),
-        readiness,
-        async {
-            let _ = health_stopped.await;
-        },
-    ));
-
-    // Relay the first SIGTERM/Ctrl-C to every part.
-    let signal = tokio::spawn(async move {
-        shutdown_signal().await;
-        stopping_tx.send_replace(true);
-    });
-
-    let outcome = serve_after_sync(
+    let cluster = Cluster::from_config(kube_config)?;
+    let config = operator_config(
         &args,
-        client,
-        drain,
-        scope,
-        source,
+        args.serve.kube.scope(&cluster),
+        &cluster.default_namespace,
+        pod_namespace(Path::new(POD_NAMESPACE_FILE)),
         tls,
-        grpc_listener,
-        settings,
-        metrics,
-        leadership_cell,
-        stopping,
-        &mut health,
-    )
-    .await;
-
-    signal.abort();
-    let _ = health_stop.send(());
-    match tokio::time::timeout(Duration::from_secs(5), &mut health).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "health server"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "health server task"),
-        Err(_) => health.abort(),
-        Ok(Ok(Ok(()))) => {}
-    }
-    tracing::info!("stopped");
-    outcome
-}
-
-/// `/readyz`: not while stopping; caches synced; and, when required, leading.
-fn readiness(
-    source: Arc<ClusterSource>,
-    leadership: Arc<OnceLock<Leadership>>,
-    stopping: watch::Receiver<bool>,
-    requires_leader: bool,
-) -> Readiness {
-    Arc::new(move || {
-        if *stopping.borrow() {
-            return Err("shutting down".into());
-        }
-        if !source.is_ready() {
-            return Err("caches of Groups, Node CRs and Kubernetes Nodes not synced yet".into());
-        }
-        if requires_leader && !leadership.get().is_some_and(Leadership::is_leader) {
-            return Err(
-                "not the leader (--readiness-requires-leader): mutating calls need the leader"
-                    .into(),
-            );
-        }
-        Ok(())
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn serve_after_sync(
-    args: &Args,
-    client: kube::Client,
-    drain: crate::operator::node::drain::DrainClient,
-    scope: Scope,
-    source: Arc<ClusterSource>,
-    tls: Option<crate::operator::provider::TlsOptions>,
-    grpc_listener: tokio::net::TcpListener,
-    settings: LeaseSettings,
-    metrics: Metrics,
-    leadership_cell: Arc<OnceLock<Leadership>>,
-    mut stopping: watch::Receiver<bool>,
-    health: &mut tokio::task::JoinHandle<Result<(), health::HealthError>>,
-) -> anyhow::Result<()> {
-    tracing::info!(%scope, "waiting for the caches to sync");
-    tokio::select! {
-        r = source.wait_until_ready(args.serve.sync_timeout) => r?,
-        () = set(&mut stopping) => return Ok(()),
-        r = &mut *health => return Err(health_ended(r)),
-    }
-
-    let election = if args.leader_elect {
-        let e = tokio::select! {
-            e = Election::start(client.clone(), settings) => e?,
-            () = set(&mut stopping) => return Ok(()),
-        };
-        Some(e)
-    } else {
-        None
-    };
-    let leadership = election
-        .as_ref()
-        .map(Election::leadership)
-        .unwrap_or_else(Leadership::always);
-    let _ = leadership_cell.set(leadership.clone());
-    let mirror = tokio::spawn(mirror_leadership(leadership.clone(), metrics.clone()));
-
-    let mut provider =
-        Provider::with_options(source.clone(), serve_grpc::provider_options(&args.serve));
-    if args.leader_elect {
-        provider = provider.with_mutation_gate(leadership.subscribe());
-    }
-    let (grpc_stop, grpc_stopped) = watch::channel(false);
-    let mut grpc = tokio::spawn(serve_provider_with_layer(
-        grpc_listener,
-        provider,
-        tls,
-        GrpcMetricsLayer::new(metrics.clone()),
-        when_set(grpc_stopped),
-    ));
-
-    let ctx = OperatorContext {
-        client,
-        drain,
-        source,
-        scope,
-        metrics,
-        leadership: leadership.clone(),
-    };
-    let controller_settings = args.controller_settings();
-    let controllers = run_while_leader(
-        leadership,
-        stopping.clone(),
-        args.shutdown_timeout,
-        move |shutdown| run_controllers(ctx.clone(), controller_settings.clone(), shutdown),
     );
-
-    // Runs until SIGTERM, or until a server fails.
-    let failure = {
-        let mut controllers = std::pin::pin!(controllers);
-        tokio::select! {
-            () = &mut controllers => None,
-            r = &mut grpc => Some(grpc_ended(r)),
-            r = &mut *health => Some(health_ended(r)),
-        }
+    let banner = banner(&args, &config);
+    // Binding first: a port in use or a wrong Lease timing fails before the banner.
+    let operator = config.bind().await?;
+    eprintln!("{banner}");
+    let clients = Clients {
+        api: cluster.client,
+        drain,
     };
-    mirror.abort();
-    if let Some(e) = election {
-        e.release().await;
-    }
-    if failure.is_none() {
-        grpc_stop.send_replace(true);
-        match tokio::time::timeout(args.shutdown_timeout, &mut grpc).await {
-            Ok(r) => flatten_grpc(r)?,
-            Err(_) => {
-                tracing::warn!(
-                    "gRPC calls still open after {:?}; closing",
-                    args.shutdown_timeout
-                );
-                grpc.abort();
-            }
-        }
-    } else {
-        grpc.abort();
-    }
-    failure.map_or(Ok(()), Err)
-}
-
-async fn mirror_leadership(leadership: Leadership, metrics: Metrics) {
-    let mut rx = leadership.subscribe();
-    loop {
-        metrics.set_leader(*rx.borrow_and_update());
-        if rx.changed().await.is_err() {
-            metrics.set_leader(false);
-            return;
-        }
-    }
-}
-
-type GrpcResult = Result<Result<(), crate::operator::provider::ServeError>, tokio::task::JoinError>;
-
-fn flatten_grpc(r: GrpcResult) -> anyhow::Result<()> {
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(anyhow::Error::new(e).context("the gRPC server failed")),
-        Err(e) => Err(anyhow::Error::new(e).context("the gRPC server task failed")),
-    }
-}
-
-fn grpc_ended(r: GrpcResult) -> anyhow::Error {
-    match flatten_grpc(r) {
-        Ok(()) => anyhow::anyhow!("the gRPC server stopped unexpectedly"),
-        Err(e) => e,
-    }
-}
-
-fn health_ended(
-    r: Result<Result<(), health::HealthError>, tokio::task::JoinError>,
-) -> anyhow::Error {
-    match r {
-        Ok(Ok(())) => anyhow::anyhow!("the health server stopped unexpectedly"),
-        Ok(Err(e)) => anyhow::Error::new(e),
-        Err(e) => anyhow::Error::new(e).context("the health server task failed"),
-    }
+    operator.run(clients, shutdown_signal()).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -472,7 +257,7 @@ mod tests {
         assert!(a.readiness_requires_leader);
         assert_eq!(a.lease_name, DEFAULT_LEASE_NAME);
         assert_eq!(a.lease_duration, Duration::from_secs(15));
-        assert_eq!(a.serve.listen.port(), serve_grpc::DEFAULT_PORT);
+        assert_eq!(a.serve.listen.port(), super::super::grpc_args::DEFAULT_PORT);
         let a = parse(&["--leader-elect=false"]);
         assert!(!a.leader_elect);
     }
@@ -486,6 +271,55 @@ mod tests {
         assert_eq!(lease_namespace(&a, Some("pod".into()), &scope, "d"), "pod");
         assert_eq!(lease_namespace(&a, None, &scope, "d"), "lab");
         assert_eq!(lease_namespace(&a, None, &Scope::AllNamespaces, "d"), "d");
+    }
+
+    /// The flags' defaults are written as text for `--help`; the library's constants are the
+    /// one definition, and these keep the two equal.
+    #[test]
+    fn drain_timeout_default_is_the_drain_codes() {
+        assert_eq!(
+            parse(&[]).drain_timeout,
+            crate::operator::node::drain::DEFAULT_DRAIN_TIMEOUT.unsigned_abs()
+        );
+    }
+
+    #[test]
+    fn controller_defaults_are_the_librarys() {
+        let flags = parse(&[]).controller_settings();
+        let library = Settings::default();
+        assert_eq!(flags.drain_timeout, library.drain_timeout);
+        assert_eq!(flags.concurrency, library.concurrency);
+        assert_eq!(flags.policy, library.policy);
+        assert_eq!(flags.pod_service_account, library.pod_service_account);
+        assert_eq!(flags.poll_interval, library.poll_interval);
+    }
+
+    #[test]
+    fn lease_defaults_are_the_librarys() {
+        use crate::operator::leader::{DEFAULT_LEASE_DURATION, DEFAULT_RENEW_GRACE};
+        let a = parse(&[]);
+        assert_eq!(a.lease_name, DEFAULT_LEASE_NAME);
+        assert_eq!(a.lease_duration, DEFAULT_LEASE_DURATION);
+        assert_eq!(a.lease_renew_grace, DEFAULT_RENEW_GRACE);
+    }
+
+    #[test]
+    fn the_configuration_follows_the_flags() {
+        let scope = Scope::Namespace("lab".into());
+        let c = operator_config(&parse(&[]), scope.clone(), "d", None, None);
+        assert_eq!(c.provider.scope, scope);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
+        let e = c
+            .election
+            .as_ref()
+            .map(|e| (e.lease.namespace.clone(), e.readiness_requires_leader));
+        assert_eq!(e, Some(("lab".to_owned(), true)));
+        assert!(banner(&parse(&[]), &c).contains("on Lease lab/kubectl-homelab-operator"));
+
+        let a = parse(&["--leader-elect=false", "--lease-identity", ""]);
+        let c = operator_config(&a, scope, "d", None, None);
+        assert!(c.election.is_none());
+        assert!(banner(&a, &c).contains("no leader election"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod node;
 pub mod power;
 pub mod provider;
+pub mod run;
 pub mod runtime;
 
 /// Field manager of the operator's writes (Node CR status, Kubernetes Nodes, Jobs; shows in

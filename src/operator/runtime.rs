@@ -1,41 +1,12 @@
-//! What `run-operator` hands the controllers, and the loop that runs them only while this
-//! replica leads.
+//! The loop that runs the controllers only while this replica leads, and the shutdown flags it
+//! and `operator::run` pass around.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::cache::Scope;
 use super::leader::Leadership;
-use super::metrics::Metrics;
-use super::provider::cluster::ClusterSource;
-
-/// Everything the controllers act through. The provider and the controllers read one watch
-/// cache: one watch per kind.
-#[derive(Clone)]
-pub struct OperatorContext {
-    pub client: kube::Client,
-    /// For evictions (no 429 retries, see `operator::node::drain::DrainClient`).
-    pub drain: super::node::drain::DrainClient,
-    /// The provider's inventory over the shared watch cache (Group CRs, Node CRs, Kubernetes
-    /// Nodes), synced before the controllers start.
-    pub source: Arc<ClusterSource>,
-    pub scope: Scope,
-    pub metrics: Metrics,
-    /// Still `true` whenever the controllers run; they are stopped at once when it turns false.
-    pub leadership: Leadership,
-}
-
-impl std::fmt::Debug for OperatorContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorContext")
-            .field("scope", &self.scope)
-            .field("leader", &self.leadership.is_leader())
-            .finish_non_exhaustive()
-    }
-}
 
 /// Resolves when the controllers should stop gracefully (SIGTERM).
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -118,7 +89,7 @@ pub async fn run_while_leader<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     /// Records what the fake controllers saw: starts, graceful stops, drops.
     #[derive(Clone, Default)]
