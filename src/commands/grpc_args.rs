@@ -9,7 +9,7 @@ use super::kube_args::KubeArgs;
 use crate::operator::cache::Scope;
 use crate::operator::provider::service::DEFAULT_GPU_LABEL;
 use crate::operator::provider::{GpuConfig, ProviderOptions, TlsOptions};
-use crate::operator::run::{GrpcConfig, ProviderConfig};
+use crate::operator::run::{GrpcConfig, ProviderConfig, RunError, Server};
 use anyhow::Context as _;
 
 /// Default port: what the Helm chart's Service and the printed cloud-config use.
@@ -369,5 +369,48 @@ mod tests {
         assert_eq!(a.gpu_label, DEFAULT_GPU_LABEL);
         let c = provider_config(&a, Scope::AllNamespaces, None);
         assert_eq!(c.grpc.provider, ProviderOptions::default());
+    }
+}
+
+/// A start-up error as the user should read it: a port that cannot be bound names the flag that
+/// sets it (`--listen`, `--health-address`), so the fix is one look away.
+pub fn name_the_flag(e: RunError) -> anyhow::Error {
+    match e {
+        RunError::Bind {
+            server,
+            address,
+            source,
+        } => {
+            let flag = match server {
+                Server::Grpc => "--listen",
+                Server::Health => "--health-address",
+            };
+            anyhow::Error::new(source).context(format!(
+                "cannot listen on {flag} {address} (the {server} server); another process has \
+                 the port, or choose another address"
+            ))
+        }
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_in_use_names_its_flag() {
+        let bind = |server| RunError::Bind {
+            server,
+            address: SocketAddr::from(([127, 0, 0, 1], 8086)),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let grpc = format!("{:#}", name_the_flag(bind(Server::Grpc)));
+        assert!(grpc.contains("--listen 127.0.0.1:8086"), "{grpc}");
+        let health = format!("{:#}", name_the_flag(bind(Server::Health)));
+        assert!(
+            health.contains("--health-address 127.0.0.1:8086"),
+            "{health}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::grpc_args::{GrpcArgs, cloud_config_yaml, provider_config, server_tls};
+use super::grpc_args::{GrpcArgs, cloud_config_yaml, name_the_flag, provider_config, server_tls};
 use super::kube_args::Cluster;
 use crate::operator::cache::Scope;
 use crate::operator::controller::Settings;
@@ -214,13 +214,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let banner = banner(&args, &config);
     // Binding first: a port in use or a wrong Lease timing fails before the banner.
-    let operator = config.bind().await?;
+    let operator = config.bind().await.map_err(name_the_flag)?;
     eprintln!("{banner}");
     let clients = Clients {
         api: cluster.client,
         drain,
     };
-    operator.run(clients, shutdown_signal()).await?;
+    operator
+        .run(clients, shutdown_signal())
+        .await
+        .map_err(name_the_flag)?;
     Ok(())
 }
 
