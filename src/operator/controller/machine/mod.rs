@@ -8,6 +8,8 @@ mod act;
 mod status;
 mod writes;
 
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
