@@ -11,6 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use futures::FutureExt as _;
 use jiff::{SignedDuration, Timestamp};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -21,8 +22,8 @@ use super::scenario::Scenario;
 use super::units::{HOUR, Millis};
 use super::workload::{self, PodSpec};
 use crate::operator::machine::{
-    Effect, EventKind, Lifecycle, NodeObs, Observed, OpStatus, OperationKind, Phase, Policy,
-    PowerState, reconcile_mut,
+    Edge, Effect, EventKind, Lifecycle, NodeObs, Observed, OpStatus, OperationKind, Outcome, Phase,
+    Policy, PowerState, drive,
 };
 use crate::operator::provider::{Inventory, PowerChange};
 
@@ -693,90 +694,66 @@ impl<'s> Sim<'s> {
     }
 
     /// The machine controller: observe, call the FSM, perform its effects; repeat while the
-    /// effects changed what it observes (e.g. a drain emptied the node).
+    /// effects changed what it observes (e.g. a drain emptied the node). The loop is the core's
+    /// (`operator::machine::drive`), the one the operator's controller runs.
     pub(super) fn reconcile(&mut self, m: usize) {
-        for _ in 0..4 {
-            let now_ts = self.ts(self.now);
-            let ms = &self.machines[m];
-            let reason_buf;
-            let operation = match (&ms.lifecycle.operation, &ms.op) {
-                (Some(lop), Some(sop)) if lop.id == sop.id => match &sop.status {
-                    SimOpStatus::Running => OpStatus::Running,
-                    SimOpStatus::Succeeded => OpStatus::Succeeded,
-                    SimOpStatus::Failed(r) => {
-                        reason_buf = r.clone();
-                        OpStatus::Failed {
-                            reason: &reason_buf,
-                        }
-                    }
-                },
-                _ => OpStatus::Absent,
-            };
-            let node = if ms.node_registered {
-                NodeObs::Registered {
-                    ready: self.cluster.nodes[m].ready,
-                    provider_id_matches: true,
-                    not_ready_since: ms.node_not_ready_since.map(|t| self.ts(t)),
-                }
-            } else {
-                NodeObs::Absent
-            };
-            let observed = Observed {
-                desired: ms.desired,
-                node,
-                operation,
-                pods_present: !self.cluster.nodes[m].pods.is_empty(),
-                manual_retry: false,
-            };
-            let policy = ms.policy;
-            let before = ms.lifecycle.phase();
-            let mut lc = std::mem::take(&mut self.machines[m].lifecycle);
-            let outcome = reconcile_mut(&mut lc, &observed, now_ts, &policy);
-            self.machines[m].lifecycle = lc;
-            if let Some(r) = outcome.rejected {
-                self.violate(format!(
-                    "the machine lifecycle rejected an event for {}: {r}",
-                    self.sc.machines[m].name
-                ));
-                return;
-            }
-            if !outcome.fired.is_empty() {
-                self.invalidate_inventory();
-                self.counters.transitions += outcome.fired.len() as u64;
-                let after = self.machines[m].lifecycle.phase();
-                for row in &outcome.fired {
-                    if row.to == Phase::Failed
-                        && matches!(
-                            row.event,
-                            EventKind::ActionFailed | EventKind::BootDeadlinePassed
-                        )
-                        && matches!(row.from, Phase::PoweringOn | Phase::Booting)
-                    {
-                        self.machines[m].stats.failed_boots += 1;
-                    }
-                }
-                if before != after {
-                    self.note(Some(m), None, format!("lifecycle {before} → {after}"));
-                }
-            }
-            let mut again = false;
-            for effect in outcome.effects {
-                again |= self.perform(m, effect);
-            }
-            if let Some(at) = outcome.requeue_at {
-                let at = self.millis_of(at);
-                if self.machines[m]
-                    .wake_at
-                    .is_none_or(|w| w > at || w < self.now)
+        let now = self.ts(self.now);
+        let policy = self.machines[m].policy;
+        let mut edge = SimPass {
+            sim: self,
+            m,
+            before: Phase::Unknown,
+        };
+        // The simulator's acts are synchronous: the loop's future is ready on its first poll.
+        if drive(&mut edge, now, &policy).now_or_never().is_none() {
+            self.violate("the machine controller's pass loop waited on something".to_owned());
+        }
+    }
+
+    /// Takes one pass's decision for machine `m` (whose phase was `before`): bookkeeping, the
+    /// effects, the wake-up. Returns whether the effects changed what the next pass observes.
+    fn act(&mut self, m: usize, before: Phase, outcome: Outcome) -> bool {
+        if let Some(r) = outcome.rejected {
+            self.violate(format!(
+                "the machine lifecycle rejected an event for {}: {r}",
+                self.sc.machines[m].name
+            ));
+            return false;
+        }
+        if !outcome.fired.is_empty() {
+            self.invalidate_inventory();
+            self.counters.transitions += outcome.fired.len() as u64;
+            let after = self.machines[m].lifecycle.phase();
+            for row in &outcome.fired {
+                if row.to == Phase::Failed
+                    && matches!(
+                        row.event,
+                        EventKind::ActionFailed | EventKind::BootDeadlinePassed
+                    )
+                    && matches!(row.from, Phase::PoweringOn | Phase::Booting)
                 {
-                    self.machines[m].wake_at = Some(at);
-                    self.schedule(at, EventKindSim::Wake { m });
+                    self.machines[m].stats.failed_boots += 1;
                 }
             }
-            if !again {
-                break;
+            if before != after {
+                self.note(Some(m), None, format!("lifecycle {before} → {after}"));
             }
         }
+        let mut again = false;
+        for effect in outcome.effects {
+            again |= self.perform(m, effect);
+        }
+        if let Some(at) = outcome.requeue_at {
+            let at = self.millis_of(at);
+            if self.machines[m]
+                .wake_at
+                .is_none_or(|w| w > at || w < self.now)
+            {
+                self.machines[m].wake_at = Some(at);
+                self.schedule(at, EventKindSim::Wake { m });
+            }
+        }
+        again
     }
 
     /// Performs one FSM effect on the simulated world. Returns whether the machine should be
@@ -1061,6 +1038,54 @@ fn stream_seed(seed: u64, stream: u64, index: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The simulated machine controller's side of the core's pass loop, for machine `m`.
+struct SimPass<'a, 's> {
+    sim: &'a mut Sim<'s>,
+    m: usize,
+    /// The phase before the current pass's decision.
+    before: Phase,
+}
+
+impl Edge for SimPass<'_, '_> {
+    type Error = std::convert::Infallible;
+
+    fn observe(&mut self) -> (&mut Lifecycle, Observed<'_>) {
+        let (sim, m) = (&mut *self.sim, self.m);
+        let node = if sim.machines[m].node_registered {
+            NodeObs::Registered {
+                ready: sim.cluster.nodes[m].ready,
+                provider_id_matches: true,
+                not_ready_since: sim.machines[m].node_not_ready_since.map(|t| sim.ts(t)),
+            }
+        } else {
+            NodeObs::Absent
+        };
+        let pods_present = !sim.cluster.nodes[m].pods.is_empty();
+        let ms = &mut sim.machines[m];
+        self.before = ms.lifecycle.phase();
+        let operation = match (&ms.lifecycle.operation, &ms.op) {
+            (Some(lop), Some(sop)) if lop.id == sop.id => match &sop.status {
+                SimOpStatus::Running => OpStatus::Running,
+                SimOpStatus::Succeeded => OpStatus::Succeeded,
+                SimOpStatus::Failed(r) => OpStatus::Failed { reason: r },
+            },
+            _ => OpStatus::Absent,
+        };
+        let observed = Observed {
+            desired: ms.desired,
+            node,
+            operation,
+            pods_present,
+            manual_retry: false,
+        };
+        (&mut ms.lifecycle, observed)
+    }
+
+    async fn act(&mut self, outcome: Outcome) -> Result<bool, Self::Error> {
+        Ok(self.sim.act(self.m, self.before, outcome))
+    }
 }
 
 #[cfg(test)]

@@ -200,6 +200,34 @@ impl Cache {
         }
     }
 
+    /// A cache with no watches, whose stores the caller fills through the writers returned
+    /// (`Writer::apply_watcher_event`): for unit tests of what reads the cache. It counts as
+    /// synced; nothing is published on its change feed.
+    #[cfg(test)]
+    pub(crate) fn fake(client: Client, scope: Scope) -> (Self, FakeWriters) {
+        let (groups, group_writer) = reflector::store();
+        let (machines, machine_writer) = reflector::store();
+        let (nodes, node_writer) = reflector::store();
+        let cache = Cache {
+            client,
+            scope,
+            groups,
+            machines,
+            nodes,
+            generation: watch::channel(0u64).0,
+            changes: broadcast::channel(CHANGE_BUFFER).0,
+            last_errors: Arc::default(),
+            synced: std::array::from_fn(|_| Arc::new(AtomicBool::new(true))),
+            _tasks: Tasks(Vec::new()),
+        };
+        let writers = FakeWriters {
+            groups: group_writer,
+            machines: machine_writer,
+            nodes: node_writer,
+        };
+        (cache, writers)
+    }
+
     /// The API client the cache was started with.
     pub fn client(&self) -> &Client {
         &self.client
@@ -278,6 +306,14 @@ impl Cache {
     pub fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
+}
+
+/// The writers of a [`Cache::fake`]'s stores.
+#[cfg(test)]
+pub(crate) struct FakeWriters {
+    pub groups: reflector::store::Writer<Group>,
+    pub machines: reflector::store::Writer<Machine>,
+    pub nodes: reflector::store::Writer<Node>,
 }
 
 /// What every reflector task publishes into.

@@ -8,6 +8,8 @@
 //! its Group) queues the machines it concerns; the core's `requeue_at` (deadlines, retries, the
 //! end of a NotReady grace) queues it again later. There is no periodic resync: an idle machine
 //! costs no API call.
+#[cfg(test)]
+pub(crate) mod fake_api;
 pub mod group;
 pub mod machine;
 
@@ -154,6 +156,67 @@ impl Context {
                 idx.insert(p.to_owned(), n.name_any());
             }
         }
+    }
+}
+
+/// The stores of a [`Context::test`], for the test to fill.
+#[cfg(test)]
+pub(crate) struct TestStores {
+    cache: cache::FakeWriters,
+    jobs: kube::runtime::reflector::store::Writer<Job>,
+}
+
+#[cfg(test)]
+impl TestStores {
+    fn apply<K>(writer: &mut kube::runtime::reflector::store::Writer<K>, object: K)
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object));
+    }
+
+    pub(crate) fn machine(&mut self, m: Machine) {
+        Self::apply(&mut self.cache.machines, m);
+    }
+
+    pub(crate) fn node(&mut self, n: k8s_openapi::api::core::v1::Node) {
+        Self::apply(&mut self.cache.nodes, n);
+    }
+
+    pub(crate) fn group(&mut self, g: Group) {
+        Self::apply(&mut self.cache.groups, g);
+    }
+
+    pub(crate) fn job(&mut self, j: Job) {
+        Self::apply(&mut self.jobs, j);
+    }
+}
+
+#[cfg(test)]
+impl Context {
+    /// A context for unit tests of the reconcilers: its client (the drain's too) talks to a
+    /// fake API server (see `fake_api`), its caches watch nothing and are filled through the
+    /// stores returned, its metrics are on. Scope: namespace `lab`. Needs a tokio runtime (the
+    /// provider's inventory tasks).
+    pub(crate) fn test() -> (Arc<Context>, fake_api::ApiServer, TestStores) {
+        let (client, server) = fake_api::client();
+        let (cache, writers) =
+            Cache::fake(client.clone(), cache::Scope::Namespace("lab".to_owned()));
+        let provider = Arc::new(ClusterSource::over(Arc::new(cache)));
+        let (jobs, job_writer) = kube::runtime::reflector::store();
+        let ctx = Context::new(
+            provider,
+            crate::operator::node::drain::DrainClient::from_client(client),
+            jobs,
+            Settings::default(),
+            Some(crate::operator::metrics::Metrics::new()),
+        );
+        let stores = TestStores {
+            cache: writers,
+            jobs: job_writer,
+        };
+        (Arc::new(ctx), server, stores)
     }
 }
 
@@ -392,6 +455,28 @@ pub(crate) fn requeue(d: Option<Duration>) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Kubernetes Node's change queues the machine it belongs to (by `kubernetesNodeName`
+    /// here), and no other.
+    #[tokio::test]
+    async fn a_node_change_queues_the_machine_it_belongs_to() {
+        let (ctx, _server, mut stores) = Context::test();
+        for (name, node) in [("m1", "n1"), ("m2", "n2")] {
+            let mut spec =
+                crate::operator::api::MachineSpec::new(crate::operator::machine::PowerState::On);
+            spec.kubernetes_node_name = Some(node.into());
+            let mut m = Machine::new(name, spec);
+            m.metadata.namespace = Some("lab".into());
+            stores.machine(m);
+        }
+        let change = Change::Node {
+            name: "n1".into(),
+            provider_id: None,
+        };
+        let (machines, groups) = affected(&ctx, &mut GroupGenerations::new(), &change);
+        assert_eq!(machines, [ObjectRef::new("m1").within("lab")]);
+        assert!(groups.is_empty());
+    }
 
     /// A Node that changed under a write is retried at once (the machine's error policy), not
     /// logged as a failed reconcile: it happens on every first registration, when the kubelet

@@ -5,10 +5,13 @@
 //! - [`step`]: one event → new lifecycle + effects (or [`Rejected`]).
 //! - [`reconcile`]: level-triggered: the observed world → the events that follow, applied.
 //! - [`next_wakeup`]: when to look again (deadlines, retries), from stored timestamps.
-//! - [`views`]: what others see of a lifecycle (the predecessor's `status.progress` and
+//! - `views`: what others see of a lifecycle (the predecessor's `status.progress` and
 //!   `powerState`, CA's instance state).
+//! - [`drive`]: the observe → decide → act loop of one reconcile, for the controller and the
+//!   simulator alike.
 mod fsm;
 mod graph;
+mod passes;
 mod reconcile;
 mod table;
 mod types;
@@ -16,6 +19,7 @@ mod views;
 
 pub use fsm::*;
 pub use graph::*;
+pub use passes::*;
 pub use reconcile::*;
 pub use table::*;
 pub use types::*;

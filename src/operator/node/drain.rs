@@ -263,6 +263,12 @@ impl DrainClient {
         })
     }
 
+    /// A drain client over `client` as it is (unit tests, over a fake API server).
+    #[cfg(test)]
+    pub(crate) fn from_client(client: Client) -> DrainClient {
+        DrainClient { client }
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

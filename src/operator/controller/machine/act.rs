@@ -1,0 +1,820 @@
+//! The machine controller's side of the core's pass loop (`operator::machine::drive`): what it
+//! observes before each decision, and how it carries out the effects. Each effect is performed
+//! by [`perform`], which reports what happened as a [`Performed`]; [`Outcome::take`] folds that
+//! into the reconcile's bookkeeping and the status.
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::events::{Event as KubeEventOut, EventType};
+use kube::{Resource as _, ResourceExt as _};
+
+use super::{CONDITION_DRAINING, node_obs, pods_on};
+use crate::operator::api::{
+    Direction, DriverReadback, Machine, MachineStatus, PowerDriver as DriverSpec, condition,
+    upsert_condition,
+};
+use crate::operator::controller::{Context, Error};
+use crate::operator::machine::{
+    Edge, Effect, KubeEvent, Lifecycle, Observed, OpStatus, Operation, OperationKind,
+    Outcome as Decision, PowerState, operation_resource_name,
+};
+use crate::operator::node::drain;
+use crate::operator::power::http::HttpDriver;
+use crate::operator::power::job::{JobDriver, JobKind};
+use crate::operator::power::redfish::RedfishDriver;
+use crate::operator::power::wol::WakeOnLanDriver;
+use crate::operator::power::{Driver, OpContext, PowerError, Progress, Report};
+
+/// What a driver needs to act on `op` of `m`.
+pub(super) fn op_context<'a>(
+    m: &'a Machine,
+    op: &'a Operation,
+    resource: &'a str,
+    now: Timestamp,
+) -> OpContext<'a> {
+    OpContext {
+        machine: m,
+        direction: direction_of(op),
+        op,
+        resource_name: resource,
+        now,
+    }
+}
+
+pub(super) fn direction_of(op: &Operation) -> Direction {
+    match op.kind {
+        OperationKind::PowerOn => Direction::On,
+        OperationKind::PowerOff => Direction::Off,
+    }
+}
+
+/// A driver for one direction, built from the spec.
+pub(super) enum AnyDriver<'a> {
+    Job(JobDriver<'a>),
+    WakeOnLan(WakeOnLanDriver<'a>),
+    Redfish(RedfishDriver<'a>),
+    Http(HttpDriver<'a>),
+}
+
+/// Calls the same method on whichever driver it is.
+macro_rules! dispatch {
+    ($self:expr, $d:ident => $call:expr) => {
+        match $self {
+            AnyDriver::Job($d) => $call,
+            AnyDriver::WakeOnLan($d) => $call,
+            AnyDriver::Redfish($d) => $call,
+            AnyDriver::Http($d) => $call,
+        }
+    };
+}
+
+impl AnyDriver<'_> {
+    pub(super) fn kind(&self) -> &'static str {
+        dispatch!(self, d => d.kind())
+    }
+
+    async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        dispatch!(self, d => d.start(cx).await)
+    }
+
+    async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
+        dispatch!(self, d => d.check(cx).await)
+    }
+
+    pub(super) async fn cancel(&self, cx: &OpContext<'_>) -> Result<(), PowerError> {
+        dispatch!(self, d => d.cancel(cx).await)
+    }
+}
+
+pub(super) fn driver<'a>(
+    ctx: &'a Context,
+    m: &'a Machine,
+    direction: Direction,
+    node_name: Option<&'a str>,
+) -> Result<AnyDriver<'a>, PowerError> {
+    let spec = m
+        .power_driver(direction)
+        .map_err(|e| PowerError::Config(e.to_string()))?;
+    let client = ctx.client.clone();
+    let service_account = ctx.settings.pod_service_account.as_deref();
+    Ok(match spec {
+        DriverSpec::Job(spec) => AnyDriver::Job(JobDriver {
+            client,
+            jobs: ctx.jobs.clone(),
+            kind: JobKind::Custom(spec),
+            node_name,
+            service_account,
+        }),
+        DriverSpec::NodeAgent(agent) => AnyDriver::Job(JobDriver {
+            client,
+            jobs: ctx.jobs.clone(),
+            kind: JobKind::NodeAgent(agent),
+            node_name,
+            service_account,
+        }),
+        DriverSpec::WakeOnLan(w) => AnyDriver::WakeOnLan(
+            WakeOnLanDriver::new(client, w, node_name).with_service_account(service_account),
+        ),
+        DriverSpec::Redfish(r) => AnyDriver::Redfish(RedfishDriver::new(client, r)),
+        DriverSpec::Http(h) => AnyDriver::Http(HttpDriver::new(client, h)),
+    })
+}
+
+/// What one reconcile changes besides the lifecycle.
+#[derive(Default)]
+pub(super) struct Outcome {
+    pub requeue_after: Option<Duration>,
+    /// A start/check answer to feed to the core in the next pass.
+    pub feedback: Option<Progress>,
+    pub note_events: Vec<KubeEvent>,
+    /// A drain ran (or was given up) in this reconcile.
+    pub drained: bool,
+    /// The drain found nothing left to evict: the pods seen before deciding are gone.
+    pub pods_gone: bool,
+    /// The Node object was deleted in this reconcile (confirmed off).
+    pub node_deleted: bool,
+    /// The machine was found on: record it as wanted on.
+    pub adopt: bool,
+}
+
+/// What carrying out one effect did.
+#[derive(Debug, PartialEq)]
+pub(super) enum Performed {
+    /// Done, or nothing to do it on (no Node object, no such operation).
+    Done,
+    /// A power action started; its driver's first report.
+    Started {
+        reading: Reading,
+        report: Report,
+    },
+    /// The operation cannot run: no usable driver, or the driver refused its configuration.
+    Refused {
+        reason: String,
+    },
+    /// Starting failed transiently. Not a failed attempt: the next reconcile's check sees no
+    /// action and the core re-issues it.
+    StartDeferred {
+        retry_after: Duration,
+    },
+    Drain(DrainPass),
+    NodeDeleted,
+    AdoptAsWantedOn,
+    PowerObserved {
+        state: PowerState,
+        at: Timestamp,
+    },
+    Boot(SignedDuration),
+}
+
+/// Which driver answered about which operation, and when.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Reading {
+    pub driver: &'static str,
+    pub direction: Direction,
+    pub op: String,
+    pub at: Timestamp,
+}
+
+/// What one drain pass found.
+#[derive(Debug, PartialEq)]
+pub(super) enum DrainPass {
+    /// Nothing to do: CA drained the node itself, or the drain was given up before (said
+    /// already; a person sets spec.powerState on, or retries, to move on).
+    Skipped,
+    /// Nothing is left that keeps the power-off back.
+    Emptied,
+    /// Evictions issued or refused (what to say, since when).
+    Evicting { message: String, started: Timestamp },
+    /// Past the timeout with pods left: the machine stays on.
+    TimedOut { message: String },
+}
+
+impl Outcome {
+    /// Takes what one effect did into the bookkeeping and `status`.
+    pub(super) fn take(
+        &mut self,
+        status: &mut MachineStatus,
+        performed: Performed,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) {
+        match performed {
+            Performed::Done => {}
+            Performed::Started { reading, report } => {
+                let p = absorb(self, status, &reading, report);
+                if p != Progress::Running {
+                    self.feedback = Some(p);
+                }
+            }
+            Performed::Refused { reason } => self.feedback = Some(Progress::Failed { reason }),
+            Performed::StartDeferred { retry_after } => self.requeue_after = Some(retry_after),
+            Performed::Drain(DrainPass::Skipped) => self.drained = true,
+            Performed::Drain(DrainPass::Emptied) => self.pods_gone = true,
+            Performed::Drain(DrainPass::Evicting { message, started }) => {
+                self.drained = true;
+                upsert_condition(
+                    &mut status.conditions,
+                    condition(
+                        CONDITION_DRAINING,
+                        true,
+                        "Evicting",
+                        message,
+                        generation,
+                        started,
+                    ),
+                );
+                // Pods leaving send this machine no event: look again soon.
+                self.requeue_after = Some(drain::DRAIN_RECHECK);
+            }
+            Performed::Drain(DrainPass::TimedOut { message }) => {
+                self.drained = true;
+                upsert_condition(
+                    &mut status.conditions,
+                    condition(
+                        CONDITION_DRAINING,
+                        false,
+                        "DrainTimedOut",
+                        message.clone(),
+                        generation,
+                        now,
+                    ),
+                );
+                self.note_events.push(KubeEvent {
+                    reason: "DrainFailed",
+                    warning: true,
+                    message,
+                });
+            }
+            Performed::NodeDeleted => self.node_deleted = true,
+            Performed::AdoptAsWantedOn => self.adopt = true,
+            Performed::PowerObserved { state, at } => {
+                status.power_state = Some(state);
+                match state {
+                    PowerState::On => status.last_startup_time = Some(at),
+                    PowerState::Off => status.last_shutdown_time = Some(at),
+                }
+            }
+            Performed::Boot(d) => {
+                let secs = u32::try_from(d.as_secs().max(0)).unwrap_or(u32::MAX);
+                status.record_boot(secs);
+            }
+        }
+    }
+}
+
+/// Takes a driver's report: readback into `status.power`, a note as an Event (a Warning when
+/// the driver cut the power hard), a recheck time (a BMC or status URL changes without any
+/// event in the cluster, so only this brings the reconcile back).
+pub(super) fn absorb(
+    out: &mut Outcome,
+    status: &mut MachineStatus,
+    reading: &Reading,
+    r: Report,
+) -> Progress {
+    let escalated_before = status
+        .power
+        .as_ref()
+        .is_some_and(|p| p.operation == reading.op && p.escalated);
+    status.power = Some(Box::new(DriverReadback::next(
+        status.power.as_deref(),
+        reading.driver,
+        reading.direction,
+        &reading.op,
+        r.readback,
+        r.escalated,
+        reading.at,
+    )));
+    if let Some(note) = r.note {
+        let escalation = r.escalated && !escalated_before;
+        out.note_events.push(KubeEvent {
+            reason: if escalation {
+                "PowerOffEscalated"
+            } else {
+                "PowerDriverNote"
+            },
+            warning: escalation,
+            message: note,
+        });
+    }
+    if let Some(d) = r.recheck_after {
+        out.requeue_after = Some(out.requeue_after.map_or(d, |o| o.min(d)));
+    }
+    r.progress
+}
+
+/// The machine a reconcile acts on, and what it found of it before deciding.
+pub(super) struct Subject<'a> {
+    pub ctx: &'a Context,
+    pub m: &'a Machine,
+    pub node: Option<&'a Node>,
+    /// The Node's name, or the one the machine is known to register under.
+    pub node_name: Option<&'a str>,
+    pub now: Timestamp,
+}
+
+impl Subject<'_> {
+    fn reading(&self, driver: &'static str, op: &Operation) -> Reading {
+        Reading {
+            driver,
+            direction: direction_of(op),
+            op: op.id.clone(),
+            at: self.now,
+        }
+    }
+}
+
+/// Carries out one effect of the core. `before` and `after` are the lifecycle around the
+/// decision that asked for it; `drain_given_up` says the status records a drain that timed out.
+pub(super) async fn perform(
+    s: &Subject<'_>,
+    before: &Lifecycle,
+    after: &Lifecycle,
+    effect: Effect,
+    drain_given_up: bool,
+) -> Result<Performed, Error> {
+    let (ctx, m) = (s.ctx, s.m);
+    let name = m.name_any();
+    Ok(match effect {
+        Effect::StartPowerOn { op, .. } | Effect::StartPowerOff { op, .. } => {
+            let Some(operation) = after.operation.as_ref().filter(|o| o.id == op) else {
+                return Ok(Performed::Done);
+            };
+            let direction = direction_of(operation);
+            let resource = operation_resource_name(&name, operation);
+            let cx = op_context(m, operation, &resource, s.now);
+            let d = match driver(ctx, m, direction, s.node_name) {
+                Ok(d) => d,
+                Err(e) => {
+                    return Ok(Performed::Refused {
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            match d.start(&cx).await {
+                Ok(report) => {
+                    // Info: one line per power operation says when a machine was switched, and
+                    // the operator bench times IncreaseSize → Job created from it.
+                    tracing::info!(machine = %m.object_ref(), driver = d.kind(), %direction, "power action started");
+                    if let Some(metrics) = &ctx.metrics {
+                        metrics.power_operation(d.kind(), &direction.to_string(), "started");
+                    }
+                    Performed::Started {
+                        reading: s.reading(d.kind(), operation),
+                        report,
+                    }
+                }
+                Err(PowerError::Transient(e)) => {
+                    tracing::info!(machine = %m.object_ref(), error = %e, "starting a power action failed; retrying");
+                    Performed::StartDeferred {
+                        retry_after: ctx.settings.poll_interval,
+                    }
+                }
+                Err(PowerError::Config(reason)) => Performed::Refused { reason },
+            }
+        }
+        Effect::CancelOperation { op } => {
+            let Some(operation) = before.operation.as_ref().filter(|o| o.id == op) else {
+                return Ok(Performed::Done);
+            };
+            let direction = direction_of(operation);
+            let resource = operation_resource_name(&name, operation);
+            let cx = op_context(m, operation, &resource, s.now);
+            if let Ok(d) = driver(ctx, m, direction, s.node_name) {
+                d.cancel(&cx).await?;
+                if let Some(metrics) = &ctx.metrics {
+                    metrics.power_operation(d.kind(), &direction.to_string(), "cancelled");
+                }
+            }
+            Performed::Done
+        }
+        Effect::Cordon | Effect::Uncordon => {
+            if let Some(n) = s.node {
+                drain::cordon(&ctx.client, &n.name_any(), matches!(effect, Effect::Cordon))
+                    .await
+                    .map_err(|e| Error::NodeSide(e.to_string()))?;
+            }
+            Performed::Done
+        }
+        Effect::Drain => match s.node {
+            Some(n) => Performed::Drain(drain_pass(s, n, drain_given_up).await?),
+            None => Performed::Done,
+        },
+        Effect::DeleteNode => {
+            let Some(n) = s.node else {
+                return Ok(Performed::Done);
+            };
+            let api: Api<Node> = Api::all(ctx.client.clone());
+            match api.delete(&n.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube(format!("deleting Node {}", n.name_any()))(e)),
+            }
+            Performed::NodeDeleted
+        }
+        Effect::AdoptAsWantedOn => Performed::AdoptAsWantedOn,
+        Effect::PowerObserved { state, at } => Performed::PowerObserved { state, at },
+        Effect::BootDuration(d) => {
+            if let Some(metrics) = &ctx.metrics {
+                metrics.boot_duration(m.group().unwrap_or(""), d.as_secs_f64());
+            }
+            Performed::Boot(d)
+        }
+        Effect::Emit(ev) => {
+            emit(ctx, m, &ev).await;
+            Performed::Done
+        }
+    })
+}
+
+/// One drain pass for a power-off not started by CA (CA drained before `DeleteNodes`): evict
+/// what keeps the power-off back; past the drain timeout give up, leaving the machine on and
+/// saying why.
+async fn drain_pass(s: &Subject<'_>, node: &Node, given_up: bool) -> Result<DrainPass, Error> {
+    if given_up || drain::is_ca_deleting(node) {
+        return Ok(DrainPass::Skipped);
+    }
+    let timeout = SignedDuration::try_from(s.ctx.settings.drain_timeout)
+        .unwrap_or(drain::DEFAULT_DRAIN_TIMEOUT);
+    let outcome = drain::drain(
+        &s.ctx.drain,
+        &node.name_any(),
+        &drain::DrainOptions::new(s.now).timeout(timeout),
+    )
+    .await
+    .map_err(|e| Error::NodeSide(e.to_string()))?;
+    Ok(match &outcome {
+        drain::DrainOutcome::Drained | drain::DrainOutcome::NodeGone => DrainPass::Emptied,
+        drain::DrainOutcome::Draining(progress) => DrainPass::Evicting {
+            message: outcome.to_string(),
+            started: progress.started,
+        },
+        drain::DrainOutcome::TimedOut(_) => DrainPass::TimedOut {
+            message: format!(
+                "{outcome}; the machine stays on (set spec.powerState back to on, or fix what \
+                 blocks the eviction and run `kubectl homelab power off` again)"
+            ),
+        },
+    })
+}
+
+pub(super) async fn emit(ctx: &Context, m: &Machine, ev: &KubeEvent) {
+    let out = KubeEventOut {
+        type_: if ev.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: ev.reason.to_owned(),
+        note: Some(ev.message.chars().take(1000).collect()),
+        action: ev.reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&out, &kube::Resource::object_ref(m, &()))
+        .await
+    {
+        tracing::info!(machine = %m.name_any(), error = %e, "could not record an Event");
+    }
+}
+
+/// One reconcile's pass state: what the core is shown before each decision, and what the acts
+/// did so far.
+pub(super) struct Passes<'a> {
+    pub subject: Subject<'a>,
+    pub desired: PowerState,
+    pub manual_retry: bool,
+    pub lifecycle: Lifecycle,
+    /// The lifecycle before the current pass's decision (a cancel names the old operation).
+    before: Lifecycle,
+    /// The operation in flight, as the world shows it.
+    op_status: Progress,
+    pods_present: bool,
+    pub status: MachineStatus,
+    pub out: Outcome,
+    /// The power driver of the operation in flight cannot be used.
+    pub spec_error: Option<String>,
+    /// The core's latest answer to "when to look again".
+    pub requeue_at: Option<Timestamp>,
+}
+
+impl<'a> Passes<'a> {
+    /// Looks at the machine's operation in flight and, for a power-off, at its Node's pods.
+    pub(super) async fn observe(
+        subject: Subject<'a>,
+        status: MachineStatus,
+    ) -> Result<Passes<'a>, Error> {
+        let (ctx, m, now) = (subject.ctx, subject.m, subject.now);
+        let lifecycle = m.lifecycle();
+        let mut passes = Passes {
+            desired: m.desired_power(),
+            manual_retry: m
+                .annotations()
+                .get(crate::operator::api::RETRY_ANNOTATION)
+                .and_then(|v| v.parse::<Timestamp>().ok())
+                .is_some_and(|t| lifecycle.phase_since.is_none_or(|since| t > since)),
+            before: lifecycle.clone(),
+            lifecycle,
+            op_status: Progress::Absent,
+            pods_present: false,
+            status,
+            out: Outcome::default(),
+            spec_error: None,
+            requeue_at: None,
+            subject,
+        };
+        let s = &passes.subject;
+        if let Some(op) = &passes.lifecycle.operation {
+            passes.op_status = match driver(ctx, m, direction_of(op), s.node_name) {
+                Ok(d) => {
+                    let resource = operation_resource_name(&m.name_any(), op);
+                    let cx = op_context(m, op, &resource, now);
+                    match d.check(&cx).await {
+                        Ok(r) => {
+                            let reading = s.reading(d.kind(), op);
+                            absorb(&mut passes.out, &mut passes.status, &reading, r)
+                        }
+                        Err(PowerError::Transient(e)) => {
+                            tracing::info!(machine = %m.object_ref(), error = %e, "power check failed; retrying");
+                            passes.out.requeue_after = Some(ctx.settings.poll_interval);
+                            Progress::Running
+                        }
+                        Err(PowerError::Config(e)) => {
+                            passes.spec_error = Some(e.clone());
+                            Progress::Failed { reason: e }
+                        }
+                    }
+                }
+                Err(PowerError::Config(e)) | Err(PowerError::Transient(e)) => {
+                    passes.spec_error = Some(e.clone());
+                    Progress::Failed { reason: e }
+                }
+            };
+        }
+        if let (Some(n), PowerState::Off) = (s.node, passes.desired) {
+            let pods = pods_on(ctx, &n.name_any()).await?;
+            passes.pods_present = !drain::pods_blocking_power_off(&pods).is_empty();
+        }
+        Ok(passes)
+    }
+}
+
+fn to_op_status(p: &Progress) -> OpStatus<'_> {
+    match p {
+        Progress::Absent => OpStatus::Absent,
+        Progress::Running => OpStatus::Running,
+        Progress::Succeeded => OpStatus::Succeeded,
+        Progress::Failed { reason } => OpStatus::Failed { reason },
+    }
+}
+
+impl Edge for Passes<'_> {
+    type Error = Error;
+
+    fn observe(&mut self) -> (&mut Lifecycle, Observed<'_>) {
+        self.before = self.lifecycle.clone();
+        let observed = Observed {
+            // Adopted: decide as wanted on, as the spec will say once it is patched.
+            desired: if self.out.adopt {
+                PowerState::On
+            } else {
+                self.desired
+            },
+            node: node_obs(self.subject.m, self.subject.node),
+            operation: to_op_status(&self.op_status),
+            pods_present: self.pods_present,
+            manual_retry: self.manual_retry,
+        };
+        (&mut self.lifecycle, observed)
+    }
+
+    async fn act(&mut self, decision: Decision) -> Result<bool, Error> {
+        if let Some(r) = &decision.rejected {
+            tracing::error!(machine = %self.subject.m.object_ref(), error = %r, "lifecycle refused a derived event");
+        }
+        self.requeue_at = decision.requeue_at;
+        self.out.feedback = None;
+        let generation = self.subject.m.meta().generation;
+        for effect in decision.effects {
+            let given_up = self
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == CONDITION_DRAINING && c.reason == "DrainTimedOut");
+            let done = perform(
+                &self.subject,
+                &self.before,
+                &self.lifecycle,
+                effect,
+                given_up,
+            )
+            .await?;
+            self.out
+                .take(&mut self.status, done, generation, self.subject.now);
+        }
+        Ok(
+            match (
+                self.out.feedback.take(),
+                std::mem::take(&mut self.out.pods_gone),
+            ) {
+                (Some(p), _) => {
+                    self.op_status = p;
+                    true
+                }
+                // The pods went away between the look above and the drain's own (a kubelet
+                // that finished them, an eviction answered 404). Nothing about pods will queue
+                // this machine again, so decide on what the drain saw now rather than waiting
+                // for an event that never comes.
+                (None, true) if self.pods_present => {
+                    self.pods_present = false;
+                    true
+                }
+                (None, _) => false,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::controller::requeue;
+    use kube::runtime::controller::Action;
+
+    fn off_op(id: &str, started: Timestamp) -> Operation {
+        Operation {
+            kind: OperationKind::PowerOff,
+            id: id.to_owned(),
+            started,
+            deadline: started + SignedDuration::from_mins(5),
+            completed: None,
+        }
+    }
+
+    /// Feeds `r` for `op` at `now` to `absorb` with the status and outcome given.
+    fn absorb_at(
+        out: &mut Outcome,
+        status: &mut MachineStatus,
+        op: &Operation,
+        now: Timestamp,
+        r: Report,
+    ) -> Progress {
+        let reading = Reading {
+            driver: "redfish",
+            direction: direction_of(op),
+            op: op.id.clone(),
+            at: now,
+        };
+        absorb(out, status, &reading, r)
+    }
+
+    /// A BMC's PowerState changes without any event in the cluster: the driver's recheck time is
+    /// what brings the reconcile back, and it wins over a later wake-up already planned.
+    #[test]
+    fn a_drivers_recheck_time_becomes_the_requeue() {
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1);
+        let op = off_op("off-1", t0);
+        let mut status = MachineStatus::default();
+        let mut out = Outcome {
+            requeue_after: Some(Duration::from_secs(30)),
+            ..Outcome::default()
+        };
+        let running = Report::new(Progress::Running).recheck_after(Duration::from_secs(5));
+        assert_eq!(
+            absorb_at(&mut out, &mut status, &op, t0, running),
+            Progress::Running
+        );
+        assert_eq!(out.requeue_after, Some(Duration::from_secs(5)));
+        let mut idle = Outcome::default();
+        absorb_at(
+            &mut idle,
+            &mut status,
+            &op,
+            t0,
+            Report::new(Progress::Running).recheck_after(Duration::from_secs(2)),
+        );
+        assert_eq!(idle.requeue_after, Some(Duration::from_secs(2)));
+        assert_eq!(
+            requeue(idle.requeue_after),
+            Action::requeue(Duration::from_secs(2))
+        );
+    }
+
+    /// The readback lands in `status.power`; its time moves only when the readback changes (a
+    /// poll that reads the same writes no status); a ForceOff is recorded once as a Warning
+    /// Event and stays recorded for the operation; a new operation starts a fresh record.
+    #[test]
+    fn readbacks_and_a_forced_power_off_are_recorded_in_status() {
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1);
+        let at = |s: i64| t0 + SignedDuration::from_secs(s);
+        let op = off_op("off-1", t0);
+        let mut status = MachineStatus::default();
+        let mut out = Outcome::default();
+        let on = || Report::new(Progress::Running).with_readback(Some(PowerState::On));
+        absorb_at(&mut out, &mut status, &op, at(0), on());
+        absorb_at(&mut out, &mut status, &op, at(5), on());
+        let first = status.power.clone();
+        assert_eq!(
+            first,
+            Some(Box::new(DriverReadback {
+                driver: "redfish".to_owned(),
+                direction: Direction::Off,
+                operation: "off-1".to_owned(),
+                readback: Some(PowerState::On),
+                observed_at: at(0),
+                escalated: false,
+            }))
+        );
+        assert!(out.note_events.is_empty());
+
+        absorb_at(
+            &mut out,
+            &mut status,
+            &op,
+            at(120),
+            on().escalated().with_note("sent ForceOff"),
+        );
+        absorb_at(
+            &mut out,
+            &mut status,
+            &op,
+            at(180),
+            on().escalated().with_note("sent ForceOff again"),
+        );
+        let events: Vec<_> = out
+            .note_events
+            .iter()
+            .map(|e| (e.reason, e.warning))
+            .collect();
+        assert_eq!(
+            events,
+            [("PowerOffEscalated", true), ("PowerDriverNote", false)]
+        );
+        let off = Report::new(Progress::Succeeded).with_readback(Some(PowerState::Off));
+        absorb_at(&mut out, &mut status, &op, at(185), off);
+        let p = status
+            .power
+            .clone()
+            .unwrap_or_else(|| panic!("no status.power"));
+        assert_eq!(
+            (p.readback, p.observed_at, p.escalated),
+            (Some(PowerState::Off), at(185), true)
+        );
+
+        let next = off_op("off-2", at(600));
+        absorb_at(&mut out, &mut status, &next, at(600), on());
+        let p = status.power.unwrap_or_else(|| panic!("no status.power"));
+        assert_eq!(
+            (p.operation.as_str(), p.escalated, p.observed_at),
+            ("off-2", false, at(600))
+        );
+    }
+
+    /// A drain that gave up says so in the Draining condition and once as a Warning Event; one
+    /// still evicting keeps its start time and asks to look again soon.
+    #[test]
+    fn drain_passes_are_recorded_in_the_draining_condition() {
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1);
+        let mut status = MachineStatus::default();
+        let mut out = Outcome::default();
+        let evicting = DrainPass::Evicting {
+            message: "evicting 2 pods".into(),
+            started: t0,
+        };
+        out.take(
+            &mut status,
+            Performed::Drain(evicting),
+            Some(1),
+            t0 + SignedDuration::from_secs(9),
+        );
+        let c = crate::operator::api::find_condition(&status.conditions, CONDITION_DRAINING);
+        assert_eq!(
+            c.map(|c| (
+                c.status.as_str(),
+                c.reason.as_str(),
+                c.last_transition_time.0
+            )),
+            Some(("True", "Evicting", t0))
+        );
+        assert_eq!(out.requeue_after, Some(drain::DRAIN_RECHECK));
+        assert!(out.drained);
+
+        let timed_out = DrainPass::TimedOut {
+            message: "PDB web refuses".into(),
+        };
+        out.take(&mut status, Performed::Drain(timed_out), Some(1), t0);
+        let c = crate::operator::api::find_condition(&status.conditions, CONDITION_DRAINING);
+        assert_eq!(
+            c.map(|c| (c.status.as_str(), c.reason.as_str())),
+            Some(("False", "DrainTimedOut"))
+        );
+        let events: Vec<_> = out
+            .note_events
+            .iter()
+            .map(|e| (e.reason, e.warning))
+            .collect();
+        assert_eq!(events, [("DrainFailed", true)]);
+    }
+}

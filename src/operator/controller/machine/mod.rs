@@ -1,0 +1,257 @@
+//! The machine controller: one reconcile per Node CR. Observe (Kubernetes Node, power operation,
+//! pods), ask the lifecycle core what follows, carry out its effects, write status once.
+//!
+//! - `act`: the pass loop's edge: what the core is shown, how its effects are carried out.
+//! - `status`: what the status says afterwards (pure).
+//! - `writes`: the finalizer, an adopted machine's desired power, the Node's registration, status.
+mod act;
+mod status;
+mod writes;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource as _, ResourceExt as _};
+
+use super::{Context, Error, FINALIZER, requeue};
+use crate::operator::api::{Group, Machine};
+use crate::operator::machine::{NodeObs, Policy, PowerState, drive};
+use act::{Passes, Subject};
+use writes::{add_finalizer, finalize, patch_spec_power, sync_node, write_status};
+
+/// Condition: a drain for a power-off is running or was given up.
+pub const CONDITION_DRAINING: &str = "Draining";
+/// Condition: the registered Node reports Ready.
+pub const CONDITION_NODE_READY: &str = "NodeReady";
+
+pub fn error_policy(_m: Arc<Machine>, e: &Error, ctx: Arc<Context>) -> Action {
+    if let Some(metrics) = &ctx.metrics {
+        metrics.reconcile_error("machine");
+    }
+    if e.is_conflict() {
+        return Action::requeue(Duration::from_millis(200));
+    }
+    tracing::warn!(error = %crate::operator::error_chain(e), "reconciling a machine failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The Kubernetes Node of a machine: by providerID, then by `kubernetesNodeName` (or the name it
+/// last registered under).
+fn find_node(ctx: &Context, m: &Machine) -> Option<Arc<Node>> {
+    let store = ctx.cache.nodes();
+    ctx.node_by_provider_id(&m.expected_provider_id())
+        .and_then(|n| store.get(&ObjectRef::new(&n)))
+        .or_else(|| m.node_name().and_then(|n| store.get(&ObjectRef::new(n))))
+}
+
+fn provider_id(node: &Node) -> &str {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .unwrap_or_default()
+}
+
+/// The Node's Ready condition is True.
+fn is_node_ready(node: &Node) -> bool {
+    ready_condition(node).is_some_and(|c| c.status == "True")
+}
+
+fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+/// What the core needs to know about the Node. An empty providerID counts as matching: the
+/// node-side sync sets it to the expected one (kubeadm leaves it empty).
+fn node_obs(m: &Machine, node: Option<&Node>) -> NodeObs {
+    let Some(node) = node else {
+        return NodeObs::Absent;
+    };
+    let pid = provider_id(node);
+    let ready = ready_condition(node);
+    NodeObs::Registered {
+        ready: ready.is_some_and(|c| c.status == "True"),
+        provider_id_matches: pid.is_empty() || pid == m.expected_provider_id(),
+        not_ready_since: ready
+            .filter(|c| c.status != "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0),
+    }
+}
+
+async fn pods_on(ctx: &Context, node: &str) -> Result<Vec<Pod>, Error> {
+    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    Ok(api
+        .list(&params)
+        .await
+        .map_err(Error::kube(format!("listing pods on node {node}")))?
+        .items)
+}
+
+/// The machine's policy: the operator's settings, its own timeouts, its Group's remediation.
+fn policy(ctx: &Context, m: &Machine) -> Result<Policy, String> {
+    let mut p = ctx.settings.policy;
+    p.boot_timeout = m.boot_timeout().map_err(|e| e.to_string())?;
+    p.shutdown_timeout = m.shutdown_timeout().map_err(|e| e.to_string())?;
+    if let Some(group) = group_of(ctx, m) {
+        p.remediate_after = group.remediate_after().map_err(|e| e.to_string())?;
+    }
+    Ok(p)
+}
+
+/// The machine's Group from the provider's cache (`None`: no group label, or no such Group).
+fn group_of(ctx: &Context, m: &Machine) -> Option<Arc<Group>> {
+    let (g, ns) = (m.group()?, m.namespace()?);
+    ctx.cache.groups().get(&ObjectRef::new(g).within(&ns))
+}
+
+pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    tracing::debug!(machine = %m.object_ref(), desired = ?m.desired_power(), "reconciling");
+    let ns = m.namespace().unwrap_or_default();
+    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = format!("{ns}/{}", m.name_any());
+    if m.meta().deletion_timestamp.is_some() {
+        // Nothing more is decided for it: forget its last status write.
+        ctx.supersede(&key, None);
+        return finalize(&ctx, &api, &m).await;
+    }
+    if !m.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(&api, &m).await?;
+        // The patch triggers another reconcile with the finalizer in place.
+        return Ok(Action::await_change());
+    }
+    if ctx.is_superseded(&key, m.resource_version().as_deref()) {
+        // The cache has not seen this operator's last status write yet: deciding on it would
+        // repeat what that reconcile did (a second HTTP call, a second reset). The write's own
+        // watch event queues the machine again.
+        tracing::debug!(machine = %m.object_ref(), "cache behind the last status write; waiting for it");
+        return Ok(Action::await_change());
+    }
+
+    let now = Timestamp::now();
+    let generation = m.meta().generation;
+    let old_status = m.status.clone().unwrap_or_default();
+    let policy = match policy(&ctx, &m) {
+        Ok(p) => p,
+        Err(problem) => {
+            let status = status::invalid_spec(old_status.clone(), problem, generation, now);
+            write_status(&api, &m, m.resource_version(), &old_status, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Observe, then decide and act until the acts change nothing the core reads.
+    let node = find_node(&ctx, &m);
+    let node_name = node
+        .as_ref()
+        .map(|n| n.name_any())
+        .or_else(|| m.node_name().map(str::to_owned));
+    let subject = Subject {
+        ctx: &ctx,
+        m: &m,
+        node: node.as_deref(),
+        node_name: node_name.as_deref(),
+        now,
+    };
+    let mut passes = Passes::observe(subject, old_status.clone()).await?;
+    drive(&mut passes, now, &policy).await?;
+
+    // Write what followed: the adoption, the Node's registration, status.
+    let mut rv = m.resource_version();
+    if passes.out.adopt {
+        rv = patch_spec_power(&api, &m, PowerState::On).await?;
+    }
+    // The Node side first, so the snapshot records what was restored on it.
+    let (node_now, mismatch) = match node.clone().filter(|_| !passes.out.node_deleted) {
+        Some(n) => {
+            let (n, mismatch) = sync_node(&ctx, &m, n).await?;
+            (Some(n), mismatch)
+        }
+        None => (None, None),
+    };
+    let derived = status::derive(
+        passes.status,
+        &status::Facts {
+            lifecycle: &passes.lifecycle,
+            desired: passes.desired,
+            node: node.as_deref(),
+            node_now: node_now.as_deref(),
+            mismatch: mismatch.as_deref(),
+            spec_error: passes.spec_error.as_deref(),
+            drained: passes.out.drained,
+            generation,
+            now,
+        },
+    );
+    for ev in passes.out.note_events.iter().chain(&derived.events) {
+        act::emit(&ctx, &m, ev).await;
+    }
+    if write_status(&api, &m, rv.clone(), &old_status, derived.status).await? {
+        ctx.supersede(&key, rv);
+        // Counted once the status that records them is written: a conflict's retry sees them
+        // recorded already and does not count them again.
+        record_metrics(
+            &ctx,
+            &m,
+            &old_status,
+            &passes.lifecycle,
+            derived.node_went_not_ready,
+            now,
+        );
+    }
+
+    let until = passes.requeue_at.map(|t| {
+        let d = t.duration_since(Timestamp::now());
+        Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
+    });
+    let wait = match (until, passes.out.requeue_after) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(requeue(wait))
+}
+
+/// The metrics a written status records: a power action that ended, a Ready machine's Node
+/// that went NotReady.
+fn record_metrics(
+    ctx: &Context,
+    m: &Machine,
+    old: &crate::operator::api::MachineStatus,
+    lifecycle: &crate::operator::machine::Lifecycle,
+    node_went_not_ready: bool,
+    now: Timestamp,
+) {
+    let Some(metrics) = &ctx.metrics else {
+        return;
+    };
+    if node_went_not_ready {
+        metrics.node_not_ready(m.group().unwrap_or(""));
+    }
+    if let Some(ended) = status::ended_action(&old.lifecycle, lifecycle, now) {
+        let direction = match ended.kind {
+            crate::operator::machine::OperationKind::PowerOn => crate::operator::api::Direction::On,
+            crate::operator::machine::OperationKind::PowerOff => {
+                crate::operator::api::Direction::Off
+            }
+        };
+        let driver = act::driver(ctx, m, direction, None).map_or("unknown", |d| d.kind());
+        metrics.power_operation_duration(
+            driver,
+            &direction.to_string(),
+            ended.took.as_secs_f64().max(0.0),
+        );
+    }
+}

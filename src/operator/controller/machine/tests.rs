@@ -1,0 +1,546 @@
+//! The reconcile's effects, one test each, against a fake API server (`Context::test`): the
+//! requests it makes (method, path, the body fields that matter) and the Action it returns.
+//! What needs a real API server to mean anything (a drain that times out against a
+//! PodDisruptionBudget, an operation adopted after a restart, the watch-driven requeues) is
+//! covered by tests/operator.rs.
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ObjectMeta;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::{error_policy, reconcile};
+use crate::operator::api::{
+    CONDITION_INVALID_SPEC, Machine, MachineSpec, MachineStatus, MinimalPodSpec,
+};
+use crate::operator::controller::fake_api::{Log, Seen, expect};
+use crate::operator::controller::{Context, FINALIZER};
+use crate::operator::machine::{Lifecycle, Operation, OperationKind, Phase, PowerState};
+
+// Fixtures: one machine `lab/m1` whose Kubernetes Node is `n1`, power Jobs both ways. Kept
+// small and in one place.
+
+const MACHINE: &str = "/apis/infra.homecluster.dev/v1alpha1/namespaces/lab/nodes/m1";
+const STATUS: &str = "/apis/infra.homecluster.dev/v1alpha1/namespaces/lab/nodes/m1/status";
+const NODE: &str = "/api/v1/nodes/n1";
+const PODS: &str = "/api/v1/pods";
+const JOBS: &str = "/apis/batch/v1/namespaces/lab/jobs";
+
+fn pod_spec() -> Box<MinimalPodSpec> {
+    Box::new(MinimalPodSpec {
+        image: "busybox".into(),
+        command: Vec::new(),
+        args: Vec::new(),
+        volumes: Vec::new(),
+        service_account: None,
+        ttl_seconds_after_finished: None,
+    })
+}
+
+/// Machine `lab/m1`, wanted `desired`, in lifecycle `lc`, with its finalizer.
+fn machine(desired: PowerState, lc: Lifecycle) -> Machine {
+    let mut spec = MachineSpec::new(desired);
+    spec.kubernetes_node_name = Some("n1".into());
+    spec.startup_pod_spec = Some(pod_spec());
+    spec.shutdown_pod_spec = Some(pod_spec());
+    let mut m = Machine::new("m1", spec);
+    m.metadata.namespace = Some("lab".into());
+    m.metadata.uid = Some("5f0e7a52-m1".into());
+    m.metadata.resource_version = Some("7".into());
+    m.metadata.generation = Some(1);
+    m.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    m.status = Some(MachineStatus {
+        lifecycle: lc,
+        ..MachineStatus::default()
+    });
+    m
+}
+
+fn lifecycle(phase: Phase, goal: PowerState, since: Timestamp) -> Lifecycle {
+    Lifecycle {
+        phase: Some(phase),
+        phase_since: Some(since),
+        goal: Some(goal),
+        ..Lifecycle::default()
+    }
+}
+
+fn operation(kind: OperationKind, id: &str, started: Timestamp) -> Operation {
+    Operation {
+        kind,
+        id: id.into(),
+        started,
+        deadline: started + SignedDuration::from_mins(10),
+        completed: None,
+    }
+}
+
+/// Node `n1`, registered as m1's (providerID set, restored), Ready or not since `since`.
+fn node(ready: bool, since: Timestamp) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some("n1".into()),
+            resource_version: Some("3".into()),
+            annotations: Some(
+                [(
+                    crate::operator::node::RESTORED.to_owned(),
+                    "true".to_owned(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            provider_id: Some("homelab://lab/m1".into()),
+            ..NodeSpec::default()
+        }),
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                last_transition_time: Some(Time(since)),
+                ..NodeCondition::default()
+            }]),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+fn pod(name: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("lab".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some("n1".into()),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn pod_list(pods: &[Pod]) -> Value {
+    json!({ "apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods })
+}
+
+fn to_json<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or_else(|e| panic!("fixture to JSON: {e}"))
+}
+
+/// The power Job of `op`, finished successfully.
+fn completed_job(op: &str) -> Job {
+    Job {
+        metadata: ObjectMeta {
+            name: Some(format!("m1-{op}")),
+            namespace: Some("lab".into()),
+            labels: Some(
+                [
+                    (
+                        crate::operator::power::job::MACHINE_LABEL.to_owned(),
+                        "m1".to_owned(),
+                    ),
+                    (
+                        crate::operator::power::job::OPERATION_LABEL.to_owned(),
+                        op.to_owned(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        status: Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        }),
+        ..Job::default()
+    }
+}
+
+/// Runs one reconcile of `m` (with a deadline: a request the script does not answer would
+/// otherwise hang it).
+async fn reconcile_once(ctx: &Arc<Context>, m: &Machine) -> Result<Action, super::Error> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        reconcile(Arc::new(m.clone()), ctx.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the reconcile did not finish"))
+}
+
+/// The requeue an Action asks for (`Action` keeps it private; its Debug shows it).
+fn requeue_secs(a: &Action) -> Option<f64> {
+    let text = format!("{a:?}");
+    let (_, rest) = text.split_once("Some(")?;
+    rest.split_once("s)")?.0.parse().ok()
+}
+
+fn request<'a>(log: &'a Log, method: Method, path: &str) -> &'a Seen {
+    log.requests
+        .iter()
+        .find(|s| s.method == method && s.uri.split('?').next() == Some(path))
+        .unwrap_or_else(|| panic!("no {method} {path} in {:?}", log.requests))
+}
+
+fn position(log: &Log, method: Method, path: &str) -> Option<usize> {
+    log.requests
+        .iter()
+        .position(|s| s.method == method && s.uri.split('?').next() == Some(path))
+}
+
+/// The condition of `type_` in a status patch: (status, reason).
+fn condition_in(patch: &Seen, type_: &str) -> Option<(String, String)> {
+    patch
+        .at("/status/conditions")
+        .as_array()?
+        .iter()
+        .find_map(|c| {
+            (c["type"] == type_).then(|| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_owned(),
+                    c["reason"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+        })
+}
+
+fn metrics_text(ctx: &Context) -> String {
+    ctx.metrics.as_ref().map(|m| m.encode()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_machine_without_the_finalizer_gets_it_before_anything_else() {
+    let (ctx, server, _) = Context::test();
+    let mut m = machine(PowerState::On, Lifecycle::default());
+    m.metadata.finalizers = None;
+    let serving = server.serve(vec![expect(Method::PATCH, MACHINE).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert_eq!(action.ok(), Some(Action::await_change()));
+    let patch = request(&log, Method::PATCH, MACHINE);
+    assert_eq!(patch.at("/metadata/finalizers"), &json!([FINALIZER]));
+    assert_eq!(patch.at("/metadata/resourceVersion"), &json!("7"));
+}
+
+#[tokio::test]
+async fn a_deleted_machine_without_a_node_loses_its_finalizer() {
+    let (ctx, server, _) = Context::test();
+    let mut m = machine(PowerState::On, Lifecycle::default());
+    m.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let serving = server.serve(vec![expect(Method::PATCH, MACHINE).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert_eq!(action.ok(), Some(Action::await_change()));
+    let patch = request(&log, Method::PATCH, MACHINE);
+    assert_eq!(patch.at("/metadata/finalizers"), &json!([]));
+}
+
+#[tokio::test]
+async fn a_machine_wanted_on_gets_a_power_on_job_and_phase_powering_on() {
+    let (ctx, server, _) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let m = machine(PowerState::On, lifecycle(Phase::Off, PowerState::Off, then));
+    let serving = server.serve(vec![
+        expect(Method::POST, JOBS).echo(),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    let job = request(&log, Method::POST, JOBS);
+    assert_eq!(job.at("/metadata/name"), &json!("m1-on-1"));
+    let status = request(&log, Method::PATCH, STATUS);
+    assert_eq!(status.at("/status/phase"), &json!("PoweringOn"));
+    assert_eq!(status.at("/status/operation/id"), &json!("on-1"));
+    assert_eq!(status.at("/metadata/resourceVersion"), &json!("7"));
+    assert_eq!(log.event_reasons(), ["PowerOnStarted"]);
+    // Back at the boot deadline (10 minutes) unless something happens first.
+    let secs = action.as_ref().ok().and_then(requeue_secs);
+    assert!(
+        secs.is_some_and(|s| (590.0..=601.0).contains(&s)),
+        "{action:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_status_write_conflict_is_retried_at_once() {
+    let (ctx, server, _) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let m = machine(PowerState::On, lifecycle(Phase::Off, PowerState::Off, then));
+    let serving = server.serve(vec![
+        expect(Method::POST, JOBS).echo(),
+        expect(Method::PATCH, STATUS).fails(409, "Conflict"),
+    ]);
+    let result = reconcile_once(&ctx, &m).await;
+    serving.finish().await;
+    let Err(e) = result else {
+        panic!("a conflict is an error: {result:?}")
+    };
+    assert_eq!(
+        error_policy(Arc::new(m), &e, ctx.clone()),
+        Action::requeue(Duration::from_millis(200))
+    );
+}
+
+#[tokio::test]
+async fn a_ready_machine_wanted_off_is_cordoned_before_its_power_off_job() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let n = node(true, then);
+    stores.node(n.clone());
+    let m = machine(
+        PowerState::Off,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    let serving = server.serve(vec![
+        expect(Method::GET, PODS).answer(pod_list(&[])),
+        expect(Method::GET, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, NODE).answer(to_json(&n)),
+        expect(Method::POST, JOBS).echo(),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    assert_eq!(
+        request(&log, Method::PATCH, NODE).at("/spec/unschedulable"),
+        &json!(true)
+    );
+    assert!(position(&log, Method::PATCH, NODE) < position(&log, Method::POST, JOBS));
+    assert_eq!(
+        request(&log, Method::POST, JOBS).at("/metadata/name"),
+        &json!("m1-off-1")
+    );
+    assert_eq!(
+        request(&log, Method::PATCH, STATUS).at("/status/phase"),
+        &json!("PoweringOff")
+    );
+}
+
+#[tokio::test]
+async fn a_drain_evicts_the_pods_on_the_node_and_says_so_in_status() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let n = node(true, then);
+    stores.node(n.clone());
+    let m = machine(
+        PowerState::Off,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    let pods = [pod("web-0")];
+    let serving = server.serve(vec![
+        expect(Method::GET, PODS).answer(pod_list(&pods)),
+        // The cordon, then the drain's own (recording when it started).
+        expect(Method::GET, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, NODE).answer(to_json(&n)),
+        expect(Method::GET, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, NODE).answer(to_json(&n)),
+        expect(Method::GET, PODS).answer(pod_list(&pods)),
+        expect(Method::POST, "/api/v1/namespaces/lab/pods/web-0/eviction")
+            .answer(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    let status = request(&log, Method::PATCH, STATUS);
+    assert_eq!(
+        condition_in(status, super::CONDITION_DRAINING),
+        Some(("True".into(), "Evicting".into()))
+    );
+    assert_eq!(status.at("/status/phase"), &json!(null), "still Ready");
+    assert!(
+        position(&log, Method::POST, JOBS).is_none(),
+        "no power-off yet"
+    );
+    // Pods leaving send no event: the drain looks again on its own.
+    assert_eq!(
+        action.ok(),
+        Some(Action::requeue(crate::operator::node::drain::DRAIN_RECHECK))
+    );
+}
+
+#[tokio::test]
+async fn a_machine_confirmed_off_has_its_node_deleted() {
+    let (ctx, server, mut stores) = Context::test();
+    let now = Timestamp::now();
+    let started = now - SignedDuration::from_mins(2);
+    let n = node(false, now - SignedDuration::from_secs(30));
+    stores.node(n.clone());
+    let mut lc = lifecycle(Phase::PoweringOff, PowerState::Off, started);
+    lc.operation = Some(Operation {
+        completed: Some(started + SignedDuration::from_secs(20)),
+        ..operation(OperationKind::PowerOff, "off-1", started)
+    });
+    let m = machine(PowerState::Off, lc);
+    let serving = server.serve(vec![
+        expect(Method::GET, PODS).answer(pod_list(&[])),
+        expect(Method::DELETE, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    let status = request(&log, Method::PATCH, STATUS);
+    assert_eq!(status.at("/status/phase"), &json!("Off"));
+    assert_eq!(status.at("/status/powerState"), &json!("off"));
+}
+
+#[tokio::test]
+async fn an_adopted_machine_is_recorded_as_wanted_on() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let n = node(true, then);
+    stores.node(n.clone());
+    let m = machine(PowerState::Off, Lifecycle::default());
+    let serving = server.serve(vec![
+        expect(Method::GET, PODS).answer(pod_list(&[])),
+        expect(Method::PATCH, MACHINE).answer(to_json(&m)),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    let spec = request(&log, Method::PATCH, MACHINE);
+    assert_eq!(spec.at("/spec/powerState"), &json!("on"));
+    assert_eq!(
+        request(&log, Method::PATCH, STATUS).at("/status/phase"),
+        &json!("Ready")
+    );
+}
+
+#[tokio::test]
+async fn a_power_driver_the_spec_lacks_is_reported_in_status() {
+    let (ctx, server, _) = Context::test();
+    let started = Timestamp::now() - SignedDuration::from_secs(10);
+    let mut lc = lifecycle(Phase::PoweringOn, PowerState::On, started);
+    lc.operation = Some(operation(OperationKind::PowerOn, "on-1", started));
+    let mut m = machine(PowerState::On, lc);
+    m.spec.startup_pod_spec = None;
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    let status = request(&log, Method::PATCH, STATUS);
+    assert_eq!(
+        condition_in(status, CONDITION_INVALID_SPEC),
+        Some(("True".into(), "DriverUnavailable".into()))
+    );
+    assert_eq!(status.at("/status/phase"), &json!("Failed"));
+}
+
+#[tokio::test]
+async fn a_finished_power_job_is_timed_from_the_operations_start() {
+    let (ctx, server, mut stores) = Context::test();
+    let started = Timestamp::now() - SignedDuration::from_secs(42);
+    let mut lc = lifecycle(Phase::PoweringOn, PowerState::On, started);
+    lc.operation = Some(operation(OperationKind::PowerOn, "on-1", started));
+    let m = machine(PowerState::On, lc);
+    stores.job(completed_job("on-1"));
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    assert_eq!(
+        request(&log, Method::PATCH, STATUS).at("/status/phase"),
+        &json!("Booting")
+    );
+    let text = metrics_text(&ctx);
+    let count = r#"homelab_power_operation_duration_seconds_count{driver="job",direction="on"} 1"#;
+    assert!(text.contains(count), "{text}");
+    // 42 s: in the 60 s bucket, not in the 30 s one.
+    let le = |b: &str, n: u32| {
+        format!(
+            r#"homelab_power_operation_duration_seconds_bucket{{le="{b}",driver="job",direction="on"}} {n}"#
+        )
+    };
+    assert!(
+        text.contains(&le("30.0", 0)) && text.contains(&le("60.0", 1)),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_ready_machines_node_going_not_ready_is_counted() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    // The status says the Node was Ready; it went NotReady a moment ago (within the grace
+    // period: the lifecycle does not move).
+    let mut m = machine(
+        PowerState::On,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    let up = node(true, then);
+    if let Some(s) = &mut m.status {
+        *s = super::status::derive(
+            s.clone(),
+            &super::status::Facts {
+                lifecycle: &s.lifecycle,
+                desired: PowerState::On,
+                node: Some(&up),
+                node_now: Some(&up),
+                mismatch: None,
+                spec_error: None,
+                drained: false,
+                generation: Some(1),
+                now: then,
+            },
+        )
+        .status;
+    }
+    stores.node(node(false, Timestamp::now() - SignedDuration::from_secs(5)));
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    assert_eq!(
+        condition_in(
+            request(&log, Method::PATCH, STATUS),
+            super::CONDITION_NODE_READY
+        ),
+        Some(("False".into(), "NodeNotReady".into()))
+    );
+    let text = metrics_text(&ctx);
+    assert!(
+        text.contains(r#"homelab_node_not_ready_total{group=""} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_group_spec_that_cannot_be_read_is_reported_in_status_and_nothing_is_done() {
+    let (ctx, server, mut stores) = Context::test();
+    let group: crate::operator::api::Group = serde_json::from_value(json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
+        "metadata": { "name": "g", "namespace": "lab" },
+        "spec": { "remediation": { "powerCycleAfter": "0s" } }
+    }))
+    .unwrap_or_else(|e| panic!("group fixture: {e}"));
+    stores.group(group);
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let mut m = machine(PowerState::On, lifecycle(Phase::Off, PowerState::Off, then));
+    m.metadata.labels = Some([("group".to_owned(), "g".to_owned())].into());
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert_eq!(action.ok(), Some(Action::await_change()));
+    let status = request(&log, Method::PATCH, STATUS);
+    assert_eq!(
+        condition_in(status, CONDITION_INVALID_SPEC),
+        Some(("True".into(), "InvalidSpec".into()))
+    );
+    assert_eq!(
+        status.at("/status/phase"),
+        &json!(null),
+        "the lifecycle waits"
+    );
+}
