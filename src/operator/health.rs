@@ -77,14 +77,13 @@ pub async fn serve(
         .map_err(|source| HealthError { address, source })
 }
 
+/// A client for tests of the operator's HTTP servers.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+pub(crate) mod test_http {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// One HTTP/1.1 GET over a real socket; returns the whole response.
-    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut s = match tokio::net::TcpStream::connect(addr).await {
             Ok(s) => s,
             Err(e) => panic!("connect {addr}: {e}"),
@@ -99,6 +98,14 @@ mod tests {
         }
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::test_http::get;
 
     #[tokio::test]
     async fn endpoints_answer_over_http() {

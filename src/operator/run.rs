@@ -569,7 +569,6 @@ fn health_ended(r: Result<Result<(), HealthError>, JoinError>) -> RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     async fn listener() -> TcpListener {
         match TcpListener::bind("127.0.0.1:0").await {
@@ -668,22 +667,7 @@ mod tests {
         );
     }
 
-    /// One HTTP/1.1 GET; returns the whole response.
-    async fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) => panic!("connect {addr}: {e}"),
-        };
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        if let Err(e) = s.write_all(req.as_bytes()).await {
-            panic!("write: {e}");
-        }
-        let mut out = String::new();
-        if let Err(e) = s.read_to_string(&mut out).await {
-            panic!("read: {e}");
-        }
-        out
-    }
+    use crate::operator::health::test_http::get;
 
     /// An API server that refuses connections: the cache never syncs.
     fn unreachable_clients() -> Clients {

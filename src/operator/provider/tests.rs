@@ -1158,16 +1158,3 @@ fn group_warnings_name_options_cost_and_missing_capacity() {
     assert!(group_warnings(&inv, "lab", "g").is_empty());
     assert!(group_warnings(&inv, "lab", "nope").is_empty());
 }
-
-#[test]
-fn quantities_parse_like_kubernetes() {
-    use super::pricing::parse_quantity;
-    assert_eq!(parse_quantity("500m"), Some(0.5));
-    assert_eq!(parse_quantity("2"), Some(2.0));
-    assert_eq!(parse_quantity("1Gi"), Some(1_073_741_824.0));
-    assert_eq!(parse_quantity("64M"), Some(64e6));
-    assert_eq!(parse_quantity("1e3"), Some(1000.0));
-    assert_eq!(parse_quantity("2E"), Some(2e18));
-    assert_eq!(parse_quantity("lots"), None);
-    assert_eq!(parse_quantity("Gi"), None);
-}
