@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use kubectl_homelab::operator::api::{Direction, HttpAction, HttpMethod, HttpStatusCheck, Machine};
 use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::power::http::HttpDriver;
-use kubectl_homelab::operator::power::{Driver as _, PowerError, Progress};
+use kubectl_homelab::operator::power::{Driver as _, OpProgress, PowerError};
 use support::pki::Ca;
 use support_power::server::{self, Received, Server};
 use support_power::{Op, Transcript, create_secret};
@@ -128,7 +128,7 @@ async fn the_plug_switches_on_and_off_and_the_readback_confirms_it() -> anyhow::
         .map_err(anyhow::Error::msg)?;
     assert_eq!(
         (report.progress, report.readback),
-        (Progress::Succeeded, Some(PowerState::On))
+        (OpProgress::Succeeded, Some(PowerState::On))
     );
     assert!(plug.on.lock().is_ok_and(|on| *on));
     let sent = plug
@@ -167,7 +167,7 @@ async fn the_plug_switches_on_and_off_and_the_readback_confirms_it() -> anyhow::
         .map_err(anyhow::Error::msg)?;
     assert_eq!(
         (report.progress, report.readback),
-        (Progress::Succeeded, Some(PowerState::Off))
+        (OpProgress::Succeeded, Some(PowerState::Off))
     );
     assert!(plug.on.lock().is_ok_and(|on| !*on));
     said.assert_never_shows(TOKEN);
@@ -196,7 +196,7 @@ async fn an_action_the_readback_does_not_confirm_keeps_running() -> anyhow::Resu
     let report = driver.start(&op.at(Timestamp::now())).await?;
     assert_eq!(
         (report.progress, report.readback),
-        (Progress::Running, Some(PowerState::Off))
+        (OpProgress::Running, Some(PowerState::Off))
     );
     assert!(report.recheck_after.is_some());
     Ok(())
@@ -229,7 +229,7 @@ async fn an_unexpected_status_fails_the_action_and_says_why() -> anyhow::Result<
                 .await,
         )
         .map_err(anyhow::Error::msg)?;
-    let Progress::Failed { reason } = report.progress else {
+    let OpProgress::Failed { reason } = report.progress else {
         panic!("expected Failed, got {report:?}");
     };
     assert!(reason.contains("answered 200, expected 204"), "{reason}");
@@ -246,7 +246,7 @@ async fn an_unexpected_status_fails_the_action_and_says_why() -> anyhow::Result<
                 .await,
         )
         .map_err(anyhow::Error::msg)?;
-    let Progress::Failed { reason } = report.progress else {
+    let OpProgress::Failed { reason } = report.progress else {
         panic!("expected Failed, got {report:?}");
     };
     assert!(
@@ -258,7 +258,7 @@ async fn an_unexpected_status_fails_the_action_and_says_why() -> anyhow::Result<
     let checked = HttpDriver::new(cp.client()?, &on)
         .check(&op.at(Timestamp::now()))
         .await?;
-    assert_eq!(checked.progress, Progress::Absent);
+    assert_eq!(checked.progress, OpProgress::Absent);
     said.assert_never_shows(wrong);
     said.assert_never_shows(TOKEN);
     Ok(())
@@ -339,7 +339,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_unless_its_ca_is_given() ->
     let report = HttpDriver::new(cp.client()?, &on)
         .start(&op.at(Timestamp::now()))
         .await?;
-    assert_eq!(report.progress, Progress::Succeeded);
+    assert_eq!(report.progress, OpProgress::Succeeded);
     Ok(())
 }
 
@@ -420,7 +420,7 @@ async fn the_http_example_switches_the_nas_through_home_assistant() -> anyhow::R
             .map_err(anyhow::Error::msg)?;
         assert_eq!(
             (report.progress, report.readback),
-            (Progress::Succeeded, Some(want))
+            (OpProgress::Succeeded, Some(want))
         );
     }
     assert_eq!(sensor.lock().map(|s| s.clone()).unwrap_or_default(), "off");

@@ -12,7 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use kubectl_homelab::operator::api::{Direction, Machine, Redfish};
 use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::power::redfish::RedfishDriver;
-use kubectl_homelab::operator::power::{Driver as _, Progress, Report};
+use kubectl_homelab::operator::power::{Driver as _, OpProgress, Report};
 use support::pki::Ca;
 use support_power::proxy::ignoring_graceful_shutdown;
 use support_power::sushy::{FakeSystem, Sushy, SushyOptions};
@@ -54,7 +54,7 @@ async fn poll_until_done(
         let report = said
             .record(&driver.check(&op.at(at())).await)
             .map_err(anyhow::Error::msg)?;
-        if report.progress != Progress::Running {
+        if report.progress != OpProgress::Running {
             return Ok(report);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -97,13 +97,13 @@ async fn power_on_and_graceful_off_are_confirmed_by_the_bmc() -> anyhow::Result<
         .map_err(anyhow::Error::msg)?;
     assert_eq!(
         started.progress,
-        Progress::Running,
+        OpProgress::Running,
         "the BMC has not switched yet"
     );
     assert_eq!(started.readback, Some(PowerState::Off));
     assert!(started.recheck_after.is_some(), "a BMC is polled");
     let done = poll_until_done(&driver, &on, Timestamp::now, &mut said).await?;
-    assert_eq!(done.progress, Progress::Succeeded);
+    assert_eq!(done.progress, OpProgress::Succeeded);
     assert_eq!(
         done.readback,
         Some(PowerState::On),
@@ -113,16 +113,16 @@ async fn power_on_and_graceful_off_are_confirmed_by_the_bmc() -> anyhow::Result<
     let adopted = driver.start(&on.at(Timestamp::now())).await?;
     assert_eq!(
         (adopted.progress, adopted.readback),
-        (Progress::Succeeded, Some(PowerState::On))
+        (OpProgress::Succeeded, Some(PowerState::On))
     );
 
     let off = Op::new(m, Direction::Off, "off-2", Timestamp::now());
     let started = said
         .record(&driver.start(&off.at(Timestamp::now())).await)
         .map_err(anyhow::Error::msg)?;
-    assert_eq!(started.progress, Progress::Running);
+    assert_eq!(started.progress, OpProgress::Running);
     let done = poll_until_done(&driver, &off, Timestamp::now, &mut said).await?;
-    assert_eq!(done.progress, Progress::Succeeded);
+    assert_eq!(done.progress, OpProgress::Succeeded);
     assert_eq!(
         done.readback,
         Some(PowerState::Off),
@@ -177,7 +177,7 @@ async fn an_ignored_graceful_shutdown_escalates_to_force_off_after_the_grace() -
     let started = said
         .record(&driver.start(&off.at(t0)).await)
         .map_err(anyhow::Error::msg)?;
-    assert_eq!(started.progress, Progress::Running);
+    assert_eq!(started.progress, OpProgress::Running);
     assert_eq!(resets(), vec!["GracefulShutdown"]);
 
     // Within the grace the driver waits, whatever the BMC says.
@@ -190,7 +190,7 @@ async fn an_ignored_graceful_shutdown_escalates_to_force_off_after_the_grace() -
         .map_err(anyhow::Error::msg)?;
     assert_eq!(
         (waiting.progress, waiting.readback, waiting.note),
-        (Progress::Running, Some(PowerState::On), None)
+        (OpProgress::Running, Some(PowerState::On), None)
     );
     assert_eq!(
         resets(),
@@ -203,7 +203,7 @@ async fn an_ignored_graceful_shutdown_escalates_to_force_off_after_the_grace() -
     let escalated = said
         .record(&driver.check(&off.at(after_grace)).await)
         .map_err(anyhow::Error::msg)?;
-    assert_eq!(escalated.progress, Progress::Running);
+    assert_eq!(escalated.progress, OpProgress::Running);
     let note = escalated.note.context("the escalation is reported")?;
     assert!(note.contains("ForceOff") && note.contains("2m"), "{note}");
     assert_eq!(resets(), vec!["GracefulShutdown", "ForceOff"]);
@@ -213,7 +213,7 @@ async fn an_ignored_graceful_shutdown_escalates_to_force_off_after_the_grace() -
     let done = poll_until_done(&driver, &off, || later, &mut said).await?;
     assert_eq!(
         (done.progress, done.readback),
-        (Progress::Succeeded, Some(PowerState::Off))
+        (OpProgress::Succeeded, Some(PowerState::Off))
     );
     assert_eq!(resets(), vec!["GracefulShutdown", "ForceOff"]);
     said.assert_never_shows(PASSWORD);
@@ -390,7 +390,7 @@ async fn a_bmc_down_mid_operation_is_transient_and_the_operation_resumes() -> an
     let done = poll_until_done(&driver, &on, Timestamp::now, &mut said).await?;
     assert_eq!(
         (done.progress, done.readback),
-        (Progress::Succeeded, Some(PowerState::On))
+        (OpProgress::Succeeded, Some(PowerState::On))
     );
     said.assert_never_shows(PASSWORD);
     Ok(())
@@ -442,7 +442,7 @@ async fn tls_is_verified_unless_the_owner_opts_out() -> anyhow::Result<()> {
         .await?;
     assert_eq!(
         (report.progress, report.readback),
-        (Progress::Succeeded, Some(PowerState::On))
+        (OpProgress::Succeeded, Some(PowerState::On))
     );
     Ok(())
 }
@@ -542,7 +542,7 @@ async fn the_redfish_example_powers_the_emulated_server_on_and_off() -> anyhow::
         let done = poll_until_done(&driver, &op, Timestamp::now, &mut said).await?;
         assert_eq!(
             (done.progress, done.readback),
-            (Progress::Succeeded, Some(want))
+            (OpProgress::Succeeded, Some(want))
         );
     }
     said.assert_never_shows("change-me");

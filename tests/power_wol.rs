@@ -17,7 +17,7 @@ use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::power::wol::{
     MACHINE_LABEL, MANAGED_BY_LABEL, OPERATION_LABEL, RELAY_SCRIPT, WakeOnLanDriver, magic_packet,
 };
-use kubectl_homelab::operator::power::{Driver as _, Progress};
+use kubectl_homelab::operator::power::{Driver as _, OpProgress};
 use support_power::{Op, Transcript, create_secret};
 use tokio::net::UdpSocket;
 
@@ -72,12 +72,12 @@ async fn the_magic_packet_arrives_byte_for_byte() -> anyhow::Result<()> {
     let driver = WakeOnLanDriver::new(cp.client()?, &wol, None);
 
     let report = driver.start(&op.at(Timestamp::now())).await?;
-    assert_eq!(report.progress, Progress::Succeeded);
+    assert_eq!(report.progress, OpProgress::Succeeded);
     assert_eq!(report.readback, None, "Wake-on-LAN has no readback");
     assert_eq!(receive(&socket).await?, expected_packet(&[]));
     // Nothing to look at afterwards: the lifecycle may send it again.
     let later = driver.check(&op.at(Timestamp::now())).await?;
-    assert_eq!(later.progress, Progress::Absent);
+    assert_eq!(later.progress, OpProgress::Absent);
     Ok(())
 }
 
@@ -119,7 +119,7 @@ async fn secure_on_password_from_the_secret_ends_the_packet() -> anyhow::Result<
         );
         let driver = WakeOnLanDriver::new(operator.client()?, &wol, None);
         let report = driver.start(&op.at(Timestamp::now())).await?;
-        assert_eq!(report.progress, Progress::Succeeded, "{secret}");
+        assert_eq!(report.progress, OpProgress::Succeeded, "{secret}");
         assert_eq!(receive(&socket).await?, expected_packet(&bytes), "{secret}");
     }
     Ok(())
@@ -210,10 +210,10 @@ async fn the_relay_job_runs_on_the_lan_and_is_followed_to_its_end() -> anyhow::R
     let op = Op::new(m.clone(), Direction::On, "on-1", Timestamp::now());
 
     let first = driver.start(&op.at(Timestamp::now())).await?;
-    assert_eq!(first.progress, Progress::Running);
+    assert_eq!(first.progress, OpProgress::Running);
     // Started again (e.g. after an operator restart): the same Job is adopted, not a second.
     let again = driver.start(&op.at(Timestamp::now())).await?;
-    assert_eq!(again.progress, Progress::Running);
+    assert_eq!(again.progress, OpProgress::Running);
     let jobs: Api<Job> = Api::namespaced(admin.clone(), &ns);
     let all = jobs.list(&Default::default()).await?;
     assert_eq!(all.items.len(), 1, "one relay Job per operation");
@@ -297,7 +297,7 @@ async fn the_relay_job_runs_on_the_lan_and_is_followed_to_its_end() -> anyhow::R
     world.complete_job(&ns, &op.resource_name).await?;
     assert_eq!(
         driver.check(&op.at(Timestamp::now())).await?.progress,
-        Progress::Succeeded
+        OpProgress::Succeeded
     );
 
     let retry = Op::new(m.clone(), Direction::On, "on-2", Timestamp::now());
@@ -306,7 +306,7 @@ async fn the_relay_job_runs_on_the_lan_and_is_followed_to_its_end() -> anyhow::R
         .fail_job(&ns, &retry.resource_name, "no node of the LAN is Ready")
         .await?;
     match driver.check(&retry.at(Timestamp::now())).await?.progress {
-        Progress::Failed { reason } => assert!(
+        OpProgress::Failed { reason } => assert!(
             reason.contains(&retry.resource_name) && reason.contains("no node of the LAN"),
             "{reason}"
         ),
@@ -319,7 +319,7 @@ async fn the_relay_job_runs_on_the_lan_and_is_followed_to_its_end() -> anyhow::R
     driver.cancel(&third.at(Timestamp::now())).await?;
     assert_eq!(
         driver.check(&third.at(Timestamp::now())).await?.progress,
-        Progress::Absent
+        OpProgress::Absent
     );
     driver.cancel(&third.at(Timestamp::now())).await?;
     Ok(())
@@ -399,7 +399,7 @@ async fn the_wake_on_lan_example_wakes_both_mini_pcs() -> anyhow::Result<()> {
     let report = WakeOnLanDriver::new(client.clone(), &spec, Some("minipc-1"))
         .start(&op.at(Timestamp::now()))
         .await?;
-    assert_eq!(report.progress, Progress::Succeeded);
+    assert_eq!(report.progress, OpProgress::Succeeded);
     assert_eq!(receive(&socket).await?, expected_packet(&[]));
 
     let m2 = machines.get("minipc-2").await?;
@@ -412,7 +412,7 @@ async fn the_wake_on_lan_example_wakes_both_mini_pcs() -> anyhow::Result<()> {
     let driver = WakeOnLanDriver::new(client.clone(), relayed, Some("minipc-2"));
     assert_eq!(
         driver.start(&op.at(Timestamp::now())).await?.progress,
-        Progress::Running
+        OpProgress::Running
     );
     let job = Api::<Job>::namespaced(client, &ns)
         .get(&op.resource_name)

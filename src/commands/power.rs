@@ -392,7 +392,7 @@ async fn confirm_off(client: &kube::Client, targets: &[Target], yes: bool) -> an
 
 /// Where one machine's wait stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Progress {
+enum Followed {
     Waiting(Phase),
     Done,
     Failed(String),
@@ -414,22 +414,22 @@ impl Follow {
         }
     }
 
-    fn observe(&mut self, m: &Machine, direction: Direction) -> Progress {
+    fn observe(&mut self, m: &Machine, direction: Direction) -> Followed {
         let phase = phase_of(m);
         if (phase, phase_since(m)) != self.initial {
             self.moved = true;
         }
         if phase == direction.done_phase() {
-            Progress::Done
+            Followed::Done
         } else if phase == Phase::Failed && (self.moved || self.initial.0 != Phase::Failed) {
             let reason = m
                 .status
                 .as_ref()
                 .and_then(|s| s.lifecycle.last_error.clone())
                 .unwrap_or_else(|| "no reason recorded".to_owned());
-            Progress::Failed(reason)
+            Followed::Failed(reason)
         } else {
-            Progress::Waiting(phase)
+            Followed::Waiting(phase)
         }
     }
 }
@@ -445,9 +445,9 @@ async fn wait(
         .iter()
         .map(|t| (t.name(), Follow::new(&t.machine)))
         .collect();
-    let mut progress: BTreeMap<String, Progress> = targets
+    let mut progress: BTreeMap<String, Followed> = targets
         .iter()
-        .map(|t| (t.name(), Progress::Waiting(phase_of(&t.machine))))
+        .map(|t| (t.name(), Followed::Waiting(phase_of(&t.machine))))
         .collect();
     let bar = indicatif::ProgressBar::new(targets.len() as u64);
     bar.set_style(
@@ -470,7 +470,7 @@ async fn wait(
         let pending: Vec<String> = progress
             .iter()
             .filter_map(|(n, p)| match p {
-                Progress::Waiting(ph) => Some(format!("{n}: {ph}")),
+                Followed::Waiting(ph) => Some(format!("{n}: {ph}")),
                 _ => None,
             })
             .collect();
@@ -495,18 +495,18 @@ async fn wait(
         let (Some(f), Some(p)) = (follow.get_mut(&name), progress.get_mut(&name)) else {
             continue;
         };
-        if !matches!(p, Progress::Waiting(_)) {
+        if !matches!(p, Followed::Waiting(_)) {
             continue;
         }
         let next = f.observe(&m, direction);
         if next != *p {
             match &next {
-                Progress::Waiting(ph) => say(&bar, format!("{name}: {ph}")),
-                Progress::Done => {
+                Followed::Waiting(ph) => say(&bar, format!("{name}: {ph}")),
+                Followed::Done => {
                     bar.inc(1);
                     say(&bar, format!("{name}: {}", direction.done_phase()));
                 }
-                Progress::Failed(reason) => {
+                Followed::Failed(reason) => {
                     bar.inc(1);
                     say(&bar, format!("{name}: Failed: {reason}"));
                 }
@@ -518,7 +518,7 @@ async fn wait(
     let failed: Vec<String> = progress
         .iter()
         .filter_map(|(n, p)| match p {
-            Progress::Failed(r) => Some(format!("{n}: {r}")),
+            Followed::Failed(r) => Some(format!("{n}: {r}")),
             _ => None,
         })
         .collect();
@@ -731,7 +731,7 @@ mod tests {
         let mut f = Follow::new(&m);
         assert_eq!(
             f.observe(&m, Direction::On),
-            Progress::Waiting(Phase::Failed)
+            Followed::Waiting(Phase::Failed)
         );
         if let Some(s) = m.status.as_mut() {
             s.lifecycle.phase = Some(Phase::PoweringOn);
@@ -739,7 +739,7 @@ mod tests {
         }
         assert_eq!(
             f.observe(&m, Direction::On),
-            Progress::Waiting(Phase::PoweringOn)
+            Followed::Waiting(Phase::PoweringOn)
         );
         if let Some(s) = m.status.as_mut() {
             s.lifecycle.phase = Some(Phase::Failed);
@@ -747,7 +747,7 @@ mod tests {
         }
         assert_eq!(
             f.observe(&m, Direction::On),
-            Progress::Failed("power Job failed".into())
+            Followed::Failed("power Job failed".into())
         );
     }
 }

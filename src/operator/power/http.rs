@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::secret::{self, Redactor};
 use super::tls;
 use super::web::{Auth, WebClient};
-use super::{Driver, OpContext, PowerError, Progress, Report};
+use super::{Driver, OpContext, OpProgress, PowerError, Report};
 use crate::operator::api::{
     Direction, HttpAction, HttpMethod, HttpStatusCheck, SECRET_KEY_PASSWORD, SECRET_KEY_TOKEN,
     SECRET_KEY_USERNAME,
@@ -92,7 +92,7 @@ impl<'a> HttpDriver<'a> {
         if let Some(status) = &self.spec.status
             && self.readback(ep, status, want).await? == Some(want)
         {
-            return Ok(Report::new(Progress::Succeeded).with_readback(Some(want)));
+            return Ok(Report::new(OpProgress::Succeeded).with_readback(Some(want)));
         }
         let method = method(self.spec.method());
         let what = format!("{method} {}", self.spec.url);
@@ -132,10 +132,10 @@ impl<'a> HttpDriver<'a> {
             if answer.status >= 500 || matches!(answer.status, 408 | 429) {
                 return Err(PowerError::Transient(reason));
             }
-            return Ok(Report::new(Progress::Failed { reason }));
+            return Ok(Report::new(OpProgress::Failed { reason }));
         }
         match &self.spec.status {
-            None => Ok(Report::new(Progress::Succeeded)),
+            None => Ok(Report::new(OpProgress::Succeeded)),
             Some(status) => {
                 let readback = self.readback(ep, status, want).await?;
                 Ok(progress(want, readback))
@@ -147,7 +147,7 @@ impl<'a> HttpDriver<'a> {
         match &self.spec.status {
             // No readback: nothing tells whether the call was made (e.g. before a restart), so
             // the lifecycle sends it again (a switch call is idempotent).
-            None => Ok(Report::new(Progress::Absent)),
+            None => Ok(Report::new(OpProgress::Absent)),
             Some(status) => {
                 let want = wanted(cx.direction);
                 let readback = self.readback(ep, status, want).await?;
@@ -211,9 +211,9 @@ fn field_error(field: &str, sub: &str, e: super::web::WebError) -> PowerError {
 
 fn progress(want: PowerState, readback: Option<PowerState>) -> Report {
     if readback == Some(want) {
-        Report::new(Progress::Succeeded).with_readback(readback)
+        Report::new(OpProgress::Succeeded).with_readback(readback)
     } else {
-        Report::new(Progress::Running)
+        Report::new(OpProgress::Running)
             .with_readback(readback)
             .recheck_after(POLL_INTERVAL)
     }

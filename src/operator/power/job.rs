@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt as _};
 
-use super::{Driver, OpContext, PowerError, Progress, Report};
+use super::{Driver, OpContext, OpProgress, PowerError, Report};
 use crate::operator::api::{Direction, Machine, MinimalPodSpec, NodeAgent};
 
 /// Label on everything the operator creates (Jobs, relay pods): the Job watch selects on it.
@@ -152,9 +152,9 @@ impl Driver for JobDriver<'_> {
             .create(&PostParams::default(), &job)
             .await
         {
-            Ok(_) => Ok(Report::new(Progress::Running)),
+            Ok(_) => Ok(Report::new(OpProgress::Running)),
             // Created by us before a restart, not yet in the cache: adopt it.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Report::new(Progress::Running)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Report::new(OpProgress::Running)),
             Err(e) => Err(api_error(&format!("creating power Job {name}"), e)),
         }
     }
@@ -162,14 +162,14 @@ impl Driver for JobDriver<'_> {
     async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         Ok(Report::new(match self.cached(cx) {
             Some(job) => progress(&job),
-            None => Progress::Absent,
+            None => OpProgress::Absent,
         }))
     }
 
     async fn cancel(&self, cx: &OpContext<'_>) -> Result<(), PowerError> {
         if self
             .cached(cx)
-            .is_some_and(|j| progress(&j) != Progress::Running)
+            .is_some_and(|j| progress(&j) != OpProgress::Running)
         {
             // Finished: it cannot act any more, and its pod's log says what happened. The TTL
             // removes it.
@@ -204,7 +204,7 @@ pub(crate) fn api_error(what: &str, e: kube::Error) -> PowerError {
 }
 
 /// The Job's progress from its status conditions.
-pub fn progress(job: &Job) -> Progress {
+pub fn progress(job: &Job) -> OpProgress {
     let conditions = job
         .status
         .as_ref()
@@ -216,7 +216,7 @@ pub fn progress(job: &Job) -> Progress {
             .find(|c| c.type_ == t && c.status == "True")
     };
     if is_true("Complete").is_some() {
-        return Progress::Succeeded;
+        return OpProgress::Succeeded;
     }
     if let Some(c) = is_true("Failed").or_else(|| is_true("FailureTarget")) {
         let why = c
@@ -225,11 +225,11 @@ pub fn progress(job: &Job) -> Progress {
             .filter(|m| !m.is_empty())
             .or(c.reason.as_deref())
             .unwrap_or("the Job failed");
-        return Progress::Failed {
+        return OpProgress::Failed {
             reason: format!("power Job {} failed: {why}", job.name_any()),
         };
     }
-    Progress::Running
+    OpProgress::Running
 }
 
 /// The Job for `cx` (pure: tests check its shape without an API server).

@@ -24,7 +24,7 @@ use crate::operator::machine::{Operation, PowerState};
 
 /// What the world says about the operation in flight (fed to the FSM as `OpStatus`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Progress {
+pub enum OpProgress {
     /// No trace of the operation (e.g. its Job does not exist, or the driver has no readback and
     /// cannot tell): the FSM re-issues it.
     Absent,
@@ -40,7 +40,7 @@ pub enum Progress {
 /// A driver's answer to `start` or `check`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
-    pub progress: Progress,
+    pub progress: OpProgress,
     /// The power state the hardware reports (Redfish `PowerState`, an HTTP status URL), when the
     /// driver can read it back. Recorded in status and shown by `fsm inspect`.
     pub readback: Option<PowerState>,
@@ -56,7 +56,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(progress: Progress) -> Report {
+    pub fn new(progress: OpProgress) -> Report {
         Report {
             progress,
             readback: None,

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::secret::{self, Redactor};
 use super::tls;
 use super::web::{Answer, Auth, WebClient, WebError};
-use super::{Driver, OpContext, PowerError, Progress, Report};
+use super::{Driver, OpContext, OpProgress, PowerError, Report};
 use crate::operator::api::{
     Direction, Redfish, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME, format_duration,
 };
@@ -84,28 +84,28 @@ impl<'a> RedfishDriver<'a> {
         match cx.direction {
             Direction::On => {
                 if readback == Some(PowerState::On) {
-                    return Ok(Report::new(Progress::Succeeded).with_readback(readback));
+                    return Ok(Report::new(OpProgress::Succeeded).with_readback(readback));
                 }
                 bmc.reset(&system, "On").await?;
-                Ok(Report::new(Progress::Running)
+                Ok(Report::new(OpProgress::Running)
                     .with_readback(readback)
                     .recheck_after(POLL_INTERVAL))
             }
             Direction::Off => {
                 if readback == Some(PowerState::Off) {
-                    return Ok(Report::new(Progress::Succeeded).with_readback(readback));
+                    return Ok(Report::new(OpProgress::Succeeded).with_readback(readback));
                 }
                 let grace = self.grace(bmc)?;
                 if grace.is_zero() {
                     bmc.reset(&system, "ForceOff").await?;
-                    return Ok(Report::new(Progress::Running)
+                    return Ok(Report::new(OpProgress::Running)
                         .with_readback(readback)
                         .with_note("sent ForceOff at once (forceOffAfter is 0s)")
                         .escalated()
                         .recheck_after(POLL_INTERVAL));
                 }
                 bmc.reset(&system, "GracefulShutdown").await?;
-                Ok(Report::new(Progress::Running)
+                Ok(Report::new(OpProgress::Running)
                     .with_readback(readback)
                     .recheck_after(POLL_INTERVAL.min(grace.unsigned_abs())))
             }
@@ -120,9 +120,9 @@ impl<'a> RedfishDriver<'a> {
             Direction::Off => PowerState::Off,
         };
         if readback == Some(want) {
-            return Ok(Report::new(Progress::Succeeded).with_readback(readback));
+            return Ok(Report::new(OpProgress::Succeeded).with_readback(readback));
         }
-        let running = Report::new(Progress::Running).with_readback(readback);
+        let running = Report::new(OpProgress::Running).with_readback(readback);
         if cx.direction == Direction::On {
             return Ok(running.recheck_after(POLL_INTERVAL));
         }

@@ -146,8 +146,8 @@ impl Redactor {
 
     pub fn report(&self, mut r: super::Report) -> super::Report {
         r.note = r.note.map(|n| self.scrub(&n));
-        if let super::Progress::Failed { reason } = &r.progress {
-            r.progress = super::Progress::Failed {
+        if let super::OpProgress::Failed { reason } = &r.progress {
+            r.progress = super::OpProgress::Failed {
                 reason: self.scrub(reason),
             };
         }

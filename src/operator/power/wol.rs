@@ -20,7 +20,7 @@ use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use tokio::net::UdpSocket;
 
 use super::secret;
-use super::{Driver, OpContext, PowerError, Progress, Report};
+use super::{Driver, OpContext, OpProgress, PowerError, Report};
 use crate::operator::api::{Machine, SECRET_KEY_PASSWORD, WakeOnLan, WakeOnLanRelay, parse_mac};
 use crate::operator::error_chain;
 
@@ -167,7 +167,7 @@ impl<'a> WakeOnLanDriver<'a> {
         }
         .await;
         match sent {
-            Ok(_) => Ok(Report::new(Progress::Succeeded)),
+            Ok(_) => Ok(Report::new(OpProgress::Succeeded)),
             Err(e) => Err(PowerError::Transient(format!(
                 "sending the Wake-on-LAN packet to {}:{} failed: {}; if the operator's pod is \
                  not on the host network, set {field}.via to send it from a node of the LAN",
@@ -196,7 +196,7 @@ impl Driver for WakeOnLanDriver<'_> {
         super::job::default_service_account(&mut job, self.service_account);
         let name = relay_job_name(cx.resource_name);
         match self.jobs(cx).create(&PostParams::default(), &job).await {
-            Ok(_) => Ok(Report::new(Progress::Running)),
+            Ok(_) => Ok(Report::new(OpProgress::Running)),
             // Created before a restart: adopt it.
             Err(kube::Error::Api(s)) if s.code == 409 => self.check(cx).await,
             Err(e) => Err(api_error(
@@ -209,12 +209,12 @@ impl Driver for WakeOnLanDriver<'_> {
     async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         // Without a relay nothing is left to look at: the packet is sent again if asked.
         if self.spec.via.is_none() {
-            return Ok(Report::new(Progress::Absent));
+            return Ok(Report::new(OpProgress::Absent));
         }
         let name = relay_job_name(cx.resource_name);
         match self.jobs(cx).get_opt(&name).await {
             Ok(Some(job)) if belongs_to(&job, cx) => Ok(Report::new(progress(&job))),
-            Ok(_) => Ok(Report::new(Progress::Absent)),
+            Ok(_) => Ok(Report::new(OpProgress::Absent)),
             Err(e) => Err(api_error(
                 &format!("reading the Wake-on-LAN relay Job {name}"),
                 e,

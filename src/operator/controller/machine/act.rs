@@ -25,7 +25,7 @@ use crate::operator::power::http::HttpDriver;
 use crate::operator::power::job::{JobDriver, JobKind};
 use crate::operator::power::redfish::RedfishDriver;
 use crate::operator::power::wol::WakeOnLanDriver;
-use crate::operator::power::{Driver, OpContext, PowerError, Progress, Report};
+use crate::operator::power::{Driver, OpContext, OpProgress, PowerError, Report};
 
 /// What a driver needs to act on `op` of `m`.
 pub(super) fn op_context<'a>(
@@ -127,7 +127,7 @@ pub(super) fn driver<'a>(
 pub(super) struct Outcome {
     pub requeue_after: Option<Duration>,
     /// A start/check answer to feed to the core in the next pass.
-    pub feedback: Option<Progress>,
+    pub feedback: Option<OpProgress>,
     pub note_events: Vec<KubeEvent>,
     /// A drain ran (or was given up) in this reconcile.
     pub drained: bool,
@@ -204,11 +204,11 @@ impl Outcome {
             Performed::Done => {}
             Performed::Started { reading, report } => {
                 let p = absorb(self, status, &reading, report);
-                if p != Progress::Running {
+                if p != OpProgress::Running {
                     self.feedback = Some(p);
                 }
             }
-            Performed::Refused { reason } => self.feedback = Some(Progress::Failed { reason }),
+            Performed::Refused { reason } => self.feedback = Some(OpProgress::Failed { reason }),
             Performed::StartDeferred { retry_after } => self.requeue_after = Some(retry_after),
             Performed::Drain(DrainPass::Skipped) => self.drained = true,
             Performed::Drain(DrainPass::Emptied) => self.pods_gone = true,
@@ -272,7 +272,7 @@ pub(super) fn absorb(
     status: &mut MachineStatus,
     reading: &Reading,
     r: Report,
-) -> Progress {
+) -> OpProgress {
     let escalated_before = status
         .power
         .as_ref()
@@ -490,7 +490,7 @@ pub(super) struct Passes<'a> {
     /// The lifecycle before the current pass's decision (a cancel names the old operation).
     before: Lifecycle,
     /// The operation in flight, as the world shows it.
-    op_status: Progress,
+    op_status: OpProgress,
     pods_present: bool,
     pub status: MachineStatus,
     pub out: Outcome,
@@ -517,7 +517,7 @@ impl<'a> Passes<'a> {
                 .is_some_and(|t| lifecycle.phase_since.is_none_or(|since| t > since)),
             before: lifecycle.clone(),
             lifecycle,
-            op_status: Progress::Absent,
+            op_status: OpProgress::Absent,
             pods_present: false,
             status,
             out: Outcome::default(),
@@ -539,17 +539,17 @@ impl<'a> Passes<'a> {
                         Err(PowerError::Transient(e)) => {
                             tracing::info!(machine = %m.object_ref(), error = %e, "power check failed; retrying");
                             passes.out.requeue_after = Some(ctx.settings.poll_interval);
-                            Progress::Running
+                            OpProgress::Running
                         }
                         Err(PowerError::Config(e)) => {
                             passes.spec_error = Some(e.clone());
-                            Progress::Failed { reason: e }
+                            OpProgress::Failed { reason: e }
                         }
                     }
                 }
                 Err(PowerError::Config(e)) | Err(PowerError::Transient(e)) => {
                     passes.spec_error = Some(e.clone());
-                    Progress::Failed { reason: e }
+                    OpProgress::Failed { reason: e }
                 }
             };
         }
@@ -561,12 +561,12 @@ impl<'a> Passes<'a> {
     }
 }
 
-fn to_op_status(p: &Progress) -> OpStatus<'_> {
+fn to_op_status(p: &OpProgress) -> OpStatus<'_> {
     match p {
-        Progress::Absent => OpStatus::Absent,
-        Progress::Running => OpStatus::Running,
-        Progress::Succeeded => OpStatus::Succeeded,
-        Progress::Failed { reason } => OpStatus::Failed { reason },
+        OpProgress::Absent => OpStatus::Absent,
+        OpProgress::Running => OpStatus::Running,
+        OpProgress::Succeeded => OpStatus::Succeeded,
+        OpProgress::Failed { reason } => OpStatus::Failed { reason },
     }
 }
 
@@ -660,7 +660,7 @@ mod tests {
         op: &Operation,
         now: Timestamp,
         r: Report,
-    ) -> Progress {
+    ) -> OpProgress {
         let reading = Reading {
             driver: "redfish",
             direction: direction_of(op),
@@ -681,10 +681,10 @@ mod tests {
             requeue_after: Some(Duration::from_secs(30)),
             ..Outcome::default()
         };
-        let running = Report::new(Progress::Running).recheck_after(Duration::from_secs(5));
+        let running = Report::new(OpProgress::Running).recheck_after(Duration::from_secs(5));
         assert_eq!(
             absorb_at(&mut out, &mut status, &op, t0, running),
-            Progress::Running
+            OpProgress::Running
         );
         assert_eq!(out.requeue_after, Some(Duration::from_secs(5)));
         let mut idle = Outcome::default();
@@ -693,7 +693,7 @@ mod tests {
             &mut status,
             &op,
             t0,
-            Report::new(Progress::Running).recheck_after(Duration::from_secs(2)),
+            Report::new(OpProgress::Running).recheck_after(Duration::from_secs(2)),
         );
         assert_eq!(idle.requeue_after, Some(Duration::from_secs(2)));
         assert_eq!(
@@ -712,7 +712,7 @@ mod tests {
         let op = off_op("off-1", t0);
         let mut status = MachineStatus::default();
         let mut out = Outcome::default();
-        let on = || Report::new(Progress::Running).with_readback(Some(PowerState::On));
+        let on = || Report::new(OpProgress::Running).with_readback(Some(PowerState::On));
         absorb_at(&mut out, &mut status, &op, at(0), on());
         absorb_at(&mut out, &mut status, &op, at(5), on());
         let first = status.power.clone();
@@ -752,7 +752,7 @@ mod tests {
             events,
             [("PowerOffEscalated", true), ("PowerDriverNote", false)]
         );
-        let off = Report::new(Progress::Succeeded).with_readback(Some(PowerState::Off));
+        let off = Report::new(OpProgress::Succeeded).with_readback(Some(PowerState::Off));
         absorb_at(&mut out, &mut status, &op, at(185), off);
         let p = status
             .power
