@@ -28,7 +28,7 @@ use crate::operator::api::{
     NodeAgent, NodeSnapshot, NodeTemplate, PowerOff, PowerOn, PowerOnOrder, PowerSpec, Pricing,
     Redfish, WakeOnLan,
 };
-use crate::operator::machine::{Operation, Phase, PowerState};
+use crate::operator::machine::{Lifecycle, Operation, Phase, PowerState};
 
 /// Namespace of every built CR unless [`MachineBuilder::namespace`] / [`GroupBuilder::namespace`]
 /// says otherwise.
@@ -137,6 +137,22 @@ impl MachineBuilder {
 
     pub fn uid(mut self, uid: &str) -> Self {
         self.0.metadata.uid = Some(uid.to_owned());
+        self
+    }
+
+    /// `metadata.resourceVersion` and `metadata.generation`, as read from the API server.
+    pub fn at_version(mut self, resource_version: &str, generation: i64) -> Self {
+        self.0.metadata.resource_version = Some(resource_version.to_owned());
+        self.0.metadata.generation = Some(generation);
+        self
+    }
+
+    pub fn finalizer(mut self, finalizer: &str) -> Self {
+        self.0
+            .metadata
+            .finalizers
+            .get_or_insert_with(Vec::new)
+            .push(finalizer.to_owned());
         self
     }
 
@@ -308,6 +324,12 @@ impl MachineBuilder {
         self
     }
 
+    /// The whole lifecycle part of the status (phase, goal, operation, …).
+    pub fn lifecycle(mut self, lifecycle: Lifecycle) -> Self {
+        self.status().lifecycle = lifecycle;
+        self
+    }
+
     /// `status.phaseSince`.
     pub fn phase_since(mut self, since: Timestamp) -> Self {
         self.status().lifecycle.phase_since = Some(since);
@@ -452,13 +474,19 @@ pub trait NodeExt: Sized {
     fn ready(self) -> Self;
     /// The `Ready` condition `False` (replacing any `Ready` condition).
     fn not_ready(self) -> Self;
+    /// The `Ready` condition `True` or `False` since `since` (its last transition).
+    fn ready_since(self, ready: bool, since: Timestamp) -> Self;
     /// `status.capacity`, e.g. `[("cpu", "4"), ("memory", "8Gi")]`, added to what is set.
     fn capacity<'a>(self, resources: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self;
     /// `status.allocatable`, added to what is set.
     fn allocatable<'a>(self, resources: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self;
 }
 
-fn ready_condition(mut node: Node, status: &str) -> Node {
+fn ready_condition(node: Node, status: &str) -> Node {
+    ready_condition_since(node, status, None)
+}
+
+fn ready_condition_since(mut node: Node, status: &str, since: Option<Timestamp>) -> Node {
     let conditions = node
         .status
         .get_or_insert_with(NodeStatus::default)
@@ -468,6 +496,7 @@ fn ready_condition(mut node: Node, status: &str) -> Node {
     conditions.push(NodeCondition {
         type_: "Ready".to_owned(),
         status: status.to_owned(),
+        last_transition_time: since.map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
         ..NodeCondition::default()
     });
     node
@@ -508,6 +537,10 @@ impl NodeExt for Node {
             .get_or_insert_with(NodeSpec::default)
             .unschedulable = Some(true);
         self
+    }
+
+    fn ready_since(self, ready: bool, since: Timestamp) -> Self {
+        ready_condition_since(self, if ready { "True" } else { "False" }, Some(since))
     }
 
     fn ready(self) -> Self {

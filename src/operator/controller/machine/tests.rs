@@ -9,22 +9,21 @@ use std::time::Duration;
 use http::Method;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::{error_policy, reconcile};
-use crate::operator::api::{
-    CONDITION_INVALID_SPEC, Machine, MachineSpec, MachineStatus, MinimalPodSpec,
-};
+use crate::operator::api::{CONDITION_INVALID_SPEC, Machine};
 use crate::operator::controller::fake_api::{Log, Seen, expect};
 use crate::operator::controller::{Context, FINALIZER};
 use crate::operator::machine::{Lifecycle, Operation, OperationKind, Phase, PowerState};
+use crate::testing::NodeExt as _;
 
-// Fixtures: one machine `lab/m1` whose Kubernetes Node is `n1`, power Jobs both ways. Kept
-// small and in one place.
+// Fixtures: one machine `lab/m1` whose Kubernetes Node is `n1`, power Jobs both ways, built with
+// the shared builders of `crate::testing`.
 
 const MACHINE: &str = "/apis/infra.homecluster.dev/v1alpha1/namespaces/lab/nodes/m1";
 const STATUS: &str = "/apis/infra.homecluster.dev/v1alpha1/namespaces/lab/nodes/m1/status";
@@ -32,34 +31,19 @@ const NODE: &str = "/api/v1/nodes/n1";
 const PODS: &str = "/api/v1/pods";
 const JOBS: &str = "/apis/batch/v1/namespaces/lab/jobs";
 
-fn pod_spec() -> Box<MinimalPodSpec> {
-    Box::new(MinimalPodSpec {
-        image: "busybox".into(),
-        command: Vec::new(),
-        args: Vec::new(),
-        volumes: Vec::new(),
-        service_account: None,
-        ttl_seconds_after_finished: None,
-    })
-}
-
-/// Machine `lab/m1`, wanted `desired`, in lifecycle `lc`, with its finalizer.
+/// Machine `lab/m1`, wanted `desired`, in lifecycle `lc`, with its finalizer; its Kubernetes
+/// Node is `n1` and it powers on and off with the predecessor's Jobs.
 fn machine(desired: PowerState, lc: Lifecycle) -> Machine {
-    let mut spec = MachineSpec::new(desired);
-    spec.kubernetes_node_name = Some("n1".into());
-    spec.startup_pod_spec = Some(pod_spec());
-    spec.shutdown_pod_spec = Some(pod_spec());
-    let mut m = Machine::new("m1", spec);
-    m.metadata.namespace = Some("lab".into());
-    m.metadata.uid = Some("5f0e7a52-m1".into());
-    m.metadata.resource_version = Some("7".into());
-    m.metadata.generation = Some(1);
-    m.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    m.status = Some(MachineStatus {
-        lifecycle: lc,
-        ..MachineStatus::default()
-    });
-    m
+    let job = || crate::testing::job("busybox", &[]);
+    Machine::test("m1")
+        .desired(desired)
+        .node_name("n1")
+        .legacy_jobs(job(), job())
+        .uid("5f0e7a52-m1")
+        .at_version("7", 1)
+        .finalizer(FINALIZER)
+        .lifecycle(lc)
+        .build()
 }
 
 fn lifecycle(phase: Phase, goal: PowerState, since: Timestamp) -> Lifecycle {
@@ -83,33 +67,11 @@ fn operation(kind: OperationKind, id: &str, started: Timestamp) -> Operation {
 
 /// Node `n1`, registered as m1's (providerID set, restored), Ready or not since `since`.
 fn node(ready: bool, since: Timestamp) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some("n1".into()),
-            resource_version: Some("3".into()),
-            annotations: Some(
-                [(
-                    crate::operator::node::RESTORED.to_owned(),
-                    "true".to_owned(),
-                )]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
-        spec: Some(NodeSpec {
-            provider_id: Some("homelab://lab/m1".into()),
-            ..NodeSpec::default()
-        }),
-        status: Some(NodeStatus {
-            conditions: Some(vec![NodeCondition {
-                type_: "Ready".into(),
-                status: if ready { "True" } else { "False" }.into(),
-                last_transition_time: Some(Time(since)),
-                ..NodeCondition::default()
-            }]),
-            ..NodeStatus::default()
-        }),
-    }
+    crate::testing::node("n1")
+        .at_version("3")
+        .annotation(crate::operator::node::RESTORED, "true")
+        .provider_id("homelab://lab/m1")
+        .ready_since(ready, since)
 }
 
 fn pod(name: &str) -> Pod {
