@@ -94,9 +94,8 @@ pub fn strip_node(node: &mut Node) {
 /// A Kubernetes Node as the Node watch reads it: the fields [`strip_node`] keeps and nothing
 /// else, so the rest of what the API server sends (images, condition messages, system info,
 /// managedFields: most of a kubelet's Node) is skipped by the parser instead of being built and
-/// dropped. Built objects freed between the cached ones left holes the allocator could not give
-/// back: 2,000 kubelet-sized Nodes read as full `Node`s and trimmed afterwards cost several MiB
-/// more resident memory than the same Nodes read this way (BENCHMARKS.md, "Kubernetes Nodes").
+/// dropped, on every list page and every status update of every Node. What the cache keeps is
+/// the same either way (BENCHMARKS.md, "Kubernetes Nodes in the bench", has what it changed).
 /// Becomes the cached [`Node`] with [`From`]; equal to the full Node after [`strip_node`]
 /// (tested).
 #[derive(Clone, Debug, Default, Deserialize)]
