@@ -1,5 +1,8 @@
-//! `kubectl homelab run-operator` as a process against a real etcd + kube-apiserver (tests/support),
-//! with 2,000 powered-off machines in 50 groups using the Job power driver:
+//! `kubectl homelab run-operator` as a process against a real etcd + kube-apiserver (tests/support,
+//! a private control plane: Nodes are cluster-scoped), with 2,000 machines in 50 groups using the
+//! Job power driver and 2,000 Kubernetes Nodes the size a kubelet reports them (`kubelet_node`):
+//! 1,000 of them registered by the machines that are on (half of each group, desired on, with
+//! matching providerIDs), 1,000 not managed here; the other 1,000 machines are off. Measured:
 //! - cold start: spawn → `NodeGroups` answers with every group (polled every 10 ms);
 //! - writes right after start (Node CRs, Groups, Jobs, Events, Leases) until the objects are quiet;
 //! - an idle window (default 300 s): CPU seconds of the process (/proc/<pid>/stat utime+stime) and
@@ -14,8 +17,10 @@
 //!
 //! Run: `cargo bench --bench operator` (`-- --idle SECS` shortens the idle window, `--per-group N`
 //! changes the scale, `--calls N` makes N IncreaseSize calls instead of 50: with 50 the p99 is
-//! the slowest call, with 200 the third slowest). Without `--bench` (`cargo test --benches`) it
-//! runs a smoke version: 2 groups of 10, a 5 s idle window, and checks every answer. `OPBENCH_HEAPTRACK=/tmp/op.heap` records the
+//! the slowest call, with 200 the third slowest; `--nodes N` creates N Kubernetes Nodes instead,
+//! half of them for machines that are on: `--nodes 0` is the bench as it was before it had Nodes,
+//! all machines off). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
+//! of 10, 8 Nodes (4 for machines that are on), a 5 s idle window, and checks every answer. `OPBENCH_HEAPTRACK=/tmp/op.heap` records the
 //! operator's allocations with heaptrack (one raw trace per start: `/tmp/op.heap.0`, `.1`);
 //! `OPBENCH_BIN=path` runs that build of `kubectl-homelab` instead of the one cargo built;
 //! `OPBENCH_KEEP_LOG=path` keeps the (restarted) operator's log there (`OPBENCH_LOG` its filter).
@@ -36,7 +41,8 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt as _};
 use kubectl_homelab::operator::api::{Group, Machine};
@@ -53,6 +59,9 @@ struct Size {
     groups: usize,
     per_group: usize,
     calls: usize,
+    /// Kubernetes Nodes: the first half registered by machines that are on (one per machine,
+    /// spread over the groups), the rest not managed here.
+    nodes: usize,
     idle: Duration,
     /// Start-up writes are over once the watched objects were unchanged for this long.
     quiet: Duration,
@@ -62,6 +71,7 @@ const BENCH: Size = Size {
     groups: 50,
     per_group: 40,
     calls: 50,
+    nodes: 2000,
     idle: Duration::from_secs(300),
     quiet: Duration::from_secs(10),
 };
@@ -70,12 +80,36 @@ const SMOKE: Size = Size {
     groups: 2,
     per_group: 10,
     calls: 4,
+    nodes: 8,
     idle: Duration::from_secs(5),
     quiet: Duration::from_secs(2),
 };
 
-/// Upper bound for anything that normally takes a second (a loaded machine is slow).
-const PATIENCE: Duration = Duration::from_secs(120);
+/// Upper bound for anything that normally takes a second (a loaded machine is slow; a debug
+/// build under heaptrack took over 120 s to write the first start's status with 2,000 Nodes).
+const PATIENCE: Duration = Duration::from_secs(300);
+
+impl Size {
+    fn machines(&self) -> usize {
+        self.groups * self.per_group
+    }
+
+    /// Machines that are on, each with its Kubernetes Node: half the Nodes, at most all machines.
+    fn on(&self) -> usize {
+        (self.nodes / 2).min(self.machines())
+    }
+
+    /// Whether machine `m` of group `g` is on: the on machines are dealt out over the groups in
+    /// turn, so every group has the same number (± 1) and the low indexes are the on ones.
+    fn is_on(&self, g: usize, m: usize) -> bool {
+        m * self.groups + g < self.on()
+    }
+
+    /// How many machines of group `g` are on.
+    fn on_in_group(&self, g: usize) -> usize {
+        (0..self.per_group).filter(|&m| self.is_on(g, m)).count()
+    }
+}
 
 fn group_id(g: usize) -> String {
     format!("g{g:02}")
@@ -106,11 +140,16 @@ fn main() {
     if let Some(n) = flag("--calls") {
         size.calls = n as usize;
     }
-    if size.calls > size.groups * size.per_group {
+    if let Some(n) = flag("--nodes") {
+        size.nodes = n as usize;
+    }
+    // Each group must have an off machine for each of its calls.
+    let off_per_group = size.per_group - size.on_in_group(0);
+    if size.calls > size.groups * off_per_group {
         eprintln!(
-            "--calls {}: at most {} (one power-on per machine)",
+            "--calls {}: at most {} (one power-on per machine that is off)",
             size.calls,
-            size.groups * size.per_group
+            size.groups * off_per_group
         );
         std::process::exit(2);
     }
@@ -374,7 +413,11 @@ async fn fixtures(client: &kube::Client, ns: &str, size: Size) -> anyhow::Result
                         &Machine::test(&machine_name(g, m))
                             .namespace(ns)
                             .group(&group_id(g))
-                            .desired(PowerState::Off)
+                            .desired(if size.is_on(g, m) {
+                                PowerState::On
+                            } else {
+                                PowerState::Off
+                            })
                             .capacity([("cpu", "4"), ("memory", "8Gi"), ("pods", "110")])
                             .build(),
                     )
@@ -385,7 +428,217 @@ async fn fixtures(client: &kube::Client, ns: &str, size: Size) -> anyhow::Result
         .buffer_unordered(32)
         .try_collect::<Vec<_>>()
         .await?;
+    let on: Vec<(usize, usize)> = (0..size.groups)
+        .flat_map(|g| (0..size.per_group).map(move |m| (g, m)))
+        .filter(|&(g, m)| size.is_on(g, m))
+        .collect();
+    let mut nodes: Vec<(String, Option<String>)> = on
+        .into_iter()
+        .map(|(g, m)| {
+            let name = machine_name(g, m);
+            let id = format!("homelab://{ns}/{name}");
+            (name, Some(id))
+        })
+        .collect();
+    let managed = nodes.len();
+    nodes.extend((managed..size.nodes).map(|i| (format!("worker-{i:04}"), None)));
+    let api: Api<Node> = Api::all(client.clone());
+    futures::stream::iter(nodes.into_iter().enumerate())
+        .map(|(i, (name, provider_id))| {
+            let api = api.clone();
+            async move {
+                let node = kubelet_node(&name, provider_id.as_deref(), i)?;
+                let status = serde_json::json!({ "status": node.status });
+                api.create(&PostParams::default(), &node)
+                    .await
+                    .with_context(|| format!("creating Node {name}"))?;
+                // The status as the kubelet reports it (a create may drop it).
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .with_context(|| format!("writing the status of Node {name}"))
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(())
+}
+
+/// A Kubernetes Node the size a kubelet (kubeadm, flannel, node-problem-detector) reports it:
+/// labels, annotations, podCIDRs, capacity and allocatable, 14 conditions with messages,
+/// addresses, nodeInfo, 40 container images with their sizes. `i` varies the details.
+fn kubelet_node(name: &str, provider_id: Option<&str>, i: usize) -> anyhow::Result<Node> {
+    use serde_json::json;
+    let ip = format!("10.{}.{}.{}", 20 + i / 65_000, (i / 250) % 256, 1 + i % 250);
+    let cidr = format!("10.244.{}.0/24", i % 256);
+    let heartbeat = "2026-12-05T10:00:00Z";
+    let since = "2026-12-01T08:00:00Z";
+    let condition = |t: &str, s: &str, reason: &str, message: &str| {
+        json!({
+            "type": t, "status": s, "reason": reason, "message": message,
+            "lastHeartbeatTime": heartbeat, "lastTransitionTime": since,
+        })
+    };
+    let problems = [
+        (
+            "KernelDeadlock",
+            "KernelHasNoDeadlock",
+            "kernel has no deadlock",
+        ),
+        (
+            "ReadonlyFilesystem",
+            "FilesystemIsNotReadOnly",
+            "Filesystem is not read-only",
+        ),
+        (
+            "FrequentKubeletRestart",
+            "NoFrequentKubeletRestart",
+            "kubelet is functioning properly",
+        ),
+        (
+            "FrequentDockerRestart",
+            "NoFrequentDockerRestart",
+            "docker is functioning properly",
+        ),
+        (
+            "FrequentContainerdRestart",
+            "NoFrequentContainerdRestart",
+            "containerd is functioning properly",
+        ),
+        (
+            "FrequentUnregisterNetDevice",
+            "NoFrequentUnregisterNetDevice",
+            "node is functioning properly",
+        ),
+        (
+            "CorruptDockerOverlay2",
+            "NoCorruptDockerOverlay2",
+            "docker overlay2 is functioning properly",
+        ),
+        ("KubeletProblem", "KubeletIsUp", "kubelet service is up"),
+        (
+            "ContainerRuntimeProblem",
+            "ContainerRuntimeIsUp",
+            "container runtime service is up",
+        ),
+    ];
+    let mut conditions = vec![condition(
+        "NetworkUnavailable",
+        "False",
+        "FlannelIsUp",
+        "Flannel is running on this node",
+    )];
+    conditions.extend(
+        problems
+            .iter()
+            .map(|(t, reason, message)| condition(t, "False", reason, message)),
+    );
+    conditions.extend([
+        condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        condition(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        condition(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
+        condition(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ),
+    ]);
+    let images: Vec<serde_json::Value> = (0..40)
+        .map(|k| {
+            let repo = match k % 4 {
+                0 => format!("registry.k8s.io/component-{k}"),
+                1 => format!("docker.io/library/app-{k}"),
+                2 => format!("ghcr.io/example/service-{k}"),
+                _ => format!("quay.io/example/tool-{k}"),
+            };
+            let digest = format!(
+                "{:064x}",
+                (k as u128 + 1) * 0x9e37_79b9_7f4a_7c15 + (i % 7) as u128
+            );
+            json!({
+                "names": [format!("{repo}@sha256:{digest}"), format!("{repo}:v1.{k}.{}", i % 3)],
+                "sizeBytes": 10_000_000 + k * 1_234_567,
+            })
+        })
+        .collect();
+    let mut spec = json!({ "podCIDR": cidr, "podCIDRs": [cidr] });
+    if let Some(id) = provider_id {
+        spec["providerID"] = json!(id);
+    }
+    let resources = |cpu: &str, memory: &str, storage: &str| {
+        json!({
+            "cpu": cpu, "ephemeral-storage": storage, "hugepages-1Gi": "0",
+            "hugepages-2Mi": "0", "memory": memory, "pods": "110",
+        })
+    };
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "node.kubernetes.io/instance-type": "homelab-4c8g",
+                "topology.kubernetes.io/zone": format!("rack{}", i % 4),
+            },
+            "annotations": {
+                "flannel.alpha.coreos.com/backend-data":
+                    format!("{{\"VNI\":1,\"VtepMAC\":\"0a:58:0a:f4:{:02x}:{:02x}\"}}", i / 256 % 256, i % 256),
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/public-ip": ip,
+                "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///var/run/containerd/containerd.sock",
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                "csi.volume.kubernetes.io/nodeid": format!("{{\"driver.longhorn.io\":\"{name}\"}}"),
+            },
+        },
+        "spec": spec,
+        "status": {
+            "capacity": resources("4", "8038532Ki", "102625208Ki"),
+            "allocatable": resources("4", "7936132Ki", "94580335255"),
+            "conditions": conditions,
+            "addresses": [
+                { "type": "InternalIP", "address": ip },
+                { "type": "Hostname", "address": name },
+            ],
+            "daemonEndpoints": { "kubeletEndpoint": { "Port": 10250 } },
+            "nodeInfo": {
+                "machineID": format!("{:032x}", i as u128 * 0x1234_5678_9abc_def1),
+                "systemUUID": format!("4c4c4544-0042-{:04x}-8031-b4c04f{:06x}", i % 65_536, i),
+                "bootID": format!("{:08x}-1c2d-4e5f-8a9b-{:012x}", i, i * 31),
+                "kernelVersion": "6.12.48+deb13-amd64",
+                "osImage": "Debian GNU/Linux 13 (trixie)",
+                "containerRuntimeVersion": "containerd://2.1.4",
+                "kubeletVersion": "v1.36.3", "kubeProxyVersion": "",
+                "operatingSystem": "linux", "architecture": "amd64",
+            },
+            "images": images,
+            "runtimeHandlers": [
+                { "name": "runc", "features": { "recursiveReadOnlyMounts": true, "userNamespaces": true } },
+                { "name": "", "features": { "recursiveReadOnlyMounts": true, "userNamespaces": true } },
+            ],
+            "features": { "supplementalGroupsPolicy": true },
+        },
+    });
+    serde_json::from_value(node).with_context(|| format!("the fixture Node {name}"))
 }
 
 /// Polls until `NodeGroups` lists exactly the fixture's groups with their max size.
@@ -565,9 +818,13 @@ async fn run(size: Size) -> anyhow::Result<()> {
     let t = Instant::now();
     fixtures(&client, &ns, size).await?;
     println!(
-        "{} machines (Job driver, all off) in {} groups created in {:.1} s; idle window {} s",
-        size.groups * size.per_group,
+        "{} machines (Job driver, {} on with a Node, the rest off) in {} groups and {} Kubernetes \
+         Nodes ({} not managed here) created in {:.1} s; idle window {} s",
+        size.machines(),
+        size.on(),
         size.groups,
+        size.nodes,
+        size.nodes - size.on(),
         t.elapsed().as_secs_f64(),
         size.idle.as_secs()
     );

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::lock;
 use crate::operator::api::{Group, Machine};
-use trim::{strip_custom_resource, strip_node};
+use trim::{ListedNode, strip_custom_resource};
 
 /// Which Group and Node CRs (and power Jobs) the operator reads. Kubernetes Nodes are
 /// cluster-scoped and always read in full.
@@ -170,21 +170,22 @@ impl Cache {
             KINDS[0],
             synced[0].clone(),
             describe_group,
-            strip_custom_resource,
+            stripped,
         );
         let (machines, m) = feed.spawn(
             scope.api::<Machine>(client.clone()),
             KINDS[1],
             synced[1].clone(),
             describe_machine,
-            strip_custom_resource,
+            stripped,
         );
+        // Read as `ListedNode`: the parser skips what the cache would drop (see `trim`).
         let (nodes, n) = feed.spawn(
-            Api::<Node>::all(client.clone()),
+            Api::<ListedNode>::all(client.clone()),
             KINDS[2],
             synced[2].clone(),
             describe_node,
-            strip_node,
+            Node::from,
         );
         Cache {
             client,
@@ -324,22 +325,25 @@ struct Feed {
 }
 
 impl Feed {
-    fn spawn<K>(
+    /// Watches `api` and keeps what `keep` makes of each object (only what the operator reads;
+    /// see [`trim`]) in a store.
+    fn spawn<W, K>(
         &self,
-        api: Api<K>,
+        api: Api<W>,
         kind: &'static str,
         synced: Arc<AtomicBool>,
         describe: fn(&K) -> Change,
-        trim: fn(&mut K),
+        keep: fn(W) -> K,
     ) -> (Store<K>, JoinHandle<()>)
     where
+        W: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + Hash + Clone,
     {
         let (reader, writer) = reflector::store();
         let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE_SIZE))
             .default_backoff()
-            .modify(trim)
+            .map_ok(move |e| kept(e, keep))
             .reflect(writer);
         let generation = self.generation.clone();
         let changes = self.changes.clone();
@@ -374,6 +378,23 @@ impl Feed {
             }
         });
         (reader, task)
+    }
+}
+
+/// A Group or Node CR as the cache keeps it.
+fn stripped<K: Resource>(mut obj: K) -> K {
+    strip_custom_resource(&mut obj);
+    obj
+}
+
+/// The watch event with `keep` applied to its object.
+fn kept<W, K>(e: watcher::Event<W>, keep: fn(W) -> K) -> watcher::Event<K> {
+    match e {
+        watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(keep(o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(keep(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 

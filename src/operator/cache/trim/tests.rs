@@ -230,3 +230,46 @@ fn a_trimmed_node_cr_and_group_give_the_same_views() {
     assert_eq!(group_view(&group, 1), group_view(&small, 1));
     assert_eq!(small.metadata.annotations, Some(Default::default()));
 }
+
+/// What the Node watch keeps: the JSON the API server sends, read as a `ListedNode`.
+fn listed(node: &Node) -> Node {
+    let json = serde_json::to_value(node).unwrap_or_else(|e| panic!("Node to JSON: {e}"));
+    Node::from(
+        serde_json::from_value::<ListedNode>(json).unwrap_or_else(|e| panic!("ListedNode: {e}")),
+    )
+}
+
+#[test]
+fn a_listed_node_is_the_trimmed_node() {
+    for (scale_down, owned, unschedulable) in [
+        (None, "", false),
+        (Some("true"), SCALE_DOWN_DISABLED, true),
+        (Some("true"), "team.example.org/owner", false),
+    ] {
+        let full = kubelet_node(scale_down, owned, unschedulable);
+        assert_eq!(listed(&full), trimmed(&full), "{scale_down:?} {owned:?}");
+        for sd in [false, true] {
+            let m = node_cr(sd);
+            assert_eq!(
+                node_decisions(&m, &full),
+                node_decisions(&m, &listed(&full))
+            );
+        }
+    }
+    // Every ObjectMeta field but managedFields is kept (the watcher and the controllers read
+    // resourceVersion, uid, finalizers, owners, timestamps).
+    let mut full = kubelet_node(None, "", false);
+    full.metadata.finalizers = Some(vec!["example.org/keep".to_owned()]);
+    full.metadata.generation = Some(3);
+    full.metadata.deletion_grace_period_seconds = Some(30);
+    full.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::UNIX_EPOCH,
+    ));
+    assert_eq!(listed(&full), trimmed(&full));
+    // A Node as a kubelet first registers it: no spec fields, no status.
+    let bare: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": { "name": "n2" },
+    }))
+    .unwrap_or_else(|e| panic!("bare Node: {e}"));
+    assert_eq!(listed(&bare), trimmed(&bare));
+}
