@@ -30,12 +30,12 @@ pub const RECENT_BOOTS_MAX: usize = 10;
 /// `status.phaseSince`.
 pub const RETRY_ANNOTATION: &str = "infra.homecluster.dev/retry-requested-at";
 
+// The custom resource's kind is `Node` (`nodes.infra.homecluster.dev`, short name `hln`), the
+// predecessor's name, kept so its YAML applies. In Rust it is `Machine`, so it never reads
+// like the core Kubernetes `Node` (`k8s_openapi::api::core::v1::Node`) that the same machine
+// registers as once it boots; messages to users say "Node CR" for this one. (A plain comment:
+// the doc comment below becomes the CRD's description, which is for users.)
 /// A physical machine that is (or becomes) a Kubernetes node, powered on and off on demand.
-///
-/// The custom resource's kind is `Node` (`nodes.infra.homecluster.dev`, short name `hln`), the
-/// predecessor's name, kept so its YAML applies. In Rust it is `Machine`, so it never reads
-/// like the core Kubernetes `Node` (`k8s_openapi::api::core::v1::Node`) that the same machine
-/// registers as once it boots; messages to users say "Node CR" for this one.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "infra.homecluster.dev",
