@@ -97,6 +97,8 @@ pub(super) struct MachineSim {
     /// when `ready` is false.
     pub node_registered: bool,
     pub node_not_ready_since: Option<Millis>,
+    /// When the Node last became Ready (`None`: not Ready).
+    pub node_ready_since: Option<Millis>,
     /// Bumped to invalidate pending hardware timers (a cancelled action, a new cycle).
     pub generation: u32,
     /// Scheduled FSM wake-up (deadline / retry), to avoid queueing duplicates.
@@ -252,6 +254,7 @@ impl<'s> Sim<'s> {
                     physical: if on { Physical::On } else { Physical::Off },
                     node_registered: on,
                     node_not_ready_since: None,
+                    node_ready_since: on.then_some(0),
                     generation: 0,
                     wake_at: None,
                     last_power_on: None,
@@ -579,6 +582,7 @@ impl<'s> Sim<'s> {
                 self.machines[m].physical = Physical::On;
                 self.machines[m].node_registered = true;
                 self.machines[m].node_not_ready_since = None;
+                self.machines[m].node_ready_since = Some(self.now);
                 self.cluster.nodes[m].ready = true;
                 // The operator annotates the Node of a scaleDownDisabled machine so CA leaves it
                 // alone (`cluster-autoscaler.kubernetes.io/scale-down-disabled`).
@@ -1058,6 +1062,10 @@ impl Edge for SimPass<'_, '_> {
                 ready: sim.cluster.nodes[m].ready,
                 provider_id_matches: true,
                 not_ready_since: sim.machines[m].node_not_ready_since.map(|t| sim.ts(t)),
+                ready_since: sim.machines[m]
+                    .node_ready_since
+                    .filter(|_| sim.cluster.nodes[m].ready)
+                    .map(|t| sim.ts(t)),
             }
         } else {
             NodeObs::Absent

@@ -80,6 +80,7 @@ mod tests {
                     ready: true,
                     provider_id_matches: true,
                     not_ready_since: None,
+                    ready_since: None,
                 },
                 operation: self.operation,
                 pods_present: self.pods_present,

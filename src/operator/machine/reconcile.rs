@@ -5,7 +5,7 @@ use jiff::Timestamp;
 
 use super::fsm::{Effect, Policy, Rejected, add, deadline, remediation_at, step_mut};
 use super::table::{Event, EventKind, Row};
-use super::types::{Lifecycle, Phase, PowerState};
+use super::types::{Lifecycle, OperationKind, Phase, PowerState};
 
 /// What the cluster says about the machine's Kubernetes Node object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +20,10 @@ pub enum NodeObs {
         /// When Ready last became non-True (the condition's `lastTransitionTime`); `None` if
         /// unknown, then the phase start stands in for it.
         not_ready_since: Option<Timestamp>,
+        /// When Ready last became True (the condition's `lastTransitionTime` while it is True);
+        /// `None` when not Ready or unknown. Tells a new boot from a Node still Ready from before
+        /// a power-off.
+        ready_since: Option<Timestamp>,
     },
 }
 
@@ -150,7 +154,10 @@ pub fn reconcile_mut(
         } else {
             OpStatus::Running
         };
-        let Some(event) = derive(lc, observed, desired, op_status, now, policy) else {
+        // An operation started by an earlier step of this reconcile was started after the world
+        // was observed: nothing observed can be evidence of it.
+        let op_new = lc.operation_seq != initial_op_seq;
+        let Some(event) = derive(lc, observed, desired, op_status, op_new, now, policy) else {
             break;
         };
         let key = (lc.phase(), event.kind());
@@ -198,7 +205,10 @@ fn requeue_at(
     now: Timestamp,
     policy: &Policy,
 ) -> Option<Timestamp> {
-    let base = next_wakeup(lc, policy);
+    let base = next_wakeup(lc, policy)
+        .into_iter()
+        .chain(stale_ready_until(lc, &observed.node, now, policy))
+        .min();
     let waits_for_grace = match lc.phase() {
         Phase::Unknown => true,
         Phase::Ready => lc.node_lost_since.is_none(),
@@ -213,6 +223,64 @@ fn requeue_at(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Since when a power-on counts: a Ready transition at or after it is evidence of a boot. The
+/// power-on operation's start while powering on or booting; for a Failed machine the failure
+/// (its operation is gone; a Ready transition before it was seen by the step that failed).
+fn boot_reference(lc: &Lifecycle) -> Option<Timestamp> {
+    match lc.phase() {
+        Phase::PoweringOn | Phase::Booting => lc
+            .operation
+            .as_ref()
+            .filter(|o| o.kind == OperationKind::PowerOn)
+            .map(|o| o.started)
+            .or(lc.phase_since),
+        Phase::Failed => lc.phase_since,
+        _ => None,
+    }
+}
+
+/// Whether the Node shows the machine up since `since` (see [`boot_reference`]): Ready with
+/// its providerID, and Ready became True at or after `since`. Condition times have whole
+/// seconds: compared at that precision, as PoweringOff compares `not_ready_since`. A Node Ready
+/// from before `since` (its OS still shutting down, or off and not yet marked NotReady by the
+/// node lifecycle controller, which takes its node-monitor-grace-period, 40-50 s) is no
+/// evidence of a boot: a power-on sent meanwhile may have been lost. It counts only once it has
+/// stayed Ready for `Policy::not_ready_grace` after `since`: a machine that went off would have
+/// been marked NotReady long before, so it never went off and is on. An unknown transition
+/// time counts as from before.
+fn up_since(node: &NodeObs, since: Option<Timestamp>, now: Timestamp, policy: &Policy) -> bool {
+    let NodeObs::Registered { ready_since, .. } = node else {
+        return false;
+    };
+    if !node.is_registered_ready() {
+        return false;
+    }
+    let Some(since) = since else {
+        return true;
+    };
+    ready_since.is_some_and(|r| r.as_second() >= since.as_second())
+        || now >= add(since, policy.not_ready_grace)
+}
+
+/// When a Node Ready from before the power-on starts counting as up (see [`up_since`]), if the
+/// lifecycle is waiting for that.
+fn stale_ready_until(
+    lc: &Lifecycle,
+    node: &NodeObs,
+    now: Timestamp,
+    policy: &Policy,
+) -> Option<Timestamp> {
+    let waits = match lc.phase() {
+        Phase::PoweringOn | Phase::Booting => true,
+        Phase::Failed => lc.goal == Some(PowerState::On),
+        _ => false,
+    };
+    let since = boot_reference(lc)?;
+    (waits && node.is_registered_ready() && !up_since(node, Some(since), now, policy))
+        .then(|| add(since, policy.not_ready_grace))
+        .filter(|t| *t > now)
 }
 
 /// Since when the node has been registered but not usable (NotReady or wrong providerID).
@@ -230,11 +298,15 @@ fn derive(
     observed: &Observed<'_>,
     desired: PowerState,
     op_status: OpStatus<'_>,
+    op_new: bool,
     now: Timestamp,
     policy: &Policy,
 ) -> Option<Event> {
     let node = &observed.node;
     let up = node.is_registered_ready();
+    // Up since the power-on was requested (PoweringOn, Booting, Failed): a Node Ready from before
+    // it is no evidence of a boot, nor is anything observed before this reconcile started it.
+    let booted = !op_new && up_since(node, boot_reference(lc), now, policy);
     let absent = matches!(node, NodeObs::Absent);
     let nr_since = not_ready_since(lc, node, now);
     let long_not_ready = nr_since.is_some_and(|s| now >= add(s, policy.not_ready_grace));
@@ -282,8 +354,8 @@ fn derive(
             }
         }
         Phase::PoweringOn => {
-            // A Ready node first: it may already run pods, so a desired off then drains.
-            if up {
+            // A booted node first: it may already run pods, so a desired off then drains.
+            if booted {
                 Some(Event::NodeReady)
             } else if desired == PowerState::Off {
                 Some(desired_event())
@@ -304,7 +376,7 @@ fn derive(
             }
         }
         Phase::Booting => {
-            if up {
+            if booted {
                 Some(Event::NodeReady)
             } else if desired == PowerState::Off {
                 Some(desired_event())
@@ -356,8 +428,17 @@ fn derive(
             // The node of a machine being power-cycled was down before the power-off started:
             // only the action's success is evidence then.
             let went_down = went_down_after_start && !power_cycle;
-            if desired == PowerState::On && !power_cycle {
+            // Wanted on again: while the power-off action still runs it is cancelled and a
+            // power-on started. Once the action is done the machine may still be shutting down,
+            // and a power-on sent now (a Wake-on-LAN packet, a Redfish On) would be lost: the goal
+            // becomes on and the power-off finishes (off evidence as below), then Off powers it on
+            // again, as a power-cycle does. The Node is not waited on for longer than the node
+            // lifecycle controller takes to mark it NotReady.
+            let wants_on = desired == PowerState::On && !power_cycle;
+            if wants_on && (!action_done || lc.goal != Some(PowerState::On)) {
                 Some(Event::DesiredOn)
+            } else if desired == PowerState::Off && lc.goal == Some(PowerState::On) {
+                Some(desired_event())
             } else if !up && (action_done || went_down) {
                 Some(if absent {
                     Event::NodeGone
@@ -382,7 +463,7 @@ fn derive(
             let goal = lc.goal;
             if goal_differs {
                 Some(desired_event())
-            } else if goal == Some(PowerState::On) && up {
+            } else if goal == Some(PowerState::On) && booted {
                 Some(Event::NodeReady)
             } else if goal == Some(PowerState::Off) && absent {
                 Some(Event::NodeGone)

@@ -348,7 +348,10 @@ pub static TABLE: &[Row] = &[
     row(P::Ready, E::NodeGone, &[], P::Ready, Action::NoteLost, "nodeLostSince, warning Event NodeGone; power untouched"),
     row(P::Ready, E::RemediationDue, &[RemediationTimeReached], P::PoweringOff, Action::PowerCycle, "power-cycle: Cordon, StartPowerOff(off-<n>), warning Event; desired stays on, so Off powers it on again"),
     // PoweringOff: cordoned, action issued, waiting for evidence (Node NotReady or gone).
-    row(P::PoweringOff, E::DesiredOn, &[], P::PoweringOn, START_ON_FRESH, "CancelOperation(off-<n>) if running, StartPowerOn(on-<n+1>), Event"),
+    row(P::PoweringOff, E::DesiredOn, &[ActionPending], P::PoweringOn, START_ON_FRESH, "CancelOperation(off-<n>), StartPowerOn(on-<n+1>), Event"),
+    // The power-off action is done but the machine may still be shutting down (a power-on sent
+    // now would be lost): finish the power-off, then Off powers it on.
+    row(P::PoweringOff, E::DesiredOn, &[ActionDone], P::PoweringOff, Action::RecordGoal, "record goal on: the power-off finishes (Node NotReady or gone), then Off powers on"),
     row(P::PoweringOff, E::DesiredOff, &[], P::PoweringOff, Action::RecordGoal, "none"),
     row(P::PoweringOff, E::ActionSucceeded, &[], P::PoweringOff, Action::MarkDone, "operation completed; wait for the Node to go NotReady or away"),
     row(P::PoweringOff, E::ActionFailed, &[AttemptsLeft], P::Failed, Action::Fail, FAIL_RETRY),

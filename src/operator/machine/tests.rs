@@ -413,10 +413,12 @@ fn world(desired: PowerState, node: NodeObs, operation: OpStatus<'static>) -> Ob
     }
 }
 
+/// Ready with the machine's providerID since `t0()`.
 const READY: NodeObs = NodeObs::Registered {
     ready: true,
     provider_id_matches: true,
     not_ready_since: None,
+    ready_since: Some(Timestamp::constant(1_800_000_000, 0)),
 };
 
 fn starts(effects: &[Effect]) -> usize {
@@ -524,6 +526,7 @@ fn unknown_with_not_ready_node_waits_for_the_grace_period() {
         ready: false,
         provider_id_matches: true,
         not_ready_since: Some(at(0)),
+        ready_since: None,
     };
     let t = reconcile(
         &Lifecycle::default(),
@@ -562,6 +565,7 @@ fn ready_not_ready_blip_is_not_a_power_off() {
         ready: false,
         provider_id_matches: true,
         not_ready_since: Some(at(100)),
+        ready_since: None,
     };
     let t = reconcile(
         &lc,
@@ -686,6 +690,7 @@ fn remediation_power_cycles_a_lost_machine_and_boots_it_again() {
         ready: false,
         provider_id_matches: true,
         not_ready_since: Some(at(100)),
+        ready_since: None,
     };
     let noted = reconcile(
         &ready,
@@ -833,6 +838,7 @@ fn job_success_without_ready_node_ends_in_boot_deadline_failure() {
         ready: true,
         provider_id_matches: false,
         not_ready_since: None,
+        ready_since: None,
     };
     let t = reconcile(
         &lc,
@@ -1011,6 +1017,7 @@ fn desired_off_drains_first_and_powers_off_only_without_pods() {
         ready: false,
         provider_id_matches: true,
         not_ready_since: Some(at(0)),
+        ready_since: None,
     };
     let mut lost_obs = obs;
     lost_obs.node = lost;
@@ -1037,6 +1044,7 @@ fn desired_off_drains_first_and_powers_off_only_without_pods() {
         ready: false,
         provider_id_matches: true,
         not_ready_since: Some(at(40)),
+        ready_since: None,
     };
     let t4 = reconcile(
         &t3.lifecycle,
@@ -1348,9 +1356,9 @@ proptest! {
             now = fsm::add(now, secs(dt));
             let node = match node {
                 0 => NodeObs::Absent,
-                1 => READY,
-                2 => NodeObs::Registered { ready: false, provider_id_matches: true, not_ready_since: Some(fsm::add(now, secs(-nr))) },
-                _ => NodeObs::Registered { ready: true, provider_id_matches: false, not_ready_since: None },
+                1 => NodeObs::Registered { ready: true, provider_id_matches: true, not_ready_since: None, ready_since: Some(fsm::add(now, secs(-nr))) },
+                2 => NodeObs::Registered { ready: false, provider_id_matches: true, not_ready_since: Some(fsm::add(now, secs(-nr))), ready_since: None },
+                _ => NodeObs::Registered { ready: true, provider_id_matches: false, not_ready_since: None, ready_since: None },
             };
             let operation = match op {
                 0 => OpStatus::Absent,
@@ -1518,6 +1526,7 @@ impl SimMachine {
                 ready: self.ready,
                 provider_id_matches: true,
                 not_ready_since: (!self.ready).then_some(since),
+                ready_since: self.ready.then_some(since),
             },
         };
         Observed {
@@ -1619,7 +1628,7 @@ fn power_on_failure_is_remembered_across_desired_changes_until_the_machine_comes
     // The retry boots: cleared.
     let lc = on(&lc, NodeObs::Absent, OpStatus::Running, 700);
     assert_eq!(lc.phase(), Phase::PoweringOn);
-    let lc = on(&lc, READY, OpStatus::Succeeded, 760);
+    let lc = on(&lc, ready_since(at(750)), OpStatus::Succeeded, 760);
     assert_eq!(lc.phase(), Phase::Ready);
     assert_eq!(lc.last_power_on_failure, None);
 }
@@ -1652,6 +1661,7 @@ fn power_off_and_node_lost_failures_are_not_power_on_failures() {
         ready: false,
         provider_id_matches: true,
         not_ready_since: Some(at(0)),
+        ready_since: None,
     };
     let t = reconcile(
         &ready,
@@ -1680,6 +1690,7 @@ fn not_ready_in_the_same_second_as_the_power_off_counts_as_off() {
                 ready: true,
                 provider_id_matches: true,
                 not_ready_since: None,
+                ready_since: None,
             },
             ..Observed::empty(PowerState::Off)
         },
@@ -1695,6 +1706,7 @@ fn not_ready_in_the_same_second_as_the_power_off_counts_as_off() {
                 ready: false,
                 provider_id_matches: true,
                 not_ready_since: Some("2026-01-01T00:00:10Z".parse().unwrap_or_default()),
+                ready_since: None,
             },
             operation: OpStatus::Running,
             ..Observed::empty(PowerState::Off)
@@ -1703,4 +1715,305 @@ fn not_ready_in_the_same_second_as_the_power_off_counts_as_off() {
         &policy,
     );
     assert_eq!(t.lifecycle.phase(), Phase::Off);
+}
+
+/// Ready with the machine's providerID, the Ready condition True since `since`.
+fn ready_since(since: Timestamp) -> NodeObs {
+    NodeObs::Registered {
+        ready: true,
+        provider_id_matches: true,
+        not_ready_since: None,
+        ready_since: Some(since),
+    }
+}
+
+fn not_ready_since(since: Timestamp) -> NodeObs {
+    NodeObs::Registered {
+        ready: false,
+        provider_id_matches: true,
+        not_ready_since: Some(since),
+        ready_since: None,
+    }
+}
+
+fn powering_off(completed: bool) -> Lifecycle {
+    Lifecycle {
+        phase: Some(Phase::PoweringOff),
+        phase_since: Some(at(0)),
+        goal: Some(PowerState::Off),
+        operation: Some(op(OperationKind::PowerOff, "off-1", at(0), completed)),
+        operation_seq: 1,
+        ..Lifecycle::default()
+    }
+}
+
+/// CA deletes a machine and wants it again while its Node is still Ready from before the
+/// power-off (the kubelet is stopping, or the node lifecycle controller has not marked it
+/// NotReady yet). With the power-off action still running, it is cancelled and a power-on is
+/// started and kept: that Ready Node is no evidence of a boot, so the machine is neither Ready
+/// nor uncordoned until the Node becomes Ready again after the power-on.
+#[test]
+fn a_node_ready_from_before_the_power_on_is_no_evidence_of_a_boot() {
+    let p = Policy::default();
+    let stale = ready_since(at(-1000));
+    let t = reconcile(
+        &powering_off(false),
+        &world(PowerState::On, stale, OpStatus::Running),
+        at(10),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOn, "{:?}", t.fired);
+    assert!(
+        t.effects
+            .contains(&Effect::CancelOperation { op: "off-1".into() })
+    );
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::StartPowerOn { op, .. } if op == "on-2"))
+    );
+    assert!(
+        !t.effects
+            .contains(&Effect::CancelOperation { op: "on-2".into() })
+    );
+    assert!(!t.effects.contains(&Effect::Uncordon));
+    // The power-on runs and finishes; the Node is still the old Ready one.
+    let t = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, stale, OpStatus::Running),
+        at(20),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOn);
+    assert!(t.effects.is_empty(), "{:?}", t.effects);
+    let t = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, stale, OpStatus::Succeeded),
+        at(30),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Booting);
+    assert!(!t.effects.contains(&Effect::Uncordon));
+    // The machine went down after all, then booted: a Ready transition after the power-on.
+    let lc = t.lifecycle;
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, not_ready_since(at(40)), OpStatus::Succeeded),
+        at(50),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Booting);
+    let t = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, ready_since(at(90)), OpStatus::Succeeded),
+        at(95),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    assert!(t.effects.contains(&Effect::Uncordon));
+}
+
+/// Condition times have whole seconds: a Ready transition in the second the power-on was
+/// started counts as after it.
+#[test]
+fn a_ready_transition_in_the_second_of_the_power_on_counts() {
+    let p = Policy::default();
+    let started = at(10) + SignedDuration::from_millis(700);
+    let lc = Lifecycle {
+        phase: Some(Phase::Booting),
+        phase_since: Some(started),
+        goal: Some(PowerState::On),
+        operation: Some(op(OperationKind::PowerOn, "on-2", started, true)),
+        operation_seq: 2,
+        ..Lifecycle::default()
+    };
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, ready_since(at(10)), OpStatus::Succeeded),
+        at(11),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, ready_since(at(9)), OpStatus::Succeeded),
+        at(11),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Booting);
+}
+
+/// A machine wanted on again once its power-off action is done finishes powering off (a
+/// Wake-on-LAN packet or a Redfish On sent while it still shuts down is lost), and is powered
+/// on from Off as soon as its Node goes NotReady: no boot timeout is waited out.
+#[test]
+fn wanted_on_after_the_power_off_action_is_done_finishes_the_power_off_first() {
+    let p = Policy::default();
+    let stale = ready_since(at(-1000));
+    let t = reconcile(
+        &powering_off(true),
+        &world(PowerState::On, stale, OpStatus::Succeeded),
+        at(10),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOff, "{:?}", t.fired);
+    assert_eq!(t.lifecycle.goal, Some(PowerState::On));
+    assert_eq!(starts(&t.effects), 0, "{:?}", t.effects);
+    assert!(!t.effects.contains(&Effect::Uncordon));
+    // Nothing more while the Node is still Ready.
+    let o = reconcile_mut(
+        &mut t.lifecycle.clone(),
+        &world(PowerState::On, stale, OpStatus::Succeeded),
+        at(20),
+        &p,
+    );
+    assert!(o.fired.is_empty(), "{:?}", o.fired);
+    // NotReady: confirmed off, then powered on at once.
+    let t = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, not_ready_since(at(45)), OpStatus::Succeeded),
+        at(50),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOn, "{:?}", t.fired);
+    assert!(t.effects.contains(&Effect::DeleteNode));
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e, Effect::StartPowerOn { op, .. } if op == "on-2"))
+    );
+}
+
+/// A Node Ready from before the power-on that stays Ready for the NotReady grace period
+/// belongs to a machine that never went off: it counts as up then (a machine that went off
+/// would have been marked NotReady long before), and the reconcile asks to look again then.
+#[test]
+fn a_node_ready_throughout_counts_as_up_after_the_grace_period() {
+    let p = Policy::default();
+    let lc = Lifecycle {
+        phase: Some(Phase::Booting),
+        phase_since: Some(at(5)),
+        goal: Some(PowerState::On),
+        operation: Some(op(OperationKind::PowerOn, "on-2", at(0), true)),
+        operation_seq: 2,
+        ..Lifecycle::default()
+    };
+    let stale = ready_since(at(-500));
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, stale, OpStatus::Succeeded),
+        at(60),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Booting);
+    assert_eq!(t.requeue_at, Some(fsm::add(at(0), p.not_ready_grace)));
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, stale, OpStatus::Succeeded),
+        fsm::add(at(0), p.not_ready_grace),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Ready);
+}
+
+/// A power-on that fails at once leaves the machine Failed with its goal on; the Node still
+/// Ready from before is no late evidence of a boot either.
+#[test]
+fn a_failed_power_on_does_not_take_a_stale_ready_node_as_up() {
+    let p = Policy::default();
+    let lc = Lifecycle {
+        phase: Some(Phase::PoweringOn),
+        phase_since: Some(at(0)),
+        goal: Some(PowerState::On),
+        operation: Some(op(OperationKind::PowerOn, "on-2", at(0), false)),
+        operation_seq: 2,
+        ..Lifecycle::default()
+    };
+    let stale = ready_since(at(-30));
+    let t = reconcile(
+        &lc,
+        &world(PowerState::On, stale, OpStatus::Failed { reason: "exit 1" }),
+        at(5),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Failed, "{:?}", t.fired);
+    let t = reconcile(
+        &t.lifecycle,
+        &world(PowerState::On, stale, OpStatus::Absent),
+        at(20),
+        &p,
+    );
+    assert_eq!(t.lifecycle.phase(), Phase::Failed, "{:?}", t.fired);
+    assert!(!t.effects.contains(&Effect::Uncordon));
+}
+
+fn any_node(now: Timestamp) -> impl Strategy<Value = NodeObs> {
+    (0u8..5, -900i64..60).prop_map(move |(k, d)| {
+        let t = fsm::add(now, secs(d));
+        match k {
+            0 => NodeObs::Absent,
+            1 => ready_since(t),
+            2 => not_ready_since(t),
+            3 => NodeObs::Registered {
+                ready: true,
+                provider_id_matches: false,
+                not_ready_since: None,
+                ready_since: Some(t),
+            },
+            _ => NodeObs::Registered {
+                ready: true,
+                provider_id_matches: true,
+                not_ready_since: None,
+                ready_since: None,
+            },
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// A chained step never drops a StartPowerOn: whatever the lifecycle and the world, a
+    /// power-on started by one reconcile is neither cancelled nor replaced by a later step of
+    /// the same reconcile (nothing the reconcile observed can be evidence of it).
+    #[test]
+    fn a_chained_step_never_drops_a_start_power_on(
+        phase in 0usize..Phase::ALL.len(),
+        pick in any::<prop::sample::Index>(),
+        (now, node) in (0i64..1200).prop_flat_map(|s| (Just(at(s)), any_node(at(s)))),
+        on in any::<bool>(),
+        op_status in 0u8..4,
+        pods in any::<bool>(),
+        retry in any::<bool>(),
+        remediate in any::<bool>(),
+    ) {
+        let policy = if remediate { remediating() } else { Policy::default() };
+        let lcs = candidates(Phase::ALL[phase]);
+        let lc = lcs[pick.index(lcs.len())].clone();
+        let obs = Observed {
+            desired: if on { PowerState::On } else { PowerState::Off },
+            node,
+            operation: match op_status {
+                0 => OpStatus::Absent,
+                1 => OpStatus::Running,
+                2 => OpStatus::Succeeded,
+                _ => OpStatus::Failed { reason: "exit 1" },
+            },
+            pods_present: pods,
+            manual_retry: retry,
+        };
+        let t = reconcile(&lc, &obs, now, &policy);
+        for (i, e) in t.effects.iter().enumerate() {
+            let Effect::StartPowerOn { op, .. } = e else { continue };
+            let later = &t.effects[i + 1..];
+            prop_assert!(
+                !later.iter().any(|l| matches!(l,
+                    Effect::CancelOperation { op: o }
+                    | Effect::StartPowerOn { op: o, .. }
+                    | Effect::StartPowerOff { op: o, .. } if o != op || matches!(l, Effect::CancelOperation { .. }))),
+                "{op} dropped: {:?} from {:?} with {:?}", t.fired.iter().map(|r| (r.from, r.event, r.to)).collect::<Vec<_>>(), lc, obs
+            );
+            prop_assert_eq!(t.lifecycle.operation.as_ref().map(|o| o.id.as_str()), Some(op.as_str()));
+        }
+    }
 }

@@ -88,6 +88,10 @@ fn node_obs(m: &Machine, node: Option<&Node>) -> NodeObs {
             .filter(|c| c.status != "True")
             .and_then(|c| c.last_transition_time.as_ref())
             .map(|t| t.0),
+        ready_since: ready
+            .filter(|c| c.status == "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0),
     }
 }
 
