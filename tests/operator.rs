@@ -80,6 +80,15 @@ fn fast_settings() -> Settings {
 
 impl Lab {
     async fn start(cp: &ControlPlane, prefix: &str) -> anyhow::Result<Lab> {
+        Lab::start_with(cp, prefix, fast_settings()).await
+    }
+
+    /// [`Lab::start`] with the operator's settings `settings`.
+    async fn start_with(
+        cp: &ControlPlane,
+        prefix: &str,
+        settings: Settings,
+    ) -> anyhow::Result<Lab> {
         // The operator's log in the test output (shown when a test fails).
         let _ = tracing_subscriber::fmt()
             .with_env_filter("kubectl_homelab=debug")
@@ -93,7 +102,7 @@ impl Lab {
             .create(&PostParams::default(), &group)
             .await
             .context("creating Group g")?;
-        let operator = start_operator(cp, &ns).await?;
+        let operator = start_operator(cp, &ns, settings).await?;
         Ok(Lab {
             world: World::new(client.clone()),
             ns,
@@ -331,7 +340,11 @@ fn readback(m: &Machine) -> Option<(Direction, Option<PowerState>)> {
 }
 
 /// The controllers of `run-operator`, in-process, scoped to `ns`.
-async fn start_operator(cp: &ControlPlane, ns: &str) -> anyhow::Result<Background> {
+async fn start_operator(
+    cp: &ControlPlane,
+    ns: &str,
+    settings: Settings,
+) -> anyhow::Result<Background> {
     let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
     let drain = DrainClient::new(config.clone())?;
     let client = Client::try_from(config)?;
@@ -343,7 +356,7 @@ async fn start_operator(cp: &ControlPlane, ns: &str) -> anyhow::Result<Backgroun
     Ok(Background::from(tokio::spawn(controller::run(
         source,
         drain,
-        fast_settings(),
+        settings,
         None,
         std::future::pending(),
     ))))
@@ -667,11 +680,11 @@ async fn an_operator_killed_mid_transition_converges_without_duplicate_jobs() ->
             lab.set_power(n, want).await?;
         }
         for _ in 0..10 {
-            let operator = start_operator(cp, &lab.ns).await?;
+            let operator = start_operator(cp, &lab.ns, fast_settings()).await?;
             tokio::time::sleep(next_delay()).await;
             drop(operator);
         }
-        let _operator = start_operator(cp, &lab.ns).await?;
+        let _operator = start_operator(cp, &lab.ns, fast_settings()).await?;
         for n in &names {
             let m = lab.wait_phase(n, phase).await?;
             let lc = m.lifecycle();
@@ -1220,5 +1233,188 @@ async fn each_boot_restores_the_machines_labels_taints_and_its_groups_protection
         })
         .await?;
     assert!(n.as_ref().is_some_and(carries_the_machines_identity));
+    Ok(())
+}
+
+fn cordoned(n: Option<&Node>) -> bool {
+    n.and_then(|n| n.spec.as_ref())
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// A budget allowing no disruption of the `app: web` pods.
+async fn forbid_disruption(lab: &Lab) -> anyhow::Result<()> {
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": { "name": "web" },
+        "spec": { "maxUnavailable": 0, "selector": { "matchLabels": { "app": "web" } } },
+    }))?;
+    Api::<PodDisruptionBudget>::namespaced(lab.client.clone(), &lab.ns)
+        .create(&PostParams::default(), &pdb)
+        .await?;
+    Ok(())
+}
+
+/// CA deletes a machine (its power-off Job still running, its Node still Ready) and wants it
+/// again: a power-on Job is created and the machine stays cordoned and not Ready while the Node
+/// is the one Ready from before; it is Ready and uncordoned only after a new Ready transition.
+#[tokio::test]
+async fn a_machine_wanted_on_while_powering_off_is_powered_on_not_taken_as_ready()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    // A NotReady grace longer than the test, so only a new Ready transition counts.
+    let mut settings = fast_settings();
+    settings.policy.not_ready_grace = jiff::SignedDuration::from_secs(120);
+    let lab = Lab::start_with(cp, "op-stale", settings).await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
+    // Condition times have whole seconds: the power-on comes in a later second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    lab.set_power("m1", "off").await?;
+    lab.wait_job("m1", "off").await?;
+    lab.wait_phase("m1", Phase::PoweringOff).await?;
+
+    lab.set_power("m1", "on").await?;
+    let m = lab
+        .wait_machine("m1", "the desired on taken", |m| {
+            matches!(m.lifecycle().phase(), Phase::PoweringOn | Phase::Ready)
+        })
+        .await?;
+    assert_eq!(
+        m.lifecycle().phase(),
+        Phase::PoweringOn,
+        "not Ready on the old Node"
+    );
+    let on_job = lab.wait_job("m1", "on").await?;
+    lab.world.complete_job(&lab.ns, &on_job.name_any()).await?;
+    lab.wait_phase("m1", Phase::Booting).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = lab.machines().get("m1").await?;
+    assert_eq!(
+        m.lifecycle().phase(),
+        Phase::Booting,
+        "still waiting for a boot"
+    );
+    assert!(cordoned(lab.node(&node).await?.as_ref()), "still cordoned");
+
+    // The machine went down and booted: a new Ready transition.
+    lab.world.node_ready(&node, false).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    lab.world.node_ready(&node, true).await?;
+    lab.wait_phase("m1", Phase::Ready).await?;
+    lab.wait_node(&node, "uncordoned", |n| n.is_some() && !cordoned(n))
+        .await?;
+    Ok(())
+}
+
+/// A Node registered with another providerID never counts as up, but the scheduler binds pods
+/// to it: wanted off, it is drained first, and a budget that refuses the eviction keeps the
+/// machine on (no power-off Job) past the drain timeout.
+#[tokio::test]
+async fn a_node_with_another_provider_id_is_drained_before_any_power_off() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-mismatch").await?;
+    let node = cp.unique_name("mismatch");
+    lab.create(lab.machine("m1").node_name(&node)).await?;
+    lab.wait_phase("m1", Phase::Off).await?;
+    lab.set_power("m1", "on").await?;
+    let on_job = lab.wait_job("m1", "on").await?;
+    lab.world.complete_job(&lab.ns, &on_job.name_any()).await?;
+    lab.wait_phase("m1", Phase::Booting).await?;
+    lab.world
+        .node_up(
+            &FakeNode::new(&node)
+                .provider_id("other://somewhere-else")
+                .capacity("4", "8Gi"),
+        )
+        .await?;
+    lab.world
+        .create_bound_pod(&lab.ns, pod("web-0"), &node)
+        .await?;
+    lab.world.run_pods(&node).await?;
+    forbid_disruption(&lab).await?;
+
+    lab.set_power("m1", "off").await?;
+    lab.wait_machine("m1", "the drain given up", |m| {
+        m.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Draining" && c.reason == "DrainTimedOut")
+        })
+    })
+    .await?;
+    let jobs = lab.jobs("m1").await?;
+    assert!(
+        jobs.iter()
+            .all(|j| j.labels().get(DIRECTION_LABEL).map(String::as_str) != Some("off")),
+        "no power-off Job under the pod"
+    );
+    assert!(cordoned(lab.node(&node).await?.as_ref()));
+    let pods = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns);
+    assert!(pods.get_opt("web-0").await?.is_some(), "the pod still runs");
+    Ok(())
+}
+
+/// CA deleted a machine (its `ToBeDeletedByClusterAutoscaler` taint on the Node, desired off)
+/// and a pod is still on it that a budget keeps from being evicted: the drain is tried and
+/// looked at again, and at the drain timeout the power-off goes ahead (CA drained before it
+/// deleted; see `drain_pass`), with a warning Event naming the pod.
+#[tokio::test]
+async fn a_machine_ca_deleted_with_pods_left_is_powered_off_at_the_drain_timeout()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-catimeout").await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
+    lab.world
+        .create_bound_pod(&lab.ns, pod("web-0"), &node)
+        .await?;
+    lab.world.run_pods(&node).await?;
+    forbid_disruption(&lab).await?;
+    // What CA's scale-down does before DeleteNodes (`MarkToBeDeleted`), then DeleteNodes.
+    let ca_taint = serde_json::to_value(taint(
+        "ToBeDeletedByClusterAutoscaler",
+        "1700000000",
+        "NoSchedule",
+    ))?;
+    Api::<Node>::all(lab.client.clone())
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "taints": [ca_taint] } })),
+        )
+        .await?;
+    let started = tokio::time::Instant::now();
+    lab.set_power("m1", "off").await?;
+    lab.wait_machine("m1", "the drain tried", |m| {
+        m.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Draining" && c.reason == "Evicting")
+        })
+    })
+    .await?;
+    lab.wait_job("m1", "off").await?;
+    assert!(
+        started.elapsed() >= fast_settings().drain_timeout,
+        "powered off only at the drain timeout"
+    );
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(lab.client.clone(), &lab.ns)
+        .list(&ListParams::default())
+        .await?;
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("DrainFailed")
+                && e.type_.as_deref() == Some("Warning")
+                && e.message.as_deref().is_some_and(|m| m.contains("web-0"))),
+        "a warning Event names the pod left"
+    );
     Ok(())
 }

@@ -524,6 +524,10 @@ fn apply(
             effects.push(Effect::Cordon);
             effects.push(Effect::Drain);
         }
+        Action::DrainFirst => {
+            effects.push(Effect::Cordon);
+            effects.push(Effect::Drain);
+        }
         Action::UndoDrain => {
             lc.goal = Some(PowerState::On);
             effects.push(Effect::Uncordon);

@@ -205,7 +205,10 @@ fn requeue_at(
     now: Timestamp,
     policy: &Policy,
 ) -> Option<Timestamp> {
+    // A deadline or retry that came and did not fire waits for a drain (desired off with pods on
+    // the Node), whose passes requeue themselves: no wake-up in the past.
     let base = next_wakeup(lc, policy)
+        .filter(|t| *t > now)
         .into_iter()
         .chain(stale_ready_until(lc, &observed.node, now, policy))
         .min();
@@ -311,11 +314,17 @@ fn derive(
     let nr_since = not_ready_since(lc, node, now);
     let long_not_ready = nr_since.is_some_and(|s| now >= add(s, policy.not_ready_grace));
     let goal_differs = lc.goal != Some(desired);
+    // NotReady (not merely another providerID) past the grace period: no kubelet runs.
+    let kubelet_lost =
+        absent || (long_not_ready && matches!(node, NodeObs::Registered { ready: false, .. }));
+    // Pods bound to a node whose kubelet is gone or NotReady past the grace period cannot be
+    // drained (they stay Terminating) and are not served anyway. Any other Node's pods are
+    // drained before a power-off, whatever its providerID: the scheduler binds pods to any
+    // Ready Node.
+    let pods_present = observed.pods_present && !kubelet_lost;
     let desired_event = || match desired {
         PowerState::On => Event::DesiredOn,
-        PowerState::Off => Event::DesiredOff {
-            pods_present: observed.pods_present,
-        },
+        PowerState::Off => Event::DesiredOff { pods_present },
     };
     let mismatch = matches!(
         node,
@@ -390,12 +399,8 @@ fn derive(
         }
         Phase::Ready => {
             if desired == PowerState::Off {
-                // Re-derived while draining; the self-loop runs once per reconcile. Pods bound
-                // to a node that is gone or NotReady past the grace period cannot be drained
-                // (they stay Terminating) and are not served anyway: power off.
-                Some(Event::DesiredOff {
-                    pods_present: observed.pods_present && !(absent || long_not_ready),
-                })
+                // Re-derived while draining; the self-loop runs once per reconcile.
+                Some(desired_event())
             } else if goal_differs {
                 Some(Event::DesiredOn)
             } else if up {
@@ -421,8 +426,10 @@ fn derive(
             // done and the node is not Ready.
             // Node condition times have whole seconds: compare at that precision, or a node that
             // went down in the same second as the request would not count.
-            let went_down_after_start =
-                nr_since.is_some_and(|s| started.is_none_or(|st| s.as_second() >= st.as_second()));
+            // A Ready Node with another providerID is a running kubelet: no off evidence.
+            let went_down_after_start = !matches!(node, NodeObs::Registered { ready: true, .. })
+                && nr_since
+                    .is_some_and(|s| started.is_none_or(|st| s.as_second() >= st.as_second()));
             // A power-cycle (remediation) powers off with desired still on: finish it first.
             let power_cycle = lc.node_lost_since.is_some();
             // The node of a machine being power-cycled was down before the power-off started:
@@ -467,8 +474,14 @@ fn derive(
                 Some(Event::NodeReady)
             } else if goal == Some(PowerState::Off) && absent {
                 Some(Event::NodeGone)
-            } else if goal == Some(PowerState::Off) && long_not_ready {
+            } else if goal == Some(PowerState::Off) && kubelet_lost {
+                // NotReady past the grace period; a Ready Node with another providerID is a
+                // running machine.
                 Some(Event::NodeNotReady)
+            } else if goal == Some(PowerState::Off) && pods_present {
+                // Before a retry powers off: drain what runs on the Node (re-derived each
+                // reconcile until it is empty; a pending manual retry waits for that).
+                Some(desired_event())
             } else if observed.manual_retry {
                 Some(Event::ManualRetry)
             } else if lc.next_retry_time.is_some_and(|t| now >= t) {

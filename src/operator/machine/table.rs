@@ -208,8 +208,11 @@ pub(crate) enum Action {
     ConfirmOff,
     /// Count a failure: backoff or give up.
     Fail,
-    /// Cordon and drain before powering off.
+    /// Cordon and drain before powering off (records goal off).
     Drain,
+    /// Cordon and drain before a power-off from a phase other than Ready; the goal is left as
+    /// it is, so the desired off is derived again until the node is empty.
+    DrainFirst,
     /// Desired on again while draining: uncordon.
     UndoDrain,
     /// A Ready machine's node is NotReady past the grace period or gone: record the episode
@@ -321,7 +324,9 @@ pub static TABLE: &[Row] = &[
     row(P::Off, E::FoundOn, &[], P::Ready, Action::Adopt, "adopt: observed on, AdoptAsWantedOn unless goal on, Event"),
     // PoweringOn: action issued.
     row(P::PoweringOn, E::DesiredOn, &[], P::PoweringOn, Action::RecordGoal, "none"),
-    row(P::PoweringOn, E::DesiredOff, &[], P::PoweringOff, START_OFF_FRESH, "CancelOperation(on-<n>), Cordon, StartPowerOff(off-<n+1>), Event"),
+    row(P::PoweringOn, E::DesiredOff, &[NoPods], P::PoweringOff, START_OFF_FRESH, "CancelOperation(on-<n>), Cordon, StartPowerOff(off-<n+1>), Event"),
+    // A Node that never counted as up (another providerID) can run pods all the same.
+    row(P::PoweringOn, E::DesiredOff, &[PodsPresent], P::PoweringOn, Action::DrainFirst, "Cordon, Drain (evict, honouring PDBs); power-off waits for no pods"),
     row(P::PoweringOn, E::ActionSucceeded, &[], P::Booting, Action::MarkDone, "operation completed; wait for the Node to be Ready"),
     row(P::PoweringOn, E::ActionFailed, &[AttemptsLeft], P::Failed, Action::Fail, FAIL_RETRY),
     row(P::PoweringOn, E::ActionFailed, &[AttemptsExhausted], P::Failed, Action::Fail, FAIL_GIVE_UP),
@@ -331,7 +336,8 @@ pub static TABLE: &[Row] = &[
     row(P::PoweringOn, E::BootDeadlinePassed, &[DeadlinePassed, AttemptsExhausted], P::Failed, Action::Fail, FAIL_GIVE_UP),
     // Booting: action done, waiting for a Ready Node with the right providerID.
     row(P::Booting, E::DesiredOn, &[], P::Booting, Action::RecordGoal, "none"),
-    row(P::Booting, E::DesiredOff, &[], P::PoweringOff, START_OFF_FRESH, "Cordon, StartPowerOff(off-<n>), Event"),
+    row(P::Booting, E::DesiredOff, &[NoPods], P::PoweringOff, START_OFF_FRESH, "Cordon, StartPowerOff(off-<n>), Event"),
+    row(P::Booting, E::DesiredOff, &[PodsPresent], P::Booting, Action::DrainFirst, "Cordon, Drain (evict, honouring PDBs); power-off waits for no pods"),
     row(P::Booting, E::NodeReady, &[], P::Ready, Action::BecomeReady, "Uncordon, observed on, BootDuration, Event"),
     row(P::Booting, E::BootDeadlinePassed, &[DeadlinePassed, AttemptsLeft], P::Failed, Action::Fail, FAIL_RETRY),
     row(P::Booting, E::BootDeadlinePassed, &[DeadlinePassed, AttemptsExhausted], P::Failed, Action::Fail, FAIL_GIVE_UP),
@@ -365,8 +371,11 @@ pub static TABLE: &[Row] = &[
     // Failed: waiting for nextRetryTime, a changed desire, a manual retry or late evidence.
     row(P::Failed, E::DesiredOn, &[GoalNotOn], P::PoweringOn, START_ON_FRESH, "attempt=0, StartPowerOn(on-<n>), Event"),
     row(P::Failed, E::DesiredOn, &[GoalOn], P::Failed, Action::RecordGoal, "none"),
-    row(P::Failed, E::DesiredOff, &[GoalNotOff], P::PoweringOff, START_OFF_FRESH, "attempt=0, Cordon, StartPowerOff(off-<n>), Event"),
-    row(P::Failed, E::DesiredOff, &[GoalOff], P::Failed, Action::RecordGoal, "none"),
+    row(P::Failed, E::DesiredOff, &[GoalNotOff, NoPods], P::PoweringOff, START_OFF_FRESH, "attempt=0, Cordon, StartPowerOff(off-<n>), Event"),
+    row(P::Failed, E::DesiredOff, &[GoalNotOff, PodsPresent], P::Failed, Action::DrainFirst, "Cordon, Drain (evict, honouring PDBs); power-off waits for no pods"),
+    row(P::Failed, E::DesiredOff, &[GoalOff, NoPods], P::Failed, Action::RecordGoal, "none"),
+    // Derived before a retry (by backoff or by hand) while pods run on the Node.
+    row(P::Failed, E::DesiredOff, &[GoalOff, PodsPresent], P::Failed, Action::DrainFirst, "Cordon, Drain (evict, honouring PDBs); the retry waits for no pods"),
     row(P::Failed, E::RetryDue, &[RetryTimeReached, GoalOn], P::PoweringOn, START_ON, "StartPowerOn(on-<n>), Event"),
     row(P::Failed, E::RetryDue, &[RetryTimeReached, GoalOff], P::PoweringOff, START_OFF, "Cordon, StartPowerOff(off-<n>), Event"),
     row(P::Failed, E::ManualRetry, &[GoalOn], P::PoweringOn, START_ON_FRESH, "attempt=0, StartPowerOn(on-<n>), Event"),

@@ -323,6 +323,10 @@ fn check_row_effects(before: &Lifecycle, s: &Step, now: Timestamp) {
             assert!(has(&|e| *e == Effect::Cordon) && has(&|e| *e == Effect::Drain));
             assert_eq!(lc.goal, Some(PowerState::Off));
         }
+        Action::DrainFirst => {
+            assert_eq!(s.effects, [Effect::Cordon, Effect::Drain]);
+            assert_eq!((lc.goal, &lc.operation), (before.goal, &before.operation));
+        }
         Action::UndoDrain => {
             assert!(has(&|e| *e == Effect::Uncordon));
             assert_eq!(lc.goal, Some(PowerState::On));
@@ -2016,4 +2020,116 @@ proptest! {
             prop_assert_eq!(t.lifecycle.operation.as_ref().map(|o| o.id.as_str()), Some(op.as_str()));
         }
     }
+}
+
+fn with_pods(mut w: Observed<'static>) -> Observed<'static> {
+    w.pods_present = true;
+    w
+}
+
+fn drains_without_power_off(t: &Transition) -> bool {
+    t.effects.contains(&Effect::Cordon)
+        && t.effects.contains(&Effect::Drain)
+        && !t
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::StartPowerOff { .. }))
+}
+
+/// A Node registered with another providerID never counts as up, yet the scheduler binds pods
+/// to it when it is Ready: wanted off while powering on or booting, it is drained first, and
+/// powered off once no pods are left.
+#[test]
+fn a_node_with_another_provider_id_is_drained_before_the_power_off() {
+    let p = Policy::default();
+    let wrong = NodeObs::Registered {
+        ready: true,
+        provider_id_matches: false,
+        not_ready_since: None,
+        ready_since: Some(at(30)),
+    };
+    for (phase, done) in [(Phase::PoweringOn, false), (Phase::Booting, true)] {
+        let lc = Lifecycle {
+            phase: Some(phase),
+            phase_since: Some(at(0)),
+            goal: Some(PowerState::On),
+            operation: Some(op(OperationKind::PowerOn, "on-1", at(0), done)),
+            operation_seq: 1,
+            ..Lifecycle::default()
+        };
+        let w = world(PowerState::Off, wrong, OpStatus::Running);
+        let t = reconcile(&lc, &with_pods(w), at(60), &p);
+        assert!(drains_without_power_off(&t), "{phase}: {:?}", t.effects);
+        let t = reconcile(&t.lifecycle, &w, at(70), &p);
+        assert_eq!(t.lifecycle.phase(), Phase::PoweringOff, "{phase}");
+    }
+    // Ready past the grace period with that Node: its pods are drained too.
+    let ready = Lifecycle {
+        phase: Some(Phase::Ready),
+        phase_since: Some(at(0)),
+        goal: Some(PowerState::On),
+        ..Lifecycle::default()
+    };
+    let w = world(PowerState::Off, wrong, OpStatus::Absent);
+    let t = reconcile(&ready, &with_pods(w), at(1000), &p);
+    assert!(drains_without_power_off(&t), "{:?}", t.effects);
+}
+
+/// A Failed machine whose goal was on (its power-on failed, yet its Node may run pods) is
+/// drained before the power-off when desired turns off.
+#[test]
+fn a_failed_machine_wanted_off_is_drained_first() {
+    let p = Policy::default();
+    let failed = Lifecycle {
+        phase: Some(Phase::Failed),
+        phase_since: Some(at(0)),
+        goal: Some(PowerState::On),
+        attempt: 1,
+        next_retry_time: Some(at(30)),
+        operation_seq: 1,
+        ..Lifecycle::default()
+    };
+    let w = world(PowerState::Off, ready_since(at(-100)), OpStatus::Absent);
+    let t = reconcile(&failed, &with_pods(w), at(10), &p);
+    assert!(drains_without_power_off(&t), "{:?}", t.effects);
+    assert_eq!(t.lifecycle.phase(), Phase::Failed);
+    let t = reconcile(&t.lifecycle, &with_pods(w), at(40), &p);
+    assert!(drains_without_power_off(&t), "{:?}", t.effects);
+    let t = reconcile(&t.lifecycle, &w, at(50), &p);
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOff);
+    assert_eq!(t.lifecycle.attempt, 0);
+}
+
+/// A Failed power-off's retries, by backoff or by hand, drain what is on the Node first.
+#[test]
+fn a_failed_power_offs_retries_drain_first() {
+    let p = Policy::default();
+    let failed = Lifecycle {
+        phase: Some(Phase::Failed),
+        phase_since: Some(at(0)),
+        goal: Some(PowerState::Off),
+        attempt: 1,
+        next_retry_time: Some(at(30)),
+        operation_seq: 1,
+        ..Lifecycle::default()
+    };
+    let w = world(PowerState::Off, ready_since(at(-100)), OpStatus::Absent);
+    let t = reconcile(&failed, &with_pods(w), at(40), &p);
+    assert!(drains_without_power_off(&t), "retry due: {:?}", t.effects);
+    let mut manual = with_pods(w);
+    manual.manual_retry = true;
+    let exhausted = Lifecycle {
+        next_retry_time: None,
+        attempt: p.max_attempts,
+        ..failed.clone()
+    };
+    let t = reconcile(&exhausted, &manual, at(40), &p);
+    assert!(
+        drains_without_power_off(&t),
+        "manual retry: {:?}",
+        t.effects
+    );
+    // Emptied: the retry powers off.
+    let t = reconcile(&failed, &w, at(40), &p);
+    assert_eq!(t.lifecycle.phase(), Phase::PoweringOff);
 }

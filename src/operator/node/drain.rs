@@ -10,8 +10,10 @@
 //! [`cordon`]`(.., false)` (a cancelled power-off) clears the record, so a new drain starts
 //! afresh.
 //!
-//! CA-started power-offs skip all this ([`is_ca_deleting`]): CA cordoned and drained the Node
-//! before it called `NodeGroupDeleteNodes` (docs/ca-contract.md, rule 5).
+//! A power-off CA started ([`is_ca_deleting`]) is drained the same way: CA drained the Node
+//! before it called `NodeGroupDeleteNodes` (docs/ca-contract.md, rule 5), so what is left are
+//! pods that arrived after (tolerating its taint) or that its drain did not wait for. Its
+//! timeout differs (the machine controller powers off then): see its `drain_pass`.
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
@@ -76,6 +78,44 @@ pub fn is_finished(pod: &Pod) -> bool {
 pub fn pods_blocking_power_off(pods: &[Pod]) -> Vec<&Pod> {
     pods.iter()
         .filter(|p| !is_daemonset_pod(p) && !is_mirror_pod(p) && !is_finished(p))
+        .collect()
+}
+
+/// How long past its grace period a terminating pod is still waited for; CA's
+/// `PodLongTerminatingExtraThreshold` (`utils/drain/drain.go`).
+pub const LONG_TERMINATING_EXTRA: SignedDuration = SignedDuration::from_secs(30);
+/// The grace period of a pod that sets none (`DefaultTerminationGracePeriodSeconds`).
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// Whether `pod` was deleted longer ago than its termination grace period plus
+/// [`LONG_TERMINATING_EXTRA`] at `now`: CA's `IsPodLongTerminating` (`utils/drain/drain.go`),
+/// which its drainability rule `simulator/drainability/rules/longterminating` skips. Its kubelet
+/// is stuck or gone; waiting longer keeps the machine on for nothing.
+pub fn is_long_terminating(pod: &Pod, now: Timestamp) -> bool {
+    let Some(deleted) = pod.metadata.deletion_timestamp.as_ref() else {
+        return false;
+    };
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let until = deleted
+        .0
+        .saturating_add(SignedDuration::from_secs(grace.max(0)))
+        .and_then(|t| t.saturating_add(LONG_TERMINATING_EXTRA))
+        .unwrap_or(deleted.0);
+    until < now
+}
+
+/// [`pods_blocking_power_off`] at `now`, leaving out what CA's own drain leaves out as well:
+/// DaemonSet and mirror pods (`core/scaledown/actuation/drain.go`, `podsToEvict`), finished pods
+/// (`simulator/drainability/rules/terminal`) and long-terminating pods
+/// ([`is_long_terminating`]).
+pub fn pods_blocking_power_off_at(pods: &[Pod], now: Timestamp) -> Vec<&Pod> {
+    pods_blocking_power_off(pods)
+        .into_iter()
+        .filter(|p| !is_long_terminating(p, now))
         .collect()
 }
 
@@ -327,7 +367,7 @@ pub async fn drain(
         blocked_by: Vec::new(),
     };
     let mut budgets = BudgetCache::default();
-    for pod in pods_blocking_power_off(&pods) {
+    for pod in pods_blocking_power_off_at(&pods, now) {
         let at = PodRef::of(pod);
         if pod.metadata.deletion_timestamp.is_some() {
             progress.remaining.push(at);

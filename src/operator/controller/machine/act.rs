@@ -18,7 +18,7 @@ use crate::operator::api::{
 use crate::operator::controller::{Context, Error};
 use crate::operator::machine::{
     Edge, Effect, KubeEvent, Lifecycle, Observed, OpStatus, Operation, OperationKind,
-    Outcome as Decision, PowerState, operation_resource_name,
+    Outcome as Decision, Phase, PowerState, operation_resource_name,
 };
 use crate::operator::node::drain;
 use crate::operator::power::http::HttpDriver;
@@ -189,6 +189,8 @@ pub(super) enum DrainPass {
     Evicting { message: String, started: Timestamp },
     /// Past the timeout with pods left: the machine stays on.
     TimedOut { message: String },
+    /// Past the timeout with pods left on a Node CA is deleting: the power-off goes ahead.
+    Abandoned { message: String },
 }
 
 impl Outcome {
@@ -227,6 +229,27 @@ impl Outcome {
                 );
                 // Pods leaving send this machine no event: look again soon.
                 self.requeue_after = Some(drain::DRAIN_RECHECK);
+            }
+            Performed::Drain(DrainPass::Abandoned { message }) => {
+                self.drained = true;
+                // Decide as if empty: the power-off goes ahead.
+                self.pods_gone = true;
+                upsert_condition(
+                    &mut status.conditions,
+                    condition(
+                        CONDITION_DRAINING,
+                        false,
+                        "DrainAbandoned",
+                        message.clone(),
+                        generation,
+                        now,
+                    ),
+                );
+                self.note_events.push(KubeEvent {
+                    reason: "DrainFailed",
+                    warning: true,
+                    message,
+                });
             }
             Performed::Drain(DrainPass::TimedOut { message }) => {
                 self.drained = true;
@@ -428,11 +451,21 @@ pub(super) async fn perform(
     })
 }
 
-/// One drain pass for a power-off not started by CA (CA drained before `DeleteNodes`): evict
-/// what keeps the power-off back; past the drain timeout give up, leaving the machine on and
-/// saying why.
+/// One drain pass: evict what keeps the power-off back (PodDisruptionBudgets honoured), and look
+/// again after `drain::DRAIN_RECHECK`. Past the drain timeout (`--drain-timeout`):
+///
+/// - a power-off CA did not start gives up, leaving the machine on and saying why;
+/// - a power-off CA started (its `ToBeDeletedByClusterAutoscaler` taint) goes ahead, with a
+///   warning Event naming the pods left and what refused them. CA drained the Node before it
+///   called `DeleteNodes`, and only then: when its own drain fails it aborts the deletion and
+///   untaints the Node (`core/scaledown/actuation/group_deletion_scheduler.go`,
+///   `prepareNodeForDeletion` then `AbortNodeDeletion`; `drain.go`, `waitPodsToDisappear`). So
+///   the pods found here arrived after its drain (tolerating its taint) or are ones its drain did
+///   not wait for; the group's target no longer counts the machine, and nothing would ever
+///   take it back, so staying on would keep it listed as Deleting forever.
 async fn drain_pass(s: &Subject<'_>, node: &Node, given_up: bool) -> Result<DrainPass, Error> {
-    if given_up || drain::is_ca_deleting(node) {
+    let ca_deleting = drain::is_ca_deleting(node);
+    if given_up && !ca_deleting {
         return Ok(DrainPass::Skipped);
     }
     let timeout = SignedDuration::try_from(s.ctx.settings.drain_timeout)
@@ -449,6 +482,13 @@ async fn drain_pass(s: &Subject<'_>, node: &Node, given_up: bool) -> Result<Drai
         drain::DrainOutcome::Draining(progress) => DrainPass::Evicting {
             message: outcome.to_string(),
             started: progress.started,
+        },
+        drain::DrainOutcome::TimedOut(progress) if ca_deleting => DrainPass::Abandoned {
+            message: format!(
+                "drain did not finish by {} (started {}): {progress}; the Cluster Autoscaler \
+                 deleted this machine after its own drain, so it is powered off with these pods",
+                progress.deadline, progress.started
+            ),
         },
         drain::DrainOutcome::TimedOut(_) => DrainPass::TimedOut {
             message: format!(
@@ -554,8 +594,22 @@ impl<'a> Passes<'a> {
             };
         }
         if let (Some(n), PowerState::Off) = (s.node, passes.desired) {
+            // Cordon first, then list: a pod bound between the list and a later cordon would be
+            // powered off under. Every decision from these phases with desired off cordons;
+            // Unknown and Off may still adopt a machine found on; PoweringOff cordoned when it
+            // started and decides nothing on pods.
+            let may_power_off = !matches!(
+                passes.lifecycle.phase(),
+                Phase::Unknown | Phase::Off | Phase::PoweringOff
+            );
+            let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+            if may_power_off && !cordoned {
+                drain::cordon(&ctx.client, &n.name_any(), true)
+                    .await
+                    .map_err(|e| Error::NodeSide(e.to_string()))?;
+            }
             let pods = pods_on(ctx, &n.name_any()).await?;
-            passes.pods_present = !drain::pods_blocking_power_off(&pods).is_empty();
+            passes.pods_present = !drain::pods_blocking_power_off_at(&pods, now).is_empty();
         }
         Ok(passes)
     }

@@ -264,10 +264,14 @@ async fn a_ready_machine_wanted_off_is_cordoned_before_its_power_off_job() {
         PowerState::Off,
         lifecycle(Phase::Ready, PowerState::On, then),
     );
+    let cordoned = cordoned_node(&n);
     let serving = server.serve(vec![
-        expect(Method::GET, PODS).answer(pod_list(&[])),
+        // Cordoned before its pods are listed: none can be bound after the look.
         expect(Method::GET, NODE).answer(to_json(&n)),
-        expect(Method::PATCH, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, NODE).answer(to_json(&cordoned)),
+        expect(Method::GET, PODS).answer(pod_list(&[])),
+        // The Cordon effect finds it cordoned.
+        expect(Method::GET, NODE).answer(to_json(&cordoned)),
         expect(Method::POST, JOBS).echo(),
         expect(Method::PATCH, STATUS).answer(to_json(&m)),
     ]);
@@ -278,6 +282,7 @@ async fn a_ready_machine_wanted_off_is_cordoned_before_its_power_off_job() {
         request(&log, Method::PATCH, NODE).at("/spec/unschedulable"),
         &json!(true)
     );
+    assert!(position(&log, Method::PATCH, NODE) < position(&log, Method::GET, PODS));
     assert!(position(&log, Method::PATCH, NODE) < position(&log, Method::POST, JOBS));
     assert_eq!(
         request(&log, Method::POST, JOBS).at("/metadata/name"),
@@ -300,13 +305,16 @@ async fn a_drain_evicts_the_pods_on_the_node_and_says_so_in_status() {
         lifecycle(Phase::Ready, PowerState::On, then),
     );
     let pods = [pod("web-0")];
+    let cordoned = cordoned_node(&n);
     let serving = server.serve(vec![
+        // The cordon before the look at the pods, the Cordon effect finding it done, then the
+        // drain's own (recording when it started).
+        expect(Method::GET, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, NODE).answer(to_json(&cordoned)),
         expect(Method::GET, PODS).answer(pod_list(&pods)),
-        // The cordon, then the drain's own (recording when it started).
-        expect(Method::GET, NODE).answer(to_json(&n)),
-        expect(Method::PATCH, NODE).answer(to_json(&n)),
-        expect(Method::GET, NODE).answer(to_json(&n)),
-        expect(Method::PATCH, NODE).answer(to_json(&n)),
+        expect(Method::GET, NODE).answer(to_json(&cordoned)),
+        expect(Method::GET, NODE).answer(to_json(&cordoned)),
+        expect(Method::PATCH, NODE).answer(to_json(&cordoned)),
         expect(Method::GET, PODS).answer(pod_list(&pods)),
         expect(Method::POST, "/api/v1/namespaces/lab/pods/web-0/eviction")
             .answer(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
@@ -505,4 +513,11 @@ async fn a_group_spec_that_cannot_be_read_is_reported_in_status_and_nothing_is_d
         &json!(null),
         "the lifecycle waits"
     );
+}
+
+/// `n` cordoned (as the API server answers our cordon).
+fn cordoned_node(n: &Node) -> Node {
+    let mut c = n.clone();
+    c.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+    c
 }
