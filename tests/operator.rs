@@ -1319,7 +1319,12 @@ async fn a_node_with_another_provider_id_is_drained_before_any_power_off() -> an
     };
     let lab = Lab::start(cp, "op-mismatch").await?;
     let node = cp.unique_name("mismatch");
-    lab.create(lab.machine("m1").node_name(&node)).await?;
+    lab.create(
+        lab.machine("m1")
+            .node_name(&node)
+            .provider_id("homelab://expected/m1"),
+    )
+    .await?;
     lab.wait_phase("m1", Phase::Off).await?;
     lab.set_power("m1", "on").await?;
     let on_job = lab.wait_job("m1", "on").await?;
@@ -1337,6 +1342,18 @@ async fn a_node_with_another_provider_id_is_drained_before_any_power_off() -> an
         .await?;
     lab.world.run_pods(&node).await?;
     forbid_disruption(&lab).await?;
+    lab.wait_machine("m1", "the mismatch reported", |m| {
+        m.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "IdentityMismatch" && c.status == "True")
+        })
+    })
+    .await?;
+    assert_eq!(
+        lab.machines().get("m1").await?.lifecycle().phase(),
+        Phase::Booting
+    );
 
     lab.set_power("m1", "off").await?;
     lab.wait_machine("m1", "the drain given up", |m| {
@@ -1353,7 +1370,10 @@ async fn a_node_with_another_provider_id_is_drained_before_any_power_off() -> an
             .all(|j| j.labels().get(DIRECTION_LABEL).map(String::as_str) != Some("off")),
         "no power-off Job under the pod"
     );
-    assert!(cordoned(lab.node(&node).await?.as_ref()));
+    assert!(
+        cordoned(lab.node(&node).await?.as_ref()),
+        "the Node is still there, cordoned"
+    );
     let pods = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns);
     assert!(pods.get_opt("web-0").await?.is_some(), "the pod still runs");
     Ok(())
