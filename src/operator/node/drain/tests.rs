@@ -132,6 +132,35 @@ fn daemonset_mirror_and_finished_pods_do_not_block_power_off() {
     );
 }
 
+/// CA's `IsPodLongTerminating` (`utils/drain/drain.go`): deleted longer ago than its grace
+/// period (30 s when unset) plus 30 s. Such a pod no longer keeps the machine on; one still within
+/// that time does.
+#[test]
+fn long_terminating_pods_do_not_block_power_off() {
+    let now = Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
+    let deleted = |name: &str, ago: i64, grace: Option<i64>| {
+        let mut p = pod(name);
+        p.metadata.deletion_timestamp = Some(Time(now - SignedDuration::from_secs(ago)));
+        p.spec = grace.map(|g| k8s_openapi::api::core::v1::PodSpec {
+            termination_grace_period_seconds: Some(g),
+            ..Default::default()
+        });
+        p
+    };
+    let pods = [
+        pod("running"),
+        deleted("default-grace-recent", 59, None),
+        deleted("default-grace-long", 61, None),
+        deleted("long-grace", 200, Some(300)),
+        deleted("short-grace-long", 41, Some(10)),
+    ];
+    assert_eq!(
+        names(&pods_blocking_power_off_at(&pods, now)),
+        ["running", "default-grace-recent", "long-grace"]
+    );
+    assert_eq!(pods_blocking_power_off(&pods).len(), 5);
+}
+
 #[test]
 fn a_daemonset_owner_that_is_not_the_controller_does_not_count() {
     let mut p = pod("adopted");
