@@ -1438,3 +1438,63 @@ async fn a_machine_ca_deleted_with_pods_left_is_powered_off_at_the_drain_timeout
     );
     Ok(())
 }
+
+/// Wanted on again once its power-off Job has completed (the machine may still be shutting
+/// down, and a power-on sent now would be lost): the power-off finishes first, with no power-on
+/// Job, and the machine is powered on as soon as its Node goes NotReady.
+#[tokio::test]
+async fn a_machine_wanted_on_after_its_power_off_action_finishes_the_power_off_first()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let mut settings = fast_settings();
+    settings.policy.not_ready_grace = jiff::SignedDuration::from_secs(120);
+    let lab = Lab::start_with(cp, "op-finishoff", settings).await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    lab.set_power("m1", "off").await?;
+    let off_job = lab.wait_job("m1", "off").await?;
+    lab.world.complete_job(&lab.ns, &off_job.name_any()).await?;
+    lab.wait_machine("m1", "the power-off action done", |m| {
+        m.lifecycle().phase() == Phase::PoweringOff
+            && m.lifecycle()
+                .operation
+                .is_some_and(|o| o.completed.is_some())
+    })
+    .await?;
+
+    lab.set_power("m1", "on").await?;
+    let m = lab
+        .wait_machine("m1", "the desired on taken", |m| {
+            m.lifecycle().goal == Some(PowerState::On)
+        })
+        .await?;
+    assert_eq!(m.lifecycle().phase(), Phase::PoweringOff);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let on_jobs = lab
+        .jobs("m1")
+        .await?
+        .into_iter()
+        .filter(|j| j.labels().get(DIRECTION_LABEL).map(String::as_str) == Some("on"))
+        .count();
+    assert_eq!(
+        on_jobs, 0,
+        "no power-on while the machine may still shut down"
+    );
+    assert!(cordoned(lab.node(&node).await?.as_ref()), "still cordoned");
+
+    // NotReady: confirmed off, its Node object deleted (maybe before the harness is done with it).
+    if let Err(e) = lab.world.node_ready(&node, false).await {
+        anyhow::ensure!(lab.node(&node).await?.is_none(), "{e:#}");
+    }
+    let on_job = lab.wait_job("m1", "on").await?;
+    lab.world.complete_job(&lab.ns, &on_job.name_any()).await?;
+    lab.wait_phase("m1", Phase::Booting).await?;
+    let id = format!("homelab://{}/m1", lab.ns);
+    lab.world
+        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+        .await?;
+    lab.wait_phase("m1", Phase::Ready).await?;
+    Ok(())
+}
