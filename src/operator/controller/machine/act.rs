@@ -871,4 +871,30 @@ mod tests {
             .collect();
         assert_eq!(events, [("DrainFailed", true)]);
     }
+
+    /// A CA-deleted machine's drain past its timeout: recorded like a given-up drain (condition,
+    /// one warning Event), but the pass loop is told the pods are gone, so the power-off goes
+    /// ahead in the same reconcile.
+    #[test]
+    fn an_abandoned_drain_lets_the_power_off_go_ahead_and_says_so() {
+        let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1);
+        let mut status = MachineStatus::default();
+        let mut out = Outcome::default();
+        let abandoned = DrainPass::Abandoned {
+            message: "1 pod(s) remain (apps/web-0)".into(),
+        };
+        out.take(&mut status, Performed::Drain(abandoned), Some(1), t0);
+        let c = crate::operator::api::find_condition(&status.conditions, CONDITION_DRAINING);
+        assert_eq!(
+            c.map(|c| (c.status.as_str(), c.reason.as_str())),
+            Some(("False", "DrainAbandoned"))
+        );
+        assert!(out.pods_gone && out.drained);
+        let events: Vec<_> = out
+            .note_events
+            .iter()
+            .map(|e| (e.reason, e.warning, e.message.contains("web-0")))
+            .collect();
+        assert_eq!(events, [("DrainFailed", true, true)]);
+    }
 }
