@@ -120,17 +120,18 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn info(g: &GroupState) -> NodeGroupInfo {
+fn info(inv: &Inventory, g: &GroupState, now: Timestamp) -> NodeGroupInfo {
+    let max = max_size(inv, g, now);
     NodeGroupInfo {
         id: g.spec.id.clone(),
         min_size: g.spec.min_size,
-        max_size: g.max_size(),
+        max_size: max,
         debug: format!(
             "Group {}/{}: min {}, max {}, target {}, {} member(s)",
             g.spec.namespace,
             g.spec.name,
             g.spec.min_size,
-            g.max_size(),
+            max,
             target_of(g),
             g.machines.len(),
         ),
@@ -141,9 +142,14 @@ fn target_of(g: &GroupState) -> u32 {
     count(g.machines.iter().filter(|m| m.wanted_on()).count())
 }
 
+/// The MaxSize answered to CA for `g` at `now`.
+pub fn max_size(_inv: &Inventory, g: &GroupState, _now: Timestamp) -> u32 {
+    g.max_size()
+}
+
 /// `NodeGroups`: every group, min and max filled.
-pub fn node_groups(inv: &Inventory) -> Vec<NodeGroupInfo> {
-    inv.groups().map(info).collect()
+pub fn node_groups(inv: &Inventory, now: Timestamp) -> Vec<NodeGroupInfo> {
+    inv.groups().map(|g| info(inv, g, now)).collect()
 }
 
 /// Rule 3: the number of machines wanted on (desired power `on`, whatever their progress).
@@ -155,14 +161,18 @@ pub fn target_size(inv: &Inventory, id: &str) -> Result<u32, ProviderError> {
 /// (CA expects `id: ""` for those). A registered Node of a machine wanted off (being powered
 /// off, or a stale NotReady Node of a machine someone powered off) is `None` too: CA would
 /// otherwise count it as the group's capacity, or as a group node it is still waiting for.
-pub fn node_group_for_node(inv: &Inventory, node: &NodeRef) -> Option<NodeGroupInfo> {
+pub fn node_group_for_node(
+    inv: &Inventory,
+    node: &NodeRef,
+    now: Timestamp,
+) -> Option<NodeGroupInfo> {
     match inv.resolve(&node.provider_id, &node.name)? {
         r @ MachineRef::InGroup { .. } => {
             let m = inv.machine(&r)?;
             if !m.wanted_on() && inv.is_registered(m) {
                 return None;
             }
-            inv.group(m.group.as_deref()?).map(info)
+            inv.group(m.group.as_deref()?).map(|g| info(inv, g, now))
         }
         MachineRef::Ungrouped { .. } => None,
     }
@@ -193,20 +203,36 @@ pub fn power_on_order(order: PowerOnOrder, a: &MachineView, b: &MachineView) -> 
     primary.then_with(|| a.key.cmp(&b.key))
 }
 
-/// Orders power-on candidates, best first: a machine whose last power-on failed goes after
-/// every other one whatever the `powerOnOrder` (the longest-ago failure first), otherwise CA's
-/// retry after its backoff picks the same broken machine while a good one stays off.
-fn candidate_order(g: &GroupState, a: &MachineView, b: &MachineView) -> Ordering {
-    // `None < Some`: machines without a failure first.
+/// Whether a spare is down: off (or never seen on) and without a Ready Node. A spare still
+/// shutting down, or whose Node still reads Ready (the node lifecycle controller marks it
+/// NotReady some 40 s after the machine died), is not: powering it on waits for its shutdown
+/// to end and then boots it, and its stale Ready Node would make it look booted at once.
+fn is_down_spare(inv: &Inventory, m: &MachineView) -> bool {
+    m.is_down(inv.is_registered(m)) && !inv.is_ready(m)
+}
+
+/// Orders power-on candidates, best first:
+/// 1. a machine whose last power-on failed goes after every other one whatever the
+///    `powerOnOrder` (the longest-ago failure first), otherwise CA's retry after its backoff
+///    picks the same broken machine while a good one stays off;
+/// 2. then a machine that is down goes before one still on its way down (CA just deleted it);
+/// 3. then the group's `powerOnOrder`.
+///
+/// The failure rule comes first: a healthy machine still shutting down costs its shutdown's
+/// time before the boot, a machine that failed may not boot at all and CA finds out only
+/// after its `maxNodeProvisionTime` (then backs the group off).
+fn candidate_order(inv: &Inventory, g: &GroupState, a: &MachineView, b: &MachineView) -> Ordering {
+    // `None < Some`: machines without a failure first; `false < true`: down first.
     a.last_power_on_failure()
         .cmp(&b.last_power_on_failure())
+        .then_with(|| (!is_down_spare(inv, a)).cmp(&!is_down_spare(inv, b)))
         .then_with(|| power_on_order(g.spec.power_on_order, a, b))
 }
 
-/// Members wanted off, best first, ignoring cool-downs (what the group looks like to a price).
-fn ordered_spares(g: &GroupState) -> Vec<&MachineView> {
+/// Members wanted off, best first, ignoring cool-downs.
+fn ordered_spares<'a>(inv: &Inventory, g: &'a GroupState) -> Vec<&'a MachineView> {
     let mut c: Vec<&MachineView> = g.machines.iter().filter(|m| !m.wanted_on()).collect();
-    c.sort_by(|a, b| candidate_order(g, a, b));
+    c.sort_by(|a, b| candidate_order(inv, g, a, b));
     c
 }
 
@@ -259,7 +285,7 @@ fn candidates<'a>(
 ) -> (Vec<&'a MachineView>, Vec<(&'a MachineView, Unpickable)>) {
     let mut ok = Vec::new();
     let mut held = Vec::new();
-    for m in ordered_spares(g) {
+    for m in ordered_spares(inv, g) {
         match pickable(inv, g, m, now) {
             Ok(()) => ok.push(m),
             Err(why) => held.push((m, why)),
@@ -621,9 +647,12 @@ fn template_group<'a>(inv: &'a Inventory, name: &str) -> Option<&'a GroupState> 
 }
 
 /// The rate CA should expect for one more node of the group: the machine `IncreaseSize` would
-/// pick next, else the cheapest member. Missing rates count as 0 (a homelab with no prices).
-pub fn group_hourly_rate(g: &GroupState) -> f64 {
-    ordered_spares(g)
+/// pick next at `now` (same order, same [`pickable`] rule), else the cheapest member. Missing
+/// rates count as 0 (a homelab with no prices). CA asks for it through the template node's
+/// NodePrice (the price expander, `expander/price`).
+pub fn group_hourly_rate(inv: &Inventory, g: &GroupState, now: Timestamp) -> f64 {
+    candidates(inv, g, now)
+        .0
         .first()
         .and_then(|m| m.hourly_rate)
         .or_else(|| {
@@ -641,6 +670,7 @@ pub fn node_price(
     node: &NodeRef,
     start: Timestamp,
     end: Timestamp,
+    now: Timestamp,
 ) -> Result<f64, ProviderError> {
     if end < start {
         return Err(ProviderError::InvalidWindow {
@@ -653,7 +683,7 @@ pub fn node_price(
     let rate = match inv.resolve(&node.provider_id, &node.name) {
         Some(r) => inv.machine(&r).and_then(|m| m.hourly_rate).unwrap_or(0.0),
         None => match template_group(inv, &node.name) {
-            Some(g) => group_hourly_rate(g),
+            Some(g) => group_hourly_rate(inv, g, now),
             None => {
                 return Err(ProviderError::NodeNotManaged {
                     node: node.to_string(),

@@ -438,7 +438,10 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
     ) -> Result<Response<proto::NodeGroupsResponse>, Status> {
         let inv = self.view();
         Ok(Response::new(proto::NodeGroupsResponse {
-            node_groups: ops::node_groups(&inv).into_iter().map(group_pb).collect(),
+            node_groups: ops::node_groups(&inv, Timestamp::now())
+                .into_iter()
+                .map(group_pb)
+                .collect(),
         }))
     }
 
@@ -451,7 +454,7 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
             .node
             .ok_or_else(|| fail(ProviderError::MissingField { field: "node" }))?;
         let inv = self.view();
-        let g = ops::node_group_for_node(&inv, &node_ref(&node));
+        let g = ops::node_group_for_node(&inv, &node_ref(&node), Timestamp::now());
         Ok(Response::new(proto::NodeGroupForNodeResponse {
             node_group: Some(g.map(group_pb).unwrap_or_default()),
         }))
@@ -467,7 +470,8 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
             .ok_or_else(|| fail(ProviderError::MissingField { field: "node" }))?;
         let start = ts(r.start_timestamp, "startTimestamp").map_err(fail)?;
         let end = ts(r.end_timestamp, "endTimestamp").map_err(fail)?;
-        let price = ops::node_price(&self.view(), &node_ref(&node), start, end).map_err(fail)?;
+        let price = ops::node_price(&self.view(), &node_ref(&node), start, end, Timestamp::now())
+            .map_err(fail)?;
         Ok(Response::new(proto::PricingNodePriceResponse { price }))
     }
 

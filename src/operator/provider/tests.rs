@@ -105,6 +105,7 @@ fn node_group_for_node_resolution() {
             provider_id: a.provider_id.clone(),
             name: "b".into(),
         },
+        t(0),
     );
     let r = r.map(|g| (g.id, g.min_size, g.max_size));
     assert_eq!(r, Some(("g".into(), 1, 3)));
@@ -115,11 +116,12 @@ fn node_group_for_node_resolution() {
             provider_id: "other://x".into(),
             name: "b".into(),
         },
+        t(0),
     );
     assert_eq!(r.map(|g| (g.id, g.max_size)), Some(("h".into(), 1)));
     // a fake node: name == providerID == instance id.
     assert_eq!(
-        node_group_for_node(&inv, &fake("a")).map(|g| g.id),
+        node_group_for_node(&inv, &fake("a"), t(0)).map(|g| g.id),
         Some("g".into())
     );
     // control plane / unknown / ungrouped → None (CA gets id "").
@@ -129,13 +131,14 @@ fn node_group_for_node_resolution() {
             &NodeRef {
                 provider_id: String::new(),
                 name: "control-plane".into()
-            }
+            },
+            t(0),
         ),
         None
     );
-    assert_eq!(node_group_for_node(&inv, &fake("loose")), None);
+    assert_eq!(node_group_for_node(&inv, &fake("loose"), t(0)), None);
     // every id returned is in NodeGroups.
-    let ids: Vec<String> = node_groups(&inv).into_iter().map(|g| g.id).collect();
+    let ids: Vec<String> = node_groups(&inv, t(0)).into_iter().map(|g| g.id).collect();
     assert_eq!(ids, vec!["g".to_string(), "h".to_string()]);
 }
 
@@ -157,6 +160,7 @@ fn a_provider_id_claimed_in_and_out_of_a_group_resolves_to_the_member() {
             provider_id: member.provider_id.clone(),
             name: String::new(),
         },
+        t(0),
     );
     assert_eq!(r.map(|g| g.id), Some("g".into()));
 }
@@ -179,6 +183,7 @@ fn registered_node_known_only_by_name_resolves_through_its_provider_id() {
             provider_id: String::new(),
             name: "renamed".into(),
         },
+        t(0),
     );
     assert_eq!(r.map(|g| g.id), Some("g".into()));
 }
@@ -314,7 +319,11 @@ fn machines_that_failed_to_power_on_are_picked_last() {
         );
         // The rate CA expects is the good machine's, the one that will be picked.
         let g = inv.group("g");
-        assert_eq!(g.map(group_hourly_rate), Some(0.50), "{order:?}");
+        assert_eq!(
+            g.map(|g| group_hourly_rate(&inv, g, t(0))),
+            Some(0.50),
+            "{order:?}"
+        );
     }
     // Once it has booted (the FSM clears the marker) the order applies again.
     let mut healed = bad.clone();
@@ -650,17 +659,17 @@ fn pricing_over_the_window() {
     let mut b = machine("b", "g", PowerState::Off, Phase::Off);
     b.hourly_rate = Some(0.30);
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b], vec![]);
-    let p = node_price(&inv, &fake("a"), t(0), t(7200)).unwrap_or(-1.0);
+    let p = node_price(&inv, &fake("a"), t(0), t(7200), t(0)).unwrap_or(-1.0);
     assert!((p - 0.24).abs() < 1e-9, "{p}");
     // CA's template node for the group is priced by the machine picked next (b).
     let tmpl = NodeRef {
         provider_id: String::new(),
         name: "template-node-for-g-4242".into(),
     };
-    let p = node_price(&inv, &tmpl, t(0), t(1800)).unwrap_or(-1.0);
+    let p = node_price(&inv, &tmpl, t(0), t(1800), t(0)).unwrap_or(-1.0);
     assert!((p - 0.15).abs() < 1e-9, "{p}");
-    assert!(node_price(&inv, &fake("a"), t(10), t(0)).is_err());
-    let e = node_price(&inv, &fake("nope"), t(0), t(10)).err();
+    assert!(node_price(&inv, &fake("a"), t(10), t(0), t(0)).is_err());
+    let e = node_price(&inv, &fake("nope"), t(0), t(10), t(0)).err();
     assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::NotFound));
 }
 
@@ -841,7 +850,8 @@ fn from_objects_reads_the_crs_and_nodes() {
             &NodeRef {
                 provider_id: String::new(),
                 name: "host1".into()
-            }
+            },
+            t(0),
         )
         .map(|g| g.id),
         Some("workers".into())
@@ -1051,10 +1061,10 @@ fn nodes_of_machines_wanted_off_belong_to_no_group() {
         provider_id: default_provider_id("lab", n),
         name: n.to_owned(),
     };
-    assert_eq!(node_group_for_node(&inv, &by_name("stale")), None);
-    assert_eq!(node_group_for_node(&inv, &by_name("going")), None);
+    assert_eq!(node_group_for_node(&inv, &by_name("stale"), t(0)), None);
+    assert_eq!(node_group_for_node(&inv, &by_name("going"), t(0)), None);
     assert_eq!(
-        node_group_for_node(&inv, &fake_node("pending")).map(|g| g.id),
+        node_group_for_node(&inv, &fake_node("pending"), t(0)).map(|g| g.id),
         Some("g".to_owned())
     );
 }
@@ -1157,4 +1167,84 @@ fn group_warnings_name_options_cost_and_missing_capacity() {
     let inv = Inventory::build(vec![group("g", 0, None)], vec![sized], vec![]);
     assert!(group_warnings(&inv, "lab", "g").is_empty());
     assert!(group_warnings(&inv, "lab", "nope").is_empty());
+}
+
+/// IncreaseSize after a scale-down: the machine CA just deleted is still shutting down and its
+/// Node still Ready, another member is down. Whatever the `powerOnOrder`, the down one is
+/// picked (the other would need its shutdown and then a boot; CA's scale-up orchestrator,
+/// `core/scaleup/orchestrator/orchestrator.go`, only chooses the group and a node count).
+#[test]
+fn a_spare_still_shutting_down_is_picked_after_one_that_is_down() {
+    // m1 sorts first by name, is the cheapest, the fastest and the least recently used.
+    let mut going = machine("m1", "g", PowerState::Off, Phase::PoweringOff);
+    going.hourly_rate = Some(0.10);
+    going.boot_durations = vec![SignedDuration::from_secs(30)];
+    let mut down = machine("m2", "g", PowerState::Off, Phase::Off);
+    down.hourly_rate = Some(0.40);
+    down.boot_durations = vec![SignedDuration::from_secs(300)];
+    down.last_power_on = Some(t(-60));
+    let node = node_for(&going, true);
+    for order in PowerOnOrder::ALL {
+        let mut g = group("g", 0, None);
+        g.power_on_order = order;
+        let inv = Inventory::build(
+            vec![g],
+            vec![going.clone(), down.clone()],
+            vec![node.clone()],
+        );
+        let one = increase_size(&inv, "g", 1, t(0)).map(|d| names(&d));
+        assert_eq!(one.ok(), Some(vec!["m2".to_owned()]), "{order:?}");
+        // Both when both are asked for, the down one first.
+        let two = increase_size(&inv, "g", 2, t(0)).map(|d| names(&d));
+        assert_eq!(
+            two.ok(),
+            Some(vec!["m2".to_owned(), "m1".to_owned()]),
+            "{order:?}"
+        );
+        // The price quoted for the group's next node is the one IncreaseSize picks.
+        let rate = inv.group("g").map(|g| group_hourly_rate(&inv, g, t(0)));
+        assert_eq!(rate, Some(0.40), "{order:?}");
+    }
+    // Off already but its Node is still Ready (not yet marked NotReady): not down either.
+    let mut stale = going.clone();
+    stale.lifecycle.phase = Some(Phase::Off);
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![stale, down.clone()],
+        vec![node.clone()],
+    );
+    let one = increase_size(&inv, "g", 1, t(0)).map(|d| names(&d));
+    assert_eq!(one.ok(), Some(vec!["m2".to_owned()]));
+}
+
+/// The failure rule comes first: a healthy machine still shutting down (a shutdown's delay)
+/// goes before a down machine whose last power-on failed (it may not boot at all, and CA
+/// waits its whole provision time to find out).
+#[test]
+fn a_healthy_machine_shutting_down_goes_before_a_down_one_that_failed() {
+    let going = machine("m1", "g", PowerState::Off, Phase::PoweringOff);
+    let mut failed = machine("m0", "g", PowerState::Off, Phase::Off);
+    failed.lifecycle.last_power_on_failure = Some(t(-7200));
+    let node = node_for(&going, true);
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![going, failed], vec![node]);
+    let two = increase_size(&inv, "g", 2, t(0)).map(|d| names(&d));
+    assert_eq!(two.ok(), Some(vec!["m1".to_owned(), "m0".to_owned()]));
+}
+
+/// The quoted price follows the same pickability as IncreaseSize: a machine held back (here
+/// still on its way off after a failed power-on) is not the one quoted.
+#[test]
+fn the_group_price_skips_machines_increase_size_cannot_pick() {
+    // Both failed long ago; m0's failure is older (first in order) but it is still going off.
+    let mut held = machine("m0", "g", PowerState::Off, Phase::PoweringOff);
+    held.lifecycle.last_power_on_failure = Some(t(-7200));
+    held.hourly_rate = Some(0.10);
+    let mut ok = machine("m1", "g", PowerState::Off, Phase::Off);
+    ok.lifecycle.last_power_on_failure = Some(t(-3600));
+    ok.hourly_rate = Some(0.70);
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![held, ok], vec![]);
+    let one = increase_size(&inv, "g", 1, t(0)).map(|d| names(&d));
+    assert_eq!(one.ok(), Some(vec!["m1".to_owned()]));
+    let rate = inv.group("g").map(|g| group_hourly_rate(&inv, g, t(0)));
+    assert_eq!(rate, Some(0.70));
 }
