@@ -420,8 +420,8 @@ async fn rule5_delete_nodes_is_all_or_nothing() {
         last,
         vec![
             ("s-b".to_string(), PowerState::Off),
-            // The first spare by the group's order (name): s-a, wanted off but not yet down.
-            ("s-a".to_string(), PowerState::On)
+            // A spare that is down (s-c) before s-a, wanted off but still up (rule 4).
+            ("s-c".to_string(), PowerState::On)
         ]
     );
     assert_eq!(target(&mut c, "small").await, 1);
