@@ -142,9 +142,21 @@ fn target_of(g: &GroupState) -> u32 {
     count(g.machines.iter().filter(|m| m.wanted_on()).count())
 }
 
-/// The MaxSize answered to CA for `g` at `now`.
-pub fn max_size(_inv: &Inventory, g: &GroupState, _now: Timestamp) -> u32 {
+/// The MaxSize answered to CA at `now`: the machines wanted on plus the spares `IncreaseSize`
+/// may pick now ([`pickable`]), never above the Group's own maximum. A spare held back by its
+/// failure cool-down is not offered: CA caps its request at MaxSize - target
+/// (`processors/nodegroupset/balancing_processor.go` `BalanceScaleUpBetweenGroups`; a
+/// `zeroOrMaxNodeScaling` group asks for exactly that, `core/scaleup/orchestrator/orchestrator.go`),
+/// and an IncreaseSize error backs the whole group off (`core/scaleup/orchestrator/executor.go`
+/// registers a failed scale-up), so counting such a spare would keep pods the healthy spares
+/// could host waiting. MaxSize moves as cool-downs end; CA reads it on every loop and only
+/// compares it with the target (`orchestrator.go` skips a group at MaxSize), which never
+/// exceeds it (unless the Group's own maximum was lowered below the target).
+pub fn max_size(inv: &Inventory, g: &GroupState, now: Timestamp) -> u32 {
+    let (spares, _) = candidates(inv, g, now);
+    let reachable = u64::from(target_of(g)) + spares.len() as u64;
     g.max_size()
+        .min(u32::try_from(reachable).unwrap_or(u32::MAX))
 }
 
 /// `NodeGroups`: every group, min and max filled.
@@ -315,6 +327,10 @@ fn held_back_text(held: &[(&MachineView, Unpickable)]) -> String {
 /// Machines whose power-on failed recently are not picked ([`pickable`]); when too few
 /// machines are left the call fails with `ResourceExhausted`, so CA backs the group off and
 /// tries another (CA's `core/scaleup/orchestrator/executor.go` registers the failed scale-up).
+/// A request is served whole or refused: CA records a successful call as `delta` nodes coming
+/// (`executor.go` `RegisterScaleUp`) and never asks for more than MaxSize - target
+/// ([`max_size`] counts only pickable spares), so a request too big for the pickable spares
+/// only comes from a MaxSize read before a cool-down began.
 pub fn increase_size(
     inv: &Inventory,
     id: &str,
@@ -329,6 +345,8 @@ pub fn increase_size(
         });
     }
     let target = target_of(g);
+    // The Group's own maximum: a request above what can be picked now (CA read MaxSize before
+    // a cool-down began, or a race) is refused below as NotEnoughMachines, all or nothing.
     let max = g.max_size();
     let wanted = delta.unsigned_abs();
     if u64::from(target) + u64::from(wanted) > u64::from(max) {
@@ -478,10 +496,37 @@ pub fn registered_count(inv: &Inventory, g: &GroupState) -> u32 {
     )
 }
 
-/// Rule 6: cancel `|delta|` wanted-on machines that have not registered, newest request first.
-/// Never below the registered count. `minSize` is not checked: CA computes the delta from its
-/// own registered count (`clusterstate.go` `updateIncorrectNodeGroupSizes`, then
-/// `static_autoscaler.go` `fixNodeGroupSize`) and an error here repeats every loop.
+/// How far a pending power-on got, for which to cancel first: 0 failed (phase Failed, or a
+/// power-on failure recorded after its request: the FSM is retrying), 1 not acting yet (no
+/// power-on operation, still off), 2 acting (powering on or booting).
+fn pending_rank(m: &MachineView) -> u8 {
+    let phase = m.lifecycle.phase();
+    let requested = m.requested_at();
+    let failed_since_request = m
+        .last_power_on_failure()
+        .is_some_and(|f| requested.is_none_or(|r| f >= r));
+    if phase == Phase::Failed || failed_since_request {
+        0
+    } else if m.lifecycle.operation.is_none() && matches!(phase, Phase::Off | Phase::Unknown) {
+        1
+    } else {
+        2
+    }
+}
+
+/// Rule 6: cancel `|delta|` wanted-on machines that have not registered. Never below the
+/// registered count. `minSize` is not checked: CA computes the delta from its own registered
+/// count (`clusterstate.go` `updateIncorrectNodeGroupSizes`, then `static_autoscaler.go`
+/// `fixNodeGroupSize`) and an error here repeats every loop.
+///
+/// CA calls it when a scale-up timed out (`clusterstate/clusterstate.go` `updateScaleRequests`:
+/// the group's last IncreaseSize is older than its `maxNodeProvisionTime`, delta = minus the
+/// whole request) or when the group's registered count stayed below its target that long
+/// (`fixNodeGroupSize`). The instances it gives up on are the failed ones, so machines that
+/// failed go first, then those not acting yet, then the newest request first; a healthy
+/// machine booting goes last. A machine whose power-on was requested at least the group's
+/// provision time ago ([`GroupView::provision_time`]) timed out for CA: its power-on is
+/// recorded as failed, so IncreaseSize does not pick it again after CA's backoff.
 pub fn decrease_target_size(
     inv: &Inventory,
     id: &str,
@@ -511,13 +556,16 @@ pub fn decrease_target_size(
         .iter()
         .filter(|m| m.wanted_on() && !inv.is_registered(m))
         .collect();
-    // Newest first (an unknown request time counts as oldest); among equals the one furthest
-    // from running (not started yet) first.
+    // Failed, then not acting, then acting; within each the newest request first (an unknown
+    // request time counts as oldest), then the one furthest from running.
     pending.sort_by(|a, b| {
-        cmp_opt(b.requested_at(), a.requested_at(), true)
+        pending_rank(a)
+            .cmp(&pending_rank(b))
+            .then_with(|| cmp_opt(b.requested_at(), a.requested_at(), true))
             .then_with(|| progress(a.lifecycle.phase()).cmp(&progress(b.lifecycle.phase())))
             .then_with(|| b.key.cmp(&a.key))
     });
+    let provision = g.spec.provision_time();
     let n = delta.unsigned_abs() as usize;
     let changes: Vec<PowerChange> = pending
         .into_iter()
@@ -526,8 +574,9 @@ pub fn decrease_target_size(
             machine: m.key.clone(),
             desired: PowerState::Off,
             at: now,
-            // Cancelled before CA gave up on it: not a failure.
-            power_on_failed: false,
+            // CA gave up on it after its provision time: a failed power-on. Sooner (a request
+            // CA no longer needs), a plain cancellation.
+            power_on_failed: m.requested_at().is_some_and(|r| add(r, provision) <= now),
         })
         .collect();
     let after = target - count(changes.len());

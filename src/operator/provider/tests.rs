@@ -108,7 +108,8 @@ fn node_group_for_node_resolution() {
         t(0),
     );
     let r = r.map(|g| (g.id, g.min_size, g.max_size));
-    assert_eq!(r, Some(("g".into(), 1, 3)));
+    // maxSize 3, but only one member (on): CA can get 1.
+    assert_eq!(r, Some(("g".into(), 1, 1)));
     // name when the providerID is unknown.
     let r = node_group_for_node(
         &inv,
@@ -431,7 +432,7 @@ fn a_groups_scale_down_disabled_protects_every_registered_member() {
 
 // Rule 6.
 #[test]
-fn decrease_target_size_cancels_newest_pending_only() {
+fn decrease_target_size_cancels_pending_only_not_acting_then_newest() {
     let a = machine("a", "g", PowerState::On, Phase::Ready);
     let mut b = machine("b", "g", PowerState::On, Phase::PoweringOn);
     let mut c = machine("c", "g", PowerState::On, Phase::Off);
@@ -444,9 +445,10 @@ fn decrease_target_size_cancels_newest_pending_only() {
     let na = node_for(&a, true);
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b, c, d, e], vec![na]);
     let r = decrease_target_size(&inv, "g", -3, t(30));
+    // c has no operation yet (off): first; then the newest request among those acting.
     assert_eq!(
         r.map(|d| (names(&d), d.target_after)),
-        Ok((vec!["d".into(), "b".into(), "c".into()], 2))
+        Ok((vec!["c".into(), "d".into(), "b".into()], 2))
     );
     let kind = |r: Result<Decision, ProviderError>| r.err().map(|e| e.kind());
     assert_eq!(
@@ -1247,4 +1249,141 @@ fn the_group_price_skips_machines_increase_size_cannot_pick() {
     assert_eq!(one.ok(), Some(vec!["m1".to_owned()]));
     let rate = inv.group("g").map(|g| group_hourly_rate(&inv, g, t(0)));
     assert_eq!(rate, Some(0.70));
+}
+/// A machine with a power-on operation started at `started` (running: not completed).
+fn acting(name: &str, phase: Phase, started: Timestamp) -> MachineView {
+    let mut m = machine(name, "g", PowerState::On, phase);
+    m.lifecycle.operation = Some(crate::operator::machine::Operation {
+        kind: crate::operator::machine::OperationKind::PowerOn,
+        id: "on-1".into(),
+        started,
+        deadline: t(100_000),
+        completed: None,
+    });
+    m.power_on_requested = Some(started);
+    m
+}
+
+/// MaxSize is what CA can get at `now`: machines wanted on plus spares IncreaseSize may pick.
+/// A spare in its failure cool-down is not counted, so CA (which caps its request at MaxSize:
+/// `processors/nodegroupset/balancing_processor.go` `BalanceScaleUpBetweenGroups`) asks for
+/// what the healthy spares can serve instead of failing the whole IncreaseSize.
+#[test]
+fn max_size_counts_only_spares_increase_size_can_pick() {
+    let on = machine("a", "g", PowerState::On, Phase::Ready);
+    let mut cooling = machine("b", "g", PowerState::Off, Phase::Off);
+    cooling.lifecycle.last_power_on_failure = Some(t(-60));
+    let spare = machine("c", "g", PowerState::Off, Phase::Off);
+    let na = node_for(&on, true);
+    for max in [None, Some(3), Some(10)] {
+        let inv = Inventory::build(
+            vec![group("g", 0, max)],
+            vec![on.clone(), cooling.clone(), spare.clone()],
+            vec![na.clone()],
+        );
+        let g = node_groups(&inv, t(0));
+        assert_eq!(
+            g.iter().map(|g| g.max_size).collect::<Vec<_>>(),
+            vec![2],
+            "{max:?}"
+        );
+        let g = node_group_for_node(&inv, &fake("a"), t(0)).map(|g| g.max_size);
+        assert_eq!(g, Some(2), "{max:?}");
+        // CA's request capped at MaxSize - target is served.
+        assert!(increase_size(&inv, "g", 1, t(0)).is_ok());
+        // Once the cool-down (30m) is over, the machine counts again (up to spec.maxSize).
+        let later = node_groups(&inv, t(1800)).first().map(|g| g.max_size);
+        assert_eq!(later, Some(max.unwrap_or(3).min(3)), "{max:?}");
+    }
+    // A spec.maxSize below what could be picked still caps it.
+    let inv = Inventory::build(
+        vec![group("g", 0, Some(1))],
+        vec![on.clone(), cooling.clone(), spare.clone()],
+        vec![na.clone()],
+    );
+    assert_eq!(node_groups(&inv, t(0)).first().map(|g| g.max_size), Some(1));
+}
+
+/// A `zeroOrMaxNodeScaling` group is asked for MaxSize - target at once
+/// (`core/scaleup/orchestrator/orchestrator.go` sets the node count to MaxSize): with a
+/// spare cooling down, that request is still one IncreaseSize can serve.
+#[test]
+fn a_zero_or_max_group_with_a_spare_cooling_down_can_still_scale() {
+    let mut cooling = machine("a", "g", PowerState::Off, Phase::Off);
+    cooling.lifecycle.last_power_on_failure = Some(t(-60));
+    let b = machine("b", "g", PowerState::Off, Phase::Off);
+    let c = machine("c", "g", PowerState::Off, Phase::Off);
+    let mut g = group("g", 0, None);
+    g.options.zero_or_max_node_scaling = Some(true);
+    let inv = Inventory::build(vec![g], vec![cooling, b, c], vec![]);
+    let max = node_groups(&inv, t(0))
+        .first()
+        .map(|g| g.max_size)
+        .unwrap_or(0);
+    let target = target_size(&inv, "g").unwrap_or(u32::MAX);
+    let delta = i32::try_from(max - target).unwrap_or(0);
+    let d = increase_size(&inv, "g", delta, t(0)).map(|d| names(&d));
+    assert_eq!(d.ok(), Some(vec!["b".to_owned(), "c".to_owned()]));
+}
+
+/// DecreaseTargetSize after a scale-up timed out (CA's `clusterstate/clusterstate.go`
+/// `updateScaleRequests` calls it once the request is older than the group's
+/// maxNodeProvisionTime; `core/static_autoscaler.go` `fixNodeGroupSize` after an incorrect
+/// size lasted as long): a machine whose power-on was requested at least that long ago is
+/// recorded as failed, so IncreaseSize does not pick it again after CA's backoff.
+#[test]
+fn cancelling_a_power_on_older_than_the_provision_time_records_a_failure() {
+    let slow = acting("a", Phase::Booting, t(0));
+    let b = machine("b", "g", PowerState::Off, Phase::Off);
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![slow.clone(), b.clone()],
+        vec![],
+    );
+    // CA's default provision time is 15m.
+    let d = decrease_target_size(&inv, "g", -1, t(15 * 60)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&d), vec!["a"]);
+    assert!(d.changes[0].power_on_failed, "timed out: a failed power-on");
+    let mut after = inv.clone();
+    after.apply("g", &d.changes);
+    let again = increase_size(&after, "g", 1, t(16 * 60)).map(|d| names(&d));
+    assert_eq!(again.ok(), Some(vec!["b".to_owned()]));
+    // Younger than the provision time: a plain cancellation.
+    let d = decrease_target_size(&inv, "g", -1, t(15 * 60 - 1)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!d.changes[0].power_on_failed);
+    // The Group's maxNodeProvisionTime applies when set.
+    let mut g = group("g", 0, None);
+    g.options.max_node_provision = Some(SignedDuration::from_mins(5));
+    let inv = Inventory::build(vec![g], vec![slow, b], vec![]);
+    let d = decrease_target_size(&inv, "g", -1, t(5 * 60)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.changes[0].power_on_failed);
+}
+
+/// The missing instances CA cancels are the failed ones: machines that failed (phase Failed, or
+/// a power-on failure after their request) go first, then those with no operation started yet,
+/// and a healthy booting machine last, even when its request is the newest.
+#[test]
+fn decrease_target_size_cancels_failed_and_unstarted_before_booting() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let booting = acting("booting", Phase::Booting, t(50));
+    let mut failed = machine("failed", "g", PowerState::On, Phase::Failed);
+    failed.power_on_requested = Some(t(10));
+    let mut retrying = acting("retrying", Phase::PoweringOn, t(20));
+    retrying.lifecycle.last_power_on_failure = Some(t(30));
+    let mut idle = machine("idle", "g", PowerState::On, Phase::Off);
+    idle.power_on_requested = Some(t(40));
+    let na = node_for(&a, true);
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![a, booting, failed, retrying, idle],
+        vec![na],
+    );
+    let pick = |n: i32| {
+        decrease_target_size(&inv, "g", n, t(60))
+            .map(|d| names(&d))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(pick(-2), vec!["retrying", "failed"]);
+    assert_eq!(pick(-3), vec!["retrying", "failed", "idle"]);
+    assert_eq!(pick(-4), vec!["retrying", "failed", "idle", "booting"]);
 }
