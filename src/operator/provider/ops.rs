@@ -149,12 +149,20 @@ fn target_of(g: &GroupState) -> u32 {
 /// `zeroOrMaxNodeScaling` group asks for exactly that, `core/scaleup/orchestrator/orchestrator.go`),
 /// and an IncreaseSize error backs the whole group off (`core/scaleup/orchestrator/executor.go`
 /// registers a failed scale-up), so counting such a spare would keep pods the healthy spares
-/// could host waiting. MaxSize moves as cool-downs end; CA reads it on every loop and only
-/// compares it with the target (`orchestrator.go` skips a group at MaxSize), which never
-/// exceeds it (unless the Group's own maximum was lowered below the target).
+/// could host waiting. MaxSize moves as cool-downs end; CA reads it after every `Refresh`
+/// (`core/static_autoscaler.go` `RunOnce` only reports it as a metric) and compares it with the
+/// target (`orchestrator.go` skips a group at MaxSize), which never exceeds it unless the
+/// Group's own maximum was lowered below the target. It may fall below `minSize`: CA's
+/// `ScaleUpToNodeGroupMinSize` (`orchestrator.go`) does not read it, and that IncreaseSize fails
+/// as it did before, when the spares could not be picked either.
 pub fn max_size(inv: &Inventory, g: &GroupState, now: Timestamp) -> u32 {
-    let (spares, _) = candidates(inv, g, now);
-    let reachable = u64::from(target_of(g)) + spares.len() as u64;
+    // Counted without ordering: CA asks NodeGroupForNode for every node every loop.
+    let spares = g
+        .machines
+        .iter()
+        .filter(|m| !m.wanted_on() && pickable(inv, g, m, now).is_ok())
+        .count();
+    let reachable = u64::from(target_of(g)) + spares as u64;
     g.max_size()
         .min(u32::try_from(reachable).unwrap_or(u32::MAX))
 }
