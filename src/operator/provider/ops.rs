@@ -533,13 +533,16 @@ fn pending_rank(m: &MachineView) -> u8 {
 /// (`fixNodeGroupSize`). The instances it gives up on are the failed ones, so machines that
 /// failed go first, then those not acting yet, then the newest request first; a healthy
 /// machine booting goes last. A machine whose power-on was requested at least the group's
-/// provision time ago ([`GroupView::provision_time`]) timed out for CA: its power-on is
-/// recorded as failed, so IncreaseSize does not pick it again after CA's backoff.
+/// provision time ago timed out for CA: its power-on is recorded as failed, so IncreaseSize
+/// does not pick it again after CA's backoff. The provision time is the Group's
+/// `maxNodeProvisionTime`, else `ca_provision` (CA's flag, as CA's `NodeGroupGetOptions`
+/// defaults carried it), else CA's default ([`GroupView::provision_time`]).
 pub fn decrease_target_size(
     inv: &Inventory,
     id: &str,
     delta: i32,
     now: Timestamp,
+    ca_provision: Option<SignedDuration>,
 ) -> Result<Decision, ProviderError> {
     let g = group(inv, id)?;
     if delta >= 0 {
@@ -573,7 +576,10 @@ pub fn decrease_target_size(
             .then_with(|| progress(a.lifecycle.phase()).cmp(&progress(b.lifecycle.phase())))
             .then_with(|| b.key.cmp(&a.key))
     });
-    let provision = g.spec.provision_time();
+    let provision = match (g.spec.options.max_node_provision, ca_provision) {
+        (None, Some(ca)) => ca,
+        _ => g.spec.provision_time(),
+    };
     let n = delta.unsigned_abs() as usize;
     let changes: Vec<PowerChange> = pending
         .into_iter()

@@ -116,6 +116,10 @@ struct Inner<S> {
     view: Mutex<View>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     options: ProviderOptions,
+    /// CA's `--max-node-provision-time`, as the defaults of its last `NodeGroupGetOptions`
+    /// carried it (CA sends them with every call: `GetOptions` in
+    /// `cloudprovider/externalgrpc/externalgrpc_node_group.go`).
+    ca_provision_time: Mutex<Option<SignedDuration>>,
 }
 
 /// The provider: a cheap-to-clone handle usable directly (simulator checks, tests) or as the
@@ -152,6 +156,7 @@ impl<S: InventorySource> Provider<S> {
                 }),
                 locks: Mutex::new(HashMap::new()),
                 options,
+                ca_provision_time: Mutex::new(None),
             }),
             mutation_gate: None,
         }
@@ -569,8 +574,13 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
         req: Request<proto::NodeGroupDecreaseTargetSizeRequest>,
     ) -> Result<Response<proto::NodeGroupDecreaseTargetSizeResponse>, Status> {
         let r = req.into_inner();
+        let ca_provision = *self
+            .inner
+            .ca_provision_time
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.mutate(&r.id, |inv, now| {
-            ops::decrease_target_size(inv, &r.id, r.delta, now)
+            ops::decrease_target_size(inv, &r.id, r.delta, now, ca_provision)
         })
         .await
         .map_err(fail)?;
@@ -603,8 +613,19 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
         req: Request<proto::NodeGroupAutoscalingOptionsRequest>,
     ) -> Result<Response<proto::NodeGroupAutoscalingOptionsResponse>, Status> {
         let r = req.into_inner();
-        let o = ops::node_group_options(&self.view(), &r.id, r.defaults.map(options_from_pb))
-            .map_err(fail)?;
+        let defaults = r.defaults.map(options_from_pb);
+        if let Some(p) = defaults
+            .as_ref()
+            .and_then(|d| d.max_node_provision)
+            .filter(|p| p.is_positive())
+        {
+            *self
+                .inner
+                .ca_provision_time
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(p);
+        }
+        let o = ops::node_group_options(&self.view(), &r.id, defaults).map_err(fail)?;
         Ok(Response::new(proto::NodeGroupAutoscalingOptionsResponse {
             node_group_autoscaling_options: o.map(options_to_pb),
         }))

@@ -444,7 +444,7 @@ fn decrease_target_size_cancels_pending_only_not_acting_then_newest() {
     let e = machine("e", "g", PowerState::On, Phase::Booting);
     let na = node_for(&a, true);
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b, c, d, e], vec![na]);
-    let r = decrease_target_size(&inv, "g", -3, t(30));
+    let r = decrease_target_size(&inv, "g", -3, t(30), None);
     // c has no operation yet (off): first; then the newest request among those acting.
     assert_eq!(
         r.map(|d| (names(&d), d.target_after)),
@@ -452,15 +452,15 @@ fn decrease_target_size_cancels_pending_only_not_acting_then_newest() {
     );
     let kind = |r: Result<Decision, ProviderError>| r.err().map(|e| e.kind());
     assert_eq!(
-        kind(decrease_target_size(&inv, "g", -5, t(0))),
+        kind(decrease_target_size(&inv, "g", -5, t(0), None)),
         Some(ErrorKind::FailedPrecondition)
     );
     assert_eq!(
-        kind(decrease_target_size(&inv, "g", 0, t(0))),
+        kind(decrease_target_size(&inv, "g", 0, t(0), None)),
         Some(ErrorKind::InvalidArgument)
     );
     assert_eq!(
-        kind(decrease_target_size(&inv, "g", 1, t(0))),
+        kind(decrease_target_size(&inv, "g", 1, t(0), None)),
         Some(ErrorKind::InvalidArgument)
     );
 }
@@ -476,13 +476,13 @@ fn decrease_target_size_ignores_min_size() {
     let c = machine("c", "g", PowerState::On, Phase::Failed);
     let na = node_for(&a, true);
     let inv = Inventory::build(vec![group("g", 3, None)], vec![a, b, c], vec![na]);
-    let r = decrease_target_size(&inv, "g", -2, t(0));
+    let r = decrease_target_size(&inv, "g", -2, t(0), None);
     assert_eq!(r.map(|d| d.target_after), Ok(1));
     // A partial decrease below min is fine too (before: FailedPrecondition).
-    let r = decrease_target_size(&inv, "g", -1, t(0));
+    let r = decrease_target_size(&inv, "g", -1, t(0), None);
     assert_eq!(r.map(|d| d.target_after), Ok(2));
     // Only the registered count bounds it.
-    let r = decrease_target_size(&inv, "g", -3, t(0)).err();
+    let r = decrease_target_size(&inv, "g", -3, t(0), None).err();
     assert_eq!(r.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
 }
 
@@ -735,7 +735,7 @@ proptest! {
                     let nodes: Vec<NodeRef> = ix.iter().map(|i| fake(&names[*i])).collect();
                     delete_nodes(&inv, "g", &nodes, now)
                 }
-                Op::Dec(d) => decrease_target_size(&inv, "g", *d, now),
+                Op::Dec(d) => decrease_target_size(&inv, "g", *d, now, None),
                 Op::Register(i) => {
                     // A wanted-on machine's node registers.
                     let m = inv.machines().find(|m| m.key.name == names[*i]).cloned();
@@ -1341,7 +1341,7 @@ fn cancelling_a_power_on_older_than_the_provision_time_records_a_failure() {
         vec![],
     );
     // CA's default provision time is 15m.
-    let d = decrease_target_size(&inv, "g", -1, t(15 * 60)).unwrap_or_else(|e| panic!("{e}"));
+    let d = decrease_target_size(&inv, "g", -1, t(15 * 60), None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(names(&d), vec!["a"]);
     assert!(d.changes[0].power_on_failed, "timed out: a failed power-on");
     let mut after = inv.clone();
@@ -1349,14 +1349,32 @@ fn cancelling_a_power_on_older_than_the_provision_time_records_a_failure() {
     let again = increase_size(&after, "g", 1, t(16 * 60)).map(|d| names(&d));
     assert_eq!(again.ok(), Some(vec!["b".to_owned()]));
     // Younger than the provision time: a plain cancellation.
-    let d = decrease_target_size(&inv, "g", -1, t(15 * 60 - 1)).unwrap_or_else(|e| panic!("{e}"));
+    let d =
+        decrease_target_size(&inv, "g", -1, t(15 * 60 - 1), None).unwrap_or_else(|e| panic!("{e}"));
     assert!(!d.changes[0].power_on_failed);
     // The Group's maxNodeProvisionTime applies when set.
     let mut g = group("g", 0, None);
     g.options.max_node_provision = Some(SignedDuration::from_mins(5));
     let inv = Inventory::build(vec![g], vec![slow, b], vec![]);
-    let d = decrease_target_size(&inv, "g", -1, t(5 * 60)).unwrap_or_else(|e| panic!("{e}"));
+    let d = decrease_target_size(&inv, "g", -1, t(5 * 60), None).unwrap_or_else(|e| panic!("{e}"));
     assert!(d.changes[0].power_on_failed);
+    // ... even over CA's flag (the defaults CA sends with NodeGroupGetOptions).
+    let ca = Some(SignedDuration::from_secs(15));
+    let d = decrease_target_size(&inv, "g", -1, t(60), ca).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!d.changes[0].power_on_failed);
+}
+
+/// Without a Group setting, CA's own `--max-node-provision-time` (learnt from the defaults of
+/// NodeGroupGetOptions) is the provision time.
+#[test]
+fn cas_provision_flag_applies_when_the_group_sets_none() {
+    let slow = acting("a", Phase::Booting, t(0));
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![slow], vec![]);
+    let ca = Some(SignedDuration::from_secs(15));
+    let d = decrease_target_size(&inv, "g", -1, t(15), ca).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.changes[0].power_on_failed);
+    let d = decrease_target_size(&inv, "g", -1, t(14), ca).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!d.changes[0].power_on_failed);
 }
 
 /// The missing instances CA cancels are the failed ones: machines that failed (phase Failed, or
@@ -1379,7 +1397,7 @@ fn decrease_target_size_cancels_failed_and_unstarted_before_booting() {
         vec![na],
     );
     let pick = |n: i32| {
-        decrease_target_size(&inv, "g", n, t(60))
+        decrease_target_size(&inv, "g", n, t(60), None)
             .map(|d| names(&d))
             .unwrap_or_else(|e| panic!("{e}"))
     };
