@@ -614,6 +614,53 @@ async fn the_group_lock_wait_has_its_own_budget() {
     let _ = running.stop().await;
 }
 
+/// Rule 6: without a Group setting, the provision time after which a cancelled power-on counts
+/// as failed is CA's `--max-node-provision-time`, which CA sends as the `defaults` of every
+/// NodeGroupGetOptions (`externalgrpc_node_group.go` `GetOptions`).
+#[tokio::test]
+async fn rule6_a_power_on_older_than_cas_provision_time_is_cancelled_as_failed() {
+    let (source, running, mut c) = setup().await;
+    let defaults = NodeGroupAutoscalingOptions {
+        max_node_provision_duration: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    ok(
+        c.node_group_get_options(NodeGroupAutoscalingOptionsRequest {
+            id: "small".into(),
+            defaults: Some(defaults),
+        })
+        .await,
+    );
+    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: "small".into(),
+    })
+    .await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // s-c (requested over a second ago) first, then s-b (request time unknown: not failed).
+    ok(
+        c.node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest {
+            delta: -2,
+            id: "small".into(),
+        })
+        .await,
+    );
+    let cancelled: Vec<(String, bool)> = source
+        .persisted()
+        .into_iter()
+        .filter(|p| p.desired == PowerState::Off)
+        .map(|p| (p.machine.name, p.power_on_failed))
+        .collect();
+    assert_eq!(
+        cancelled,
+        vec![("s-c".to_string(), true), ("s-b".to_string(), false)]
+    );
+    let _ = running.stop().await;
+}
+
 #[tokio::test]
 async fn rule6_decrease_target_size_cancels_pending_only() {
     let (source, running, mut c) = setup().await;
