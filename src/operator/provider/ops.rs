@@ -225,7 +225,7 @@ pub fn power_on_order(order: PowerOnOrder, a: &MachineView, b: &MachineView) -> 
 
 /// Whether a spare is down: off (or never seen on) and without a Ready Node. A spare still
 /// shutting down, or whose Node still reads Ready (the node lifecycle controller marks it
-/// NotReady some 40 s after the machine died), is not: powering it on waits for its shutdown
+/// NotReady only after its grace period, tens of seconds after the machine died), is not: powering it on waits for its shutdown
 /// to end and then boots it, and its stale Ready Node would make it look booted at once.
 fn is_down_spare(inv: &Inventory, m: &MachineView) -> bool {
     m.is_down(inv.is_registered(m)) && !inv.is_ready(m)
