@@ -352,7 +352,7 @@ async fn run(size: Size) {
             provider_id: provider_ids[i % provider_ids.len()].clone(),
             name: String::new(),
         };
-        assert!(ops::node_group_for_node(&inv, &n).is_some());
+        assert!(ops::node_group_for_node(&inv, &n, jiff::Timestamp::UNIX_EPOCH).is_some());
     });
     core("core: ops::target_size", &|i| {
         assert!(ops::target_size(&inv, &group_ids[i % group_ids.len()]).is_ok());

@@ -29,7 +29,7 @@ use kubectl_homelab::sim::{RunOptions, Scenario, Sim};
 use kubectl_homelab::testing::job;
 use serde_json::json;
 use support::ca::CallCounts;
-use support::machines::Happened;
+use support::machines::{Happened, JOB_RUNS};
 use support::{
     Assets, Boot, CaOptions, ClusterAutoscaler, ControlPlane, FakeNode, Machines, MachinesConfig,
     Options, Provider, ProviderCommand, ProviderIdBy, Transport, World,
@@ -60,6 +60,8 @@ struct LabSpec {
     boot_timeout: Option<&'static str>,
     /// From a machine's power-on Job succeeding to its Node registering Ready.
     boot: Duration,
+    /// From a machine's power-off Job succeeding to its Node going NotReady.
+    shutdown: Duration,
 }
 
 impl LabSpec {
@@ -74,6 +76,7 @@ impl LabSpec {
             hourly_rate: None,
             boot_timeout: None,
             boot: BOOT,
+            shutdown: Duration::ZERO,
         }
     }
 }
@@ -178,7 +181,9 @@ impl Lab {
             ))
             .await?;
 
-        let mut config = MachinesConfig::new(&ns, spec.boot).provider_id_by(spec.provider_id_by);
+        let mut config = MachinesConfig::new(&ns, spec.boot)
+            .provider_id_by(spec.provider_id_by)
+            .shutdown_delay(spec.shutdown);
         for i in &spec.broken {
             config = config.machine(&machine_name(*i), Boot::Never);
         }
@@ -473,6 +478,86 @@ async fn a_scales_one_machine_up_for_two_pods_and_back_to_zero() -> anyhow::Resu
         let calls = lab.ca.calls();
         assert_eq!(calls.increase_size(), 1, "{calls}");
         assert_eq!(calls.delete_nodes(), 1, "{calls}");
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+/// CA's scan interval (`--scan-interval` in tests/support/ca.rs).
+const SCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Scenario A2: a scale-up while the machine CA just removed is still shutting down. Two
+/// machines; pods run on desktop-0; once they are gone CA drains it and calls DeleteNodes, and
+/// its shutdown takes 20 s during which its Node stays Ready. New pods arrive in that window:
+/// CA's scale-up orchestrator picks the group and a node count
+/// (`core/scaleup/orchestrator/orchestrator.go` `ScaleUp`, then `executor.go` `executeScaleUp`
+/// calls IncreaseSize(1)); which machine that powers on is the provider's choice, and it must
+/// be desktop-1, which is off, not desktop-0 again. The pods run on desktop-1 within one boot
+/// plus two CA scan intervals (and some slack for a loaded machine, still well under the 20 s
+/// shutdown), and desktop-0 is never wanted on again.
+#[tokio::test]
+async fn a2_scale_up_during_a_shutdown_powers_on_the_machine_that_is_off() -> anyhow::Result<()> {
+    const SHUTDOWN: Duration = Duration::from_secs(20);
+    let mut spec = LabSpec::new("ca-a2");
+    spec.machines = 2;
+    spec.shutdown = SHUTDOWN;
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        let (first, other) = (lab.names[0].clone(), lab.names[1].clone());
+        lab.create_pods(2).await?;
+        let node = lab
+            .until("both pods to be bound to one node", || {
+                lab.all_pods_on_one_node()
+            })
+            .await?;
+        assert_eq!(
+            node, first,
+            "the group's powerOnOrder (name) picks {first} first"
+        );
+        lab.delete_pods().await?;
+        lab.until(
+            &format!("{first} to be shutting down, its Node still Ready"),
+            || async {
+                let powering_off = lab.phases().await?.get(&first) == Some(&Phase::PoweringOff);
+                let off_job = lab.machines.power_offs().contains_key(&first);
+                let up = lab.registered().await?.contains(&first);
+                Ok((powering_off && off_job && up).then_some(()))
+            },
+        )
+        .await?;
+        let since = Instant::now();
+        lab.create_pods(2).await?;
+        let placed = lab
+            .until("the new pods to run on one node", || async {
+                let running =
+                    lab.pods().await?.iter().all(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    });
+                Ok(match lab.all_pods_on_one_node().await? {
+                    Some(n) if running => Some(n),
+                    _ => None,
+                })
+            })
+            .await?;
+        let took = since.elapsed();
+        let wanted = lab.machines.desired_changes_since(since);
+        assert!(
+            !wanted
+                .iter()
+                .any(|(_, m, p)| *m == first && *p == PowerState::On),
+            "{first}, still shutting down, was not picked again: {wanted:?}"
+        );
+        assert_eq!(placed, other, "the pods run on the machine that was off");
+        let bound = JOB_RUNS + BOOT + 2 * SCAN_INTERVAL + Duration::from_secs(6);
+        assert!(
+            took <= bound,
+            "pods running after {took:?}, more than {bound:?} (one boot, two CA scans, slack)"
+        );
+        let calls = lab.ca.calls();
+        assert_eq!(calls.increase_size(), 2, "{calls}");
         lab.ca.ensure_no_provider_errors(&[])
     }
     .await;

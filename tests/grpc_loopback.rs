@@ -420,8 +420,8 @@ async fn rule5_delete_nodes_is_all_or_nothing() {
         last,
         vec![
             ("s-b".to_string(), PowerState::Off),
-            // The first spare by the group's order (name): s-a, wanted off but not yet down.
-            ("s-a".to_string(), PowerState::On)
+            // A spare that is down (s-c) before s-a, wanted off but still up (rule 4).
+            ("s-c".to_string(), PowerState::On)
         ]
     );
     assert_eq!(target(&mut c, "small").await, 1);
@@ -611,6 +611,53 @@ async fn the_group_lock_wait_has_its_own_budget() {
     assert!(message.contains("still in progress"), "{message}");
     assert_eq!(target(&mut second, "small").await, 2);
     held.abort();
+    let _ = running.stop().await;
+}
+
+/// Rule 6: without a Group setting, the provision time after which a cancelled power-on counts
+/// as failed is CA's `--max-node-provision-time`, which CA sends as the `defaults` of every
+/// NodeGroupGetOptions (`externalgrpc_node_group.go` `GetOptions`).
+#[tokio::test]
+async fn rule6_a_power_on_older_than_cas_provision_time_is_cancelled_as_failed() {
+    let (source, running, mut c) = setup().await;
+    let defaults = NodeGroupAutoscalingOptions {
+        max_node_provision_duration: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    ok(
+        c.node_group_get_options(NodeGroupAutoscalingOptionsRequest {
+            id: "small".into(),
+            defaults: Some(defaults),
+        })
+        .await,
+    );
+    ok(c.node_group_increase_size(NodeGroupIncreaseSizeRequest {
+        delta: 1,
+        id: "small".into(),
+    })
+    .await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // s-c (requested over a second ago) first, then s-b (request time unknown: not failed).
+    ok(
+        c.node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest {
+            delta: -2,
+            id: "small".into(),
+        })
+        .await,
+    );
+    let cancelled: Vec<(String, bool)> = source
+        .persisted()
+        .into_iter()
+        .filter(|p| p.desired == PowerState::Off)
+        .map(|p| (p.machine.name, p.power_on_failed))
+        .collect();
+    assert_eq!(
+        cancelled,
+        vec![("s-c".to_string(), true), ("s-b".to_string(), false)]
+    );
     let _ = running.stop().await;
 }
 

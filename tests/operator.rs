@@ -598,11 +598,14 @@ async fn a_node_that_goes_not_ready_is_recorded_not_powered_off() -> anyhow::Res
     assert!(lab.jobs("m1").await?.is_empty(), "no power action");
     let source = ClusterSource::start(lab.client.clone(), Scope::Namespace(lab.ns.clone()));
     source.wait_until_ready(SYNC).await?;
-    let group_id = kubectl_homelab::operator::provider::ops::node_groups(&source.inventory())
-        .into_iter()
-        .map(|g| g.id)
-        .next()
-        .context("no group")?;
+    let group_id = kubectl_homelab::operator::provider::ops::node_groups(
+        &source.inventory(),
+        jiff::Timestamp::now(),
+    )
+    .into_iter()
+    .map(|g| g.id)
+    .next()
+    .context("no group")?;
     let instances =
         kubectl_homelab::operator::provider::ops::node_group_nodes(&source.inventory(), &group_id)?;
     assert_eq!(instances.len(), 1);

@@ -7,7 +7,9 @@
 //!   registers a Ready Kubernetes Node shaped like the CR declares it (`spec.capacity`,
 //!   `spec.labels`), with the machine's providerID set by the kubelet, or without one (the
 //!   operator then writes it, as for a kubelet started without `--provider-id`); a completed
-//!   power-off Job stops it (its Node goes NotReady; the operator deletes the Node object);
+//!   power-off Job stops it: after its shutdown delay (zero unless set) its Node goes NotReady
+//!   (the Node stays Ready meanwhile, as a real Node does until the node lifecycle controller
+//!   notices the kubelet stopped posting status); the operator then deletes the Node object;
 //! - while a node is up, its kubelet runs the pods bound to it and finishes their deletion.
 //!
 //! Failure injection: [`Boot::Never`], a machine that accepts the power-on and never registers.
@@ -111,6 +113,9 @@ pub struct MachinesConfig {
     /// Per Node CR name.
     pub boots: BTreeMap<String, Boot>,
     pub provider_id_by: ProviderIdBy,
+    /// From a power-off Job succeeding to the machine's Node going NotReady: the OS shutting
+    /// down plus the node lifecycle controller's grace period.
+    pub shutdown: Duration,
 }
 
 impl MachinesConfig {
@@ -120,7 +125,13 @@ impl MachinesConfig {
             boot: Boot::After(boot_delay),
             boots: BTreeMap::new(),
             provider_id_by: ProviderIdBy::Kubelet,
+            shutdown: Duration::ZERO,
         }
+    }
+    /// Every machine's Node stays Ready for `delay` after its power-off Job succeeded.
+    pub fn shutdown_delay(mut self, delay: Duration) -> Self {
+        self.shutdown = delay;
+        self
     }
     pub fn machine(mut self, name: &str, boot: Boot) -> Self {
         self.boots.insert(name.to_owned(), boot);
@@ -418,6 +429,14 @@ async fn power_job_done(shared: Arc<Shared>, job: Job) {
         let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
         if taints.iter().any(|t| t.key == CA_DELETION_TAINT) {
             shared.record(&name, Happened::PoweredOffTaintedByCa);
+        }
+    }
+    // The OS shuts down; its Node stays Ready meanwhile. A power Job finishing in between
+    // (the machine is powered on again) owns the machine from then on.
+    if !shared.config.shutdown.is_zero() {
+        tokio::time::sleep(shared.config.shutdown).await;
+        if lock(&shared.seen).generation.get(&name) != Some(&generation) {
+            return;
         }
     }
     // The kubelet stops posting status; the operator sees the Node NotReady and deletes it.

@@ -16,6 +16,11 @@ use super::{Health, object_ref};
 /// Membership: a Node CR belongs to the Group named by this label's value.
 pub const GROUP_LABEL: &str = "group";
 
+/// Group condition: True when every member's `bootTimeout` ends comfortably (a minute or
+/// more) before the group's provision time (`maxNodeProvisionTime`, else CA's 15m default);
+/// False names the members whose boot CA gives up on before the operator does.
+pub const CONDITION_BOOT_TIMEOUT_BELOW_PROVISION: &str = "BootTimeoutBelowProvisionTime";
+
 /// A group of alike machines, scaled by the Cluster Autoscaler as one node group. Members are
 /// the Node CRs in the same namespace labelled `group=<name>`.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

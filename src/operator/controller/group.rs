@@ -4,16 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
 
 use super::{Context, Error, FIELD_MANAGER};
 use crate::operator::api::{
-    CONDITION_READY, Group, GroupStatus, Health, Machine, condition, upsert_condition,
+    CONDITION_BOOT_TIMEOUT_BELOW_PROVISION, CONDITION_READY, Group, GroupStatus, Health, Machine,
+    condition, upsert_condition,
 };
 use crate::operator::machine::{Phase, PowerState};
+use crate::operator::provider::inventory::CA_DEFAULT_MAX_NODE_PROVISION;
 use crate::operator::provider::warnings::{GROUP_WARNING_CONDITIONS, group_warnings};
 
 pub fn error_policy(_g: Arc<Group>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -47,6 +49,55 @@ pub fn counts(group: &Group, members: &[Arc<Machine>]) -> GroupStatus {
         }
     }
     s
+}
+
+/// How much sooner than CA's provision time a member's boot must time out: the operator
+/// records a failed power-on at its boot deadline, CA gives up at `maxNodeProvisionTime` after
+/// the scale-up and cancels it (DecreaseTargetSize, recorded as a failure by the provider).
+pub const BOOT_TIMEOUT_MARGIN: SignedDuration = SignedDuration::from_mins(1);
+
+/// The [`CONDITION_BOOT_TIMEOUT_BELOW_PROVISION`] condition's status, reason and message:
+/// False when a member's `bootTimeout` plus [`BOOT_TIMEOUT_MARGIN`] exceeds the group's
+/// provision time (its `maxNodeProvisionTime`, else CA's default). Members whose bootTimeout
+/// does not parse are left to their own InvalidSpec condition; so is a Group whose
+/// maxNodeProvisionTime does not parse (CA's default is assumed).
+pub fn boot_timeout_check(group: &Group, members: &[Arc<Machine>]) -> (bool, &'static str, String) {
+    let set = group
+        .autoscaling_options()
+        .ok()
+        .and_then(|o| o.max_node_provision_time);
+    let provision = set.unwrap_or(CA_DEFAULT_MAX_NODE_PROVISION);
+    let source = if set.is_some() {
+        "the Group's maxNodeProvisionTime"
+    } else {
+        "CA's default --max-node-provision-time"
+    };
+    let mut late: Vec<String> = members
+        .iter()
+        .filter_map(|m| {
+            let boot = m.boot_timeout().ok()?;
+            let end = boot.checked_add(BOOT_TIMEOUT_MARGIN)?;
+            (end > provision).then(|| format!("{} (bootTimeout {boot:#})", m.object_ref()))
+        })
+        .collect();
+    late.sort();
+    if late.is_empty() {
+        return (
+            true,
+            "BootTimeoutBelowProvisionTime",
+            format!(
+                "every member's bootTimeout ends at least {BOOT_TIMEOUT_MARGIN:#} before the provision time {provision:#} ({source})"
+            ),
+        );
+    }
+    (
+        false,
+        "BootTimeoutNotBelowProvisionTime",
+        format!(
+            "{}: not at least {BOOT_TIMEOUT_MARGIN:#} below the provision time {provision:#} ({source}); CA gives up on the power-on before the operator does. Lower spec.bootTimeout or raise the Group's maxNodeProvisionTime",
+            late.join(", ")
+        ),
+    )
 }
 
 pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -89,6 +140,18 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
     upsert_condition(
         &mut new.conditions,
         condition(CONDITION_READY, ok, reason, message, generation, now),
+    );
+    let (boot_ok, boot_reason, boot_message) = boot_timeout_check(&g, &members);
+    upsert_condition(
+        &mut new.conditions,
+        condition(
+            CONDITION_BOOT_TIMEOUT_BELOW_PROVISION,
+            boot_ok,
+            boot_reason,
+            boot_message,
+            generation,
+            now,
+        ),
     );
     let inventory = ctx.provider.inventory();
     let warnings = group_warnings(&inventory, &ns, &g.name_any());
@@ -163,4 +226,77 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
         .await
         .map_err(Error::kube(format!("writing status of {}", g.object_ref())))?;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(timeouts: &[(&str, Option<&str>)]) -> Vec<Arc<Machine>> {
+        timeouts
+            .iter()
+            .map(|(name, t)| {
+                let m = Machine::test(name).namespace("lab").group("g");
+                Arc::new(
+                    match t {
+                        Some(t) => m.boot_timeout(t),
+                        None => m,
+                    }
+                    .build(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_boot_timeout_is_below_cas_default_provision_time() {
+        let g = Group::test("g").namespace("lab").build();
+        let (ok, reason, message) = boot_timeout_check(&g, &members(&[("m1", None)]));
+        assert!(ok, "{message}");
+        assert_eq!(reason, "BootTimeoutBelowProvisionTime");
+        assert!(message.contains("15m"), "{message}");
+    }
+
+    #[test]
+    fn a_boot_timeout_not_a_minute_below_the_provision_time_is_named() {
+        let g = Group::test("g").namespace("lab").build();
+        let ms = members(&[("m1", Some("14m30s")), ("m2", None), ("m3", Some("20m"))]);
+        let (ok, reason, message) = boot_timeout_check(&g, &ms);
+        assert!(!ok);
+        assert_eq!(reason, "BootTimeoutNotBelowProvisionTime");
+        assert!(
+            message.contains("lab/m1") && message.contains("14m 30s"),
+            "{message}"
+        );
+        assert!(
+            message.contains("lab/m3") && message.contains("20m"),
+            "{message}"
+        );
+        assert!(!message.contains("lab/m2"), "{message}");
+        assert!(message.contains("provision time 15m"), "{message}");
+        // 14m is exactly a minute below: fine.
+        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", Some("14m"))]));
+        assert!(ok, "{message}");
+    }
+
+    #[test]
+    fn the_groups_max_node_provision_time_is_the_limit() {
+        let g = Group::test("g")
+            .namespace("lab")
+            .spec_with(|s| s.max_node_provision_time = Some("5m".into()))
+            .build();
+        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", None)]));
+        assert!(!ok);
+        assert!(
+            message.contains("lab/m1") && message.contains("bootTimeout 10m"),
+            "{message}"
+        );
+        assert!(message.contains("maxNodeProvisionTime"), "{message}");
+        let g = Group::test("g")
+            .namespace("lab")
+            .spec_with(|s| s.max_node_provision_time = Some("30m".into()))
+            .build();
+        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", Some("20m"))]));
+        assert!(ok, "{message}");
+    }
 }

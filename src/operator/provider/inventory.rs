@@ -152,15 +152,22 @@ pub const CA_DEFAULT_MAX_NODE_PROVISION: SignedDuration = SignedDuration::from_m
 pub const CA_INSTANCE_CACHE_FRESHNESS: SignedDuration = SignedDuration::from_mins(5);
 
 impl GroupView {
+    /// How long CA waits for a powered-on machine to register: the Group's
+    /// `maxNodeProvisionTime`, else CA's default (`--max-node-provision-time`, 15m in CA's
+    /// `config/flags/flags.go`).
+    pub fn provision_time(&self) -> SignedDuration {
+        self.options
+            .max_node_provision
+            .unwrap_or(CA_DEFAULT_MAX_NODE_PROVISION)
+    }
+
     /// The cool-down after a failed power-on: the Group's setting, else twice the group's
-    /// `maxNodeProvisionTime`, else twice CA's default of 15m.
+    /// provision time ([`GroupView::provision_time`]).
     pub fn failure_cooldown(&self) -> SignedDuration {
         self.power_on_failure_cooldown.unwrap_or_else(|| {
-            let provision = self
-                .options
-                .max_node_provision
-                .unwrap_or(CA_DEFAULT_MAX_NODE_PROVISION);
-            provision.checked_mul(2).unwrap_or(SignedDuration::MAX)
+            self.provision_time()
+                .checked_mul(2)
+                .unwrap_or(SignedDuration::MAX)
         })
     }
 }

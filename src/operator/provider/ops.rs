@@ -120,17 +120,18 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn info(g: &GroupState) -> NodeGroupInfo {
+fn info(inv: &Inventory, g: &GroupState, now: Timestamp) -> NodeGroupInfo {
+    let max = max_size(inv, g, now);
     NodeGroupInfo {
         id: g.spec.id.clone(),
         min_size: g.spec.min_size,
-        max_size: g.max_size(),
+        max_size: max,
         debug: format!(
             "Group {}/{}: min {}, max {}, target {}, {} member(s)",
             g.spec.namespace,
             g.spec.name,
             g.spec.min_size,
-            g.max_size(),
+            max,
             target_of(g),
             g.machines.len(),
         ),
@@ -141,9 +142,34 @@ fn target_of(g: &GroupState) -> u32 {
     count(g.machines.iter().filter(|m| m.wanted_on()).count())
 }
 
+/// The MaxSize answered to CA at `now`: the machines wanted on plus the spares `IncreaseSize`
+/// may pick now ([`pickable`]), never above the Group's own maximum. A spare held back by its
+/// failure cool-down is not offered: CA caps its request at MaxSize - target
+/// (`processors/nodegroupset/balancing_processor.go` `BalanceScaleUpBetweenGroups`; a
+/// `zeroOrMaxNodeScaling` group asks for exactly that, `core/scaleup/orchestrator/orchestrator.go`),
+/// and an IncreaseSize error backs the whole group off (`core/scaleup/orchestrator/executor.go`
+/// registers a failed scale-up), so counting such a spare would keep pods the healthy spares
+/// could host waiting. MaxSize moves as cool-downs end; CA reads it after every `Refresh`
+/// (`core/static_autoscaler.go` `RunOnce` only reports it as a metric) and compares it with the
+/// target (`orchestrator.go` skips a group at MaxSize), which never exceeds it unless the
+/// Group's own maximum was lowered below the target. It may fall below `minSize`: CA's
+/// `ScaleUpToNodeGroupMinSize` (`orchestrator.go`) does not read it, and that IncreaseSize fails
+/// as it did before, when the spares could not be picked either.
+pub fn max_size(inv: &Inventory, g: &GroupState, now: Timestamp) -> u32 {
+    // Counted without ordering: CA asks NodeGroupForNode for every node every loop.
+    let spares = g
+        .machines
+        .iter()
+        .filter(|m| !m.wanted_on() && pickable(inv, g, m, now).is_ok())
+        .count();
+    let reachable = u64::from(target_of(g)) + spares as u64;
+    g.max_size()
+        .min(u32::try_from(reachable).unwrap_or(u32::MAX))
+}
+
 /// `NodeGroups`: every group, min and max filled.
-pub fn node_groups(inv: &Inventory) -> Vec<NodeGroupInfo> {
-    inv.groups().map(info).collect()
+pub fn node_groups(inv: &Inventory, now: Timestamp) -> Vec<NodeGroupInfo> {
+    inv.groups().map(|g| info(inv, g, now)).collect()
 }
 
 /// Rule 3: the number of machines wanted on (desired power `on`, whatever their progress).
@@ -155,14 +181,18 @@ pub fn target_size(inv: &Inventory, id: &str) -> Result<u32, ProviderError> {
 /// (CA expects `id: ""` for those). A registered Node of a machine wanted off (being powered
 /// off, or a stale NotReady Node of a machine someone powered off) is `None` too: CA would
 /// otherwise count it as the group's capacity, or as a group node it is still waiting for.
-pub fn node_group_for_node(inv: &Inventory, node: &NodeRef) -> Option<NodeGroupInfo> {
+pub fn node_group_for_node(
+    inv: &Inventory,
+    node: &NodeRef,
+    now: Timestamp,
+) -> Option<NodeGroupInfo> {
     match inv.resolve(&node.provider_id, &node.name)? {
         r @ MachineRef::InGroup { .. } => {
             let m = inv.machine(&r)?;
             if !m.wanted_on() && inv.is_registered(m) {
                 return None;
             }
-            inv.group(m.group.as_deref()?).map(info)
+            inv.group(m.group.as_deref()?).map(|g| info(inv, g, now))
         }
         MachineRef::Ungrouped { .. } => None,
     }
@@ -193,20 +223,36 @@ pub fn power_on_order(order: PowerOnOrder, a: &MachineView, b: &MachineView) -> 
     primary.then_with(|| a.key.cmp(&b.key))
 }
 
-/// Orders power-on candidates, best first: a machine whose last power-on failed goes after
-/// every other one whatever the `powerOnOrder` (the longest-ago failure first), otherwise CA's
-/// retry after its backoff picks the same broken machine while a good one stays off.
-fn candidate_order(g: &GroupState, a: &MachineView, b: &MachineView) -> Ordering {
-    // `None < Some`: machines without a failure first.
+/// Whether a spare is down: off (or never seen on) and without a Ready Node. A spare still
+/// shutting down, or whose Node still reads Ready (the node lifecycle controller marks it
+/// NotReady only after its grace period, tens of seconds after the machine died), is not: powering it on waits for its shutdown
+/// to end and then boots it, and its stale Ready Node would make it look booted at once.
+fn is_down_spare(inv: &Inventory, m: &MachineView) -> bool {
+    m.is_down(inv.is_registered(m)) && !inv.is_ready(m)
+}
+
+/// Orders power-on candidates, best first:
+/// 1. a machine whose last power-on failed goes after every other one whatever the
+///    `powerOnOrder` (the longest-ago failure first), otherwise CA's retry after its backoff
+///    picks the same broken machine while a good one stays off;
+/// 2. then a machine that is down goes before one still on its way down (CA just deleted it);
+/// 3. then the group's `powerOnOrder`.
+///
+/// The failure rule comes first: a healthy machine still shutting down costs its shutdown's
+/// time before the boot, a machine that failed may not boot at all and CA finds out only
+/// after its `maxNodeProvisionTime` (then backs the group off).
+fn candidate_order(inv: &Inventory, g: &GroupState, a: &MachineView, b: &MachineView) -> Ordering {
+    // `None < Some`: machines without a failure first; `false < true`: down first.
     a.last_power_on_failure()
         .cmp(&b.last_power_on_failure())
+        .then_with(|| (!is_down_spare(inv, a)).cmp(&!is_down_spare(inv, b)))
         .then_with(|| power_on_order(g.spec.power_on_order, a, b))
 }
 
-/// Members wanted off, best first, ignoring cool-downs (what the group looks like to a price).
-fn ordered_spares(g: &GroupState) -> Vec<&MachineView> {
+/// Members wanted off, best first, ignoring cool-downs.
+fn ordered_spares<'a>(inv: &Inventory, g: &'a GroupState) -> Vec<&'a MachineView> {
     let mut c: Vec<&MachineView> = g.machines.iter().filter(|m| !m.wanted_on()).collect();
-    c.sort_by(|a, b| candidate_order(g, a, b));
+    c.sort_by(|a, b| candidate_order(inv, g, a, b));
     c
 }
 
@@ -259,7 +305,7 @@ fn candidates<'a>(
 ) -> (Vec<&'a MachineView>, Vec<(&'a MachineView, Unpickable)>) {
     let mut ok = Vec::new();
     let mut held = Vec::new();
-    for m in ordered_spares(g) {
+    for m in ordered_spares(inv, g) {
         match pickable(inv, g, m, now) {
             Ok(()) => ok.push(m),
             Err(why) => held.push((m, why)),
@@ -289,6 +335,10 @@ fn held_back_text(held: &[(&MachineView, Unpickable)]) -> String {
 /// Machines whose power-on failed recently are not picked ([`pickable`]); when too few
 /// machines are left the call fails with `ResourceExhausted`, so CA backs the group off and
 /// tries another (CA's `core/scaleup/orchestrator/executor.go` registers the failed scale-up).
+/// A request is served whole or refused: CA records a successful call as `delta` nodes coming
+/// (`executor.go` `RegisterScaleUp`) and never asks for more than MaxSize - target
+/// ([`max_size`] counts only pickable spares), so a request too big for the pickable spares
+/// only comes from a MaxSize read before a cool-down began.
 pub fn increase_size(
     inv: &Inventory,
     id: &str,
@@ -303,6 +353,8 @@ pub fn increase_size(
         });
     }
     let target = target_of(g);
+    // The Group's own maximum: a request above what can be picked now (CA read MaxSize before
+    // a cool-down began, or a race) is refused below as NotEnoughMachines, all or nothing.
     let max = g.max_size();
     let wanted = delta.unsigned_abs();
     if u64::from(target) + u64::from(wanted) > u64::from(max) {
@@ -452,15 +504,45 @@ pub fn registered_count(inv: &Inventory, g: &GroupState) -> u32 {
     )
 }
 
-/// Rule 6: cancel `|delta|` wanted-on machines that have not registered, newest request first.
-/// Never below the registered count. `minSize` is not checked: CA computes the delta from its
-/// own registered count (`clusterstate.go` `updateIncorrectNodeGroupSizes`, then
-/// `static_autoscaler.go` `fixNodeGroupSize`) and an error here repeats every loop.
+/// How far a pending power-on got, for which to cancel first: 0 failed (phase Failed, or a
+/// power-on failure recorded after its request: the FSM is retrying), 1 not acting yet (no
+/// power-on operation, still off), 2 acting (powering on or booting).
+fn pending_rank(m: &MachineView) -> u8 {
+    let phase = m.lifecycle.phase();
+    let requested = m.requested_at();
+    let failed_since_request = m
+        .last_power_on_failure()
+        .is_some_and(|f| requested.is_none_or(|r| f >= r));
+    if phase == Phase::Failed || failed_since_request {
+        0
+    } else if m.lifecycle.operation.is_none() && matches!(phase, Phase::Off | Phase::Unknown) {
+        1
+    } else {
+        2
+    }
+}
+
+/// Rule 6: cancel `|delta|` wanted-on machines that have not registered. Never below the
+/// registered count. `minSize` is not checked: CA computes the delta from its own registered
+/// count (`clusterstate.go` `updateIncorrectNodeGroupSizes`, then `static_autoscaler.go`
+/// `fixNodeGroupSize`) and an error here repeats every loop.
+///
+/// CA calls it when a scale-up timed out (`clusterstate/clusterstate.go` `updateScaleRequests`:
+/// the group's last IncreaseSize is older than its `maxNodeProvisionTime`, delta = minus the
+/// whole request) or when the group's registered count stayed below its target that long
+/// (`fixNodeGroupSize`). The instances it gives up on are the failed ones, so machines that
+/// failed go first, then those not acting yet, then the newest request first; a healthy
+/// machine booting goes last. A machine whose power-on was requested at least the group's
+/// provision time ago timed out for CA: its power-on is recorded as failed, so IncreaseSize
+/// does not pick it again after CA's backoff. The provision time is the Group's
+/// `maxNodeProvisionTime`, else `ca_provision` (CA's flag, as CA's `NodeGroupGetOptions`
+/// defaults carried it), else CA's default ([`GroupView::provision_time`]).
 pub fn decrease_target_size(
     inv: &Inventory,
     id: &str,
     delta: i32,
     now: Timestamp,
+    ca_provision: Option<SignedDuration>,
 ) -> Result<Decision, ProviderError> {
     let g = group(inv, id)?;
     if delta >= 0 {
@@ -485,13 +567,19 @@ pub fn decrease_target_size(
         .iter()
         .filter(|m| m.wanted_on() && !inv.is_registered(m))
         .collect();
-    // Newest first (an unknown request time counts as oldest); among equals the one furthest
-    // from running (not started yet) first.
+    // Failed, then not acting, then acting; within each the newest request first (an unknown
+    // request time counts as oldest), then the one furthest from running.
     pending.sort_by(|a, b| {
-        cmp_opt(b.requested_at(), a.requested_at(), true)
+        pending_rank(a)
+            .cmp(&pending_rank(b))
+            .then_with(|| cmp_opt(b.requested_at(), a.requested_at(), true))
             .then_with(|| progress(a.lifecycle.phase()).cmp(&progress(b.lifecycle.phase())))
             .then_with(|| b.key.cmp(&a.key))
     });
+    let provision = match (g.spec.options.max_node_provision, ca_provision) {
+        (None, Some(ca)) => ca,
+        _ => g.spec.provision_time(),
+    };
     let n = delta.unsigned_abs() as usize;
     let changes: Vec<PowerChange> = pending
         .into_iter()
@@ -500,8 +588,9 @@ pub fn decrease_target_size(
             machine: m.key.clone(),
             desired: PowerState::Off,
             at: now,
-            // Cancelled before CA gave up on it: not a failure.
-            power_on_failed: false,
+            // CA gave up on it after its provision time: a failed power-on. Sooner (a request
+            // CA no longer needs), a plain cancellation.
+            power_on_failed: m.requested_at().is_some_and(|r| add(r, provision) <= now),
         })
         .collect();
     let after = target - count(changes.len());
@@ -621,9 +710,12 @@ fn template_group<'a>(inv: &'a Inventory, name: &str) -> Option<&'a GroupState> 
 }
 
 /// The rate CA should expect for one more node of the group: the machine `IncreaseSize` would
-/// pick next, else the cheapest member. Missing rates count as 0 (a homelab with no prices).
-pub fn group_hourly_rate(g: &GroupState) -> f64 {
-    ordered_spares(g)
+/// pick next at `now` (same order, same [`pickable`] rule), else the cheapest member. Missing
+/// rates count as 0 (a homelab with no prices). CA asks for it through the template node's
+/// NodePrice (the price expander, `expander/price`).
+pub fn group_hourly_rate(inv: &Inventory, g: &GroupState, now: Timestamp) -> f64 {
+    candidates(inv, g, now)
+        .0
         .first()
         .and_then(|m| m.hourly_rate)
         .or_else(|| {
@@ -641,6 +733,7 @@ pub fn node_price(
     node: &NodeRef,
     start: Timestamp,
     end: Timestamp,
+    now: Timestamp,
 ) -> Result<f64, ProviderError> {
     if end < start {
         return Err(ProviderError::InvalidWindow {
@@ -653,7 +746,7 @@ pub fn node_price(
     let rate = match inv.resolve(&node.provider_id, &node.name) {
         Some(r) => inv.machine(&r).and_then(|m| m.hourly_rate).unwrap_or(0.0),
         None => match template_group(inv, &node.name) {
-            Some(g) => group_hourly_rate(g),
+            Some(g) => group_hourly_rate(inv, g, now),
             None => {
                 return Err(ProviderError::NodeNotManaged {
                     node: node.to_string(),

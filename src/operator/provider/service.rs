@@ -116,6 +116,10 @@ struct Inner<S> {
     view: Mutex<View>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     options: ProviderOptions,
+    /// CA's `--max-node-provision-time`, as the defaults of its last `NodeGroupGetOptions`
+    /// carried it (CA sends them with every call: `GetOptions` in
+    /// `cloudprovider/externalgrpc/externalgrpc_node_group.go`).
+    ca_provision_time: Mutex<Option<SignedDuration>>,
 }
 
 /// The provider: a cheap-to-clone handle usable directly (simulator checks, tests) or as the
@@ -152,6 +156,7 @@ impl<S: InventorySource> Provider<S> {
                 }),
                 locks: Mutex::new(HashMap::new()),
                 options,
+                ca_provision_time: Mutex::new(None),
             }),
             mutation_gate: None,
         }
@@ -438,7 +443,10 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
     ) -> Result<Response<proto::NodeGroupsResponse>, Status> {
         let inv = self.view();
         Ok(Response::new(proto::NodeGroupsResponse {
-            node_groups: ops::node_groups(&inv).into_iter().map(group_pb).collect(),
+            node_groups: ops::node_groups(&inv, Timestamp::now())
+                .into_iter()
+                .map(group_pb)
+                .collect(),
         }))
     }
 
@@ -451,7 +459,7 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
             .node
             .ok_or_else(|| fail(ProviderError::MissingField { field: "node" }))?;
         let inv = self.view();
-        let g = ops::node_group_for_node(&inv, &node_ref(&node));
+        let g = ops::node_group_for_node(&inv, &node_ref(&node), Timestamp::now());
         Ok(Response::new(proto::NodeGroupForNodeResponse {
             node_group: Some(g.map(group_pb).unwrap_or_default()),
         }))
@@ -467,7 +475,8 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
             .ok_or_else(|| fail(ProviderError::MissingField { field: "node" }))?;
         let start = ts(r.start_timestamp, "startTimestamp").map_err(fail)?;
         let end = ts(r.end_timestamp, "endTimestamp").map_err(fail)?;
-        let price = ops::node_price(&self.view(), &node_ref(&node), start, end).map_err(fail)?;
+        let price = ops::node_price(&self.view(), &node_ref(&node), start, end, Timestamp::now())
+            .map_err(fail)?;
         Ok(Response::new(proto::PricingNodePriceResponse { price }))
     }
 
@@ -565,8 +574,13 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
         req: Request<proto::NodeGroupDecreaseTargetSizeRequest>,
     ) -> Result<Response<proto::NodeGroupDecreaseTargetSizeResponse>, Status> {
         let r = req.into_inner();
+        let ca_provision = *self
+            .inner
+            .ca_provision_time
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.mutate(&r.id, |inv, now| {
-            ops::decrease_target_size(inv, &r.id, r.delta, now)
+            ops::decrease_target_size(inv, &r.id, r.delta, now, ca_provision)
         })
         .await
         .map_err(fail)?;
@@ -599,8 +613,19 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
         req: Request<proto::NodeGroupAutoscalingOptionsRequest>,
     ) -> Result<Response<proto::NodeGroupAutoscalingOptionsResponse>, Status> {
         let r = req.into_inner();
-        let o = ops::node_group_options(&self.view(), &r.id, r.defaults.map(options_from_pb))
-            .map_err(fail)?;
+        let defaults = r.defaults.map(options_from_pb);
+        if let Some(p) = defaults
+            .as_ref()
+            .and_then(|d| d.max_node_provision)
+            .filter(|p| p.is_positive())
+        {
+            *self
+                .inner
+                .ca_provision_time
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(p);
+        }
+        let o = ops::node_group_options(&self.view(), &r.id, defaults).map_err(fail)?;
         Ok(Response::new(proto::NodeGroupAutoscalingOptionsResponse {
             node_group_autoscaling_options: o.map(options_to_pb),
         }))

@@ -105,9 +105,11 @@ fn node_group_for_node_resolution() {
             provider_id: a.provider_id.clone(),
             name: "b".into(),
         },
+        t(0),
     );
     let r = r.map(|g| (g.id, g.min_size, g.max_size));
-    assert_eq!(r, Some(("g".into(), 1, 3)));
+    // maxSize 3, but only one member (on): CA can get 1.
+    assert_eq!(r, Some(("g".into(), 1, 1)));
     // name when the providerID is unknown.
     let r = node_group_for_node(
         &inv,
@@ -115,11 +117,12 @@ fn node_group_for_node_resolution() {
             provider_id: "other://x".into(),
             name: "b".into(),
         },
+        t(0),
     );
     assert_eq!(r.map(|g| (g.id, g.max_size)), Some(("h".into(), 1)));
     // a fake node: name == providerID == instance id.
     assert_eq!(
-        node_group_for_node(&inv, &fake("a")).map(|g| g.id),
+        node_group_for_node(&inv, &fake("a"), t(0)).map(|g| g.id),
         Some("g".into())
     );
     // control plane / unknown / ungrouped → None (CA gets id "").
@@ -129,13 +132,14 @@ fn node_group_for_node_resolution() {
             &NodeRef {
                 provider_id: String::new(),
                 name: "control-plane".into()
-            }
+            },
+            t(0),
         ),
         None
     );
-    assert_eq!(node_group_for_node(&inv, &fake("loose")), None);
+    assert_eq!(node_group_for_node(&inv, &fake("loose"), t(0)), None);
     // every id returned is in NodeGroups.
-    let ids: Vec<String> = node_groups(&inv).into_iter().map(|g| g.id).collect();
+    let ids: Vec<String> = node_groups(&inv, t(0)).into_iter().map(|g| g.id).collect();
     assert_eq!(ids, vec!["g".to_string(), "h".to_string()]);
 }
 
@@ -157,6 +161,7 @@ fn a_provider_id_claimed_in_and_out_of_a_group_resolves_to_the_member() {
             provider_id: member.provider_id.clone(),
             name: String::new(),
         },
+        t(0),
     );
     assert_eq!(r.map(|g| g.id), Some("g".into()));
 }
@@ -179,6 +184,7 @@ fn registered_node_known_only_by_name_resolves_through_its_provider_id() {
             provider_id: String::new(),
             name: "renamed".into(),
         },
+        t(0),
     );
     assert_eq!(r.map(|g| g.id), Some("g".into()));
 }
@@ -314,7 +320,11 @@ fn machines_that_failed_to_power_on_are_picked_last() {
         );
         // The rate CA expects is the good machine's, the one that will be picked.
         let g = inv.group("g");
-        assert_eq!(g.map(group_hourly_rate), Some(0.50), "{order:?}");
+        assert_eq!(
+            g.map(|g| group_hourly_rate(&inv, g, t(0))),
+            Some(0.50),
+            "{order:?}"
+        );
     }
     // Once it has booted (the FSM clears the marker) the order applies again.
     let mut healed = bad.clone();
@@ -422,7 +432,7 @@ fn a_groups_scale_down_disabled_protects_every_registered_member() {
 
 // Rule 6.
 #[test]
-fn decrease_target_size_cancels_newest_pending_only() {
+fn decrease_target_size_cancels_pending_only_not_acting_then_newest() {
     let a = machine("a", "g", PowerState::On, Phase::Ready);
     let mut b = machine("b", "g", PowerState::On, Phase::PoweringOn);
     let mut c = machine("c", "g", PowerState::On, Phase::Off);
@@ -434,22 +444,23 @@ fn decrease_target_size_cancels_newest_pending_only() {
     let e = machine("e", "g", PowerState::On, Phase::Booting);
     let na = node_for(&a, true);
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b, c, d, e], vec![na]);
-    let r = decrease_target_size(&inv, "g", -3, t(30));
+    let r = decrease_target_size(&inv, "g", -3, t(30), None);
+    // c has no operation yet (off): first; then the newest request among those acting.
     assert_eq!(
         r.map(|d| (names(&d), d.target_after)),
-        Ok((vec!["d".into(), "b".into(), "c".into()], 2))
+        Ok((vec!["c".into(), "d".into(), "b".into()], 2))
     );
     let kind = |r: Result<Decision, ProviderError>| r.err().map(|e| e.kind());
     assert_eq!(
-        kind(decrease_target_size(&inv, "g", -5, t(0))),
+        kind(decrease_target_size(&inv, "g", -5, t(0), None)),
         Some(ErrorKind::FailedPrecondition)
     );
     assert_eq!(
-        kind(decrease_target_size(&inv, "g", 0, t(0))),
+        kind(decrease_target_size(&inv, "g", 0, t(0), None)),
         Some(ErrorKind::InvalidArgument)
     );
     assert_eq!(
-        kind(decrease_target_size(&inv, "g", 1, t(0))),
+        kind(decrease_target_size(&inv, "g", 1, t(0), None)),
         Some(ErrorKind::InvalidArgument)
     );
 }
@@ -465,13 +476,13 @@ fn decrease_target_size_ignores_min_size() {
     let c = machine("c", "g", PowerState::On, Phase::Failed);
     let na = node_for(&a, true);
     let inv = Inventory::build(vec![group("g", 3, None)], vec![a, b, c], vec![na]);
-    let r = decrease_target_size(&inv, "g", -2, t(0));
+    let r = decrease_target_size(&inv, "g", -2, t(0), None);
     assert_eq!(r.map(|d| d.target_after), Ok(1));
     // A partial decrease below min is fine too (before: FailedPrecondition).
-    let r = decrease_target_size(&inv, "g", -1, t(0));
+    let r = decrease_target_size(&inv, "g", -1, t(0), None);
     assert_eq!(r.map(|d| d.target_after), Ok(2));
     // Only the registered count bounds it.
-    let r = decrease_target_size(&inv, "g", -3, t(0)).err();
+    let r = decrease_target_size(&inv, "g", -3, t(0), None).err();
     assert_eq!(r.map(|e| e.kind()), Some(ErrorKind::FailedPrecondition));
 }
 
@@ -650,17 +661,17 @@ fn pricing_over_the_window() {
     let mut b = machine("b", "g", PowerState::Off, Phase::Off);
     b.hourly_rate = Some(0.30);
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a, b], vec![]);
-    let p = node_price(&inv, &fake("a"), t(0), t(7200)).unwrap_or(-1.0);
+    let p = node_price(&inv, &fake("a"), t(0), t(7200), t(0)).unwrap_or(-1.0);
     assert!((p - 0.24).abs() < 1e-9, "{p}");
     // CA's template node for the group is priced by the machine picked next (b).
     let tmpl = NodeRef {
         provider_id: String::new(),
         name: "template-node-for-g-4242".into(),
     };
-    let p = node_price(&inv, &tmpl, t(0), t(1800)).unwrap_or(-1.0);
+    let p = node_price(&inv, &tmpl, t(0), t(1800), t(0)).unwrap_or(-1.0);
     assert!((p - 0.15).abs() < 1e-9, "{p}");
-    assert!(node_price(&inv, &fake("a"), t(10), t(0)).is_err());
-    let e = node_price(&inv, &fake("nope"), t(0), t(10)).err();
+    assert!(node_price(&inv, &fake("a"), t(10), t(0), t(0)).is_err());
+    let e = node_price(&inv, &fake("nope"), t(0), t(10), t(0)).err();
     assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::NotFound));
 }
 
@@ -724,7 +735,7 @@ proptest! {
                     let nodes: Vec<NodeRef> = ix.iter().map(|i| fake(&names[*i])).collect();
                     delete_nodes(&inv, "g", &nodes, now)
                 }
-                Op::Dec(d) => decrease_target_size(&inv, "g", *d, now),
+                Op::Dec(d) => decrease_target_size(&inv, "g", *d, now, None),
                 Op::Register(i) => {
                     // A wanted-on machine's node registers.
                     let m = inv.machines().find(|m| m.key.name == names[*i]).cloned();
@@ -841,7 +852,8 @@ fn from_objects_reads_the_crs_and_nodes() {
             &NodeRef {
                 provider_id: String::new(),
                 name: "host1".into()
-            }
+            },
+            t(0),
         )
         .map(|g| g.id),
         Some("workers".into())
@@ -1051,10 +1063,10 @@ fn nodes_of_machines_wanted_off_belong_to_no_group() {
         provider_id: default_provider_id("lab", n),
         name: n.to_owned(),
     };
-    assert_eq!(node_group_for_node(&inv, &by_name("stale")), None);
-    assert_eq!(node_group_for_node(&inv, &by_name("going")), None);
+    assert_eq!(node_group_for_node(&inv, &by_name("stale"), t(0)), None);
+    assert_eq!(node_group_for_node(&inv, &by_name("going"), t(0)), None);
     assert_eq!(
-        node_group_for_node(&inv, &fake_node("pending")).map(|g| g.id),
+        node_group_for_node(&inv, &fake_node("pending"), t(0)).map(|g| g.id),
         Some("g".to_owned())
     );
 }
@@ -1157,4 +1169,239 @@ fn group_warnings_name_options_cost_and_missing_capacity() {
     let inv = Inventory::build(vec![group("g", 0, None)], vec![sized], vec![]);
     assert!(group_warnings(&inv, "lab", "g").is_empty());
     assert!(group_warnings(&inv, "lab", "nope").is_empty());
+}
+
+/// IncreaseSize after a scale-down: the machine CA just deleted is still shutting down and its
+/// Node still Ready, another member is down. Whatever the `powerOnOrder`, the down one is
+/// picked (the other would need its shutdown and then a boot; CA's scale-up orchestrator,
+/// `core/scaleup/orchestrator/orchestrator.go`, only chooses the group and a node count).
+#[test]
+fn a_spare_still_shutting_down_is_picked_after_one_that_is_down() {
+    // m1 sorts first by name, is the cheapest, the fastest and the least recently used.
+    let mut going = machine("m1", "g", PowerState::Off, Phase::PoweringOff);
+    going.hourly_rate = Some(0.10);
+    going.boot_durations = vec![SignedDuration::from_secs(30)];
+    let mut down = machine("m2", "g", PowerState::Off, Phase::Off);
+    down.hourly_rate = Some(0.40);
+    down.boot_durations = vec![SignedDuration::from_secs(300)];
+    down.last_power_on = Some(t(-60));
+    let node = node_for(&going, true);
+    for order in PowerOnOrder::ALL {
+        let mut g = group("g", 0, None);
+        g.power_on_order = order;
+        let inv = Inventory::build(
+            vec![g],
+            vec![going.clone(), down.clone()],
+            vec![node.clone()],
+        );
+        let one = increase_size(&inv, "g", 1, t(0)).map(|d| names(&d));
+        assert_eq!(one.ok(), Some(vec!["m2".to_owned()]), "{order:?}");
+        // Both when both are asked for, the down one first.
+        let two = increase_size(&inv, "g", 2, t(0)).map(|d| names(&d));
+        assert_eq!(
+            two.ok(),
+            Some(vec!["m2".to_owned(), "m1".to_owned()]),
+            "{order:?}"
+        );
+        // The price quoted for the group's next node is the one IncreaseSize picks.
+        let rate = inv.group("g").map(|g| group_hourly_rate(&inv, g, t(0)));
+        assert_eq!(rate, Some(0.40), "{order:?}");
+    }
+    // Off already but its Node is still Ready (not yet marked NotReady): not down either.
+    let mut stale = going.clone();
+    stale.lifecycle.phase = Some(Phase::Off);
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![stale, down.clone()],
+        vec![node.clone()],
+    );
+    let one = increase_size(&inv, "g", 1, t(0)).map(|d| names(&d));
+    assert_eq!(one.ok(), Some(vec!["m2".to_owned()]));
+}
+
+/// The failure rule comes first: a healthy machine still shutting down (a shutdown's delay)
+/// goes before a down machine whose last power-on failed (it may not boot at all, and CA
+/// waits its whole provision time to find out).
+#[test]
+fn a_healthy_machine_shutting_down_goes_before_a_down_one_that_failed() {
+    let going = machine("m1", "g", PowerState::Off, Phase::PoweringOff);
+    let mut failed = machine("m0", "g", PowerState::Off, Phase::Off);
+    failed.lifecycle.last_power_on_failure = Some(t(-7200));
+    let node = node_for(&going, true);
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![going, failed], vec![node]);
+    let two = increase_size(&inv, "g", 2, t(0)).map(|d| names(&d));
+    assert_eq!(two.ok(), Some(vec!["m1".to_owned(), "m0".to_owned()]));
+}
+
+/// The quoted price follows the same pickability as IncreaseSize: a machine held back (here
+/// still on its way off after a failed power-on) is not the one quoted.
+#[test]
+fn the_group_price_skips_machines_increase_size_cannot_pick() {
+    // Both failed long ago; m0's failure is older (first in order) but it is still going off.
+    let mut held = machine("m0", "g", PowerState::Off, Phase::PoweringOff);
+    held.lifecycle.last_power_on_failure = Some(t(-7200));
+    held.hourly_rate = Some(0.10);
+    let mut ok = machine("m1", "g", PowerState::Off, Phase::Off);
+    ok.lifecycle.last_power_on_failure = Some(t(-3600));
+    ok.hourly_rate = Some(0.70);
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![held, ok], vec![]);
+    let one = increase_size(&inv, "g", 1, t(0)).map(|d| names(&d));
+    assert_eq!(one.ok(), Some(vec!["m1".to_owned()]));
+    let rate = inv.group("g").map(|g| group_hourly_rate(&inv, g, t(0)));
+    assert_eq!(rate, Some(0.70));
+}
+/// A machine with a power-on operation started at `started` (running: not completed).
+fn acting(name: &str, phase: Phase, started: Timestamp) -> MachineView {
+    let mut m = machine(name, "g", PowerState::On, phase);
+    m.lifecycle.operation = Some(crate::operator::machine::Operation {
+        kind: crate::operator::machine::OperationKind::PowerOn,
+        id: "on-1".into(),
+        started,
+        deadline: t(100_000),
+        completed: None,
+    });
+    m.power_on_requested = Some(started);
+    m
+}
+
+/// MaxSize is what CA can get at `now`: machines wanted on plus spares IncreaseSize may pick.
+/// A spare in its failure cool-down is not counted, so CA (which caps its request at MaxSize:
+/// `processors/nodegroupset/balancing_processor.go` `BalanceScaleUpBetweenGroups`) asks for
+/// what the healthy spares can serve instead of failing the whole IncreaseSize.
+#[test]
+fn max_size_counts_only_spares_increase_size_can_pick() {
+    let on = machine("a", "g", PowerState::On, Phase::Ready);
+    let mut cooling = machine("b", "g", PowerState::Off, Phase::Off);
+    cooling.lifecycle.last_power_on_failure = Some(t(-60));
+    let spare = machine("c", "g", PowerState::Off, Phase::Off);
+    let na = node_for(&on, true);
+    for max in [None, Some(3), Some(10)] {
+        let inv = Inventory::build(
+            vec![group("g", 0, max)],
+            vec![on.clone(), cooling.clone(), spare.clone()],
+            vec![na.clone()],
+        );
+        let g = node_groups(&inv, t(0));
+        assert_eq!(
+            g.iter().map(|g| g.max_size).collect::<Vec<_>>(),
+            vec![2],
+            "{max:?}"
+        );
+        let g = node_group_for_node(&inv, &fake("a"), t(0)).map(|g| g.max_size);
+        assert_eq!(g, Some(2), "{max:?}");
+        // CA's request capped at MaxSize - target is served.
+        assert!(increase_size(&inv, "g", 1, t(0)).is_ok());
+        // Once the cool-down (30m) is over, the machine counts again (up to spec.maxSize).
+        let later = node_groups(&inv, t(1800)).first().map(|g| g.max_size);
+        assert_eq!(later, Some(max.unwrap_or(3).min(3)), "{max:?}");
+    }
+    // A spec.maxSize below what could be picked still caps it.
+    let inv = Inventory::build(
+        vec![group("g", 0, Some(1))],
+        vec![on.clone(), cooling.clone(), spare.clone()],
+        vec![na.clone()],
+    );
+    assert_eq!(node_groups(&inv, t(0)).first().map(|g| g.max_size), Some(1));
+}
+
+/// A `zeroOrMaxNodeScaling` group is asked for MaxSize - target at once
+/// (`core/scaleup/orchestrator/orchestrator.go` sets the node count to MaxSize): with a
+/// spare cooling down, that request is still one IncreaseSize can serve.
+#[test]
+fn a_zero_or_max_group_with_a_spare_cooling_down_can_still_scale() {
+    let mut cooling = machine("a", "g", PowerState::Off, Phase::Off);
+    cooling.lifecycle.last_power_on_failure = Some(t(-60));
+    let b = machine("b", "g", PowerState::Off, Phase::Off);
+    let c = machine("c", "g", PowerState::Off, Phase::Off);
+    let mut g = group("g", 0, None);
+    g.options.zero_or_max_node_scaling = Some(true);
+    let inv = Inventory::build(vec![g], vec![cooling, b, c], vec![]);
+    let max = node_groups(&inv, t(0))
+        .first()
+        .map(|g| g.max_size)
+        .unwrap_or(0);
+    let target = target_size(&inv, "g").unwrap_or(u32::MAX);
+    let delta = i32::try_from(max - target).unwrap_or(0);
+    let d = increase_size(&inv, "g", delta, t(0)).map(|d| names(&d));
+    assert_eq!(d.ok(), Some(vec!["b".to_owned(), "c".to_owned()]));
+}
+
+/// DecreaseTargetSize after a scale-up timed out (CA's `clusterstate/clusterstate.go`
+/// `updateScaleRequests` calls it once the request is older than the group's
+/// maxNodeProvisionTime; `core/static_autoscaler.go` `fixNodeGroupSize` after an incorrect
+/// size lasted as long): a machine whose power-on was requested at least that long ago is
+/// recorded as failed, so IncreaseSize does not pick it again after CA's backoff.
+#[test]
+fn cancelling_a_power_on_older_than_the_provision_time_records_a_failure() {
+    let slow = acting("a", Phase::Booting, t(0));
+    let b = machine("b", "g", PowerState::Off, Phase::Off);
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![slow.clone(), b.clone()],
+        vec![],
+    );
+    // CA's default provision time is 15m.
+    let d = decrease_target_size(&inv, "g", -1, t(15 * 60), None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&d), vec!["a"]);
+    assert!(d.changes[0].power_on_failed, "timed out: a failed power-on");
+    let mut after = inv.clone();
+    after.apply("g", &d.changes);
+    let again = increase_size(&after, "g", 1, t(16 * 60)).map(|d| names(&d));
+    assert_eq!(again.ok(), Some(vec!["b".to_owned()]));
+    // Younger than the provision time: a plain cancellation.
+    let d =
+        decrease_target_size(&inv, "g", -1, t(15 * 60 - 1), None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!d.changes[0].power_on_failed);
+    // The Group's maxNodeProvisionTime applies when set.
+    let mut g = group("g", 0, None);
+    g.options.max_node_provision = Some(SignedDuration::from_mins(5));
+    let inv = Inventory::build(vec![g], vec![slow, b], vec![]);
+    let d = decrease_target_size(&inv, "g", -1, t(5 * 60), None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.changes[0].power_on_failed);
+    // ... even over CA's flag (the defaults CA sends with NodeGroupGetOptions).
+    let ca = Some(SignedDuration::from_secs(15));
+    let d = decrease_target_size(&inv, "g", -1, t(60), ca).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!d.changes[0].power_on_failed);
+}
+
+/// Without a Group setting, CA's own `--max-node-provision-time` (learnt from the defaults of
+/// NodeGroupGetOptions) is the provision time.
+#[test]
+fn cas_provision_flag_applies_when_the_group_sets_none() {
+    let slow = acting("a", Phase::Booting, t(0));
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![slow], vec![]);
+    let ca = Some(SignedDuration::from_secs(15));
+    let d = decrease_target_size(&inv, "g", -1, t(15), ca).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.changes[0].power_on_failed);
+    let d = decrease_target_size(&inv, "g", -1, t(14), ca).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!d.changes[0].power_on_failed);
+}
+
+/// The missing instances CA cancels are the failed ones: machines that failed (phase Failed, or
+/// a power-on failure after their request) go first, then those with no operation started yet,
+/// and a healthy booting machine last, even when its request is the newest.
+#[test]
+fn decrease_target_size_cancels_failed_and_unstarted_before_booting() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let booting = acting("booting", Phase::Booting, t(50));
+    let mut failed = machine("failed", "g", PowerState::On, Phase::Failed);
+    failed.power_on_requested = Some(t(10));
+    let mut retrying = acting("retrying", Phase::PoweringOn, t(20));
+    retrying.lifecycle.last_power_on_failure = Some(t(30));
+    let mut idle = machine("idle", "g", PowerState::On, Phase::Off);
+    idle.power_on_requested = Some(t(40));
+    let na = node_for(&a, true);
+    let inv = Inventory::build(
+        vec![group("g", 0, None)],
+        vec![a, booting, failed, retrying, idle],
+        vec![na],
+    );
+    let pick = |n: i32| {
+        decrease_target_size(&inv, "g", n, t(60), None)
+            .map(|d| names(&d))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(pick(-2), vec!["retrying", "failed"]);
+    assert_eq!(pick(-3), vec!["retrying", "failed", "idle"]);
+    assert_eq!(pick(-4), vec!["retrying", "failed", "idle", "booting"]);
 }

@@ -183,10 +183,11 @@ impl Sim<'_> {
             // `expander/waste`: wasted CPU share plus wasted memory share.
             let waste = (1.0 - used_cpu as f64 / (cpu as f64 * n as f64))
                 + (1.0 - used_mem as f64 / (mem as f64 * n as f64));
-            let rate = self
-                .inventory()
+            let ts = self.ts(self.now);
+            let inv = self.inventory();
+            let rate = inv
                 .group(&ids[g])
-                .map(ops::group_hourly_rate)
+                .map(|gs| ops::group_hourly_rate(inv, gs, ts))
                 .unwrap_or(0.0);
             options.push(Option_ {
                 group: g,
