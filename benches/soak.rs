@@ -208,6 +208,7 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
         plan.limit.as_secs(),
         replay(args)
     );
+    observer::self_check()?;
     let Some(lab) = Lab::start(plan.machines).await? else {
         println!("skipped: Kubernetes test binaries not found (see tests/support/README.md)");
         return Ok(true);

@@ -159,6 +159,10 @@ struct PowerOff {
 #[derive(Debug)]
 struct State {
     started: Timestamp,
+    /// The time of the event or tick being handled.
+    now: Timestamp,
+    /// Print each finding as it is made (not in the self-check).
+    live: bool,
     settings: Settings,
     crs: BTreeMap<String, CrSeen>,
     jobs: BTreeMap<String, JobSeen>,
@@ -228,57 +232,39 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
 
 impl Observer {
     pub fn start(client: kube::Client, ns: &str, settings: Settings) -> Observer {
-        let now = Timestamp::now();
-        let state = Arc::new(Mutex::new(State {
-            started: now,
-            settings,
-            crs: BTreeMap::new(),
-            jobs: BTreeMap::new(),
-            operations: BTreeMap::new(),
-            pods: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            powering_off: BTreeMap::new(),
-            due: Vec::new(),
-            disturbances: 0,
-            disturbed_until: now,
-            created: BTreeMap::new(),
-            last_done: BTreeMap::new(),
-            cycles: 0,
-            power_ons: 0,
-            power_offs: 0,
-            waits: Vec::new(),
-            findings: Vec::new(),
-        }));
+        let mut state = State::new(settings, Timestamp::now());
+        state.live = true;
+        let state = Arc::new(Mutex::new(state));
         let s = state.clone();
         let crs = follow(
             Api::<Machine>::namespaced(client.clone(), ns),
             watcher::Config::default(),
-            move |ev| lock(&s).on_cr(ev),
+            move |ev| lock(&s).on_cr(ev, Timestamp::now()),
         );
         let s = state.clone();
         let jobs = follow(
             Api::<Job>::namespaced(client.clone(), ns),
             watcher::Config::default().labels(&job_selector()),
-            move |ev| lock(&s).on_job(ev),
+            move |ev| lock(&s).on_job(ev, Timestamp::now()),
         );
         let s = state.clone();
         let pods = follow(
             Api::<Pod>::namespaced(client.clone(), ns),
             watcher::Config::default(),
-            move |ev| lock(&s).on_pod(ev),
+            move |ev| lock(&s).on_pod(ev, Timestamp::now()),
         );
         let s = state.clone();
         let nodes = follow(
             Api::<Node>::all(client),
             watcher::Config::default(),
-            move |ev| lock(&s).on_node(ev),
+            move |ev| lock(&s).on_node(ev, Timestamp::now()),
         );
         let s = state.clone();
         let ticker = Background::from(tokio::spawn(async move {
             const TICK: Duration = Duration::from_millis(500);
             loop {
                 tokio::time::sleep(TICK).await;
-                lock(&s).tick(TICK);
+                lock(&s).tick(TICK, Timestamp::now());
             }
         }));
         Observer {
@@ -296,10 +282,7 @@ impl Observer {
     /// A disruption ended; its effects (a new leader, CA's backoff of a failed scale-up) may
     /// last `recovery` more.
     pub fn disturbance_ends(&self, recovery: Duration) {
-        let mut s = lock(&self.state);
-        s.disturbances = s.disturbances.saturating_sub(1);
-        let until = add(Timestamp::now(), recovery);
-        s.disturbed_until = s.disturbed_until.max(until);
+        lock(&self.state).disturbance_ends(recovery, Timestamp::now());
     }
 
     /// The soak is about to create demand pod `name`.
@@ -392,19 +375,51 @@ impl PodSeen {
 }
 
 impl State {
+    fn new(settings: Settings, now: Timestamp) -> State {
+        State {
+            started: now,
+            now,
+            live: false,
+            settings,
+            crs: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            operations: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            powering_off: BTreeMap::new(),
+            due: Vec::new(),
+            disturbances: 0,
+            disturbed_until: now,
+            created: BTreeMap::new(),
+            last_done: BTreeMap::new(),
+            cycles: 0,
+            power_ons: 0,
+            power_offs: 0,
+            waits: Vec::new(),
+            findings: Vec::new(),
+        }
+    }
+
+    fn disturbance_ends(&mut self, recovery: Duration, now: Timestamp) {
+        self.disturbances = self.disturbances.saturating_sub(1);
+        self.disturbed_until = self.disturbed_until.max(add(now, recovery));
+    }
+
     fn elapsed(&self) -> f64 {
-        since(self.started, Timestamp::now()).as_secs_f64()
+        since(self.started, self.now).as_secs_f64()
     }
 
     fn find(&mut self, kind: Kind, what: String) {
         let at = self.elapsed();
-        eprintln!("soak: FOUND at {at:.1}s: {}: {what}", kind.describe());
+        if self.live {
+            eprintln!("soak: FOUND at {at:.1}s: {}: {what}", kind.describe());
+        }
         self.findings.push(Finding { kind, at, what });
     }
 
-    fn on_cr(&mut self, ev: Seen<Machine>) {
+    fn on_cr(&mut self, ev: Seen<Machine>, now: Timestamp) {
+        self.now = now;
         let Seen::Apply(m) = ev else { return };
-        let now = Timestamp::now();
         let cr = self.crs.entry(m.name_any()).or_default();
         if cr.desired.last().map(|d| d.1) != Some(m.spec.power_state) {
             cr.desired.push((now, m.spec.power_state));
@@ -419,8 +434,8 @@ impl State {
     /// operator created for one machine's operation id (Job names are per operation, so a second
     /// one means the first was deleted and the action issued again), or when its status counts
     /// more than one successful run.
-    fn on_job(&mut self, ev: Seen<Job>) {
-        let now = Timestamp::now();
+    fn on_job(&mut self, ev: Seen<Job>, now: Timestamp) {
+        self.now = now;
         let job = match ev {
             Seen::Gone(name) => {
                 for j in self.jobs.values_mut().filter(|j| j.name == name) {
@@ -524,8 +539,8 @@ impl State {
         self.last_done.insert(machine, direction);
     }
 
-    fn on_pod(&mut self, ev: Seen<Pod>) {
-        let now = Timestamp::now();
+    fn on_pod(&mut self, ev: Seen<Pod>, now: Timestamp) {
+        self.now = now;
         let pod = match ev {
             Seen::Gone(name) => {
                 for p in self.pods.values_mut().filter(|p| p.name == name) {
@@ -567,8 +582,8 @@ impl State {
         seen.terminal = matches!(phase, Some("Succeeded" | "Failed"));
     }
 
-    fn on_node(&mut self, ev: Seen<Node>) {
-        let now = Timestamp::now();
+    fn on_node(&mut self, ev: Seen<Node>, now: Timestamp) {
+        self.now = now;
         let (name, ready) = match ev {
             Seen::Gone(name) => {
                 self.nodes.remove(&name);
@@ -688,8 +703,8 @@ impl State {
     /// - starved pods: a pod Pending for longer than [`Settings::pending_limit`], counting only
     ///   the time while a machine CA could pick was off ([`State::pickable_off`]) and no
     ///   disruption was in progress or recovering.
-    fn tick(&mut self, tick: Duration) {
-        let now = Timestamp::now();
+    fn tick(&mut self, tick: Duration, now: Timestamp) {
+        self.now = now;
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.due)
             .into_iter()
             .partition(|(at, _)| *at <= now);
@@ -742,4 +757,177 @@ impl State {
             self.find(Kind::Starved, what);
         }
     }
+}
+
+/// The checks on made-up events with chosen times, before a run: each kind of wrong action is
+/// found where it happens and nowhere else, so a run's zeros mean something.
+pub fn self_check() -> anyhow::Result<()> {
+    use kubectl_homelab::testing::NodeExt as _;
+
+    let t0 = Timestamp::UNIX_EPOCH;
+    let at = |s: f64| add(t0, Duration::from_secs_f64(s));
+    let settings = Settings {
+        settle: Duration::from_secs(5),
+        lag: Duration::from_secs(5),
+        pending_limit: Duration::from_secs(10),
+        max_on: 9,
+    };
+    let mut s = State::new(settings, t0);
+    let cr = |name: &str, desired: PowerState| {
+        Machine::test(name)
+            .node_name(name)
+            .desired(desired)
+            .phase(Phase::Off)
+            .build()
+    };
+
+    // Against the desired state: `a` wanted off for 10 s gets a power-on Job. `b` is wanted on
+    // 0.5 s before its Job, `c` 2 s after it (late on the CR watch): both right.
+    for m in ["a", "b", "c"] {
+        s.on_cr(Seen::Apply(cr(m, PowerState::Off)), at(0.0));
+    }
+    s.on_cr(Seen::Apply(cr("b", PowerState::On)), at(9.5));
+    for m in ["a", "b", "c"] {
+        s.on_job(Seen::Apply(power_job(m, "on-1", "on", None)?), at(10.0));
+    }
+    s.on_cr(Seen::Apply(cr("c", PowerState::On)), at(12.0));
+    s.tick(Duration::from_secs(1), at(16.0));
+    expect(&s, Kind::Contradicting, &["power-a-on-1"])?;
+
+    // Duplicate: a second Job (another uid) for operation on-1 of `a`.
+    s.on_job(
+        Seen::Apply(power_job("a", "on-1", "on", Some("again"))?),
+        at(17.0),
+    );
+    expect(&s, Kind::Duplicate, &["power-a-on-1"])?;
+
+    // Orphans: `a`, `b` and `c` have no current operation and their Jobs, unfinished, have been
+    // orphans since the tick at 16 s; the second Job of `a` only since this tick.
+    s.tick(Duration::from_secs(1), at(22.0));
+    expect(
+        &s,
+        Kind::Orphan,
+        &["power-a-on-1", "power-b-on-1", "power-c-on-1"],
+    )?;
+
+    // Powered off busy: `d` had pod `p` bound, `e` had pod `q` deleted before its power-off;
+    // both Jobs complete at 30 s, both Nodes go NotReady at 31 s.
+    for (m, pod) in [("d", "p"), ("e", "q")] {
+        s.on_cr(Seen::Apply(cr(m, PowerState::Off)), at(19.0));
+        s.on_node(
+            Seen::Apply(kubectl_homelab::testing::node(m).ready()),
+            at(19.0),
+        );
+        s.on_pod(Seen::Apply(bound_pod(pod, Some(m), None)?), at(20.0));
+        s.on_job(Seen::Apply(power_job(m, "off-1", "off", None)?), at(29.0));
+    }
+    s.on_pod(
+        Seen::Apply(bound_pod("q", Some("e"), Some(at(25.0)))?),
+        at(25.0),
+    );
+    for m in ["d", "e"] {
+        s.on_job(
+            Seen::Apply(power_job(m, "off-1", "off", Some("done"))?),
+            at(30.0),
+        );
+        s.on_node(
+            Seen::Apply(kubectl_homelab::testing::node(m).not_ready()),
+            at(31.0),
+        );
+    }
+    s.tick(Duration::from_secs(1), at(37.0));
+    expect(
+        &s,
+        Kind::PoweredOffBusy,
+        &["d (Job power-d-off-1) with pods [\"p\"]"],
+    )?;
+
+    // Starved: pod `r` Pending while `f` (Off, wanted off) could be powered on: found after
+    // 10 s of ticks, none of which count while a disruption is in progress.
+    s.on_cr(Seen::Apply(cr("f", PowerState::Off)), at(38.0));
+    s.on_pod(Seen::Apply(bound_pod("r", None, None)?), at(38.0));
+    s.disturbances += 1;
+    for i in 0..20 {
+        s.tick(Duration::from_secs(1), at(39.0 + f64::from(i)));
+    }
+    expect(&s, Kind::Starved, &[])?;
+    s.disturbance_ends(Duration::ZERO, at(59.0));
+    for i in 0..11 {
+        s.tick(Duration::from_secs(1), at(60.0 + f64::from(i)));
+    }
+    expect(&s, Kind::Starved, &["pod r Pending"])?;
+    anyhow::ensure!(
+        s.cycles == 0 && s.power_offs == 2,
+        "cycles {} power-offs {}",
+        s.cycles,
+        s.power_offs
+    );
+    Ok(())
+}
+
+/// Fails unless the findings of `kind` are one per entry of `expected`, each containing it.
+fn expect(s: &State, kind: Kind, expected: &[&str]) -> anyhow::Result<()> {
+    let found: Vec<&str> = s
+        .findings
+        .iter()
+        .filter(|f| f.kind == kind)
+        .map(|f| f.what.as_str())
+        .collect();
+    let matches = found.len() == expected.len()
+        && expected.iter().all(|e| found.iter().any(|f| f.contains(e)));
+    anyhow::ensure!(
+        matches,
+        "self-check: {} found {found:?}, expected {expected:?}",
+        kind.describe()
+    );
+    Ok(())
+}
+
+/// Power Job `power-<machine>-<operation>` as the operator labels it; `run` names another uid
+/// (`Some("done")`: the same Job, completed).
+fn power_job(
+    machine: &str,
+    operation: &str,
+    direction: &str,
+    run: Option<&str>,
+) -> anyhow::Result<Job> {
+    let name = format!("power-{machine}-{operation}");
+    let uid = match run {
+        Some("done") | None => name.clone(),
+        Some(other) => format!("{name}-{other}"),
+    };
+    let mut job = serde_json::json!({
+        "metadata": {
+            "name": name,
+            "uid": uid,
+            "labels": {
+                MACHINE_LABEL: machine,
+                OPERATION_LABEL: operation,
+                DIRECTION_LABEL: direction,
+            },
+        },
+    });
+    if run == Some("done") {
+        job["status"] = serde_json::json!({
+            "succeeded": 1,
+            "conditions": [{ "type": "Complete", "status": "True", "lastTransitionTime": "1970-01-01T00:00:30Z" }],
+        });
+    }
+    Ok(serde_json::from_value(job)?)
+}
+
+/// A Running pod, bound to `node` (or Pending), deleting since `deleting`.
+fn bound_pod(name: &str, node: Option<&str>, deleting: Option<Timestamp>) -> anyhow::Result<Pod> {
+    let mut pod = serde_json::json!({
+        "metadata": { "name": name, "uid": name },
+        "spec": { "containers": [] },
+        "status": { "phase": if node.is_some() { "Running" } else { "Pending" } },
+    });
+    if let Some(node) = node {
+        pod["spec"]["nodeName"] = serde_json::json!(node);
+    }
+    if let Some(t) = deleting {
+        pod["metadata"]["deletionTimestamp"] = serde_json::json!(t.to_string());
+    }
+    Ok(serde_json::from_value(pod)?)
 }
