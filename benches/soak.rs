@@ -282,6 +282,11 @@ impl Soak<'_> {
                 .next()
                 .unwrap_or_else(|| Step::random(&mut self.rng));
             self.steps.push(step);
+            print!(
+                "[{:>5.0} s, {} power cycles] ",
+                started.elapsed().as_secs_f64(),
+                self.observer.cycles()
+            );
             self.step(step).await.with_context(|| {
                 format!(
                     "step {} ({step:?}) at {:.0} s",
@@ -294,6 +299,7 @@ impl Soak<'_> {
             tokio::time::sleep(pause).await;
         }
         // Demand ends so the machines go off.
+        print!("[end] ");
         self.demand(0).await
     }
 
@@ -316,7 +322,7 @@ impl Soak<'_> {
                     PowerState::On => PowerState::Off,
                     PowerState::Off => PowerState::On,
                 };
-                println!("  flip {name} → {next:?}");
+                println!("flip {name} → {next:?}");
                 self.lab.set_desired(name, next).await
             }
             Step::KillReplica => {
@@ -325,7 +331,7 @@ impl Soak<'_> {
                     .rng
                     .random_range(Duration::from_secs(1)..=Duration::from_secs(5));
                 let replica = &self.lab.replicas[i];
-                println!("  SIGKILL {} for {down:?}", replica.identity);
+                println!("SIGKILL {} for {down:?}", replica.identity);
                 self.observer.disturbance_begins();
                 replica.kill();
                 tokio::time::sleep(down).await;
@@ -335,13 +341,13 @@ impl Soak<'_> {
             }
             Step::StopLeader => {
                 let Some(i) = self.lab.leader().await? else {
-                    println!("  no leader to stop");
+                    println!("no leader to stop");
                     return Ok(());
                 };
                 let replica = &self.lab.replicas[i];
                 // Past the Lease's expiry, so the other replica takes over meanwhile.
                 let stopped = LEASE + self.rng.random_range(Duration::ZERO..=2 * LEASE);
-                println!("  SIGSTOP {} (leader) for {stopped:?}", replica.identity);
+                println!("SIGSTOP {} (leader) for {stopped:?}", replica.identity);
                 self.observer.disturbance_begins();
                 replica.freeze(true);
                 tokio::time::sleep(stopped).await;
@@ -350,7 +356,7 @@ impl Soak<'_> {
                 Ok(())
             }
             Step::RestartApiserver => {
-                println!("  restarting kube-apiserver");
+                println!("restarting kube-apiserver");
                 self.observer.disturbance_begins();
                 let restarted = self.lab.cp.restart_apiserver().await;
                 self.observer.disturbance_ends(recovery());
@@ -362,7 +368,7 @@ impl Soak<'_> {
     /// Creates or deletes demand pods until `target` are live.
     async fn demand(&mut self, target: usize) -> anyhow::Result<()> {
         let live = self.lab.live_pods().await?;
-        println!("  demand {} → {target} pods", live.len());
+        println!("demand {} → {target} pods", live.len());
         for _ in live.len()..target {
             let name = format!("d-{}", self.next_pod);
             self.next_pod += 1;
