@@ -230,6 +230,11 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(t)
 }
 
+fn sub(t: Timestamp, d: Duration) -> Timestamp {
+    t.saturating_sub(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(t)
+}
+
 impl Observer {
     pub fn start(client: kube::Client, ns: &str, settings: Settings) -> Observer {
         let mut state = State::new(settings, Timestamp::now());
@@ -487,7 +492,6 @@ impl State {
             seen.flagged_twice = true;
             let what = format!("Job {} ran {succeeded_runs} times", seen.name);
             self.find(Kind::Duplicate, what);
-            return;
         }
         let Some(seen) = self.jobs.get_mut(&uid) else {
             return;
@@ -628,9 +632,7 @@ impl State {
             "on" => PowerState::On,
             _ => PowerState::Off,
         };
-        let from = add(job.first_seen, Duration::ZERO)
-            .checked_sub(SignedDuration::try_from(self.settings.settle).unwrap_or_default())
-            .unwrap_or(job.first_seen);
+        let from = sub(job.first_seen, self.settings.settle);
         let to = add(job.first_seen, self.settings.lag);
         let Some(states) = cr.desired_during(from, to) else {
             return;
