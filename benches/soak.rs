@@ -425,6 +425,11 @@ fn report(lab: &Lab, steps: &[Step], s: &Summary, took: Duration, plan: &Plan) -
     );
     println!("  CA's gRPC calls: {}", lab.ca.calls());
     println!(
+        "  CA's log lines about provider trouble: {} (calls that failed while no replica led or \
+         the API server restarted; not counted as wrong actions)",
+        lab.ca.provider_errors()
+    );
+    println!(
         "  pod wait (created → bound), {} pods: p50 {}, p95 {}, max {}; {} still Pending",
         s.waits.len(),
         secs(s.wait(0.5)),

@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
-use crate::support::ca::CallCounts;
+use crate::support::ca::{CallCounts, provider_errors};
 use crate::support::control_plane::{lock, write};
 use crate::support::process::{self, Managed};
 use crate::support::{
@@ -554,5 +554,11 @@ impl Autoscaler {
     pub fn calls(&self) -> CallCounts {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         CallCounts::from_log(text.lines())
+    }
+
+    /// How many lines CA logged about provider trouble (`support::ca::provider_errors`).
+    pub fn provider_errors(&self) -> usize {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        provider_errors(text.lines(), &[]).len()
     }
 }
