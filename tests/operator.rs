@@ -1222,3 +1222,132 @@ async fn each_boot_restores_the_machines_labels_taints_and_its_groups_protection
     assert!(n.as_ref().is_some_and(carries_the_machines_identity));
     Ok(())
 }
+
+/// A machine controller over `cp` scoped to `ns`, for a test that calls its reconcile itself
+/// (no queue, no watch triggers): the shared cache and the Job watch run, the controllers do
+/// not.
+async fn reconciler(
+    cp: &ControlPlane,
+    ns: &str,
+) -> anyhow::Result<(Arc<controller::Context>, Background)> {
+    let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
+    let drain = DrainClient::new(config.clone())?;
+    let client = Client::try_from(config)?;
+    let scope = Scope::Namespace(ns.to_owned());
+    let source = Arc::new(ClusterSource::start(client.clone(), scope.clone()));
+    source.wait_until_ready(SYNC).await?;
+    let (jobs, triggers) = kubectl_homelab::operator::cache::jobs::watch(client, &scope);
+    // The Job watch runs while its trigger stream is polled.
+    let watch = Background::from(tokio::spawn(async move {
+        use futures::StreamExt as _;
+        triggers.for_each(|_| async {}).await;
+    }));
+    let ctx = controller::Context::new(source, drain, jobs, fast_settings(), None);
+    Ok((Arc::new(ctx), watch))
+}
+
+/// Unfinished power Jobs of `machine` not being deleted, as (operation, direction, uid).
+async fn running_jobs(lab: &Lab, machine: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let label = |j: &Job, l: &str| j.labels().get(l).cloned().unwrap_or_default();
+    Ok(lab
+        .jobs(machine)
+        .await?
+        .into_iter()
+        .filter(|j| !job_finished(j) && j.metadata.deletion_timestamp.is_none())
+        .map(|j| {
+            let op = label(&j, kubectl_homelab::operator::power::job::OPERATION_LABEL);
+            let dir = label(&j, DIRECTION_LABEL);
+            (op, dir, j.uid().unwrap_or_default())
+        })
+        .collect())
+}
+
+/// Reconciles the Node CR as the API server has it now, until its status stops changing (the
+/// Job watch catching up in between).
+async fn settle(lab: &Lab, ctx: &Arc<controller::Context>, name: &str) -> anyhow::Result<Machine> {
+    let mut last = None;
+    for _ in 0..8 {
+        let m = lab.machines().get(name).await?;
+        if last.as_ref() == Some(&m.status) {
+            return Ok(m);
+        }
+        last = Some(m.status.clone());
+        if let Err(e) = controller::machine::reconcile(Arc::new(m), ctx.clone()).await {
+            eprintln!("reconcile: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    Ok(lab.machines().get(name).await?)
+}
+
+/// `spec.powerState` changed between the controller's read of a Node CR and its status write
+/// (CA's `IncreaseSize`/`DeleteNodes` or `kubectl homelab power` writing in between): the
+/// reconcile decided on the stale object, so its write is refused with a 409. Done six times,
+/// flipping the desired power each round: after every refused reconcile no Job runs for an
+/// operation the status does not record, an operation id is never given to a second operation,
+/// and at the end no Job runs against the final desired power.
+#[tokio::test]
+async fn a_decision_on_a_stale_node_cr_starts_nothing_it_did_not_record() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let mut lab = Lab::start(cp, "op-stale").await?;
+    // This test runs the reconciles itself.
+    lab._operator = Background::from(tokio::spawn(async {}));
+    let (ctx, _watch) = reconciler(cp, &lab.ns).await?;
+    lab.create(lab.machine("m0")).await?;
+    settle(&lab, &ctx, "m0").await?;
+
+    // Operation id -> (its start time, the uid of its Job): an id is one operation, one Job.
+    let mut seen: std::collections::HashMap<String, (String, Option<String>)> = Default::default();
+    let mut remember = |m: &Machine, jobs: &[(String, String, String)]| -> anyhow::Result<()> {
+        if let Some(op) = m.lifecycle().operation {
+            let started = op.started.to_string();
+            let entry = seen.entry(op.id.clone()).or_insert((started.clone(), None));
+            anyhow::ensure!(entry.0 == started, "operation id {} given twice", op.id);
+        }
+        for (op, _, uid) in jobs {
+            let entry = seen.entry(op.clone()).or_insert((String::new(), None));
+            let first = entry.1.get_or_insert_with(|| uid.clone());
+            anyhow::ensure!(*first == *uid, "operation {op} has a second Job");
+        }
+        Ok(())
+    };
+    let mut want = "off";
+    for round in 0..6 {
+        want = if round % 2 == 0 { "on" } else { "off" };
+        let other = if want == "on" { "off" } else { "on" };
+        lab.set_power("m0", want).await?;
+        let m = settle(&lab, &ctx, "m0").await?;
+        remember(&m, &running_jobs(&lab, "m0").await?)?;
+        // Read, then the desired power flips and flips back: the object read is stale.
+        lab.set_power("m0", other).await?;
+        let stale = lab.machines().get("m0").await?;
+        lab.set_power("m0", want).await?;
+        let refused = controller::machine::reconcile(Arc::new(stale), ctx.clone()).await;
+        anyhow::ensure!(
+            refused.is_err(),
+            "round {round}: a reconcile on a stale object wrote its status"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m = lab.machines().get("m0").await?;
+        let current = m.lifecycle().operation.map(|o| o.id);
+        let jobs = running_jobs(&lab, "m0").await?;
+        for (op, dir, _) in &jobs {
+            anyhow::ensure!(
+                Some(op) == current.as_ref(),
+                "round {round}: power-{dir} Job of operation {op} runs, the status records {current:?}"
+            );
+        }
+        remember(&m, &jobs)?;
+        let m = settle(&lab, &ctx, "m0").await?;
+        remember(&m, &running_jobs(&lab, "m0").await?)?;
+    }
+    let against = if want == "on" { "off" } else { "on" };
+    let jobs = running_jobs(&lab, "m0").await?;
+    anyhow::ensure!(
+        !jobs.iter().any(|(_, dir, _)| dir == against),
+        "a power-{against} Job runs while the machine is wanted {want}: {jobs:?}"
+    );
+    Ok(())
+}

@@ -85,9 +85,10 @@ pub struct Context {
     /// Kubernetes Node name by providerID, kept current by the trigger task before it queues a
     /// machine, so a reconcile never misses the Node whose event woke it.
     node_index: Mutex<HashMap<String, String>>,
-    /// Per Node CR (`namespace/name`), the resourceVersion its last status write replaced: a
-    /// cache still showing it has not seen that write yet (see `machine::reconcile`).
-    superseded: Mutex<HashMap<String, String>>,
+    /// Per Node CR (`namespace/name`), the resourceVersions its last reconcile's writes replaced
+    /// (the operation recorded before acting, then the status): a cache still showing one of
+    /// them has not seen those writes yet (see `machine::reconcile`).
+    superseded: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Context {
@@ -118,18 +119,33 @@ impl Context {
         }
     }
 
-    /// This operator wrote the object `key` over `resource_version`.
+    /// This operator wrote the object `key` over `resource_version` (one more write of the
+    /// current reconcile).
     pub(crate) fn supersede(&self, key: &str, resource_version: Option<String>) {
+        /// A reconcile writes the Node CR at most three times (operation, adoption, status);
+        /// a few more are kept in case one reconcile's writes were never seen by the next.
+        const KEPT: usize = 8;
+        let Some(rv) = resource_version else { return };
         let mut map = lock(&self.superseded);
-        match resource_version {
-            Some(rv) => map.insert(key.to_owned(), rv),
-            None => map.remove(key),
-        };
+        let written = map.entry(key.to_owned()).or_default();
+        if written.len() >= KEPT {
+            written.remove(0);
+        }
+        written.push(rv);
+    }
+
+    /// Forgets the writes over `key`: its cache caught up with them, or it is gone.
+    pub(crate) fn forget_writes(&self, key: &str) {
+        lock(&self.superseded).remove(key);
     }
 
     /// Whether `resource_version` of `key` is one this operator already wrote over.
     pub(crate) fn is_superseded(&self, key: &str, resource_version: Option<&str>) -> bool {
-        resource_version.is_some_and(|rv| lock(&self.superseded).get(key).is_some_and(|s| s == rv))
+        resource_version.is_some_and(|rv| {
+            lock(&self.superseded)
+                .get(key)
+                .is_some_and(|s| s.iter().any(|w| w == rv))
+        })
     }
 
     /// The name of the Kubernetes Node that carries `provider_id`, if one is cached.

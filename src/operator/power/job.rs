@@ -175,18 +175,68 @@ impl Driver for JobDriver<'_> {
             // removes it.
             return Ok(());
         }
-        let name = job_name(cx.resource_name);
-        // Background propagation deletes the Job's pods too, so a stale action cannot act late.
-        let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..DeleteParams::default()
-        };
-        match self.api(cx.machine).delete(&name, &params).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(api_error(&format!("deleting power Job {name}"), e)),
-        }
+        delete_job(&self.api(cx.machine), &job_name(cx.resource_name)).await
     }
+}
+
+/// Deletes Job `name` and, by background propagation, its pods, so a stale action cannot act
+/// late. A Job already gone is fine.
+async fn delete_job(api: &Api<Job>, name: &str) -> Result<(), PowerError> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(api_error(&format!("deleting power Job {name}"), e)),
+    }
+}
+
+/// The unfinished Jobs in the Job cache that act for `machine` (by [`MACHINE_LABEL`], in its
+/// namespace) for an operation other than `current`, and are not being deleted already.
+pub fn stale_jobs(jobs: &Store<Job>, machine: &Machine, current: Option<&str>) -> Vec<String> {
+    let (Some(name), ns) = (
+        machine.metadata.name.as_deref(),
+        machine.metadata.namespace.as_deref(),
+    ) else {
+        return Vec::new();
+    };
+    jobs.state()
+        .into_iter()
+        .filter(|j| j.metadata.namespace.as_deref() == ns)
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter(|j| {
+            let labels = j.labels();
+            labels.get(MACHINE_LABEL).map(String::as_str) == Some(name)
+                && labels.get(OPERATION_LABEL).map(String::as_str) != current
+        })
+        .filter(|j| progress(j) == OpProgress::Running)
+        .map(|j| j.name_any())
+        .collect()
+}
+
+/// Cancels the Jobs [`stale_jobs`] finds: each operation of a machine but its current one was
+/// replaced or given up, so nothing may act for it any more (a Job created by a start whose
+/// record was lost, or whose cancel failed). Returns the names of the Jobs deleted.
+pub async fn cancel_stale_jobs(
+    client: &Client,
+    jobs: &Store<Job>,
+    machine: &Machine,
+    current: Option<&str>,
+) -> Result<Vec<String>, PowerError> {
+    let stale = stale_jobs(jobs, machine, current);
+    if stale.is_empty() {
+        return Ok(stale);
+    }
+    let api: Api<Job> = Api::namespaced(
+        client.clone(),
+        machine.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    for name in &stale {
+        delete_job(&api, name).await?;
+    }
+    Ok(stale)
 }
 
 pub(crate) fn api_error(what: &str, e: kube::Error) -> PowerError {

@@ -10,6 +10,7 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::events::{Event as KubeEventOut, EventType};
 use kube::{Resource as _, ResourceExt as _};
 
+use super::writes::write_status;
 use super::{CONDITION_DRAINING, node_obs, pods_on};
 use crate::operator::api::{
     Direction, DriverReadback, Machine, MachineStatus, PowerDriver as DriverSpec, condition,
@@ -137,6 +138,15 @@ pub(super) struct Outcome {
     pub node_deleted: bool,
     /// The machine was found on: record it as wanted on.
     pub adopt: bool,
+    /// The status as this reconcile last wrote it before acting (see [`Passes::record_intent`]).
+    pub written: Option<Written>,
+}
+
+/// A status this reconcile wrote, and the resourceVersion the write left: the next write diffs
+/// against it and is guarded by it.
+pub(super) struct Written {
+    pub status: MachineStatus,
+    pub resource_version: Option<String>,
 }
 
 /// What carrying out one effect did.
@@ -570,6 +580,46 @@ fn to_op_status(p: &OpProgress) -> OpStatus<'_> {
     }
 }
 
+/// Effects that start or stop a power action: the operation they act for is recorded first.
+fn changes_the_operation(effect: &Effect) -> bool {
+    matches!(
+        effect,
+        Effect::StartPowerOn { .. } | Effect::StartPowerOff { .. } | Effect::CancelOperation { .. }
+    )
+}
+
+impl Passes<'_> {
+    /// Writes the decided lifecycle (the new operation, or none) to status before any of the
+    /// decision's effects starts or stops a power action, guarded by the resourceVersion the
+    /// decision was made on. A conflict (`spec.powerState` or the status changed since the read:
+    /// CA, `kubectl homelab power`) fails the reconcile before anything was started, and it runs
+    /// again on the new object. Once written, the operation's id is taken: a later reconcile
+    /// checks or cancels what this one starts, and never gives its id to another operation.
+    async fn record_intent(&mut self) -> Result<(), Error> {
+        let (ctx, m) = (self.subject.ctx, self.subject.m);
+        let (rv, old) = match self.out.written.take() {
+            Some(w) => (w.resource_version, w.status),
+            None => (m.resource_version(), m.status.clone().unwrap_or_default()),
+        };
+        let mut ahead = self.status.clone();
+        ahead.lifecycle = self.lifecycle.clone();
+        let ns = m.namespace().unwrap_or_default();
+        let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
+        let resource_version = match write_status(&api, m, rv.clone(), &old, ahead.clone()).await? {
+            Some(after) => {
+                ctx.supersede(&format!("{ns}/{}", m.name_any()), rv);
+                after
+            }
+            None => rv,
+        };
+        self.out.written = Some(Written {
+            status: ahead,
+            resource_version,
+        });
+        Ok(())
+    }
+}
+
 impl Edge for Passes<'_> {
     type Error = Error;
 
@@ -597,6 +647,9 @@ impl Edge for Passes<'_> {
         self.requeue_at = decision.requeue_at;
         self.out.feedback = None;
         let generation = self.subject.m.meta().generation;
+        if decision.effects.iter().any(changes_the_operation) {
+            self.record_intent().await?;
+        }
         for effect in decision.effects {
             let given_up = self
                 .status

@@ -87,10 +87,12 @@ pub(super) async fn finalize(
     Ok(Action::await_change())
 }
 
-/// Records a desired power state; returns the new resourceVersion.
+/// Records a desired power state over `resource_version` (the object as the reconcile decided
+/// on it, or as its own last write left it); returns the new resourceVersion.
 pub(super) async fn patch_spec_power(
     api: &Api<Machine>,
     m: &Machine,
+    resource_version: Option<String>,
     to: PowerState,
 ) -> Result<Option<String>, Error> {
     let value = match to {
@@ -98,7 +100,7 @@ pub(super) async fn patch_spec_power(
         PowerState::Off => "off",
     };
     let patch = serde_json::json!({
-        "metadata": { "resourceVersion": m.resource_version() },
+        "metadata": { "resourceVersion": resource_version },
         "spec": { "powerState": value },
     });
     let params = PatchParams {
@@ -142,16 +144,16 @@ pub(super) async fn sync_node(
 
 /// Writes status when it changed, guarded by the resourceVersion the decision was made on (a
 /// conflict means the view was stale: the reconcile runs again on the new object). Returns
-/// whether it wrote.
+/// the resourceVersion after it when it wrote, `None` when nothing changed.
 pub(super) async fn write_status(
     api: &Api<Machine>,
     m: &Machine,
     resource_version: Option<String>,
     old: &MachineStatus,
     new: MachineStatus,
-) -> Result<bool, Error> {
+) -> Result<Option<Option<String>>, Error> {
     if *old == new {
-        return Ok(false);
+        return Ok(None);
     }
     let to_json = |st: &MachineStatus| {
         serde_json::to_value(st).map_err(|source| Error::Json {
@@ -170,10 +172,11 @@ pub(super) async fn write_status(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    api.patch_status(&m.name_any(), &params, &Patch::Merge(&patch))
+    let written = api
+        .patch_status(&m.name_any(), &params, &Patch::Merge(&patch))
         .await
         .map_err(Error::kube(format!("writing status of {}", m.object_ref())))?;
-    Ok(true)
+    Ok(Some(written.resource_version()))
 }
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`.
