@@ -345,6 +345,7 @@ async fn start_operator(cp: &ControlPlane, ns: &str) -> anyhow::Result<Backgroun
         drain,
         fast_settings(),
         None,
+        kubectl_homelab::operator::leader::Leadership::always(),
         std::future::pending(),
     ))))
 }

@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 use crate::lock;
 use crate::operator::api::{Group, Machine};
 use crate::operator::cache::{self, Cache, Change};
+use crate::operator::leader::Leadership;
 use crate::operator::provider::cluster::ClusterSource;
 
 pub use crate::operator::FIELD_MANAGER;
@@ -82,6 +83,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Option<crate::operator::metrics::Metrics>,
+    /// Whether this replica may act, read right before each physical action (see
+    /// [`Context::ensure_leader`]).
+    pub leadership: Leadership,
     /// Kubernetes Node name by providerID, kept current by the trigger task before it queues a
     /// machine, so a reconcile never misses the Node whose event woke it.
     node_index: Mutex<HashMap<String, String>>,
@@ -114,8 +118,27 @@ impl Context {
             jobs,
             settings,
             metrics,
+            leadership: Leadership::always(),
             node_index: Mutex::new(HashMap::new()),
             superseded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Acts only while `leadership` leads (the default: always).
+    pub fn with_leadership(mut self, leadership: Leadership) -> Context {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Fails unless this replica leads now, by the clock against the Lease's held-until time:
+    /// called right before every physical action (a power driver's start or cancel, a cordon,
+    /// a drain, a Node deleted), so a replica paused past its Lease acts no more once it runs
+    /// again, even before its fence task has lowered the flag.
+    pub(crate) fn ensure_leader(&self) -> Result<(), Error> {
+        if self.leadership.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
         }
     }
 
@@ -247,6 +270,8 @@ pub enum Error {
     },
     #[error("{0}")]
     NodeSide(String),
+    #[error("not the leader any more: the Lease this replica held has run out")]
+    NotLeader,
     #[error(transparent)]
     NodeWrite(#[from] crate::operator::node::NodeSideError),
     #[error("{0}")]
@@ -411,12 +436,15 @@ pub async fn run(
     drain: crate::operator::node::drain::DrainClient,
     settings: Settings,
     metrics: Option<crate::operator::metrics::Metrics>,
+    leadership: Leadership,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let cache = provider.cache().clone();
     let (jobs, job_triggers) = cache::jobs::watch(cache.client().clone(), cache.scope());
     let changes = cache.changes();
-    let ctx = Arc::new(Context::new(provider, drain, jobs, settings, metrics));
+    let ctx = Arc::new(
+        Context::new(provider, drain, jobs, settings, metrics).with_leadership(leadership),
+    );
     let concurrency = ctx.settings.concurrency;
     let (machine_queue, group_queue) = queues(ctx.clone(), changes);
     let machine_queue =

@@ -362,6 +362,7 @@ pub(super) async fn perform(
                     });
                 }
             };
+            ctx.ensure_leader()?;
             match d.start(&cx).await {
                 Ok(report) => {
                     // Info: one line per power operation says when a machine was switched, and
@@ -392,6 +393,7 @@ pub(super) async fn perform(
             let resource = operation_resource_name(&name, operation);
             let cx = op_context(m, operation, &resource, s.now);
             if let Ok(d) = driver(ctx, m, direction, s.node_name) {
+                ctx.ensure_leader()?;
                 d.cancel(&cx).await?;
                 if let Some(metrics) = &ctx.metrics {
                     metrics.power_operation(d.kind(), &direction.to_string(), "cancelled");
@@ -401,6 +403,7 @@ pub(super) async fn perform(
         }
         Effect::Cordon | Effect::Uncordon => {
             if let Some(n) = s.node {
+                ctx.ensure_leader()?;
                 drain::cordon(&ctx.client, &n.name_any(), matches!(effect, Effect::Cordon))
                     .await
                     .map_err(|e| Error::NodeSide(e.to_string()))?;
@@ -408,7 +411,10 @@ pub(super) async fn perform(
             Performed::Done
         }
         Effect::Drain => match s.node {
-            Some(n) => Performed::Drain(drain_pass(s, n, drain_given_up).await?),
+            Some(n) => {
+                ctx.ensure_leader()?;
+                Performed::Drain(drain_pass(s, n, drain_given_up).await?)
+            }
             None => Performed::Done,
         },
         Effect::DeleteNode => {
@@ -416,6 +422,7 @@ pub(super) async fn perform(
                 return Ok(Performed::Done);
             };
             let api: Api<Node> = Api::all(ctx.client.clone());
+            ctx.ensure_leader()?;
             match api.delete(&n.name_any(), &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -605,6 +612,7 @@ impl Passes<'_> {
         ahead.lifecycle = self.lifecycle.clone();
         let ns = m.namespace().unwrap_or_default();
         let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
+        ctx.ensure_leader()?;
         let resource_version = match write_status(&api, m, rv.clone(), &old, ahead.clone()).await? {
             Some(after) => {
                 ctx.supersede(&format!("{ns}/{}", m.name_any()), rv);

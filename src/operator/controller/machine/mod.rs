@@ -37,6 +37,11 @@ pub fn error_policy(_m: Arc<Machine>, e: &Error, ctx: Arc<Context>) -> Action {
     if let Some(metrics) = &ctx.metrics {
         metrics.reconcile_error("machine");
     }
+    if matches!(e, Error::NotLeader) {
+        // The controllers stop as soon as the fence lowers the flag; until then nothing acts.
+        tracing::info!("not acting: this replica's Lease has run out");
+        return Action::requeue(Duration::from_secs(5));
+    }
     if e.is_conflict() {
         return Action::requeue(Duration::from_millis(200));
     }
@@ -146,6 +151,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     // Only the operation the status records may act (its Job, its relay): any other was
     // replaced, and its Job is stopped before anything is decided.
     let current = m.lifecycle().operation.map(|o| o.id);
+    ctx.ensure_leader()?;
     let cancelled = cancel_stale_jobs(&ctx.client, &ctx.jobs, &m, current.as_deref()).await?;
     if !cancelled.is_empty() {
         tracing::info!(machine = %m.object_ref(), jobs = ?cancelled, "cancelled the Jobs of operations the status does not record");

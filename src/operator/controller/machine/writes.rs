@@ -50,10 +50,12 @@ pub(super) async fn finalize(
         let resource = operation_resource_name(&m.name_any(), op);
         let cx = op_context(m, op, &resource, jiff::Timestamp::now());
         if let Ok(d) = driver(ctx, m, direction_of(op), node_name.as_deref()) {
+            ctx.ensure_leader()?;
             d.cancel(&cx).await?;
         }
     }
     if let Some(n) = &node {
+        ctx.ensure_leader()?;
         // Leave the Node as it was before we managed it: our cordon, labels, taints and
         // annotations go; a person's stay.
         node_side::update_node(&ctx.client, &n.name_any(), node_side::cleanup_change).await?;
@@ -138,6 +140,7 @@ pub(super) async fn sync_node(
     if reg.change.is_empty() {
         return Ok((node, mismatch));
     }
+    ctx.ensure_leader()?;
     let written = node_side::patch_node(&ctx.client, &node, &reg.change).await?;
     Ok((written.map(Arc::new).unwrap_or(node), mismatch))
 }
