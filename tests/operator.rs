@@ -1352,3 +1352,54 @@ async fn a_decision_on_a_stale_node_cr_starts_nothing_it_did_not_record() -> any
     );
     Ok(())
 }
+
+/// A power Job that completed and was removed (a `ttlSecondsAfterFinished` of 0, or the operator
+/// down longer than the TTL) before the operator saw its completion: its operation's Job is not
+/// created a second time.
+#[tokio::test]
+async fn a_power_job_removed_before_its_completion_was_seen_is_not_run_again() -> anyhow::Result<()>
+{
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let mut lab = Lab::start(cp, "op-ttl").await?;
+    // This test runs the reconciles itself.
+    lab._operator = Background::from(tokio::spawn(async {}));
+    let (ctx, _watch) = reconciler(cp, &lab.ns).await?;
+    lab.create(lab.machine("m0")).await?;
+    settle(&lab, &ctx, "m0").await?;
+    lab.set_power("m0", "on").await?;
+    settle(&lab, &ctx, "m0").await?;
+    let job = lab.wait_job("m0", "on").await?;
+    let (name, uid) = (job.name_any(), job.uid());
+    lab.world.complete_job(&lab.ns, &name).await?;
+    let jobs: Api<Job> = Api::namespaced(lab.client.clone(), &lab.ns);
+    // Background, as the TTL controller deletes (without a garbage collector in this control
+    // plane, an orphaning delete would wait for it).
+    let background = kube::api::DeleteParams::background();
+    jobs.delete(&name, &background).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while jobs.get_opt(&name).await?.is_some() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "Job {name} never went"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The Job watch sees it gone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = settle(&lab, &ctx, "m0").await?;
+    let again: Vec<_> = lab
+        .jobs("m0")
+        .await?
+        .into_iter()
+        .map(|j| (j.name_any(), j.uid()))
+        .collect();
+    anyhow::ensure!(
+        again.is_empty(),
+        "Job {name} ({uid:?}) ran and was removed, yet Jobs were created again: {again:?}; \
+         status: {}",
+        serde_json::to_string(&m.status)?
+    );
+    Ok(())
+}

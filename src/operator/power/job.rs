@@ -142,7 +142,11 @@ impl Driver for JobDriver<'_> {
 
     async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         if let Some(job) = self.cached(cx) {
-            return Ok(Report::new(progress(&job)));
+            return Ok(Report::new(progress(&job)).accepted(job.uid()));
+        }
+        if let Some(uid) = created_before(cx) {
+            // Created once and gone since: never a second run of the same operation.
+            return Ok(removed(cx, uid));
         }
         let mut job = build_job(cx, self.kind, self.node_name)?;
         default_service_account(&mut job, self.service_account);
@@ -152,7 +156,7 @@ impl Driver for JobDriver<'_> {
             .create(&PostParams::default(), &job)
             .await
         {
-            Ok(_) => Ok(Report::new(OpProgress::Running)),
+            Ok(created) => Ok(Report::new(OpProgress::Running).accepted(created.uid())),
             // Created by us before a restart, not yet in the cache: adopt it.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Report::new(OpProgress::Running)),
             Err(e) => Err(api_error(&format!("creating power Job {name}"), e)),
@@ -160,10 +164,11 @@ impl Driver for JobDriver<'_> {
     }
 
     async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
-        Ok(Report::new(match self.cached(cx) {
-            Some(job) => progress(&job),
-            None => OpProgress::Absent,
-        }))
+        Ok(match (self.cached(cx), created_before(cx)) {
+            (Some(job), _) => Report::new(progress(&job)).accepted(job.uid()),
+            (None, Some(uid)) => removed(cx, uid),
+            (None, None) => Report::new(OpProgress::Absent),
+        })
     }
 
     async fn cancel(&self, cx: &OpContext<'_>) -> Result<(), PowerError> {
@@ -177,6 +182,27 @@ impl Driver for JobDriver<'_> {
         }
         delete_job(&self.api(cx.machine), &job_name(cx.resource_name)).await
     }
+}
+
+/// The uid of the Job the status records as created for `cx`'s operation.
+fn created_before<'a>(cx: &OpContext<'a>) -> Option<&'a str> {
+    let power = cx.machine.status.as_ref()?.power.as_deref();
+    crate::operator::api::DriverReadback::accepted_for(power, &cx.op.id)
+}
+
+/// The operation's Job was created (`uid`) and is gone: removed by its TTL after it finished
+/// (a `ttlSecondsAfterFinished` of 0, or the operator down longer than the TTL) or deleted by
+/// hand, before its result was seen. Running it again would switch the machine twice, so it is
+/// taken as done and the machine's Node decides: Ready by the boot deadline after a power-on,
+/// NotReady or gone by the shutdown deadline after a power-off, else the operation fails there.
+fn removed(cx: &OpContext<'_>, uid: &str) -> Report {
+    tracing::info!(
+        machine = %cx.machine.object_ref(),
+        operation = %cx.op.id,
+        job_uid = uid,
+        "the power Job was removed before its result was seen; not running it again, the Node decides"
+    );
+    Report::new(OpProgress::Succeeded)
 }
 
 /// Deletes Job `name` and, by background propagation, its pods, so a stale action cannot act

@@ -53,6 +53,9 @@ pub struct Report {
     /// at once with `forceOffAfter: 0s`): recorded in `status.power.escalated`, sent as a Warning
     /// Event.
     pub escalated: bool,
+    /// The start was accepted, and what by (a Job's uid): recorded in
+    /// `status.power.accepted`.
+    pub accepted: Option<String>,
 }
 
 impl Report {
@@ -63,7 +66,14 @@ impl Report {
             note: None,
             recheck_after: None,
             escalated: false,
+            accepted: None,
         }
+    }
+
+    /// Marks the start as accepted by `by` (see [`Report::accepted`]).
+    pub fn accepted(mut self, by: Option<String>) -> Report {
+        self.accepted = by;
+        self
     }
 
     /// Marks the report of a hard power-off sent after a soft one (see [`Report::escalated`]).

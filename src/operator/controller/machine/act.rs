@@ -287,7 +287,7 @@ pub(super) fn absorb(
         .power
         .as_ref()
         .is_some_and(|p| p.operation == reading.op && p.escalated);
-    status.power = Some(Box::new(DriverReadback::next(
+    let mut power = DriverReadback::next(
         status.power.as_deref(),
         reading.driver,
         reading.direction,
@@ -295,7 +295,11 @@ pub(super) fn absorb(
         r.readback,
         r.escalated,
         reading.at,
-    )));
+    );
+    if let Some(by) = r.accepted {
+        power.accepted = Some(by);
+    }
+    status.power = Some(Box::new(power));
     if let Some(note) = r.note {
         let escalation = r.escalated && !escalated_before;
         out.note_events.push(KubeEvent {
@@ -786,6 +790,7 @@ mod tests {
                 readback: Some(PowerState::On),
                 observed_at: at(0),
                 escalated: false,
+                accepted: None,
             }))
         );
         assert!(out.note_events.is_empty());
