@@ -849,6 +849,58 @@ async fn an_ignored_graceful_shutdown_is_forced_off_and_recorded() -> anyhow::Re
     Ok(())
 }
 
+/// examples/redfish.yaml with the first GracefulShutdown refused by the BMC (503, transient),
+/// `forceOffAfter` left at the example's 3m: the operator sends GracefulShutdown again, the BMC
+/// reads Off long before the grace is over, and nothing is forced off.
+#[tokio::test]
+async fn a_graceful_shutdown_the_bmc_did_not_accept_is_sent_again() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ca = support::pki::Ca::generate()?;
+    let Some(sushy) = example_bmc(&ca).await? else {
+        return Ok(());
+    };
+    let (proxy, seen) = support_power::proxy::refusing_first(
+        sushy.url.clone(),
+        "GracefulShutdown",
+        &ca.serving()?,
+        &ca,
+    )
+    .await?;
+    let lab = Lab::start(cp, "op-resend").await?;
+    lab.apply_example(
+        "redfish.yaml",
+        &[
+            ("https://192.168.1.20", &proxy.url),
+            (
+                "kubernetesNodeName: r730",
+                "kubernetesNodeName: r730-resend",
+            ),
+            ("homelab://homelab/r730", "homelab://homelab/r730-resend"),
+        ],
+    )
+    .await?;
+    power_on_r730(&lab, "r730-resend").await?;
+
+    lab.set_power("r730", "off").await?;
+    let m = lab
+        .wait_machine("r730", "the BMC's PowerState Off read back", |m| {
+            readback(m) == Some((Direction::Off, Some(PowerState::Off)))
+        })
+        .await?;
+    let power = m.status.and_then(|s| s.power).context("no status.power")?;
+    assert!(!power.escalated, "{power:?}");
+    let resets = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        resets.iter().filter(|r| *r == "GracefulShutdown").count(),
+        2,
+        "refused once, sent again once: {resets:?}"
+    );
+    assert!(!resets.iter().any(|r| r == "ForceOff"), "{resets:?}");
+    Ok(())
+}
+
 /// Home Assistant as examples/http.yaml uses it: `POST /api/services/script/turn_on` runs the
 /// script named in the body (with the bearer token of the example's Secret, else 401), and the
 /// binary sensor `GET /api/states/binary_sensor.nas_power` reports the NAS's state a second after

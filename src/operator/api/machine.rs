@@ -231,8 +231,10 @@ pub struct DriverReadback {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub escalated: bool,
     /// The start of the operation was accepted, and what by: for a Job, the uid of the Job
-    /// created for it. A Job of this operation missing afterwards was removed (its TTL, or by
-    /// hand), and is never created a second time.
+    /// created for it (a Job of this operation missing afterwards was removed, by its TTL or by
+    /// hand, and is never created a second time); for a call, what the endpoint accepted (the
+    /// Redfish ResetType, the HTTP answer). Absent while a driver that reads the power back has
+    /// not had its call accepted: a check reading the old state then sends it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub accepted: Option<String>,

@@ -89,6 +89,7 @@ impl<'a> RedfishDriver<'a> {
                 bmc.reset(&system, "On").await?;
                 Ok(Report::new(OpProgress::Running)
                     .with_readback(readback)
+                    .accepted(Some("On".to_owned()))
                     .recheck_after(POLL_INTERVAL))
             }
             Direction::Off => {
@@ -100,6 +101,7 @@ impl<'a> RedfishDriver<'a> {
                     bmc.reset(&system, "ForceOff").await?;
                     return Ok(Report::new(OpProgress::Running)
                         .with_readback(readback)
+                        .accepted(Some("ForceOff".to_owned()))
                         .with_note("sent ForceOff at once (forceOffAfter is 0s)")
                         .escalated()
                         .recheck_after(POLL_INTERVAL));
@@ -107,6 +109,7 @@ impl<'a> RedfishDriver<'a> {
                 bmc.reset(&system, "GracefulShutdown").await?;
                 Ok(Report::new(OpProgress::Running)
                     .with_readback(readback)
+                    .accepted(Some("GracefulShutdown".to_owned()))
                     .recheck_after(POLL_INTERVAL.min(grace.unsigned_abs())))
             }
         }

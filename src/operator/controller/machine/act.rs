@@ -555,7 +555,8 @@ impl<'a> Passes<'a> {
                     match d.check(&cx).await {
                         Ok(r) => {
                             let reading = s.reading(d.kind(), op);
-                            absorb(&mut passes.out, &mut passes.status, &reading, r)
+                            let p = absorb(&mut passes.out, &mut passes.status, &reading, r);
+                            unaccepted_is_missing(&d, &passes.status, op, p)
                         }
                         Err(PowerError::Transient(e)) => {
                             tracing::info!(machine = %m.object_ref(), error = %e, "power check failed; retrying");
@@ -579,6 +580,27 @@ impl<'a> Passes<'a> {
             passes.pods_present = !drain::pods_blocking_power_off(&pods).is_empty();
         }
         Ok(passes)
+    }
+}
+
+/// A driver that reads the power back (Redfish, HTTP with a status URL) whose start was never
+/// accepted (it failed transiently: a BMC busy, a request lost) and that still reads the old
+/// state: the action is missing, not running, so the core sends it again (`ActionMissing` →
+/// `Reissue`, the same operation id), retried at the poll interval until accepted or the
+/// operation's deadline. Without this a lost GracefulShutdown would wait for `forceOffAfter`
+/// and a lost power-on for the boot timeout.
+fn unaccepted_is_missing(
+    d: &AnyDriver<'_>,
+    status: &MachineStatus,
+    op: &Operation,
+    p: OpProgress,
+) -> OpProgress {
+    let reads_back = matches!(d, AnyDriver::Redfish(_) | AnyDriver::Http(_));
+    let accepted = DriverReadback::accepted_for(status.power.as_deref(), &op.id).is_some();
+    if p == OpProgress::Running && reads_back && !accepted {
+        OpProgress::Absent
+    } else {
+        p
     }
 }
 
