@@ -96,6 +96,7 @@ impl<'a> HttpDriver<'a> {
         }
         let method = method(self.spec.method());
         let what = format!("{method} {}", self.spec.url);
+        cx.ensure_leader()?;
         let answer = ep
             .web
             .send(

@@ -151,6 +151,7 @@ impl Driver for JobDriver<'_> {
         let mut job = build_job(cx, self.kind, self.node_name)?;
         default_service_account(&mut job, self.service_account);
         let name = job.name_any();
+        cx.ensure_leader()?;
         match self
             .api(cx.machine)
             .create(&PostParams::default(), &job)
@@ -180,6 +181,7 @@ impl Driver for JobDriver<'_> {
             // removes it.
             return Ok(());
         }
+        cx.ensure_leader()?;
         delete_job(&self.api(cx.machine), &job_name(cx.resource_name)).await
     }
 }
@@ -549,6 +551,7 @@ mod tests {
             op,
             resource_name: name,
             now: op.started,
+            fence: None,
         }
     }
 

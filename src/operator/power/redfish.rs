@@ -86,6 +86,7 @@ impl<'a> RedfishDriver<'a> {
                 if readback == Some(PowerState::On) {
                     return Ok(Report::new(OpProgress::Succeeded).with_readback(readback));
                 }
+                cx.ensure_leader()?;
                 bmc.reset(&system, "On").await?;
                 Ok(Report::new(OpProgress::Running)
                     .with_readback(readback)
@@ -98,6 +99,7 @@ impl<'a> RedfishDriver<'a> {
                 }
                 let grace = self.grace(bmc)?;
                 if grace.is_zero() {
+                    cx.ensure_leader()?;
                     bmc.reset(&system, "ForceOff").await?;
                     return Ok(Report::new(OpProgress::Running)
                         .with_readback(readback)
@@ -106,6 +108,7 @@ impl<'a> RedfishDriver<'a> {
                         .escalated()
                         .recheck_after(POLL_INTERVAL));
                 }
+                cx.ensure_leader()?;
                 bmc.reset(&system, "GracefulShutdown").await?;
                 Ok(Report::new(OpProgress::Running)
                     .with_readback(readback)
@@ -136,6 +139,7 @@ impl<'a> RedfishDriver<'a> {
         let in_force_off_slot =
             elapsed >= grace && (elapsed - grace).as_secs() % repeat.as_secs() < slot.as_secs();
         if readback == Some(PowerState::On) && in_force_off_slot {
+            cx.ensure_leader()?;
             bmc.reset(&system, "ForceOff").await?;
             return Ok(running
                 .with_note(format!(

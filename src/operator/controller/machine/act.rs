@@ -28,8 +28,9 @@ use crate::operator::power::redfish::RedfishDriver;
 use crate::operator::power::wol::WakeOnLanDriver;
 use crate::operator::power::{Driver, OpContext, OpProgress, PowerError, Report};
 
-/// What a driver needs to act on `op` of `m`.
+/// What a driver needs to act on `op` of `m`, fenced by `ctx`'s leadership.
 pub(super) fn op_context<'a>(
+    ctx: &'a Context,
     m: &'a Machine,
     op: &'a Operation,
     resource: &'a str,
@@ -41,6 +42,7 @@ pub(super) fn op_context<'a>(
         op,
         resource_name: resource,
         now,
+        fence: Some(&ctx.leadership),
     }
 }
 
@@ -357,7 +359,7 @@ pub(super) async fn perform(
             };
             let direction = direction_of(operation);
             let resource = operation_resource_name(&name, operation);
-            let cx = op_context(m, operation, &resource, s.now);
+            let cx = op_context(ctx, m, operation, &resource, s.now);
             let d = match driver(ctx, m, direction, s.node_name) {
                 Ok(d) => d,
                 Err(e) => {
@@ -395,7 +397,7 @@ pub(super) async fn perform(
             };
             let direction = direction_of(operation);
             let resource = operation_resource_name(&name, operation);
-            let cx = op_context(m, operation, &resource, s.now);
+            let cx = op_context(ctx, m, operation, &resource, s.now);
             if let Ok(d) = driver(ctx, m, direction, s.node_name) {
                 ctx.ensure_leader()?;
                 d.cancel(&cx).await?;
@@ -551,7 +553,7 @@ impl<'a> Passes<'a> {
             passes.op_status = match driver(ctx, m, direction_of(op), s.node_name) {
                 Ok(d) => {
                     let resource = operation_resource_name(&m.name_any(), op);
-                    let cx = op_context(m, op, &resource, now);
+                    let cx = op_context(ctx, m, op, &resource, now);
                     match d.check(&cx).await {
                         Ok(r) => {
                             let reading = s.reading(d.kind(), op);

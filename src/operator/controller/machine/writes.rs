@@ -48,7 +48,7 @@ pub(super) async fn finalize(
     let node_name = node.as_ref().map(|n| n.name_any());
     if let Some(op) = lc.operation.as_ref().filter(|o| o.completed.is_none()) {
         let resource = operation_resource_name(&m.name_any(), op);
-        let cx = op_context(m, op, &resource, jiff::Timestamp::now());
+        let cx = op_context(ctx, m, op, &resource, jiff::Timestamp::now());
         if let Ok(d) = driver(ctx, m, direction_of(op), node_name.as_deref()) {
             ctx.ensure_leader()?;
             d.cancel(&cx).await?;
