@@ -358,6 +358,7 @@ async fn start_operator(
         drain,
         settings,
         None,
+        kubectl_homelab::operator::leader::Leadership::always(),
         std::future::pending(),
     ))))
 }
@@ -861,6 +862,58 @@ async fn an_ignored_graceful_shutdown_is_forced_off_and_recorded() -> anyhow::Re
     lab.world.node_ready("r730-forced", false).await?;
     lab.wait_phase("r730", Phase::Off).await?;
     lab.assert_secret_never_shown("change-me").await?;
+    Ok(())
+}
+
+/// examples/redfish.yaml with the first GracefulShutdown refused by the BMC (503, transient),
+/// `forceOffAfter` left at the example's 3m: the operator sends GracefulShutdown again, the BMC
+/// reads Off long before the grace is over, and nothing is forced off.
+#[tokio::test]
+async fn a_graceful_shutdown_the_bmc_did_not_accept_is_sent_again() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ca = support::pki::Ca::generate()?;
+    let Some(sushy) = example_bmc(&ca).await? else {
+        return Ok(());
+    };
+    let (proxy, seen) = support_power::proxy::refusing_first(
+        sushy.url.clone(),
+        "GracefulShutdown",
+        &ca.serving()?,
+        &ca,
+    )
+    .await?;
+    let lab = Lab::start(cp, "op-resend").await?;
+    lab.apply_example(
+        "redfish.yaml",
+        &[
+            ("https://192.168.1.20", &proxy.url),
+            (
+                "kubernetesNodeName: r730",
+                "kubernetesNodeName: r730-resend",
+            ),
+            ("homelab://homelab/r730", "homelab://homelab/r730-resend"),
+        ],
+    )
+    .await?;
+    power_on_r730(&lab, "r730-resend").await?;
+
+    lab.set_power("r730", "off").await?;
+    let m = lab
+        .wait_machine("r730", "the BMC's PowerState Off read back", |m| {
+            readback(m) == Some((Direction::Off, Some(PowerState::Off)))
+        })
+        .await?;
+    let power = m.status.and_then(|s| s.power).context("no status.power")?;
+    assert!(!power.escalated, "{power:?}");
+    let resets = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        resets.iter().filter(|r| *r == "GracefulShutdown").count(),
+        2,
+        "refused once, sent again once: {resets:?}"
+    );
+    assert!(!resets.iter().any(|r| r == "ForceOff"), "{resets:?}");
     Ok(())
 }
 
@@ -1499,5 +1552,183 @@ async fn a_machine_wanted_on_after_its_power_off_action_finishes_the_power_off_f
         .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
         .await?;
     lab.wait_phase("m1", Phase::Ready).await?;
+
+/// A machine controller over `cp` scoped to `ns`, for a test that calls its reconcile itself
+/// (no queue, no watch triggers): the shared cache and the Job watch run, the controllers do
+/// not.
+async fn reconciler(
+    cp: &ControlPlane,
+    ns: &str,
+) -> anyhow::Result<(Arc<controller::Context>, Background)> {
+    let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
+    let drain = DrainClient::new(config.clone())?;
+    let client = Client::try_from(config)?;
+    let scope = Scope::Namespace(ns.to_owned());
+    let source = Arc::new(ClusterSource::start(client.clone(), scope.clone()));
+    source.wait_until_ready(SYNC).await?;
+    let (jobs, triggers) = kubectl_homelab::operator::cache::jobs::watch(client, &scope);
+    // The Job watch runs while its trigger stream is polled.
+    let watch = Background::from(tokio::spawn(async move {
+        use futures::StreamExt as _;
+        triggers.for_each(|_| async {}).await;
+    }));
+    let ctx = controller::Context::new(source, drain, jobs, fast_settings(), None);
+    Ok((Arc::new(ctx), watch))
+}
+
+/// Unfinished power Jobs of `machine` not being deleted, as (operation, direction, uid).
+async fn running_jobs(lab: &Lab, machine: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let label = |j: &Job, l: &str| j.labels().get(l).cloned().unwrap_or_default();
+    Ok(lab
+        .jobs(machine)
+        .await?
+        .into_iter()
+        .filter(|j| !job_finished(j) && j.metadata.deletion_timestamp.is_none())
+        .map(|j| {
+            let op = label(&j, kubectl_homelab::operator::power::job::OPERATION_LABEL);
+            let dir = label(&j, DIRECTION_LABEL);
+            (op, dir, j.uid().unwrap_or_default())
+        })
+        .collect())
+}
+
+/// Reconciles the Node CR as the API server has it now, until its status stops changing (the
+/// Job watch catching up in between).
+async fn settle(lab: &Lab, ctx: &Arc<controller::Context>, name: &str) -> anyhow::Result<Machine> {
+    let mut last = None;
+    for _ in 0..8 {
+        let m = lab.machines().get(name).await?;
+        if last.as_ref() == Some(&m.status) {
+            return Ok(m);
+        }
+        last = Some(m.status.clone());
+        if let Err(e) = controller::machine::reconcile(Arc::new(m), ctx.clone()).await {
+            eprintln!("reconcile: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    Ok(lab.machines().get(name).await?)
+}
+
+/// `spec.powerState` changed between the controller's read of a Node CR and its status write
+/// (CA's `IncreaseSize`/`DeleteNodes` or `kubectl homelab power` writing in between): the
+/// reconcile decided on the stale object, so its write is refused with a 409. Done six times,
+/// flipping the desired power each round: after every refused reconcile no Job runs for an
+/// operation the status does not record, an operation id is never given to a second operation,
+/// and at the end no Job runs against the final desired power.
+#[tokio::test]
+async fn a_decision_on_a_stale_node_cr_starts_nothing_it_did_not_record() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let mut lab = Lab::start(cp, "op-stale").await?;
+    // This test runs the reconciles itself.
+    lab._operator = Background::from(tokio::spawn(async {}));
+    let (ctx, _watch) = reconciler(cp, &lab.ns).await?;
+    lab.create(lab.machine("m0")).await?;
+    settle(&lab, &ctx, "m0").await?;
+
+    // Operation id -> (its start time, the uid of its Job): an id is one operation, one Job.
+    let mut seen: std::collections::HashMap<String, (String, Option<String>)> = Default::default();
+    let mut remember = |m: &Machine, jobs: &[(String, String, String)]| -> anyhow::Result<()> {
+        if let Some(op) = m.lifecycle().operation {
+            let started = op.started.to_string();
+            let entry = seen.entry(op.id.clone()).or_insert((started.clone(), None));
+            anyhow::ensure!(entry.0 == started, "operation id {} given twice", op.id);
+        }
+        for (op, _, uid) in jobs {
+            let entry = seen.entry(op.clone()).or_insert((String::new(), None));
+            let first = entry.1.get_or_insert_with(|| uid.clone());
+            anyhow::ensure!(*first == *uid, "operation {op} has a second Job");
+        }
+        Ok(())
+    };
+    let mut want = "off";
+    for round in 0..6 {
+        want = if round % 2 == 0 { "on" } else { "off" };
+        let other = if want == "on" { "off" } else { "on" };
+        lab.set_power("m0", want).await?;
+        let m = settle(&lab, &ctx, "m0").await?;
+        remember(&m, &running_jobs(&lab, "m0").await?)?;
+        // Read, then the desired power flips and flips back: the object read is stale.
+        lab.set_power("m0", other).await?;
+        let stale = lab.machines().get("m0").await?;
+        lab.set_power("m0", want).await?;
+        let refused = controller::machine::reconcile(Arc::new(stale), ctx.clone()).await;
+        anyhow::ensure!(
+            refused.is_err(),
+            "round {round}: a reconcile on a stale object wrote its status"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m = lab.machines().get("m0").await?;
+        let current = m.lifecycle().operation.map(|o| o.id);
+        let jobs = running_jobs(&lab, "m0").await?;
+        for (op, dir, _) in &jobs {
+            anyhow::ensure!(
+                Some(op) == current.as_ref(),
+                "round {round}: power-{dir} Job of operation {op} runs, the status records {current:?}"
+            );
+        }
+        remember(&m, &jobs)?;
+        let m = settle(&lab, &ctx, "m0").await?;
+        remember(&m, &running_jobs(&lab, "m0").await?)?;
+    }
+    let against = if want == "on" { "off" } else { "on" };
+    let jobs = running_jobs(&lab, "m0").await?;
+    anyhow::ensure!(
+        !jobs.iter().any(|(_, dir, _)| dir == against),
+        "a power-{against} Job runs while the machine is wanted {want}: {jobs:?}"
+    );
+    Ok(())
+}
+
+/// A power Job that completed and was removed (a `ttlSecondsAfterFinished` of 0, or the operator
+/// down longer than the TTL) before the operator saw its completion: its operation's Job is not
+/// created a second time.
+#[tokio::test]
+async fn a_power_job_removed_before_its_completion_was_seen_is_not_run_again() -> anyhow::Result<()>
+{
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let mut lab = Lab::start(cp, "op-ttl").await?;
+    // This test runs the reconciles itself.
+    lab._operator = Background::from(tokio::spawn(async {}));
+    let (ctx, _watch) = reconciler(cp, &lab.ns).await?;
+    lab.create(lab.machine("m0")).await?;
+    settle(&lab, &ctx, "m0").await?;
+    lab.set_power("m0", "on").await?;
+    settle(&lab, &ctx, "m0").await?;
+    let job = lab.wait_job("m0", "on").await?;
+    let (name, uid) = (job.name_any(), job.uid());
+    lab.world.complete_job(&lab.ns, &name).await?;
+    let jobs: Api<Job> = Api::namespaced(lab.client.clone(), &lab.ns);
+    // Background, as the TTL controller deletes (without a garbage collector in this control
+    // plane, an orphaning delete would wait for it).
+    let background = kube::api::DeleteParams::background();
+    jobs.delete(&name, &background).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while jobs.get_opt(&name).await?.is_some() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "Job {name} never went"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The Job watch sees it gone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = settle(&lab, &ctx, "m0").await?;
+    let again: Vec<_> = lab
+        .jobs("m0")
+        .await?
+        .into_iter()
+        .map(|j| (j.name_any(), j.uid()))
+        .collect();
+    anyhow::ensure!(
+        again.is_empty(),
+        "Job {name} ({uid:?}) ran and was removed, yet Jobs were created again: {again:?}; \
+         status: {}",
+        serde_json::to_string(&m.status)?
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! over by someone else stops leadership without waiting for the next renewal.
 
 mod support;
+mod support_power;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,17 @@ impl Replica {
         identity: &str,
         dir: &Path,
     ) -> anyhow::Result<Replica> {
+        Replica::start_with(cp, ns, identity, dir, &[]).await
+    }
+
+    /// [`Replica::start`] with more arguments to `run-operator`.
+    async fn start_with(
+        cp: &ControlPlane,
+        ns: &str,
+        identity: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Replica> {
         let ports = support::process::free_ports(2).context("picking free ports")?;
         let grpc: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
         let health: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
@@ -59,6 +71,7 @@ impl Replica {
             .args(["--listen", &grpc.to_string()])
             .args(["--health-address", &health.to_string()])
             .args(["--log", "info"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -398,5 +411,136 @@ async fn a_lease_taken_over_ends_leadership_without_waiting_for_the_next_renewal
         .context("still leading 30 s after the Lease named another holder")?;
     assert!(!leadership.is_leader());
     election.release().await;
+    Ok(())
+}
+
+/// Sends `signal` to `r`'s process.
+fn signal(r: &Replica, signal: libc::c_int) -> anyhow::Result<()> {
+    let pid = r.child.id().context("the operator exited early")?;
+    // SAFETY: sends a signal to our own child process.
+    let sent = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    anyhow::ensure!(sent == 0, "kill({signal}) failed");
+    Ok(())
+}
+
+/// The leader is stopped (SIGSTOP) in the middle of a power-on: it has read the status URL
+/// (whose answer the endpoint holds back 3 s) and would make the power-on call next. Its Lease
+/// (4 s) runs out, the follower takes over and makes the call. Resumed (SIGCONT), the old
+/// leader gets the status URL's answer but makes no call of its own: the endpoint is called
+/// once. (The driver reads the clock against the Lease's held-until time right before the
+/// call; the fence task lowering the flag, which drops the controllers, usually gets there
+/// first too.)
+#[tokio::test]
+async fn a_leader_paused_mid_power_on_makes_no_call_when_it_resumes() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("lease-pause").await?;
+    let client = cp.client()?;
+    let (calls, reads) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (counted, read) = (calls.clone(), reads.clone());
+    let endpoint = support_power::server::serve(None, move |req| {
+        let (counted, read) = (counted.clone(), read.clone());
+        async move {
+            let path = req.path_and_query.as_str();
+            if path.starts_with("/status-on") && read.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            if path.starts_with("/on") {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            // The machine never comes on: each status read says off.
+            support_power::server::answer(200, r#"{"state": "off"}"#)
+        }
+    })
+    .await?;
+    let action = |path: &str, value: &str| kubectl_homelab::operator::api::HttpAction {
+        url: format!("{}/{path}", endpoint.url),
+        status: Some(kubectl_homelab::operator::api::HttpStatusCheck {
+            url: format!("{}/status-{path}", endpoint.url),
+            field: "$.state".to_owned(),
+            value: value.to_owned(),
+        }),
+        ..Default::default()
+    };
+    let group = Group::test("g").namespace(&ns).min(0).max(2).build();
+    Api::<Group>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &group)
+        .await?;
+    let name = cp.unique_name("paused");
+    let m = Machine::test(&name)
+        .namespace(&ns)
+        .group("g")
+        .desired(PowerState::Off)
+        .http(action("on", "on"), action("off", "off"))
+        .build();
+    let machines = Api::<Machine>::namespaced(client.clone(), &ns);
+    machines.create(&PostParams::default(), &m).await?;
+
+    let dir = tempfile::tempdir()?;
+    let short = ["--lease-duration", "4s", "--lease-renew-grace", "2s"];
+    let mut replicas = vec![Replica::start_with(cp, &ns, "op-a", dir.path(), &short).await?];
+    let logs = |rs: &[Replica]| -> String {
+        rs.iter()
+            .map(|r| format!("--- {} ---\n{}", r.identity, r.log_tail()))
+            .collect()
+    };
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        "op-a to hold the Lease",
+        SETTLE,
+        || logs(&replicas),
+        || async { (holder(&leases).await.as_deref() == Some("op-a")).then_some(()) },
+    )
+    .await?;
+    replicas.push(Replica::start_with(cp, &ns, "op-b", dir.path(), &short).await?);
+    eventually(
+        "op-a to reconcile the machine",
+        SETTLE,
+        || logs(&replicas),
+        || async {
+            let m = machines.get(&name).await.ok()?;
+            m.status.and_then(|s| s.lifecycle.phase).map(|_| ())
+        },
+    )
+    .await?;
+
+    let on = json!({ "spec": { "powerState": "on" } });
+    machines
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&on))
+        .await?;
+    eventually(
+        "op-a to read the status URL",
+        SETTLE,
+        || logs(&replicas),
+        || async { (reads.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await?;
+    // Its answer is held back: op-a is waiting for it, right before the power-on call.
+    signal(&replicas[0], libc::SIGSTOP)?;
+    eventually(
+        "op-b to take the Lease",
+        SETTLE,
+        || logs(&replicas),
+        || async { (holder(&leases).await.as_deref() == Some("op-b")).then_some(()) },
+    )
+    .await?;
+    eventually(
+        "op-b's power-on call",
+        SETTLE,
+        || logs(&replicas),
+        || async { (calls.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await?;
+    signal(&replicas[0], libc::SIGCONT)?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the power-on call was made more than once\n{}",
+        logs(&replicas)
+    );
     Ok(())
 }

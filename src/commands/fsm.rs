@@ -613,6 +613,7 @@ items:
             readback: Some(PowerState::Off),
             observed_at: ts(-90),
             escalated: true,
+            accepted: None,
         });
         let table = render_table(&views, TableOptions::default(), ts(0));
         let a = table

@@ -29,9 +29,18 @@ pub const DEFAULT_RENEW_GRACE: Duration = Duration::from_secs(5);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether this replica may act (reconcile, answer mutating gRPC calls). Cheap to clone.
+///
+/// Two things are published: a flag, which the controllers' start and stop follow, and the
+/// time until which the Lease as last seen lets this replica act. [`Leadership::is_leader`]
+/// reads both against the clock at the moment it is asked, so a process paused past its Lease
+/// (SIGSTOP, CPU throttling) does not act on a flag its fence task has not had the chance to
+/// lower yet.
 #[derive(Clone, Debug)]
 pub struct Leadership {
     rx: watch::Receiver<bool>,
+    /// Until when this replica may act (`None` inside: not at all). Absent when no Lease bounds
+    /// it ([`Leadership::always`], [`Leadership::from_receiver`]): the flag alone decides.
+    until: Option<watch::Receiver<Option<Timestamp>>>,
     /// Keeps the channel open for [`Leadership::always`], so `changed()` never reports a
     /// closed channel as a change.
     _sender: Option<Arc<watch::Sender<bool>>>,
@@ -43,18 +52,45 @@ impl Leadership {
         let (tx, rx) = watch::channel(true);
         Leadership {
             rx,
+            until: None,
             _sender: Some(Arc::new(tx)),
         }
     }
 
     /// A flag driven by `rx` (tests, or another election mechanism).
     pub fn from_receiver(rx: watch::Receiver<bool>) -> Leadership {
-        Leadership { rx, _sender: None }
+        Leadership {
+            rx,
+            until: None,
+            _sender: None,
+        }
     }
 
-    /// True while this replica leads.
+    /// A flag driven by `rx`, bounded by the held-until time `until` publishes.
+    pub fn fenced(
+        rx: watch::Receiver<bool>,
+        until: watch::Receiver<Option<Timestamp>>,
+    ) -> Leadership {
+        Leadership {
+            rx,
+            until: Some(until),
+            _sender: None,
+        }
+    }
+
+    /// True while this replica leads: the flag is up and, when a Lease bounds it, the clock
+    /// now is before the held-until time. Call it right before acting.
     pub fn is_leader(&self) -> bool {
+        self.is_leader_at(Timestamp::now())
+    }
+
+    /// [`Leadership::is_leader`] at `now`.
+    pub fn is_leader_at(&self, now: Timestamp) -> bool {
         *self.rx.borrow()
+            && self
+                .until
+                .as_ref()
+                .is_none_or(|u| u.borrow().is_some_and(|t| now < t))
     }
 
     /// A receiver that sees every change (`true` = leader).
@@ -86,7 +122,9 @@ pub struct LeaseSettings {
     /// Unique per replica: written into `spec.holderIdentity`.
     pub identity: String,
     pub duration: Duration,
-    /// Renew this long before the Lease expires; also the clock skew tolerated between replicas.
+    /// Renew this long before the Lease expires. Half of it is the fence margin (see
+    /// [`LeaseSettings::fence_margin`]), and that half is the clock skew tolerated between
+    /// replicas.
     pub renew_grace: Duration,
 }
 
@@ -107,9 +145,12 @@ impl LeaseSettings {
     }
 
     /// The time before expiry at which the fence stops acting: half the renewal grace, so a
-    /// renewal that lands on time never drops leadership and one that fails does before any
-    /// other replica may take over.
-    fn fence_margin(&self) -> SignedDuration {
+    /// renewal that lands on time (a full grace before expiry) never drops leadership and one
+    /// that fails does before any other replica may take over. Another replica takes over
+    /// once the Lease expires by its own clock; this one stops `fence_margin` earlier by its
+    /// clock, so the two never act at once while their clocks differ by less than this margin:
+    /// it is the clock skew tolerated (docs/architecture.md, "Leader election").
+    pub fn fence_margin(&self) -> SignedDuration {
         SignedDuration::try_from(self.renew_grace / 2).unwrap_or(SignedDuration::ZERO)
     }
 }
@@ -200,6 +241,7 @@ impl Election {
             .map_err(lease_error)?;
         let (manager_rx, manager_task) = manager.watch().await;
         let (tx, rx) = watch::channel(false);
+        let (until_tx, until_rx) = watch::channel(None);
         let (stop, stopped) = oneshot::channel();
         let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
         let task = tokio::spawn(fence(
@@ -207,11 +249,14 @@ impl Election {
             api,
             manager_rx,
             manager_task,
-            tx,
+            Published {
+                leader: tx,
+                until: until_tx,
+            },
             stopped,
         ));
         Ok(Election {
-            leadership: Leadership::from_receiver(rx),
+            leadership: Leadership::fenced(rx, until_rx),
             settings,
             stop: Some(stop),
             task: Some(task),
@@ -257,16 +302,27 @@ fn held_until(spec: Option<&LeaseSpec>, settings: &LeaseSettings) -> Option<Time
 
 type ManagerTask = JoinHandle<Result<LeaseManager, LeaseManagerError>>;
 
-/// Publishes `leader = the manager says so && the Lease shows our fresh renewal`, until
-/// `stopped`; then publishes `false` and releases the Lease.
+/// What the fence publishes: the flag, and until when it holds.
+struct Published {
+    leader: watch::Sender<bool>,
+    until: watch::Sender<Option<Timestamp>>,
+}
+
+/// Publishes `leader = the manager says so && the Lease shows our fresh renewal`, and the
+/// time that renewal runs out (minus the fence margin), until `stopped`; then publishes
+/// `false` and releases the Lease.
 async fn fence(
     settings: LeaseSettings,
     api: Api<Lease>,
     mut manager_rx: watch::Receiver<bool>,
     manager_task: ManagerTask,
-    tx: watch::Sender<bool>,
+    published: Published,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let Published {
+        leader: tx,
+        until: until_tx,
+    } = published;
     let config = watcher::Config::default().fields(&format!("metadata.name={}", settings.name));
     let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     let mut lease: Option<LeaseSpec> = None;
@@ -280,6 +336,8 @@ async fn fence(
             None
         };
         let leader = until.is_some_and(|t| t > now);
+        // The time first: a reader that sees the flag up also sees the bound.
+        until_tx.send_if_modified(|u| std::mem::replace(u, until) != until);
         let changed = tx.send_if_modified(|l| std::mem::replace(l, leader) != leader);
         if changed {
             log_change(leader, manager_says, lease.as_ref(), &settings);
@@ -321,6 +379,7 @@ async fn fence(
         }
     }
     // Stop acting before releasing, so nobody acts while another replica already leads.
+    until_tx.send_replace(None);
     tx.send_replace(false);
     // kube-lease-manager releases the Lease once its channel has no receiver left.
     drop(manager_rx);
@@ -423,6 +482,33 @@ mod tests {
     fn identities_differ_between_processes_of_one_pod() {
         let a = default_identity();
         assert!(a.contains(&format!("_{}_", std::process::id())), "{a}");
+    }
+
+    /// A process paused past its Lease resumes with the flag still up (its fence task has not
+    /// run yet): the held-until time, read against the clock when asked, already says no.
+    #[test]
+    fn a_flag_left_up_past_the_held_until_time_does_not_lead() {
+        let t = Timestamp::now();
+        let (_flag_tx, flag) = watch::channel(true);
+        let (_until_tx, until) = watch::channel(held_until(
+            Some(&spec("me", t - SignedDuration::from_secs(60), 15)),
+            &settings(),
+        ));
+        let l = Leadership::fenced(flag, until);
+        assert!(
+            !l.is_leader(),
+            "a Lease renewed 60 s ago for 15 s still leads"
+        );
+        assert!(l.is_leader_at(t - SignedDuration::from_secs(50)));
+        let (_flag_tx, flag) = watch::channel(true);
+        let (_until_tx, until) = watch::channel(None);
+        assert!(!Leadership::fenced(flag, until).is_leader());
+    }
+
+    /// The fence margin is half the renewal grace, the clock skew the settings document.
+    #[test]
+    fn the_fence_margin_is_half_the_renewal_grace() {
+        assert_eq!(settings().fence_margin(), SignedDuration::from_secs(2));
     }
 
     #[tokio::test]

@@ -461,7 +461,7 @@ async fn serve_after_sync(
 
     let mut provider = Provider::with_options(source.clone(), plan.provider);
     if election.is_some() {
-        provider = provider.with_mutation_gate(leadership.subscribe());
+        provider = provider.with_mutation_gate(leadership.clone());
     }
     let (grpc_stop, grpc_stopped) = watch::channel(false);
     let mut grpc = tokio::spawn(serve_provider_with_layer(
@@ -474,6 +474,7 @@ async fn serve_after_sync(
 
     let settings = plan.controllers;
     let drain = clients.drain;
+    let fence = leadership.clone();
     let controllers = run_while_leader(
         leadership,
         stopping.clone(),
@@ -484,6 +485,7 @@ async fn serve_after_sync(
                 drain.clone(),
                 settings.clone(),
                 Some(metrics.clone()),
+                fence.clone(),
                 shutdown,
             );
             async move {

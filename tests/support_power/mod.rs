@@ -59,6 +59,7 @@ impl Op {
             op: &self.op,
             resource_name: &self.resource_name,
             now,
+            fence: None,
         }
     }
 }

@@ -41,6 +41,44 @@ pub async fn ignoring_graceful_shutdown(
     Ok((proxy, seen))
 }
 
+/// A proxy in front of the BMC that answers the first reset of `reset_type` with 503 (a BMC busy
+/// or a request lost on the way, which the driver takes as transient) and forwards everything
+/// else; records every ResetType it sees, the refused one too.
+pub async fn refusing_first(
+    upstream: String,
+    reset_type: &'static str,
+    tls: &CertPair,
+    ca: &Ca,
+) -> anyhow::Result<(server::Server, Arc<Mutex<Vec<String>>>)> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let client = upstream_client(ca)?;
+    let log = seen.clone();
+    let proxy = server::serve(Some(tls), move |req: Received| {
+        let client = client.clone();
+        let upstream = upstream.clone();
+        let log = log.clone();
+        async move {
+            let reset = serde_json::from_slice::<serde_json::Value>(&req.body)
+                .ok()
+                .and_then(|v| v["ResetType"].as_str().map(str::to_owned));
+            let first = match (&reset, log.lock()) {
+                (Some(reset), Ok(mut seen)) => {
+                    let first = *reset == reset_type && !seen.iter().any(|s| s == reset_type);
+                    seen.push(reset.clone());
+                    first
+                }
+                _ => false,
+            };
+            if first {
+                return server::answer(503, "");
+            }
+            forward(&client, &upstream, req).await
+        }
+    })
+    .await?;
+    Ok((proxy, seen))
+}
+
 type Upstream = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Full<Bytes>,

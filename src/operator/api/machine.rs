@@ -230,12 +230,27 @@ pub struct DriverReadback {
     /// or at once with `forceOffAfter: 0s`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub escalated: bool,
+    /// The start of the operation was accepted, and what by: for a Job, the uid of the Job
+    /// created for it (a Job of this operation missing afterwards was removed, by its TTL or by
+    /// hand, and is never created a second time); for a call, what the endpoint accepted (the
+    /// Redfish ResetType, the HTTP answer). Absent while a driver that reads the power back has
+    /// not had its call accepted: a check reading the old state then sends it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub accepted: Option<String>,
 }
 
 impl DriverReadback {
+    /// What accepted the start of `operation`, as `power` records it.
+    pub fn accepted_for<'a>(power: Option<&'a DriverReadback>, operation: &str) -> Option<&'a str> {
+        power
+            .filter(|p| p.operation == operation)
+            .and_then(|p| p.accepted.as_deref())
+    }
+
     /// The record after a driver reported `readback` (and `escalated`) for `operation`:
     /// `previous` carries over its time while the readback is unchanged, and an escalation
-    /// stays recorded for the rest of the operation.
+    /// and what accepted the start stay recorded for the rest of the operation.
     pub fn next(
         previous: Option<&DriverReadback>,
         driver: &str,
@@ -255,6 +270,7 @@ impl DriverReadback {
                 .filter(|p| p.readback == readback)
                 .map_or(now, |p| p.observed_at),
             escalated: escalated || same_op.is_some_and(|p| p.escalated),
+            accepted: same_op.and_then(|p| p.accepted.clone()),
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 use crate::lock;
 use crate::operator::api::{Group, Machine};
 use crate::operator::cache::{self, Cache, Change};
+use crate::operator::leader::Leadership;
 use crate::operator::provider::cluster::ClusterSource;
 
 pub use crate::operator::FIELD_MANAGER;
@@ -82,12 +83,16 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Option<crate::operator::metrics::Metrics>,
+    /// Whether this replica may act, read right before each physical action (see
+    /// [`Context::ensure_leader`]).
+    pub leadership: Leadership,
     /// Kubernetes Node name by providerID, kept current by the trigger task before it queues a
     /// machine, so a reconcile never misses the Node whose event woke it.
     node_index: Mutex<HashMap<String, String>>,
-    /// Per Node CR (`namespace/name`), the resourceVersion its last status write replaced: a
-    /// cache still showing it has not seen that write yet (see `machine::reconcile`).
-    superseded: Mutex<HashMap<String, String>>,
+    /// Per Node CR (`namespace/name`), the resourceVersions its last reconcile's writes replaced
+    /// (the operation recorded before acting, then the status): a cache still showing one of
+    /// them has not seen those writes yet (see `machine::reconcile`).
+    superseded: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Context {
@@ -113,23 +118,57 @@ impl Context {
             jobs,
             settings,
             metrics,
+            leadership: Leadership::always(),
             node_index: Mutex::new(HashMap::new()),
             superseded: Mutex::new(HashMap::new()),
         }
     }
 
-    /// This operator wrote the object `key` over `resource_version`.
+    /// Acts only while `leadership` leads (the default: always).
+    pub fn with_leadership(mut self, leadership: Leadership) -> Context {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Fails unless this replica leads now, by the clock against the Lease's held-until time:
+    /// called right before every physical action (a power driver's start or cancel, a cordon,
+    /// a drain, a Node deleted), so a replica paused past its Lease acts no more once it runs
+    /// again, even before its fence task has lowered the flag.
+    pub(crate) fn ensure_leader(&self) -> Result<(), Error> {
+        if self.leadership.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
+    /// This operator wrote the object `key` over `resource_version` (one more write of the
+    /// current reconcile).
     pub(crate) fn supersede(&self, key: &str, resource_version: Option<String>) {
+        /// A reconcile writes the Node CR at most three times (operation, adoption, status);
+        /// a few more are kept in case one reconcile's writes were never seen by the next.
+        const KEPT: usize = 8;
+        let Some(rv) = resource_version else { return };
         let mut map = lock(&self.superseded);
-        match resource_version {
-            Some(rv) => map.insert(key.to_owned(), rv),
-            None => map.remove(key),
-        };
+        let written = map.entry(key.to_owned()).or_default();
+        if written.len() >= KEPT {
+            written.remove(0);
+        }
+        written.push(rv);
+    }
+
+    /// Forgets the writes over `key`: its cache caught up with them, or it is gone.
+    pub(crate) fn forget_writes(&self, key: &str) {
+        lock(&self.superseded).remove(key);
     }
 
     /// Whether `resource_version` of `key` is one this operator already wrote over.
     pub(crate) fn is_superseded(&self, key: &str, resource_version: Option<&str>) -> bool {
-        resource_version.is_some_and(|rv| lock(&self.superseded).get(key).is_some_and(|s| s == rv))
+        resource_version.is_some_and(|rv| {
+            lock(&self.superseded)
+                .get(key)
+                .is_some_and(|s| s.iter().any(|w| w == rv))
+        })
     }
 
     /// The name of the Kubernetes Node that carries `provider_id`, if one is cached.
@@ -231,6 +270,8 @@ pub enum Error {
     },
     #[error("{0}")]
     NodeSide(String),
+    #[error("not the leader any more: the Lease this replica held has run out")]
+    NotLeader,
     #[error(transparent)]
     NodeWrite(#[from] crate::operator::node::NodeSideError),
     #[error("{0}")]
@@ -395,12 +436,15 @@ pub async fn run(
     drain: crate::operator::node::drain::DrainClient,
     settings: Settings,
     metrics: Option<crate::operator::metrics::Metrics>,
+    leadership: Leadership,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let cache = provider.cache().clone();
     let (jobs, job_triggers) = cache::jobs::watch(cache.client().clone(), cache.scope());
     let changes = cache.changes();
-    let ctx = Arc::new(Context::new(provider, drain, jobs, settings, metrics));
+    let ctx = Arc::new(
+        Context::new(provider, drain, jobs, settings, metrics).with_leadership(leadership),
+    );
     let concurrency = ctx.settings.concurrency;
     let (machine_queue, group_queue) = queues(ctx.clone(), changes);
     let machine_queue =

@@ -96,6 +96,7 @@ impl<'a> HttpDriver<'a> {
         }
         let method = method(self.spec.method());
         let what = format!("{method} {}", self.spec.url);
+        cx.ensure_leader()?;
         let answer = ep
             .web
             .send(
@@ -134,12 +135,20 @@ impl<'a> HttpDriver<'a> {
             }
             return Ok(Report::new(OpProgress::Failed { reason }));
         }
+        // Recorded in status: a check that reads the old state later waits for this call to
+        // take effect instead of sending it again.
+        let accepted = Some(format!("answered {}", answer.status));
         match &self.spec.status {
-            None => Ok(Report::new(OpProgress::Succeeded)),
-            Some(status) => {
-                let readback = self.readback(ep, status, want).await?;
-                Ok(progress(want, readback))
-            }
+            None => Ok(Report::new(OpProgress::Succeeded).accepted(accepted)),
+            Some(status) => match self.readback(ep, status, want).await {
+                Ok(readback) => Ok(progress(want, readback).accepted(accepted)),
+                // The call was accepted: a status URL not answering is for the checks to read,
+                // not a reason to send the call again.
+                Err(PowerError::Transient(_)) => Ok(Report::new(OpProgress::Running)
+                    .accepted(accepted)
+                    .recheck_after(POLL_INTERVAL)),
+                Err(e) => Err(e),
+            },
         }
     }
 

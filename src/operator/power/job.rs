@@ -142,17 +142,22 @@ impl Driver for JobDriver<'_> {
 
     async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         if let Some(job) = self.cached(cx) {
-            return Ok(Report::new(progress(&job)));
+            return Ok(Report::new(progress(&job)).accepted(job.uid()));
+        }
+        if let Some(uid) = created_before(cx) {
+            // Created once and gone since: never a second run of the same operation.
+            return Ok(removed(cx, uid));
         }
         let mut job = build_job(cx, self.kind, self.node_name)?;
         default_service_account(&mut job, self.service_account);
         let name = job.name_any();
+        cx.ensure_leader()?;
         match self
             .api(cx.machine)
             .create(&PostParams::default(), &job)
             .await
         {
-            Ok(_) => Ok(Report::new(OpProgress::Running)),
+            Ok(created) => Ok(Report::new(OpProgress::Running).accepted(created.uid())),
             // Created by us before a restart, not yet in the cache: adopt it.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(Report::new(OpProgress::Running)),
             Err(e) => Err(api_error(&format!("creating power Job {name}"), e)),
@@ -160,10 +165,11 @@ impl Driver for JobDriver<'_> {
     }
 
     async fn check(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
-        Ok(Report::new(match self.cached(cx) {
-            Some(job) => progress(&job),
-            None => OpProgress::Absent,
-        }))
+        Ok(match (self.cached(cx), created_before(cx)) {
+            (Some(job), _) => Report::new(progress(&job)).accepted(job.uid()),
+            (None, Some(uid)) => removed(cx, uid),
+            (None, None) => Report::new(OpProgress::Absent),
+        })
     }
 
     async fn cancel(&self, cx: &OpContext<'_>) -> Result<(), PowerError> {
@@ -175,18 +181,90 @@ impl Driver for JobDriver<'_> {
             // removes it.
             return Ok(());
         }
-        let name = job_name(cx.resource_name);
-        // Background propagation deletes the Job's pods too, so a stale action cannot act late.
-        let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..DeleteParams::default()
-        };
-        match self.api(cx.machine).delete(&name, &params).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(api_error(&format!("deleting power Job {name}"), e)),
-        }
+        cx.ensure_leader()?;
+        delete_job(&self.api(cx.machine), &job_name(cx.resource_name)).await
     }
+}
+
+/// The uid of the Job the status records as created for `cx`'s operation.
+fn created_before<'a>(cx: &OpContext<'a>) -> Option<&'a str> {
+    let power = cx.machine.status.as_ref()?.power.as_deref();
+    crate::operator::api::DriverReadback::accepted_for(power, &cx.op.id)
+}
+
+/// The operation's Job was created (`uid`) and is gone: removed by its TTL after it finished
+/// (a `ttlSecondsAfterFinished` of 0, or the operator down longer than the TTL) or deleted by
+/// hand, before its result was seen. Running it again would switch the machine twice, so it is
+/// taken as done and the machine's Node decides: Ready by the boot deadline after a power-on,
+/// NotReady or gone by the shutdown deadline after a power-off, else the operation fails there.
+fn removed(cx: &OpContext<'_>, uid: &str) -> Report {
+    tracing::info!(
+        machine = %cx.machine.object_ref(),
+        operation = %cx.op.id,
+        job_uid = uid,
+        "the power Job was removed before its result was seen; not running it again, the Node decides"
+    );
+    Report::new(OpProgress::Succeeded)
+}
+
+/// Deletes Job `name` and, by background propagation, its pods, so a stale action cannot act
+/// late. A Job already gone is fine.
+async fn delete_job(api: &Api<Job>, name: &str) -> Result<(), PowerError> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(api_error(&format!("deleting power Job {name}"), e)),
+    }
+}
+
+/// The unfinished Jobs in the Job cache that act for `machine` (by [`MACHINE_LABEL`], in its
+/// namespace) for an operation other than `current`, and are not being deleted already.
+pub fn stale_jobs(jobs: &Store<Job>, machine: &Machine, current: Option<&str>) -> Vec<String> {
+    let (Some(name), ns) = (
+        machine.metadata.name.as_deref(),
+        machine.metadata.namespace.as_deref(),
+    ) else {
+        return Vec::new();
+    };
+    jobs.state()
+        .into_iter()
+        .filter(|j| j.metadata.namespace.as_deref() == ns)
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+        .filter(|j| {
+            let labels = j.labels();
+            labels.get(MACHINE_LABEL).map(String::as_str) == Some(name)
+                && labels.get(OPERATION_LABEL).map(String::as_str) != current
+        })
+        .filter(|j| progress(j) == OpProgress::Running)
+        .map(|j| j.name_any())
+        .collect()
+}
+
+/// Cancels the Jobs [`stale_jobs`] finds: each operation of a machine but its current one was
+/// replaced or given up, so nothing may act for it any more (a Job created by a start whose
+/// record was lost, or whose cancel failed). Returns the names of the Jobs deleted.
+pub async fn cancel_stale_jobs(
+    client: &Client,
+    jobs: &Store<Job>,
+    machine: &Machine,
+    current: Option<&str>,
+) -> Result<Vec<String>, PowerError> {
+    let stale = stale_jobs(jobs, machine, current);
+    if stale.is_empty() {
+        return Ok(stale);
+    }
+    let api: Api<Job> = Api::namespaced(
+        client.clone(),
+        machine.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    for name in &stale {
+        delete_job(&api, name).await?;
+    }
+    Ok(stale)
 }
 
 pub(crate) fn api_error(what: &str, e: kube::Error) -> PowerError {
@@ -473,6 +551,7 @@ mod tests {
             op,
             resource_name: name,
             now: op.started,
+            fence: None,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct Report {
     /// at once with `forceOffAfter: 0s`): recorded in `status.power.escalated`, sent as a Warning
     /// Event.
     pub escalated: bool,
+    /// The start was accepted, and what by (a Job's uid): recorded in
+    /// `status.power.accepted`.
+    pub accepted: Option<String>,
 }
 
 impl Report {
@@ -63,7 +66,14 @@ impl Report {
             note: None,
             recheck_after: None,
             escalated: false,
+            accepted: None,
         }
+    }
+
+    /// Marks the start as accepted by `by` (see [`Report::accepted`]).
+    pub fn accepted(mut self, by: Option<String>) -> Report {
+        self.accepted = by;
+        self
     }
 
     /// Marks the report of a hard power-off sent after a soft one (see [`Report::escalated`]).
@@ -98,6 +108,24 @@ pub struct OpContext<'a> {
     /// shortened to fit a label value.
     pub resource_name: &'a str,
     pub now: Timestamp,
+    /// Whether this replica may act, read right before each call or object that switches
+    /// power (`None`: not fenced, e.g. a test or a single replica).
+    pub fence: Option<&'a crate::operator::leader::Leadership>,
+}
+
+impl OpContext<'_> {
+    /// Fails (transiently) unless this replica leads at this moment, read against the clock:
+    /// called right before the call, packet or Job that switches power, so a replica paused
+    /// past its Lease mid-call (between reading a BMC and resetting it) does not act once it
+    /// runs again.
+    pub fn ensure_leader(&self) -> Result<(), PowerError> {
+        match self.fence {
+            Some(l) if !l.is_leader() => Err(PowerError::Transient(
+                "not acting: this replica's Lease has run out".to_owned(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Why a driver could not act. Rendered into status/Events: never includes secret values.

@@ -86,9 +86,11 @@ impl<'a> RedfishDriver<'a> {
                 if readback == Some(PowerState::On) {
                     return Ok(Report::new(OpProgress::Succeeded).with_readback(readback));
                 }
+                cx.ensure_leader()?;
                 bmc.reset(&system, "On").await?;
                 Ok(Report::new(OpProgress::Running)
                     .with_readback(readback)
+                    .accepted(Some("On".to_owned()))
                     .recheck_after(POLL_INTERVAL))
             }
             Direction::Off => {
@@ -97,16 +99,20 @@ impl<'a> RedfishDriver<'a> {
                 }
                 let grace = self.grace(bmc)?;
                 if grace.is_zero() {
+                    cx.ensure_leader()?;
                     bmc.reset(&system, "ForceOff").await?;
                     return Ok(Report::new(OpProgress::Running)
                         .with_readback(readback)
+                        .accepted(Some("ForceOff".to_owned()))
                         .with_note("sent ForceOff at once (forceOffAfter is 0s)")
                         .escalated()
                         .recheck_after(POLL_INTERVAL));
                 }
+                cx.ensure_leader()?;
                 bmc.reset(&system, "GracefulShutdown").await?;
                 Ok(Report::new(OpProgress::Running)
                     .with_readback(readback)
+                    .accepted(Some("GracefulShutdown".to_owned()))
                     .recheck_after(POLL_INTERVAL.min(grace.unsigned_abs())))
             }
         }
@@ -133,6 +139,7 @@ impl<'a> RedfishDriver<'a> {
         let in_force_off_slot =
             elapsed >= grace && (elapsed - grace).as_secs() % repeat.as_secs() < slot.as_secs();
         if readback == Some(PowerState::On) && in_force_off_slot {
+            cx.ensure_leader()?;
             bmc.reset(&system, "ForceOff").await?;
             return Ok(running
                 .with_note(format!(

@@ -190,11 +190,13 @@ impl Driver for WakeOnLanDriver<'_> {
 
     async fn start(&self, cx: &OpContext<'_>) -> Result<Report, PowerError> {
         let Some(via) = &self.spec.via else {
+            cx.ensure_leader()?;
             return self.send(cx).await;
         };
         let mut job = relay_job(cx, self.spec, via, self.node_name)?;
         super::job::default_service_account(&mut job, self.service_account);
         let name = relay_job_name(cx.resource_name);
+        cx.ensure_leader()?;
         match self.jobs(cx).create(&PostParams::default(), &job).await {
             Ok(_) => Ok(Report::new(OpProgress::Running)),
             // Created before a restart: adopt it.
@@ -232,6 +234,7 @@ impl Driver for WakeOnLanDriver<'_> {
             propagation_policy: Some(PropagationPolicy::Background),
             ..DeleteParams::default()
         };
+        cx.ensure_leader()?;
         match self.jobs(cx).delete(&name, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

@@ -127,7 +127,7 @@ struct Inner<S> {
 pub struct Provider<S> {
     inner: Arc<Inner<S>>,
     /// While it reads `false`, mutations answer `Unavailable` (a follower of leader election).
-    mutation_gate: Option<tokio::sync::watch::Receiver<bool>>,
+    mutation_gate: Option<crate::operator::leader::Leadership>,
 }
 
 impl<S> Clone for Provider<S> {
@@ -162,16 +162,16 @@ impl<S: InventorySource> Provider<S> {
         }
     }
 
-    /// Mutations are allowed only while `gate` reads `true` (checked before deciding and again
-    /// before persisting); reads are always served.
-    pub fn with_mutation_gate(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Provider<S> {
+    /// Mutations are allowed only while `gate` leads, read against the clock (checked before
+    /// deciding and again before persisting); reads are always served.
+    pub fn with_mutation_gate(mut self, gate: crate::operator::leader::Leadership) -> Provider<S> {
         self.mutation_gate = Some(gate);
         self
     }
 
     fn check_mutation_gate(&self) -> Result<(), ProviderError> {
         match &self.mutation_gate {
-            Some(gate) if !*gate.borrow() => Err(ProviderError::NotLeader),
+            Some(gate) if !gate.is_leader() => Err(ProviderError::NotLeader),
             _ => Ok(()),
         }
     }

@@ -10,6 +10,7 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::events::{Event as KubeEventOut, EventType};
 use kube::{Resource as _, ResourceExt as _};
 
+use super::writes::write_status;
 use super::{CONDITION_DRAINING, node_obs, pods_on};
 use crate::operator::api::{
     Direction, DriverReadback, Machine, MachineStatus, PowerDriver as DriverSpec, condition,
@@ -27,8 +28,9 @@ use crate::operator::power::redfish::RedfishDriver;
 use crate::operator::power::wol::WakeOnLanDriver;
 use crate::operator::power::{Driver, OpContext, OpProgress, PowerError, Report};
 
-/// What a driver needs to act on `op` of `m`.
+/// What a driver needs to act on `op` of `m`, fenced by `ctx`'s leadership.
 pub(super) fn op_context<'a>(
+    ctx: &'a Context,
     m: &'a Machine,
     op: &'a Operation,
     resource: &'a str,
@@ -40,6 +42,7 @@ pub(super) fn op_context<'a>(
         op,
         resource_name: resource,
         now,
+        fence: Some(&ctx.leadership),
     }
 }
 
@@ -137,6 +140,15 @@ pub(super) struct Outcome {
     pub node_deleted: bool,
     /// The machine was found on: record it as wanted on.
     pub adopt: bool,
+    /// The status as this reconcile last wrote it before acting (see [`Passes::record_intent`]).
+    pub written: Option<Written>,
+}
+
+/// A status this reconcile wrote, and the resourceVersion the write left: the next write diffs
+/// against it and is guarded by it.
+pub(super) struct Written {
+    pub status: MachineStatus,
+    pub resource_version: Option<String>,
 }
 
 /// What carrying out one effect did.
@@ -300,7 +312,7 @@ pub(super) fn absorb(
         .power
         .as_ref()
         .is_some_and(|p| p.operation == reading.op && p.escalated);
-    status.power = Some(Box::new(DriverReadback::next(
+    let mut power = DriverReadback::next(
         status.power.as_deref(),
         reading.driver,
         reading.direction,
@@ -308,7 +320,11 @@ pub(super) fn absorb(
         r.readback,
         r.escalated,
         reading.at,
-    )));
+    );
+    if let Some(by) = r.accepted {
+        power.accepted = Some(by);
+    }
+    status.power = Some(Box::new(power));
     if let Some(note) = r.note {
         let escalation = r.escalated && !escalated_before;
         out.note_events.push(KubeEvent {
@@ -366,7 +382,7 @@ pub(super) async fn perform(
             };
             let direction = direction_of(operation);
             let resource = operation_resource_name(&name, operation);
-            let cx = op_context(m, operation, &resource, s.now);
+            let cx = op_context(ctx, m, operation, &resource, s.now);
             let d = match driver(ctx, m, direction, s.node_name) {
                 Ok(d) => d,
                 Err(e) => {
@@ -375,6 +391,7 @@ pub(super) async fn perform(
                     });
                 }
             };
+            ctx.ensure_leader()?;
             match d.start(&cx).await {
                 Ok(report) => {
                     // Info: one line per power operation says when a machine was switched, and
@@ -403,8 +420,9 @@ pub(super) async fn perform(
             };
             let direction = direction_of(operation);
             let resource = operation_resource_name(&name, operation);
-            let cx = op_context(m, operation, &resource, s.now);
+            let cx = op_context(ctx, m, operation, &resource, s.now);
             if let Ok(d) = driver(ctx, m, direction, s.node_name) {
+                ctx.ensure_leader()?;
                 d.cancel(&cx).await?;
                 if let Some(metrics) = &ctx.metrics {
                     metrics.power_operation(d.kind(), &direction.to_string(), "cancelled");
@@ -414,6 +432,7 @@ pub(super) async fn perform(
         }
         Effect::Cordon | Effect::Uncordon => {
             if let Some(n) = s.node {
+                ctx.ensure_leader()?;
                 drain::cordon(&ctx.client, &n.name_any(), matches!(effect, Effect::Cordon))
                     .await
                     .map_err(|e| Error::NodeSide(e.to_string()))?;
@@ -421,7 +440,10 @@ pub(super) async fn perform(
             Performed::Done
         }
         Effect::Drain => match s.node {
-            Some(n) => Performed::Drain(drain_pass(s, n, drain_given_up).await?),
+            Some(n) => {
+                ctx.ensure_leader()?;
+                Performed::Drain(drain_pass(s, n, drain_given_up).await?)
+            }
             None => Performed::Done,
         },
         Effect::DeleteNode => {
@@ -429,6 +451,7 @@ pub(super) async fn perform(
                 return Ok(Performed::Done);
             };
             let api: Api<Node> = Api::all(ctx.client.clone());
+            ctx.ensure_leader()?;
             match api.delete(&n.name_any(), &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -570,11 +593,12 @@ impl<'a> Passes<'a> {
             passes.op_status = match driver(ctx, m, direction_of(op), s.node_name) {
                 Ok(d) => {
                     let resource = operation_resource_name(&m.name_any(), op);
-                    let cx = op_context(m, op, &resource, now);
+                    let cx = op_context(ctx, m, op, &resource, now);
                     match d.check(&cx).await {
                         Ok(r) => {
                             let reading = s.reading(d.kind(), op);
-                            absorb(&mut passes.out, &mut passes.status, &reading, r)
+                            let p = absorb(&mut passes.out, &mut passes.status, &reading, r);
+                            unaccepted_is_missing(&d, &passes.status, op, p)
                         }
                         Err(PowerError::Transient(e)) => {
                             tracing::info!(machine = %m.object_ref(), error = %e, "power check failed; retrying");
@@ -615,12 +639,74 @@ impl<'a> Passes<'a> {
     }
 }
 
+/// A driver that reads the power back (Redfish, HTTP with a status URL) whose start was never
+/// accepted (it failed transiently: a BMC busy, a request lost) and that still reads the old
+/// state: the action is missing, not running, so the core sends it again (`ActionMissing` →
+/// `Reissue`, the same operation id), retried at the poll interval until accepted or the
+/// operation's deadline. Without this a lost GracefulShutdown would wait for `forceOffAfter`
+/// and a lost power-on for the boot timeout.
+fn unaccepted_is_missing(
+    d: &AnyDriver<'_>,
+    status: &MachineStatus,
+    op: &Operation,
+    p: OpProgress,
+) -> OpProgress {
+    let reads_back = matches!(d, AnyDriver::Redfish(_) | AnyDriver::Http(_));
+    let accepted = DriverReadback::accepted_for(status.power.as_deref(), &op.id).is_some();
+    if p == OpProgress::Running && reads_back && !accepted {
+        OpProgress::Absent
+    } else {
+        p
+    }
+}
+
 fn to_op_status(p: &OpProgress) -> OpStatus<'_> {
     match p {
         OpProgress::Absent => OpStatus::Absent,
         OpProgress::Running => OpStatus::Running,
         OpProgress::Succeeded => OpStatus::Succeeded,
         OpProgress::Failed { reason } => OpStatus::Failed { reason },
+    }
+}
+
+/// Effects that start or stop a power action: the operation they act for is recorded first.
+fn changes_the_operation(effect: &Effect) -> bool {
+    matches!(
+        effect,
+        Effect::StartPowerOn { .. } | Effect::StartPowerOff { .. } | Effect::CancelOperation { .. }
+    )
+}
+
+impl Passes<'_> {
+    /// Writes the decided lifecycle (the new operation, or none) to status before any of the
+    /// decision's effects starts or stops a power action, guarded by the resourceVersion the
+    /// decision was made on. A conflict (`spec.powerState` or the status changed since the read:
+    /// CA, `kubectl homelab power`) fails the reconcile before anything was started, and it runs
+    /// again on the new object. Once written, the operation's id is taken: a later reconcile
+    /// checks or cancels what this one starts, and never gives its id to another operation.
+    async fn record_intent(&mut self) -> Result<(), Error> {
+        let (ctx, m) = (self.subject.ctx, self.subject.m);
+        let (rv, old) = match self.out.written.take() {
+            Some(w) => (w.resource_version, w.status),
+            None => (m.resource_version(), m.status.clone().unwrap_or_default()),
+        };
+        let mut ahead = self.status.clone();
+        ahead.lifecycle = self.lifecycle.clone();
+        let ns = m.namespace().unwrap_or_default();
+        let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
+        ctx.ensure_leader()?;
+        let resource_version = match write_status(&api, m, rv.clone(), &old, ahead.clone()).await? {
+            Some(after) => {
+                ctx.supersede(&format!("{ns}/{}", m.name_any()), rv);
+                after
+            }
+            None => rv,
+        };
+        self.out.written = Some(Written {
+            status: ahead,
+            resource_version,
+        });
+        Ok(())
     }
 }
 
@@ -651,6 +737,9 @@ impl Edge for Passes<'_> {
         self.requeue_at = decision.requeue_at;
         self.out.feedback = None;
         let generation = self.subject.m.meta().generation;
+        if decision.effects.iter().any(changes_the_operation) {
+            self.record_intent().await?;
+        }
         for effect in decision.effects {
             let given_up = self
                 .status
@@ -779,6 +868,7 @@ mod tests {
                 readback: Some(PowerState::On),
                 observed_at: at(0),
                 escalated: false,
+                accepted: None,
             }))
         );
         assert!(out.note_events.is_empty());

@@ -24,6 +24,7 @@ use kube::{Resource as _, ResourceExt as _};
 use super::{Context, Error, FINALIZER, requeue};
 use crate::operator::api::{Group, Machine};
 use crate::operator::machine::{NodeObs, Policy, PowerState, drive};
+use crate::operator::power::job::cancel_stale_jobs;
 use act::{Passes, Subject};
 use writes::{add_finalizer, finalize, patch_spec_power, sync_node, write_status};
 
@@ -35,6 +36,11 @@ pub const CONDITION_NODE_READY: &str = "NodeReady";
 pub fn error_policy(_m: Arc<Machine>, e: &Error, ctx: Arc<Context>) -> Action {
     if let Some(metrics) = &ctx.metrics {
         metrics.reconcile_error("machine");
+    }
+    if matches!(e, Error::NotLeader) {
+        // The controllers stop as soon as the fence lowers the flag; until then nothing acts.
+        tracing::info!("not acting: this replica's Lease has run out");
+        return Action::requeue(Duration::from_secs(5));
     }
     if e.is_conflict() {
         return Action::requeue(Duration::from_millis(200));
@@ -128,8 +134,8 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
     let key = format!("{ns}/{}", m.name_any());
     if m.meta().deletion_timestamp.is_some() {
-        // Nothing more is decided for it: forget its last status write.
-        ctx.supersede(&key, None);
+        // Nothing more is decided for it: forget its status writes.
+        ctx.forget_writes(&key);
         return finalize(&ctx, &api, &m).await;
     }
     if !m.finalizers().iter().any(|f| f == FINALIZER) {
@@ -143,6 +149,16 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         // watch event queues the machine again.
         tracing::debug!(machine = %m.object_ref(), "cache behind the last status write; waiting for it");
         return Ok(Action::await_change());
+    }
+    // The cache shows this operator's writes: the ones before are history.
+    ctx.forget_writes(&key);
+    // Only the operation the status records may act (its Job, its relay): any other was
+    // replaced, and its Job is stopped before anything is decided.
+    let current = m.lifecycle().operation.map(|o| o.id);
+    ctx.ensure_leader()?;
+    let cancelled = cancel_stale_jobs(&ctx.client, &ctx.jobs, &m, current.as_deref()).await?;
+    if !cancelled.is_empty() {
+        tracing::info!(machine = %m.object_ref(), jobs = ?cancelled, "cancelled the Jobs of operations the status does not record");
     }
 
     let now = Timestamp::now();
@@ -173,10 +189,16 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     let mut passes = Passes::observe(subject, old_status.clone()).await?;
     drive(&mut passes, now, &policy).await?;
 
-    // Write what followed: the adoption, the Node's registration, status.
-    let mut rv = m.resource_version();
+    // Write what followed: the adoption, the Node's registration, status; over what this
+    // reconcile wrote before acting, if it did.
+    let (mut rv, written) = match passes.out.written.take() {
+        Some(w) => (w.resource_version, w.status),
+        None => (m.resource_version(), old_status.clone()),
+    };
     if passes.out.adopt {
-        rv = patch_spec_power(&api, &m, PowerState::On).await?;
+        let before = rv.clone();
+        rv = patch_spec_power(&api, &m, rv, PowerState::On).await?;
+        ctx.supersede(&key, before);
     }
     // The Node side first, so the snapshot records what was restored on it.
     let (node_now, mismatch) = match node.clone().filter(|_| !passes.out.node_deleted) {
@@ -203,7 +225,10 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     for ev in passes.out.note_events.iter().chain(&derived.events) {
         act::emit(&ctx, &m, ev).await;
     }
-    if write_status(&api, &m, rv.clone(), &old_status, derived.status).await? {
+    if write_status(&api, &m, rv.clone(), &written, derived.status)
+        .await?
+        .is_some()
+    {
         ctx.supersede(&key, rv);
         // Counted once the status that records them is written: a conflict's retry sees them
         // recorded already and does not count them again.

@@ -155,6 +155,16 @@ fn request<'a>(log: &'a Log, method: Method, path: &str) -> &'a Seen {
         .unwrap_or_else(|| panic!("no {method} {path} in {:?}", log.requests))
 }
 
+/// The last `method` request on `path` (the status written after acting, when one was written
+/// before too).
+fn last_request<'a>(log: &'a Log, method: Method, path: &str) -> &'a Seen {
+    log.requests
+        .iter()
+        .rev()
+        .find(|s| s.method == method && s.uri.split('?').next() == Some(path))
+        .unwrap_or_else(|| panic!("no {method} {path} in {:?}", log.requests))
+}
+
 fn position(log: &Log, method: Method, path: &str) -> Option<usize> {
     log.requests
         .iter()
@@ -213,7 +223,10 @@ async fn a_machine_wanted_on_gets_a_power_on_job_and_phase_powering_on() {
     let (ctx, server, _) = Context::test();
     let then = Timestamp::now() - SignedDuration::from_hours(1);
     let m = machine(PowerState::On, lifecycle(Phase::Off, PowerState::Off, then));
+    let mut recorded = m.clone();
+    recorded.metadata.resource_version = Some("8".into());
     let serving = server.serve(vec![
+        expect(Method::PATCH, STATUS).answer(to_json(&recorded)),
         expect(Method::POST, JOBS).echo(),
         expect(Method::PATCH, STATUS).answer(to_json(&m)),
     ]);
@@ -221,10 +234,15 @@ async fn a_machine_wanted_on_gets_a_power_on_job_and_phase_powering_on() {
     let log = serving.finish().await;
     let job = request(&log, Method::POST, JOBS);
     assert_eq!(job.at("/metadata/name"), &json!("m1-on-1"));
-    let status = request(&log, Method::PATCH, STATUS);
-    assert_eq!(status.at("/status/phase"), &json!("PoweringOn"));
-    assert_eq!(status.at("/status/operation/id"), &json!("on-1"));
-    assert_eq!(status.at("/metadata/resourceVersion"), &json!("7"));
+    // The operation is recorded before its Job is created, over the version decided on.
+    let ahead = request(&log, Method::PATCH, STATUS);
+    assert!(position(&log, Method::PATCH, STATUS) < position(&log, Method::POST, JOBS));
+    assert_eq!(ahead.at("/status/phase"), &json!("PoweringOn"));
+    assert_eq!(ahead.at("/status/operation/id"), &json!("on-1"));
+    assert_eq!(ahead.at("/metadata/resourceVersion"), &json!("7"));
+    // The rest of the status follows, over the version the first write left.
+    let status = last_request(&log, Method::PATCH, STATUS);
+    assert_eq!(status.at("/metadata/resourceVersion"), &json!("8"));
     assert_eq!(log.event_reasons(), ["PowerOnStarted"]);
     // Back at the boot deadline (10 minutes) unless something happens first.
     let secs = action.as_ref().ok().and_then(requeue_secs);
@@ -234,15 +252,14 @@ async fn a_machine_wanted_on_gets_a_power_on_job_and_phase_powering_on() {
     );
 }
 
+/// The operation cannot be recorded (the Node CR changed since it was read): no Job is created,
+/// and the reconcile runs again at once.
 #[tokio::test]
-async fn a_status_write_conflict_is_retried_at_once() {
+async fn a_conflict_recording_the_operation_starts_nothing_and_is_retried_at_once() {
     let (ctx, server, _) = Context::test();
     let then = Timestamp::now() - SignedDuration::from_hours(1);
     let m = machine(PowerState::On, lifecycle(Phase::Off, PowerState::Off, then));
-    let serving = server.serve(vec![
-        expect(Method::POST, JOBS).echo(),
-        expect(Method::PATCH, STATUS).fails(409, "Conflict"),
-    ]);
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).fails(409, "Conflict")]);
     let result = reconcile_once(&ctx, &m).await;
     serving.finish().await;
     let Err(e) = result else {
@@ -270,6 +287,8 @@ async fn a_ready_machine_wanted_off_is_cordoned_before_its_power_off_job() {
         expect(Method::GET, NODE).answer(to_json(&n)),
         expect(Method::PATCH, NODE).answer(to_json(&cordoned)),
         expect(Method::GET, PODS).answer(pod_list(&[])),
+        // The operation is recorded before anything is started.
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
         // The Cordon effect finds it cordoned.
         expect(Method::GET, NODE).answer(to_json(&cordoned)),
         expect(Method::POST, JOBS).echo(),
@@ -292,6 +311,7 @@ async fn a_ready_machine_wanted_off_is_cordoned_before_its_power_off_job() {
         request(&log, Method::PATCH, STATUS).at("/status/phase"),
         &json!("PoweringOff")
     );
+    assert!(position(&log, Method::PATCH, STATUS) < position(&log, Method::PATCH, NODE));
 }
 
 #[tokio::test]
@@ -396,16 +416,23 @@ async fn a_power_driver_the_spec_lacks_is_reported_in_status() {
     lc.operation = Some(operation(OperationKind::PowerOn, "on-1", started));
     let mut m = machine(PowerState::On, lc);
     m.spec.startup_pod_spec = None;
-    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    // The failed operation is recorded before it is cancelled, then the rest of the status.
+    let serving = server.serve(vec![
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
     let action = reconcile_once(&ctx, &m).await;
     let log = serving.finish().await;
     assert!(action.is_ok(), "{action:?}");
-    let status = request(&log, Method::PATCH, STATUS);
+    let status = last_request(&log, Method::PATCH, STATUS);
     assert_eq!(
         condition_in(status, CONDITION_INVALID_SPEC),
         Some(("True".into(), "DriverUnavailable".into()))
     );
-    assert_eq!(status.at("/status/phase"), &json!("Failed"));
+    assert_eq!(
+        request(&log, Method::PATCH, STATUS).at("/status/phase"),
+        &json!("Failed")
+    );
 }
 
 #[tokio::test]

@@ -48,12 +48,14 @@ pub(super) async fn finalize(
     let node_name = node.as_ref().map(|n| n.name_any());
     if let Some(op) = lc.operation.as_ref().filter(|o| o.completed.is_none()) {
         let resource = operation_resource_name(&m.name_any(), op);
-        let cx = op_context(m, op, &resource, jiff::Timestamp::now());
+        let cx = op_context(ctx, m, op, &resource, jiff::Timestamp::now());
         if let Ok(d) = driver(ctx, m, direction_of(op), node_name.as_deref()) {
+            ctx.ensure_leader()?;
             d.cancel(&cx).await?;
         }
     }
     if let Some(n) = &node {
+        ctx.ensure_leader()?;
         // Leave the Node as it was before we managed it: our cordon, labels, taints and
         // annotations go; a person's stay.
         node_side::update_node(&ctx.client, &n.name_any(), node_side::cleanup_change).await?;
@@ -87,10 +89,12 @@ pub(super) async fn finalize(
     Ok(Action::await_change())
 }
 
-/// Records a desired power state; returns the new resourceVersion.
+/// Records a desired power state over `resource_version` (the object as the reconcile decided
+/// on it, or as its own last write left it); returns the new resourceVersion.
 pub(super) async fn patch_spec_power(
     api: &Api<Machine>,
     m: &Machine,
+    resource_version: Option<String>,
     to: PowerState,
 ) -> Result<Option<String>, Error> {
     let value = match to {
@@ -98,7 +102,7 @@ pub(super) async fn patch_spec_power(
         PowerState::Off => "off",
     };
     let patch = serde_json::json!({
-        "metadata": { "resourceVersion": m.resource_version() },
+        "metadata": { "resourceVersion": resource_version },
         "spec": { "powerState": value },
     });
     let params = PatchParams {
@@ -136,22 +140,23 @@ pub(super) async fn sync_node(
     if reg.change.is_empty() {
         return Ok((node, mismatch));
     }
+    ctx.ensure_leader()?;
     let written = node_side::patch_node(&ctx.client, &node, &reg.change).await?;
     Ok((written.map(Arc::new).unwrap_or(node), mismatch))
 }
 
 /// Writes status when it changed, guarded by the resourceVersion the decision was made on (a
 /// conflict means the view was stale: the reconcile runs again on the new object). Returns
-/// whether it wrote.
+/// the resourceVersion after it when it wrote, `None` when nothing changed.
 pub(super) async fn write_status(
     api: &Api<Machine>,
     m: &Machine,
     resource_version: Option<String>,
     old: &MachineStatus,
     new: MachineStatus,
-) -> Result<bool, Error> {
+) -> Result<Option<Option<String>>, Error> {
     if *old == new {
-        return Ok(false);
+        return Ok(None);
     }
     let to_json = |st: &MachineStatus| {
         serde_json::to_value(st).map_err(|source| Error::Json {
@@ -170,10 +175,11 @@ pub(super) async fn write_status(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    api.patch_status(&m.name_any(), &params, &Patch::Merge(&patch))
+    let written = api
+        .patch_status(&m.name_any(), &params, &Patch::Merge(&patch))
         .await
         .map_err(Error::kube(format!("writing status of {}", m.object_ref())))?;
-    Ok(true)
+    Ok(Some(written.resource_version()))
 }
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`.
