@@ -1552,6 +1552,8 @@ async fn a_machine_wanted_on_after_its_power_off_action_finishes_the_power_off_f
         .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
         .await?;
     lab.wait_phase("m1", Phase::Ready).await?;
+    Ok(())
+}
 
 /// A machine controller over `cp` scoped to `ns`, for a test that calls its reconcile itself
 /// (no queue, no watch triggers): the shared cache and the Job watch run, the controllers do

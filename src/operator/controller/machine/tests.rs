@@ -311,7 +311,8 @@ async fn a_ready_machine_wanted_off_is_cordoned_before_its_power_off_job() {
         request(&log, Method::PATCH, STATUS).at("/status/phase"),
         &json!("PoweringOff")
     );
-    assert!(position(&log, Method::PATCH, STATUS) < position(&log, Method::PATCH, NODE));
+    // The operation is recorded before its Job is created.
+    assert!(position(&log, Method::PATCH, STATUS) < position(&log, Method::POST, JOBS));
 }
 
 #[tokio::test]
