@@ -1435,24 +1435,9 @@ async fn a_node_with_another_provider_id_is_drained_before_any_power_off() -> an
     Ok(())
 }
 
-/// CA deleted a machine (its `ToBeDeletedByClusterAutoscaler` taint on the Node, desired off)
-/// and a pod is still on it that a budget keeps from being evicted: the drain is tried and
-/// looked at again, and at the drain timeout the power-off goes ahead (CA drained before it
-/// deleted; see `drain_pass`), with a warning Event naming the pod.
-#[tokio::test]
-async fn a_machine_ca_deleted_with_pods_left_is_powered_off_at_the_drain_timeout()
--> anyhow::Result<()> {
-    let Some(cp) = support::shared().await? else {
-        return Ok(());
-    };
-    let lab = Lab::start(cp, "op-catimeout").await?;
-    let node = lab.running(cp, lab.machine("m1")).await?;
-    lab.world
-        .create_bound_pod(&lab.ns, pod("web-0"), &node)
-        .await?;
-    lab.world.run_pods(&node).await?;
-    forbid_disruption(&lab).await?;
-    // What CA's scale-down does before DeleteNodes (`MarkToBeDeleted`), then DeleteNodes.
+/// CA's `ToBeDeletedByClusterAutoscaler` taint on `node` and the machine wanted off: what CA's
+/// scale-down does before `DeleteNodes` (`MarkToBeDeleted`), then `DeleteNodes` itself.
+async fn delete_as_ca_does(lab: &Lab, machine: &str, node: &str) -> anyhow::Result<()> {
     let ca_taint = serde_json::to_value(taint(
         "ToBeDeletedByClusterAutoscaler",
         "1700000000",
@@ -1460,13 +1445,39 @@ async fn a_machine_ca_deleted_with_pods_left_is_powered_off_at_the_drain_timeout
     ))?;
     Api::<Node>::all(lab.client.clone())
         .patch(
-            &node,
+            node,
             &PatchParams::default(),
             &Patch::Merge(json!({ "spec": { "taints": [ca_taint] } })),
         )
         .await?;
+    lab.set_power(machine, "off").await
+}
+
+fn has_ca_taint(n: Option<&Node>) -> bool {
+    n.and_then(|n| n.spec.as_ref())
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| ts.iter().any(|t| t.key == "ToBeDeletedByClusterAutoscaler"))
+}
+
+/// CA deleted a machine and a pod is still on it (it arrived after CA's drain) that a budget
+/// keeps from being evicted: the drain is tried, and at the drain timeout the deletion is given
+/// back as CA gives back one whose own drain failed: the machine is wanted on again, its Node
+/// uncordoned and untainted, no power-off Job, a warning Event naming the pod.
+#[tokio::test]
+async fn a_ca_deletion_whose_pods_cannot_be_evicted_is_given_back_at_the_drain_timeout()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-cagiveback").await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
+    lab.world
+        .create_bound_pod(&lab.ns, pod("web-0"), &node)
+        .await?;
+    lab.world.run_pods(&node).await?;
+    forbid_disruption(&lab).await?;
     let started = tokio::time::Instant::now();
-    lab.set_power("m1", "off").await?;
+    delete_as_ca_does(&lab, "m1", &node).await?;
     lab.wait_machine("m1", "the drain tried", |m| {
         m.status.as_ref().is_some_and(|s| {
             s.conditions
@@ -1475,11 +1486,26 @@ async fn a_machine_ca_deleted_with_pods_left_is_powered_off_at_the_drain_timeout
         })
     })
     .await?;
-    lab.wait_job("m1", "off").await?;
+    lab.wait_machine("m1", "wanted on again", |m| {
+        m.desired_power() == PowerState::On
+    })
+    .await?;
     assert!(
         started.elapsed() >= fast_settings().drain_timeout,
-        "powered off only at the drain timeout"
+        "given back only at the drain timeout"
     );
+    lab.wait_node(&node, "uncordoned, CA's taint gone", |n| {
+        n.is_some() && !cordoned(n) && !has_ca_taint(n)
+    })
+    .await?;
+    let jobs = lab.jobs("m1").await?;
+    assert!(
+        jobs.iter()
+            .all(|j| j.labels().get(DIRECTION_LABEL).map(String::as_str) != Some("off")),
+        "no power-off Job under the pod"
+    );
+    let pods = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns);
+    assert!(pods.get_opt("web-0").await?.is_some(), "the pod still runs");
     let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(lab.client.clone(), &lab.ns)
         .list(&ListParams::default())
         .await?;
@@ -1491,6 +1517,52 @@ async fn a_machine_ca_deleted_with_pods_left_is_powered_off_at_the_drain_timeout
                 && e.type_.as_deref() == Some("Warning")
                 && e.message.as_deref().is_some_and(|m| m.contains("web-0"))),
         "a warning Event names the pod left"
+    );
+    Ok(())
+}
+
+/// CA deleted a machine and a pod bound after CA's drain is still on it, with nothing keeping
+/// it from eviction: the operator evicts it, and only then starts the power-off.
+#[tokio::test]
+async fn a_pod_bound_after_cas_drain_is_evicted_before_the_power_off() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-calate").await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
+    lab.world
+        .create_bound_pod(&lab.ns, pod("web-0"), &node)
+        .await?;
+    lab.world.run_pods(&node).await?;
+    delete_as_ca_does(&lab, "m1", &node).await?;
+    let pods = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns);
+    // The kubelet's part: finish the deletion of what is evicted, until the power-off starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let off = loop {
+        let evicted = pods
+            .get_opt("web-0")
+            .await?
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        let off = lab
+            .jobs("m1")
+            .await?
+            .into_iter()
+            .find(|j| j.labels().get(DIRECTION_LABEL).map(String::as_str) == Some("off"));
+        if let Some(job) = off {
+            assert!(evicted, "the pod was evicted before the power-off Job");
+            break job;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no power-off Job; pod evicted: {evicted}"
+        );
+        lab.world.finish_terminating_pods(&node).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        pods.get_opt("web-0").await?.is_none(),
+        "the pod is gone once {} exists",
+        off.name_any()
     );
     Ok(())
 }

@@ -138,8 +138,9 @@ pub(super) struct Outcome {
     pub pods_gone: bool,
     /// The Node object was deleted in this reconcile (confirmed off).
     pub node_deleted: bool,
-    /// The machine was found on: record it as wanted on.
-    pub adopt: bool,
+    /// Record the machine as wanted on: it was found on (adopted), or a deletion by CA was given
+    /// back because its drain could not finish.
+    pub want_on: bool,
     /// The status as this reconcile last wrote it before acting (see [`Passes::record_intent`]).
     pub written: Option<Written>,
 }
@@ -201,8 +202,9 @@ pub(super) enum DrainPass {
     Evicting { message: String, started: Timestamp },
     /// Past the timeout with pods left: the machine stays on.
     TimedOut { message: String },
-    /// Past the timeout with pods left on a Node CA is deleting: the power-off goes ahead.
-    Abandoned { message: String },
+    /// Past the timeout with pods left on a Node CA is deleting: the deletion is given back,
+    /// the machine stays on and is wanted on again.
+    GivenBack { message: String },
 }
 
 impl Outcome {
@@ -242,16 +244,16 @@ impl Outcome {
                 // Pods leaving send this machine no event: look again soon.
                 self.requeue_after = Some(drain::DRAIN_RECHECK);
             }
-            Performed::Drain(DrainPass::Abandoned { message }) => {
+            Performed::Drain(DrainPass::GivenBack { message }) => {
                 self.drained = true;
-                // Decide as if empty: the power-off goes ahead.
-                self.pods_gone = true;
+                // Decided again as wanted on: the drain is undone (uncordon, CA's taints).
+                self.want_on = true;
                 upsert_condition(
                     &mut status.conditions,
                     condition(
                         CONDITION_DRAINING,
                         false,
-                        "DrainAbandoned",
+                        "DeletionGivenBack",
                         message.clone(),
                         generation,
                         now,
@@ -283,7 +285,7 @@ impl Outcome {
                 });
             }
             Performed::NodeDeleted => self.node_deleted = true,
-            Performed::AdoptAsWantedOn => self.adopt = true,
+            Performed::AdoptAsWantedOn => self.want_on = true,
             Performed::PowerObserved { state, at } => {
                 status.power_state = Some(state);
                 match state {
@@ -478,14 +480,16 @@ pub(super) async fn perform(
 /// again after `drain::DRAIN_RECHECK`. Past the drain timeout (`--drain-timeout`):
 ///
 /// - a power-off CA did not start gives up, leaving the machine on and saying why;
-/// - a power-off CA started (its `ToBeDeletedByClusterAutoscaler` taint) goes ahead, with a
-///   warning Event naming the pods left and what refused them. CA drained the Node before it
-///   called `DeleteNodes`, and only then: when its own drain fails it aborts the deletion and
-///   untaints the Node (`core/scaledown/actuation/group_deletion_scheduler.go`,
-///   `prepareNodeForDeletion` then `AbortNodeDeletion`; `drain.go`, `waitPodsToDisappear`). So
-///   the pods found here arrived after its drain (tolerating its taint) or are ones its drain did
-///   not wait for; the group's target no longer counts the machine, and nothing would ever
-///   take it back, so staying on would keep it listed as Deleting forever.
+/// - a power-off CA started (its `ToBeDeletedByClusterAutoscaler` taint) is given back: the
+///   machine is wanted on again, its Node uncordoned and CA's taints removed, with a warning
+///   Event naming the pods left and what refused them. That is what CA itself does when its own
+///   drain fails before `DeleteNodes`: it aborts the deletion and untaints the Node
+///   (`core/scaledown/actuation/group_deletion_scheduler.go`, `prepareNodeForDeletion` then
+///   `AbortNodeDeletion`; `drain.go`, `waitPodsToDisappear`). The pods found here arrived after
+///   its drain or are ones its drain did not wait for; cutting the power under them would break
+///   the one promise the operator keeps, and leaving the machine on but wanted off would list it
+///   as Deleting forever. Wanted on, it is an ordinary node of the group again, and CA may pick
+///   it for scale-down later, with its own drain.
 async fn drain_pass(s: &Subject<'_>, node: &Node, given_up: bool) -> Result<DrainPass, Error> {
     let ca_deleting = drain::is_ca_deleting(node);
     if given_up && !ca_deleting {
@@ -506,10 +510,10 @@ async fn drain_pass(s: &Subject<'_>, node: &Node, given_up: bool) -> Result<Drai
             message: outcome.to_string(),
             started: progress.started,
         },
-        drain::DrainOutcome::TimedOut(progress) if ca_deleting => DrainPass::Abandoned {
+        drain::DrainOutcome::TimedOut(progress) if ca_deleting => DrainPass::GivenBack {
             message: format!(
-                "drain did not finish by {} (started {}): {progress}; the Cluster Autoscaler \
-                 deleted this machine after its own drain, so it is powered off with these pods",
+                "drain did not finish by {} (started {}): {progress}; the Cluster Autoscaler's \
+                 deletion is given back: the machine stays on and is wanted on again",
                 progress.deadline, progress.started
             ),
         },
@@ -628,6 +632,7 @@ impl<'a> Passes<'a> {
             );
             let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
             if may_power_off && !cordoned {
+                ctx.ensure_leader()?;
                 drain::cordon(&ctx.client, &n.name_any(), true)
                     .await
                     .map_err(|e| Error::NodeSide(e.to_string()))?;
@@ -716,8 +721,9 @@ impl Edge for Passes<'_> {
     fn observe(&mut self) -> (&mut Lifecycle, Observed<'_>) {
         self.before = self.lifecycle.clone();
         let observed = Observed {
-            // Adopted: decide as wanted on, as the spec will say once it is patched.
-            desired: if self.out.adopt {
+            // Adopted or given back: decide as wanted on, as the spec will say once it is
+            // patched.
+            desired: if self.out.want_on {
                 PowerState::On
             } else {
                 self.desired
@@ -740,6 +746,7 @@ impl Edge for Passes<'_> {
         if decision.effects.iter().any(changes_the_operation) {
             self.record_intent().await?;
         }
+        let want_on_before = self.out.want_on;
         for effect in decision.effects {
             let given_up = self
                 .status
@@ -774,6 +781,8 @@ impl Edge for Passes<'_> {
                     self.pods_present = false;
                     true
                 }
+                // A deletion given back: decide again as wanted on (undo the drain).
+                (None, _) if self.out.want_on && !want_on_before => true,
                 (None, _) => false,
             },
         )
@@ -963,23 +972,22 @@ mod tests {
     }
 
     /// A CA-deleted machine's drain past its timeout: recorded like a given-up drain (condition,
-    /// one warning Event), but the pass loop is told the pods are gone, so the power-off goes
-    /// ahead in the same reconcile.
+    /// one warning Event), and the machine is to be recorded as wanted on again, not powered off.
     #[test]
-    fn an_abandoned_drain_lets_the_power_off_go_ahead_and_says_so() {
+    fn a_ca_deletion_whose_drain_times_out_is_given_back() {
         let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1);
         let mut status = MachineStatus::default();
         let mut out = Outcome::default();
-        let abandoned = DrainPass::Abandoned {
+        let given_back = DrainPass::GivenBack {
             message: "1 pod(s) remain (apps/web-0)".into(),
         };
-        out.take(&mut status, Performed::Drain(abandoned), Some(1), t0);
+        out.take(&mut status, Performed::Drain(given_back), Some(1), t0);
         let c = crate::operator::api::find_condition(&status.conditions, CONDITION_DRAINING);
         assert_eq!(
             c.map(|c| (c.status.as_str(), c.reason.as_str())),
-            Some(("False", "DrainAbandoned"))
+            Some(("False", "DeletionGivenBack"))
         );
-        assert!(out.pods_gone && out.drained);
+        assert!(out.want_on && out.drained && !out.pods_gone);
         let events: Vec<_> = out
             .note_events
             .iter()

@@ -189,13 +189,13 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     let mut passes = Passes::observe(subject, old_status.clone()).await?;
     drive(&mut passes, now, &policy).await?;
 
-    // Write what followed: the adoption, the Node's registration, status; over what this
+    // Write what followed: the machine wanted on (adopted or given back), the Node's registration, status; over what this
     // reconcile wrote before acting, if it did.
     let (mut rv, written) = match passes.out.written.take() {
         Some(w) => (w.resource_version, w.status),
         None => (m.resource_version(), old_status.clone()),
     };
-    if passes.out.adopt {
+    if passes.out.want_on {
         let before = rv.clone();
         rv = patch_spec_power(&api, &m, rv, PowerState::On).await?;
         ctx.supersede(&key, before);
