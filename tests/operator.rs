@@ -1312,6 +1312,23 @@ async fn forbid_disruption(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A lab whose NotReady grace outlasts the test, so only a new Ready transition counts as a
+/// boot, with machine m1 Ready and then wanted off: its Node (still Ready) and its power-off Job.
+async fn wanted_off_with_its_node_ready(
+    cp: &ControlPlane,
+    prefix: &str,
+) -> anyhow::Result<(Lab, String, Job)> {
+    let mut settings = fast_settings();
+    settings.policy.not_ready_grace = jiff::SignedDuration::from_secs(120);
+    let lab = Lab::start_with(cp, prefix, settings).await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
+    // Condition times have whole seconds: what follows comes in a later second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    lab.set_power("m1", "off").await?;
+    let off_job = lab.wait_job("m1", "off").await?;
+    Ok((lab, node, off_job))
+}
+
 /// CA deletes a machine (its power-off Job still running, its Node still Ready) and wants it
 /// again: a power-on Job is created and the machine stays cordoned and not Ready while the Node
 /// is the one Ready from before; it is Ready and uncordoned only after a new Ready transition.
@@ -1321,15 +1338,7 @@ async fn a_machine_wanted_on_while_powering_off_is_powered_on_not_taken_as_ready
     let Some(cp) = support::shared().await? else {
         return Ok(());
     };
-    // A NotReady grace longer than the test, so only a new Ready transition counts.
-    let mut settings = fast_settings();
-    settings.policy.not_ready_grace = jiff::SignedDuration::from_secs(120);
-    let lab = Lab::start_with(cp, "op-stale", settings).await?;
-    let node = lab.running(cp, lab.machine("m1")).await?;
-    // Condition times have whole seconds: the power-on comes in a later second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    lab.set_power("m1", "off").await?;
-    lab.wait_job("m1", "off").await?;
+    let (lab, node, _) = wanted_off_with_its_node_ready(cp, "op-stale").await?;
     lab.wait_phase("m1", Phase::PoweringOff).await?;
 
     lab.set_power("m1", "on").await?;
@@ -1576,13 +1585,7 @@ async fn a_machine_wanted_on_after_its_power_off_action_finishes_the_power_off_f
     let Some(cp) = support::shared().await? else {
         return Ok(());
     };
-    let mut settings = fast_settings();
-    settings.policy.not_ready_grace = jiff::SignedDuration::from_secs(120);
-    let lab = Lab::start_with(cp, "op-finishoff", settings).await?;
-    let node = lab.running(cp, lab.machine("m1")).await?;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    lab.set_power("m1", "off").await?;
-    let off_job = lab.wait_job("m1", "off").await?;
+    let (lab, node, off_job) = wanted_off_with_its_node_ready(cp, "op-finishoff").await?;
     lab.world.complete_job(&lab.ns, &off_job.name_any()).await?;
     lab.wait_machine("m1", "the power-off action done", |m| {
         m.lifecycle().phase() == Phase::PoweringOff

@@ -245,44 +245,12 @@ impl Outcome {
                 self.requeue_after = Some(drain::DRAIN_RECHECK);
             }
             Performed::Drain(DrainPass::GivenBack { message }) => {
-                self.drained = true;
                 // Decided again as wanted on: the drain is undone (uncordon, CA's taints).
                 self.want_on = true;
-                upsert_condition(
-                    &mut status.conditions,
-                    condition(
-                        CONDITION_DRAINING,
-                        false,
-                        "DeletionGivenBack",
-                        message.clone(),
-                        generation,
-                        now,
-                    ),
-                );
-                self.note_events.push(KubeEvent {
-                    reason: "DrainFailed",
-                    warning: true,
-                    message,
-                });
+                self.drain_failed(status, "DeletionGivenBack", message, generation, now);
             }
             Performed::Drain(DrainPass::TimedOut { message }) => {
-                self.drained = true;
-                upsert_condition(
-                    &mut status.conditions,
-                    condition(
-                        CONDITION_DRAINING,
-                        false,
-                        "DrainTimedOut",
-                        message.clone(),
-                        generation,
-                        now,
-                    ),
-                );
-                self.note_events.push(KubeEvent {
-                    reason: "DrainFailed",
-                    warning: true,
-                    message,
-                });
+                self.drain_failed(status, "DrainTimedOut", message, generation, now);
             }
             Performed::NodeDeleted => self.node_deleted = true,
             Performed::AdoptAsWantedOn => self.want_on = true,
@@ -298,6 +266,37 @@ impl Outcome {
                 status.record_boot(secs);
             }
         }
+    }
+}
+
+impl Outcome {
+    /// A drain that ended with pods left: the `Draining` condition says why (`reason`), and one
+    /// warning Event names what blocked.
+    fn drain_failed(
+        &mut self,
+        status: &mut MachineStatus,
+        reason: &str,
+        message: String,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) {
+        self.drained = true;
+        upsert_condition(
+            &mut status.conditions,
+            condition(
+                CONDITION_DRAINING,
+                false,
+                reason,
+                message.clone(),
+                generation,
+                now,
+            ),
+        );
+        self.note_events.push(KubeEvent {
+            reason: "DrainFailed",
+            warning: true,
+            message,
+        });
     }
 }
 
