@@ -427,7 +427,7 @@ fn report(lab: &Lab, steps: &[Step], s: &Summary, took: Duration, plan: &Plan) -
     println!(
         "  CA's log lines about provider trouble: {} (calls that failed while no replica led or \
          the API server restarted; not counted as wrong actions)",
-        lab.ca.provider_errors()
+        lab.ca.provider_errors(&[]).len()
     );
     println!(
         "  pod wait (created → bound), {} pods: p50 {}, p95 {}, max {}; {} still Pending",

@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
-use crate::support::ca::{CallCounts, provider_errors};
+use crate::support::ca::{CaOptions, ClusterAutoscaler};
 use crate::support::control_plane::{lock, write};
 use crate::support::process::{self, Managed};
 use crate::support::{
@@ -33,7 +33,7 @@ use crate::support::{
 pub const GROUP: &str = "soak";
 /// From a machine's power-on Job succeeding to its Node registering Ready.
 pub const BOOT: Duration = Duration::from_secs(3);
-/// CA's `--scan-interval`.
+/// CA's `--scan-interval`, as `support::ca` starts it.
 pub const SCAN: Duration = Duration::from_secs(2);
 /// `--lease-duration` of the replicas: a stopped or killed leader is replaced after about this.
 pub const LEASE: Duration = Duration::from_secs(6);
@@ -48,7 +48,7 @@ const APP_LABEL: &str = "soak-demand";
 /// One soak's world. Fields drop in order: CA, proxy and replicas stop before the machines and
 /// the control plane.
 pub struct Lab {
-    pub ca: Autoscaler,
+    pub ca: ClusterAutoscaler,
     _proxy: Background,
     _router: Background,
     pub replicas: Vec<Replica>,
@@ -161,7 +161,7 @@ impl Lab {
         let proxy = proxy(&proxy_addr, route.clone()).await?;
         wait_for_route(&route, Duration::from_secs(120)).await?;
         let cloud_config = cloud_config(&cp, &ns, &proxy_addr).await?;
-        let ca = Autoscaler::start(&cp, &cloud_config)?;
+        let ca = start_autoscaler(&cp, &cloud_config)?;
         Ok(Some(Lab {
             ca,
             _proxy: proxy,
@@ -509,56 +509,16 @@ async fn cloud_config(cp: &ControlPlane, ns: &str, addr: &str) -> anyhow::Result
 
 /// The real Cluster Autoscaler with the harness's short timings (`support::ca`), scale-down
 /// sooner ([`SCALE_DOWN_AFTER`]) and `--scale-down-delay-after-failure` as short as the rest: its
-/// default, 3 minutes (`config/const.go`, `DefaultScaleDownDelayAfterFailure`), would stop scale-down for most of a
-/// smoke run after one DeleteNodes refused while no replica led.
-pub struct Autoscaler {
-    _child: Managed,
-    pub log: PathBuf,
-}
-
-impl Autoscaler {
-    fn start(cp: &ControlPlane, cloud_config: &Path) -> anyhow::Result<Autoscaler> {
-        let port = process::free_ports(1).context("picking a port for CA's metrics")?[0];
-        let secs = |d: Duration| format!("{}s", d.as_secs());
-        let args: Vec<String> = vec![
-            "--cloud-provider=externalgrpc".to_owned(),
-            format!("--cloud-config={}", cloud_config.display()),
-            format!("--kubeconfig={}", cp.kubeconfig().display()),
-            "--leader-elect=false".to_owned(),
-            format!("--address=127.0.0.1:{port}"),
-            "--write-status-configmap=true".to_owned(),
-            format!("--scan-interval={}", secs(SCAN)),
-            "--max-node-provision-time=60s".to_owned(),
-            format!("--scale-down-unneeded-time={}", secs(SCALE_DOWN_AFTER)),
-            format!("--scale-down-delay-after-add={}", secs(SCALE_DOWN_AFTER)),
-            format!(
-                "--scale-down-delay-after-failure={}",
-                secs(SCALE_DOWN_AFTER)
-            ),
-            "--unremovable-node-recheck-timeout=15s".to_owned(),
-            "--initial-node-group-backoff-duration=10s".to_owned(),
-            "--v=5".to_owned(),
-        ];
-        let log = cp.dir().join("cluster-autoscaler.log");
-        let child = Managed::spawn(
-            "cluster-autoscaler",
-            &cp.assets().cluster_autoscaler(),
-            &args,
-            &log,
-        )
-        .context("starting cluster-autoscaler")?;
-        Ok(Autoscaler { _child: child, log })
+/// default, 3 minutes (`config/const.go`, `DefaultScaleDownDelayAfterFailure`), would stop
+/// scale-down for most of a smoke run after one DeleteNodes refused while no replica led.
+fn start_autoscaler(cp: &ControlPlane, cloud_config: &Path) -> anyhow::Result<ClusterAutoscaler> {
+    let opts = CaOptions {
+        scale_down_after: SCALE_DOWN_AFTER,
+        ..CaOptions::default()
     }
-
-    /// CA's gRPC calls per RPC so far (its `--v=5` "Performing gRPC call" lines).
-    pub fn calls(&self) -> CallCounts {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        CallCounts::from_log(text.lines())
-    }
-
-    /// How many lines CA logged about provider trouble (`support::ca::provider_errors`).
-    pub fn provider_errors(&self) -> usize {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        provider_errors(text.lines(), &[]).len()
-    }
+    .arg(&format!(
+        "--scale-down-delay-after-failure={}s",
+        SCALE_DOWN_AFTER.as_secs()
+    ));
+    ClusterAutoscaler::start_with_cloud_config(cp, cloud_config, &opts)
 }

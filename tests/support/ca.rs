@@ -361,10 +361,20 @@ impl ClusterAutoscaler {
         provider: &Provider,
         opts: &CaOptions,
     ) -> anyhow::Result<ClusterAutoscaler> {
+        Self::start_with_cloud_config(cp, &provider.cloud_config, opts)
+    }
+
+    /// [`Self::start`] with a cloud-config written elsewhere (e.g. one that points CA at a
+    /// proxy in front of several operator replicas).
+    pub fn start_with_cloud_config(
+        cp: &ControlPlane,
+        cloud_config: &Path,
+        opts: &CaOptions,
+    ) -> anyhow::Result<ClusterAutoscaler> {
         let port = process::free_ports(1).context("picking a port for CA's metrics")?[0];
         let mut args: Vec<String> = [
             "--cloud-provider=externalgrpc".to_owned(),
-            format!("--cloud-config={}", provider.cloud_config.display()),
+            format!("--cloud-config={}", cloud_config.display()),
             format!("--kubeconfig={}", cp.kubeconfig().display()),
             "--leader-elect=false".to_owned(),
             format!("--address=127.0.0.1:{port}"),
