@@ -98,6 +98,75 @@ pub struct Args {
     /// `<release>-power`). Default: the namespace's `default`.
     #[arg(long, value_name = "NAME")]
     pub pod_service_account: Option<String>,
+
+    /// An image the privileged node agent and the host-network Wake-on-LAN relay may run:
+    /// exact, or a prefix ending in `*`; repeat for several. A Node CR naming another is refused.
+    #[arg(long = "allowed-image", value_name = "IMAGE", default_values_t = default_allowed_images())]
+    pub allowed_images: Vec<String>,
+
+    /// A command the node agent may run on the host (words separated by spaces); repeat for
+    /// several. A Node CR naming another is refused.
+    #[arg(long = "node-agent-command", value_name = "COMMAND", default_values_t = default_node_agent_commands())]
+    pub node_agent_commands: Vec<String>,
+
+    /// A ServiceAccount a Node CR's `job` driver may name (in the CR's namespace); repeat for
+    /// several. Without it a CR that names one is refused. The operator's own is always refused.
+    #[arg(long = "job-service-account", value_name = "NAME")]
+    pub job_service_accounts: Vec<String>,
+
+    /// The operator's own ServiceAccount, NAMESPACE/NAME, which no pod it creates may use.
+    /// Default: read from the pod's service-account token.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_service_account)]
+    pub operator_service_account: Option<(String, String)>,
+
+    /// Let a Node CR's `job` driver ask for a privileged container or the host's network.
+    #[arg(long, value_name = "BOOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_privileged_jobs: bool,
+
+    /// Kubernetes Nodes with these labels (KEY=VALUE,...) may be adopted by a Node CR without
+    /// the `infra.homecluster.dev/adoptable=true` label. Control-plane nodes never are.
+    #[arg(long, value_name = "KEY=VALUE,...", value_parser = parse_label_selector)]
+    pub adopt_node_selector: Option<std::collections::BTreeMap<String, String>>,
+}
+
+fn default_allowed_images() -> Vec<String> {
+    crate::operator::trust::TrustPolicy::default().allowed_images
+}
+
+fn default_node_agent_commands() -> Vec<String> {
+    crate::operator::trust::TrustPolicy::default()
+        .node_agent_commands
+        .iter()
+        .map(|c| c.join(" "))
+        .collect()
+}
+
+fn parse_service_account(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?} is not NAMESPACE/NAME; write it like kube-system/kubectl-homelab"
+        )),
+    }
+}
+
+fn parse_label_selector(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+            _ => {
+                return Err(format!(
+                    "{pair:?} is not KEY=VALUE; write the selector like homelab.lan/pool=lab,zone=a"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Args {
@@ -117,6 +186,18 @@ impl Args {
                 ..defaults.policy
             },
             pod_service_account: self.pod_service_account.clone(),
+            trust: crate::operator::trust::TrustPolicy {
+                allowed_images: self.allowed_images.clone(),
+                node_agent_commands: self
+                    .node_agent_commands
+                    .iter()
+                    .map(|c| c.split_whitespace().map(str::to_owned).collect())
+                    .collect(),
+                job_service_accounts: self.job_service_accounts.clone(),
+                operator_service_account: self.operator_service_account.clone(),
+                allow_privileged_jobs: self.allow_privileged_jobs,
+                adopt_node_selector: self.adopt_node_selector.clone().unwrap_or_default(),
+            },
             ..defaults
         }
     }

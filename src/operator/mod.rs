@@ -12,6 +12,7 @@ pub mod power;
 pub mod provider;
 pub mod run;
 pub mod runtime;
+pub mod trust;
 
 /// Field manager of the operator's writes (Node CR status, Kubernetes Nodes, Jobs; shows in
 /// `managedFields`). The provider's desired-power writes and `kubectl homelab power` have

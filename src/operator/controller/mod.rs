@@ -55,6 +55,9 @@ pub struct Settings {
     /// ServiceAccount of the pods the operator creates (power Jobs, node agents, Wake-on-LAN
     /// relays) when the Node CR names none; `None` leaves the namespace's `default`.
     pub pod_service_account: Option<String>,
+    /// What Node CRs may ask the operator for (images, ServiceAccounts, privilege, which
+    /// Kubernetes Nodes to adopt).
+    pub trust: crate::operator::trust::TrustPolicy,
 }
 
 impl Default for Settings {
@@ -65,6 +68,7 @@ impl Default for Settings {
             concurrency: 16,
             policy: crate::operator::machine::Policy::default(),
             pod_service_account: None,
+            trust: crate::operator::trust::TrustPolicy::default(),
         }
     }
 }
