@@ -24,6 +24,14 @@ pub struct MinimalPodSpec {
     /// ServiceAccount the Job's pod runs as (default: the namespace's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
+    /// Run the container privileged. Refused unless the operator runs with
+    /// `--allow-privileged-jobs`; without it the pod gets the restricted Pod Security profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    /// Run the pod in the host's network namespace (e.g. to reach a device only the host's LAN
+    /// sees). Refused unless the operator runs with `--allow-privileged-jobs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network: Option<bool>,
     /// Seconds a finished Job is kept (default 600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
@@ -225,9 +233,15 @@ pub struct Redfish {
     pub system_id: Option<String>,
     /// Name of a Secret with keys `username` and `password`.
     pub credentials_secret: String,
-    /// Accept the BMC's self-signed certificate (common on homelab BMCs).
+    /// Accept the BMC's self-signed certificate (common on homelab BMCs). The credentials
+    /// then go to whoever answers at the address: the Node CR gets an `InsecureTransport`
+    /// condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    /// Allow an `http://` endpoint: the credentials cross the network in clear text. Without
+    /// it only `https://` is used. The Node CR gets an `InsecureTransport` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_insecure: Option<bool>,
     /// PEM certificates of the CA that signed the BMC's certificate (trusted in addition to the
     /// system's roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -388,9 +402,14 @@ pub struct HttpAction {
         {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
     ]))]
     pub timeout: Option<String>,
-    /// Accept a self-signed certificate.
+    /// Accept a self-signed certificate. The Node CR gets an `InsecureTransport` condition
+    /// when a `secret` is sent this way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    /// Allow an `http://` URL while a `secret` is set: the credentials cross the network in
+    /// clear text. The Node CR gets an `InsecureTransport` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_insecure: Option<bool>,
     /// PEM certificates of the CA that signed the server's certificate (trusted in addition to
     /// the system's roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,7 +8,13 @@
 //!
 //! Pure: no I/O, no clock. The controller and the drivers call these functions with what they
 //! observed.
+mod node;
+mod spec;
+
 use std::collections::BTreeMap;
+
+pub use node::check_node;
+pub use spec::check_spec;
 
 use crate::operator::api::{
     DEFAULT_NODE_AGENT_COMMAND, DEFAULT_NODE_AGENT_IMAGE, DEFAULT_WOL_RELAY_IMAGE,
