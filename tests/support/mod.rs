@@ -25,6 +25,7 @@ pub mod apply;
 pub mod assets;
 pub mod ca;
 pub mod control_plane;
+pub mod helm;
 pub mod identity;
 pub mod machines;
 pub mod pki;
