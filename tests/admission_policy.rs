@@ -1,6 +1,8 @@
-//! The Helm chart's ValidatingAdmissionPolicy (deploy/helm/kubectl-homelab/templates/admissionpolicy.yaml)
-//! on the real API server: the chart's defaults and the examples apply under it, and a namespace-scoped user who writes a Node CR that
-//! borrows the operator's rights is refused by `kubectl apply` with the field and the rule named.
+//! The Helm chart's ValidatingAdmissionPolicy
+//! (deploy/helm/kubectl-homelab/templates/admissionpolicy.yaml) on the real API server: the
+//! chart's defaults and the examples apply under it, and a namespace-scoped token that writes a
+//! Node CR borrowing the operator's rights is refused by `kubectl apply` with the field and the
+//! rule named.
 
 mod support;
 
@@ -171,11 +173,11 @@ async fn the_chart_and_the_examples_apply_with_the_policy_in_force() -> anyhow::
     Ok(())
 }
 
-/// What a namespace-scoped user (allowed to write Node CRs in the operator's namespace and
-/// nothing else) can no longer do through a Node CR: each attempt is refused by `kubectl apply`
+/// What a namespace-scoped token (a ServiceAccount allowed to write Node CRs in the operator's
+/// namespace and nothing else) can no longer do through a Node CR: each attempt is refused by `kubectl apply`
 /// with the field and the chart value that would allow it; a CR within the rules is accepted.
 #[tokio::test]
-async fn a_namespace_user_cannot_borrow_the_operators_rights_through_a_node_cr()
+async fn a_namespace_token_cannot_borrow_the_operators_rights_through_a_node_cr()
 -> anyhow::Result<()> {
     let Some(helm) = Helm::locate()? else {
         return Ok(());
@@ -185,9 +187,10 @@ async fn a_namespace_user_cannot_borrow_the_operators_rights_through_a_node_cr()
     };
     let ns = cp.namespace("vap-user").await?;
     install(&helm, cp, &ns, &["credentialSecrets={bmc-m1}"]).await?;
-    let flatmate = cp.user("flatmate", None).await?;
+    // A CI system's token: a ServiceAccount of the namespace, allowed to write Node CRs there.
+    let ci = cp.service_account(&ns, "ci").await?;
     cp.grant(
-        &flatmate,
+        &ci,
         Some(&ns),
         vec![PolicyRule {
             api_groups: Some(vec!["infra.homecluster.dev".to_owned()]),
@@ -265,7 +268,7 @@ async fn a_namespace_user_cannot_borrow_the_operators_rights_through_a_node_cr()
     ];
     let mut failures = Vec::new();
     for (what, manifest, want) in &attempts {
-        let out = kubectl_apply(flatmate.kubeconfig(), &ns, manifest, &[])?;
+        let out = kubectl_apply(ci.kubeconfig(), &ns, manifest, &[])?;
         let said = text(&out);
         if out.status.success() || !said.contains(want) {
             failures.push(format!(
@@ -285,7 +288,7 @@ async fn a_namespace_user_cannot_borrow_the_operators_rights_through_a_node_cr()
             }
         }
     })?;
-    let out = kubectl_apply(flatmate.kubeconfig(), &ns, &fine, &[])?;
+    let out = kubectl_apply(ci.kubeconfig(), &ns, &fine, &[])?;
     ensure!(
         out.status.success(),
         "a CR within the rules was refused:\n{}",

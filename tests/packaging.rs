@@ -85,7 +85,9 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
             "Service",
             "Service",
             "ServiceAccount",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     let deployment = find(&defaults, "Deployment", "lab-kubectl-homelab")?;
@@ -119,6 +121,10 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
         "--leader-elect=true",
         "--namespace=homelab",
         "--pod-service-account=lab-kubectl-homelab-power",
+        "--operator-service-account=homelab/lab-kubectl-homelab",
+        "--allowed-image=busybox:1.37",
+        "--node-agent-command=systemctl poweroff",
+        "--allow-privileged-jobs=false",
     ] {
         assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
     }
@@ -374,7 +380,8 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
         role["rules"]
             .as_array()
             .is_some_and(|rs| rs.iter().any(|r| {
-                r["resources"] == json!(["secrets"]) && r["resourceNames"] == json!(["r730-bmc"])
+                r["resources"] == json!(["secrets"])
+                    && r["resourceNames"] == json!(["r730-bmc", "desktop-ssh-key"])
             })),
         "{role}"
     );
