@@ -461,6 +461,9 @@ pub fn node(name: &str) -> Node {
 /// `kube::ResourceExt`'s so both can be in scope.
 pub trait NodeExt: Sized {
     fn label(self, key: &str, value: &str) -> Self;
+    /// The label its owner puts on a Node a Node CR may adopt
+    /// (`infra.homecluster.dev/adoptable=true`, a kubelet's `--node-labels`).
+    fn adoptable(self) -> Self;
     fn annotation(self, key: &str, value: &str) -> Self;
     /// `metadata.resourceVersion`.
     fn at_version(self, version: &str) -> Self;
@@ -506,6 +509,13 @@ impl NodeExt for Node {
     fn label(mut self, key: &str, value: &str) -> Self {
         insert(&mut self.metadata.labels, key, value);
         self
+    }
+
+    fn adoptable(self) -> Self {
+        self.label(
+            crate::operator::trust::ADOPTABLE_LABEL,
+            crate::operator::trust::ADOPTABLE_VALUE,
+        )
     }
 
     fn annotation(mut self, key: &str, value: &str) -> Self {

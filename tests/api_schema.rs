@@ -90,6 +90,11 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
     out.push(("Group", "", cel::MIN_LE_MAX_RULE, cel::MIN_LE_MAX_MESSAGE));
     let node = [
         ("", cel::ON_NOT_BOTH_RULE, cel::ON_NOT_BOTH_MESSAGE),
+        (
+            "labels",
+            cel::NO_RESERVED_LABEL_RULE,
+            cel::NO_RESERVED_LABEL_MESSAGE,
+        ),
         ("", cel::OFF_NOT_BOTH_RULE, cel::OFF_NOT_BOTH_MESSAGE),
         ("", cel::NEEDS_ON_RULE, cel::NEEDS_ON_MESSAGE),
         ("", cel::NEEDS_OFF_RULE, cel::NEEDS_OFF_MESSAGE),

@@ -71,7 +71,11 @@ async fn fixture(cp: &ControlPlane, prefix: &str) -> anyhow::Result<Fixture> {
     }
     let world = World::new(client.clone());
     world
-        .node_up(&FakeNode::new(&names[0]).provider_id(&format!("homelab://{ns}/{}", names[0])))
+        .node_up(
+            &FakeNode::new(&names[0])
+                .adoptable()
+                .provider_id(&format!("homelab://{ns}/{}", names[0])),
+        )
         .await?;
     Ok(Fixture { ns, client, names })
 }
@@ -878,7 +882,9 @@ async fn measure_2000_machines() -> anyhow::Result<()> {
                 if on {
                     world
                         .node_up(
-                            &FakeNode::new(&name).provider_id(&format!("homelab://{ns}/{name}")),
+                            &FakeNode::new(&name)
+                                .adoptable()
+                                .provider_id(&format!("homelab://{ns}/{name}")),
                         )
                         .await?;
                 }

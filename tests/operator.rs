@@ -207,7 +207,12 @@ impl Lab {
         let node = cp.unique_name(&name);
         let id = format!("homelab://{}/{name}", self.ns);
         self.world
-            .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+            .node_up(
+                &FakeNode::new(&node)
+                    .adoptable()
+                    .provider_id(&id)
+                    .capacity("4", "8Gi"),
+            )
             .await?;
         m.spec.kubernetes_node_name = Some(node.clone());
         self.machines()
@@ -252,7 +257,7 @@ impl Lab {
         let job = self.wait_job(machine, "on").await?;
         self.world.complete_job(&self.ns, &job.name_any()).await?;
         self.world
-            .node_up(&FakeNode::new(node).capacity("4", "8Gi"))
+            .node_up(&FakeNode::new(node).adoptable().capacity("4", "8Gi"))
             .await?;
         self.wait_phase(machine, Phase::Ready).await?;
         Ok(())
@@ -392,7 +397,7 @@ async fn a_machine_powers_on_and_off_through_jobs() -> anyhow::Result<()> {
     lab.world.complete_job(&lab.ns, &on_job.name_any()).await?;
     lab.wait_phase("m1", Phase::Booting).await?;
     lab.world
-        .node_up(&FakeNode::new(&node).capacity("4", "8Gi"))
+        .node_up(&FakeNode::new(&node).adoptable().capacity("4", "8Gi"))
         .await?;
     let m = lab.wait_phase("m1", Phase::Ready).await?;
     let expected_id = format!("homelab://{}/m1", lab.ns);
@@ -658,7 +663,12 @@ async fn an_operator_killed_mid_transition_converges_without_duplicate_jobs() ->
                 if labels.get(DIRECTION_LABEL).map(String::as_str) == Some("on") {
                     let id = format!("homelab://{ns}/{machine}");
                     world
-                        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+                        .node_up(
+                            &FakeNode::new(&node)
+                                .adoptable()
+                                .provider_id(&id)
+                                .capacity("4", "8Gi"),
+                        )
                         .await?;
                 } else {
                     world.node_ready(&node, false).await?;
@@ -756,7 +766,11 @@ async fn power_on_r730(lab: &Lab, node: &str) -> anyhow::Result<()> {
         "powered on at the BMC, waiting for the Node"
     );
     lab.world
-        .node_up(&FakeNode::new(node).provider_id(&format!("homelab://homelab/{node}")))
+        .node_up(
+            &FakeNode::new(node)
+                .adoptable()
+                .provider_id(&format!("homelab://homelab/{node}")),
+        )
         .await?;
     lab.wait_phase("r730", Phase::Ready).await?;
     Ok(())
@@ -1006,7 +1020,7 @@ async fn the_http_example_powers_on_and_off_confirmed_by_the_status_url() -> any
         })
         .await?;
     assert_eq!(m.lifecycle().phase(), Phase::Booting);
-    lab.world.node_up(&FakeNode::new("nas")).await?;
+    lab.world.node_up(&FakeNode::new("nas").adoptable()).await?;
     lab.wait_phase("nas", Phase::Ready).await?;
 
     lab.set_power("nas", "off").await?;
@@ -1084,7 +1098,9 @@ async fn the_wake_on_lan_example_wakes_the_machine_and_its_node_agent_powers_it_
         ("wakeOnLan", Direction::On, None),
         "Wake-on-LAN cannot read power back"
     );
-    lab.world.node_up(&FakeNode::new("minipc-1")).await?;
+    lab.world
+        .node_up(&FakeNode::new("minipc-1").adoptable())
+        .await?;
     lab.wait_phase("minipc-1", Phase::Ready).await?;
 
     lab.set_power("minipc-1", "off").await?;
@@ -1219,7 +1235,9 @@ async fn the_wake_on_lan_example_relays_minipc_2s_packet_from_a_job_on_its_lan()
     );
     lab.world.complete_job(&lab.ns, &job.name_any()).await?;
     lab.wait_phase("minipc-2", Phase::Booting).await?;
-    lab.world.node_up(&FakeNode::new(&node2)).await?;
+    lab.world
+        .node_up(&FakeNode::new(&node2).adoptable())
+        .await?;
     lab.wait_phase("minipc-2", Phase::Ready).await?;
     lab.assert_secret_never_shown("01:02:03:04:05:06").await?;
     Ok(())
@@ -1398,6 +1416,7 @@ async fn a_node_with_another_provider_id_is_drained_before_any_power_off() -> an
     lab.world
         .node_up(
             &FakeNode::new(&node)
+                .adoptable()
                 .provider_id("other://somewhere-else")
                 .capacity("4", "8Gi"),
         )
@@ -1624,7 +1643,12 @@ async fn a_machine_wanted_on_after_its_power_off_action_finishes_the_power_off_f
     lab.wait_phase("m1", Phase::Booting).await?;
     let id = format!("homelab://{}/m1", lab.ns);
     lab.world
-        .node_up(&FakeNode::new(&node).provider_id(&id).capacity("4", "8Gi"))
+        .node_up(
+            &FakeNode::new(&node)
+                .adoptable()
+                .provider_id(&id)
+                .capacity("4", "8Gi"),
+        )
         .await?;
     lab.wait_phase("m1", Phase::Ready).await?;
     Ok(())

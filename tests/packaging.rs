@@ -608,7 +608,7 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
     );
     world.complete_job(&ns, &on.name_any()).await?;
     world
-        .node_up(&FakeNode::new(&node).capacity("4", "8Gi"))
+        .node_up(&FakeNode::new(&node).adoptable().capacity("4", "8Gi"))
         .await?;
     phase(&machines, "m1", Phase::Ready)
         .await

@@ -19,6 +19,9 @@ use crate::operator::api::parse_duration_arg as parse_duration;
 
 /// Where Kubernetes mounts the pod's namespace.
 const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+/// The pod's ServiceAccount token: names the operator's own ServiceAccount when
+/// `--operator-service-account` is not given.
+const POD_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -210,6 +213,59 @@ fn pod_namespace(path: &Path) -> Option<String> {
     (!ns.is_empty()).then(|| ns.to_owned())
 }
 
+/// The ServiceAccount (namespace, name) a service-account token is for: its JWT payload's
+/// `sub`, `system:serviceaccount:NAMESPACE:NAME`. The signature is not checked: the token is
+/// the pod's own, read from its mount. `Err` says what is wrong with it.
+fn token_service_account(token: &str) -> Result<(String, String), String> {
+    use base64::Engine as _;
+    let payload = token
+        .trim()
+        .split('.')
+        .nth(1)
+        .ok_or("not a JWT (no payload part)")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| format!("the payload is not base64url: {e}"))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("the payload is not JSON: {e}"))?;
+    let sub = claims
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .ok_or("the payload has no \"sub\"")?;
+    match sub
+        .strip_prefix("system:serviceaccount:")
+        .map(|r| r.split(':').collect::<Vec<_>>())
+    {
+        Some(parts) if parts.len() == 2 && parts.iter().all(|p| !p.is_empty()) => {
+            Ok((parts[0].to_owned(), parts[1].to_owned()))
+        }
+        _ => Err(format!(
+            "its subject {sub:?} is not system:serviceaccount:NAMESPACE:NAME"
+        )),
+    }
+}
+
+/// The operator's own ServiceAccount from the pod's token at `path`: `None` outside a pod (no
+/// token), or with a warning when the token cannot be read as one (pass
+/// `--operator-service-account` then).
+fn pod_service_account(path: &Path) -> Option<(String, String)> {
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the pod's service-account token; pass --operator-service-account so no pod the operator creates runs as its ServiceAccount");
+            return None;
+        }
+    };
+    match token_service_account(&token) {
+        Ok(sa) => Some(sa),
+        Err(problem) => {
+            tracing::warn!(path = %path.display(), %problem, "the pod's service-account token does not name a ServiceAccount; pass --operator-service-account so no pod the operator creates runs as its ServiceAccount");
+            None
+        }
+    }
+}
+
 /// `--lease-namespace`, else the pod's namespace, else the watched namespace, else the
 /// kubeconfig's default namespace.
 fn lease_namespace(args: &Args, pod_ns: Option<String>, scope: &Scope, default_ns: &str) -> String {
@@ -276,10 +332,13 @@ fn banner(args: &Args, config: &OperatorConfig) -> String {
     )
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.serve.print_cloud_config {
         super::print_stdout(&cloud_config_yaml(&args.serve))?;
         return Ok(());
+    }
+    if args.operator_service_account.is_none() {
+        args.operator_service_account = pod_service_account(Path::new(POD_TOKEN_FILE));
     }
     let tls = server_tls(&args.serve)?;
     let kube_config = args.serve.kube.cluster.config().await?;
@@ -418,5 +477,67 @@ mod tests {
         }
         assert_eq!(pod_namespace(&f), Some("homelab".into()));
         assert_eq!(pod_namespace(&dir.path().join("missing")), None);
+    }
+
+    /// A JWT whose payload is `claims` (header and signature are not read).
+    fn jwt(claims: &serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"RS256","kid":"k"}"#),
+            b64(claims.to_string().as_bytes()),
+            b64(b"signature")
+        )
+    }
+
+    #[test]
+    fn the_operators_service_account_is_read_from_its_token() {
+        let token = jwt(&serde_json::json!({
+            "aud": ["https://kubernetes.default.svc"],
+            "sub": "system:serviceaccount:homelab:kubectl-homelab",
+            "kubernetes.io": { "namespace": "homelab" },
+        }));
+        assert_eq!(
+            token_service_account(&format!("{token}\n")),
+            Ok(("homelab".into(), "kubectl-homelab".into()))
+        );
+    }
+
+    #[test]
+    fn a_token_that_names_no_service_account_is_an_error_not_a_panic() {
+        for bad in [
+            String::new(),
+            "not-a-jwt".to_owned(),
+            "a.%%%.c".to_owned(),
+            jwt(&serde_json::json!("a string")),
+            jwt(&serde_json::json!({ "iss": "kubernetes" })),
+            jwt(&serde_json::json!({ "sub": "alice" })),
+            jwt(&serde_json::json!({ "sub": "system:serviceaccount:homelab" })),
+            jwt(&serde_json::json!({ "sub": "system:serviceaccount:homelab:a:b" })),
+            jwt(&serde_json::json!({ "sub": "system:serviceaccount::name" })),
+        ] {
+            assert!(token_service_account(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_bad_token_file_gives_no_service_account() {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(pod_service_account(&dir.path().join("missing")), None);
+        let bad = dir.path().join("token");
+        if let Err(e) = std::fs::write(&bad, "garbage") {
+            panic!("{e}");
+        }
+        assert_eq!(pod_service_account(&bad), None);
+        let good = dir.path().join("good");
+        let token = jwt(&serde_json::json!({ "sub": "system:serviceaccount:ns:sa" }));
+        if let Err(e) = std::fs::write(&good, token) {
+            panic!("{e}");
+        }
+        assert_eq!(pod_service_account(&good), Some(("ns".into(), "sa".into())));
     }
 }

@@ -351,7 +351,8 @@ impl Operator {
         let metrics = Metrics::new();
         let source = Arc::new(
             ClusterSource::start(clients.api.clone(), plan.scope.clone())
-                .with_write_timeout(plan.write_timeout),
+                .with_write_timeout(plan.write_timeout)
+                .with_trust(plan.controllers.trust.clone()),
         );
         let leadership: Arc<OnceLock<Leadership>> = Arc::new(OnceLock::new());
         let requires_leader = plan

@@ -469,11 +469,12 @@ pub async fn register(
 
 impl FakeNode {
     /// The Node a machine's kubelet registers: named `spec.kubernetesNodeName` (else the CR's
-    /// name), with the capacity and labels the Node CR declares (110 pods unless declared).
+    /// name), with the capacity and labels the Node CR declares (110 pods unless declared), and
+    /// labelled adoptable as its owner's kubelet would be (`--node-labels`).
     pub fn for_machine(m: &Machine) -> FakeNode {
         let cr = m.metadata.name.clone().unwrap_or_default();
         let name = m.spec.kubernetes_node_name.clone().unwrap_or(cr);
-        let mut node = FakeNode::new(&name);
+        let mut node = FakeNode::new(&name).adoptable();
         node.capacity = m
             .spec
             .capacity

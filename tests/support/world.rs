@@ -57,6 +57,15 @@ impl FakeNode {
         self
     }
 
+    /// The label a machine's owner gives its kubelet (`--node-labels`) so that a Node CR may
+    /// adopt the Node: `infra.homecluster.dev/adoptable=true`.
+    pub fn adoptable(self) -> Self {
+        self.label(
+            kubectl_homelab::operator::trust::ADOPTABLE_LABEL,
+            kubectl_homelab::operator::trust::ADOPTABLE_VALUE,
+        )
+    }
+
     /// Sets CPU and memory capacity (Kubernetes quantities, e.g. "4", "8Gi"); pods stay 110.
     pub fn capacity(mut self, cpu: &str, memory: &str) -> Self {
         for (k, v) in [("cpu", cpu), ("memory", memory), ("pods", "110")] {

@@ -41,6 +41,12 @@ pub const IPV4_MESSAGE: &str =
     "must be an IPv4 broadcast address such as 192.168.1.255 or 255.255.255.255";
 pub const URL_RULE: &str = "self.startsWith('http://') || self.startsWith('https://')";
 pub const URL_MESSAGE: &str = "must be an http:// or https:// URL";
+/// The prefix of the labels the project reserves for a Node's owner and the operator
+/// (`infra.homecluster.dev/adoptable` lets a Node CR adopt a Node).
+pub const RESERVED_LABEL_PREFIX: &str = "infra.homecluster.dev/";
+/// On `spec.labels` (`self` is the map; `all` ranges over its keys).
+pub const NO_RESERVED_LABEL_RULE: &str = "self.all(k, !k.startsWith('infra.homecluster.dev/'))";
+pub const NO_RESERVED_LABEL_MESSAGE: &str = "label keys must not start with infra.homecluster.dev/: that prefix is reserved (infra.homecluster.dev/adoptable is set by a Node's owner, not by a Node CR)";
 
 // Object rules (on a struct; `self` is the object).
 pub const MIN_LE_MAX_RULE: &str =
@@ -101,6 +107,7 @@ pub const ALL_RULES: &[(&str, &str)] = &[
     (ONE_VOLUME_SOURCE_RULE, ONE_VOLUME_SOURCE_MESSAGE),
     (TLS_CHOICE_RULE, TLS_CHOICE_MESSAGE),
     (GROUP_NAME_RULE, GROUP_NAME_MESSAGE),
+    (NO_RESERVED_LABEL_RULE, NO_RESERVED_LABEL_MESSAGE),
 ];
 
 #[cfg(test)]
@@ -115,6 +122,7 @@ mod tests {
         assert!(DECIMAL_RULE.contains(DECIMAL_PATTERN));
         assert!(MAC_RULE.contains(MAC_PATTERN));
         assert!(IPV4_RULE.contains(IPV4_PATTERN));
+        assert!(NO_RESERVED_LABEL_RULE.contains(RESERVED_LABEL_PREFIX));
         for (rule, _) in ALL_RULES {
             assert!(
                 !rule.contains('\\'),

@@ -112,9 +112,12 @@ pub struct MachineSpec {
     #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
     #[schemars(with = "BTreeMap<String, Quantity>")]
     pub capacity: FlatMap<Quantity>,
-    /// Labels the node will carry, before it was ever seen (scale-from-zero).
+    /// Labels the node will carry, before it was ever seen (scale-from-zero). Keys under
+    /// `infra.homecluster.dev/` are reserved.
     #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
-    #[schemars(with = "BTreeMap<String, String>")]
+    #[schemars(with = "BTreeMap<String, String>", extend("x-kubernetes-validations" = [
+        {"rule": NO_RESERVED_LABEL_RULE, "message": NO_RESERVED_LABEL_MESSAGE}
+    ]))]
     pub labels: FlatMap<String>,
     /// Taints the node will carry, before it was ever seen (scale-from-zero).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -416,6 +419,16 @@ impl MachineSpec {
         check(self.shutdown_timeout(field_prefix).map(drop));
         check(self.hourly_rate(field_prefix).map(drop));
         check(self.pod_rate(field_prefix).map(drop));
+        for (key, _) in self
+            .labels
+            .iter()
+            .filter(|(k, _)| k.starts_with(RESERVED_LABEL_PREFIX))
+        {
+            check(Err(FieldError::Invalid {
+                field: format!("{field_prefix}spec.labels[{key}]"),
+                problem: NO_RESERVED_LABEL_MESSAGE.to_owned(),
+            }));
+        }
         let power = self.power.as_ref();
         for (dir, drivers) in [
             ("on", power.and_then(|p| p.on.as_ref()).map(|d| d.drivers())),

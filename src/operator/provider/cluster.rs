@@ -251,6 +251,16 @@ impl ClusterSource {
         }
     }
 
+    /// Judges Kubernetes Nodes under `trust` (the operator's `--adopt-node-selector`): a Node
+    /// no Node CR may adopt is no machine's, so CA is told it is in no group. Default: only
+    /// Nodes labelled `infra.homecluster.dev/adoptable=true`. Call before
+    /// [`wait_until_ready`](Self::wait_until_ready).
+    pub fn with_trust(self, trust: crate::operator::trust::TrustPolicy) -> Self {
+        lock(&self.state.builder).set_trust(trust);
+        lock(&self.state.dirty).all = true;
+        self
+    }
+
     /// Deadline of one [`write_desired_power`](Self::write_desired_power) call.
     pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;

@@ -13,6 +13,7 @@ use super::inventory::{
     POWER_ON_FAILED_ANNOTATION, TaintView, TemplateHints,
 };
 use crate::operator::api::{FlatMap, Group, Machine};
+use crate::operator::trust::TrustPolicy;
 
 fn taints(ts: &[Taint]) -> Vec<TaintView> {
     TaintView::all_from(ts)
@@ -134,6 +135,7 @@ pub(crate) fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> Ma
             allocatable: quantities(&n.allocatable),
             ready: false,
             unschedulable: false,
+            refused: false,
         });
     }
     v
@@ -158,6 +160,7 @@ pub fn declared_node(m: &MachineView) -> NodeView {
         allocatable,
         ready: false,
         unschedulable: false,
+        refused: false,
     }
 }
 
@@ -172,7 +175,9 @@ impl Inventory {
         Inventory::from_objects_with_ids(GroupIds::Name, groups, machines, nodes)
     }
 
-    /// Builds the inventory from the objects a reflector store holds (`Arc<T>` or `&T`).
+    /// Builds the inventory from the objects a reflector store holds (`Arc<T>` or `&T`), the
+    /// Kubernetes Nodes judged under the default trust policy (only Nodes labelled adoptable
+    /// are machines').
     pub fn from_objects_with_ids<G, M, N>(
         ids: GroupIds,
         groups: &[G],
@@ -211,7 +216,10 @@ impl Inventory {
                     .map(|m| machine_view_sharing(m, &mut hints))
                     .collect()
             },
-            nodes.iter().map(|n| NodeView::from_k8s(n)).collect(),
+            nodes
+                .iter()
+                .map(|n| NodeView::from_k8s_under(n, &TrustPolicy::default()))
+                .collect(),
         )
     }
 }

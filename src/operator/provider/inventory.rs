@@ -72,6 +72,10 @@ pub struct NodeView {
     /// The `Ready` condition is `True`.
     pub ready: bool,
     pub unschedulable: bool,
+    /// The trust boundary refuses this registered Node to every Node CR (a control-plane node,
+    /// or one its owner did not label adoptable: `operator::trust::check_node`). It is no
+    /// machine's: CA is told it belongs to no group.
+    pub refused: bool,
 }
 
 impl NodeView {
@@ -99,6 +103,18 @@ impl NodeView {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            refused: false,
+        }
+    }
+
+    /// [`from_k8s`](Self::from_k8s), refused when `trust` does not let a Node CR adopt it.
+    pub fn from_k8s_under(
+        node: &k8s_openapi::api::core::v1::Node,
+        trust: &crate::operator::trust::TrustPolicy,
+    ) -> NodeView {
+        NodeView {
+            refused: crate::operator::trust::check_node(node, trust).is_err(),
+            ..NodeView::from_k8s(node)
         }
     }
 }
@@ -344,6 +360,9 @@ pub struct Inventory {
     by_node_name: Arc<SortedIndex<MachineRef>>,
     /// Registered nodes by name (for name lookups of nodes whose providerID is unknown to us).
     node_name_to_provider_id: Arc<SortedIndex<String>>,
+    /// The names and providerIDs of registered Nodes the trust boundary refuses: they resolve
+    /// to no machine.
+    refused_nodes: Arc<SortedIndex<()>>,
 }
 
 /// A lookup table built with each inventory and then only read: a vector sorted by key. A
@@ -393,6 +412,7 @@ pub struct Tables {
     by_provider_id: Arc<SortedIndex<MachineRef>>,
     by_node_name: Arc<SortedIndex<MachineRef>>,
     node_name_to_provider_id: Arc<SortedIndex<String>>,
+    refused_nodes: Arc<SortedIndex<()>>,
 }
 
 impl Tables {
@@ -401,6 +421,7 @@ impl Tables {
         Arc::ptr_eq(&self.nodes, &other.nodes)
             && Arc::ptr_eq(&self.by_provider_id, &other.by_provider_id)
             && Arc::ptr_eq(&self.by_node_name, &other.by_node_name)
+            && Arc::ptr_eq(&self.refused_nodes, &other.refused_nodes)
             && Arc::ptr_eq(
                 &self.node_name_to_provider_id,
                 &other.node_name_to_provider_id,
@@ -584,19 +605,38 @@ impl Inventory {
                 (Arc::new(p), Arc::new(n))
             }
         };
-        let (nodes, node_name_to_provider_id) = match (nodes, previous) {
-            (None, Some((t, _))) => (t.nodes.clone(), t.node_name_to_provider_id.clone()),
+        let (nodes, node_name_to_provider_id, refused_nodes) = match (nodes, previous) {
+            (None, Some((t, _))) => (
+                t.nodes.clone(),
+                t.node_name_to_provider_id.clone(),
+                t.refused_nodes.clone(),
+            ),
             (nodes, _) => {
                 let mut node_map = HashMap::new();
                 let mut node_names = HashMap::new();
+                let mut refused = HashMap::new();
                 for n in nodes.unwrap_or_default() {
+                    // The one place Kubernetes Nodes meet machines: a refused Node is no
+                    // machine's, whatever its name or providerID says.
+                    if n.refused {
+                        for key in [n.name, n.provider_id] {
+                            if !key.is_empty() {
+                                refused.insert(key, ());
+                            }
+                        }
+                        continue;
+                    }
                     if n.provider_id.is_empty() {
                         continue;
                     }
                     node_names.insert(n.name.clone(), n.provider_id.clone());
                     node_map.insert(n.provider_id.clone(), n);
                 }
-                (Arc::new(node_map.into()), Arc::new(node_names.into()))
+                (
+                    Arc::new(node_map.into()),
+                    Arc::new(node_names.into()),
+                    Arc::new(refused.into()),
+                )
             }
         };
         Inventory {
@@ -606,6 +646,7 @@ impl Inventory {
             by_provider_id,
             by_node_name,
             node_name_to_provider_id,
+            refused_nodes,
         }
     }
 
@@ -617,6 +658,7 @@ impl Inventory {
             by_provider_id: self.by_provider_id.clone(),
             by_node_name: self.by_node_name.clone(),
             node_name_to_provider_id: self.node_name_to_provider_id.clone(),
+            refused_nodes: self.refused_nodes.clone(),
         }
     }
 
@@ -673,8 +715,17 @@ impl Inventory {
         }
     }
 
-    /// Finds a machine by providerID first, then by node name (rule 2). Empty strings never match.
+    /// A registered Kubernetes Node the trust boundary refuses carries this name or providerID.
+    pub fn is_refused_node(&self, name_or_provider_id: &str) -> bool {
+        self.refused_nodes.contains_key(name_or_provider_id)
+    }
+
+    /// Finds a machine by providerID first, then by node name (rule 2). Empty strings never match,
+    /// and neither does a Node the trust boundary refuses.
     pub fn resolve(&self, provider_id: &str, name: &str) -> Option<MachineRef> {
+        if self.is_refused_node(name) || self.is_refused_node(provider_id) {
+            return None;
+        }
         if !provider_id.is_empty()
             && let Some(r) = self.by_provider_id.get(provider_id)
         {

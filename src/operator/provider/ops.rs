@@ -621,6 +621,11 @@ pub fn node_group_nodes(inv: &Inventory, id: &str) -> Result<Vec<InstanceInfo>, 
     let g = group(inv, id)?;
     let mut out = Vec::new();
     for m in &g.machines {
+        // A Node the trust boundary refuses is no machine's: listed here, CA would take it
+        // (matched by its providerID) for this group's instance.
+        if inv.is_refused_node(&m.provider_id) {
+            continue;
+        }
         let registered = inv.is_registered(m);
         let phase = m.lifecycle.phase();
         let (state, error) = if m.wanted_on() {

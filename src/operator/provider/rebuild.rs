@@ -24,6 +24,7 @@ use super::inventory::{
     GroupIds, GroupNames, GroupState, Inventory, MachineView, NodeView, Tables, same_places,
 };
 use crate::operator::api::{Group, Machine};
+use crate::operator::trust::TrustPolicy;
 
 /// Builds inventories from the objects of the reflector stores, reusing the groups whose
 /// objects did not change since the previous build. Equal to
@@ -35,6 +36,8 @@ pub struct InventoryBuilder {
     /// What the last build left that is not per group: the machines in no known group (in no
     /// order), and the inventory's tables.
     last: Option<(Vec<Arc<Machine>>, Tables)>,
+    /// Which Kubernetes Nodes a Node CR may adopt: the others are no machine's.
+    trust: TrustPolicy,
 }
 
 /// A group as last built, with the objects it was built from.
@@ -62,7 +65,14 @@ impl InventoryBuilder {
             ids,
             built: HashMap::new(),
             last: None,
+            trust: TrustPolicy::default(),
         }
+    }
+
+    /// Judges Kubernetes Nodes under `trust` from the next build on (which is a full one).
+    pub fn set_trust(&mut self, trust: TrustPolicy) {
+        self.trust = trust;
+        self.last = None;
     }
 
     pub fn build(
@@ -113,7 +123,10 @@ impl InventoryBuilder {
         self.built = built;
 
         let views = convert_ungrouped(ungrouped.iter().copied(), &mut hints);
-        let nodes = nodes.iter().map(|n| NodeView::from_k8s(n)).collect();
+        let nodes = nodes
+            .iter()
+            .map(|n| NodeView::from_k8s_under(n, &self.trust))
+            .collect();
         let inv = Inventory::from_states(states, views, nodes);
         self.last = Some((ungrouped.into_iter().cloned().collect(), inv.tables()));
         inv
@@ -207,7 +220,12 @@ impl InventoryBuilder {
         } else {
             tables.ungrouped.clone()
         };
-        let nodes = nodes.map(|n| n.iter().map(|n| NodeView::from_k8s(n)).collect());
+        let trust = &self.trust;
+        let nodes = nodes.map(|n| {
+            n.iter()
+                .map(|n| NodeView::from_k8s_under(n, trust))
+                .collect()
+        });
         let inv = Inventory::assemble(states, views, nodes, Some((tables, moved)));
         *tables = inv.tables();
         Some(inv)
@@ -448,11 +466,12 @@ mod tests {
                 Change::AddNode { machine } => {
                     // Named after a machine (or one that does not exist), its providerID the
                     // machine's; a second Node of the same name replaces the first.
+                    // Every third is not labelled adoptable: no machine's.
                     let name = format!("m{}", machine % (self.next + 2));
                     self.nodes.retain(|n| name_of(&**n) != name);
-                    self.nodes.push(Arc::new(
-                        node(&name).provider_id(&format!("homelab://{name}")),
-                    ));
+                    let n = node(&name).provider_id(&format!("homelab://{name}"));
+                    let n = if machine % 3 == 0 { n } else { n.adoptable() };
+                    self.nodes.push(Arc::new(n));
                 }
                 Change::RemoveNode { index } if !self.nodes.is_empty() => {
                     let n = self.nodes.len();

@@ -568,6 +568,7 @@ fn template_from_last_seen_strips_transient_taints() {
         allocatable: BTreeMap::new(),
         ready: false,
         unschedulable: true,
+        refused: false,
     });
     let inv = Inventory::build(vec![group("g", 0, None)], vec![a], vec![]);
     let tn = template_node(&inv, "g").unwrap_or_else(|e| panic!("{e}"));
@@ -808,7 +809,7 @@ fn from_objects_reads_the_crs_and_nodes() {
     let m2 = machine("m2", PowerState::Off)
         .scale_down_disabled(true)
         .build();
-    let node = node("host1").provider_id("k3s://m1").ready();
+    let node = node("host1").adoptable().provider_id("k3s://m1").ready();
     let inv = Inventory::from_objects(
         &[std::sync::Arc::new(group)],
         &[std::sync::Arc::new(m1), std::sync::Arc::new(m2)],
@@ -1404,4 +1405,135 @@ fn decrease_target_size_cancels_failed_and_unstarted_before_booting() {
     assert_eq!(pick(-2), vec!["retrying", "failed"]);
     assert_eq!(pick(-3), vec!["retrying", "failed", "idle"]);
     assert_eq!(pick(-4), vec!["retrying", "failed", "idle", "booting"]);
+}
+
+/// The trust boundary in the provider: a Kubernetes Node no Node CR may adopt (not labelled
+/// adoptable, or a control-plane node) is in no group, by name or by providerID, and
+/// NodeGroupNodes does not list its machine as an instance CA would match to it. CA takes a
+/// node whose NodeGroupForNode is nil as not autoscaled: the externalgrpc provider returns nil
+/// for an empty id (cloudprovider/externalgrpc/externalgrpc_cloud_provider.go, NodeGroupForNode),
+/// PreFilteringScaleDownNodeProcessor.GetScaleDownCandidates skips it ("should not be processed
+/// by cluster autoscaler", processors/nodes/pre_filtering_processor.go), so CA never asks to
+/// delete it, and ClusterStateRegistry.updateReadinessStats counts it in no group's readiness
+/// (clusterstate/clusterstate.go).
+mod trust {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::operator::api::{Group, Machine};
+    use crate::operator::provider::rebuild::InventoryBuilder;
+    use crate::operator::trust::TrustPolicy;
+    use crate::testing::{NodeExt as _, node};
+
+    fn objects() -> (Vec<Arc<Group>>, Vec<Arc<Machine>>) {
+        let group = Group::test("workers").min(0).max(3).build();
+        let m = |name: &str, host: &str| {
+            Arc::new(
+                Machine::test(name)
+                    .group("workers")
+                    .desired(PowerState::On)
+                    .node_name(host)
+                    .build(),
+            )
+        };
+        (
+            vec![Arc::new(group)],
+            vec![m("m1", "host1"), m("m2", "host2")],
+        )
+    }
+
+    fn group_for(inv: &Inventory, provider_id: &str, name: &str) -> Option<String> {
+        node_group_for_node(
+            inv,
+            &NodeRef {
+                provider_id: provider_id.into(),
+                name: name.into(),
+            },
+            t(0),
+        )
+        .map(|g| g.id)
+    }
+
+    fn instances(inv: &Inventory) -> Vec<String> {
+        node_group_nodes(inv, "workers")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|i| i.id)
+            .collect()
+    }
+
+    #[test]
+    fn a_node_not_labelled_adoptable_is_in_no_group_and_a_labelled_one_is() {
+        let (groups, machines) = objects();
+        let nodes = [
+            Arc::new(node("host1").ready()),
+            Arc::new(node("host2").adoptable().ready()),
+        ];
+        let inv = Inventory::from_objects(&groups, &machines, &nodes);
+        assert_eq!(group_for(&inv, "", "host1"), None);
+        assert_eq!(group_for(&inv, "", "host2"), Some("workers".to_owned()));
+    }
+
+    #[test]
+    fn a_control_plane_node_carrying_a_machines_provider_id_is_in_no_group_and_not_listed() {
+        let (groups, machines) = objects();
+        let m1 = "homelab://lab/m1";
+        let nodes = [Arc::new(
+            node("host1")
+                .label("node-role.kubernetes.io/control-plane", "")
+                .adoptable()
+                .provider_id(m1)
+                .ready(),
+        )];
+        let inv = Inventory::from_objects(&groups, &machines, &nodes);
+        assert_eq!(group_for(&inv, m1, "host1"), None);
+        assert_eq!(group_for(&inv, m1, "other-name"), None, "by providerID too");
+        assert_eq!(group_for(&inv, "", "host1"), None, "by name too");
+        assert_eq!(
+            instances(&inv),
+            ["homelab://lab/m2"],
+            "m1's instance would be matched to the control-plane node"
+        );
+    }
+
+    #[test]
+    fn the_builder_judges_nodes_under_the_operators_selector() {
+        let (groups, machines) = objects();
+        let nodes = [Arc::new(
+            node("host1").label("homelab/pool", "desktops").ready(),
+        )];
+        let mut builder = InventoryBuilder::default();
+        let before = builder.build(&groups, &machines, &nodes);
+        assert_eq!(group_for(&before, "", "host1"), None);
+        builder.set_trust(TrustPolicy {
+            adopt_node_selector: [("homelab/pool".to_owned(), "desktops".to_owned())].into(),
+            ..TrustPolicy::default()
+        });
+        assert!(
+            builder.update(&groups, &[], Some(&nodes)).is_none(),
+            "a new policy needs a full build"
+        );
+        let after = builder.build(&groups, &machines, &nodes);
+        assert_eq!(group_for(&after, "", "host1"), Some("workers".to_owned()));
+    }
+
+    #[test]
+    fn a_node_losing_the_label_leaves_its_group_on_an_incremental_update() {
+        let (groups, machines) = objects();
+        let m1 = "homelab://lab/m1";
+        let labelled = [Arc::new(node("host1").adoptable().provider_id(m1).ready())];
+        let mut builder = InventoryBuilder::default();
+        let inv = builder.build(&groups, &machines, &labelled);
+        assert_eq!(group_for(&inv, m1, "host1"), Some("workers".to_owned()));
+        let unlabelled = [Arc::new(node("host1").provider_id(m1).ready())];
+        let inv = builder
+            .update(&groups, &[], Some(&unlabelled))
+            .unwrap_or_else(|| panic!("an update"));
+        assert_eq!(group_for(&inv, m1, "host1"), None);
+        assert!(
+            !instances(&inv).contains(&m1.to_owned()),
+            "{:?}",
+            instances(&inv)
+        );
+    }
 }

@@ -25,6 +25,7 @@ use super::{Context, Error, FINALIZER, requeue};
 use crate::operator::api::{Group, Machine};
 use crate::operator::machine::{NodeObs, Policy, PowerState, drive};
 use crate::operator::power::job::cancel_stale_jobs;
+use crate::operator::trust::{self, Refusal};
 use act::{Passes, Subject};
 use writes::{add_finalizer, finalize, patch_spec_power, sync_node, write_status};
 
@@ -128,6 +129,15 @@ fn group_of(ctx: &Context, m: &Machine) -> Option<Arc<Group>> {
     ctx.cache.groups().get(&ObjectRef::new(g).within(&ns))
 }
 
+/// Every rule of the trust boundary the machine breaks: its spec's, and its Kubernetes Node's
+/// when it has one (empty: it may act).
+fn refusals(ctx: &Context, m: &Machine, node: Option<&Node>) -> Vec<Refusal> {
+    let policy = &ctx.settings.trust;
+    let mut refusals = trust::check_spec(m, policy);
+    refusals.extend(node.and_then(|n| trust::check_node(n, policy).err()));
+    refusals
+}
+
 pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
     tracing::debug!(machine = %m.object_ref(), desired = ?m.desired_power(), "reconciling");
     let ns = m.namespace().unwrap_or_default();
@@ -152,29 +162,56 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     }
     // The cache shows this operator's writes: the ones before are history.
     ctx.forget_writes(&key);
+    let now = Timestamp::now();
+    let generation = m.meta().generation;
+    // The status as stored: what every write of this reconcile is a diff against.
+    let stored = m.status.clone().unwrap_or_default();
+    // The trust boundary, before anything acts: what the spec asks for and the Kubernetes Node
+    // it would adopt.
+    let node = find_node(&ctx, &m);
+    let refusals = refusals(&ctx, &m, node.as_deref());
     // Only the operation the status records may act (its Job, its relay): any other was
-    // replaced, and its Job is stopped before anything is decided.
-    let current = m.lifecycle().operation.map(|o| o.id);
+    // replaced, and its Job is stopped before anything is decided. A refused machine's own
+    // Job is stopped too: nothing acts for it until the refusal is fixed.
+    let current = m
+        .lifecycle()
+        .operation
+        .map(|o| o.id)
+        .filter(|_| refusals.is_empty());
     ctx.ensure_leader()?;
     let cancelled = cancel_stale_jobs(&ctx.client, &ctx.jobs, &m, current.as_deref()).await?;
     if !cancelled.is_empty() {
         tracing::info!(machine = %m.object_ref(), jobs = ?cancelled, "cancelled the Jobs of operations the status does not record");
     }
-
-    let now = Timestamp::now();
-    let generation = m.meta().generation;
-    let old_status = m.status.clone().unwrap_or_default();
+    // The status the decisions start from: the stored one with the NotPermitted condition.
+    let (old_status, refused_event) =
+        status::permission(stored.clone(), &refusals, generation, now);
+    if !refusals.is_empty() {
+        // Said in status, nothing else: no power action, no write to the Node, no Job. The
+        // lifecycle stays as recorded; the CR's and the Node's watches queue the machine again
+        // when either changes (a fix), so there is no timed retry.
+        tracing::info!(machine = %m.object_ref(), refusals = ?refusals, "not acting: the trust boundary refuses");
+        if let Some(ev) = &refused_event {
+            act::emit(&ctx, &m, ev).await;
+        }
+        if write_status(&api, &m, m.resource_version(), &stored, old_status)
+            .await?
+            .is_some()
+        {
+            ctx.supersede(&key, m.resource_version());
+        }
+        return Ok(Action::await_change());
+    }
     let policy = match policy(&ctx, &m) {
         Ok(p) => p,
         Err(problem) => {
             let status = status::invalid_spec(old_status.clone(), problem, generation, now);
-            write_status(&api, &m, m.resource_version(), &old_status, status).await?;
+            write_status(&api, &m, m.resource_version(), &stored, status).await?;
             return Ok(Action::await_change());
         }
     };
 
     // Observe, then decide and act until the acts change nothing the core reads.
-    let node = find_node(&ctx, &m);
     let node_name = node
         .as_ref()
         .map(|n| n.name_any())
@@ -193,7 +230,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     // reconcile wrote before acting, if it did.
     let (mut rv, written) = match passes.out.written.take() {
         Some(w) => (w.resource_version, w.status),
-        None => (m.resource_version(), old_status.clone()),
+        None => (m.resource_version(), stored.clone()),
     };
     if passes.out.want_on {
         let before = rv.clone();
@@ -235,7 +272,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         record_metrics(
             &ctx,
             &m,
-            &old_status,
+            &stored,
             &passes.lifecycle,
             derived.node_went_not_ready,
             now,

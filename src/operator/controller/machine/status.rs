@@ -12,6 +12,7 @@ use crate::operator::api::{
 };
 use crate::operator::machine::{KubeEvent, Lifecycle, OperationKind, Phase, PowerState};
 use crate::operator::node as node_side;
+use crate::operator::trust::{CONDITION_NOT_PERMITTED, Refusal};
 
 /// What the status is derived from.
 pub(super) struct Facts<'a> {
@@ -203,6 +204,59 @@ pub(super) fn invalid_spec(
         ),
     );
     status
+}
+
+/// The `NotPermitted` condition after the trust boundary's checks (`refusals`: every rule the
+/// spec and the Kubernetes Node break, empty when none). Refused: True with the first refusal's
+/// reason and a message listing all (field and fix), and a Warning Event when it turns True.
+/// Permitted: False (reason `Permitted`) where it was there before; a machine never refused
+/// does not get it.
+pub(super) fn permission(
+    mut status: MachineStatus,
+    refusals: &[Refusal],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (MachineStatus, Option<KubeEvent>) {
+    let Some(first) = refusals.first() else {
+        if find_condition(&status.conditions, CONDITION_NOT_PERMITTED).is_some() {
+            upsert_condition(
+                &mut status.conditions,
+                condition(
+                    CONDITION_NOT_PERMITTED,
+                    false,
+                    "Permitted",
+                    "",
+                    generation,
+                    now,
+                ),
+            );
+        }
+        return (status, None);
+    };
+    let message = refusals
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let was_true = find_condition(&status.conditions, CONDITION_NOT_PERMITTED)
+        .is_some_and(|c| c.status == "True");
+    upsert_condition(
+        &mut status.conditions,
+        condition(
+            CONDITION_NOT_PERMITTED,
+            true,
+            first.reason,
+            message.clone(),
+            generation,
+            now,
+        ),
+    );
+    let event = (!was_true).then(|| KubeEvent {
+        reason: CONDITION_NOT_PERMITTED,
+        warning: true,
+        message: format!("not acting on this machine: {message}"),
+    });
+    (status, event)
 }
 
 /// A power action that ended in one reconcile.
@@ -447,6 +501,74 @@ mod tests {
         );
         assert_eq!(status.conditions.len(), 1);
         assert_eq!(status.lifecycle, Lifecycle::default());
+    }
+
+    fn refusal(reason: &'static str, field: &str) -> Refusal {
+        Refusal {
+            reason,
+            field: field.into(),
+            message: format!("{reason} fix"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_a_condition_with_every_rule_and_one_event_while_it_stays() {
+        let refusals = [
+            refusal("ImageNotAllowed", "spec.power.off.nodeAgent.image"),
+            refusal("NodeNotAdoptable", "Kubernetes Node n1"),
+        ];
+        let (first, event) = permission(MachineStatus::default(), &refusals, Some(2), t(0));
+        assert_eq!(
+            cond(&first, CONDITION_NOT_PERMITTED),
+            ("True", "ImageNotAllowed")
+        );
+        let c =
+            find_condition(&first.conditions, CONDITION_NOT_PERMITTED).map(|c| c.message.as_str());
+        assert_eq!(
+            c,
+            Some(
+                "spec.power.off.nodeAgent.image: ImageNotAllowed fix; \
+                 Kubernetes Node n1: NodeNotAdoptable fix"
+            )
+        );
+        let event = event.expect("an Event when it appears");
+        assert_eq!(
+            (event.reason, event.warning),
+            (CONDITION_NOT_PERMITTED, true)
+        );
+        assert!(
+            event.message.contains("Kubernetes Node n1"),
+            "{}",
+            event.message
+        );
+        assert_eq!(
+            first.lifecycle,
+            Lifecycle::default(),
+            "nothing else changes"
+        );
+        let (again, event) = permission(first, &refusals[1..], Some(2), t(30));
+        assert_eq!(
+            cond(&again, CONDITION_NOT_PERMITTED),
+            ("True", "NodeNotAdoptable")
+        );
+        assert!(event.is_none(), "said once while it stays");
+    }
+
+    #[test]
+    fn a_fixed_refusal_turns_the_condition_false_and_a_machine_never_refused_has_none() {
+        let refused = [refusal("ControlPlaneNode", "Kubernetes Node cp")];
+        let (status, _) = permission(MachineStatus::default(), &refused, Some(2), t(0));
+        let (fixed, event) = permission(status, &[], Some(3), t(10));
+        assert_eq!(
+            cond(&fixed, CONDITION_NOT_PERMITTED),
+            ("False", "Permitted")
+        );
+        assert!(event.is_none());
+        let (never, _) = permission(MachineStatus::default(), &[], Some(1), t(0));
+        assert!(find_condition(&never.conditions, CONDITION_NOT_PERMITTED).is_none());
+        let (refused_again, event) = permission(fixed, &refused, Some(4), t(20));
+        assert_eq!(cond(&refused_again, CONDITION_NOT_PERMITTED).0, "True");
+        assert!(event.is_some(), "a new refusal is said again");
     }
 
     fn running(kind: OperationKind, started: Timestamp) -> Operation {

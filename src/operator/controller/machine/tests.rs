@@ -68,6 +68,7 @@ fn operation(kind: OperationKind, id: &str, started: Timestamp) -> Operation {
 /// Node `n1`, registered as m1's (providerID set, restored), Ready or not since `since`.
 fn node(ready: bool, since: Timestamp) -> Node {
     crate::testing::node("n1")
+        .adoptable()
         .at_version("3")
         .annotation(crate::operator::node::RESTORED, "true")
         .provider_id("homelab://lab/m1")
@@ -99,6 +100,20 @@ fn to_json<T: serde::Serialize>(t: &T) -> Value {
 
 /// The power Job of `op`, finished successfully.
 fn completed_job(op: &str) -> Job {
+    let mut job = running_job(op);
+    job.status = Some(JobStatus {
+        conditions: Some(vec![JobCondition {
+            type_: "Complete".into(),
+            status: "True".into(),
+            ..JobCondition::default()
+        }]),
+        ..JobStatus::default()
+    });
+    job
+}
+
+/// The power Job of `op`, not finished.
+fn running_job(op: &str) -> Job {
     Job {
         metadata: ObjectMeta {
             name: Some(format!("m1-{op}")),
@@ -118,14 +133,6 @@ fn completed_job(op: &str) -> Job {
             ),
             ..ObjectMeta::default()
         },
-        status: Some(JobStatus {
-            conditions: Some(vec![JobCondition {
-                type_: "Complete".into(),
-                status: "True".into(),
-                ..JobCondition::default()
-            }]),
-            ..JobStatus::default()
-        }),
         ..Job::default()
     }
 }
@@ -548,4 +555,164 @@ fn cordoned_node(n: &Node) -> Node {
     let mut c = n.clone();
     c.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
     c
+}
+
+/// Node `n1` as [`node`] makes it, without the label that lets a Node CR adopt it.
+fn node_not_adoptable(ready: bool, since: Timestamp) -> Node {
+    let mut n = node(ready, since);
+    if let Some(l) = &mut n.metadata.labels {
+        l.remove(crate::operator::trust::ADOPTABLE_LABEL);
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_machine_wanted_off_whose_node_is_not_adoptable_only_gets_not_permitted() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    stores.node(node_not_adoptable(true, then));
+    let m = machine(
+        PowerState::Off,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    // Only the status write: no cordon, no pod listing, no Job.
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert_eq!(action.ok(), Some(Action::await_change()));
+    assert_eq!(log.requests.len(), 1, "{:?}", log.requests);
+    let status = request(&log, Method::PATCH, STATUS);
+    assert_eq!(
+        condition_in(status, crate::operator::trust::CONDITION_NOT_PERMITTED),
+        Some(("True".into(), "NodeNotAdoptable".into()))
+    );
+    assert_eq!(
+        status.at("/status/phase"),
+        &json!(null),
+        "the lifecycle waits"
+    );
+    assert_eq!(log.event_reasons(), ["NotPermitted"]);
+}
+
+#[tokio::test]
+async fn a_control_plane_node_is_not_adopted_even_when_labelled_adoptable() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    stores.node(node(true, then).label("node-role.kubernetes.io/control-plane", ""));
+    // Unadopted (wanted off, no lifecycle): adopting would patch spec.powerState and the Node.
+    let m = machine(PowerState::Off, Lifecycle::default());
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert_eq!(action.ok(), Some(Action::await_change()));
+    assert_eq!(log.requests.len(), 1, "{:?}", log.requests);
+    assert_eq!(
+        condition_in(
+            request(&log, Method::PATCH, STATUS),
+            crate::operator::trust::CONDITION_NOT_PERMITTED
+        ),
+        Some(("True".into(), "ControlPlaneNode".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_machine_mid_power_off_whose_node_loses_the_label_stops_its_job_and_waits() {
+    let (ctx, server, mut stores) = Context::test();
+    let started = Timestamp::now() - SignedDuration::from_secs(20);
+    stores.node(node_not_adoptable(true, started));
+    stores.job(running_job("off-1"));
+    let mut lc = lifecycle(Phase::PoweringOff, PowerState::Off, started);
+    lc.operation = Some(operation(OperationKind::PowerOff, "off-1", started));
+    let m = machine(PowerState::Off, lc);
+    let serving = server.serve(vec![
+        expect(Method::DELETE, &format!("{JOBS}/m1-off-1")).answer(json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Success"
+        })),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    // No timed retry: the Node's and the CR's watches bring it back when either changes.
+    assert_eq!(action.ok(), Some(Action::await_change()));
+    assert_eq!(log.requests.len(), 2, "{:?}", log.requests);
+    let status = request(&log, Method::PATCH, STATUS);
+    assert_eq!(
+        condition_in(status, crate::operator::trust::CONDITION_NOT_PERMITTED),
+        Some(("True".into(), "NodeNotAdoptable".into()))
+    );
+    assert_eq!(
+        status.at("/status/operation"),
+        &json!(null),
+        "the operation stays recorded as it was"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_machine_that_is_deleted_leaves_its_node_untouched() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    stores.node(node_not_adoptable(true, then).cordoned());
+    let mut m = machine(
+        PowerState::On,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    m.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let serving = server.serve(vec![expect(Method::PATCH, MACHINE).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert_eq!(action.ok(), Some(Action::await_change()));
+    assert_eq!(
+        log.requests.len(),
+        1,
+        "only the finalizer goes: {:?}",
+        log.requests
+    );
+    assert_eq!(
+        request(&log, Method::PATCH, MACHINE).at("/metadata/finalizers"),
+        &json!([])
+    );
+}
+
+#[tokio::test]
+async fn a_fixed_refusal_turns_not_permitted_false_and_the_machine_acts_again() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let n = node(true, then);
+    stores.node(n.clone());
+    let mut m = machine(
+        PowerState::Off,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    if let Some(s) = &mut m.status {
+        let refusal = crate::operator::trust::check_node(
+            &node_not_adoptable(true, then),
+            &crate::operator::trust::TrustPolicy::default(),
+        )
+        .err()
+        .into_iter()
+        .collect::<Vec<_>>();
+        *s = super::status::permission(s.clone(), &refusal, Some(1), then).0;
+    }
+    let cordoned = cordoned_node(&n);
+    let serving = server.serve(vec![
+        expect(Method::GET, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, NODE).answer(to_json(&cordoned)),
+        expect(Method::GET, PODS).answer(pod_list(&[])),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+        expect(Method::GET, NODE).answer(to_json(&cordoned)),
+        expect(Method::POST, JOBS).echo(),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    assert!(position(&log, Method::POST, JOBS).is_some(), "acts again");
+    assert_eq!(
+        condition_in(
+            request(&log, Method::PATCH, STATUS),
+            crate::operator::trust::CONDITION_NOT_PERMITTED
+        ),
+        Some(("False".into(), "Permitted".into()))
+    );
+    assert!(log.event_reasons().iter().all(|r| r != "NotPermitted"));
 }

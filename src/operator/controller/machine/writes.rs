@@ -8,7 +8,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 
 use super::act::{direction_of, driver, op_context};
-use super::{find_node, group_of};
+use super::{find_node, group_of, refusals};
 use crate::operator::api::{Machine, MachineStatus};
 use crate::operator::controller::{Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::operator::machine::{PowerState, operation_resource_name};
@@ -33,7 +33,8 @@ pub(super) async fn add_finalizer(api: &Api<Machine>, m: &Machine) -> Result<(),
     Ok(())
 }
 
-/// Deleting a Node CR: stop its operation, leave its Kubernetes Node schedulable, let it go.
+/// Deleting a Node CR: stop its operation, leave its Kubernetes Node schedulable (untouched when
+/// the trust boundary refuses the machine), let it go.
 /// The machine's power is left as it is (deleting an object is not a power-off).
 pub(super) async fn finalize(
     ctx: &Context,
@@ -54,7 +55,10 @@ pub(super) async fn finalize(
             d.cancel(&cx).await?;
         }
     }
-    if let Some(n) = &node {
+    // A machine the trust boundary refuses never had the Node written by this operator (or
+    // lost the right to): the Node is left untouched.
+    let refused = !refusals(ctx, m, node.as_deref()).is_empty();
+    if let Some(n) = node.as_ref().filter(|_| !refused) {
         ctx.ensure_leader()?;
         // Leave the Node as it was before we managed it: our cordon, labels, taints and
         // annotations go; a person's stay.
