@@ -68,7 +68,7 @@ impl TrustPolicy {
     /// `systemctl poweroff`).
     pub fn allows_node_agent_command(&self, agent: &NodeAgent) -> bool {
         let command = agent.command();
-        self.node_agent_commands.iter().any(|c| *c == command)
+        self.node_agent_commands.contains(&command)
     }
 
     /// Whether `namespace/name` is the operator's own ServiceAccount.
