@@ -18,14 +18,20 @@ pub struct MinimalPodSpec {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Secrets or ConfigMaps mounted read-only into the container.
+    /// Secrets or ConfigMaps mounted read-only into the container. A Secret is mounted only if
+    /// the operator may read it itself (the Helm chart's `credentialSecrets`); otherwise the
+    /// Job is not created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMountSpec>,
-    /// ServiceAccount the Job's pod runs as (default: the namespace's default).
+    /// ServiceAccount the Job's pod runs as, with its token mounted: one the operator allows
+    /// (`--job-service-account`, the chart's `security.jobServiceAccounts`), never the
+    /// operator's own. Default: the operator's `--pod-service-account` (else the namespace's
+    /// `default`), without a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
     /// Run the container privileged. Refused unless the operator runs with
-    /// `--allow-privileged-jobs`; without it the pod gets the restricted Pod Security profile.
+    /// `--allow-privileged-jobs`. Without it the pod gets the restricted Pod Security profile
+    /// (non-root, no privilege escalation, no capabilities, the runtime's seccomp profile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privileged: Option<bool>,
     /// Run the pod in the host's network namespace (e.g. to reach a device only the host's LAN
@@ -173,7 +179,9 @@ pub struct WakeOnLanRelay {
     /// Labels of the nodes that share the target's LAN (empty: any Ready node but the target).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Image with `python3` that sends the packet (default: [`DEFAULT_WOL_RELAY_IMAGE`]).
+    /// Image with `python3` that sends the packet (default: [`DEFAULT_WOL_RELAY_IMAGE`]). It
+    /// runs on the host's network, so it must be one the operator allows (`--allowed-image`,
+    /// the chart's `security.allowedImages`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
 }
@@ -500,10 +508,14 @@ impl HttpAction {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeAgent {
-    /// Image of the agent Job (default: [`DEFAULT_NODE_AGENT_IMAGE`]).
+    /// Image of the agent Job (default: [`DEFAULT_NODE_AGENT_IMAGE`]). It runs privileged in
+    /// the host's PID namespace, so it must be one the operator allows (`--allowed-image`, the
+    /// chart's `security.allowedImages`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Command run on the host through `nsenter` (default `systemctl poweroff`).
+    /// Command run as root on the host through `nsenter` (default `systemctl poweroff`): one
+    /// the operator allows, word for word (`--node-agent-command`, the chart's
+    /// `security.nodeAgentCommands`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
 }

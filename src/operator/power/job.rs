@@ -8,11 +8,14 @@
 //! Job watch.
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMapVolumeSource, Container, EnvVar, NodeAffinity, NodeSelector,
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, EnvVar, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
@@ -21,6 +24,7 @@ use kube::{Client, Resource, ResourceExt as _};
 
 use super::{Driver, OpContext, OpProgress, PowerError, Report};
 use crate::operator::api::{Direction, Machine, MinimalPodSpec, NodeAgent};
+use crate::operator::trust::TrustPolicy;
 
 /// Label on everything the operator creates (Jobs, relay pods): the Job watch selects on it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -90,6 +94,9 @@ pub struct JobDriver<'a> {
     /// ServiceAccount of the Job's pod when the Node CR names none (`run-operator
     /// --pod-service-account`).
     pub service_account: Option<&'a str>,
+    /// What Node CRs may ask for (`Settings.trust`): checked again right before the Job is
+    /// created, so a pod outside it is never created even if the controller's check was missed.
+    pub trust: &'a TrustPolicy,
 }
 
 impl JobDriver<'_> {
@@ -124,6 +131,186 @@ pub fn default_service_account(job: &mut Job, name: Option<&str>) {
     }
 }
 
+fn namespace(machine: &Machine) -> &str {
+    machine.metadata.namespace.as_deref().unwrap_or("default")
+}
+
+/// The field of `machine`'s `job` driver for `direction`: `spec.power.<dir>.job`, or the
+/// predecessor's `spec.startupPodSpec` / `spec.shutdownPodSpec` when `power.<dir>` is not set.
+pub fn job_field(machine: &Machine, direction: Direction) -> String {
+    let power = machine.spec.power.as_ref();
+    let (set, legacy) = match direction {
+        Direction::On => (
+            power.and_then(|p| p.on.as_ref()).is_some(),
+            "spec.startupPodSpec",
+        ),
+        Direction::Off => (
+            power.and_then(|p| p.off.as_ref()).is_some(),
+            "spec.shutdownPodSpec",
+        ),
+    };
+    if set {
+        format!("spec.power.{direction}.job")
+    } else {
+        legacy.to_owned()
+    }
+}
+
+/// The trust boundary's rules, checked again on the Job about to be created (the controller
+/// checks the Node CR first; this keeps a pod outside the policy from ever being created):
+/// a node agent's image and command, a `job` driver's ServiceAccount and privilege, and no
+/// pod running as the operator's own ServiceAccount, however it got there.
+pub fn admit(
+    cx: &OpContext<'_>,
+    kind: JobKind<'_>,
+    job: &Job,
+    policy: &TrustPolicy,
+) -> Result<(), PowerError> {
+    let ns = namespace(cx.machine);
+    let (refusals, named_by) = match kind {
+        JobKind::Custom(spec) => {
+            let field = job_field(cx.machine, cx.direction);
+            let named_by = spec
+                .service_account
+                .is_some()
+                .then(|| format!("{field}.serviceAccount"));
+            (policy.check_job(&field, spec, ns), named_by)
+        }
+        JobKind::NodeAgent(agent) => (
+            policy.check_node_agent(&format!("spec.power.{}.nodeAgent", cx.direction), agent),
+            None,
+        ),
+    };
+    refuse(&refusals)?;
+    let pod = job.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    refuse_operator_account(pod, named_by.as_deref(), ns, policy)
+}
+
+/// Fails with every refusal in `refusals`, if any.
+pub(crate) fn refuse(refusals: &[crate::operator::trust::Refusal]) -> Result<(), PowerError> {
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    Err(PowerError::Config(
+        refusals
+            .iter()
+            .map(|r| format!("{r} ({})", r.reason))
+            .collect::<Vec<_>>()
+            .join("; "),
+    ))
+}
+
+/// Fails when `pod` would run as the operator's own ServiceAccount in `namespace`: named by the
+/// Node CR at `named_by`, given by `run-operator --pod-service-account`, or the namespace's
+/// `default` when the operator itself runs as that.
+pub(crate) fn refuse_operator_account(
+    pod: Option<&PodSpec>,
+    named_by: Option<&str>,
+    namespace: &str,
+    policy: &TrustPolicy,
+) -> Result<(), PowerError> {
+    let given = pod.and_then(|p| p.service_account_name.as_deref());
+    let account = given.unwrap_or("default");
+    if !policy.is_operator_service_account(namespace, account) {
+        return Ok(());
+    }
+    let how = match (named_by, given) {
+        (Some(field), _) => format!("{field} names it"),
+        (None, Some(_)) => "run-operator --pod-service-account names it; give the power pods \
+                            a ServiceAccount of their own (the chart's power ServiceAccount)"
+            .to_owned(),
+        (None, None) => "it is the namespace's default ServiceAccount, which a pod that names \
+                         none runs as; set run-operator --pod-service-account to a \
+                         ServiceAccount of the power pods' own"
+            .to_owned(),
+    };
+    Err(PowerError::Config(format!(
+        "not creating a pod that runs as {namespace}/{account}, the operator's own \
+         ServiceAccount, whose rights a power pod must never get: {how}"
+    )))
+}
+
+/// Asks the API server (a SelfSubjectAccessReview, which every authenticated user may create
+/// through `system:basic-user`) whether the operator may itself `get` each Secret
+/// `(field, name)` in `namespace`, and fails naming the first it may not: a pod the operator
+/// creates mounts only Secrets its owner gave the operator, so a Node CR cannot hand any
+/// Secret of the namespace to a container of its choosing.
+pub(crate) async fn ensure_readable(
+    client: &Client,
+    namespace: &str,
+    secrets: &[(String, &str)],
+) -> Result<(), PowerError> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for (field, name) in secrets {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_owned()),
+                    verb: Some("get".to_owned()),
+                    group: Some(String::new()),
+                    resource: Some("secrets".to_owned()),
+                    name: Some((*name).to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let what = format!("asking whether the operator may read Secret {namespace}/{name}");
+        let answer = match api.create(&PostParams::default(), &review).await {
+            Ok(answer) => answer,
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                return Err(PowerError::Config(format!(
+                    "{what}: forbidden ({}); the operator's ServiceAccount needs the \
+                     system:basic-user ClusterRole (bound to every authenticated user by \
+                     default)",
+                    s.message
+                )));
+            }
+            Err(e) => return Err(api_error(&what, e)),
+        };
+        if !answer.status.is_some_and(|s| s.allowed) {
+            return Err(PowerError::Config(format!(
+                "{field}: the operator may not read Secret {namespace}/{name}, so it does not \
+                 mount it into a pod; add {name} to the chart's credentialSecrets (the \
+                 operator's get on Secrets by name) if this Node CR may use it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The restricted Pod Security Standard for a pod: not root (65532, the conventional
+/// "nonroot" user of distroless images), the container runtime's default seccomp profile.
+pub(crate) fn restricted_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NON_ROOT_ID),
+        run_as_group: Some(NON_ROOT_ID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The restricted Pod Security Standard for a container: no privilege escalation, no
+/// capability.
+pub(crate) fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// User and group id of the pods that run restricted.
+const NON_ROOT_ID: i64 = 65532;
+
 /// A Job of the same name that is not for this machine and operation is someone else's:
 /// never adopt it.
 pub(crate) fn belongs_to(job: &Job, cx: &OpContext<'_>) -> bool {
@@ -150,6 +337,20 @@ impl Driver for JobDriver<'_> {
         }
         let mut job = build_job(cx, self.kind, self.node_name)?;
         default_service_account(&mut job, self.service_account);
+        admit(cx, self.kind, &job, self.trust)?;
+        if let JobKind::Custom(spec) = self.kind {
+            let field = job_field(cx.machine, cx.direction);
+            let secrets: Vec<(String, &str)> = spec
+                .volumes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    let name = v.secret_name.as_deref().filter(|n| !n.is_empty())?;
+                    Some((format!("{field}.volumes[{i}].secretName"), name))
+                })
+                .collect();
+            ensure_readable(&self.client, namespace(cx.machine), &secrets).await?;
+        }
         let name = job.name_any();
         cx.ensure_leader()?;
         match self
@@ -423,6 +624,13 @@ fn owner_reference(machine: &Machine) -> Result<OwnerReference, PowerError> {
 }
 
 /// The owner's container. A power-off Job must not land on the machine it switches off.
+///
+/// It runs under the restricted Pod Security Standard unless the spec asked for more (which
+/// [`admit`] allows only with `allow_privileged_jobs`): `privileged` makes the container
+/// privileged and leaves out every restricted setting that would contradict it (non-root,
+/// no escalation, no capability, the seccomp profile); `hostNetwork` puts the pod on the host's
+/// network and changes nothing else. The ServiceAccount token is mounted only when the spec
+/// names a ServiceAccount, the one case where the pod is meant to call the API.
 fn custom_pod(
     spec: &MinimalPodSpec,
     env: Vec<EnvVar>,
@@ -472,9 +680,27 @@ fn custom_pod(
             }),
             ..Affinity::default()
         });
+    let privileged = spec.privileged == Some(true);
+    let (pod_security, container_security) = if privileged {
+        (
+            None,
+            SecurityContext {
+                privileged: Some(true),
+                ..SecurityContext::default()
+            },
+        )
+    } else {
+        (
+            Some(restricted_pod_security()),
+            restricted_container_security(),
+        )
+    };
     PodSpec {
         restart_policy: Some("Never".to_owned()),
         service_account_name: spec.service_account.clone(),
+        automount_service_account_token: spec.service_account.is_none().then_some(false),
+        host_network: (spec.host_network == Some(true)).then_some(true),
+        security_context: pod_security,
         affinity: avoid_target,
         containers: vec![Container {
             name: "power".to_owned(),
@@ -483,6 +709,7 @@ fn custom_pod(
             args: (!spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(env),
             volume_mounts: (!mounts.is_empty()).then_some(mounts),
+            security_context: Some(container_security),
             ..Container::default()
         }],
         volumes: (!volumes.is_empty()).then_some(volumes),
@@ -654,6 +881,172 @@ mod tests {
         assert_eq!(&cmd[..2], ["nsenter", "-t"]);
         assert_eq!(&cmd[cmd.len() - 2..], ["systemctl", "poweroff"]);
         Ok(())
+    }
+
+    fn custom(spec: &MinimalPodSpec) -> Result<PodSpec, PowerError> {
+        let m = Machine::test("m1").uid("uid-1").build();
+        let op = operation("off-2");
+        let job = build_job(
+            &context(&m, &op, "m1-off-2"),
+            JobKind::Custom(spec),
+            Some("node-m1"),
+        )?;
+        Ok(pod_spec(&job).clone())
+    }
+
+    fn restricted_pod(pod: &PodSpec) -> bool {
+        let sc = pod.security_context.clone().unwrap_or_default();
+        sc.run_as_non_root == Some(true)
+            && sc.run_as_user == Some(65532)
+            && sc.run_as_group == Some(65532)
+            && sc.seccomp_profile.map(|p| p.type_).as_deref() == Some("RuntimeDefault")
+    }
+
+    fn restricted_container(c: &Container) -> bool {
+        let sc = c.security_context.clone().unwrap_or_default();
+        sc.allow_privilege_escalation == Some(false)
+            && sc.privileged != Some(true)
+            && sc.capabilities.and_then(|c| c.drop) == Some(vec!["ALL".to_owned()])
+    }
+
+    #[test]
+    fn a_job_drivers_pod_is_restricted_and_gets_no_token() -> Result<(), PowerError> {
+        let pod = custom(&crate::testing::job(
+            crate::testing::POWER_IMAGE,
+            &["/power"],
+        ))?;
+        assert!(restricted_pod(&pod), "{:?}", pod.security_context);
+        assert!(
+            restricted_container(&pod.containers[0]),
+            "{:?}",
+            pod.containers[0].security_context
+        );
+        assert_eq!(pod.host_network, None);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        Ok(())
+    }
+
+    #[test]
+    fn a_job_that_names_its_service_account_gets_its_token() -> Result<(), PowerError> {
+        let pod = custom(&MinimalPodSpec {
+            service_account: Some("plug".to_owned()),
+            ..crate::testing::job(crate::testing::POWER_IMAGE, &[])
+        })?;
+        assert_eq!(pod.service_account_name.as_deref(), Some("plug"));
+        assert_eq!(pod.automount_service_account_token, None);
+        assert!(restricted_pod(&pod) && restricted_container(&pod.containers[0]));
+        Ok(())
+    }
+
+    #[test]
+    fn a_privileged_job_is_privileged_and_nothing_restricted_contradicts_it()
+    -> Result<(), PowerError> {
+        let pod = custom(&MinimalPodSpec {
+            privileged: Some(true),
+            ..crate::testing::job(crate::testing::POWER_IMAGE, &[])
+        })?;
+        let sc = pod.containers[0]
+            .security_context
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(sc.privileged, Some(true));
+        // The API server refuses privileged with allowPrivilegeEscalation false; a privileged
+        // container runs as whoever its image says, with every capability.
+        assert_eq!(sc.allow_privilege_escalation, None);
+        assert_eq!(sc.capabilities, None);
+        let psc = pod.security_context.clone().unwrap_or_default();
+        assert_eq!((psc.run_as_non_root, psc.run_as_user), (None, None));
+        assert_eq!(pod.host_network, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_host_network_job_is_otherwise_restricted() -> Result<(), PowerError> {
+        let pod = custom(&MinimalPodSpec {
+            host_network: Some(true),
+            ..crate::testing::job(crate::testing::POWER_IMAGE, &[])
+        })?;
+        assert_eq!(pod.host_network, Some(true));
+        assert!(restricted_pod(&pod) && restricted_container(&pod.containers[0]));
+        Ok(())
+    }
+
+    /// `admit` on the Job `kind` builds for `m`, with the pod ServiceAccount `default_sa`.
+    fn admitted(
+        m: &Machine,
+        kind: JobKind<'_>,
+        default_sa: Option<&str>,
+        policy: &TrustPolicy,
+    ) -> Result<(), PowerError> {
+        let op = operation("off-2");
+        let cx = context(m, &op, "m1-off-2");
+        let mut job = build_job(&cx, kind, Some("node-m1"))?;
+        default_service_account(&mut job, default_sa);
+        admit(&cx, kind, &job, policy)
+    }
+
+    fn config_error(r: Result<(), PowerError>) -> String {
+        match r {
+            Err(PowerError::Config(m)) => m,
+            other => panic!("not a configuration error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_node_agent_outside_the_policy_is_never_created() {
+        let m = Machine::test("m1").uid("uid-1").build();
+        let policy = TrustPolicy::default();
+        assert!(admitted(&m, JobKind::NodeAgent(&NodeAgent::default()), None, &policy).is_ok());
+        let foreign = NodeAgent {
+            image: Some("evil.example/root:1".to_owned()),
+            command: vec!["sh".to_owned(), "-c".to_owned(), "id".to_owned()],
+        };
+        let msg = config_error(admitted(&m, JobKind::NodeAgent(&foreign), None, &policy));
+        assert!(
+            msg.contains("spec.power.off.nodeAgent.image")
+                && msg.contains("spec.power.off.nodeAgent.command"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_job_asking_for_privilege_is_created_only_with_the_policy() {
+        let m = Machine::test("m1").uid("uid-1").build();
+        let asking = MinimalPodSpec {
+            privileged: Some(true),
+            ..crate::testing::job(crate::testing::POWER_IMAGE, &[])
+        };
+        let mut policy = TrustPolicy::default();
+        let msg = config_error(admitted(&m, JobKind::Custom(&asking), None, &policy));
+        assert!(msg.contains("spec.power.off.job.privileged"), "{msg}");
+        policy.allow_privileged_jobs = true;
+        assert!(admitted(&m, JobKind::Custom(&asking), None, &policy).is_ok());
+    }
+
+    #[test]
+    fn no_pod_runs_as_the_operators_service_account_however_it_is_named() {
+        let m = Machine::test("m1").uid("uid-1").build();
+        let policy = TrustPolicy {
+            operator_service_account: Some(("lab".to_owned(), "homelab".to_owned())),
+            ..TrustPolicy::default()
+        };
+        let plain = crate::testing::job(crate::testing::POWER_IMAGE, &[]);
+        let agent = NodeAgent::default();
+        for kind in [JobKind::Custom(&plain), JobKind::NodeAgent(&agent)] {
+            let msg = config_error(admitted(&m, kind, Some("homelab"), &policy));
+            assert!(
+                msg.contains("lab/homelab") && msg.contains("--pod-service-account"),
+                "{msg}"
+            );
+            assert!(admitted(&m, kind, Some("lab-power"), &policy).is_ok());
+        }
+        // An operator running as its namespace's `default` is what a pod naming none gets.
+        let as_default = TrustPolicy {
+            operator_service_account: Some(("lab".to_owned(), "default".to_owned())),
+            ..TrustPolicy::default()
+        };
+        let msg = config_error(admitted(&m, JobKind::Custom(&plain), None, &as_default));
+        assert!(msg.contains("lab/default"), "{msg}");
     }
 
     #[test]

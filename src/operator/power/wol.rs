@@ -10,9 +10,8 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SecretKeySelector, SecurityContext,
+    Affinity, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, PodSpec, PodTemplateSpec, SecretKeySelector, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
@@ -23,13 +22,17 @@ use super::secret;
 use super::{Driver, OpContext, OpProgress, PowerError, Report};
 use crate::operator::api::{Machine, SECRET_KEY_PASSWORD, WakeOnLan, WakeOnLanRelay, parse_mac};
 use crate::operator::error_chain;
+use crate::operator::trust::TrustPolicy;
 
 /// Labels of the relay Job: the same as every power Job's, so the operator's Job watch (selected
 /// on the managed-by label) sees it and its completion wakes the controller.
 pub use super::job::{
     DIRECTION_LABEL, MACHINE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OPERATION_LABEL,
 };
-use super::job::{api_error, belongs_to, job_metadata, job_name as relay_job_name, progress};
+use super::job::{
+    api_error, belongs_to, ensure_readable, job_metadata, job_name as relay_job_name, progress,
+    refuse, refuse_operator_account, restricted_container_security, restricted_pod_security,
+};
 
 /// A relay sends one packet: a Job still not done after this is stuck (no node to run on, image
 /// not pulled) and fails, so the lifecycle retries instead of waiting for the boot deadline.
@@ -96,7 +99,14 @@ pub struct WakeOnLanDriver<'a> {
     node_name: Option<&'a str>,
     /// ServiceAccount of the relay pod (`run-operator --pod-service-account`).
     service_account: Option<&'a str>,
+    /// What Node CRs may ask for: checked again right before the relay Job is created.
+    trust: &'a TrustPolicy,
 }
+
+/// The policy of a driver built without [`WakeOnLanDriver::with_trust`]: the documented
+/// defaults.
+static DEFAULT_TRUST: std::sync::LazyLock<TrustPolicy> =
+    std::sync::LazyLock::new(TrustPolicy::default);
 
 impl<'a> WakeOnLanDriver<'a> {
     /// `client` reads the SecureOn Secret (only that one, by name) and, with `via`, creates,
@@ -111,7 +121,14 @@ impl<'a> WakeOnLanDriver<'a> {
             spec,
             node_name,
             service_account: None,
+            trust: &DEFAULT_TRUST,
         }
+    }
+
+    /// Checks the relay against `policy` (`Settings.trust`) before creating it.
+    pub fn with_trust(mut self, policy: &'a TrustPolicy) -> Self {
+        self.trust = policy;
+        self
     }
 
     /// Runs the relay pod as `name` (else the namespace's `default`).
@@ -195,6 +212,21 @@ impl Driver for WakeOnLanDriver<'_> {
         };
         let mut job = relay_job(cx, self.spec, via, self.node_name)?;
         super::job::default_service_account(&mut job, self.service_account);
+        // The trust boundary, again right before the pod is created: an allowed image (it runs
+        // on the host's network), never the operator's ServiceAccount, and a SecureOn Secret
+        // only if the operator may read it itself.
+        let field = Self::field(cx);
+        refuse(&self.trust.check_relay(&format!("{field}.via"), via))?;
+        let pod = job.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        refuse_operator_account(pod, None, namespace(cx.machine), self.trust)?;
+        if let Some(secret) = &self.spec.secure_on_secret {
+            ensure_readable(
+                &self.client,
+                namespace(cx.machine),
+                &[(format!("{field}.secureOnSecret"), secret.as_str())],
+            )
+            .await?;
+        }
         let name = relay_job_name(cx.resource_name);
         cx.ensure_leader()?;
         match self.jobs(cx).create(&PostParams::default(), &job).await {
@@ -312,14 +344,11 @@ pub fn relay_job(
             RELAY_SCRIPT.to_owned(),
         ]),
         env: Some(env),
+        // Restricted: a UDP broadcast needs no capability (the program sets SO_BROADCAST on
+        // its own socket), only the host's network.
         security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
+            ..restricted_container_security()
         }),
         ..Container::default()
     };
@@ -342,11 +371,7 @@ pub fn relay_job(
                     node_selector: (!via.node_selector.is_empty())
                         .then(|| via.node_selector.clone()),
                     affinity,
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65534),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod_security()),
                     containers: vec![container],
                     ..PodSpec::default()
                 }),
@@ -372,6 +397,59 @@ mod tests {
             let err = parse_secure_on(bad).err().unwrap_or_default();
             assert!(!err.is_empty() && !err.contains(bad), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_relay_is_on_the_host_network_and_otherwise_restricted() -> Result<(), PowerError> {
+        let via = WakeOnLanRelay::default();
+        let wol = WakeOnLan {
+            mac: "aa:bb:cc:dd:ee:ff".to_owned(),
+            via: Some(via.clone()),
+            ..WakeOnLan::default()
+        };
+        let m = Machine::test("m1").uid("uid-1").wol(wol.clone()).build();
+        let op = crate::operator::machine::Operation {
+            kind: crate::operator::machine::OperationKind::PowerOn,
+            id: "on-1".to_owned(),
+            started: jiff::Timestamp::UNIX_EPOCH,
+            deadline: jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_mins(5),
+            completed: None,
+        };
+        let cx = OpContext {
+            machine: &m,
+            direction: crate::operator::api::Direction::On,
+            op: &op,
+            resource_name: "m1-on-1",
+            now: op.started,
+            fence: None,
+        };
+        let job = relay_job(&cx, &wol, &via, Some("node-m1"))?;
+        let pod = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .unwrap_or_else(|| panic!("a relay Job without a pod"));
+        assert_eq!(pod.host_network, Some(true));
+        assert_eq!(pod.host_pid, None);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let psc = pod.security_context.unwrap_or_default();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.map(|p| p.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        let sc = pod.containers[0]
+            .security_context
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.privileged, None);
+        assert_eq!(
+            sc.capabilities.map(|c| (c.add, c.drop)),
+            Some((None, Some(vec!["ALL".to_owned()])))
+        );
+        // A broadcast needs SO_BROADCAST, which the program sets itself, and no capability.
+        assert!(RELAY_SCRIPT.contains("setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)"));
+        Ok(())
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub(super) fn driver<'a>(
         .map_err(|e| PowerError::Config(e.to_string()))?;
     let client = ctx.client.clone();
     let service_account = ctx.settings.pod_service_account.as_deref();
+    let trust = &ctx.settings.trust;
     Ok(match spec {
         DriverSpec::Job(spec) => AnyDriver::Job(JobDriver {
             client,
@@ -109,6 +110,7 @@ pub(super) fn driver<'a>(
             kind: JobKind::Custom(spec),
             node_name,
             service_account,
+            trust,
         }),
         DriverSpec::NodeAgent(agent) => AnyDriver::Job(JobDriver {
             client,
@@ -116,9 +118,12 @@ pub(super) fn driver<'a>(
             kind: JobKind::NodeAgent(agent),
             node_name,
             service_account,
+            trust,
         }),
         DriverSpec::WakeOnLan(w) => AnyDriver::WakeOnLan(
-            WakeOnLanDriver::new(client, w, node_name).with_service_account(service_account),
+            WakeOnLanDriver::new(client, w, node_name)
+                .with_service_account(service_account)
+                .with_trust(trust),
         ),
         DriverSpec::Redfish(r) => AnyDriver::Redfish(RedfishDriver::new(client, r)),
         DriverSpec::Http(h) => AnyDriver::Http(HttpDriver::new(client, h)),
