@@ -23,6 +23,7 @@ use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
 use serde_json::json;
 use support::helm::{CHART, Helm, find, kinds, operator_args, repo, stdout_of, tool};
+use support::pod_security::{namespace_enforcing, template, violations};
 use support::world::job_finished;
 use support::{ControlPlane, FakeNode, World};
 
@@ -508,7 +509,8 @@ async fn set_power(machines: &Api<Machine>, name: &str, power: &str) -> anyhow::
 /// arguments (ports moved to free loopback ones) and a TokenRequest token of the chart's
 /// ServiceAccount, so it has exactly the chart's RBAC. A machine goes off → on → off through
 /// power Jobs (the harness plays the Job controller and the kubelet); the power-off drains a pod
-/// of another namespace through the Eviction API. Then `kubectl auth can-i` with the same token
+/// of another namespace through the Eviction API, and both power Jobs pass the API server's
+/// `restricted` Pod Security level. Then `kubectl auth can-i` with the same token
 /// shows what the chart does NOT allow:
 /// - reading a Secret not listed in credentialSecrets, listing Secrets (the listed one: yes);
 /// - reading or writing Node CRs and Groups of another namespace; creating or deleting Node CRs
@@ -638,6 +640,13 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
     world.complete_job(&ns, &off.name_any()).await?;
     world.node_ready(&node, false).await?;
     phase(&machines, "m1", Phase::Off).await.map_err(with_log)?;
+    // Both pods it made are within the restricted Pod Security level, as the API server judges.
+    let restricted = namespace_enforcing(cp, "helm-restricted", "restricted").await?;
+    for job in [&on, &off] {
+        if let Some(broken) = violations(cp, &restricted, "restricted", template(job)?).await? {
+            bail!("power Job {} is not restricted: {broken}", job.name_any());
+        }
+    }
     let nodes: Api<Node> = Api::all(admin.clone());
     wait_for("the powered-off Node deleted", || async {
         Ok(nodes.get_opt(&node).await?.is_none().then_some(()))

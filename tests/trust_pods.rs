@@ -9,12 +9,11 @@ mod support_power;
 
 use std::collections::BTreeMap;
 
-use anyhow::Context as _;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams};
 use kubectl_homelab::operator::api::{
     Direction, Machine, MinimalPodSpec, NodeAgent, VolumeMountSpec, WakeOnLan, WakeOnLanRelay,
 };
@@ -24,83 +23,10 @@ use kubectl_homelab::operator::power::{Driver as _, OpProgress, PowerError};
 use kubectl_homelab::operator::trust::TrustPolicy;
 use kubectl_homelab::testing::{POWER_IMAGE, job};
 use support::ControlPlane;
+use support::pod_security::{namespace_enforcing, template, violations};
 use support_power::{Op, create_secret};
 
 const MAC: &str = "3c:7c:3f:1a:2b:01";
-
-/// A fresh namespace whose Pod Security admission enforces `level`.
-async fn namespace_enforcing(
-    cp: &ControlPlane,
-    prefix: &str,
-    level: &str,
-) -> anyhow::Result<String> {
-    let ns = cp.namespace(prefix).await?;
-    let patch = serde_json::json!({"metadata": {"labels": {
-        "pod-security.kubernetes.io/enforce": level,
-        "pod-security.kubernetes.io/enforce-version": "latest",
-    }}});
-    Api::<Namespace>::all(cp.client()?)
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .with_context(|| format!("labelling namespace {ns}"))?;
-    Ok(ns)
-}
-
-fn template(job: &Job) -> anyhow::Result<PodSpec> {
-    job.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.clone())
-        .context("the Job has a pod template")
-}
-
-/// A server-side dry-run create of a Pod with `spec` in `ns`: `Ok` when every admission
-/// plugin (Pod Security among them) accepts it, else the API server's message.
-async fn dry_run_pod(
-    cp: &ControlPlane,
-    ns: &str,
-    spec: PodSpec,
-) -> anyhow::Result<Result<(), String>> {
-    let pod = Pod {
-        metadata: kube::api::ObjectMeta {
-            name: Some(cp.unique_name("probe")),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        ..Pod::default()
-    };
-    let params = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    match Api::<Pod>::namespaced(cp.client()?, ns)
-        .create(&params, &pod)
-        .await
-    {
-        Ok(_) => Ok(Ok(())),
-        Err(kube::Error::Api(s)) if s.code == 403 => Ok(Err(s.message)),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// What Pod Security says a template violates at `level` (after `violates PodSecurity
-/// "<level>:latest": `), or `None` when it is accepted.
-async fn violations(
-    cp: &ControlPlane,
-    ns: &str,
-    level: &str,
-    spec: PodSpec,
-) -> anyhow::Result<Option<String>> {
-    Ok(match dry_run_pod(cp, ns, spec).await? {
-        Ok(()) => None,
-        Err(message) => {
-            let marker = format!("violates PodSecurity \"{level}:latest\": ");
-            let at = message
-                .find(&marker)
-                .with_context(|| format!("not a Pod Security refusal: {message}"))?;
-            Some(message[at + marker.len()..].to_owned())
-        }
-    })
-}
 
 fn machine(ns: &str, name: &str) -> kubectl_homelab::testing::MachineBuilder {
     Machine::test(name)

@@ -29,6 +29,7 @@ pub mod helm;
 pub mod identity;
 pub mod machines;
 pub mod pki;
+pub mod pod_security;
 pub mod process;
 pub mod world;
 
