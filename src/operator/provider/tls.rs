@@ -466,6 +466,64 @@ mod tests {
         }
     }
 
+    fn self_signed() -> (String, String) {
+        match rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]) {
+            Ok(c) => (c.cert.pem(), c.signing_key.serialize_pem()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn write(path: &Path, content: &str) {
+        if let Err(e) = std::fs::write(path, content) {
+            panic!("{}: {e}", path.display());
+        }
+    }
+
+    /// A refused set of files is reported once, not retried until it changes; a good set that
+    /// follows is loaded; a file that cannot be read is reported with its flag.
+    #[test]
+    fn reload_reports_each_new_set_of_files_once() {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (c1, k1) = self_signed();
+        let (c2, k2) = self_signed();
+        write(&cert, &c1);
+        write(&key, &k1);
+        let tls = match ReloadingTls::load(TlsOptions::new(cert.clone(), key.clone(), None)) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        let first = tls.config();
+        assert_eq!(first.alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(tls.reload_if_changed(), Reload::Unchanged);
+
+        write(&cert, &c2);
+        match tls.reload_if_changed() {
+            Reload::Failed(e) => {
+                assert_eq!(e.file, TlsFile::Key, "{e}");
+                assert!(e.to_string().contains("--tls-cert"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tls.reload_if_changed(), Reload::Unchanged);
+        assert!(Arc::ptr_eq(&first, &tls.config()));
+
+        write(&key, &k2);
+        assert_eq!(tls.reload_if_changed(), Reload::Reloaded);
+        assert!(!Arc::ptr_eq(&first, &tls.config()));
+
+        if let Err(e) = std::fs::remove_file(&key) {
+            panic!("{e}");
+        }
+        match tls.reload_if_changed() {
+            Reload::Failed(e) => assert!(e.to_string().starts_with("--tls-key "), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn file_errors_name_the_flag_and_path() {
         let e = TlsFileError {
