@@ -546,6 +546,14 @@ fn bad_values_fail_with_the_key_named() -> anyhow::Result<()> {
             "leaderElection.enabled=false",
             "at '/replicas': value must be 1",
         ),
+        (
+            "networkPolicy.grpcFrom[0].podSelectr.matchLabels.app=ca",
+            "at '/networkPolicy/grpcFrom/0': additional properties 'podSelectr' not allowed",
+        ),
+        (
+            "networkPolicy.enabled=yes",
+            "at '/networkPolicy/enabled': got string, want boolean",
+        ),
     ];
     for (set, key) in cases {
         let out = helm.run(&["template", "lab", CHART, "--set", set])?;
