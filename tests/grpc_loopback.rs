@@ -1378,15 +1378,22 @@ fn pki() -> Pki {
     }
 }
 
-async fn tls_server(p: &Pki) -> (Arc<InMemorySource>, Running) {
+/// The server reads its TLS files from disk; the directory lives as long as the server.
+async fn tls_server(p: &Pki) -> (tempfile::TempDir, Running) {
     let source = Arc::new(InMemorySource::new(lab()));
-    let tls = TlsOptions {
-        cert_pem: p.server_cert.clone().into_bytes(),
-        key_pem: p.server_key.clone().into_bytes(),
-        client_ca_pem: Some(p.ca_pem.clone().into_bytes()),
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
     };
-    let running = start(source.clone(), Some(tls)).await;
-    (source, running)
+    let tls = TlsOptions::new(
+        file("tls.crt", &p.server_cert),
+        file("tls.key", &p.server_key),
+        Some(file("ca.crt", &p.ca_pem)),
+    );
+    let running = start(source, Some(tls)).await;
+    (dir, running)
 }
 
 async fn tls_client(
@@ -1413,7 +1420,7 @@ async fn tls_client(
 #[tokio::test]
 async fn mtls_accepts_a_valid_client_certificate_and_refuses_none() {
     let p = pki();
-    let (_s, running) = tls_server(&p).await;
+    let (_dir, running) = tls_server(&p).await;
     let mut good = tls_client(&p, running.addr, true)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1434,7 +1441,7 @@ async fn mtls_accepts_a_valid_client_certificate_and_refuses_none() {
 #[tokio::test]
 async fn tls_negotiates_alpn_h2() {
     let p = pki();
-    let (_s, running) = tls_server(&p).await;
+    let (_dir, running) = tls_server(&p).await;
     let addr = running.addr;
     let ca_der = p.ca_der.clone();
     let client_der = p.client_der.clone();

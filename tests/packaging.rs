@@ -81,6 +81,7 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",
@@ -234,6 +235,143 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
     Ok(())
 }
 
+/// The `from` peers of the NetworkPolicy rule for `port`, or `None` if no rule names the port.
+fn peers_for_port(policy: &DynamicObject, port: u16) -> Option<serde_json::Value> {
+    policy.data["spec"]["ingress"]
+        .as_array()?
+        .iter()
+        .find(|r| {
+            r["ports"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["port"] == port))
+        })
+        .map(|r| r["from"].clone())
+}
+
+/// The NetworkPolicy is on by default: it selects the operator's pods and admits the gRPC port
+/// only from Cluster Autoscaler pods (any namespace, by their name label; with the chart's own
+/// Cluster Autoscaler, exactly its pod labels), the health port from every pod by default; it
+/// is absent with `networkPolicy.enabled=false`, and an empty peer list renders no rule rather
+/// than a rule that admits everyone.
+#[test]
+fn the_network_policy_admits_only_the_cluster_autoscaler_to_grpc() -> anyhow::Result<()> {
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    let defaults = helm.template("lab", "homelab", &[])?;
+    let policy = find(&defaults, "NetworkPolicy", "lab-kubectl-homelab")?;
+    let deployment = find(&defaults, "Deployment", "lab-kubectl-homelab")?;
+    assert_eq!(
+        policy.data["spec"]["podSelector"]["matchLabels"],
+        deployment.data["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(policy.data["spec"]["policyTypes"], json!(["Ingress"]));
+    let grpc = peers_for_port(policy, 8086).context("a rule for the gRPC port")?;
+    assert_eq!(
+        grpc,
+        json!([{
+            "namespaceSelector": {},
+            "podSelector": {"matchExpressions": [{
+                "key": "app.kubernetes.io/name",
+                "operator": "In",
+                "values": ["cluster-autoscaler", "externalgrpc-cluster-autoscaler"]
+            }]}
+        }])
+    );
+    assert_eq!(
+        peers_for_port(policy, 8081),
+        Some(json!([{"namespaceSelector": {}}]))
+    );
+    let ports = &deployment.data["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert_eq!(ports[0]["containerPort"], 8086);
+    assert_eq!(ports[1]["containerPort"], 8081);
+
+    // The chart's own Cluster Autoscaler: its pods' labels, and only those.
+    let with_ca = helm.template("lab", "homelab", &["clusterAutoscaler.enabled=true"])?;
+    let policy = find(&with_ca, "NetworkPolicy", "lab-kubectl-homelab")?;
+    let ca = find(
+        &with_ca,
+        "Deployment",
+        "lab-kubectl-homelab-cluster-autoscaler",
+    )?;
+    assert_eq!(
+        peers_for_port(policy, 8086),
+        Some(json!([{
+            "podSelector": {"matchLabels": ca.data["spec"]["template"]["metadata"]["labels"]}
+        }]))
+    );
+
+    // Another port follows grpc.port.
+    let moved = helm.template("lab", "homelab", &["grpc.port=9443"])?;
+    let policy = find(&moved, "NetworkPolicy", "lab-kubectl-homelab")?;
+    assert!(peers_for_port(policy, 9443).is_some(), "{}", policy.data);
+
+    let empty = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "networkPolicy.grpcFrom=null",
+            "networkPolicy.metricsFrom=null",
+        ],
+    )?;
+    let policy = find(&empty, "NetworkPolicy", "lab-kubectl-homelab")?;
+    assert_eq!(peers_for_port(policy, 8086), None, "{}", policy.data);
+    assert_eq!(peers_for_port(policy, 8081), None, "{}", policy.data);
+
+    let off = helm.template("lab", "homelab", &["networkPolicy.enabled=false"])?;
+    assert!(!kinds(&off).contains(&"NetworkPolicy".to_owned()));
+    Ok(())
+}
+
+/// Every object the chart renders, with the defaults and with every option on, passes the real
+/// apiserver's validation (a server-side dry-run create). Kinds whose CRDs the test apiserver
+/// does not have (cert-manager's Certificate, the Prometheus Operator's ServiceMonitor) are
+/// skipped, and named in the assertion that they were the only ones.
+#[tokio::test]
+async fn every_rendered_object_passes_a_server_side_dry_run() -> anyhow::Result<()> {
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("helm-dry-run").await?;
+    let client = cp.client()?;
+    let mut skipped = std::collections::BTreeSet::new();
+    let mut checked = std::collections::BTreeSet::new();
+    for set in [&[][..], EVERYTHING_ON] {
+        for obj in helm.template("lab", &ns, set)? {
+            let types = obj.types.clone().unwrap_or_default();
+            let gvk = kube::core::GroupVersionKind::try_from(&types)?;
+            let Ok((resource, caps)) = kube::discovery::pinned_kind(&client, &gvk).await else {
+                skipped.insert(types.kind.clone());
+                continue;
+            };
+            let api: Api<DynamicObject> = match caps.scope {
+                kube::discovery::Scope::Namespaced => {
+                    Api::namespaced_with(client.clone(), &ns, &resource)
+                }
+                kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+            };
+            let pp = PostParams {
+                dry_run: true,
+                field_manager: None,
+            };
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            api.create(&pp, &obj)
+                .await
+                .with_context(|| format!("dry-run create of {} {name}", types.kind))?;
+            checked.insert(types.kind);
+        }
+    }
+    assert_eq!(
+        skipped.into_iter().collect::<Vec<_>>(),
+        ["Certificate", "ServiceMonitor"]
+    );
+    assert!(checked.contains("NetworkPolicy"), "{checked:?}");
+    Ok(())
+}
+
 /// The Dockerfile's image is what the chart expects: the user the pod runs as (non-root, so a
 /// mismatch would not start), the static binary as entrypoint taking the chart's arguments, and
 /// the repository the chart pulls by default.
@@ -294,6 +432,14 @@ fn bad_values_fail_with_the_key_named() -> anyhow::Result<()> {
         (
             "leaderElection.enabled=false",
             "at '/replicas': value must be 1",
+        ),
+        (
+            "networkPolicy.grpcFrom[0].podSelectr.matchLabels.app=ca",
+            "at '/networkPolicy/grpcFrom/0': additional properties 'podSelectr' not allowed",
+        ),
+        (
+            "networkPolicy.enabled=yes",
+            "at '/networkPolicy/enabled': got string, want boolean",
         ),
     ];
     for (set, key) in cases {

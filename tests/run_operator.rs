@@ -56,8 +56,20 @@ impl Replica {
         dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Replica> {
+        Replica::start_on(cp, ns, identity, dir, [127, 0, 0, 1].into(), extra).await
+    }
+
+    /// [`Replica::start_with`] serving gRPC on `grpc_ip` (health stays on loopback).
+    async fn start_on(
+        cp: &ControlPlane,
+        ns: &str,
+        identity: &str,
+        dir: &Path,
+        grpc_ip: std::net::IpAddr,
+        extra: &[&str],
+    ) -> anyhow::Result<Replica> {
         let ports = support::process::free_ports(2).context("picking free ports")?;
-        let grpc: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let grpc = SocketAddr::new(grpc_ip, ports[0]);
         let health: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
         let log = dir.join(format!("{identity}.log"));
         let log_file =
@@ -343,6 +355,58 @@ async fn two_replicas_elect_one_leader_which_alone_mutates_and_hands_over_when_k
         .await
         .context("IncreaseSize on the new leader")?;
     assert_eq!(machines_on(cp, &ns).await?, 2);
+    Ok(())
+}
+
+/// Plaintext gRPC on every interface logs the warning that anyone reaching the port can scale
+/// the cluster; on 127.0.0.1 it does not. Both are judged once the start-up banner, printed
+/// after the ports are bound (and the warning logged), is in the log.
+#[tokio::test]
+async fn plaintext_grpc_on_every_interface_warns_and_on_loopback_does_not() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("run-operator-exposure").await?;
+    let dir = tempfile::tempdir()?;
+    const WARNING: &str = "anyone who can reach this port can scale the cluster";
+    let wildcard = Replica::start_on(
+        cp,
+        &ns,
+        "op-wildcard",
+        dir.path(),
+        [0, 0, 0, 0].into(),
+        &["--leader-elect=false"],
+    )
+    .await?;
+    let loopback = Replica::start_on(
+        cp,
+        &ns,
+        "op-loopback",
+        dir.path(),
+        [127, 0, 0, 1].into(),
+        &["--leader-elect=false"],
+    )
+    .await?;
+    for (r, warns) in [(&wildcard, true), (&loopback, false)] {
+        let log = eventually(
+            &format!("{}'s start-up banner", r.identity),
+            SETTLE,
+            || r.log_tail(),
+            || async {
+                std::fs::read_to_string(&r.log)
+                    .ok()
+                    .filter(|l| l.contains("run-operator: "))
+            },
+        )
+        .await?;
+        assert_eq!(log.contains(WARNING), warns, "{}:\n{log}", r.identity);
+        if warns {
+            assert!(
+                log.contains(&format!("0.0.0.0:{}", r.grpc.port())) && log.contains("--client-ca"),
+                "{log}"
+            );
+        }
+    }
     Ok(())
 }
 

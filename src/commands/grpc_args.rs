@@ -2,7 +2,7 @@
 //! (which flattens them): listen address, TLS, the cluster and scope, timeouts, GPU answers,
 //! and `--print-cloud-config`. Both commands turn them into `operator::run`'s configuration here.
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::kube_args::KubeArgs;
@@ -10,7 +10,6 @@ use crate::operator::cache::Scope;
 use crate::operator::provider::service::DEFAULT_GPU_LABEL;
 use crate::operator::provider::{GpuConfig, ProviderOptions, TlsOptions};
 use crate::operator::run::{GrpcConfig, ProviderConfig, RunError, Server};
-use anyhow::Context as _;
 
 /// Default port: what the Helm chart's Service and the printed cloud-config use.
 pub const DEFAULT_PORT: u16 = 8086;
@@ -140,69 +139,17 @@ fn yaml_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-fn read_flag_file(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
-}
-
 /// TLS settings from `--tls-cert`, `--tls-key`, `--client-ca`; `None` for plaintext h2c. The
 /// server offers ALPN `h2` (CA's grpc-go requires it) and, with `--client-ca`, requires a client
-/// certificate signed by it.
+/// certificate signed by it. The files are read and checked now, so a wrong file fails at
+/// start-up with the flag and the path named; the server then re-reads them when they change.
 pub fn server_tls(args: &GrpcArgs) -> anyhow::Result<Option<TlsOptions>> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
-    let cert_pem = read_flag_file("--tls-cert", cert)?;
-    let key_pem = read_flag_file("--tls-key", key)?;
-    check_pem("--tls-cert", cert, &cert_pem, PemKind::Certificate)?;
-    check_pem("--tls-key", key, &key_pem, PemKind::PrivateKey)?;
-    let client_ca_pem = match &args.client_ca {
-        Some(ca) => {
-            let pem = read_flag_file("--client-ca", ca)?;
-            check_pem("--client-ca", ca, &pem, PemKind::Certificate)?;
-            Some(pem)
-        }
-        None => None,
-    };
-    Ok(Some(TlsOptions {
-        cert_pem,
-        key_pem,
-        client_ca_pem,
-    }))
-}
-
-enum PemKind {
-    Certificate,
-    PrivateKey,
-}
-
-/// tonic only parses the PEM when the first connection arrives; check it now so a wrong file
-/// fails at start-up with the flag and the path named.
-fn check_pem(flag: &str, path: &Path, pem: &[u8], kind: PemKind) -> anyhow::Result<()> {
-    let mut reader = pem;
-    match kind {
-        PemKind::Certificate => {
-            let certs = rustls_pemfile::certs(&mut reader)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("{flag} {}: not valid PEM", path.display()))?;
-            if certs.is_empty() {
-                anyhow::bail!(
-                    "{flag} {}: no `BEGIN CERTIFICATE` block found; pass a PEM certificate file",
-                    path.display()
-                );
-            }
-        }
-        PemKind::PrivateKey => {
-            let key = rustls_pemfile::private_key(&mut reader)
-                .with_context(|| format!("{flag} {}: not valid PEM", path.display()))?;
-            if key.is_none() {
-                anyhow::bail!(
-                    "{flag} {}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)",
-                    path.display()
-                );
-            }
-        }
-    }
-    Ok(())
+    let tls = TlsOptions::new(cert.clone(), key.clone(), args.client_ca.clone());
+    tls.check()?;
+    Ok(Some(tls))
 }
 
 /// The provider's configuration for `operator::run`, with TLS as read by [`server_tls`] and the
@@ -324,6 +271,41 @@ mod tests {
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();
         assert!(err.contains("--tls-cert") && err.contains("c.pem"), "{err}");
+    }
+
+    /// The server refuses a key that is not the certificate's, so start-up checks the pair.
+    #[test]
+    fn a_key_of_another_certificate_fails_at_start_naming_both_files() {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        let pair = || match rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let (a, b) = (pair(), pair());
+        let cert = dir.path().join("a.crt");
+        let key = dir.path().join("b.key");
+        for (path, pem) in [(&cert, a.cert.pem()), (&key, b.signing_key.serialize_pem())] {
+            if let Err(e) = std::fs::write(path, pem) {
+                panic!("{e}");
+            }
+        }
+        let a = parse(&[
+            "--tls-cert",
+            cert.to_str().unwrap_or_default(),
+            "--tls-key",
+            key.to_str().unwrap_or_default(),
+        ]);
+        let err = server_tls(&a)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("--tls-key") && err.contains("b.key") && err.contains("a.crt"),
+            "{err}"
+        );
     }
 
     /// CA caches GPULabel and GetAvailableGPUTypes for its lifetime

@@ -224,6 +224,7 @@ pub async fn run_provider(
         sync_timeout,
     } = config;
     let listener = grpc.listen.bind(Server::Grpc).await?;
+    warn_about_exposure(&listener, grpc.tls.as_ref());
     let source = Arc::new(
         ClusterSource::start(client, scope.clone()).with_write_timeout(grpc.write_timeout),
     );
@@ -236,7 +237,7 @@ pub async fn run_provider(
         tracing::info!(
             listen = %local_address(&listener),
             tls = grpc.tls.is_some(),
-            client_auth = grpc.tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+            client_auth = grpc.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             %scope,
             "caches synced; serving"
         );
@@ -248,6 +249,17 @@ pub async fn run_provider(
         Ok(())
     })
     .await
+}
+
+/// Logs who can call the provider on this listener, when that is more than it should be
+/// ([`super::provider::tls::exposure_warnings`]).
+fn warn_about_exposure(listener: &TcpListener, tls: Option<&TlsOptions>) {
+    let Ok(listen) = listener.local_addr() else {
+        return;
+    };
+    for w in super::provider::tls::exposure_warnings(listen, tls) {
+        tracing::warn!("{w}");
+    }
 }
 
 fn local_address(listener: &TcpListener) -> String {
@@ -305,6 +317,7 @@ impl OperatorConfig {
             e.lease.validate()?;
         }
         let grpc_listener = grpc.listen.bind(Server::Grpc).await?;
+        warn_about_exposure(&grpc_listener, grpc.tls.as_ref());
         let health_listener = health.bind(Server::Health).await?;
         Ok(Operator {
             grpc_listener,

@@ -7,6 +7,8 @@
 //! - [`warnings`]: what a Group's status should warn about (options cost, no template).
 //! - [`service`]: the tonic service over the core, generic over an [`service::InventorySource`].
 //! - [`proto`]: generated wire types, server and client.
+//! - [`tls`]: the server's TLS, reloaded when its files change, and the start-up exposure
+//!   warnings.
 //! - [`cluster`]: the inventory source over the operator's watch cache, and desired-power writes.
 //! - [`rebuild`]: the inventory rebuilt after each change, converting only changed groups.
 pub mod cluster;
@@ -28,12 +30,14 @@ pub use ops::{Decision, NodeRef};
 pub mod in_memory;
 pub mod service;
 pub mod template;
+pub mod tls;
 
 pub use in_memory::InMemorySource;
 pub use service::{
-    GpuConfig, InventorySource, PersistError, Provider, ProviderOptions, ServeError, TlsOptions,
-    serve, serve_provider, serve_provider_with_layer,
+    GpuConfig, InventorySource, PersistError, Provider, ProviderOptions, ServeError, serve,
+    serve_provider, serve_provider_with_layer,
 };
+pub use tls::{TlsFileError, TlsOptions};
 
 #[cfg(test)]
 mod tests;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use tokio::net::TcpListener;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use super::error::{ErrorKind, ProviderError};
@@ -21,6 +21,7 @@ use super::inventory::{Inventory, MachineKey, PowerChange};
 use super::ops::{self, AutoscalingOptions, Decision, ErrorClass, InstanceState, NodeRef};
 use super::proto;
 use super::proto::cloud_provider_server::{CloudProvider, CloudProviderServer};
+use super::tls::{ReloadingTls, TlsFileError, TlsIncoming, TlsOptions};
 use super::{pricing, template};
 
 /// A failed or partial persist. `applied` lists the changes that did reach durable storage (the
@@ -632,31 +633,10 @@ impl<S: InventorySource> CloudProvider for Provider<S> {
     }
 }
 
-/// PEM material for the server's TLS; `client_ca` turns on required client certificates.
-#[derive(Clone, Debug)]
-pub struct TlsOptions {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-    pub client_ca_pem: Option<Vec<u8>>,
-}
-
-impl TlsOptions {
-    fn config(&self) -> ServerTlsConfig {
-        let mut c =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
-        if let Some(ca) = &self.client_ca_pem {
-            // tonic requires the client certificate once a root is set (client_auth_optional
-            // stays false); its rustls config advertises ALPN h2, which CA's grpc-go insists on.
-            c = c.client_ca_root(Certificate::from_pem(ca));
-        }
-        c
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("invalid TLS configuration (certificate or key PEM): {0}")]
-    Tls(#[source] tonic::transport::Error),
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[source] TlsFileError),
     #[error("gRPC server failed: {0}")]
     Transport(#[source] tonic::transport::Error),
 }
@@ -712,10 +692,11 @@ where
     <L::Service as tower_service::Service<http::Request<tonic::body::Body>>>::Future:
         Send + 'static,
 {
-    let mut builder = Server::builder();
-    if let Some(tls) = &tls {
-        builder = builder.tls_config(tls.config()).map_err(ServeError::Tls)?;
-    }
+    // Read before waiting for the source, so a wrong file fails at once.
+    let tls = match tls {
+        Some(t) => Some(Arc::new(ReloadingTls::load(t).map_err(ServeError::Tls)?)),
+        None => None,
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
         () = provider.inner.source.wait_ready() => {}
@@ -724,19 +705,22 @@ where
     tracing::info!(
         addr = ?listener.local_addr().ok(),
         tls = tls.is_some(),
-        client_auth = tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()),
+        client_auth = tls.as_ref().is_some_and(|t| t.options().client_ca.is_some()),
         "serving the Cluster Autoscaler externalgrpc provider"
     );
-    builder
-        .add_service(layer.layer(provider.into_server()))
-        // Without TCP_NODELAY a reply split over several writes waits for the client's delayed
-        // ACK (~40 ms); CA calls hundreds of these per loop.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            shutdown,
-        )
-        .await
-        .map_err(ServeError::Transport)
+    let router = Server::builder().add_service(layer.layer(provider.into_server()));
+    // Without TCP_NODELAY a reply split over several writes waits for the client's delayed
+    // ACK (~40 ms); CA calls hundreds of these per loop.
+    let tcp = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(TlsIncoming::new(tcp, tls), shutdown)
+                .await
+        }
+        None => router.serve_with_incoming_shutdown(tcp, shutdown).await,
+    }
+    .map_err(ServeError::Transport)
 }
