@@ -190,9 +190,12 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         // Said in status, nothing else: no power action, no write to the Node, no Job. The
         // lifecycle stays as recorded; the CR's and the Node's watches queue the machine again
         // when either changes (a fix), so there is no timed retry.
-        tracing::info!(machine = %m.object_ref(), refusals = ?refusals, "not acting: the trust boundary refuses");
-        if let Some(ev) = &refused_event {
-            act::emit(&ctx, &m, ev).await;
+        match &refused_event {
+            Some(ev) => {
+                tracing::info!(machine = %m.object_ref(), refusals = ?refusals, "not acting: the trust boundary refuses");
+                act::emit(&ctx, &m, ev).await;
+            }
+            None => tracing::debug!(machine = %m.object_ref(), "not acting: still refused"),
         }
         if write_status(&api, &m, m.resource_version(), &stored, old_status)
             .await?
