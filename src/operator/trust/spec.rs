@@ -6,7 +6,9 @@
 //! and by the drivers (`power/job.rs`, `power/wol.rs`) right before they create a pod, through
 //! the [`TrustPolicy`] methods below.
 use super::{Refusal, TrustPolicy};
-use crate::operator::api::{Machine, MinimalPodSpec, NodeAgent, WakeOnLanRelay};
+use crate::operator::api::{
+    Machine, MinimalPodSpec, NodeAgent, WakeOnLanRelay, cel::RESERVED_LABEL_PREFIX,
+};
 
 pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
 pub const COMMAND_NOT_ALLOWED: &str = "CommandNotAllowed";
@@ -49,6 +51,22 @@ pub fn check_spec(m: &Machine, policy: &TrustPolicy) -> Vec<Refusal> {
     if let Some(agent) = off.and_then(|o| o.node_agent.as_deref()) {
         out.extend(policy.check_node_agent("spec.power.off.nodeAgent", agent));
     }
+    // The schema refuses these keys too, but CRDs installed before that rule still accept them,
+    // and the node side would write them onto the Kubernetes Node (the adoptable label among
+    // them).
+    out.extend(
+        spec.labels
+            .iter()
+            .filter(|(k, _)| k.starts_with(RESERVED_LABEL_PREFIX))
+            .map(|(k, _)| Refusal {
+                reason: "ReservedLabel",
+                field: format!("spec.labels[{k:?}]"),
+                message: format!(
+                    "{k} is under {RESERVED_LABEL_PREFIX}, which only the operator and a Node's \
+                     owner set; remove it from spec.labels"
+                ),
+            }),
+    );
     out
 }
 
@@ -217,6 +235,27 @@ mod tests {
                 ..WakeOnLan::default()
             })
             .build()
+    }
+
+    #[test]
+    fn a_label_under_the_reserved_prefix_is_refused() {
+        let m = Machine::test("m1")
+            .spec_with(|s| {
+                s.labels.insert(
+                    "infra.homecluster.dev/adoptable".to_owned(),
+                    "true".to_owned(),
+                );
+                s.labels
+                    .insert("homelab.lan/pool".to_owned(), "a".to_owned());
+            })
+            .build();
+        assert_eq!(
+            reasons(&check_spec(&m, &TrustPolicy::default())),
+            vec![(
+                "ReservedLabel",
+                "spec.labels[\"infra.homecluster.dev/adoptable\"]"
+            )]
+        );
     }
 
     #[test]
