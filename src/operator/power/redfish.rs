@@ -53,6 +53,9 @@ impl<'a> RedfishDriver<'a> {
             .namespace
             .as_deref()
             .unwrap_or("default");
+        // Refused before the Secret is read: the credentials go over TLS unless the owner
+        // opted in (the schema refuses the same; an object stored before that rule gets here).
+        self.spec.check_https(&field).map_err(config)?;
         let secret = secret::read(
             &self.client,
             namespace,

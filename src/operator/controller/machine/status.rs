@@ -7,8 +7,9 @@ use kube::ResourceExt as _;
 
 use super::{CONDITION_DRAINING, CONDITION_NODE_READY, is_node_ready};
 use crate::operator::api::{
-    CONDITION_IDENTITY_MISMATCH, CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY,
-    Health, MachineStatus, condition, find_condition, upsert_condition,
+    CONDITION_IDENTITY_MISMATCH, CONDITION_INSECURE_TRANSPORT, CONDITION_INVALID_SPEC,
+    CONDITION_POWER_FAILED, CONDITION_READY, Health, MachineStatus, PowerSpec, condition,
+    find_condition, upsert_condition,
 };
 use crate::operator::machine::{KubeEvent, Lifecycle, OperationKind, Phase, PowerState};
 use crate::operator::node as node_side;
@@ -203,6 +204,52 @@ pub(super) fn invalid_spec(
         ),
     );
     status
+}
+
+/// The `InsecureTransport` condition of a machine whose drivers send credentials in clear text
+/// or to an unverified certificate (`PowerSpec::insecure_transport`), with a Warning Event when
+/// it turns True. Written False only over an earlier True, so a machine never concerned has no
+/// such condition.
+pub(super) fn insecure_transport(
+    status: &mut MachineStatus,
+    power: Option<&PowerSpec>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<KubeEvent> {
+    let was_true = find_condition(&status.conditions, CONDITION_INSECURE_TRANSPORT)
+        .is_some_and(|c| c.status == "True");
+    let Some(found) = power.and_then(PowerSpec::insecure_transport) else {
+        if find_condition(&status.conditions, CONDITION_INSECURE_TRANSPORT).is_some() {
+            upsert_condition(
+                &mut status.conditions,
+                condition(
+                    CONDITION_INSECURE_TRANSPORT,
+                    false,
+                    "CredentialsProtected",
+                    "",
+                    generation,
+                    now,
+                ),
+            );
+        }
+        return None;
+    };
+    upsert_condition(
+        &mut status.conditions,
+        condition(
+            CONDITION_INSECURE_TRANSPORT,
+            true,
+            found.reason,
+            found.message.as_str(),
+            generation,
+            now,
+        ),
+    );
+    (!was_true).then_some(KubeEvent {
+        reason: "InsecureTransport",
+        warning: true,
+        message: found.message,
+    })
 }
 
 /// A power action that ended in one reconcile.
@@ -506,5 +553,53 @@ mod tests {
             ..lifecycle(Phase::Ready)
         };
         assert_eq!(ended_action(&before, &overtaken, t(30)), None);
+    }
+
+    #[test]
+    fn insecure_transport_is_a_condition_with_one_warning_event_when_it_appears() {
+        use crate::operator::api::{PowerOn, Redfish};
+        let spec = |skip: bool| PowerSpec {
+            on: Some(PowerOn {
+                redfish: Some(Box::new(Redfish {
+                    endpoint: "https://bmc".into(),
+                    credentials_secret: "bmc".into(),
+                    insecure_skip_verify: Some(skip),
+                    ..Redfish::default()
+                })),
+                ..PowerOn::default()
+            }),
+            off: None,
+        };
+        // Never concerned: no condition at all.
+        let mut status = MachineStatus::default();
+        assert_eq!(
+            insecure_transport(&mut status, Some(&spec(false)), Some(1), t(0)),
+            None
+        );
+        assert!(status.conditions.is_empty());
+        let event = insecure_transport(&mut status, Some(&spec(true)), Some(2), t(10))
+            .expect("an Event when it appears");
+        assert!(event.warning && event.reason == "InsecureTransport");
+        assert!(event.message.contains("caBundle"), "{}", event.message);
+        assert_eq!(
+            cond(&status, CONDITION_INSECURE_TRANSPORT),
+            ("True", "CertificateNotVerified")
+        );
+        // Still there: no second Event.
+        assert_eq!(
+            insecure_transport(&mut status, Some(&spec(true)), Some(2), t(20)),
+            None
+        );
+        // Fixed: the condition turns False and stays.
+        assert_eq!(
+            insecure_transport(&mut status, Some(&spec(false)), Some(3), t(30)),
+            None
+        );
+        assert_eq!(
+            cond(&status, CONDITION_INSECURE_TRANSPORT),
+            ("False", "CredentialsProtected")
+        );
+        // And an Event again if it comes back.
+        assert!(insecure_transport(&mut status, Some(&spec(true)), Some(4), t(40)).is_some());
     }
 }
