@@ -214,6 +214,26 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
             cel::POSITIVE_DURATION_MESSAGE,
         ),
         ("power.off.http.status.url", cel::URL_RULE, cel::URL_MESSAGE),
+        (
+            "power.on.redfish",
+            cel::REDFISH_HTTPS_RULE,
+            cel::REDFISH_HTTPS_MESSAGE,
+        ),
+        (
+            "power.off.redfish",
+            cel::REDFISH_HTTPS_RULE,
+            cel::REDFISH_HTTPS_MESSAGE,
+        ),
+        (
+            "power.on.http",
+            cel::HTTP_HTTPS_RULE,
+            cel::HTTP_HTTPS_MESSAGE,
+        ),
+        (
+            "power.off.http",
+            cel::HTTP_HTTPS_RULE,
+            cel::HTTP_HTTPS_MESSAGE,
+        ),
     ];
     out.extend(drivers.into_iter().map(|(p, r, m)| ("Node", p, r, m)));
     out
@@ -784,6 +804,49 @@ fn rules_accept_valid_values() {
         let m: Machine = serde_json::from_value(n).expect("typed");
         assert!(api::parse_mac("mac", mac).is_ok());
         assert!(m.boot_timeout().is_ok() && m.hourly_rate().is_ok());
+    }
+}
+
+/// The rules that keep credentials on TLS accept what the owner may write: an `https://`
+/// endpoint, an `http://` one with `allowInsecure: true`, an `http://` URL that sends no
+/// `secret`; the Rust-side `validate()` agrees.
+#[test]
+fn https_rules_accept_tls_opt_ins_and_calls_without_credentials() {
+    let node = |on: Value, off: Value| {
+        serde_json::json!({
+            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
+            "metadata": {"name": "n", "labels": {"group": "g"}},
+            "spec": {"powerState": "off", "power": {"on": on, "off": off}}
+        })
+    };
+    let bmc = |endpoint: &str, allow: Option<bool>| {
+        let mut r = serde_json::json!({"endpoint": endpoint, "credentialsSecret": "bmc"});
+        if let Some(a) = allow {
+            r["allowInsecure"] = a.into();
+        }
+        serde_json::json!({ "redfish": r })
+    };
+    let accepted = [
+        node(bmc("https://bmc", None), bmc("https://bmc", Some(false))),
+        node(bmc("http://bmc", Some(true)), bmc("http://bmc", Some(true))),
+        node(
+            serde_json::json!({"http": {"url": "http://plug/on",
+                "status": {"url": "http://plug/s", "field": "$.on", "value": "true"}}}),
+            serde_json::json!({"http": {"url": "http://plug/off", "secret": "plug",
+                "allowInsecure": true,
+                "status": {"url": "http://plug/s", "field": "$.on", "value": "false"}}}),
+        ),
+        node(
+            serde_json::json!({"http": {"url": "https://plug/on", "secret": "plug",
+                "status": {"url": "https://plug/s", "field": "$.on", "value": "true"}}}),
+            serde_json::json!({"nodeAgent": {}}),
+        ),
+    ];
+    for n in accepted {
+        assert_eq!(cel_errors(&n), Vec::<String>::new(), "{n}");
+        assert_eq!(schema_errors(&n), Vec::<String>::new(), "{n}");
+        let m: Machine = serde_json::from_value(n.clone()).expect("typed");
+        assert_eq!(m.validate(), vec![], "{n}");
     }
 }
 

@@ -427,3 +427,224 @@ async fn the_http_example_switches_the_nas_through_home_assistant() -> anyhow::R
     said.assert_never_shows("change-me");
     Ok(())
 }
+
+/// A plain-HTTP plug that records every request and switches on `POST /relay?turn=on` with the
+/// bearer token.
+async fn plain_plug() -> anyhow::Result<(Server, Arc<Mutex<Vec<Received>>>)> {
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let log = requests.clone();
+    let server = server::serve(None, move |req: Received| {
+        let log = log.clone();
+        async move {
+            let authorized = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .is_some_and(|v| v.to_str().ok() == Some(&format!("Bearer {TOKEN}")));
+            if let Ok(mut l) = log.lock() {
+                l.push(req);
+            }
+            if authorized {
+                server::answer(200, "{}")
+            } else {
+                server::answer(401, "")
+            }
+        }
+    })
+    .await?;
+    Ok((server, requests))
+}
+
+/// A `secret` goes over TLS unless the owner opted in: an `http://` url (or status url) with a
+/// secret is refused before the Secret is read (the plug gets no request), naming the field and
+/// both fixes; with `allowInsecure: true` the call is made; without a secret an `http://` url
+/// needs no opt-in.
+#[tokio::test]
+async fn an_http_url_with_a_secret_is_refused_unless_allow_insecure() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("http-plain").await?;
+    create_secret(&cp.client()?, &ns, "plug", &[("token", TOKEN)]).await?;
+    let (plug, requests) = plain_plug().await?;
+    let on = HttpAction {
+        url: format!("{}/relay?turn=on", plug.url),
+        secret: Some("plug".to_owned()),
+        ..HttpAction::default()
+    };
+    let op = Op::new(
+        Machine::test("nuc")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .http(on.clone(), on.clone())
+            .build(),
+        Direction::On,
+        "on-1",
+        Timestamp::now(),
+    );
+    let start = |spec: HttpAction| {
+        let client = cp.client();
+        let op = &op;
+        async move {
+            HttpDriver::new(client?, &spec)
+                .start(&op.at(Timestamp::now()))
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let err = start(on.clone())
+        .await
+        .err()
+        .context("http:// with a secret is refused")?
+        .to_string();
+    assert!(
+        err.starts_with("spec.power.on.http.url: ")
+            && err.contains("use https://")
+            && err.contains("spec.power.on.http.allowInsecure: true"),
+        "{err}"
+    );
+    let readback_plain = HttpAction {
+        url: "https://127.0.0.1:9/relay".to_owned(),
+        status: Some(HttpStatusCheck {
+            url: format!("{}/status", plug.url),
+            field: "$.on".to_owned(),
+            value: "true".to_owned(),
+        }),
+        ..on.clone()
+    };
+    let err = start(readback_plain)
+        .await
+        .err()
+        .context("an http:// status url with a secret is refused")?
+        .to_string();
+    assert!(err.starts_with("spec.power.on.http.status.url: "), "{err}");
+    assert!(requests.lock().is_ok_and(|r| r.is_empty()), "no request");
+
+    let allowed = HttpAction {
+        allow_insecure: Some(true),
+        ..on.clone()
+    };
+    assert_eq!(start(allowed).await?.progress, OpProgress::Succeeded);
+    // Without a secret there is nothing to protect (the plug answers 401 to no token).
+    let anonymous = HttpAction {
+        secret: None,
+        expected_status: vec![401],
+        ..on
+    };
+    assert_eq!(start(anonymous).await?.progress, OpProgress::Succeeded);
+    let seen = requests.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].headers.contains_key(http::header::AUTHORIZATION));
+    assert!(!seen[1].headers.contains_key(http::header::AUTHORIZATION));
+    Ok(())
+}
+
+/// The client follows a redirect only on the same scheme, host and port (with the credentials);
+/// one to another origin, or to plain HTTP, is returned as the answer instead: its target never
+/// gets a request, so never the `Authorization` header, and the action fails naming the status.
+#[tokio::test]
+async fn redirects_never_carry_credentials_to_another_origin_or_to_http() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("http-redirect").await?;
+    create_secret(&cp.client()?, &ns, "plug", &[("token", TOKEN)]).await?;
+    let ca = Ca::generate()?;
+    let record = |log: Arc<Mutex<Vec<Received>>>| {
+        move |req: Received| {
+            let log = log.clone();
+            async move {
+                if let Ok(mut l) = log.lock() {
+                    l.push(req);
+                }
+                server::answer(200, "{}")
+            }
+        }
+    };
+    // Another origin over TLS (same CA, another port), and a plain-HTTP one.
+    let elsewhere_seen = Arc::new(Mutex::new(Vec::new()));
+    let elsewhere = server::serve(Some(&ca.serving()?), record(elsewhere_seen.clone())).await?;
+    let plain_seen = Arc::new(Mutex::new(Vec::new()));
+    let plain = server::serve(None, record(plain_seen.clone())).await?;
+    let plug_seen = Arc::new(Mutex::new(Vec::new()));
+    let (to_elsewhere, to_plain) = (
+        format!("{}/relay", elsewhere.url),
+        format!("{}/relay", plain.url),
+    );
+    let log = plug_seen.clone();
+    let plug = server::serve(Some(&ca.serving()?), move |req: Received| {
+        let (log, to_elsewhere, to_plain) = (log.clone(), to_elsewhere.clone(), to_plain.clone());
+        async move {
+            let path = req.path_and_query.clone();
+            if let Ok(mut l) = log.lock() {
+                l.push(req);
+            }
+            let moved = |to: &str| {
+                let mut a = server::answer(307, "");
+                if let Ok(v) = http::HeaderValue::from_str(to) {
+                    a.headers_mut().insert(http::header::LOCATION, v);
+                }
+                a
+            };
+            match path.as_str() {
+                "/same" => moved("/relay"),
+                "/cross" => moved(&to_elsewhere),
+                "/down" => moved(&to_plain),
+                _ => server::answer(200, "{}"),
+            }
+        }
+    })
+    .await?;
+    let action = |path: &str| HttpAction {
+        url: format!("{}{path}", plug.url),
+        secret: Some("plug".to_owned()),
+        ca_bundle: Some(ca.cert_pem.clone()),
+        ..HttpAction::default()
+    };
+    let op = Op::new(
+        Machine::test("nuc")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .http(action("/same"), action("/same"))
+            .build(),
+        Direction::On,
+        "on-1",
+        Timestamp::now(),
+    );
+    let mut said = Transcript::default();
+    for path in ["/cross", "/down"] {
+        let spec = action(path);
+        let report = said
+            .record(
+                &HttpDriver::new(cp.client()?, &spec)
+                    .start(&op.at(Timestamp::now()))
+                    .await,
+            )
+            .map_err(anyhow::Error::msg)?;
+        let OpProgress::Failed { reason } = report.progress else {
+            panic!("{path}: a redirect elsewhere is not followed: {report:?}");
+        };
+        assert!(reason.contains("answered 307"), "{path}: {reason}");
+    }
+    assert!(elsewhere_seen.lock().is_ok_and(|s| s.is_empty()));
+    assert!(plain_seen.lock().is_ok_and(|s| s.is_empty()));
+    // The same origin is followed, with the credentials.
+    let spec = action("/same");
+    let report = HttpDriver::new(cp.client()?, &spec)
+        .start(&op.at(Timestamp::now()))
+        .await?;
+    assert_eq!(report.progress, OpProgress::Succeeded);
+    let seen = plug_seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let relay = seen
+        .iter()
+        .find(|r| r.path_and_query == "/relay")
+        .context("the same-origin redirect was followed")?;
+    assert_eq!(
+        relay
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    said.assert_never_shows(TOKEN);
+    Ok(())
+}

@@ -548,3 +548,91 @@ async fn the_redfish_example_powers_the_emulated_server_on_and_off() -> anyhow::
     said.assert_never_shows("change-me");
     Ok(())
 }
+
+/// The BMC's credentials go over TLS unless the owner opted in: an `http://` endpoint is refused
+/// before the Secret is read (a listener at the address gets no request at all), naming the
+/// field and both fixes; with `allowInsecure: true` the same driver powers the emulator on over
+/// plain HTTP.
+#[tokio::test]
+async fn an_http_endpoint_is_refused_unless_allow_insecure() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("redfish-http").await?;
+    create_secret(
+        &cp.client()?,
+        &ns,
+        SECRET,
+        &[("username", USER), ("password", PASSWORD)],
+    )
+    .await?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(0_usize));
+    let count = seen.clone();
+    let listener = support_power::server::serve(None, move |_req| {
+        let count = count.clone();
+        async move {
+            if let Ok(mut c) = count.lock() {
+                *c += 1;
+            }
+            support_power::server::answer(404, "")
+        }
+    })
+    .await?;
+    let plain = Redfish {
+        endpoint: listener.url.clone(),
+        credentials_secret: SECRET.to_owned(),
+        ..Redfish::default()
+    };
+    let on = |spec: &Redfish| {
+        Op::new(
+            Machine::test("r730")
+                .namespace(&ns)
+                .desired(PowerState::Off)
+                .redfish(spec.clone())
+                .build(),
+            Direction::On,
+            "on-1",
+            Timestamp::now(),
+        )
+    };
+    let op = on(&plain);
+    let result = RedfishDriver::new(cp.client()?, &plain)
+        .start(&op.at(Timestamp::now()))
+        .await;
+    let Err(kubectl_homelab::operator::power::PowerError::Config(err)) = result else {
+        panic!("an http:// endpoint is a setting to fix: {result:?}");
+    };
+    assert!(
+        err.starts_with("spec.power.on.redfish.endpoint: ")
+            && err.contains("use https://")
+            && err.contains("spec.power.on.redfish.allowInsecure: true"),
+        "{err}"
+    );
+    assert_eq!(seen.lock().map(|c| *c).unwrap_or(usize::MAX), 0);
+
+    let Some(sushy) = Sushy::start(SushyOptions {
+        systems: vec![FakeSystem::new("r730", "On")],
+        tls: None,
+        users: vec![(USER.to_owned(), PASSWORD.to_owned())],
+        disable_power_off: false,
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    assert!(sushy.url.starts_with("http://"), "{}", sushy.url);
+    let allowed = Redfish {
+        endpoint: sushy.url.clone(),
+        allow_insecure: Some(true),
+        ..plain
+    };
+    let op = on(&allowed);
+    let report = RedfishDriver::new(cp.client()?, &allowed)
+        .start(&op.at(Timestamp::now()))
+        .await?;
+    assert_eq!(
+        (report.progress, report.readback),
+        (OpProgress::Succeeded, Some(PowerState::On))
+    );
+    Ok(())
+}

@@ -83,6 +83,14 @@ pub const TLS_CHOICE_RULE: &str =
     "!(has(self.caBundle) && has(self.insecureSkipVerify) && self.insecureSkipVerify)";
 pub const TLS_CHOICE_MESSAGE: &str = "set either caBundle (verify the server against this CA) or insecureSkipVerify: true (no verification), not both";
 
+// Credentials go over TLS unless the owner opted in to plain HTTP (`self` is the driver object).
+// The messages name the field relative to the driver and say both fixes.
+pub const REDFISH_HTTPS_RULE: &str =
+    "self.endpoint.startsWith('https://') || (has(self.allowInsecure) && self.allowInsecure)";
+pub const REDFISH_HTTPS_MESSAGE: &str = "endpoint must be an https:// URL: over http:// the BMC's username and password cross the network in clear text; use https:// (with caBundle for a self-signed certificate), or set allowInsecure: true to send them anyway";
+pub const HTTP_HTTPS_RULE: &str = "!has(self.secret) || (has(self.allowInsecure) && self.allowInsecure) || (self.url.startsWith('https://') && (!has(self.status) || self.status.url.startsWith('https://')))";
+pub const HTTP_HTTPS_MESSAGE: &str = "url and status.url must be https:// URLs when a secret is sent: over http:// the credentials cross the network in clear text; use https:// (with caBundle for a self-signed certificate), or set allowInsecure: true to send them anyway";
+
 // Root rule of the Group CRD (`self` is the whole object; CEL sees only name/generateName of
 // its metadata).
 pub const GROUP_NAME_RULE: &str = "self.metadata.name.size() <= 63";
@@ -106,6 +114,8 @@ pub const ALL_RULES: &[(&str, &str)] = &[
     (NEEDS_OFF_RULE, NEEDS_OFF_MESSAGE),
     (ONE_VOLUME_SOURCE_RULE, ONE_VOLUME_SOURCE_MESSAGE),
     (TLS_CHOICE_RULE, TLS_CHOICE_MESSAGE),
+    (REDFISH_HTTPS_RULE, REDFISH_HTTPS_MESSAGE),
+    (HTTP_HTTPS_RULE, HTTP_HTTPS_MESSAGE),
     (GROUP_NAME_RULE, GROUP_NAME_MESSAGE),
     (NO_RESERVED_LABEL_RULE, NO_RESERVED_LABEL_MESSAGE),
 ];

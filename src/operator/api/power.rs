@@ -228,7 +228,8 @@ impl WakeOnLan {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": TLS_CHOICE_RULE, "message": TLS_CHOICE_MESSAGE}
+    {"rule": TLS_CHOICE_RULE, "message": TLS_CHOICE_MESSAGE},
+    {"rule": REDFISH_HTTPS_RULE, "message": REDFISH_HTTPS_MESSAGE}
 ]))]
 pub struct Redfish {
     /// Base URL of the BMC, e.g. `https://10.0.0.20`.
@@ -301,8 +302,38 @@ impl Redfish {
         errors.extend(self.force_off_after(field).err());
         errors.extend(self.timeout(field).err());
         errors.extend(self.tls().validate(field).err());
+        errors.extend(self.check_https(field).err());
         errors
     }
+
+    /// The schema's rule that the credentials go over TLS: the endpoint is `https://` unless
+    /// `allowInsecure: true`. Also checked by the driver before it reads the Secret, for objects
+    /// stored before the rule (the API server's ratcheting keeps them updatable).
+    pub fn check_https(&self, field: &str) -> Result<(), super::FieldError> {
+        if is_https(&self.endpoint) || self.allow_insecure == Some(true) {
+            return Ok(());
+        }
+        Err(super::FieldError::Invalid {
+            field: format!("{field}.endpoint"),
+            problem: format!(
+                "{:?} is not https://: the BMC's username and password would cross the network \
+                 in clear text; use https:// (with {field}.caBundle for a self-signed \
+                 certificate), or set {field}.allowInsecure: true to send them anyway",
+                self.endpoint
+            ),
+        })
+    }
+
+    /// Whether the credentials are sent in clear text (an `http://` endpoint allowed by
+    /// `allowInsecure`).
+    pub fn plaintext_credentials(&self) -> bool {
+        !is_https(&self.endpoint) && self.allow_insecure == Some(true)
+    }
+}
+
+/// Whether `url` uses TLS (the schema's rules compare the same lowercase prefix).
+fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
 }
 
 /// TLS settings shared by the Redfish and HTTP drivers.
@@ -382,7 +413,8 @@ impl HttpMethod {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": TLS_CHOICE_RULE, "message": TLS_CHOICE_MESSAGE}
+    {"rule": TLS_CHOICE_RULE, "message": TLS_CHOICE_MESSAGE},
+    {"rule": HTTP_HTTPS_RULE, "message": HTTP_HTTPS_MESSAGE}
 ]))]
 pub struct HttpAction {
     #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
@@ -463,6 +495,54 @@ impl HttpAction {
         }
     }
 
+    /// The URLs the `secret`'s credentials are sent to: `url` and `status.url` (with their
+    /// fields' names).
+    fn credential_urls(&self) -> Vec<(&'static str, &str)> {
+        let mut urls = vec![("url", self.url.as_str())];
+        if let Some(s) = &self.status {
+            urls.push(("status.url", s.url.as_str()));
+        }
+        urls
+    }
+
+    /// The schema's rule that a `secret` goes over TLS: `url` and `status.url` are `https://`
+    /// unless there is no `secret` or `allowInsecure: true`. Also checked by the driver before
+    /// it reads the Secret, for objects stored before the rule.
+    pub fn check_https(&self, field: &str) -> Result<(), super::FieldError> {
+        if self.secret.is_none() || self.allow_insecure == Some(true) {
+            return Ok(());
+        }
+        match self
+            .credential_urls()
+            .into_iter()
+            .find(|(_, u)| !is_https(u))
+        {
+            None => Ok(()),
+            Some((name, url)) => Err(super::FieldError::Invalid {
+                field: format!("{field}.{name}"),
+                problem: format!(
+                    "{url:?} is not https://: the credentials of {field}.secret would cross the \
+                     network in clear text; use https:// (with {field}.caBundle for a \
+                     self-signed certificate), or set {field}.allowInsecure: true to send them \
+                     anyway"
+                ),
+            }),
+        }
+    }
+
+    /// The fields whose `http://` URL gets the `secret`'s credentials in clear text (allowed by
+    /// `allowInsecure`).
+    pub fn plaintext_credentials(&self) -> Vec<&'static str> {
+        if self.secret.is_none() || self.allow_insecure != Some(true) {
+            return Vec::new();
+        }
+        self.credential_urls()
+            .into_iter()
+            .filter(|(_, u)| !is_https(u))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     /// Whether `code` means the action was accepted.
     pub fn accepts(&self, code: u16) -> bool {
         if self.expected_status.is_empty() {
@@ -478,6 +558,7 @@ impl HttpAction {
         errors.extend(check_url(&format!("{field}.url"), &self.url).err());
         errors.extend(self.timeout(field).err());
         errors.extend(self.tls().validate(field).err());
+        errors.extend(self.check_https(field).err());
         if let Some(i) = self
             .expected_status
             .iter()
@@ -617,5 +698,93 @@ impl PowerOff {
             out.push(PowerDriver::Http(h));
         }
         out
+    }
+}
+
+/// Node condition: a network driver sends credentials without the protection TLS gives (an
+/// `http://` URL allowed by `allowInsecure`, or a certificate not verified because of
+/// `insecureSkipVerify`). Abnormal-true: it warns, the operator still acts.
+pub const CONDITION_INSECURE_TRANSPORT: &str = "InsecureTransport";
+/// Reasons of [`CONDITION_INSECURE_TRANSPORT`].
+pub const REASON_PLAINTEXT_CREDENTIALS: &str = "PlaintextCredentials";
+pub const REASON_CERTIFICATE_NOT_VERIFIED: &str = "CertificateNotVerified";
+
+/// Why the credentials of a Node's drivers are exposed: [`REASON_PLAINTEXT_CREDENTIALS`] when
+/// any goes in clear text, else [`REASON_CERTIFICATE_NOT_VERIFIED`]; the message names every
+/// field concerned and its fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InsecureTransport {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl PowerSpec {
+    /// The [`CONDITION_INSECURE_TRANSPORT`] finding for these drivers, `None` when every
+    /// credential goes over verified TLS (or none is sent). An HTTP driver without `secret`
+    /// sends no credentials, so its `http://` or unverified URL is not reported.
+    pub fn insecure_transport(&self) -> Option<InsecureTransport> {
+        let mut plaintext = Vec::new();
+        let mut unverified = Vec::new();
+        let on = self.on.as_ref().map(|d| d.drivers()).unwrap_or_default();
+        let off = self.off.as_ref().map(|d| d.drivers()).unwrap_or_default();
+        let drivers = on
+            .into_iter()
+            .map(|d| (Direction::On, d))
+            .chain(off.into_iter().map(|d| (Direction::Off, d)));
+        for (direction, driver) in drivers {
+            let field = format!("spec.power.{direction}.{}", driver.kind());
+            match driver {
+                PowerDriver::Redfish(r) if r.plaintext_credentials() => plaintext.push(format!(
+                    "{field}.endpoint is {} (allowInsecure: true): the BMC's username and \
+                     password cross the network in clear text; use an https:// endpoint",
+                    r.endpoint
+                )),
+                PowerDriver::Redfish(r) if r.tls().insecure_skip_verify => {
+                    unverified.push(format!(
+                        "{field}.insecureSkipVerify: true sends the BMC's username and password \
+                         to whoever answers at {}; give the CA of its certificate in \
+                         {field}.caBundle instead",
+                        r.endpoint
+                    ))
+                }
+                PowerDriver::Http(h) => {
+                    let clear = h.plaintext_credentials();
+                    if !clear.is_empty() {
+                        plaintext.push(format!(
+                            "{} {} http:// (allowInsecure: true): the credentials of \
+                             {field}.secret cross the network in clear text; use https:// URLs",
+                            clear
+                                .iter()
+                                .map(|f| format!("{field}.{f}"))
+                                .collect::<Vec<_>>()
+                                .join(" and "),
+                            if clear.len() == 1 { "is" } else { "are" }
+                        ));
+                    }
+                    let sent_over_tls = h.credential_urls().iter().any(|(_, u)| is_https(u));
+                    if h.secret.is_some() && h.tls().insecure_skip_verify && sent_over_tls {
+                        unverified.push(format!(
+                            "{field}.insecureSkipVerify: true sends the credentials of \
+                             {field}.secret to whoever answers at {}; give the CA of its \
+                             certificate in {field}.caBundle instead",
+                            h.url
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let reason = if !plaintext.is_empty() {
+            REASON_PLAINTEXT_CREDENTIALS
+        } else if !unverified.is_empty() {
+            REASON_CERTIFICATE_NOT_VERIFIED
+        } else {
+            return None;
+        };
+        plaintext.extend(unverified);
+        Some(InsecureTransport {
+            reason,
+            message: plaintext.join("; "),
+        })
     }
 }

@@ -325,3 +325,183 @@ fn cr_maps_read_any_order_and_write_sorted_keys() {
         "{written}"
     );
 }
+
+fn bmc(endpoint: &str) -> Redfish {
+    Redfish {
+        endpoint: endpoint.to_owned(),
+        credentials_secret: "bmc".to_owned(),
+        ..Redfish::default()
+    }
+}
+
+fn plug(url: &str, status_url: Option<&str>, secret: Option<&str>) -> HttpAction {
+    HttpAction {
+        url: url.to_owned(),
+        secret: secret.map(str::to_owned),
+        status: status_url.map(|u| HttpStatusCheck {
+            url: u.to_owned(),
+            field: "$.on".to_owned(),
+            value: "true".to_owned(),
+        }),
+        ..HttpAction::default()
+    }
+}
+
+#[test]
+fn redfish_credentials_go_over_https_unless_allow_insecure() {
+    let field = "spec.power.on.redfish";
+    assert_eq!(bmc("https://10.0.0.20").check_https(field), Ok(()));
+    let plain = bmc("http://10.0.0.20");
+    let e = plain.check_https(field).expect_err("http:// is refused");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("spec.power.on.redfish.endpoint: ")
+            && text.contains("clear text")
+            && text.contains("use https://")
+            && text.contains("spec.power.on.redfish.allowInsecure: true"),
+        "{text}"
+    );
+    assert_eq!(plain.validate(field), vec![e]);
+    assert!(!plain.plaintext_credentials());
+    let allowed = Redfish {
+        allow_insecure: Some(true),
+        ..plain
+    };
+    assert_eq!(allowed.check_https(field), Ok(()));
+    assert!(allowed.validate(field).is_empty());
+    assert!(allowed.plaintext_credentials());
+    let explicit_false = Redfish {
+        allow_insecure: Some(false),
+        ..bmc("http://10.0.0.20")
+    };
+    assert!(explicit_false.check_https(field).is_err());
+}
+
+#[test]
+fn http_credentials_go_over_https_unless_no_secret_or_allow_insecure() {
+    let field = "spec.power.off.http";
+    // No secret: nothing to protect.
+    assert_eq!(
+        plug("http://plug/off", Some("http://plug/status"), None).check_https(field),
+        Ok(())
+    );
+    assert_eq!(
+        plug("https://plug/off", Some("https://plug/status"), Some("s")).check_https(field),
+        Ok(())
+    );
+    let e = plug("http://plug/off", None, Some("s"))
+        .check_https(field)
+        .expect_err("url over http:// with a secret");
+    assert!(
+        e.to_string().starts_with("spec.power.off.http.url: ")
+            && e.to_string()
+                .contains("spec.power.off.http.allowInsecure: true"),
+        "{e}"
+    );
+    // The readback gets the same credentials.
+    let readback = plug("https://plug/off", Some("http://plug/status"), Some("s"));
+    let e = readback
+        .check_https(field)
+        .expect_err("status.url over http://");
+    assert!(
+        e.to_string()
+            .starts_with("spec.power.off.http.status.url: "),
+        "{e}"
+    );
+    assert_eq!(readback.validate(field), vec![e]);
+    let allowed = HttpAction {
+        allow_insecure: Some(true),
+        ..readback
+    };
+    assert_eq!(allowed.check_https(field), Ok(()));
+    assert_eq!(allowed.plaintext_credentials(), vec!["status.url"]);
+}
+
+fn power(on: Option<Redfish>, off: Option<HttpAction>) -> PowerSpec {
+    PowerSpec {
+        on: on.map(|r| PowerOn {
+            redfish: Some(Box::new(r)),
+            ..PowerOn::default()
+        }),
+        off: off.map(|h| PowerOff {
+            http: Some(Box::new(h)),
+            ..PowerOff::default()
+        }),
+    }
+}
+
+#[test]
+fn insecure_transport_names_each_exposed_credential_and_its_fix() {
+    // Verified TLS, or no credentials at all: nothing to say.
+    assert_eq!(
+        power(
+            Some(bmc("https://bmc")),
+            Some(plug("https://plug/off", None, Some("s")))
+        )
+        .insecure_transport(),
+        None
+    );
+    let no_secret = HttpAction {
+        insecure_skip_verify: Some(true),
+        ..plug("http://plug/off", None, None)
+    };
+    assert_eq!(power(None, Some(no_secret)).insecure_transport(), None);
+    // An unverified certificate.
+    let skip = Redfish {
+        insecure_skip_verify: Some(true),
+        ..bmc("https://bmc")
+    };
+    let found = power(Some(skip.clone()), None)
+        .insecure_transport()
+        .expect("insecureSkipVerify with credentials");
+    assert_eq!(found.reason, REASON_CERTIFICATE_NOT_VERIFIED);
+    assert!(
+        found
+            .message
+            .contains("spec.power.on.redfish.insecureSkipVerify: true")
+            && found.message.contains("spec.power.on.redfish.caBundle"),
+        "{}",
+        found.message
+    );
+    // Clear text outranks an unverified certificate; both are named.
+    let clear = HttpAction {
+        allow_insecure: Some(true),
+        ..plug("http://plug/off", Some("http://plug/status"), Some("s"))
+    };
+    let found = power(Some(skip), Some(clear))
+        .insecure_transport()
+        .expect("plaintext credentials");
+    assert_eq!(found.reason, REASON_PLAINTEXT_CREDENTIALS);
+    assert!(
+        found
+            .message
+            .contains("spec.power.off.http.url and spec.power.off.http.status.url are http://")
+            && found.message.contains("use https://")
+            && found
+                .message
+                .contains("spec.power.on.redfish.insecureSkipVerify"),
+        "{}",
+        found.message
+    );
+    let bmc_clear = Redfish {
+        allow_insecure: Some(true),
+        ..bmc("http://bmc")
+    };
+    let found = power(Some(bmc_clear), None)
+        .insecure_transport()
+        .expect("an http:// BMC");
+    assert_eq!(found.reason, REASON_PLAINTEXT_CREDENTIALS);
+    assert!(
+        found
+            .message
+            .contains("spec.power.on.redfish.endpoint is http://bmc"),
+        "{}",
+        found.message
+    );
+    // allowInsecure on an https:// endpoint changes nothing.
+    let unused = Redfish {
+        allow_insecure: Some(true),
+        ..bmc("https://bmc")
+    };
+    assert_eq!(power(Some(unused), None).insecure_transport(), None);
+}

@@ -37,6 +37,11 @@ impl<'a> HttpDriver<'a> {
 
     async fn connect(&self, cx: &OpContext<'_>) -> Result<Endpoint, PowerError> {
         let field = format!("spec.power.{}.http", cx.direction);
+        // Refused before the Secret is read: its credentials go over TLS unless the owner
+        // opted in (the schema refuses the same; an object stored before that rule gets here).
+        self.spec
+            .check_https(&field)
+            .map_err(|e| PowerError::Config(e.to_string()))?;
         let (auth, redactor) = match &self.spec.secret {
             None => (Auth::None, Redactor::default()),
             Some(name) => {

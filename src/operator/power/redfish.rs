@@ -53,6 +53,9 @@ impl<'a> RedfishDriver<'a> {
             .namespace
             .as_deref()
             .unwrap_or("default");
+        // Refused before the Secret is read: the credentials go over TLS unless the owner
+        // opted in (the schema refuses the same; an object stored before that rule gets here).
+        self.spec.check_https(&field).map_err(config)?;
         let secret = secret::read(
             &self.client,
             namespace,
@@ -194,6 +197,21 @@ fn origin(endpoint: &str) -> String {
     e.strip_suffix("/redfish/v1").unwrap_or(e).to_owned()
 }
 
+/// `origin` joined with `path`, a path the BMC gave (`@odata.id`, an action's `target`) or ours,
+/// only when the result is still on `origin`: `path` must be absolute (`/redfish/...`). Joined
+/// as text, `.attacker.example/x` after `https://bmc` would name another host, and the
+/// credentials would go there.
+fn on_bmc(origin: &str, path: &str) -> Option<String> {
+    let url = format!("{origin}{path}");
+    let same = |a: &str, b: &str| {
+        let (Ok(a), Ok(b)) = (a.parse::<http::Uri>(), b.parse::<http::Uri>()) else {
+            return false;
+        };
+        a.scheme() == b.scheme() && a.authority() == b.authority()
+    };
+    (path.starts_with('/') && !path.starts_with("//") && same(origin, &url)).then_some(url)
+}
+
 /// One BMC, connected for one driver call.
 struct Bmc {
     web: WebClient,
@@ -227,10 +245,21 @@ impl System {
 }
 
 impl Bmc {
+    /// The URL of `path` on this BMC (see [`on_bmc`]).
+    fn url(&self, path: &str) -> Result<String, PowerError> {
+        on_bmc(&self.origin, path).ok_or_else(|| {
+            PowerError::Config(format!(
+                "BMC {} named {path:?} as a path of its own; that is not a path on {}, and the \
+                 credentials go only there",
+                self.endpoint, self.origin
+            ))
+        })
+    }
+
     /// GET `path`, retrying a BMC that did not answer; maps the answers a driver cannot use
     /// to errors that say what to fix.
     async fn get(&self, path: &str) -> Result<Value, PowerError> {
-        let url = format!("{}{path}", self.origin);
+        let url = self.url(path)?;
         let mut pause = FIRST_RETRY_PAUSE;
         let mut attempt = 0;
         let answer = loop {
@@ -391,7 +420,7 @@ impl Bmc {
         if let Some(refused) = disallowed(system, reset_type, &self.endpoint, &self.field) {
             return Err(refused);
         }
-        let url = format!("{}{}", self.origin, system.reset_target);
+        let url = self.url(&system.reset_target)?;
         let body = serde_json::json!({ "ResetType": reset_type }).to_string();
         let answer = self
             .web
@@ -487,6 +516,28 @@ mod tests {
         );
         assert!(disallowed(&only_force, "ForceOff", "https://bmc", field).is_none());
         assert!(disallowed(&system(None), "GracefulShutdown", "https://bmc", field).is_none());
+    }
+
+    #[test]
+    fn paths_from_the_bmc_stay_on_its_origin() {
+        assert_eq!(
+            on_bmc("https://bmc", "/redfish/v1/Systems/1").as_deref(),
+            Some("https://bmc/redfish/v1/Systems/1")
+        );
+        assert_eq!(
+            on_bmc("https://bmc:8443", "/redfish/v1").as_deref(),
+            Some("https://bmc:8443/redfish/v1")
+        );
+        // Joined as text, each would name another host or port.
+        for path in [
+            ".attacker.example/redfish/v1",
+            "@attacker.example/redfish/v1",
+            ":8080/redfish/v1",
+            "//attacker.example/redfish/v1",
+            "https://attacker.example/redfish/v1",
+        ] {
+            assert_eq!(on_bmc("https://bmc", path), None, "{path}");
+        }
     }
 
     #[test]

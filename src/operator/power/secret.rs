@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
 use super::PowerError;
+use crate::operator::api::{SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
 pub use crate::operator::error_chain;
 
 /// The keys of one Secret, and where it was named (for errors).
@@ -99,13 +100,26 @@ impl SecretData {
         &self.object
     }
 
-    /// A redactor for every value of this Secret.
+    /// A redactor for every value of this Secret, in the forms a server may echo back: as
+    /// sent, base64 (a Secret's own encoding), and the basic-auth pair `username:password` in
+    /// base64 (the `Authorization: Basic` header's value).
     pub fn redactor(&self) -> Redactor {
         let mut r = Redactor::default();
         for v in self.data.values() {
+            r.add_base64(v);
             if let Ok(s) = std::str::from_utf8(v) {
                 r.add(s.trim());
+                r.add_base64(s.trim().as_bytes());
             }
+        }
+        let key = |k: &str| {
+            self.data
+                .get(k)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::trim)
+        };
+        if let (Some(user), Some(password)) = (key(SECRET_KEY_USERNAME), key(SECRET_KEY_PASSWORD)) {
+            r.add_base64(format!("{user}:{password}").as_bytes());
         }
         r
     }
@@ -125,6 +139,14 @@ impl Redactor {
             self.values.push(value.to_owned());
             self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         }
+    }
+
+    /// Adds `value` in base64, with and without padding.
+    pub fn add_base64(&mut self, value: &[u8]) {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+        self.add(encoded.trim_end_matches('='));
+        self.add(&encoded);
     }
 
     pub fn scrub(&self, text: &str) -> String {
@@ -177,5 +199,27 @@ mod tests {
             "login *** failed, *** too"
         );
         assert_eq!(format!("{:?}", SecretValue("hunter22".into())), "***");
+    }
+
+    #[test]
+    fn redactor_hides_the_base64_forms_a_server_may_echo() {
+        let secret = SecretData {
+            object: "ns/bmc".to_owned(),
+            field: "spec.power.on.redfish.credentialsSecret".to_owned(),
+            data: BTreeMap::from([
+                ("username".to_owned(), b"homelab".to_vec()),
+                ("password".to_owned(), b"s3cret-pw\n".to_vec()),
+            ]),
+        };
+        let r = secret.redactor();
+        // `homelab:s3cret-pw`, as in `Authorization: Basic ...`.
+        assert_eq!(
+            r.scrub("bad header Basic aG9tZWxhYjpzM2NyZXQtcHc="),
+            "bad header Basic ***"
+        );
+        // The password alone, with and without its newline, padded or not.
+        assert_eq!(r.scrub("got czNjcmV0LXB3"), "got ***");
+        assert_eq!(r.scrub("got czNjcmV0LXB3Cg=="), "got ***");
+        assert_eq!(r.scrub("plain s3cret-pw"), "plain ***");
     }
 }

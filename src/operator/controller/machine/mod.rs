@@ -248,7 +248,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         }
         None => (None, None),
     };
-    let derived = status::derive(
+    let mut derived = status::derive(
         passes.status,
         &status::Facts {
             lifecycle: &passes.lifecycle,
@@ -262,6 +262,12 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
             now,
         },
     );
+    derived.events.extend(status::insecure_transport(
+        &mut derived.status,
+        m.spec.power.as_deref(),
+        generation,
+        now,
+    ));
     for ev in passes.out.note_events.iter().chain(&derived.events) {
         act::emit(&ctx, &m, ev).await;
     }

@@ -7,8 +7,9 @@ use kube::ResourceExt as _;
 
 use super::{CONDITION_DRAINING, CONDITION_NODE_READY, is_node_ready};
 use crate::operator::api::{
-    CONDITION_IDENTITY_MISMATCH, CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY,
-    Health, MachineStatus, condition, find_condition, upsert_condition,
+    CONDITION_IDENTITY_MISMATCH, CONDITION_INSECURE_TRANSPORT, CONDITION_INVALID_SPEC,
+    CONDITION_POWER_FAILED, CONDITION_READY, Health, MachineStatus, PowerSpec, condition,
+    find_condition, upsert_condition,
 };
 use crate::operator::machine::{KubeEvent, Lifecycle, OperationKind, Phase, PowerState};
 use crate::operator::node as node_side;
@@ -206,57 +207,90 @@ pub(super) fn invalid_spec(
     status
 }
 
+/// An abnormal-true condition (`type_`) from what is wrong now (`problem`: its reason and
+/// message, `None` when nothing is): True with them; False with `cleared_reason` only over an
+/// earlier one, so a machine never concerned has no such condition. Returns the message when
+/// the condition turns True, for the Warning Event that goes with it.
+fn abnormal_condition(
+    status: &mut MachineStatus,
+    type_: &str,
+    problem: Option<(&str, String)>,
+    cleared_reason: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<String> {
+    let was_true = find_condition(&status.conditions, type_).is_some_and(|c| c.status == "True");
+    let Some((reason, message)) = problem else {
+        if find_condition(&status.conditions, type_).is_some() {
+            upsert_condition(
+                &mut status.conditions,
+                condition(type_, false, cleared_reason, "", generation, now),
+            );
+        }
+        return None;
+    };
+    upsert_condition(
+        &mut status.conditions,
+        condition(type_, true, reason, message.as_str(), generation, now),
+    );
+    (!was_true).then_some(message)
+}
+
 /// The `NotPermitted` condition after the trust boundary's checks (`refusals`: every rule the
 /// spec and the Kubernetes Node break, empty when none). Refused: True with the first refusal's
 /// reason and a message listing all (field and fix), and a Warning Event when it turns True.
-/// Permitted: False (reason `Permitted`) where it was there before; a machine never refused
-/// does not get it.
+/// Permitted: False (reason `Permitted`) where it was there before.
 pub(super) fn permission(
     mut status: MachineStatus,
     refusals: &[Refusal],
     generation: Option<i64>,
     now: Timestamp,
 ) -> (MachineStatus, Option<KubeEvent>) {
-    let Some(first) = refusals.first() else {
-        if find_condition(&status.conditions, CONDITION_NOT_PERMITTED).is_some() {
-            upsert_condition(
-                &mut status.conditions,
-                condition(
-                    CONDITION_NOT_PERMITTED,
-                    false,
-                    "Permitted",
-                    "",
-                    generation,
-                    now,
-                ),
-            );
-        }
-        return (status, None);
-    };
-    let message = refusals
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    let was_true = find_condition(&status.conditions, CONDITION_NOT_PERMITTED)
-        .is_some_and(|c| c.status == "True");
-    upsert_condition(
-        &mut status.conditions,
-        condition(
-            CONDITION_NOT_PERMITTED,
-            true,
-            first.reason,
-            message.clone(),
-            generation,
-            now,
-        ),
-    );
-    let event = (!was_true).then(|| KubeEvent {
+    let problem = refusals.first().map(|first| {
+        let all: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+        (first.reason, all.join("; "))
+    });
+    let event = abnormal_condition(
+        &mut status,
+        CONDITION_NOT_PERMITTED,
+        problem,
+        "Permitted",
+        generation,
+        now,
+    )
+    .map(|message| KubeEvent {
         reason: CONDITION_NOT_PERMITTED,
         warning: true,
         message: format!("not acting on this machine: {message}"),
     });
     (status, event)
+}
+
+/// The `InsecureTransport` condition of a machine whose drivers send credentials in clear text
+/// or to an unverified certificate (`PowerSpec::insecure_transport`), with a Warning Event when
+/// it turns True.
+pub(super) fn insecure_transport(
+    status: &mut MachineStatus,
+    power: Option<&PowerSpec>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<KubeEvent> {
+    let problem = power
+        .and_then(PowerSpec::insecure_transport)
+        .map(|found| (found.reason, found.message));
+    abnormal_condition(
+        status,
+        CONDITION_INSECURE_TRANSPORT,
+        problem,
+        "CredentialsProtected",
+        generation,
+        now,
+    )
+    .map(|message| KubeEvent {
+        reason: "InsecureTransport",
+        warning: true,
+        message,
+    })
 }
 
 /// A power action that ended in one reconcile.
@@ -628,5 +662,53 @@ mod tests {
             ..lifecycle(Phase::Ready)
         };
         assert_eq!(ended_action(&before, &overtaken, t(30)), None);
+    }
+
+    #[test]
+    fn insecure_transport_is_a_condition_with_one_warning_event_when_it_appears() {
+        use crate::operator::api::{PowerOn, Redfish};
+        let spec = |skip: bool| PowerSpec {
+            on: Some(PowerOn {
+                redfish: Some(Box::new(Redfish {
+                    endpoint: "https://bmc".into(),
+                    credentials_secret: "bmc".into(),
+                    insecure_skip_verify: Some(skip),
+                    ..Redfish::default()
+                })),
+                ..PowerOn::default()
+            }),
+            off: None,
+        };
+        // Never concerned: no condition at all.
+        let mut status = MachineStatus::default();
+        assert_eq!(
+            insecure_transport(&mut status, Some(&spec(false)), Some(1), t(0)),
+            None
+        );
+        assert!(status.conditions.is_empty());
+        let event = insecure_transport(&mut status, Some(&spec(true)), Some(2), t(10))
+            .expect("an Event when it appears");
+        assert!(event.warning && event.reason == "InsecureTransport");
+        assert!(event.message.contains("caBundle"), "{}", event.message);
+        assert_eq!(
+            cond(&status, CONDITION_INSECURE_TRANSPORT),
+            ("True", "CertificateNotVerified")
+        );
+        // Still there: no second Event.
+        assert_eq!(
+            insecure_transport(&mut status, Some(&spec(true)), Some(2), t(20)),
+            None
+        );
+        // Fixed: the condition turns False and stays.
+        assert_eq!(
+            insecure_transport(&mut status, Some(&spec(false)), Some(3), t(30)),
+            None
+        );
+        assert_eq!(
+            cond(&status, CONDITION_INSECURE_TRANSPORT),
+            ("False", "CredentialsProtected")
+        );
+        // And an Event again if it comes back.
+        assert!(insecure_transport(&mut status, Some(&spec(true)), Some(4), t(40)).is_some());
     }
 }
