@@ -288,7 +288,7 @@ async fn no_credential_shows_in_logs_events_status_or_metrics() -> anyhow::Resul
     .await?;
     let world = World::new(client.clone());
     let bmc_node = format!("creds-bmc-{node_suffix}");
-    world.node_up(&FakeNode::new(&bmc_node)).await?;
+    world.node_up(&FakeNode::new(&bmc_node).adoptable()).await?;
     wait_machine(&machines, "bmc", "phase Ready", &log, |m| {
         m.lifecycle().phase() == Phase::Ready
     })
