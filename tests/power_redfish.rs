@@ -636,3 +636,97 @@ async fn an_http_endpoint_is_refused_unless_allow_insecure() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// A credentials Secret whose owner annotated it with `infra.homecluster.dev/endpoints` is
+/// sent only there: a Node CR naming another endpoint is refused before any request (the
+/// field, the Secret and the annotation named), and the listed endpoint gets the request.
+#[tokio::test]
+async fn an_annotated_secret_goes_only_to_the_endpoints_it_lists() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("redfish-bound").await?;
+    let client = cp.client()?;
+    create_secret(
+        &client,
+        &ns,
+        SECRET,
+        &[("username", USER), ("password", PASSWORD)],
+    )
+    .await?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(0_usize));
+    let count = seen.clone();
+    let listener = support_power::server::serve(None, move |_req| {
+        let count = count.clone();
+        async move {
+            if let Ok(mut c) = count.lock() {
+                *c += 1;
+            }
+            support_power::server::answer(404, "")
+        }
+    })
+    .await?;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let bind = |endpoints: String| {
+        serde_json::json!({ "metadata": { "annotations": {
+            kubectl_homelab::operator::power::secret::ENDPOINTS_ANNOTATION: endpoints
+        }}})
+    };
+    let spec = Redfish {
+        endpoint: listener.url.clone(),
+        credentials_secret: SECRET.to_owned(),
+        allow_insecure: Some(true),
+        ..Redfish::default()
+    };
+    let op = Op::new(
+        Machine::test("r730")
+            .namespace(&ns)
+            .desired(PowerState::Off)
+            .redfish(spec.clone())
+            .build(),
+        Direction::On,
+        "on-1",
+        Timestamp::now(),
+    );
+    // The driver's error, if it refused to start.
+    let start = || async {
+        RedfishDriver::new(client.clone(), &spec)
+            .start(&op.at(Timestamp::now()))
+            .await
+            .err()
+            .map(|e| e.to_string())
+    };
+
+    secrets
+        .patch(
+            SECRET,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(bind("https://bmc.lan".to_owned())),
+        )
+        .await?;
+    let refused = start()
+        .await
+        .context("an endpoint the Secret does not list was used")?;
+    assert!(
+        refused.contains("spec.power.on.redfish.endpoint")
+            && refused.contains(&format!("{ns}/{SECRET}"))
+            && refused.contains("infra.homecluster.dev/endpoints"),
+        "{refused}"
+    );
+    assert_eq!(seen.lock().map(|c| *c).unwrap_or(usize::MAX), 0);
+
+    secrets
+        .patch(
+            SECRET,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(bind(format!("https://bmc.lan, {}", listener.url))),
+        )
+        .await?;
+    let _ = start().await;
+    assert!(
+        seen.lock().map(|c| *c).unwrap_or_default() > 0,
+        "the endpoint the Secret lists was never called"
+    );
+    Ok(())
+}

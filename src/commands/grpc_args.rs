@@ -260,17 +260,22 @@ mod tests {
         if let Err(e) = std::fs::write(&cert, "garbage") {
             panic!("{e}");
         }
+        let err = tls_error(&cert, &key);
+        assert!(err.contains("--tls-cert") && err.contains("c.pem"), "{err}");
+    }
+
+    /// What `server_tls` says of `--tls-cert cert --tls-key key` (empty: accepted).
+    fn tls_error(cert: &std::path::Path, key: &std::path::Path) -> String {
         let a = parse(&[
             "--tls-cert",
             cert.to_str().unwrap_or_default(),
             "--tls-key",
             key.to_str().unwrap_or_default(),
         ]);
-        let err = server_tls(&a)
+        server_tls(&a)
             .err()
             .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
-        assert!(err.contains("--tls-cert") && err.contains("c.pem"), "{err}");
+            .unwrap_or_default()
     }
 
     /// The server refuses a key that is not the certificate's, so start-up checks the pair.
@@ -292,16 +297,7 @@ mod tests {
                 panic!("{e}");
             }
         }
-        let a = parse(&[
-            "--tls-cert",
-            cert.to_str().unwrap_or_default(),
-            "--tls-key",
-            key.to_str().unwrap_or_default(),
-        ]);
-        let err = server_tls(&a)
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
+        let err = tls_error(&cert, &key);
         assert!(
             err.contains("--tls-key") && err.contains("b.key") && err.contains("a.crt"),
             "{err}"

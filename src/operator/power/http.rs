@@ -53,6 +53,11 @@ impl<'a> HttpDriver<'a> {
                     .unwrap_or("default");
                 let s =
                     secret::read(&self.client, namespace, name, &format!("{field}.secret")).await?;
+                // The action and its readback both carry the credentials.
+                s.allow_endpoint(&self.spec.url, &format!("{field}.url"))?;
+                if let Some(status) = &self.spec.status {
+                    s.allow_endpoint(&status.url, &format!("{field}.status.url"))?;
+                }
                 let auth = if s.has(SECRET_KEY_TOKEN) {
                     Auth::Bearer(s.get(SECRET_KEY_TOKEN)?)
                 } else if s.has(SECRET_KEY_USERNAME) || s.has(SECRET_KEY_PASSWORD) {

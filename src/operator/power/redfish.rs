@@ -63,6 +63,7 @@ impl<'a> RedfishDriver<'a> {
             &format!("{field}.credentialsSecret"),
         )
         .await?;
+        secret.allow_endpoint(&self.spec.endpoint, &format!("{field}.endpoint"))?;
         let auth = Auth::Basic {
             username: secret.get(SECRET_KEY_USERNAME)?,
             password: secret.get(SECRET_KEY_PASSWORD)?,

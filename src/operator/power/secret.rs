@@ -12,6 +12,12 @@ use super::PowerError;
 use crate::operator::api::{SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
 pub use crate::operator::error_chain;
 
+/// Annotation on a credential Secret listing where its credentials may be sent: URL prefixes
+/// separated by commas or spaces (`https://10.0.0.20, https://bmc2.lan:8443/redfish`). Without
+/// it the Secret goes to whatever endpoint a Node CR names; with it, a Node CR writer cannot
+/// point the operator (which may read the Secret) at a server of their own.
+pub const ENDPOINTS_ANNOTATION: &str = "infra.homecluster.dev/endpoints";
+
 /// The keys of one Secret, and where it was named (for errors).
 pub struct SecretData {
     /// `namespace/name`.
@@ -19,6 +25,8 @@ pub struct SecretData {
     /// The spec field that names it, e.g. `spec.power.on.redfish.credentialsSecret`.
     field: String,
     data: BTreeMap<String, Vec<u8>>,
+    /// The [`ENDPOINTS_ANNOTATION`] prefixes, when the Secret's owner set it.
+    endpoints: Option<Vec<String>>,
 }
 
 /// A secret string. Its `Debug` shows `***`; read it with [`SecretValue::expose`].
@@ -37,6 +45,26 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+/// The prefixes of an [`ENDPOINTS_ANNOTATION`] value.
+fn parse_endpoints(value: &str) -> Vec<String> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `prefix` covers `url`: the same URL, or `url` continues it at a path, query or
+/// fragment boundary, so `https://10.0.0.2` does not cover `https://10.0.0.20` and
+/// `https://bmc.lan` does not cover `https://bmc.lan.attacker.example`.
+fn covers(prefix: &str, url: &str) -> bool {
+    match url.strip_prefix(prefix) {
+        Some("") => true,
+        Some(rest) => prefix.ends_with('/') || rest.starts_with(['/', '?', '#']),
+        None => false,
+    }
+}
+
 /// Reads Secret `name` in `namespace`. `field` is the spec field naming it.
 pub async fn read(
     client: &Client,
@@ -50,6 +78,12 @@ pub async fn read(
         Ok(secret) => Ok(SecretData {
             object,
             field: field.to_owned(),
+            endpoints: secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ENDPOINTS_ANNOTATION))
+                .map(|v| parse_endpoints(v)),
             data: secret
                 .data
                 .unwrap_or_default()
@@ -92,6 +126,27 @@ impl SecretData {
                 "Secret {} (named by {}): key `{key}` is not UTF-8 text",
                 self.object, self.field
             ))),
+        }
+    }
+
+    /// Whether this Secret's credentials may be sent to `url` (named by `url_field`): always,
+    /// unless the Secret carries [`ENDPOINTS_ANNOTATION`] and no prefix of it covers `url`.
+    pub fn allow_endpoint(&self, url: &str, url_field: &str) -> Result<(), PowerError> {
+        match &self.endpoints {
+            Some(allowed) if !allowed.iter().any(|p| covers(p, url)) => {
+                Err(PowerError::Config(format!(
+                    "{url_field} {url:?} is not where Secret {} may be sent: its annotation \
+                     {ENDPOINTS_ANNOTATION} allows {}; point {url_field} at one of those, or have \
+                     the Secret's owner add it",
+                    self.object,
+                    if allowed.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    }
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -189,6 +244,57 @@ impl Redactor {
 mod tests {
     use super::*;
 
+    fn bound_to(annotation: Option<&str>) -> SecretData {
+        SecretData {
+            object: "lab/bmc".to_owned(),
+            field: "spec.power.on.redfish.credentialsSecret".to_owned(),
+            data: BTreeMap::new(),
+            endpoints: annotation.map(parse_endpoints),
+        }
+    }
+
+    #[test]
+    fn a_secret_without_the_annotation_goes_anywhere() {
+        let s = bound_to(None);
+        assert!(s.allow_endpoint("https://anything.example", "f").is_ok());
+    }
+
+    #[test]
+    fn an_annotated_secret_goes_only_under_its_prefixes() {
+        let s = bound_to(Some("https://10.0.0.2, https://bmc.lan:8443/redfish/"));
+        for ok in [
+            "https://10.0.0.2",
+            "https://10.0.0.2/redfish/v1",
+            "https://bmc.lan:8443/redfish/v1/Systems",
+        ] {
+            assert!(s.allow_endpoint(ok, "f").is_ok(), "{ok}");
+        }
+        for refused in [
+            "https://10.0.0.20",
+            "http://10.0.0.2",
+            "https://10.0.0.2.attacker.example",
+            "https://bmc.lan:8443/other",
+            "https://bmc.lan",
+        ] {
+            let Err(e) = s.allow_endpoint(refused, "spec.power.on.redfish.endpoint") else {
+                panic!("{refused} was allowed");
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains("spec.power.on.redfish.endpoint")
+                    && e.contains("lab/bmc")
+                    && e.contains(ENDPOINTS_ANNOTATION),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_annotation_allows_nothing() {
+        let s = bound_to(Some(" "));
+        assert!(s.allow_endpoint("https://10.0.0.2", "f").is_err());
+    }
+
     #[test]
     fn redactor_replaces_every_value_and_debug_hides_it() {
         let mut r = Redactor::default();
@@ -210,6 +316,7 @@ mod tests {
                 ("username".to_owned(), b"homelab".to_vec()),
                 ("password".to_owned(), b"s3cret-pw\n".to_vec()),
             ]),
+            endpoints: None,
         };
         let r = secret.redactor();
         // `homelab:s3cret-pw`, as in `Authorization: Basic ...`.
