@@ -295,15 +295,7 @@ impl Lab {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("examples")
             .join(file);
-        let mut text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        for (from, to) in replace {
-            anyhow::ensure!(text.contains(from), "examples/{file} no longer has {from}");
-            text = text.replace(from, to);
-        }
-        for obj in support::apply::parse_multi_doc(file, &text)? {
-            support::apply::apply_object(&self.client, &self.ns, &obj, true).await?;
-        }
+        support::apply::apply_file_moved(&self.client, &self.ns, &path, true, replace).await?;
         Ok(())
     }
 

@@ -390,11 +390,17 @@ async fn the_http_example_switches_the_nas_through_home_assistant() -> anyhow::R
     let ns = cp.namespace("http-example").await?;
     let client = cp.client()?;
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/http.yaml");
-    support::apply::apply_file(&client, &ns, &example, true).await?;
+    support::apply::apply_file_moved(
+        &client,
+        &ns,
+        &example,
+        true,
+        &[("http://homeassistant.lan:8123", &home_assistant.url)],
+    )
+    .await?;
     let m = kube::Api::<kubectl_homelab::operator::api::Machine>::namespaced(client.clone(), &ns)
         .get("nas")
         .await?;
-    let moved = |url: &str| url.replace("http://homeassistant.lan:8123", &home_assistant.url);
     let mut said = Transcript::default();
     for (direction, id, want) in [
         (Direction::On, "on-1", PowerState::On),
@@ -405,15 +411,10 @@ async fn the_http_example_switches_the_nas_through_home_assistant() -> anyhow::R
         else {
             panic!("examples/http.yaml uses http both ways");
         };
-        let mut spec = written.clone();
-        spec.url = moved(&spec.url);
-        if let Some(status) = &mut spec.status {
-            status.url = moved(&status.url);
-        }
         let op = Op::new(m.clone(), direction, id, Timestamp::now());
         let report = said
             .record(
-                &HttpDriver::new(client.clone(), &spec)
+                &HttpDriver::new(client.clone(), written)
                     .start(&op.at(Timestamp::now()))
                     .await,
             )

@@ -517,7 +517,14 @@ async fn the_redfish_example_powers_the_emulated_server_on_and_off() -> anyhow::
     let ns = cp.namespace("redfish-example").await?;
     let client = cp.client()?;
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/redfish.yaml");
-    support::apply::apply_file(&client, &ns, &example, true).await?;
+    support::apply::apply_file_moved(
+        &client,
+        &ns,
+        &example,
+        true,
+        &[("https://192.168.1.20", &sushy.url)],
+    )
+    .await?;
     let m = kube::Api::<kubectl_homelab::operator::api::Machine>::namespaced(client.clone(), &ns)
         .get("r730")
         .await?;
@@ -531,11 +538,7 @@ async fn the_redfish_example_powers_the_emulated_server_on_and_off() -> anyhow::
         else {
             panic!("examples/redfish.yaml uses redfish both ways");
         };
-        let spec = Redfish {
-            endpoint: sushy.url.clone(),
-            ..written.clone()
-        };
-        let driver = RedfishDriver::new(client.clone(), &spec);
+        let driver = RedfishDriver::new(client.clone(), written);
         let op = Op::new(m.clone(), direction, id, Timestamp::now());
         said.record(&driver.start(&op.at(Timestamp::now())).await)
             .map_err(anyhow::Error::msg)?;

@@ -67,8 +67,24 @@ pub async fn apply_file(
     path: &Path,
     strict: bool,
 ) -> anyhow::Result<Vec<DynamicObject>> {
+    apply_file_moved(client, namespace, path, strict, &[]).await
+}
+
+/// [`apply_file`] with each `(from, to)` of `replace` replaced in the text first, e.g. an
+/// example's BMC address by a test server's, wherever the example writes it.
+pub async fn apply_file_moved(
+    client: &kube::Client,
+    namespace: &str,
+    path: &Path,
+    strict: bool,
+    replace: &[(&str, &str)],
+) -> anyhow::Result<Vec<DynamicObject>> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {source}"))?;
+    let mut text = std::fs::read_to_string(path).with_context(|| format!("reading {source}"))?;
+    for (from, to) in replace {
+        anyhow::ensure!(text.contains(from), "{source} no longer has {from}");
+        text = text.replace(from, to);
+    }
     let mut applied = Vec::new();
     for obj in parse_multi_doc(&source, &text)? {
         let kind = obj
