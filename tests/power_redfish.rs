@@ -42,6 +42,27 @@ fn redfish(endpoint: &str, ca: &Ca) -> Redfish {
     }
 }
 
+/// A plain-HTTP server that answers every request 404 and counts them: the count shows whether
+/// a driver sent anything (and so its credentials) at all.
+async fn counting_server() -> anyhow::Result<(
+    support_power::server::Server,
+    std::sync::Arc<std::sync::Mutex<usize>>,
+)> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(0_usize));
+    let count = seen.clone();
+    let listener = support_power::server::serve(None, move |_req| {
+        let count = count.clone();
+        async move {
+            if let Ok(mut c) = count.lock() {
+                *c += 1;
+            }
+            support_power::server::answer(404, "")
+        }
+    })
+    .await?;
+    Ok((listener, seen))
+}
+
 /// Calls `check` at the times `at` gives until the operation is no longer running.
 async fn poll_until_done(
     driver: &RedfishDriver<'_>,
@@ -569,18 +590,7 @@ async fn an_http_endpoint_is_refused_unless_allow_insecure() -> anyhow::Result<(
         &[("username", USER), ("password", PASSWORD)],
     )
     .await?;
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(0_usize));
-    let count = seen.clone();
-    let listener = support_power::server::serve(None, move |_req| {
-        let count = count.clone();
-        async move {
-            if let Ok(mut c) = count.lock() {
-                *c += 1;
-            }
-            support_power::server::answer(404, "")
-        }
-    })
-    .await?;
+    let (listener, seen) = counting_server().await?;
     let plain = Redfish {
         endpoint: listener.url.clone(),
         credentials_secret: SECRET.to_owned(),
@@ -657,18 +667,7 @@ async fn an_annotated_secret_goes_only_to_the_endpoints_it_lists() -> anyhow::Re
         &[("username", USER), ("password", PASSWORD)],
     )
     .await?;
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(0_usize));
-    let count = seen.clone();
-    let listener = support_power::server::serve(None, move |_req| {
-        let count = count.clone();
-        async move {
-            if let Ok(mut c) = count.lock() {
-                *c += 1;
-            }
-            support_power::server::answer(404, "")
-        }
-    })
-    .await?;
+    let (listener, seen) = counting_server().await?;
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(client.clone(), &ns);
     let bind = |endpoints: String| {
