@@ -150,7 +150,7 @@ const ALLOWED: &[(&str, &str, &str)] = &[
          one there); without it the script clones the release tag",
     ),
     (
-        "README.md",
+        "docs/testing.md",
         concat!("../sh", "ared/third_party/cluster-autoscaler"),
         "documents that default of scripts/test.sh",
     ),
