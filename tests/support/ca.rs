@@ -401,6 +401,16 @@ impl ClusterAutoscaler {
             args.push(format!("--expander={e}"));
         }
         args.extend(opts.extra_args.iter().cloned());
+        Self::start_with_args(cp, args, port)
+    }
+
+    /// Starts CA with exactly `args` (which must serve its metrics on `metrics_port`), e.g. the
+    /// chart's command line (tests/support/chart.rs).
+    pub fn start_with_args(
+        cp: &ControlPlane,
+        args: Vec<String>,
+        metrics_port: u16,
+    ) -> anyhow::Result<ClusterAutoscaler> {
         let ca = ClusterAutoscaler {
             binary: cp.assets().cluster_autoscaler(),
             args,
@@ -408,7 +418,7 @@ impl ClusterAutoscaler {
             log: cp.dir().join("cluster-autoscaler.log"),
             runs: std::sync::Mutex::new(Vec::new()),
             kube: cp.client()?,
-            metrics_port: port,
+            metrics_port,
         };
         ca.spawn()?;
         Ok(ca)

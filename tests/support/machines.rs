@@ -116,6 +116,12 @@ pub struct MachinesConfig {
     /// From a power-off Job succeeding to the machine's Node going NotReady: the OS shutting
     /// down plus the node lifecycle controller's grace period.
     pub shutdown: Duration,
+    /// CPU and memory a machine's kubelet reports, per Node CR name, for a CR that declares no
+    /// `spec.capacity` (its Group's template says what CA should expect instead).
+    pub hardware: BTreeMap<String, (String, String)>,
+    /// Kubernetes node names of machines already on (registered before the harness started):
+    /// their kubelets run pods and a power-off stops them.
+    pub on_at_start: BTreeSet<String>,
 }
 
 impl MachinesConfig {
@@ -126,6 +132,8 @@ impl MachinesConfig {
             boots: BTreeMap::new(),
             provider_id_by: ProviderIdBy::Kubelet,
             shutdown: Duration::ZERO,
+            hardware: BTreeMap::new(),
+            on_at_start: BTreeSet::new(),
         }
     }
     /// Every machine's Node stays Ready for `delay` after its power-off Job succeeded.
@@ -135,6 +143,17 @@ impl MachinesConfig {
     }
     pub fn machine(mut self, name: &str, boot: Boot) -> Self {
         self.boots.insert(name.to_owned(), boot);
+        self
+    }
+    /// The machine whose Kubernetes Node is `node` is on when the harness starts.
+    pub fn on_at_start(mut self, node: &str) -> Self {
+        self.on_at_start.insert(node.to_owned());
+        self
+    }
+    /// Machine `name`'s kubelet reports `cpu` and `memory` (Kubernetes quantities).
+    pub fn hardware(mut self, name: &str, cpu: &str, memory: &str) -> Self {
+        self.hardware
+            .insert(name.to_owned(), (cpu.to_owned(), memory.to_owned()));
         self
     }
     pub fn provider_id_by(mut self, by: ProviderIdBy) -> Self {
@@ -162,8 +181,12 @@ impl Shared {
 impl Machines {
     /// Starts playing the Job controller, machines and kubelets of `config.namespace`.
     pub fn start(world: &World, config: MachinesConfig) -> Machines {
+        let seen = Seen {
+            up: config.on_at_start.clone(),
+            ..Seen::default()
+        };
         let shared = Arc::new(Shared {
-            seen: Arc::new(Mutex::new(Seen::default())),
+            seen: Arc::new(Mutex::new(seen)),
             world: world.clone(),
             config,
             started: Instant::now(),
@@ -389,7 +412,10 @@ async fn power_job_done(shared: Arc<Shared>, job: Job) {
             return;
         }
     };
-    let node = FakeNode::for_machine(&m);
+    let mut node = FakeNode::for_machine(&m);
+    if let Some((cpu, memory)) = shared.config.hardware.get(&name) {
+        node = node.capacity(cpu, memory);
+    }
     if direction == "on" {
         let boot = shared
             .config

@@ -24,6 +24,7 @@
 pub mod apply;
 pub mod assets;
 pub mod ca;
+pub mod chart;
 pub mod control_plane;
 pub mod helm;
 pub mod identity;
