@@ -95,14 +95,15 @@ impl Machine {
         let mut m = Machine::new(name, MachineSpec::new(PowerState::On));
         m.metadata.namespace = Some(NAMESPACE.to_owned());
         m.spec.power = Some(Box::new(PowerSpec {
-            on: Some(PowerOn {
+            power_on: Some(PowerOn {
                 job: Some(Box::new(pod.clone())),
                 ..PowerOn::default()
             }),
-            off: Some(PowerOff {
+            power_off: Some(PowerOff {
                 job: Some(Box::new(pod)),
                 ..PowerOff::default()
             }),
+            ..PowerSpec::default()
         }));
         MachineBuilder(m)
     }
@@ -234,16 +235,16 @@ impl MachineBuilder {
     }
 
     fn power_on(mut self, on: PowerOn) -> Self {
-        self.power().on = Some(on);
+        self.power().power_on = Some(on);
         self
     }
 
     fn power_off(mut self, off: PowerOff) -> Self {
-        self.power().off = Some(off);
+        self.power().power_off = Some(off);
         self
     }
 
-    /// `power.on.job` and `power.off.job`.
+    /// `power.powerOn.job` and `power.powerOff.job`.
     pub fn jobs(self, pod: MinimalPodSpec) -> Self {
         self.power_on(PowerOn {
             job: Some(Box::new(pod.clone())),
@@ -255,6 +256,16 @@ impl MachineBuilder {
         })
     }
 
+    /// Moves the power drivers under the deprecated keys `"on"` / `"off"`, as a CR written
+    /// before `powerOn` / `powerOff` has them (call it after the driver builders).
+    pub fn deprecated_power_keys(mut self) -> Self {
+        if let Some(p) = self.0.spec.power.as_deref_mut() {
+            p.legacy_on = p.power_on.take().or(p.legacy_on.take());
+            p.legacy_off = p.power_off.take().or(p.legacy_off.take());
+        }
+        self
+    }
+
     /// The predecessor's `startupPodSpec` / `shutdownPodSpec`, and no `power`.
     pub fn legacy_jobs(mut self, startup: MinimalPodSpec, shutdown: MinimalPodSpec) -> Self {
         self.0.spec.power = None;
@@ -263,7 +274,7 @@ impl MachineBuilder {
         self
     }
 
-    /// `power.on.wakeOnLan`.
+    /// `power.powerOn.wakeOnLan`.
     pub fn wol(self, wol: WakeOnLan) -> Self {
         self.power_on(PowerOn {
             wake_on_lan: Some(Box::new(wol)),
@@ -271,7 +282,7 @@ impl MachineBuilder {
         })
     }
 
-    /// `power.on.redfish` and `power.off.redfish`.
+    /// `power.powerOn.redfish` and `power.powerOff.redfish`.
     pub fn redfish(self, bmc: Redfish) -> Self {
         self.power_on(PowerOn {
             redfish: Some(Box::new(bmc.clone())),
@@ -283,7 +294,7 @@ impl MachineBuilder {
         })
     }
 
-    /// `power.on.http` and `power.off.http`.
+    /// `power.powerOn.http` and `power.powerOff.http`.
     pub fn http(self, on: HttpAction, off: HttpAction) -> Self {
         self.power_on(PowerOn {
             http: Some(Box::new(on)),
@@ -295,7 +306,7 @@ impl MachineBuilder {
         })
     }
 
-    /// `power.off.nodeAgent` with its defaults.
+    /// `power.powerOff.nodeAgent` with its defaults.
     pub fn node_agent_off(self) -> Self {
         self.power_off(PowerOff {
             node_agent: Some(Box::new(NodeAgent::default())),
@@ -305,7 +316,7 @@ impl MachineBuilder {
 
     /// No way to power off: a power-on driver under test alone (the API server refuses it).
     pub fn no_power_off(mut self) -> Self {
-        self.power().off = None;
+        self.power().power_off = None;
         self
     }
 

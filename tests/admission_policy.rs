@@ -92,7 +92,7 @@ fn node_cr(ns: &str, name: &str, f: impl FnOnce(&mut Machine)) -> anyhow::Result
 
 fn with_off(m: &mut Machine, off: PowerOff) {
     let power = m.spec.power.get_or_insert_with(Box::default);
-    power.off = Some(off);
+    power.power_off = Some(off);
     m.spec.shutdown_pod_spec = None;
 }
 
@@ -209,14 +209,37 @@ async fn a_namespace_token_cannot_borrow_the_operators_rights_through_a_node_cr(
             node_cr(&ns, "agent-image", |m| {
                 with_off(m, node_agent(Some("example.org/rootkit:1"), &[]))
             })?,
+            "spec.power.powerOff.nodeAgent.image: example.org/rootkit:1 is not an allowed image",
+        ),
+        (
+            "a node agent running another image under the deprecated key \"off\"",
+            node_cr(&ns, "agent-image-legacy", |m| {
+                with_off(m, node_agent(Some("example.org/rootkit:1"), &[]));
+                if let Some(p) = m.spec.power.as_deref_mut() {
+                    p.legacy_on = p.power_on.take();
+                    p.legacy_off = p.power_off.take();
+                }
+            })?,
             "spec.power.off.nodeAgent.image: example.org/rootkit:1 is not an allowed image",
+        ),
+        (
+            "a power Job as the operator's ServiceAccount under the deprecated key \"on\"",
+            node_cr(&ns, "job-operator-sa-legacy", |m| {
+                if let Some(p) = m.spec.power.as_deref_mut() {
+                    p.legacy_on = p.power_on.take();
+                    if let Some(j) = p.legacy_on.as_mut().and_then(|on| on.job.as_mut()) {
+                        j.service_account = Some(OPERATOR_SA.to_owned());
+                    }
+                }
+            })?,
+            "spec.power.on.job.serviceAccount: lab-kubectl-homelab may not run a power Job",
         ),
         (
             "a node agent running another command as root on the host",
             node_cr(&ns, "agent-command", |m| {
                 with_off(m, node_agent(None, &["cat", "/etc/kubernetes/admin.conf"]))
             })?,
-            "spec.power.off.nodeAgent.command: cat /etc/kubernetes/admin.conf is not an allowed",
+            "spec.power.powerOff.nodeAgent.command: cat /etc/kubernetes/admin.conf is not an allowed",
         ),
         (
             "a power Job as the operator's ServiceAccount",
@@ -226,13 +249,13 @@ async fn a_namespace_token_cannot_borrow_the_operators_rights_through_a_node_cr(
                     off_job(|j| j.service_account = Some(OPERATOR_SA.to_owned())),
                 )
             })?,
-            "spec.power.off.job.serviceAccount: lab-kubectl-homelab may not run a power Job",
+            "spec.power.powerOff.job.serviceAccount: lab-kubectl-homelab may not run a power Job",
         ),
         (
             "a power Job as another ServiceAccount of the namespace",
             node_cr(&ns, "job-other-sa", |m| {
                 if let Some(p) = m.spec.power.as_mut() {
-                    p.on = None;
+                    p.power_on = None;
                 }
                 m.spec.startup_pod_spec = Some(Box::new(job("example.org/power:1", &["on"])));
                 if let Some(s) = m.spec.startup_pod_spec.as_mut() {
@@ -246,14 +269,14 @@ async fn a_namespace_token_cannot_borrow_the_operators_rights_through_a_node_cr(
             node_cr(&ns, "job-privileged", |m| {
                 with_off(m, off_job(|j| j.privileged = Some(true)))
             })?,
-            "spec.power.off.job: privileged and hostNetwork power Jobs are not allowed",
+            "spec.power.powerOff.job: privileged and hostNetwork power Jobs are not allowed",
         ),
         (
             "a power Job on the host's network",
             node_cr(&ns, "job-host-network", |m| {
                 with_off(m, off_job(|j| j.host_network = Some(true)))
             })?,
-            "spec.power.off.job: privileged and hostNetwork power Jobs are not allowed",
+            "spec.power.powerOff.job: privileged and hostNetwork power Jobs are not allowed",
         ),
         (
             "a power Job mounting a Secret the operator may not read",
@@ -263,7 +286,7 @@ async fn a_namespace_token_cannot_borrow_the_operators_rights_through_a_node_cr(
                     off_job(|j| j.volumes = vec![secret_volume("family-photos-backup-key")]),
                 )
             })?,
-            "spec.power.off.job.volumes: a power Job may mount only the Secrets the operator may read (bmc-m1)",
+            "spec.power.powerOff.job.volumes: a power Job may mount only the Secrets the operator may read (bmc-m1)",
         ),
     ];
     let mut failures = Vec::new();
@@ -281,7 +304,7 @@ async fn a_namespace_token_cannot_borrow_the_operators_rights_through_a_node_cr(
     // The default node agent, and a power-on Job mounting the one Secret the operator may read.
     let fine = node_cr(&ns, "within-the-rules", |m| {
         with_off(m, node_agent(None, &[]));
-        if let Some(on) = m.spec.power.as_mut().and_then(|p| p.on.as_mut()) {
+        if let Some(on) = m.spec.power.as_mut().and_then(|p| p.power_on.as_mut()) {
             on.job = Some(Box::new(job("example.org/power:1", &["on"])));
             if let Some(j) = on.job.as_mut() {
                 j.volumes = vec![secret_volume("bmc-m1")];
@@ -327,7 +350,7 @@ async fn a_cr_from_before_the_policy_is_still_written_by_the_operator_only() -> 
     };
     let refused = refused.context("the policy let the admin change a CR that breaks it")?;
     ensure!(
-        refused.contains("spec.power.off.nodeAgent.image"),
+        refused.contains("spec.power.powerOff.nodeAgent.image"),
         "the refusal does not name the field: {refused}"
     );
     Api::<Machine>::namespaced(operator.client()?, &ns)

@@ -5,12 +5,13 @@ mod support;
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Pod};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::api::{Direction, Group, Machine, PowerDriver, cel};
 use support::apply::{apply_file, apply_object, parse_multi_doc};
 use support::{FakeNode, JobOutcome, World};
 
@@ -682,4 +683,183 @@ fn ready_condition(
         .as_ref()?
         .iter()
         .find(|c| c.type_ == "Ready")
+}
+
+/// `kubectl apply -n <ns> -f -` of `manifest` with `KUBECONFIG`: (success, stdout + stderr).
+fn kubectl_apply(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    manifest: &str,
+    extra: &[&str],
+) -> anyhow::Result<(bool, String)> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-n", ns, "-f", "-"])
+        .args(extra)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(manifest.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// A Node CR in YAML as a person types it, with `power` and `watts` given as YAML text
+/// (indented under `spec:`).
+fn node_yaml(name: &str, power_state: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Node\nmetadata:\n  name: {name}\n  \
+         labels:\n    group: lab\nspec:\n  powerState: {power_state}\n{rest}"
+    )
+}
+
+/// kubectl reads YAML 1.1: bare `on:` / `off:` keys reach the API server as `true` / `false`.
+/// Instead of strict validation's "unknown field spec.power.true", the rules on `spec.power`
+/// and `spec.watts` say what was meant and what to write, each under its field.
+#[tokio::test]
+async fn bare_on_off_keys_are_refused_by_kubectl_apply_with_what_to_write() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("bare-keys").await?;
+    let bare = node_yaml(
+        "bare",
+        "\"off\"",
+        "  power:\n    on:\n      wakeOnLan:\n        mac: \"aa:bb:cc:dd:ee:01\"\n    off:\n      \
+         nodeAgent: {}\n  watts:\n    idle: 9\n    off: 1\n",
+    );
+    let (ok, out) = kubectl_apply(cp.kubeconfig(), &ns, &bare, &[])?;
+    assert!(!ok, "applied: {out}");
+    for (field, message) in [
+        ("spec.power", cel::BARE_ON_KEY_MESSAGE),
+        ("spec.power", cel::BARE_OFF_KEY_MESSAGE),
+        ("spec.watts", cel::BARE_WATTS_OFF_KEY_MESSAGE),
+    ] {
+        assert!(
+            out.contains(&format!("{field}: Invalid value: {message}")),
+            "{field}: {message:?} missing from: {out}"
+        );
+    }
+    // Only what was meant: no "unknown field", no "needs a way to power on".
+    assert!(
+        !out.contains("unknown field") && !out.contains("needs a way"),
+        "{out}"
+    );
+
+    // The same CR with the keys YAML reads as written applies.
+    let fixed = node_yaml(
+        "fixed",
+        "\"off\"",
+        "  power:\n    powerOn:\n      wakeOnLan:\n        mac: \"aa:bb:cc:dd:ee:01\"\n    \
+         powerOff:\n      nodeAgent: {}\n  watts:\n    idle: 9\n    standby: 1\n",
+    );
+    let (ok, out) = kubectl_apply(cp.kubeconfig(), &ns, &fixed, &[])?;
+    assert!(ok, "{out}");
+    assert!(!out.contains("Warning"), "{out}");
+
+    // A bare value: YAML makes `powerState: on` the boolean true. The schema's type check comes
+    // before any CEL rule (which would need the field untyped, losing the enum), so the API
+    // server's own words are what the user reads: the field, the boolean it got and the values
+    // it takes (the field's description says to quote them).
+    let bare_value = node_yaml(
+        "bare-value",
+        "on",
+        "  power:\n    powerOn:\n      wakeOnLan:\n        mac: \"aa:bb:cc:dd:ee:01\"\n    \
+         powerOff:\n      nodeAgent: {}\n",
+    );
+    let (ok, out) = kubectl_apply(cp.kubeconfig(), &ns, &bare_value, &[])?;
+    assert!(!ok, "applied: {out}");
+    assert!(
+        out.contains(r#"spec.powerState: Unsupported value: true: supported values: "on", "off""#),
+        "{out}"
+    );
+    Ok(())
+}
+
+/// A Node CR written before the rename, with the quoted keys `"on"` / `"off"`, still applies
+/// under strict field validation without a warning, and keeps its keys through a desired-power
+/// write (a merge patch of `spec.powerState`, the only spec field the operator and `kubectl
+/// homelab power` write).
+#[tokio::test]
+async fn legacy_quoted_on_off_keys_still_apply_and_survive_a_power_state_patch()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("legacy-keys").await?;
+    let legacy = node_yaml(
+        "legacy",
+        "\"off\"",
+        "  power:\n    \"on\":\n      wakeOnLan:\n        mac: \"aa:bb:cc:dd:ee:01\"\n    \
+         \"off\":\n      nodeAgent: {}\n  watts:\n    idle: 9\n    \"off\": 1\n",
+    );
+    let (ok, out) = kubectl_apply(cp.kubeconfig(), &ns, &legacy, &[])?;
+    assert!(ok, "{out}");
+    assert!(!out.contains("Warning"), "{out}");
+    let api: Api<Machine> = Api::namespaced(cp.client()?, &ns);
+    let patch = serde_json::json!({"spec": {"powerState": "on"}});
+    let m = api
+        .patch(
+            "legacy",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    let power = m.spec.power.as_deref().context("power kept")?;
+    assert!(power.legacy_on.is_some() && power.legacy_off.is_some());
+    assert!(matches!(
+        m.power_driver(Direction::On),
+        Ok(PowerDriver::WakeOnLan(w)) if w.mac == "aa:bb:cc:dd:ee:01"
+    ));
+    assert!(matches!(
+        m.power_driver(Direction::Off),
+        Ok(PowerDriver::NodeAgent(_))
+    ));
+    assert_eq!(m.spec.watts.map(|w| w.standby()), Some(1.0));
+    Ok(())
+}
+
+/// `kubectl apply` of the committed CRDs prints no warning (an unknown `format` such as
+/// `uint64` makes the API server answer `Warning: unrecognized format "uint64"`).
+#[tokio::test]
+async fn the_committed_crds_apply_without_a_warning() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds");
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+        ])
+        .arg(&dir)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("serverside-applied"), "{text}");
+    assert!(!text.contains("Warning"), "{text}");
+    Ok(())
 }

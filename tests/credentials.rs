@@ -357,7 +357,7 @@ async fn no_credential_shows_in_logs_events_status_or_metrics() -> anyhow::Resul
         .map(|c| c.message.to_string())
         .unwrap_or_default();
     assert!(
-        message.contains("spec.power.on.redfish.insecureSkipVerify")
+        message.contains("spec.power.powerOn.redfish.insecureSkipVerify")
             && message.contains("caBundle"),
         "{message}"
     );

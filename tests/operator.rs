@@ -371,6 +371,44 @@ fn pod(name: &str) -> Pod {
     .unwrap_or_default()
 }
 
+/// A Node CR written before `powerOn` / `powerOff`, its Jobs under the quoted keys `"on"` /
+/// `"off"`: the operator powers it on through the Job of `"on"`, marks it with a
+/// `DeprecatedFields` condition naming the new keys, and leaves its power spec as written.
+#[tokio::test]
+async fn a_machine_with_the_deprecated_on_off_keys_still_powers_on() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-legacy").await?;
+    let node = cp.unique_name("legacy");
+    lab.create(lab.machine("m1").node_name(&node).deprecated_power_keys())
+        .await?;
+    lab.wait_phase("m1", Phase::Off).await?;
+    lab.set_power("m1", "on").await?;
+    let on_job = lab.wait_job("m1", "on").await?;
+    lab.world.complete_job(&lab.ns, &on_job.name_any()).await?;
+    let m = lab.wait_phase("m1", Phase::Booting).await?;
+    let power = m.spec.power.as_deref().context("power kept")?;
+    assert!(
+        power.legacy_on.is_some() && power.legacy_off.is_some() && power.power_on.is_none(),
+        "{power:?}"
+    );
+    let deprecated = m
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "DeprecatedFields"))
+        .context("no DeprecatedFields condition")?;
+    assert_eq!(deprecated.status, "True");
+    assert!(
+        deprecated
+            .message
+            .contains("spec.power.on is deprecated: rename it to spec.power.powerOn"),
+        "{}",
+        deprecated.message
+    );
+    Ok(())
+}
+
 /// Off → on: the power-on Job runs, the machine registers (with an empty providerID, as kubeadm
 /// leaves it), becomes Ready; the operator sets the providerID and snapshots the node. Then off:
 /// cordon, power-off Job placed away from the machine, node goes down, Node object deleted.

@@ -330,7 +330,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_unless_its_ca_is_given() ->
         panic!("an untrusted certificate is a setting to fix: {result:?}");
     };
     assert!(
-        err.contains("not trusted") && err.contains("spec.power.on.http.caBundle"),
+        err.contains("not trusted") && err.contains("spec.power.powerOn.http.caBundle"),
         "{err}"
     );
     assert!(plug.on.lock().is_ok_and(|on| !*on), "nothing was switched");
@@ -498,9 +498,9 @@ async fn an_http_url_with_a_secret_is_refused_unless_allow_insecure() -> anyhow:
         .context("http:// with a secret is refused")?
         .to_string();
     assert!(
-        err.starts_with("spec.power.on.http.url: ")
+        err.starts_with("spec.power.powerOn.http.url: ")
             && err.contains("use https://")
-            && err.contains("spec.power.on.http.allowInsecure: true"),
+            && err.contains("spec.power.powerOn.http.allowInsecure: true"),
         "{err}"
     );
     let readback_plain = HttpAction {
@@ -517,7 +517,10 @@ async fn an_http_url_with_a_secret_is_refused_unless_allow_insecure() -> anyhow:
         .err()
         .context("an http:// status url with a secret is refused")?
         .to_string();
-    assert!(err.starts_with("spec.power.on.http.status.url: "), "{err}");
+    assert!(
+        err.starts_with("spec.power.powerOn.http.status.url: "),
+        "{err}"
+    );
     assert!(requests.lock().is_ok_and(|r| r.is_empty()), "no request");
 
     let allowed = HttpAction {

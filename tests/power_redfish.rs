@@ -616,9 +616,9 @@ async fn an_http_endpoint_is_refused_unless_allow_insecure() -> anyhow::Result<(
         panic!("an http:// endpoint is a setting to fix: {result:?}");
     };
     assert!(
-        err.starts_with("spec.power.on.redfish.endpoint: ")
+        err.starts_with("spec.power.powerOn.redfish.endpoint: ")
             && err.contains("use https://")
-            && err.contains("spec.power.on.redfish.allowInsecure: true"),
+            && err.contains("spec.power.powerOn.redfish.allowInsecure: true"),
         "{err}"
     );
     assert_eq!(seen.lock().map(|c| *c).unwrap_or(usize::MAX), 0);
@@ -711,7 +711,7 @@ async fn an_annotated_secret_goes_only_to_the_endpoints_it_lists() -> anyhow::Re
         .await
         .context("an endpoint the Secret does not list was used")?;
     assert!(
-        refused.contains("spec.power.on.redfish.endpoint")
+        refused.contains("spec.power.powerOn.redfish.endpoint")
             && refused.contains(&format!("{ns}/{SECRET}"))
             && refused.contains("infra.homecluster.dev/endpoints"),
         "{refused}"

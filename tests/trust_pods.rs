@@ -303,7 +303,7 @@ async fn a_power_job_mounts_only_a_secret_the_operator_may_read() -> anyhow::Res
         panic!("a Secret the operator cannot read is mounted: {refused:?}");
     };
     assert!(
-        message.contains("spec.power.off.job.volumes[1].secretName")
+        message.contains("spec.power.powerOff.job.volumes[1].secretName")
             && message.contains("someone-elses")
             && message.contains("credentialSecrets"),
         "{message}"
@@ -363,7 +363,7 @@ async fn no_pod_runs_as_the_operators_service_account() -> anyhow::Result<()> {
         .start(&op.at(Timestamp::now()))
         .await;
     assert!(
-        matches!(&refused, Err(PowerError::Config(m)) if m.contains("spec.power.on.job.serviceAccount")),
+        matches!(&refused, Err(PowerError::Config(m)) if m.contains("spec.power.powerOn.job.serviceAccount")),
         "{refused:?}"
     );
 
@@ -488,14 +488,14 @@ async fn a_wake_on_lan_relay_gets_only_an_allowed_image_and_a_readable_secret() 
     let refused = start("m1", wol("someone-elses", None)).await;
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
-        message.contains("spec.power.on.wakeOnLan.secureOnSecret")
+        message.contains("spec.power.powerOn.wakeOnLan.secureOnSecret")
             && message.contains("credentialSecrets"),
         "{message}"
     );
     let refused = start("m2", wol("minipc-secureon", Some("evil.example/net:1"))).await;
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
-        message.contains("spec.power.on.wakeOnLan.via.image")
+        message.contains("spec.power.powerOn.wakeOnLan.via.image")
             && message.contains("ImageNotAllowed"),
         "{message}"
     );

@@ -996,7 +996,7 @@ impl<'s> Sim<'s> {
         let model = &self.sc.machines[m];
         let idle = model.watts.idle.unwrap_or(0.0);
         let busy = model.watts.busy.unwrap_or(idle);
-        let off = model.watts.off.unwrap_or(0.0);
+        let off = model.watts.standby();
         let (watts, busy_part) = match self.machines[m].physical {
             Physical::Off => (off, 0.0),
             Physical::Booting { .. } => (model.boot_watts.unwrap_or(idle), 0.0),

@@ -9,7 +9,7 @@
 //!   successful power-on boots in `bootTime` or, with `neverBoots`, hangs until the operator
 //!   gives up. A Redfish power-off is done when the BMC reads Off: after `shutdownTime`, or at
 //!   `forceOffAfter` (ForceOff) when the OS is slower or ignores it (`gracefulShutdownIgnored`). Booting and shutting down draw idle power; on, power grows
-//!   linearly from idle to busy with the requested CPU share; off draws `watts.off`.
+//!   linearly from idle to busy with the requested CPU share; off draws `watts.standby`.
 //! - Kubernetes: a Node object appears Ready when the boot completes and goes NotReady when the
 //!   machine is off; the operator deletes it (the FSM's `DeleteNode`). Pods request CPU, memory
 //!   and a pod slot only; an evicted pod restarts from scratch; the operator reacts to a change

@@ -55,25 +55,52 @@ pub const MIN_LE_MAX_MESSAGE: &str = "minSize must not be greater than maxSize";
 
 pub const ONE_ON_DRIVER_RULE: &str = "[has(self.job), has(self.wakeOnLan), has(self.redfish), has(self.http)].filter(x, x).size() == 1";
 pub const ONE_ON_DRIVER_MESSAGE: &str =
-    "power.on must set exactly one driver: job, wakeOnLan, redfish or http";
+    "powerOn must set exactly one driver: job, wakeOnLan, redfish or http";
 pub const ONE_OFF_DRIVER_RULE: &str = "[has(self.job), has(self.nodeAgent), has(self.redfish), has(self.http)].filter(x, x).size() == 1";
 pub const ONE_OFF_DRIVER_MESSAGE: &str =
-    "power.off must set exactly one driver: job, nodeAgent, redfish or http";
+    "powerOff must set exactly one driver: job, nodeAgent, redfish or http";
 
-pub const ON_NOT_BOTH_RULE: &str =
-    "!(has(self.startupPodSpec) && has(self.power) && has(self.power.on))";
+// On the Node spec. `power.on` / `power.off` are the deprecated names of `powerOn` /
+// `powerOff` (quoted "on" / "off" in YAML), so each rule counts both. A bare `on:` / `off:` key
+// (`power.true` / `power.false`, see below) counts as a driver here, so its own rule's message
+// is the only one the user reads.
+pub const ON_NOT_BOTH_RULE: &str = "!(has(self.startupPodSpec) && has(self.power) && (has(self.power.powerOn) || has(self.power.on)))";
 pub const ON_NOT_BOTH_MESSAGE: &str =
-    "set either power.on or startupPodSpec (the predecessor's job style), not both";
-pub const OFF_NOT_BOTH_RULE: &str =
-    "!(has(self.shutdownPodSpec) && has(self.power) && has(self.power.off))";
+    "set either power.powerOn or startupPodSpec (the predecessor's job style), not both";
+pub const OFF_NOT_BOTH_RULE: &str = "!(has(self.shutdownPodSpec) && has(self.power) && (has(self.power.powerOff) || has(self.power.off)))";
 pub const OFF_NOT_BOTH_MESSAGE: &str =
-    "set either power.off or shutdownPodSpec (the predecessor's job style), not both";
-pub const NEEDS_ON_RULE: &str =
-    "has(self.startupPodSpec) || (has(self.power) && has(self.power.on))";
-pub const NEEDS_ON_MESSAGE: &str = "a Node needs a way to power on: set power.on (job, wakeOnLan, redfish or http) or startupPodSpec";
-pub const NEEDS_OFF_RULE: &str =
-    "has(self.shutdownPodSpec) || (has(self.power) && has(self.power.off))";
-pub const NEEDS_OFF_MESSAGE: &str = "a Node needs a way to power off: set power.off (job, nodeAgent, redfish or http) or shutdownPodSpec";
+    "set either power.powerOff or shutdownPodSpec (the predecessor's job style), not both";
+pub const NEEDS_ON_RULE: &str = "has(self.startupPodSpec) || (has(self.power) && (has(self.power.powerOn) || has(self.power.on) || has(self.power.__true__)))";
+pub const NEEDS_ON_MESSAGE: &str = "a Node needs a way to power on: set power.powerOn (job, wakeOnLan, redfish or http) or startupPodSpec";
+pub const NEEDS_OFF_RULE: &str = "has(self.shutdownPodSpec) || (has(self.power) && (has(self.power.powerOff) || has(self.power.off) || has(self.power.__false__)))";
+pub const NEEDS_OFF_MESSAGE: &str = "a Node needs a way to power off: set power.powerOff (job, nodeAgent, redfish or http) or shutdownPodSpec";
+
+// On `spec.power` and `spec.watts`: a field and its deprecated name are the same setting, so
+// only one may be written.
+pub const POWER_ON_NOT_LEGACY_RULE: &str = "!(has(self.powerOn) && has(self.on))";
+pub const POWER_ON_NOT_LEGACY_MESSAGE: &str =
+    "set powerOn or the deprecated \"on\" (its old name), not both: remove \"on\"";
+pub const POWER_OFF_NOT_LEGACY_RULE: &str = "!(has(self.powerOff) && has(self.off))";
+pub const POWER_OFF_NOT_LEGACY_MESSAGE: &str =
+    "set powerOff or the deprecated \"off\" (its old name), not both: remove \"off\"";
+pub const STANDBY_NOT_LEGACY_RULE: &str = "!(has(self.standby) && has(self.off))";
+pub const STANDBY_NOT_LEGACY_MESSAGE: &str =
+    "set standby or the deprecated \"off\" (its old name), not both: remove \"off\"";
+
+// YAML 1.1 (what kubectl reads) turns an unquoted `on:` / `off:` key into the key `true` /
+// `false`. `spec.power` and `spec.watts` list those two keys (with the type of what they hold),
+// so strict field validation lets them through and these rules refuse them with the fix. The API server
+// escapes property names that are CEL keywords as `__true__` / `__false__`.
+pub const BARE_ON_KEY_RULE: &str = "!has(self.__true__)";
+pub const BARE_ON_KEY_MESSAGE: &str =
+    "a bare `on:` key is read by YAML as true; write powerOn: (or quote \"on\")";
+pub const BARE_OFF_KEY_RULE: &str = "!has(self.__false__)";
+pub const BARE_OFF_KEY_MESSAGE: &str =
+    "a bare `off:` key is read by YAML as false; write powerOff: (or quote \"off\")";
+pub const BARE_WATTS_OFF_KEY_MESSAGE: &str =
+    "a bare `off:` key is read by YAML as false; write standby: (or quote \"off\")";
+pub const BARE_WATTS_ON_KEY_MESSAGE: &str =
+    "a bare `on:` key is read by YAML as true; watts are written as idle:, busy: and standby:";
 
 pub const ONE_VOLUME_SOURCE_RULE: &str = "(has(self.secretName) && self.secretName != '') != (has(self.configMapName) && self.configMapName != '')";
 pub const ONE_VOLUME_SOURCE_MESSAGE: &str =
@@ -112,6 +139,13 @@ pub const ALL_RULES: &[(&str, &str)] = &[
     (OFF_NOT_BOTH_RULE, OFF_NOT_BOTH_MESSAGE),
     (NEEDS_ON_RULE, NEEDS_ON_MESSAGE),
     (NEEDS_OFF_RULE, NEEDS_OFF_MESSAGE),
+    (POWER_ON_NOT_LEGACY_RULE, POWER_ON_NOT_LEGACY_MESSAGE),
+    (POWER_OFF_NOT_LEGACY_RULE, POWER_OFF_NOT_LEGACY_MESSAGE),
+    (STANDBY_NOT_LEGACY_RULE, STANDBY_NOT_LEGACY_MESSAGE),
+    (BARE_ON_KEY_RULE, BARE_ON_KEY_MESSAGE),
+    (BARE_OFF_KEY_RULE, BARE_OFF_KEY_MESSAGE),
+    (BARE_OFF_KEY_RULE, BARE_WATTS_OFF_KEY_MESSAGE),
+    (BARE_ON_KEY_RULE, BARE_WATTS_ON_KEY_MESSAGE),
     (ONE_VOLUME_SOURCE_RULE, ONE_VOLUME_SOURCE_MESSAGE),
     (TLS_CHOICE_RULE, TLS_CHOICE_MESSAGE),
     (REDFISH_HTTPS_RULE, REDFISH_HTTPS_MESSAGE),

@@ -72,10 +72,10 @@ pub struct MachineSpec {
     /// Name of the Kubernetes Node this machine registers as (default: learned by providerID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_node_name: Option<String>,
-    /// The predecessor's power-on Job; same as `power.on.job`.
+    /// The predecessor's power-on Job; same as `power.powerOn.job`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_pod_spec: Option<Box<MinimalPodSpec>>,
-    /// The predecessor's power-off Job; same as `power.off.job`.
+    /// The predecessor's power-off Job; same as `power.powerOff.job`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_pod_spec: Option<Box<MinimalPodSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +130,14 @@ pub struct MachineSpec {
     pub scale_down_disabled: Option<bool>,
 }
 
+/// Node condition: the spec still uses the deprecated names `spec.power.on` / `spec.power.off`
+/// / `spec.watts.off` (read as `powerOn` / `powerOff` / `standby`). Abnormal-true: it only
+/// informs, the operator acts on the spec as written.
+pub const CONDITION_DEPRECATED_FIELDS: &str = "DeprecatedFields";
+/// Reasons of [`CONDITION_DEPRECATED_FIELDS`].
+pub const REASON_DEPRECATED_FIELD_NAMES: &str = "DeprecatedFieldNames";
+pub const REASON_CURRENT_FIELD_NAMES: &str = "CurrentFieldNames";
+
 fn default_power_state() -> PowerState {
     PowerState::On
 }
@@ -154,6 +162,9 @@ pub struct Pricing {
 /// Power draw in watts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": STANDBY_NOT_LEGACY_RULE, "message": STANDBY_NOT_LEGACY_MESSAGE}
+]))]
 pub struct Watts {
     /// On, without load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,10 +174,15 @@ pub struct Watts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub busy: Option<f64>,
-    /// Powered off (standby for Wake-on-LAN or the BMC; default 0).
+    /// Powered off: the standby draw that keeps Wake-on-LAN or the BMC listening (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
-    pub off: Option<f64>,
+    pub standby: Option<f64>,
+    /// Deprecated: use standby (the same value under a name YAML cannot misread). Still read
+    /// when quoted as "off"; an unquoted off: is the boolean false in YAML 1.1.
+    #[serde(rename = "off", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub legacy_off: Option<f64>,
 }
 
 /// Observed state of a machine. The lifecycle fields (`phase`, `phaseSince`, `attempt`,
@@ -348,7 +364,53 @@ impl MachineSpec {
         self.scale_down_disabled.unwrap_or(false)
     }
 
-    /// The one driver for `direction`: `power.on`/`power.off` if set, else the predecessor's
+    /// The field that holds `direction`'s driver, from `spec.`: `spec.power.powerOn` /
+    /// `spec.power.powerOff`, or the deprecated `spec.power.on` / `spec.power.off` when the CR
+    /// still uses it.
+    pub fn power_field(&self, direction: Direction) -> String {
+        let key = self
+            .power
+            .as_deref()
+            .map_or(direction.power_key(), |p| p.key(direction));
+        format!("spec.power.{key}")
+    }
+
+    /// The deprecated keys this spec uses (`spec.power.on`, `spec.watts.off`, ...), each with
+    /// the key that replaces it; empty when it uses none.
+    pub fn deprecated_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = self
+            .power
+            .as_deref()
+            .map(PowerSpec::deprecated_keys)
+            .unwrap_or_default();
+        if self.watts.is_some_and(|w| w.legacy_off.is_some()) {
+            out.push(("spec.watts.off", "spec.watts.standby"));
+        }
+        out
+    }
+
+    /// The [`CONDITION_DEPRECATED_FIELDS`] finding: `(reason, message)` naming each deprecated
+    /// key this spec uses and its replacement, `None` when it uses none.
+    pub fn deprecated_fields(&self) -> Option<(&'static str, String)> {
+        let keys = self.deprecated_keys();
+        if keys.is_empty() {
+            return None;
+        }
+        let renames: Vec<String> = keys
+            .iter()
+            .map(|(old, new)| format!("{old} is deprecated: rename it to {new} (same content)"))
+            .collect();
+        Some((
+            REASON_DEPRECATED_FIELD_NAMES,
+            format!(
+                "{}; the old names are the quoted YAML keys \"on\" / \"off\", which an unquoted \
+                 on: / off: turns into true / false",
+                renames.join("; ")
+            ),
+        ))
+    }
+
+    /// The one driver for `direction`: `power.powerOn`/`power.powerOff` if set, else the predecessor's
     /// `startupPodSpec`/`shutdownPodSpec`. Errors (naming `field_prefix` + the field) when none
     /// or several are set, which the schema rejects but a file may contain.
     pub fn power_driver(
@@ -356,22 +418,16 @@ impl MachineSpec {
         field_prefix: &str,
         direction: Direction,
     ) -> Result<PowerDriver<'_>, FieldError> {
-        let (field, drivers, legacy, legacy_name) = match direction {
+        let power = self.power.as_deref();
+        let field = self.power_field(direction);
+        let (drivers, legacy, legacy_name) = match direction {
             Direction::On => (
-                "spec.power.on",
-                self.power
-                    .as_ref()
-                    .and_then(|p| p.on.as_ref())
-                    .map(|d| d.drivers()),
+                power.and_then(PowerSpec::on).map(|d| d.drivers()),
                 self.startup_pod_spec.as_ref(),
                 "startupPodSpec",
             ),
             Direction::Off => (
-                "spec.power.off",
-                self.power
-                    .as_ref()
-                    .and_then(|p| p.off.as_ref())
-                    .map(|d| d.drivers()),
+                power.and_then(PowerSpec::off).map(|d| d.drivers()),
                 self.shutdown_pod_spec.as_ref(),
                 "shutdownPodSpec",
             ),
@@ -415,6 +471,33 @@ impl MachineSpec {
         for direction in [Direction::On, Direction::Off] {
             check(self.power_driver(field_prefix, direction).map(drop));
         }
+        // A field and its deprecated name are one setting (the schema's rules).
+        let power = self.power.as_deref();
+        for (both, field, message) in [
+            (
+                power.is_some_and(|p| p.power_on.is_some() && p.legacy_on.is_some()),
+                "spec.power",
+                POWER_ON_NOT_LEGACY_MESSAGE,
+            ),
+            (
+                power.is_some_and(|p| p.power_off.is_some() && p.legacy_off.is_some()),
+                "spec.power",
+                POWER_OFF_NOT_LEGACY_MESSAGE,
+            ),
+            (
+                self.watts
+                    .is_some_and(|w| w.standby.is_some() && w.legacy_off.is_some()),
+                "spec.watts",
+                STANDBY_NOT_LEGACY_MESSAGE,
+            ),
+        ] {
+            if both {
+                check(Err(FieldError::Invalid {
+                    field: format!("{field_prefix}{field}"),
+                    problem: message.to_owned(),
+                }));
+            }
+        }
         check(self.boot_timeout(field_prefix).map(drop));
         check(self.shutdown_timeout(field_prefix).map(drop));
         check(self.hourly_rate(field_prefix).map(drop));
@@ -429,16 +512,22 @@ impl MachineSpec {
                 problem: NO_RESERVED_LABEL_MESSAGE.to_owned(),
             }));
         }
-        let power = self.power.as_ref();
-        for (dir, drivers) in [
-            ("on", power.and_then(|p| p.on.as_ref()).map(|d| d.drivers())),
+        for (direction, drivers) in [
             (
-                "off",
-                power.and_then(|p| p.off.as_ref()).map(|d| d.drivers()),
+                Direction::On,
+                power.and_then(PowerSpec::on).map(|d| d.drivers()),
+            ),
+            (
+                Direction::Off,
+                power.and_then(PowerSpec::off).map(|d| d.drivers()),
             ),
         ] {
             for driver in drivers.into_iter().flatten() {
-                let field = format!("{field_prefix}spec.power.{dir}.{}", driver.kind());
+                let field = format!(
+                    "{field_prefix}{}.{}",
+                    self.power_field(direction),
+                    driver.kind()
+                );
                 match driver {
                     PowerDriver::WakeOnLan(w) => {
                         w.validate(&field).into_iter().for_each(|e| check(Err(e)))
@@ -531,8 +620,13 @@ impl Watts {
     pub fn busy(&self) -> f64 {
         self.busy.unwrap_or_else(|| self.idle())
     }
-    pub fn off(&self) -> f64 {
-        self.off.unwrap_or(0.0)
+    /// The standby draw as written: `standby`, else the deprecated `"off"`.
+    pub fn standby_watts(&self) -> Option<f64> {
+        self.standby.or(self.legacy_off)
+    }
+    /// The standby draw (default 0).
+    pub fn standby(&self) -> f64 {
+        self.standby_watts().unwrap_or(0.0)
     }
 }
 

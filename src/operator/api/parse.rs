@@ -337,7 +337,7 @@ mod tests {
             "aa:bb:cc:00:11:22:33",
         ] {
             assert!(!is_mac(bad), "{bad}");
-            assert!(parse_mac("spec.power.on.wakeOnLan.mac", bad).is_err());
+            assert!(parse_mac("spec.power.powerOn.wakeOnLan.mac", bad).is_err());
         }
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::cel::*;
 
 /// The predecessor's `MinimalPodSpec`: a container run as a Job to power a machine on or off.
-/// Also the `job` driver of `power.on` / `power.off`.
+/// Also the `job` driver of `power.powerOn` / `power.powerOff`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MinimalPodSpec {
@@ -87,13 +87,69 @@ pub struct VolumeMountSpec {
 
 /// `spec.power`: how to power the machine on and off. Each direction takes exactly one driver.
 /// A direction left out here falls back to `startupPodSpec` / `shutdownPodSpec`.
+///
+/// The directions were first named `on` and `off`, which YAML 1.1 (kubectl's) reads as the
+/// booleans true and false when unquoted. They are `powerOn` and `powerOff` now; the quoted
+/// `"on"` / `"off"` keys are still read (the legacy fields below), and every reader goes
+/// through [`PowerSpec::on`] / [`PowerSpec::off`]. The operator never writes `spec.power`: its
+/// writes to a Node CR are merge patches of metadata, `spec.powerState` and status
+/// (src/operator/controller/machine/writes.rs, src/operator/provider/cluster.rs), so a CR
+/// written with the old keys keeps them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": POWER_ON_NOT_LEGACY_RULE, "message": POWER_ON_NOT_LEGACY_MESSAGE},
+    {"rule": POWER_OFF_NOT_LEGACY_RULE, "message": POWER_OFF_NOT_LEGACY_MESSAGE}
+]))]
 pub struct PowerSpec {
+    /// How to power the machine on: exactly one driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on: Option<PowerOn>,
+    pub power_on: Option<PowerOn>,
+    /// How to power the machine off: exactly one driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub off: Option<PowerOff>,
+    pub power_off: Option<PowerOff>,
+    /// Deprecated: use powerOn (the same driver under a name YAML cannot misread). Still read
+    /// when quoted as "on"; an unquoted on: is the boolean true in YAML 1.1.
+    #[serde(rename = "on", default, skip_serializing_if = "Option::is_none")]
+    pub legacy_on: Option<PowerOn>,
+    /// Deprecated: use powerOff (the same driver under a name YAML cannot misread). Still read
+    /// when quoted as "off"; an unquoted off: is the boolean false in YAML 1.1.
+    #[serde(rename = "off", default, skip_serializing_if = "Option::is_none")]
+    pub legacy_off: Option<PowerOff>,
+}
+
+impl PowerSpec {
+    /// The power-on driver: `powerOn`, else the deprecated `"on"`.
+    pub fn on(&self) -> Option<&PowerOn> {
+        self.power_on.as_ref().or(self.legacy_on.as_ref())
+    }
+
+    /// The power-off driver: `powerOff`, else the deprecated `"off"`.
+    pub fn off(&self) -> Option<&PowerOff> {
+        self.power_off.as_ref().or(self.legacy_off.as_ref())
+    }
+
+    /// The key `direction`'s driver is read from: the deprecated `on` / `off` when only it is
+    /// set, else `powerOn` / `powerOff`. Messages name the field the way the CR writes it.
+    pub fn key(&self, direction: Direction) -> &'static str {
+        match direction {
+            Direction::On if self.power_on.is_none() && self.legacy_on.is_some() => "on",
+            Direction::Off if self.power_off.is_none() && self.legacy_off.is_some() => "off",
+            d => d.power_key(),
+        }
+    }
+
+    /// The deprecated keys this spec uses, with the key that replaces each.
+    pub fn deprecated_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if self.legacy_on.is_some() {
+            out.push(("spec.power.on", "spec.power.powerOn"));
+        }
+        if self.legacy_off.is_some() {
+            out.push(("spec.power.off", "spec.power.powerOff"));
+        }
+        out
+    }
 }
 
 /// Power-on driver: exactly one of `job`, `wakeOnLan`, `redfish`, `http`.
@@ -629,6 +685,16 @@ pub enum Direction {
     Off,
 }
 
+impl Direction {
+    /// The key of `spec.power` that holds this direction's driver.
+    pub fn power_key(self) -> &'static str {
+        match self {
+            Direction::On => "powerOn",
+            Direction::Off => "powerOff",
+        }
+    }
+}
+
 impl std::fmt::Display for Direction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -725,14 +791,14 @@ impl PowerSpec {
     pub fn insecure_transport(&self) -> Option<InsecureTransport> {
         let mut plaintext = Vec::new();
         let mut unverified = Vec::new();
-        let on = self.on.as_ref().map(|d| d.drivers()).unwrap_or_default();
-        let off = self.off.as_ref().map(|d| d.drivers()).unwrap_or_default();
+        let on = self.on().map(|d| d.drivers()).unwrap_or_default();
+        let off = self.off().map(|d| d.drivers()).unwrap_or_default();
         let drivers = on
             .into_iter()
             .map(|d| (Direction::On, d))
             .chain(off.into_iter().map(|d| (Direction::Off, d)));
         for (direction, driver) in drivers {
-            let field = format!("spec.power.{direction}.{}", driver.kind());
+            let field = format!("spec.power.{}.{}", self.key(direction), driver.kind());
             match driver {
                 PowerDriver::Redfish(r) if r.plaintext_credentials() => plaintext.push(format!(
                     "{field}.endpoint is {} (allowInsecure: true): the BMC's username and \

@@ -80,20 +80,20 @@ fn power_driver_resolution_and_errors() {
     assert!(matches!(m.power_driver(Direction::On), Ok(PowerDriver::Job(j)) if j.image == "on"));
     assert!(matches!(m.power_driver(Direction::Off), Ok(PowerDriver::Job(j)) if j.image == "off"));
 
-    // power.on together with startupPodSpec is refused.
+    // power.powerOn together with startupPodSpec is refused.
     m.spec.power = Some(Box::new(PowerSpec {
-        on: Some(PowerOn {
+        power_on: Some(PowerOn {
             wake_on_lan: Some(Box::new(WakeOnLan {
                 mac: "aa:bb:cc:dd:ee:ff".to_owned(),
                 ..WakeOnLan::default()
             })),
             ..PowerOn::default()
         }),
-        off: None,
+        ..PowerSpec::default()
     }));
     let e = m.power_driver(Direction::On).unwrap_err().to_string();
     assert!(
-        e.contains("Node lab/m1") && e.contains("spec.power.on") && e.contains("not both"),
+        e.contains("Node lab/m1") && e.contains("spec.power.powerOn") && e.contains("not both"),
         "{e}"
     );
 
@@ -107,7 +107,7 @@ fn power_driver_resolution_and_errors() {
     );
 
     // Two drivers in one direction.
-    if let Some(on) = m.spec.power.as_mut().and_then(|p| p.on.as_mut()) {
+    if let Some(on) = m.spec.power.as_mut().and_then(|p| p.power_on.as_mut()) {
         on.http = Some(Box::new(HttpAction {
             url: "http://plug/on".to_owned(),
             ..HttpAction::default()
@@ -349,16 +349,16 @@ fn plug(url: &str, status_url: Option<&str>, secret: Option<&str>) -> HttpAction
 
 #[test]
 fn redfish_credentials_go_over_https_unless_allow_insecure() {
-    let field = "spec.power.on.redfish";
+    let field = "spec.power.powerOn.redfish";
     assert_eq!(bmc("https://10.0.0.20").check_https(field), Ok(()));
     let plain = bmc("http://10.0.0.20");
     let e = plain.check_https(field).expect_err("http:// is refused");
     let text = e.to_string();
     assert!(
-        text.starts_with("spec.power.on.redfish.endpoint: ")
+        text.starts_with("spec.power.powerOn.redfish.endpoint: ")
             && text.contains("clear text")
             && text.contains("use https://")
-            && text.contains("spec.power.on.redfish.allowInsecure: true"),
+            && text.contains("spec.power.powerOn.redfish.allowInsecure: true"),
         "{text}"
     );
     assert_eq!(plain.validate(field), vec![e]);
@@ -379,7 +379,7 @@ fn redfish_credentials_go_over_https_unless_allow_insecure() {
 
 #[test]
 fn http_credentials_go_over_https_unless_no_secret_or_allow_insecure() {
-    let field = "spec.power.off.http";
+    let field = "spec.power.powerOff.http";
     // No secret: nothing to protect.
     assert_eq!(
         plug("http://plug/off", Some("http://plug/status"), None).check_https(field),
@@ -393,9 +393,9 @@ fn http_credentials_go_over_https_unless_no_secret_or_allow_insecure() {
         .check_https(field)
         .expect_err("url over http:// with a secret");
     assert!(
-        e.to_string().starts_with("spec.power.off.http.url: ")
+        e.to_string().starts_with("spec.power.powerOff.http.url: ")
             && e.to_string()
-                .contains("spec.power.off.http.allowInsecure: true"),
+                .contains("spec.power.powerOff.http.allowInsecure: true"),
         "{e}"
     );
     // The readback gets the same credentials.
@@ -405,7 +405,7 @@ fn http_credentials_go_over_https_unless_no_secret_or_allow_insecure() {
         .expect_err("status.url over http://");
     assert!(
         e.to_string()
-            .starts_with("spec.power.off.http.status.url: "),
+            .starts_with("spec.power.powerOff.http.status.url: "),
         "{e}"
     );
     assert_eq!(readback.validate(field), vec![e]);
@@ -419,14 +419,15 @@ fn http_credentials_go_over_https_unless_no_secret_or_allow_insecure() {
 
 fn power(on: Option<Redfish>, off: Option<HttpAction>) -> PowerSpec {
     PowerSpec {
-        on: on.map(|r| PowerOn {
+        power_on: on.map(|r| PowerOn {
             redfish: Some(Box::new(r)),
             ..PowerOn::default()
         }),
-        off: off.map(|h| PowerOff {
+        power_off: off.map(|h| PowerOff {
             http: Some(Box::new(h)),
             ..PowerOff::default()
         }),
+        ..PowerSpec::default()
     }
 }
 
@@ -458,8 +459,10 @@ fn insecure_transport_names_each_exposed_credential_and_its_fix() {
     assert!(
         found
             .message
-            .contains("spec.power.on.redfish.insecureSkipVerify: true")
-            && found.message.contains("spec.power.on.redfish.caBundle"),
+            .contains("spec.power.powerOn.redfish.insecureSkipVerify: true")
+            && found
+                .message
+                .contains("spec.power.powerOn.redfish.caBundle"),
         "{}",
         found.message
     );
@@ -473,13 +476,12 @@ fn insecure_transport_names_each_exposed_credential_and_its_fix() {
         .expect("plaintext credentials");
     assert_eq!(found.reason, REASON_PLAINTEXT_CREDENTIALS);
     assert!(
-        found
-            .message
-            .contains("spec.power.off.http.url and spec.power.off.http.status.url are http://")
-            && found.message.contains("use https://")
+        found.message.contains(
+            "spec.power.powerOff.http.url and spec.power.powerOff.http.status.url are http://"
+        ) && found.message.contains("use https://")
             && found
                 .message
-                .contains("spec.power.on.redfish.insecureSkipVerify"),
+                .contains("spec.power.powerOn.redfish.insecureSkipVerify"),
         "{}",
         found.message
     );
@@ -494,7 +496,7 @@ fn insecure_transport_names_each_exposed_credential_and_its_fix() {
     assert!(
         found
             .message
-            .contains("spec.power.on.redfish.endpoint is http://bmc"),
+            .contains("spec.power.powerOn.redfish.endpoint is http://bmc"),
         "{}",
         found.message
     );
@@ -504,4 +506,131 @@ fn insecure_transport_names_each_exposed_credential_and_its_fix() {
         ..bmc("https://bmc")
     };
     assert_eq!(power(Some(unused), None).insecure_transport(), None);
+}
+
+/// A Node CR written before the rename, with the quoted keys `"on"` / `"off"` under `power` and
+/// `"off"` under `watts`: the accessors read the legacy fields, the drivers resolve from them,
+/// messages name the keys as written, and it serializes back with the same keys.
+#[test]
+fn a_legacy_quoted_on_off_cr_resolves_its_drivers_through_the_accessors() {
+    let text = r#"
+apiVersion: infra.homecluster.dev/v1alpha1
+kind: Node
+metadata: {name: m1, namespace: lab}
+spec:
+  powerState: "off"
+  power:
+    "on":
+      wakeOnLan: {mac: "aa:bb:cc:dd:ee:ff"}
+    "off":
+      redfish: {endpoint: "http://bmc", credentialsSecret: bmc}
+  watts: {idle: 9, "off": 0.8}
+"#;
+    let m: Machine = crate::yaml::from_str("legacy.yaml", text).expect("legacy CR parses");
+    let power = m.spec.power.as_deref().expect("power");
+    assert!(power.power_on.is_none() && power.legacy_on.is_some());
+    assert!(power.on().is_some() && power.off().is_some());
+    assert!(matches!(
+        m.power_driver(Direction::On),
+        Ok(PowerDriver::WakeOnLan(w)) if w.mac == "aa:bb:cc:dd:ee:ff"
+    ));
+    assert!(matches!(
+        m.power_driver(Direction::Off),
+        Ok(PowerDriver::Redfish(r)) if r.endpoint == "http://bmc"
+    ));
+    let watts = m.spec.watts.expect("watts");
+    assert_eq!((watts.standby(), watts.standby_watts()), (0.8, Some(0.8)));
+    // Messages name the field as the CR writes it.
+    assert_eq!(m.spec.power_field(Direction::On), "spec.power.on");
+    let errors: Vec<String> = m.validate().iter().map(ToString::to_string).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("Node lab/m1 spec.power.off.redfish.endpoint"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        m.spec.deprecated_keys(),
+        [
+            ("spec.power.on", "spec.power.powerOn"),
+            ("spec.power.off", "spec.power.powerOff"),
+            ("spec.watts.off", "spec.watts.standby"),
+        ]
+    );
+    // Written back (a status write never carries spec; a whole-object write keeps the keys).
+    let json = serde_json::to_value(&m.spec).expect("serializes");
+    assert!(json["power"]["on"]["wakeOnLan"].is_object(), "{json}");
+    assert!(json["power"].get("powerOn").is_none(), "{json}");
+    assert_eq!(json["watts"]["off"], 0.8);
+}
+
+#[test]
+fn new_keys_win_their_names_and_both_names_of_one_field_are_refused() {
+    let m = Machine::test("m1").build();
+    assert_eq!(m.spec.power_field(Direction::Off), "spec.power.powerOff");
+    assert!(m.spec.deprecated_keys().is_empty());
+    assert_eq!(m.spec.deprecated_fields(), None);
+    let mut both = m.clone();
+    if let Some(p) = both.spec.power.as_deref_mut() {
+        p.legacy_on = p.power_on.clone();
+    }
+    both.spec.watts = Some(Watts {
+        standby: Some(1.0),
+        legacy_off: Some(2.0),
+        ..Watts::default()
+    });
+    let errors: Vec<String> = both.validate().iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("spec.power") && errors[0].contains(cel::POWER_ON_NOT_LEGACY_MESSAGE)
+    );
+    assert!(
+        errors[1].contains("spec.watts") && errors[1].contains(cel::STANDBY_NOT_LEGACY_MESSAGE)
+    );
+    // The new field is the one read.
+    assert_eq!(both.spec.watts.map(|w| w.standby()), Some(1.0));
+}
+
+/// Every `format` in both generated CRDs is one the API server knows for its type, so applying
+/// them prints no `Warning: unrecognized format`. The status energy counters are `u64`, which
+/// schemars writes as `uint64`.
+#[test]
+fn generated_crds_use_only_formats_the_api_server_knows() {
+    fn walk(node: &serde_json::Value, path: &str, bad: &mut Vec<String>, seen: &mut usize) {
+        match node {
+            serde_json::Value::Object(map) => {
+                if let Some(format) = map.get("format").and_then(|f| f.as_str()) {
+                    *seen += 1;
+                    let type_ = map.get("type").and_then(|t| t.as_str());
+                    if !is_known_format(type_, format) {
+                        bad.push(format!("{path}: {type_:?} {format}"));
+                    }
+                }
+                for (k, v) in map {
+                    walk(v, &format!("{path}.{k}"), bad, seen);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), bad, seen);
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut bad, mut seen) = (Vec::new(), 0);
+    for crd in crds() {
+        let json = serde_json::to_value(&crd).expect("CRD serializes");
+        walk(
+            &json,
+            crd.metadata.name.as_deref().unwrap_or("?"),
+            &mut bad,
+            &mut seen,
+        );
+    }
+    assert!(seen > 10, "the walk found formats: {seen}");
+    assert!(bad.is_empty(), "unknown formats: {bad:#?}");
+    // The checker itself: what the API server warns about.
+    assert!(!is_known_format(Some("integer"), "uint64"));
+    assert!(!is_known_format(Some("string"), "k8s-short-name"));
+    assert!(is_known_format(Some("string"), "date-time"));
+    assert!(is_known_format(Some("number"), "double"));
 }

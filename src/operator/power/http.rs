@@ -36,7 +36,7 @@ impl<'a> HttpDriver<'a> {
     }
 
     async fn connect(&self, cx: &OpContext<'_>) -> Result<Endpoint, PowerError> {
-        let field = format!("spec.power.{}.http", cx.direction);
+        let field = format!("{}.http", cx.machine.spec.power_field(cx.direction));
         // Refused before the Secret is read: its credentials go over TLS unless the owner
         // opted in (the schema refuses the same; an object stored before that rule gets here).
         self.spec

@@ -23,7 +23,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt as _};
 
 use super::{Driver, OpContext, OpProgress, PowerError, Report};
-use crate::operator::api::{Direction, Machine, MinimalPodSpec, NodeAgent};
+use crate::operator::api::{Direction, Machine, MinimalPodSpec, NodeAgent, PowerSpec};
 use crate::operator::trust::TrustPolicy;
 
 /// Label on everything the operator creates (Jobs, relay pods): the Job watch selects on it.
@@ -135,22 +135,23 @@ fn namespace(machine: &Machine) -> &str {
     machine.metadata.namespace.as_deref().unwrap_or("default")
 }
 
-/// The field of `machine`'s `job` driver for `direction`: `spec.power.<dir>.job`, or the
-/// predecessor's `spec.startupPodSpec` / `spec.shutdownPodSpec` when `power.<dir>` is not set.
+/// The field of `machine`'s `job` driver for `direction`: `spec.power.powerOn.job` (or
+/// `powerOff`, or the deprecated `on` / `off` the CR uses), or the predecessor's
+/// `spec.startupPodSpec` / `spec.shutdownPodSpec` when the power spec has no driver that way.
 pub fn job_field(machine: &Machine, direction: Direction) -> String {
-    let power = machine.spec.power.as_ref();
+    let power = machine.spec.power.as_deref();
     let (set, legacy) = match direction {
         Direction::On => (
-            power.and_then(|p| p.on.as_ref()).is_some(),
+            power.and_then(PowerSpec::on).is_some(),
             "spec.startupPodSpec",
         ),
         Direction::Off => (
-            power.and_then(|p| p.off.as_ref()).is_some(),
+            power.and_then(PowerSpec::off).is_some(),
             "spec.shutdownPodSpec",
         ),
     };
     if set {
-        format!("spec.power.{direction}.job")
+        format!("{}.job", machine.spec.power_field(direction))
     } else {
         legacy.to_owned()
     }
@@ -177,7 +178,10 @@ pub fn admit(
             (policy.check_job(&field, spec, ns), named_by)
         }
         JobKind::NodeAgent(agent) => (
-            policy.check_node_agent(&format!("spec.power.{}.nodeAgent", cx.direction), agent),
+            policy.check_node_agent(
+                &format!("{}.nodeAgent", cx.machine.spec.power_field(cx.direction)),
+                agent,
+            ),
             None,
         ),
     };
@@ -1003,8 +1007,8 @@ mod tests {
         };
         let msg = config_error(admitted(&m, JobKind::NodeAgent(&foreign), None, &policy));
         assert!(
-            msg.contains("spec.power.off.nodeAgent.image")
-                && msg.contains("spec.power.off.nodeAgent.command"),
+            msg.contains("spec.power.powerOff.nodeAgent.image")
+                && msg.contains("spec.power.powerOff.nodeAgent.command"),
             "{msg}"
         );
     }
@@ -1018,7 +1022,7 @@ mod tests {
         };
         let mut policy = TrustPolicy::default();
         let msg = config_error(admitted(&m, JobKind::Custom(&asking), None, &policy));
-        assert!(msg.contains("spec.power.off.job.privileged"), "{msg}");
+        assert!(msg.contains("spec.power.powerOff.job.privileged"), "{msg}");
         policy.allow_privileged_jobs = true;
         assert!(admitted(&m, JobKind::Custom(&asking), None, &policy).is_ok());
     }

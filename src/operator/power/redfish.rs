@@ -46,7 +46,7 @@ impl<'a> RedfishDriver<'a> {
     }
 
     async fn connect(&self, cx: &OpContext<'_>) -> Result<Bmc, PowerError> {
-        let field = format!("spec.power.{}.redfish", cx.direction);
+        let field = format!("{}.redfish", cx.machine.spec.power_field(cx.direction));
         let namespace = cx
             .machine
             .metadata
@@ -504,7 +504,7 @@ mod tests {
 
     #[test]
     fn a_reset_type_the_bmc_does_not_list_is_refused_with_what_it_allows() {
-        let field = "spec.power.off.redfish";
+        let field = "spec.power.powerOff.redfish";
         let only_force = system(Some(&["On", "ForceOff"]));
         let Some(PowerError::Config(msg)) =
             disallowed(&only_force, "GracefulShutdown", "https://bmc", field)

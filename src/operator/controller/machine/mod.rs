@@ -268,6 +268,12 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         generation,
         now,
     ));
+    derived.events.extend(status::deprecated_fields(
+        &mut derived.status,
+        &m.spec,
+        generation,
+        now,
+    ));
     for ev in passes.out.note_events.iter().chain(&derived.events) {
         act::emit(&ctx, &m, ev).await;
     }

@@ -7,9 +7,10 @@ use kube::ResourceExt as _;
 
 use super::{CONDITION_DRAINING, CONDITION_NODE_READY, is_node_ready};
 use crate::operator::api::{
-    CONDITION_IDENTITY_MISMATCH, CONDITION_INSECURE_TRANSPORT, CONDITION_INVALID_SPEC,
-    CONDITION_POWER_FAILED, CONDITION_READY, Health, MachineStatus, PowerSpec, condition,
-    find_condition, upsert_condition,
+    CONDITION_DEPRECATED_FIELDS, CONDITION_IDENTITY_MISMATCH, CONDITION_INSECURE_TRANSPORT,
+    CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY, Health, MachineSpec,
+    MachineStatus, PowerSpec, REASON_CURRENT_FIELD_NAMES, condition, find_condition,
+    upsert_condition,
 };
 use crate::operator::machine::{KubeEvent, Lifecycle, OperationKind, Phase, PowerState};
 use crate::operator::node as node_side;
@@ -293,6 +294,30 @@ pub(super) fn insecure_transport(
     })
 }
 
+/// The `DeprecatedFields` condition of a machine whose spec still uses the old key names
+/// (`MachineSpec::deprecated_fields`), with a Warning Event when it turns True, so the owner
+/// learns the new names from `kubectl describe` without the machine acting any differently.
+pub(super) fn deprecated_fields(
+    status: &mut MachineStatus,
+    spec: &MachineSpec,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<KubeEvent> {
+    abnormal_condition(
+        status,
+        CONDITION_DEPRECATED_FIELDS,
+        spec.deprecated_fields(),
+        REASON_CURRENT_FIELD_NAMES,
+        generation,
+        now,
+    )
+    .map(|message| KubeEvent {
+        reason: "DeprecatedFields",
+        warning: true,
+        message,
+    })
+}
+
 /// A power action that ended in one reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct EndedAction {
@@ -548,7 +573,7 @@ mod tests {
     #[test]
     fn a_refusal_is_a_condition_with_every_rule_and_one_event_while_it_stays() {
         let refusals = [
-            refusal("ImageNotAllowed", "spec.power.off.nodeAgent.image"),
+            refusal("ImageNotAllowed", "spec.power.powerOff.nodeAgent.image"),
             refusal("NodeNotAdoptable", "Kubernetes Node n1"),
         ];
         let (first, event) = permission(MachineStatus::default(), &refusals, Some(2), t(0));
@@ -561,7 +586,7 @@ mod tests {
         assert_eq!(
             c,
             Some(
-                "spec.power.off.nodeAgent.image: ImageNotAllowed fix; \
+                "spec.power.powerOff.nodeAgent.image: ImageNotAllowed fix; \
                  Kubernetes Node n1: NodeNotAdoptable fix"
             )
         );
@@ -668,7 +693,7 @@ mod tests {
     fn insecure_transport_is_a_condition_with_one_warning_event_when_it_appears() {
         use crate::operator::api::{PowerOn, Redfish};
         let spec = |skip: bool| PowerSpec {
-            on: Some(PowerOn {
+            power_on: Some(PowerOn {
                 redfish: Some(Box::new(Redfish {
                     endpoint: "https://bmc".into(),
                     credentials_secret: "bmc".into(),
@@ -677,7 +702,7 @@ mod tests {
                 })),
                 ..PowerOn::default()
             }),
-            off: None,
+            ..PowerSpec::default()
         };
         // Never concerned: no condition at all.
         let mut status = MachineStatus::default();
@@ -710,5 +735,60 @@ mod tests {
         );
         // And an Event again if it comes back.
         assert!(insecure_transport(&mut status, Some(&spec(true)), Some(4), t(40)).is_some());
+    }
+
+    #[test]
+    fn deprecated_keys_are_a_condition_with_one_warning_event_naming_the_new_keys() {
+        use crate::operator::api::{MachineSpec, PowerOff, Watts};
+        let spec = |legacy: bool| {
+            let mut s = MachineSpec::new(PowerState::On);
+            let off = PowerOff {
+                node_agent: Some(Box::default()),
+                ..PowerOff::default()
+            };
+            let mut power = PowerSpec::default();
+            let mut watts = Watts::default();
+            if legacy {
+                power.legacy_off = Some(off);
+                watts.legacy_off = Some(1.0);
+            } else {
+                power.power_off = Some(off);
+                watts.standby = Some(1.0);
+            }
+            s.power = Some(Box::new(power));
+            s.watts = Some(watts);
+            s
+        };
+        let mut status = MachineStatus::default();
+        assert_eq!(
+            deprecated_fields(&mut status, &spec(false), Some(1), t(0)),
+            None
+        );
+        assert!(status.conditions.is_empty());
+        let event = deprecated_fields(&mut status, &spec(true), Some(2), t(10))
+            .expect("an Event when it appears");
+        assert!(event.warning && event.reason == "DeprecatedFields");
+        for text in [
+            "spec.power.off is deprecated: rename it to spec.power.powerOff",
+            "spec.watts.off is deprecated: rename it to spec.watts.standby",
+        ] {
+            assert!(event.message.contains(text), "{}", event.message);
+        }
+        assert_eq!(
+            cond(&status, CONDITION_DEPRECATED_FIELDS),
+            ("True", "DeprecatedFieldNames")
+        );
+        assert_eq!(
+            deprecated_fields(&mut status, &spec(true), Some(2), t(20)),
+            None
+        );
+        assert_eq!(
+            deprecated_fields(&mut status, &spec(false), Some(3), t(30)),
+            None
+        );
+        assert_eq!(
+            cond(&status, CONDITION_DEPRECATED_FIELDS),
+            ("False", "CurrentFieldNames")
+        );
     }
 }
