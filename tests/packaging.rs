@@ -352,7 +352,7 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
             .as_array()
             .is_some_and(|rs| rs.iter().any(|r| r["resourceNames"]
                 == json!(["cluster-autoscaler-priority-expander"])
-                && r["verbs"] == json!(["get", "list", "watch"]))),
+                && r["verbs"] == json!(["get"]))),
         "{}",
         ca_role.data
     );
@@ -1031,6 +1031,9 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
             "credentialSecrets={bmc-m1}",
             "--set",
             "clusterAutoscaler.enabled=true",
+            // The priority expander reads its ConfigMap through a reflector.
+            "--set",
+            "clusterAutoscaler.extraArgs={--expander=priority}",
         ],
     )?;
     let manifest = helm.on(cp, &ns, &["get", "manifest", "lab"])?;
@@ -1202,7 +1205,8 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
 
     // The Cluster Autoscaler with the chart's arguments, its ServiceAccount's token and the
     // chart's cloud-config (dialling the operator on loopback instead of the Service): it elects
-    // itself, runs its loops against the operator and writes its status, refused nothing.
+    // itself, runs its loops against the operator and writes its status, refused nothing (its
+    // priority expander, on here, lists the ConfigMaps of its namespace).
     run_chart_cluster_autoscaler(cp, &ns, &objects, running.grpc_port).await?;
 
     // The power pods' account: nothing.
