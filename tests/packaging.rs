@@ -820,7 +820,9 @@ fn kubectl_admin(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
 
 /// The README's Install section against the real apiserver (no kubelet: objects, not pods):
 /// `helm install` with its values file, `kubectl apply` of the example, `kubectl get homelab`;
-/// then `helm upgrade` changing a value, and `helm uninstall`, after which the Node CRs remain.
+/// the chart's `-view` / `-edit` ClusterRoles bound in the namespace (list for both; patching a
+/// Node CR, not its status, for edit only); then `helm upgrade` changing a value, and
+/// `helm uninstall`, after which the Node CRs remain.
 /// The shared control plane has the CRDs already (not the chart's: `crds.enabled=false`
 /// here); tests/chart_examples.rs installs them with the chart on a control plane without
 /// them, and checks they stay after `helm uninstall`.
@@ -865,6 +867,56 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
         "{role}"
     );
     kubectl_admin(cp, &["apply", "-n", &ns, "-f", "examples/job-style.yaml"])?;
+
+    // The aggregated roles, bound in the namespace as the built-in ones they join would be:
+    // `edit` may change spec.powerState (`kubectl homelab power`), `view` only reads.
+    for (user, role) in [("viewer", "view"), ("editor", "edit")] {
+        let cluster_role = format!("--clusterrole=homelab-kubectl-homelab-{ns}-{role}");
+        let user_arg = format!("--user={user}");
+        kubectl_admin(
+            cp,
+            &[
+                "create",
+                "rolebinding",
+                user,
+                &cluster_role,
+                &user_arg,
+                "-n",
+                &ns,
+            ],
+        )?;
+    }
+    let can = |user: &str, args: &[&str]| -> anyhow::Result<bool> {
+        let mut all = args.to_vec();
+        let as_user = format!("--as={user}");
+        all.extend(["-n", &ns, &as_user]);
+        can_i(cp.kubeconfig(), &all)
+    };
+    for user in ["viewer", "editor"] {
+        for what in [
+            "nodes.infra.homecluster.dev",
+            "groups.infra.homecluster.dev",
+        ] {
+            ensure!(can(user, &["list", what])?, "{user} cannot list {what}");
+        }
+    }
+    ensure!(can(
+        "editor",
+        &["patch", "nodes.infra.homecluster.dev/desktop-1"]
+    )?);
+    ensure!(can("editor", &["create", "groups.infra.homecluster.dev"])?);
+    ensure!(!can(
+        "viewer",
+        &["patch", "nodes.infra.homecluster.dev/desktop-1"]
+    )?);
+    ensure!(!can(
+        "editor",
+        &[
+            "patch",
+            "nodes.infra.homecluster.dev/desktop-1",
+            "--subresource=status"
+        ]
+    )?);
     let listed = kubectl_admin(cp, &["get", "homelab", "-n", &ns])?;
     assert!(
         listed.contains("group.infra.homecluster.dev/desktops")
