@@ -29,7 +29,7 @@ const OPERATOR_SA: &str = "lab-kubectl-homelab";
 /// The chart installed in `ns` with `set` values; returns once its policy is in force (the
 /// API server starts enforcing a new policy within a second or so).
 async fn install(helm: &Helm, cp: &ControlPlane, ns: &str, set: &[&str]) -> anyhow::Result<()> {
-    let mut args = vec!["install", RELEASE, CHART];
+    let mut args = vec!["install", RELEASE, CHART, "--set", "crds.enabled=false"];
     for s in set {
         args.extend(["--set", s]);
     }

@@ -1,6 +1,6 @@
-//! The committed CRDs under deploy/crds/ and in the Helm chart's crds/ are exactly what the Rust
-//! types generate. Regenerate with `cargo run -- crd gen --out deploy/crds` and
-//! `cargo run -- crd gen --out deploy/helm/kubectl-homelab/crds` (or run this test with
+//! The committed CRDs under deploy/crds/ and in the Helm chart's files/crds/ are exactly what the
+//! Rust types generate. Regenerate with `cargo run -- crd gen --out deploy/crds` and
+//! `cargo run -- crd gen --out deploy/helm/kubectl-homelab/files/crds` (or run this test with
 //! KUBECTL_HOMELAB_UPDATE_GENERATED=1).
 use std::path::PathBuf;
 
@@ -47,10 +47,17 @@ fn committed_crds_match_the_types() {
     check_generated_crds("deploy/crds");
 }
 
-/// Helm installs the chart's crds/ before its templates and never upgrades or deletes them.
+/// The chart's templates/crds.yaml renders these files (so `helm upgrade` upgrades the CRDs);
+/// the chart has no crds/ directory, which Helm would install before the templates and never
+/// upgrade.
 #[test]
 fn helm_chart_crds_match_the_types() {
-    check_generated_crds("deploy/helm/kubectl-homelab/crds");
+    check_generated_crds("deploy/helm/kubectl-homelab/files/crds");
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/kubectl-homelab");
+    assert!(
+        !chart.join("crds").exists(),
+        "the chart's crds/ would be installed before templates/crds.yaml, which then fails"
+    );
 }
 
 #[test]

@@ -137,7 +137,7 @@ const GENERATED: &[&str] = &[
     "Cargo.lock",
     "completions/",
     "deploy/crds/",
-    "deploy/helm/kubectl-homelab/crds/",
+    "deploy/helm/kubectl-homelab/files/crds/",
     "proptest-regressions/",
 ];
 

@@ -22,7 +22,9 @@ use kubectl_homelab::operator::api::{Group, Machine};
 use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
 use serde_json::json;
-use support::helm::{CHART, Helm, find, kinds, operator_args, repo, stdout_of, tool};
+use support::helm::{
+    CHART, ChartOperator, Helm, find, kinds, operator_args, repo, stdout_of, tool,
+};
 use support::pod_security::{namespace_enforcing, template, violations};
 use support::world::job_finished;
 use support::{ControlPlane, FakeNode, World};
@@ -39,6 +41,20 @@ const EVERYTHING_ON: &[&str] = &[
     "serviceMonitor.enabled=true",
     "podDisruptionBudget.enabled=true",
     "credentialSecrets={bmc-lab1,wol-secureon}",
+];
+
+/// The options of [`helm_template_renders_the_set_up_options`], together.
+const SET_UP_OPTIONS: &[&str] = &[
+    "hostNetwork=true",
+    "serviceAccount.create=false",
+    "serviceAccount.name=ops-homelab",
+    "fullnameOverride=power",
+    "podLabels.team=ops",
+    "crds.keep=false",
+    "clusterAutoscaler.enabled=true",
+    "topologySpreadConstraints[0].maxSkew=1",
+    "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+    "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
 ];
 
 fn run_binary(args: &[String]) -> anyhow::Result<String> {
@@ -79,9 +95,14 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
         kinds(&defaults),
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "NetworkPolicy",
+            "Pod",
             "Role",
             "RoleBinding",
             "Service",
@@ -132,6 +153,90 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
     }
     let power = find(&defaults, "ServiceAccount", "lab-kubectl-homelab-power")?;
     assert_eq!(power.data["automountServiceAccountToken"], false);
+    // The pods carry the recommended labels; the default affinity keeps them off managed Nodes
+    // and prefers the replicas apart; no host network.
+    let labels = &spec["template"]["metadata"]["labels"];
+    for key in [
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/version",
+        "app.kubernetes.io/managed-by",
+        "app.kubernetes.io/component",
+        "helm.sh/chart",
+    ] {
+        assert!(labels.get(key).is_some(), "{key} not in {labels}");
+    }
+    assert_eq!(pod["affinity"]["nodeAffinity"], off_managed_nodes());
+    assert!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            .is_array(),
+        "{}",
+        pod["affinity"]
+    );
+    assert_eq!(pod.get("hostNetwork"), None);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirst");
+    // The CRDs are templates, kept on uninstall.
+    for crd in [
+        "groups.infra.homecluster.dev",
+        "nodes.infra.homecluster.dev",
+    ] {
+        let crd = find(&defaults, "CustomResourceDefinition", crd)?;
+        assert_eq!(
+            crd.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("helm.sh/resource-policy"))
+                .map(String::as_str),
+            Some("keep")
+        );
+    }
+    // Aggregated roles: `view` reads Groups and Node CRs, `edit` writes them (spec.powerState).
+    let view = find(&defaults, "ClusterRole", "lab-kubectl-homelab-homelab-view")?;
+    assert_eq!(
+        view.metadata.labels.as_ref().and_then(|l| l
+            .get("rbac.authorization.k8s.io/aggregate-to-view")
+            .cloned()),
+        Some("true".to_owned())
+    );
+    assert_eq!(
+        view.data["rules"][0]["verbs"],
+        json!(["get", "list", "watch"])
+    );
+    let edit = find(&defaults, "ClusterRole", "lab-kubectl-homelab-homelab-edit")?;
+    assert_eq!(
+        edit.metadata.labels.as_ref().and_then(|l| l
+            .get("rbac.authorization.k8s.io/aggregate-to-edit")
+            .cloned()),
+        Some("true".to_owned())
+    );
+    assert_eq!(
+        edit.data["rules"][0]["resources"],
+        json!(["groups", "nodes"])
+    );
+    assert!(
+        edit.data["rules"][0]["verbs"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("patch"))),
+        "{}",
+        edit.data
+    );
+    // `helm test`: a hook pod asking the metrics Service for /readyz.
+    let test = find(&defaults, "Pod", "lab-kubectl-homelab-test-readyz")?;
+    assert_eq!(
+        test.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("helm.sh/hook"))
+            .map(String::as_str),
+        Some("test")
+    );
+    assert!(
+        test.data["spec"]
+            .to_string()
+            .contains("http://lab-kubectl-homelab-metrics.homelab.svc:8081/readyz"),
+        "{}",
+        test.data
+    );
     let role = find(&defaults, "Role", "lab-kubectl-homelab")?;
     assert!(
         !role.data.to_string().contains("secrets"),
@@ -220,10 +325,36 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
 
     // CA mounts its client certificate where the cloud-config says, and has the slow-boot flags.
     let ca = find(&all, "Deployment", "lab-kubectl-homelab-cluster-autoscaler")?;
-    let ca_pod = ca.data["spec"]["template"]["spec"].to_string();
+    let ca_spec = &ca.data["spec"]["template"]["spec"];
+    assert_eq!(ca_spec["priorityClassName"], "system-cluster-critical");
+    assert_eq!(ca_spec["affinity"]["nodeAffinity"], off_managed_nodes());
+    assert_eq!(ca_spec["affinity"].get("podAntiAffinity"), None);
+    let ca_pod = ca_spec.to_string();
     assert!(
         ca_pod.contains("/etc/cluster-autoscaler/homelab-grpc"),
         "{ca_pod}"
+    );
+    // Its metrics Service and ServiceMonitor, and the priority expander's ConfigMap readable.
+    let ca_metrics = find(&all, "Service", "lab-kubectl-homelab-cluster-autoscaler")?;
+    assert_eq!(ca_metrics.data["spec"]["ports"][0]["port"], 8085);
+    assert_eq!(
+        ca_metrics.data["spec"]["selector"],
+        ca.data["spec"]["selector"]["matchLabels"]
+    );
+    find(
+        &all,
+        "ServiceMonitor",
+        "lab-kubectl-homelab-cluster-autoscaler",
+    )?;
+    let ca_role = find(&all, "Role", "lab-kubectl-homelab-cluster-autoscaler")?;
+    assert!(
+        ca_role.data["rules"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["resourceNames"]
+                == json!(["cluster-autoscaler-priority-expander"])
+                && r["verbs"] == json!(["get"]))),
+        "{}",
+        ca_role.data
     );
     for flag in [
         "--cloud-provider=externalgrpc",
@@ -232,6 +363,181 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
     ] {
         assert!(ca_pod.contains(flag), "{flag} not in {ca_pod}");
     }
+    Ok(())
+}
+
+/// The default nodeAffinity of both Deployments: never on a Node the operator manages.
+fn off_managed_nodes() -> serde_json::Value {
+    json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+        "matchExpressions": [{"key": "infra.homecluster.dev/managed", "operator": "DoesNotExist"}]
+    }]}})
+}
+
+/// The options a user sets for their own set-up: the host network (Wake-on-LAN without a relay)
+/// with the matching DNS policy and the replicas required apart; an existing ServiceAccount;
+/// other names; the CRDs left to the user or not kept; an own affinity; extra pod labels.
+#[test]
+fn helm_template_renders_the_set_up_options() -> anyhow::Result<()> {
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    let host = helm.template("lab", "homelab", &["hostNetwork=true"])?;
+    let pod = &find(&host, "Deployment", "lab-kubectl-homelab")?.data["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    let anti = &pod["affinity"]["podAntiAffinity"];
+    assert_eq!(
+        anti["requiredDuringSchedulingIgnoredDuringExecution"],
+        json!([{
+            "labelSelector": {"matchLabels": {
+                "app.kubernetes.io/component": "operator",
+                "app.kubernetes.io/instance": "lab",
+                "app.kubernetes.io/name": "kubectl-homelab",
+            }},
+            "topologyKey": "kubernetes.io/hostname",
+        }])
+    );
+    assert_eq!(
+        anti.get("preferredDuringSchedulingIgnoredDuringExecution"),
+        None
+    );
+    assert_eq!(pod["affinity"]["nodeAffinity"], off_managed_nodes());
+    let dns = helm.template("lab", "homelab", &["hostNetwork=true", "dnsPolicy=Default"])?;
+    let pod = &find(&dns, "Deployment", "lab-kubectl-homelab")?.data["spec"]["template"]["spec"];
+    assert_eq!(pod["dnsPolicy"], "Default");
+
+    // An existing ServiceAccount: not created, but run as, bound, and excluded from power Jobs.
+    let own_sa = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "serviceAccount.create=false",
+            "serviceAccount.name=ops-homelab",
+        ],
+    )?;
+    let accounts: Vec<&str> = own_sa
+        .iter()
+        .filter(|o| support::helm::kind_of(o) == "ServiceAccount")
+        .filter_map(|o| o.metadata.name.as_deref())
+        .collect();
+    assert_eq!(accounts, ["lab-kubectl-homelab-power"]);
+    let d = find(&own_sa, "Deployment", "lab-kubectl-homelab")?;
+    assert_eq!(
+        d.data["spec"]["template"]["spec"]["serviceAccountName"],
+        "ops-homelab"
+    );
+    assert!(
+        operator_args(d)?
+            .iter()
+            .any(|a| a == "--operator-service-account=homelab/ops-homelab"),
+        "{:?}",
+        operator_args(d)?
+    );
+    for (kind, name) in [
+        ("RoleBinding", "lab-kubectl-homelab"),
+        ("ClusterRoleBinding", "lab-kubectl-homelab-homelab"),
+    ] {
+        let b = find(&own_sa, kind, name)?;
+        assert_eq!(b.data["subjects"][0]["name"], "ops-homelab");
+    }
+    let annotated = helm.template("lab", "homelab", &["serviceAccount.annotations.team=ops"])?;
+    let sa = find(&annotated, "ServiceAccount", "lab-kubectl-homelab")?;
+    assert_eq!(
+        sa.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("team"))
+            .map(String::as_str),
+        Some("ops")
+    );
+
+    // fullnameOverride names every object, the power account and the Lease with it.
+    let renamed = helm.template(
+        "lab",
+        "homelab",
+        &["fullnameOverride=power", "clusterAutoscaler.enabled=true"],
+    )?;
+    let d = find(&renamed, "Deployment", "power")?;
+    let args = operator_args(d)?;
+    for want in [
+        "--pod-service-account=power-power",
+        "--lease-name=power-leader",
+        "--operator-service-account=homelab/power",
+    ] {
+        assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
+    }
+    find(&renamed, "ServiceAccount", "power-power")?;
+    find(&renamed, "Deployment", "power-cluster-autoscaler")?;
+    find(&renamed, "ClusterRole", "power-homelab-view")?;
+    assert!(
+        renamed
+            .iter()
+            .filter_map(|o| o.metadata.name.as_deref())
+            .all(|n| n.starts_with("power") || n.ends_with(".infra.homecluster.dev")),
+        "{:?}",
+        renamed
+            .iter()
+            .map(|o| o.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let named = helm.template("lab", "homelab", &["nameOverride=homelab"])?;
+    let d = find(&named, "Deployment", "lab-homelab")?;
+    assert_eq!(
+        d.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "homelab"
+    );
+
+    // CRDs: left out, or rendered without the keep policy.
+    let no_crds = helm.template("lab", "homelab", &["crds.enabled=false"])?;
+    assert!(!kinds(&no_crds).contains(&"CustomResourceDefinition".to_owned()));
+    let not_kept = helm.template("lab", "homelab", &["crds.keep=false"])?;
+    let crd = find(
+        &not_kept,
+        "CustomResourceDefinition",
+        "nodes.infra.homecluster.dev",
+    )?;
+    assert_eq!(
+        crd.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("helm.sh/resource-policy")),
+        None
+    );
+
+    // An own affinity replaces the default; pod labels and a spread go onto the pods.
+    let own = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=role",
+            "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+            "podLabels.team=ops",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+            "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+            "clusterAutoscaler.enabled=true",
+        ],
+    )?;
+    let d = find(&own, "Deployment", "lab-kubectl-homelab")?;
+    let pod = &d.data["spec"]["template"];
+    assert_eq!(
+        pod["spec"]["affinity"],
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "role", "operator": "Exists"}]}]
+        }}})
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], "ops");
+    assert_eq!(pod["spec"]["topologySpreadConstraints"][0]["maxSkew"], 1);
+    let ca = find(&own, "Deployment", "lab-kubectl-homelab-cluster-autoscaler")?;
+    assert_eq!(
+        ca.data["spec"]["template"]["metadata"]["labels"]["team"],
+        "ops"
+    );
+    assert_eq!(
+        ca.data["spec"]["template"]["spec"]["affinity"]["nodeAffinity"],
+        off_managed_nodes(),
+        "the operator's affinity is not the Cluster Autoscaler's"
+    );
     Ok(())
 }
 
@@ -250,9 +556,9 @@ fn peers_for_port(policy: &DynamicObject, port: u16) -> Option<serde_json::Value
 
 /// The NetworkPolicy is on by default: it selects the operator's pods and admits the gRPC port
 /// only from Cluster Autoscaler pods (any namespace, by their name label; with the chart's own
-/// Cluster Autoscaler, exactly its pod labels), the health port from every pod by default; it
-/// is absent with `networkPolicy.enabled=false`, and an empty peer list renders no rule rather
-/// than a rule that admits everyone.
+/// Cluster Autoscaler, by its Deployment's selector labels), the health port from every pod by
+/// default; it is absent with `networkPolicy.enabled=false`, and an empty peer list renders no
+/// rule rather than a rule that admits everyone.
 #[test]
 fn the_network_policy_admits_only_the_cluster_autoscaler_to_grpc() -> anyhow::Result<()> {
     let Some(helm) = Helm::locate()? else {
@@ -286,7 +592,7 @@ fn the_network_policy_admits_only_the_cluster_autoscaler_to_grpc() -> anyhow::Re
     assert_eq!(ports[0]["containerPort"], 8086);
     assert_eq!(ports[1]["containerPort"], 8081);
 
-    // The chart's own Cluster Autoscaler: its pods' labels, and only those.
+    // The chart's own Cluster Autoscaler: its pods' selector labels, and only those.
     let with_ca = helm.template("lab", "homelab", &["clusterAutoscaler.enabled=true"])?;
     let policy = find(&with_ca, "NetworkPolicy", "lab-kubectl-homelab")?;
     let ca = find(
@@ -297,7 +603,7 @@ fn the_network_policy_admits_only_the_cluster_autoscaler_to_grpc() -> anyhow::Re
     assert_eq!(
         peers_for_port(policy, 8086),
         Some(json!([{
-            "podSelector": {"matchLabels": ca.data["spec"]["template"]["metadata"]["labels"]}
+            "podSelector": {"matchLabels": ca.data["spec"]["selector"]["matchLabels"]}
         }]))
     );
 
@@ -323,10 +629,12 @@ fn the_network_policy_admits_only_the_cluster_autoscaler_to_grpc() -> anyhow::Re
     Ok(())
 }
 
-/// Every object the chart renders, with the defaults and with every option on, passes the real
-/// apiserver's validation (a server-side dry-run create). Kinds whose CRDs the test apiserver
-/// does not have (cert-manager's Certificate, the Prometheus Operator's ServiceMonitor) are
-/// skipped, and named in the assertion that they were the only ones.
+/// Every object the chart renders, with the defaults, with every option on and with the set-up
+/// options (host network, an existing ServiceAccount, other names, an own affinity), passes the
+/// real apiserver's validation (a server-side dry-run apply: the CRDs exist there already).
+/// Kinds whose CRDs the test apiserver does not have (cert-manager's Certificate, the
+/// Prometheus Operator's ServiceMonitor) are skipped, and named in the assertion that they were
+/// the only ones.
 #[tokio::test]
 async fn every_rendered_object_passes_a_server_side_dry_run() -> anyhow::Result<()> {
     let Some(helm) = Helm::locate()? else {
@@ -339,7 +647,7 @@ async fn every_rendered_object_passes_a_server_side_dry_run() -> anyhow::Result<
     let client = cp.client()?;
     let mut skipped = std::collections::BTreeSet::new();
     let mut checked = std::collections::BTreeSet::new();
-    for set in [&[][..], EVERYTHING_ON] {
+    for set in [&[][..], EVERYTHING_ON, SET_UP_OPTIONS] {
         for obj in helm.template("lab", &ns, set)? {
             let types = obj.types.clone().unwrap_or_default();
             let gvk = kube::core::GroupVersionKind::try_from(&types)?;
@@ -353,14 +661,11 @@ async fn every_rendered_object_passes_a_server_side_dry_run() -> anyhow::Result<
                 }
                 kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
             };
-            let pp = PostParams {
-                dry_run: true,
-                field_manager: None,
-            };
+            let pp = PatchParams::apply("helm-dry-run").force().dry_run();
             let name = obj.metadata.name.clone().unwrap_or_default();
-            api.create(&pp, &obj)
+            api.patch(&name, &pp, &Patch::Apply(&obj))
                 .await
-                .with_context(|| format!("dry-run create of {} {name}", types.kind))?;
+                .with_context(|| format!("dry-run apply of {} {name}", types.kind))?;
             checked.insert(types.kind);
         }
     }
@@ -368,7 +673,9 @@ async fn every_rendered_object_passes_a_server_side_dry_run() -> anyhow::Result<
         skipped.into_iter().collect::<Vec<_>>(),
         ["Certificate", "ServiceMonitor"]
     );
-    assert!(checked.contains("NetworkPolicy"), "{checked:?}");
+    for kind in ["NetworkPolicy", "CustomResourceDefinition", "Pod"] {
+        assert!(checked.contains(kind), "{kind} not in {checked:?}");
+    }
     Ok(())
 }
 
@@ -441,6 +748,38 @@ fn bad_values_fail_with_the_key_named() -> anyhow::Result<()> {
             "networkPolicy.enabled=yes",
             "at '/networkPolicy/enabled': got string, want boolean",
         ),
+        (
+            "hostNetwork=yes",
+            "at '/hostNetwork': got string, want boolean",
+        ),
+        (
+            "dnsPolicy=ClusterFirstWithHostNetwork",
+            "at '/dnsPolicy': value must be one of",
+        ),
+        (
+            "serviceAccount.create=false",
+            "at '/serviceAccount/name': minLength: got 0, want 1",
+        ),
+        (
+            "serviceAccount.nam=ops",
+            "at '/serviceAccount': additional properties 'nam' not allowed",
+        ),
+        (
+            "fullnameOverride=Power_Ops",
+            "at '/fullnameOverride': 'Power_Ops' does not match",
+        ),
+        (
+            "crds.enabled=yes",
+            "at '/crds/enabled': got string, want boolean",
+        ),
+        (
+            "crds.kep=false",
+            "at '/crds': additional properties 'kep' not allowed",
+        ),
+        (
+            "podLabels.team[0]=ops",
+            "at '/podLabels/team': got array, want string",
+        ),
     ];
     for (set, key) in cases {
         let out = helm.run(&["template", "lab", CHART, "--set", set])?;
@@ -468,20 +807,6 @@ fn bad_values_fail_with_the_key_named() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The values file of the README's Install section (the ```yaml block headed
-/// `# homelab-values.yaml`).
-fn readme_values() -> anyhow::Result<String> {
-    let readme = std::fs::read_to_string(repo().join("README.md"))?;
-    let start = readme
-        .find("```yaml\n# homelab-values.yaml\n")
-        .context("README.md has no homelab-values.yaml block")?;
-    let block = &readme[start + "```yaml\n".len()..];
-    let end = block
-        .find("```")
-        .context("unterminated yaml block in README.md")?;
-    Ok(block[..end].to_owned())
-}
-
 /// kubectl with the harness's admin kubeconfig; its stdout.
 fn kubectl_admin(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
     stdout_of(
@@ -495,8 +820,12 @@ fn kubectl_admin(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
 
 /// The README's Install section against the real apiserver (no kubelet: objects, not pods):
 /// `helm install` with its values file, `kubectl apply` of the example, `kubectl get homelab`;
-/// then `helm upgrade` changing a value, and `helm uninstall`, which leaves the CRDs (helm never
-/// deletes crds/) and so the Groups and Node CRs.
+/// the chart's `-view` / `-edit` ClusterRoles bound in the namespace (list for both; patching a
+/// Node CR, not its status, for edit only); then `helm upgrade` changing a value, and
+/// `helm uninstall`, after which the Node CRs remain.
+/// The shared control plane has the CRDs already (not the chart's: `crds.enabled=false`
+/// here); tests/chart_examples.rs installs them with the chart on a control plane without
+/// them, and checks they stay after `helm uninstall`.
 #[tokio::test]
 async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() -> anyhow::Result<()>
 {
@@ -509,11 +838,16 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
     let ns = cp.namespace("helm-life").await?;
     let dir = tempfile::tempdir()?;
     let values = dir.path().join("homelab-values.yaml");
-    std::fs::write(&values, readme_values()?)?;
+    std::fs::write(&values, support::helm::readme_values()?)?;
     let values = values.to_str().context("temp path is not UTF-8")?;
     let client = cp.client()?;
 
-    helm.on(cp, &ns, &["install", "homelab", CHART, "-f", values])?;
+    let no_crds = "crds.enabled=false";
+    helm.on(
+        cp,
+        &ns,
+        &["install", "homelab", CHART, "-f", values, "--set", no_crds],
+    )?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let d = deployments.get("homelab-kubectl-homelab").await?;
     assert_eq!(d.spec.and_then(|s| s.replicas), Some(2));
@@ -533,6 +867,56 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
         "{role}"
     );
     kubectl_admin(cp, &["apply", "-n", &ns, "-f", "examples/job-style.yaml"])?;
+
+    // The aggregated roles, bound in the namespace as the built-in ones they join would be:
+    // `edit` may change spec.powerState (`kubectl homelab power`), `view` only reads.
+    for (user, role) in [("viewer", "view"), ("editor", "edit")] {
+        let cluster_role = format!("--clusterrole=homelab-kubectl-homelab-{ns}-{role}");
+        let user_arg = format!("--user={user}");
+        kubectl_admin(
+            cp,
+            &[
+                "create",
+                "rolebinding",
+                user,
+                &cluster_role,
+                &user_arg,
+                "-n",
+                &ns,
+            ],
+        )?;
+    }
+    let can = |user: &str, args: &[&str]| -> anyhow::Result<bool> {
+        let mut all = args.to_vec();
+        let as_user = format!("--as={user}");
+        all.extend(["-n", &ns, &as_user]);
+        can_i(cp.kubeconfig(), &all)
+    };
+    for user in ["viewer", "editor"] {
+        for what in [
+            "nodes.infra.homecluster.dev",
+            "groups.infra.homecluster.dev",
+        ] {
+            ensure!(can(user, &["list", what])?, "{user} cannot list {what}");
+        }
+    }
+    ensure!(can(
+        "editor",
+        &["patch", "nodes.infra.homecluster.dev/desktop-1"]
+    )?);
+    ensure!(can("editor", &["create", "groups.infra.homecluster.dev"])?);
+    ensure!(!can(
+        "viewer",
+        &["patch", "nodes.infra.homecluster.dev/desktop-1"]
+    )?);
+    ensure!(!can(
+        "editor",
+        &[
+            "patch",
+            "nodes.infra.homecluster.dev/desktop-1",
+            "--subresource=status"
+        ]
+    )?);
     let listed = kubectl_admin(cp, &["get", "homelab", "-n", &ns])?;
     assert!(
         listed.contains("group.infra.homecluster.dev/desktops")
@@ -549,6 +933,8 @@ async fn the_readmes_install_upgrade_and_uninstall_work_against_the_apiserver() 
             CHART,
             "-f",
             values,
+            "--set",
+            no_crds,
             "--set",
             "replicas=3",
         ],
@@ -668,7 +1054,9 @@ async fn set_power(machines: &Api<Machine>, name: &str, power: &str) -> anyhow::
 /// - creating Roles, RoleBindings, ClusterRoleBindings, ServiceAccount tokens; changing CRDs,
 ///   Deployments (its own included), ConfigMaps.
 ///
-/// The power pods' ServiceAccount (`<release>-power`, on every power Job) can do none of the
+/// The Node it manages carries `infra.homecluster.dev/managed=true` once Ready.
+///
+/// The power pods' ServiceAccount (`<fullname>-power`, on every power Job) can do none of the
 /// operator's things.
 #[tokio::test]
 async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with_a_drain()
@@ -690,42 +1078,21 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
             "lab",
             CHART,
             "--set",
+            "crds.enabled=false",
+            "--set",
             "credentialSecrets={bmc-m1}",
             "--set",
             "clusterAutoscaler.enabled=true",
+            // The priority expander reads its ConfigMap through a reflector.
+            "--set",
+            "clusterAutoscaler.extraArgs={--expander=priority}",
         ],
     )?;
     let manifest = helm.on(cp, &ns, &["get", "manifest", "lab"])?;
     let objects = support::apply::parse_multi_doc("helm get manifest", &manifest)?;
-    let chart_args = operator_args(find(&objects, "Deployment", "lab-kubectl-homelab")?)?;
-    let operator = cp.service_account(&ns, "lab-kubectl-homelab").await?;
-
-    let ports = support::process::free_ports(2)?;
-    let args: Vec<String> = chart_args
-        .into_iter()
-        .map(|a| {
-            if a.starts_with("--listen=") {
-                format!("--listen=127.0.0.1:{}", ports[0])
-            } else if a.starts_with("--health-address=") {
-                format!("--health-address=127.0.0.1:{}", ports[1])
-            } else {
-                a
-            }
-        })
-        .collect();
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("operator.log");
-    let mut operator_process = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
-        .args(&args)
-        .arg("--kubeconfig")
-        .arg(operator.kubeconfig())
-        .env("POD_NAME", "lab-kubectl-homelab-test")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting run-operator")?;
+    let mut running = ChartOperator::start(cp, &ns, &objects, "lab-kubectl-homelab").await?;
+    let log = running.log.clone();
+    let operator = &running.identity;
     let with_log = |e: anyhow::Error| e.context(support::process::log_tail(&log, 40));
 
     let admin = cp.client()?;
@@ -761,6 +1128,18 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
     phase(&machines, "m1", Phase::Ready)
         .await
         .map_err(with_log)?;
+    // The Node it manages carries the label the chart's Deployments keep away from.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let managed = nodes.get(&node).await?;
+    assert_eq!(
+        managed
+            .labels()
+            .get(kubectl_homelab::operator::node::MANAGED_LABEL)
+            .map(String::as_str),
+        Some("true"),
+        "{:?}",
+        managed.labels()
+    );
 
     // A workload of another namespace on it.
     let web: Pod = serde_json::from_value(json!({
@@ -793,7 +1172,6 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
             bail!("power Job {} is not restricted: {broken}", job.name_any());
         }
     }
-    let nodes: Api<Node> = Api::all(admin.clone());
     wait_for("the powered-off Node deleted", || async {
         Ok(nodes.get_opt(&node).await?.is_none().then_some(()))
     })
@@ -802,8 +1180,10 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
 
     // Nothing the operator did was refused (a refused Event or status write is only logged).
     let text = std::fs::read_to_string(&log)?;
+    // (Not a bare "403": the log's timestamps contain it, e.g. 20:18:33.440379.)
+    let lower = text.to_lowercase();
     assert!(
-        !text.contains("forbidden") && !text.contains("403"),
+        !lower.contains("forbidden") && !lower.contains("code: 403"),
         "the operator was refused something:\n{text}"
     );
 
@@ -877,8 +1257,9 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
 
     // The Cluster Autoscaler with the chart's arguments, its ServiceAccount's token and the
     // chart's cloud-config (dialling the operator on loopback instead of the Service): it elects
-    // itself, runs its loops against the operator and writes its status, refused nothing.
-    run_chart_cluster_autoscaler(cp, &ns, &objects, ports[0]).await?;
+    // itself, runs its loops against the operator and writes its status, refused nothing (its
+    // priority expander, on here, lists the ConfigMaps of its namespace).
+    run_chart_cluster_autoscaler(cp, &ns, &objects, running.grpc_port).await?;
 
     // The power pods' account: nothing.
     let power = format!("--as=system:serviceaccount:{ns}:lab-kubectl-homelab-power");
@@ -899,13 +1280,13 @@ async fn the_operator_with_only_the_charts_rbac_powers_a_machine_on_and_off_with
     }
 
     // SIGTERM: the operator releases its Lease (a patch the chart allows) and exits cleanly.
-    let pid = operator_process.id().context("the operator exited early")?;
+    let pid = running.child.id().context("the operator exited early")?;
     // SAFETY: sends a signal to our own child process.
     ensure!(
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,
         "kill(SIGTERM)"
     );
-    let status = tokio::time::timeout(WAIT, operator_process.wait())
+    let status = tokio::time::timeout(WAIT, running.child.wait())
         .await
         .context("the operator did not exit after SIGTERM")??;
     let text = std::fs::read_to_string(&log)?;

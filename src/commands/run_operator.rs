@@ -98,7 +98,7 @@ pub struct Args {
 
     /// ServiceAccount of the pods the operator creates (power Jobs, node agents, Wake-on-LAN
     /// relays) when a Node CR's pod spec names none; give it no API rights (the Helm chart's
-    /// `<release>-power`). Default: the namespace's `default`.
+    /// `<fullname>-power`, e.g. `homelab-kubectl-homelab-power`). Default: the namespace's `default`.
     #[arg(long, value_name = "NAME")]
     pub pod_service_account: Option<String>,
 

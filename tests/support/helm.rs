@@ -130,3 +130,84 @@ pub fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
     );
     Ok(stdout)
 }
+
+/// The values file of the README's Install section (the ```yaml block headed
+/// `# homelab-values.yaml`).
+pub fn readme_values() -> anyhow::Result<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md"))?;
+    let start = readme
+        .find("```yaml\n# homelab-values.yaml\n")
+        .context("README.md has no homelab-values.yaml block")?;
+    let block = &readme[start + "```yaml\n".len()..];
+    let end = block
+        .find("```")
+        .context("unterminated yaml block in README.md")?;
+    Ok(block[..end].to_owned())
+}
+
+/// The operator binary run as a rendered Deployment of the chart runs it: the container's own
+/// arguments (the gRPC and health ports moved to free loopback ones) and a TokenRequest token of
+/// the pod's ServiceAccount, so it has exactly the chart's RBAC. Killed when dropped.
+pub struct ChartOperator {
+    pub child: tokio::process::Child,
+    /// Its stderr.
+    pub log: PathBuf,
+    /// Where its gRPC server listens (127.0.0.1).
+    pub grpc_port: u16,
+    /// The ServiceAccount it runs as, with the token it uses.
+    pub identity: super::identity::Identity,
+    _dir: tempfile::TempDir,
+}
+
+impl ChartOperator {
+    pub async fn start(
+        cp: &ControlPlane,
+        ns: &str,
+        objects: &[DynamicObject],
+        deployment: &str,
+    ) -> anyhow::Result<ChartOperator> {
+        let d = find(objects, "Deployment", deployment)?;
+        let account = d.data["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .with_context(|| format!("Deployment {deployment} names no ServiceAccount"))?;
+        let identity = cp.service_account(ns, account).await?;
+        let ports = super::process::free_ports(2)?;
+        let args: Vec<String> = operator_args(d)?
+            .into_iter()
+            .map(|a| {
+                if a.starts_with("--listen=") {
+                    format!("--listen=127.0.0.1:{}", ports[0])
+                } else if a.starts_with("--health-address=") {
+                    format!("--health-address=127.0.0.1:{}", ports[1])
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("operator.log");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+            .args(&args)
+            .arg("--kubeconfig")
+            .arg(identity.kubeconfig())
+            .env("POD_NAME", format!("{deployment}-test"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting run-operator")?;
+        Ok(ChartOperator {
+            child,
+            log,
+            grpc_port: ports[0],
+            identity,
+            _dir: dir,
+        })
+    }
+
+    /// The last `lines` lines of its log, as context for a failure.
+    pub fn log_tail(&self, lines: usize) -> String {
+        super::process::log_tail(&self.log, lines)
+    }
+}

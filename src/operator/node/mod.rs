@@ -15,6 +15,7 @@
 //!   snapshot (`status.node`) that the new Node lacks are put back: a machine confirmed off has
 //!   its Node object deleted (docs/ca-contract.md, section 4), and the kubelet registers a
 //!   bare one.
+//! - [`MANAGED_LABEL`] is added, as ours (so the finalizer's cleanup removes it again).
 //! - `spec.labels` / `spec.taints` are added when missing (a label we own follows a changed spec
 //!   value); `spec.taintsToRemove` are removed.
 //! - CA's opt-out annotation follows `scaleDownDisabled` (ours only: a person's own stays).
@@ -44,6 +45,10 @@ pub const OWNED_ANNOTATIONS: &str = "infra.homecluster.dev/owned-annotations";
 pub const CORDONED: &str = "infra.homecluster.dev/cordoned";
 /// When our drain of this Node started (RFC 3339); removed on uncordon.
 pub const DRAIN_STARTED: &str = "infra.homecluster.dev/drain-started";
+/// On every Node the operator manages (`true`), ours like any label we add: the chart's
+/// Deployments keep off such Nodes (a machine they run on could be powered off), and the
+/// scale-up template carries it too (provider/template.rs).
+pub const MANAGED_LABEL: &str = "infra.homecluster.dev/managed";
 /// Present once the last-seen labels and taints were restored on this Node object.
 pub const RESTORED: &str = "infra.homecluster.dev/restored";
 
@@ -367,6 +372,7 @@ impl<'a> NodeEdit<'a> {
             self.annotations
                 .insert(RESTORED.to_owned(), "true".to_owned());
         }
+        self.add_label(MANAGED_LABEL, "true");
         for (k, v) in &machine.spec.labels {
             self.add_label(k, v);
         }

@@ -160,7 +160,10 @@ fn registration_restores_last_seen_labels_and_taints_but_not_transient_ones() {
     );
     assert_eq!(taints(&after), vec![taint("dedicated", "ml", "NoSchedule")]);
     let a = annotations(&after);
-    assert_eq!(a.get(OWNED_LABELS).map(String::as_str), Some("gpu"));
+    assert_eq!(
+        a.get(OWNED_LABELS).map(String::as_str),
+        Some("gpu,infra.homecluster.dev/managed")
+    );
     assert_eq!(
         a.get(OWNED_TAINTS).map(String::as_str),
         Some("dedicated:NoSchedule")
@@ -227,6 +230,43 @@ fn spec_labels_are_added_and_follow_the_spec_only_when_ours() {
     assert_eq!(
         labels(&moved).get("zone").map(String::as_str),
         Some("garage")
+    );
+}
+
+/// Every Node the operator manages carries the managed label (the chart keeps the operator's
+/// and the Cluster Autoscaler's pods off such Nodes with it), recorded as ours like any label
+/// we add.
+#[test]
+fn registration_labels_the_node_managed_and_records_the_label_as_ours() {
+    let after = registered(&Machine::test("m1").build(), &node("n1"), false);
+    assert_eq!(
+        labels(&after).get(MANAGED_LABEL).map(String::as_str),
+        Some("true")
+    );
+    assert!(
+        annotations(&after)
+            .get(OWNED_LABELS)
+            .is_some_and(|owned| owned.split(',').any(|k| k == MANAGED_LABEL)),
+        "{:?}",
+        annotations(&after)
+    );
+}
+
+/// The finalizer's cleanup takes the managed label away again with the other labels we added;
+/// one a person put there before is theirs and stays.
+#[test]
+fn cleanup_removes_the_managed_label_unless_a_person_set_it() {
+    let m = Machine::test("m1").build();
+    let managed = registered(&m, &node("n1"), false);
+    let clean = applied(&managed, &cleanup_change(&managed));
+    assert_eq!(labels(&clean).get(MANAGED_LABEL), None);
+
+    let theirs = node("n1").label(MANAGED_LABEL, "true");
+    let managed = registered(&m, &theirs, false);
+    let clean = applied(&managed, &cleanup_change(&managed));
+    assert_eq!(
+        labels(&clean).get(MANAGED_LABEL).map(String::as_str),
+        Some("true")
     );
 }
 

@@ -1,7 +1,8 @@
 //! Rule 8: the template node CA simulates a scale-up with (`NodeGroupTemplateNodeInfo`).
 //!
 //! Built from what a member looked like when last seen, else its declared hints, else the
-//! Group's template; the Group's template labels and taints are applied on top. Transient taints
+//! Group's template; the Group's template labels and taints are applied on top, and the label
+//! every managed Node carries ([`node::MANAGED_LABEL`]). Transient taints
 //! (CA's own, the node lifecycle controller's) and each machine's `taintsToRemove` are dropped:
 //! the template describes a freshly booted, Ready node.
 use std::collections::BTreeMap;
@@ -187,6 +188,11 @@ pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, Provider
         .entry("kubernetes.io/os".to_owned())
         .or_insert_with(|| "linux".to_owned());
     labels.insert("kubernetes.io/hostname".to_owned(), name.clone());
+    // Every Node the operator manages carries this label (node/mod.rs registers it): CA's
+    // scale-up simulation runs the scheduler's predicates, node affinity included, against this
+    // template (`ScaleUpOrchestrator.SchedulablePodGroups`, core/scaleup/orchestrator/
+    // orchestrator.go), so a pod that keeps off managed Nodes must not fit it either.
+    labels.insert(node::MANAGED_LABEL.to_owned(), "true".to_owned());
 
     let mut taints: Vec<TaintView> = shape
         .taints

@@ -630,6 +630,28 @@ fn template_falls_back_to_hints_then_group_then_unimplemented() {
     assert_eq!(e.map(|e| e.kind()), Some(ErrorKind::Unimplemented));
 }
 
+/// The template carries the label the operator puts on every Node it manages, as the Nodes a
+/// scale-up brings will: CA runs its scheduling predicates (NodeAffinity included) against the
+/// template node (`ScaleUpOrchestrator.SchedulablePodGroups` in
+/// core/scaleup/orchestrator/orchestrator.go; `createSanitizedNode` in
+/// simulator/node_info_utils.go keeps the labels), so a pod kept off managed Nodes (the
+/// operator's, the chart's Cluster Autoscaler) must not make CA power a machine on for it.
+#[test]
+fn the_template_carries_the_managed_label() {
+    let mut g = group("g", 0, None);
+    g.template.capacity = [("cpu".to_string(), "2".to_string())].into();
+    let inv = Inventory::build(
+        vec![g],
+        vec![machine("a", "g", PowerState::Off, Phase::Off)],
+        vec![],
+    );
+    let tn = template_node(&inv, "g");
+    assert_eq!(
+        tn.map(|t| t.labels.get(crate::operator::node::MANAGED_LABEL).cloned()),
+        Ok(Some("true".to_string()))
+    );
+}
+
 // Rule 9.
 #[test]
 fn options_unset_unless_group_sets_them() {

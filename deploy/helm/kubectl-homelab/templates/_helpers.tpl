@@ -1,9 +1,20 @@
-{{/* The release's object names: "<release>" when it names the chart, else "<release>-kubectl-homelab". */}}
+{{/* The chart's name, or nameOverride. */}}
+{{- define "homelab.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's object names: fullnameOverride when set; else "<release>" when it contains
+     the chart's name, else "<release>-<name>". */}}
 {{- define "homelab.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "homelab.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -13,7 +24,7 @@
 {{- end -}}
 
 {{- define "homelab.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "homelab.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
@@ -34,9 +45,14 @@ app.kubernetes.io/component: operator
 app.kubernetes.io/component: cluster-autoscaler
 {{- end -}}
 
-{{- define "homelab.serviceAccount" -}}{{ include "homelab.fullname" . }}{{- end -}}
+{{/* The operator's ServiceAccount: serviceAccount.name, else the fullname (created unless
+     serviceAccount.create is false; then it must exist). */}}
+{{- define "homelab.serviceAccount" -}}{{ default (include "homelab.fullname" .) .Values.serviceAccount.name }}{{- end -}}
 {{/* The account of the pods the operator creates: no API rights, no token mounted. */}}
 {{- define "homelab.powerServiceAccount" -}}{{ include "homelab.fullname" . }}-power{{- end -}}
+{{/* The label the operator puts on every Kubernetes Node it manages
+     (src/operator/node/mod.rs, MANAGED_LABEL). */}}
+{{- define "homelab.managedLabel" -}}infra.homecluster.dev/managed{{- end -}}
 {{- define "homelab.caServiceAccount" -}}{{ include "homelab.fullname" . }}-cluster-autoscaler{{- end -}}
 {{- define "homelab.grpcService" -}}{{ include "homelab.fullname" . }}-grpc{{- end -}}
 {{- define "homelab.leaseName" -}}{{ include "homelab.fullname" . }}-leader{{- end -}}
@@ -78,4 +94,54 @@ grpc_timeout: 5s
 
 {{- define "homelab.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* Labels of a pod template: the selector's, the recommended ones, podLabels. */}}
+{{- define "homelab.podLabels" -}}
+{{ include "homelab.labels" . }}
+{{- with .Values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* A pod's affinity: `affinity` when set, else off the Nodes the operator manages (it may
+     power them off) and, for the operator (`spread` with the component label's value), its
+     replicas on different nodes: required with hostNetwork (their ports would collide),
+     preferred otherwise. Call with (dict "ctx" $ "component" "operator"|"cluster-autoscaler"
+     "affinity" <the affinity value>). */}}
+{{- define "homelab.affinity" -}}
+{{- $ := .ctx -}}
+{{- if .affinity -}}
+{{ toYaml .affinity }}
+{{- else -}}
+nodeAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    nodeSelectorTerms:
+      - matchExpressions:
+          - key: {{ include "homelab.managedLabel" $ }}
+            operator: DoesNotExist
+{{- if eq .component "operator" }}
+podAntiAffinity:
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (fromYaml (include "homelab.operatorSelector" $))) }}
+{{- if $.Values.hostNetwork }}
+  requiredDuringSchedulingIgnoredDuringExecution:
+    {{- toYaml (list $term) | nindent 4 }}
+{{- else }}
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        {{- toYaml $term | nindent 8 }}
+{{- end }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* What templates/crds.yaml adds under each CRD's metadata. */}}
+{{- define "homelab.crdMetadata" -}}
+labels:
+  {{- include "homelab.labels" . | nindent 2 }}
+{{- if .Values.crds.keep }}
+annotations:
+  helm.sh/resource-policy: keep
+{{- end }}
 {{- end -}}
