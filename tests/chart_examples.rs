@@ -146,23 +146,11 @@ async fn every_example_is_accepted_and_reconciled_under_the_charts_install() -> 
     helm.on(&cp, &ns, &["install", RELEASE, CHART, "-f", values])?;
 
     let client = cp.client()?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in [
+    cp.wait_established(&[
         "groups.infra.homecluster.dev",
         "nodes.infra.homecluster.dev",
-    ] {
-        wait_for(&format!("CRD {name} Established"), || async {
-            let crd = crds.get(name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(established.then_some(()))
-        })
-        .await?;
-    }
+    ])
+    .await?;
 
     // The admission policy is in force (a new policy takes a moment to be enforced).
     let probe = dir.path().join("probe.yaml");
@@ -277,6 +265,7 @@ async fn every_example_is_accepted_and_reconciled_under_the_charts_install() -> 
     drop(operator);
 
     helm.on(&cp, &ns, &["uninstall", RELEASE])?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in [
         "groups.infra.homecluster.dev",
         "nodes.infra.homecluster.dev",

@@ -137,7 +137,9 @@ async fn the_first_machine_walkthrough_powers_the_mini_pc_off_when_idle_and_on_f
     else {
         return Ok(());
     };
-    let cp = ControlPlane::start(&assets, &Options::default().with_scheduler()).await?;
+    // No CRDs: the chart installs them.
+    let cp =
+        ControlPlane::start(&assets, &Options::default().with_scheduler().without_crds()).await?;
     let client = cp.client()?;
     let world = World::new(client.clone());
 
@@ -158,6 +160,12 @@ async fn the_first_machine_walkthrough_powers_the_mini_pc_off_when_idle_and_on_f
     )?;
     run_readme_commands(&cp, &helm, dir.path(), "helm install homelab")?;
     let release = Release::installed(&helm, &cp, "homelab", "homelab")?;
+    // The pause before the next command, in which the new CRDs come to be served.
+    cp.wait_established(&[
+        "groups.infra.homecluster.dev",
+        "nodes.infra.homecluster.dev",
+    ])
+    .await?;
 
     // Step 4: the Group and the Node CR, applied and inspected as written.
     std::fs::write(

@@ -303,12 +303,23 @@ impl ControlPlane {
                 .await
                 .with_context(|| format!("applying CRD {name}"))?;
         }
-        for crd in crds {
-            let name = crd.metadata.name.clone().unwrap_or_default();
+        let names: Vec<String> = crds
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap_or_default())
+            .collect();
+        self.wait_established(&names).await
+    }
+
+    /// Waits until each CRD named is Established (its resources are served), e.g. after
+    /// `helm install` created them.
+    pub async fn wait_established(&self, names: &[impl AsRef<str>]) -> anyhow::Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client()?);
+        for name in names {
+            let name = name.as_ref();
             let cond = kube::runtime::conditions::is_crd_established();
             tokio::time::timeout(
                 Duration::from_secs(60),
-                kube::runtime::wait::await_condition(api.clone(), &name, cond),
+                kube::runtime::wait::await_condition(api.clone(), name, cond),
             )
             .await
             .with_context(|| format!("CRD {name} not Established after 60 s"))?
