@@ -65,21 +65,12 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
     )
 }
 
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+async fn wait_for<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("waited {WAIT:?} for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    support::wait_for(what, WAIT, f).await
 }
 
 /// A Node CR whose power-on Job mounts a Secret that credentialSecrets does not list, in the

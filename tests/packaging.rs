@@ -22,6 +22,7 @@ use kubectl_homelab::operator::api::{Group, Machine};
 use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
 use serde_json::json;
+use support::chart::Release;
 use support::helm::{
     CHART, ChartOperator, Helm, find, kinds, operator_args, repo, stdout_of, tool,
 };
@@ -983,21 +984,12 @@ fn can_i(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<bool> {
     }
 }
 
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+async fn wait_for<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("waited {WAIT:?} for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::wait_for(what, WAIT, f).await
 }
 
 async fn phase(machines: &Api<Machine>, name: &str, want: Phase) -> anyhow::Result<()> {
@@ -1308,66 +1300,27 @@ async fn run_chart_cluster_autoscaler(
     objects: &[DynamicObject],
     grpc_port: u16,
 ) -> anyhow::Result<()> {
-    let Some(assets) = support::assets::Assets::locate(&["cluster-autoscaler"])? else {
-        return Ok(());
+    let release = Release {
+        namespace: ns.to_owned(),
+        objects: objects.to_vec(),
     };
-    let deployment = find(
-        objects,
-        "Deployment",
-        "lab-kubectl-homelab-cluster-autoscaler",
-    )?;
-    let command: Vec<String> = serde_json::from_value(
-        deployment.data["spec"]["template"]["spec"]["containers"][0]["command"].clone(),
-    )
-    .context("the Cluster Autoscaler container's command")?;
-    let config_map = find(objects, "ConfigMap", "lab-kubectl-homelab-cloud-config")?;
-    let cloud_config = config_map.data["data"]["cloud-config.yaml"]
-        .as_str()
-        .context("cloud-config.yaml")?
-        .replace(
-            &format!("lab-kubectl-homelab-grpc.{ns}.svc:8086"),
-            &format!("127.0.0.1:{grpc_port}"),
-        );
-    let dir = tempfile::tempdir()?;
-    let config_path = dir.path().join("cloud-config.yaml");
-    std::fs::write(&config_path, &cloud_config)?;
-    let ca = cp
-        .service_account(ns, "lab-kubectl-homelab-cluster-autoscaler")
+    let ca = release
+        .run_cluster_autoscaler(cp, grpc_port, &["--scan-interval=2s"])
         .await?;
-    let port = support::process::free_ports(1)?[0];
-    let mut args: Vec<String> = command
-        .iter()
-        .skip(1)
-        .map(|a| {
-            if a.starts_with("--cloud-config=") {
-                format!("--cloud-config={}", config_path.display())
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
-    args.extend([
-        format!("--kubeconfig={}", ca.kubeconfig().display()),
-        format!("--address=127.0.0.1:{port}"),
-        "--scan-interval=2s".to_owned(),
-    ]);
-    let log = dir.path().join("cluster-autoscaler.log");
-    let _ca = tokio::process::Command::new(assets.cluster_autoscaler())
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting cluster-autoscaler")?;
     let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(cp.client()?, ns);
     wait_for("CA's status ConfigMap in the release namespace", || async {
         Ok(maps.get_opt("cluster-autoscaler-status").await?)
     })
     .await
-    .map_err(|e| e.context(support::process::log_tail(&log, 40)))?;
-    let text = std::fs::read_to_string(&log)?;
-    let refused: Vec<&str> = text.lines().filter(|l| l.contains("forbidden")).collect();
+    .map_err(|e| {
+        let lines = ca.log_lines();
+        e.context(lines[lines.len().saturating_sub(40)..].join("\n"))
+    })?;
+    let refused: Vec<String> = ca
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("forbidden"))
+        .collect();
     ensure!(
         refused.is_empty(),
         "the chart's Cluster Autoscaler was refused:\n{}",

@@ -21,7 +21,7 @@ use serde_json::json;
 use support::assets::Assets;
 use support::chart::Release;
 use support::control_plane::{ControlPlane, Options};
-use support::helm::{CHART, Helm, find, repo};
+use support::helm::{CHART, ChartOperator, Helm, find, repo};
 use support::machines::{Happened, Machines, MachinesConfig};
 use support::world::{FakeNode, World};
 
@@ -95,24 +95,15 @@ fn run_readme_commands(
     Ok(stdout)
 }
 
-async fn until<T, F, Fut>(what: &str, log: &Path, mut check: F) -> anyhow::Result<T>
+/// [`support::wait_for`] a walk-through step; a timeout shows the operator's log.
+async fn until<T, F, Fut>(what: &str, log: &Path, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "timed out waiting for {what}\n{}",
-                support::process::log_tail(log, 40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    support::wait_for(what, STEP, check)
+        .await
+        .map_err(|e| e.context(support::process::log_tail(log, 40)))
 }
 
 async fn phase_of(machines: &Api<Machine>, name: &str) -> anyhow::Result<Option<Phase>> {
@@ -178,7 +169,8 @@ async fn the_first_machine_walkthrough_powers_the_mini_pc_off_when_idle_and_on_f
             .hardware("minipc-1", "8", "32Gi")
             .on_at_start("minipc-1"),
     );
-    let operator = release.run_operator(&cp).await?;
+    let operator =
+        ChartOperator::start(&cp, "homelab", &release.objects, "homelab-kubectl-homelab").await?;
     let log = operator.log.clone();
     let inspected = run_readme_commands(&cp, &helm, dir.path(), "first-machine.yaml")?;
     ensure!(inspected.contains("minipc-1"), "fsm inspect:\n{inspected}");
@@ -221,7 +213,7 @@ async fn the_first_machine_walkthrough_powers_the_mini_pc_off_when_idle_and_on_f
     let ca = release
         .run_cluster_autoscaler(
             &cp,
-            &operator.grpc,
+            operator.grpc_port,
             &[
                 "--scan-interval=2s",
                 "--scale-down-unneeded-time=15s",

@@ -1,28 +1,18 @@
-//! An installed release of the chart, run as its Deployments would run it where no kubelet
-//! runs: the operator and the bundled Cluster Autoscaler as processes with the rendered
-//! arguments and their own ServiceAccounts' tokens, the ports moved to loopback.
-use std::path::PathBuf;
-
+//! An installed release of the chart, its bundled Cluster Autoscaler run as its Deployment
+//! would run it where no kubelet runs: a process with the rendered command and its
+//! ServiceAccount's token, its ports on loopback (the operator: [`super::helm::ChartOperator`]).
 use anyhow::Context as _;
 use kube::api::DynamicObject;
 
 use super::ControlPlane;
 use super::ca::ClusterAutoscaler;
-use super::helm::{Helm, kind_of, operator_args};
-use super::process::{self, Managed};
+use super::helm::{Helm, kind_of};
+use super::process;
 
 /// The rendered objects of a release (`helm get manifest`).
 pub struct Release {
     pub namespace: String,
     pub objects: Vec<DynamicObject>,
-}
-
-/// The chart's operator, running.
-pub struct Operator {
-    pub process: Managed,
-    pub log: PathBuf,
-    /// `127.0.0.1:<port>` of its gRPC provider.
-    pub grpc: String,
 }
 
 impl Release {
@@ -40,73 +30,29 @@ impl Release {
         })
     }
 
-    /// The Deployment whose first container's arguments (or command) start with `first`.
-    fn deployment(&self, field: &str, first: &str) -> anyhow::Result<&DynamicObject> {
-        self.objects
-            .iter()
-            .filter(|o| kind_of(o) == "Deployment")
-            .find(|o| {
-                o.data["spec"]["template"]["spec"]["containers"][0][field][0]
-                    .as_str()
-                    .is_some_and(|a| a.ends_with(first))
-            })
-            .with_context(|| format!("no Deployment runs {first}"))
-    }
-
-    fn service_account(deployment: &DynamicObject) -> anyhow::Result<String> {
-        deployment.data["spec"]["template"]["spec"]["serviceAccountName"]
-            .as_str()
-            .map(str::to_owned)
-            .context("the Deployment names no ServiceAccount")
-    }
-
-    /// Starts `run-operator` with the chart's arguments (listen and health addresses on free
-    /// loopback ports) as the chart's operator ServiceAccount.
-    pub async fn run_operator(&self, cp: &ControlPlane) -> anyhow::Result<Operator> {
-        let deployment = self.deployment("args", "run-operator")?;
-        let identity = cp
-            .service_account(&self.namespace, &Self::service_account(deployment)?)
-            .await?;
-        let ports = process::free_ports(2)?;
-        let grpc = format!("127.0.0.1:{}", ports[0]);
-        let mut args: Vec<String> = operator_args(deployment)?
-            .into_iter()
-            .map(|a| {
-                if a.starts_with("--listen=") {
-                    format!("--listen={grpc}")
-                } else if a.starts_with("--health-address=") {
-                    format!("--health-address=127.0.0.1:{}", ports[1])
-                } else {
-                    a
-                }
-            })
-            .collect();
-        args.push(format!("--kubeconfig={}", identity.kubeconfig().display()));
-        let log = cp.dir().join(format!("operator-{}.log", self.namespace));
-        let process = Managed::spawn_with_env(
-            "run-operator",
-            std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-homelab")),
-            &args,
-            &log,
-            &[("POD_NAME", "operator-0")],
-        )
-        .context("starting run-operator")?;
-        Ok(Operator { process, log, grpc })
-    }
-
     /// Starts the chart's Cluster Autoscaler with its rendered command and cloud-config
-    /// (dialling `grpc` instead of the Service), as its ServiceAccount, with `extra` flags after
+    /// (dialling the operator on loopback `grpc_port` instead of the Service), as its ServiceAccount, with `extra` flags after
     /// the chart's (CA's flag parsing lets a later flag win).
     pub async fn run_cluster_autoscaler(
         &self,
         cp: &ControlPlane,
-        grpc: &str,
+        grpc_port: u16,
         extra: &[&str],
     ) -> anyhow::Result<ClusterAutoscaler> {
-        let deployment = self.deployment("command", "cluster-autoscaler")?;
-        let identity = cp
-            .service_account(&self.namespace, &Self::service_account(deployment)?)
-            .await?;
+        let deployment = self
+            .objects
+            .iter()
+            .filter(|o| kind_of(o) == "Deployment")
+            .find(|o| {
+                o.data["spec"]["template"]["spec"]["containers"][0]["command"][0]
+                    .as_str()
+                    .is_some_and(|a| a.ends_with("cluster-autoscaler"))
+            })
+            .context("no Deployment runs cluster-autoscaler")?;
+        let account = deployment.data["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .context("the Cluster Autoscaler's Deployment names no ServiceAccount")?;
+        let identity = cp.service_account(&self.namespace, account).await?;
         let command: Vec<String> = serde_json::from_value(
             deployment.data["spec"]["template"]["spec"]["containers"][0]["command"].clone(),
         )
@@ -122,7 +68,7 @@ impl Release {
             .lines()
             .map(|l| {
                 if l.trim_start().starts_with("address:") {
-                    format!("address: \"{grpc}\"\n")
+                    format!("address: \"127.0.0.1:{grpc_port}\"\n")
                 } else {
                     format!("{l}\n")
                 }

@@ -46,6 +46,29 @@ pub use identity::Identity;
 pub use machines::{Boot, Machines, MachinesConfig, ProviderIdBy};
 pub use world::{Background, FakeNode, JobOutcome, World};
 
+/// Polls `check` every 250 ms until it returns `Some`, for at most `timeout`; the error names
+/// `what` was awaited.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("waited {timeout:?} for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// The binaries a control plane needs.
 const CONTROL_PLANE_BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-scheduler"];
 
