@@ -621,3 +621,55 @@ async fn completion_offers_machines_groups_and_namespaces_from_the_cluster() -> 
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no error output");
     Ok(())
 }
+
+/// The API server's refusals are "refused" (exit code 4): a user who may read the Node CRs but
+/// not patch them, and `fsm inspect` for a user who may not even list them.
+#[tokio::test]
+async fn a_change_the_api_server_forbids_exits_as_refused() -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("power-forbidden").await?;
+    create_machine(
+        cp,
+        &ns,
+        "locked",
+        &cp.unique_name("locked"),
+        PowerState::Off,
+    )
+    .await?;
+    let reader = cp.user(&cp.unique_name("reader"), None).await?;
+    cp.grant(
+        &reader,
+        Some(&ns),
+        vec![PolicyRule {
+            api_groups: Some(vec!["infra.homecluster.dev".to_owned()]),
+            resources: Some(vec!["nodes".to_owned()]),
+            verbs: vec!["list".to_owned(), "get".to_owned()],
+            ..PolicyRule::default()
+        }],
+    )
+    .await?;
+    let nobody = cp.user(&cp.unique_name("nobody"), None).await?;
+    let run = |who: &support::Identity, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(who.kubeconfig())
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .output()
+    };
+    let out = run(&reader, &["power", "on", "locked", "-n", &ns])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("403 Forbidden"), "{stderr}");
+    assert_eq!(desired(cp, &ns, "locked").await?, PowerState::Off);
+
+    let out = run(&nobody, &["fsm", "inspect", "-n", &ns])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("not allowed to list"), "{stderr}");
+    Ok(())
+}

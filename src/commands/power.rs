@@ -128,7 +128,8 @@ pub struct Args {
     #[arg(long)]
     pub no_headers: bool,
 
-    /// Follow each machine's lifecycle phase until it is Ready (on) or Off (off), or Failed.
+    /// Follow each machine's lifecycle phase until it is Ready (on) or Off (off), Failed, or
+    /// refused by the operator (NotPermitted).
     #[arg(long)]
     pub wait: bool,
 

@@ -528,3 +528,49 @@ fn pct(a: Millis, b: Millis) -> String {
         format!("{:.1}%", 100.0 * a as f64 / b as f64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        use clap::Parser as _;
+        let cli = crate::commands::Cli::try_parse_from(
+            ["kubectl-homelab", "simulate"].iter().chain(argv.iter()),
+        );
+        match cli.map(|c| c.command) {
+            Ok(crate::commands::Command::Simulate(a)) => a,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// `--from-cluster` reads the cluster `--kubeconfig`/`--context` name, as kubectl's flags
+    /// do, not whatever the environment's default is.
+    #[tokio::test]
+    async fn from_cluster_uses_the_kubeconfig_and_context_flags() {
+        let a = args(&[
+            "--from-cluster",
+            "--kubeconfig",
+            "/nonexistent/lab.kubeconfig",
+            "--context",
+            "lab",
+            "-n",
+            "homelab",
+        ]);
+        assert_eq!(
+            a.cluster.kubeconfig.as_deref(),
+            Some(Path::new("/nonexistent/lab.kubeconfig"))
+        );
+        assert_eq!(a.cluster.context.as_deref(), Some("lab"));
+        let err = match load(&a).await {
+            Ok(_) => panic!("loaded a scenario from a kubeconfig that does not exist"),
+            Err(e) => crate::commands::render_error(&e),
+        };
+        assert!(
+            err.contains("--from-cluster")
+                && err.contains("--kubeconfig /nonexistent/lab.kubeconfig"),
+            "{err}"
+        );
+    }
+}

@@ -307,14 +307,16 @@ pub struct TableOptions {
 /// `-o`: kubectl's output formats for machines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
-    /// The table (the default).
+    /// The table (`fsm inspect`'s default).
     #[default]
     Table,
     /// The table with more columns, long ones uncut.
     Wide,
     /// `node.infra.homecluster.dev/NAME`, one a line.
     Name,
+    /// The rows' fields as a JSON list.
     Json,
+    /// The same as YAML.
     Yaml,
 }
 
