@@ -462,6 +462,10 @@ async fn empty_selections_say_so_on_stderr_and_unknown_groups_are_not_found() ->
         r.stderr
     );
 
+    let r = power(cp, &ns, &["on", "-l", "rack=none", "-o", "json"]).await?;
+    assert!(r.success, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "[]");
+
     let typo = format!("{group}x");
     let r = power(cp, &ns, &["on", "--group", &typo]).await?;
     assert_eq!(r.code, Some(3), "{}", r.stderr);

@@ -279,7 +279,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if let Some(group) = &args.group {
             check_group(&client, &scope, group).await?;
         }
-        eprintln!("{}", super::table::no_resources(&scope));
+        // As `fsm inspect`: JSON and YAML print an empty list, the rest only the notice.
+        match args.output {
+            Some(output) if !output.says_nothing_when_empty() => {
+                let text = super::table::render_views(
+                    &[],
+                    output,
+                    TableOptions::default(),
+                    Timestamp::now(),
+                )
+                .map_err(|e| anyhow::anyhow!(e).context("cannot render the output"))?;
+                super::print_stdout(&text)?;
+            }
+            _ => eprintln!("{}", super::table::no_resources(&scope)),
+        }
         return Ok(());
     }
     let qualified = scope == Namespaces::All;
