@@ -313,11 +313,11 @@ _kubectl__homelab() {
                     return 0
                     ;;
                 --output)
-                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide name json yaml" -- "${cur}"))
                     return 0
                     ;;
                 -o)
-                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "table wide name json yaml" -- "${cur}"))
                     return 0
                     ;;
                 --graph)
@@ -490,12 +490,36 @@ _kubectl__homelab() {
             return 0
             ;;
         kubectl__subcmd__homelab__subcmd__power)
-            opts="-y -n -h -V --wait --timeout --yes --kubeconfig --context --namespace --log --help --version on off"
+            opts="-l -o -y -n -A -h -V --selector --group --dry-run --output --no-headers --wait --timeout --yes --kubeconfig --context --namespace --all-namespaces --log --help --version on off"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dry-run)
+                    COMPREPLY=($(compgen -W "none client server" -- "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide name json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide name json yaml" -- "${cur}"))
+                    return 0
+                    ;;
                 --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -764,7 +788,7 @@ _kubectl__homelab() {
             return 0
             ;;
         kubectl__subcmd__homelab__subcmd__simulate)
-            opts="-o -n -h -V --seed --duration --timeline --plot --output --print-default-scenario --from-cluster --namespace --seeds --compare --set --no-baselines --log --help --version"
+            opts="-o -n -h -V --seed --duration --timeline --plot --output --print-default-scenario --from-cluster --namespace --kubeconfig --context --seeds --compare --set --no-baselines --log --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -795,6 +819,14 @@ _kubectl__homelab() {
                     return 0
                     ;;
                 -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

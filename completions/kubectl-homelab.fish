@@ -96,14 +96,26 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-gr
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand serve-grpc" -s V -l version -d 'Print version'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s l -l selector -d 'Select the machines by their Node CRs\' labels (e.g. `rack=top,gpu!=true`)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l group -d 'Select the machines of this group (the Node CRs labelled `group=NAME`)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l dry-run -d 'Change nothing: `client` prints what would change; `server` also sends the change to the API server as a dry run (admission and validation run, nothing is stored). `--dry-run` alone is `client`' -r -f -a "none\t''
+client\t''
+server\t''"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s o -l output -d 'Output format: the machines as `fsm inspect` prints them (table, wide, name, json, yaml); one line per machine when omitted' -r -f -a "table\t'The table (`fsm inspect`\'s default)'
+wide\t'The table with more columns, long ones uncut'
+name\t'`node.infra.homecluster.dev/NAME`, one a line'
+json\t'The rows\' fields as a JSON list'
+yaml\t'The same as YAML'"
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l timeout -d 'Give up waiting after this long (with --wait)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod\'s service account)' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l context -d 'The kubeconfig context to use (default: its current context)' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s n -l namespace -d 'Namespace of the Node CRs (default: the context\'s namespace)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s n -l namespace -d 'Namespace (default: the context\'s namespace, or the pod\'s)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l wait -d 'Follow each machine\'s lifecycle phase until it is Ready (on) or Off (off), or Failed'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l no-headers -d 'Print the table without its header line (-o table|wide)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -l wait -d 'Follow each machine\'s lifecycle phase until it is Ready (on) or Off (off), Failed, or refused by the operator (NotPermitted)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s y -l yes -d 'Power off machines that run pods without asking (they are drained first)'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s A -l all-namespaces -d 'Every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand power" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and not __fish_seen_subcommand_from inspect help" -s h -l help -d 'Print help'
@@ -114,10 +126,11 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l context -d 'The kubeconfig context to use (default: its current context)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s n -l namespace -d 'Namespace (default: the context\'s namespace, or the pod\'s)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s f -l filename -d 'Read Node CRs from a YAML file (`-` for stdin) instead of the cluster: a List as `kubectl get nodes.infra.homecluster.dev -o yaml` prints, multi-document YAML, or a single object. Other kinds in the file (e.g. Groups) are skipped' -r -F
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s o -l output -d 'Output format: `wide` adds columns and prints long ones (LAST ERROR) uncut' -r -f -a "table\t''
-wide\t''
-json\t''
-yaml\t''"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s o -l output -d 'Output format: `wide` adds columns and prints long ones (LAST ERROR) uncut' -r -f -a "table\t'The table (`fsm inspect`\'s default)'
+wide\t'The table with more columns, long ones uncut'
+name\t'`node.infra.homecluster.dev/NAME`, one a line'
+json\t'The rows\' fields as a JSON list'
+yaml\t'The same as YAML'"
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -l graph -d 'Print the lifecycle transition table as a graph instead (default: mermaid)' -r -f -a "mermaid\t''
 dot\t''
 markdown\t''"
@@ -145,6 +158,8 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s o -l output -d 'Output format' -r -f -a "table\t''
 json\t''"
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -s n -l namespace -d 'Namespace of the Groups and Nodes for --from-cluster (default: the kubeconfig\'s)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod\'s service account)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l context -d 'The kubeconfig context to use (default: its current context)' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l seeds -d 'Run N seeds (from --seed or the scenario\'s) and report each figure\'s median and 10th/90th percentiles' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l compare -d 'Compare scenario files side by side on the same seeds (after FILE, if given)' -r -F
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand simulate" -l set -d 'A variant of the scenario to compare: KEY=VALUE[,KEY=VALUE...] with KEY a field path (e.g. autoscaler.scaleDownUnneededTime=30m). Repeat for more variants' -r

@@ -8,9 +8,51 @@ use tracing_subscriber::EnvFilter;
 /// Naming the target in `--log` turns it back on.
 const DUPLICATE_ERRORS: &str = "kube_client::client::builder";
 
+/// An invalid `--log` filter: which directive, and why tracing refused it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid --log (or KUBECTL_HOMELAB_LOG) filter {filter:?}: cannot parse directive {directive:?}; \
+     use LEVEL or TARGET=LEVEL, comma-separated (e.g. `info` or `kubectl_homelab=debug,kube=info`), \
+     LEVEL one of off, error, warn, info, debug, trace"
+)]
+pub struct LogFilterError {
+    pub filter: String,
+    pub directive: String,
+    #[source]
+    pub source: tracing_subscriber::filter::ParseError,
+}
+
+/// Checks the user's filter: the first directive tracing cannot parse is the error.
+pub fn parse_filter(filter: &str) -> Result<EnvFilter, LogFilterError> {
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if let Err(source) = directive.parse::<tracing_subscriber::filter::Directive>() {
+            return Err(LogFilterError {
+                filter: filter.to_owned(),
+                directive: directive.to_owned(),
+                source,
+            });
+        }
+    }
+    EnvFilter::try_new(with_defaults(filter)).map_err(|source| LogFilterError {
+        filter: filter.to_owned(),
+        directive: filter.to_owned(),
+        source,
+    })
+}
+
+/// Logging for the CLI: refuses an invalid filter (the user asked for something we cannot do)
+/// instead of quietly logging at another level.
+pub fn try_init(filter: &str) -> Result<(), LogFilterError> {
+    install(parse_filter(filter)?);
+    Ok(())
+}
+
+/// Logging with a filter written in code (tests); an invalid one logs warnings only.
 pub fn init(filter: &str) {
-    let filter =
-        EnvFilter::try_new(with_defaults(filter)).unwrap_or_else(|_| EnvFilter::new("warn"));
+    install(parse_filter(filter).unwrap_or_else(|_| EnvFilter::new("warn")));
+}
+
+fn install(filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -50,5 +92,30 @@ mod tests {
             "debug,kube_client::client::builder=debug"
         );
         assert!(EnvFilter::try_new(with_defaults("info")).is_ok());
+    }
+
+    #[test]
+    fn an_invalid_directive_is_named() {
+        for good in [
+            "",
+            "warn",
+            "kubectl_homelab=debug,kube=info",
+            "info,tower=off",
+        ] {
+            assert!(parse_filter(good).is_ok(), "{good}");
+        }
+        for (filter, bad) in [
+            ("info,=debug", "=debug"),
+            ("info,kube=loud", "kube=loud"),
+            ("kubectl_homelab=[", "kubectl_homelab=["),
+        ] {
+            match parse_filter(filter) {
+                Ok(_) => panic!("{filter} accepted"),
+                Err(e) => {
+                    assert_eq!(e.directive, bad);
+                    assert!(e.to_string().contains("--log"), "{e}");
+                }
+            }
+        }
     }
 }

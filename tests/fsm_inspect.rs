@@ -276,9 +276,43 @@ fn names_select_machines_and_unknown_names_fail() {
     let v = json(&["fsm", "inspect", "-f", f, "-o", "json", "nuc-2", "tower"]);
     assert_eq!(v.len(), 2);
     let o = run(&["fsm", "inspect", "-f", f, "nuc-9"]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(3), "not found");
     let err = stderr(&o);
-    assert!(err.contains("nuc-9") && err.contains("nuc-1"), "{err}");
+    assert!(
+        err.contains("nuc-9") && err.contains("did you mean nuc-1, nuc-2?"),
+        "{err}"
+    );
+}
+
+/// An invalid `--log` filter is a usage error naming the flag and the directive, before
+/// anything runs.
+#[test]
+fn an_invalid_log_filter_is_an_error_naming_the_directive() {
+    let o = run(&["--log", "info,kube=loud", "fsm", "inspect", "--graph"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--log") && err.contains("\"kube=loud\""),
+        "{err}"
+    );
+    assert!(stdout(&o).is_empty());
+    let o = Command::new(BIN)
+        .args(["fsm", "inspect", "--graph"])
+        .env("KUBECTL_HOMELAB_LOG", "kubectl_homelab=[")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("KUBECTL_HOMELAB_LOG"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_documents_the_exit_codes_and_examples() {
+    for cmd in [&["fsm", "inspect", "--help"][..], &["power", "--help"]] {
+        let out = ok(cmd);
+        for want in ["Examples:", "Exit codes:", "3  not found", "5  timed out"] {
+            assert!(out.contains(want), "{cmd:?} lacks {want}:\n{out}");
+        }
+    }
 }
 
 #[test]
@@ -466,6 +500,32 @@ async fn reads_node_crs_with_status_from_the_api_server() -> anyhow::Result<()> 
         all.iter().filter(|m| m["namespace"] == ns.as_str()).count(),
         4
     );
+    Ok(())
+}
+
+/// Nothing to show: standard output stays empty (or an empty JSON list) and kubectl's notice
+/// goes to standard error.
+#[tokio::test]
+async fn an_empty_namespace_says_so_on_stderr_only() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("fsm-empty").await?;
+    let kubeconfig = cp.kubeconfig().to_path_buf();
+    for output in ["table", "wide", "name"] {
+        let o = run_with_kubeconfig(&kubeconfig, &["fsm", "inspect", "-n", &ns, "-o", output]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "", "-o {output}");
+        assert_eq!(
+            stderr(&o),
+            format!("No resources found in {ns} namespace.\n"),
+            "-o {output}"
+        );
+    }
+    let o = run_with_kubeconfig(&kubeconfig, &["fsm", "inspect", "-n", &ns, "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "[]");
+    assert_eq!(stderr(&o), "");
     Ok(())
 }
 

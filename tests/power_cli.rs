@@ -1,7 +1,8 @@
 //! `kubectl homelab power on|off` as a process against a real control plane: it sets
 //! `spec.powerState` by Node CR or Kubernetes node name, names close matches for unknown names,
 //! refuses without a terminal to power off a node running pods (naming them) unless `--yes`,
-//! and asks a Failed machine to retry.
+//! and asks a Failed machine to retry. Also: `-l`, `--group`, `-A`, `--dry-run`, `-o`, the exit
+//! codes, one name rule shared with `fsm inspect`, and completion from the cluster.
 
 mod support;
 
@@ -19,24 +20,34 @@ use support::{ControlPlane, FakeNode, World};
 
 struct Run {
     success: bool,
+    /// The exit code (`kubectl homelab --help` documents them).
+    code: Option<i32>,
     stdout: String,
     stderr: String,
 }
 
 /// Runs `kubectl-homelab power ARGS -n NS` with stdin not a terminal.
 async fn power(cp: &ControlPlane, ns: &str, args: &[&str]) -> anyhow::Result<Run> {
+    let mut all = vec!["power"];
+    all.extend(args);
+    all.extend(["-n", ns]);
+    homelab(cp, &all).await
+}
+
+/// Runs `kubectl-homelab ARGS --kubeconfig <the control plane's>` with stdin not a terminal.
+async fn homelab(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<Run> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
-        .arg("power")
         .args(args)
         .arg("--kubeconfig")
         .arg(cp.kubeconfig())
-        .args(["-n", ns])
+        .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
         .output()
         .await
-        .context("running kubectl-homelab power")?;
+        .context("running kubectl-homelab")?;
     Ok(Run {
         success: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
@@ -125,7 +136,7 @@ async fn unknown_names_fail_listing_close_matches() -> anyhow::Result<()> {
     create_machine(cp, &ns, "gpu-box", &cp.unique_name("c"), PowerState::Off).await?;
 
     let r = power(cp, &ns, &["on", "worker-3"]).await?;
-    assert!(!r.success);
+    assert_eq!(r.code, Some(3), "not found: {}", r.stderr);
     assert!(
         r.stderr.contains("did you mean worker-1, worker-2?"),
         "{}",
@@ -157,7 +168,7 @@ async fn off_without_a_terminal_refuses_a_node_with_pods_naming_them_and_yes_pro
         .await?;
 
     let r = power(cp, &ns, &["off", "busy"]).await?;
-    assert!(!r.success, "{}", r.stdout);
+    assert_eq!(r.code, Some(4), "refused: {}", r.stdout);
     assert!(r.stderr.contains(&format!("{ns}/web")), "{}", r.stderr);
     assert!(r.stderr.contains("--yes"), "{}", r.stderr);
     assert!(
@@ -301,10 +312,368 @@ async fn wait_follows_the_phase_until_ready_or_failed() -> anyhow::Result<()> {
     .await?;
     let out = child.wait_with_output().await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(6), "failed: {stderr}");
     assert!(
         stderr.contains("bad: no Ready Node by the boot deadline"),
         "{stderr}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn wait_gives_up_after_the_timeout_with_its_own_exit_code() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("power-timeout").await?;
+    create_machine(cp, &ns, "slow", &cp.unique_name("slow"), PowerState::Off).await?;
+    set_phase(cp, &ns, "slow", "Off", None).await?;
+    // No operator runs: the phase never moves.
+    let r = power(cp, &ns, &["on", "slow", "--wait", "--timeout", "2s"]).await?;
+    assert_eq!(r.code, Some(5), "timed out: {}", r.stderr);
+    assert!(r.stderr.contains("gave up after"), "{}", r.stderr);
+    Ok(())
+}
+
+/// Creates Node CR `name` in `ns` with `labels` (`group` among them for a group), powered off.
+async fn create_labelled(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let pod = job("busybox", &["true"]);
+    let mut b = Machine::test(name)
+        .namespace(ns)
+        .desired(PowerState::Off)
+        .node_name(&cp.unique_name(name))
+        .legacy_jobs(pod.clone(), pod);
+    for (k, v) in labels {
+        b = b.label(k, v);
+    }
+    Api::<Machine>::namespaced(cp.client()?, ns)
+        .create(&PostParams::default(), &b.build())
+        .await
+        .with_context(|| format!("creating Node CR {name}"))?;
+    Ok(())
+}
+
+async fn desired(cp: &ControlPlane, ns: &str, name: &str) -> anyhow::Result<PowerState> {
+    Ok(get(cp, ns, name).await?.spec.power_state)
+}
+
+/// `-l` and `--group` select by the Node CRs' labels, `-A` across namespaces, and `-o` prints
+/// the machines as `fsm inspect` does; `--dry-run` (client or server) changes nothing.
+#[tokio::test]
+async fn selectors_groups_and_all_namespaces_pick_the_machines() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns1 = cp.namespace("power-sel").await?;
+    let ns2 = cp.namespace("power-sel").await?;
+    // Unique across the shared control plane, so -A sees only this test's machines.
+    let group = cp.unique_name("grp");
+    let rack = cp.unique_name("rack");
+    create_labelled(cp, &ns1, "a", &[("group", &group), ("rack", &rack)]).await?;
+    create_labelled(cp, &ns1, "b", &[("group", &group)]).await?;
+    create_labelled(cp, &ns1, "c", &[("group", "other"), ("rack", &rack)]).await?;
+    create_labelled(cp, &ns2, "d", &[("group", &group)]).await?;
+
+    // Client dry run: the table of what would change, nothing changed.
+    let r = power(
+        cp,
+        &ns1,
+        &[
+            "on",
+            "-l",
+            &format!("rack={rack}"),
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .await?;
+    assert!(r.success, "{}", r.stderr);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&r.stdout)?;
+    let names: Vec<&str> = v.iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names, ["a", "c"]);
+    assert!(v.iter().all(|m| m["desired"] == "on"), "{v:?}");
+    assert_eq!(desired(cp, &ns1, "a").await?, PowerState::Off);
+
+    // Server dry run: the API server sees the patch, stores nothing.
+    let r = power(cp, &ns1, &["on", "c", "--dry-run=server"]).await?;
+    assert!(r.success, "{}", r.stderr);
+    assert_eq!(r.stdout, "c: powerState on (server dry run)\n");
+    assert_eq!(desired(cp, &ns1, "c").await?, PowerState::Off);
+
+    let r = power(cp, &ns1, &["on", "--group", &group, "-o", "name"]).await?;
+    assert!(r.success, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "node.infra.homecluster.dev/a\nnode.infra.homecluster.dev/b\n"
+    );
+    for (name, want) in [
+        ("a", PowerState::On),
+        ("b", PowerState::On),
+        ("c", PowerState::Off),
+    ] {
+        assert_eq!(desired(cp, &ns1, name).await?, want, "{name}");
+    }
+    assert_eq!(desired(cp, &ns2, "d").await?, PowerState::Off);
+
+    // -A: the group's machines in every namespace, the table with a NAMESPACE column.
+    let r = homelab(cp, &["power", "on", "--group", &group, "-A", "-o", "wide"]).await?;
+    assert!(r.success, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("NAMESPACE ") && lines[0].contains("PHASE"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(lines.len(), 4, "{}", r.stdout);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&ns2) && l.contains(" d ")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(desired(cp, &ns2, "d").await?, PowerState::On);
+    Ok(())
+}
+
+#[tokio::test]
+async fn empty_selections_say_so_on_stderr_and_unknown_groups_are_not_found() -> anyhow::Result<()>
+{
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("power-empty").await?;
+    let group = cp.unique_name("nucs");
+    create_labelled(cp, &ns, "m", &[("group", &group)]).await?;
+
+    let r = power(cp, &ns, &["on", "-l", "rack=none", "-o", "name"]).await?;
+    assert!(r.success, "{}", r.stderr);
+    assert_eq!(r.stdout, "", "stdout stays parseable");
+    assert!(
+        r.stderr
+            .contains(&format!("No resources found in {ns} namespace.")),
+        "{}",
+        r.stderr
+    );
+
+    let r = power(cp, &ns, &["on", "-l", "rack=none", "-o", "json"]).await?;
+    assert!(r.success, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "[]");
+
+    let typo = format!("{group}x");
+    let r = power(cp, &ns, &["on", "--group", &typo]).await?;
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("did you mean {group}?")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(desired(cp, &ns, "m").await?, PowerState::Off);
+    Ok(())
+}
+
+/// Both commands find the same Node CR by its own name and by the Kubernetes node name it
+/// registered as (`status.node.name`, no `spec.kubernetesNodeName`); a name two machines
+/// answer to is refused with the usage exit code.
+#[tokio::test]
+async fn power_and_fsm_inspect_find_a_machine_by_the_same_names() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("power-names").await?;
+    let node = cp.unique_name("registered");
+    let pod = job("busybox", &["true"]);
+    let m = Machine::test("cr-name")
+        .namespace(&ns)
+        .desired(PowerState::Off)
+        .legacy_jobs(pod.clone(), pod)
+        .build();
+    let api = Api::<Machine>::namespaced(cp.client()?, &ns);
+    api.create(&PostParams::default(), &m).await?;
+    let status = json!({ "status": {
+        "node": kubectl_homelab::testing::seen_node(&node),
+    }});
+    api.patch_status("cr-name", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .context("recording the registered node")?;
+    create_machine(cp, &ns, "twin-1", "shared-host", PowerState::Off).await?;
+    create_machine(cp, &ns, "twin-2", "shared-host", PowerState::Off).await?;
+
+    for name in ["cr-name", node.as_str()] {
+        let r = homelab(cp, &["fsm", "inspect", "-n", &ns, name, "-o", "name"]).await?;
+        assert_eq!(
+            r.stdout, "node.infra.homecluster.dev/cr-name\n",
+            "fsm inspect {name}: {}",
+            r.stderr
+        );
+        let r = power(cp, &ns, &["on", name, "--dry-run", "-o", "name"]).await?;
+        assert_eq!(
+            r.stdout, "node.infra.homecluster.dev/cr-name\n",
+            "power on {name}: {}",
+            r.stderr
+        );
+    }
+    let r = power(cp, &ns, &["on", &node]).await?;
+    assert!(r.success, "{}", r.stderr);
+    assert_eq!(desired(cp, &ns, "cr-name").await?, PowerState::On);
+
+    for args in [
+        vec!["power", "on", "shared-host", "-n", &ns],
+        vec!["fsm", "inspect", "shared-host", "-n", &ns],
+    ] {
+        let r = homelab(cp, &args).await?;
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("twin-1, twin-2"), "{}", r.stderr);
+    }
+    let r = homelab(cp, &["fsm", "inspect", "-n", &ns, "cr-nam"]).await?;
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.stderr.contains("did you mean cr-name?"), "{}", r.stderr);
+    Ok(())
+}
+
+/// Completion candidates from the cluster the line names; the protocol's `:4` (no files) ends
+/// them. An unreachable cluster offers nothing and prints no error.
+#[tokio::test]
+async fn completion_offers_machines_groups_and_namespaces_from_the_cluster() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("power-complete").await?;
+    let group = cp.unique_name("compgrp");
+    create_labelled(cp, &ns, "alpha", &[("group", &group)]).await?;
+    create_labelled(cp, &ns, "beta", &[]).await?;
+    let kubeconfig = cp.kubeconfig().to_string_lossy().into_owned();
+    let complete = |words: Vec<&str>| {
+        let mut args = vec!["completion", "--complete", "--"];
+        args.extend(words);
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+    };
+    let names = |out: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+
+    let out = complete(vec![
+        "power",
+        "on",
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        &ns,
+        "",
+    ])?;
+    assert_eq!(names(&out), ["alpha", "beta", ":4"], "{out:?}");
+    let out = complete(vec![
+        "fsm",
+        "inspect",
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        &ns,
+        "al",
+    ])?;
+    assert_eq!(names(&out), ["alpha", ":4"], "{out:?}");
+    let out = complete(vec![
+        "power",
+        "off",
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        &ns,
+        "--group",
+        "",
+    ])?;
+    assert_eq!(names(&out), [group.as_str(), ":4"], "{out:?}");
+    let out = complete(vec![
+        "fsm",
+        "inspect",
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        "power-compl",
+    ])?;
+    assert!(names(&out).contains(&ns), "{out:?}");
+
+    let dir = tempfile::tempdir()?;
+    let dead = dir.path().join("kubeconfig");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::write(
+        &dead,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'https://127.0.0.1:{closed}'}}\n\
+             users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: dead\n  context: {{cluster: c, user: u}}\n\
+             current-context: dead\n"
+        ),
+    )?;
+    let dead = dead.to_string_lossy().into_owned();
+    let out = complete(vec!["power", "on", "--kubeconfig", &dead, ""])?;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), ":4\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no error output");
+    Ok(())
+}
+
+/// The API server's refusals are "refused" (exit code 4): a user who may read the Node CRs but
+/// not patch them, and `fsm inspect` for a user who may not even list them.
+#[tokio::test]
+async fn a_change_the_api_server_forbids_exits_as_refused() -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("power-forbidden").await?;
+    create_machine(
+        cp,
+        &ns,
+        "locked",
+        &cp.unique_name("locked"),
+        PowerState::Off,
+    )
+    .await?;
+    let reader = cp.user(&cp.unique_name("reader"), None).await?;
+    cp.grant(
+        &reader,
+        Some(&ns),
+        vec![PolicyRule {
+            api_groups: Some(vec!["infra.homecluster.dev".to_owned()]),
+            resources: Some(vec!["nodes".to_owned()]),
+            verbs: vec!["list".to_owned(), "get".to_owned()],
+            ..PolicyRule::default()
+        }],
+    )
+    .await?;
+    let nobody = cp.user(&cp.unique_name("nobody"), None).await?;
+    let run = |who: &support::Identity, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(who.kubeconfig())
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .output()
+    };
+    let out = run(&reader, &["power", "on", "locked", "-n", &ns])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("403 Forbidden"), "{stderr}");
+    assert_eq!(desired(cp, &ns, "locked").await?, PowerState::Off);
+
+    let out = run(&nobody, &["fsm", "inspect", "-n", &ns])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("not allowed to list"), "{stderr}");
     Ok(())
 }

@@ -7,7 +7,9 @@
 //!   `kubectl homelab …`. kubectl calls it with the words typed after `homelab` (the last one
 //!   being completed) and reads Cobra's protocol back: one candidate per line (optionally
 //!   `candidate<TAB>description`), then `:<directive>`. The script hands the words to the hidden
-//!   `completion --complete -- WORDS…` mode below, which walks the same clap definition.
+//!   `completion --complete -- WORDS…` mode below, which walks the same clap definition and
+//!   adds what only the cluster knows: machine names for NODE arguments, groups for `--group`,
+//!   namespaces for `-n`, the kubeconfig's contexts for `--context` ([`complete_dynamic`]).
 
 use clap::{Arg, ArgAction, Command, CommandFactory, ValueEnum, ValueHint};
 use clap_complete::Shell;
@@ -81,9 +83,189 @@ const DIRECTIVE_DEFAULT: u32 = 0;
 const DIRECTIVE_NO_FILE_COMP: u32 = 4;
 const DIRECTIVE_FILTER_DIRS: u32 = 16;
 
+/// Values only the cluster (or the kubeconfig) knows, completed by [`complete_dynamic`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dynamic {
+    /// Node CR names (the `NODE` arguments).
+    Machines,
+    /// Group CR names and the groups Node CRs are labelled with (`--group`).
+    Groups,
+    /// Namespaces (`-n/--namespace`).
+    Namespaces,
+    /// The kubeconfig's contexts (`--context`): no cluster needed.
+    Contexts,
+}
+
+impl Dynamic {
+    fn of(arg: &Arg) -> Option<Dynamic> {
+        match arg.get_id().as_str() {
+            "nodes" => Some(Dynamic::Machines),
+            "group" => Some(Dynamic::Groups),
+            "namespace" => Some(Dynamic::Namespaces),
+            "context" => Some(Dynamic::Contexts),
+            _ => None,
+        }
+    }
+}
+
+/// The cluster flags already on the command line, which the dynamic candidates honour.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineFlags {
+    pub kubeconfig: Option<String>,
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    pub all_namespaces: bool,
+}
+
+impl LineFlags {
+    fn record(&mut self, arg: &Arg, value: &str) {
+        match arg.get_id().as_str() {
+            "kubeconfig" => self.kubeconfig = Some(value.to_owned()),
+            "context" => self.context = Some(value.to_owned()),
+            "namespace" => self.namespace = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// What completing the last word needs: the candidates the CLI definition gives, and which
+/// ones the cluster must supply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// `candidate<TAB>description` lines from the CLI definition.
+    pub lines: Vec<String>,
+    pub directive: u32,
+    /// Cluster values to offer, if any.
+    pub dynamic: Option<Dynamic>,
+    /// The word being completed (candidates must start with it).
+    pub current: String,
+    /// Put before each dynamic candidate (`--group=` when completing `--group=<TAB>`).
+    pub prefix: String,
+    pub flags: LineFlags,
+}
+
+impl Plan {
+    /// The protocol's answer: candidates, then `:<directive>`.
+    pub fn render(&self, dynamic: &[String]) -> String {
+        let mut out = self.lines.clone();
+        out.extend(dynamic.iter().map(|c| format!("{}{c}", self.prefix)));
+        out.push(format!(":{}", self.directive));
+        let mut text = out.join("\n");
+        text.push('\n');
+        text
+    }
+}
+
 /// Completes the last of `words` (everything typed after `kubectl homelab`) against the CLI
-/// definition. Returns `candidate\tdescription` lines followed by the directive line.
+/// definition only. Returns `candidate\tdescription` lines followed by the directive line.
 pub fn complete(words: &[String]) -> String {
+    plan(words).render(&[])
+}
+
+/// [`complete`] plus the machines, groups, namespaces or contexts of the cluster the line's
+/// `--kubeconfig`/`--context`/`-n`/`-A` name. An unreachable cluster (or a missing kubeconfig,
+/// or no permission) quietly adds nothing: completion never prints errors.
+pub async fn complete_dynamic(words: &[String]) -> String {
+    let plan = plan(words);
+    let Some(kind) = plan.dynamic else {
+        return plan.render(&[]);
+    };
+    let found = tokio::time::timeout(DYNAMIC_TIMEOUT, candidates(kind, &plan.flags))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let mut matching: Vec<String> = found
+        .into_iter()
+        .filter(|c| c.starts_with(plan.current.as_str()))
+        .collect();
+    matching.sort();
+    matching.dedup_by(|a, b| candidate_name(a) == candidate_name(b));
+    plan.render(&matching)
+}
+
+/// How long completion waits for the cluster before offering nothing.
+const DYNAMIC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn candidate_name(line: &str) -> &str {
+    line.split('\t').next().unwrap_or(line)
+}
+
+/// The candidates of `kind` (`name<TAB>description`), `None` on any failure.
+async fn candidates(kind: Dynamic, flags: &LineFlags) -> Option<Vec<String>> {
+    use crate::operator::api::{Group, Machine};
+    use kube::ResourceExt as _;
+    use kube::api::{Api, ListParams};
+
+    if kind == Dynamic::Contexts {
+        let config = match &flags.kubeconfig {
+            Some(path) => kube::config::Kubeconfig::read_from(path).ok()?,
+            None => kube::config::Kubeconfig::read().ok()?,
+        };
+        return Some(config.contexts.into_iter().map(|c| c.name).collect());
+    }
+    let cluster = super::kube_args::ClusterArgs {
+        kubeconfig: flags.kubeconfig.as_ref().map(std::path::PathBuf::from),
+        context: flags.context.clone(),
+    }
+    .connect()
+    .await
+    .ok()?;
+    let client = cluster.client;
+    let namespace = flags.namespace.clone().unwrap_or(cluster.default_namespace);
+    let scoped = |all: bool| -> (Api<Machine>, Api<Group>) {
+        if all {
+            (Api::all(client.clone()), Api::all(client.clone()))
+        } else {
+            (
+                Api::namespaced(client.clone(), &namespace),
+                Api::namespaced(client.clone(), &namespace),
+            )
+        }
+    };
+    let (machines, groups) = scoped(flags.all_namespaces);
+    let lp = ListParams::default();
+    match kind {
+        Dynamic::Contexts => None,
+        Dynamic::Namespaces => {
+            let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+            let list = api.list(&lp).await.ok()?;
+            Some(list.items.iter().map(|n| n.name_any()).collect())
+        }
+        Dynamic::Machines => {
+            let list = machines.list(&lp).await.ok()?;
+            Some(
+                list.items
+                    .iter()
+                    .map(|m| {
+                        let node = super::lookup::kubernetes_node_name(m);
+                        match m.group() {
+                            Some(g) => format!("{}\tgroup {g}, node {node}", m.name_any()),
+                            None => format!("{}\tnode {node}", m.name_any()),
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        Dynamic::Groups => {
+            let mut out: Vec<String> = Vec::new();
+            if let Ok(list) = groups.list(&lp).await {
+                out.extend(list.items.iter().map(|g| g.name_any()));
+            }
+            let list = machines.list(&lp).await.ok()?;
+            out.extend(
+                list.items
+                    .iter()
+                    .filter_map(|m| m.group().map(str::to_owned)),
+            );
+            Some(out)
+        }
+    }
+}
+
+/// Walks `words` through the CLI definition: which command, which flag waits for a value, which
+/// positional comes next.
+pub fn plan(words: &[String]) -> Plan {
     let mut cmd = crate::commands::Cli::command();
     cmd.build();
     let (current, done) = match words.split_last() {
@@ -94,25 +276,44 @@ pub fn complete(words: &[String]) -> String {
     let mut node = &cmd;
     let mut pending: Option<Arg> = None;
     let mut positionals_seen = 0usize;
+    let mut flags = LineFlags::default();
     for word in done {
-        if pending.take().is_some() {
+        if let Some(arg) = pending.take() {
+            flags.record(&arg, word);
             continue;
         }
         if let Some(flag) = word.strip_prefix("--") {
-            if let Some(arg) = find_long(node, flag)
-                && takes_value(&arg)
-                && !flag.contains('=')
-            {
-                pending = Some(arg);
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (flag, None),
+            };
+            if let Some(arg) = find_long(node, name) {
+                if arg.get_id() == "all_namespaces" {
+                    flags.all_namespaces = true;
+                }
+                match value {
+                    Some(v) => flags.record(&arg, v),
+                    None if takes_value(&arg) => pending = Some(arg),
+                    None => {}
+                }
             }
             continue;
         }
-        if let Some(short) = word.strip_prefix('-').and_then(|s| s.chars().last()) {
-            if let Some(arg) = find_short(node, short)
+        if let Some(shorts) = word.strip_prefix('-').filter(|s| !s.is_empty()) {
+            if shorts.contains('A') && find_short(node, 'A').is_some() {
+                flags.all_namespaces = true;
+            }
+            if let Some(first) = shorts.chars().next()
+                && let Some(arg) = find_short(node, first)
                 && takes_value(&arg)
-                && word.len() == 2
             {
-                pending = Some(arg);
+                // `-n NS` or `-nNS`.
+                let rest = &shorts[first.len_utf8()..];
+                if rest.is_empty() {
+                    pending = Some(arg);
+                } else {
+                    flags.record(&arg, rest.trim_start_matches('='));
+                }
             }
             continue;
         }
@@ -125,15 +326,29 @@ pub fn complete(words: &[String]) -> String {
     }
 
     let mut out = Vec::new();
+    let mut dynamic = None;
+    let mut prefix = String::new();
+    let mut current_value = current.to_owned();
+    let mut values_of = |arg: &Arg, value: &str, out: &mut Vec<String>| -> u32 {
+        match Dynamic::of(arg) {
+            Some(d) => {
+                dynamic = Some(d);
+                DIRECTIVE_NO_FILE_COMP
+            }
+            None => value_candidates(arg, value, out),
+        }
+    };
     let directive = if let Some(arg) = pending {
-        value_candidates(&arg, current, &mut out)
+        values_of(&arg, current, &mut out)
     } else if let Some(flag) = current.strip_prefix("--") {
         if let Some((name, value)) = flag.split_once('=') {
             match find_long(node, name) {
                 Some(arg) => {
                     let mut values = Vec::new();
-                    let d = value_candidates(&arg, value, &mut values);
+                    let d = values_of(&arg, value, &mut values);
                     out.extend(values.into_iter().map(|v| format!("--{name}={v}")));
+                    prefix = format!("--{name}=");
+                    current_value = value.to_owned();
                     d
                 }
                 None => DIRECTIVE_NO_FILE_COMP,
@@ -167,14 +382,18 @@ pub fn complete(words: &[String]) -> String {
             .nth(positionals_seen)
             .or_else(|| node.get_positionals().filter(|a| is_multiple(a)).last())
         {
-            directive = value_candidates(arg, current, &mut out);
+            directive = values_of(arg, current, &mut out);
         }
         directive
     };
-    out.push(format!(":{directive}"));
-    let mut text = out.join("\n");
-    text.push('\n');
-    text
+    Plan {
+        lines: out,
+        directive,
+        dynamic,
+        current: current_value,
+        prefix,
+        flags,
+    }
 }
 
 // `build()` has propagated global flags into every subcommand, so a command's own arguments
@@ -235,9 +454,9 @@ fn with_help(name: &str, help: Option<&clap::builder::StyledStr>) -> String {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let text = match (args.complete, args.shell) {
-        (true, _) => complete(&args.words),
+        (true, _) => complete_dynamic(&args.words).await,
         (false, Some(target)) => script(target),
         (false, None) => anyhow::bail!("name a shell: bash, zsh, fish or kubectl"),
     };
@@ -296,6 +515,76 @@ mod tests {
             !lines("completion --").iter().any(|l| l == "--complete"),
             "hidden flag stays hidden"
         );
+    }
+
+    #[test]
+    fn cluster_values_are_asked_for_with_the_flags_on_the_line() {
+        let p = plan(&words("power on "));
+        assert_eq!(p.dynamic, Some(Dynamic::Machines));
+        assert_eq!(p.directive, 4, "no file names for machines");
+        let p = plan(&words("power off m1 nu"));
+        assert_eq!(
+            (p.dynamic, p.current.as_str()),
+            (Some(Dynamic::Machines), "nu")
+        );
+        let p = plan(&words("fsm inspect "));
+        assert_eq!(p.dynamic, Some(Dynamic::Machines));
+        let p = plan(&words("power on --group "));
+        assert_eq!(p.dynamic, Some(Dynamic::Groups));
+        let p = plan(&words("power on --group=nu"));
+        assert_eq!(
+            (p.dynamic, p.prefix.as_str(), p.current.as_str()),
+            (Some(Dynamic::Groups), "--group=", "nu")
+        );
+        assert_eq!(
+            plan(&words("fsm inspect -n ")).dynamic,
+            Some(Dynamic::Namespaces)
+        );
+        assert_eq!(
+            plan(&words("power on --context ")).dynamic,
+            Some(Dynamic::Contexts)
+        );
+        assert_eq!(plan(&words("power ")).dynamic, None, "on|off first");
+        assert_eq!(plan(&words("crd gen --out ")).dynamic, None);
+
+        let p = plan(&words("power on --kubeconfig /k --context=lab -nhome "));
+        assert_eq!(
+            p.flags,
+            LineFlags {
+                kubeconfig: Some("/k".into()),
+                context: Some("lab".into()),
+                namespace: Some("home".into()),
+                all_namespaces: false,
+            }
+        );
+        assert!(plan(&words("fsm inspect -A ")).flags.all_namespaces);
+        assert!(
+            plan(&words("power on --all-namespaces "))
+                .flags
+                .all_namespaces
+        );
+    }
+
+    /// Contexts come from the kubeconfig alone; an unreachable cluster offers nothing, quietly.
+    #[tokio::test]
+    async fn contexts_need_no_cluster_and_a_dead_cluster_offers_nothing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kc,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:9'}\n\
+             users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: lab\n  context: {cluster: c, user: u}\n\
+             - name: work\n  context: {cluster: c, user: u}\ncurrent-context: lab\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let kc = kc.to_string_lossy().into_owned();
+        let got = complete_dynamic(&words(&format!("power on --kubeconfig {kc} --context "))).await;
+        assert_eq!(got, "lab\nwork\n:4\n");
+        let got =
+            complete_dynamic(&words(&format!("power on --kubeconfig {kc} --context=w"))).await;
+        assert_eq!(got, "--context=work\n:4\n");
+        let got = complete_dynamic(&words(&format!("power on --kubeconfig {kc} "))).await;
+        assert_eq!(got, ":4\n");
     }
 
     #[test]

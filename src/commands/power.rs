@@ -1,5 +1,6 @@
 //! `kubectl homelab power on|off NODE...`: sets machines' desired power (`spec.powerState`)
-//! for the operator to carry out, optionally waiting for it with a progress bar.
+//! for the operator to carry out, optionally waiting for it with a progress bar. Machines are
+//! named (by the rule of `lookup`) or selected with `-l`/`--group`, in one namespace or all.
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::time::Duration;
@@ -12,10 +13,14 @@ use kube::ResourceExt as _;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 
-use super::kube_args::ClusterArgs;
-use crate::operator::api::{Machine, RETRY_ANNOTATION};
+use super::kube_args::{KubeArgs, KubeError, Namespaces};
+use super::lookup::{self, LookupError, display_name, kubernetes_node_name};
+use super::table::{MachineRow, Output, TableOptions};
+use super::{CliError, ExitKind};
+use crate::operator::api::{Group, Machine, RETRY_ANNOTATION, find_condition};
 use crate::operator::machine::{Phase, PowerState};
 use crate::operator::node::drain::pods_blocking_power_off;
+use crate::operator::trust::CONDITION_NOT_PERMITTED;
 
 /// Field manager of the CLI's writes.
 const FIELD_MANAGER: &str = "kubectl-homelab-power";
@@ -50,17 +55,81 @@ impl Direction {
     }
 }
 
+/// kubectl's `--dry-run`: `client` prints what would change, `server` also has the API server
+/// check the change (admission, validation) without storing it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DryRun {
+    #[default]
+    None,
+    Client,
+    Server,
+}
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Examples:
+  # Power on a machine by its Node CR name or its Kubernetes node name
+  kubectl homelab power on nuc-1 -n homelab
+
+  # Power off every machine of a group, without the confirmation, and wait until they are Off
+  kubectl homelab power off --group nucs -n homelab --yes --wait --timeout 10m
+
+  # What would powering off the machines labelled rack=top change, in every namespace?
+  kubectl homelab power off -l rack=top -A --dry-run=client -o wide
+
+  # The names of the machines powered on, for a script
+  kubectl homelab power on nuc-1 nuc-2 -n homelab -o name
+
+",
+    crate::exit_codes_help!()
+))]
 pub struct Args {
     /// Desired power.
     #[arg(value_enum)]
     pub direction: Direction,
 
-    /// Machines by Node CR name or by Kubernetes node name.
-    #[arg(value_name = "NODE", required = true)]
+    /// Machines by Node CR name, else by Kubernetes node name (required without -l or --group).
+    #[arg(
+        value_name = "NODE",
+        required_unless_present_any = ["selector", "group"],
+        conflicts_with_all = ["selector", "group"]
+    )]
     pub nodes: Vec<String>,
 
-    /// Follow each machine's lifecycle phase until it is Ready (on) or Off (off), or Failed.
+    /// Select the machines by their Node CRs' labels (e.g. `rack=top,gpu!=true`).
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Select the machines of this group (the Node CRs labelled `group=NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+
+    /// Change nothing: `client` prints what would change; `server` also sends the change to the
+    /// API server as a dry run (admission and validation run, nothing is stored). `--dry-run`
+    /// alone is `client`.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "STRATEGY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = DryRun::None,
+        default_missing_value = "client",
+        conflicts_with = "wait"
+    )]
+    pub dry_run: DryRun,
+
+    /// Output format: the machines as `fsm inspect` prints them (table, wide, name, json,
+    /// yaml); one line per machine when omitted.
+    #[arg(short, long, value_enum, value_name = "FORMAT")]
+    pub output: Option<Output>,
+
+    /// Print the table without its header line (-o table|wide).
+    #[arg(long)]
+    pub no_headers: bool,
+
+    /// Follow each machine's lifecycle phase until it is Ready (on) or Off (off), Failed, or
+    /// refused by the operator (NotPermitted).
     #[arg(long)]
     pub wait: bool,
 
@@ -73,38 +142,335 @@ pub struct Args {
     pub yes: bool,
 
     #[command(flatten)]
-    pub cluster: ClusterArgs,
-
-    /// Namespace of the Node CRs (default: the context's namespace).
-    #[arg(short = 'n', long, value_name = "NAMESPACE")]
-    pub namespace: Option<String>,
+    pub kube: KubeArgs,
 }
 
-/// A requested name resolved to its Node CR.
-#[derive(Clone, Debug)]
-struct Target {
-    /// As the user typed it.
-    requested: String,
-    machine: Machine,
+/// The machines the arguments select among `machines` (read from `scope`): the named ones (by
+/// the rule of [`lookup::find`]), else those of `--group` (all when no group is given; `-l` was
+/// applied by the API server), sorted by namespace and name.
+fn select(
+    machines: &[Machine],
+    nodes: &[String],
+    group: Option<&str>,
+    scope: &str,
+) -> Result<Vec<Machine>, LookupError> {
+    if !nodes.is_empty() {
+        return Ok(lookup::find_all(machines, nodes, scope)?
+            .into_iter()
+            .cloned()
+            .collect());
+    }
+    let mut out: Vec<Machine> = machines
+        .iter()
+        .filter(|m| group.is_none_or(|g| m.group() == Some(g)))
+        .cloned()
+        .collect();
+    out.sort_by_key(|m| (m.metadata.namespace.clone(), m.name_any()));
+    Ok(out)
 }
 
-impl Target {
-    fn name(&self) -> String {
-        self.machine.name_any()
+/// Fails with "not found" (and close names) unless group `name` exists in `scope`: a Group CR of
+/// that name, or a Node CR labelled with it. Asked only when `--group` selected nothing.
+async fn check_group(client: &kube::Client, scope: &Namespaces, name: &str) -> anyhow::Result<()> {
+    let (groups, machines): (Api<Group>, Api<Machine>) = match scope {
+        Namespaces::All => (Api::all(client.clone()), Api::all(client.clone())),
+        Namespaces::One(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+    };
+    let mut known: Vec<String> = Vec::new();
+    // Group CRs may not be readable for everyone who may power machines; the labels suffice.
+    if let Ok(list) = groups.list(&ListParams::default()).await {
+        known.extend(list.items.iter().map(|g| g.name_any()));
+    }
+    let all = machines
+        .list(&ListParams::default())
+        .await
+        .with_context(|| format!("cannot list Node CRs in {scope}"))?;
+    known.extend(
+        all.items
+            .iter()
+            .filter_map(|m| m.group().map(str::to_owned)),
+    );
+    if known.iter().any(|g| g == name) {
+        return Ok(());
+    }
+    Err(LookupError::GroupNotFound {
+        name: name.to_owned(),
+        scope: scope.to_string(),
+        close: lookup::close_matches(name, known),
+    }
+    .into())
+}
+
+/// A failed API request, classified: denied (RBAC, admission, validation) is "refused".
+fn api_error(e: kube::Error, what: String) -> anyhow::Error {
+    let e = KubeError(e);
+    let kind = match e.code() {
+        Some(403 | 422) => ExitKind::Refused,
+        _ => ExitKind::Error,
+    };
+    CliError::with_source(kind, what, e).into()
+}
+
+/// One line of the default output: `worker-1: powerState on`, `(dry run)` marked.
+fn line(name: &str, requested: Option<&str>, what: &str, dry_run: DryRun) -> String {
+    let alias = match requested {
+        Some(r) if r != name => format!(" ({r})"),
+        _ => String::new(),
+    };
+    let dry = match dry_run {
+        DryRun::None => "",
+        DryRun::Client => " (dry run)",
+        DryRun::Server => " (server dry run)",
+    };
+    format!("{name}{alias}: {what}{dry}\n")
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let cluster = args.kube.connect().await?;
+    let scope = args.kube.namespaces(&cluster);
+    let client = cluster.client;
+    let list_api: Api<Machine> = match &scope {
+        Namespaces::All => Api::all(client.clone()),
+        Namespaces::One(ns) => Api::namespaced(client.clone(), ns),
+    };
+    let mut list_params = ListParams::default();
+    if let Some(selector) = &args.selector {
+        list_params = list_params.labels(selector);
+    }
+    let machines = match list_api.list(&list_params).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            let e = KubeError(e);
+            let (kind, what) = match e.code() {
+                Some(400) if args.selector.is_some() => (
+                    ExitKind::Usage,
+                    format!(
+                        "invalid -l/--selector {:?}",
+                        args.selector.as_deref().unwrap_or_default()
+                    ),
+                ),
+                Some(403) => (
+                    ExitKind::Refused,
+                    format!(
+                        "not allowed to list Node CRs (nodes.infra.homecluster.dev) in {scope}; ask for RBAC `list` on them"
+                    ),
+                ),
+                _ => (
+                    ExitKind::Error,
+                    format!(
+                        "cannot list Node CRs (nodes.infra.homecluster.dev) in {scope}; are the \
+                         CRDs installed (`kubectl homelab crd gen | kubectl apply -f -`)?"
+                    ),
+                ),
+            };
+            return Err(CliError::with_source(kind, what, e).into());
+        }
+    };
+    let targets = select(
+        &machines,
+        &args.nodes,
+        args.group.as_deref(),
+        &scope.to_string(),
+    )?;
+    if targets.is_empty() {
+        if let Some(group) = &args.group {
+            check_group(&client, &scope, group).await?;
+        }
+        // As `fsm inspect`: JSON and YAML print an empty list, the rest only the notice.
+        match args.output {
+            Some(output) if !output.says_nothing_when_empty() => {
+                let text = super::table::render_views(
+                    &[],
+                    output,
+                    TableOptions::default(),
+                    Timestamp::now(),
+                )
+                .map_err(|e| anyhow::anyhow!(e).context("cannot render the output"))?;
+                super::print_stdout(&text)?;
+            }
+            _ => eprintln!("{}", super::table::no_resources(&scope)),
+        }
+        return Ok(());
+    }
+    let qualified = scope == Namespaces::All;
+    // The typed name of each machine named on the command line, for the default output.
+    let requested = |m: &Machine| -> Option<String> {
+        args.nodes
+            .iter()
+            .find(|n| lookup::find(std::slice::from_ref(m), n, "").is_ok())
+            .cloned()
+    };
+
+    if args.direction == Direction::Off {
+        let busy = busy_machines(&client, &targets).await?;
+        if args.dry_run == DryRun::None {
+            confirm_off(&busy, args.yes).await?;
+        } else if !busy.is_empty() {
+            eprintln!(
+                "Powering off would evict (honouring PodDisruptionBudgets):{}",
+                listing(&busy)
+            );
+        }
     }
 
-    /// The Kubernetes node the machine registers as.
-    fn node_name(&self) -> String {
-        kubernetes_node_name(&self.machine)
+    let now = Timestamp::now();
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        dry_run: args.dry_run == DryRun::Server,
+        ..PatchParams::default()
+    };
+    let mut results: Vec<Machine> = Vec::new();
+    let mut lines = String::new();
+    for t in &targets {
+        let name = t.name_any();
+        let shown = display_name(t, qualified);
+        let alias = requested(t);
+        let Some(patch) = patch_for(t, args.direction, now) else {
+            lines.push_str(&line(
+                &shown,
+                alias.as_deref(),
+                &format!(
+                    "already {} (phase {})",
+                    args.direction.as_str(),
+                    phase_of(t)
+                ),
+                args.dry_run,
+            ));
+            results.push(t.clone());
+            continue;
+        };
+        let namespace = t.namespace().unwrap_or_default();
+        let after = match args.dry_run {
+            DryRun::Client => {
+                let mut m = t.clone();
+                m.spec.power_state = args.direction.power();
+                m
+            }
+            DryRun::None | DryRun::Server => {
+                let api: Api<Machine> = Api::namespaced(client.clone(), &namespace);
+                api.patch(&name, &params, &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| {
+                        api_error(
+                            e,
+                            format!(
+                                "cannot set spec.powerState={} on Node CR {namespace}/{name}",
+                                args.direction.as_str()
+                            ),
+                        )
+                    })?
+            }
+        };
+        let retry = if patch.get("metadata").is_some() {
+            " (retry requested)"
+        } else {
+            ""
+        };
+        lines.push_str(&line(
+            &shown,
+            alias.as_deref(),
+            &format!("powerState {}{retry}", args.direction.as_str()),
+            args.dry_run,
+        ));
+        results.push(after);
     }
+
+    match args.output {
+        None => super::print_stdout(&lines)?,
+        Some(output) => {
+            let rows: Vec<MachineRow> = results.iter().map(MachineRow::of).collect();
+            let options = TableOptions {
+                wide: false,
+                no_headers: args.no_headers,
+                all_namespaces: qualified,
+            };
+            let text = super::table::render_views(&rows, output, options, now)
+                .map_err(|e| anyhow::anyhow!(e).context("cannot render the output"))?;
+            super::print_stdout(&text)?;
+        }
+    }
+
+    if args.wait {
+        wait(&list_api, &scope, &targets, args.direction, args.timeout).await?;
+    }
+    Ok(())
 }
 
-/// The operator's rule ([`Machine::node_name`]), with the Node CR's own name when the machine
-/// declares none and never registered.
-fn kubernetes_node_name(m: &Machine) -> String {
-    m.node_name()
-        .map(str::to_owned)
-        .unwrap_or_else(|| m.name_any())
+/// The machines of `targets` whose node runs pods a power-off would evict, with those pods.
+async fn busy_machines(
+    client: &kube::Client,
+    targets: &[Machine],
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let pods_api: Api<Pod> = Api::all(client.clone());
+    let mut busy: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in targets {
+        if t.spec.power_state == PowerState::Off && phase_of(t) != Phase::Failed {
+            continue;
+        }
+        let node = kubernetes_node_name(t);
+        let pods = pods_api
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await
+            .map_err(|e| {
+                api_error(
+                    e,
+                    format!(
+                        "cannot list the pods on node {node} (machine {}); may you list pods in all namespaces?",
+                        t.name_any()
+                    ),
+                )
+            })?
+            .items;
+        let names = evictable(&pods);
+        if !names.is_empty() {
+            busy.insert(format!("{} (node {node})", t.name_any()), names);
+        }
+    }
+    Ok(busy)
+}
+
+fn listing(busy: &BTreeMap<String, Vec<String>>) -> String {
+    busy.iter()
+        .map(|(m, pods)| format!("\n  {m}: {}", pods.join(", ")))
+        .collect()
+}
+
+/// Refuses (or asks, on a terminal) to power off machines whose node runs pods.
+async fn confirm_off(busy: &BTreeMap<String, Vec<String>>, yes: bool) -> anyhow::Result<()> {
+    if busy.is_empty() || yes {
+        return Ok(());
+    }
+    let listing = listing(busy);
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if !interactive {
+        return Err(CliError::new(
+            ExitKind::Refused,
+            format!(
+                "not powering off: these machines run pods that would be evicted (honouring \
+                 PodDisruptionBudgets):{listing}\npass --yes to power off anyway (no terminal to ask on)"
+            ),
+        )
+        .into());
+    }
+    let prompt = format!(
+        "These machines run pods that will be evicted (honouring PodDisruptionBudgets):{listing}\nPower them off?"
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        dialoguer::Confirm::new()
+            .with_prompt(prompt)
+            .default(false)
+            .interact()
+    })
+    .await
+    .context("the confirmation prompt failed")?
+    .context("cannot read the answer from the terminal")?;
+    if !answer {
+        return Err(CliError::new(ExitKind::Refused, "not powering off: cancelled").into());
+    }
+    Ok(())
 }
 
 fn phase_of(m: &Machine) -> Phase {
@@ -118,122 +484,19 @@ fn phase_since(m: &Machine) -> Option<Timestamp> {
     m.status.as_ref().and_then(|s| s.lifecycle.phase_since)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error("{}", unknown_message(.name, .namespace, .close, .known))]
-    Unknown {
-        name: String,
-        namespace: String,
-        close: Vec<String>,
-        known: usize,
-    },
-    #[error(
-        "{name:?} is ambiguous in namespace {namespace}: Node CRs {} all name it as their Kubernetes node; use the Node CR name",
-        .machines.join(", ")
-    )]
-    Ambiguous {
-        name: String,
-        namespace: String,
-        machines: Vec<String>,
-    },
-}
-
-fn unknown_message(name: &str, namespace: &str, close: &[String], known: &usize) -> String {
-    let mut m = format!(
-        "no machine {name:?} in namespace {namespace} (looked for a Node CR of that name, then spec.kubernetesNodeName and status.node.name)"
-    );
-    if !close.is_empty() {
-        m.push_str(&format!("; did you mean {}?", close.join(", ")));
-    } else if *known == 0 {
-        m.push_str("; the namespace has no Node CRs: pass -n NAMESPACE");
-    } else {
-        m.push_str("; list them with `kubectl get homelab`, or pass -n NAMESPACE");
-    }
-    m
-}
-
-/// Finds each requested name among `machines`: a Node CR name first, then a Kubernetes node
-/// name (`spec.kubernetesNodeName`, `status.node.name`).
-fn resolve(
-    requested: &[String],
-    machines: &[Machine],
-    namespace: &str,
-) -> Result<Vec<Target>, ResolveError> {
-    let mut out: Vec<Target> = Vec::new();
-    for name in requested {
-        let machine = if let Some(m) = machines.iter().find(|m| &m.name_any() == name) {
-            m
-        } else {
-            let by_node: Vec<&Machine> = machines
-                .iter()
-                .filter(|m| {
-                    m.spec.kubernetes_node_name.as_deref() == Some(name.as_str())
-                        || m.status
-                            .as_ref()
-                            .and_then(|s| s.node.as_ref())
-                            .is_some_and(|n| &n.name == name)
-                })
-                .collect();
-            match by_node.as_slice() {
-                [one] => *one,
-                [] => {
-                    return Err(ResolveError::Unknown {
-                        name: name.clone(),
-                        namespace: namespace.to_owned(),
-                        close: close_matches(name, machines),
-                        known: machines.len(),
-                    });
-                }
-                many => {
-                    return Err(ResolveError::Ambiguous {
-                        name: name.clone(),
-                        namespace: namespace.to_owned(),
-                        machines: many.iter().map(|m| m.name_any()).collect(),
-                    });
-                }
+/// The operator's refusal to act on a machine: its `NotPermitted` condition, when true.
+fn not_permitted(m: &Machine) -> Option<String> {
+    m.status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, CONDITION_NOT_PERMITTED))
+        .filter(|c| c.status == "True")
+        .map(|c| {
+            if c.message.is_empty() {
+                format!("NotPermitted: {}", c.reason)
+            } else {
+                format!("NotPermitted: {}", c.message)
             }
-        };
-        // `power off m1 m1` or a CR name plus its node name: act once.
-        if out.iter().all(|t| t.name() != machine.name_any()) {
-            out.push(Target {
-                requested: name.clone(),
-                machine: machine.clone(),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Names (CR or Kubernetes node) within a small edit distance of `name`, or containing it,
-/// closest first.
-fn close_matches(name: &str, machines: &[Machine]) -> Vec<String> {
-    let mut candidates: Vec<String> = machines
-        .iter()
-        .flat_map(|m| {
-            let mut names = vec![m.name_any()];
-            names.extend(m.spec.kubernetes_node_name.clone());
-            names.extend(
-                m.status
-                    .as_ref()
-                    .and_then(|s| s.node.as_ref())
-                    .map(|n| n.name.clone()),
-            );
-            names
         })
-        .collect();
-    candidates.sort();
-    candidates.dedup();
-    let limit = (name.chars().count() / 3).clamp(1, 3);
-    let mut scored: Vec<(usize, String)> = candidates
-        .into_iter()
-        .filter_map(|c| {
-            let d = strsim::levenshtein(name, &c);
-            (d <= limit || (name.len() >= 2 && (c.contains(name) || name.contains(&c))))
-                .then_some((d, c))
-        })
-        .collect();
-    scored.sort();
-    scored.into_iter().take(5).map(|(_, c)| c).collect()
 }
 
 /// Pods a power-off would evict: exactly the ones the operator's drain waits for.
@@ -267,135 +530,14 @@ fn patch_for(m: &Machine, direction: Direction, now: Timestamp) -> Option<serde_
     Some(patch)
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let cluster = args.cluster.connect().await?;
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| cluster.default_namespace.clone());
-    let client = cluster.client;
-    let api: Api<Machine> = Api::namespaced(client.clone(), &namespace);
-    let machines = api
-        .list(&ListParams::default())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot list Node CRs (nodes.infra.homecluster.dev) in namespace {namespace}; \
-                 are the CRDs installed and may you list them?"
-            )
-        })?
-        .items;
-    let targets = resolve(&args.nodes, &machines, &namespace)?;
-
-    if args.direction == Direction::Off {
-        confirm_off(&client, &targets, args.yes).await?;
-    }
-
-    let now = Timestamp::now();
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    for t in &targets {
-        let name = t.name();
-        let alias = if t.requested == name {
-            String::new()
-        } else {
-            format!(" ({})", t.requested)
-        };
-        match patch_for(&t.machine, args.direction, now) {
-            None => super::print_stdout(&format!(
-                "{name}{alias}: already {} (phase {})\n",
-                args.direction.as_str(),
-                phase_of(&t.machine)
-            ))?,
-            Some(patch) => {
-                api.patch(&name, &params, &Patch::Merge(&patch))
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot set spec.powerState={} on Node CR {namespace}/{name}; may you patch nodes.infra.homecluster.dev?",
-                            args.direction.as_str()
-                        )
-                    })?;
-                let retry = if patch.get("metadata").is_some() {
-                    " (retry requested)"
-                } else {
-                    ""
-                };
-                super::print_stdout(&format!(
-                    "{name}{alias}: powerState {}{retry}\n",
-                    args.direction.as_str()
-                ))?;
-            }
-        }
-    }
-
-    if args.wait {
-        wait(&api, &namespace, &targets, args.direction, args.timeout).await?;
-    }
-    Ok(())
-}
-
-/// Refuses (or asks, on a terminal) to power off machines whose node runs pods.
-async fn confirm_off(client: &kube::Client, targets: &[Target], yes: bool) -> anyhow::Result<()> {
-    let pods_api: Api<Pod> = Api::all(client.clone());
-    let mut busy: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for t in targets {
-        if t.machine.spec.power_state == PowerState::Off && phase_of(&t.machine) != Phase::Failed {
-            continue;
-        }
-        let node = t.node_name();
-        let pods = pods_api
-            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-            .await
-            .with_context(|| {
-                format!("cannot list the pods on node {node} (machine {}); may you list pods in all namespaces?", t.name())
-            })?
-            .items;
-        let names = evictable(&pods);
-        if !names.is_empty() {
-            busy.insert(format!("{} (node {node})", t.name()), names);
-        }
-    }
-    if busy.is_empty() || yes {
-        return Ok(());
-    }
-    let listing: String = busy
-        .iter()
-        .map(|(m, pods)| format!("\n  {m}: {}", pods.join(", ")))
-        .collect();
-    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    if !interactive {
-        anyhow::bail!(
-            "not powering off: these machines run pods that would be evicted (honouring \
-             PodDisruptionBudgets):{listing}\npass --yes to power off anyway (no terminal to ask on)"
-        );
-    }
-    let prompt = format!(
-        "These machines run pods that will be evicted (honouring PodDisruptionBudgets):{listing}\nPower them off?"
-    );
-    let answer = tokio::task::spawn_blocking(move || {
-        dialoguer::Confirm::new()
-            .with_prompt(prompt)
-            .default(false)
-            .interact()
-    })
-    .await
-    .context("the confirmation prompt failed")?
-    .context("cannot read the answer from the terminal")?;
-    if !answer {
-        anyhow::bail!("not powering off: cancelled");
-    }
-    Ok(())
-}
-
 /// Where one machine's wait stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Followed {
     Waiting(Phase),
     Done,
     Failed(String),
+    /// The operator refuses to act on the machine (its `NotPermitted` condition).
+    Refused(String),
 }
 
 /// Tracks a machine's phase after our change: `Failed` counts only once the machine has
@@ -421,6 +563,8 @@ impl Follow {
         }
         if phase == direction.done_phase() {
             Followed::Done
+        } else if let Some(why) = not_permitted(m) {
+            Followed::Refused(why)
         } else if phase == Phase::Failed && (self.moved || self.initial.0 != Phase::Failed) {
             let reason = m
                 .status
@@ -434,20 +578,29 @@ impl Follow {
     }
 }
 
+/// The key of a machine in the wait's maps: unique across namespaces.
+fn key(m: &Machine) -> String {
+    display_name(m, true)
+}
+
 async fn wait(
     api: &Api<Machine>,
-    namespace: &str,
-    targets: &[Target],
+    scope: &Namespaces,
+    targets: &[Machine],
     direction: Direction,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let mut follow: BTreeMap<String, Follow> = targets
+    let qualified = *scope == Namespaces::All;
+    let mut follow: BTreeMap<String, Follow> =
+        targets.iter().map(|t| (key(t), Follow::new(t))).collect();
+    let mut progress: BTreeMap<String, (String, Followed)> = targets
         .iter()
-        .map(|t| (t.name(), Follow::new(&t.machine)))
-        .collect();
-    let mut progress: BTreeMap<String, Followed> = targets
-        .iter()
-        .map(|t| (t.name(), Followed::Waiting(phase_of(&t.machine))))
+        .map(|t| {
+            (
+                key(t),
+                (display_name(t, qualified), Followed::Waiting(phase_of(t))),
+            )
+        })
         .collect();
     let bar = indicatif::ProgressBar::new(targets.len() as u64);
     bar.set_style(
@@ -468,7 +621,7 @@ async fn wait(
     let deadline = tokio::time::Instant::now() + timeout;
     let outcome = loop {
         let pending: Vec<String> = progress
-            .iter()
+            .values()
             .filter_map(|(n, p)| match p {
                 Followed::Waiting(ph) => Some(format!("{n}: {ph}")),
                 _ => None,
@@ -491,8 +644,8 @@ async fn wait(
             watcher::Event::Apply(m) | watcher::Event::InitApply(m) => m,
             _ => continue,
         };
-        let name = m.name_any();
-        let (Some(f), Some(p)) = (follow.get_mut(&name), progress.get_mut(&name)) else {
+        let (Some(f), Some((name, p))) = (follow.get_mut(&key(&m)), progress.get_mut(&key(&m)))
+        else {
             continue;
         };
         if !matches!(p, Followed::Waiting(_)) {
@@ -510,37 +663,69 @@ async fn wait(
                     bar.inc(1);
                     say(&bar, format!("{name}: Failed: {reason}"));
                 }
+                Followed::Refused(reason) => {
+                    bar.inc(1);
+                    say(&bar, format!("{name}: {reason}"));
+                }
             }
             *p = next;
         }
     };
     bar.finish_and_clear();
-    let failed: Vec<String> = progress
-        .iter()
-        .filter_map(|(n, p)| match p {
-            Followed::Failed(r) => Some(format!("{n}: {r}")),
-            _ => None,
-        })
-        .collect();
+    let ended = |want: fn(&Followed) -> Option<&String>| -> Vec<String> {
+        progress
+            .values()
+            .filter_map(|(n, p)| want(p).map(|r| format!("{n}: {r}")))
+            .collect()
+    };
+    let failed = ended(|p| match p {
+        Followed::Failed(r) => Some(r),
+        _ => None,
+    });
+    let refused = ended(|p| match p {
+        Followed::Refused(r) => Some(r),
+        _ => None,
+    });
     if let Err(pending) = outcome {
-        anyhow::bail!(
-            "gave up after {timeout:?} (--timeout) waiting for {}: {}{}; is `kubectl homelab run-operator` running for namespace {namespace}? `kubectl homelab fsm inspect` shows why",
-            direction.done_phase(),
-            pending.join(", "),
-            if failed.is_empty() {
-                String::new()
-            } else {
-                format!("; failed: {}", failed.join("; "))
-            }
-        );
+        let mut also = String::new();
+        if !failed.is_empty() {
+            also.push_str(&format!("; failed: {}", failed.join("; ")));
+        }
+        if !refused.is_empty() {
+            also.push_str(&format!("; refused: {}", refused.join("; ")));
+        }
+        return Err(CliError::new(
+            ExitKind::TimedOut,
+            format!(
+                "gave up after {timeout:?} (--timeout) waiting for {}: {}{also}; is `kubectl homelab run-operator` running for {scope}? `kubectl homelab fsm inspect` shows why",
+                direction.done_phase(),
+                pending.join(", "),
+            ),
+        )
+        .into());
+    }
+    if !refused.is_empty() {
+        return Err(CliError::new(
+            ExitKind::Refused,
+            format!(
+                "the operator refuses to power {}: {}; `kubectl homelab fsm inspect -o yaml` and the Node CR's events say why",
+                direction.as_str(),
+                refused.join("; ")
+            ),
+        )
+        .into());
     }
     if !failed.is_empty() {
-        anyhow::bail!(
-            "power {} failed: {}; `kubectl homelab power {} NODE` retries",
-            direction.as_str(),
-            failed.join("; "),
-            direction.as_str()
-        );
+        return Err(CliError::new(
+            ExitKind::Failed,
+            format!(
+                "power {} failed: {}; `kubectl homelab power {} NODE` retries",
+                direction.as_str(),
+                failed.join("; "),
+                direction.as_str()
+            ),
+        )
+        .into());
     }
     Ok(())
 }
@@ -553,82 +738,100 @@ mod tests {
         v.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    fn selected(r: Result<Vec<Machine>, LookupError>) -> Vec<String> {
+        match r {
+            Ok(ms) => ms.iter().map(|m| display_name(m, true)).collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     #[test]
-    fn names_resolve_by_cr_then_kubernetes_node_name() {
+    fn names_or_a_group_select_the_machines() {
         let ms = [
-            Machine::test("m1")
-                .node_name("host-a")
-                .desired(PowerState::Off)
-                .phase(Phase::Off)
-                .build(),
-            Machine::test("m2")
-                .desired(PowerState::Off)
-                .phase(Phase::Off)
+            Machine::test("b").namespace("lab").group("nucs").build(),
+            Machine::test("a").namespace("lab").group("nucs").build(),
+            Machine::test("c")
+                .namespace("lab")
+                .group("gpu")
+                .node_name("host-c")
                 .build(),
         ];
-        let t = match resolve(&names(&["host-a", "m2", "m1"]), &ms, "lab") {
-            Ok(t) => t,
+        assert_eq!(
+            selected(select(&ms, &names(&["host-c", "b"]), None, "x")),
+            ["lab/c", "lab/b"],
+            "named machines in the order named"
+        );
+        assert_eq!(
+            selected(select(&ms, &[], Some("nucs"), "x")),
+            ["lab/a", "lab/b"]
+        );
+        assert_eq!(selected(select(&ms, &[], None, "x")).len(), 3);
+        assert!(selected(select(&ms, &[], Some("none"), "x")).is_empty());
+    }
+
+    #[test]
+    fn lines_mark_aliases_and_dry_runs() {
+        assert_eq!(
+            line("m1", Some("host-a"), "powerState on", DryRun::None),
+            "m1 (host-a): powerState on\n"
+        );
+        assert_eq!(
+            line("m1", Some("m1"), "powerState on", DryRun::Client),
+            "m1: powerState on (dry run)\n"
+        );
+        assert_eq!(
+            line("m1", None, "powerState off", DryRun::Server),
+            "m1: powerState off (server dry run)\n"
+        );
+    }
+
+    #[test]
+    fn flags_parse_like_kubectl() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| {
+            crate::commands::Cli::try_parse_from(
+                ["kubectl-homelab", "power"].iter().chain(args.iter()),
+            )
+        };
+        let dry = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(crate::commands::Command::Power(a)) => a.dry_run,
+            Ok(other) => panic!("{other:?}"),
             Err(e) => panic!("{e}"),
         };
-        let got: Vec<String> = t.iter().map(Target::name).collect();
-        assert_eq!(got, ["m1", "m2"], "m1 named twice is acted on once");
-        assert_eq!(t[0].node_name(), "host-a");
+        assert_eq!(dry(&["on", "m"]), DryRun::None);
+        assert_eq!(dry(&["on", "m", "--dry-run"]), DryRun::Client);
+        assert_eq!(dry(&["on", "m", "--dry-run=server"]), DryRun::Server);
+        assert!(parse(&["on"]).is_err(), "a machine or a selector is needed");
+        assert!(parse(&["on", "-l", "rack=top"]).is_ok());
+        assert!(parse(&["on", "--group", "g", "-A"]).is_ok());
+        assert!(parse(&["on", "m", "--group", "g"]).is_err());
+        assert!(parse(&["on", "m", "--dry-run", "--wait"]).is_err());
+        assert!(parse(&["on", "m", "-o", "name"]).is_ok());
     }
 
     #[test]
-    fn unknown_names_suggest_close_ones() {
-        let ms = [
-            Machine::test("worker-1")
-                .node_name("nuc-1")
-                .desired(PowerState::Off)
-                .phase(Phase::Off)
-                .build(),
-            Machine::test("worker-2")
-                .desired(PowerState::Off)
-                .phase(Phase::Off)
-                .build(),
-            Machine::test("gpu")
-                .desired(PowerState::Off)
-                .phase(Phase::Off)
-                .build(),
-        ];
-        let e = match resolve(&names(&["worker-3"]), &ms, "lab") {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("worker-3 does not exist"),
-        };
-        assert!(e.contains("\"worker-3\""), "{e}");
-        assert!(e.contains("did you mean worker-1, worker-2?"), "{e}");
-        let e = match resolve(&names(&["nuc1"]), &ms, "lab") {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("nuc1 does not exist"),
-        };
-        assert!(e.contains("did you mean nuc-1?"), "{e}");
-        let e = match resolve(&names(&["zzzzzzzz"]), &ms, "lab") {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("no such machine"),
-        };
-        assert!(e.contains("kubectl get homelab"), "{e}");
-    }
-
-    #[test]
-    fn a_kubernetes_name_two_machines_claim_is_ambiguous() {
-        let ms = [
-            Machine::test("a")
-                .node_name("host")
-                .desired(PowerState::Off)
-                .phase(Phase::Off)
-                .build(),
-            Machine::test("b")
-                .node_name("host")
-                .desired(PowerState::Off)
-                .phase(Phase::Off)
-                .build(),
-        ];
-        let e = match resolve(&names(&["host"]), &ms, "lab") {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("ambiguous"),
-        };
-        assert!(e.contains("a, b"), "{e}");
+    fn a_not_permitted_condition_ends_the_wait_as_refused() {
+        let mut m = Machine::test("m")
+            .desired(PowerState::On)
+            .phase(Phase::Off)
+            .build();
+        let mut f = Follow::new(&m);
+        if let Some(s) = m.status.as_mut() {
+            s.conditions.push(crate::operator::api::Condition {
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::UNIX_EPOCH,
+                ),
+                message: "the Node is a control-plane node".into(),
+                observed_generation: None,
+                reason: "ControlPlane".into(),
+                status: "True".into(),
+                type_: CONDITION_NOT_PERMITTED.into(),
+            });
+        }
+        assert_eq!(
+            f.observe(&m, Direction::On),
+            Followed::Refused("NotPermitted: the Node is a control-plane node".into())
+        );
     }
 
     #[test]

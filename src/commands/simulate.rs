@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use super::kube_args::ClusterArgs;
 use super::table::{Column, Style, Table};
 use anyhow::Context;
 
@@ -24,7 +25,21 @@ pub enum Output {
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "With no FILE the embedded default scenario runs (a small homelab over one \
-week); print it with --print-default-scenario and edit it to describe your own machines."
+week); print it with --print-default-scenario and edit it to describe your own machines.
+
+Examples:
+  # The default scenario, with the events on a timeline
+  kubectl homelab simulate --timeline
+
+  # Your own scenario over 48 hours, as JSON
+  kubectl homelab simulate --print-default-scenario > lab.yaml
+  kubectl homelab simulate lab.yaml --duration 48h -o json
+
+  # The Groups and Nodes of the cluster, on 20 seeds
+  kubectl homelab simulate --from-cluster --context lab -n homelab --seeds 20
+
+  # Compare a shorter scale-down delay with the scenario as it is
+  kubectl homelab simulate lab.yaml --set autoscaler.scaleDownUnneededTime=5m"
 )]
 pub struct Args {
     /// Scenario YAML: Groups and Nodes in the CRD shapes plus simulation settings.
@@ -54,6 +69,9 @@ pub struct Args {
     /// Namespace of the Groups and Nodes for --from-cluster (default: the kubeconfig's).
     #[arg(short = 'n', long, requires = "from_cluster")]
     pub namespace: Option<String>,
+    /// The cluster for --from-cluster (`--kubeconfig`, `--context`, as kubectl's).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Run N seeds (from --seed or the scenario's) and report each figure's median and
     /// 10th/90th percentiles.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -94,8 +112,9 @@ impl TraceSource for TraceFiles<'_> {
     }
 }
 
-/// Reads Groups and Node CRs from the cluster.
+/// Reads Groups and Node CRs from the cluster `--kubeconfig`/`--context` name.
 async fn cluster_objects(
+    cluster: &ClusterArgs,
     namespace: Option<&str>,
 ) -> anyhow::Result<(
     Vec<crate::operator::api::Group>,
@@ -103,13 +122,11 @@ async fn cluster_objects(
 )> {
     use crate::operator::api::{Group, Machine};
     use kube::api::{Api, ListParams};
-    // kube's error already nests its causes; print it once, not as an anyhow chain.
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!(
-            "--from-cluster needs a cluster (a kubeconfig, or running in one), and none was usable: {e}"
-        )
-    })?;
-    let ns = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
+    let cluster = cluster.connect().await.context(
+        "--from-cluster needs a cluster (a kubeconfig, or running in one), and none was usable",
+    )?;
+    let client = cluster.client;
+    let ns = namespace.map_or_else(|| cluster.default_namespace.clone(), str::to_owned);
     let groups: Api<Group> = Api::namespaced(client.clone(), &ns);
     let machines: Api<Machine> = Api::namespaced(client, &ns);
     let hint = "are the CRDs installed (`kubectl homelab crd gen | kubectl apply -f -`) and may you list them?";
@@ -177,7 +194,7 @@ async fn load_source(args: &Args, source: &Source) -> anyhow::Result<Scenario> {
         None => &NoTraceFiles,
     };
     let mut scenario = if args.from_cluster {
-        let (groups, machines) = cluster_objects(args.namespace.as_deref()).await?;
+        let (groups, machines) = cluster_objects(&args.cluster, args.namespace.as_deref()).await?;
         Scenario::with_cluster_objects(name, text, traces, groups, machines)?
     } else {
         Scenario::parse(name, text, traces)?
@@ -509,5 +526,51 @@ fn pct(a: Millis, b: Millis) -> String {
         "0%".to_owned()
     } else {
         format!("{:.1}%", 100.0 * a as f64 / b as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        use clap::Parser as _;
+        let cli = crate::commands::Cli::try_parse_from(
+            ["kubectl-homelab", "simulate"].iter().chain(argv.iter()),
+        );
+        match cli.map(|c| c.command) {
+            Ok(crate::commands::Command::Simulate(a)) => a,
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// `--from-cluster` reads the cluster `--kubeconfig`/`--context` name, as kubectl's flags
+    /// do, not whatever the environment's default is.
+    #[tokio::test]
+    async fn from_cluster_uses_the_kubeconfig_and_context_flags() {
+        let a = args(&[
+            "--from-cluster",
+            "--kubeconfig",
+            "/nonexistent/lab.kubeconfig",
+            "--context",
+            "lab",
+            "-n",
+            "homelab",
+        ]);
+        assert_eq!(
+            a.cluster.kubeconfig.as_deref(),
+            Some(Path::new("/nonexistent/lab.kubeconfig"))
+        );
+        assert_eq!(a.cluster.context.as_deref(), Some("lab"));
+        let err = match load(&a).await {
+            Ok(_) => panic!("loaded a scenario from a kubeconfig that does not exist"),
+            Err(e) => crate::commands::render_error(&e),
+        };
+        assert!(
+            err.contains("--from-cluster")
+                && err.contains("--kubeconfig /nonexistent/lab.kubeconfig"),
+            "{err}"
+        );
     }
 }

@@ -3,6 +3,16 @@
 //! `--no-headers` for scripts.
 //!
 //! Laid out by comfy-table (widths in display cells).
+//!
+//! Below the renderer: machines as `fsm inspect` and `power` print them (`-o
+//! table|wide|name|json|yaml`), one code for both commands.
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+use crate::operator::api::{Direction, DriverReadback, Machine};
+use crate::operator::machine::{
+    Lifecycle, Operation, Phase, PowerState, StatusProgress, observed_power, progress,
+};
 
 /// How a column is aligned (numbers read better right-aligned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +171,307 @@ fn cut(s: &str, max: usize) -> String {
     let mut out: String = s.chars().take(max - 1).collect();
     out.push('…');
     out
+}
+
+// ---- Machines as `fsm inspect` and `power` print them ----
+
+/// One machine as `fsm inspect` shows it (also the `-o json|yaml` shape).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub desired: PowerState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed: Option<PowerState>,
+    pub phase: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<Timestamp>,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry_time: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<StatusProgress>,
+    /// The power driver of each direction, from the spec.
+    pub drivers: Drivers,
+    /// What the driver of the latest operation last reported (`status.power`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power: Option<DriverReadback>,
+}
+
+/// The driver kind per direction (`job`, `nodeAgent`, `wakeOnLan`, `redfish`, `http`); `-` when
+/// the spec sets none or several (an invalid spec the API server would have refused).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Drivers {
+    pub on: String,
+    pub off: String,
+}
+
+impl Drivers {
+    fn of(m: &Machine) -> Drivers {
+        let kind = |d| {
+            m.power_driver(d)
+                .map_or_else(|_| "-".to_owned(), |d| d.kind().to_owned())
+        };
+        Drivers {
+            on: kind(Direction::On),
+            off: kind(Direction::Off),
+        }
+    }
+}
+
+impl MachineRow {
+    pub fn of(m: &Machine) -> MachineRow {
+        let lc: Lifecycle = m.lifecycle();
+        MachineRow {
+            namespace: m.metadata.namespace.clone(),
+            name: m.metadata.name.clone().unwrap_or_default(),
+            group: m.group().map(str::to_owned),
+            desired: m.desired_power(),
+            observed: m.observed_power().or_else(|| observed_power(&lc)),
+            phase: lc.phase(),
+            phase_since: lc.phase_since,
+            attempt: lc.attempt,
+            progress: progress(&lc),
+            last_error: lc.last_error,
+            next_retry_time: lc.next_retry_time,
+            operation: lc.operation,
+            drivers: Drivers::of(m),
+            power: m.status.as_ref().and_then(|s| s.power.as_deref().cloned()),
+        }
+    }
+}
+
+/// `5m ago`, `in 30s`, `now`: kubectl-like, two units at most.
+pub fn relative(t: Timestamp, now: Timestamp) -> String {
+    let d = now.duration_since(t);
+    if d.as_secs() == 0 {
+        return "now".to_owned();
+    }
+    let short = short_duration(d.abs());
+    if d.is_negative() {
+        format!("in {short}")
+    } else {
+        format!("{short} ago")
+    }
+}
+
+fn short_duration(d: SignedDuration) -> String {
+    let s = d.as_secs();
+    let (d_, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    match (d_, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) if sec == 0 || m >= 10 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m{sec}s"),
+        (0, _, _) if m == 0 => format!("{h}h"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ if h == 0 => format!("{d_}d"),
+        _ => format!("{d_}d{h}h"),
+    }
+}
+
+fn power(p: Option<PowerState>) -> &'static str {
+    match p {
+        Some(PowerState::On) => "on",
+        Some(PowerState::Off) => "off",
+        None => "-",
+    }
+}
+
+/// READBACK: the power state the driver last read back (`-`: none, or a driver without
+/// readback), marked when a power-off was forced.
+fn readback(p: Option<&DriverReadback>) -> String {
+    match p {
+        None => "-".to_owned(),
+        Some(p) if p.escalated => format!("{} (ForceOff)", power(p.readback)),
+        Some(p) => power(p.readback).to_owned(),
+    }
+}
+
+/// How the table looks: kubectl's `-o wide`, `--no-headers`, and `-A` (which always shows the
+/// NAMESPACE column, as kubectl does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    pub wide: bool,
+    pub no_headers: bool,
+    pub all_namespaces: bool,
+}
+
+/// `-o`: kubectl's output formats for machines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// The table (`fsm inspect`'s default).
+    #[default]
+    Table,
+    /// The table with more columns, long ones uncut.
+    Wide,
+    /// `node.infra.homecluster.dev/NAME`, one a line.
+    Name,
+    /// The rows' fields as a JSON list.
+    Json,
+    /// The same as YAML.
+    Yaml,
+}
+
+impl Output {
+    /// Whether an empty result prints nothing at all on standard output, leaving kubectl's
+    /// "No resources found" to standard error; JSON and YAML print an empty list instead.
+    pub fn says_nothing_when_empty(self) -> bool {
+        matches!(self, Output::Table | Output::Wide | Output::Name)
+    }
+}
+
+/// The resource prefix of `-o name`, as kubectl prints it (`kind.group/name`).
+pub const NAME_PREFIX: &str = "node.infra.homecluster.dev/";
+
+/// kubectl's message for an empty result (printed to standard error): `No resources found in
+/// lab namespace.`, `No resources found` for every namespace, or the file read.
+pub fn no_resources(scope: &super::kube_args::Namespaces) -> String {
+    match scope {
+        super::kube_args::Namespaces::One(ns) => format!("No resources found in {ns} namespace."),
+        super::kube_args::Namespaces::All => "No resources found".to_owned(),
+    }
+}
+
+/// Why the output could not be rendered (JSON or YAML serialisation).
+pub type RenderError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The output in the chosen format at `now` (relative times in the table only). An empty
+/// `views` renders as nothing for the table, wide and name formats (see
+/// [`Output::says_nothing_when_empty`]).
+pub fn render_views(
+    views: &[MachineRow],
+    output: Output,
+    options: TableOptions,
+    now: Timestamp,
+) -> Result<String, RenderError> {
+    match output {
+        Output::Json => serde_json::to_string_pretty(views)
+            .map(|s| s + "\n")
+            .map_err(|e| Box::new(e) as RenderError),
+        Output::Yaml => crate::yaml::to_string(&views).map_err(|e| Box::new(e) as RenderError),
+        Output::Name => Ok(views
+            .iter()
+            .map(|v| format!("{NAME_PREFIX}{}\n", v.name))
+            .collect()),
+        Output::Table => Ok(render_table(views, options, now)),
+        Output::Wide => Ok(render_table(
+            views,
+            TableOptions {
+                wide: true,
+                ..options
+            },
+            now,
+        )),
+    }
+}
+
+/// Characters of LAST ERROR the default table shows; `-o wide` shows all.
+const LAST_ERROR_WIDTH: usize = 40;
+
+pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Timestamp) -> String {
+    if views.is_empty() {
+        return String::new();
+    }
+    let namespaces = views
+        .iter()
+        .map(|v| v.namespace.as_deref())
+        .collect::<std::collections::BTreeSet<_>>();
+    let show_ns = options.all_namespaces || namespaces.len() > 1;
+    let mut columns = Vec::new();
+    if show_ns {
+        columns.push(Column::new("namespace"));
+    }
+    columns.extend([
+        Column::new("name"),
+        Column::new("group"),
+        Column::new("desired"),
+        Column::new("observed"),
+        Column::new("readback"),
+        Column::new("phase"),
+        Column::new("since"),
+        Column::new("attempt").right(),
+        Column::new("last error").cut_at(LAST_ERROR_WIDTH),
+        Column::new("next retry"),
+        Column::new("operation").wide_only(),
+        Column::new("progress").wide_only(),
+        Column::new("drivers").wide_only(),
+        Column::new("read").wide_only(),
+    ]);
+    let mut table = Table::new(columns);
+    for v in views {
+        let mut row: Vec<String> = Vec::new();
+        if show_ns {
+            row.push(v.namespace.clone().unwrap_or_else(|| "-".to_owned()));
+        }
+        let next_retry = match (v.next_retry_time, v.phase) {
+            (Some(t), _) if t <= now => "due".to_owned(),
+            (Some(t), _) => relative(t, now),
+            (None, Phase::Failed) => "none (gave up)".to_owned(),
+            (None, _) => "-".to_owned(),
+        };
+        let operation = v.operation.as_ref().map_or_else(
+            || "-".to_owned(),
+            |op| match op.completed {
+                Some(_) => format!("{} (done)", op.id),
+                None => op.id.clone(),
+            },
+        );
+        let progress = v.progress.map_or_else(
+            || "-".to_owned(),
+            |p| {
+                serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "-".to_owned())
+            },
+        );
+        let drivers = if v.drivers.on == v.drivers.off {
+            v.drivers.on.clone()
+        } else {
+            format!("on:{} off:{}", v.drivers.on, v.drivers.off)
+        };
+        let read = v.power.as_ref().map_or_else(
+            || "-".to_owned(),
+            |p| {
+                format!(
+                    "{} {} {}",
+                    p.driver,
+                    p.operation,
+                    relative(p.observed_at, now)
+                )
+            },
+        );
+        row.extend([
+            v.name.clone(),
+            v.group.clone().unwrap_or_else(|| "-".to_owned()),
+            power(Some(v.desired)).to_owned(),
+            power(v.observed).to_owned(),
+            readback(v.power.as_ref()),
+            v.phase.to_string(),
+            v.phase_since
+                .map_or_else(|| "-".to_owned(), |t| relative(t, now)),
+            v.attempt.to_string(),
+            v.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+            next_retry,
+            operation,
+            progress,
+            drivers,
+            read,
+        ]);
+        table.row(row);
+    }
+    table.render(Style {
+        wide: options.wide,
+        no_headers: options.no_headers,
+    })
 }
 
 #[cfg(test)]
