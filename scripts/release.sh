@@ -21,9 +21,9 @@
 # A platform that has neither fails the run before anything is built or written.
 #
 # A release run (no --dry-run) writes the archives and their .sha256 files to --out (default
-# dist/) and rewrites plugins/homelab.yaml in place: spec.version, each platform's uri and
-# sha256. The committed manifest carries the current version with placeholder sha256 values
-# (all zeros) until a release run writes real ones.
+# target/dist, ignored by git) and rewrites plugins/homelab.yaml in place: spec.version, each
+# platform's uri and sha256. The committed manifest carries the current version with
+# placeholder sha256 values (all zeros) until a release run writes real ones.
 #
 # --dry-run (CI, tests) builds nothing: it packs the binaries given with --binary or already
 # built at target/<target>/release/kubectl-homelab, writes the archives and a manifest
@@ -152,7 +152,7 @@ fi
 if [ "$dry_run" = 1 ]; then
   out=${out:-$(mktemp -d "${TMPDIR:-/tmp}/kubectl-homelab-release.XXXXXX")}
 else
-  out=${out:-dist}
+  out=${out:-${CARGO_TARGET_DIR:-target}/dist}
 fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)

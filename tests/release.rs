@@ -128,7 +128,7 @@ fn repository_state() -> anyhow::Result<(String, Vec<u8>, bool)> {
     Ok((
         String::from_utf8(status.stdout)?,
         std::fs::read(repo().join("plugins/homelab.yaml"))?,
-        repo().join("dist").exists(),
+        repo().join("target/dist").exists(),
     ))
 }
 
