@@ -272,6 +272,84 @@ fn a_release_run_refuses_platforms_without_a_binary_before_building() -> anyhow:
     Ok(())
 }
 
+/// The start of a binary for `platform` as release.sh reads it: an ELF (e_machine at byte 18)
+/// or Mach-O 64-bit (cputype at byte 4) header, the rest zeros. Not a runnable program.
+fn fake_binary(path: &Path, platform: &str) -> anyhow::Result<()> {
+    let mut header = vec![0u8; 64];
+    match platform {
+        "linux/amd64" | "linux/arm64" => {
+            header[..4].copy_from_slice(b"\x7fELF");
+            let machine: u16 = if platform == "linux/amd64" { 62 } else { 183 };
+            header[18..20].copy_from_slice(&machine.to_le_bytes());
+        }
+        _ => {
+            header[..4].copy_from_slice(&[0xcf, 0xfa, 0xed, 0xfe]);
+            let cpu: u32 = if platform == "darwin/amd64" {
+                0x0100_0007
+            } else {
+                0x0100_000c
+            };
+            header[4..8].copy_from_slice(&cpu.to_le_bytes());
+        }
+    }
+    std::fs::write(path, header)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// A release run given a binary of the right kind for every platform (headers only, so nothing
+/// is built) writes the archives to --out and rewrites the manifest in place: each uri and
+/// sha256 of its platform's archive. Run on a copy of the files the script reads, so the
+/// repository's manifest stays as committed.
+#[test]
+fn a_release_run_rewrites_the_manifest_in_place() -> anyhow::Result<()> {
+    let copy = tempfile::tempdir()?;
+    for f in [
+        "scripts/release.sh",
+        "Cargo.toml",
+        "plugins/homelab.yaml",
+        "completions/kubectl_complete-homelab",
+        "LICENSE",
+    ] {
+        let to = copy.path().join(f);
+        std::fs::create_dir_all(to.parent().context("a parent")?)?;
+        std::fs::copy(repo().join(f), &to)?;
+    }
+    let bins = tempfile::tempdir()?;
+    let out = copy.path().join("out");
+    let mut args = vec!["--out".to_owned(), out.display().to_string()];
+    for p in PLATFORMS {
+        let path = bins.path().join(p.replace('/', "-"));
+        fake_binary(&path, p)?;
+        args.extend(["--binary".to_owned(), format!("{p}={}", path.display())]);
+    }
+    let run = Command::new(copy.path().join("scripts/release.sh"))
+        .args(&args)
+        .current_dir(copy.path())
+        .output()?;
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let manifest = std::fs::read_to_string(copy.path().join("plugins/homelab.yaml"))?;
+    let entries = platform_entries(&manifest);
+    assert_eq!(entries.len(), 4);
+    for p in PLATFORMS {
+        let (uri, sum) = &entries[p];
+        assert!(
+            uri.ends_with(&format!("/{}/{}", version(), archive_name(p))),
+            "{uri}"
+        );
+        assert_eq!(sum, &sha256(&out.join(archive_name(p)))?, "{p}");
+    }
+    assert!(
+        !out.join("homelab.yaml").exists(),
+        "the manifest is written in place only"
+    );
+    Ok(())
+}
+
 /// krew's own validator accepts plugins/homelab.yaml (structure, platforms for linux and
 /// darwin on amd64 and arm64, no overlapping selectors) and refuses a broken copy of it. It
 /// does not install (the committed manifest's archives are not published): the next test
