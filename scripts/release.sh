@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the release archives plugins/homelab.yaml names and writes their version, download URIs
-# and sha256 into the krew manifest.
+# and sha256 into the krew manifest. Runs on Linux (GNU tar, coreutils, bash 4).
 #
 #   scripts/release.sh [--binary OS/ARCH=PATH]... [--out DIR] [--base-url URL]
 #   scripts/release.sh --dry-run [--binary OS/ARCH=PATH]... [--out DIR] [--base-url URL]
@@ -35,6 +35,9 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# Paths on the command line are the caller's, relative to where it ran us.
+caller_dir=$PWD
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$caller_dir/$1" ;; esac; }
 cd "$repo"
 
 die() { echo "release.sh: $*" >&2; exit 1; }
@@ -59,14 +62,14 @@ declare -A given=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
-    --out) [ $# -ge 2 ] || die "--out needs a directory"; out=$2; shift 2 ;;
+    --out) [ $# -ge 2 ] || die "--out needs a directory"; out=$(absolute "$2"); shift 2 ;;
     --base-url) [ $# -ge 2 ] || die "--base-url needs a URL"; base_url=${2%/}; shift 2 ;;
     --binary)
       [ $# -ge 2 ] || die "--binary needs OS/ARCH=PATH"
       platform=${2%%=*} path=${2#*=}
       [ "$platform" != "$2" ] && [ -n "$path" ] || die "--binary $2: expected OS/ARCH=PATH"
       rust_target "$platform" >/dev/null || die "--binary $2: unknown platform $platform (one of: $PLATFORMS)"
-      given[$platform]=$path
+      given[$platform]=$(absolute "$path")
       shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
