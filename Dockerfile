@@ -12,16 +12,18 @@
 # (`docker buildx create --append`) builds it natively.
 
 FROM rust:1.95-alpine AS build
-# Set by buildx (and by `docker build` to the daemon's architecture).
+# Set by BuildKit (buildx, and `docker build` since Docker 23) to the platform being built; the
+# legacy builder leaves it empty, and the stage's own architecture (`uname -m`) decides.
 ARG TARGETARCH
 # musl-dev: the C parts of ring; the proto is compiled by protox (no protoc needed).
 RUN apk add --no-cache musl-dev
 WORKDIR /src
 COPY . .
-RUN case "${TARGETARCH:-amd64}" in \
-      amd64) target=x86_64-unknown-linux-musl ;; \
-      arm64) target=aarch64-unknown-linux-musl ;; \
-      *) echo "unsupported TARGETARCH ${TARGETARCH}: linux/amd64 and linux/arm64 are built" >&2; exit 1 ;; \
+RUN arch="${TARGETARCH:-$(uname -m)}" \
+    && case "$arch" in \
+      x86_64|amd64) target=x86_64-unknown-linux-musl ;; \
+      aarch64|arm64) target=aarch64-unknown-linux-musl ;; \
+      *) echo "unsupported architecture $arch: linux/amd64 and linux/arm64 are built" >&2; exit 1 ;; \
     esac \
     && cargo build --release --locked --target "$target" --bin kubectl-homelab \
     && cp "target/$target/release/kubectl-homelab" /kubectl-homelab

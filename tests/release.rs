@@ -547,31 +547,69 @@ fn krew_installs_every_platform_entry_of_a_dry_run_manifest() -> anyhow::Result<
     Ok(())
 }
 
-/// The Dockerfile builds for linux/amd64 and linux/arm64 from one file: its build stage maps
-/// buildx's TARGETARCH to Rust's static musl target of that architecture and builds the
-/// release binary for it; the image stays distroless/static as user 65532. This reads the
-/// file; the amd64 command is the one `release.sh` and `KUBECTL_HOMELAB_STATIC_BUILD=1
-/// scripts/test.sh` run here, and no image is built by this test.
+/// The Dockerfile's build-stage `RUN` line that builds the binary, continuation lines joined.
+fn dockerfile_build_command(dockerfile: &str) -> Option<String> {
+    let mut command: Option<String> = None;
+    for line in dockerfile.lines() {
+        match &mut command {
+            None if line.starts_with("RUN ") && line.contains("TARGETARCH") => {
+                command = Some(line.trim_start_matches("RUN ").to_owned());
+            }
+            None => {}
+            Some(c) => {
+                if !c.ends_with('\\') {
+                    break;
+                }
+                c.pop();
+                c.push_str(line);
+            }
+        }
+        if command.as_deref().is_some_and(|c| !c.ends_with('\\')) {
+            break;
+        }
+    }
+    command
+}
+
+/// The Dockerfile builds for linux/amd64 and linux/arm64 from one file: its build stage's `RUN`
+/// line, run by `sh` here with `cargo` and `cp` replaced by functions that print their
+/// arguments, builds the release binary for the static musl target of buildx's TARGETARCH (the
+/// stage's `uname -m` when it is unset) and refuses another architecture; the image stays
+/// distroless/static as user 65532. No image is built by this test; the amd64 cargo command is
+/// the one `KUBECTL_HOMELAB_STATIC_BUILD=1 scripts/test.sh` runs.
 #[test]
 fn the_dockerfile_builds_amd64_and_arm64_musl_binaries() -> anyhow::Result<()> {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile"))?;
     assert!(dockerfile.contains("\nARG TARGETARCH\n"), "{dockerfile}");
+    assert!(dockerfile.contains("FROM gcr.io/distroless/static"));
+    assert!(dockerfile.contains("\nUSER 65532:65532\n"));
+    let command = dockerfile_build_command(&dockerfile).context("the RUN line with TARGETARCH")?;
+    let run = |arch: &str| -> anyhow::Result<Output> {
+        let script =
+            format!("cargo() {{ echo \"cargo $*\"; }}; cp() {{ echo \"cp $*\"; }}; {command}");
+        Ok(Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("TARGETARCH", arch)
+            .output()?)
+    };
     for (arch, target) in [
         ("amd64", "x86_64-unknown-linux-musl"),
         ("arm64", "aarch64-unknown-linux-musl"),
     ] {
-        assert!(
-            dockerfile.contains(&format!("{arch}) target={target} ;;")),
-            "{arch} -> {target}"
+        let out = run(arch)?;
+        assert!(out.status.success(), "{arch}: {out:?}");
+        assert_eq!(
+            String::from_utf8(out.stdout)?,
+            format!(
+                "cargo build --release --locked --target {target} --bin kubectl-homelab\n\
+                 cp target/{target}/release/kubectl-homelab /kubectl-homelab\n"
+            ),
+            "{arch}"
         );
     }
-    assert!(
-        dockerfile
-            .contains(r#"cargo build --release --locked --target "$target" --bin kubectl-homelab"#)
-    );
-    assert!(dockerfile.contains(r#"cp "target/$target/release/kubectl-homelab" /kubectl-homelab"#));
-    assert!(dockerfile.contains("FROM gcr.io/distroless/static"));
-    assert!(dockerfile.contains("\nUSER 65532:65532\n"));
+    let out = run("s390x")?;
+    assert!(!out.status.success(), "another architecture was accepted");
     // The same target names as release.sh's platforms.
     let script = std::fs::read_to_string(repo().join("scripts/release.sh"))?;
     assert!(script.contains("linux/amd64) echo x86_64-unknown-linux-musl ;;"));
