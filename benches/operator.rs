@@ -15,8 +15,9 @@
 //! - VmRSS / VmHWM, and RSS split into anonymous and file-backed (/proc/<pid>/status) after start,
 //!   after the idle window and after the calls.
 //!
-//! Run: `cargo bench --bench operator` (`-- --idle SECS` shortens the idle window, `--per-group N`
-//! changes the scale, `--calls N` makes N IncreaseSize calls instead of 50: with 50 the p99 is
+//! Run: `cargo bench --bench operator` (`-- --idle SECS` shortens the idle window, `--groups N`
+//! and `--per-group N` change the scale, e.g. a homelab's `--groups 2 --per-group 10 --nodes 12`;
+//! `--calls N` makes N IncreaseSize calls instead of 50: with 50 the p99 is
 //! the slowest call, with 200 the third slowest; `--nodes N` creates N Kubernetes Nodes instead,
 //! half of them for machines that are on: `--nodes 0` is the bench as it was before it had Nodes,
 //! all machines off). Without `--bench` (`cargo test --benches`) it runs a smoke version: 2 groups
@@ -133,6 +134,9 @@ fn main() {
     };
     if let Some(s) = flag("--idle") {
         size.idle = Duration::from_secs(s);
+    }
+    if let Some(n) = flag("--groups") {
+        size.groups = n as usize;
     }
     if let Some(n) = flag("--per-group") {
         size.per_group = n as usize;

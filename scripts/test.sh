@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (README and CI). It
 #  1. builds the real Kubernetes binaries the tests run against (etcd, kube-apiserver,
-#     kube-scheduler, cluster-autoscaler, and helm and krew's validate-krew-manifest for
-#     tests/packaging.rs) with tests/k8s-bins/build.sh, unless they are already
+#     kube-scheduler, cluster-autoscaler, and helm, krew and its validate-krew-manifest for
+#     tests/packaging.rs and tests/release.rs) with tests/k8s-bins/build.sh, unless they are already
 #     cached (the first, cold build takes about 17 minutes on 2 cores, helm and the validator
 #     about 7 more; later runs take seconds);
 #  2. points the tests at them (KUBECTL_HOMELAB_TEST_ASSETS) and makes a missing binary a test
@@ -29,7 +29,7 @@ if [ -z "${CLUSTER_AUTOSCALER_SRC:-}" ] && [ -d "$repo/../shared/third_party/clu
   export CLUSTER_AUTOSCALER_SRC
 fi
 
-binaries="etcd kube-apiserver kube-scheduler cluster-autoscaler helm validate-krew-manifest"
+binaries="etcd kube-apiserver kube-scheduler cluster-autoscaler helm validate-krew-manifest krew"
 have_all() {
   local dir=$1 b
   for b in $binaries; do [ -x "$dir/$b" ] || return 1; done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes components the tests run against (etcd, kube-apiserver,
 # kube-scheduler, cluster-autoscaler) and the packaging tools the install tests run (helm,
-# krew's validate-krew-manifest) from Go modules, and caches them outside the work
+# krew and its validate-krew-manifest) from Go modules, and caches them outside the work
 # tree keyed by version. A second run finds them and costs nothing.
 #
 # Prints the cache directory on its last line (the value for KUBECTL_HOMELAB_TEST_ASSETS).
@@ -111,6 +111,9 @@ build_helm() {
 
 build_krew_validator() {
   go_install validate-krew-manifest "sigs.k8s.io/krew/cmd/validate-krew-manifest@v$KREW_VERSION" ""
+  # krew itself: the validator installs a manifest with `kubectl krew install` (tests/release.rs
+  # puts it on PATH as kubectl-krew).
+  go_install krew "sigs.k8s.io/krew/cmd/krew@v$KREW_VERSION" ""
 }
 
 # Runs one build step and logs how long it took (the numbers the README quotes).

@@ -185,6 +185,11 @@ impl Provider {
         lock(&self.child).kill();
     }
 
+    /// The process id of the current run (to read its /proc figures).
+    pub fn pid(&self) -> u32 {
+        lock(&self.child).pid()
+    }
+
     /// Starts the provider again with the same flags (same port, certificates, namespace) and
     /// waits until it answers `NodeGroups`.
     pub async fn restart(&self) -> anyhow::Result<()> {
