@@ -1128,3 +1128,37 @@ fn structural_checker_catches_what_the_api_server_refuses() {
         "{raw_problems:?}"
     );
 }
+
+/// The deprecated keys say so where `kubectl explain` shows them, naming their replacement; the
+/// keys `true` / `false` are described as what YAML made of a bare key.
+#[test]
+fn deprecated_keys_are_described_as_deprecated_with_their_replacement() {
+    let s = schema("Node");
+    for (path, replacement) in [
+        ("spec.power.on", "powerOn"),
+        ("spec.power.off", "powerOff"),
+        ("spec.watts.off", "standby"),
+    ] {
+        let description = node_at(&s, path)["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            description.starts_with(&format!("Deprecated: use {replacement} ")),
+            "{path}: {description:?}"
+        );
+    }
+    for path in [
+        "spec.power.true",
+        "spec.power.false",
+        "spec.watts.true",
+        "spec.watts.false",
+    ] {
+        let description = node_at(&s, path)["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            description.starts_with("Not a field"),
+            "{path}: {description:?}"
+        );
+    }
+}

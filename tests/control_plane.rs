@@ -829,6 +829,27 @@ async fn legacy_quoted_on_off_keys_still_apply_and_survive_a_power_state_patch()
         Ok(PowerDriver::NodeAgent(_))
     ));
     assert_eq!(m.spec.watts.map(|w| w.standby()), Some(1.0));
+
+    // Where an owner looks the keys up, the old ones say what replaces them.
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["explain", "hln.spec.power"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "Deprecated: use powerOn",
+        "Deprecated: use powerOff",
+        "powerOn\t",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from: {text}");
+    }
     Ok(())
 }
 

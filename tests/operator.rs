@@ -1107,10 +1107,10 @@ async fn the_wake_on_lan_example_wakes_the_machine_and_its_node_agent_powers_it_
     };
     let (socket, port) = lan_socket().await?;
     let lab = Lab::start(cp, "op-wol").await?;
-    let direct = format!("broadcast: 127.0.0.1\n        port: {port}\n    \"off\"");
+    let direct = format!("broadcast: 127.0.0.1\n        port: {port}\n    powerOff");
     lab.apply_example(
         "wake-on-lan.yaml",
-        &[("broadcast: 192.168.1.255\n    \"off\"", &direct)],
+        &[("broadcast: 192.168.1.255\n    powerOff", &direct)],
     )
     .await?;
     lab.wait_phase("minipc-1", Phase::Off).await?;

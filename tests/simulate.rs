@@ -142,8 +142,8 @@ fn parse_err(text: &str) -> ScenarioError {
 
 fn with_machine_extra(extra: &str) -> String {
     data("one-burst.yaml").replace(
-        "      watts: {idle: 10, busy: 30, off: 1}\n",
-        &format!("      watts: {{idle: 10, busy: 30, off: 1}}\n{extra}"),
+        "      watts: {idle: 10, busy: 30, standby: 1}\n",
+        &format!("      watts: {{idle: 10, busy: 30, standby: 1}}\n{extra}"),
     )
 }
 
@@ -384,7 +384,7 @@ fn groups_and_nodes_from_a_cluster_replace_the_scenarios() {
     let machine: Machine = serde_yaml::from_str(
         "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Node\n\
          metadata: {name: box, namespace: lab, labels: {group: solo}}\n\
-         spec: {powerState: \"off\", watts: {idle: 10, busy: 30, off: 1}}\n\
+         spec: {powerState: \"off\", watts: {idle: 10, busy: 30, standby: 1}}\n\
          status:\n  powerState: \"on\"\n  node:\n    name: box\n    seen: \"2026-01-01T00:00:00Z\"\n    \
          capacity: {cpu: \"4\", memory: 8Gi, pods: \"110\"}\n",
     )
@@ -506,8 +506,8 @@ async fn from_cluster_reads_groups_and_nodes_from_the_api_server() -> anyhow::Re
             "apiVersion: infra.homecluster.dev/v1alpha1\nkind: Node\n\
              metadata: {{name: {name}, namespace: {ns}, labels: {{group: rack}}}}\n\
              spec:\n  powerState: \"off\"\n  \
-             power: {{\"on\": {{wakeOnLan: {{mac: \"aa:bb:cc:00:00:0{}\"}}}}, \"off\": {{nodeAgent: {{}}}}}}\n  \
-             watts: {{idle: 12, busy: 40, off: 1}}\n",
+             power: {{powerOn: {{wakeOnLan: {{mac: \"aa:bb:cc:00:00:0{}\"}}}}, powerOff: {{nodeAgent: {{}}}}}}\n  \
+             watts: {{idle: 12, busy: 40, standby: 1}}\n",
             if name == "live-a" { 1 } else { 2 }
         ))?;
         machines.create(&PostParams::default(), &m).await?;
@@ -854,11 +854,11 @@ fn redfish_burst(extra: &str) -> String {
     data("one-burst.yaml")
         .replace(
             "      powerState: \"off\"\n",
-            "      powerState: \"off\"\n      power:\n        \"on\": {redfish: {endpoint: \"https://bmc\", credentialsSecret: bmc}}\n        \"off\": {redfish: {endpoint: \"https://bmc\", credentialsSecret: bmc, forceOffAfter: 2m}}\n",
+            "      powerState: \"off\"\n      power:\n        powerOn: {redfish: {endpoint: \"https://bmc\", credentialsSecret: bmc}}\n        powerOff: {redfish: {endpoint: \"https://bmc\", credentialsSecret: bmc, forceOffAfter: 2m}}\n",
         )
         .replace(
-            "      watts: {idle: 10, busy: 30, off: 1}\n",
-            &format!("      watts: {{idle: 10, busy: 30, off: 1}}\n    simulation: {{{extra}}}\n"),
+            "      watts: {idle: 10, busy: 30, standby: 1}\n",
+            &format!("      watts: {{idle: 10, busy: 30, standby: 1}}\n    simulation: {{{extra}}}\n"),
         )
 }
 
@@ -930,7 +930,7 @@ fn power_action_times_default_by_driver() {
     );
     let wol = data("one-burst.yaml").replace(
         "      powerState: \"off\"\n",
-        "      powerState: \"off\"\n      power:\n        \"on\": {wakeOnLan: {mac: \"3c:7c:3f:1a:2b:01\"}}\n        \"off\": {http: {url: \"http://plug/off\"}}\n",
+        "      powerState: \"off\"\n      power:\n        powerOn: {wakeOnLan: {mac: \"3c:7c:3f:1a:2b:01\"}}\n        powerOff: {http: {url: \"http://plug/off\"}}\n",
     );
     assert_eq!(
         times(&wol),

@@ -189,8 +189,9 @@ fn clean_crd(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
 }
 
 /// The string formats the API server knows, written without `-` as it compares them
-/// (apiextensions-apiserver, pkg/apiserver/validation/formats.go; its `k8s-short-name` and
-/// `k8s-long-name` are left out, since their names written without `-` match nothing).
+/// (apiextensions-apiserver, pkg/apiserver/validation/formats.go). Its `k8s-short-name` and
+/// `k8s-long-name` are left out: only API servers from 1.34 on know them, and the CRDs install
+/// on older ones too.
 const KNOWN_STRING_FORMATS: &[&str] = &[
     "bsonobjectid",
     "uri",

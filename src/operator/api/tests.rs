@@ -630,7 +630,10 @@ fn generated_crds_use_only_formats_the_api_server_knows() {
     assert!(bad.is_empty(), "unknown formats: {bad:#?}");
     // The checker itself: what the API server warns about.
     assert!(!is_known_format(Some("integer"), "uint64"));
-    assert!(!is_known_format(Some("string"), "k8s-short-name"));
+    assert!(
+        !is_known_format(Some("string"), "k8s-short-name"),
+        "not before 1.34"
+    );
     assert!(is_known_format(Some("string"), "date-time"));
     assert!(is_known_format(Some("number"), "double"));
 }
