@@ -120,7 +120,8 @@ async fn states(machines: &Api<Machine>) -> anyhow::Result<Vec<(String, Phase, b
 /// refuses a CR naming a Secret not listed). The operator, run with the chart's arguments and
 /// its ServiceAccount's token, takes every Node CR out of phase Unknown without a NotPermitted
 /// condition; the job-style example's power Job runs as the chart's power ServiceAccount
-/// (`<fullname>-power`, which the chart created). After `helm uninstall`, the CRDs and the Node CRs are still there (crds.keep).
+/// (`<fullname>-power`, which the chart created). After `helm uninstall`, the CRDs and the Node
+/// CRs are still there (crds.keep).
 #[tokio::test]
 async fn every_example_is_accepted_and_reconciled_under_the_charts_install() -> anyhow::Result<()> {
     let Some(helm) = Helm::locate()? else {

@@ -65,12 +65,16 @@ fn operation(kind: OperationKind, id: &str, started: Timestamp) -> Operation {
     }
 }
 
-/// Node `n1`, registered as m1's (providerID set, restored), Ready or not since `since`.
+/// Node `n1`, registered as m1's (providerID set, restored, labelled managed), Ready or not
+/// since `since`.
 fn node(ready: bool, since: Timestamp) -> Node {
+    use crate::operator::node::{MANAGED_LABEL, OWNED_LABELS, RESTORED};
     crate::testing::node("n1")
         .adoptable()
         .at_version("3")
-        .annotation(crate::operator::node::RESTORED, "true")
+        .annotation(RESTORED, "true")
+        .label(MANAGED_LABEL, "true")
+        .annotation(OWNED_LABELS, MANAGED_LABEL)
         .provider_id("homelab://lab/m1")
         .ready_since(ready, since)
 }
