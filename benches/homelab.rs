@@ -110,13 +110,7 @@ fn main() {
 }
 
 async fn run(plan: Plan) -> anyhow::Result<()> {
-    let Some(assets) = Assets::locate(&[
-        "etcd",
-        "kube-apiserver",
-        "kube-scheduler",
-        "cluster-autoscaler",
-    ])?
-    else {
+    let Some(assets) = Assets::locate(Assets::WITH_CA)? else {
         println!("skipped: the Kubernetes test binaries are missing");
         return Ok(());
     };
@@ -195,13 +189,7 @@ async fn lab(
             .with_context(|| format!("creating Node CR {ns}/{name}"))?;
     }
     let world = World::new(client.clone());
-    world
-        .node_up(&FakeNode::new("always-on").taint(
-            "node-role.kubernetes.io/control-plane",
-            "",
-            "NoSchedule",
-        ))
-        .await?;
+    world.node_up(&FakeNode::always_on()).await?;
     let machines = Machines::start(&world, MachinesConfig::new(&ns, BOOT));
     let provider =
         Provider::start(&cp, &ns, ProviderCommand::RunOperator, Transport::Plaintext).await?;

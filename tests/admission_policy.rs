@@ -19,9 +19,8 @@ use kubectl_homelab::operator::api::{
 use kubectl_homelab::testing::job;
 use serde_json::json;
 use support::ControlPlane;
-use support::helm::{CHART, Helm, repo};
+use support::helm::{CHART, Helm, KUBECTL, repo};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 const RELEASE: &str = "lab";
 /// The chart's name for the operator's ServiceAccount of release [`RELEASE`].
 const OPERATOR_SA: &str = "lab-kubectl-homelab";

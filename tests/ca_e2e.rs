@@ -143,13 +143,7 @@ fn pod(name: &str) -> anyhow::Result<Pod> {
 impl Lab {
     /// `Ok(None)`: binaries missing and not required (skipped).
     async fn start(spec: LabSpec) -> anyhow::Result<Option<Lab>> {
-        let Some(assets) = Assets::locate(&[
-            "etcd",
-            "kube-apiserver",
-            "kube-scheduler",
-            "cluster-autoscaler",
-        ])?
-        else {
+        let Some(assets) = Assets::locate(Assets::WITH_CA)? else {
             return Ok(None);
         };
         let started = std::time::Instant::now();
@@ -173,13 +167,7 @@ impl Lab {
                 .with_context(|| format!("creating Node CR {ns}/{name}"))?;
         }
         let world = World::new(client.clone());
-        world
-            .node_up(&FakeNode::new("always-on").taint(
-                "node-role.kubernetes.io/control-plane",
-                "",
-                "NoSchedule",
-            ))
-            .await?;
+        world.node_up(&FakeNode::always_on()).await?;
 
         let mut config = MachinesConfig::new(&ns, spec.boot)
             .provider_id_by(spec.provider_id_by)

@@ -20,10 +20,11 @@ use kubectl_homelab::operator::machine::Phase;
 use kubectl_homelab::operator::power::job::MACHINE_LABEL;
 use kubectl_homelab::operator::trust::CONDITION_NOT_PERMITTED;
 use serde_json::json;
-use support::helm::{CHART, ChartOperator, Helm, readme_values, repo, stdout_of};
+use support::helm::{
+    CHART, ChartOperator, Helm, KUBECTL, kubectl_admin, readme_values, repo, stdout_of,
+};
 use support::{ControlPlane, Options};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 /// How long the test waits for the API server or the operator (normally a second or two).
 const WAIT: Duration = Duration::from_secs(60);
 const RELEASE: &str = "homelab";
@@ -52,17 +53,6 @@ fn values_for_the_examples() -> anyhow::Result<serde_json::Value> {
     values["security"] = json!({ "jobServiceAccounts": ["default"] });
     values["hostNetwork"] = json!(true);
     Ok(values)
-}
-
-/// kubectl as the harness's admin, in the repository; its stdout.
-fn kubectl(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
-    stdout_of(
-        Command::new(KUBECTL)
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(args)
-            .current_dir(repo()),
-    )
 }
 
 async fn wait_for<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
@@ -185,7 +175,7 @@ async fn every_example_is_accepted_and_reconciled_under_the_charts_install() -> 
     let key = dir.path().join("id_ed25519");
     std::fs::write(&key, "not a real key\n")?;
     let key_arg = format!("--from-file=id_ed25519={}", key.display());
-    kubectl(
+    kubectl_admin(
         &cp,
         &[
             "create",
@@ -206,7 +196,7 @@ async fn every_example_is_accepted_and_reconciled_under_the_charts_install() -> 
     ensure!(files.len() >= 5, "examples/ has {files:?}");
     for file in &files {
         let path = file.to_str().context("example path is not UTF-8")?;
-        kubectl(&cp, &["apply", "--server-side", "-n", &ns, "-f", path])
+        kubectl_admin(&cp, &["apply", "--server-side", "-n", &ns, "-f", path])
             .with_context(|| format!("applying {path}"))?;
     }
 

@@ -23,14 +23,15 @@ use kubectl_homelab::operator::machine::{Phase, PowerState};
 use kubectl_homelab::operator::power::job::{DIRECTION_LABEL, MACHINE_LABEL};
 use serde_json::json;
 use support::chart::Release;
-use support::helm::{CHART, ChartOperator, Helm, find, kinds, operator_args, repo, stdout_of};
+use support::helm::{
+    CHART, ChartOperator, Helm, KUBECTL, find, kinds, kubectl_admin, operator_args, repo, stdout_of,
+};
 use support::pod_security::{namespace_enforcing, template, violations};
 use support::world::job_finished;
 use support::{ControlPlane, FakeNode, World};
 
 /// How long a test waits for the operator to reach a state (normally a second or two).
 const WAIT: Duration = Duration::from_secs(60);
-const KUBECTL: &str = "/usr/bin/kubectl";
 
 /// Every optional part of the chart switched on.
 const EVERYTHING_ON: &[&str] = &[
@@ -804,17 +805,6 @@ fn bad_values_fail_with_the_key_named() -> anyhow::Result<()> {
         "replicas=1",
     ])?;
     Ok(())
-}
-
-/// kubectl with the harness's admin kubeconfig; its stdout.
-fn kubectl_admin(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
-    stdout_of(
-        Command::new(KUBECTL)
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(args)
-            .current_dir(repo()),
-    )
 }
 
 /// The README's Install section against the real apiserver (no kubelet: objects, not pods):

@@ -17,10 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context as _, ensure};
-use support::helm::{repo, tool};
+use support::helm::{KUBECTL, repo, tool};
 
 const PLATFORMS: [&str; 4] = ["linux/amd64", "linux/arm64", "darwin/amd64", "darwin/arm64"];
-const KUBECTL: &str = "/usr/bin/kubectl";
 const BIN: &str = env!("CARGO_BIN_EXE_kubectl-homelab");
 
 /// The binary the dry runs pack, written into `dir`: the test-built kubectl-homelab without its

@@ -119,13 +119,7 @@ async fn the_first_machine_walkthrough_powers_the_mini_pc_off_when_idle_and_on_f
     let Some(helm) = Helm::locate()? else {
         return Ok(());
     };
-    let Some(assets) = Assets::locate(&[
-        "etcd",
-        "kube-apiserver",
-        "kube-scheduler",
-        "cluster-autoscaler",
-    ])?
-    else {
+    let Some(assets) = Assets::locate(Assets::WITH_CA)? else {
         return Ok(());
     };
     // No CRDs: the chart installs them.

@@ -109,13 +109,7 @@ pub fn demand_pod(name: &str) -> anyhow::Result<Pod> {
 impl Lab {
     /// `Ok(None)`: binaries missing and not required (skipped).
     pub async fn start(machines: usize) -> anyhow::Result<Option<Lab>> {
-        let Some(assets) = Assets::locate(&[
-            "etcd",
-            "kube-apiserver",
-            "kube-scheduler",
-            "cluster-autoscaler",
-        ])?
-        else {
+        let Some(assets) = Assets::locate(Assets::WITH_CA)? else {
             return Ok(None);
         };
         let cp = ControlPlane::start(&assets, &Options::default().with_scheduler()).await?;
@@ -138,13 +132,7 @@ impl Lab {
                 .with_context(|| format!("creating Node CR {ns}/{name}"))?;
         }
         let world = World::new(client.clone());
-        world
-            .node_up(&FakeNode::new("always-on").taint(
-                "node-role.kubernetes.io/control-plane",
-                "",
-                "NoSchedule",
-            ))
-            .await?;
+        world.node_up(&FakeNode::always_on()).await?;
         let machines = Machines::start(&world, MachinesConfig::new(&ns, BOOT));
 
         let ports = process::free_ports(5).context("picking ports")?;

@@ -32,6 +32,15 @@ impl Assets {
         self.dir.join("cluster-autoscaler")
     }
 
+    /// The binaries a lab with the real Cluster Autoscaler needs: a control plane with a
+    /// scheduler, and CA.
+    pub const WITH_CA: &'static [&'static str] = &[
+        "etcd",
+        "kube-apiserver",
+        "kube-scheduler",
+        "cluster-autoscaler",
+    ];
+
     /// Finds the binaries: `$KUBECTL_HOMELAB_TEST_ASSETS`, else the build script's default cache
     /// directory. `Ok(None)` means "skip": they are missing and not required. Missing but
     /// required (`KUBECTL_HOMELAB_REQUIRE_ASSETS=1`) is an error naming the build command.

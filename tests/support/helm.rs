@@ -8,6 +8,20 @@ use kube::api::DynamicObject;
 
 use super::ControlPlane;
 
+/// kubectl, as the user's (the tests run the one installed on the machine).
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// kubectl as the harness's admin, in the repository; its stdout.
+pub fn kubectl_admin(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<String> {
+    stdout_of(
+        Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(args)
+            .current_dir(repo()),
+    )
+}
+
 /// The chart, relative to the repository.
 pub const CHART: &str = "deploy/helm/kubectl-homelab";
 

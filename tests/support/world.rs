@@ -66,6 +66,11 @@ impl FakeNode {
         )
     }
 
+    /// The node that is always on, where no test pod may land: tainted as a control plane is.
+    pub fn always_on() -> Self {
+        FakeNode::new("always-on").taint("node-role.kubernetes.io/control-plane", "", "NoSchedule")
+    }
+
     /// Sets CPU and memory capacity (Kubernetes quantities, e.g. "4", "8Gi"); pods stay 110.
     pub fn capacity(mut self, cpu: &str, memory: &str) -> Self {
         for (k, v) in [("cpu", cpu), ("memory", memory), ("pods", "110")] {
