@@ -20,10 +20,8 @@ use kubectl_homelab::operator::machine::Phase;
 use kubectl_homelab::operator::power::job::MACHINE_LABEL;
 use kubectl_homelab::operator::trust::CONDITION_NOT_PERMITTED;
 use serde_json::json;
-use support::helm::{
-    CHART, ChartOperator, Helm, KUBECTL, kubectl_admin, readme_values, repo, stdout_of,
-};
-use support::{ControlPlane, Options};
+use support::Options;
+use support::helm::{CHART, ChartOperator, Helm, KUBECTL, kubectl_admin, readme_values, repo};
 
 /// How long the test waits for the API server or the operator (normally a second or two).
 const WAIT: Duration = Duration::from_secs(60);
