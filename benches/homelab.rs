@@ -92,17 +92,7 @@ fn main() {
         plan.idle = Duration::from_secs(s);
     }
     plan.scan_interval = flag("--scan-interval");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start tokio: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rt = support::bench_runtime();
     if let Err(e) = rt.block_on(run(plan)) {
         eprintln!("homelab bench failed: {e:#}");
         std::process::exit(1);

@@ -157,17 +157,7 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start tokio: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rt = support::bench_runtime();
     if let Err(e) = rt.block_on(run(size)) {
         eprintln!("operator bench failed: {e:#}");
         std::process::exit(1);

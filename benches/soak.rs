@@ -145,17 +145,7 @@ fn fresh_seed() -> u64 {
 
 fn main() {
     let args = parse_args();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start tokio: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rt = support::bench_runtime();
     match rt.block_on(run(&args)) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),

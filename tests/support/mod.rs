@@ -69,6 +69,22 @@ where
     }
 }
 
+/// The runtime a bench's `main` drives its work on: two workers, as the machines the figures
+/// come from have two cores. Exits the process when tokio cannot start.
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// The binaries a control plane needs.
 const CONTROL_PLANE_BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-scheduler"];
 
