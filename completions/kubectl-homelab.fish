@@ -73,6 +73,8 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-oper
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l allow-privileged-jobs -d 'Let a Node CR\'s `job` driver ask for a privileged container or the host\'s network' -r -f -a "true\t''
 false\t''"
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l adopt-node-selector -d 'Kubernetes Nodes with these labels (KEY=VALUE,...) may be adopted by a Node CR without the `infra.homecluster.dev/adoptable=true` label. Control-plane nodes never are' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l energy-write-interval -d 'How often a running machine\'s energy counters (`status.energy`) are written at most. Lifecycle transitions write them at once; a machine that is off is not written' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l electricity -d 'The electricity tariff of machines whose Group sets none, as JSON or YAML in the shape of a Group\'s `spec.electricity`, e.g. \'{pricePerKWh: 0.30, currency: EUR}\'' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -s A -l all-namespaces -d 'Every namespace'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand run-operator" -l print-cloud-config -d 'Print the Cluster Autoscaler cloud-config YAML for this server and exit'

@@ -130,6 +130,29 @@ pub struct Args {
     /// the `infra.homecluster.dev/adoptable=true` label. Control-plane nodes never are.
     #[arg(long, value_name = "KEY=VALUE,...", value_parser = parse_label_selector)]
     pub adopt_node_selector: Option<std::collections::BTreeMap<String, String>>,
+
+    /// How often a running machine's energy counters (`status.energy`) are written at most.
+    /// Lifecycle transitions write them at once; a machine that is off is not written.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub energy_write_interval: Duration,
+
+    /// The electricity tariff of machines whose Group sets none, as JSON or YAML in the shape
+    /// of a Group's `spec.electricity`, e.g. '{pricePerKWh: 0.30, currency: EUR}'.
+    #[arg(long, value_name = "TARIFF", value_parser = parse_electricity)]
+    pub electricity: Option<crate::operator::api::Electricity>,
+}
+
+fn parse_electricity(s: &str) -> Result<crate::operator::api::Electricity, String> {
+    let e: crate::operator::api::Electricity = serde_yaml::from_str(s).map_err(|e| {
+        format!("{e}; write the tariff like '{{pricePerKWh: 0.30, currency: EUR}}'")
+    })?;
+    if !(e.price_per_kwh.is_finite() && e.price_per_kwh >= 0.0) {
+        return Err(format!(
+            "pricePerKWh {} is not a non-negative price; write it like 0.30",
+            e.price_per_kwh
+        ));
+    }
+    Ok(e)
 }
 
 fn default_allowed_images() -> Vec<String> {
@@ -189,6 +212,9 @@ impl Args {
                 ..defaults.policy
             },
             pod_service_account: self.pod_service_account.clone(),
+            energy_write_interval: self.energy_write_interval,
+            electricity: self.electricity.clone(),
+            meters: defaults.meters.clone(),
             trust: crate::operator::trust::TrustPolicy {
                 allowed_images: self.allowed_images.clone(),
                 node_agent_commands: self

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod health;
 pub mod leader;
 pub mod machine;
+pub mod meter;
 pub mod metrics;
 pub mod node;
 pub mod power;

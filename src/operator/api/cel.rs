@@ -118,6 +118,14 @@ pub const REDFISH_HTTPS_MESSAGE: &str = "endpoint must be an https:// URL: over 
 pub const HTTP_HTTPS_RULE: &str = "!has(self.secret) || (has(self.allowInsecure) && self.allowInsecure) || (self.url.startsWith('https://') && (!has(self.status) || self.status.url.startsWith('https://')))";
 pub const HTTP_HTTPS_MESSAGE: &str = "url and status.url must be https:// URLs when a secret is sent: over http:// the credentials cross the network in clear text; use https:// (with caBundle for a self-signed certificate), or set allowInsecure: true to send them anyway";
 
+// A meter reads one source (`self` is `spec.meter`).
+pub const ONE_METER_SOURCE_RULE: &str =
+    "[has(self.redfish), has(self.http)].filter(x, x).size() == 1";
+pub const ONE_METER_SOURCE_MESSAGE: &str =
+    "a meter reads exactly one source: set one of redfish or http";
+pub const HTTP_METER_HTTPS_RULE: &str = "!has(self.secret) || (has(self.allowInsecure) && self.allowInsecure) || self.url.startsWith('https://')";
+pub const HTTP_METER_HTTPS_MESSAGE: &str = "url must be an https:// URL when a secret is sent: over http:// the credentials cross the network in clear text; use https:// (with caBundle for a self-signed certificate), or set allowInsecure: true to send them anyway";
+
 // Root rule of the Group CRD (`self` is the whole object; CEL sees only name/generateName of
 // its metadata).
 pub const GROUP_NAME_RULE: &str = "self.metadata.name.size() <= 63";
@@ -150,6 +158,8 @@ pub const ALL_RULES: &[(&str, &str)] = &[
     (TLS_CHOICE_RULE, TLS_CHOICE_MESSAGE),
     (REDFISH_HTTPS_RULE, REDFISH_HTTPS_MESSAGE),
     (HTTP_HTTPS_RULE, HTTP_HTTPS_MESSAGE),
+    (ONE_METER_SOURCE_RULE, ONE_METER_SOURCE_MESSAGE),
+    (HTTP_METER_HTTPS_RULE, HTTP_METER_HTTPS_MESSAGE),
     (GROUP_NAME_RULE, GROUP_NAME_MESSAGE),
     (NO_RESERVED_LABEL_RULE, NO_RESERVED_LABEL_MESSAGE),
 ];

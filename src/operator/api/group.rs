@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cel::*;
 use super::conditions::Condition;
+use super::energy::Electricity;
 use super::parse::{FieldError, parse_duration, parse_threshold};
 use super::{Health, object_ref};
 
@@ -118,6 +119,10 @@ pub struct GroupSpec {
     /// nothing; the Cluster Autoscaler's `--scale-down-unready-time` decides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remediation: Option<Remediation>,
+    /// What electricity costs for this group's machines (default: the operator's
+    /// `--electricity`), for `status.energy` cost and savings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub electricity: Option<Electricity>,
 }
 
 /// Opt-in remediation of members whose Node is lost while they run.

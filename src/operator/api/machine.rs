@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cel::*;
 use super::conditions::Condition;
+use super::energy::{EnergyCounters, Meter};
 use super::group::GROUP_LABEL;
 use super::parse::{FieldError, parse_decimal, parse_duration};
 use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
@@ -125,6 +126,10 @@ pub struct MachineSpec {
     /// Power draw, for energy accounting and `simulate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watts: Option<Watts>,
+    /// A power meter whose readings are preferred over `watts` (Redfish chassis power, or a
+    /// smart plug's JSON API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter: Option<Box<Meter>>,
     /// Never powered off by the autoscaler (a person can still power it off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_disabled: Option<bool>,
@@ -183,6 +188,14 @@ pub struct Watts {
     #[serde(rename = "off", default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub legacy_off: Option<f64>,
+    /// While booting: disks spinning up, fans at full speed (default: `idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub boot: Option<f64>,
+    /// While shutting down (default: `idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub shutdown: Option<f64>,
 }
 
 /// Observed state of a machine. The lifecycle fields (`phase`, `phaseSince`, `attempt`,
@@ -319,25 +332,6 @@ pub struct NodeSnapshot {
     pub seen: Timestamp,
 }
 
-/// Energy accounting since `since`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EnergyCounters {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<Timestamp>,
-    /// Up to when the counters are accounted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<Timestamp>,
-    #[serde(default)]
-    pub on_seconds: u64,
-    #[serde(default)]
-    pub off_seconds: u64,
-    #[serde(default)]
-    pub watt_hours: f64,
-    #[serde(default)]
-    pub boots: u64,
-}
-
 impl MachineSpec {
     /// A spec with only the desired power state set (tests and builders start here).
     pub fn new(power_state: PowerState) -> Self {
@@ -356,6 +350,7 @@ impl MachineSpec {
             labels: FlatMap::new(),
             taints: Vec::new(),
             watts: None,
+            meter: None,
             scale_down_disabled: None,
         }
     }

@@ -3,6 +3,7 @@
 //! in the generated schema.
 pub mod cel;
 mod conditions;
+mod energy;
 mod group;
 mod machine;
 mod parse;
@@ -13,6 +14,7 @@ mod tests;
 /// The predecessor's `status.progress` (defined with the lifecycle, which maps phases onto it).
 pub use crate::operator::machine::StatusProgress;
 pub use conditions::*;
+pub use energy::*;
 pub use group::*;
 pub use machine::*;
 pub use parse::{

@@ -58,6 +58,14 @@ pub struct Settings {
     /// What Node CRs may ask the operator for (images, ServiceAccounts, privilege, which
     /// Kubernetes Nodes to adopt).
     pub trust: crate::operator::trust::TrustPolicy,
+    /// The latest meter readings (`spec.meter`), which the energy accounting prefers over the
+    /// `spec.watts` model; a meter that starts or stops answering queues its machine.
+    pub meters: crate::operator::meter::Readings,
+    /// How often a running machine's `status.energy` is written at most (transitions write
+    /// it at once; a machine that is off and unchanged is never written).
+    pub energy_write_interval: Duration,
+    /// The tariff of machines whose Group sets no `electricity`.
+    pub electricity: Option<crate::operator::api::Electricity>,
 }
 
 impl Default for Settings {
@@ -69,6 +77,9 @@ impl Default for Settings {
             policy: crate::operator::machine::Policy::default(),
             pod_service_account: None,
             trust: crate::operator::trust::TrustPolicy::default(),
+            meters: crate::operator::meter::Readings::default(),
+            energy_write_interval: Duration::from_secs(15 * 60),
+            electricity: None,
         }
     }
 }
@@ -451,8 +462,19 @@ pub async fn run(
     );
     let concurrency = ctx.settings.concurrency;
     let (machine_queue, group_queue) = queues(ctx.clone(), changes);
-    let machine_queue =
-        futures::stream::select(machine_queue, job_triggers).map(Ok::<_, std::convert::Infallible>);
+    let meter_triggers = ctx
+        .settings
+        .meters
+        .subscribe()
+        .filter_map(|key| async move {
+            let (ns, name) = key.split_once('/')?;
+            Some(ObjectRef::<Machine>::new(name).within(ns))
+        });
+    let machine_queue = futures::stream::select(
+        futures::stream::select(machine_queue, job_triggers),
+        meter_triggers,
+    )
+    .map(Ok::<_, std::convert::Infallible>);
     let group_queue = group_queue.map(Ok::<_, std::convert::Infallible>);
 
     let machines = controller::applier(

@@ -335,6 +335,8 @@ impl MachineSimulation {
                     busy: w.busy.or(dw.busy),
                     standby: w.standby_watts().or(dw.standby_watts()),
                     legacy_off: None,
+                    boot: w.boot.or(dw.boot),
+                    shutdown: w.shutdown.or(dw.shutdown),
                 }),
                 (w, dw) => w.or(dw),
             },

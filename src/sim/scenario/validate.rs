@@ -474,6 +474,8 @@ fn watts(
         busy: sim_watts.busy.or(spec_watts.busy),
         standby: sim_watts.standby_watts().or(spec_watts.standby_watts()),
         legacy_off: None,
+        boot: sim_watts.boot.or(spec_watts.boot),
+        shutdown: sim_watts.shutdown.or(spec_watts.shutdown),
     };
     for (field, v) in [
         ("idle", watts.idle),
