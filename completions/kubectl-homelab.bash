@@ -22,6 +22,9 @@ _kubectl__homelab() {
             kubectl__homelab,crd)
                 cmd="kubectl__homelab__subcmd__crd"
                 ;;
+            kubectl__homelab,energy)
+                cmd="kubectl__homelab__subcmd__energy"
+                ;;
             kubectl__homelab,fsm)
                 cmd="kubectl__homelab__subcmd__fsm"
                 ;;
@@ -70,6 +73,9 @@ _kubectl__homelab() {
             kubectl__homelab__subcmd__help,crd)
                 cmd="kubectl__homelab__subcmd__help__subcmd__crd"
                 ;;
+            kubectl__homelab__subcmd__help,energy)
+                cmd="kubectl__homelab__subcmd__help__subcmd__energy"
+                ;;
             kubectl__homelab__subcmd__help,fsm)
                 cmd="kubectl__homelab__subcmd__help__subcmd__fsm"
                 ;;
@@ -101,7 +107,7 @@ _kubectl__homelab() {
 
     case "${cmd}" in
         kubectl__homelab)
-            opts="-h -V --log --help --version run-operator serve-grpc power fsm crd simulate completion help"
+            opts="-h -V --log --help --version run-operator serve-grpc power fsm energy crd simulate completion help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -214,6 +220,60 @@ _kubectl__homelab() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__energy)
+            opts="-n -A -f -o -h -V --kubeconfig --context --namespace --all-namespaces --filename --since --output --no-headers --log --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --filename)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                --log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -336,7 +396,7 @@ _kubectl__homelab() {
             return 0
             ;;
         kubectl__subcmd__homelab__subcmd__help)
-            opts="run-operator serve-grpc power fsm crd simulate completion help"
+            opts="run-operator serve-grpc power fsm energy crd simulate completion help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -380,6 +440,20 @@ _kubectl__homelab() {
         kubectl__subcmd__homelab__subcmd__help__subcmd__crd__subcmd__gen)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__help__subcmd__energy)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -31,6 +31,7 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "run
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "serve-grpc" -d 'Serve the Cluster Autoscaler externalgrpc cloud provider on its own'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "power" -d 'Power machines on or off by hand (the operator carries it out)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "fsm" -d 'Inspect machine lifecycles, or print the lifecycle transition table'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "energy" -d 'What each machine and group used, cost and saved, from the Node CRs\' energy counters'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "crd" -d 'Print the CustomResourceDefinitions generated from the Rust types'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "simulate" -d 'Dry-run scaling on virtual time with the real decision code'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_needs_command" -f -a "completion" -d 'Print shell completions'
@@ -143,6 +144,20 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from inspect" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from help" -f -a "inspect" -d 'Show every machine\'s lifecycle phase: desired vs observed power, since when, attempts, last error and next retry'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand fsm; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the pod\'s service account)' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -l context -d 'The kubeconfig context to use (default: its current context)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -s n -l namespace -d 'Namespace (default: the context\'s namespace, or the pod\'s)' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -s f -l filename -d 'Read Node CRs from a YAML file (`-` for stdin) instead of the cluster, as `fsm inspect -f` does' -r -F
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -l since -d 'Only the last DURATION (e.g. `24h`, `168h`); default: since the counters began. The Node CRs keep 14 days of daily figures' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -s o -l output -d 'Output format: `wide` adds metered, baseline and estimated figures' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -s A -l all-namespaces -d 'Every namespace'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -l no-headers -d 'Print the tables without their header lines'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -s h -l help -d 'Print help'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand energy" -s V -l version -d 'Print version'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and not __fish_seen_subcommand_from gen help" -l log -d 'Log filter (tracing EnvFilter syntax), e.g. `info` or `kubectl_homelab=debug`' -r
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and not __fish_seen_subcommand_from gen help" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand crd; and not __fish_seen_subcommand_from gen help" -s V -l version -d 'Print version'
@@ -176,13 +191,14 @@ complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completi
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -l complete -d 'Internal: complete the words after `--` (called by `kubectl_complete-homelab`)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -s h -l help -d 'Print help'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand completion" -s V -l version -d 'Print version'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "run-operator" -d 'Run the operator: CA gRPC provider, controllers (leader only), health and metrics'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "serve-grpc" -d 'Serve the Cluster Autoscaler externalgrpc cloud provider on its own'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "power" -d 'Power machines on or off by hand (the operator carries it out)'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "fsm" -d 'Inspect machine lifecycles, or print the lifecycle transition table'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "crd" -d 'Print the CustomResourceDefinitions generated from the Rust types'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "simulate" -d 'Dry-run scaling on virtual time with the real decision code'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "completion" -d 'Print shell completions'
-complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm crd simulate completion help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "run-operator" -d 'Run the operator: CA gRPC provider, controllers (leader only), health and metrics'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "serve-grpc" -d 'Serve the Cluster Autoscaler externalgrpc cloud provider on its own'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "power" -d 'Power machines on or off by hand (the operator carries it out)'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "fsm" -d 'Inspect machine lifecycles, or print the lifecycle transition table'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "energy" -d 'What each machine and group used, cost and saved, from the Node CRs\' energy counters'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "crd" -d 'Print the CustomResourceDefinitions generated from the Rust types'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "simulate" -d 'Dry-run scaling on virtual time with the real decision code'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "completion" -d 'Print shell completions'
+complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and not __fish_seen_subcommand_from run-operator serve-grpc power fsm energy crd simulate completion help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and __fish_seen_subcommand_from fsm" -f -a "inspect" -d 'Show every machine\'s lifecycle phase: desired vs observed power, since when, attempts, last error and next retry'
 complete -c kubectl-homelab -n "__fish_kubectl_homelab_using_subcommand help; and __fish_seen_subcommand_from crd" -f -a "gen" -d 'Print both CRDs as one multi-document YAML (for `kubectl apply -f -`), or write one file per CRD with `--out`'

@@ -77,8 +77,8 @@ pub enum GraphArg {
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error(
-        "cannot reach a cluster to read machines from; to inspect machines without one, pass a \
-         file: `kubectl homelab fsm inspect -f nodes.yaml`"
+        "cannot reach a cluster to read machines from; to read machines without one, pass a \
+         file of Node CRs with -f (e.g. `kubectl homelab fsm inspect -f nodes.yaml`)"
     )]
     NoCluster(#[source] ConnectError),
     #[error(
@@ -189,7 +189,7 @@ pub async fn inspect(args: &InspectArgs) -> Result<Inspected, InspectError> {
             (load_file(path)?, name, empty)
         }
         None => {
-            let (machines, scope) = load_cluster(args).await?;
+            let (machines, scope) = load_cluster(&args.kube).await?;
             (
                 machines,
                 scope.to_string(),
@@ -210,10 +210,13 @@ pub async fn inspect(args: &InspectArgs) -> Result<Inspected, InspectError> {
     Ok(Inspected { stdout, stderr })
 }
 
-async fn load_cluster(args: &InspectArgs) -> Result<(Vec<Machine>, Namespaces), InspectError> {
+/// The Node CRs of the namespaces `kube` selects.
+pub(super) async fn load_cluster(
+    kube: &KubeArgs,
+) -> Result<(Vec<Machine>, Namespaces), InspectError> {
     use kube::api::{Api, ListParams};
-    let cluster = args.kube.connect().await.map_err(InspectError::NoCluster)?;
-    let scope = args.kube.namespaces(&cluster);
+    let cluster = kube.connect().await.map_err(InspectError::NoCluster)?;
+    let scope = kube.namespaces(&cluster);
     let api: Api<Machine> = match &scope {
         Namespaces::All => Api::all(cluster.client.clone()),
         Namespaces::One(ns) => Api::namespaced(cluster.client.clone(), ns),

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod completion;
 pub mod crd;
+pub mod energy;
 pub mod fsm;
 pub mod grpc_args;
 pub mod kube_args;
@@ -69,6 +70,8 @@ pub enum Command {
     /// Inspect machine lifecycles, or print the lifecycle transition table.
     #[command(subcommand)]
     Fsm(fsm::FsmCommand),
+    /// What each machine and group used, cost and saved, from the Node CRs' energy counters.
+    Energy(energy::Args),
     /// Print the CustomResourceDefinitions generated from the Rust types.
     #[command(
         subcommand,
@@ -203,6 +206,7 @@ impl Cli {
             Command::ServeGrpc(args) => serve_grpc::run(args).await,
             Command::Power(args) => power::run(args).await,
             Command::Fsm(cmd) => fsm::run(cmd).await,
+            Command::Energy(args) => energy::run(args).await,
             Command::Crd(cmd) => crd::run(cmd),
             Command::Simulate(args) => simulate::run(args).await,
             Command::Completion(args) => completion::run(args).await,
