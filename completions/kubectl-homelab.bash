@@ -626,7 +626,7 @@ _kubectl__homelab() {
             return 0
             ;;
         kubectl__subcmd__homelab__subcmd__run__subcmd__operator)
-            opts="-n -A -h -V --listen --advertise-address --kubeconfig --context --namespace --all-namespaces --tls-cert --tls-key --client-ca --api-timeout --sync-timeout --gpu-label --gpu-type --print-cloud-config --cloud-config-tls-dir --leader-elect --lease-name --lease-namespace --lease-identity --lease-duration --lease-renew-grace --readiness-requires-leader --health-address --shutdown-timeout --drain-timeout --not-ready-grace --retry-backoff --retry-backoff-max --max-attempts --concurrency --pod-service-account --allowed-image --node-agent-command --job-service-account --operator-service-account --allow-privileged-jobs --adopt-node-selector --energy-write-interval --electricity --log --help --version"
+            opts="-n -A -h -V --listen --advertise-address --kubeconfig --context --namespace --all-namespaces --tls-cert --tls-key --client-ca --api-timeout --sync-timeout --gpu-label --gpu-type --print-cloud-config --cloud-config-tls-dir --leader-elect --lease-name --lease-namespace --lease-identity --lease-duration --lease-renew-grace --readiness-requires-leader --health-address --shutdown-timeout --drain-timeout --not-ready-grace --retry-backoff --retry-backoff-max --max-attempts --concurrency --pod-service-account --allowed-image --node-agent-command --job-service-account --operator-service-account --allow-privileged-jobs --adopt-node-selector --max-node-provision-time --energy-write-interval --electricity --log --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -773,6 +773,10 @@ _kubectl__homelab() {
                     return 0
                     ;;
                 --adopt-node-selector)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-node-provision-time)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -138,8 +138,8 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
         ),
         (
             "bootTimeout",
-            cel::POSITIVE_DURATION_RULE,
-            cel::POSITIVE_DURATION_MESSAGE,
+            cel::BOOT_TIMEOUT_RULE,
+            cel::BOOT_TIMEOUT_MESSAGE,
         ),
         (
             "shutdownTimeout",
@@ -290,6 +290,54 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
         ),
     ];
     out.extend(drivers.into_iter().map(|(p, r, m)| ("Node", p, r, m)));
+    let meter = [
+        (
+            "meter",
+            cel::ONE_METER_SOURCE_RULE,
+            cel::ONE_METER_SOURCE_MESSAGE,
+        ),
+        (
+            "meter.interval",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ),
+        (
+            "meter.redfish",
+            cel::TLS_CHOICE_RULE,
+            cel::TLS_CHOICE_MESSAGE,
+        ),
+        ("meter.redfish.endpoint", cel::URL_RULE, cel::URL_MESSAGE),
+        (
+            "meter.redfish.timeout",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ),
+        ("meter.http", cel::TLS_CHOICE_RULE, cel::TLS_CHOICE_MESSAGE),
+        (
+            "meter.http",
+            cel::HTTP_METER_HTTPS_RULE,
+            cel::HTTP_METER_HTTPS_MESSAGE,
+        ),
+        ("meter.http.url", cel::URL_RULE, cel::URL_MESSAGE),
+        (
+            "meter.http.timeout",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ),
+    ];
+    out.extend(meter.into_iter().map(|(p, r, m)| ("Node", p, r, m)));
+    for field in ["from", "to"] {
+        out.push((
+            "Group",
+            if field == "from" {
+                "electricity.timeOfUse.[].from"
+            } else {
+                "electricity.timeOfUse.[].to"
+            },
+            cel::DURATION_RULE,
+            cel::DURATION_MESSAGE,
+        ));
+    }
     out
 }
 
@@ -859,6 +907,17 @@ fn rules_accept_valid_values() {
         assert!(api::parse_mac("mac", mac).is_ok());
         assert!(m.boot_timeout().is_ok() && m.hourly_rate().is_ok());
     }
+    // A boot deadline learned from the machine's boots.
+    let n = serde_json::json!({
+        "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Node",
+        "metadata": {"name": "n"},
+        "spec": {"power": {"powerOn": {"wakeOnLan": {"mac": "aa:bb:cc:dd:ee:ff"}},
+                           "powerOff": {"nodeAgent": {}}},
+                 "bootTimeout": "auto"}
+    });
+    assert_eq!(cel_errors(&n), Vec::<String>::new());
+    let m: Machine = serde_json::from_value(n).expect("typed");
+    assert_eq!(m.boot_timeout(), Ok(api::DEFAULT_BOOT_TIMEOUT));
 }
 
 /// The rules that keep credentials on TLS accept what the owner may write: an `https://`

@@ -67,6 +67,7 @@ fn table_shows_every_machine_with_its_phase_and_error() {
         "PHASE",
         "SINCE",
         "ATTEMPT",
+        "BOOT P50/P95",
         "LAST ERROR",
         "NEXT RETRY",
     ] {
@@ -80,6 +81,9 @@ fn table_shows_every_machine_with_its_phase_and_error() {
     );
     assert!(out.contains("gave up"), "{out}");
     assert!(line("nuc-1").contains("Ready"));
+    // p50/p95 of nuc-1's recent boots [62, 48, 51, 95, 55]; no boots yet on the others.
+    assert!(line("nuc-1").contains("55s/95s"), "{}", line("nuc-1"));
+    assert!(!line("tower").contains("s/"), "{}", line("tower"));
     assert!(line("tower").contains("Booting"));
     assert!(line("spare").contains("Unknown"));
     // The core/v1 Node in the same file is not a machine.
@@ -165,6 +169,8 @@ fn the_driver_and_its_last_readback_are_shown() {
 
     let wide = ok(&["fsm", "inspect", "-f", f, "-o", "wide"]);
     assert!(row(&wide, "nuc-1").contains("redfish on-1 "), "{wide}");
+    // bootTimeout: auto from p95 95s: 95s plus the least margin of 1m.
+    assert!(row(&wide, "nuc-1").contains("2m 35s (auto)"), "{wide}");
     assert!(row(&wide, "tower").contains("on:job off:redfish"), "{wide}");
     assert!(row(&wide, "nuc-2").contains(" job "), "{wide}");
 

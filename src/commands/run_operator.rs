@@ -131,6 +131,12 @@ pub struct Args {
     #[arg(long, value_name = "KEY=VALUE,...", value_parser = parse_label_selector)]
     pub adopt_node_selector: Option<std::collections::BTreeMap<String, String>>,
 
+    /// The `--max-node-provision-time` the Cluster Autoscaler runs with (give both the same
+    /// value): Groups without `maxNodeProvisionTime` check their members' boot timeouts and
+    /// learned boot times against it.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub max_node_provision_time: Duration,
+
     /// How often a running machine's energy counters (`status.energy`) are written at most.
     /// Lifecycle transitions write them at once; a machine that is off is not written.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
@@ -213,6 +219,7 @@ impl Args {
             },
             pod_service_account: self.pod_service_account.clone(),
             energy_write_interval: self.energy_write_interval,
+            max_node_provision_time: signed(self.max_node_provision_time),
             electricity: self.electricity.clone(),
             meters: defaults.meters.clone(),
             trust: crate::operator::trust::TrustPolicy {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::operator::api::{Direction, DriverReadback, Machine};
 use crate::operator::machine::{
-    Lifecycle, Operation, Phase, PowerState, StatusProgress, observed_power, progress,
+    BootStats, Lifecycle, Operation, Phase, PowerState, StatusProgress, observed_power, progress,
 };
 
 /// How a column is aligned (numbers read better right-aligned).
@@ -204,6 +204,12 @@ pub struct MachineRow {
     /// What the driver of the latest operation last reported (`status.power`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub power: Option<DriverReadback>,
+    /// p50/p95 of the recent boots (`status.recentBootSeconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootStats>,
+    /// The boot deadline in force: `spec.bootTimeout`, or the learned one with `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_timeout: Option<String>,
 }
 
 /// The driver kind per direction (`job`, `nodeAgent`, `wakeOnLan`, `redfish`, `http`); `-` when
@@ -245,6 +251,15 @@ impl MachineRow {
             operation: lc.operation,
             drivers: Drivers::of(m),
             power: m.status.as_ref().and_then(|s| s.power.as_deref().cloned()),
+            boot: m.boot_stats(),
+            boot_timeout: m.boot_timeout().ok().map(|d| {
+                let auto = if m.spec.boot_timeout_auto() {
+                    " (auto)"
+                } else {
+                    ""
+                };
+                format!("{d:#}{auto}")
+            }),
         }
     }
 }
@@ -398,12 +413,14 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
         Column::new("phase"),
         Column::new("since"),
         Column::new("attempt").right(),
+        Column::new("boot p50/p95"),
         Column::new("last error").cut_at(LAST_ERROR_WIDTH),
         Column::new("next retry"),
         Column::new("operation").wide_only(),
         Column::new("progress").wide_only(),
         Column::new("drivers").wide_only(),
         Column::new("read").wide_only(),
+        Column::new("boot timeout").wide_only(),
     ]);
     let mut table = Table::new(columns);
     for v in views {
@@ -459,12 +476,16 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
             v.phase_since
                 .map_or_else(|| "-".to_owned(), |t| relative(t, now)),
             v.attempt.to_string(),
+            v.boot
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), BootStats::short),
             v.last_error.clone().unwrap_or_else(|| "-".to_owned()),
             next_retry,
             operation,
             progress,
             drivers,
             read,
+            v.boot_timeout.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
         table.row(row);
     }

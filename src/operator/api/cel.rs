@@ -26,6 +26,8 @@ pub const DURATION_MESSAGE: &str =
 pub const POSITIVE_DURATION_RULE: &str = "self.matches('^(0|(([0-9]+[.]?[0-9]*|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') && duration(self) > duration('0s')";
 pub const POSITIVE_DURATION_MESSAGE: &str =
     "must be a positive duration such as 90s, 10m or 1h30m (units ns, us, ms, s, m, h)";
+pub const BOOT_TIMEOUT_RULE: &str = "self == 'auto' || (self.matches('^(0|(([0-9]+[.]?[0-9]*|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') && duration(self) > duration('0s'))";
+pub const BOOT_TIMEOUT_MESSAGE: &str = "must be a positive duration such as 90s, 10m or 1h30m (units ns, us, ms, s, m, h), or auto (learned from the machine's recent boots)";
 pub const THRESHOLD_RULE: &str =
     "self.matches('^([0-9]+[.]?[0-9]*|[.][0-9]+)$') && double(self) <= 1.0";
 pub const THRESHOLD_MESSAGE: &str = "must be a decimal between 0 and 1 written as a string, e.g. \"0.5\"; a percentage is a fraction here: for 70% write \"0.7\", not \"70\"";
@@ -135,6 +137,7 @@ pub const GROUP_NAME_MESSAGE: &str = "a Group's name is the value of the `group`
 pub const ALL_RULES: &[(&str, &str)] = &[
     (DURATION_RULE, DURATION_MESSAGE),
     (POSITIVE_DURATION_RULE, POSITIVE_DURATION_MESSAGE),
+    (BOOT_TIMEOUT_RULE, BOOT_TIMEOUT_MESSAGE),
     (THRESHOLD_RULE, THRESHOLD_MESSAGE),
     (DECIMAL_RULE, DECIMAL_MESSAGE),
     (MAC_RULE, MAC_MESSAGE),
@@ -172,6 +175,7 @@ mod tests {
     fn field_rules_embed_the_shared_patterns() {
         assert!(DURATION_RULE.contains(DURATION_PATTERN));
         assert!(POSITIVE_DURATION_RULE.contains(DURATION_PATTERN));
+        assert!(BOOT_TIMEOUT_RULE.contains(DURATION_PATTERN));
         assert!(THRESHOLD_RULE.contains(DECIMAL_PATTERN));
         assert!(DECIMAL_RULE.contains(DECIMAL_PATTERN));
         assert!(MAC_RULE.contains(MAC_PATTERN));

@@ -21,6 +21,12 @@ pub const GROUP_LABEL: &str = "group";
 /// more) before the group's provision time (`maxNodeProvisionTime`, else CA's 15m default);
 /// False names the members whose boot CA gives up on before the operator does.
 pub const CONDITION_BOOT_TIMEOUT_BELOW_PROVISION: &str = "BootTimeoutBelowProvisionTime";
+/// Group condition: the slowest member's learned p95 boot is comfortably (at most
+/// [`LEARNED_BOOT_SHARE`] of it) below the provision time, so CA does not give up on a machine
+/// that is merely slow. Normal-true.
+pub const CONDITION_LEARNED_BOOT_BELOW_PROVISION: &str = "LearnedBootBelowProvisionTime";
+/// The share of the provision time the slowest learned p95 boot may take.
+pub const LEARNED_BOOT_SHARE: f64 = 0.8;
 
 /// A group of alike machines, scaled by the Cluster Autoscaler as one node group. Members are
 /// the Node CRs in the same namespace labelled `group=<name>`.
@@ -184,6 +190,20 @@ pub struct NodeTemplate {
     pub capacity: BTreeMap<String, Quantity>,
 }
 
+/// The members' recent boots: p50/p95 over all of them, and the slowest member by its own p95.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupBoot {
+    /// Boots the figures are from (each member keeps its 10 most recent).
+    pub samples: i32,
+    pub p50_seconds: i64,
+    pub p95_seconds: i64,
+    /// The member with the highest p95.
+    #[schemars(length(max = 253))]
+    pub slowest: String,
+    pub slowest_p95_seconds: i64,
+}
+
 /// Observed state of a Group, written by the group controller.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -216,6 +236,9 @@ pub struct GroupStatus {
     pub failed: i32,
     #[serde(default)]
     pub off: i32,
+    /// What the members' recent boots say (absent before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<GroupBoot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

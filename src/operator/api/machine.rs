@@ -16,7 +16,7 @@ use super::group::GROUP_LABEL;
 use super::parse::{FieldError, parse_decimal, parse_duration};
 use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
 use super::{FlatMap, Health, object_ref};
-use crate::operator::machine::{Lifecycle, PowerState, StatusProgress};
+use crate::operator::machine::{BootStats, Lifecycle, PowerState, StatusProgress};
 
 /// Default time from power-on to the Node object being Ready.
 pub const DEFAULT_BOOT_TIMEOUT: SignedDuration = SignedDuration::from_secs(10 * 60);
@@ -26,6 +26,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: SignedDuration = SignedDuration::from_secs(5
 pub const PROVIDER_ID_SCHEME: &str = "homelab://";
 /// How many recent boot durations status keeps.
 pub const RECENT_BOOTS_MAX: usize = 10;
+/// `spec.bootTimeout` learned from the machine's recent boots.
+pub const BOOT_TIMEOUT_AUTO: &str = "auto";
 /// Annotation a person (or `kubectl homelab power`) sets on a Node CR to retry a Failed machine
 /// now instead of waiting for its backoff: an RFC 3339 time, honoured once when newer than
 /// `status.phaseSince`.
@@ -97,10 +99,12 @@ pub struct MachineSpec {
     /// Power drivers; a direction left out uses `startupPodSpec` / `shutdownPodSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<Box<PowerSpec>>,
-    /// From power-on until the Node is Ready (default 10m).
+    /// From power-on until the Node is Ready (default 10m). `auto` learns it from the
+    /// machine's recent boots (`status.recentBootSeconds`): their p95 plus half of it (at
+    /// least 1m more, at least 2m in all), the default until 3 boots were seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
-        {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
+        {"rule": BOOT_TIMEOUT_RULE, "message": BOOT_TIMEOUT_MESSAGE}
     ]))]
     pub boot_timeout: Option<String>,
     /// From the power-off action until the machine is confirmed off (default 5m).
@@ -551,13 +555,23 @@ impl MachineSpec {
         errors
     }
 
+    /// The boot deadline as written; `auto` reads as the default here (a Node CR resolves it
+    /// from its learned boots: [`Machine::boot_timeout`]).
     pub fn boot_timeout(&self, field_prefix: &str) -> Result<SignedDuration, FieldError> {
+        if self.boot_timeout_auto() {
+            return Ok(DEFAULT_BOOT_TIMEOUT);
+        }
         positive_duration(
             field_prefix,
             "spec.bootTimeout",
             &self.boot_timeout,
             DEFAULT_BOOT_TIMEOUT,
         )
+    }
+
+    /// `bootTimeout: auto`.
+    pub fn boot_timeout_auto(&self) -> bool {
+        self.boot_timeout.as_deref() == Some(BOOT_TIMEOUT_AUTO)
     }
 
     pub fn shutdown_timeout(&self, field_prefix: &str) -> Result<SignedDuration, FieldError> {
@@ -732,8 +746,21 @@ impl Machine {
         self.spec.power_driver(&self.prefix(), direction)
     }
 
+    /// The boot deadline: `spec.bootTimeout`, or with `auto` the one learned from the recent
+    /// boots ([`BootStats::auto_timeout`]), the default until there are enough of them.
     pub fn boot_timeout(&self) -> Result<SignedDuration, FieldError> {
+        if self.spec.boot_timeout_auto() {
+            return Ok(self
+                .boot_stats()
+                .and_then(|s| s.auto_timeout())
+                .unwrap_or(DEFAULT_BOOT_TIMEOUT));
+        }
         self.spec.boot_timeout(&self.prefix())
+    }
+
+    /// p50/p95 of the recent boots; `None` before the first.
+    pub fn boot_stats(&self) -> Option<BootStats> {
+        BootStats::of(&self.status.as_ref()?.recent_boot_seconds)
     }
 
     pub fn shutdown_timeout(&self) -> Result<SignedDuration, FieldError> {

@@ -126,6 +126,24 @@ fn power_driver_resolution_and_errors() {
     assert_eq!(m.validate().len(), 2, "{:?}", m.validate());
 }
 
+/// `bootTimeout: auto` is the default until three boots were recorded, then the learned p95
+/// plus half of it.
+#[test]
+fn an_auto_boot_timeout_is_learned_from_recent_boots() {
+    let auto = |boots: &[u32]| {
+        Machine::test("m1")
+            .boot_timeout("auto")
+            .recent_boots(boots)
+            .build()
+            .boot_timeout()
+    };
+    assert_eq!(auto(&[]), Ok(DEFAULT_BOOT_TIMEOUT));
+    assert_eq!(auto(&[200, 240]), Ok(DEFAULT_BOOT_TIMEOUT));
+    assert_eq!(auto(&[200, 220, 240]), Ok(SignedDuration::from_secs(360)));
+    let m = Machine::test("m1").boot_timeout("auto").build();
+    assert!(m.validate().is_empty(), "{:?}", m.validate());
+}
+
 #[test]
 fn timeouts_default_and_parse() {
     let mut m = Machine::test("m1").build();

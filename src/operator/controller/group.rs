@@ -11,11 +11,11 @@ use kube::{Resource as _, ResourceExt as _};
 
 use super::{Context, Error, FIELD_MANAGER};
 use crate::operator::api::{
-    CONDITION_BOOT_TIMEOUT_BELOW_PROVISION, CONDITION_READY, Group, GroupStatus, Health, Machine,
-    condition, upsert_condition,
+    CONDITION_BOOT_TIMEOUT_BELOW_PROVISION, CONDITION_LEARNED_BOOT_BELOW_PROVISION,
+    CONDITION_READY, Group, GroupBoot, GroupStatus, Health, LEARNED_BOOT_SHARE, Machine, condition,
+    upsert_condition,
 };
-use crate::operator::machine::{Phase, PowerState};
-use crate::operator::provider::inventory::CA_DEFAULT_MAX_NODE_PROVISION;
+use crate::operator::machine::{BootStats, Phase, PowerState};
 use crate::operator::provider::warnings::{GROUP_WARNING_CONDITIONS, group_warnings};
 
 pub fn error_policy(_g: Arc<Group>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -56,22 +56,31 @@ pub fn counts(group: &Group, members: &[Arc<Machine>]) -> GroupStatus {
 /// the scale-up and cancels it (DecreaseTargetSize, recorded as a failure by the provider).
 pub const BOOT_TIMEOUT_MARGIN: SignedDuration = SignedDuration::from_mins(1);
 
-/// The [`CONDITION_BOOT_TIMEOUT_BELOW_PROVISION`] condition's status, reason and message:
-/// False when a member's `bootTimeout` plus [`BOOT_TIMEOUT_MARGIN`] exceeds the group's
-/// provision time (its `maxNodeProvisionTime`, else CA's default). Members whose bootTimeout
-/// does not parse are left to their own InvalidSpec condition; so is a Group whose
-/// maxNodeProvisionTime does not parse (CA's default is assumed).
-pub fn boot_timeout_check(group: &Group, members: &[Arc<Machine>]) -> (bool, &'static str, String) {
-    let set = group
+/// The provision time a group's machines must register within: the Group's
+/// `maxNodeProvisionTime`, else `ca_flag` (the `--max-node-provision-time` CA runs with, given
+/// to the operator), and where it came from. A maxNodeProvisionTime that does not parse is left
+/// to the Group's InvalidSpec condition (the flag is assumed).
+pub fn provision_time(group: &Group, ca_flag: SignedDuration) -> (SignedDuration, &'static str) {
+    match group
         .autoscaling_options()
         .ok()
-        .and_then(|o| o.max_node_provision_time);
-    let provision = set.unwrap_or(CA_DEFAULT_MAX_NODE_PROVISION);
-    let source = if set.is_some() {
-        "the Group's maxNodeProvisionTime"
-    } else {
-        "CA's default --max-node-provision-time"
-    };
+        .and_then(|o| o.max_node_provision_time)
+    {
+        Some(set) => (set, "the Group's maxNodeProvisionTime"),
+        None => (ca_flag, "CA's --max-node-provision-time"),
+    }
+}
+
+/// The [`CONDITION_BOOT_TIMEOUT_BELOW_PROVISION`] condition's status, reason and message:
+/// False when a member's `bootTimeout` (the learned one with `auto`) plus
+/// [`BOOT_TIMEOUT_MARGIN`] exceeds the group's provision time ([`provision_time`]). Members
+/// whose bootTimeout does not parse are left to their own InvalidSpec condition.
+pub fn boot_timeout_check(
+    group: &Group,
+    members: &[Arc<Machine>],
+    ca_flag: SignedDuration,
+) -> (bool, &'static str, String) {
+    let (provision, source) = provision_time(group, ca_flag);
     let mut late: Vec<String> = members
         .iter()
         .filter_map(|m| {
@@ -96,6 +105,74 @@ pub fn boot_timeout_check(group: &Group, members: &[Arc<Machine>]) -> (bool, &'s
         format!(
             "{}: not at least {BOOT_TIMEOUT_MARGIN:#} below the provision time {provision:#} ({source}); CA gives up on the power-on before the operator does. Lower spec.bootTimeout or raise the Group's maxNodeProvisionTime",
             late.join(", ")
+        ),
+    )
+}
+
+/// p50/p95 over every recent boot of the members, and the slowest member by its own p95;
+/// `None` before any member booted.
+pub fn boot_summary(members: &[Arc<Machine>]) -> Option<GroupBoot> {
+    let all: Vec<u32> = members
+        .iter()
+        .filter_map(|m| m.status.as_ref())
+        .flat_map(|s| s.recent_boot_seconds.iter().copied())
+        .collect();
+    let pooled = BootStats::of(&all)?;
+    let (slowest, slowest_stats) = members
+        .iter()
+        .filter_map(|m| Some((m, m.boot_stats()?)))
+        .max_by(|(a, sa), (b, sb)| {
+            sa.p95
+                .cmp(&sb.p95)
+                .then_with(|| b.name_any().cmp(&a.name_any()))
+        })?;
+    Some(GroupBoot {
+        samples: i32::try_from(pooled.samples).unwrap_or(i32::MAX),
+        p50_seconds: pooled.p50.as_secs(),
+        p95_seconds: pooled.p95.as_secs(),
+        slowest: slowest.name_any(),
+        slowest_p95_seconds: slowest_stats.p95.as_secs(),
+    })
+}
+
+/// The [`CONDITION_LEARNED_BOOT_BELOW_PROVISION`] condition: False when the slowest member's
+/// learned p95 boot takes more than [`LEARNED_BOOT_SHARE`] of the provision time: CA counts a
+/// machine still booting at the provision time as failed (`clusterstate` marks the scale-up
+/// timed out, `core/static_autoscaler.go` `removeOldUnregisteredNodes` deletes it), so a
+/// machine that is merely slow would be given up on.
+pub fn learned_boot_check(
+    boot: Option<&GroupBoot>,
+    provision: SignedDuration,
+    source: &str,
+) -> (bool, &'static str, String) {
+    let Some(boot) = boot else {
+        return (
+            true,
+            "NoBootsRecorded",
+            "no member has booted under the operator yet; the figures come with the first boots"
+                .to_owned(),
+        );
+    };
+    let limit = provision.as_secs_f64() * LEARNED_BOOT_SHARE;
+    let p95 = boot.slowest_p95_seconds;
+    if (p95 as f64) <= limit {
+        return (
+            true,
+            "LearnedBootBelowProvisionTime",
+            format!(
+                "the slowest member, {}, boots in {p95}s (p95), within {:.0}% of the provision time {provision:#} ({source})",
+                boot.slowest,
+                LEARNED_BOOT_SHARE * 100.0
+            ),
+        );
+    }
+    (
+        false,
+        "SlowBoot",
+        format!(
+            "{} boots in {p95}s (p95), more than {:.0}% of the provision time {provision:#} ({source}): CA may give up on it while it is still booting. Raise the provision time (the Group's maxNodeProvisionTime and CA's flag) or make the machine boot faster",
+            boot.slowest,
+            LEARNED_BOOT_SHARE * 100.0
         ),
     )
 }
@@ -141,7 +218,8 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
         &mut new.conditions,
         condition(CONDITION_READY, ok, reason, message, generation, now),
     );
-    let (boot_ok, boot_reason, boot_message) = boot_timeout_check(&g, &members);
+    let ca_flag = ctx.settings.max_node_provision_time;
+    let (boot_ok, boot_reason, boot_message) = boot_timeout_check(&g, &members, ca_flag);
     upsert_condition(
         &mut new.conditions,
         condition(
@@ -149,6 +227,21 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
             boot_ok,
             boot_reason,
             boot_message,
+            generation,
+            now,
+        ),
+    );
+    new.boot = boot_summary(&members);
+    let (provision, source) = provision_time(&g, ca_flag);
+    let (learned_ok, learned_reason, learned_message) =
+        learned_boot_check(new.boot.as_ref(), provision, source);
+    upsert_condition(
+        &mut new.conditions,
+        condition(
+            CONDITION_LEARNED_BOOT_BELOW_PROVISION,
+            learned_ok,
+            learned_reason,
+            learned_message,
             generation,
             now,
         ),
@@ -231,6 +324,17 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::provider::inventory::CA_DEFAULT_MAX_NODE_PROVISION as CA_DEFAULT;
+
+    fn booted(name: &str, boots: &[u32]) -> Arc<Machine> {
+        Arc::new(
+            Machine::test(name)
+                .namespace("lab")
+                .group("g")
+                .recent_boots(boots)
+                .build(),
+        )
+    }
 
     fn members(timeouts: &[(&str, Option<&str>)]) -> Vec<Arc<Machine>> {
         timeouts
@@ -251,7 +355,7 @@ mod tests {
     #[test]
     fn default_boot_timeout_is_below_cas_default_provision_time() {
         let g = Group::test("g").namespace("lab").build();
-        let (ok, reason, message) = boot_timeout_check(&g, &members(&[("m1", None)]));
+        let (ok, reason, message) = boot_timeout_check(&g, &members(&[("m1", None)]), CA_DEFAULT);
         assert!(ok, "{message}");
         assert_eq!(reason, "BootTimeoutBelowProvisionTime");
         assert!(message.contains("15m"), "{message}");
@@ -261,7 +365,7 @@ mod tests {
     fn a_boot_timeout_not_a_minute_below_the_provision_time_is_named() {
         let g = Group::test("g").namespace("lab").build();
         let ms = members(&[("m1", Some("14m30s")), ("m2", None), ("m3", Some("20m"))]);
-        let (ok, reason, message) = boot_timeout_check(&g, &ms);
+        let (ok, reason, message) = boot_timeout_check(&g, &ms, CA_DEFAULT);
         assert!(!ok);
         assert_eq!(reason, "BootTimeoutNotBelowProvisionTime");
         assert!(
@@ -275,7 +379,7 @@ mod tests {
         assert!(!message.contains("lab/m2"), "{message}");
         assert!(message.contains("provision time 15m"), "{message}");
         // 14m is exactly a minute below: fine.
-        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", Some("14m"))]));
+        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", Some("14m"))]), CA_DEFAULT);
         assert!(ok, "{message}");
     }
 
@@ -285,7 +389,7 @@ mod tests {
             .namespace("lab")
             .spec_with(|s| s.max_node_provision_time = Some("5m".into()))
             .build();
-        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", None)]));
+        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", None)]), CA_DEFAULT);
         assert!(!ok);
         assert!(
             message.contains("lab/m1") && message.contains("bootTimeout 10m"),
@@ -296,7 +400,53 @@ mod tests {
             .namespace("lab")
             .spec_with(|s| s.max_node_provision_time = Some("30m".into()))
             .build();
-        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", Some("20m"))]));
+        let (ok, _, message) = boot_timeout_check(&g, &members(&[("m1", Some("20m"))]), CA_DEFAULT);
         assert!(ok, "{message}");
+    }
+
+    /// Without a Group setting, the operator's `--max-node-provision-time` is the limit.
+    #[test]
+    fn the_operators_provision_time_flag_is_the_default_limit() {
+        let g = Group::test("g").namespace("lab").build();
+        let ms = members(&[("m1", Some("14m"))]);
+        let (ok, _, message) = boot_timeout_check(&g, &ms, SignedDuration::from_mins(20));
+        assert!(ok, "{message}");
+        assert!(message.contains("provision time 20m"), "{message}");
+        assert!(
+            message.contains("CA's --max-node-provision-time"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_summary_pools_every_boot_and_names_the_slowest_member() {
+        assert_eq!(boot_summary(&[booted("m1", &[])]), None);
+        let ms = [
+            booted("m1", &[60, 70, 80]),
+            booted("m2", &[300, 320]),
+            booted("m3", &[]),
+        ];
+        let b = boot_summary(&ms).unwrap();
+        assert_eq!((b.samples, b.p50_seconds, b.p95_seconds), (5, 80, 320));
+        assert_eq!((b.slowest.as_str(), b.slowest_p95_seconds), ("m2", 320));
+    }
+
+    #[test]
+    fn a_slowest_p95_over_most_of_the_provision_time_is_named() {
+        let provision = SignedDuration::from_mins(10);
+        let ms = [booted("m1", &[60]), booted("m2", &[470, 490])];
+        let (ok, reason, message) = learned_boot_check(boot_summary(&ms).as_ref(), provision, "x");
+        assert!(!ok);
+        assert_eq!(reason, "SlowBoot");
+        assert!(
+            message.contains("m2 boots in 490s") && message.contains("80%"),
+            "{message}"
+        );
+        // 480s is exactly 80% of 10m: comfortable enough.
+        let ms = [booted("m2", &[480])];
+        let (ok, _, message) = learned_boot_check(boot_summary(&ms).as_ref(), provision, "x");
+        assert!(ok, "{message}");
+        let (ok, reason, _) = learned_boot_check(None, provision, "x");
+        assert_eq!((ok, reason), (true, "NoBootsRecorded"));
     }
 }

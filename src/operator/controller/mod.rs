@@ -66,6 +66,9 @@ pub struct Settings {
     pub energy_write_interval: Duration,
     /// The tariff of machines whose Group sets no `electricity`.
     pub electricity: Option<crate::operator::api::Electricity>,
+    /// The `--max-node-provision-time` the Cluster Autoscaler runs with, for Groups that set no
+    /// `maxNodeProvisionTime`: the boot checks in Group status compare against it.
+    pub max_node_provision_time: jiff::SignedDuration,
 }
 
 impl Default for Settings {
@@ -80,6 +83,8 @@ impl Default for Settings {
             meters: crate::operator::meter::Readings::default(),
             energy_write_interval: Duration::from_secs(15 * 60),
             electricity: None,
+            max_node_provision_time:
+                crate::operator::provider::inventory::CA_DEFAULT_MAX_NODE_PROVISION,
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   `powerState`, CA's instance state).
 //! - [`drive`]: the observe → decide → act loop of one reconcile, for the controller and the
 //!   simulator alike.
+mod boot;
 mod fsm;
 mod graph;
 mod passes;
@@ -17,6 +18,7 @@ mod table;
 mod types;
 mod views;
 
+pub use boot::*;
 pub use fsm::*;
 pub use graph::*;
 pub use passes::*;
