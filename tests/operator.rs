@@ -555,6 +555,63 @@ async fn a_machine_that_never_boots_fails_at_its_boot_deadline() -> anyhow::Resu
     Ok(())
 }
 
+/// The Group's status sums up its members' recorded boots (p50/p95 over all, the slowest
+/// member by its own p95) and warns when that p95 takes more than 80 % of the Group's
+/// provision time, so a slow machine is not given up on by the Cluster Autoscaler.
+#[tokio::test]
+async fn the_group_reports_learned_boot_times_against_its_provision_time() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-boots").await?;
+    lab.patch_group(json!({ "maxNodeProvisionTime": "5m" }))
+        .await?;
+    lab.create(lab.machine("fast").boot_timeout("auto")).await?;
+    lab.create(lab.machine("slow").boot_timeout("auto")).await?;
+    // Boots as the operator records them: newest last, in status.
+    for (name, boots) in [
+        ("fast", json!([40, 45, 50])),
+        ("slow", json!([250, 280, 300])),
+    ] {
+        lab.machines()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "recentBootSeconds": boots } })),
+            )
+            .await
+            .with_context(|| format!("recording boots of {name}"))?;
+    }
+    let groups: Api<Group> = Api::namespaced(lab.client.clone(), &lab.ns);
+    let status = support::wait_for("the Group's boot summary", WAIT, || async {
+        let g = groups.get("g").await?;
+        Ok(g.status
+            .filter(|s| s.boot.as_ref().is_some_and(|b| b.samples == 6)))
+    })
+    .await?;
+    let boot = status.boot.as_ref().context("boot summary")?;
+    assert_eq!((boot.p50_seconds, boot.p95_seconds), (50, 300));
+    assert_eq!(
+        (boot.slowest.as_str(), boot.slowest_p95_seconds),
+        ("slow", 300)
+    );
+    let learned = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "LearnedBootBelowProvisionTime")
+        .context("no LearnedBootBelowProvisionTime condition")?;
+    assert_eq!(
+        (learned.status.as_str(), learned.reason.as_str()),
+        ("False", "SlowBoot")
+    );
+    assert!(
+        learned.message.contains("slow boots in 300s"),
+        "{}",
+        learned.message
+    );
+    Ok(())
+}
+
 /// A manual power-off of a machine whose pod a PodDisruptionBudget protects: the operator evicts
 /// through the Eviction API, the PDB refuses, and after the drain timeout the power-off is refused
 /// with the reason; the machine stays on.
