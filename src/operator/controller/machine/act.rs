@@ -404,7 +404,7 @@ pub(super) async fn perform(
                     // the operator bench times IncreaseSize → Job created from it.
                     tracing::info!(machine = %m.object_ref(), driver = d.kind(), %direction, "power action started");
                     if let Some(metrics) = &ctx.metrics {
-                        metrics.power_operation(d.kind(), &direction.to_string(), "started");
+                        metrics.power_operation_started(d.kind(), &direction.to_string());
                     }
                     Performed::Started {
                         reading: s.reading(d.kind(), operation),
@@ -431,7 +431,7 @@ pub(super) async fn perform(
                 ctx.ensure_leader()?;
                 d.cancel(&cx).await?;
                 if let Some(metrics) = &ctx.metrics {
-                    metrics.power_operation(d.kind(), &direction.to_string(), "cancelled");
+                    metrics.power_operation_ended(d.kind(), &direction.to_string(), "cancelled");
                 }
             }
             Performed::Done

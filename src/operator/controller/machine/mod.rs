@@ -329,10 +329,7 @@ fn record_metrics(
             }
         };
         let driver = act::driver(ctx, m, direction, None).map_or("unknown", |d| d.kind());
-        metrics.power_operation_duration(
-            driver,
-            &direction.to_string(),
-            ended.took.as_secs_f64().max(0.0),
-        );
+        let took = ended.took.as_secs_f64().max(0.0);
+        metrics.power_operation_finished(driver, &direction.to_string(), ended.succeeded, took);
     }
 }
