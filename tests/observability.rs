@@ -7,7 +7,7 @@
 //!
 //! Prometheus and promtool are Debian bookworm's `prometheus` package (2.42), installed on first
 //! use into `~/.cache/kubectl-homelab/prometheus-debian/` with `apt-get download` and `dpkg -x`
-//! (about 3 s with the apt lists present; as root, `apt-get update` first when the download
+//! (5.6 s measured with the apt lists present; as root, `apt-get update` first when the download
 //! fails). `KUBECTL_HOMELAB_PROMETHEUS_DIR` names a directory with both binaries instead. Without
 //! them a test is skipped, unless `KUBECTL_HOMELAB_REQUIRE_ASSETS=1`, which makes it fail.
 
