@@ -39,6 +39,8 @@ const EVERYTHING_ON: &[&str] = &[
     "tls.mode=certManager",
     "tls.certManager.issuerRef.name=lab-ca",
     "serviceMonitor.enabled=true",
+    "dashboard.enabled=true",
+    "prometheusRule.enabled=true",
     "podDisruptionBudget.enabled=true",
     "credentialSecrets={bmc-lab1,wol-secureon}",
 ];
@@ -252,6 +254,8 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
         ("PodDisruptionBudget", "lab-kubectl-homelab"),
         ("Deployment", "lab-kubectl-homelab-cluster-autoscaler"),
         ("ConfigMap", "lab-kubectl-homelab-cloud-config"),
+        ("ConfigMap", "lab-kubectl-homelab-dashboard"),
+        ("PrometheusRule", "lab-kubectl-homelab"),
     ] {
         find(&all, kind, name)?;
     }
@@ -629,11 +633,95 @@ fn the_network_policy_admits_only_the_cluster_autoscaler_to_grpc() -> anyhow::Re
     Ok(())
 }
 
+/// The monitoring extras: the Grafana dashboard ConfigMap carries the sidecar's label (or the
+/// labels, annotations and namespace given) and the dashboard file unchanged; the
+/// PrometheusRule carries the labels a ruleSelector matches and the provision time given; the
+/// ServiceMonitor keeps the metrics' own `namespace` label.
+#[test]
+fn the_dashboard_and_alerts_render_with_their_labels() -> anyhow::Result<()> {
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    let on = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "dashboard.enabled=true",
+            "prometheusRule.enabled=true",
+            "serviceMonitor.enabled=true",
+        ],
+    )?;
+    let dashboard = find(&on, "ConfigMap", "lab-kubectl-homelab-dashboard")?;
+    assert_eq!(dashboard.metadata.namespace.as_deref(), Some("homelab"));
+    assert_eq!(
+        dashboard
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("grafana_dashboard"))
+            .map(String::as_str),
+        Some("1")
+    );
+    let file = std::fs::read_to_string(
+        repo()
+            .join(CHART)
+            .join("files/dashboards/kubectl-homelab.json"),
+    )?;
+    assert_eq!(
+        dashboard.data["data"]["kubectl-homelab.json"].as_str(),
+        Some(file.trim_end())
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&file)?;
+    assert_eq!(parsed["uid"], "kubectl-homelab");
+    let monitor = find(&on, "ServiceMonitor", "lab-kubectl-homelab")?;
+    assert_eq!(monitor.data["spec"]["endpoints"][0]["honorLabels"], true);
+
+    let moved = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "dashboard.enabled=true",
+            "dashboard.namespace=monitoring",
+            "dashboard.labels.dash=homelab",
+            "dashboard.annotations.grafana_folder=Homelab",
+            "prometheusRule.enabled=true",
+            "prometheusRule.labels.release=kube-prometheus-stack",
+            "prometheusRule.maxNodeProvisionTime=20m",
+        ],
+    )?;
+    let dashboard = find(&moved, "ConfigMap", "lab-kubectl-homelab-dashboard")?;
+    assert_eq!(dashboard.metadata.namespace.as_deref(), Some("monitoring"));
+    let labels = dashboard.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("dash").map(String::as_str), Some("homelab"));
+    assert_eq!(
+        dashboard
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("grafana_folder"))
+            .map(String::as_str),
+        Some("Homelab")
+    );
+    let rule = find(&moved, "PrometheusRule", "lab-kubectl-homelab")?;
+    assert_eq!(
+        rule.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("release"))
+            .map(String::as_str),
+        Some("kube-prometheus-stack")
+    );
+    // 80 % of 20m.
+    let text = rule.data.to_string();
+    assert!(text.contains("> 960"), "{text}");
+    Ok(())
+}
+
 /// Every object the chart renders, with the defaults, with every option on and with the set-up
 /// options (host network, an existing ServiceAccount, other names, an own affinity), passes the
 /// real apiserver's validation (a server-side dry-run apply: the CRDs exist there already).
 /// Kinds whose CRDs the test apiserver does not have (cert-manager's Certificate, the
-/// Prometheus Operator's ServiceMonitor) are skipped, and named in the assertion that they were
+/// Prometheus Operator's ServiceMonitor and PrometheusRule) are skipped, and named in the assertion that they were
 /// the only ones.
 #[tokio::test]
 async fn every_rendered_object_passes_a_server_side_dry_run() -> anyhow::Result<()> {
@@ -671,7 +759,7 @@ async fn every_rendered_object_passes_a_server_side_dry_run() -> anyhow::Result<
     }
     assert_eq!(
         skipped.into_iter().collect::<Vec<_>>(),
-        ["Certificate", "ServiceMonitor"]
+        ["Certificate", "PrometheusRule", "ServiceMonitor"]
     );
     for kind in ["NetworkPolicy", "CustomResourceDefinition", "Pod"] {
         assert!(checked.contains(kind), "{kind} not in {checked:?}");

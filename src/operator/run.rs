@@ -367,6 +367,10 @@ impl Operator {
                 .with_write_timeout(plan.write_timeout)
                 .with_trust(plan.controllers.trust.clone()),
         );
+        metrics.watch_fleet(
+            source.cache().machines().clone(),
+            plan.controllers.meters.clone(),
+        );
         let leadership: Arc<OnceLock<Leadership>> = Arc::new(OnceLock::new());
         let requires_leader = plan
             .election

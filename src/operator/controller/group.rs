@@ -273,19 +273,6 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
         Health::Healthy
     });
     new.observed_generation = generation;
-    if let Some(metrics) = &ctx.metrics {
-        let phases: Vec<(String, &'static str, i64)> = Phase::ALL
-            .iter()
-            .map(|p| {
-                let n = members
-                    .iter()
-                    .filter(|m| m.lifecycle().phase() == *p)
-                    .count();
-                (g.name_any(), p.as_str(), n as i64)
-            })
-            .collect();
-        metrics.set_machines_by_phase(&phases);
-    }
     for w in raised {
         let ev = kube::runtime::events::Event {
             type_: kube::runtime::events::EventType::Warning,

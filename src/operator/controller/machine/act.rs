@@ -148,6 +148,8 @@ pub(super) struct Outcome {
     pub want_on: bool,
     /// The status as this reconcile last wrote it before acting (see [`Passes::record_intent`]).
     pub written: Option<Written>,
+    /// Boots that ended in this reconcile, counted in the metrics once the status is written.
+    pub boots: Vec<SignedDuration>,
 }
 
 /// A status this reconcile wrote, and the resourceVersion the write left: the next write diffs
@@ -267,6 +269,7 @@ impl Outcome {
                 }
             }
             Performed::Boot(d) => {
+                self.boots.push(d);
                 let secs = u32::try_from(d.as_secs().max(0)).unwrap_or(u32::MAX);
                 status.record_boot(secs);
             }
@@ -404,7 +407,7 @@ pub(super) async fn perform(
                     // the operator bench times IncreaseSize → Job created from it.
                     tracing::info!(machine = %m.object_ref(), driver = d.kind(), %direction, "power action started");
                     if let Some(metrics) = &ctx.metrics {
-                        metrics.power_operation(d.kind(), &direction.to_string(), "started");
+                        metrics.power_operation_started(d.kind(), &direction.to_string());
                     }
                     Performed::Started {
                         reading: s.reading(d.kind(), operation),
@@ -431,7 +434,7 @@ pub(super) async fn perform(
                 ctx.ensure_leader()?;
                 d.cancel(&cx).await?;
                 if let Some(metrics) = &ctx.metrics {
-                    metrics.power_operation(d.kind(), &direction.to_string(), "cancelled");
+                    metrics.power_operation_ended(d.kind(), &direction.to_string(), "cancelled");
                 }
             }
             Performed::Done
@@ -467,12 +470,7 @@ pub(super) async fn perform(
         }
         Effect::AdoptAsWantedOn => Performed::AdoptAsWantedOn,
         Effect::PowerObserved { state, at } => Performed::PowerObserved { state, at },
-        Effect::BootDuration(d) => {
-            if let Some(metrics) = &ctx.metrics {
-                metrics.boot_duration(m.group().unwrap_or(""), d.as_secs_f64());
-            }
-            Performed::Boot(d)
-        }
+        Effect::BootDuration(d) => Performed::Boot(d),
         Effect::Emit(ev) => {
             emit(ctx, m, &ev).await;
             Performed::Done

@@ -287,7 +287,8 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         record_metrics(
             &ctx,
             &m,
-            &stored,
+            [&stored, &written],
+            &passes.out.boots,
             &passes.lifecycle,
             derived.node_went_not_ready,
             now,
@@ -305,12 +306,15 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     Ok(requeue(wait))
 }
 
-/// The metrics a written status records: a power action that ended, a Ready machine's Node
-/// that went NotReady.
+/// The metrics a written status records: a power action that ended, a boot, a Ready machine's
+/// Node that went NotReady. `old` is the status as stored and as this reconcile wrote it before
+/// acting (the same when it wrote nothing): an operation that started and ended within the
+/// reconcile (a Wake-on-LAN packet, a Redfish reset) is only in the second.
 fn record_metrics(
     ctx: &Context,
     m: &Machine,
-    old: &crate::operator::api::MachineStatus,
+    old: [&crate::operator::api::MachineStatus; 2],
+    boots: &[jiff::SignedDuration],
     lifecycle: &crate::operator::machine::Lifecycle,
     node_went_not_ready: bool,
     now: Timestamp,
@@ -321,7 +325,12 @@ fn record_metrics(
     if node_went_not_ready {
         metrics.node_not_ready(m.group().unwrap_or(""));
     }
-    if let Some(ended) = status::ended_action(&old.lifecycle, lifecycle, now) {
+    for d in boots {
+        metrics.boot_duration(m.group().unwrap_or(""), d.as_secs_f64().max(0.0));
+    }
+    let [stored, written] = old.map(|s| status::ended_action(&s.lifecycle, lifecycle, now));
+    let written = written.filter(|w| stored.as_ref() != Some(w));
+    for ended in [stored, written].into_iter().flatten() {
         let direction = match ended.kind {
             crate::operator::machine::OperationKind::PowerOn => crate::operator::api::Direction::On,
             crate::operator::machine::OperationKind::PowerOff => {
@@ -329,10 +338,7 @@ fn record_metrics(
             }
         };
         let driver = act::driver(ctx, m, direction, None).map_or("unknown", |d| d.kind());
-        metrics.power_operation_duration(
-            driver,
-            &direction.to_string(),
-            ended.took.as_secs_f64().max(0.0),
-        );
+        let took = ended.took.as_secs_f64().max(0.0);
+        metrics.power_operation_finished(driver, &direction.to_string(), ended.succeeded, took);
     }
 }

@@ -478,6 +478,50 @@ async fn a_finished_power_job_is_timed_from_the_operations_start() {
     );
 }
 
+/// A boot is counted once its status is written: a reconcile whose status write conflicts
+/// counts nothing, and its retry counts the boot once.
+#[tokio::test]
+async fn a_boot_is_counted_once_even_when_its_status_write_conflicts() {
+    let boots = |ctx: &Context| {
+        metrics_text(ctx)
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"homelab_boot_duration_seconds_count{group=""} "#))
+            .map(str::to_owned)
+    };
+    let (ctx, server, mut stores) = Context::test();
+    let started = Timestamp::now() - SignedDuration::from_secs(90);
+    let mut lc = lifecycle(Phase::Booting, PowerState::On, started);
+    let mut op = operation(OperationKind::PowerOn, "on-1", started);
+    op.completed = Some(started + SignedDuration::from_secs(5));
+    lc.operation = Some(op);
+    let m = machine(PowerState::On, lc);
+    let n = node(true, Timestamp::now() - SignedDuration::from_secs(1));
+    stores.node(n.clone());
+    // Ready: the Uncordon effect finds the Node schedulable, then the status is written.
+    let serving = server.serve(vec![
+        expect(Method::GET, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, STATUS).fails(409, "Conflict"),
+        expect(Method::GET, NODE).answer(to_json(&n)),
+        expect(Method::PATCH, STATUS).answer(to_json(&m)),
+    ]);
+    let result = reconcile_once(&ctx, &m).await;
+    assert!(result.is_err(), "a conflict is an error: {result:?}");
+    assert_eq!(
+        boots(&ctx),
+        None,
+        "nothing counted before the status is written"
+    );
+
+    let result = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        last_request(&log, Method::PATCH, STATUS).at("/status/phase"),
+        &json!("Ready")
+    );
+    assert_eq!(boots(&ctx).as_deref(), Some("1"));
+}
+
 #[tokio::test]
 async fn a_ready_machines_node_going_not_ready_is_counted() {
     let (ctx, server, mut stores) = Context::test();
