@@ -180,7 +180,22 @@ fn grpc_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix(PREFIX);
+        // Build info under the program's name, as exporters name theirs (`<program>_build_info`);
+        // everything else under the `homelab_` prefix.
+        let mut root = Registry::default();
+        root.register(
+            "kubectl_homelab_build",
+            "The running operator's version and the git commit it was built from (`unknown` when \
+             the build did not set HOMELAB_GIT_COMMIT)",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                commit: option_env!("HOMELAB_GIT_COMMIT")
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or("unknown")
+                    .to_owned(),
+            }),
+        );
+        let registry = root.sub_registry_with_prefix(PREFIX);
         let power_operations_started = Family::<DriverLabels, Counter>::default();
         registry.register(
             "power_operations_started",
@@ -243,23 +258,11 @@ impl Metrics {
             "1 while this replica holds the leader Lease (or runs without leader election), else 0",
             leader.clone(),
         );
-        registry.register(
-            "build",
-            "The running operator's version and the git commit it was built from (`unknown` when \
-             the build did not set HOMELAB_GIT_COMMIT)",
-            Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                commit: option_env!("HOMELAB_GIT_COMMIT")
-                    .filter(|c| !c.is_empty())
-                    .unwrap_or("unknown")
-                    .to_owned(),
-            }),
-        );
         let fleet = Arc::new(FleetCollector::default());
         registry.register_collector(Box::new(fleet.clone()));
         Metrics {
             inner: Arc::new(Inner {
-                registry,
+                registry: root,
                 power_operations_started,
                 power_operations_ended,
                 power_operation_duration,
@@ -929,7 +932,7 @@ mod tests {
     fn build_info_names_the_version() {
         let t = Metrics::new().encode();
         let line = format!(
-            r#"homelab_build_info{{version="{}",commit="#,
+            r#"kubectl_homelab_build_info{{version="{}",commit="#,
             env!("CARGO_PKG_VERSION")
         );
         assert!(t.contains(&line), "{t}");
