@@ -290,6 +290,25 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
         ),
     ];
     out.extend(drivers.into_iter().map(|(p, r, m)| ("Node", p, r, m)));
+    let meter = [
+        (
+            "meter",
+            cel::ONE_METER_SOURCE_RULE,
+            cel::ONE_METER_SOURCE_MESSAGE,
+        ),
+        ("meter.http", cel::TLS_CHOICE_RULE, cel::TLS_CHOICE_MESSAGE),
+        (
+            "meter.http",
+            cel::HTTP_METER_HTTPS_RULE,
+            cel::HTTP_METER_HTTPS_MESSAGE,
+        ),
+        (
+            "meter.redfish",
+            cel::TLS_CHOICE_RULE,
+            cel::TLS_CHOICE_MESSAGE,
+        ),
+    ];
+    out.extend(meter.into_iter().map(|(p, r, m)| ("Node", p, r, m)));
     out
 }
 
