@@ -46,7 +46,7 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    /// `Ok(None)`: no control plane here (the test is skipped).
+    /// A new namespace on `cp`, its cache synced, and the poller (interval floor 1 s) running.
     async fn start(cp: &ControlPlane, prefix: &str, readings: Readings) -> anyhow::Result<Lab> {
         let ns = cp.namespace(prefix).await?;
         let client = cp.client()?;
@@ -447,8 +447,9 @@ async fn the_interval_bounds_the_reads_and_a_slow_meter_delays_no_other() -> any
     tokio::time::sleep(Duration::from_secs(5)).await;
     let fast_reads = fast.requests() - fast_before;
     let slow_reads = slow.requests() - slow_before;
-    // One read a second, whatever the slow meter does meanwhile.
-    assert!((4..=6).contains(&fast_reads), "{fast_reads} reads in 5 s");
+    // About one read a second (never more; a loaded machine may start one late), whatever the
+    // slow meter does meanwhile.
+    assert!((3..=6).contains(&fast_reads), "{fast_reads} reads in 5 s");
     // Each slow read gives up after its 2 s timeout; the next starts only then.
     assert!(
         slow_reads <= 3,
