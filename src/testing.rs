@@ -24,9 +24,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::operator::api::{
-    GROUP_LABEL, Group, GroupSpec, HttpAction, Machine, MachineSpec, MachineStatus, MinimalPodSpec,
-    NodeAgent, NodeSnapshot, NodeTemplate, PowerOff, PowerOn, PowerOnOrder, PowerSpec, Pricing,
-    Redfish, WakeOnLan,
+    GROUP_LABEL, Group, GroupSpec, HttpAction, Machine, MachineSpec, MachineStatus, Meter,
+    MinimalPodSpec, NodeAgent, NodeSnapshot, NodeTemplate, PowerOff, PowerOn, PowerOnOrder,
+    PowerSpec, Pricing, Redfish, WakeOnLan,
 };
 use crate::operator::machine::{Lifecycle, Operation, Phase, PowerState};
 
@@ -225,6 +225,12 @@ impl MachineBuilder {
     /// Any other spec field.
     pub fn spec_with(mut self, f: impl FnOnce(&mut MachineSpec)) -> Self {
         f(&mut self.0.spec);
+        self
+    }
+
+    /// `spec.meter`.
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.0.spec.meter = Some(Box::new(meter));
         self
     }
 

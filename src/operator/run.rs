@@ -3,9 +3,10 @@
 //!
 //! [`run`] (the operator): both ports bound first, so a port in use is a start-up error → the
 //! health server (liveness answers at once) → the watch cache synced (abortable by shutdown) →
-//! leader election → the gRPC provider (mutations gated on leadership) and the controllers while
-//! leading. On shutdown: not ready → controllers stopped with grace → Lease released (mutating
-//! calls answer `Unavailable` from here on) → gRPC drained → health server stopped.
+//! leader election → the gRPC provider (mutations gated on leadership), and the controllers and
+//! the meter poller while leading. On shutdown: not ready → controllers stopped with grace →
+//! Lease released (mutating calls answer `Unavailable` from here on) → gRPC drained → health
+//! server stopped.
 //!
 //! [`run_provider`] (the provider alone): the gRPC port bound → the cache synced → gRPC served
 //! until shutdown.
@@ -23,6 +24,7 @@ use super::cache::{Scope, SyncError};
 use super::controller::{self, Settings};
 use super::health::{self, HealthError, Readiness};
 use super::leader::{Election, LeaderError, Leadership, LeaseSettings};
+use super::meter;
 use super::metrics::{GrpcMetricsLayer, Metrics};
 use super::node::drain::DrainClient;
 use super::provider::cluster::ClusterSource;
@@ -498,6 +500,13 @@ async fn serve_after_sync(
         stopping.clone(),
         plan.shutdown_timeout,
         move |shutdown| {
+            // The meters are read by the leader only, beside its controllers (see
+            // `meter::poll`); the poller never returns and ends when the controllers do.
+            let poll = meter::poll::run(
+                source.cache().clone(),
+                settings.meters.clone(),
+                meter::poll::PollSettings::default(),
+            );
             let run = controller::run(
                 source.clone(),
                 drain.clone(),
@@ -507,7 +516,10 @@ async fn serve_after_sync(
                 shutdown,
             );
             async move {
-                run.await;
+                tokio::select! {
+                    () = run => {}
+                    () = poll => {}
+                }
                 Ok(())
             }
         },

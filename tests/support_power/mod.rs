@@ -1,10 +1,13 @@
 //! Real counterparts for the network power drivers: the sushy-tools Redfish emulator
 //! ([`sushy`]), small HTTP(S) servers started in the test ([`serve`]), and fixtures (an operation
-//! to hand a driver). Use it next to the control-plane harness:
+//! to hand a driver); for the meters, a Redfish mockup with chassis power ([`redfish_mockup`]) and
+//! stand-ins for Shelly, Tasmota and Home Assistant ([`meter_servers`]). Use it next to the control-plane harness:
 //! `mod support; mod support_power;`.
 #![allow(dead_code)]
 
+pub mod meter_servers;
 pub mod proxy;
+pub mod redfish_mockup;
 pub mod server;
 pub mod sushy;
 

@@ -188,27 +188,9 @@ impl Sushy {
             &args,
             &log,
         )?;
-        // Ready when it accepts connections (a few hundred ms after start).
-        for _ in 0..300 {
-            if let Some(status) = process.exited() {
-                bail!(
-                    "sushy-emulator exited ({status}):\n{}",
-                    process.log_tail(30)
-                );
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                self.process = Some(process);
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!(
-            "sushy-emulator did not listen within 30 s:\n{}",
-            process.log_tail(30)
-        )
+        wait_listening(&mut process, self.port).await?;
+        self.process = Some(process);
+        Ok(())
     }
 
     /// The BMC goes away (connections refused).
@@ -233,6 +215,27 @@ impl Drop for Sushy {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Waits until `process` accepts connections on loopback `port` (a few hundred ms after start);
+/// fails with its log when it exits first or does not listen within 30 s.
+pub async fn wait_listening(process: &mut Managed, port: u16) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if let Some(status) = process.exited() {
+            bail!("the emulator exited ({status}):\n{}", process.log_tail(30));
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "the emulator did not listen within 30 s:\n{}",
+        process.log_tail(30)
+    )
 }
 
 fn py_str(s: &str) -> String {

@@ -1,6 +1,13 @@
 //! Power meters (`spec.meter`): the latest reading of each machine's meter, shared by the
 //! poller that reads the meters, the machine controller (energy accounting and the `PowerMeter`
 //! condition) and the metrics.
+//!
+//! The poller is [`poll`]; the sources it reads are [`redfish`] (a BMC's chassis power) and
+//! [`http`] (a smart plug or energy monitor with a JSON API).
+pub mod http;
+pub mod poll;
+pub mod redfish;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -14,6 +21,14 @@ pub struct Reading {
     /// The meter's cumulative energy counter in watt-hours, when it has one.
     pub energy_wh: Option<f64>,
     pub at: Timestamp,
+}
+
+/// What one read of a meter found, before it is stamped into a [`Reading`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    pub watts: f64,
+    /// The meter's cumulative energy counter, converted to watt-hours.
+    pub energy_wh: Option<f64>,
 }
 
 /// What the poller knows of one machine's meter.

@@ -58,21 +58,7 @@ impl<'a> HttpDriver<'a> {
                 if let Some(status) = &self.spec.status {
                     s.allow_endpoint(&status.url, &format!("{field}.status.url"))?;
                 }
-                let auth = if s.has(SECRET_KEY_TOKEN) {
-                    Auth::Bearer(s.get(SECRET_KEY_TOKEN)?)
-                } else if s.has(SECRET_KEY_USERNAME) || s.has(SECRET_KEY_PASSWORD) {
-                    Auth::Basic {
-                        username: s.get(SECRET_KEY_USERNAME)?,
-                        password: s.get(SECRET_KEY_PASSWORD)?,
-                    }
-                } else {
-                    return Err(PowerError::Config(format!(
-                        "Secret {} (named by {field}.secret) has neither key `{SECRET_KEY_TOKEN}` \
-                         nor keys `{SECRET_KEY_USERNAME}` and `{SECRET_KEY_PASSWORD}`: add them",
-                        s.object()
-                    )));
-                };
-                (auth, s.redactor())
+                (secret_auth(&s, &field)?, s.redactor())
             }
         };
         let timeout = self
@@ -201,24 +187,52 @@ impl<'a> HttpDriver<'a> {
                 ep.field
             )));
         };
-        let found = json.query(&status.field).map_err(|e| {
+        let found = query_first(&json, &status.field).map_err(|e| {
             PowerError::Config(format!(
                 "{}.status.field {:?} is not a JSONPath: {e}",
                 ep.field, status.field
             ))
         })?;
-        let Some(value) = found.first() else {
+        let Some(value) = found else {
             return Err(PowerError::Config(format!(
                 "{what} has no field {} ({}.status.field)",
                 status.field, ep.field
             )));
         };
-        Ok(Some(if as_text(value) == status.value {
+        Ok(Some(if as_text(&value) == status.value {
             want
         } else {
             opposite(want)
         }))
     }
+}
+
+/// The credentials of an HTTP endpoint's Secret (`field.secret`): key `token` as a bearer
+/// token, else keys `username` and `password` as basic auth. Shared by the HTTP driver and the
+/// HTTP meter (`crate::operator::meter::http`).
+pub(crate) fn secret_auth(s: &secret::SecretData, field: &str) -> Result<Auth, PowerError> {
+    if s.has(SECRET_KEY_TOKEN) {
+        Ok(Auth::Bearer(s.get(SECRET_KEY_TOKEN)?))
+    } else if s.has(SECRET_KEY_USERNAME) || s.has(SECRET_KEY_PASSWORD) {
+        Ok(Auth::Basic {
+            username: s.get(SECRET_KEY_USERNAME)?,
+            password: s.get(SECRET_KEY_PASSWORD)?,
+        })
+    } else {
+        Err(PowerError::Config(format!(
+            "Secret {} (named by {field}.secret) has neither key `{SECRET_KEY_TOKEN}` nor keys \
+             `{SECRET_KEY_USERNAME}` and `{SECRET_KEY_PASSWORD}`: add them",
+            s.object()
+        )))
+    }
+}
+
+/// The first value JSONPath (RFC 9535) `path` selects in `json` (`None`: it matched nothing);
+/// `Err` says why `path` is not a JSONPath. Shared by the HTTP driver's readback and the HTTP
+/// meter.
+pub(crate) fn query_first(json: &Value, path: &str) -> Result<Option<Value>, String> {
+    let found = json.query(path).map_err(|e| e.to_string())?;
+    Ok(found.first().map(|v| (*v).clone()))
 }
 
 fn field_error(field: &str, sub: &str, e: super::web::WebError) -> PowerError {

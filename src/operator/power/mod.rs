@@ -11,7 +11,7 @@ pub mod job;
 pub mod redfish;
 pub mod secret;
 pub mod tls;
-mod web;
+pub(crate) mod web;
 pub mod wol;
 
 use std::future::Future;

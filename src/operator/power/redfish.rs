@@ -53,33 +53,7 @@ impl<'a> RedfishDriver<'a> {
             .namespace
             .as_deref()
             .unwrap_or("default");
-        // Refused before the Secret is read: the credentials go over TLS unless the owner
-        // opted in (the schema refuses the same; an object stored before that rule gets here).
-        self.spec.check_https(&field).map_err(config)?;
-        let secret = secret::read(
-            &self.client,
-            namespace,
-            &self.spec.credentials_secret,
-            &format!("{field}.credentialsSecret"),
-        )
-        .await?;
-        secret.allow_endpoint(&self.spec.endpoint, &format!("{field}.endpoint"))?;
-        let auth = Auth::Basic {
-            username: secret.get(SECRET_KEY_USERNAME)?,
-            password: secret.get(SECRET_KEY_PASSWORD)?,
-        };
-        let timeout = self.spec.timeout(&field).map_err(config)?;
-        let tls = tls::client_config(self.spec.tls(), &field)?;
-        Ok(Bmc {
-            web: WebClient::new(tls, timeout.unsigned_abs()),
-            auth,
-            origin: origin(&self.spec.endpoint),
-            endpoint: self.spec.endpoint.clone(),
-            system_id: self.spec.system_id.clone(),
-            secret: secret.object().to_owned(),
-            redactor: secret.redactor(),
-            field,
-        })
+        Bmc::connect(&self.client, namespace, self.spec, field).await
     }
 
     async fn start_inner(&self, cx: &OpContext<'_>, bmc: &Bmc) -> Result<Report, PowerError> {
@@ -213,8 +187,8 @@ fn on_bmc(origin: &str, path: &str) -> Option<String> {
     (path.starts_with('/') && !path.starts_with("//") && same(origin, &url)).then_some(url)
 }
 
-/// One BMC, connected for one driver call.
-struct Bmc {
+/// One BMC, connected for one driver call (or one meter read).
+pub(crate) struct Bmc {
     web: WebClient,
     auth: Auth,
     origin: String,
@@ -246,6 +220,53 @@ impl System {
 }
 
 impl Bmc {
+    /// The BMC `spec` names, with the credentials of its Secret in `namespace`; `field` is the
+    /// path of `spec` in the Node (for errors). Shared by the driver and the Redfish meter
+    /// (`crate::operator::meter::redfish`).
+    pub(crate) async fn connect(
+        client: &Client,
+        namespace: &str,
+        spec: &Redfish,
+        field: String,
+    ) -> Result<Bmc, PowerError> {
+        // Refused before the Secret is read: the credentials go over TLS unless the owner
+        // opted in (the schema refuses the same; an object stored before that rule gets here).
+        spec.check_https(&field).map_err(config)?;
+        let secret = secret::read(
+            client,
+            namespace,
+            &spec.credentials_secret,
+            &format!("{field}.credentialsSecret"),
+        )
+        .await?;
+        secret.allow_endpoint(&spec.endpoint, &format!("{field}.endpoint"))?;
+        let auth = Auth::Basic {
+            username: secret.get(SECRET_KEY_USERNAME)?,
+            password: secret.get(SECRET_KEY_PASSWORD)?,
+        };
+        let timeout = spec.timeout(&field).map_err(config)?;
+        let tls = tls::client_config(spec.tls(), &field)?;
+        Ok(Bmc {
+            web: WebClient::new(tls, timeout.unsigned_abs()),
+            auth,
+            origin: origin(&spec.endpoint),
+            endpoint: spec.endpoint.clone(),
+            system_id: spec.system_id.clone(),
+            secret: secret.object().to_owned(),
+            redactor: secret.redactor(),
+            field,
+        })
+    }
+
+    /// Scrubs this BMC's credentials from what is reported.
+    pub(crate) fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// The URL of `path` on this BMC (see [`on_bmc`]).
     fn url(&self, path: &str) -> Result<String, PowerError> {
         on_bmc(&self.origin, path).ok_or_else(|| {
@@ -259,7 +280,7 @@ impl Bmc {
 
     /// GET `path`, retrying a BMC that did not answer; maps the answers a driver cannot use
     /// to errors that say what to fix.
-    async fn get(&self, path: &str) -> Result<Value, PowerError> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, PowerError> {
         let url = self.url(path)?;
         let mut pause = FIRST_RETRY_PAUSE;
         let mut attempt = 0;
@@ -337,7 +358,7 @@ impl Bmc {
     }
 
     /// The system's path: `systemId`, else the only member of the Systems collection.
-    async fn system_path(&self) -> Result<String, PowerError> {
+    pub(crate) async fn system_path(&self) -> Result<String, PowerError> {
         if let Some(id) = &self.system_id {
             return Ok(format!("{SYSTEMS}/{id}"));
         }
