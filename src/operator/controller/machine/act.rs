@@ -148,6 +148,9 @@ pub(super) struct Outcome {
     pub want_on: bool,
     /// The status as this reconcile last wrote it before acting (see [`Passes::record_intent`]).
     pub written: Option<Written>,
+    /// Power-ons that completed in this reconcile (a boot time recorded), for the energy
+    /// counters.
+    pub booted: u64,
 }
 
 /// A status this reconcile wrote, and the resourceVersion the write left: the next write diffs
@@ -269,6 +272,7 @@ impl Outcome {
             Performed::Boot(d) => {
                 let secs = u32::try_from(d.as_secs().max(0)).unwrap_or(u32::MAX);
                 status.record_boot(secs);
+                self.booted += 1;
             }
         }
     }
