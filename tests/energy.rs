@@ -393,3 +393,91 @@ async fn status_energy_matches_the_pure_model_over_a_scripted_timeline() -> anyh
     assert_eq!(day_seconds, got.on_seconds + got.off_seconds);
     Ok(())
 }
+
+/// A restarted operator continues the counters it finds: the time it was not running is
+/// accounted at the phase on both sides (on: the on draw) and counted in `estimatedSeconds`,
+/// and the time since at the model as usual.
+#[tokio::test]
+async fn a_restarted_operator_continues_the_counters_and_estimates_its_downtime()
+-> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("energy-restart").await?;
+    let client = cp.client()?;
+    let group = Group::test("g").namespace(&ns).min(0).max(3).build();
+    Api::<Group>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &group)
+        .await
+        .context("creating Group g")?;
+    let lab = Lab {
+        world: World::new(client.clone()),
+        ns: ns.clone(),
+        client: client.clone(),
+    };
+    // A machine already running when its Node CR is created: adopted as Ready.
+    let node = cp.unique_name("restart");
+    lab.world
+        .node_up(
+            &FakeNode::new(&node)
+                .adoptable()
+                .provider_id(&format!("homelab://{ns}/m1"))
+                .capacity("4", "8Gi"),
+        )
+        .await?;
+    let m = Machine::test("m1")
+        .namespace(&ns)
+        .group("g")
+        .desired(PowerState::On)
+        .node_name(&node)
+        .spec_with(|s| s.watts = Some(model()))
+        .build();
+    lab.machines().create(&PostParams::default(), &m).await?;
+    let first = start_operator(cp, &ns).await?;
+    lab.wait_phase(Phase::Ready).await?;
+    let energy = |m: &Machine| m.status.as_ref().and_then(|s| s.energy.as_deref()).cloned();
+    let before = lab
+        .wait("2 s on accounted", |m| {
+            energy(m).is_some_and(|e| e.on_seconds >= 2)
+        })
+        .await?;
+    drop(first);
+    let before = energy(&before).context("no status.energy")?;
+    // Let an in-flight write land, then take the counters the next operator will find.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = energy(&lab.machines().get("m1").await?).context("no status.energy")?;
+    anyhow::ensure!(stopped.since == before.since);
+    let down = Duration::from_secs(5);
+    tokio::time::sleep(down).await;
+    let _second = start_operator(cp, &ns).await?;
+    let stopped_until = stopped.until.context("no until")?;
+    let after = lab
+        .wait("an accounting by the restarted operator", |m| {
+            energy(m).is_some_and(|e| e.until.is_some_and(|u| u > stopped_until))
+        })
+        .await?;
+    let after = energy(&after).context("no status.energy")?;
+    assert_eq!(after.since, stopped.since, "the counters continue");
+    let until = after.until.context("no until")?;
+    // Whole seconds between the floors of the ends, as the counters count them.
+    let elapsed = u64::try_from(until.as_second() - stopped_until.as_second())?;
+    assert!(
+        after.estimated_seconds >= down.as_secs() && after.estimated_seconds <= elapsed,
+        "the downtime ({down:?}) is an estimate: {after:?}"
+    );
+    assert_eq!(after.off_seconds, 0);
+    assert_eq!(after.on_seconds, stopped.on_seconds + elapsed);
+    let on_watts = energy::draw(Some(&model()), PowerPhase::On, 0.0).unwrap_or(0.0);
+    within(
+        "watt-hours across the restart",
+        after.watt_hours - stopped.watt_hours,
+        on_watts * until.duration_since(stopped_until).as_secs_f64() / 3600.0,
+        0.01,
+    )?;
+    assert_eq!(
+        after.currency.as_deref(),
+        Some("EUR"),
+        "the operator's tariff"
+    );
+    Ok(())
+}

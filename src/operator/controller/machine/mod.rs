@@ -149,8 +149,10 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
     let key = format!("{ns}/{}", m.name_any());
     if m.meta().deletion_timestamp.is_some() {
-        // Nothing more is decided for it: forget its status writes.
+        // Nothing more is decided for it: forget its status writes and its meter's last
+        // counter.
         ctx.forget_writes(&key);
+        crate::lock(&ctx.meter_marks).remove(&key);
         return finalize(&ctx, &api, &m).await;
     }
     if !m.finalizers().iter().any(|f| f == FINALIZER) {
