@@ -3,6 +3,7 @@ pub mod api;
 pub mod ca;
 pub mod cache;
 pub mod controller;
+pub mod energy;
 pub mod health;
 pub mod leader;
 pub mod machine;

@@ -991,20 +991,22 @@ impl<'s> Sim<'s> {
         self.update_watts(m);
     }
 
-    /// Accounts energy up to now at the old draw and sets the new one.
+    /// Accounts energy up to now at the old draw and sets the new one: the draw of the
+    /// machine's power phase by the operator's model (`operator::energy::draw`), on at the
+    /// node's CPU utilization.
     pub(super) fn update_watts(&mut self, m: NodeId) {
+        use crate::operator::energy::{PowerPhase, draw};
         let model = &self.sc.machines[m];
-        let idle = model.watts.idle.unwrap_or(0.0);
-        let busy = model.watts.busy.unwrap_or(idle);
-        let off = model.watts.standby();
-        let (watts, busy_part) = match self.machines[m].physical {
-            Physical::Off => (off, 0.0),
-            Physical::Booting { .. } => (model.boot_watts.unwrap_or(idle), 0.0),
-            Physical::ShuttingDown => (idle, 0.0),
-            Physical::On => {
-                let extra = (busy - idle) * self.cluster.nodes[m].cpu_utilization();
-                (idle + extra, extra)
-            }
+        let (phase, load) = match self.machines[m].physical {
+            Physical::Off => (PowerPhase::Off, 0.0),
+            Physical::Booting { .. } => (PowerPhase::Booting, 0.0),
+            Physical::ShuttingDown => (PowerPhase::ShuttingDown, 0.0),
+            Physical::On => (PowerPhase::On, self.cluster.nodes[m].cpu_utilization()),
+        };
+        let watts = draw(Some(&model.watts), phase, load).unwrap_or(0.0);
+        let busy_part = match phase {
+            PowerPhase::On => watts - draw(Some(&model.watts), phase, 0.0).unwrap_or(0.0),
+            _ => 0.0,
         };
         let ms = &mut self.machines[m];
         let hours = (self.now - ms.watts_since) as f64 / HOUR as f64;
@@ -1157,5 +1159,47 @@ mod tests {
         sim.cluster.pending.clear();
         let err = sim.run(&mut |_, _| {}).expect_err("the run must fail");
         assert!(err.what.contains("not accounted for"), "{err}");
+    }
+
+    /// The simulator draws what the operator's model (`operator::energy::draw`) says for each
+    /// physical phase, and the older `simulation.bootWatts` is the same as `watts.boot`.
+    #[test]
+    fn each_physical_phase_draws_the_operator_models_watts_and_boot_watts_is_watts_boot() {
+        use crate::operator::energy::{PowerPhase, draw};
+        let base = include_str!("../../tests/data/sim/one-burst.yaml");
+        let parse = |text: &str| match Scenario::parse("one-burst.yaml", text, &NoTraceFiles) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let old = parse(&base.replace(
+            "  powerActionTime: 5s\n",
+            "  powerActionTime: 5s\n  bootWatts: 50\n",
+        ));
+        let new = parse(&base.replace(
+            "watts: {idle: 10, busy: 30, standby: 1}",
+            "watts: {idle: 10, busy: 30, standby: 1, boot: 50, shutdown: 12}",
+        ));
+        assert_eq!(old.machines[0].watts.boot, Some(50.0));
+        assert_eq!(new.machines[0].watts.boot, Some(50.0));
+        let mut sim = Sim::new(&new, RunOptions::default());
+        let w = new.machines[0].watts;
+        for (physical, phase) in [
+            (Physical::Off, PowerPhase::Off),
+            (Physical::Booting { will_boot: true }, PowerPhase::Booting),
+            (Physical::On, PowerPhase::On),
+            (Physical::ShuttingDown, PowerPhase::ShuttingDown),
+        ] {
+            sim.machines[0].physical = physical;
+            sim.update_watts(0);
+            assert_eq!(
+                Some(sim.machines[0].watts),
+                draw(Some(&w), phase, 0.0),
+                "{phase:?}"
+            );
+        }
+        assert_eq!(
+            sim.machines[0].watts, 12.0,
+            "shutting down at watts.shutdown"
+        );
     }
 }

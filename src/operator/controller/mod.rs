@@ -113,6 +113,12 @@ pub struct Context {
     /// (the operation recorded before acting, then the status): a cache still showing one of
     /// them has not seen those writes yet (see `machine::reconcile`).
     superseded: Mutex<HashMap<String, Vec<String>>>,
+    /// When this operator process started: energy intervals before it were not watched (a gap
+    /// is an estimate, see `operator::energy::account`).
+    pub started: jiff::Timestamp,
+    /// Per Node CR, the meter's cumulative counter (Wh) and when it was read, at the last
+    /// energy accounting: the next one uses the counter's increase.
+    pub(crate) meter_marks: Mutex<HashMap<String, (f64, jiff::Timestamp)>>,
 }
 
 impl Context {
@@ -141,6 +147,8 @@ impl Context {
             leadership: Leadership::always(),
             node_index: Mutex::new(HashMap::new()),
             superseded: Mutex::new(HashMap::new()),
+            started: jiff::Timestamp::now(),
+            meter_marks: Mutex::new(HashMap::new()),
         }
     }
 

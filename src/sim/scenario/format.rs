@@ -422,6 +422,19 @@ impl MachineDoc {
             if let Some(observed) = status.power_state {
                 spec.power_state = observed;
             }
+            // A meter's measured draw, when the operator counts by it: its current watts as
+            // the idle figure (busy and the rest stay the spec's).
+            if let Some(e) = status
+                .energy
+                .as_deref()
+                .filter(|e| e.source == Some(crate::operator::api::EnergySource::Meter))
+                && let Some(w) = e.watts.filter(|w| w.is_finite() && *w >= 0.0)
+            {
+                simulation.watts = Some(Watts {
+                    idle: Some(w),
+                    ..Watts::default()
+                });
+            }
             if spec.capacity.is_empty()
                 && let Some(node) = &status.node
             {
@@ -440,5 +453,45 @@ impl MachineDoc {
             status: None,
             simulation,
         }
+    }
+}
+
+#[cfg(test)]
+mod observed_energy_tests {
+    use super::*;
+    use crate::operator::api::{EnergyCounters, EnergySource, MachineStatus};
+
+    fn machine(source: EnergySource) -> Machine {
+        let mut spec = MachineSpec::new(crate::operator::machine::PowerState::Off);
+        spec.watts = Some(Watts {
+            idle: Some(12.0),
+            busy: Some(40.0),
+            ..Watts::default()
+        });
+        Machine {
+            metadata: ObjectMeta::default(),
+            spec,
+            status: Some(MachineStatus {
+                energy: Some(Box::new(EnergyCounters {
+                    watts: Some(17.5),
+                    source: Some(source),
+                    ..EnergyCounters::default()
+                })),
+                ..MachineStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_metered_machine_simulates_at_its_measured_idle_draw_and_a_modelled_one_at_its_spec() {
+        let metered = MachineDoc::observed(machine(EnergySource::Meter));
+        assert_eq!(
+            metered.simulation.watts.and_then(|w| w.idle),
+            Some(17.5),
+            "the meter's watts as the idle figure"
+        );
+        assert_eq!(metered.spec.watts.and_then(|w| w.busy), Some(40.0));
+        let modelled = MachineDoc::observed(machine(EnergySource::Model));
+        assert_eq!(modelled.simulation.watts, None);
     }
 }

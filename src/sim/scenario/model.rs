@@ -8,45 +8,44 @@ use serde::Serialize;
 use super::format::{Electricity, ExpanderChain};
 use crate::operator::api::{Direction, Group, Machine, MachineSpec, PowerDriver, Watts};
 use crate::sim::cluster::SchedulerPolicy;
-use crate::sim::units::{DAY, Distribution, HOUR, MINUTE, Millis, SECOND};
+use crate::sim::units::{Distribution, HOUR, MINUTE, Millis, SECOND};
 use crate::sim::workload::Workload;
 
 /// Prices over virtual time. (`Electricity` is used as the file gives it, see `format.rs`;
 /// `start_of_day` is set by validation.)
 impl Electricity {
-    /// The price at time of day `tod` and how long it holds from there.
-    fn price_at(&self, tod: Millis) -> (f64, Millis) {
-        let mut next = DAY;
-        let mut price = self.price_per_kwh;
-        for t in &self.time_of_use {
-            if (t.from.0..t.to.0).contains(&tod) {
-                price = t.price_per_kwh;
-            }
-            for edge in [t.from.0, t.to.0] {
-                if edge > tod && edge < next {
-                    next = edge;
-                }
-            }
+    /// The tariff of the operator's energy core (`operator::energy::Tariff`): the windows as
+    /// times of day in UTC.
+    pub fn tariff(&self) -> crate::operator::energy::Tariff {
+        use crate::operator::energy::{Tariff, Window};
+        let ms =
+            |m: Millis| jiff::SignedDuration::from_millis(i64::try_from(m).unwrap_or(i64::MAX));
+        Tariff {
+            windows: self
+                .time_of_use
+                .iter()
+                .map(|t| Window {
+                    from: ms(t.from.0),
+                    to: ms(t.to.0),
+                    price_per_kwh: t.price_per_kwh,
+                })
+                .collect(),
+            ..Tariff::flat(self.price_per_kwh, &self.currency)
         }
-        (price, next - tod)
     }
 
-    /// Cost of drawing `watts` over virtual time `[from, to)`.
+    /// Cost of drawing `watts` over virtual time `[from, to)`, by the operator's energy core
+    /// (`operator::energy::cost`): virtual time `t` is `start_of_day + t` after a UTC midnight.
     pub fn cost(&self, from: Millis, to: Millis, watts: f64) -> f64 {
         if self.time_of_use.is_empty() || watts == 0.0 {
             return watts * (to.saturating_sub(from)) as f64 / HOUR as f64 / 1000.0
                 * self.price_per_kwh;
         }
-        let mut cost = 0.0;
-        let mut t = from;
-        while t < to {
-            let tod = (self.start_of_day + t) % DAY;
-            let (price, holds) = self.price_at(tod);
-            let end = to.min(t + holds.max(1));
-            cost += watts * (end - t) as f64 / HOUR as f64 / 1000.0 * price;
-            t = end;
-        }
-        cost
+        let at = |t: Millis| {
+            let ms = i64::try_from(self.start_of_day.saturating_add(t)).unwrap_or(i64::MAX);
+            Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_millis(ms)
+        };
+        crate::operator::energy::cost(&self.tariff(), at(from), at(to), watts)
     }
 
     /// The time-weighted mean price over `[0, end)`.

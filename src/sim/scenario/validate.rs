@@ -474,13 +474,16 @@ fn watts(
         busy: sim_watts.busy.or(spec_watts.busy),
         standby: sim_watts.standby_watts().or(spec_watts.standby_watts()),
         legacy_off: None,
-        boot: sim_watts.boot.or(spec_watts.boot),
+        // `simulation.bootWatts` (the older name) is `simulation.watts.boot`.
+        boot: sim_watts.boot.or(sim.boot_watts).or(spec_watts.boot),
         shutdown: sim_watts.shutdown.or(spec_watts.shutdown),
     };
     for (field, v) in [
         ("idle", watts.idle),
         ("busy", watts.busy),
         ("standby", watts.standby),
+        ("boot", watts.boot),
+        ("shutdown", watts.shutdown),
     ] {
         if let Some(v) = v
             && !(v.is_finite() && v >= 0.0)

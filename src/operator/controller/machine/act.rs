@@ -150,6 +150,9 @@ pub(super) struct Outcome {
     pub written: Option<Written>,
     /// Boots that ended in this reconcile, counted in the metrics once the status is written.
     pub boots: Vec<SignedDuration>,
+    /// Power-ons that completed in this reconcile (a boot time recorded), for the energy
+    /// counters.
+    pub booted: u64,
 }
 
 /// A status this reconcile wrote, and the resourceVersion the write left: the next write diffs
@@ -272,6 +275,7 @@ impl Outcome {
                 self.boots.push(d);
                 let secs = u32::try_from(d.as_secs().max(0)).unwrap_or(u32::MAX);
                 status.record_boot(secs);
+                self.booted += 1;
             }
         }
     }

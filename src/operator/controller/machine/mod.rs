@@ -4,6 +4,8 @@
 //! - `act`: the pass loop's edge: what the core is shown, how its effects are carried out.
 //! - `status`: what the status says afterwards (pure).
 //! - `writes`: the finalizer, an adopted machine's desired power, the Node's registration, status.
+//! - `accounting`: `status.energy` and when it is written.
+mod accounting;
 mod act;
 mod status;
 mod writes;
@@ -33,6 +35,9 @@ use writes::{add_finalizer, finalize, patch_spec_power, sync_node, write_status}
 pub const CONDITION_DRAINING: &str = "Draining";
 /// Condition: the registered Node reports Ready.
 pub const CONDITION_NODE_READY: &str = "NodeReady";
+/// Condition: the machine's `spec.meter` answers (True, `Reading`) or not (False,
+/// `Unreachable`: energy is counted from the `spec.watts` model meanwhile).
+pub const CONDITION_POWER_METER: &str = "PowerMeter";
 
 pub fn error_policy(_m: Arc<Machine>, e: &Error, ctx: Arc<Context>) -> Action {
     if let Some(metrics) = &ctx.metrics {
@@ -144,8 +149,10 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
     let key = format!("{ns}/{}", m.name_any());
     if m.meta().deletion_timestamp.is_some() {
-        // Nothing more is decided for it: forget its status writes.
+        // Nothing more is decided for it: forget its status writes and its meter's last
+        // counter.
         ctx.forget_writes(&key);
+        crate::lock(&ctx.meter_marks).remove(&key);
         return finalize(&ctx, &api, &m).await;
     }
     if !m.finalizers().iter().any(|f| f == FINALIZER) {
@@ -274,6 +281,27 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         generation,
         now,
     ));
+    let meter = accounting::meter_state(&ctx, &m);
+    status::power_meter(
+        &mut derived.status,
+        meter.as_ref().map(Option::as_ref),
+        generation,
+        now,
+    );
+    let energy_due = accounting::account(
+        &ctx,
+        &accounting::Step {
+            m: &m,
+            stored: &stored,
+            written: &written,
+            node: node_now.as_deref().or(node.as_deref()),
+            node_name: node_name.as_deref(),
+            booted: passes.out.booted,
+            now,
+        },
+        &mut derived.status,
+    )
+    .await;
     for ev in passes.out.note_events.iter().chain(&derived.events) {
         act::emit(&ctx, &m, ev).await;
     }
@@ -299,10 +327,15 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         let d = t.duration_since(Timestamp::now());
         Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
     });
-    let wait = match (until, passes.out.requeue_after) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    // A powered machine comes back when its energy counters are next due.
+    let energy_wait = energy_due.map(|t| {
+        let d = t.duration_since(Timestamp::now());
+        Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
+    });
+    let wait = [until, passes.out.requeue_after, energy_wait]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(requeue(wait))
 }
 

@@ -5,14 +5,15 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt as _;
 
-use super::{CONDITION_DRAINING, CONDITION_NODE_READY, is_node_ready};
+use super::{CONDITION_DRAINING, CONDITION_NODE_READY, CONDITION_POWER_METER, is_node_ready};
 use crate::operator::api::{
     CONDITION_DEPRECATED_FIELDS, CONDITION_IDENTITY_MISMATCH, CONDITION_INSECURE_TRANSPORT,
     CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY, Health, MachineSpec,
     MachineStatus, PowerSpec, REASON_CURRENT_FIELD_NAMES, condition, find_condition,
-    upsert_condition,
+    remove_condition, upsert_condition,
 };
 use crate::operator::machine::{KubeEvent, Lifecycle, OperationKind, Phase, PowerState};
+use crate::operator::meter::MeterState;
 use crate::operator::node as node_side;
 use crate::operator::trust::{CONDITION_NOT_PERMITTED, Refusal};
 
@@ -316,6 +317,42 @@ pub(super) fn deprecated_fields(
         warning: true,
         message,
     })
+}
+
+/// The `PowerMeter` condition from the meter's state (`meter`: `None` without `spec.meter`,
+/// `Some(None)` before its first read): True (`Reading`) while it answers, False
+/// (`Unreachable`, with the poller's error) when it fails, absent without a meter. Changed
+/// only when the state flips or the error changes, not on every reading.
+pub(super) fn power_meter(
+    status: &mut MachineStatus,
+    meter: Option<Option<&MeterState>>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let c = match meter {
+        None => {
+            remove_condition(&mut status.conditions, CONDITION_POWER_METER);
+            return;
+        }
+        Some(None) => return,
+        Some(Some(MeterState::Ok(_))) => condition(
+            CONDITION_POWER_METER,
+            true,
+            "Reading",
+            "the meter answers; energy is counted from its readings",
+            generation,
+            now,
+        ),
+        Some(Some(MeterState::Failed { error, .. })) => condition(
+            CONDITION_POWER_METER,
+            false,
+            "Unreachable",
+            format!("{error}; using the spec.watts model"),
+            generation,
+            now,
+        ),
+    };
+    upsert_condition(&mut status.conditions, c);
 }
 
 /// A power action that ended in one reconcile.

@@ -764,3 +764,213 @@ async fn a_fixed_refusal_turns_not_permitted_false_and_the_machine_acts_again() 
     );
     assert!(log.event_reasons().iter().all(|r| r != "NotPermitted"));
 }
+
+/// `m`'s status as its last reconcile at `at` left it (with `node` as it found it), and energy
+/// counters last accounted at `accounted`.
+fn settled(mut m: Machine, node: Option<&Node>, at: Timestamp, accounted: Timestamp) -> Machine {
+    let Some(s) = &mut m.status else {
+        panic!("the fixture has a status")
+    };
+    let mut derived = super::status::derive(
+        s.clone(),
+        &super::status::Facts {
+            lifecycle: &s.lifecycle,
+            desired: m.spec.power_state,
+            node,
+            node_now: node,
+            mismatch: None,
+            spec_error: None,
+            drained: false,
+            generation: Some(1),
+            now: at,
+        },
+    )
+    .status;
+    super::status::insecure_transport(&mut derived, m.spec.power.as_deref(), Some(1), at);
+    super::status::deprecated_fields(&mut derived, &m.spec, Some(1), at);
+    derived.energy = Some(Box::new(crate::operator::api::EnergyCounters {
+        since: Some(accounted),
+        until: Some(accounted),
+        ..Default::default()
+    }));
+    *s = derived;
+    m
+}
+
+fn watts(idle: f64) -> crate::operator::api::Watts {
+    crate::operator::api::Watts {
+        idle: Some(idle),
+        standby: Some(1.0),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_off_machine_with_nothing_new_is_not_written_for_its_energy_nor_requeued() {
+    let (ctx, server, _stores) = Context::test();
+    let days_ago = Timestamp::now() - SignedDuration::from_hours(72);
+    let mut m = machine(
+        PowerState::Off,
+        lifecycle(Phase::Off, PowerState::Off, days_ago),
+    );
+    m.spec.watts = Some(watts(20.0));
+    let m = settled(m, None, days_ago, days_ago);
+    let serving = server.serve(vec![]);
+    let action = reconcile_once(&ctx, &m).await;
+    serving.finish().await;
+    assert_eq!(action.ok(), Some(Action::await_change()));
+}
+
+#[tokio::test]
+async fn a_ready_machines_energy_is_written_when_due_and_it_comes_back_at_the_next_due_time() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let accounted = Timestamp::now() - SignedDuration::from_mins(20);
+    let mut m = machine(
+        PowerState::On,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    m.spec.watts = Some(watts(30.0));
+    let up = node(true, then);
+    let m = settled(m, Some(&up), then, accounted);
+    stores.node(up);
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    let patch = request(&log, Method::PATCH, STATUS);
+    let on = patch.at("/status/energy/onSeconds").as_u64().unwrap_or(0);
+    assert!((1200..1210).contains(&on), "{}", patch.body);
+    let wh = patch.at("/status/energy/wattHours").as_f64().unwrap_or(0.0);
+    assert!((wh - 10.0).abs() < 0.1, "20 min at 30 W: {}", patch.body);
+    assert_eq!(patch.at("/status/energy/source"), &json!("model"));
+    assert_eq!(
+        patch.at("/status/phase"),
+        &json!(null),
+        "only the energy changed"
+    );
+    let secs = requeue_secs(&action.unwrap_or_else(|e| panic!("{e}")));
+    assert!(
+        secs.is_some_and(|s| (890.0..=901.0).contains(&s)),
+        "requeued at the next write: {secs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_ready_machine_written_recently_is_not_written_again() {
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let accounted = Timestamp::now() - SignedDuration::from_mins(5);
+    let mut m = machine(
+        PowerState::On,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    m.spec.watts = Some(watts(30.0));
+    let up = node(true, then);
+    let m = settled(m, Some(&up), then, accounted);
+    stores.node(up);
+    let serving = server.serve(vec![]);
+    let action = reconcile_once(&ctx, &m).await;
+    serving.finish().await;
+    let secs = requeue_secs(&action.unwrap_or_else(|e| panic!("{e}")));
+    assert!(
+        secs.is_some_and(|s| (590.0..=601.0).contains(&s)),
+        "{secs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_meter_is_a_false_power_meter_condition_and_the_model_counts() {
+    use crate::operator::api::{HttpMeter, Meter};
+    use crate::operator::meter::MeterState;
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let accounted = Timestamp::now() - SignedDuration::from_mins(20);
+    let mut m = machine(
+        PowerState::On,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    m.spec.watts = Some(watts(30.0));
+    m.spec.meter = Some(Box::new(Meter {
+        http: Some(Box::new(HttpMeter {
+            url: "http://plug.lan/rpc".into(),
+            watts_path: "$.apower".into(),
+            ..HttpMeter::default()
+        })),
+        ..Meter::default()
+    }));
+    let up = node(true, then);
+    let m = settled(m, Some(&up), then, accounted);
+    stores.node(up);
+    ctx.settings.meters.set(
+        "lab/m1",
+        MeterState::Failed {
+            error: "connection refused".into(),
+            since: then,
+            last: None,
+        },
+    );
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    let patch = request(&log, Method::PATCH, STATUS);
+    assert_eq!(
+        condition_in(patch, super::CONDITION_POWER_METER),
+        Some(("False".into(), "Unreachable".into()))
+    );
+    let message = patch.at("/status/conditions").to_string();
+    assert!(
+        message.contains("connection refused; using the spec.watts model"),
+        "{message}"
+    );
+    assert_eq!(patch.at("/status/energy/source"), &json!("model"));
+}
+
+#[tokio::test]
+async fn a_working_meters_reading_is_what_the_energy_counts() {
+    use crate::operator::api::Meter;
+    use crate::operator::meter::{MeterState, Reading};
+    let (ctx, server, mut stores) = Context::test();
+    let then = Timestamp::now() - SignedDuration::from_hours(1);
+    let accounted = Timestamp::now() - SignedDuration::from_mins(24);
+    let mut m = machine(
+        PowerState::On,
+        lifecycle(Phase::Ready, PowerState::On, then),
+    );
+    m.spec.watts = Some(watts(30.0));
+    m.spec.meter = Some(Box::new(Meter {
+        http: Some(Box::default()),
+        ..Meter::default()
+    }));
+    let up = node(true, then);
+    let m = settled(m, Some(&up), then, accounted);
+    stores.node(up);
+    ctx.settings.meters.set(
+        "lab/m1",
+        MeterState::Ok(Reading {
+            watts: 50.0,
+            energy_wh: None,
+            at: Timestamp::now(),
+        }),
+    );
+    let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
+    let action = reconcile_once(&ctx, &m).await;
+    let log = serving.finish().await;
+    assert!(action.is_ok(), "{action:?}");
+    let patch = request(&log, Method::PATCH, STATUS);
+    assert_eq!(
+        condition_in(patch, super::CONDITION_POWER_METER),
+        Some(("True".into(), "Reading".into()))
+    );
+    assert_eq!(patch.at("/status/energy/source"), &json!("meter"));
+    let metered = patch
+        .at("/status/energy/meteredWattHours")
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        (metered - 20.0).abs() < 0.1,
+        "24 min at 50 W: {}",
+        patch.body
+    );
+    assert_eq!(patch.at("/status/energy/estimatedSeconds"), &json!(null));
+}
