@@ -4,6 +4,7 @@
 //! `mod support; mod support_power;`.
 #![allow(dead_code)]
 
+pub mod ipmi_sim;
 pub mod proxy;
 pub mod server;
 pub mod sushy;
