@@ -3,7 +3,7 @@
 //!
 //! Both come from Debian packages installed on first use into the cache,
 //! `~/.cache/kubectl-homelab/ipmi-<hash of the package list>` (`apt-get download` of the
-//! packages, `dpkg -x` each, run with `LD_LIBRARY_PATH`; about 2 s cold on a machine with apt
+//! packages, `dpkg -x` each, run with `LD_LIBRARY_PATH`; 4.5 s cold on a machine with apt
 //! lists, `apt-get update` first when it has none), so CI on a fresh machine gets them and a
 //! second run costs nothing. `KUBECTL_HOMELAB_CACHE` moves the cache. Without them a test is
 //! skipped, unless `KUBECTL_HOMELAB_REQUIRE_ASSETS=1`, which makes it fail.
