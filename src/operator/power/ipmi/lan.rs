@@ -800,6 +800,55 @@ mod tests {
         }
     }
 
+    /// A BMC (or anything at its address) that answers with junk or with a truncated Open
+    /// Session answer gets an error, never a panic: junk is ignored until the timeout, a
+    /// truncated answer is refused.
+    #[tokio::test]
+    async fn junk_and_truncated_answers_are_errors_not_panics() {
+        let bmc = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = bmc.local_addr().unwrap();
+        let truncated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mode = truncated.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = bmc.recv_from(&mut buf).await {
+                let answer = if mode.load(std::sync::atomic::Ordering::SeqCst) && n >= 28 {
+                    // Tag, status 0, privilege, reserved, our session ID, a BMC session ID,
+                    // and no algorithms.
+                    let mut p = vec![0, 0, 3, 0];
+                    p.extend_from_slice(&buf[20..24]);
+                    p.extend_from_slice(&[9, 9, 9, 9]);
+                    sessionless(PAYLOAD_OPEN_SESSION_RESPONSE, &p)
+                } else {
+                    vec![0x06, 0x00, 0xff, 0x07, 0x06, 0x11, 1, 2, 3]
+                };
+                let _ = bmc.send_to(&answer, from).await;
+            }
+        });
+        let settings = |timeout| Settings {
+            address,
+            username: "u",
+            password: "p",
+            kg: None,
+            privilege: Privilege::Operator,
+            suite: CipherSuite::by_id(3).unwrap(),
+            timeout,
+        };
+        let junk = Session::open(&settings(Duration::from_millis(300))).await;
+        assert!(
+            matches!(junk, Err(LanError::Timeout { .. })),
+            "{:?}",
+            junk.err()
+        );
+        truncated.store(true, std::sync::atomic::Ordering::SeqCst);
+        let short = Session::open(&settings(Duration::from_secs(2))).await;
+        assert!(
+            matches!(short, Err(LanError::Refused(_))),
+            "{:?}",
+            short.err()
+        );
+    }
+
     #[test]
     fn only_suites_0_3_and_17_are_spoken() {
         assert_eq!(CipherSuite::by_id(3).map(|s| s.numbers()), Some([1, 1, 1]));

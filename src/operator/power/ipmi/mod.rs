@@ -231,15 +231,24 @@ pub async fn read_power(
             .map_err(|e| bmc.lan_error(e));
         let _ = s.close().await;
         let r = r?;
-        Ok(power_reading(r.completion, &r.data))
+        match r.completion {
+            0xc0 | 0xc3 | 0xff => Err(PowerError::Transient(format!(
+                "BMC {}: DCMI Get Power Reading answered completion code {:#04x} (busy or \
+                 timed out)",
+                bmc.host, r.completion
+            ))),
+            cc => Ok(power_reading(cc, &r.data)),
+        }
     }
     .await;
     r.map_err(|e| bmc.redactor.error(e))
 }
 
-/// Watts of a DCMI Get Power Reading answer, `None` when there is no meter reading: an error
-/// completion code (0xc1 invalid command, 0xcc invalid data, 0xd4-0xd6 not available: a BMC
-/// without DCMI power management), a short answer, or the "measurement active" bit clear.
+/// Watts of a DCMI Get Power Reading answer, `None` when there is no meter reading: any other
+/// error completion code than busy (0xc1 invalid command, 0xcc invalid data, 0xd5/0xd6 not
+/// available: a BMC without DCMI power management; also 0xd4, insufficient privilege, which
+/// ipmi_sim answers for a command it does not know, and DCMI needs only USER privilege), a short
+/// answer, or the "measurement active" bit clear.
 fn power_reading(completion: u8, data: &[u8]) -> Option<f64> {
     if completion != 0 || data.first() != Some(&DCMI_GROUP) || data.len() < 18 {
         return None;
