@@ -351,3 +351,32 @@ async fn read_power_of_a_bmc_without_dcmi_is_no_meter() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn cipher_suite_0_is_used_only_with_allow_insecure() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let Some(sim) = sim(false, true).await? else {
+        return Ok(());
+    };
+    let ns = namespace_with_secret(cp, "ipmi-suite-0", PASSWORD).await?;
+    let mut spec = ipmi(sim.port);
+    spec.cipher_suite = Some(0);
+    let driver = IpmiDriver::new(cp.client()?, &spec);
+    let on = Op::new(machine(&ns, &spec), Direction::On, "on-1", Timestamp::now());
+    let result = driver.start(&on.at(Timestamp::now())).await;
+    let Err(PowerError::Config(msg)) = &result else {
+        panic!("suite 0 without allowInsecure is refused: {result:?}");
+    };
+    assert!(msg.contains("allowInsecure: true"), "{msg}");
+    assert!(sim.actions().is_empty(), "refused before anything was sent");
+
+    spec.allow_insecure = Some(true);
+    let driver = IpmiDriver::new(cp.client()?, &spec);
+    let on = Op::new(machine(&ns, &spec), Direction::On, "on-2", Timestamp::now());
+    let started = driver.start(&on.at(Timestamp::now())).await?;
+    assert_eq!(started.accepted.as_deref(), Some("power up"));
+    assert!(sim.power_on());
+    Ok(())
+}
