@@ -289,8 +289,9 @@ fn node_agent_and_http_defaults() {
 #[test]
 fn unused_power_drivers_take_no_room_in_a_cached_node_cr() {
     let pointer = std::mem::size_of::<usize>();
-    assert!(std::mem::size_of::<PowerOn>() <= 4 * pointer);
-    assert!(std::mem::size_of::<PowerOff>() <= 4 * pointer);
+    // One pointer per driver (job, wakeOnLan or nodeAgent, redfish, http, ipmi).
+    assert!(std::mem::size_of::<PowerOn>() <= 5 * pointer);
+    assert!(std::mem::size_of::<PowerOff>() <= 5 * pointer);
     // 320 bytes on 64-bit today; an inline PowerSpec or pod spec would add 128 to 1,200 more.
     assert!(std::mem::size_of::<MachineSpec>() < 448);
 }
