@@ -49,7 +49,8 @@ const RETRANSMIT: Duration = Duration::from_millis(1000);
 const KEY_LEN: usize = 20;
 const MAX_USERNAME: usize = 16;
 
-/// A privilege level of the session (IPMI 2.0 table 22-?, "privilege level").
+/// A privilege level of the session (the numbers of Set Session Privilege Level, IPMI 2.0 section
+/// 22.18).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Privilege {
     User = 2,
@@ -260,10 +261,11 @@ fn sessionless(payload_type: u8, payload: &[u8]) -> Vec<u8> {
 struct Datagram<'a> {
     payload_type: u8,
     session_id: u32,
-    /// From the authentication type to the end of the payload.
+    /// The payload (its length from the session header).
     payload: &'a [u8],
-    /// Offset of the authentication type byte.
+    /// The whole datagram, RMCP header to integrity code.
     whole: &'a [u8],
+    /// Offset in `whole` of the first byte after the payload.
     payload_end: usize,
 }
 
@@ -531,10 +533,9 @@ impl Session {
         Ok(session)
     }
 
-    /// Sends `request` until an answer `accept` takes arrives, resending it every
-    /// [`RETRANSMIT`] (a lost datagram in either direction), for at most the timeout.
-    /// `rebuild` gives the datagram to send on a retransmission (a session message gets a
-    /// new sequence number).
+    /// Sends the session setup message `request` until an answer `accept` takes arrives,
+    /// resending it every [`RETRANSMIT`] (a lost datagram in either direction), for at most the
+    /// timeout. Other datagrams (late answers to an earlier resend, junk) are dropped.
     async fn exchange<T>(
         &self,
         request: &[u8],
