@@ -300,6 +300,18 @@ impl MachineBuilder {
         })
     }
 
+    /// `power.powerOn.ipmi` and `power.powerOff.ipmi`, the same BMC.
+    pub fn ipmi(self, bmc: crate::operator::api::Ipmi) -> Self {
+        self.power_on(PowerOn {
+            ipmi: Some(Box::new(bmc.clone())),
+            ..PowerOn::default()
+        })
+        .power_off(PowerOff {
+            ipmi: Some(Box::new(bmc)),
+            ..PowerOff::default()
+        })
+    }
+
     /// `power.powerOn.http` and `power.powerOff.http`.
     pub fn http(self, on: HttpAction, off: HttpAction) -> Self {
         self.power_on(PowerOn {

@@ -284,6 +284,26 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
             cel::HTTP_HTTPS_MESSAGE,
         ),
         (
+            "power.powerOn.ipmi",
+            cel::IPMI_CIPHER_SUITE_RULE,
+            cel::IPMI_CIPHER_SUITE_MESSAGE,
+        ),
+        (
+            "power.powerOff.ipmi",
+            cel::IPMI_CIPHER_SUITE_RULE,
+            cel::IPMI_CIPHER_SUITE_MESSAGE,
+        ),
+        (
+            "power.powerOff.ipmi.forceOffAfter",
+            cel::DURATION_RULE,
+            cel::DURATION_MESSAGE,
+        ),
+        (
+            "power.powerOff.ipmi.timeout",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ),
+        (
             "power.powerOff.http",
             cel::HTTP_HTTPS_RULE,
             cel::HTTP_HTTPS_MESSAGE,
@@ -943,6 +963,12 @@ fn https_rules_accept_tls_opt_ins_and_calls_without_credentials() {
         node(bmc("https://bmc", None), bmc("https://bmc", Some(false))),
         node(bmc("http://bmc", Some(true)), bmc("http://bmc", Some(true))),
         node(
+            serde_json::json!({"ipmi": {"host": "bmc", "credentialsSecret": "bmc",
+                "cipherSuite": 3}}),
+            serde_json::json!({"ipmi": {"host": "bmc", "credentialsSecret": "bmc",
+                "cipherSuite": 0, "allowInsecure": true}}),
+        ),
+        node(
             serde_json::json!({"http": {"url": "http://plug/on",
                 "status": {"url": "http://plug/s", "field": "$.on", "value": "true"}}}),
             serde_json::json!({"http": {"url": "http://plug/off", "secret": "plug",
@@ -1124,6 +1150,9 @@ fn examples_use_the_drivers_they_are_named_for() {
     }
     for (on, off) in kinds("redfish.yaml") {
         assert_eq!((on.as_str(), off.as_str()), ("redfish", "redfish"));
+    }
+    for (on, off) in kinds("ipmi.yaml") {
+        assert_eq!((on.as_str(), off.as_str()), ("ipmi", "ipmi"));
     }
     for (on, off) in kinds("http.yaml") {
         assert_eq!((on.as_str(), off.as_str()), ("http", "http"));

@@ -966,6 +966,97 @@ async fn an_ignored_graceful_shutdown_is_forced_off_and_recorded() -> anyhow::Re
     Ok(())
 }
 
+/// examples/ipmi.yaml as written, its BMC (`192.168.1.21`, port 623) pointed at OpenIPMI's
+/// ipmi_sim on loopback with the example's user and password, and `cipherSuite: 3` added (ipmi_sim
+/// has no suite 17). On is Get Chassis Status reading on before the kubelet registers. Off: the
+/// simulated OS ignores the soft shutdown, and with `forceOffAfter` shortened from 3m to 3s the
+/// operator powers down once the grace is over; the chassis reads off, the escalation is in
+/// `status.power.escalated` and a Warning Event, and ipmitool agrees the power is off.
+#[tokio::test]
+async fn the_ipmi_example_powers_on_and_forces_an_ignored_soft_off() -> anyhow::Result<()> {
+    use support_power::ipmi_sim::{IpmiSim, SimOptions, User};
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let user = User {
+        name: "homelab".to_owned(),
+        password: "change-me".to_owned(),
+        privilege: "operator",
+    };
+    let Some(sim) = IpmiSim::start(SimOptions {
+        users: vec![user.clone()],
+        power_on: false,
+        honour_soft_off: false,
+        kg: None,
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-ipmi").await?;
+    let port = sim.port.to_string();
+    let host = format!("host: 127.0.0.1\n        port: {port}\n        cipherSuite: 3");
+    let endpoint = format!("ipmi://127.0.0.1:{port}");
+    lab.apply_example(
+        "ipmi.yaml",
+        &[
+            ("host: 192.168.1.21", &host),
+            ("ipmi://192.168.1.21:623", &endpoint),
+            ("forceOffAfter: 3m", "forceOffAfter: 3s"),
+        ],
+    )
+    .await?;
+    lab.wait_phase("x10", Phase::Off).await?;
+    lab.set_power("x10", "on").await?;
+    let m = lab
+        .wait_machine("x10", "the chassis power read back on", |m| {
+            readback(m) == Some((Direction::On, Some(PowerState::On)))
+        })
+        .await?;
+    assert_eq!(m.lifecycle().phase(), Phase::Booting);
+    assert!(sim.power_on());
+    lab.world
+        .node_up(
+            &FakeNode::new("x10")
+                .adoptable()
+                .provider_id("homelab://homelab/x10"),
+        )
+        .await?;
+    lab.wait_phase("x10", Phase::Ready).await?;
+
+    lab.set_power("x10", "off").await?;
+    let m = lab
+        .wait_machine("x10", "the chassis power read back off", |m| {
+            readback(m) == Some((Direction::Off, Some(PowerState::Off)))
+        })
+        .await?;
+    let power = m.status.and_then(|s| s.power).context("no status.power")?;
+    assert_eq!(power.driver, "ipmi");
+    assert!(power.escalated, "{power:?}");
+    let mut actions = sim.actions();
+    actions.dedup();
+    assert_eq!(actions, ["power 1", "shutdown 1", "power 0"]);
+    let status = sim.ipmitool(&user, &["-L", "OPERATOR", "chassis", "power", "status"])?;
+    assert_eq!(status.trim(), "Chassis Power is off");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(lab.client.clone(), &lab.ns)
+        .list(&ListParams::default())
+        .await?;
+    let escalations: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("PowerOffEscalated"))
+        .collect();
+    assert_eq!(escalations.len(), 1, "one Event for the escalation");
+    assert_eq!(escalations[0].type_.as_deref(), Some("Warning"));
+    let note = escalations[0].message.clone().unwrap_or_default();
+    assert!(note.contains("sent power down"), "{note}");
+
+    lab.world.node_ready("x10", false).await?;
+    lab.wait_phase("x10", Phase::Off).await?;
+    lab.assert_secret_never_shown("change-me").await?;
+    Ok(())
+}
+
 /// examples/redfish.yaml with the first GracefulShutdown refused by the BMC (503, transient),
 /// `forceOffAfter` left at the example's 3m: the operator sends GracefulShutdown again, the BMC
 /// reads Off long before the grace is over, and nothing is forced off.

@@ -905,6 +905,35 @@ fn a_redfish_power_off_escalates_to_force_off_after_its_grace() {
     }
 }
 
+/// An IPMI power-off is soft like Redfish's: one_machine_one_burst_by_hand's machine is off at
+/// 6095 + 1 (the IPMI driver's action time) + 10 = 6106 s when the OS honours the soft
+/// shutdown, and at 6095 + 1 + 120 = 6216 s (`forceOffAfter: 2m`) when it ignores it.
+#[test]
+fn an_ipmi_power_off_is_soft_then_forced_after_its_grace() {
+    let run = |extra: &str| {
+        let text = redfish_burst(extra)
+            .replace(
+                "powerOn: {redfish: {endpoint: \"https://bmc\", credentialsSecret: bmc}}",
+                "powerOn: {ipmi: {host: bmc, credentialsSecret: bmc}}",
+            )
+            .replace(
+                "powerOff: {redfish: {endpoint: \"https://bmc\", credentialsSecret: bmc, forceOffAfter: 2m}}",
+                "powerOff: {ipmi: {host: bmc, credentialsSecret: bmc, forceOffAfter: 2m}}",
+            )
+            .replace("  powerActionTime: 5s\n", "");
+        assert!(text.contains("ipmi:"), "{text}");
+        simulate(
+            &Scenario::parse("ipmi.yaml", &text, &NoTraceFiles).unwrap_or_else(|e| panic!("{e}")),
+        )
+    };
+    let honoured = run("gracefulShutdownIgnored: 0");
+    assert_eq!(entry_at(&honoured, "powered off"), Some(6106 * SECOND));
+    assert_eq!(entry_at(&honoured, "ForceOff"), None);
+    let ignored = run("gracefulShutdownIgnored: 1");
+    assert_eq!(entry_at(&ignored, "powered off"), Some(6216 * SECOND));
+    assert_eq!(entry_at(&ignored, "ForceOff"), Some(6216 * SECOND));
+}
+
 /// Without `powerActionTime`, a power action takes what its driver takes: a Wake-on-LAN packet
 /// sent by the operator at once, a BMC call 2 s, an HTTP call 1 s, a Job (also a relay Job or a
 /// nodeAgent) 5 s.

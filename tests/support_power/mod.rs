@@ -5,6 +5,7 @@
 //! `mod support; mod support_power;`.
 #![allow(dead_code)]
 
+pub mod ipmi_sim;
 pub mod meter_servers;
 pub mod proxy;
 pub mod redfish_mockup;

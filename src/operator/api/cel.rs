@@ -55,12 +55,12 @@ pub const MIN_LE_MAX_RULE: &str =
     "!has(self.minSize) || !has(self.maxSize) || self.minSize <= self.maxSize";
 pub const MIN_LE_MAX_MESSAGE: &str = "minSize must not be greater than maxSize";
 
-pub const ONE_ON_DRIVER_RULE: &str = "[has(self.job), has(self.wakeOnLan), has(self.redfish), has(self.http)].filter(x, x).size() == 1";
+pub const ONE_ON_DRIVER_RULE: &str = "[has(self.job), has(self.wakeOnLan), has(self.redfish), has(self.http), has(self.ipmi)].filter(x, x).size() == 1";
 pub const ONE_ON_DRIVER_MESSAGE: &str =
-    "powerOn must set exactly one driver: job, wakeOnLan, redfish or http";
-pub const ONE_OFF_DRIVER_RULE: &str = "[has(self.job), has(self.nodeAgent), has(self.redfish), has(self.http)].filter(x, x).size() == 1";
+    "powerOn must set exactly one driver: job, wakeOnLan, redfish, http or ipmi";
+pub const ONE_OFF_DRIVER_RULE: &str = "[has(self.job), has(self.nodeAgent), has(self.redfish), has(self.http), has(self.ipmi)].filter(x, x).size() == 1";
 pub const ONE_OFF_DRIVER_MESSAGE: &str =
-    "powerOff must set exactly one driver: job, nodeAgent, redfish or http";
+    "powerOff must set exactly one driver: job, nodeAgent, redfish, http or ipmi";
 
 // On the Node spec. `power.on` / `power.off` are the deprecated names of `powerOn` /
 // `powerOff` (quoted "on" / "off" in YAML), so each rule counts both. A bare `on:` / `off:` key
@@ -117,6 +117,9 @@ pub const TLS_CHOICE_MESSAGE: &str = "set either caBundle (verify the server aga
 pub const REDFISH_HTTPS_RULE: &str =
     "self.endpoint.startsWith('https://') || (has(self.allowInsecure) && self.allowInsecure)";
 pub const REDFISH_HTTPS_MESSAGE: &str = "endpoint must be an https:// URL: over http:// the BMC's username and password cross the network in clear text; use https:// (with caBundle for a self-signed certificate), or set allowInsecure: true to send them anyway";
+// An IPMI session is protected (cipher suite 3 or 17) unless the owner allowed suite 0.
+pub const IPMI_CIPHER_SUITE_RULE: &str = "!has(self.cipherSuite) || self.cipherSuite == 3 || self.cipherSuite == 17 || (self.cipherSuite == 0 && has(self.allowInsecure) && self.allowInsecure)";
+pub const IPMI_CIPHER_SUITE_MESSAGE: &str = "cipherSuite must be 17 or 3: cipher suite 0 has no authentication, integrity or encryption, so anyone on the LAN can switch the machine; set allowInsecure: true to use it anyway";
 pub const HTTP_HTTPS_RULE: &str = "!has(self.secret) || (has(self.allowInsecure) && self.allowInsecure) || (self.url.startsWith('https://') && (!has(self.status) || self.status.url.startsWith('https://')))";
 pub const HTTP_HTTPS_MESSAGE: &str = "url and status.url must be https:// URLs when a secret is sent: over http:// the credentials cross the network in clear text; use https:// (with caBundle for a self-signed certificate), or set allowInsecure: true to send them anyway";
 
@@ -161,6 +164,7 @@ pub const ALL_RULES: &[(&str, &str)] = &[
     (TLS_CHOICE_RULE, TLS_CHOICE_MESSAGE),
     (REDFISH_HTTPS_RULE, REDFISH_HTTPS_MESSAGE),
     (HTTP_HTTPS_RULE, HTTP_HTTPS_MESSAGE),
+    (IPMI_CIPHER_SUITE_RULE, IPMI_CIPHER_SUITE_MESSAGE),
     (ONE_METER_SOURCE_RULE, ONE_METER_SOURCE_MESSAGE),
     (HTTP_METER_HTTPS_RULE, HTTP_METER_HTTPS_MESSAGE),
     (GROUP_NAME_RULE, GROUP_NAME_MESSAGE),

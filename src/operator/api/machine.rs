@@ -540,6 +540,9 @@ impl MachineSpec {
                     PowerDriver::Job(j) => {
                         check(j.validate_volumes(&field));
                     }
+                    PowerDriver::Ipmi(i) => {
+                        i.validate(&field).into_iter().for_each(|e| check(Err(e)))
+                    }
                     PowerDriver::NodeAgent(_) => {}
                 }
             }

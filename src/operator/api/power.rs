@@ -152,7 +152,7 @@ impl PowerSpec {
     }
 }
 
-/// Power-on driver: exactly one of `job`, `wakeOnLan`, `redfish`, `http`.
+/// Power-on driver: exactly one of `job`, `wakeOnLan`, `redfish`, `http`, `ipmi`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -173,9 +173,12 @@ pub struct PowerOn {
     /// Call an HTTP endpoint (e.g. a smart plug or Home Assistant webhook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Box<HttpAction>>,
+    /// Ask the machine's BMC over IPMI 2.0 LAN (Chassis Control, power up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipmi: Option<Box<Ipmi>>,
 }
 
-/// Power-off driver: exactly one of `job`, `nodeAgent`, `redfish`, `http`.
+/// Power-off driver: exactly one of `job`, `nodeAgent`, `redfish`, `http`, `ipmi`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -192,6 +195,10 @@ pub struct PowerOff {
     pub redfish: Option<Box<Redfish>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Box<HttpAction>>,
+    /// Ask the machine's BMC over IPMI 2.0 LAN (Chassis Control soft-shutdown, then power
+    /// down after `forceOffAfter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipmi: Option<Box<Ipmi>>,
 }
 
 /// Default Wake-on-LAN broadcast address and UDP port.
@@ -384,6 +391,149 @@ impl Redfish {
     /// `allowInsecure`).
     pub fn plaintext_credentials(&self) -> bool {
         !is_https(&self.endpoint) && self.allow_insecure == Some(true)
+    }
+}
+
+/// Default IPMI LAN (RMCP+) UDP port and cipher suite.
+pub const DEFAULT_IPMI_PORT: u16 = 623;
+pub const DEFAULT_IPMI_CIPHER_SUITE: u8 = 17;
+/// Key of the credentials Secret holding the BMC's Kg key (optional).
+pub const SECRET_KEY_KG: &str = "kg";
+
+/// Privilege level of an IPMI session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum IpmiPrivilege {
+    #[serde(rename = "USER")]
+    User,
+    /// Enough for Chassis Control (the default).
+    #[default]
+    #[serde(rename = "OPERATOR")]
+    Operator,
+    #[serde(rename = "ADMINISTRATOR")]
+    Administrator,
+}
+
+/// A BMC that speaks IPMI 2.0 over LAN (RMCP+), e.g. older Supermicro, Dell iDRAC and HP iLO
+/// boards. The credentials Secret (same namespace) holds the keys `username` and `password`,
+/// and `kg` when the BMC has a Kg (BMC) key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": IPMI_CIPHER_SUITE_RULE, "message": IPMI_CIPHER_SUITE_MESSAGE}
+]))]
+pub struct Ipmi {
+    /// Address or host name of the BMC, e.g. `10.0.0.21`.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// UDP port (default 623).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Name of a Secret with keys `username` and `password` (and `kg` for a BMC with a Kg
+    /// key).
+    pub credentials_secret: String,
+    /// Privilege level of the session: USER, OPERATOR (default; enough to switch power) or
+    /// ADMINISTRATOR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privilege: Option<IpmiPrivilege>,
+    /// RMCP+ cipher suite: 17 (default: RAKP-HMAC-SHA256, HMAC-SHA256-128, AES-CBC-128), 3
+    /// (the same with SHA1, for older boards) or 0 (no authentication, integrity or encryption:
+    /// anyone on the LAN can switch the machine; only with `allowInsecure: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 17))]
+    pub cipher_suite: Option<i32>,
+    /// Allow cipher suite 0. The Node CR gets an `InsecureTransport` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_insecure: Option<bool>,
+    /// Power-off: how long after the soft shutdown (ACPI) the chassis may still read on before
+    /// it is powered down hard (default 2m; `0s` powers down at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": DURATION_RULE, "message": DURATION_MESSAGE}
+    ]))]
+    pub force_off_after: Option<String>,
+    /// How long one exchange with the BMC (a request and its answer, resent while lost) may
+    /// take (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
+    ]))]
+    pub timeout: Option<String>,
+}
+
+impl Ipmi {
+    pub fn port(&self) -> u16 {
+        self.port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(DEFAULT_IPMI_PORT)
+    }
+
+    pub fn privilege(&self) -> IpmiPrivilege {
+        self.privilege.unwrap_or_default()
+    }
+
+    /// The cipher suite, checked: 0, 3 or 17, and 0 only with `allowInsecure: true` (the
+    /// schema's rule; also checked by the driver before it reads the Secret, for objects
+    /// stored before the rule).
+    pub fn cipher_suite(&self, field: &str) -> Result<u8, super::FieldError> {
+        let suite = self
+            .cipher_suite
+            .unwrap_or(i32::from(DEFAULT_IPMI_CIPHER_SUITE));
+        match suite {
+            3 | 17 => Ok(suite as u8),
+            0 if self.allow_insecure == Some(true) => Ok(0),
+            0 => Err(super::FieldError::Invalid {
+                field: format!("{field}.cipherSuite"),
+                problem: "is 0: the session has no authentication, integrity or encryption, so                           anyone on the LAN can switch the machine; use 17 or 3, or set                           allowInsecure: true to use it anyway"
+                    .to_owned(),
+            }),
+            other => Err(super::FieldError::Invalid {
+                field: format!("{field}.cipherSuite"),
+                problem: format!("is {other}; use 17 or 3 (or 0 with allowInsecure: true)"),
+            }),
+        }
+    }
+
+    /// The `ipmi://host:port` form of the BMC's address, matched against the credentials
+    /// Secret's endpoints annotation.
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("ipmi://[{}]:{}", self.host, self.port())
+        } else {
+            format!("ipmi://{}:{}", self.host, self.port())
+        }
+    }
+
+    pub fn force_off_after(&self, field: &str) -> Result<SignedDuration, super::FieldError> {
+        match self.force_off_after.as_deref() {
+            None => Ok(DEFAULT_FORCE_OFF_AFTER),
+            Some(v) => super::parse_duration(&format!("{field}.forceOffAfter"), v),
+        }
+    }
+
+    pub fn timeout(&self, field: &str) -> Result<SignedDuration, super::FieldError> {
+        request_timeout(&format!("{field}.timeout"), self.timeout.as_deref())
+    }
+
+    /// Whether the session is unprotected (cipher suite 0, allowed by `allowInsecure`).
+    pub fn unprotected(&self) -> bool {
+        self.cipher_suite == Some(0) && self.allow_insecure == Some(true)
+    }
+
+    /// The checks of the schema's rules, for objects read from files.
+    pub fn validate(&self, field: &str) -> Vec<super::FieldError> {
+        let mut errors = Vec::new();
+        if self.host.is_empty() {
+            errors.push(super::FieldError::Invalid {
+                field: format!("{field}.host"),
+                problem: "must name the BMC".to_owned(),
+            });
+        }
+        errors.extend(self.cipher_suite(field).err());
+        errors.extend(self.force_off_after(field).err());
+        errors.extend(self.timeout(field).err());
+        errors
     }
 }
 
@@ -713,6 +863,7 @@ pub enum PowerDriver<'a> {
     Redfish(&'a Redfish),
     Http(&'a HttpAction),
     NodeAgent(&'a NodeAgent),
+    Ipmi(&'a Ipmi),
 }
 
 impl PowerDriver<'_> {
@@ -724,6 +875,7 @@ impl PowerDriver<'_> {
             PowerDriver::Redfish(_) => "redfish",
             PowerDriver::Http(_) => "http",
             PowerDriver::NodeAgent(_) => "nodeAgent",
+            PowerDriver::Ipmi(_) => "ipmi",
         }
     }
 }
@@ -744,6 +896,9 @@ impl PowerOn {
         if let Some(h) = &self.http {
             out.push(PowerDriver::Http(h));
         }
+        if let Some(i) = &self.ipmi {
+            out.push(PowerDriver::Ipmi(i));
+        }
         out
     }
 }
@@ -762,6 +917,9 @@ impl PowerOff {
         }
         if let Some(h) = &self.http {
             out.push(PowerDriver::Http(h));
+        }
+        if let Some(i) = &self.ipmi {
+            out.push(PowerDriver::Ipmi(i));
         }
         out
     }
@@ -813,6 +971,12 @@ impl PowerSpec {
                         r.endpoint
                     ))
                 }
+                PowerDriver::Ipmi(i) if i.unprotected() => plaintext.push(format!(
+                    "{field}.cipherSuite is 0 (allowInsecure: true): the IPMI session to {} has \
+                     no authentication, integrity or encryption, so anyone on the LAN can \
+                     switch the machine; use cipher suite 17 or 3",
+                    i.host
+                )),
                 PowerDriver::Http(h) => {
                     let clear = h.plaintext_credentials();
                     if !clear.is_empty() {

@@ -307,8 +307,9 @@ fn node_agent_and_http_defaults() {
 #[test]
 fn unused_power_drivers_take_no_room_in_a_cached_node_cr() {
     let pointer = std::mem::size_of::<usize>();
-    assert!(std::mem::size_of::<PowerOn>() <= 4 * pointer);
-    assert!(std::mem::size_of::<PowerOff>() <= 4 * pointer);
+    // One pointer per driver (job, wakeOnLan or nodeAgent, redfish, http, ipmi).
+    assert!(std::mem::size_of::<PowerOn>() <= 5 * pointer);
+    assert!(std::mem::size_of::<PowerOff>() <= 5 * pointer);
     // 320 bytes on 64-bit today; an inline PowerSpec or pod spec would add 128 to 1,200 more.
     assert!(std::mem::size_of::<MachineSpec>() < 448);
 }
@@ -654,4 +655,37 @@ fn generated_crds_use_only_formats_the_api_server_knows() {
     );
     assert!(is_known_format(Some("string"), "date-time"));
     assert!(is_known_format(Some("number"), "double"));
+}
+
+/// An IPMI session with cipher suite 0 (allowed by `allowInsecure`) is reported like clear-text
+/// credentials; suites 3 and 17 are not reported.
+#[test]
+fn an_unprotected_ipmi_session_is_insecure_transport() {
+    let ipmi = |suite: i32, allow: Option<bool>| PowerSpec {
+        power_off: Some(PowerOff {
+            ipmi: Some(Box::new(Ipmi {
+                host: "10.0.0.3".to_owned(),
+                credentials_secret: "bmc".to_owned(),
+                cipher_suite: Some(suite),
+                allow_insecure: allow,
+                ..Ipmi::default()
+            })),
+            ..PowerOff::default()
+        }),
+        ..PowerSpec::default()
+    };
+    let found = ipmi(0, Some(true))
+        .insecure_transport()
+        .expect("cipher suite 0");
+    assert_eq!(found.reason, REASON_PLAINTEXT_CREDENTIALS);
+    assert!(
+        found
+            .message
+            .contains("spec.power.powerOff.ipmi.cipherSuite is 0")
+            && found.message.contains("use cipher suite 17 or 3"),
+        "{}",
+        found.message
+    );
+    assert_eq!(ipmi(3, None).insecure_transport(), None);
+    assert_eq!(ipmi(17, Some(true)).insecure_transport(), None);
 }

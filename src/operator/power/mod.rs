@@ -7,6 +7,7 @@
 //! restarted or newly elected operator calls `check` and carries on (docs/architecture.md, "Machine
 //! lifecycle").
 pub mod http;
+pub mod ipmi;
 pub mod job;
 pub mod redfish;
 pub mod secret;

@@ -16,6 +16,7 @@ pub const COMMAND_NOT_ALLOWED: &str = "CommandNotAllowed";
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "OperatorServiceAccount";
 pub const SERVICE_ACCOUNT_NOT_ALLOWED: &str = "ServiceAccountNotAllowed";
 pub const PRIVILEGE_NOT_ALLOWED: &str = "PrivilegeNotAllowed";
+pub const INSECURE_CIPHER_SUITE: &str = "InsecureCipherSuite";
 
 /// Every rule of the trust boundary that `m`'s spec breaks under `policy` (empty: none).
 /// Fields are named from `spec.` (`spec.power.powerOff.nodeAgent.image`, or the deprecated
@@ -58,6 +59,22 @@ pub fn check_spec(m: &Machine, policy: &TrustPolicy) -> Vec<Refusal> {
     }
     if let Some(agent) = off.and_then(|o| o.node_agent.as_deref()) {
         out.extend(policy.check_node_agent(&format!("{off_field}.nodeAgent"), agent));
+    }
+    // An IPMI session without authentication or integrity (cipher suite 0) lets anyone on the
+    // LAN switch the machine: only with the owner's allowInsecure, as the schema says.
+    for (field, bmc) in [
+        (&on_field, on.and_then(|o| o.ipmi.as_deref())),
+        (&off_field, off.and_then(|o| o.ipmi.as_deref())),
+    ] {
+        let Some(bmc) = bmc else { continue };
+        let field = format!("{field}.ipmi");
+        if let Err(e) = bmc.cipher_suite(&field) {
+            out.push(Refusal {
+                reason: INSECURE_CIPHER_SUITE,
+                field: format!("{field}.cipherSuite"),
+                message: e.to_string(),
+            });
+        }
     }
     // The schema refuses these keys too, but CRDs installed before that rule still accept them,
     // and the node side would write them onto the Kubernetes Node (the adoptable label among
@@ -264,6 +281,40 @@ mod tests {
                 "spec.labels[\"infra.homecluster.dev/adoptable\"]"
             )]
         );
+    }
+
+    /// An unprotected IPMI session (cipher suite 0) is refused unless the owner allowed it, and
+    /// so is a suite the driver does not speak: the schema refuses both, but a CRD installed
+    /// before that rule stores them.
+    #[test]
+    fn an_ipmi_session_without_protection_needs_allow_insecure() {
+        use crate::operator::api::Ipmi;
+        let bmc = |suite: i32, allow: Option<bool>| {
+            Machine::test("m1")
+                .ipmi(Ipmi {
+                    host: "10.0.0.3".to_owned(),
+                    credentials_secret: "bmc".to_owned(),
+                    cipher_suite: Some(suite),
+                    allow_insecure: allow,
+                    ..Ipmi::default()
+                })
+                .build()
+        };
+        let policy = TrustPolicy::default();
+        assert_eq!(
+            reasons(&check_spec(&bmc(0, None), &policy)),
+            vec![
+                (INSECURE_CIPHER_SUITE, "spec.power.powerOn.ipmi.cipherSuite"),
+                (
+                    INSECURE_CIPHER_SUITE,
+                    "spec.power.powerOff.ipmi.cipherSuite"
+                ),
+            ]
+        );
+        assert_eq!(reasons(&check_spec(&bmc(2, Some(true)), &policy)).len(), 2);
+        assert_eq!(check_spec(&bmc(0, Some(true)), &policy), vec![]);
+        assert_eq!(check_spec(&bmc(3, None), &policy), vec![]);
+        assert_eq!(check_spec(&bmc(17, None), &policy), vec![]);
     }
 
     #[test]

@@ -181,6 +181,8 @@ pub fn driver_action_time(spec: &MachineSpec, direction: Direction) -> Distribut
     match spec.power_driver("", direction) {
         Ok(PowerDriver::WakeOnLan(w)) if w.via.is_none() => Distribution::Fixed(0),
         Ok(PowerDriver::Redfish(_)) => Distribution::Fixed(2 * SECOND),
+        // A few UDP exchanges (session setup, Chassis Control), then the first status poll.
+        Ok(PowerDriver::Ipmi(_)) => Distribution::Fixed(SECOND),
         Ok(PowerDriver::Http(_)) => Distribution::Fixed(SECOND),
         _ => Distribution::Fixed(5 * SECOND),
     }

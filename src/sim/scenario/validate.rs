@@ -384,7 +384,7 @@ fn machine(
     })
 }
 
-/// A Redfish power-off is soft: confirmed by readback, forced after `forceOffAfter`.
+/// A Redfish or IPMI power-off is soft: confirmed by readback, forced after `forceOffAfter`.
 fn soft_off(
     cx: &Ctx,
     prefix: &str,
@@ -395,6 +395,15 @@ fn soft_off(
         Ok(PowerDriver::Redfish(r)) => Some(SoftOff {
             force_off_after: r
                 .force_off_after(&format!("{prefix}spec.power.powerOff.redfish"))
+                .map_err(|e| cx.field_err(e))?
+                .as_millis()
+                .try_into()
+                .unwrap_or(0),
+            ignored: sim.graceful_shutdown_ignored.unwrap_or_default().0,
+        }),
+        Ok(PowerDriver::Ipmi(i)) => Some(SoftOff {
+            force_off_after: i
+                .force_off_after(&format!("{prefix}spec.power.powerOff.ipmi"))
                 .map_err(|e| cx.field_err(e))?
                 .as_millis()
                 .try_into()

@@ -23,6 +23,7 @@ use crate::operator::machine::{
 };
 use crate::operator::node::drain;
 use crate::operator::power::http::HttpDriver;
+use crate::operator::power::ipmi::IpmiDriver;
 use crate::operator::power::job::{JobDriver, JobKind};
 use crate::operator::power::redfish::RedfishDriver;
 use crate::operator::power::wol::WakeOnLanDriver;
@@ -59,6 +60,7 @@ pub(super) enum AnyDriver<'a> {
     WakeOnLan(WakeOnLanDriver<'a>),
     Redfish(RedfishDriver<'a>),
     Http(HttpDriver<'a>),
+    Ipmi(IpmiDriver<'a>),
 }
 
 /// Calls the same method on whichever driver it is.
@@ -69,6 +71,7 @@ macro_rules! dispatch {
             AnyDriver::WakeOnLan($d) => $call,
             AnyDriver::Redfish($d) => $call,
             AnyDriver::Http($d) => $call,
+            AnyDriver::Ipmi($d) => $call,
         }
     };
 }
@@ -127,6 +130,7 @@ pub(super) fn driver<'a>(
         ),
         DriverSpec::Redfish(r) => AnyDriver::Redfish(RedfishDriver::new(client, r)),
         DriverSpec::Http(h) => AnyDriver::Http(HttpDriver::new(client, h)),
+        DriverSpec::Ipmi(i) => AnyDriver::Ipmi(IpmiDriver::new(client, i)),
     })
 }
 
