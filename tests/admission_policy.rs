@@ -14,7 +14,8 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubectl_homelab::operator::api::{
-    HttpMeter, Machine, Meter, MinimalPodSpec, NodeAgent, PowerOff, RedfishMeter, VolumeMountSpec,
+    HttpMeter, Ipmi, IpmiMeter, Machine, Meter, MinimalPodSpec, NodeAgent, PowerOff, PowerOn,
+    RedfishMeter, VolumeMountSpec,
 };
 use kubectl_homelab::testing::job;
 use serde_json::json;
@@ -126,7 +127,7 @@ fn off_job(f: impl FnOnce(&mut MinimalPodSpec)) -> PowerOff {
 /// What the examples need allowed: the Secrets they name, and the ServiceAccount the
 /// predecessor's example names (each example's comments say so).
 const EXAMPLE_VALUES: [&str; 2] = [
-    "credentialSecrets={r730-bmc,home-assistant,desktop-ssh-key,legacy-power-creds,minipc-2-secureon}",
+    "credentialSecrets={r730-bmc,home-assistant,desktop-ssh-key,legacy-power-creds,minipc-2-secureon,x10-bmc}",
     "security.jobServiceAccounts={default}",
 ];
 
@@ -315,6 +316,37 @@ async fn a_namespace_token_cannot_borrow_the_operators_rights_through_a_node_cr(
                 }));
             })?,
             "spec.meter.redfish.credentialsSecret: family-photos-backup-key is not a Secret the operator may read",
+        ),
+        (
+            "an IPMI power driver sending a Secret the operator may not read",
+            node_cr(&ns, "ipmi-secret", |m| {
+                let bmc = Ipmi {
+                    host: "attacker.example".to_owned(),
+                    credentials_secret: "family-photos-backup-key".to_owned(),
+                    ..Ipmi::default()
+                };
+                if let Some(p) = m.spec.power.as_deref_mut() {
+                    p.power_on = Some(PowerOn {
+                        ipmi: Some(Box::new(bmc)),
+                        ..PowerOn::default()
+                    });
+                }
+            })?,
+            "spec.power.powerOn.ipmi.credentialsSecret: family-photos-backup-key is not a Secret the operator may read",
+        ),
+        (
+            "an IPMI meter sending a Secret the operator may not read",
+            node_cr(&ns, "meter-ipmi-secret", |m| {
+                m.spec.meter = Some(Box::new(Meter {
+                    ipmi: Some(Box::new(IpmiMeter {
+                        host: Some("attacker.example".to_owned()),
+                        credentials_secret: Some("family-photos-backup-key".to_owned()),
+                        ..IpmiMeter::default()
+                    })),
+                    ..Meter::default()
+                }));
+            })?,
+            "spec.meter.ipmi.credentialsSecret: family-photos-backup-key is not a Secret the operator may read",
         ),
     ];
     let mut failures = Vec::new();

@@ -26,6 +26,8 @@ use support::helm::{CHART, ChartOperator, Helm, KUBECTL, kubectl_admin, readme_v
 /// How long the test waits for the API server or the operator (normally a second or two).
 const WAIT: Duration = Duration::from_secs(60);
 const RELEASE: &str = "homelab";
+/// The operator's tariff in this test, per kWh.
+const TARIFF: f64 = 0.25;
 
 /// What the examples need besides the README's values, each said in the example's comments:
 /// the Secrets they name (the README's two and the others'), `default` as a power Job's
@@ -43,6 +45,7 @@ fn values_for_the_examples() -> anyhow::Result<serde_json::Value> {
         "home-assistant",
         "minipc-2-secureon",
         "legacy-power-creds",
+        "x10-bmc",
     ] {
         if !secrets.contains(&json!(name)) {
             secrets.push(json!(name));
@@ -50,6 +53,8 @@ fn values_for_the_examples() -> anyhow::Result<serde_json::Value> {
     }
     values["security"] = json!({ "jobServiceAccounts": ["default"] });
     values["hostNetwork"] = json!(true);
+    // A tariff for the whole operator, so `kubectl homelab energy` has costs to show.
+    values["operator"]["electricity"] = json!({ "pricePerKWh": TARIFF, "currency": "EUR" });
     Ok(values)
 }
 
@@ -223,6 +228,72 @@ async fn every_example_is_accepted_and_reconciled_under_the_charts_install() -> 
     ] {
         ensure!(names.contains(&want), "{want} not in {names:?}");
     }
+    // `kubectl homelab energy` on the examples: every machine with a power model that has been
+    // off since its counters began has used its standby draw since then and saved its idle
+    // draw less that, at the operator's tariff (the model's figures, within 1 %).
+    let off_since_counting = wait_for("the off examples' energy counters", || async {
+        let mut out = Vec::new();
+        for m in machines.list(&Default::default()).await? {
+            let lc = m.lifecycle();
+            let Some(c) = m.status.as_ref().and_then(|s| s.energy.as_deref()) else {
+                continue;
+            };
+            let (Some(w), Some(_)) = (m.spec.watts, c.since) else {
+                continue;
+            };
+            let p = &c.watt_hours_by_phase;
+            let only_off = p.booting == 0.0 && p.on == 0.0 && p.shutting_down == 0.0;
+            if lc.phase() == Phase::Off && only_off && c.boots == 0 {
+                out.push((m.name_any(), w));
+            }
+        }
+        Ok((out.len() >= 3).then_some(out))
+    })
+    .await
+    .map_err(|e| e.context(operator.log_tail(40)))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+        .args(["energy", "-n", &ns, "-o", "json", "--kubeconfig"])
+        .arg(cp.kubeconfig())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let to: jiff::Timestamp = report["to"].as_str().context("to")?.parse()?;
+    let near = |got: f64, want: f64| (got - want).abs() <= want.abs() * 0.01 + 1e-12;
+    for (name, w) in &off_since_counting {
+        let row = report["machines"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == name.as_str()))
+            .with_context(|| format!("{name} not in the energy report"))?;
+        let since: jiff::Timestamp = row["since"].as_str().context("since")?.parse()?;
+        let hours = to.duration_since(since).as_secs_f64() / 3600.0;
+        let kwh = w.standby() * hours / 1000.0;
+        let baseline = w.idle() * hours / 1000.0;
+        let got = |field: &str| row[field].as_f64().unwrap_or(f64::NAN);
+        ensure!(
+            near(got("kwh"), kwh),
+            "{name}: kwh {} vs {kwh}: {row}",
+            got("kwh")
+        );
+        ensure!(
+            near(got("savedKwh"), baseline - kwh),
+            "{name}: savedKwh: {row}"
+        );
+        ensure!(near(got("cost"), kwh * TARIFF), "{name}: cost: {row}");
+        ensure!(
+            near(got("savedCost"), (baseline - kwh) * TARIFF),
+            "{name}: savedCost: {row}"
+        );
+        ensure!(
+            row["currency"] == "EUR" && row["source"] == "model",
+            "{name}: {row}"
+        );
+    }
+
     // examples/job-style.yaml's desktop-1 is wanted on: its power Job runs as the chart's
     // power account, which the chart created.
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);

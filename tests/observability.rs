@@ -5,17 +5,14 @@
 //! (deploy/helm/kubectl-homelab/files/dashboards/kubectl-homelab.json) asked of a real Prometheus
 //! that scrapes a real `run-operator` against the test control plane.
 //!
-//! Prometheus and promtool are Debian bookworm's `prometheus` package (2.42), installed on first
-//! use into `~/.cache/kubectl-homelab/prometheus-debian/` with `apt-get download` and `dpkg -x`
-//! (5.6 s measured with the apt lists present; as root, `apt-get update` first when the download
-//! fails). `KUBECTL_HOMELAB_PROMETHEUS_DIR` names a directory with both binaries instead. Without
+//! Prometheus and promtool are Debian bookworm's `prometheus` package (2.42), unpacked on first
+//! use into the cache (tests/support/debian.rs; 5.6 s measured with the apt lists present). `KUBECTL_HOMELAB_PROMETHEUS_DIR` names a directory with both binaries instead. Without
 //! them a test is skipped, unless `KUBECTL_HOMELAB_REQUIRE_ASSETS=1`, which makes it fail.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -28,18 +25,14 @@ use kubectl_homelab::operator::machine::PowerState;
 use kubectl_homelab::operator::provider::proto;
 use kubectl_homelab::operator::provider::proto::cloud_provider_client::CloudProviderClient;
 use serde_json::{Value, json};
+use support::debian::{self, run};
 use support::helm::{CHART, Helm, kind_of, repo};
 use support::process::{Managed, free_ports};
 use support::{Machines, MachinesConfig, World};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-const REQUIRE_ENV: &str = "KUBECTL_HOMELAB_REQUIRE_ASSETS";
 /// Generous bound for what takes seconds; a loaded CI machine is slow.
 const SETTLE: Duration = Duration::from_secs(90);
-
-fn required() -> bool {
-    std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
-}
 
 /// `prometheus` and `promtool`.
 #[derive(Clone, Debug)]
@@ -62,8 +55,11 @@ fn prometheus_bins() -> anyhow::Result<Option<PrometheusBins>> {
             prometheus: dir.join("prometheus"),
             promtool: dir.join("promtool"),
         })),
-        Err(e) if required() => {
-            bail!("Prometheus is required ({REQUIRE_ENV}=1) but could not be installed: {e}")
+        Err(e) if debian::required() => {
+            bail!(
+                "Prometheus is required ({}=1) but could not be installed: {e}",
+                debian::REQUIRE_ENV
+            )
         }
         Err(e) => {
             eprintln!("skipping: Prometheus is not available: {e}");
@@ -72,86 +68,12 @@ fn prometheus_bins() -> anyhow::Result<Option<PrometheusBins>> {
     }
 }
 
-fn cache_dir() -> anyhow::Result<PathBuf> {
-    match std::env::var_os("KUBECTL_HOMELAB_CACHE") {
-        Some(c) if !c.is_empty() => Ok(PathBuf::from(c)),
-        _ => Ok(
-            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
-                .join(".cache/kubectl-homelab"),
-        ),
-    }
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// Debian's `prometheus` package unpacked into the cache: its directory of binaries.
+/// Debian's `prometheus` package unpacked into the cache (tests/support/debian.rs): its
+/// directory of binaries.
 fn install() -> anyhow::Result<PathBuf> {
-    let cache = cache_dir()?;
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let dir = cache.join("prometheus-debian");
-    let done = dir.join(".installed");
-    // One installer at a time across test binaries: the others wait on the lock, then find it.
-    let lock_path = cache.join("prometheus-debian.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!(
-            "locking {}: {}",
-            lock_path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    if done.exists() {
-        return Ok(dir);
-    }
-    let started = Instant::now();
-    let work = tempfile::tempdir_in(&cache)?;
-    let download = || {
-        run(Command::new("apt-get")
-            .args(["download", "prometheus"])
-            .current_dir(work.path()))
-    };
-    if let Err(first) = download() {
-        // A fresh machine may have no apt lists yet; only root can fetch them.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(first.context("apt-get download prometheus (not root: no apt-get update)"));
-        }
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-        download()?;
-    }
-    let deb = std::fs::read_dir(work.path())?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    let unpacked = work.path().join("x");
-    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    for b in ["prometheus", "promtool"] {
-        std::fs::copy(unpacked.join("usr/bin").join(b), dir.join(b))
-            .with_context(|| format!("copying {b} out of {}", deb.display()))?;
-    }
-    std::fs::write(&done, "")?;
-    eprintln!(
-        "installed Prometheus from {} into {} in {:.1} s",
-        deb.display(),
-        dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(dir)
+    Ok(debian::unpack("prometheus", &["prometheus"])?
+        .root
+        .join("usr/bin"))
 }
 
 /// The chart's PrometheusRule (default values but enabled) as a Prometheus rules file.

@@ -14,6 +14,7 @@ use super::fsm::InspectError;
 use super::kube_args::KubeArgs;
 use super::table::{Column, Style, Table};
 use crate::operator::api::{EnergyCounters, EnergyDay, EnergySource, Machine};
+use crate::operator::energy;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = concat!(
@@ -195,10 +196,44 @@ pub fn report(machines: &[&Machine], from: Option<Timestamp>, now: Timestamp) ->
     }
 }
 
+/// `c` brought from `until` up to `now` at the draw last accounted, in the machine's phase now.
+fn up_to_now(c: &EnergyCounters, m: &Machine, now: Timestamp) -> EnergyCounters {
+    let Some(until) = c.until.filter(|u| *u < now) else {
+        return c.clone();
+    };
+    let lifecycle = m.lifecycle();
+    let phase = energy::PowerPhase::of(
+        lifecycle.phase(),
+        crate::operator::machine::observed_power(&lifecycle),
+    );
+    let watts = match c.source {
+        Some(EnergySource::Unknown) => None,
+        _ => c.watts,
+    };
+    let span = energy::Span {
+        from: until,
+        to: now,
+        phase,
+        watts,
+        metered: c.source == Some(EnergySource::Meter),
+        baseline_watts: energy::baseline_draw(m.spec.watts.as_ref()),
+        estimated: false,
+    };
+    // The price in force at the last write, held since (a time-of-use window that began
+    // since is not known here).
+    let tariff = c
+        .currency
+        .as_deref()
+        .zip(c.price_per_kwh)
+        .map(|(currency, price)| energy::Tariff::flat(price, currency));
+    energy::accrue(c, &span, tariff.as_ref())
+}
+
 fn machine(m: &Machine, from: Option<Timestamp>, now: Timestamp) -> MachineEnergy {
     let counters = m.status.as_ref().and_then(|s| s.energy.as_deref());
     let empty = EnergyCounters::default();
-    let c = counters.unwrap_or(&empty);
+    let projected = counters.map(|c| up_to_now(c, m, now));
+    let c = projected.as_ref().unwrap_or(&empty);
     let known =
         c.source != Some(EnergySource::Unknown) && (c.watt_hours > 0.0 || c.watts.is_some());
     let sum = window(c, from);
@@ -543,6 +578,7 @@ mod tests {
             cost: 0.048,
             baseline_cost: 0.144,
             currency: Some("EUR".into()),
+            price_per_kwh: Some(0.30),
             watts: Some(2.0),
             source: Some(EnergySource::Model),
             days,
@@ -680,6 +716,32 @@ mod tests {
         );
         assert_eq!(r.machines[0].source, "meter");
         assert_eq!(r.machines[1].source, "mixed");
+    }
+
+    /// A machine asleep since its last write: the day since is counted at its standby draw,
+    /// against an always-on baseline at its idle draw, at the price in force at that write.
+    #[test]
+    fn a_sleeping_machine_is_brought_up_to_now() {
+        let mut m = with_energy("m1", "g", two_days());
+        m.spec.watts = Some(crate::operator::api::Watts {
+            idle: Some(10.0),
+            standby: Some(2.0),
+            ..Default::default()
+        });
+        m.status.get_or_insert_default().lifecycle.phase =
+            Some(crate::operator::machine::Phase::Off);
+        let now = ts("2026-12-04T00:00:00Z");
+        let r = report(&[&m], None, now);
+        let f = &r.machines[0].figures;
+        assert_eq!(f.off_seconds, (36.0 + 24.0) * 3600.0);
+        assert!((f.kwh.unwrap() - (0.16 + 0.048)).abs() < 1e-9, "{f:?}");
+        assert!((f.baseline_kwh - (0.48 + 0.24)).abs() < 1e-9, "{f:?}");
+        // 0.30 per kWh at the last write.
+        assert!(
+            (f.cost.unwrap() - (0.048 + 0.048 * 0.30)).abs() < 1e-9,
+            "{f:?}"
+        );
+        assert_eq!(r.machines[0].until, Some(now));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod assets;
 pub mod ca;
 pub mod chart;
 pub mod control_plane;
+pub mod debian;
 pub mod helm;
 pub mod identity;
 pub mod machines;

@@ -1,12 +1,10 @@
 //! OpenIPMI's BMC simulator (`ipmi_sim`) on loopback as a real IPMI 2.0 LAN counterpart for the
 //! IPMI driver, and `ipmitool` as an independent client to cross-check what the driver did.
 //!
-//! Both come from Debian packages installed on first use into the cache,
-//! `~/.cache/kubectl-homelab/ipmi-<hash of the package list>` (`apt-get download` of the
-//! packages, `dpkg -x` each, run with `LD_LIBRARY_PATH`; 4.5 s cold on a machine with apt
-//! lists, `apt-get update` first when it has none), so CI on a fresh machine gets them and a
-//! second run costs nothing. `KUBECTL_HOMELAB_CACHE` moves the cache. Without them a test is
-//! skipped, unless `KUBECTL_HOMELAB_REQUIRE_ASSETS=1`, which makes it fail.
+//! Both come from Debian packages unpacked on first use into the cache (tests/support/debian.rs;
+//! run with `LD_LIBRARY_PATH`; 4.5 s cold on a machine with apt lists), so CI on a fresh machine
+//! gets them and a second run costs nothing. Without them a test is skipped, unless
+//! `KUBECTL_HOMELAB_REQUIRE_ASSETS=1`, which makes it fail.
 //!
 //! The simulated chassis is a shell script (`chassis_control` in lan.conf) that keeps the power
 //! state in a file the test reads: "set power 1/0" switches it, "set shutdown 1" (a soft
@@ -15,18 +13,16 @@
 //!
 //! What ipmi_sim 2.0.33 (Debian 12) offers: RMCP+ with RAKP-HMAC-SHA1 only, so cipher suites 0-3;
 //! not 17 (RAKP-HMAC-SHA256). No DCMI.
-use std::io::Write as _;
-use std::os::fd::AsRawFd as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::support::debian::{self, Unpacked, run};
 use crate::support::process::Managed;
 
-const REQUIRE_ENV: &str = "KUBECTL_HOMELAB_REQUIRE_ASSETS";
 /// The packages: the simulator, its library, ipmitool, and the two libraries they need that a
 /// minimal Debian lacks.
 const PACKAGES: &[&str] = &[
@@ -37,56 +33,17 @@ const PACKAGES: &[&str] = &[
     "libfreeipmi17",
 ];
 
-fn required() -> bool {
-    std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
-}
-
-fn cache_dir() -> anyhow::Result<PathBuf> {
-    match std::env::var_os("KUBECTL_HOMELAB_CACHE") {
-        Some(c) if !c.is_empty() => Ok(PathBuf::from(c)),
-        _ => Ok(
-            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
-                .join(".cache/kubectl-homelab"),
-        ),
-    }
-}
-
-fn fnv(text: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in text.as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
-/// Where the packages are unpacked.
-#[derive(Clone, Debug)]
-pub struct Tools {
-    root: PathBuf,
-}
-
-impl Tools {
-    fn bin(&self, name: &str) -> PathBuf {
-        self.root.join("usr/bin").join(name)
-    }
-
-    fn library_path(&self) -> String {
-        format!(
-            "{}:{}",
-            self.root.join("usr/lib/x86_64-linux-gnu").display(),
-            self.root.join("lib/x86_64-linux-gnu").display()
-        )
-    }
-}
+/// The unpacked packages.
+pub type Tools = Unpacked;
 
 /// The unpacked tools: `Ok(None)` when they cannot be had and are not required.
 pub fn tools() -> anyhow::Result<Option<Tools>> {
     static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
     match TOOLS.get_or_init(|| install().map_err(|e| format!("{e:#}"))) {
         Ok(t) => Ok(Some(t.clone())),
-        Err(e) if required() => bail!(
-            "ipmi_sim and ipmitool are required ({REQUIRE_ENV}=1) but could not be installed: {e}"
+        Err(e) if debian::required() => bail!(
+            "ipmi_sim and ipmitool are required ({}=1) but could not be installed: {e}",
+            debian::REQUIRE_ENV
         ),
         Err(e) => {
             eprintln!("skipping: ipmi_sim and ipmitool are not available: {e}");
@@ -96,92 +53,25 @@ pub fn tools() -> anyhow::Result<Option<Tools>> {
 }
 
 fn install() -> anyhow::Result<Tools> {
-    let cache = cache_dir()?;
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-    let dir = cache.join(format!("ipmi-{:08x}", fnv(&PACKAGES.join(" "))));
-    let done = dir.join(".installed");
-    // One installer at a time across test binaries.
-    let lock_path = cache.join("ipmi.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!(
-            "locking {}: {}",
-            lock_path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    let tools = Tools {
-        root: dir.join("root"),
-    };
-    if done.is_file() {
-        return Ok(tools);
-    }
-    let started = Instant::now();
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .with_context(|| format!("removing the half-made {}", dir.display()))?;
-    }
-    let debs = dir.join("debs");
-    std::fs::create_dir_all(&debs)?;
-    let download = || {
-        run(Command::new("apt-get")
-            .arg("download")
-            .args(PACKAGES)
-            .current_dir(&debs))
-    };
-    if let Err(first) = download() {
-        // A machine without apt lists (a fresh container) needs them first.
-        run(Command::new("apt-get").args(["update", "-qq"])).with_context(|| {
-            format!("apt-get download failed ({first:#}), and so did apt-get update")
-        })?;
-        download().context("apt-get download")?;
-    }
-    for entry in std::fs::read_dir(&debs)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "deb") {
-            run(Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(&path)
-                .arg(&tools.root))
-            .with_context(|| format!("dpkg-deb -x {}", path.display()))?;
-        }
-    }
-    std::fs::remove_dir_all(&debs)?;
+    let tools = debian::unpack("ipmi", PACKAGES)?;
     // Both must run: a missing shared library shows here, not as a silent test failure.
-    for bin in ["ipmi_sim", "ipmitool"] {
-        let out = Command::new(tools.bin(bin))
-            .arg(if bin == "ipmitool" { "-V" } else { "--version" })
-            .env("LD_LIBRARY_PATH", tools.library_path())
-            .output()
-            .with_context(|| format!("running {bin}"))?;
-        if !out.status.success() && bin == "ipmitool" {
-            bail!(
-                "{bin} does not run: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-    std::fs::File::create(&done)?.write_all(b"ok\n")?;
-    eprintln!(
-        "installed ipmi_sim and ipmitool into {} in {:.1} s",
-        dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(tools)
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let out = Command::new(tools.bin("ipmitool"))
+        .arg("-V")
+        .env("LD_LIBRARY_PATH", tools.library_path())
+        .output()
+        .context("running ipmitool")?;
     if !out.status.success() {
         bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
+            "ipmitool does not run: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Command::new(tools.bin("ipmi_sim"))
+        .arg("--version")
+        .env("LD_LIBRARY_PATH", tools.library_path())
+        .output()
+        .context("running ipmi_sim")?;
+    Ok(tools)
 }
 
 /// A free UDP port on loopback.

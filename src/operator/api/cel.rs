@@ -125,9 +125,9 @@ pub const HTTP_HTTPS_MESSAGE: &str = "url and status.url must be https:// URLs w
 
 // A meter reads one source (`self` is `spec.meter`).
 pub const ONE_METER_SOURCE_RULE: &str =
-    "[has(self.redfish), has(self.http)].filter(x, x).size() == 1";
+    "[has(self.redfish), has(self.http), has(self.ipmi)].filter(x, x).size() == 1";
 pub const ONE_METER_SOURCE_MESSAGE: &str =
-    "a meter reads exactly one source: set one of redfish or http";
+    "a meter reads exactly one source: set one of redfish, http or ipmi";
 pub const HTTP_METER_HTTPS_RULE: &str = "!has(self.secret) || (has(self.allowInsecure) && self.allowInsecure) || self.url.startsWith('https://')";
 pub const HTTP_METER_HTTPS_MESSAGE: &str = "url must be an https:// URL when a secret is sent: over http:// the credentials cross the network in clear text; use https:// (with caBundle for a self-signed certificate), or set allowInsecure: true to send them anyway";
 

@@ -25,6 +25,9 @@ pub struct Meter {
     /// A smart plug or energy monitor with a JSON API (Shelly, Tasmota, Home Assistant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Box<HttpMeter>>,
+    /// The BMC's DCMI power reading over IPMI LAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipmi: Option<Box<IpmiMeter>>,
     /// How often the meter is read (default 60s, at least 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
@@ -64,6 +67,36 @@ pub struct RedfishMeter {
     #[schemars(length(max = 65536))]
     pub ca_bundle: Option<String>,
     /// Timeout of each request (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
+        {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
+    ]))]
+    pub timeout: Option<String>,
+}
+
+/// Power readings from an IPMI BMC (DCMI Get Power Reading). Every field left out is taken
+/// from the machine's IPMI power driver (`spec.power.powerOn.ipmi`, else `powerOff.ipmi`); a
+/// BMC without DCMI power readings has no meter, which the `PowerMeter` condition says.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IpmiMeter {
+    /// Address or host name of the BMC (default: the IPMI power driver's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub host: Option<String>,
+    /// UDP port (default: the driver's, else 623).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Name of a Secret with keys `username` and `password` (default: the driver's). A
+    /// USER-privilege account is enough to read power.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub credentials_secret: Option<String>,
+    /// RMCP+ cipher suite, 17 or 3 (default: the driver's, else 17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suite: Option<i32>,
+    /// Timeout of one exchange with the BMC (default: the driver's, else 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("x-kubernetes-validations" = [
         {"rule": POSITIVE_DURATION_RULE, "message": POSITIVE_DURATION_MESSAGE}
@@ -219,6 +252,15 @@ pub struct EnergyCounters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8))]
     pub currency: Option<String>,
+    /// The price of a kWh in force at `until`: what `kubectl homelab energy` costs the time
+    /// since the last write at.
+    #[serde(
+        rename = "pricePerKWh",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 0.0))]
+    pub price_per_kwh: Option<f64>,
     /// Seconds accounted across a gap while the operator was not running, from the phase on
     /// both sides of it: an estimate.
     #[serde(default, skip_serializing_if = "is_zero_u64")]

@@ -263,7 +263,11 @@ pub fn account(stored: Option<&EnergyCounters>, a: &Accounting<'_>) -> EnergyCou
             });
         }
     }
-    c.currency = a.tariff.map(|t| t.currency.clone());
+    // Without a tariff now, the cost counted so far keeps the currency it was counted in.
+    if let Some(t) = a.tariff {
+        c.currency = Some(t.currency.clone());
+    }
+    c.price_per_kwh = a.tariff.map(|t| t.price_at(a.now).0);
     c
 }
 

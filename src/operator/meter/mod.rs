@@ -5,6 +5,7 @@
 //! The poller is [`poll`]; the sources it reads are [`redfish`] (a BMC's chassis power) and
 //! [`http`] (a smart plug or energy monitor with a JSON API).
 pub mod http;
+pub mod ipmi;
 pub mod poll;
 pub mod redfish;
 

@@ -69,7 +69,8 @@ pub async fn read(client: &Client, machine: &Machine) -> Result<Sample, String> 
             redfish: Some(r), ..
         }) => super::redfish::read(client, machine, r).await,
         Some(Meter { http: Some(h), .. }) => super::http::read(client, namespace, h).await,
-        _ => Err("spec.meter sets neither redfish nor http: set one".to_owned()),
+        Some(Meter { ipmi: Some(i), .. }) => super::ipmi::read(client, machine, i).await,
+        _ => Err("spec.meter sets none of redfish, http or ipmi: set one".to_owned()),
     }
 }
 
