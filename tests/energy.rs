@@ -20,16 +20,12 @@ use kube::{Client, ResourceExt as _};
 use kubectl_homelab::operator::api::{
     Electricity, EnergyCounters, EnergySource, Group, Machine, TimeOfUse, Watts,
 };
-use kubectl_homelab::operator::cache::Scope;
-use kubectl_homelab::operator::controller::{self, Settings};
+use kubectl_homelab::operator::controller::Settings;
 use kubectl_homelab::operator::energy::{self, PowerPhase, Span, Tariff};
 use kubectl_homelab::operator::machine::{Phase, Policy, PowerState};
-use kubectl_homelab::operator::node::drain::DrainClient;
-use kubectl_homelab::operator::provider::cluster::ClusterSource;
 use serde_json::json;
 use support::{Background, ControlPlane, FakeNode, World};
 
-const SYNC: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(45);
 /// `--energy-write-interval` of the test: short, so the counters are written every second
 /// while the machine is on.
@@ -79,22 +75,7 @@ async fn start_operator(cp: &ControlPlane, ns: &str) -> anyhow::Result<Backgroun
         },
         ..Settings::default()
     };
-    let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
-    let drain = DrainClient::new(config.clone())?;
-    let client = Client::try_from(config)?;
-    let source = Arc::new(ClusterSource::start(
-        client,
-        Scope::Namespace(ns.to_owned()),
-    ));
-    source.wait_until_ready(SYNC).await?;
-    Ok(Background::from(tokio::spawn(controller::run(
-        source,
-        drain,
-        settings,
-        None,
-        kubectl_homelab::operator::leader::Leadership::always(),
-        std::future::pending(),
-    ))))
+    support::operator::start(cp, ns, settings).await
 }
 
 fn busy_pod(name: &str, cpu: &str) -> anyhow::Result<Pod> {

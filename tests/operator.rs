@@ -342,22 +342,7 @@ async fn start_operator(
     ns: &str,
     settings: Settings,
 ) -> anyhow::Result<Background> {
-    let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
-    let drain = DrainClient::new(config.clone())?;
-    let client = Client::try_from(config)?;
-    let source = Arc::new(ClusterSource::start(
-        client,
-        Scope::Namespace(ns.to_owned()),
-    ));
-    source.wait_until_ready(SYNC).await?;
-    Ok(Background::from(tokio::spawn(controller::run(
-        source,
-        drain,
-        settings,
-        None,
-        kubectl_homelab::operator::leader::Leadership::always(),
-        std::future::pending(),
-    ))))
+    support::operator::start(cp, ns, settings).await
 }
 
 fn pod(name: &str) -> Pod {

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -17,17 +16,13 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use kubectl_homelab::operator::api::{Machine, find_condition};
-use kubectl_homelab::operator::cache::Scope;
-use kubectl_homelab::operator::controller::{self, Settings};
+use kubectl_homelab::operator::controller::Settings;
 use kubectl_homelab::operator::machine::{Phase, PowerState};
-use kubectl_homelab::operator::node::drain::DrainClient;
 use kubectl_homelab::operator::power::job::MACHINE_LABEL;
-use kubectl_homelab::operator::provider::cluster::ClusterSource;
 use kubectl_homelab::operator::trust::{ADOPTABLE_LABEL, CONDITION_NOT_PERMITTED, TrustPolicy};
 use serde_json::json;
 use support::{Background, ControlPlane, FakeNode, World};
 
-const SYNC: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(45);
 /// How long a refused machine is watched for a write it must not make, after its refusal was
 /// written and after each change that would make an adopted machine act.
@@ -40,25 +35,11 @@ async fn start_operator(
     ns: &str,
     trust: TrustPolicy,
 ) -> anyhow::Result<Background> {
-    let config = support::control_plane::load_kubeconfig(cp.kubeconfig()).await?;
-    let drain = DrainClient::new(config.clone())?;
-    let client = Client::try_from(config)?;
-    let source = Arc::new(
-        ClusterSource::start(client, Scope::Namespace(ns.to_owned())).with_trust(trust.clone()),
-    );
-    source.wait_until_ready(SYNC).await?;
     let settings = Settings {
         trust,
         ..Settings::default()
     };
-    Ok(Background::from(tokio::spawn(controller::run(
-        source,
-        drain,
-        settings,
-        None,
-        kubectl_homelab::operator::leader::Leadership::always(),
-        std::future::pending(),
-    ))))
+    support::operator::start(cp, ns, settings).await
 }
 
 /// A namespace, a user who may only write Node CRs in it, the operator, the world.

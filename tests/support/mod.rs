@@ -30,6 +30,7 @@ pub mod debian;
 pub mod helm;
 pub mod identity;
 pub mod machines;
+pub mod operator;
 pub mod pki;
 pub mod pod_security;
 pub mod process;
