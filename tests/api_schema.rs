@@ -358,6 +358,41 @@ fn expected_rules() -> Vec<(&'static str, &'static str, &'static str, &'static s
             cel::DURATION_MESSAGE,
         ));
     }
+    // Weekly windows: the schedule on the Group, quiet hours on both kinds.
+    let windows = [
+        ("Group", "schedule.[]", "schedule.[].from", "schedule.[].to"),
+        (
+            "Group",
+            "wear.quietHours.[]",
+            "wear.quietHours.[].from",
+            "wear.quietHours.[].to",
+        ),
+        (
+            "Node",
+            "wear.quietHours.[]",
+            "wear.quietHours.[].from",
+            "wear.quietHours.[].to",
+        ),
+    ];
+    for (kind, window, from, to) in windows {
+        out.push((
+            kind,
+            window,
+            cel::WINDOW_NOT_EMPTY_RULE,
+            cel::WINDOW_NOT_EMPTY_MESSAGE,
+        ));
+        for field in [from, to] {
+            out.push((kind, field, cel::TIME_OF_DAY_RULE, cel::TIME_OF_DAY_MESSAGE));
+        }
+    }
+    for kind in ["Group", "Node"] {
+        out.push((
+            kind,
+            "wear.quietHours.[].powerOnAfter",
+            cel::POSITIVE_DURATION_RULE,
+            cel::POSITIVE_DURATION_MESSAGE,
+        ));
+    }
     out
 }
 

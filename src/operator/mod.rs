@@ -2,6 +2,7 @@
 pub mod api;
 pub mod ca;
 pub mod cache;
+pub mod calendar;
 pub mod controller;
 pub mod energy;
 pub mod health;
@@ -10,6 +11,7 @@ pub mod machine;
 pub mod meter;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod power;
 pub mod provider;
 pub mod run;

@@ -131,6 +131,14 @@ pub const ONE_METER_SOURCE_MESSAGE: &str =
 pub const HTTP_METER_HTTPS_RULE: &str = "!has(self.secret) || (has(self.allowInsecure) && self.allowInsecure) || self.url.startsWith('https://')";
 pub const HTTP_METER_HTTPS_MESSAGE: &str = "url must be an https:// URL when a secret is sent: over http:// the credentials cross the network in clear text; use https:// (with caBundle for a self-signed certificate), or set allowInsecure: true to send them anyway";
 
+// Wall-clock times of weekly windows (schedule, quiet hours): `HH:MM`, `24:00` ends a day.
+pub const TIME_OF_DAY_PATTERN: &str = "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$";
+pub const TIME_OF_DAY_RULE: &str = "self.matches('^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$')";
+pub const TIME_OF_DAY_MESSAGE: &str = "must be a time of day as HH:MM on a 24-hour clock, e.g. 07:30 or 22:00 (24:00 is the end of the day)";
+// A window (`self`) covers some time: `from == to` would be empty.
+pub const WINDOW_NOT_EMPTY_RULE: &str = "self.from != self.to";
+pub const WINDOW_NOT_EMPTY_MESSAGE: &str = "from and to are the same time, so the window is empty; for a whole day write from: \"00:00\", to: \"24:00\"";
+
 // Root rule of the Group CRD (`self` is the whole object; CEL sees only name/generateName of
 // its metadata).
 pub const GROUP_NAME_RULE: &str = "self.metadata.name.size() <= 63";
@@ -169,6 +177,8 @@ pub const ALL_RULES: &[(&str, &str)] = &[
     (HTTP_METER_HTTPS_RULE, HTTP_METER_HTTPS_MESSAGE),
     (GROUP_NAME_RULE, GROUP_NAME_MESSAGE),
     (NO_RESERVED_LABEL_RULE, NO_RESERVED_LABEL_MESSAGE),
+    (TIME_OF_DAY_RULE, TIME_OF_DAY_MESSAGE),
+    (WINDOW_NOT_EMPTY_RULE, WINDOW_NOT_EMPTY_MESSAGE),
 ];
 
 #[cfg(test)]
@@ -185,6 +195,7 @@ mod tests {
         assert!(MAC_RULE.contains(MAC_PATTERN));
         assert!(IPV4_RULE.contains(IPV4_PATTERN));
         assert!(NO_RESERVED_LABEL_RULE.contains(RESERVED_LABEL_PREFIX));
+        assert!(TIME_OF_DAY_RULE.contains(TIME_OF_DAY_PATTERN));
         for (rule, _) in ALL_RULES {
             assert!(
                 !rule.contains('\\'),

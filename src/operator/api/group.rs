@@ -12,6 +12,7 @@ use super::cel::*;
 use super::conditions::Condition;
 use super::energy::Electricity;
 use super::parse::{FieldError, parse_duration, parse_threshold};
+use super::schedule::{ScheduleWindow, WarmSpares, Wear};
 use super::{Health, object_ref};
 
 /// Membership: a Node CR belongs to the Group named by this label's value.
@@ -129,6 +130,27 @@ pub struct GroupSpec {
     /// `--electricity`), for `status.energy` cost and savings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub electricity: Option<Electricity>,
+    /// IANA time zone of `schedule` and `wear.quietHours`, e.g. `Europe/Berlin` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    /// Weekly windows with their own `minSize` and `warmSpares`, e.g. weekdays 07:30-18:00
+    /// keep 2 on. Outside every window `minSize` and `warmSpares` hold; where windows
+    /// overlap, the one listed last holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub schedule: Vec<ScheduleWindow>,
+    /// Room for pods kept free on machines that are already on (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_spares: Option<WarmSpares>,
+    /// Boots per day and quiet hours for every member (a member's own `spec.wear` overrides
+    /// field by field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wear: Option<Wear>,
+    /// Stop every power action in the group, the autoscaler's and the operator's own, until
+    /// set back to false. Machines stay as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 /// Opt-in remediation of members whose Node is lost while they run.

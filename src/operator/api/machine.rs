@@ -15,6 +15,7 @@ use super::energy::{EnergyCounters, Meter};
 use super::group::GROUP_LABEL;
 use super::parse::{FieldError, parse_decimal, parse_duration};
 use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
+use super::schedule::{Maintenance, Wear};
 use super::{FlatMap, Health, object_ref};
 use crate::operator::machine::{BootStats, Lifecycle, PowerState, StatusProgress};
 
@@ -137,6 +138,13 @@ pub struct MachineSpec {
     /// Never powered off by the autoscaler (a person can still power it off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_disabled: Option<bool>,
+    /// Boots per day and quiet hours for this machine, overriding its Group's `wear` field
+    /// by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wear: Option<Box<Wear>>,
+    /// Set while the machine is under maintenance (`kubectl homelab maintenance start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Box<Maintenance>>,
 }
 
 /// Node condition: the spec still uses the deprecated names `spec.power.on` / `spec.power.off`
@@ -356,6 +364,8 @@ impl MachineSpec {
             watts: None,
             meter: None,
             scale_down_disabled: None,
+            wear: None,
+            maintenance: None,
         }
     }
 

@@ -8,6 +8,7 @@ mod group;
 mod machine;
 mod parse;
 mod power;
+mod schedule;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +23,7 @@ pub use parse::{
     parse_duration_arg, parse_mac, parse_threshold,
 };
 pub use power::*;
+pub use schedule::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,

@@ -1,0 +1,1 @@
+//! Placeholder: the maintenance policy.
