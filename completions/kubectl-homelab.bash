@@ -31,6 +31,9 @@ _kubectl__homelab() {
             kubectl__homelab,help)
                 cmd="kubectl__homelab__subcmd__help"
                 ;;
+            kubectl__homelab,maintenance)
+                cmd="kubectl__homelab__subcmd__maintenance"
+                ;;
             kubectl__homelab,power)
                 cmd="kubectl__homelab__subcmd__power"
                 ;;
@@ -82,6 +85,9 @@ _kubectl__homelab() {
             kubectl__homelab__subcmd__help,help)
                 cmd="kubectl__homelab__subcmd__help__subcmd__help"
                 ;;
+            kubectl__homelab__subcmd__help,maintenance)
+                cmd="kubectl__homelab__subcmd__help__subcmd__maintenance"
+                ;;
             kubectl__homelab__subcmd__help,power)
                 cmd="kubectl__homelab__subcmd__help__subcmd__power"
                 ;;
@@ -100,6 +106,48 @@ _kubectl__homelab() {
             kubectl__homelab__subcmd__help__subcmd__fsm,inspect)
                 cmd="kubectl__homelab__subcmd__help__subcmd__fsm__subcmd__inspect"
                 ;;
+            kubectl__homelab__subcmd__help__subcmd__maintenance,end)
+                cmd="kubectl__homelab__subcmd__help__subcmd__maintenance__subcmd__end"
+                ;;
+            kubectl__homelab__subcmd__help__subcmd__maintenance,pause)
+                cmd="kubectl__homelab__subcmd__help__subcmd__maintenance__subcmd__pause"
+                ;;
+            kubectl__homelab__subcmd__help__subcmd__maintenance,resume)
+                cmd="kubectl__homelab__subcmd__help__subcmd__maintenance__subcmd__resume"
+                ;;
+            kubectl__homelab__subcmd__help__subcmd__maintenance,start)
+                cmd="kubectl__homelab__subcmd__help__subcmd__maintenance__subcmd__start"
+                ;;
+            kubectl__homelab__subcmd__maintenance,end)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__end"
+                ;;
+            kubectl__homelab__subcmd__maintenance,help)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__help"
+                ;;
+            kubectl__homelab__subcmd__maintenance,pause)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__pause"
+                ;;
+            kubectl__homelab__subcmd__maintenance,resume)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__resume"
+                ;;
+            kubectl__homelab__subcmd__maintenance,start)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__start"
+                ;;
+            kubectl__homelab__subcmd__maintenance__subcmd__help,end)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__help__subcmd__end"
+                ;;
+            kubectl__homelab__subcmd__maintenance__subcmd__help,help)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__help__subcmd__help"
+                ;;
+            kubectl__homelab__subcmd__maintenance__subcmd__help,pause)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__help__subcmd__pause"
+                ;;
+            kubectl__homelab__subcmd__maintenance__subcmd__help,resume)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__help__subcmd__resume"
+                ;;
+            kubectl__homelab__subcmd__maintenance__subcmd__help,start)
+                cmd="kubectl__homelab__subcmd__maintenance__subcmd__help__subcmd__start"
+                ;;
             *)
                 ;;
         esac
@@ -107,7 +155,7 @@ _kubectl__homelab() {
 
     case "${cmd}" in
         kubectl__homelab)
-            opts="-h -V --log --help --version run-operator serve-grpc power fsm energy crd simulate completion help"
+            opts="-h -V --log --help --version run-operator serve-grpc power maintenance fsm energy crd simulate completion help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -396,7 +444,7 @@ _kubectl__homelab() {
             return 0
             ;;
         kubectl__subcmd__homelab__subcmd__help)
-            opts="run-operator serve-grpc power fsm energy crd simulate completion help"
+            opts="run-operator serve-grpc power maintenance fsm energy crd simulate completion help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -507,6 +555,76 @@ _kubectl__homelab() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        kubectl__subcmd__homelab__subcmd__help__subcmd__maintenance)
+            opts="start end pause resume"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__help__subcmd__maintenance__subcmd__end)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__help__subcmd__maintenance__subcmd__pause)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__help__subcmd__maintenance__subcmd__resume)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__help__subcmd__maintenance__subcmd__start)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         kubectl__subcmd__homelab__subcmd__help__subcmd__power)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -556,6 +674,260 @@ _kubectl__homelab() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance)
+            opts="-h -V --log --help --version start end pause resume help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__end)
+            opts="-n -A -h -V --kubeconfig --context --namespace --all-namespaces --log --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__help)
+            opts="start end pause resume help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__help__subcmd__end)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__help__subcmd__pause)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__help__subcmd__resume)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__help__subcmd__start)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__pause)
+            opts="-n -A -h -V --kubeconfig --context --namespace --all-namespaces --log --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__resume)
+            opts="-n -A -h -V --kubeconfig --context --namespace --all-namespaces --log --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__homelab__subcmd__maintenance__subcmd__start)
+            opts="-y -n -A -h -V --power --until --reason --yes --drain-timeout --kubeconfig --context --namespace --all-namespaces --log --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --power)
+                    COMPREPLY=($(compgen -W "keep on off" -- "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

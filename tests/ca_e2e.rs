@@ -1177,3 +1177,96 @@ fn finds_provider_errors_and_skips_expected_ones() {
     assert_eq!(left.len(), 1);
     assert!(left[0].contains("Failed to fix"), "{left:?}");
 }
+
+// --- Maintenance: a machine under maintenance is outside CA's view of its group.
+
+/// Two machines; two pods power desktop-0 on. `kubectl homelab maintenance start` drains it
+/// (keeping it on), and two new pods arrive: the drained node is cordoned, so CA must power on
+/// ANOTHER machine, and it does (IncreaseSize picks desktop-1). The machine under maintenance is
+/// no node of the group for CA (`NodeGroupForNode` answers none: CA's
+/// `core/scaledown/eligibility/eligibility.go` skips it as not autoscaled) and no instance
+/// (`NodeGroupNodes` leaves it out: `clusterstate/clusterstate.go` `getNotRegisteredNodes` never
+/// sees it), so over several scale-down windows CA never sends it to DeleteNodes and logs no
+/// provider error and nothing about it being unregistered or failed.
+#[tokio::test]
+async fn maintenance_a_drained_machine_is_never_scaled_down_and_another_one_powers_on()
+-> anyhow::Result<()> {
+    let mut spec = LabSpec::new("ca-maint");
+    spec.machines = 2;
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        lab.create_pods(2).await?;
+        let node = lab
+            .until("both pods to be bound to one node", || {
+                lab.all_pods_on_one_node()
+            })
+            .await?;
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-homelab"))
+            .args(["maintenance", "start", &node, "-n", &lab.ns, "--yes"])
+            .args(["--power", "keep", "--reason", "swap a disk"])
+            .arg("--kubeconfig")
+            .arg(lab.cp.kubeconfig())
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .context("running kubectl-homelab maintenance start")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "maintenance start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab.set_pods(2, 4).await?;
+        let other = lab
+            .until("the new pods to be bound to one other node", || async {
+                let placed: Vec<Option<String>> = lab.placements().await?;
+                let nodes: BTreeSet<Option<String>> = placed.into_iter().collect();
+                Ok(match nodes.into_iter().collect::<Vec<_>>().as_slice() {
+                    [Some(n)] if *n != node => Some(n.clone()),
+                    _ => None,
+                })
+            })
+            .await?;
+        // Several of CA's scale-down windows (15 s unneeded time) with the maintenance node
+        // empty: an ordinary node of the group would be removed by now.
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        lab.ca.ensure_running()?;
+
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([node.clone(), other.clone()])
+        );
+        assert!(
+            lab.wanted_on().await?.contains(&node),
+            "--power keep: still on"
+        );
+        let nodes: Api<Node> = Api::all(lab.client.clone());
+        let n = nodes.get(&node).await?;
+        assert_eq!(
+            n.spec.and_then(|s| s.unschedulable),
+            Some(true),
+            "still cordoned"
+        );
+        let calls = lab.ca.calls();
+        assert_eq!(calls.increase_size(), 2, "{calls}");
+        assert_eq!(calls.delete_nodes(), 0, "{calls}");
+        let about_it: Vec<String> = lab
+            .ca
+            .log_lines()
+            .into_iter()
+            .filter(|l| {
+                let lower = l.to_ascii_lowercase();
+                l.contains(&node)
+                    && ["unregistered", "errorinfo", "failed", "deletenodes"]
+                        .iter()
+                        .any(|w| lower.contains(w))
+            })
+            .collect();
+        assert!(about_it.is_empty(), "{about_it:#?}");
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}

@@ -1996,3 +1996,151 @@ async fn a_power_job_removed_before_its_completion_was_seen_is_not_run_again() -
     );
     Ok(())
 }
+
+// --- Maintenance.
+
+/// A machine under maintenance (off, `until` a few seconds away) is not what a scale-up picks:
+/// `IncreaseSize`, decided on the inventory the provider builds from the Node CRs, powers on
+/// the other spare, and MaxSize counts only that one. At `until` the operator clears
+/// `spec.maintenance` with a `MaintenanceEnded` Event, and the machine is a spare again.
+#[tokio::test]
+async fn a_machine_under_maintenance_is_not_picked_by_a_scale_up_and_ends_at_until()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::events::v1::Event;
+    use kubectl_homelab::operator::api::{Maintenance, MaintenancePower};
+    use kubectl_homelab::operator::provider::ops;
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-maint").await?;
+    let now = jiff::Timestamp::now();
+    let until = now + jiff::SignedDuration::from_secs(8);
+    lab.create(lab.machine("a-disk").spec_with(|s| {
+        s.maintenance = Some(Box::new(Maintenance {
+            reason: Some("swap a disk".to_owned()),
+            power: Some(MaintenancePower::Off),
+            since: Some(now),
+            until: Some(until),
+            by: Some("owner".to_owned()),
+        }))
+    }))
+    .await?;
+    lab.create(lab.machine("b-spare")).await?;
+
+    let source = ClusterSource::start(lab.client.clone(), Scope::Namespace(lab.ns.clone()));
+    source.wait_until_ready(SYNC).await?;
+    let picked = |inv: &kubectl_homelab::operator::provider::inventory::Inventory| {
+        ops::increase_size(inv, "g", 1, jiff::Timestamp::now()).map(|d| {
+            d.changes
+                .into_iter()
+                .map(|c| c.machine.name)
+                .collect::<Vec<_>>()
+        })
+    };
+    let max = |inv: &kubectl_homelab::operator::provider::inventory::Inventory| {
+        ops::node_groups(inv, jiff::Timestamp::now())
+            .into_iter()
+            .map(|g| g.max_size)
+            .next()
+    };
+    let inv = source.inventory();
+    assert_eq!(picked(&inv)?, vec!["b-spare".to_owned()]);
+    assert_eq!(max(&inv), Some(1));
+    assert!(ops::increase_size(&inv, "g", 2, jiff::Timestamp::now()).is_err());
+
+    let m = lab
+        .wait_machine("a-disk", "the maintenance ended at until", |m| {
+            m.spec.maintenance.is_none()
+        })
+        .await?;
+    assert!(
+        jiff::Timestamp::now() >= until,
+        "not before until: {:?}",
+        m.spec
+    );
+    assert_eq!(m.spec.power_state, PowerState::Off, "power untouched");
+    let events: Api<Event> = Api::namespaced(lab.client.clone(), &lab.ns);
+    let ended = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some("MaintenanceEnded"));
+    assert!(ended, "a MaintenanceEnded Event");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while max(&source.inventory()) != Some(2) {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the ended machine never became a spare again");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        picked(&source.inventory())?,
+        vec!["a-disk".to_owned()],
+        "the first by name again"
+    );
+    Ok(())
+}
+
+/// `spec.paused` set with `kubectl edit` (no annotation): the Group's `Paused` condition turns
+/// True naming the field manager that set it; set back, the condition turns False.
+#[tokio::test]
+async fn a_paused_group_says_so_and_who_paused_it() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-paused").await?;
+    lab.create(lab.machine("m1")).await?;
+    let groups: Api<Group> = Api::namespaced(lab.client.clone(), &lab.ns);
+    let edit = PatchParams {
+        field_manager: Some("kubectl-edit".to_owned()),
+        ..PatchParams::default()
+    };
+    let paused_condition = |g: &Group| {
+        g.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Paused")
+                .map(|c| (c.status.to_string(), c.message.to_string()))
+        })
+    };
+    groups
+        .patch(
+            "g",
+            &edit,
+            &Patch::Merge(json!({ "spec": { "paused": true } })),
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let g = groups.get("g").await?;
+        if let Some((status, message)) = paused_condition(&g)
+            && status == "True"
+        {
+            assert!(message.contains("kubectl-edit"), "{message}");
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no Paused condition: {:?}",
+            g.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    groups
+        .patch(
+            "g",
+            &edit,
+            &Patch::Merge(json!({ "spec": { "paused": false } })),
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while paused_condition(&groups.get("g").await?).map(|c| c.0) != Some("False".to_owned()) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the Paused condition never turned False"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

@@ -677,3 +677,157 @@ async fn a_change_the_api_server_forbids_exits_as_refused() -> anyhow::Result<()
     assert!(stderr.contains("not allowed to list"), "{stderr}");
     Ok(())
 }
+
+// --- `kubectl homelab maintenance`.
+
+/// A pod labelled `app=<app>`, as a ReplicaSet's.
+fn app_pod(name: &str, app: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "app": app } },
+        "spec": { "containers": [{ "name": "c", "image": "busybox" }] },
+    }))?)
+}
+
+/// A budget over `app=<app>` with `allowed` disruptions allowed; its status is written as the
+/// disruption controller would (the Eviction API reads it).
+async fn budget(cp: &ControlPlane, ns: &str, app: &str, allowed: i32) -> anyhow::Result<()> {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let api: Api<PodDisruptionBudget> = Api::namespaced(cp.client()?, ns);
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": { "name": app },
+        "spec": { "maxUnavailable": 0, "selector": { "matchLabels": { "app": app } } },
+    }))?;
+    let created = api.create(&PostParams::default(), &pdb).await?;
+    let status = json!({ "status": {
+        "observedGeneration": created.metadata.generation,
+        "currentHealthy": 1, "desiredHealthy": 1 - allowed, "expectedPods": 1,
+        "disruptionsAllowed": allowed,
+    }});
+    api.patch_status(app, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+fn unschedulable(n: &k8s_openapi::api::core::v1::Node) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// `maintenance start` refuses without a terminal to drain a node running pods unless `--yes`;
+/// its drain is the operator's (the node is cordoned, a PodDisruptionBudget that allows no
+/// disruption holds the pod until `--drain-timeout`, exit code 5, the maintenance stays
+/// recorded); run again once the budget is gone, it drains the node and applies `--power off`.
+/// `maintenance end` clears `spec.maintenance` and uncordons the node.
+#[tokio::test]
+async fn maintenance_start_drains_honouring_budgets_then_powers_off_and_end_uncordons()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use kubectl_homelab::operator::api::MaintenancePower;
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("maint").await?;
+    let node = cp.unique_name("disk");
+    create_machine(cp, &ns, "nuc", &node, PowerState::On).await?;
+    let world = World::new(cp.client()?);
+    world.node_up(&FakeNode::new(&node)).await?;
+    world
+        .create_bound_pod(&ns, app_pod("web", "web")?, &node)
+        .await?;
+    budget(cp, &ns, "web", 0).await?;
+    // The kubelet's part: evicted pods finish terminating.
+    let finisher = {
+        let world = World::new(cp.client()?);
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = world.finish_terminating_pods(&node).await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let nodes: Api<Node> = Api::all(cp.client()?);
+
+    let start = ["maintenance", "start", "nuc", "-n", &ns, "--power", "off"];
+    let r = homelab(cp, &[&start[..], &["--reason", "swap a disk"]].concat()).await?;
+    assert_eq!(r.code, Some(4), "refused without --yes: {}", r.stderr);
+    assert!(r.stderr.contains(&format!("{ns}/web")), "{}", r.stderr);
+    assert!(get(cp, &ns, "nuc").await?.spec.maintenance.is_none());
+
+    let r = homelab(
+        cp,
+        &[
+            &start[..],
+            &["--reason", "swap a disk", "--yes", "--drain-timeout", "3s"],
+        ]
+        .concat(),
+    )
+    .await?;
+    assert_eq!(r.code, Some(5), "the budget holds the pod: {}", r.stderr);
+    let m = get(cp, &ns, "nuc").await?;
+    let recorded = m.spec.maintenance.clone().context("maintenance recorded")?;
+    assert_eq!(recorded.reason.as_deref(), Some("swap a disk"));
+    assert_eq!(recorded.power, Some(MaintenancePower::Off));
+    assert!(
+        recorded.since.is_some() && recorded.by.is_some(),
+        "{recorded:?}"
+    );
+    assert_eq!(
+        m.spec.power_state,
+        PowerState::On,
+        "not off before the drain"
+    );
+    assert!(unschedulable(&nodes.get(&node).await?));
+    assert_eq!(world.pods_on(&node).await?.len(), 1);
+
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(cp.client()?, &ns)
+        .delete("web", &Default::default())
+        .await?;
+    let r = homelab(cp, &[&start[..], &["--yes", "--until", "2h"]].concat()).await?;
+    assert!(r.success, "{}", r.stderr);
+    assert!(r.stdout.contains("MAINTENANCE"), "{}", r.stdout);
+    let m = get(cp, &ns, "nuc").await?;
+    assert_eq!(m.spec.power_state, PowerState::Off);
+    let again = m.spec.maintenance.clone().context("maintenance recorded")?;
+    assert_eq!(again.since, recorded.since, "the start is kept");
+    assert!(again.until.is_some());
+    assert!(world.pods_on(&node).await?.is_empty());
+
+    let r = homelab(cp, &["maintenance", "end", &node, "-n", &ns]).await?;
+    assert!(r.success, "{}", r.stderr);
+    assert!(get(cp, &ns, "nuc").await?.spec.maintenance.is_none());
+    assert!(!unschedulable(&nodes.get(&node).await?));
+    finisher.abort();
+    Ok(())
+}
+
+/// `maintenance pause GROUP` sets `spec.paused` and records who paused it; `resume` clears both.
+#[tokio::test]
+async fn maintenance_pause_and_resume_set_spec_paused_and_who() -> anyhow::Result<()> {
+    use kube::ResourceExt as _;
+    use kubectl_homelab::operator::api::Group;
+    use kubectl_homelab::operator::policy::maintenance::PAUSED_BY_ANNOTATION;
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let ns = cp.namespace("maint-pause").await?;
+    let groups: Api<Group> = Api::namespaced(cp.client()?, &ns);
+    groups
+        .create(&PostParams::default(), &Group::test("nucs").build())
+        .await?;
+    let r = homelab(cp, &["maintenance", "pause", "nucs", "-n", &ns]).await?;
+    assert!(r.success, "{}", r.stderr);
+    let g = groups.get("nucs").await?;
+    assert_eq!(g.spec.paused, Some(true));
+    assert!(g.annotations().contains_key(PAUSED_BY_ANNOTATION), "{g:?}");
+    let r = homelab(cp, &["maintenance", "resume", "nucs", "-n", &ns]).await?;
+    assert!(r.success, "{}", r.stderr);
+    let g = groups.get("nucs").await?;
+    assert_eq!(g.spec.paused, None);
+    assert!(!g.annotations().contains_key(PAUSED_BY_ANNOTATION));
+    let r = homelab(cp, &["maintenance", "pause", "nope", "-n", &ns]).await?;
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod fsm;
 pub mod grpc_args;
 pub mod kube_args;
 pub mod lookup;
+pub mod maintenance;
 pub mod power;
 pub mod run_operator;
 pub mod serve_grpc;
@@ -67,6 +68,9 @@ pub enum Command {
     ServeGrpc(grpc_args::GrpcArgs),
     /// Power machines on or off by hand (the operator carries it out).
     Power(power::Args),
+    /// Take machines out of service (drained, left alone by the autoscaler) and pause groups.
+    #[command(subcommand)]
+    Maintenance(maintenance::MaintenanceCommand),
     /// Inspect machine lifecycles, or print the lifecycle transition table.
     #[command(subcommand)]
     Fsm(fsm::FsmCommand),
@@ -205,6 +209,7 @@ impl Cli {
             Command::RunOperator(args) => run_operator::run(*args).await,
             Command::ServeGrpc(args) => serve_grpc::run(args).await,
             Command::Power(args) => power::run(args).await,
+            Command::Maintenance(cmd) => maintenance::run(cmd).await,
             Command::Fsm(cmd) => fsm::run(cmd).await,
             Command::Energy(args) => energy::run(args).await,
             Command::Crd(cmd) => crd::run(cmd),

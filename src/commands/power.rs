@@ -399,8 +399,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The machines of `targets` whose node runs pods a power-off would evict, with those pods.
-async fn busy_machines(
+/// The machines of `targets` whose node runs pods a power-off would evict, with those pods
+/// (`maintenance start` asks about the same drain).
+pub(super) async fn busy_machines(
     client: &kube::Client,
     targets: &[Machine],
 ) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
@@ -432,7 +433,7 @@ async fn busy_machines(
     Ok(busy)
 }
 
-fn listing(busy: &BTreeMap<String, Vec<String>>) -> String {
+pub(super) fn listing(busy: &BTreeMap<String, Vec<String>>) -> String {
     busy.iter()
         .map(|(m, pods)| format!("\n  {m}: {}", pods.join(", ")))
         .collect()

@@ -210,6 +210,9 @@ pub struct MachineRow {
     /// The boot deadline in force: `spec.bootTimeout`, or the learned one with `auto`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_timeout: Option<String>,
+    /// `spec.maintenance`, while the machine is under maintenance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Box<crate::operator::api::Maintenance>>,
 }
 
 /// The driver kind per direction (`job`, `nodeAgent`, `wakeOnLan`, `redfish`, `http`); `-` when
@@ -260,6 +263,7 @@ impl MachineRow {
                 };
                 format!("{d:#}{auto}")
             }),
+            maintenance: m.spec.maintenance.clone(),
         }
     }
 }
@@ -472,7 +476,11 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
             power(Some(v.desired)).to_owned(),
             power(v.observed).to_owned(),
             readback(v.power.as_ref()),
-            v.phase.to_string(),
+            if v.maintenance.is_some() {
+                format!("{} (maintenance)", v.phase)
+            } else {
+                v.phase.to_string()
+            },
             v.phase_since
                 .map_or_else(|| "-".to_owned(), |t| relative(t, now)),
             v.attempt.to_string(),
@@ -489,10 +497,21 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
         ]);
         table.row(row);
     }
-    table.render(Style {
+    let mut text = table.render(Style {
         wide: options.wide,
         no_headers: options.no_headers,
-    })
+    });
+    // The MAINTENANCE marker of each machine under maintenance, below the table.
+    for v in views {
+        if let Some(m) = &v.maintenance {
+            text.push_str(&format!(
+                "{}: {}\n",
+                v.name,
+                crate::operator::policy::maintenance::marker(m)
+            ));
+        }
+    }
+    text
 }
 
 #[cfg(test)]

@@ -13,10 +13,26 @@ use super::{Context, Error, FIELD_MANAGER};
 use crate::operator::api::{
     CONDITION_BOOT_TIMEOUT_BELOW_PROVISION, CONDITION_LEARNED_BOOT_BELOW_PROVISION,
     CONDITION_READY, Group, GroupBoot, GroupStatus, Health, LEARNED_BOOT_SHARE, Machine, condition,
-    upsert_condition,
+    find_condition, upsert_condition,
 };
 use crate::operator::machine::{BootStats, Phase, PowerState};
+use crate::operator::policy::maintenance;
 use crate::operator::provider::warnings::{GROUP_WARNING_CONDITIONS, group_warnings};
+
+/// Group condition: `spec.paused` is true (since its lastTransitionTime; the message names who
+/// paused it: `policy::maintenance::paused_by`).
+pub const CONDITION_PAUSED: &str = "Paused";
+
+/// Who paused `g`: [`maintenance::paused_by`] on the cached Group, else on the Group read from
+/// the API server (the cache drops managedFields, where the field manager of `spec.paused` is).
+async fn paused_by(g: &Group, ctx: &Context) -> Option<String> {
+    if let Some(by) = maintenance::paused_by(&g.metadata) {
+        return Some(by);
+    }
+    let api: Api<Group> = Api::namespaced(ctx.client.clone(), &g.namespace()?);
+    let fresh = api.get(&g.name_any()).await.ok()?;
+    maintenance::paused_by(&fresh.metadata)
+}
 
 pub fn error_policy(_g: Arc<Group>, e: &Error, ctx: Arc<Context>) -> Action {
     if let Some(metrics) = &ctx.metrics {
@@ -218,6 +234,23 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
         &mut new.conditions,
         condition(CONDITION_READY, ok, reason, message, generation, now),
     );
+    // Paused: True while spec.paused, naming who paused it; its lastTransitionTime says
+    // since when. A Group never paused has no such condition.
+    let paused = g.spec.paused.unwrap_or(false);
+    if paused || find_condition(&new.conditions, CONDITION_PAUSED).is_some() {
+        let (reason, message) = if paused {
+            (
+                "Paused",
+                maintenance::paused_message(paused_by(&g, &ctx).await.as_deref()),
+            )
+        } else {
+            ("Resumed", String::new())
+        };
+        upsert_condition(
+            &mut new.conditions,
+            condition(CONDITION_PAUSED, paused, reason, message, generation, now),
+        );
+    }
     let ca_flag = ctx.settings.max_node_provision_time;
     let (boot_ok, boot_reason, boot_message) = boot_timeout_check(&g, &members, ca_flag);
     upsert_condition(

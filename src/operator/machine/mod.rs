@@ -9,6 +9,11 @@
 //!   `powerState`, CA's instance state).
 //! - [`drive`]: the observe → decide → act loop of one reconcile, for the controller and the
 //!   simulator alike.
+//!
+//! Maintenance (`spec.maintenance`) is not a phase: the lifecycle runs as for any machine,
+//! towards the desired power maintenance left (`policy::maintenance`), without remediation.
+//! `fsm inspect` shows the phase as `Ready (maintenance)` and a MAINTENANCE line with reason,
+//! since, until and by below the table.
 mod boot;
 mod fsm;
 mod graph;

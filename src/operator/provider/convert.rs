@@ -71,6 +71,7 @@ pub fn group_view(g: &Group, members: usize) -> GroupView {
         // Unparsable (CEL rejects it at admission): the default applies.
         power_on_failure_cooldown: g.power_on_failure_cooldown().ok().flatten(),
         scale_down_disabled: g.scale_down_disabled(),
+        paused: g.spec.paused.unwrap_or(false),
     }
 }
 
@@ -112,6 +113,7 @@ pub(crate) fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> Ma
     v.hourly_rate = m.hourly_rate().ok().flatten();
     v.pod_rate = m.pod_rate().ok().flatten();
     v.scale_down_disabled = m.scale_down_disabled();
+    v.maintenance = m.spec.maintenance.is_some();
     v.power_on_failed_at = m
         .metadata
         .annotations

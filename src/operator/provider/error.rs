@@ -76,6 +76,14 @@ pub enum ProviderError {
         delta: i32,
         registered: u32,
     },
+    #[error(
+        "node group {group:?}: machine {machine} is under maintenance (spec.maintenance); nothing was changed (end it with `kubectl homelab maintenance end`)"
+    )]
+    UnderMaintenance { group: String, machine: String },
+    #[error(
+        "node group {group:?} is paused (spec.paused); nothing was changed (resume it with `kubectl homelab maintenance resume`)"
+    )]
+    Paused { group: String },
     #[error("node {node:?} is not managed by any node group")]
     NodeNotManaged { node: String },
     #[error("price window for node {node:?} ends before it starts ({start} .. {end})")]
@@ -118,7 +126,9 @@ impl ProviderError {
             AboveMax { .. }
             | BelowMin { .. }
             | ScaleDownDisabled { .. }
-            | BelowRegistered { .. } => ErrorKind::FailedPrecondition,
+            | BelowRegistered { .. }
+            | UnderMaintenance { .. }
+            | Paused { .. } => ErrorKind::FailedPrecondition,
             NotEnoughMachines { .. } => ErrorKind::ResourceExhausted,
             Persist { .. } | NotReady { .. } | NotLeader => ErrorKind::Unavailable,
             NoTemplate { .. } | Unimplemented { .. } => ErrorKind::Unimplemented,

@@ -157,6 +157,9 @@ pub struct GroupView {
     pub power_on_failure_cooldown: Option<SignedDuration>,
     /// `spec.scaleDownDisabled`: every member is protected as by its own flag.
     pub scale_down_disabled: bool,
+    /// `spec.paused`: no power action in the group; CA is answered min = max = target
+    /// (`policy::maintenance::paused_bounds`).
+    pub paused: bool,
 }
 
 /// CA's default `--max-node-provision-time`.
@@ -235,6 +238,9 @@ pub struct MachineView {
     pub last_power_off: Option<Timestamp>,
     /// `spec.pricing.podRate`: price of one pod-hour on this machine.
     pub pod_rate: Option<f64>,
+    /// `spec.maintenance` is set: the machine is outside CA's view of its group (not an
+    /// instance, not in the target, not a spare to pick; `policy::maintenance::allowed`).
+    pub maintenance: bool,
 }
 
 /// Annotation on a Node CR: when the Cluster Autoscaler last gave up on the machine's power-on
@@ -266,6 +272,7 @@ impl MachineView {
             power_on_failed_at: None,
             last_power_off: None,
             pod_rate: None,
+            maintenance: false,
         }
     }
 

@@ -14,6 +14,7 @@ use super::inventory::{
     PowerChange, PowerOnOrder,
 };
 use crate::operator::machine::{Phase, PowerState};
+use crate::operator::policy::maintenance;
 
 /// A node group as CA sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,25 +122,46 @@ fn count(n: usize) -> u32 {
 }
 
 fn info(inv: &Inventory, g: &GroupState, now: Timestamp) -> NodeGroupInfo {
-    let max = max_size(inv, g, now);
+    // A paused group is held at its target: CA's scale-up and scale-down then leave it alone
+    // (`policy::maintenance::paused_bounds` cites where CA checks).
+    let (min, max) = if g.spec.paused {
+        maintenance::paused_bounds(target_of(g))
+    } else {
+        (g.spec.min_size, max_size(inv, g, now))
+    };
     NodeGroupInfo {
         id: g.spec.id.clone(),
-        min_size: g.spec.min_size,
+        min_size: min,
         max_size: max,
         debug: format!(
-            "Group {}/{}: min {}, max {}, target {}, {} member(s)",
+            "Group {}/{}: min {}, max {}, target {}, {} member(s){}",
             g.spec.namespace,
             g.spec.name,
-            g.spec.min_size,
+            min,
             max,
             target_of(g),
             g.machines.len(),
+            if g.spec.paused { ", paused" } else { "" },
         ),
     }
 }
 
+/// The members CA sees as its group's: every one not under maintenance.
+fn ca_members(g: &GroupState) -> impl Iterator<Item = &MachineView> {
+    g.machines.iter().filter(|m| !m.maintenance)
+}
+
 fn target_of(g: &GroupState) -> u32 {
-    count(g.machines.iter().filter(|m| m.wanted_on()).count())
+    count(ca_members(g).filter(|m| m.wanted_on()).count())
+}
+
+fn refuse_if_paused(g: &GroupState) -> Result<(), ProviderError> {
+    if g.spec.paused {
+        return Err(ProviderError::Paused {
+            group: g.spec.id.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// The MaxSize answered to CA at `now`: the machines wanted on plus the spares `IncreaseSize`
@@ -157,9 +179,7 @@ fn target_of(g: &GroupState) -> u32 {
 /// as it did before, when the spares could not be picked either.
 pub fn max_size(inv: &Inventory, g: &GroupState, now: Timestamp) -> u32 {
     // Counted without ordering: CA asks NodeGroupForNode for every node every loop.
-    let spares = g
-        .machines
-        .iter()
+    let spares = ca_members(g)
         .filter(|m| !m.wanted_on() && pickable(inv, g, m, now).is_ok())
         .count();
     let reachable = u64::from(target_of(g)) + spares as u64;
@@ -189,7 +209,8 @@ pub fn node_group_for_node(
     match inv.resolve(&node.provider_id, &node.name)? {
         r @ MachineRef::InGroup { .. } => {
             let m = inv.machine(&r)?;
-            if !m.wanted_on() && inv.is_registered(m) {
+            // Under maintenance: no node of any group, so CA neither counts nor removes it.
+            if m.maintenance || (!m.wanted_on() && inv.is_registered(m)) {
                 return None;
             }
             inv.group(m.group.as_deref()?).map(|g| info(inv, g, now))
@@ -249,9 +270,9 @@ fn candidate_order(inv: &Inventory, g: &GroupState, a: &MachineView, b: &Machine
         .then_with(|| power_on_order(g.spec.power_on_order, a, b))
 }
 
-/// Members wanted off, best first, ignoring cool-downs.
+/// Members wanted off and not under maintenance, best first, ignoring cool-downs.
 fn ordered_spares<'a>(inv: &Inventory, g: &'a GroupState) -> Vec<&'a MachineView> {
-    let mut c: Vec<&MachineView> = g.machines.iter().filter(|m| !m.wanted_on()).collect();
+    let mut c: Vec<&MachineView> = ca_members(g).filter(|m| !m.wanted_on()).collect();
     c.sort_by(|a, b| candidate_order(inv, g, a, b));
     c
 }
@@ -346,6 +367,7 @@ pub fn increase_size(
     now: Timestamp,
 ) -> Result<Decision, ProviderError> {
     let g = group(inv, id)?;
+    refuse_if_paused(g)?;
     if delta <= 0 {
         return Err(ProviderError::DeltaNotPositive {
             group: id.to_owned(),
@@ -410,6 +432,7 @@ pub fn delete_nodes(
     now: Timestamp,
 ) -> Result<Decision, ProviderError> {
     let g = group(inv, id)?;
+    refuse_if_paused(g)?;
     let mut seen = HashSet::new();
     let mut off = Vec::new();
     for n in nodes {
@@ -430,6 +453,12 @@ pub fn delete_nodes(
                 actual,
             });
         };
+        if m.maintenance {
+            return Err(ProviderError::UnderMaintenance {
+                group: id.to_owned(),
+                machine: m.key.to_string(),
+            });
+        }
         if !seen.insert(m.key.clone()) || !m.wanted_on() {
             continue;
         }
@@ -497,8 +526,7 @@ pub fn delete_nodes(
 /// Wanted-on members whose node has registered.
 pub fn registered_count(inv: &Inventory, g: &GroupState) -> u32 {
     count(
-        g.machines
-            .iter()
+        ca_members(g)
             .filter(|m| m.wanted_on() && inv.is_registered(m))
             .count(),
     )
@@ -545,6 +573,7 @@ pub fn decrease_target_size(
     ca_provision: Option<SignedDuration>,
 ) -> Result<Decision, ProviderError> {
     let g = group(inv, id)?;
+    refuse_if_paused(g)?;
     if delta >= 0 {
         return Err(ProviderError::DeltaNotNegative {
             group: id.to_owned(),
@@ -562,9 +591,7 @@ pub fn decrease_target_size(
             registered,
         });
     }
-    let mut pending: Vec<&MachineView> = g
-        .machines
-        .iter()
+    let mut pending: Vec<&MachineView> = ca_members(g)
         .filter(|m| m.wanted_on() && !inv.is_registered(m))
         .collect();
     // Failed, then not acting, then acting; within each the newest request first (an unknown
@@ -620,7 +647,8 @@ fn progress(p: Phase) -> u8 {
 pub fn node_group_nodes(inv: &Inventory, id: &str) -> Result<Vec<InstanceInfo>, ProviderError> {
     let g = group(inv, id)?;
     let mut out = Vec::new();
-    for m in &g.machines {
+    // Under maintenance: not an instance, so never one CA waits for or finds failed.
+    for m in ca_members(g) {
         // A Node the trust boundary refuses is no machine's: listed here, CA would take it
         // (matched by its providerID) for this group's instance.
         if inv.is_refused_node(&m.provider_id) {

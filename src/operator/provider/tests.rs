@@ -28,6 +28,7 @@ fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         template: TemplateHints::default(),
         power_on_failure_cooldown: None,
         scale_down_disabled: false,
+        paused: false,
     }
 }
 
@@ -1558,4 +1559,130 @@ mod trust {
             instances(&inv)
         );
     }
+}
+
+// Maintenance and paused groups (docs/ca-contract.md, "Maintenance and paused groups").
+
+/// Group "g" (min 0, max 4): a ready and registered, m ready and registered but under
+/// maintenance (drained, kept on), c and d off, x off under maintenance.
+fn maintenance_lab() -> Inventory {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let mut m = machine("m", "g", PowerState::On, Phase::Ready);
+    m.maintenance = true;
+    let c = machine("c", "g", PowerState::Off, Phase::Off);
+    let d = machine("d", "g", PowerState::Off, Phase::Off);
+    let mut x = machine("x", "g", PowerState::Off, Phase::Off);
+    x.maintenance = true;
+    let nodes = vec![node_for(&a, true), node_for(&m, true)];
+    Inventory::build(vec![group("g", 0, Some(4))], vec![a, m, c, d, x], nodes)
+}
+
+/// CA must neither wait for a maintenance machine nor count it: `clusterstate.go`
+/// `getNotRegisteredNodes` takes every listed instance without errorInfo that is not Deleting
+/// as expected to register, and `updateReadinessStats` counts a registered node of the group
+/// against the target. A machine under maintenance is therefore not listed, not in the target,
+/// and its Node belongs to no group (an autoscaled node CA's `core/scaledown/eligibility`
+/// `unremovableReasonAndNodeUtilization` skips as `NotAutoscaled`).
+#[test]
+fn a_machine_under_maintenance_is_no_instance_no_target_and_no_group_node() {
+    let inv = maintenance_lab();
+    let listed: Vec<String> = node_group_nodes(&inv, "g")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.machine.name)
+        .collect();
+    assert_eq!(listed, vec!["a".to_owned()]);
+    assert_eq!(target_size(&inv, "g").ok(), Some(1));
+    assert_eq!(node_group_for_node(&inv, &fake("m"), t(0)), None);
+    assert!(node_group_for_node(&inv, &fake("a"), t(0)).is_some());
+}
+
+/// An off machine is capacity up to MaxSize; one off for maintenance is not: MaxSize is the
+/// target (a) plus the two free spares (c, d), not four.
+#[test]
+fn a_machine_off_for_maintenance_is_not_capacity_ca_can_power_on() {
+    let inv = maintenance_lab();
+    let g = inv.group("g").map(|g| max_size(&inv, g, t(0)));
+    assert_eq!(g, Some(3));
+}
+
+#[test]
+fn increase_size_never_picks_a_machine_under_maintenance() {
+    let inv = maintenance_lab();
+    let d = increase_size(&inv, "g", 2, t(0));
+    assert_eq!(
+        d.as_ref().map(names).ok(),
+        Some(vec!["c".into(), "d".into()])
+    );
+    let e = increase_size(&inv, "g", 3, t(0));
+    assert!(
+        matches!(
+            e,
+            Err(ProviderError::NotEnoughMachines { available: 2, .. })
+        ),
+        "{e:?}"
+    );
+    // Only machines under maintenance are off: nothing to pick.
+    let mut only = machine("x", "g", PowerState::Off, Phase::Off);
+    only.maintenance = true;
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![only], vec![]);
+    assert!(increase_size(&inv, "g", 1, t(0)).is_err());
+    assert_eq!(inv.group("g").map(|g| max_size(&inv, g, t(0))), Some(0));
+}
+
+#[test]
+fn delete_nodes_refuses_a_machine_under_maintenance() {
+    let inv = maintenance_lab();
+    let e = delete_nodes(&inv, "g", &[fake("m")], t(0));
+    assert!(
+        matches!(e, Err(ProviderError::UnderMaintenance { .. })),
+        "{e:?}"
+    );
+    let e = decrease_target_size(&inv, "g", -1, t(0), None);
+    // m is registered and not CA's; the target (1) is a's, registered: nothing to cancel.
+    assert!(e.is_err(), "{e:?}");
+}
+
+/// A machine under maintenance that is on but has not registered (booted into something
+/// else, e.g. an installer) is not listed: CA would take it for an instance that never
+/// registered and delete it after its provision time (`clusterstate.go`
+/// `updateUnregisteredNodes`, `static_autoscaler.go` `removeOldUnregisteredNodes`).
+#[test]
+fn a_machine_under_maintenance_booting_elsewhere_is_not_an_unregistered_instance() {
+    let mut m = machine("m", "g", PowerState::On, Phase::Booting);
+    m.maintenance = true;
+    let inv = Inventory::build(vec![group("g", 0, None)], vec![m], vec![]);
+    assert_eq!(node_group_nodes(&inv, "g").unwrap_or_default(), vec![]);
+    assert_eq!(target_size(&inv, "g").ok(), Some(0));
+    assert!(decrease_target_size(&inv, "g", -1, t(0), None).is_err());
+}
+
+/// A paused group: min = max = target, so CA's scale-up and scale-down leave it alone without
+/// an error that would back it off; asked anyway, every mutation is refused.
+#[test]
+fn a_paused_group_answers_min_and_max_at_its_target_and_refuses_changes() {
+    let a = machine("a", "g", PowerState::On, Phase::Ready);
+    let b = machine("b", "g", PowerState::Off, Phase::Off);
+    let na = node_for(&a, true);
+    let mut g = group("g", 0, Some(2));
+    g.paused = true;
+    let inv = Inventory::build(vec![g], vec![a, b], vec![na]);
+    let info = node_groups(&inv, t(0));
+    let bounds: Vec<(u32, u32)> = info.iter().map(|g| (g.min_size, g.max_size)).collect();
+    assert_eq!(bounds, vec![(1, 1)]);
+    assert_eq!(
+        node_group_for_node(&inv, &fake("a"), t(0)).map(|g| (g.min_size, g.max_size)),
+        Some((1, 1))
+    );
+    for r in [
+        increase_size(&inv, "g", 1, t(0)),
+        delete_nodes(&inv, "g", &[fake("a")], t(0)),
+        decrease_target_size(&inv, "g", -1, t(0), None),
+    ] {
+        assert!(matches!(r, Err(ProviderError::Paused { .. })), "{r:?}");
+    }
+    assert_eq!(
+        ProviderError::Paused { group: "g".into() }.kind(),
+        ErrorKind::FailedPrecondition
+    );
 }

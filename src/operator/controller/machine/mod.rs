@@ -26,6 +26,7 @@ use kube::{Resource as _, ResourceExt as _};
 use super::{Context, Error, FINALIZER, requeue};
 use crate::operator::api::{Group, Machine};
 use crate::operator::machine::{NodeObs, Policy, PowerState, drive};
+use crate::operator::policy::maintenance;
 use crate::operator::power::job::cancel_stale_jobs;
 use crate::operator::trust::{self, Refusal};
 use act::{Passes, Subject};
@@ -117,15 +118,67 @@ async fn pods_on(ctx: &Context, node: &str) -> Result<Vec<Pod>, Error> {
         .items)
 }
 
-/// The machine's policy: the operator's settings, its own timeouts, its Group's remediation.
+/// The machine's policy: the operator's settings, its own timeouts, its Group's remediation
+/// (none while the machine is under maintenance or its Group is paused: the operator's own
+/// power actions stop there).
 fn policy(ctx: &Context, m: &Machine) -> Result<Policy, String> {
     let mut p = ctx.settings.policy;
     p.boot_timeout = m.boot_timeout().map_err(|e| e.to_string())?;
     p.shutdown_timeout = m.shutdown_timeout().map_err(|e| e.to_string())?;
     if let Some(group) = group_of(ctx, m) {
         p.remediate_after = group.remediate_after().map_err(|e| e.to_string())?;
+        if group.spec.paused.unwrap_or(false) {
+            p.remediate_after = None;
+        }
+    }
+    if !maintenance::allowed(m.spec.maintenance.as_deref()).remediation {
+        p.remediate_after = None;
     }
     Ok(p)
+}
+
+/// Ends a maintenance whose `until` has passed: clears `spec.maintenance`, undoes the drain's
+/// cordon and records an Event. `Ok(true)`: it ended (the write queues the machine again).
+async fn end_expired_maintenance(
+    ctx: &Context,
+    api: &Api<Machine>,
+    m: &Machine,
+    node: Option<&Node>,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let Some(mt) = m.spec.maintenance.as_deref() else {
+        return Ok(false);
+    };
+    if !maintenance::expired(mt, now) {
+        return Ok(false);
+    }
+    ctx.ensure_leader()?;
+    let patch = serde_json::json!({ "spec": { "maintenance": null } });
+    let params = kube::api::PatchParams {
+        field_manager: Some(super::FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    api.patch(&m.name_any(), &params, &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube(format!(
+            "ending the maintenance of {}",
+            m.object_ref()
+        )))?;
+    if let Some(n) = node {
+        crate::operator::node::drain::cordon(&ctx.client, &n.name_any(), false)
+            .await
+            .map_err(|e| Error::NodeSide(e.to_string()))?;
+    }
+    let ev = crate::operator::machine::KubeEvent {
+        reason: "MaintenanceEnded",
+        warning: false,
+        message: format!(
+            "{} has passed: the machine is uncordoned and the Cluster Autoscaler's again",
+            maintenance::marker(mt)
+        ),
+    };
+    act::emit(ctx, m, &ev).await;
+    Ok(true)
 }
 
 /// The machine's Group from the provider's cache (`None`: no group label, or no such Group).
@@ -210,6 +263,9 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         {
             ctx.supersede(&key, m.resource_version());
         }
+        return Ok(Action::await_change());
+    }
+    if end_expired_maintenance(&ctx, &api, &m, node.as_deref(), now).await? {
         return Ok(Action::await_change());
     }
     let policy = match policy(&ctx, &m) {
@@ -332,10 +388,25 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         let d = t.duration_since(Timestamp::now());
         Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
     });
-    let wait = [until, passes.out.requeue_after, energy_wait]
-        .into_iter()
-        .flatten()
-        .min();
+    // A maintenance with `until` comes back to end it.
+    let maintenance_end = m
+        .spec
+        .maintenance
+        .as_deref()
+        .and_then(|mt| maintenance::ends_at(mt, now))
+        .map(|t| {
+            let d = t.duration_since(Timestamp::now());
+            Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
+        });
+    let wait = [
+        until,
+        passes.out.requeue_after,
+        energy_wait,
+        maintenance_end,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     Ok(requeue(wait))
 }
 

@@ -133,7 +133,15 @@ pub(super) async fn sync_node(
     node: Arc<Node>,
 ) -> Result<(Arc<Node>, Option<String>), Error> {
     let group_protects = group_of(ctx, m).is_some_and(|g| g.scale_down_disabled());
-    let reg = node_side::registration(m, &node, group_protects);
+    // Under maintenance: CA's scale-down skips the Node (its scale-down-disabled annotation),
+    // and it stays cordoned (the drain's cordon, restored if someone uncordons it).
+    let in_maintenance = m.spec.maintenance.is_some();
+    let mut reg = node_side::registration(m, &node, group_protects || in_maintenance);
+    if in_maintenance {
+        let cordon = node_side::cordon_change(&node, true);
+        reg.change.annotations.extend(cordon.annotations);
+        reg.change.unschedulable = reg.change.unschedulable.or(cordon.unschedulable);
+    }
     let mismatch = match &reg.provider_id {
         node_side::ProviderIdCheck::Mismatch { node, expected } => Some(format!(
             "the Kubernetes Node carries providerID {node} but the machine expects {expected}; \
