@@ -736,6 +736,8 @@ async fn maintenance_start_drains_honouring_budgets_then_powers_off_and_end_unco
     world
         .create_bound_pod(&ns, app_pod("web", "web")?, &node)
         .await?;
+    // Running and Ready: a pending or unready pod may be evicted whatever its budget says.
+    world.run_pods(&node).await?;
     budget(cp, &ns, "web", 0).await?;
     // The kubelet's part: evicted pods finish terminating.
     let finisher = {
@@ -815,7 +817,10 @@ async fn maintenance_pause_and_resume_set_spec_paused_and_who() -> anyhow::Resul
     let ns = cp.namespace("maint-pause").await?;
     let groups: Api<Group> = Api::namespaced(cp.client()?, &ns);
     groups
-        .create(&PostParams::default(), &Group::test("nucs").build())
+        .create(
+            &PostParams::default(),
+            &Group::test("nucs").namespace(&ns).build(),
+        )
         .await?;
     let r = homelab(cp, &["maintenance", "pause", "nucs", "-n", &ns]).await?;
     assert!(r.success, "{}", r.stderr);
