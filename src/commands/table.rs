@@ -531,6 +531,49 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_under_maintenance_is_marked_in_the_phase_and_below_the_table() {
+        use crate::operator::api::{Maintenance, MaintenancePower};
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let m = crate::operator::api::Machine::test("nuc-1")
+            .spec_with(|s| {
+                s.maintenance = Some(Box::new(Maintenance {
+                    reason: Some("swap a disk".to_owned()),
+                    power: Some(MaintenancePower::Off),
+                    since: Some(t("2026-12-06T10:00:00Z")),
+                    until: None,
+                    by: Some("owner".to_owned()),
+                }))
+            })
+            .build();
+        let free = crate::operator::api::Machine::test("nuc-2").build();
+        let rows = [MachineRow::of(&m), MachineRow::of(&free)];
+        let out = render_views(
+            &rows,
+            Output::Table,
+            TableOptions::default(),
+            t("2026-12-06T11:00:00Z"),
+        )
+        .unwrap();
+        assert!(out.contains("Unknown (maintenance)"), "{out}");
+        assert!(
+            out.ends_with(
+                "nuc-1: MAINTENANCE reason \"swap a disk\" power off since \
+                 2026-12-06T10:00:00Z until ended by hand by owner\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("MAINTENANCE").count(), 1, "{out}");
+        let json = render_views(
+            &rows,
+            Output::Json,
+            TableOptions::default(),
+            t("2026-12-06T11:00:00Z"),
+        )
+        .unwrap();
+        assert!(json.contains("\"reason\": \"swap a disk\""), "{json}");
+    }
+
+    #[test]
     fn columns_align_like_kubectl_without_borders() {
         let out = table().render(Style::default());
         assert_eq!(
