@@ -974,3 +974,35 @@ async fn a_working_meters_reading_is_what_the_energy_counts() {
     );
     assert_eq!(patch.at("/status/energy/estimatedSeconds"), &json!(null));
 }
+
+/// The Group's remediation holds for a member, but not while the member is under maintenance
+/// nor while the Group is paused: the operator's own power actions stop there.
+#[tokio::test]
+async fn remediation_stops_for_a_machine_under_maintenance_and_in_a_paused_group() {
+    use crate::operator::api::{Group, Maintenance, Remediation};
+    let (ctx, _server, mut stores) = Context::test();
+    let group = |paused: bool| {
+        Group::test("g")
+            .spec_with(|s| {
+                s.remediation = Some(Remediation {
+                    power_cycle_after: Some("15m".to_owned()),
+                });
+                s.paused = paused.then_some(true);
+            })
+            .build()
+    };
+    let member = |maintenance: bool| {
+        Machine::test("m1")
+            .group("g")
+            .spec_with(|s| {
+                s.maintenance = maintenance.then(|| Box::new(Maintenance::default()));
+            })
+            .build()
+    };
+    stores.group(group(false));
+    let after = |m: &Machine| super::policy(&ctx, m).ok().and_then(|p| p.remediate_after);
+    assert_eq!(after(&member(false)), Some(SignedDuration::from_mins(15)));
+    assert_eq!(after(&member(true)), None);
+    stores.group(group(true));
+    assert_eq!(after(&member(false)), None);
+}
