@@ -406,6 +406,15 @@ async fn delete_buffer(ctx: &Context, ns: &str, group: &str) -> Result<(), kube:
     }
 }
 
+/// Whether `g` carries [`CONDITION_WARM_SPARES`] (it had warm spares once).
+fn has_condition(g: &Group) -> bool {
+    g.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_WARM_SPARES)
+    })
+}
+
 /// The condition for `outcome`, written only when the Group asks for warm spares or already
 /// carries the condition.
 async fn write_condition(ctx: &Context, g: &Group, outcome: &Outcome) -> Result<(), Error> {
@@ -516,6 +525,8 @@ async fn reconcile(ctx: &Context, state: &mut State, g: &Group) -> Result<(), Er
         }
     } else {
         let outcome = match &want {
+            // A Group that never had warm spares (no condition of ours) has no buffer: no call.
+            Desired::Absent if !asks_for_spares(g) && !has_condition(g) => Outcome::Removed,
             Desired::Absent => match delete_buffer(ctx, &ns, &name).await {
                 Ok(()) => Outcome::Removed,
                 Err(e) => return Err(Error::kube("deleting the warm spares' CapacityBuffer")(e)),
