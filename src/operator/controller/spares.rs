@@ -612,6 +612,7 @@ pub async fn run(ctx: Arc<Context>, mut changes: broadcast::Receiver<Change>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::api::Machine;
     use crate::testing::taint;
 
     fn shape() -> Shape {
@@ -745,6 +746,55 @@ mod tests {
             desired(&g, Some(&shape()), &hog, Timestamp::UNIX_EPOCH),
             Desired::Unsized(Unsized::NoRoom(_))
         ));
+    }
+
+    /// The labels the placeholders select: on a member's Node when the operator registers it,
+    /// and on the group's scale-up template; none for a Group name too long for a label value.
+    #[test]
+    fn members_nodes_and_the_template_carry_the_group_labels() {
+        use crate::operator::provider::inventory::{
+            GroupOptions, GroupView, Inventory, MachineView, TemplateHints,
+        };
+        let m = Machine::test("m1")
+            .namespace("lab")
+            .group("desktops")
+            .build();
+        let change = node::NodeEdit::new(&crate::testing::node("n1"))
+            .register(&m, false)
+            .change();
+        assert_eq!(
+            change.labels.get(node::GROUP_NAME_LABEL),
+            Some(&Some("desktops".to_owned()))
+        );
+        assert_eq!(
+            change.labels.get(node::GROUP_NAMESPACE_LABEL),
+            Some(&Some("lab".to_owned()))
+        );
+
+        let g = GroupView {
+            id: String::new(),
+            namespace: "lab".into(),
+            name: "desktops".into(),
+            min_size: 0,
+            max_size: None,
+            power_on_order: crate::operator::api::PowerOnOrder::Name,
+            options: GroupOptions::default(),
+            template: TemplateHints::default(),
+            power_on_failure_cooldown: None,
+            scale_down_disabled: false,
+        };
+        let mut mv = MachineView::new("lab", "m1", Some("desktops"));
+        mv.hints = Arc::new(TemplateHints {
+            capacity: BTreeMap::from([("cpu".to_owned(), "2".to_owned())]),
+            ..TemplateHints::default()
+        });
+        let inv = Inventory::build(vec![g], vec![mv], vec![]);
+        let t = template_node(&inv, "desktops").unwrap();
+        assert_eq!(t.labels[node::GROUP_NAME_LABEL], "desktops");
+        assert_eq!(t.labels[node::GROUP_NAMESPACE_LABEL], "lab");
+
+        assert!(node::group_labels("lab", &"x".repeat(64)).is_empty());
+        assert!(node::group_labels("lab", "a.b-c_d").len() == 2);
     }
 
     /// The scheduler's toleration rule, the cases the sizing relies on.
