@@ -457,6 +457,18 @@ impl GroupBuilder {
         self
     }
 
+    /// `spec.warmSpares`: `count` placeholders, each `cpu` and `memory` where given (else a
+    /// whole machine of the group).
+    pub fn warm_spares(mut self, count: i32, cpu: Option<&str>, memory: Option<&str>) -> Self {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        self.0.spec.warm_spares = Some(crate::operator::api::WarmSpares {
+            count,
+            cpu: cpu.map(|c| Quantity(c.to_owned())),
+            memory: memory.map(|m| Quantity(m.to_owned())),
+        });
+        self
+    }
+
     /// Any other spec field.
     pub fn spec_with(mut self, f: impl FnOnce(&mut GroupSpec)) -> Self {
         f(&mut self.0.spec);

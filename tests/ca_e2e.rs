@@ -1270,3 +1270,128 @@ async fn maintenance_a_drained_machine_is_never_scaled_down_and_another_one_powe
     .await;
     lab.finish(result)
 }
+
+// --- Warm spares: CA's CapacityBuffer controller and pod injection (flags as the chart passes
+// them, tests/support/spares.rs) with the buffer the operator keeps for a Group's
+// spec.warmSpares (src/operator/controller/spares.rs).
+
+/// Warm spares with the real CA. Two machines, both off, and `warmSpares: {count: 1}` (a whole
+/// machine). CA's buffer controller (`capacitybuffer/controller/controller.go`) resolves the
+/// operator's CapacityBuffer into one fake pod, its pod list processor
+/// (`processors/capacitybuffer/pod_list_processor.go`, `Process`) adds it to the unschedulable
+/// pods, and CA powers desktop-0 on for it. Past the scale-down unneeded time CA keeps it on
+/// (the fake pod, placed on it by `filterOutSchedulablePodListProcessor` in the cluster
+/// snapshot, makes it used). Two real pods then land on desktop-0 with no further IncreaseSize
+/// or power-on before they are bound; the placeholder no longer fits there, and CA powers
+/// desktop-1 on to hold it: one IncreaseSize and one power-on Job per machine in all.
+#[tokio::test]
+async fn warm_spare_is_held_on_a_running_machine_and_replaced_after_a_burst() -> anyhow::Result<()>
+{
+    let mut spec = LabSpec::new("ca-spares");
+    spec.machines = 2;
+    for flag in support::spares::CA_BUFFER_FLAGS {
+        spec.ca = spec.ca.arg(flag);
+    }
+    let hold = spec.ca.scale_down_after + SCAN_INTERVAL * 3;
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        // CA waits at start-up for its buffer informer, which syncs once the CRD is served.
+        support::spares::install_capacity_buffer_crd(&lab.cp).await?;
+        let groups: Api<Group> = Api::namespaced(lab.client.clone(), &lab.ns);
+        groups
+            .patch(
+                GROUP,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({ "spec": { "warmSpares": { "count": 1 } } })),
+            )
+            .await
+            .context("asking for one warm spare")?;
+        let first = lab.names[0].clone();
+        let second = lab.names[1].clone();
+
+        lab.until("desktop-0 to register for the warm spare", || async {
+            Ok(lab.registered().await?.contains(&first).then_some(()))
+        })
+        .await?;
+        tokio::time::sleep(hold).await;
+        assert_eq!(
+            lab.machines.power_ons(),
+            BTreeMap::from([(first.clone(), 1)]),
+            "one machine powered on for the placeholder, and kept on"
+        );
+        assert_eq!(
+            lab.wanted_on().await?,
+            BTreeSet::from([first.clone()]),
+            "{hold:?} later"
+        );
+        let calls = lab.ca.calls();
+        assert_eq!(calls.increase_size(), 1, "{calls}");
+        assert_eq!(calls.delete_nodes(), 0, "{calls}");
+
+        // The burst: bound to the machine already on, polled tightly so that CA's next loops
+        // (the replacement) cannot have happened before it is seen.
+        lab.create_pods(2).await?;
+        let deadline = Instant::now() + PATIENCE;
+        let node = loop {
+            if let Some(node) = lab.all_pods_on_one_node().await? {
+                break node;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the burst was not bound");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let calls_at_binding = lab.ca.calls();
+        let power_ons_at_binding = lab.machines.power_ons();
+        assert_eq!(node, first, "the burst ran on the spare machine");
+        assert_eq!(
+            calls_at_binding.increase_size(),
+            1,
+            "no scale-up before the burst was bound: {calls_at_binding}"
+        );
+        assert_eq!(
+            power_ons_at_binding,
+            BTreeMap::from([(first.clone(), 1)]),
+            "no power-on before the burst was bound"
+        );
+        assert_eq!(lab.unschedulable().await?, 0);
+
+        lab.until(
+            "desktop-1 to register to hold the placeholder again",
+            || async { Ok(lab.registered().await?.contains(&second).then_some(())) },
+        )
+        .await?;
+        tokio::time::sleep(SCAN_INTERVAL * 3).await;
+        assert_eq!(
+            lab.machines.power_ons(),
+            BTreeMap::from([(first.clone(), 1), (second.clone(), 1)]),
+            "one power-on Job per machine in all"
+        );
+        let calls = lab.ca.calls();
+        assert_eq!(calls.increase_size(), 2, "{calls}");
+        assert_eq!(calls.delete_nodes(), 0, "{calls}");
+
+        // The buffer CA read is the operator's, owned by the Group, resolved to one replica.
+        let gvk =
+            kube::api::GroupVersionKind::gvk("autoscaling.x-k8s.io", "v1beta1", "CapacityBuffer");
+        let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "capacitybuffers");
+        let buffers: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(lab.client.clone(), &lab.ns, &resource);
+        let buffer = buffers
+            .get(&format!("{GROUP}-warm-spares"))
+            .await
+            .context("the Group's CapacityBuffer")?;
+        assert_eq!(
+            buffer
+                .metadata
+                .owner_references
+                .as_ref()
+                .map(|o| o[0].kind.as_str()),
+            Some("Group")
+        );
+        assert_eq!(buffer.data["status"]["replicas"], 1, "{:?}", buffer.data);
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}

@@ -138,6 +138,7 @@ const GENERATED: &[&str] = &[
     "completions/",
     "deploy/crds/",
     "deploy/helm/kubectl-homelab/files/crds/",
+    "deploy/helm/kubectl-homelab/files/ca-crds/",
     "proptest-regressions/",
 ];
 

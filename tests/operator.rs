@@ -2144,3 +2144,122 @@ async fn a_paused_group_says_so_and_who_paused_it() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+// --- Warm spares: the CapacityBuffer and PodTemplate the operator keeps for a Group's
+// spec.warmSpares (src/operator/controller/spares.rs), against the real API server.
+
+/// The Group `g`'s CapacityBuffer (a dynamic object: the CRD is CA's).
+fn capacity_buffers(client: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("autoscaling.x-k8s.io", "v1beta1", "CapacityBuffer");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "capacitybuffers");
+    Api::namespaced_with(client.clone(), ns, &resource)
+}
+
+/// The `WarmSpares` condition of Group `g`: (status, reason).
+async fn warm_spares_condition(lab: &Lab) -> anyhow::Result<Option<(String, String)>> {
+    let g = Api::<Group>::namespaced(lab.client.clone(), &lab.ns)
+        .get("g")
+        .await?;
+    Ok(g.status.and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "WarmSpares")
+            .map(|c| (c.status.to_string(), c.reason.to_string()))
+    }))
+}
+
+/// Without the CapacityBuffer CRD, a Group asking for warm spares gets the condition WarmSpares
+/// False, reason CapacityBufferCRDMissing, and the operator goes on (its machine controller
+/// still adopts a new Node CR). Once the CRD is served and the Group changes, the buffer
+/// (`g-warm-spares`, 2 replicas of its PodTemplate, owned by the Group) and the PodTemplate (a
+/// whole 4-CPU 8 GiB machine, no DaemonSets) are there and the condition is True; count 0
+/// deletes both and the condition turns False, reason NoWarmSpares.
+#[tokio::test]
+async fn warm_spares_keep_a_capacity_buffer_or_say_why_not() -> anyhow::Result<()> {
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "spares").await?;
+    lab.create(lab.machine("m1")).await?;
+    let groups: Api<Group> = Api::namespaced(lab.client.clone(), &lab.ns);
+    let spares = |count: i32| json!({ "spec": { "warmSpares": { "count": count } } });
+    groups
+        .patch("g", &PatchParams::default(), &Patch::Merge(spares(2)))
+        .await?;
+    let missing = ("False".to_owned(), "CapacityBufferCRDMissing".to_owned());
+    support::wait_for("WarmSpares False for the missing CRD", WAIT, || async {
+        Ok((warm_spares_condition(&lab).await?.as_ref() == Some(&missing)).then_some(()))
+    })
+    .await?;
+    lab.create(lab.machine("m2")).await?;
+    support::wait_for("the operator to go on with m2", WAIT, || async {
+        let m = lab.machines().get("m2").await?;
+        Ok(m.metadata
+            .finalizers
+            .is_some_and(|f| !f.is_empty())
+            .then_some(()))
+    })
+    .await?;
+
+    support::spares::install_capacity_buffer_crd(cp).await?;
+    groups
+        .patch("g", &PatchParams::default(), &Patch::Merge(spares(3)))
+        .await?;
+    groups
+        .patch("g", &PatchParams::default(), &Patch::Merge(spares(2)))
+        .await?;
+    let buffers = capacity_buffers(&lab.client, &lab.ns);
+    let buffer = support::wait_for("the Group's CapacityBuffer", WAIT, || async {
+        let b = buffers.get_opt("g-warm-spares").await?;
+        Ok(b.filter(|b| b.data["spec"]["replicas"] == 2))
+    })
+    .await?;
+    let group = groups.get("g").await?;
+    let owner = buffer.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owner.len(), 1);
+    assert_eq!(owner[0].kind, "Group");
+    assert_eq!(Some(&owner[0].uid), group.metadata.uid.as_ref());
+    assert_eq!(
+        buffer.data["spec"]["podTemplateRef"]["name"],
+        "g-warm-spares"
+    );
+    assert_eq!(
+        buffer.data["spec"]["provisioningStrategy"],
+        "buffer.x-k8s.io/active-capacity"
+    );
+    let templates: Api<k8s_openapi::api::core::v1::PodTemplate> =
+        Api::namespaced(lab.client.clone(), &lab.ns);
+    let template = templates.get("g-warm-spares").await?;
+    let spec = template
+        .template
+        .and_then(|t| t.spec)
+        .context("the PodTemplate's pod spec")?;
+    let requests = spec.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .unwrap_or_default();
+    assert_eq!(requests["cpu"].0, "4");
+    assert_eq!(requests["memory"].0, "8Gi");
+    let applied = ("True".to_owned(), "BufferApplied".to_owned());
+    support::wait_for("WarmSpares True", WAIT, || async {
+        Ok((warm_spares_condition(&lab).await?.as_ref() == Some(&applied)).then_some(()))
+    })
+    .await?;
+
+    groups
+        .patch("g", &PatchParams::default(), &Patch::Merge(spares(0)))
+        .await?;
+    support::wait_for("the buffer and its PodTemplate deleted", WAIT, || async {
+        let gone = buffers.get_opt("g-warm-spares").await?.is_none()
+            && templates.get_opt("g-warm-spares").await?.is_none();
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    let removed = ("False".to_owned(), "NoWarmSpares".to_owned());
+    support::wait_for("WarmSpares False", WAIT, || async {
+        Ok((warm_spares_condition(&lab).await?.as_ref() == Some(&removed)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

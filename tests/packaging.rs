@@ -370,6 +370,107 @@ fn helm_lint_and_template_render_the_operator_and_every_option() -> anyhow::Resu
     Ok(())
 }
 
+/// Warm spares in the chart: with the bundled CA (and the chart's CRDs) the CapacityBuffer CRD
+/// is rendered, CA runs its buffer controller and pod injection without the pod dry run, and
+/// may read buffers, write their status and manage PodTemplates; the operator may apply and
+/// delete buffers and PodTemplates and list DaemonSets. With crds.enabled=false the CRD and the
+/// flags are left out (CA with the flags waits for the CRD at start-up) and the RBAC stays;
+/// podDryRun=true passes the flag and grants CA pods create; capacityBuffers.enabled=false
+/// leaves all of it out.
+#[test]
+fn the_chart_sets_up_capacity_buffers_with_the_bundled_ca() -> anyhow::Result<()> {
+    let Some(helm) = Helm::locate()? else {
+        return Ok(());
+    };
+    let ca_role = "lab-kubectl-homelab-homelab-cluster-autoscaler";
+    let rules_of = |objs: &[DynamicObject], kind: &str, name: &str| -> anyhow::Result<String> {
+        Ok(find(objs, kind, name)?.data["rules"].to_string())
+    };
+    let ca_args = |objs: &[DynamicObject]| -> anyhow::Result<String> {
+        let ca = find(objs, "Deployment", "lab-kubectl-homelab-cluster-autoscaler")?;
+        Ok(ca.data["spec"]["template"]["spec"]["containers"][0]["command"].to_string())
+    };
+    let buffers_crd = |objs: &[DynamicObject]| {
+        objs.iter().any(|o| {
+            o.types
+                .as_ref()
+                .is_some_and(|t| t.kind == "CustomResourceDefinition")
+                && o.metadata.name.as_deref() == Some("capacitybuffers.autoscaling.x-k8s.io")
+        })
+    };
+
+    let on = helm.template("lab", "homelab", &["clusterAutoscaler.enabled=true"])?;
+    assert!(buffers_crd(&on), "the CapacityBuffer CRD is rendered");
+    let args = ca_args(&on)?;
+    for flag in [
+        "--capacity-buffer-controller-enabled=true",
+        "--capacity-buffer-pod-injection-enabled=true",
+        "--capacity-buffer-pod-dry-run-enabled=false",
+    ] {
+        assert!(args.contains(flag), "{flag} not in {args}");
+    }
+    let ca_rules = rules_of(&on, "ClusterRole", ca_role)?;
+    for rule in [
+        r#"{"apiGroups":["autoscaling.x-k8s.io"],"resources":["capacitybuffers"],"verbs":["get","list","watch"]}"#,
+        r#"{"apiGroups":["autoscaling.x-k8s.io"],"resources":["capacitybuffers/status"],"verbs":["update","patch"]}"#,
+        r#"{"apiGroups":[""],"resources":["podtemplates"],"verbs":["get","list","watch","create","update"]}"#,
+        r#"{"apiGroups":[""],"resources":["resourcequotas"],"verbs":["get","list","watch"]}"#,
+        r#"{"apiGroups":["apps"],"resources":["deployments"],"verbs":["get","list","watch"]}"#,
+    ] {
+        assert!(ca_rules.contains(rule), "{rule} not in {ca_rules}");
+    }
+    assert!(!ca_rules.contains(r#""resources":["pods"],"verbs":["create"]"#));
+    let op_rules = rules_of(&on, "Role", "lab-kubectl-homelab")?;
+    for rule in [
+        r#"{"apiGroups":["autoscaling.x-k8s.io"],"resources":["capacitybuffers"],"verbs":["create","patch","delete"]}"#,
+        r#"{"apiGroups":[""],"resources":["podtemplates"],"verbs":["create","patch","delete"]}"#,
+    ] {
+        assert!(op_rules.contains(rule), "{rule} not in {op_rules}");
+    }
+    let op_cluster_rules = rules_of(&on, "ClusterRole", "lab-kubectl-homelab-homelab")?;
+    assert!(
+        op_cluster_rules
+            .contains(r#"{"apiGroups":["apps"],"resources":["daemonsets"],"verbs":["list"]}"#),
+        "{op_cluster_rules}"
+    );
+
+    let no_crds = helm.template(
+        "lab",
+        "homelab",
+        &["clusterAutoscaler.enabled=true", "crds.enabled=false"],
+    )?;
+    assert!(!buffers_crd(&no_crds));
+    assert!(!ca_args(&no_crds)?.contains("capacity-buffer"));
+    assert!(rules_of(&no_crds, "ClusterRole", ca_role)?.contains("capacitybuffers"));
+
+    let dry_run = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "clusterAutoscaler.enabled=true",
+            "clusterAutoscaler.capacityBuffers.podDryRun=true",
+        ],
+    )?;
+    assert!(ca_args(&dry_run)?.contains("--capacity-buffer-pod-dry-run-enabled=true"));
+    assert!(
+        rules_of(&dry_run, "ClusterRole", ca_role)?
+            .contains(r#"{"apiGroups":[""],"resources":["pods"],"verbs":["create"]}"#)
+    );
+
+    let off = helm.template(
+        "lab",
+        "homelab",
+        &[
+            "clusterAutoscaler.enabled=true",
+            "clusterAutoscaler.capacityBuffers.enabled=false",
+        ],
+    )?;
+    assert!(!buffers_crd(&off));
+    assert!(!ca_args(&off)?.contains("capacity-buffer"));
+    assert!(!rules_of(&off, "ClusterRole", ca_role)?.contains("capacitybuffers"));
+    Ok(())
+}
+
 /// The default nodeAffinity of both Deployments: never on a Node the operator manages.
 fn off_managed_nodes() -> serde_json::Value {
     json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
@@ -477,7 +578,10 @@ fn helm_template_renders_the_set_up_options() -> anyhow::Result<()> {
         renamed
             .iter()
             .filter_map(|o| o.metadata.name.as_deref())
-            .all(|n| n.starts_with("power") || n.ends_with(".infra.homecluster.dev")),
+            // A CRD's name is its plural and group: ours, and CA's CapacityBuffer.
+            .all(|n| n.starts_with("power")
+                || n.ends_with(".infra.homecluster.dev")
+                || n == "capacitybuffers.autoscaling.x-k8s.io"),
         "{:?}",
         renamed
             .iter()

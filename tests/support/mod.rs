@@ -34,6 +34,7 @@ pub mod operator;
 pub mod pki;
 pub mod pod_security;
 pub mod process;
+pub mod spares;
 pub mod world;
 
 use std::sync::OnceLock;

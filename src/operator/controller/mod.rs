@@ -12,6 +12,7 @@
 pub(crate) mod fake_api;
 pub mod group;
 pub mod machine;
+pub mod spares;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -520,9 +521,11 @@ pub async fn run(
             tracing::debug!(error = %e, "group controller");
         }
     });
+    let spares = spares::run(ctx.clone(), cache.changes());
     tokio::select! {
         _ = machines => {}
         _ = groups => {}
+        () = spares => {}
         _ = shutdown => {}
     }
 }

@@ -49,6 +49,33 @@ pub const DRAIN_STARTED: &str = "infra.homecluster.dev/drain-started";
 /// Deployments keep off such Nodes (a machine they run on could be powered off), and the
 /// scale-up template carries it too (provider/template.rs).
 pub const MANAGED_LABEL: &str = "infra.homecluster.dev/managed";
+/// On every Node of a Group's member, the Group's name and namespace, ours like any label we
+/// add; the scale-up template carries them too (provider/template.rs). The warm spares'
+/// placeholder pods select them (controller/spares.rs), so CA places the placeholders on this
+/// group's machines and simulates a scale-up for them with this group's template only.
+pub const GROUP_NAME_LABEL: &str = "infra.homecluster.dev/group";
+/// See [`GROUP_NAME_LABEL`].
+pub const GROUP_NAMESPACE_LABEL: &str = "infra.homecluster.dev/group-namespace";
+
+/// The group labels of a member of Group `namespace/name`; none when the name is not a valid
+/// label value (longer than 63 characters): a Node patch carrying it would be refused.
+pub fn group_labels(namespace: &str, name: &str) -> Vec<(&'static str, String)> {
+    let valid = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    if !valid(namespace) || !valid(name) {
+        return Vec::new();
+    }
+    vec![
+        (GROUP_NAME_LABEL, name.to_owned()),
+        (GROUP_NAMESPACE_LABEL, namespace.to_owned()),
+    ]
+}
 /// Present once the last-seen labels and taints were restored on this Node object.
 pub const RESTORED: &str = "infra.homecluster.dev/restored";
 
@@ -373,6 +400,11 @@ impl<'a> NodeEdit<'a> {
                 .insert(RESTORED.to_owned(), "true".to_owned());
         }
         self.add_label(MANAGED_LABEL, "true");
+        if let (Some(ns), Some(group)) = (machine.metadata.namespace.as_deref(), machine.group()) {
+            for (k, v) in group_labels(ns, group) {
+                self.add_label(k, &v);
+            }
+        }
         for (k, v) in &machine.spec.labels {
             self.add_label(k, v);
         }

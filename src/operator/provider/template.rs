@@ -193,6 +193,10 @@ pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, Provider
     // template (`ScaleUpOrchestrator.SchedulablePodGroups`, core/scaleup/orchestrator/
     // orchestrator.go), so a pod that keeps off managed Nodes must not fit it either.
     labels.insert(node::MANAGED_LABEL.to_owned(), "true".to_owned());
+    // As every member's Node (node/mod.rs), for the warm spares' placeholders to select.
+    for (k, v) in node::group_labels(&g.spec.namespace, &g.spec.name) {
+        labels.insert(k.to_owned(), v);
+    }
 
     let mut taints: Vec<TaintView> = shape
         .taints
