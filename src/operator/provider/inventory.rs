@@ -157,6 +157,8 @@ pub struct GroupView {
     pub power_on_failure_cooldown: Option<SignedDuration>,
     /// `spec.scaleDownDisabled`: every member is protected as by its own flag.
     pub scale_down_disabled: bool,
+    /// `spec.wear` and `spec.timeZone`; `None` when the Group sets neither.
+    pub wear: Option<Arc<crate::operator::policy::wear::GroupWear>>,
 }
 
 /// CA's default `--max-node-provision-time`.
@@ -235,6 +237,8 @@ pub struct MachineView {
     pub last_power_off: Option<Timestamp>,
     /// `spec.pricing.podRate`: price of one pod-hour on this machine.
     pub pod_rate: Option<f64>,
+    /// Its own `spec.wear` and `status.recentBootStarts`; `None` when it has neither.
+    pub wear: Option<Arc<crate::operator::policy::wear::MachineWear>>,
 }
 
 /// Annotation on a Node CR: when the Cluster Autoscaler last gave up on the machine's power-on
@@ -266,6 +270,7 @@ impl MachineView {
             power_on_failed_at: None,
             last_power_off: None,
             pod_rate: None,
+            wear: None,
         }
     }
 
@@ -363,6 +368,9 @@ pub struct Inventory {
     /// The names and providerIDs of registered Nodes the trust boundary refuses: they resolve
     /// to no machine.
     refused_nodes: Arc<SortedIndex<()>>,
+    /// Since when the longest-waiting unschedulable pod has been unschedulable (`None`: no
+    /// pod is, or pods are not read); quiet hours' `powerOnAfter` compares it with its wait.
+    unschedulable_since: Option<Timestamp>,
 }
 
 /// A lookup table built with each inventory and then only read: a vector sorted by key. A
@@ -647,7 +655,19 @@ impl Inventory {
             by_node_name,
             node_name_to_provider_id,
             refused_nodes,
+            unschedulable_since: None,
         }
+    }
+
+    /// Since when the longest-waiting unschedulable pod has been unschedulable, as the edge
+    /// that reads pods last saw it.
+    pub fn unschedulable_since(&self) -> Option<Timestamp> {
+        self.unschedulable_since
+    }
+
+    /// Records [`unschedulable_since`](Self::unschedulable_since).
+    pub fn set_unschedulable_since(&mut self, since: Option<Timestamp>) {
+        self.unschedulable_since = since;
     }
 
     /// The lookup tables, for [`Inventory::assemble`] to pass on to the next inventory.

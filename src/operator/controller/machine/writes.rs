@@ -124,16 +124,18 @@ pub(super) async fn patch_spec_power(
 }
 
 /// Keeps the Kubernetes Node in line with the machine: the providerID CA matches instances by,
-/// the machine's labels and taints, CA's scale-down opt-out for protected machines. Returns the
+/// the machine's labels and taints, CA's scale-down opt-out for protected machines (`quiet`:
+/// also while quiet hours hold the machine's power-offs). Returns the
 /// Node as it is now (the one written, or `node` when unchanged) and a providerID mismatch to
 /// report.
 pub(super) async fn sync_node(
     ctx: &Context,
     m: &Machine,
     node: Arc<Node>,
+    quiet: bool,
 ) -> Result<(Arc<Node>, Option<String>), Error> {
     let group_protects = group_of(ctx, m).is_some_and(|g| g.scale_down_disabled());
-    let reg = node_side::registration(m, &node, group_protects);
+    let reg = node_side::registration(m, &node, group_protects || quiet);
     let mismatch = match &reg.provider_id {
         node_side::ProviderIdCheck::Mismatch { node, expected } => Some(format!(
             "the Kubernetes Node carries providerID {node} but the machine expects {expected}; \
