@@ -210,6 +210,23 @@ pub struct MachineRow {
     /// The boot deadline in force: `spec.bootTimeout`, or the learned one with `auto`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_timeout: Option<String>,
+    /// Boots in the last 24 hours against `wear.maxBootsPerDay`, and whether quiet hours are
+    /// in force (`fsm inspect` fills it in from the machine's and its Group's `wear`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wear: Option<WearRow>,
+}
+
+/// A machine's wear as `fsm inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WearRow {
+    /// Power-ons started in the last 24 hours (`status.recentBootStarts`).
+    pub boots_in_24h: u32,
+    /// The limit in force (the Node CR's own, else its Group's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_boots_per_day: Option<u32>,
+    /// A quiet window is in force now.
+    pub quiet: bool,
 }
 
 /// The driver kind per direction (`job`, `nodeAgent`, `wakeOnLan`, `redfish`, `http`); `-` when
@@ -260,6 +277,7 @@ impl MachineRow {
                 };
                 format!("{d:#}{auto}")
             }),
+            wear: None,
         }
     }
 }
@@ -421,6 +439,7 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
         Column::new("drivers").wide_only(),
         Column::new("read").wide_only(),
         Column::new("boot timeout").wide_only(),
+        Column::new("boots 24h").wide_only(),
     ]);
     let mut table = Table::new(columns);
     for v in views {
@@ -472,7 +491,11 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
             power(Some(v.desired)).to_owned(),
             power(v.observed).to_owned(),
             readback(v.power.as_ref()),
-            v.phase.to_string(),
+            // Quiet hours in force, marked as kubectl marks a cordoned node's status.
+            match &v.wear {
+                Some(w) if w.quiet => format!("{},Quiet", v.phase),
+                _ => v.phase.to_string(),
+            },
             v.phase_since
                 .map_or_else(|| "-".to_owned(), |t| relative(t, now)),
             v.attempt.to_string(),
@@ -486,6 +509,13 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
             drivers,
             read,
             v.boot_timeout.clone().unwrap_or_else(|| "-".to_owned()),
+            v.wear.as_ref().map_or_else(
+                || "-".to_owned(),
+                |w| match w.max_boots_per_day {
+                    Some(limit) => format!("{}/{limit}", w.boots_in_24h),
+                    None => w.boots_in_24h.to_string(),
+                },
+            ),
         ]);
         table.row(row);
     }
