@@ -2180,3 +2180,67 @@ async fn quiet_hours_annotate_the_node_refuse_delete_nodes_and_end_on_time() -> 
     );
     Ok(())
 }
+
+/// Quiet hours all day with `powerOnAfter: 15s`: MaxSize is the target (0) while no pod waits,
+/// and stays so until a pod marked unschedulable (as the scheduler marks it) has waited 15 s;
+/// then the spare counts again (the provider reads pending pods itself: the watch cache keeps
+/// none).
+#[tokio::test]
+async fn quiet_hours_hold_max_size_until_a_pod_has_waited_power_on_after() -> anyhow::Result<()> {
+    use kubectl_homelab::operator::provider::ops::node_groups;
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-quiet-on").await?;
+    lab.patch_group(json!({ "wear": { "quietHours": [
+        { "from": "00:00", "to": "24:00", "powerOnAfter": "15s" }
+    ] } }))
+    .await?;
+    lab.create(lab.machine("m1")).await?;
+    lab.wait_phase("m1", Phase::Off).await?;
+    let source = provider_view(&lab).await?;
+    let max = |source: &ClusterSource| {
+        node_groups(&source.inventory(), jiff::Timestamp::now())
+            .first()
+            .map(|g| g.max_size)
+    };
+    assert_eq!(max(&source), Some(0), "held: no pod waits");
+
+    let mut p = pod("waits");
+    if let Some(spec) = p.spec.as_mut() {
+        spec.node_selector = Some([("homelab.example/none".to_owned(), "x".to_owned())].into());
+    }
+    let pods = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns);
+    pods.create(&PostParams::default(), &p).await?;
+    // What kube-scheduler writes for a pod no node fits (this control plane runs no scheduler).
+    let condition = json!({ "status": { "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "lastTransitionTime": jiff::Timestamp::now().to_string(),
+    }] } });
+    pods.patch_status("waits", &PatchParams::default(), &Patch::Merge(&condition))
+        .await?;
+    let created = tokio::time::Instant::now();
+    let deadline = created + WAIT;
+    loop {
+        if max(&source) == Some(1) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let now = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns)
+                .get("waits")
+                .await?;
+            bail!(
+                "MaxSize still {:?} {WAIT:?} after the pod; its status: {}",
+                max(&source),
+                serde_json::to_string(&now.status)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        created.elapsed() >= Duration::from_secs(14),
+        "MaxSize rose after {:?}, before the pod waited powerOnAfter",
+        created.elapsed()
+    );
+    Ok(())
+}
