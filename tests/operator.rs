@@ -2263,3 +2263,251 @@ async fn warm_spares_keep_a_capacity_buffer_or_say_why_not() -> anyhow::Result<(
     .await?;
     Ok(())
 }
+
+// --- Wear limits and quiet hours (docs/ca-contract.md, "Wear limits and quiet hours").
+
+/// A provider view of the Lab's namespace, synced.
+async fn provider_view(lab: &Lab) -> anyhow::Result<ClusterSource> {
+    let source = ClusterSource::start(lab.client.clone(), Scope::Namespace(lab.ns.clone()));
+    source.wait_until_ready(SYNC).await?;
+    Ok(source)
+}
+
+/// Waits until the provider's inventory shows `machine` with `boots` recorded boot starts.
+async fn wait_boots_seen(
+    source: &ClusterSource,
+    machine: &str,
+    boots: usize,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let inv = source.inventory();
+        let seen = inv
+            .machines()
+            .find(|m| m.key.name == machine)
+            .and_then(|m| m.wear.as_ref())
+            .map_or(0, |w| w.boot_starts.len());
+        if seen == boots {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{machine}: the provider sees {seen} boot start(s), not {boots}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Group `g` allows one boot per machine a day. After m1 booted once, a scale-up of one picks
+/// m2 although m1 comes first by name; once both booted, the scale-up boots m1 anyway and a
+/// warning Event on its Node CR says the limit was passed.
+#[tokio::test]
+async fn a_machine_at_its_boot_limit_is_passed_over_then_booted_with_an_event_when_all_are()
+-> anyhow::Result<()> {
+    use kubectl_homelab::operator::provider::ops::increase_size;
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-wear-limit").await?;
+    lab.patch_group(json!({ "wear": { "maxBootsPerDay": 1 } }))
+        .await?;
+    let (n1, n2) = (cp.unique_name("wear1"), cp.unique_name("wear2"));
+    lab.create(lab.machine("m1").node_name(&n1)).await?;
+    lab.create(lab.machine("m2").node_name(&n2)).await?;
+    lab.wait_phase("m1", Phase::Off).await?;
+    lab.wait_phase("m2", Phase::Off).await?;
+
+    lab.boot("m1", &n1).await?;
+    lab.shut_down("m1", &n1).await?;
+    let m1 = lab.machines().get("m1").await?;
+    assert_eq!(
+        m1.status.as_ref().map(|s| s.recent_boot_starts.len()),
+        Some(1),
+        "the boot start recorded"
+    );
+    let source = provider_view(&lab).await?;
+    wait_boots_seen(&source, "m1", 1).await?;
+    let picked = increase_size(&source.inventory(), "g", 1, jiff::Timestamp::now())?;
+    let names: Vec<&str> = picked
+        .changes
+        .iter()
+        .map(|c| c.machine.name.as_str())
+        .collect();
+    assert_eq!(names, ["m2"], "m1 is at its limit, m2 is not");
+
+    lab.boot("m2", &n2).await?;
+    lab.shut_down("m2", &n2).await?;
+    wait_boots_seen(&source, "m2", 1).await?;
+    let picked = increase_size(&source.inventory(), "g", 1, jiff::Timestamp::now())?;
+    let names: Vec<&str> = picked
+        .changes
+        .iter()
+        .map(|c| c.machine.name.as_str())
+        .collect();
+    assert_eq!(names, ["m1"], "both at their limit: name order");
+    let (_, written) = source.write_desired_power(&picked.changes).await;
+    written?;
+    lab.wait_job("m1", "on").await?;
+    lab.wait_machine("m1", "the second boot start recorded", |m| {
+        m.status
+            .as_ref()
+            .is_some_and(|s| s.recent_boot_starts.len() == 2)
+    })
+    .await?;
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(lab.client.clone(), &lab.ns)
+        .list(&ListParams::default())
+        .await?;
+    let passed: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("BootLimitPassed"))
+        .collect();
+    assert_eq!(passed.len(), 1, "one Event, on m1's second boot");
+    assert_eq!(passed[0].involved_object.name.as_deref(), Some("m1"));
+    assert_eq!(passed[0].type_.as_deref(), Some("Warning"));
+    let note = passed[0].message.clone().unwrap_or_default();
+    assert!(
+        note.contains("already booted 1 time(s)") && note.contains("maxBootsPerDay 1"),
+        "{note}"
+    );
+    Ok(())
+}
+
+/// `HH:MM` of `t` in UTC.
+fn hh_mm(t: jiff::Timestamp) -> String {
+    t.to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%H:%M")
+        .to_string()
+}
+
+/// Quiet hours from this minute to the next minute edge at least 20 s away (UTC): the running
+/// machine's Node carries CA's scale-down opt-out, DeleteNodes refuses it naming the window's
+/// end, and when the window ends the annotation goes (the controller comes back at the edge).
+#[tokio::test]
+async fn quiet_hours_annotate_the_node_refuse_delete_nodes_and_end_on_time() -> anyhow::Result<()> {
+    use kubectl_homelab::operator::provider::ops::{NodeRef, delete_nodes};
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-quiet").await?;
+    let node = lab.running(cp, lab.machine("m1")).await?;
+    assert!(
+        !lab.node(&node)
+            .await?
+            .as_ref()
+            .is_some_and(scale_down_disabled),
+        "no opt-out before quiet hours"
+    );
+    let now = jiff::Timestamp::now();
+    let minute = jiff::Timestamp::from_second(now.as_second() - now.as_second().rem_euclid(60))?;
+    let mut end = minute + jiff::SignedDuration::from_mins(1);
+    if end.duration_since(now) < jiff::SignedDuration::from_secs(20) {
+        end += jiff::SignedDuration::from_mins(1);
+    }
+    lab.patch_group(json!({ "wear": { "quietHours": [
+        { "from": hh_mm(minute), "to": hh_mm(end) }
+    ] } }))
+    .await?;
+    lab.wait_node(&node, "CA's opt-out in quiet hours", |n| {
+        n.is_some_and(scale_down_disabled)
+    })
+    .await?;
+
+    let source = provider_view(&lab).await?;
+    let id = format!("homelab://{}/m1", lab.ns);
+    let refused = delete_nodes(
+        &source.inventory(),
+        "g",
+        &[NodeRef {
+            provider_id: id,
+            name: node.clone(),
+        }],
+        jiff::Timestamp::now(),
+    );
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("quiet hours") && message.contains(&end.to_string()),
+        "{message}"
+    );
+
+    // The window's end: the annotation goes without any change to the objects.
+    let deadline = tokio::time::Instant::now() + WAIT + Duration::from_secs(90);
+    loop {
+        let n = lab.node(&node).await?;
+        if n.as_ref().is_some_and(|n| !scale_down_disabled(n)) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("Node {node}: the opt-out still there after the window ended at {end}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        jiff::Timestamp::now() >= end,
+        "the opt-out went at the window's end, not before"
+    );
+    Ok(())
+}
+
+/// Quiet hours all day with `powerOnAfter: 15s`: MaxSize is the target (0) while no pod waits,
+/// and stays so until a pod marked unschedulable (as the scheduler marks it) has waited 15 s;
+/// then the spare counts again (the provider reads pending pods itself: the watch cache keeps
+/// none).
+#[tokio::test]
+async fn quiet_hours_hold_max_size_until_a_pod_has_waited_power_on_after() -> anyhow::Result<()> {
+    use kubectl_homelab::operator::provider::ops::node_groups;
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-quiet-on").await?;
+    lab.patch_group(json!({ "wear": { "quietHours": [
+        { "from": "00:00", "to": "24:00", "powerOnAfter": "15s" }
+    ] } }))
+    .await?;
+    lab.create(lab.machine("m1")).await?;
+    lab.wait_phase("m1", Phase::Off).await?;
+    let source = provider_view(&lab).await?;
+    let max = |source: &ClusterSource| {
+        node_groups(&source.inventory(), jiff::Timestamp::now())
+            .first()
+            .map(|g| g.max_size)
+    };
+    assert_eq!(max(&source), Some(0), "held: no pod waits");
+
+    let mut p = pod("waits");
+    if let Some(spec) = p.spec.as_mut() {
+        spec.node_selector = Some([("homelab.example/none".to_owned(), "x".to_owned())].into());
+    }
+    let pods = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns);
+    pods.create(&PostParams::default(), &p).await?;
+    // What kube-scheduler writes for a pod no node fits (this control plane runs no scheduler).
+    let condition = json!({ "status": { "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "lastTransitionTime": jiff::Timestamp::now().to_string(),
+    }] } });
+    pods.patch_status("waits", &PatchParams::default(), &Patch::Merge(&condition))
+        .await?;
+    let created = tokio::time::Instant::now();
+    let deadline = created + WAIT;
+    loop {
+        if max(&source) == Some(1) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let now = Api::<Pod>::namespaced(lab.client.clone(), &lab.ns)
+                .get("waits")
+                .await?;
+            bail!(
+                "MaxSize still {:?} {WAIT:?} after the pod; its status: {}",
+                max(&source),
+                serde_json::to_string(&now.status)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        created.elapsed() >= Duration::from_secs(14),
+        "MaxSize rose after {:?}, before the pod waited powerOnAfter",
+        created.elapsed()
+    );
+    Ok(())
+}

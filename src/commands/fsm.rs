@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use super::kube_args::{ConnectError, KubeArgs, KubeError, Namespaces};
 use super::lookup::LookupError;
-pub use super::table::{MachineRow, Output, TableOptions, relative, render_views};
+pub use super::table::{MachineRow, Output, TableOptions, WearRow, relative, render_views};
 use jiff::Timestamp;
 
-use crate::operator::api::{API_GROUP, Machine};
+use crate::operator::api::{API_GROUP, Group, Machine};
 use crate::operator::machine::{GraphFormat, render};
 
 #[derive(Debug, clap::Subcommand)]
@@ -17,8 +17,10 @@ pub enum FsmCommand {
     ///
     /// Reads the Node CRs (nodes.infra.homecluster.dev) from the cluster, or from a file with
     /// -f. READBACK is the power state the driver last read back (status.power); -o wide adds
-    /// each direction's driver and when it was read. With --graph, prints the lifecycle
-    /// transition table instead.
+    /// each direction's driver and when it was read, and BOOTS 24H: power-ons in the last 24
+    /// hours against wear.maxBootsPerDay. PHASE ends in ",Quiet" while the machine's quiet
+    /// hours are in force (read from its Group, so not with -f). With --graph, prints the
+    /// lifecycle transition table instead.
     #[command(after_help = concat!(
         "Examples:
   # Every machine of namespace homelab
@@ -182,23 +184,26 @@ pub async fn inspect(args: &InspectArgs) -> Result<Inspected, InspectError> {
             stderr: None,
         });
     }
-    let (machines, source_desc, empty) = match &args.filename {
+    let (machines, groups, source_desc, empty) = match &args.filename {
         Some(path) => {
             let name = path.display().to_string();
             let empty = format!("No resources found in {name}.");
-            (load_file(path)?, name, empty)
+            (load_file(path)?, Vec::new(), name, empty)
         }
         None => {
             let (machines, scope) = load_cluster(&args.kube).await?;
+            let groups = load_groups(&args.kube).await;
             (
                 machines,
+                groups,
                 scope.to_string(),
                 super::table::no_resources(&scope),
             )
         }
     };
-    let views = select(&machines, &args.nodes, &source_desc)?;
+    let mut views = select(&machines, &args.nodes, &source_desc)?;
     // "Now" is read here, at the edge; the core never reads a clock.
+    add_wear(&mut views, &machines, &groups, Timestamp::now());
     let options = TableOptions {
         wide: false,
         no_headers: args.no_headers,
@@ -208,6 +213,54 @@ pub async fn inspect(args: &InspectArgs) -> Result<Inspected, InspectError> {
         .map_err(InspectError::Render)?;
     let stderr = (views.is_empty() && args.output.says_nothing_when_empty()).then_some(empty);
     Ok(Inspected { stdout, stderr })
+}
+
+/// The Groups of the namespaces `kube` selects, for their `wear`; none when they cannot be
+/// read (the machines' own `wear` still shows).
+async fn load_groups(kube: &KubeArgs) -> Vec<Group> {
+    use kube::api::{Api, ListParams};
+    let Ok(cluster) = kube.connect().await else {
+        return Vec::new();
+    };
+    let api: Api<Group> = match kube.namespaces(&cluster) {
+        Namespaces::All => Api::all(cluster.client.clone()),
+        Namespaces::One(ns) => Api::namespaced(cluster.client.clone(), &ns),
+    };
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+/// Fills in each row's boots in 24 hours against its limit and whether quiet hours are in
+/// force at `now`, from its Node CR and its Group (when `groups` has it). Rows of machines with
+/// no limit, no quiet hours and no recorded boot get none.
+pub fn add_wear(views: &mut [MachineRow], machines: &[Machine], groups: &[Group], now: Timestamp) {
+    use crate::operator::policy::wear;
+    use crate::operator::provider::convert::{group_wear, machine_wear};
+    for v in views.iter_mut() {
+        let Some(m) = machines.iter().find(|m| {
+            m.metadata.name.as_deref() == Some(v.name.as_str())
+                && m.metadata.namespace == v.namespace
+        }) else {
+            continue;
+        };
+        let group = groups.iter().find(|g| g.has_member(m)).and_then(group_wear);
+        let own = machine_wear(m);
+        let limit = wear::machine_limit(group.as_ref(), own.as_ref());
+        let boots = own
+            .as_ref()
+            .map_or(0, |w| wear::boots_in_day(&w.boot_starts, now));
+        let quiet = wear::machine_quiet(group.as_ref(), own.as_ref());
+        if limit.is_none() && boots == 0 && quiet.is_none() {
+            continue;
+        }
+        v.wear = Some(WearRow {
+            boots_in_24h: boots,
+            max_boots_per_day: limit,
+            quiet: quiet.is_some_and(|(q, tz)| q.active(tz, now).is_some()),
+        });
+    }
 }
 
 /// The Node CRs of the namespaces `kube` selects.
@@ -407,6 +460,51 @@ items:
             ts(0),
         );
         assert!(wide.contains("redfish off-3 1m30s ago"), "{wide}");
+    }
+
+    #[test]
+    fn boots_in_24h_against_the_limit_and_quiet_hours_show() {
+        let ms = parse_machines("list.yaml", LIST).unwrap_or_default();
+        let mut ms = ms;
+        // b: in Group g1 (limit 2, quiet all day), booted 5 h and 30 h ago.
+        if let Some(st) = ms[0].status.as_mut() {
+            st.recent_boot_starts = vec![ts(-30 * 3600), ts(-5 * 3600)];
+        }
+        let g1: Group = serde_json::from_value(serde_json::json!({
+            "apiVersion": "infra.homecluster.dev/v1alpha1", "kind": "Group",
+            "metadata": {"name": "g1", "namespace": "lab"},
+            "spec": {"wear": {"maxBootsPerDay": 2,
+                              "quietHours": [{"from": "00:00", "to": "24:00"}]}}
+        }))
+        .unwrap();
+        let mut views = select(&ms, &[], "list.yaml").unwrap_or_default();
+        add_wear(&mut views, &ms, &[g1], ts(0));
+        assert_eq!(views[0].wear, None, "a: no group, no wear, no boots");
+        assert_eq!(
+            views[1].wear,
+            Some(WearRow {
+                boots_in_24h: 1,
+                max_boots_per_day: Some(2),
+                quiet: true
+            })
+        );
+        let table = render_table(&views, TableOptions::default(), ts(0));
+        assert!(table.contains("Failed,Quiet"), "{table}");
+        assert!(!table.contains("BOOTS 24H"), "{table}");
+        let wide = render_table(
+            &views,
+            TableOptions {
+                wide: true,
+                ..TableOptions::default()
+            },
+            ts(0),
+        );
+        assert!(wide.contains("BOOTS 24H"), "{wide}");
+        let b = wide
+            .lines()
+            .find(|l| l.starts_with("b "))
+            .unwrap_or_default();
+        assert!(b.trim_end().ends_with("1/2"), "{wide}");
     }
 
     #[test]

@@ -213,6 +213,23 @@ pub struct MachineRow {
     /// `spec.maintenance`, while the machine is under maintenance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Box<crate::operator::api::Maintenance>>,
+    /// Boots in the last 24 hours against `wear.maxBootsPerDay`, and whether quiet hours are
+    /// in force (`fsm inspect` fills it in from the machine's and its Group's `wear`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wear: Option<WearRow>,
+}
+
+/// A machine's wear as `fsm inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WearRow {
+    /// Power-ons started in the last 24 hours (`status.recentBootStarts`).
+    pub boots_in_24h: u32,
+    /// The limit in force (the Node CR's own, else its Group's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_boots_per_day: Option<u32>,
+    /// A quiet window is in force now.
+    pub quiet: bool,
 }
 
 /// The driver kind per direction (`job`, `nodeAgent`, `wakeOnLan`, `redfish`, `http`); `-` when
@@ -264,6 +281,7 @@ impl MachineRow {
                 format!("{d:#}{auto}")
             }),
             maintenance: m.spec.maintenance.clone(),
+            wear: None,
         }
     }
 }
@@ -425,6 +443,7 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
         Column::new("drivers").wide_only(),
         Column::new("read").wide_only(),
         Column::new("boot timeout").wide_only(),
+        Column::new("boots 24h").wide_only(),
     ]);
     let mut table = Table::new(columns);
     for v in views {
@@ -476,10 +495,18 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
             power(Some(v.desired)).to_owned(),
             power(v.observed).to_owned(),
             readback(v.power.as_ref()),
-            if v.maintenance.is_some() {
-                format!("{} (maintenance)", v.phase)
-            } else {
-                v.phase.to_string()
+            {
+                // Under maintenance, and quiet hours in force (marked as kubectl marks a
+                // cordoned node's status).
+                let phase = if v.maintenance.is_some() {
+                    format!("{} (maintenance)", v.phase)
+                } else {
+                    v.phase.to_string()
+                };
+                match &v.wear {
+                    Some(w) if w.quiet => format!("{phase},Quiet"),
+                    _ => phase,
+                }
             },
             v.phase_since
                 .map_or_else(|| "-".to_owned(), |t| relative(t, now)),
@@ -494,6 +521,13 @@ pub(crate) fn render_table(views: &[MachineRow], options: TableOptions, now: Tim
             drivers,
             read,
             v.boot_timeout.clone().unwrap_or_else(|| "-".to_owned()),
+            v.wear.as_ref().map_or_else(
+                || "-".to_owned(),
+                |w| match w.max_boots_per_day {
+                    Some(limit) => format!("{}/{limit}", w.boots_in_24h),
+                    None => w.boots_in_24h.to_string(),
+                },
+            ),
         ]);
         table.row(row);
     }

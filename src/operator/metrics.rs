@@ -143,6 +143,7 @@ struct Inner {
     fleet: Arc<FleetCollector>,
     reconcile_errors: Family<ControllerLabels, Counter>,
     node_not_ready: Family<GroupLabels, Counter>,
+    boot_limit_passed: Family<GroupLabels, Counter>,
     grpc_calls: Family<GrpcLabels, Counter>,
     grpc_duration: HistogramFamily<GrpcLabels>,
     leader: Gauge,
@@ -238,6 +239,12 @@ impl Metrics {
             "Times the Node of a Ready machine went NotReady, by group",
             node_not_ready.clone(),
         );
+        let boot_limit_passed = Family::<GroupLabels, Counter>::default();
+        registry.register(
+            "boot_limit_passed",
+            "Power-ons that passed the machine's wear.maxBootsPerDay (no other machine could take the pods), by group",
+            boot_limit_passed.clone(),
+        );
         let grpc_calls = Family::<GrpcLabels, Counter>::default();
         registry.register(
             "grpc_requests",
@@ -271,6 +278,7 @@ impl Metrics {
                 fleet,
                 reconcile_errors,
                 node_not_ready,
+                boot_limit_passed,
                 grpc_calls,
                 grpc_duration,
                 leader,
@@ -370,7 +378,7 @@ impl Metrics {
         }
     }
 
-    /// Removes the pushed per-group series (boot durations, NotReady counts) of groups no Node
+    /// Removes the pushed per-group series (boot durations, NotReady counts, boot limits passed) of groups no Node
     /// CR names any more, when the fleet is watched.
     fn prune_groups(&self) {
         let Some(live) = self.inner.fleet.groups() else {
@@ -388,6 +396,7 @@ impl Metrics {
             let labels = GroupLabels { group: g.clone() };
             self.inner.boot_duration.remove(&labels);
             self.inner.node_not_ready.remove(&labels);
+            self.inner.boot_limit_passed.remove(&labels);
             false
         });
     }
@@ -407,6 +416,17 @@ impl Metrics {
         self.pushed_group(group);
         self.inner
             .node_not_ready
+            .get_or_create(&GroupLabels {
+                group: group.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a power-on that passed the machine's `wear.maxBootsPerDay`.
+    pub fn boot_limit_passed(&self, group: &str) {
+        self.pushed_group(group);
+        self.inner
+            .boot_limit_passed
             .get_or_create(&GroupLabels {
                 group: group.to_owned(),
             })

@@ -30,6 +30,7 @@ pub fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         power_on_failure_cooldown: None,
         scale_down_disabled: false,
         paused: false,
+        wear: None,
     }
 }
 

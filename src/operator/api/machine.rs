@@ -248,6 +248,11 @@ pub struct MachineStatus {
     /// What the power driver of the latest operation last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<Box<DriverReadback>>,
+    /// When the power-ons of the last 24 hours started, oldest first: what `wear.maxBootsPerDay`
+    /// counts. At most the limit plus one (24 without a limit); recorded when a power-on starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1001))]
+    pub recent_boot_starts: Vec<Timestamp>,
 }
 
 /// The power driver's last word on an operation: which driver, which way, and the power state

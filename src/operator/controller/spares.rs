@@ -782,6 +782,8 @@ mod tests {
             template: TemplateHints::default(),
             power_on_failure_cooldown: None,
             scale_down_disabled: false,
+            paused: false,
+            wear: None,
         };
         let mut mv = MachineView::new("lab", "m1", Some("desktops"));
         mv.hints = Arc::new(TemplateHints {

@@ -22,8 +22,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt as _};
 use tokio::sync::{broadcast, watch};
@@ -151,6 +151,9 @@ struct State {
     builder: Mutex<InventoryBuilder>,
     /// What changed since the last rebuild, for it to look at only that.
     dirty: Mutex<Dirty>,
+    /// Since when the longest-waiting unschedulable pod has been unschedulable, as last read
+    /// by [`follow_unschedulable_pods`]; every inventory built carries it.
+    unschedulable_since: Mutex<Option<jiff::Timestamp>>,
 }
 
 /// The objects changed since the last inventory build: Node CRs by key, whether any Kubernetes
@@ -240,14 +243,16 @@ impl ClusterSource {
                 all: true,
                 ..Dirty::default()
             }),
+            unschedulable_since: Mutex::new(None),
         });
         let follow = tokio::spawn(follow_changes(state.clone(), feed));
         let rebuild = tokio::spawn(rebuild_on_change(state.clone()));
+        let pods = tokio::spawn(follow_unschedulable_pods(state.clone()));
         ClusterSource {
             client: state.cache.client().clone(),
             state,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
-            _tasks: Tasks(vec![follow, rebuild]),
+            _tasks: Tasks(vec![follow, rebuild, pods]),
         }
     }
 
@@ -526,10 +531,11 @@ impl State {
                 let nodes = dirty.nodes.then(|| self.cache.nodes().state());
                 builder.update(&self.cache.groups().state(), &changed, nodes.as_deref())
             };
-            let inv = inv.unwrap_or_else(|| {
+            let mut inv = inv.unwrap_or_else(|| {
                 let objects = self.objects();
                 builder.build(&objects.groups, &objects.machines, &objects.nodes)
             });
+            inv.set_unschedulable_since(*lock(&self.unschedulable_since));
             (generation, Arc::new(inv))
         };
         let mut kept = lock(&self.inventory);
@@ -570,6 +576,52 @@ async fn follow_changes(state: Arc<State>, mut feed: broadcast::Receiver<Change>
             Err(broadcast::error::RecvError::Closed) => return,
         }
         state.bump();
+    }
+}
+
+/// How often unschedulable pods are read while a Group's quiet hours have a `powerOnAfter`.
+const UNSCHEDULABLE_POLL: Duration = Duration::from_secs(10);
+
+/// Whether any Group's quiet hours hold power-ons for pods (`powerOnAfter`): only then are
+/// pods read.
+fn any_power_on_after(cache: &Cache) -> bool {
+    cache.groups().state().iter().any(|g| {
+        g.spec
+            .wear
+            .as_ref()
+            .is_some_and(|w| w.quiet_hours.iter().any(|q| q.power_on_after.is_some()))
+    })
+}
+
+/// Reads the unscheduled pending pods every [`UNSCHEDULABLE_POLL`] while some Group's quiet
+/// hours have a `powerOnAfter`, and records since when the longest-waiting one has been
+/// unschedulable (the watch cache keeps no pods: a list of the few pending ones, by field
+/// selector, costs less than a watch of every pod). A change moves the generation, so the
+/// next inventory carries it. Any unschedulable pod counts: which group CA would power on for
+/// it is CA's to simulate.
+async fn follow_unschedulable_pods(state: Arc<State>) {
+    let api: Api<Pod> = Api::all(state.cache.client().clone());
+    let params = ListParams::default().fields("spec.nodeName=,status.phase=Pending");
+    loop {
+        tokio::time::sleep(UNSCHEDULABLE_POLL).await;
+        let since = if any_power_on_after(&state.cache) {
+            match api.list(&params).await {
+                Ok(list) => crate::operator::policy::wear::unschedulable_since(&list.items),
+                Err(e) => {
+                    tracing::info!(error = %e, "could not read the pending pods for quiet hours; keeping the last answer");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let changed = {
+            let mut kept = lock(&state.unschedulable_since);
+            std::mem::replace(&mut *kept, since) != since
+        };
+        if changed {
+            state.bump();
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use super::inventory::{
     POWER_ON_FAILED_ANNOTATION, TaintView, TemplateHints,
 };
 use crate::operator::api::{FlatMap, Group, Machine};
+use crate::operator::policy::wear::{self, GroupWear, MachineWear, Quiet};
 use crate::operator::trust::TrustPolicy;
 
 fn taints(ts: &[Taint]) -> Vec<TaintView> {
@@ -72,7 +73,55 @@ pub fn group_view(g: &Group, members: usize) -> GroupView {
         power_on_failure_cooldown: g.power_on_failure_cooldown().ok().flatten(),
         scale_down_disabled: g.scale_down_disabled(),
         paused: g.spec.paused.unwrap_or(false),
+        wear: group_wear(g).map(Arc::new),
     }
+}
+
+/// The Group's `spec.timeZone` resolved from the tz database; UTC when unset or unknown (CEL
+/// cannot check a zone name at admission).
+pub fn time_zone(g: &Group) -> jiff::tz::TimeZone {
+    g.spec
+        .time_zone
+        .as_deref()
+        .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+        .unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+/// The Group's wear as the provider reads it; `None` when it sets neither `wear` nor
+/// `timeZone`. Quiet hours that do not parse (CEL rejects them at admission) count as none.
+pub fn group_wear(g: &Group) -> Option<GroupWear> {
+    if g.spec.wear.is_none() && g.spec.time_zone.is_none() {
+        return None;
+    }
+    let w = g.spec.wear.as_ref();
+    let quiet = w
+        .and_then(|w| Quiet::parse("spec.wear.quietHours", &w.quiet_hours).ok())
+        .unwrap_or_default();
+    Some(GroupWear {
+        max_boots_per_day: w.and_then(wear::limit),
+        time_zone: time_zone(g),
+        quiet,
+    })
+}
+
+/// The Node CR's own wear and its recorded boot starts; `None` when it has neither.
+pub fn machine_wear(m: &Machine) -> Option<MachineWear> {
+    let own = m.spec.wear.as_deref();
+    let starts = m
+        .status
+        .as_ref()
+        .map(|s| s.recent_boot_starts.clone())
+        .unwrap_or_default();
+    if own.is_none() && starts.is_empty() {
+        return None;
+    }
+    Some(MachineWear {
+        max_boots_per_day: own.and_then(wear::limit),
+        quiet: own
+            .filter(|w| !w.quiet_hours.is_empty())
+            .and_then(|w| Quiet::parse("spec.wear.quietHours", &w.quiet_hours).ok()),
+        boot_starts: starts,
+    })
 }
 
 /// A Node CR. An unparsable `pricing.hourlyRate` counts as no rate.
@@ -114,6 +163,7 @@ pub(crate) fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> Ma
     v.pod_rate = m.pod_rate().ok().flatten();
     v.scale_down_disabled = m.scale_down_disabled();
     v.maintenance = m.spec.maintenance.is_some();
+    v.wear = machine_wear(m).map(Arc::new);
     v.power_on_failed_at = m
         .metadata
         .annotations

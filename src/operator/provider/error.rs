@@ -68,6 +68,15 @@ pub enum ProviderError {
         by: String,
     },
     #[error(
+        "node group {group:?}: machine {machine} is registered and in the quiet hours of {by} (wear.quietHours with noPowerOff) until {until}; nothing was changed"
+    )]
+    QuietHours {
+        group: String,
+        machine: String,
+        by: String,
+        until: String,
+    },
+    #[error(
         "node group {group:?}: target {target} + {delta} would be below the {registered} registered node(s); only pending machines can be cancelled"
     )]
     BelowRegistered {
@@ -128,7 +137,8 @@ impl ProviderError {
             | ScaleDownDisabled { .. }
             | BelowRegistered { .. }
             | UnderMaintenance { .. }
-            | Paused { .. } => ErrorKind::FailedPrecondition,
+            | Paused { .. }
+            | QuietHours { .. } => ErrorKind::FailedPrecondition,
             NotEnoughMachines { .. } => ErrorKind::ResourceExhausted,
             Persist { .. } | NotReady { .. } | NotLeader => ErrorKind::Unavailable,
             NoTemplate { .. } | Unimplemented { .. } => ErrorKind::Unimplemented,

@@ -160,6 +160,8 @@ pub struct GroupView {
     /// `spec.paused`: no power action in the group; CA is answered min = max = target
     /// (`policy::maintenance::paused_bounds`).
     pub paused: bool,
+    /// `spec.wear` and `spec.timeZone`; `None` when the Group sets neither.
+    pub wear: Option<Arc<crate::operator::policy::wear::GroupWear>>,
 }
 
 /// CA's default `--max-node-provision-time`.
@@ -241,6 +243,8 @@ pub struct MachineView {
     /// `spec.maintenance` is set: the machine is outside CA's view of its group (not an
     /// instance, not in the target, not a spare to pick; `policy::maintenance::allowed`).
     pub maintenance: bool,
+    /// Its own `spec.wear` and `status.recentBootStarts`; `None` when it has neither.
+    pub wear: Option<Arc<crate::operator::policy::wear::MachineWear>>,
 }
 
 /// Annotation on a Node CR: when the Cluster Autoscaler last gave up on the machine's power-on
@@ -273,6 +277,7 @@ impl MachineView {
             last_power_off: None,
             pod_rate: None,
             maintenance: false,
+            wear: None,
         }
     }
 
@@ -370,6 +375,9 @@ pub struct Inventory {
     /// The names and providerIDs of registered Nodes the trust boundary refuses: they resolve
     /// to no machine.
     refused_nodes: Arc<SortedIndex<()>>,
+    /// Since when the longest-waiting unschedulable pod has been unschedulable (`None`: no
+    /// pod is, or pods are not read); quiet hours' `powerOnAfter` compares it with its wait.
+    unschedulable_since: Option<Timestamp>,
 }
 
 /// A lookup table built with each inventory and then only read: a vector sorted by key. A
@@ -654,7 +662,19 @@ impl Inventory {
             by_node_name,
             node_name_to_provider_id,
             refused_nodes,
+            unschedulable_since: None,
         }
+    }
+
+    /// Since when the longest-waiting unschedulable pod has been unschedulable, as the edge
+    /// that reads pods last saw it.
+    pub fn unschedulable_since(&self) -> Option<Timestamp> {
+        self.unschedulable_since
+    }
+
+    /// Records [`unschedulable_since`](Self::unschedulable_since).
+    pub fn set_unschedulable_since(&mut self, since: Option<Timestamp>) {
+        self.unschedulable_since = since;
     }
 
     /// The lookup tables, for [`Inventory::assemble`] to pass on to the next inventory.

@@ -15,6 +15,7 @@ use super::inventory::{
 };
 use crate::operator::machine::{Phase, PowerState};
 use crate::operator::policy::maintenance;
+use crate::operator::policy::wear;
 
 /// A node group as CA sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,7 +178,16 @@ fn refuse_if_paused(g: &GroupState) -> Result<(), ProviderError> {
 /// Group's own maximum was lowered below the target. It may fall below `minSize`: CA's
 /// `ScaleUpToNodeGroupMinSize` (`orchestrator.go`) does not read it, and that IncreaseSize fails
 /// as it did before, when the spares could not be picked either.
+///
+/// During the Group's quiet hours with a `powerOnAfter` ([`power_on_held`]) it is the target:
+/// CA's `core/scaleup/orchestrator/orchestrator.go` `filterValidScaleUpNodeGroups` skips a
+/// group whose target is at its MaxSize (`MaxLimitReachedReason`, the pods get a
+/// `NotTriggerScaleUp` Event) without calling the provider, so no failed scale-up is
+/// registered and no backoff follows: CA looks again on its next loop, when MaxSize has risen.
 pub fn max_size(inv: &Inventory, g: &GroupState, now: Timestamp) -> u32 {
+    if power_on_held(inv, g, now) {
+        return target_of(g).min(g.max_size());
+    }
     // Counted without ordering: CA asks NodeGroupForNode for every node every loop.
     let spares = ca_members(g)
         .filter(|m| !m.wanted_on() && pickable(inv, g, m, now).is_ok())
@@ -185,6 +195,18 @@ pub fn max_size(inv: &Inventory, g: &GroupState, now: Timestamp) -> u32 {
     let reachable = u64::from(target_of(g)) + spares as u64;
     g.max_size()
         .min(u32::try_from(reachable).unwrap_or(u32::MAX))
+}
+
+/// Whether the Group's quiet hours hold power-ons at `now`: a window with `powerOnAfter` is in
+/// force and no unschedulable pod has waited that long (the inventory's
+/// [`Inventory::unschedulable_since`]). Only the Group's quiet hours count: MaxSize is the
+/// group's.
+pub fn power_on_held(inv: &Inventory, g: &GroupState, now: Timestamp) -> bool {
+    let Some(w) = g.spec.wear.as_deref() else {
+        return false;
+    };
+    let wait = w.quiet.power_on_after(&w.time_zone, now);
+    wear::holds_power_on(wait, inv.unschedulable_since(), now)
 }
 
 /// `NodeGroups`: every group, min and max filled.
@@ -252,28 +274,41 @@ fn is_down_spare(inv: &Inventory, m: &MachineView) -> bool {
     m.is_down(inv.is_registered(m)) && !inv.is_ready(m)
 }
 
-/// Orders power-on candidates, best first:
+/// Orders power-on candidates at `now`, best first:
 /// 1. a machine whose last power-on failed goes after every other one whatever the
 ///    `powerOnOrder` (the longest-ago failure first), otherwise CA's retry after its backoff
 ///    picks the same broken machine while a good one stays off;
-/// 2. then a machine that is down goes before one still on its way down (CA just deleted it);
-/// 3. then the group's `powerOnOrder`.
+/// 2. then a machine at its `wear.maxBootsPerDay` goes after those below it: it is picked
+///    only when the others cannot take the request (the machine controller then records an
+///    Event that the limit was passed);
+/// 3. then a machine that is down goes before one still on its way down (CA just deleted it);
+/// 4. then the group's `powerOnOrder`.
 ///
 /// The failure rule comes first: a healthy machine still shutting down costs its shutdown's
 /// time before the boot, a machine that failed may not boot at all and CA finds out only
 /// after its `maxNodeProvisionTime` (then backs the group off).
-fn candidate_order(inv: &Inventory, g: &GroupState, a: &MachineView, b: &MachineView) -> Ordering {
-    // `None < Some`: machines without a failure first; `false < true`: down first.
+fn candidate_order(
+    inv: &Inventory,
+    g: &GroupState,
+    a: &MachineView,
+    b: &MachineView,
+    now: Timestamp,
+) -> Ordering {
+    let at_limit =
+        |m: &MachineView| wear::machine_at_limit(g.spec.wear.as_deref(), m.wear.as_deref(), now);
+    // `None < Some`: machines without a failure first; `false < true`: below the limit
+    // first, down first.
     a.last_power_on_failure()
         .cmp(&b.last_power_on_failure())
+        .then_with(|| at_limit(a).cmp(&at_limit(b)))
         .then_with(|| (!is_down_spare(inv, a)).cmp(&!is_down_spare(inv, b)))
         .then_with(|| power_on_order(g.spec.power_on_order, a, b))
 }
 
-/// Members wanted off and not under maintenance, best first, ignoring cool-downs.
-fn ordered_spares<'a>(inv: &Inventory, g: &'a GroupState) -> Vec<&'a MachineView> {
+/// Members wanted off and not under maintenance, best first at `now`, ignoring cool-downs.
+fn ordered_spares<'a>(inv: &Inventory, g: &'a GroupState, now: Timestamp) -> Vec<&'a MachineView> {
     let mut c: Vec<&MachineView> = ca_members(g).filter(|m| !m.wanted_on()).collect();
-    c.sort_by(|a, b| candidate_order(inv, g, a, b));
+    c.sort_by(|a, b| candidate_order(inv, g, a, b, now));
     c
 }
 
@@ -326,7 +361,7 @@ fn candidates<'a>(
 ) -> (Vec<&'a MachineView>, Vec<(&'a MachineView, Unpickable)>) {
     let mut ok = Vec::new();
     let mut held = Vec::new();
-    for m in ordered_spares(inv, g) {
+    for m in ordered_spares(inv, g, now) {
         match pickable(inv, g, m, now) {
             Ok(()) => ok.push(m),
             Err(why) => held.push((m, why)),
@@ -462,6 +497,9 @@ pub fn delete_nodes(
         if !seen.insert(m.key.clone()) || !m.wanted_on() {
             continue;
         }
+        if inv.is_registered(m) {
+            quiet_refusal(g, m, now)?;
+        }
         if (m.scale_down_disabled || g.spec.scale_down_disabled) && inv.is_registered(m) {
             return Err(ProviderError::ScaleDownDisabled {
                 group: id.to_owned(),
@@ -520,6 +558,39 @@ pub fn delete_nodes(
         changes,
         target_before: target,
         target_after: after + replaced,
+    })
+}
+
+/// A registered member in quiet hours that hold power-offs (its own `wear.quietHours`, else
+/// its Group's) is not powered off: the error names the window's end. CA is kept from asking
+/// by the `cluster-autoscaler.kubernetes.io/scale-down-disabled` annotation the machine
+/// controller puts on the Node for the window (CA's `core/scaledown/eligibility/eligibility.go`
+/// skips such nodes); this refusal covers a request CA planned before the annotation reached
+/// it. What CA does with the error: `core/scaledown/actuation/delete_in_batch.go`
+/// `deleteNodesFromCloudProvider` calls `RegisterFailedScaleDown`, a no-op in
+/// `clusterstate/clusterstate.go` (no backoff), and the group deletion scheduler's
+/// `AbortNodeDeletion` (`group_deletion_scheduler.go`) removes its deletion taint and records
+/// a failed-scale-down Event; the node stays as it was.
+fn quiet_refusal(g: &GroupState, m: &MachineView, now: Timestamp) -> Result<(), ProviderError> {
+    let (gw, own) = (g.spec.wear.as_deref(), m.wear.as_deref());
+    let Some((quiet, tz)) = wear::machine_quiet(gw, own) else {
+        return Ok(());
+    };
+    if !quiet.holds_power_off(tz, now) {
+        return Ok(());
+    }
+    let by = if own.and_then(|w| w.quiet.as_ref()).is_some() {
+        format!("its Node CR {}", m.key)
+    } else {
+        format!("its Group {}/{}", g.spec.namespace, g.spec.name)
+    };
+    Err(ProviderError::QuietHours {
+        group: g.spec.id.clone(),
+        machine: m.key.to_string(),
+        by,
+        until: quiet
+            .next_change(tz, now)
+            .map_or_else(|| "it is changed".to_owned(), |t| t.to_string()),
     })
 }
 

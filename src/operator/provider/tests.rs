@@ -29,6 +29,7 @@ fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         power_on_failure_cooldown: None,
         scale_down_disabled: false,
         paused: false,
+        wear: None,
     }
 }
 
@@ -1685,4 +1686,144 @@ fn a_paused_group_answers_min_and_max_at_its_target_and_refuses_changes() {
         ProviderError::Paused { group: "g".into() }.kind(),
         ErrorKind::FailedPrecondition
     );
+}
+
+// Wear limits and quiet hours (docs/ca-contract.md, "Wear limits and quiet hours"). t(0) is
+// 2027-01-15 08:00 UTC, a Friday.
+
+mod wear {
+    use super::*;
+    use crate::operator::api::QuietHours;
+    use crate::operator::policy::wear::{GroupWear, MachineWear, Quiet};
+
+    fn quiet(from: &str, to: &str, after: Option<&str>) -> Quiet {
+        let w = QuietHours {
+            days: Vec::new(),
+            from: from.to_owned(),
+            to: to.to_owned(),
+            no_power_off: None,
+            power_on_after: after.map(str::to_owned),
+        };
+        Quiet::parse("spec.wear.quietHours", &[w]).unwrap()
+    }
+
+    fn group_wear(limit: Option<u32>, q: Quiet) -> Option<Arc<GroupWear>> {
+        Some(Arc::new(GroupWear {
+            max_boots_per_day: limit,
+            time_zone: jiff::tz::TimeZone::UTC,
+            quiet: q,
+        }))
+    }
+
+    fn booted(m: &mut MachineView, starts: &[i64]) {
+        m.wear = Some(Arc::new(MachineWear {
+            boot_starts: starts.iter().map(|s| t(*s)).collect(),
+            ..MachineWear::default()
+        }));
+    }
+
+    #[test]
+    fn increase_size_passes_over_machines_at_their_boot_limit_while_others_can_take_it() {
+        let mut c = machine("c", "g", PowerState::Off, Phase::Off);
+        booted(&mut c, &[-3600, -1800]);
+        let d = machine("d", "g", PowerState::Off, Phase::Off);
+        let mut g = group("g", 0, None);
+        g.wear = group_wear(Some(2), Quiet::default());
+        let inv = Inventory::build(vec![g], vec![c, d], vec![]);
+        let one = increase_size(&inv, "g", 1, t(0)).unwrap();
+        assert_eq!(names(&one), ["d"]);
+        // Every spare needed: the one at its limit is booted too.
+        let two = increase_size(&inv, "g", 2, t(0)).unwrap();
+        assert_eq!(names(&two), ["d", "c"]);
+        // A day later its boots no longer count: back to name order.
+        let later = increase_size(&inv, "g", 1, t(24 * 3600)).unwrap();
+        assert_eq!(names(&later), ["c"]);
+    }
+
+    #[test]
+    fn a_node_crs_own_limit_overrides_its_groups() {
+        let mut c = machine("c", "g", PowerState::Off, Phase::Off);
+        booted(&mut c, &[-3600]);
+        let d = machine("d", "g", PowerState::Off, Phase::Off);
+        let mut g = group("g", 0, None);
+        g.wear = group_wear(Some(1), Quiet::default());
+        let mut with_own = c.clone();
+        with_own.wear = Some(Arc::new(MachineWear {
+            max_boots_per_day: Some(5),
+            quiet: None,
+            boot_starts: vec![t(-3600)],
+        }));
+        let inv = Inventory::build(vec![g.clone()], vec![c, d.clone()], vec![]);
+        assert_eq!(names(&increase_size(&inv, "g", 1, t(0)).unwrap()), ["d"]);
+        let inv = Inventory::build(vec![g], vec![with_own, d], vec![]);
+        assert_eq!(names(&increase_size(&inv, "g", 1, t(0)).unwrap()), ["c"]);
+    }
+
+    #[test]
+    fn delete_nodes_refuses_a_registered_member_in_quiet_hours() {
+        let a = machine("a", "g", PowerState::On, Phase::Ready);
+        let b = machine("b", "g", PowerState::On, Phase::Failed);
+        let na = node_for(&a, true);
+        let mut g = group("g", 0, None);
+        g.wear = group_wear(None, quiet("07:00", "09:00", None));
+        let inv = Inventory::build(vec![g], vec![a, b], vec![na]);
+        let e = delete_nodes(&inv, "g", &[fake("a")], t(0)).err();
+        assert_eq!(
+            e.as_ref().map(|e| e.kind()),
+            Some(ErrorKind::FailedPrecondition)
+        );
+        let message = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("quiet hours of its Group lab/g"),
+            "{message}"
+        );
+        assert!(message.contains("2027-01-15T09:00:00Z"), "{message}");
+        // A failed boot is still cancelled; after the window the node goes.
+        assert!(delete_nodes(&inv, "g", &[fake("b")], t(0)).is_ok());
+        assert!(delete_nodes(&inv, "g", &[fake("a")], t(3600)).is_ok());
+    }
+
+    #[test]
+    fn a_window_with_no_power_off_false_lets_delete_nodes_through() {
+        let a = machine("a", "g", PowerState::On, Phase::Ready);
+        let na = node_for(&a, true);
+        let w = QuietHours {
+            days: Vec::new(),
+            from: "07:00".to_owned(),
+            to: "09:00".to_owned(),
+            no_power_off: Some(false),
+            power_on_after: None,
+        };
+        let mut g = group("g", 0, None);
+        g.wear = group_wear(None, Quiet::parse("q", &[w]).unwrap());
+        let inv = Inventory::build(vec![g], vec![a], vec![na]);
+        assert!(delete_nodes(&inv, "g", &[fake("a")], t(0)).is_ok());
+    }
+
+    #[test]
+    fn max_size_is_the_target_in_quiet_hours_until_a_pod_waited_power_on_after() {
+        let mut g = group("g", 0, None);
+        g.wear = group_wear(None, quiet("07:00", "09:00", Some("30m")));
+        let mut inv = lab_with(g);
+        let info = |inv: &Inventory, at| node_groups(inv, at)[0].max_size;
+        // Target 2 (a ready, b booting), three spares.
+        assert_eq!(info(&inv, t(0)), 2);
+        inv.set_unschedulable_since(Some(t(-10 * 60)));
+        assert_eq!(info(&inv, t(0)), 2);
+        inv.set_unschedulable_since(Some(t(-30 * 60)));
+        assert_eq!(info(&inv, t(0)), 5);
+        // Outside the window nothing is held.
+        inv.set_unschedulable_since(None);
+        assert_eq!(info(&inv, t(2 * 3600)), 5);
+    }
+
+    fn lab_with(g: GroupView) -> Inventory {
+        let a = machine("a", "g", PowerState::On, Phase::Ready);
+        let b = machine("b", "g", PowerState::On, Phase::Booting);
+        let c = machine("c", "g", PowerState::Off, Phase::Off);
+        let d = machine("d", "g", PowerState::Off, Phase::Off);
+        let e = machine("e", "g", PowerState::Off, Phase::Off);
+        let na = node_for(&a, true);
+        Inventory::build(vec![g], vec![a, b, c, d, e], vec![na])
+    }
 }

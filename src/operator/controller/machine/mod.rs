@@ -8,6 +8,7 @@
 mod accounting;
 mod act;
 mod status;
+mod wear;
 mod writes;
 
 #[cfg(test)]
@@ -303,10 +304,13 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         rv = patch_spec_power(&api, &m, rv, PowerState::On).await?;
         ctx.supersede(&key, before);
     }
+    // Quiet hours: the Node carries CA's scale-down opt-out while they hold power-offs.
+    let wear = wear::WearNow::read(&m, group_of(&ctx, &m).as_deref());
+    let quiet = wear.holds_power_off(now);
     // The Node side first, so the snapshot records what was restored on it.
     let (node_now, mismatch) = match node.clone().filter(|_| !passes.out.node_deleted) {
         Some(n) => {
-            let (n, mismatch) = sync_node(&ctx, &m, n).await?;
+            let (n, mismatch) = sync_node(&ctx, &m, n, quiet).await?;
             (Some(n), mismatch)
         }
         None => (None, None),
@@ -358,6 +362,11 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
         &mut derived.status,
     )
     .await;
+    let boot_limit_passed = wear.record_power_on(&mut derived.status, now);
+    if let (Some(_), Some(metrics)) = (&boot_limit_passed, &ctx.metrics) {
+        metrics.boot_limit_passed(m.group().unwrap_or(""));
+    }
+    derived.events.extend(boot_limit_passed);
     for ev in passes.out.note_events.iter().chain(&derived.events) {
         act::emit(&ctx, &m, ev).await;
     }
@@ -398,11 +407,17 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
             let d = t.duration_since(Timestamp::now());
             Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
         });
+    // Back when the quiet window in force changes, to put the annotation on or take it off.
+    let quiet_wait = wear.next_change(now).map(|t| {
+        let d = t.duration_since(Timestamp::now());
+        Duration::try_from(d).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
+    });
     let wait = [
         until,
         passes.out.requeue_after,
         energy_wait,
         maintenance_end,
+        quiet_wait,
     ]
     .into_iter()
     .flatten()

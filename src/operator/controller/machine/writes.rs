@@ -124,19 +124,21 @@ pub(super) async fn patch_spec_power(
 }
 
 /// Keeps the Kubernetes Node in line with the machine: the providerID CA matches instances by,
-/// the machine's labels and taints, CA's scale-down opt-out for protected machines. Returns the
+/// the machine's labels and taints, CA's scale-down opt-out for protected machines (`quiet`:
+/// also while quiet hours hold the machine's power-offs). Returns the
 /// Node as it is now (the one written, or `node` when unchanged) and a providerID mismatch to
 /// report.
 pub(super) async fn sync_node(
     ctx: &Context,
     m: &Machine,
     node: Arc<Node>,
+    quiet: bool,
 ) -> Result<(Arc<Node>, Option<String>), Error> {
     let group_protects = group_of(ctx, m).is_some_and(|g| g.scale_down_disabled());
     // Under maintenance: CA's scale-down skips the Node (its scale-down-disabled annotation),
     // and it stays cordoned (the drain's cordon, restored if someone uncordons it).
     let in_maintenance = m.spec.maintenance.is_some();
-    let mut reg = node_side::registration(m, &node, group_protects || in_maintenance);
+    let mut reg = node_side::registration(m, &node, group_protects || in_maintenance || quiet);
     if in_maintenance {
         let cordon = node_side::cordon_change(&node, true);
         reg.change.annotations.extend(cordon.annotations);
