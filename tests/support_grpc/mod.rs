@@ -29,6 +29,7 @@ pub fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         template: TemplateHints::default(),
         power_on_failure_cooldown: None,
         scale_down_disabled: false,
+        schedule: None,
     }
 }
 

@@ -340,4 +340,15 @@ mod tests {
             0
         );
     }
+
+    /// The binary carries the tz database (jiff's `tzdb-bundle-always`): a machine or image
+    /// without `/usr/share/zoneinfo` still resolves zone names; jiff prefers the system's copy
+    /// when there is one.
+    #[test]
+    fn the_bundled_tz_database_knows_the_zones() {
+        let db = jiff::tz::TimeZoneDatabase::bundled();
+        for zone in ["Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC"] {
+            assert!(db.get(zone).is_ok(), "{zone}");
+        }
+    }
 }
