@@ -318,10 +318,11 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
         return Ok(super::requeue(wake));
     }
     let api: Api<Group> = Api::namespaced(ctx.client.clone(), &ns);
-    let value = serde_json::to_value(&new).map_err(|source| Error::Json {
+    let mut value = serde_json::to_value(&new).map_err(|source| Error::Json {
         what: "group status",
         source,
     })?;
+    clear_schedule_fields(&mut value);
     let patch = serde_json::json!({ "status": value });
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -343,6 +344,24 @@ pub fn apply_schedule(s: &mut GroupStatus, f: &InForce) {
         next_change: f.next.as_ref().map(|(t, _)| *t),
         next_window: f.next.as_ref().and_then(|(_, w)| w.clone()),
     }));
+}
+
+/// A merge patch keeps what it does not mention: writes the absent parts of `status.schedule`
+/// (a window that ended, no next window, no schedule at all) as nulls so they are removed.
+pub fn clear_schedule_fields(status: &mut serde_json::Value) {
+    let Some(obj) = status.as_object_mut() else {
+        return;
+    };
+    match obj.get_mut("schedule").and_then(|s| s.as_object_mut()) {
+        Some(s) => {
+            for field in ["window", "nextChange", "nextWindow"] {
+                s.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
+        None => {
+            obj.insert("schedule".to_owned(), serde_json::Value::Null);
+        }
+    }
 }
 
 /// How long until just after the schedule's next change (the reconcile then sees the new
@@ -542,5 +561,66 @@ mod tests {
         assert!(ok, "{message}");
         let (ok, reason, _) = learned_boot_check(None, provision, "x");
         assert_eq!((ok, reason), (true, "NoBootsRecorded"));
+    }
+
+    #[test]
+    fn status_schedule_shows_the_window_in_force_and_the_next_change() {
+        let next: Timestamp = "2026-12-07T17:00:00Z".parse().unwrap();
+        let f = InForce {
+            min_size: 2,
+            window: Some("workday".into()),
+            warm_spares: None,
+            next: Some((next, None)),
+        };
+        let mut s = GroupStatus {
+            min_size: Some(0),
+            ..GroupStatus::default()
+        };
+        apply_schedule(&mut s, &f);
+        assert_eq!(s.min_size, Some(2));
+        assert_eq!(
+            s.schedule.as_deref(),
+            Some(&ScheduleStatus {
+                window: Some("workday".into()),
+                min_size: 2,
+                next_change: Some(next),
+                next_window: None,
+            })
+        );
+        let now: Timestamp = "2026-12-07T16:59:00Z".parse().unwrap();
+        assert_eq!(
+            until_next(&f, now),
+            Some(Duration::from_secs(60) + EDGE_MARGIN.unsigned_abs())
+        );
+        // Already past (a late reconcile): at once, plus the margin.
+        let late: Timestamp = "2026-12-07T17:00:05Z".parse().unwrap();
+        assert_eq!(until_next(&f, late), Some(EDGE_MARGIN.unsigned_abs()));
+        let none = InForce {
+            next: None,
+            ..f.clone()
+        };
+        assert_eq!(until_next(&none, now), None);
+    }
+
+    #[test]
+    fn the_status_patch_clears_what_the_schedule_no_longer_has() {
+        let f = InForce {
+            min_size: 1,
+            window: None,
+            warm_spares: None,
+            next: None,
+        };
+        let mut s = GroupStatus::default();
+        apply_schedule(&mut s, &f);
+        let mut v = serde_json::to_value(&s).unwrap();
+        clear_schedule_fields(&mut v);
+        assert_eq!(
+            v["schedule"],
+            serde_json::json!({"minSize": 1, "window": null, "nextChange": null, "nextWindow": null})
+        );
+        let mut v = serde_json::to_value(GroupStatus::default()).unwrap();
+        clear_schedule_fields(&mut v);
+        assert_eq!(v["schedule"], serde_json::Value::Null);
+        assert!(v.as_object().unwrap().contains_key("schedule"));
     }
 }
