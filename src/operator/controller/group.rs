@@ -203,7 +203,8 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
         .map(|s| in_force(&g.spec, &s, members.len(), now));
     if let Some(f) = &schedule {
         apply_schedule(&mut new, f);
-        if f.min_size > u32::try_from(new.target).unwrap_or(0) {
+        // A paused Group (`spec.paused`) gets no power action from the operator either.
+        if f.min_size > u32::try_from(new.target).unwrap_or(0) && g.spec.paused != Some(true) {
             raise_to_min(&g, &ctx, f).await;
         }
     }
