@@ -1395,3 +1395,102 @@ async fn warm_spare_is_held_on_a_running_machine_and_replaced_after_a_burst() ->
     .await;
     lab.finish(result)
 }
+
+// --- Schedule windows: MinSize by window ----------------------------------------------------
+
+/// Sets the Group's `spec.schedule` (a JSON array; `[]` removes every window).
+async fn set_schedule(lab: &Lab, windows: serde_json::Value) -> anyhow::Result<()> {
+    let groups: Api<Group> = Api::namespaced(lab.client.clone(), &lab.ns);
+    let patch = json!({ "spec": { "schedule": windows } });
+    groups
+        .patch(
+            GROUP,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .context("setting the Group's schedule")?;
+    Ok(())
+}
+
+/// A schedule window in force raises the group's minimum from 0 to 1 with no pods at all; the
+/// first machine comes on and CA keeps it while the window holds, then removes it once the
+/// window is gone.
+///
+/// Without `--enforce-node-group-min-size` CA never scales a group up to its MinSize: only
+/// `RunOnce` (`core/static_autoscaler.go`) calls `ScaleUpToNodeGroupMinSize`
+/// (`core/scaleup/orchestrator/orchestrator.go`), and only under that flag; so the operator
+/// raises the target itself and CA sees the machine as an upcoming node (TargetSize 1). CA's
+/// scale-down does not go below MinSize: `RemovableAt` (`core/scaledown/unneeded/nodes.go`)
+/// drops a node as `NodeGroupMinSizeReached` when the group's TargetSize less deletions in
+/// progress is at MinSize (`verifyMinSize`). With the flag, CA computes `MinSize - TargetSize`
+/// from a TargetSize read right before its IncreaseSize, so whichever of CA and the operator
+/// comes second adds nothing: one machine either way.
+async fn schedule_window_keeps_one_machine(
+    name: &'static str,
+    enforce: bool,
+) -> anyhow::Result<()> {
+    let mut spec = LabSpec::new(name);
+    spec.machines = 2;
+    spec.ca.scale_down_after = Duration::from_secs(4);
+    if enforce {
+        spec.ca = spec.ca.arg("--enforce-node-group-min-size=true");
+    }
+    let Some(lab) = Lab::start(spec).await? else {
+        return Ok(());
+    };
+    let result = async {
+        // The whole day: the window holds for the whole test.
+        set_schedule(
+            &lab,
+            json!([{ "name": "always", "from": "00:00", "to": "24:00", "minSize": 1 }]),
+        )
+        .await?;
+        let first = lab.names[0].clone();
+        lab.until("the first machine to register", || async {
+            Ok(lab.registered().await?.contains(&first).then_some(()))
+        })
+        .await?;
+        lab.ca_target(1).await?;
+        // Unneeded (no pods) for well past --scale-down-unneeded-time: CA keeps it.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert_eq!(
+            lab.wanted_on().await?,
+            BTreeSet::from([first.clone()]),
+            "kept on while the window holds"
+        );
+        assert_eq!(lab.ca.calls().delete_nodes(), 0, "{}", lab.ca.calls());
+        assert_eq!(
+            lab.machines.ever_wanted_on(),
+            BTreeSet::from([first.clone()]),
+            "one machine wanted on, not one by CA and one by the operator"
+        );
+        if !enforce {
+            assert_eq!(lab.ca.calls().increase_size(), 0, "{}", lab.ca.calls());
+        }
+
+        // The window gone: the operator powers nothing off, CA's scale-down removes it.
+        set_schedule(&lab, json!([])).await?;
+        lab.until("the machine's Node object to be deleted", || async {
+            Ok(lab.registered().await?.is_empty().then_some(()))
+        })
+        .await?;
+        lab.ca_target(0).await?;
+        assert_eq!(lab.ca.calls().delete_nodes(), 1, "{}", lab.ca.calls());
+        lab.ca.ensure_no_provider_errors(&[])
+    }
+    .await;
+    lab.finish(result)
+}
+
+#[tokio::test]
+async fn g_schedule_window_min_size_keeps_a_machine_on_without_cas_min_size_flag()
+-> anyhow::Result<()> {
+    schedule_window_keeps_one_machine("ca-sched", false).await
+}
+
+#[tokio::test]
+async fn g_schedule_window_min_size_with_enforce_node_group_min_size_adds_one_machine()
+-> anyhow::Result<()> {
+    schedule_window_keeps_one_machine("ca-sched-enf", true).await
+}

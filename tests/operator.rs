@@ -2511,3 +2511,117 @@ async fn quiet_hours_hold_max_size_until_a_pod_has_waited_power_on_after() -> an
     );
     Ok(())
 }
+
+// --- Schedule windows -------------------------------------------------------------------------
+
+/// The next whole minute at least `lead` from now (windows are minute-grained).
+fn next_minute(lead: jiff::SignedDuration) -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    let secs = now.as_second();
+    let mut start = secs - secs.rem_euclid(60) + 60;
+    if start - secs < lead.as_secs() {
+        start += 60;
+    }
+    jiff::Timestamp::from_second(start).expect("a timestamp")
+}
+
+fn wall_clock(t: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> String {
+    t.to_zoned(tz.clone()).strftime("%H:%M").to_string()
+}
+
+/// A schedule window that starts (in the Group's `timeZone`, here +05:30) at the next minute and
+/// raises `minSize` from 0 to 2: the operator wakes at the edge and wants the first two spares by
+/// `powerOnOrder` on, with no pods pending and no Cluster Autoscaler running; before the edge
+/// nothing is wanted on and Group status names the next change.
+#[tokio::test]
+async fn a_schedule_window_starting_wants_the_groups_spares_on_at_its_start() -> anyhow::Result<()>
+{
+    let Some(cp) = support::shared().await? else {
+        return Ok(());
+    };
+    let lab = Lab::start(cp, "op-sched").await?;
+    for name in ["m1", "m2", "m3"] {
+        lab.create(lab.machine(name)).await?;
+    }
+    let tz = jiff::tz::TimeZone::get("Asia/Kolkata")?;
+    let start = next_minute(jiff::SignedDuration::from_secs(10));
+    let end = start + jiff::SignedDuration::from_mins(30);
+    let groups: Api<Group> = Api::namespaced(lab.client.clone(), &lab.ns);
+    let patch = json!({ "spec": {
+        "timeZone": "Asia/Kolkata",
+        "schedule": [{
+            "name": "morning",
+            "from": wall_clock(start, &tz),
+            "to": wall_clock(end, &tz),
+            "minSize": 2,
+        }],
+    }});
+    groups
+        .patch("g", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+
+    let status = support::wait_for("status.schedule before the window", WAIT, || async {
+        let g = groups.get("g").await?;
+        Ok(g.status
+            .and_then(|s| s.schedule)
+            .filter(|s| s.next_change.is_some()))
+    })
+    .await?;
+    assert_eq!(status.window, None);
+    assert_eq!(status.min_size, 0);
+    assert_eq!(status.next_change, Some(start));
+    assert_eq!(status.next_window.as_deref(), Some("morning"));
+    let wanted_on = || async {
+        let list = lab.machines().list(&ListParams::default()).await?;
+        let mut on: Vec<String> = list
+            .items
+            .iter()
+            .filter(|m| m.desired_power() == PowerState::On)
+            .map(|m| m.name_any())
+            .collect();
+        on.sort();
+        anyhow::Ok(on)
+    };
+    let before = start - jiff::SignedDuration::from_secs(2);
+    let wait = before.duration_since(jiff::Timestamp::now());
+    if wait.is_positive() {
+        tokio::time::sleep(wait.unsigned_abs()).await;
+    }
+    assert_eq!(
+        wanted_on().await?,
+        Vec::<String>::new(),
+        "before the window"
+    );
+
+    // Within a few seconds of the edge (no member change wakes the group: the timer does).
+    let on = support::wait_for(
+        "two machines wanted on",
+        Duration::from_secs(20),
+        || async {
+            let on = wanted_on().await?;
+            Ok((on.len() >= 2).then_some(on))
+        },
+    )
+    .await?;
+    let late = jiff::Timestamp::now().duration_since(start);
+    assert!(
+        late < jiff::SignedDuration::from_secs(10),
+        "{late:#} after the start"
+    );
+    assert_eq!(on, ["m1", "m2"], "by powerOnOrder (cheapest, then name)");
+    let status = support::wait_for("status.schedule in the window", WAIT, || async {
+        let g = groups.get("g").await?;
+        Ok(g.status
+            .and_then(|s| s.schedule)
+            .filter(|s| s.window.is_some()))
+    })
+    .await?;
+    assert_eq!(status.window.as_deref(), Some("morning"));
+    assert_eq!(status.min_size, 2);
+    assert_eq!(status.next_change, Some(end));
+    assert_eq!(status.next_window, None);
+    // Held at two: the operator raises to the minimum, no further.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(wanted_on().await?, ["m1", "m2"]);
+    Ok(())
+}

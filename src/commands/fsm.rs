@@ -203,20 +203,30 @@ pub async fn inspect(args: &InspectArgs) -> Result<Inspected, InspectError> {
     };
     let mut views = select(&machines, &args.nodes, &source_desc)?;
     // "Now" is read here, at the edge; the core never reads a clock.
-    add_wear(&mut views, &machines, &groups, Timestamp::now());
+    let now = Timestamp::now();
+    add_wear(&mut views, &machines, &groups, now);
     let options = TableOptions {
         wide: false,
         no_headers: args.no_headers,
         all_namespaces: args.kube.all_namespaces && args.filename.is_none(),
     };
-    let stdout = render_views(&views, args.output, options, Timestamp::now())
-        .map_err(InspectError::Render)?;
+    let mut stdout =
+        render_views(&views, args.output, options, now).map_err(InspectError::Render)?;
+    if matches!(args.output, Output::Table | Output::Wide)
+        && args.nodes.is_empty()
+        && let Some(summary) = schedule_summary(&groups, args.no_headers)
+    {
+        if !stdout.is_empty() {
+            stdout.push('\n');
+        }
+        stdout.push_str(&summary);
+    }
     let stderr = (views.is_empty() && args.output.says_nothing_when_empty()).then_some(empty);
     Ok(Inspected { stdout, stderr })
 }
 
-/// The Groups of the namespaces `kube` selects, for their `wear`; none when they cannot be
-/// read (the machines' own `wear` still shows).
+/// The Groups of the namespaces `kube` selects, for their `wear` and [`schedule_summary`]; none
+/// when they cannot be listed (the machine table is what `fsm inspect` is for).
 async fn load_groups(kube: &KubeArgs) -> Vec<Group> {
     use kube::api::{Api, ListParams};
     let Ok(cluster) = kube.connect().await else {
@@ -261,6 +271,60 @@ pub fn add_wear(views: &mut [MachineRow], machines: &[Machine], groups: &[Group]
             quiet: quiet.is_some_and(|(q, tz)| q.active(tz, now).is_some()),
         });
     }
+}
+
+/// The groups with a schedule: the window in force, the minimum in force and the next change
+/// (as the group controller last wrote them in `status.schedule`); `None` when no group has
+/// one.
+pub fn schedule_summary(groups: &[Group], no_headers: bool) -> Option<String> {
+    use kube::ResourceExt as _;
+    let mut rows: Vec<[String; 5]> = groups
+        .iter()
+        .filter_map(|g| {
+            let s = g.status.as_ref()?.schedule.as_deref()?;
+            let next = match s.next_change {
+                Some(t) => format!("{} at {t}", s.next_window.as_deref().unwrap_or("(none)")),
+                None => "-".to_owned(),
+            };
+            Some([
+                g.namespace().unwrap_or_default(),
+                g.name_any(),
+                s.window.clone().unwrap_or_else(|| "-".to_owned()),
+                s.min_size.to_string(),
+                next,
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    rows.sort();
+    let header = [
+        "NAMESPACE".to_owned(),
+        "GROUP".to_owned(),
+        "WINDOW".to_owned(),
+        "MIN".to_owned(),
+        "NEXT".to_owned(),
+    ];
+    let all: Vec<&[String; 5]> = if no_headers {
+        rows.iter().collect()
+    } else {
+        std::iter::once(&header).chain(rows.iter()).collect()
+    };
+    let widths: Vec<usize> = (0..5)
+        .map(|i| all.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in all {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    Some(out)
 }
 
 /// The Node CRs of the namespaces `kube` selects.
@@ -536,5 +600,31 @@ items:
     fn an_empty_table_prints_nothing() {
         let out = render_views(&[], Output::Table, TableOptions::default(), ts(0));
         assert_eq!(out.ok().as_deref(), Some(""));
+    }
+
+    #[test]
+    fn the_schedule_summary_lists_groups_with_a_schedule_only() {
+        use crate::operator::api::{GroupStatus, ScheduleStatus};
+        let mut a = Group::test("workstations").namespace("lab").build();
+        a.status = Some(GroupStatus {
+            schedule: Some(Box::new(ScheduleStatus {
+                window: Some("workday".into()),
+                min_size: 1,
+                next_change: Some("2026-12-07T17:00:00Z".parse().unwrap()),
+                next_window: None,
+            })),
+            ..GroupStatus::default()
+        });
+        let b = Group::test("plain").namespace("lab").build();
+        assert_eq!(schedule_summary(std::slice::from_ref(&b), false), None);
+        assert_eq!(
+            schedule_summary(&[b, a.clone()], false).unwrap(),
+            "NAMESPACE   GROUP          WINDOW    MIN   NEXT\n\
+             lab         workstations   workday   1     (none) at 2026-12-07T17:00:00Z\n"
+        );
+        assert_eq!(
+            schedule_summary(&[a], true).unwrap(),
+            "lab   workstations   workday   1   (none) at 2026-12-07T17:00:00Z\n"
+        );
     }
 }

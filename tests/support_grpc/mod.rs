@@ -31,6 +31,7 @@ pub fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         scale_down_disabled: false,
         paused: false,
         wear: None,
+        schedule: None,
     }
 }
 

@@ -47,6 +47,8 @@ pub const LEARNED_BOOT_SHARE: f64 = 0.8;
     printcolumn = r#"{"name":"Target","type":"integer","jsonPath":".status.target"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.ready"}"#,
     printcolumn = r#"{"name":"Members","type":"integer","priority":1,"jsonPath":".status.members"}"#,
+    printcolumn = r#"{"name":"Window","type":"string","priority":1,"jsonPath":".status.schedule.window"}"#,
+    printcolumn = r#"{"name":"Next Change","type":"string","priority":1,"jsonPath":".status.schedule.nextChange"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -263,6 +265,44 @@ pub struct GroupStatus {
     pub boot: Option<GroupBoot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What `spec.schedule` puts in force now and when that changes (absent without a
+    /// schedule). `minSize` above is the minimum in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Box<ScheduleStatus>>,
+}
+
+/// A Group's schedule as of the group controller's last look.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    /// The window in force (absent: none, the Group's own `minSize` holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub window: Option<String>,
+    /// The minimum in force (what the Cluster Autoscaler reads as the group's MinSize).
+    pub min_size: i32,
+    /// When the window in force next changes (absent: not within eight days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_change: Option<jiff::Timestamp>,
+    /// The window in force from `nextChange` (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub next_window: Option<String>,
+}
+
+/// Why a Group's schedule cannot be used: its time zone is unknown, or a window does not parse.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduleError {
+    Zone(FieldError),
+    Window(FieldError),
+}
+
+impl std::fmt::Display for ScheduleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScheduleError::Zone(e) | ScheduleError::Window(e) => e.fmt(f),
+        }
+    }
 }
 
 /// A group's size bounds after defaults: `min <= max <= members`.
@@ -387,6 +427,10 @@ impl GroupSpec {
                 problem: format!("{MIN_LE_MAX_MESSAGE} ({min} > {max})"),
             });
         }
+        match self.schedule(field_prefix) {
+            Ok(_) => {}
+            Err(ScheduleError::Zone(e) | ScheduleError::Window(e)) => errors.push(e),
+        }
         for (name, v) in [("minSize", self.min_size), ("maxSize", self.max_size)] {
             if v.is_some_and(|v| v < 0) {
                 errors.push(FieldError::Invalid {
@@ -396,6 +440,31 @@ impl GroupSpec {
             }
         }
         errors
+    }
+
+    /// `spec.timeZone` resolved from the tz database (UTC when unset). Reads the database: call
+    /// it at the edges, not from the pure policies.
+    pub fn time_zone(&self, field_prefix: &str) -> Result<jiff::tz::TimeZone, FieldError> {
+        let Some(name) = self.time_zone.as_deref() else {
+            return Ok(jiff::tz::TimeZone::UTC);
+        };
+        jiff::tz::TimeZone::get(name).map_err(|e| FieldError::Invalid {
+            field: format!("{field_prefix}spec.timeZone"),
+            problem: format!(
+                "{name:?} is not a time zone of the tz database ({e}); write an IANA name such as Europe/Berlin or America/New_York, or leave timeZone out for UTC"
+            ),
+        })
+    }
+
+    /// `spec.schedule` parsed in the resolved `spec.timeZone`, for
+    /// `crate::operator::policy::schedule`. Reads the tz database: call it at the edges.
+    pub fn schedule(
+        &self,
+        field_prefix: &str,
+    ) -> Result<crate::operator::policy::schedule::Schedule, ScheduleError> {
+        let tz = self.time_zone(field_prefix).map_err(ScheduleError::Zone)?;
+        crate::operator::policy::schedule::Schedule::parse(field_prefix, tz, &self.schedule)
+            .map_err(ScheduleError::Window)
     }
 
     /// Parses the compat CA options. `field_prefix` (e.g. `"Group homelab/g1 "`) starts each
@@ -482,6 +551,11 @@ impl Group {
             .as_deref()
             .is_some_and(|n| machine.group() == Some(n))
             && self.metadata.namespace == machine.metadata.namespace
+    }
+
+    /// [`GroupSpec::schedule`] with errors naming this Group.
+    pub fn schedule(&self) -> Result<crate::operator::policy::schedule::Schedule, ScheduleError> {
+        self.spec.schedule(&format!("{} ", self.object_ref()))
     }
 
     /// [`GroupSpec::validate`] with errors naming this Group.

@@ -689,3 +689,35 @@ fn an_unprotected_ipmi_session_is_insecure_transport() {
     assert_eq!(ipmi(3, None).insecure_transport(), None);
     assert_eq!(ipmi(17, Some(true)).insecure_transport(), None);
 }
+
+#[test]
+fn an_unknown_time_zone_names_the_group_field_and_the_fix() {
+    let mut g = Group::test("g").namespace("lab").build();
+    g.spec.time_zone = Some("Europe/Berln".into());
+    g.spec.schedule = vec![ScheduleWindow {
+        name: "w".into(),
+        from: "08:00".into(),
+        to: "09:00".into(),
+        ..ScheduleWindow::default()
+    }];
+    let errors: Vec<String> = g.validate().iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("Group lab/g spec.timeZone: \"Europe/Berln\""),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].contains("Europe/Berlin"), "{}", errors[0]);
+    assert!(matches!(g.schedule(), Err(ScheduleError::Zone(_))));
+    g.spec.time_zone = Some("Europe/Berlin".into());
+    assert_eq!(g.validate(), vec![]);
+    assert_eq!(g.schedule().map(|s| s.windows.len()), Ok(1));
+    g.spec.schedule[0].to = "25:00".into();
+    let errors: Vec<String> = g.validate().iter().map(ToString::to_string).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("Group lab/g spec.schedule[0].to")),
+        "{errors:?}"
+    );
+}

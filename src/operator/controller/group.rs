@@ -1,6 +1,8 @@
 //! The group controller: counts of the members by phase, the resolved size bounds and a Ready
-//! condition in Group status, written only when they change. It never powers anything: deleting
-//! a Group leaves its machines as they are (docs/pitfalls.md, pitfall 23).
+//! condition in Group status, written only when they change. Deleting a Group leaves its
+//! machines as they are (docs/pitfalls.md, pitfall 23). The one thing it powers on: when a
+//! schedule window raises the minimum above the machines wanted on, it wants spares on up to
+//! that minimum (docs/ca-contract.md, "Schedule windows"), and it wakes at each window edge.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +14,14 @@ use kube::{Resource as _, ResourceExt as _};
 use super::{Context, Error, FIELD_MANAGER};
 use crate::operator::api::{
     CONDITION_BOOT_TIMEOUT_BELOW_PROVISION, CONDITION_LEARNED_BOOT_BELOW_PROVISION,
-    CONDITION_READY, Group, GroupBoot, GroupStatus, Health, LEARNED_BOOT_SHARE, Machine, condition,
-    find_condition, upsert_condition,
+    CONDITION_READY, Group, GroupBoot, GroupStatus, Health, LEARNED_BOOT_SHARE, Machine,
+    ScheduleStatus, condition, find_condition, upsert_condition,
 };
 use crate::operator::machine::{BootStats, Phase, PowerState};
 use crate::operator::policy::maintenance;
+use crate::operator::policy::schedule::{InForce, in_force};
 use crate::operator::provider::warnings::{GROUP_WARNING_CONDITIONS, group_warnings};
+use crate::operator::provider::{Provider, ops};
 
 /// Group condition: `spec.paused` is true (since its lastTransitionTime; the message names who
 /// paused it: `policy::maintenance::paused_by`).
@@ -207,6 +211,19 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
     new.conditions = old.conditions.clone();
     let generation = g.meta().generation;
     let now = Timestamp::now();
+    // An unknown zone or a bad window is reported by validate() below (InvalidSpec).
+    let schedule = g
+        .schedule()
+        .ok()
+        .filter(|s| !s.windows.is_empty())
+        .map(|s| in_force(&g.spec, &s, members.len(), now));
+    if let Some(f) = &schedule {
+        apply_schedule(&mut new, f);
+        // A paused Group (`spec.paused`) gets no power action from the operator either.
+        if f.min_size > u32::try_from(new.target).unwrap_or(0) && g.spec.paused != Some(true) {
+            raise_to_min(&g, &ctx, f).await;
+        }
+    }
     let problems = g.validate();
     let (ok, reason, message) = if !problems.is_empty() {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -322,14 +339,24 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
             tracing::info!(group = %g.name_any(), error = %e, "could not record an Event");
         }
     }
+    let mut wake = schedule.as_ref().and_then(|f| until_next(f, now));
+    if schedule
+        .as_ref()
+        .is_some_and(|f| f.min_size > u32::try_from(new.target).unwrap_or(0))
+    {
+        // Below the minimum in force (raised just now, or spares held back by a failed
+        // power-on): look again soon, as no member change may come.
+        wake = Some(wake.map_or(BELOW_MIN_RECHECK, |w| w.min(BELOW_MIN_RECHECK)));
+    }
     if old == new {
-        return Ok(Action::await_change());
+        return Ok(super::requeue(wake));
     }
     let api: Api<Group> = Api::namespaced(ctx.client.clone(), &ns);
-    let value = serde_json::to_value(&new).map_err(|source| Error::Json {
+    let mut value = serde_json::to_value(&new).map_err(|source| Error::Json {
         what: "group status",
         source,
     })?;
+    clear_schedule_fields(&mut value);
     let patch = serde_json::json!({ "status": value });
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -338,7 +365,107 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
     api.patch_status(&g.name_any(), &params, &Patch::Merge(&patch))
         .await
         .map_err(Error::kube(format!("writing status of {}", g.object_ref())))?;
-    Ok(Action::await_change())
+    Ok(super::requeue(wake))
+}
+
+/// `status.schedule` and the minimum in force from what the schedule puts in force.
+pub fn apply_schedule(s: &mut GroupStatus, f: &InForce) {
+    let min = i32::try_from(f.min_size).unwrap_or(i32::MAX);
+    s.min_size = Some(min);
+    s.schedule = Some(Box::new(ScheduleStatus {
+        window: f.window.clone(),
+        min_size: min,
+        next_change: f.next.as_ref().map(|(t, _)| *t),
+        next_window: f.next.as_ref().and_then(|(_, w)| w.clone()),
+    }));
+}
+
+/// A merge patch keeps what it does not mention: writes the absent parts of `status.schedule`
+/// (a window that ended, no next window, no schedule at all) as nulls so they are removed.
+pub fn clear_schedule_fields(status: &mut serde_json::Value) {
+    let Some(obj) = status.as_object_mut() else {
+        return;
+    };
+    match obj.get_mut("schedule").and_then(|s| s.as_object_mut()) {
+        Some(s) => {
+            for field in ["window", "nextChange", "nextWindow"] {
+                s.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
+        None => {
+            obj.insert("schedule".to_owned(), serde_json::Value::Null);
+        }
+    }
+}
+
+/// How long until just after the schedule's next change (the reconcile then sees the new
+/// window), or `None` when nothing changes within eight days.
+pub fn until_next(f: &InForce, now: Timestamp) -> Option<Duration> {
+    let (next, _) = f.next.as_ref()?;
+    let wait = next.duration_since(now).max(SignedDuration::ZERO) + EDGE_MARGIN;
+    Some(wait.unsigned_abs())
+}
+
+/// How soon a group below its minimum in force is looked at again.
+const BELOW_MIN_RECHECK: Duration = Duration::from_secs(30);
+
+/// How long after a window edge the group is reconciled: timers fire at or after their
+/// deadline, this keeps the clock read at wake-up from landing a hair before the edge.
+const EDGE_MARGIN: SignedDuration = SignedDuration::from_millis(200);
+
+/// Wants spares on until the group's target reaches the minimum in force, through the same
+/// bookkeeping as CA's IncreaseSize (`ops::raise_to_min`). Failures are logged: the next
+/// reconcile (a member's change, or the next edge) tries again.
+async fn raise_to_min(g: &Group, ctx: &Context, f: &InForce) {
+    if ctx.ensure_leader().is_err() {
+        return;
+    }
+    let inventory = ctx.provider.inventory();
+    let ns = g.namespace().unwrap_or_default();
+    let name = g.name_any();
+    let Some(id) = inventory
+        .groups()
+        .find(|s| s.spec.namespace == ns && s.spec.name == name)
+        .map(|s| s.spec.id.clone())
+    else {
+        return;
+    };
+    let provider = Provider::new(ctx.provider.clone());
+    match provider
+        .mutate(&id, |inv, now| ops::raise_to_min(inv, &id, now))
+        .await
+    {
+        Ok(d) if d.is_noop() => {}
+        Ok(d) => {
+            let machines: Vec<String> = d.changes.iter().map(|c| c.machine.name.clone()).collect();
+            let note = format!(
+                "schedule window {} keeps {} on: powering on {} (target {} -> {})",
+                f.window.as_deref().unwrap_or("(none)"),
+                f.min_size,
+                machines.join(", "),
+                d.target_before,
+                d.target_after
+            );
+            tracing::info!(group = %g.object_ref(), "{note}");
+            let ev = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Normal,
+                reason: "ScheduleMinSize".to_owned(),
+                note: Some(note),
+                action: "PowerOn".to_owned(),
+                secondary: None,
+            };
+            if let Err(e) = ctx
+                .recorder
+                .publish(&ev, &kube::Resource::object_ref(g, &()))
+                .await
+            {
+                tracing::info!(group = %name, error = %e, "could not record an Event");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(group = %g.object_ref(), error = %e, "could not power spares on for the schedule's minimum");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -468,5 +595,66 @@ mod tests {
         assert!(ok, "{message}");
         let (ok, reason, _) = learned_boot_check(None, provision, "x");
         assert_eq!((ok, reason), (true, "NoBootsRecorded"));
+    }
+
+    #[test]
+    fn status_schedule_shows_the_window_in_force_and_the_next_change() {
+        let next: Timestamp = "2026-12-07T17:00:00Z".parse().unwrap();
+        let f = InForce {
+            min_size: 2,
+            window: Some("workday".into()),
+            warm_spares: None,
+            next: Some((next, None)),
+        };
+        let mut s = GroupStatus {
+            min_size: Some(0),
+            ..GroupStatus::default()
+        };
+        apply_schedule(&mut s, &f);
+        assert_eq!(s.min_size, Some(2));
+        assert_eq!(
+            s.schedule.as_deref(),
+            Some(&ScheduleStatus {
+                window: Some("workday".into()),
+                min_size: 2,
+                next_change: Some(next),
+                next_window: None,
+            })
+        );
+        let now: Timestamp = "2026-12-07T16:59:00Z".parse().unwrap();
+        assert_eq!(
+            until_next(&f, now),
+            Some(Duration::from_secs(60) + EDGE_MARGIN.unsigned_abs())
+        );
+        // Already past (a late reconcile): at once, plus the margin.
+        let late: Timestamp = "2026-12-07T17:00:05Z".parse().unwrap();
+        assert_eq!(until_next(&f, late), Some(EDGE_MARGIN.unsigned_abs()));
+        let none = InForce {
+            next: None,
+            ..f.clone()
+        };
+        assert_eq!(until_next(&none, now), None);
+    }
+
+    #[test]
+    fn the_status_patch_clears_what_the_schedule_no_longer_has() {
+        let f = InForce {
+            min_size: 1,
+            window: None,
+            warm_spares: None,
+            next: None,
+        };
+        let mut s = GroupStatus::default();
+        apply_schedule(&mut s, &f);
+        let mut v = serde_json::to_value(&s).unwrap();
+        clear_schedule_fields(&mut v);
+        assert_eq!(
+            v["schedule"],
+            serde_json::json!({"minSize": 1, "window": null, "nextChange": null, "nextWindow": null})
+        );
+        let mut v = serde_json::to_value(GroupStatus::default()).unwrap();
+        clear_schedule_fields(&mut v);
+        assert_eq!(v["schedule"], serde_json::Value::Null);
+        assert!(v.as_object().unwrap().contains_key("schedule"));
     }
 }

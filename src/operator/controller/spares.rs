@@ -22,6 +22,7 @@
 //! Triggers: every Group and Node CR change of the shared cache (a member's shape changes the
 //! default size) and a slow tick ([`TICK`]) that brings a window's change and a CRD installed
 //! later. What was last applied per Group is remembered, so an unchanged Group costs no write.
+use crate::operator::policy::schedule::in_force;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,10 +64,15 @@ pub const PLACEHOLDER_IMAGE: &str = "registry.k8s.io/pause:3.10";
 pub const TICK: Duration = Duration::from_secs(60);
 
 /// The warm spares in force for `group` at `now`, `None` when there are none (count 0 or
-/// unset). This is the one place that decides it: it reads `spec.warmSpares` only, and is where
-/// the schedule window in force (a window's own `warmSpares`) is to be taken into account.
-pub fn warm_spares_in_force(group: &Group, _now: Timestamp) -> Option<WarmSpares> {
-    group.spec.warm_spares.clone().filter(|w| w.count > 0)
+/// unset): the schedule window in force's own `warmSpares`, else the Group's. A schedule that
+/// does not parse (reported in the Group's conditions) leaves the Group's own in force.
+pub fn warm_spares_in_force(group: &Group, now: Timestamp) -> Option<WarmSpares> {
+    let spares = match group.schedule() {
+        // The member count bounds only the minimum, which is not read here.
+        Ok(schedule) => in_force(&group.spec, &schedule, 0, now).warm_spares,
+        Err(_) => group.spec.warm_spares.clone(),
+    };
+    spares.filter(|w| w.count > 0)
 }
 
 /// Whether `group` asks for warm spares at any time (its own or a window's).
@@ -661,6 +667,36 @@ mod tests {
         assert_eq!(desired(&zero, Some(&shape()), &[], now), Desired::Absent);
     }
 
+    /// A schedule window's own `warmSpares` holds while the window does; outside it the
+    /// Group's own.
+    #[test]
+    fn a_schedule_window_sets_the_spares_in_force() {
+        use crate::operator::api::{Day, ScheduleWindow, WarmSpares};
+        let g = Group::test("desktops")
+            .warm_spares(0, None, None)
+            .spec_with(|s| {
+                s.schedule = vec![ScheduleWindow {
+                    name: "weekday-evenings".into(),
+                    days: vec![Day::Mon],
+                    from: "18:00".into(),
+                    to: "22:00".into(),
+                    min_size: None,
+                    warm_spares: Some(WarmSpares {
+                        count: 2,
+                        cpu: None,
+                        memory: None,
+                    }),
+                }]
+            })
+            .build();
+        // 2026-12-07 is a Monday; the Group's time zone defaults to UTC.
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let count = |t| warm_spares_in_force(&g, at(t)).map(|w| w.count);
+        assert_eq!(count("2026-12-07T19:00:00Z"), Some(2));
+        assert_eq!(count("2026-12-07T22:00:00Z"), None);
+        assert_eq!(count("2026-12-08T19:00:00Z"), None);
+    }
+
     /// The buffer: `count` replicas of the group's PodTemplate, actively provisioned, owned by
     /// the Group; the template asks for the sizes given, selects the group's two labels and
     /// tolerates the group's taint.
@@ -784,6 +820,7 @@ mod tests {
             scale_down_disabled: false,
             paused: false,
             wear: None,
+            schedule: None,
         };
         let mut mv = MachineView::new("lab", "m1", Some("desktops"));
         mv.hints = Arc::new(TemplateHints {

@@ -13,6 +13,7 @@ use super::inventory::{
     POWER_ON_FAILED_ANNOTATION, TaintView, TemplateHints,
 };
 use crate::operator::api::{FlatMap, Group, Machine};
+use crate::operator::policy::schedule::MinSizes;
 use crate::operator::policy::wear::{self, GroupWear, MachineWear, Quiet};
 use crate::operator::trust::TrustPolicy;
 
@@ -35,6 +36,7 @@ fn owned(m: &FlatMap<String>) -> BTreeMap<String, String> {
 /// A Group CR with `members` Node CRs. Size bounds follow `GroupSpec::size_bounds` (what the
 /// group controller shows in status). An option that does not parse (CEL rejects those at
 /// admission) leaves every option unset, i.e. CA's flags apply; the group controller reports it.
+/// A `spec.timeZone` is looked up in the tz database (jiff caches it).
 pub fn group_view(g: &Group, members: usize) -> GroupView {
     let bounds = g.size_bounds(members);
     let options = g
@@ -74,6 +76,13 @@ pub fn group_view(g: &Group, members: usize) -> GroupView {
         scale_down_disabled: g.scale_down_disabled(),
         paused: g.spec.paused.unwrap_or(false),
         wear: group_wear(g).map(Arc::new),
+        // An unknown zone or a window that does not parse: the Group's own minSize holds and
+        // the group controller reports the problem in the Group's conditions.
+        schedule: g
+            .schedule()
+            .ok()
+            .and_then(|s| MinSizes::of(&g.spec, s))
+            .map(Arc::new),
     }
 }
 

@@ -162,6 +162,9 @@ pub struct GroupView {
     pub paused: bool,
     /// `spec.wear` and `spec.timeZone`; `None` when the Group sets neither.
     pub wear: Option<Arc<crate::operator::policy::wear::GroupWear>>,
+    /// `spec.schedule` windows that set their own `minSize` (`None`: `min_size` always holds).
+    /// Shared: rebuilding the inventory does not copy it.
+    pub schedule: Option<Arc<crate::operator::policy::schedule::MinSizes>>,
 }
 
 /// CA's default `--max-node-provision-time`.
@@ -173,6 +176,16 @@ pub const CA_DEFAULT_MAX_NODE_PROVISION: SignedDuration = SignedDuration::from_m
 pub const CA_INSTANCE_CACHE_FRESHNESS: SignedDuration = SignedDuration::from_mins(5);
 
 impl GroupView {
+    /// The minimum in force at `now`: a schedule window's `minSize` while one holds, else
+    /// `min_size`; never above the Group's own maximum (`max_of`, what
+    /// [`GroupState::max_size`] resolves). CA reads it as the node group's `MinSize`.
+    pub fn min_size_at(&self, max_of: u32, now: Timestamp) -> u32 {
+        match &self.schedule {
+            Some(s) => s.at(self.min_size, max_of, now),
+            None => self.min_size.min(max_of),
+        }
+    }
+
     /// How long CA waits for a powered-on machine to register: the Group's
     /// `maxNodeProvisionTime`, else CA's default (`--max-node-provision-time`, 15m in CA's
     /// `config/flags/flags.go`).
@@ -345,6 +358,11 @@ impl GroupState {
         self.spec
             .max_size
             .unwrap_or(u32::try_from(self.machines.len()).unwrap_or(u32::MAX))
+    }
+
+    /// [`GroupView::min_size_at`] for this group.
+    pub fn min_size(&self, now: Timestamp) -> u32 {
+        self.spec.min_size_at(self.max_size(), now)
     }
 }
 

@@ -128,7 +128,7 @@ fn info(inv: &Inventory, g: &GroupState, now: Timestamp) -> NodeGroupInfo {
     let (min, max) = if g.spec.paused {
         maintenance::paused_bounds(target_of(g))
     } else {
-        (g.spec.min_size, max_size(inv, g, now))
+        (g.min_size(now), max_size(inv, g, now))
     };
     NodeGroupInfo {
         id: g.spec.id.clone(),
@@ -449,6 +449,39 @@ pub fn increase_size(
     })
 }
 
+/// The operator's own scale-up to the minimum in force at `now` (a schedule window that raised
+/// `minSize`): picks spares by the group's `powerOnOrder`, as [`increase_size`] does, until the
+/// target reaches the minimum; nothing when it already does. Without
+/// `--enforce-node-group-min-size` CA never scales a group up to its `MinSize` (only
+/// `core/static_autoscaler.go` `RunOnce` calls `ScaleUpToNodeGroupMinSize` in
+/// `core/scaleup/orchestrator/orchestrator.go`, and only with that flag); with it CA computes
+/// `MinSize - TargetSize` from a `TargetSize` read just before its `IncreaseSize`, so whichever
+/// of the two comes second finds the target at the minimum and adds nothing. Machines held back
+/// by a failed power-on are not picked: fewer are wanted on now and the rest when their
+/// cool-down ends (the next reconcile asks again).
+pub fn raise_to_min(inv: &Inventory, id: &str, now: Timestamp) -> Result<Decision, ProviderError> {
+    let g = group(inv, id)?;
+    let target = target_of(g);
+    let deficit = g.min_size(now).saturating_sub(target);
+    let (spares, _) = candidates(inv, g, now);
+    let changes: Vec<PowerChange> = spares
+        .into_iter()
+        .take(deficit as usize)
+        .map(|m| PowerChange {
+            machine: m.key.clone(),
+            desired: PowerState::On,
+            at: now,
+            power_on_failed: false,
+        })
+        .collect();
+    Ok(Decision {
+        group: id.to_owned(),
+        target_before: target,
+        target_after: target + count(changes.len()),
+        changes,
+    })
+}
+
 /// Rule 5: want the named nodes off. All or nothing: every node must be a member (matched by
 /// providerID, then name; fake nodes included) and a registered machine protected by
 /// `scaleDownDisabled` (its own or its Group's) is refused. Nodes already wanted off change nothing
@@ -525,7 +558,7 @@ pub fn delete_nodes(
         })
         .collect();
     let after = target.saturating_sub(n);
-    let min = g.spec.min_size;
+    let min = g.min_size(now);
     let mut replaced = 0;
     if target < n || after < min {
         let failed = count(changes.iter().filter(|c| c.power_on_failed).count());

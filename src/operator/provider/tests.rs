@@ -30,6 +30,7 @@ fn group(name: &str, min: u32, max: Option<u32>) -> GroupView {
         scale_down_disabled: false,
         paused: false,
         wear: None,
+        schedule: None,
     }
 }
 
@@ -1826,4 +1827,70 @@ mod wear {
         let na = node_for(&a, true);
         Inventory::build(vec![g], vec![a, b, c, d, e], vec![na])
     }
+}
+
+/// Group "g" (min 0) with a window 08:00-09:00 UTC every day raising its minimum to `min`; the
+/// members as given.
+fn scheduled(min: i32, machines: Vec<MachineView>) -> Inventory {
+    use crate::operator::api::{GroupSpec, ScheduleWindow};
+    use crate::operator::policy::schedule::{MinSizes, Schedule};
+    let spec = GroupSpec {
+        schedule: vec![ScheduleWindow {
+            name: "morning".into(),
+            from: "08:00".into(),
+            to: "09:00".into(),
+            min_size: Some(min),
+            ..ScheduleWindow::default()
+        }],
+        ..GroupSpec::default()
+    };
+    let parsed = Schedule::parse("", jiff::tz::TimeZone::UTC, &spec.schedule).unwrap();
+    let mut g = group("g", 0, None);
+    g.schedule = MinSizes::of(&spec, parsed).map(Arc::new);
+    Inventory::build(vec![g], machines, vec![])
+}
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+#[test]
+fn min_size_is_the_windows_while_it_holds() {
+    let off = |n| machine(n, "g", PowerState::Off, Phase::Off);
+    let inv = scheduled(2, vec![off("a"), off("b"), off("c")]);
+    let min = |t| node_groups(&inv, at(t))[0].min_size;
+    assert_eq!(min("2026-12-07T07:59:59Z"), 0);
+    assert_eq!(min("2026-12-07T08:00:00Z"), 2);
+    assert_eq!(min("2026-12-07T08:59:59Z"), 2);
+    assert_eq!(min("2026-12-07T09:00:00Z"), 0);
+    // Capped at the members: a window asking for more than there are.
+    let inv = scheduled(5, vec![off("a"), off("b")]);
+    assert_eq!(node_groups(&inv, at("2026-12-07T08:30:00Z"))[0].min_size, 2);
+}
+
+#[test]
+fn raise_to_min_wants_spares_on_by_power_on_order_up_to_the_window_min() {
+    let on = machine("a", "g", PowerState::On, Phase::Ready);
+    let off = |n| machine(n, "g", PowerState::Off, Phase::Off);
+    let inv = scheduled(3, vec![on, off("b"), off("c"), off("d")]);
+    let d = raise_to_min(&inv, "g", at("2026-12-07T07:00:00Z")).unwrap();
+    assert!(d.is_noop(), "outside the window: {d:?}");
+    let d = raise_to_min(&inv, "g", at("2026-12-07T08:00:00Z")).unwrap();
+    assert_eq!(names(&d), ["b", "c"]);
+    assert_eq!((d.target_before, d.target_after), (1, 3));
+    // Applied (or CA's own IncreaseSize got there first): nothing more.
+    let mut after = inv.clone();
+    after.apply("g", &d.changes);
+    let again = raise_to_min(&after, "g", at("2026-12-07T08:00:01Z")).unwrap();
+    assert!(again.is_noop(), "{again:?}");
+}
+
+#[test]
+fn raise_to_min_skips_spares_cooling_down_after_a_failed_power_on() {
+    let mut b = machine("b", "g", PowerState::Off, Phase::Off);
+    b.power_on_failed_at = Some(at("2026-12-07T07:59:00Z"));
+    let c = machine("c", "g", PowerState::Off, Phase::Off);
+    let inv = scheduled(2, vec![b, c]);
+    let d = raise_to_min(&inv, "g", at("2026-12-07T08:00:00Z")).unwrap();
+    assert_eq!(names(&d), ["c"]);
 }
