@@ -24,6 +24,7 @@ mod locate;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod schedule;
 pub mod units;
 mod views;
 pub mod workload;
