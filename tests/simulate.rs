@@ -1311,3 +1311,41 @@ fn the_example_week_cuts_pod_wait_and_keeps_most_of_the_saving() {
         assert!(text.contains(row), "{text}");
     }
 }
+
+/// A machine in maintenance and off is no spare: with the other machine on, the group has
+/// no room left and CA stops asking (one `IncreaseSize`, not one per loop while the pods
+/// wait).
+#[test]
+fn a_group_whose_only_spare_is_in_maintenance_is_not_scaled_up_every_loop() {
+    let s = owner_lab(
+        "2h",
+        "{minSize: 0, powerOnOrder: name}",
+        &["a", "b"],
+        &[],
+        "  - {name: big, burst: {at: 10m, count: 2}, cpu: \"3\", memory: 1Gi, duration: 1h}\n",
+        "maintenance:\n  - {machine: b, from: 0s}\n",
+    );
+    let r = simulate(&s);
+    assert_eq!(r.counters.scale_ups, 1);
+    assert_eq!(machine(&r, "b").boots, 0);
+    assert_eq!(r.pods_never_placed, 0);
+}
+
+/// A paused group takes no power action: no scale-up for its pending pods, no scale-down of
+/// its idle machines, no schedule power-ons.
+#[test]
+fn a_paused_group_is_left_as_it_is() {
+    let s = owner_lab(
+        "2h",
+        "{minSize: 0, paused: true, schedule: [{name: all, from: \"00:00\", to: \"24:00\", minSize: 2}]}",
+        &["a", "b"],
+        &["a"],
+        "  - {name: big, burst: {at: 10m, count: 2}, cpu: \"3\", memory: 1Gi, duration: 10m}\n",
+        "",
+    );
+    let r = simulate(&s);
+    assert_eq!((r.counters.scale_ups, r.counters.scale_downs), (0, 0));
+    assert_eq!(r.counters.schedule_power_ons, 0);
+    assert_eq!(r.total.boots, 0);
+    assert_eq!(machine(&r, "a").final_phase, "Ready");
+}

@@ -130,7 +130,7 @@ impl super::engine::Sim<'_> {
             return;
         };
         let min = self.group_min[g];
-        if target >= min {
+        if target >= min || self.sc.groups[g].group.spec.paused == Some(true) {
             return;
         }
         let ts = self.ts(self.now);

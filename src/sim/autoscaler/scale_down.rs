@@ -229,6 +229,10 @@ impl Sim<'_> {
                 }
             }
             let size = sizes[g].unwrap_or(0);
+            // A paused group takes no power action.
+            if sc.groups[g].group.spec.paused == Some(true) {
+                continue;
+            }
             // The min in force: a schedule window's, as the provider reports it (`MinSize`).
             if size <= self.group_min[g] {
                 continue;

@@ -156,7 +156,8 @@ impl Sim<'_> {
         let at = self.ts(self.now);
         let mut quiet_held = false;
         for (g, group) in sc.groups.iter().enumerate() {
-            if self.ca.backoff[g].until > self.now {
+            // A paused group takes no power action (the provider leaves it as it is).
+            if self.ca.backoff[g].until > self.now || group.group.spec.paused == Some(true) {
                 continue;
             }
             let Some((cpu, mem, np)) = shapes[g] else {
