@@ -1220,6 +1220,39 @@ mod tests {
         assert!(err.what.contains("not accounted for"), "{err}");
     }
 
+    /// `bootTimeout: auto`: the deadline starts from the boots recorded before the run
+    /// (`status.recentBootSeconds`, kept by `--from-cluster`) and follows each boot as the
+    /// operator's `BootStats::auto_timeout` does; the default before three boots.
+    #[test]
+    fn an_auto_boot_timeout_starts_from_the_recorded_boots_and_follows_new_ones() {
+        let text = include_str!("../../tests/data/sim/one-burst.yaml").replace(
+            "      powerState: \"off\"\n",
+            "      powerState: \"off\"\n      bootTimeout: auto\n",
+        );
+        let mut sc = match Scenario::parse("one-burst.yaml", &text, &NoTraceFiles) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let sim = Sim::new(&sc, RunOptions::default());
+        assert_eq!(
+            sim.machines[0].policy.boot_timeout,
+            crate::operator::api::DEFAULT_BOOT_TIMEOUT
+        );
+        sc.machines[0].recent_boots = vec![200, 200, 200];
+        let mut sim = Sim::new(&sc, RunOptions::default());
+        // p95 200 s plus half of it.
+        assert_eq!(
+            sim.machines[0].policy.boot_timeout,
+            SignedDuration::from_secs(300)
+        );
+        sim.perform(0, Effect::BootDuration(SignedDuration::from_secs(400)));
+        // p95 of [200, 200, 200, 400] is 400 s, plus half of it.
+        assert_eq!(
+            sim.machines[0].policy.boot_timeout,
+            SignedDuration::from_secs(600)
+        );
+    }
+
     /// The simulator draws what the operator's model (`operator::energy::draw`) says for each
     /// physical phase, and the older `simulation.bootWatts` is the same as `watts.boot`.
     #[test]
