@@ -488,9 +488,34 @@ pub fn render_summary(r: &Report) -> String {
         ));
     }
     notes.push_str(&format!(
-        "wear: {:.2} boots per machine per day\n",
+        "wear: {:.2} boots per machine per day",
         r.total.boots_per_machine_day
     ));
+    if c.wear_spared + c.wear_limit_passed > 0 {
+        notes.push_str(&format!(
+            "; maxBootsPerDay moved {} pick(s) to another machine, passed {} time(s) (no other machine left)",
+            c.wear_spared, c.wear_limit_passed
+        ));
+    }
+    notes.push('\n');
+    if c.schedule_power_ons + c.warm_spare_scale_ups > 0 {
+        notes.push_str(&format!(
+            "schedule: {} machine(s) powered on at a window's start; warm spares: {} scale-up(s) for placeholder pods alone\n",
+            c.schedule_power_ons, c.warm_spare_scale_ups
+        ));
+    }
+    if c.quiet_held_power_ons + c.quiet_held_power_offs > 0 {
+        notes.push_str(&format!(
+            "quiet hours: power-ons held in {} loop(s), power-offs held in {} loop(s)\n",
+            c.quiet_held_power_ons, c.quiet_held_power_offs
+        ));
+    }
+    if c.maintenances > 0 {
+        notes.push_str(&format!(
+            "maintenance: {} machine(s) taken out\n",
+            c.maintenances
+        ));
+    }
     for w in &r.warnings {
         notes.push_str(&format!("warning: {w}\n"));
     }

@@ -43,6 +43,14 @@ const FIGURES: &[Figure] = &[
         },
     },
     Figure {
+        name: "energy saved vs always on",
+        unit: "kWh",
+        get: |r| match baseline(r, "always on") {
+            Some(b) => b - r.total.kwh,
+            None => r.total.baseline_kwh - r.total.kwh,
+        },
+    },
+    Figure {
         name: "machine-hours on",
         unit: "h",
         get: |r| r.total.machine_hours_on,

@@ -80,11 +80,19 @@ pub struct NodeSlot {
     pub ready: bool,
     /// Cordoned or tainted `ToBeDeletedByClusterAutoscaler`.
     pub cordoned: bool,
+    /// Cordoned for maintenance (apart from `cordoned`, which the power-off flow sets and
+    /// clears).
+    pub maintenance: bool,
 }
 
 impl NodeSlot {
     pub fn fits(&self, p: &PodSpec) -> bool {
-        self.ready && !self.cordoned && self.has_room(p.cpu, p.memory)
+        self.schedulable() && self.has_room(p.cpu, p.memory)
+    }
+
+    /// Ready and neither cordoned nor in maintenance.
+    pub fn schedulable(&self) -> bool {
+        self.ready && !self.cordoned && !self.maintenance
     }
 
     fn has_room(&self, cpu: u64, memory: u64) -> bool {
@@ -108,15 +116,22 @@ impl NodeSlot {
     /// of CPU and memory; DaemonSet pods count as requests, or with `ignore_daemonsets` come off
     /// the allocatable instead.
     pub fn utilization(&self, ignore_daemonsets: bool) -> f64 {
+        self.utilization_with((0, 0), ignore_daemonsets)
+    }
+
+    /// [`NodeSlot::utilization`] with `(cpu, memory)` more requested (pods only CA's snapshot
+    /// has: warm-spare placeholders).
+    pub fn utilization_with(&self, extra: (u64, u64), ignore_daemonsets: bool) -> f64 {
+        let (cpu_used, memory_used) = (self.cpu_used + extra.0, self.memory_used + extra.1);
         let (cpu, mem) = if ignore_daemonsets {
             (
-                ratio(self.cpu_used, self.cpu.saturating_sub(self.ds_cpu)),
-                ratio(self.memory_used, self.memory.saturating_sub(self.ds_memory)),
+                ratio(cpu_used, self.cpu.saturating_sub(self.ds_cpu)),
+                ratio(memory_used, self.memory.saturating_sub(self.ds_memory)),
             )
         } else {
             (
-                ratio(self.cpu_used + self.ds_cpu, self.cpu),
-                ratio(self.memory_used + self.ds_memory, self.memory),
+                ratio(cpu_used + self.ds_cpu, self.cpu),
+                ratio(memory_used + self.ds_memory, self.memory),
             )
         };
         cpu.max(mem)
@@ -346,7 +361,7 @@ impl Cluster {
 
     /// Places pending pods (oldest first among those that fit) onto one node that gained room.
     pub fn fill_node(&mut self, node: NodeId, now: Millis, out: &mut Vec<Placed>) {
-        if !self.nodes[node].ready || self.nodes[node].cordoned {
+        if !self.nodes[node].schedulable() {
             return;
         }
         loop {
@@ -405,7 +420,7 @@ impl Cluster {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.ready && !n.cordoned)
+            .filter(|(_, n)| n.schedulable())
             .map(|(i, n)| {
                 let (c, m, p) = n.free();
                 (i, c, m, p)

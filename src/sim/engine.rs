@@ -112,6 +112,10 @@ pub(super) struct MachineSim {
     pub watts_since: Millis,
     pub powered_since: Option<Millis>,
     pub stats: MachineCounters,
+    /// When its power-ons of the last 24 hours started (for `maxBootsPerDay`).
+    pub power_ons: Vec<Millis>,
+    /// The maintenance it is in (an index into `Scenario::maintenance`).
+    pub maintenance: Option<usize>,
 }
 
 /// Per-machine totals.
@@ -161,6 +165,18 @@ pub(super) enum EventKindSim {
     CaDeleteNodes {
         group: usize,
     },
+    /// Group `group`'s schedule window in force changes.
+    ScheduleChange {
+        group: usize,
+    },
+    /// Maintenance `index` of the scenario starts.
+    MaintenanceStart {
+        index: usize,
+    },
+    /// Maintenance `index` of the scenario ends.
+    MaintenanceEnd {
+        index: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -197,22 +213,19 @@ pub struct Sim<'s> {
     series: Vec<SeriesPoint>,
     last_series: (u32, u32, u32),
     pending_since: Option<Millis>,
-    placed_buf: Vec<Placed>,
+    pub(super) placed_buf: Vec<Placed>,
     violation: Option<String>,
+    /// Each group's min size in force (its schedule's window, else its `minSize`).
+    pub(super) group_min: Vec<u32>,
+    /// Each group's warm spares in force.
+    pub(super) warm_spares: Vec<Option<crate::operator::api::WarmSpares>>,
 }
 
 impl<'s> Sim<'s> {
     pub fn new(sc: &'s Scenario, opts: RunOptions) -> Sim<'s> {
         let mut rng = SmallRng::seed_from_u64(stream_seed(sc.seed, STREAM_WORKLOAD, 0));
         let start_ms = sc.start.as_millisecond();
-        let start_of_day = u64::try_from(start_ms.rem_euclid(86_400_000)).unwrap_or(0);
-        let weekday = sc
-            .start
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .weekday()
-            .to_monday_one_offset();
-        let arrivals =
-            workload::generate(&sc.workloads, sc.duration, start_of_day, weekday, &mut rng);
+        let arrivals = workload::generate(&sc.workloads, sc.duration, sc.start, &mut rng);
         let mut cluster = Cluster::new(sc.machines.len(), sc.scheduler);
         cluster.pods.reserve(arrivals.len());
         let machines = sc
@@ -228,12 +241,13 @@ impl<'s> Sim<'s> {
                 slot.ds_memory = sc.daemonset_memory;
                 slot.ds_pods = u32::from(sc.daemonset_cpu > 0 || sc.daemonset_memory > 0);
                 slot.no_scale_down = m.scale_down_disabled;
+                let boot_durations: Vec<SignedDuration> = m
+                    .recent_boots
+                    .iter()
+                    .map(|&s| SignedDuration::from_secs(i64::from(s)))
+                    .collect();
                 let policy = Policy {
-                    boot_timeout: m
-                        .machine
-                        .spec
-                        .boot_timeout("")
-                        .unwrap_or(crate::operator::api::DEFAULT_BOOT_TIMEOUT),
+                    boot_timeout: boot_timeout(m, &boot_durations),
                     shutdown_timeout: m
                         .machine
                         .spec
@@ -258,13 +272,15 @@ impl<'s> Sim<'s> {
                     generation: 0,
                     wake_at: None,
                     last_power_on: None,
-                    boot_durations: Vec::new(),
+                    boot_durations,
                     power_on_requested: None,
                     watts: 0.0,
                     watts_busy_part: 0.0,
                     watts_since: 0,
                     powered_since: on.then_some(0),
                     stats: MachineCounters::default(),
+                    power_ons: Vec::new(),
+                    maintenance: None,
                 }
             })
             .collect();
@@ -296,6 +312,12 @@ impl<'s> Sim<'s> {
             pending_since: None,
             placed_buf: Vec::new(),
             violation: None,
+            group_min: sc.groups.iter().map(|g| g.min).collect(),
+            warm_spares: sc
+                .groups
+                .iter()
+                .map(|g| g.group.spec.warm_spares.clone())
+                .collect(),
         };
         for m in 0..sim.machines.len() {
             sim.update_watts(m);
@@ -359,6 +381,16 @@ impl<'s> Sim<'s> {
             self.reconcile(m);
         }
         if !self.opts.autoscaler_off {
+            // The operator's schedule, then the maintenance the scenario plans.
+            for g in 0..self.sc.groups.len() {
+                self.apply_schedule(g);
+            }
+            for (index, mt) in self.sc.maintenance.iter().enumerate() {
+                self.schedule(mt.from, EventKindSim::MaintenanceStart { index });
+                if let Some(to) = mt.to {
+                    self.schedule(to, EventKindSim::MaintenanceEnd { index });
+                }
+            }
             self.schedule(0, EventKindSim::AutoscalerScan);
         }
         let mut next_progress = HOUR;
@@ -562,6 +594,9 @@ impl<'s> Sim<'s> {
                 self.schedule(next, EventKindSim::AutoscalerScan);
             }
             EventKindSim::CaDeleteNodes { group } => self.ca_delete_nodes(group),
+            EventKindSim::ScheduleChange { group } => self.apply_schedule(group),
+            EventKindSim::MaintenanceStart { index } => self.maintenance_start(index),
+            EventKindSim::MaintenanceEnd { index } => self.maintenance_end(index),
             EventKindSim::Wake { m } => {
                 if self.machines[m].wake_at == Some(self.now) {
                     self.machines[m].wake_at = None;
@@ -765,6 +800,10 @@ impl<'s> Sim<'s> {
     fn perform(&mut self, m: usize, effect: Effect) -> bool {
         match effect {
             Effect::StartPowerOn { op, .. } => {
+                let now = self.now;
+                let ons = &mut self.machines[m].power_ons;
+                ons.retain(|&t| t + super::units::DAY > now);
+                ons.push(now);
                 self.start_action(m, op, OperationKind::PowerOn);
                 false
             }
@@ -848,6 +887,9 @@ impl<'s> Sim<'s> {
                 ms.boot_durations.push(d);
                 let excess = ms.boot_durations.len().saturating_sub(10);
                 ms.boot_durations.drain(..excess);
+                // `bootTimeout: auto` follows the boots as they are learned, as the operator's
+                // `Machine::boot_timeout` does from `status.recentBootSeconds`.
+                ms.policy.boot_timeout = boot_timeout(&self.sc.machines[m], &ms.boot_durations);
                 false
             }
             Effect::Emit(e) => {
@@ -1031,6 +1073,23 @@ impl<'s> Sim<'s> {
     }
 }
 
+/// The machine's boot deadline: `spec.bootTimeout`, or with `auto` the operator's learned one
+/// (`BootStats::auto_timeout`) from the boots so far, the default until there are enough.
+fn boot_timeout(model: &super::scenario::MachineModel, boots: &[SignedDuration]) -> SignedDuration {
+    let spec = &model.machine.spec;
+    if spec.boot_timeout_auto() {
+        let secs: Vec<u32> = boots
+            .iter()
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+            .collect();
+        return crate::operator::machine::BootStats::of(&secs)
+            .and_then(|s| s.auto_timeout())
+            .unwrap_or(crate::operator::api::DEFAULT_BOOT_TIMEOUT);
+    }
+    spec.boot_timeout("")
+        .unwrap_or(crate::operator::api::DEFAULT_BOOT_TIMEOUT)
+}
+
 const STREAM_WORKLOAD: u64 = 1;
 const STREAM_HARDWARE: u64 = 2;
 const STREAM_CA: u64 = 3;
@@ -1159,6 +1218,39 @@ mod tests {
         sim.cluster.pending.clear();
         let err = sim.run(&mut |_, _| {}).expect_err("the run must fail");
         assert!(err.what.contains("not accounted for"), "{err}");
+    }
+
+    /// `bootTimeout: auto`: the deadline starts from the boots recorded before the run
+    /// (`status.recentBootSeconds`, kept by `--from-cluster`) and follows each boot as the
+    /// operator's `BootStats::auto_timeout` does; the default before three boots.
+    #[test]
+    fn an_auto_boot_timeout_starts_from_the_recorded_boots_and_follows_new_ones() {
+        let text = include_str!("../../tests/data/sim/one-burst.yaml").replace(
+            "      powerState: \"off\"\n",
+            "      powerState: \"off\"\n      bootTimeout: auto\n",
+        );
+        let mut sc = match Scenario::parse("one-burst.yaml", &text, &NoTraceFiles) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let sim = Sim::new(&sc, RunOptions::default());
+        assert_eq!(
+            sim.machines[0].policy.boot_timeout,
+            crate::operator::api::DEFAULT_BOOT_TIMEOUT
+        );
+        sc.machines[0].recent_boots = vec![200, 200, 200];
+        let mut sim = Sim::new(&sc, RunOptions::default());
+        // p95 200 s plus half of it.
+        assert_eq!(
+            sim.machines[0].policy.boot_timeout,
+            SignedDuration::from_secs(300)
+        );
+        sim.perform(0, Effect::BootDuration(SignedDuration::from_secs(400)));
+        // p95 of [200, 200, 200, 400] is 400 s, plus half of it.
+        assert_eq!(
+            sim.machines[0].policy.boot_timeout,
+            SignedDuration::from_secs(600)
+        );
     }
 
     /// The simulator draws what the operator's model (`operator::energy::draw`) says for each

@@ -16,6 +16,11 @@
 //!   at once (no controller or API latency).
 //! - Energy baseline: every machine on for the whole run at idle power plus the same load energy
 //!   as measured.
+//! - The owner's week ([`schedule`]): a Group's schedule windows (min size in force, machines
+//!   powered on at a window's start), warm spares (CA's CapacityBuffer placeholder pods, see
+//!   `autoscaler/buffer.rs`), `maxBootsPerDay` and quiet hours, scenario-level maintenance and
+//!   paused groups. Boot times read from a cluster are the learned p50/p95 of each machine, and
+//!   `bootTimeout: auto` follows the boots as the run learns them.
 pub mod autoscaler;
 pub mod batch;
 pub mod cluster;
@@ -24,6 +29,7 @@ mod locate;
 pub mod plot;
 pub mod report;
 pub mod scenario;
+pub mod schedule;
 pub mod units;
 mod views;
 pub mod workload;

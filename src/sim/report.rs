@@ -23,6 +23,21 @@ pub struct Counters {
     pub failed_instances_deleted: u64,
     /// Times the provider's inventory was rebuilt from the simulated world.
     pub inventory_builds: u64,
+    /// Machines the operator powered on at a schedule window's start (to its min size).
+    pub schedule_power_ons: u64,
+    /// Scale-ups the Cluster Autoscaler made for warm spares (placeholder pods) alone.
+    pub warm_spare_scale_ups: u64,
+    /// Picks moved from a machine at its `maxBootsPerDay` to one below it.
+    pub wear_spared: u64,
+    /// Machines powered on past their `maxBootsPerDay` (no other could take the pods).
+    pub wear_limit_passed: u64,
+    /// Scans in which quiet hours held a group's power-ons (pods had not waited
+    /// `powerOnAfter` yet).
+    pub quiet_held_power_ons: u64,
+    /// Scans in which quiet hours kept an unneeded node on.
+    pub quiet_held_power_offs: u64,
+    /// Machines that went into maintenance.
+    pub maintenances: u64,
 }
 
 /// One line of `--timeline`.

@@ -257,8 +257,24 @@ pub enum Distribution {
 
 /// The standard normal's 99th percentile.
 const Z99: f64 = 2.326_347_874;
+/// The standard normal's 95th percentile.
+const Z95: f64 = 1.644_853_627;
 
 impl Distribution {
+    /// A boot time as learned (`operator::machine::BootStats`): log-normal with median `p50`
+    /// whose 95th percentile is `p95` (boot times have a long right tail: a disk check, an
+    /// update); fixed when both are equal.
+    pub fn from_p50_p95(p50: Millis, p95: Millis) -> Distribution {
+        if p95 <= p50 || p50 == 0 {
+            return Distribution::Fixed(p50.max(p95));
+        }
+        let sigma = (p95 as f64 / p50 as f64).ln() / Z95;
+        Distribution::LogNormal {
+            median: p50,
+            p99: (p50 as f64 * (sigma * Z99).exp()).round() as Millis,
+        }
+    }
+
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Millis {
         match *self {
             Distribution::Fixed(v) => v,

@@ -67,9 +67,14 @@ pub(super) fn build_inventory(sim: &Sim<'_>, base: &BaseViews) -> Inventory {
             let slot = &sim.cluster.nodes[i];
             let mut node = base.nodes[i].clone();
             node.ready = slot.ready;
-            node.unschedulable = slot.cordoned;
+            node.unschedulable = slot.cordoned || slot.maintenance;
             nodes.push(node);
         }
     }
-    Inventory::build(base.groups.clone(), machines, nodes)
+    let mut groups = base.groups.clone();
+    // The min size in force (a schedule window's), as the provider reports it to CA.
+    for (g, min) in groups.iter_mut().zip(&sim.group_min) {
+        g.min_size = *min;
+    }
+    Inventory::build(groups, machines, nodes)
 }

@@ -27,6 +27,10 @@ pub struct WorkloadSpec {
     /// Long-running replicas (a Deployment): pods that run until the count goes down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<ReplicasArrivals>,
+    /// Pods arrive only within these hours (e.g. office hours); the arrivals `constant`,
+    /// `diurnal` or `burst` generate outside them are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hours: Option<HoursSpec>,
     /// The pods' namespace; `kube-system` pods block scale-down (CA's
     /// `--skip-nodes-with-system-pods`) unless they have a PDB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,6 +59,26 @@ pub struct WorkloadSpec {
     /// How long each pod runs once it is placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<Distribution>,
+}
+
+/// A weekly window of a workload: from `from` to `to` (`HH:MM`, wall clock of `timeZone`,
+/// default UTC) on each of `days` (default every day), as a Group's schedule window.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HoursSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<crate::operator::api::Day>,
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// A workload's hours, parsed by the operator's calendar.
+#[derive(Clone, Debug)]
+pub struct Hours {
+    pub window: crate::operator::calendar::Weekly,
+    pub tz: jiff::tz::TimeZone,
 }
 
 /// A Poisson process with a fixed rate.
@@ -295,6 +319,8 @@ pub struct Workload {
     /// `None` for traces.
     pub template: Option<PodTemplate>,
     pub drain: DrainTraits,
+    /// Arrivals only within these hours.
+    pub hours: Option<Hours>,
 }
 
 /// The replica count changes of every `replicas` workload over `[0, duration)`:
@@ -326,17 +352,31 @@ pub fn replica_steps(workloads: &[Workload], duration: Millis) -> Vec<(Millis, u
 /// Generates every pod of every workload over `[0, duration)`, sorted by arrival.
 /// `start_of_day` is the scenario start's offset from midnight UTC and `start_weekday` its day
 /// of the week (Monday = 1), so diurnal patterns line up with the calendar.
+/// `start` is the wall-clock instant of virtual time 0 (for a workload's `hours`).
 pub fn generate(
     workloads: &[Workload],
     duration: Millis,
-    start_of_day: Millis,
-    start_weekday: i8,
+    start: jiff::Timestamp,
     rng: &mut SmallRng,
 ) -> Vec<PodSpec> {
+    let start_ms = start.as_millisecond();
+    let start_of_day = u64::try_from(start_ms.rem_euclid(DAY as i64)).unwrap_or(0);
+    let start_weekday = start
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .weekday()
+        .to_monday_one_offset();
     let mut pods = Vec::new();
     for (index, w) in workloads.iter().enumerate() {
         let workload = u16::try_from(index).unwrap_or(u16::MAX);
         let mut push = |arrival: Millis, rng: &mut SmallRng| {
+            if let Some(h) = &w.hours {
+                let at = i64::try_from(arrival).ok().and_then(|a| {
+                    jiff::Timestamp::from_millisecond(start_ms.saturating_add(a)).ok()
+                });
+                if at.is_none_or(|at| !h.window.contains(&h.tz, at)) {
+                    return;
+                }
+            }
             if let Some(t) = &w.template {
                 pods.push(PodSpec {
                     arrival,
@@ -464,6 +504,11 @@ mod tests {
     use crate::sim::units::{HOUR, MINUTE, SECOND};
     use rand::SeedableRng;
 
+    /// Monday 2026-01-05 00:00 UTC.
+    fn monday() -> jiff::Timestamp {
+        crate::sim::scenario::default_start()
+    }
+
     fn template() -> Option<PodTemplate> {
         Some(PodTemplate {
             cpu: 500,
@@ -481,11 +526,45 @@ mod tests {
             },
             template: template(),
             drain: DrainTraits::default(),
+            hours: None,
         };
         let mut rng = SmallRng::seed_from_u64(7);
-        let pods = generate(&[w], 100 * HOUR, 0, 1, &mut rng);
+        let pods = generate(&[w], 100 * HOUR, monday(), &mut rng);
         assert!((5_500..6_500).contains(&pods.len()), "{}", pods.len());
         assert!(pods.windows(2).all(|p| p[0].arrival <= p[1].arrival));
+    }
+
+    /// `hours`: arrivals outside the window (wall clock of its zone) are left out.
+    #[test]
+    fn arrivals_keep_to_their_hours() {
+        use crate::operator::api::Day;
+        let tz = jiff::tz::TimeZone::get("Europe/Berlin").expect("tzdb");
+        let window = crate::operator::calendar::Weekly::parse(
+            "hours",
+            &[Day::Mon, Day::Tue, Day::Wed, Day::Thu, Day::Fri],
+            "08:00",
+            "18:00",
+        )
+        .expect("window");
+        let w = Workload {
+            name: "office".into(),
+            arrivals: Arrivals::Constant {
+                per_ms: 60.0 / HOUR as f64,
+            },
+            template: template(),
+            drain: DrainTraits::default(),
+            hours: Some(Hours { window, tz }),
+        };
+        let mut rng = SmallRng::seed_from_u64(7);
+        // A week from Monday: 5 days of 10 hours at 60/h.
+        let pods = generate(&[w], 7 * DAY, monday(), &mut rng);
+        assert!((2_700..3_300).contains(&pods.len()), "{}", pods.len());
+        // Berlin is UTC+1 in January: 07:00 to 17:00 UTC, Monday to Friday.
+        for p in &pods {
+            let tod = p.arrival % DAY;
+            assert!((7 * HOUR..17 * HOUR).contains(&tod), "{}", p.arrival);
+            assert!(p.arrival < 5 * DAY, "{}", p.arrival);
+        }
     }
 
     #[test]
@@ -500,9 +579,10 @@ mod tests {
             },
             template: template(),
             drain: DrainTraits::default(),
+            hours: None,
         };
         let mut rng = SmallRng::seed_from_u64(7);
-        let pods = generate(&[w], 48 * HOUR, 0, 1, &mut rng);
+        let pods = generate(&[w], 48 * HOUR, monday(), &mut rng);
         assert_eq!(pods.len(), 20);
         assert_eq!(pods[0].arrival, HOUR);
         assert_eq!(pods[9].arrival, HOUR + 9 * SECOND);

@@ -50,6 +50,7 @@ use super::scenario::Scenario;
 use super::units::Millis;
 use crate::operator::provider::ops;
 
+mod buffer;
 mod drain;
 mod health;
 mod scale_down;
@@ -98,6 +99,8 @@ pub(super) struct CaState {
     pub group_ids: Vec<String>,
     pub options: Vec<GroupOptions>,
     templates: Option<Vec<Option<Shape>>>,
+    /// This loop's warm-spare placeholder pods (`buffer.rs`).
+    pub placeholders: buffer::Placeholders,
 }
 
 impl CaState {
@@ -115,6 +118,7 @@ impl CaState {
             group_ids: Vec::new(),
             options: Vec::new(),
             templates: None,
+            placeholders: buffer::Placeholders::default(),
         }
     }
 
@@ -134,7 +138,7 @@ fn duration(ms: Millis) -> jiff::SignedDuration {
 }
 
 impl Sim<'_> {
-    fn resolve_group_ids(&mut self) {
+    pub(in crate::sim) fn resolve_group_ids(&mut self) {
         if !self.ca.group_ids.is_empty() {
             return;
         }
@@ -197,7 +201,10 @@ impl Sim<'_> {
         self.resolve_group_ids();
         let ids = std::mem::take(&mut self.ca.group_ids);
         self.handle_unhealthy_instances(&ids);
-        if !self.cluster.pending.is_empty() {
+        // Warm spares' placeholder pods join the pending pods
+        // (`processors/capacitybuffer/pod_list_processor.go` `Process`).
+        self.ca.placeholders = self.place_placeholders(&ids);
+        if !self.cluster.pending.is_empty() || self.ca.placeholders.any_unplaced() {
             self.scale_up(&ids);
         }
         if self.sc.autoscaler.scale_down_enabled {
@@ -223,7 +230,7 @@ impl Sim<'_> {
     }
 }
 
-fn names(changes: &[crate::operator::provider::PowerChange]) -> String {
+pub(in crate::sim) fn names(changes: &[crate::operator::provider::PowerChange]) -> String {
     changes
         .iter()
         .map(|c| c.machine.name.as_str())

@@ -1,6 +1,7 @@
 //! Scale-down (`core/scaledown/planner`, `budgets`, `actuation`): unneeded nodes found by
 //! simulating their removal, removed after their unneeded time within the parallelism budgets,
 //! tainted, then drained and deleted.
+use super::buffer::PLACEHOLDER;
 use super::drain::Drain;
 use super::names;
 use crate::operator::machine::PowerState;
@@ -17,6 +18,7 @@ impl Sim<'_> {
         let ms = &self.machines[m];
         ms.node_registered
             && !slot.cordoned
+            && ms.maintenance.is_none()
             && ms.desired == PowerState::On
             && !slot.no_scale_down
             && (slot.ready || self.sc.autoscaler.scale_down_unready_enabled)
@@ -50,6 +52,14 @@ impl Sim<'_> {
             .collect();
         order.sort_by_key(|&m| (self.ca.unneeded_since[m].is_none(), m));
         let mut rooms = self.cluster.free_rooms();
+        // Warm-spare placeholders hold their room in CA's snapshot: no pod moves into it.
+        for r in rooms.iter_mut() {
+            for &(c, mem) in self.ca.placeholders.on_node.get(r.0).into_iter().flatten() {
+                r.1 = r.1.saturating_sub(c);
+                r.2 = r.2.saturating_sub(mem);
+                r.3 = r.3.saturating_sub(1);
+            }
+        }
         let mut is_destination: Vec<bool> = vec![false; sc.machines.len()];
         for r in &rooms {
             is_destination[r.0] = true;
@@ -68,8 +78,15 @@ impl Sim<'_> {
                 continue;
             }
             // `eligibility.go` `isNodeAtOrBelowUtilizationThreshold`: at the threshold counts.
+            // Warm-spare placeholders packed onto the node count as its pods (they are in CA's
+            // snapshot).
             let slot = &self.cluster.nodes[m];
-            if slot.utilization(opts.ignore_daemonsets) > opts.threshold {
+            let held = &self.ca.placeholders.on_node;
+            let extra = held.get(m).map_or((0, 0), |p| {
+                p.iter()
+                    .fold((0, 0), |(c, mm), &(pc, pm)| (c + pc, mm + pm))
+            });
+            if slot.utilization_with(extra, opts.ignore_daemonsets) > opts.threshold {
                 continue;
             }
             if removable.len() >= limit {
@@ -85,6 +102,9 @@ impl Sim<'_> {
                 })
                 .collect();
             pods.extend(moved_in[m].iter().copied());
+            if let Some(p) = held.get(m) {
+                pods.extend(p.iter().map(|&(c, mem)| (c, mem, PLACEHOLDER, now)));
+            }
             let blocked = pods.iter().find_map(|&(_, _, w, created)| {
                 match self.drain_rule(w, created, &pdb_left) {
                     Drain::Blocked(why) => Some(why),
@@ -132,10 +152,10 @@ impl Sim<'_> {
             }
             is_destination[m] = false;
             for &(_, _, w, _) in &pods {
-                if sc.workloads[usize::from(w)]
-                    .drain
-                    .pdb_max_unavailable
-                    .is_some()
+                if sc
+                    .workloads
+                    .get(usize::from(w))
+                    .is_some_and(|wl| wl.drain.pdb_max_unavailable.is_some())
                 {
                     pdb_left[usize::from(w)] -= 1;
                 }
@@ -182,6 +202,7 @@ impl Sim<'_> {
         // `unneeded.Nodes.RemovableAt`: unneeded (unready) for longer than the group's unneeded
         // (unready) time, strictly; never taking a group to its min size.
         let mut sizes: Vec<Option<u32>> = vec![None; sc.groups.len()];
+        let mut quiet_held = false;
         let mut empty: Vec<usize> = Vec::new();
         let mut drain: Vec<usize> = Vec::new();
         for &(m, needs_drain) in removable {
@@ -208,7 +229,23 @@ impl Sim<'_> {
                 }
             }
             let size = sizes[g].unwrap_or(0);
-            if size <= sc.groups[g].min {
+            // A paused group takes no power action.
+            if sc.groups[g].group.spec.paused == Some(true) {
+                continue;
+            }
+            // The min in force: a schedule window's, as the provider reports it (`MinSize`).
+            if size <= self.group_min[g] {
+                continue;
+            }
+            // Quiet hours with `noPowerOff`: the node stays (unneeded) until they end.
+            let model = &sc.machines[m];
+            let group = &sc.groups[g];
+            if model
+                .quiet
+                .at(&group.tz, self.ts(now))
+                .is_some_and(|q| q.no_power_off)
+            {
+                quiet_held = true;
                 continue;
             }
             sizes[g] = Some(size - 1);
@@ -217,6 +254,9 @@ impl Sim<'_> {
             } else {
                 empty.push(m);
             }
+        }
+        if quiet_held {
+            self.counters.quiet_held_power_offs += 1;
         }
         // Atomic (`zeroOrMaxNodeScaling`) groups go all at once or not at all.
         let mut atomic_ok = vec![true; sc.groups.len()];
@@ -322,10 +362,10 @@ impl Sim<'_> {
         let ts = self.ts(self.now);
         match ops::delete_nodes(self.inventory(), &ids[g], &refs, ts) {
             Ok(d) => {
-                if d.target_after < sc.groups[g].min {
+                if d.target_after < self.group_min[g] {
                     self.violate(format!(
                         "DeleteNodes took group {} to target {}, below its min {}",
-                        sc.groups[g].name, d.target_after, sc.groups[g].min
+                        sc.groups[g].name, d.target_after, self.group_min[g]
                     ));
                 }
                 self.counters.scale_downs += 1;

@@ -39,7 +39,7 @@ struct Option_ {
 impl Sim<'_> {
     /// Each group's template node as CA builds it: the provider's template, with the DaemonSet
     /// pods CA adds to it taking their share (`simulator/node_info_utils.go`).
-    fn templates(&mut self, ids: &[String]) -> Vec<Option<Shape>> {
+    pub(super) fn templates(&mut self, ids: &[String]) -> Vec<Option<Shape>> {
         if let Some(t) = &self.ca.templates {
             return t.clone();
         }
@@ -79,7 +79,7 @@ impl Sim<'_> {
         // Pods to help, oldest first, by shape.
         let mut classes = self.cluster.pending_classes();
         // Nodes on their way up take pods first (`addUpcomingNodesToClusterSnapshot`).
-        let mut upcoming: Vec<Room> = Vec::new();
+        let mut upcoming: Vec<(usize, Room)> = Vec::new();
         for (g, group) in sc.groups.iter().enumerate() {
             let Some((cpu, mem, np)) = shapes[g] else {
                 continue;
@@ -89,13 +89,14 @@ impl Sim<'_> {
                 if ms.desired == PowerState::On
                     && !self.cluster.nodes[m].ready
                     && ms.lifecycle.phase() != Phase::Failed
+                    && ms.maintenance.is_none()
                 {
-                    upcoming.push(Room { cpu, mem, pods: np });
+                    upcoming.push((g, Room { cpu, mem, pods: np }));
                 }
             }
         }
         for c in classes.iter_mut() {
-            for r in upcoming.iter_mut() {
+            for (_, r) in upcoming.iter_mut() {
                 c.2 -= take_many(r, c.0, c.1, c.2);
                 if c.2 == 0 {
                     break;
@@ -103,7 +104,26 @@ impl Sim<'_> {
             }
         }
         classes.retain(|c| c.2 > 0);
-        if classes.is_empty() {
+        // Warm spares: each group's placeholders that fit no existing node, less those its
+        // nodes on their way up hold (`buffer.rs`).
+        let mut placeholders: Vec<Option<(u64, u64, u32)>> = vec![None; sc.groups.len()];
+        for (g, p) in placeholders.iter_mut().enumerate() {
+            let Some(((cpu, mem), mut left)) =
+                self.ca.placeholders.unplaced.get(g).copied().flatten()
+            else {
+                continue;
+            };
+            for (_, r) in upcoming.iter_mut().filter(|(ug, _)| *ug == g) {
+                left -= take_many(r, cpu, mem, left);
+                if left == 0 {
+                    break;
+                }
+            }
+            if left > 0 {
+                *p = Some((cpu, mem, left));
+            }
+        }
+        if classes.is_empty() && placeholders.iter().all(Option::is_none) {
             return false;
         }
         // First-fit decreasing, as CA's binpacking estimator sorts pods by size.
@@ -129,20 +149,54 @@ impl Sim<'_> {
             u32::MAX
         };
         let mut options = Vec::new();
+        let oldest_wait = self.cluster.pending.first().map(|&p| {
+            self.now
+                .saturating_sub(self.cluster.pods[p as usize].spec.arrival)
+        });
+        let at = self.ts(self.now);
+        let mut quiet_held = false;
         for (g, group) in sc.groups.iter().enumerate() {
-            if self.ca.backoff[g].until > self.now {
+            // A paused group takes no power action (the provider leaves it as it is).
+            if self.ca.backoff[g].until > self.now || group.group.spec.paused == Some(true) {
                 continue;
             }
             let Some((cpu, mem, np)) = shapes[g] else {
                 continue;
             };
-            let room_left = group.max.saturating_sub(targets[g]).min(total_left);
+            // Machines in maintenance that are off are no spares: the group's `MaxSize` leaves
+            // them out (as `ops::max_size` leaves out spares that cannot be picked).
+            let held = group
+                .members
+                .iter()
+                .filter(|&&m| {
+                    self.machines[m].maintenance.is_some()
+                        && self.machines[m].desired == PowerState::Off
+                })
+                .count() as u32;
+            let room_left = group
+                .max
+                .saturating_sub(targets[g])
+                .saturating_sub(held)
+                .min(total_left);
             if room_left == 0 {
                 continue;
             }
+            // Quiet hours with `powerOnAfter`: no power-on until a pod has waited that long,
+            // and none for placeholders (the operator holds the scale-up).
+            let hold = group.quiet.at(&group.tz, at).and_then(|q| q.power_on_after);
+            let mut group_classes = classes.clone();
+            if let Some(d) = hold {
+                if oldest_wait.is_none_or(|w| w < d) {
+                    quiet_held = true;
+                    continue;
+                }
+            } else if let Some(p) = placeholders[g] {
+                group_classes.push(p);
+                group_classes.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
+            }
             let mut nodes: Vec<Room> = Vec::new();
             let mut helped = 0usize;
-            for &(c, m, count) in &classes {
+            for &(c, m, count) in &group_classes {
                 if c > cpu || m > mem {
                     continue;
                 }
@@ -197,6 +251,9 @@ impl Sim<'_> {
                 price: rate * n as f64 / helped as f64,
             });
         }
+        if quiet_held {
+            self.counters.quiet_held_power_ons += 1;
+        }
         if options.is_empty() {
             return false;
         }
@@ -208,6 +265,13 @@ impl Sim<'_> {
             Ok(d) => {
                 self.check_bounds(g, d.target_after, "IncreaseSize");
                 self.counters.scale_ups += 1;
+                if classes.is_empty() {
+                    self.counters.warm_spare_scale_ups += 1;
+                }
+                let d = crate::operator::provider::Decision {
+                    changes: self.amend_picks(&ids[g], d.changes),
+                    ..d
+                };
                 self.ca.last_scale_up = Some(self.now);
                 self.note(
                     None,

@@ -8,9 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 use super::ScenarioError;
-use crate::operator::api::{Group, GroupSpec, Machine, MachineSpec, Watts};
+use crate::operator::api::{Group, GroupSpec, Machine, MachineSpec, MaintenancePower, Watts};
+use crate::operator::machine::BootStats;
 use crate::sim::cluster::SchedulerPolicy;
-use crate::sim::units::{Cpu, Distribution, Duration, Memory, Millis, Probability, SECOND};
+use crate::sim::units::{Cpu, Distribution, Duration, Memory, Millis, Probability};
 use crate::sim::workload::WorkloadSpec;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -44,6 +45,27 @@ pub(super) struct ScenarioFile {
     /// DaemonSets: one pod of each on every node.
     #[serde(default)]
     pub(super) daemon_sets: Vec<DaemonSetSpec>,
+    /// Machines in maintenance during the run.
+    #[serde(default)]
+    pub(super) maintenance: Vec<MaintenanceFile>,
+}
+
+/// A maintenance of one machine: `from` and `to` are offsets from the start of the run, as a
+/// workload's `at` (e.g. `{machine: tower-1, from: 50h, to: 54h, power: "off"}`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct MaintenanceFile {
+    /// The Node CR's name (`namespace/name` when names repeat across namespaces).
+    pub(super) machine: String,
+    pub(super) from: Duration,
+    /// Default: until the end of the run.
+    #[serde(default)]
+    pub(super) to: Option<Duration>,
+    /// `keep` (default), `on` or `off`, as the Node CR's `spec.maintenance.power`.
+    #[serde(default)]
+    pub(super) power: MaintenancePower,
+    #[serde(default)]
+    pub(super) reason: Option<String>,
 }
 
 /// A DaemonSet's pod requests.
@@ -263,6 +285,10 @@ pub(super) struct MachineDoc {
     pub(super) status: Option<serde_yaml::Value>,
     #[serde(default)]
     pub(super) simulation: MachineSimulation,
+    /// The boots the operator recorded (`status.recentBootSeconds`, read from a cluster): the
+    /// simulated machine starts with them, so `bootTimeout: auto` starts from what it learned.
+    #[serde(skip)]
+    pub(super) recent_boots: Vec<u32>,
 }
 
 /// Per-machine simulation parameters (every field optional: the top-level `simulation:`
@@ -407,18 +433,16 @@ impl MachineDoc {
     pub(super) fn observed(m: Machine) -> MachineDoc {
         let mut spec = m.spec;
         let mut simulation = MachineSimulation::default();
+        let mut recent_boots = Vec::new();
         if let Some(status) = &m.status {
-            // Boot times from the machine's recorded boots: uniform between the
-            // shortest and the longest.
-            let recorded = &status.recent_boot_seconds;
-            if let (Some(&lo), Some(&hi)) = (recorded.iter().min(), recorded.iter().max()) {
-                let (lo, hi) = (u64::from(lo) * SECOND, u64::from(hi) * SECOND);
-                simulation.boot_time = Some(if lo == hi {
-                    Distribution::Fixed(lo)
-                } else {
-                    Distribution::Uniform { min: lo, max: hi }
-                });
+            // Boot times as the operator learned them (`status.recentBootSeconds`, summed up
+            // by `BootStats` as `fsm inspect` shows them): p50 and p95.
+            if let Some(stats) = BootStats::of(&status.recent_boot_seconds) {
+                let ms = |d: jiff::SignedDuration| u64::try_from(d.as_millis()).unwrap_or(0);
+                simulation.boot_time =
+                    Some(Distribution::from_p50_p95(ms(stats.p50), ms(stats.p95)));
             }
+            recent_boots.clone_from(&status.recent_boot_seconds);
             if let Some(observed) = status.power_state {
                 spec.power_state = observed;
             }
@@ -452,6 +476,7 @@ impl MachineDoc {
             spec,
             status: None,
             simulation,
+            recent_boots,
         }
     }
 }

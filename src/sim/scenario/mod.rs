@@ -17,7 +17,7 @@ pub use format::{
     CapacityFile, DaemonSetSpec, Electricity, Expander, ExpanderChain, MachineSimulation, Tariff,
 };
 pub use model::{
-    AutoscalerConfig, GroupModel, MachineModel, Scenario, SoftOff, default_start,
+    AutoscalerConfig, GroupModel, MachineModel, MaintenanceModel, Scenario, SoftOff, default_start,
     driver_action_time,
 };
 

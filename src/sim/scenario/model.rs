@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::format::{Electricity, ExpanderChain};
 use crate::operator::api::{Direction, Group, Machine, MachineSpec, PowerDriver, Watts};
 use crate::sim::cluster::SchedulerPolicy;
+use crate::sim::schedule::Quiet;
 use crate::sim::units::{Distribution, HOUR, MINUTE, Millis, SECOND};
 use crate::sim::workload::Workload;
 
@@ -133,6 +134,12 @@ pub struct GroupModel {
     pub priority: i32,
     /// Indexes into [`Scenario::machines`].
     pub members: Vec<usize>,
+    /// The zone of `spec.schedule` and quiet hours (`spec.timeZone`, default UTC).
+    pub tz: jiff::tz::TimeZone,
+    /// `spec.schedule`, parsed by the operator's calendar.
+    pub windows: Vec<crate::operator::calendar::Weekly>,
+    /// The Group's quiet hours (`spec.wear.quietHours`): they hold its power-ons.
+    pub quiet: Quiet,
 }
 
 /// A machine after validation.
@@ -162,6 +169,14 @@ pub struct MachineModel {
     pub power_off_failure: f64,
     pub scale_down_disabled: bool,
     pub initially_on: bool,
+    /// `wear.maxBootsPerDay` (the Node CR's over its Group's).
+    pub max_boots_per_day: Option<u32>,
+    /// `wear.quietHours` (the Node CR's over its Group's), in the Group's zone: they hold
+    /// the machine's power-offs.
+    pub quiet: Quiet,
+    /// Boots recorded before the run, in seconds (`status.recentBootSeconds` of a machine
+    /// read from a cluster): the start of what `bootTimeout: auto` learns from.
+    pub recent_boots: Vec<u32>,
 }
 
 /// A soft power-off confirmed by readback, escalated when the OS does not comply (Redfish:
@@ -207,6 +222,20 @@ pub struct Scenario {
     pub daemonset_memory: u64,
     /// Group fields the simulation reads but does not model, with why (shown in the report).
     pub ignored: Vec<String>,
+    /// Maintenance of machines, in start order.
+    pub maintenance: Vec<MaintenanceModel>,
+}
+
+/// A machine in maintenance over `[from, to)` of virtual time: drained, cordoned, left alone
+/// by the Cluster Autoscaler and by the operator's picks, its power as `power` says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaintenanceModel {
+    pub machine: usize,
+    pub from: Millis,
+    /// `None`: until the end of the run.
+    pub to: Option<Millis>,
+    pub power: crate::operator::api::MaintenancePower,
+    pub reason: Option<String>,
 }
 
 /// The default start: Monday 2026-01-05 00:00 UTC.

@@ -8,23 +8,27 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::format::{
     AutoscalerFile, DaemonSetSpec, Electricity, Expander, GroupDoc, MachineDoc, MachineSimulation,
-    ScenarioFile,
+    MaintenanceFile, ScenarioFile,
 };
 use super::model::{
-    AutoscalerConfig, GroupModel, MachineModel, Scenario, SoftOff, default_start,
+    AutoscalerConfig, GroupModel, MachineModel, MaintenanceModel, Scenario, SoftOff, default_start,
     driver_action_time,
 };
 use super::{ScenarioError, TraceSource};
 use crate::operator::api::{
-    Direction, FieldError, GROUP_LABEL, Group, Machine, MachineSpec, PowerDriver, Watts,
+    Direction, FieldError, GROUP_LABEL, Group, GroupSpec, Machine, MachineSpec, PowerDriver,
+    QuietHours, WarmSpares, Watts, Wear, parse_duration,
 };
+use crate::operator::calendar::{self, Weekly};
 use crate::operator::machine::PowerState;
 use crate::sim::locate::locate;
+use crate::sim::schedule::{Quiet, QuietRule};
 use crate::sim::units::{DAY, Distribution, Millis, SECOND, parse_cpu, parse_memory};
 use crate::sim::workload::{
-    Arrivals, Controller, DrainTraits, FOREVER, PodTemplate, TraceArrivals, Workload, WorkloadSpec,
-    parse_trace,
+    Arrivals, Controller, DrainTraits, FOREVER, Hours, PodTemplate, TraceArrivals, Workload,
+    WorkloadSpec, parse_trace,
 };
+use jiff::tz::TimeZone;
 
 struct Ctx<'a> {
     file: &'a str,
@@ -112,6 +116,7 @@ pub(super) fn scenario(
         u64::try_from(start.as_millisecond().rem_euclid(DAY as i64)).unwrap_or(0);
     let (daemonset_cpu, daemonset_memory) = daemon_sets(cx, &raw.daemon_sets, &machines)?;
     let ignored = ignored_fields(&groups);
+    let maintenance = maintenance(cx, &raw.maintenance, &machines, start, raw.duration.0)?;
     Ok(Scenario {
         name: raw.name.unwrap_or_else(|| cx.file.to_owned()),
         description: raw.description,
@@ -127,6 +132,7 @@ pub(super) fn scenario(
         daemonset_cpu,
         daemonset_memory,
         ignored,
+        maintenance,
     })
 }
 
@@ -201,6 +207,7 @@ fn groups(
             .autoscaling_options(&format!("{at}."))
             .map_err(|e| cx.field_err(e))?;
         let priority = autoscaler.priorities.get(&name).copied().unwrap_or(0);
+        let (tz, windows, quiet) = group_calendar(cx, &at, &doc.spec)?;
         let group = Group {
             metadata: doc.metadata,
             spec: doc.spec,
@@ -213,6 +220,9 @@ fn groups(
             priority,
             members: Vec::new(),
             group,
+            tz,
+            windows,
+            quiet,
         });
     }
     if groups.is_empty() {
@@ -227,6 +237,116 @@ fn groups(
         }
     }
     Ok((groups, by_name))
+}
+
+/// A Group's `timeZone`, `schedule` (by the operator's calendar), `warmSpares` and quiet hours.
+fn group_calendar(
+    cx: &Ctx,
+    at: &str,
+    spec: &GroupSpec,
+) -> Result<(TimeZone, Vec<Weekly>, Quiet), ScenarioError> {
+    let tz = match spec.time_zone.as_deref() {
+        None => TimeZone::UTC,
+        Some(name) => TimeZone::get(name).map_err(|_| {
+            cx.err(
+                format!("{at}.spec.timeZone"),
+                format!("{name:?} is not a time zone; write an IANA name, e.g. Europe/Berlin"),
+            )
+        })?,
+    };
+    let windows =
+        calendar::schedule(&format!("{at}."), &spec.schedule).map_err(|e| cx.field_err(e))?;
+    if let Some(w) = &spec.warm_spares {
+        warm_spares(cx, &format!("{at}.spec.warmSpares"), w)?;
+    }
+    for (i, w) in spec.schedule.iter().enumerate() {
+        if let Some(ws) = &w.warm_spares {
+            warm_spares(cx, &format!("{at}.spec.schedule[{i}].warmSpares"), ws)?;
+        }
+        if w.min_size.is_some_and(|m| m < 0) {
+            return Err(cx.err(
+                format!("{at}.spec.schedule[{i}].minSize"),
+                "must be 0 or more machines, e.g. 2",
+            ));
+        }
+    }
+    let quiet = match &spec.wear {
+        Some(w) => {
+            wear_limit(cx, &format!("{at}.spec.wear"), w)?;
+            quiet(cx, &format!("{at}.spec.wear.quietHours"), &w.quiet_hours)?
+        }
+        None => Quiet::default(),
+    };
+    Ok((tz, windows, quiet))
+}
+
+/// `warmSpares`: a count of 0 or more, and a shape that parses.
+fn warm_spares(cx: &Ctx, at: &str, w: &WarmSpares) -> Result<(), ScenarioError> {
+    if w.count < 0 {
+        return Err(cx.err(
+            format!("{at}.count"),
+            "must be 0 (off) or more placeholder pods, e.g. 1",
+        ));
+    }
+    if let Some(q) = &w.cpu
+        && parse_cpu(&q.0).is_none_or(|c| c == 0)
+    {
+        return Err(cx.err(
+            format!("{at}.cpu"),
+            format!(
+                "{:?} is not a CPU quantity above zero like \"2\" or \"1500m\"",
+                q.0
+            ),
+        ));
+    }
+    if let Some(q) = &w.memory
+        && parse_memory(&q.0).is_none_or(|m| m == 0)
+    {
+        return Err(cx.err(
+            format!("{at}.memory"),
+            format!("{:?} is not a memory quantity above zero like \"4Gi\"", q.0),
+        ));
+    }
+    Ok(())
+}
+
+/// `wear.maxBootsPerDay` is 1 or more.
+fn wear_limit(cx: &Ctx, at: &str, w: &Wear) -> Result<(), ScenarioError> {
+    if w.max_boots_per_day.is_some_and(|n| n < 1) {
+        return Err(cx.err(
+            format!("{at}.maxBootsPerDay"),
+            "must be 1 or more power-ons per 24 hours, e.g. 4 (leave it out for no limit)",
+        ));
+    }
+    Ok(())
+}
+
+/// Quiet hours: windows by the operator's calendar, `powerOnAfter` a duration.
+fn quiet(cx: &Ctx, field: &str, list: &[QuietHours]) -> Result<Quiet, ScenarioError> {
+    let windows = calendar::quiet_hours(field, list).map_err(|e| cx.field_err(e))?;
+    let mut rules = Vec::with_capacity(list.len());
+    for (i, q) in list.iter().enumerate() {
+        let power_on_after = match &q.power_on_after {
+            None => None,
+            Some(v) => {
+                let f = format!("{field}[{i}].powerOnAfter");
+                let d = parse_duration(&f, v).map_err(|e| cx.field_err(e))?;
+                match u64::try_from(d.as_millis()) {
+                    Ok(ms) if ms > 0 => Some(ms),
+                    _ => {
+                        return Err(
+                            cx.err(f, format!("{v:?} must be longer than 0s, e.g. \"30m\""))
+                        );
+                    }
+                }
+            }
+        };
+        rules.push(QuietRule {
+            no_power_off: q.no_power_off.unwrap_or(true),
+            power_on_after,
+        });
+    }
+    Ok(Quiet { windows, rules })
 }
 
 /// An object's `(namespace, name)`; the name is required.
@@ -354,6 +474,21 @@ fn machine(
     let scale_down_disabled =
         doc.spec.scale_down_disabled() || groups[group].group.scale_down_disabled();
     let initially_on = doc.spec.power_state == PowerState::On;
+    let recent_boots = doc.recent_boots;
+    // The Node CR's `wear` over its Group's, field by field.
+    let own = doc.spec.wear.as_deref();
+    if let Some(w) = own {
+        wear_limit(cx, &format!("{at}.spec.wear"), w)?;
+    }
+    let group_wear = groups[group].group.spec.wear.as_ref();
+    let max_boots_per_day = own
+        .and_then(|w| w.max_boots_per_day)
+        .or_else(|| group_wear.and_then(|w| w.max_boots_per_day))
+        .and_then(|n| u32::try_from(n).ok());
+    let quiet = match own.filter(|w| !w.quiet_hours.is_empty()) {
+        Some(w) => quiet(cx, &format!("{at}.spec.wear.quietHours"), &w.quiet_hours)?,
+        None => groups[group].quiet.clone(),
+    };
     let machine = Machine {
         metadata: doc.metadata,
         spec: doc.spec,
@@ -381,6 +516,9 @@ fn machine(
         power_off_failure: sim.power_off_failure.unwrap_or_default().0,
         scale_down_disabled,
         initially_on,
+        recent_boots,
+        max_boots_per_day,
+        quiet,
     })
 }
 
@@ -530,8 +668,120 @@ fn size_bounds(cx: &Ctx, groups: &mut [GroupModel]) -> Result<(), ScenarioError>
         let bounds = g.group.size_bounds(g.members.len());
         g.min = bounds.min;
         g.max = bounds.max;
+        for (j, w) in g.group.spec.schedule.iter().enumerate() {
+            if let Some(m) = w.min_size
+                && u32::try_from(m).is_ok_and(|m| m > bounds.max)
+            {
+                return Err(cx.err(
+                    format!("groups[{i}].spec.schedule[{j}].minSize"),
+                    format!(
+                        "{m} is more than the group's {} machine(s) it may power on (maxSize or members); lower it to {} or add machines",
+                        bounds.max, bounds.max
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// `maintenance:` entries (offsets from the start), then each Node CR's own
+/// `spec.maintenance` (timestamps, e.g. a machine read from a cluster while in maintenance).
+fn maintenance(
+    cx: &Ctx,
+    entries: &[MaintenanceFile],
+    machines: &[MachineModel],
+    start: jiff::Timestamp,
+    duration: Millis,
+) -> Result<Vec<MaintenanceModel>, ScenarioError> {
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let at = format!("maintenance[{i}]");
+        let (ns, name) = match e.machine.split_once('/') {
+            Some((ns, n)) => (Some(ns), n),
+            None => (None, e.machine.as_str()),
+        };
+        let found: Vec<usize> = machines
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                m.name == name
+                    && ns.is_none_or(|ns| {
+                        m.machine.metadata.namespace.as_deref().unwrap_or("") == ns
+                    })
+            })
+            .map(|(j, _)| j)
+            .collect();
+        let machine = match found.as_slice() {
+            [j] => *j,
+            [] => {
+                return Err(cx.err(
+                    format!("{at}.machine"),
+                    format!(
+                        "no machine {:?}; machines are {}",
+                        e.machine,
+                        machines
+                            .iter()
+                            .map(|m| m.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            _ => {
+                return Err(cx.err(
+                    format!("{at}.machine"),
+                    format!(
+                        "{:?} names machines in several namespaces; write namespace/name",
+                        e.machine
+                    ),
+                ));
+            }
+        };
+        if let Some(to) = e.to
+            && to.0 <= e.from.0
+        {
+            return Err(cx.err(
+                format!("{at}.to"),
+                "must be after `from`, e.g. {from: 50h, to: 54h} (leave `to` out for the rest of the run)",
+            ));
+        }
+        if e.from.0 >= duration {
+            return Err(cx.err(
+                format!("{at}.from"),
+                "starts after the end of the run; make it shorter than `duration`",
+            ));
+        }
+        out.push(MaintenanceModel {
+            machine,
+            from: e.from.0,
+            to: e.to.map(|t| t.0),
+            power: e.power,
+            reason: e.reason.clone(),
+        });
+    }
+    let offset = |t: jiff::Timestamp| {
+        u64::try_from((t.as_millisecond() - start.as_millisecond()).max(0)).unwrap_or(0)
+    };
+    for (j, m) in machines.iter().enumerate() {
+        let Some(spec) = &m.machine.spec.maintenance else {
+            continue;
+        };
+        let from = spec.since.map_or(0, offset);
+        let to = spec.until.map(offset);
+        if to.is_some_and(|t| t <= from) || from >= duration {
+            continue;
+        }
+        out.push(MaintenanceModel {
+            machine: j,
+            from,
+            to,
+            power: spec.power.unwrap_or_default(),
+            reason: spec.reason.clone(),
+        });
+    }
+    out.sort_by_key(|m| m.from);
+    Ok(out)
 }
 
 /// `workload:`: at least one.
@@ -775,11 +1025,37 @@ fn workload(
     };
     let workload_index = u16::try_from(index).unwrap_or(u16::MAX);
     let arrivals = arrivals(cx, at, workload_index, &w, traces)?;
+    let hours = match &w.hours {
+        None => None,
+        Some(_) if w.trace.is_some() || w.replicas.is_some() => {
+            return Err(cx.err(
+                format!("{at}.hours"),
+                "applies to constant, diurnal and burst arrivals; a trace gives its own times and replicas their own steps",
+            ));
+        }
+        Some(h) => {
+            let tz = match h.time_zone.as_deref() {
+                None => TimeZone::UTC,
+                Some(name) => TimeZone::get(name).map_err(|_| {
+                    cx.err(
+                        format!("{at}.hours.timeZone"),
+                        format!(
+                            "{name:?} is not a time zone; write an IANA name, e.g. Europe/Berlin"
+                        ),
+                    )
+                })?,
+            };
+            let window = Weekly::parse(&format!("{at}.hours"), &h.days, &h.from, &h.to)
+                .map_err(|e| cx.field_err(e))?;
+            Some(Hours { window, tz })
+        }
+    };
     Ok(Workload {
         drain: drain_traits(&w),
         name: w.name,
         arrivals,
         template,
+        hours,
     })
 }
 
