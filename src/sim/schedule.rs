@@ -1,7 +1,7 @@
 //! The owner's week in the simulation: a Group's schedule windows (the min size and warm spares
-//! in force), quiet hours and boot limits, and scenario-level maintenance. The window in force
-//! comes from the operator's calendar (`operator::calendar`: `active`, `next_change`), the same
-//! code the operator runs; the engine asks [`in_force`] at each window change and applies it as
+//! in force), quiet hours and boot limits, and scenario-level maintenance. What is in force
+//! comes from the operator's schedule policy (`operator::policy::schedule`), the same code the
+//! operator runs; the engine asks [`in_force`] at each window change and applies it as
 //! the operator does: machines up to the new min are powered on through the provider core
 //! (`ops::increase_size`), and the Cluster Autoscaler model reads the min in force as the
 //! group's `MinSize` (so it removes none of them while the window holds).
@@ -11,42 +11,33 @@ use jiff::tz::TimeZone;
 use super::scenario::GroupModel;
 use crate::operator::api::WarmSpares;
 use crate::operator::calendar::{self, Weekly};
+use crate::operator::policy::schedule;
 
 /// What a group's schedule puts in force at an instant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InForce {
-    /// The index of the window in force in `spec.schedule` (`None`: no window, the Group's own
-    /// fields hold).
-    pub window: Option<usize>,
+    /// The name of the window in force (`None`: no window, the Group's own fields hold).
+    pub window: Option<String>,
     /// The min size in force (the window's `minSize`, else the Group's), at most its max.
     pub min: u32,
     /// The warm spares in force (the window's, else the Group's).
     pub warm_spares: Option<WarmSpares>,
 }
 
-/// The min size and warm spares `g`'s schedule puts in force at `at`. The one place the
-/// simulation decides this (the operator's schedule policy gives the same answer).
+/// The min size and warm spares `g`'s schedule puts in force at `at`: the operator's schedule
+/// policy (`policy::schedule::in_force`), which the provider and the group controller run too.
 pub fn in_force(g: &GroupModel, at: Timestamp) -> InForce {
-    let spec = &g.group.spec;
-    let window = calendar::active(&g.windows, &g.tz, at);
-    let w = window.and_then(|i| spec.schedule.get(i));
-    let min = w
-        .and_then(|w| w.min_size)
-        .map_or(g.min, |m| u32::try_from(m).unwrap_or(0))
-        .min(g.max);
-    let warm_spares = w
-        .and_then(|w| w.warm_spares.clone())
-        .or_else(|| spec.warm_spares.clone());
+    let f = schedule::in_force(&g.group.spec, &g.schedule, g.members.len(), at);
     InForce {
-        window,
-        min,
-        warm_spares,
+        window: f.window,
+        min: f.min_size,
+        warm_spares: f.warm_spares,
     }
 }
 
 /// When `g`'s window in force next changes after `at` (`None`: never).
 pub fn next_change(g: &GroupModel, at: Timestamp) -> Option<Timestamp> {
-    calendar::next_change(&g.windows, &g.tz, at).map(|(t, _)| t)
+    g.schedule.next_change(at).map(|(t, _)| t)
 }
 
 /// What a quiet window holds back.
@@ -90,10 +81,7 @@ impl super::engine::Sim<'_> {
         self.warm_spares[g] = f.warm_spares;
         if changed {
             self.invalidate_inventory();
-            let name = f
-                .window
-                .and_then(|i| group.group.spec.schedule.get(i))
-                .map_or_else(|| "none".to_owned(), |w| w.name.clone());
+            let name = f.window.clone().unwrap_or_else(|| "none".to_owned());
             let spares = self.warm_spares[g].as_ref().map_or(0, |w| w.count);
             self.note(
                 None,

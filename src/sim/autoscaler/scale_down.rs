@@ -242,7 +242,7 @@ impl Sim<'_> {
             let group = &sc.groups[g];
             if model
                 .quiet
-                .at(&group.tz, self.ts(now))
+                .at(&group.schedule.tz, self.ts(now))
                 .is_some_and(|q| q.no_power_off)
             {
                 quiet_held = true;

@@ -183,7 +183,10 @@ impl Sim<'_> {
             }
             // Quiet hours with `powerOnAfter`: no power-on until a pod has waited that long,
             // and none for placeholders (the operator holds the scale-up).
-            let hold = group.quiet.at(&group.tz, at).and_then(|q| q.power_on_after);
+            let hold = group
+                .quiet
+                .at(&group.schedule.tz, at)
+                .and_then(|q| q.power_on_after);
             let mut group_classes = classes.clone();
             if let Some(d) = hold {
                 if oldest_wait.is_none_or(|w| w < d) {

@@ -134,10 +134,9 @@ pub struct GroupModel {
     pub priority: i32,
     /// Indexes into [`Scenario::machines`].
     pub members: Vec<usize>,
-    /// The zone of `spec.schedule` and quiet hours (`spec.timeZone`, default UTC).
-    pub tz: jiff::tz::TimeZone,
-    /// `spec.schedule`, parsed by the operator's calendar.
-    pub windows: Vec<crate::operator::calendar::Weekly>,
+    /// `spec.schedule` in the zone `spec.timeZone` (default UTC; quiet hours follow it too),
+    /// parsed by the operator's schedule policy.
+    pub schedule: crate::operator::policy::schedule::Schedule,
     /// The Group's quiet hours (`spec.wear.quietHours`): they hold its power-ons.
     pub quiet: Quiet,
 }

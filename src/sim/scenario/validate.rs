@@ -15,12 +15,14 @@ use super::model::{
     driver_action_time,
 };
 use super::{ScenarioError, TraceSource};
+use crate::operator::api::ScheduleError;
 use crate::operator::api::{
     Direction, FieldError, GROUP_LABEL, Group, GroupSpec, Machine, MachineSpec, PowerDriver,
     QuietHours, WarmSpares, Watts, Wear, parse_duration,
 };
 use crate::operator::calendar::{self, Weekly};
 use crate::operator::machine::PowerState;
+use crate::operator::policy::schedule::Schedule;
 use crate::sim::locate::locate;
 use crate::sim::schedule::{Quiet, QuietRule};
 use crate::sim::units::{DAY, Distribution, Millis, SECOND, parse_cpu, parse_memory};
@@ -207,7 +209,7 @@ fn groups(
             .autoscaling_options(&format!("{at}."))
             .map_err(|e| cx.field_err(e))?;
         let priority = autoscaler.priorities.get(&name).copied().unwrap_or(0);
-        let (tz, windows, quiet) = group_calendar(cx, &at, &doc.spec)?;
+        let (schedule, quiet) = group_calendar(cx, &at, &doc.spec)?;
         let group = Group {
             metadata: doc.metadata,
             spec: doc.spec,
@@ -220,8 +222,7 @@ fn groups(
             priority,
             members: Vec::new(),
             group,
-            tz,
-            windows,
+            schedule,
             quiet,
         });
     }
@@ -239,23 +240,16 @@ fn groups(
     Ok((groups, by_name))
 }
 
-/// A Group's `timeZone`, `schedule` (by the operator's calendar), `warmSpares` and quiet hours.
+/// A Group's `timeZone` and `schedule` (parsed as the operator parses them), `warmSpares` and
+/// quiet hours.
 fn group_calendar(
     cx: &Ctx,
     at: &str,
     spec: &GroupSpec,
-) -> Result<(TimeZone, Vec<Weekly>, Quiet), ScenarioError> {
-    let tz = match spec.time_zone.as_deref() {
-        None => TimeZone::UTC,
-        Some(name) => TimeZone::get(name).map_err(|_| {
-            cx.err(
-                format!("{at}.spec.timeZone"),
-                format!("{name:?} is not a time zone; write an IANA name, e.g. Europe/Berlin"),
-            )
-        })?,
-    };
-    let windows =
-        calendar::schedule(&format!("{at}."), &spec.schedule).map_err(|e| cx.field_err(e))?;
+) -> Result<(Schedule, Quiet), ScenarioError> {
+    let schedule = spec.schedule(&format!("{at}.")).map_err(|e| match e {
+        ScheduleError::Zone(e) | ScheduleError::Window(e) => cx.field_err(e),
+    })?;
     if let Some(w) = &spec.warm_spares {
         warm_spares(cx, &format!("{at}.spec.warmSpares"), w)?;
     }
@@ -277,7 +271,7 @@ fn group_calendar(
         }
         None => Quiet::default(),
     };
-    Ok((tz, windows, quiet))
+    Ok((schedule, quiet))
 }
 
 /// `warmSpares`: a count of 0 or more, and a shape that parses.
