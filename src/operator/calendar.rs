@@ -1,14 +1,41 @@
 //! Weekly windows on a wall clock: which one is in force at an instant and when that next
 //! changes. Schedules (a Group's `spec.schedule`) and quiet hours (`wear.quietHours`) both use
-//! it. Pure: the zone comes resolved (`TimeZone::get` reads the tz database) and time comes in
+//! it; it sits below the API types (which take `Day` from here) and depends on jiff alone. Pure: the zone comes resolved (`TimeZone::get` reads the tz database) and time comes in
 //! as an argument. A window follows the wall clock, so across a DST change "07:30" stays 07:30
 //! local time; a window whose start falls into an hour skipped by the change begins when the
 //! clock jumps over it.
 use jiff::civil::{Date, DateTime, Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use crate::operator::api::{Day, FieldError, QuietHours, ScheduleWindow};
+/// A day of the week, as a window's `days` lists it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum Day {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// A time of day or a window that does not parse: the field (as the caller named it) and why.
+/// The API turns it into its `FieldError`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub problem: String,
+}
+
+/// What a time of day must look like (also the CRD's CEL message).
+pub const TIME_OF_DAY_MESSAGE: &str = "must be a time of day as HH:MM on a 24-hour clock, e.g. 07:30 or 22:00 (24:00 is the end of the day)";
+/// Why `from == to` is refused (also the CRD's CEL message).
+pub const WINDOW_NOT_EMPTY_MESSAGE: &str = "from and to are the same time, so the window is empty; for a whole day write from: \"00:00\", to: \"24:00\"";
 
 /// A window `[from, to)` on each of `days` (a bit per weekday, Monday = bit 0). `to <= from`
 /// runs past midnight into the next day; the window belongs to the day it starts on.
@@ -26,6 +53,28 @@ fn day_bit(d: Weekday) -> u8 {
 }
 
 impl Day {
+    pub const ALL: [Day; 7] = [
+        Day::Mon,
+        Day::Tue,
+        Day::Wed,
+        Day::Thu,
+        Day::Fri,
+        Day::Sat,
+        Day::Sun,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Day::Mon => "Mon",
+            Day::Tue => "Tue",
+            Day::Wed => "Wed",
+            Day::Thu => "Thu",
+            Day::Fri => "Fri",
+            Day::Sat => "Sat",
+            Day::Sun => "Sun",
+        }
+    }
+
     fn weekday(self) -> Weekday {
         match self {
             Day::Mon => Weekday::Monday,
@@ -40,10 +89,10 @@ impl Day {
 }
 
 /// `HH:MM` (24-hour clock; `24:00` is the end of the day) as the time since midnight.
-pub fn parse_time_of_day(field: &str, v: &str) -> Result<SignedDuration, FieldError> {
-    let invalid = || FieldError::Invalid {
+pub fn parse_time_of_day(field: &str, v: &str) -> Result<SignedDuration, Invalid> {
+    let invalid = || Invalid {
         field: field.to_owned(),
-        problem: format!("{v:?} {}", crate::operator::api::cel::TIME_OF_DAY_MESSAGE),
+        problem: format!("{v:?} {TIME_OF_DAY_MESSAGE}"),
     };
     let (h, m) = v.split_once(':').ok_or_else(invalid)?;
     if h.len() != 2 || m.len() != 2 {
@@ -60,13 +109,13 @@ pub fn parse_time_of_day(field: &str, v: &str) -> Result<SignedDuration, FieldEr
 impl Weekly {
     /// The window on `days` (empty: every day) from `from` to `to`; `field` names the
     /// window in errors (e.g. `Group lab/g spec.schedule[0]`).
-    pub fn parse(field: &str, days: &[Day], from: &str, to: &str) -> Result<Weekly, FieldError> {
+    pub fn parse(field: &str, days: &[Day], from: &str, to: &str) -> Result<Weekly, Invalid> {
         let from_d = parse_time_of_day(&format!("{field}.from"), from)?;
         let to_d = parse_time_of_day(&format!("{field}.to"), to)?;
         if from_d == to_d {
-            return Err(FieldError::Invalid {
+            return Err(Invalid {
                 field: format!("{field}.to"),
-                problem: crate::operator::api::cel::WINDOW_NOT_EMPTY_MESSAGE.to_owned(),
+                problem: WINDOW_NOT_EMPTY_MESSAGE.to_owned(),
             });
         }
         let days = if days.is_empty() {
@@ -160,32 +209,6 @@ pub fn next_change(
         .find(|(_, a)| *a != now)
 }
 
-/// The Group's schedule windows, parsed; errors name `spec.schedule[i]`.
-pub fn schedule(prefix: &str, windows: &[ScheduleWindow]) -> Result<Vec<Weekly>, FieldError> {
-    windows
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            Weekly::parse(
-                &format!("{prefix}spec.schedule[{i}]"),
-                &w.days,
-                &w.from,
-                &w.to,
-            )
-        })
-        .collect()
-}
-
-/// Quiet hours, parsed; `field` is where they are written (e.g. `Group lab/g
-/// spec.wear.quietHours`).
-pub fn quiet_hours(field: &str, windows: &[QuietHours]) -> Result<Vec<Weekly>, FieldError> {
-    windows
-        .iter()
-        .enumerate()
-        .map(|(i, w)| Weekly::parse(&format!("{field}[{i}]"), &w.days, &w.from, &w.to))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,10 +235,8 @@ mod tests {
         assert_eq!(parse_time_of_day("f", "24:00").unwrap(), DAY);
         for bad in ["7:30", "24:01", "12:60", "noon", "07:30:00", ""] {
             let e = parse_time_of_day("spec.schedule[0].from", bad).unwrap_err();
-            assert!(
-                e.to_string().contains("spec.schedule[0].from"),
-                "{bad}: {e}"
-            );
+            assert_eq!(e.field, "spec.schedule[0].from", "{bad}");
+            assert!(e.problem.contains("HH:MM"), "{bad}: {}", e.problem);
         }
         assert!(Weekly::parse("w", &[], "08:00", "08:00").is_err());
     }

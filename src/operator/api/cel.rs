@@ -134,10 +134,10 @@ pub const HTTP_METER_HTTPS_MESSAGE: &str = "url must be an https:// URL when a s
 // Wall-clock times of weekly windows (schedule, quiet hours): `HH:MM`, `24:00` ends a day.
 pub const TIME_OF_DAY_PATTERN: &str = "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$";
 pub const TIME_OF_DAY_RULE: &str = "self.matches('^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$')";
-pub const TIME_OF_DAY_MESSAGE: &str = "must be a time of day as HH:MM on a 24-hour clock, e.g. 07:30 or 22:00 (24:00 is the end of the day)";
+pub const TIME_OF_DAY_MESSAGE: &str = crate::operator::calendar::TIME_OF_DAY_MESSAGE;
 // A window (`self`) covers some time: `from == to` would be empty.
 pub const WINDOW_NOT_EMPTY_RULE: &str = "self.from != self.to";
-pub const WINDOW_NOT_EMPTY_MESSAGE: &str = "from and to are the same time, so the window is empty; for a whole day write from: \"00:00\", to: \"24:00\"";
+pub const WINDOW_NOT_EMPTY_MESSAGE: &str = crate::operator::calendar::WINDOW_NOT_EMPTY_MESSAGE;
 
 // Root rule of the Group CRD (`self` is the whole object; CEL sees only name/generateName of
 // its metadata).

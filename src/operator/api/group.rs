@@ -290,21 +290,6 @@ pub struct ScheduleStatus {
     pub next_window: Option<String>,
 }
 
-/// Why a Group's schedule cannot be used: its time zone is unknown, or a window does not parse.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ScheduleError {
-    Zone(FieldError),
-    Window(FieldError),
-}
-
-impl std::fmt::Display for ScheduleError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ScheduleError::Zone(e) | ScheduleError::Window(e) => e.fmt(f),
-        }
-    }
-}
-
 /// A group's size bounds after defaults: `min <= max <= members`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizeBounds {
@@ -427,9 +412,16 @@ impl GroupSpec {
                 problem: format!("{MIN_LE_MAX_MESSAGE} ({min} > {max})"),
             });
         }
-        match self.schedule(field_prefix) {
-            Ok(_) => {}
-            Err(ScheduleError::Zone(e) | ScheduleError::Window(e)) => errors.push(e),
+        if let Err(e) = self.time_zone(field_prefix) {
+            errors.push(e);
+        }
+        for (i, w) in self.schedule.iter().enumerate() {
+            let field = format!("{field_prefix}spec.schedule[{i}]");
+            if let Err(e) =
+                crate::operator::calendar::Weekly::parse(&field, &w.days, &w.from, &w.to)
+            {
+                errors.push(e.into());
+            }
         }
         for (name, v) in [("minSize", self.min_size), ("maxSize", self.max_size)] {
             if v.is_some_and(|v| v < 0) {
@@ -454,17 +446,6 @@ impl GroupSpec {
                 "{name:?} is not a time zone of the tz database ({e}); write an IANA name such as Europe/Berlin or America/New_York, or leave timeZone out for UTC"
             ),
         })
-    }
-
-    /// `spec.schedule` parsed in the resolved `spec.timeZone`, for
-    /// `crate::operator::policy::schedule`. Reads the tz database: call it at the edges.
-    pub fn schedule(
-        &self,
-        field_prefix: &str,
-    ) -> Result<crate::operator::policy::schedule::Schedule, ScheduleError> {
-        let tz = self.time_zone(field_prefix).map_err(ScheduleError::Zone)?;
-        crate::operator::policy::schedule::Schedule::parse(field_prefix, tz, &self.schedule)
-            .map_err(ScheduleError::Window)
     }
 
     /// Parses the compat CA options. `field_prefix` (e.g. `"Group homelab/g1 "`) starts each
@@ -551,11 +532,6 @@ impl Group {
             .as_deref()
             .is_some_and(|n| machine.group() == Some(n))
             && self.metadata.namespace == machine.metadata.namespace
-    }
-
-    /// [`GroupSpec::schedule`] with errors naming this Group.
-    pub fn schedule(&self) -> Result<crate::operator::policy::schedule::Schedule, ScheduleError> {
-        self.spec.schedule(&format!("{} ", self.object_ref()))
     }
 
     /// [`GroupSpec::validate`] with errors naming this Group.

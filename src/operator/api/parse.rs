@@ -399,3 +399,13 @@ mod go_duration_tests {
         }
     }
 }
+
+/// A window the calendar could not parse is a field error like any other.
+impl From<crate::operator::calendar::Invalid> for FieldError {
+    fn from(e: crate::operator::calendar::Invalid) -> FieldError {
+        FieldError::Invalid {
+            field: e.field,
+            problem: e.problem,
+        }
+    }
+}

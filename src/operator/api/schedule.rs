@@ -7,44 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::cel::*;
-
-/// A day of the week, as written in a window's `days`.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-pub enum Day {
-    Mon,
-    Tue,
-    Wed,
-    Thu,
-    Fri,
-    Sat,
-    Sun,
-}
-
-impl Day {
-    pub const ALL: [Day; 7] = [
-        Day::Mon,
-        Day::Tue,
-        Day::Wed,
-        Day::Thu,
-        Day::Fri,
-        Day::Sat,
-        Day::Sun,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Day::Mon => "Mon",
-            Day::Tue => "Tue",
-            Day::Wed => "Wed",
-            Day::Thu => "Thu",
-            Day::Fri => "Fri",
-            Day::Sat => "Sat",
-            Day::Sun => "Sun",
-        }
-    }
-}
+pub use crate::operator::calendar::Day;
 
 /// One entry of a Group's `spec.schedule`: from `from` to `to` (wall clock of the Group's
 /// `timeZone`) on each of `days`, the group keeps `minSize` machines on and `warmSpares`

@@ -708,10 +708,14 @@ fn an_unknown_time_zone_names_the_group_field_and_the_fix() {
         errors[0]
     );
     assert!(errors[0].contains("Europe/Berlin"), "{}", errors[0]);
-    assert!(matches!(g.schedule(), Err(ScheduleError::Zone(_))));
+    use crate::operator::policy::schedule::{Schedule, ScheduleError};
+    assert!(matches!(
+        Schedule::of_group(&g),
+        Err(ScheduleError::Zone(_))
+    ));
     g.spec.time_zone = Some("Europe/Berlin".into());
     assert_eq!(g.validate(), vec![]);
-    assert_eq!(g.schedule().map(|s| s.windows.len()), Ok(1));
+    assert_eq!(Schedule::of_group(&g).map(|s| s.windows.len()), Ok(1));
     g.spec.schedule[0].to = "25:00".into();
     let errors: Vec<String> = g.validate().iter().map(ToString::to_string).collect();
     assert!(

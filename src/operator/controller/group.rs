@@ -19,7 +19,7 @@ use crate::operator::api::{
 };
 use crate::operator::machine::{BootStats, Phase, PowerState};
 use crate::operator::policy::maintenance;
-use crate::operator::policy::schedule::{InForce, in_force};
+use crate::operator::policy::schedule::{InForce, Schedule, in_force};
 use crate::operator::provider::warnings::{GROUP_WARNING_CONDITIONS, group_warnings};
 use crate::operator::provider::{Provider, ops};
 
@@ -212,8 +212,7 @@ pub async fn reconcile(g: Arc<Group>, ctx: Arc<Context>) -> Result<Action, Error
     let generation = g.meta().generation;
     let now = Timestamp::now();
     // An unknown zone or a bad window is reported by validate() below (InvalidSpec).
-    let schedule = g
-        .schedule()
+    let schedule = Schedule::of_group(&g)
         .ok()
         .filter(|s| !s.windows.is_empty())
         .map(|s| in_force(&g.spec, &s, members.len(), now));

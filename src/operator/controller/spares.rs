@@ -22,7 +22,7 @@
 //! Triggers: every Group and Node CR change of the shared cache (a member's shape changes the
 //! default size) and a slow tick ([`TICK`]) that brings a window's change and a CRD installed
 //! later. What was last applied per Group is remembered, so an unchanged Group costs no write.
-use crate::operator::policy::schedule::in_force;
+use crate::operator::policy::schedule::{Schedule, in_force};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub const TICK: Duration = Duration::from_secs(60);
 /// unset): the schedule window in force's own `warmSpares`, else the Group's. A schedule that
 /// does not parse (reported in the Group's conditions) leaves the Group's own in force.
 pub fn warm_spares_in_force(group: &Group, now: Timestamp) -> Option<WarmSpares> {
-    let spares = match group.schedule() {
+    let spares = match Schedule::of_group(group) {
         // The member count bounds only the minimum, which is not read here.
         Ok(schedule) => in_force(&group.spec, &schedule, 0, now).warm_spares,
         Err(_) => group.spec.warm_spares.clone(),

@@ -6,7 +6,7 @@
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use crate::operator::api::{FieldError, GroupSpec, ScheduleWindow, WarmSpares};
+use crate::operator::api::{FieldError, Group, GroupSpec, ScheduleWindow, WarmSpares};
 use crate::operator::calendar::{self, Weekly};
 
 /// A Group's schedule, parsed, with its zone resolved. `windows[i]` is `spec.schedule[i]`.
@@ -32,10 +32,31 @@ impl Schedule {
         tz: TimeZone,
         windows: &[ScheduleWindow],
     ) -> Result<Schedule, FieldError> {
-        Ok(Schedule {
-            tz,
-            windows: calendar::schedule(prefix, windows)?,
-        })
+        let windows = windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Weekly::parse(
+                    &format!("{prefix}spec.schedule[{i}]"),
+                    &w.days,
+                    &w.from,
+                    &w.to,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Schedule { tz, windows })
+    }
+
+    /// `spec.schedule` of `spec` in its resolved `spec.timeZone`; errors start with
+    /// `field_prefix` (e.g. `"Group lab/g "`). Reads the tz database: call it at the edges.
+    pub fn of_spec(spec: &GroupSpec, field_prefix: &str) -> Result<Schedule, ScheduleError> {
+        let tz = spec.time_zone(field_prefix).map_err(ScheduleError::Zone)?;
+        Schedule::parse(field_prefix, tz, &spec.schedule).map_err(ScheduleError::Window)
+    }
+
+    /// [`Schedule::of_spec`] with errors naming `group`.
+    pub fn of_group(group: &Group) -> Result<Schedule, ScheduleError> {
+        Schedule::of_spec(&group.spec, &format!("{} ", group.object_ref()))
     }
 
     /// The index of the window in force at `now` (the last listed that covers it).
@@ -47,6 +68,21 @@ impl Schedule {
     /// force (`None`: no window).
     pub fn next_change(&self, now: Timestamp) -> Option<(Timestamp, Option<usize>)> {
         calendar::next_change(&self.windows, &self.tz, now)
+    }
+}
+
+/// Why a Group's schedule cannot be used: its time zone is unknown, or a window does not parse.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduleError {
+    Zone(FieldError),
+    Window(FieldError),
+}
+
+impl std::fmt::Display for ScheduleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScheduleError::Zone(e) | ScheduleError::Window(e) => e.fmt(f),
+        }
     }
 }
 

@@ -97,6 +97,17 @@ pub fn limit_passed_message(before: u32, limit: u32) -> String {
     )
 }
 
+/// The windows of quiet hours, parsed; `field` is where they are written (e.g. `Group lab/g
+/// spec.wear.quietHours`).
+pub fn quiet_windows(field: &str, windows: &[QuietHours]) -> Result<Vec<Weekly>, FieldError> {
+    windows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Weekly::parse(&format!("{field}[{i}]"), &w.days, &w.from, &w.to))
+        .map(|r| r.map_err(FieldError::from))
+        .collect()
+}
+
 /// Quiet hours parsed: the windows and what each holds. The zone comes separately (the
 /// Group's `spec.timeZone`, resolved at the edge).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -111,7 +122,7 @@ pub struct Quiet {
 impl Quiet {
     /// `windows` parsed; `field` names them in errors (e.g. `Group lab/g spec.wear.quietHours`).
     pub fn parse(field: &str, windows: &[QuietHours]) -> Result<Quiet, FieldError> {
-        let parsed = calendar::quiet_hours(field, windows)?;
+        let parsed = quiet_windows(field, windows)?;
         let power_on_after = windows
             .iter()
             .enumerate()

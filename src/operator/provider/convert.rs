@@ -13,7 +13,7 @@ use super::inventory::{
     POWER_ON_FAILED_ANNOTATION, TaintView, TemplateHints,
 };
 use crate::operator::api::{FlatMap, Group, Machine};
-use crate::operator::policy::schedule::MinSizes;
+use crate::operator::policy::schedule::{MinSizes, Schedule};
 use crate::operator::policy::wear::{self, GroupWear, MachineWear, Quiet};
 use crate::operator::trust::TrustPolicy;
 
@@ -78,8 +78,7 @@ pub fn group_view(g: &Group, members: usize) -> GroupView {
         wear: group_wear(g).map(Arc::new),
         // An unknown zone or a window that does not parse: the Group's own minSize holds and
         // the group controller reports the problem in the Group's conditions.
-        schedule: g
-            .schedule()
+        schedule: Schedule::of_group(g)
             .ok()
             .and_then(|s| MinSizes::of(&g.spec, s))
             .map(Arc::new),

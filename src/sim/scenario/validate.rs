@@ -15,14 +15,14 @@ use super::model::{
     driver_action_time,
 };
 use super::{ScenarioError, TraceSource};
-use crate::operator::api::ScheduleError;
 use crate::operator::api::{
     Direction, FieldError, GROUP_LABEL, Group, GroupSpec, Machine, MachineSpec, PowerDriver,
     QuietHours, WarmSpares, Watts, Wear, parse_duration,
 };
-use crate::operator::calendar::{self, Weekly};
+use crate::operator::calendar::Weekly;
 use crate::operator::machine::PowerState;
-use crate::operator::policy::schedule::Schedule;
+use crate::operator::policy::schedule::{Schedule, ScheduleError};
+use crate::operator::policy::wear;
 use crate::sim::locate::locate;
 use crate::sim::schedule::{Quiet, QuietRule};
 use crate::sim::units::{DAY, Distribution, Millis, SECOND, parse_cpu, parse_memory};
@@ -247,7 +247,7 @@ fn group_calendar(
     at: &str,
     spec: &GroupSpec,
 ) -> Result<(Schedule, Quiet), ScenarioError> {
-    let schedule = spec.schedule(&format!("{at}.")).map_err(|e| match e {
+    let schedule = Schedule::of_spec(spec, &format!("{at}.")).map_err(|e| match e {
         ScheduleError::Zone(e) | ScheduleError::Window(e) => cx.field_err(e),
     })?;
     if let Some(w) = &spec.warm_spares {
@@ -317,7 +317,7 @@ fn wear_limit(cx: &Ctx, at: &str, w: &Wear) -> Result<(), ScenarioError> {
 
 /// Quiet hours: windows by the operator's calendar, `powerOnAfter` a duration.
 fn quiet(cx: &Ctx, field: &str, list: &[QuietHours]) -> Result<Quiet, ScenarioError> {
-    let windows = calendar::quiet_hours(field, list).map_err(|e| cx.field_err(e))?;
+    let windows = wear::quiet_windows(field, list).map_err(|e| cx.field_err(e))?;
     let mut rules = Vec::with_capacity(list.len());
     for (i, q) in list.iter().enumerate() {
         let power_on_after = match &q.power_on_after {
@@ -1040,7 +1040,7 @@ fn workload(
                 })?,
             };
             let window = Weekly::parse(&format!("{at}.hours"), &h.days, &h.from, &h.to)
-                .map_err(|e| cx.field_err(e))?;
+                .map_err(|e| cx.field_err(e.into()))?;
             Some(Hours { window, tz })
         }
     };
