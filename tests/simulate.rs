@@ -1256,13 +1256,13 @@ fn week_fields_name_the_field_and_fix_when_wrong() {
 }
 
 /// The bundled example week, by the command README documents:
-/// `kubectl homelab simulate examples/week.yaml --compare examples/week-baseline.yaml`.
+/// `kubectl homelab simulate examples/simulate/week.yaml --compare examples/simulate/week-baseline.yaml`.
 /// Boots take 3 m (± 15 s); without a schedule and spare the pod-wait p95 is about a boot,
 /// with them it is under a third of one while the saving against every machine always on
 /// stays at least 80 % of the baseline's.
 #[test]
 fn the_example_week_cuts_pod_wait_and_keeps_most_of_the_saving() {
-    let dir = format!("{}/examples", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!("{}/examples/simulate", env!("CARGO_MANIFEST_DIR"));
     let out = homelab(&[
         &format!("{dir}/week.yaml"),
         "--compare",
