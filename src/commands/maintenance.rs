@@ -16,7 +16,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
 use super::kube_args::{KubeArgs, KubeError, Namespaces};
 use super::lookup::{self, kubernetes_node_name};
-use super::power::{busy_machines, listing};
+use super::power::busy_machines;
 use super::{CliError, ExitKind};
 use crate::operator::api::{Group, Machine, Maintenance, MaintenancePower};
 use crate::operator::machine::PowerState;
@@ -230,38 +230,12 @@ async fn confirm_drain(
     busy: &std::collections::BTreeMap<String, Vec<String>>,
     yes: bool,
 ) -> anyhow::Result<()> {
-    use std::io::IsTerminal as _;
-    if busy.is_empty() || yes {
-        return Ok(());
-    }
-    let listing = listing(busy);
-    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
-        return Err(CliError::new(
-            ExitKind::Refused,
-            format!(
-                "not starting maintenance: these machines run pods that would be evicted \
-                 (honouring PodDisruptionBudgets):{listing}\npass --yes to drain them anyway \
-                 (no terminal to ask on)"
-            ),
-        )
-        .into());
-    }
-    let prompt = format!(
-        "These machines run pods that will be evicted (honouring PodDisruptionBudgets):{listing}\nStart their maintenance?"
-    );
-    let answer = tokio::task::spawn_blocking(move || {
-        dialoguer::Confirm::new()
-            .with_prompt(prompt)
-            .default(false)
-            .interact()
-    })
-    .await
-    .context("the confirmation prompt failed")?
-    .context("cannot read the answer from the terminal")?;
-    if !answer {
-        return Err(CliError::new(ExitKind::Refused, "not starting maintenance: cancelled").into());
-    }
-    Ok(())
+    let q = super::power::EvictionQuestion {
+        refused: "not starting maintenance",
+        anyway: "drain them anyway",
+        question: "Start their maintenance?",
+    };
+    super::power::confirm_evictions(busy, yes, &q).await
 }
 
 /// Drains `node` with the operator's drain until it is empty or the drain gives up.

@@ -433,14 +433,27 @@ pub(super) async fn busy_machines(
     Ok(busy)
 }
 
-pub(super) fn listing(busy: &BTreeMap<String, Vec<String>>) -> String {
+fn listing(busy: &BTreeMap<String, Vec<String>>) -> String {
     busy.iter()
         .map(|(m, pods)| format!("\n  {m}: {}", pods.join(", ")))
         .collect()
 }
 
-/// Refuses (or asks, on a terminal) to power off machines whose node runs pods.
-async fn confirm_off(busy: &BTreeMap<String, Vec<String>>, yes: bool) -> anyhow::Result<()> {
+/// What a command that evicts pods says when it asks first: the refusal's start, what `--yes`
+/// does, and the question.
+pub(super) struct EvictionQuestion {
+    pub refused: &'static str,
+    pub anyway: &'static str,
+    pub question: &'static str,
+}
+
+/// Refuses (or asks, on a terminal) to go on with machines whose node runs pods; `--yes`
+/// (`yes`) or no such pods goes on without asking.
+pub(super) async fn confirm_evictions(
+    busy: &BTreeMap<String, Vec<String>>,
+    yes: bool,
+    q: &EvictionQuestion,
+) -> anyhow::Result<()> {
     if busy.is_empty() || yes {
         return Ok(());
     }
@@ -450,14 +463,16 @@ async fn confirm_off(busy: &BTreeMap<String, Vec<String>>, yes: bool) -> anyhow:
         return Err(CliError::new(
             ExitKind::Refused,
             format!(
-                "not powering off: these machines run pods that would be evicted (honouring \
-                 PodDisruptionBudgets):{listing}\npass --yes to power off anyway (no terminal to ask on)"
+                "{}: these machines run pods that would be evicted (honouring \
+                 PodDisruptionBudgets):{listing}\npass --yes to {} (no terminal to ask on)",
+                q.refused, q.anyway
             ),
         )
         .into());
     }
     let prompt = format!(
-        "These machines run pods that will be evicted (honouring PodDisruptionBudgets):{listing}\nPower them off?"
+        "These machines run pods that will be evicted (honouring PodDisruptionBudgets):{listing}\n{}",
+        q.question
     );
     let answer = tokio::task::spawn_blocking(move || {
         dialoguer::Confirm::new()
@@ -469,9 +484,19 @@ async fn confirm_off(busy: &BTreeMap<String, Vec<String>>, yes: bool) -> anyhow:
     .context("the confirmation prompt failed")?
     .context("cannot read the answer from the terminal")?;
     if !answer {
-        return Err(CliError::new(ExitKind::Refused, "not powering off: cancelled").into());
+        return Err(CliError::new(ExitKind::Refused, format!("{}: cancelled", q.refused)).into());
     }
     Ok(())
+}
+
+/// Refuses (or asks, on a terminal) to power off machines whose node runs pods.
+async fn confirm_off(busy: &BTreeMap<String, Vec<String>>, yes: bool) -> anyhow::Result<()> {
+    let q = EvictionQuestion {
+        refused: "not powering off",
+        anyway: "power off anyway",
+        question: "Power them off?",
+    };
+    confirm_evictions(busy, yes, &q).await
 }
 
 fn phase_of(m: &Machine) -> Phase {

@@ -434,12 +434,7 @@ pub fn increase_size(
     let changes = c
         .into_iter()
         .take(wanted as usize)
-        .map(|m| PowerChange {
-            machine: m.key.clone(),
-            desired: PowerState::On,
-            at: now,
-            power_on_failed: false,
-        })
+        .map(|m| power_on(m, now))
         .collect();
     Ok(Decision {
         group: id.to_owned(),
@@ -447,6 +442,16 @@ pub fn increase_size(
         target_before: target,
         target_after: target + wanted,
     })
+}
+
+/// The change that wants spare `m` on at `now`.
+fn power_on(m: &MachineView, now: Timestamp) -> PowerChange {
+    PowerChange {
+        machine: m.key.clone(),
+        desired: PowerState::On,
+        at: now,
+        power_on_failed: false,
+    }
 }
 
 /// The operator's own scale-up to the minimum in force at `now` (a schedule window that raised
@@ -467,12 +472,7 @@ pub fn raise_to_min(inv: &Inventory, id: &str, now: Timestamp) -> Result<Decisio
     let changes: Vec<PowerChange> = spares
         .into_iter()
         .take(deficit as usize)
-        .map(|m| PowerChange {
-            machine: m.key.clone(),
-            desired: PowerState::On,
-            at: now,
-            power_on_failed: false,
-        })
+        .map(|m| power_on(m, now))
         .collect();
     Ok(Decision {
         group: id.to_owned(),
