@@ -402,7 +402,7 @@ fn inventory_build(size: Size) {
             Arc::new(m.build())
         })
         .collect();
-    let nodes: Vec<Arc<k8s_openapi::api::core::v1::Node>> = Vec::new();
+    let nodes: Vec<Arc<kubectl_homelab::operator::kube_node::KubeNode>> = Vec::new();
     let samples = if size.smoke { 3 } else { 200 };
     let mut v = Vec::with_capacity(samples);
     for _ in 0..samples {

@@ -28,6 +28,7 @@ use crate::operator::api::{
     MinimalPodSpec, NodeAgent, NodeSnapshot, NodeTemplate, PowerOff, PowerOn, PowerOnOrder,
     PowerSpec, Pricing, Redfish, WakeOnLan,
 };
+use crate::operator::kube_node::KubeNode;
 use crate::operator::machine::{Lifecycle, Operation, Phase, PowerState};
 
 /// Namespace of every built CR unless [`MachineBuilder::namespace`] / [`GroupBuilder::namespace`]
@@ -524,6 +525,8 @@ pub trait NodeExt: Sized {
     fn capacity<'a>(self, resources: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self;
     /// `status.allocatable`, added to what is set.
     fn allocatable<'a>(self, resources: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self;
+    /// The Node as the operator's cache keeps it.
+    fn cached(&self) -> KubeNode;
 }
 
 fn ready_condition(node: Node, status: &str) -> Node {
@@ -547,6 +550,10 @@ fn ready_condition_since(mut node: Node, status: &str, since: Option<Timestamp>)
 }
 
 impl NodeExt for Node {
+    fn cached(&self) -> KubeNode {
+        KubeNode::from(self)
+    }
+
     fn label(mut self, key: &str, value: &str) -> Self {
         insert(&mut self.metadata.labels, key, value);
         self

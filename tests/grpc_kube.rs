@@ -155,19 +155,12 @@ async fn source_syncs_and_sees_the_cluster() -> anyhow::Result<()> {
     let objects = source.objects();
     assert_eq!(objects.groups.len(), 1);
     assert_eq!(objects.machines.len(), 3);
-    assert!(
-        objects
-            .nodes
-            .iter()
-            .any(|n| n.metadata.name.as_deref() == Some(fx.names[0].as_str()))
-    );
+    assert!(objects.nodes.iter().any(|n| n.name() == fx.names[0]));
     // Namespace scope: CRs of other namespaces are invisible.
     let g0 = source.generation();
     let other = fixture(cp, "src-other").await?;
     eventually(&source, "the other namespace's Node to arrive", |o| {
-        o.nodes
-            .iter()
-            .any(|n| n.metadata.name.as_deref() == Some(other.names[0].as_str()))
+        o.nodes.iter().any(|n| n.name() == other.names[0])
     })
     .await?;
     assert!(source.generation() > g0);

@@ -79,8 +79,7 @@ fn lab() -> Inventory {
     let mut ga = machine("g-a", "gpu", PowerState::Off, Phase::Off);
     ga.hourly_rate = Some(0.50);
     let mut seen = node_for(&ga, false);
-    seen.labels
-        .insert("nvidia.com/gpu.product".into(), "RTX-4090".into());
+    seen.labels = seen.labels.with("nvidia.com/gpu.product", "RTX-4090");
     seen.taints = vec![TaintView {
         key: "ToBeDeletedByClusterAutoscaler".into(),
         value: Some("1".into()),
@@ -1606,7 +1605,7 @@ async fn a_running_member_stays_running_and_shapes_the_template() {
     let stale = machine("stale", "solo", PowerState::Off, Phase::Off);
     // The stale Node shows no capacity, so the running member's is the only shape known.
     let mut stale_node = node_for(&stale, false);
-    stale_node.capacity.clear();
+    stale_node.capacity = Default::default();
     let nodes = vec![node_for(&up, false), stale_node];
     let inv = Inventory::build(vec![group("solo", 0, None)], vec![up, stale], nodes);
     let source = Arc::new(InMemorySource::new(inv));

@@ -18,7 +18,7 @@ use kubectl_homelab::operator::node::drain::cordon;
 use kubectl_homelab::operator::node::{
     self as node_side, ProviderIdCheck, cleanup_change, registration, snapshot,
 };
-use kubectl_homelab::testing::taint;
+use kubectl_homelab::testing::{NodeExt as _, taint};
 use support::{ControlPlane, FakeNode, World};
 
 // --- Reading the Node.
@@ -75,7 +75,8 @@ async fn register(
         registration(m, n, group_scale_down_disabled).change
     })
     .await?;
-    written.ok_or_else(|| anyhow::anyhow!("Node {name} is gone"))
+    written.ok_or_else(|| anyhow::anyhow!("Node {name} is gone"))?;
+    get(cp, name).await
 }
 
 /// What CA does to a Node it scales down (`MarkToBeDeleted` with its default
@@ -118,7 +119,7 @@ async fn an_empty_provider_id_gets_set_and_a_set_one_is_never_changed() -> anyho
         .node_name(&name)
         .provider_id("homelab://lab/m2")
         .build();
-    let r = registration(&other, &n, false);
+    let r = registration(&other, &n.cached(), false);
     assert_eq!(
         r.provider_id,
         ProviderIdCheck::Mismatch {
@@ -160,7 +161,7 @@ async fn labels_and_taints_come_back_when_the_kubelet_registers_a_bare_node_agai
     // Powered off: the status keeps the snapshot, the Node object is deleted (docs/ca-contract.md,
     // section 4).
     m.status = Some(MachineStatus {
-        node: Some(Box::new(snapshot(&first, Timestamp::now()))),
+        node: Some(Box::new(snapshot(&first.cached(), Timestamp::now()))),
         ..MachineStatus::default()
     });
     world.node_delete(&name).await?;
@@ -181,7 +182,11 @@ async fn labels_and_taints_come_back_when_the_kubelet_registers_a_bare_node_agai
     );
     assert_eq!(taints(&restored), ["dedicated=ml:NoSchedule"]);
     // Nothing more to write: an idle machine causes no API writes.
-    assert!(registration(&m, &restored, false).change.is_empty());
+    assert!(
+        registration(&m, &restored.cached(), false)
+            .change
+            .is_empty()
+    );
     Ok(())
 }
 
@@ -200,7 +205,7 @@ async fn cas_taints_are_never_restored_and_go_once_a_power_off_is_cancelled() ->
 
     // A snapshot taken while CA had it marked carries no CA taints, so none come back.
     let marked = get(cp, &name).await?;
-    let snap = snapshot(&marked, Timestamp::now());
+    let snap = snapshot(&marked.cached(), Timestamp::now());
     assert!(
         snap.taints
             .iter()
@@ -310,9 +315,10 @@ async fn a_write_on_a_stale_view_is_a_conflict_not_a_lost_update() -> anyhow::Re
     ca_marks_for_deletion(cp, &name).await?;
 
     let m = Machine::test("m1").node_name(&name).build();
-    let mut edit = node_side::NodeEdit::new(&stale);
+    let stale_cached = stale.cached();
+    let mut edit = node_side::NodeEdit::new(&stale_cached);
     edit.register(&m, false);
-    let result = node_side::patch_node(&cp.client()?, &stale, &edit.change()).await;
+    let result = node_side::patch_node(&cp.client()?, &stale.cached(), &edit.change()).await;
     assert!(matches!(&result, Err(e) if e.is_conflict()), "{result:?}");
     let n = get(cp, &name).await?;
     assert!(taints(&n).iter().any(|t| t.starts_with(CA_TO_BE_DELETED)));

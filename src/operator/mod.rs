@@ -6,6 +6,8 @@ pub mod calendar;
 pub mod controller;
 pub mod energy;
 pub mod health;
+pub mod interned;
+pub mod kube_node;
 pub mod leader;
 pub mod machine;
 pub mod meter;

@@ -17,6 +17,7 @@ use super::parse::{FieldError, parse_decimal, parse_duration};
 use super::power::{Direction, MinimalPodSpec, PowerDriver, PowerSpec};
 use super::schedule::{Maintenance, Wear};
 use super::{FlatMap, Health, object_ref};
+use crate::operator::interned::Strings;
 use crate::operator::machine::{BootStats, Lifecycle, PowerState, StatusProgress};
 
 /// Default time from power-on to the Node object being Ready.
@@ -335,17 +336,19 @@ pub struct NodeSnapshot {
         skip_serializing_if = "Option::is_none"
     )]
     pub provider_id: Option<String>,
-    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    // Labels and quantities are interned (`operator::interned`): a thousand machines' snapshots
+    // share one copy of each repeated text in the operator's cache.
+    #[serde(default, skip_serializing_if = "Strings::is_empty")]
     #[schemars(with = "BTreeMap<String, String>")]
-    pub labels: FlatMap<String>,
+    pub labels: Strings,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
-    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    #[serde(default, skip_serializing_if = "Strings::is_empty")]
     #[schemars(with = "BTreeMap<String, Quantity>")]
-    pub capacity: FlatMap<Quantity>,
-    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub capacity: Strings,
+    #[serde(default, skip_serializing_if = "Strings::is_empty")]
     #[schemars(with = "BTreeMap<String, Quantity>")]
-    pub allocatable: FlatMap<Quantity>,
+    pub allocatable: Strings,
     pub seen: Timestamp,
 }
 

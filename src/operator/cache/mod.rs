@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::lock;
 use crate::operator::api::{Group, Machine};
+use crate::operator::kube_node::KubeNode;
 use trim::{ListedNode, strip_custom_resource};
 
 /// Which Group and Node CRs (and power Jobs) the operator reads. Kubernetes Nodes are
@@ -132,7 +133,7 @@ pub struct Cache {
     scope: Scope,
     groups: Store<Group>,
     machines: Store<Machine>,
-    nodes: Store<Node>,
+    nodes: Store<KubeNode>,
     /// Moves after every watch event, once the store shows it.
     generation: watch::Sender<u64>,
     /// Which object changed (the generation only says that something did).
@@ -185,7 +186,7 @@ impl Cache {
             KINDS[2],
             synced[2].clone(),
             describe_node,
-            Node::from,
+            |n| KubeNode::from(Node::from(n)),
         );
         Cache {
             client,
@@ -249,7 +250,7 @@ impl Cache {
     }
 
     /// The Kubernetes Node store.
-    pub fn nodes(&self) -> &Store<Node> {
+    pub fn nodes(&self) -> &Store<KubeNode> {
         &self.nodes
     }
 
@@ -314,7 +315,7 @@ impl Cache {
 pub(crate) struct FakeWriters {
     pub groups: reflector::store::Writer<Group>,
     pub machines: reflector::store::Writer<Machine>,
-    pub nodes: reflector::store::Writer<Node>,
+    pub nodes: reflector::store::Writer<KubeNode>,
 }
 
 /// What every reflector task publishes into.
@@ -337,14 +338,15 @@ impl Feed {
     ) -> (Store<K>, JoinHandle<()>)
     where
         W: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-        K::DynamicType: Default + Eq + Hash + Clone,
+        K: reflector::Lookup + Clone + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
     {
-        let (reader, writer) = reflector::store();
+        let (reader, mut writer) = reflector::store();
+        // What `reflect` does, for a cached type that is not the wire type's `Resource`.
         let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE_SIZE))
             .default_backoff()
             .map_ok(move |e| kept(e, keep))
-            .reflect(writer);
+            .inspect_ok(move |e| writer.apply_watcher_event(e));
         let generation = self.generation.clone();
         let changes = self.changes.clone();
         let last_errors = self.last_errors.clone();
@@ -412,9 +414,9 @@ fn describe_machine(m: &Machine) -> Change {
     }
 }
 
-fn describe_node(n: &Node) -> Change {
+fn describe_node(n: &KubeNode) -> Change {
     Change::Node {
-        name: n.name_any(),
-        provider_id: n.spec.as_ref().and_then(|s| s.provider_id.clone()),
+        name: n.name().to_owned(),
+        provider_id: n.provider_id().map(str::to_owned),
     }
 }

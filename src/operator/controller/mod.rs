@@ -218,10 +218,8 @@ impl Context {
         let mut idx = lock(&self.node_index);
         idx.clear();
         for n in self.cache.nodes().state() {
-            if let Some(p) = n.spec.as_ref().and_then(|s| s.provider_id.as_deref())
-                && !p.is_empty()
-            {
-                idx.insert(p.to_owned(), n.name_any());
+            if let Some(p) = n.provider_id() {
+                idx.insert(p.to_owned(), n.name().to_owned());
             }
         }
     }
@@ -238,7 +236,7 @@ pub(crate) struct TestStores {
 impl TestStores {
     fn apply<K>(writer: &mut kube::runtime::reflector::store::Writer<K>, object: K)
     where
-        K: kube::Resource + Clone + 'static,
+        K: kube::runtime::reflector::Lookup + Clone + 'static,
         K::DynamicType: Eq + std::hash::Hash + Clone,
     {
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object));
@@ -249,7 +247,10 @@ impl TestStores {
     }
 
     pub(crate) fn node(&mut self, n: k8s_openapi::api::core::v1::Node) {
-        Self::apply(&mut self.cache.nodes, n);
+        Self::apply(
+            &mut self.cache.nodes,
+            crate::operator::kube_node::KubeNode::from(n),
+        );
     }
 
     pub(crate) fn group(&mut self, g: Group) {

@@ -795,9 +795,11 @@ mod tests {
             .namespace("lab")
             .group("desktops")
             .build();
-        let change = node::NodeEdit::new(&crate::testing::node("n1"))
-            .register(&m, false)
-            .change();
+        let change = node::NodeEdit::new(&crate::operator::kube_node::KubeNode::from(
+            crate::testing::node("n1"),
+        ))
+        .register(&m, false)
+        .change();
         assert_eq!(
             change.labels.get(node::GROUP_NAME_LABEL),
             Some(&Some("desktops".to_owned()))

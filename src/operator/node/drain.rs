@@ -19,7 +19,7 @@ use std::fmt;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, EvictParams, ListParams, PostParams};
 use kube::core::{Selector, SelectorExt as _};
@@ -27,6 +27,7 @@ use kube::{Client, ResourceExt as _};
 
 use super::{DRAIN_STARTED, NodeEdit, NodeSideError};
 use crate::operator::ca;
+use crate::operator::kube_node::KubeNode;
 
 /// How long a drain may take before it gives up and leaves the machine on, unless
 /// `run-operator --drain-timeout` says otherwise (its default is this value; a test there
@@ -43,11 +44,10 @@ const DISRUPTION_BUDGET_CAUSE: &str = "DisruptionBudget";
 
 /// Whether CA started this power-off: its `ToBeDeletedByClusterAutoscaler` taint is on the Node
 /// (`utils/taints/taints.go`, `MarkToBeDeleted`). CA drained it already; do not drain again.
-pub fn is_ca_deleting(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| ts.iter().any(|t| t.key == ca::TO_BE_DELETED_TAINT))
+pub fn is_ca_deleting(node: &KubeNode) -> bool {
+    node.taints()
+        .iter()
+        .any(|t| t.key == ca::TO_BE_DELETED_TAINT)
 }
 
 /// Whether `pod` is a DaemonSet's (owned by one, or marked as one the way CA accepts).
@@ -315,7 +315,7 @@ impl DrainClient {
 }
 
 /// When the drain of `node` started, from its [`DRAIN_STARTED`] record.
-pub fn drain_started(node: &Node) -> Option<Timestamp> {
+pub fn drain_started(node: &KubeNode) -> Option<Timestamp> {
     node.annotations()
         .get(DRAIN_STARTED)
         .and_then(|v| v.parse().ok())
@@ -324,7 +324,11 @@ pub fn drain_started(node: &Node) -> Option<Timestamp> {
 /// Cordon `node` (`on`: marks it unschedulable, recorded as ours unless someone cordoned it
 /// before) or undo a cancelled power-off (`!on`: our cordon, the drain record and CA's two
 /// taints go; see `NodeEdit::uncordon`). Returns the Node as written; `None` if it does not exist.
-pub async fn cordon(client: &Client, node: &str, on: bool) -> Result<Option<Node>, NodeSideError> {
+pub async fn cordon(
+    client: &Client,
+    node: &str,
+    on: bool,
+) -> Result<Option<KubeNode>, NodeSideError> {
     super::update_node(client, node, |n| super::cordon_change(n, on)).await
 }
 

@@ -34,6 +34,8 @@ use kube::api::{Api, Patch, PatchParams};
 
 use crate::operator::api::{Machine, NodeSnapshot};
 use crate::operator::ca;
+use crate::operator::interned::Strings;
+use crate::operator::kube_node::KubeNode;
 
 /// Label keys we added to the Node (comma-separated, sorted).
 pub const OWNED_LABELS: &str = "infra.homecluster.dev/owned-labels";
@@ -134,11 +136,8 @@ fn taint_id(t: &Taint) -> String {
 }
 
 /// The providerID of `node`, `None` when empty.
-pub fn node_provider_id(node: &Node) -> Option<&str> {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .filter(|s| !s.is_empty())
+pub fn node_provider_id(node: &KubeNode) -> Option<&str> {
+    node.provider_id()
 }
 
 /// How the Node's `spec.providerID` relates to the machine's expected one.
@@ -158,7 +157,7 @@ pub enum ProviderIdCheck {
 }
 
 /// Compare the Node's providerID with the machine's [`Machine::expected_provider_id`].
-pub fn provider_id_check(machine: &Machine, node: &Node) -> ProviderIdCheck {
+pub fn provider_id_check(machine: &Machine, node: &KubeNode) -> ProviderIdCheck {
     let expected = machine.expected_provider_id();
     let Some(actual) = node_provider_id(node) else {
         return ProviderIdCheck::Set(expected);
@@ -271,7 +270,7 @@ fn keys(m: &BTreeMap<String, Option<String>>) -> String {
 /// [`NodeChange`] (the difference). Pure; every step is idempotent.
 #[derive(Clone, Debug)]
 pub struct NodeEdit<'a> {
-    node: &'a Node,
+    node: &'a KubeNode,
     provider_id: Option<String>,
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
@@ -280,30 +279,25 @@ pub struct NodeEdit<'a> {
 }
 
 impl<'a> NodeEdit<'a> {
-    pub fn new(node: &'a Node) -> Self {
-        let spec = node.spec.as_ref();
+    pub fn new(node: &'a KubeNode) -> Self {
         NodeEdit {
             node,
             provider_id: None,
-            labels: node.metadata.labels.clone().unwrap_or_default(),
-            annotations: node.metadata.annotations.clone().unwrap_or_default(),
-            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
-            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            labels: node.labels().to_map(),
+            annotations: node.annotations().to_map(),
+            taints: node.taints().to_vec(),
+            unschedulable: node.unschedulable(),
         }
     }
 
     /// The difference from the Node this edit started from.
     pub fn change(&self) -> NodeChange {
-        let old_labels = self.node.metadata.labels.clone().unwrap_or_default();
-        let old_annotations = self.node.metadata.annotations.clone().unwrap_or_default();
-        let spec = self.node.spec.as_ref();
-        let old_taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
-        let old_unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        let old_unschedulable = self.node.unschedulable();
         NodeChange {
             provider_id: self.provider_id.clone(),
-            labels: map_diff(&old_labels, &self.labels),
-            annotations: map_diff(&old_annotations, &self.annotations),
-            taints: (old_taints != self.taints).then(|| self.taints.clone()),
+            labels: map_diff(self.node.labels(), &self.labels),
+            annotations: map_diff(self.node.annotations(), &self.annotations),
+            taints: (self.node.taints() != self.taints.as_slice()).then(|| self.taints.clone()),
             unschedulable: (old_unschedulable != self.unschedulable).then_some(self.unschedulable),
         }
     }
@@ -386,7 +380,7 @@ impl<'a> NodeEdit<'a> {
         if !self.annotations.contains_key(RESTORED) {
             if let Some(seen) = machine.status.as_ref().and_then(|s| s.node.as_ref()) {
                 for (k, v) in &seen.labels {
-                    if !KUBELET_LABELS.contains(&k.as_str()) && !self.labels.contains_key(k) {
+                    if !KUBELET_LABELS.contains(&k) && !self.labels.contains_key(k) {
                         self.add_label(k, v);
                     }
                 }
@@ -494,19 +488,16 @@ impl<'a> NodeEdit<'a> {
     }
 }
 
-fn map_diff(
-    old: &BTreeMap<String, String>,
-    new: &BTreeMap<String, String>,
-) -> BTreeMap<String, Option<String>> {
+fn map_diff(old: &Strings, new: &BTreeMap<String, String>) -> BTreeMap<String, Option<String>> {
     let mut diff = BTreeMap::new();
     for (k, v) in new {
-        if old.get(k) != Some(v) {
+        if old.get(k) != Some(v.as_str()) {
             diff.insert(k.clone(), Some(v.clone()));
         }
     }
     for k in old.keys() {
         if !new.contains_key(k) {
-            diff.insert(k.clone(), None);
+            diff.insert(k.to_owned(), None);
         }
     }
     diff
@@ -523,7 +514,7 @@ pub struct Registration {
 /// `group_scale_down_disabled` adds the Group's `scaleDownDisabled` to the machine's own.
 pub fn registration(
     machine: &Machine,
-    node: &Node,
+    node: &KubeNode,
     group_scale_down_disabled: bool,
 ) -> Registration {
     let disabled = machine.scale_down_disabled() || group_scale_down_disabled;
@@ -535,7 +526,7 @@ pub fn registration(
 
 /// Cordon (`on`) or undo a cancelled power-off (`!on`); see [`NodeEdit::cordon`] and
 /// [`NodeEdit::uncordon`].
-pub fn cordon_change(node: &Node, on: bool) -> NodeChange {
+pub fn cordon_change(node: &KubeNode, on: bool) -> NodeChange {
     let mut edit = NodeEdit::new(node);
     if on {
         edit.cordon();
@@ -546,57 +537,41 @@ pub fn cordon_change(node: &Node, on: bool) -> NodeChange {
 }
 
 /// What the finalizer writes; see [`NodeEdit::cleanup`].
-pub fn cleanup_change(node: &Node) -> NodeChange {
+pub fn cleanup_change(node: &KubeNode) -> NodeChange {
     NodeEdit::new(node).cleanup().change()
 }
 
 /// The Node as it is now, for status (`status.node`) and the scale-from-zero template: labels
 /// (with `kubernetes.io/arch`/`os` from `status.nodeInfo` when the labels lack them), taints
 /// without the transient ones, capacity, allocatable and providerID.
-pub fn snapshot(node: &Node, seen: Timestamp) -> NodeSnapshot {
-    let mut labels = node.metadata.labels.clone().unwrap_or_default();
-    let status = node.status.as_ref();
-    if let Some(info) = status.and_then(|s| s.node_info.as_ref()) {
-        for (key, value) in [
-            ("kubernetes.io/arch", &info.architecture),
-            ("kubernetes.io/os", &info.operating_system),
-        ] {
-            if !value.is_empty() {
-                labels
-                    .entry(key.to_owned())
-                    .or_insert_with(|| value.clone());
-            }
+pub fn snapshot(node: &KubeNode, seen: Timestamp) -> NodeSnapshot {
+    let mut labels = node.labels().to_map();
+    for (key, value) in [
+        ("kubernetes.io/arch", node.architecture()),
+        ("kubernetes.io/os", node.operating_system()),
+    ] {
+        if let Some(value) = value {
+            labels
+                .entry(key.to_owned())
+                .or_insert_with(|| value.to_owned());
         }
     }
     let taints = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .map(|ts| {
-            ts.iter()
-                .filter(|t| !is_transient_taint(t))
-                .map(|t| Taint {
-                    time_added: None,
-                    ..t.clone()
-                })
-                .collect()
+        .taints()
+        .iter()
+        .filter(|t| !is_transient_taint(t))
+        .map(|t| Taint {
+            time_added: None,
+            ..t.clone()
         })
-        .unwrap_or_default();
+        .collect();
     NodeSnapshot {
-        name: node.metadata.name.clone().unwrap_or_default(),
+        name: node.name().to_owned(),
         provider_id: node_provider_id(node).map(str::to_owned),
         labels: labels.into_iter().collect(),
         taints,
-        capacity: status
-            .and_then(|s| s.capacity.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        allocatable: status
-            .and_then(|s| s.allocatable.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
+        capacity: node.capacity().clone(),
+        allocatable: node.allocatable().clone(),
         seen,
     }
 }
@@ -661,20 +636,20 @@ fn patch_params() -> PatchParams {
 /// (no API call). Gone (404) is `Ok(None)`: a machine powered off meanwhile.
 pub async fn patch_node(
     client: &Client,
-    node: &Node,
+    node: &KubeNode,
     change: &NodeChange,
-) -> Result<Option<Node>, NodeSideError> {
-    let name = node.metadata.name.clone().unwrap_or_default();
+) -> Result<Option<KubeNode>, NodeSideError> {
+    let name = node.name().to_owned();
     if change.is_empty() {
         return Ok(Some(node.clone()));
     }
-    let patch = change.merge_patch(node.metadata.resource_version.as_deref());
+    let patch = change.merge_patch(node.resource_version());
     let api: Api<Node> = Api::all(client.clone());
     match api
         .patch(&name, &patch_params(), &Patch::Merge(&patch))
         .await
     {
-        Ok(n) => Ok(Some(n)),
+        Ok(n) => Ok(Some(KubeNode::from(n))),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(kube::Error::Api(s)) if s.code == 409 => Err(NodeSideError::Conflict {
             node: name,
@@ -699,8 +674,8 @@ pub async fn patch_node(
 pub async fn update_node(
     client: &Client,
     name: &str,
-    plan: impl Fn(&Node) -> NodeChange,
-) -> Result<Option<Node>, NodeSideError> {
+    plan: impl Fn(&KubeNode) -> NodeChange,
+) -> Result<Option<KubeNode>, NodeSideError> {
     let api: Api<Node> = Api::all(client.clone());
     let mut last = String::new();
     for attempt in 0..CONFLICT_RETRIES {
@@ -708,7 +683,7 @@ pub async fn update_node(
             tokio::time::sleep(Duration::from_millis(20 * attempt as u64)).await;
         }
         let node = match api.get_opt(name).await {
-            Ok(Some(n)) => n,
+            Ok(Some(n)) => KubeNode::from(n),
             Ok(None) => return Ok(None),
             Err(kube::Error::Api(s)) if s.code == 403 => {
                 return Err(NodeSideError::Forbidden {

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::*;
-use crate::operator::api::FlatMap;
+use crate::operator::interned::Strings;
 use crate::testing::{NodeExt as _, node, seen_node, taint};
 
 /// What the API server makes of `change` (a JSON merge patch): the Node after the write.
@@ -65,14 +65,14 @@ fn unschedulable(n: &Node) -> bool {
 }
 
 fn registered(m: &Machine, n: &Node, disabled: bool) -> Node {
-    applied(n, &registration(m, n, disabled).change)
+    applied(n, &registration(m, &n.cached(), disabled).change)
 }
 
 // --- providerID.
 
 #[test]
 fn empty_provider_id_is_set_to_the_expected_one() {
-    let r = registration(&Machine::test("m1").build(), &node("n1"), false);
+    let r = registration(&Machine::test("m1").build(), &node("n1").cached(), false);
     assert_eq!(
         r.provider_id,
         ProviderIdCheck::Set("homelab://lab/m1".to_owned())
@@ -83,14 +83,14 @@ fn empty_provider_id_is_set_to_the_expected_one() {
 #[test]
 fn a_declared_provider_id_is_what_gets_set() {
     let m = Machine::test("m1").provider_id("bmc://rack/3").build();
-    let r = registration(&m, &node("n1"), false);
+    let r = registration(&m, &node("n1").cached(), false);
     assert_eq!(r.change.provider_id.as_deref(), Some("bmc://rack/3"));
 }
 
 #[test]
 fn a_matching_provider_id_is_left_alone() {
     let n = node("n1").provider_id("homelab://lab/m1");
-    let r = registration(&Machine::test("m1").build(), &n, false);
+    let r = registration(&Machine::test("m1").build(), &n.cached(), false);
     assert_eq!(r.provider_id, ProviderIdCheck::Matches);
     assert_eq!(r.change.provider_id, None);
 }
@@ -98,7 +98,7 @@ fn a_matching_provider_id_is_left_alone() {
 #[test]
 fn a_distribution_provider_id_is_learned_when_none_is_on_record() {
     let n = node("n1").provider_id("k3s://n1");
-    let r = registration(&Machine::test("m1").build(), &n, false);
+    let r = registration(&Machine::test("m1").build(), &n.cached(), false);
     assert_eq!(r.provider_id, ProviderIdCheck::Learn("k3s://n1".to_owned()));
     assert_eq!(r.change.provider_id, None);
 }
@@ -114,7 +114,7 @@ fn a_different_provider_id_is_a_mismatch_and_never_overwritten() {
         })
         .build();
     for m in [declared, recorded] {
-        let r = registration(&m, &n, false);
+        let r = registration(&m, &n.cached(), false);
         assert_eq!(
             r.provider_id,
             ProviderIdCheck::Mismatch {
@@ -131,10 +131,7 @@ fn a_different_provider_id_is_a_mismatch_and_never_overwritten() {
 #[test]
 fn registration_restores_last_seen_labels_and_taints_but_not_transient_ones() {
     let snap = NodeSnapshot {
-        labels: FlatMap::from_iter([
-            ("gpu".to_owned(), "true".to_owned()),
-            ("kubernetes.io/hostname".to_owned(), "old-name".to_owned()),
-        ]),
+        labels: Strings::from([("gpu", "true"), ("kubernetes.io/hostname", "old-name")]),
         taints: vec![
             taint("dedicated", "ml", "NoSchedule"),
             taint(ca::TO_BE_DELETED_TAINT, "1700000000", "NoSchedule"),
@@ -174,7 +171,7 @@ fn registration_restores_last_seen_labels_and_taints_but_not_transient_ones() {
 #[test]
 fn restoring_happens_once_per_node_object() {
     let snap = NodeSnapshot {
-        labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
+        labels: Strings::from([("gpu", "true")]),
         ..seen_node("n1")
     };
     let m = Machine::test("m1").node_snapshot(snap).build();
@@ -182,7 +179,7 @@ fn restoring_happens_once_per_node_object() {
     // A person removes the restored label afterwards: it stays removed.
     let mut edited = after.clone();
     edited.metadata.labels.as_mut().map(|l| l.remove("gpu"));
-    let r = registration(&m, &edited, false);
+    let r = registration(&m, &edited.cached(), false);
     assert!(r.change.is_empty(), "unexpected change: {:?}", r.change);
 }
 
@@ -190,7 +187,7 @@ fn restoring_happens_once_per_node_object() {
 fn registration_is_idempotent_so_an_idle_machine_writes_nothing() {
     let m = Machine::test("m1")
         .node_snapshot(NodeSnapshot {
-            labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
+            labels: Strings::from([("gpu", "true")]),
             taints: vec![taint("dedicated", "ml", "NoSchedule")],
             ..seen_node("n1")
         })
@@ -199,7 +196,7 @@ fn registration_is_idempotent_so_an_idle_machine_writes_nothing() {
         .scale_down_disabled(true)
         .build();
     let once = registered(&m, &node("n1"), false);
-    let again = registration(&m, &once, false);
+    let again = registration(&m, &once.cached(), false);
     assert!(
         again.change.is_empty(),
         "second pass changed {:?}",
@@ -258,12 +255,12 @@ fn registration_labels_the_node_managed_and_records_the_label_as_ours() {
 fn cleanup_removes_the_managed_label_unless_a_person_set_it() {
     let m = Machine::test("m1").build();
     let managed = registered(&m, &node("n1"), false);
-    let clean = applied(&managed, &cleanup_change(&managed));
+    let clean = applied(&managed, &cleanup_change(&managed.cached()));
     assert_eq!(labels(&clean).get(MANAGED_LABEL), None);
 
     let theirs = node("n1").label(MANAGED_LABEL, "true");
     let managed = registered(&m, &theirs, false);
-    let clean = applied(&managed, &cleanup_change(&managed));
+    let clean = applied(&managed, &cleanup_change(&managed.cached()));
     assert_eq!(
         labels(&clean).get(MANAGED_LABEL).map(String::as_str),
         Some("true")
@@ -365,22 +362,22 @@ fn a_persons_own_scale_down_annotation_is_kept() {
 
 #[test]
 fn cordon_marks_the_node_and_records_it_as_ours() {
-    let after = applied(&node("n1"), &cordon_change(&node("n1"), true));
+    let after = applied(&node("n1"), &cordon_change(&node("n1").cached(), true));
     assert!(unschedulable(&after));
     assert!(annotations(&after).contains_key(CORDONED));
-    assert!(cordon_change(&after, true).is_empty());
+    assert!(cordon_change(&after.cached(), true).is_empty());
 }
 
 #[test]
 fn uncordon_undoes_only_our_cordon() {
-    let ours = applied(&node("n1"), &cordon_change(&node("n1"), true));
-    let undone = applied(&ours, &cordon_change(&ours, false));
+    let ours = applied(&node("n1"), &cordon_change(&node("n1").cached(), true));
+    let undone = applied(&ours, &cordon_change(&ours.cached(), false));
     assert!(!unschedulable(&undone));
     assert!(annotations(&undone).is_empty());
 
     let theirs = node("n1").cordoned();
-    assert!(cordon_change(&theirs, true).is_empty());
-    assert!(cordon_change(&theirs, false).is_empty());
+    assert!(cordon_change(&theirs.cached(), true).is_empty());
+    assert!(cordon_change(&theirs.cached(), false).is_empty());
 }
 
 #[test]
@@ -395,7 +392,7 @@ fn a_cancelled_ca_power_off_loses_cas_taints_and_cas_cordon() {
             "PreferNoSchedule",
         ))
         .cordoned();
-    let after = applied(&n, &cordon_change(&n, false));
+    let after = applied(&n, &cordon_change(&n.cached(), false));
     assert_eq!(taints(&after), vec![taint("dedicated", "ml", "NoSchedule")]);
     assert!(!unschedulable(&after));
 }
@@ -409,7 +406,7 @@ fn removing_only_the_deletion_candidate_taint_keeps_a_persons_cordon() {
             "PreferNoSchedule",
         ))
         .cordoned();
-    let after = applied(&n, &cordon_change(&n, false));
+    let after = applied(&n, &cordon_change(&n.cached(), false));
     assert!(taints(&after).is_empty());
     assert!(unschedulable(&after));
 }
@@ -417,11 +414,12 @@ fn removing_only_the_deletion_candidate_taint_keeps_a_persons_cordon() {
 #[test]
 fn uncordon_clears_the_drain_record() {
     let n = node("n1");
-    let mut edit = NodeEdit::new(&n);
+    let cached = n.cached();
+    let mut edit = NodeEdit::new(&cached);
     edit.cordon().drain_started(Timestamp::UNIX_EPOCH);
     let draining = applied(&n, &edit.change());
     assert!(annotations(&draining).contains_key(DRAIN_STARTED));
-    let after = applied(&draining, &cordon_change(&draining, false));
+    let after = applied(&draining, &cordon_change(&draining.cached(), false));
     assert!(annotations(&after).is_empty());
 }
 
@@ -435,7 +433,7 @@ fn cleanup_leaves_the_node_as_the_kubelet_and_people_left_it() {
         .taint(taint("owner-taint", "x", "NoSchedule"));
     let m = Machine::test("m1")
         .node_snapshot(NodeSnapshot {
-            labels: FlatMap::from_iter([("gpu".to_owned(), "true".to_owned())]),
+            labels: Strings::from([("gpu", "true")]),
             taints: vec![taint("dedicated", "ml", "NoSchedule")],
             ..seen_node("n1")
         })
@@ -445,12 +443,12 @@ fn cleanup_leaves_the_node_as_the_kubelet_and_people_left_it() {
         .build();
 
     let managed = registered(&m, &before, false);
-    let cordoned = applied(&managed, &cordon_change(&managed, true));
+    let cordoned = applied(&managed, &cordon_change(&managed.cached(), true));
     let ca_tainted =
         cordoned
             .clone()
             .taint(taint(ca::DELETION_CANDIDATE_TAINT, "1", "PreferNoSchedule"));
-    let clean = applied(&ca_tainted, &cleanup_change(&ca_tainted));
+    let clean = applied(&ca_tainted, &cleanup_change(&ca_tainted.cached()));
 
     assert_eq!(labels(&clean), labels(&before));
     assert_eq!(annotations(&clean), annotations(&before));
@@ -466,7 +464,7 @@ fn cleanup_leaves_the_node_as_the_kubelet_and_people_left_it() {
 #[test]
 fn cleanup_of_an_untouched_node_changes_nothing() {
     let n = node("n1").label("team", "infra").cordoned();
-    assert!(cleanup_change(&n).is_empty());
+    assert!(cleanup_change(&n.cached()).is_empty());
 }
 
 // --- The patch.
@@ -478,7 +476,7 @@ fn merge_patch_carries_the_resource_version_and_nulls_for_removals() {
         .annotation(CORDONED, "true")
         .annotation(DRAIN_STARTED, "2026-01-01T00:00:00Z")
         .cordoned();
-    let change = cordon_change(&n, false);
+    let change = cordon_change(&n.cached(), false);
     let patch = change.merge_patch(n.metadata.resource_version.as_deref());
     assert_eq!(
         patch,
@@ -522,16 +520,14 @@ fn snapshot_keeps_what_the_template_needs_without_transient_taints() {
         ..NodeStatus::default()
     });
     let at = Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
-    let s = snapshot(&n, at);
+    let s = snapshot(&n.cached(), at);
     assert_eq!(s.name, "n1");
     assert_eq!(s.provider_id.as_deref(), Some("homelab://lab/m1"));
-    assert_eq!(s.labels.get("gpu").map(String::as_str), Some("true"));
+    assert_eq!(s.labels.get("gpu"), Some("true"));
     assert_eq!(s.taints, vec![taint("dedicated", "ml", "NoSchedule")]);
-    assert_eq!(s.capacity, capacity.into_iter().collect::<FlatMap<_>>());
-    assert_eq!(
-        s.allocatable,
-        allocatable.into_iter().collect::<FlatMap<_>>()
-    );
+    let strings = |m: BTreeMap<String, Quantity>| m.into_iter().map(|(k, q)| (k, q.0)).collect();
+    assert_eq!(s.capacity, strings(capacity));
+    assert_eq!(s.allocatable, strings(allocatable));
     assert_eq!(s.seen, at);
 }
 
@@ -547,25 +543,19 @@ fn snapshot_takes_arch_and_os_from_node_info_when_labels_lack_them() {
         }),
         ..NodeStatus::default()
     });
-    let s = snapshot(&n, Timestamp::UNIX_EPOCH);
-    assert_eq!(
-        s.labels.get("kubernetes.io/arch").map(String::as_str),
-        Some("arm64")
-    );
-    assert_eq!(
-        s.labels.get("kubernetes.io/os").map(String::as_str),
-        Some("linux")
-    );
+    let s = snapshot(&n.cached(), Timestamp::UNIX_EPOCH);
+    assert_eq!(s.labels.get("kubernetes.io/arch"), Some("arm64"));
+    assert_eq!(s.labels.get("kubernetes.io/os"), Some("linux"));
     assert_eq!(s.provider_id, None);
 }
 
 #[test]
 fn same_shape_ignores_only_the_time_seen() {
-    let a = snapshot(&node("n1"), Timestamp::UNIX_EPOCH);
+    let a = snapshot(&node("n1").cached(), Timestamp::UNIX_EPOCH);
     let later = Timestamp::from_second(60).unwrap_or(Timestamp::UNIX_EPOCH);
-    assert!(same_shape(&a, &snapshot(&node("n1"), later)));
+    assert!(same_shape(&a, &snapshot(&node("n1").cached(), later)));
     assert!(!same_shape(
         &a,
-        &snapshot(&node("n1").label("gpu", "true"), later)
+        &snapshot(&node("n1").label("gpu", "true").cached(), later)
     ));
 }

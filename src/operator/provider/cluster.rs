@@ -22,7 +22,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::operator::kube_node::KubeNode;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt as _};
@@ -118,7 +120,7 @@ impl WriteError {
 pub struct ClusterObjects {
     pub groups: Vec<Arc<Group>>,
     pub machines: Vec<Arc<Machine>>,
-    pub nodes: Vec<Arc<Node>>,
+    pub nodes: Vec<Arc<KubeNode>>,
     /// Bumped by every watch event and every confirmed write: equal generations, equal objects.
     pub generation: u64,
 }

@@ -5,7 +5,9 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use jiff::SignedDuration;
-use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::api::core::v1::Taint;
+
+use crate::operator::kube_node::KubeNode;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::inventory::{
@@ -189,10 +191,10 @@ pub(crate) fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> Ma
         v.last_seen = s.node.as_ref().map(|n| NodeView {
             name: n.name.clone(),
             provider_id: n.provider_id.clone().unwrap_or_default(),
-            labels: owned(&n.labels),
+            labels: n.labels.clone(),
             taints: taints(&n.taints),
-            capacity: quantities(&n.capacity),
-            allocatable: quantities(&n.allocatable),
+            capacity: n.capacity.clone(),
+            allocatable: n.allocatable.clone(),
             ready: false,
             unschedulable: false,
             refused: false,
@@ -207,17 +209,17 @@ pub(crate) fn machine_view_sharing(m: &Machine, hints: &mut HintsInterner) -> Ma
 /// exactly this node when a simulated machine finishes booting.
 pub fn declared_node(m: &MachineView) -> NodeView {
     let allocatable = if m.hints.allocatable.is_empty() {
-        m.hints.capacity.clone()
+        &m.hints.capacity
     } else {
-        m.hints.allocatable.clone()
+        &m.hints.allocatable
     };
     NodeView {
         name: m.node_name.clone(),
         provider_id: m.provider_id.clone(),
-        labels: m.hints.labels.clone(),
+        labels: m.hints.labels.iter().collect(),
         taints: m.hints.taints.clone(),
-        capacity: m.hints.capacity.clone(),
-        allocatable,
+        capacity: m.hints.capacity.iter().collect(),
+        allocatable: allocatable.iter().collect(),
         ready: false,
         unschedulable: false,
         refused: false,
@@ -230,7 +232,7 @@ impl Inventory {
     where
         G: Deref<Target = Group>,
         M: Deref<Target = Machine>,
-        N: Deref<Target = Node>,
+        N: Deref<Target = KubeNode>,
     {
         Inventory::from_objects_with_ids(GroupIds::Name, groups, machines, nodes)
     }
@@ -247,7 +249,7 @@ impl Inventory {
     where
         G: Deref<Target = Group>,
         M: Deref<Target = Machine>,
-        N: Deref<Target = Node>,
+        N: Deref<Target = KubeNode>,
     {
         let mut members: HashMap<(String, String), usize> = HashMap::new();
         for m in machines {

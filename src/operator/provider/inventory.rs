@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 
+use crate::operator::interned::Strings;
+use crate::operator::kube_node::KubeNode;
 use crate::operator::machine::{Lifecycle, OperationKind, Phase, PowerState};
 
 /// Label CA reads to tell which node group a node belongs to is not ours; this is the CR label
@@ -64,11 +66,13 @@ impl TaintView {
 pub struct NodeView {
     pub name: String,
     pub provider_id: String,
-    pub labels: BTreeMap<String, String>,
+    /// Shared with the cached Node it was read from (and interned when built otherwise), so a
+    /// view costs pointers, not copies of every label and quantity.
+    pub labels: Strings,
     pub taints: Vec<TaintView>,
     /// Quantities as Kubernetes strings (`"4"`, `"16Gi"`).
-    pub capacity: BTreeMap<String, String>,
-    pub allocatable: BTreeMap<String, String>,
+    pub capacity: Strings,
+    pub allocatable: Strings,
     /// The `Ready` condition is `True`.
     pub ready: bool,
     pub unschedulable: bool,
@@ -80,36 +84,23 @@ pub struct NodeView {
 
 impl NodeView {
     /// Reads a Kubernetes Node (as the reflector caches it).
-    pub fn from_k8s(node: &k8s_openapi::api::core::v1::Node) -> NodeView {
-        let spec = node.spec.as_ref();
-        let status = node.status.as_ref();
-        let quantities = |m: Option<
-            &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-        >| {
-            m.map(|m| m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
-                .unwrap_or_default()
-        };
+    pub fn from_k8s(node: &KubeNode) -> NodeView {
         NodeView {
-            name: node.metadata.name.clone().unwrap_or_default(),
-            provider_id: spec.and_then(|s| s.provider_id.clone()).unwrap_or_default(),
-            labels: node.metadata.labels.clone().unwrap_or_default(),
-            taints: spec
-                .and_then(|s| s.taints.as_ref())
-                .map(|ts| TaintView::all_from(ts))
-                .unwrap_or_default(),
-            capacity: quantities(status.and_then(|s| s.capacity.as_ref())),
-            allocatable: quantities(status.and_then(|s| s.allocatable.as_ref())),
-            ready: status
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            name: node.name().to_owned(),
+            provider_id: node.provider_id().unwrap_or_default().to_owned(),
+            labels: node.labels().clone(),
+            taints: TaintView::all_from(node.taints()),
+            capacity: node.capacity().clone(),
+            allocatable: node.allocatable().clone(),
+            ready: node.is_ready(),
+            unschedulable: node.unschedulable(),
             refused: false,
         }
     }
 
     /// [`from_k8s`](Self::from_k8s), refused when `trust` does not let a Node CR adopt it.
     pub fn from_k8s_under(
-        node: &k8s_openapi::api::core::v1::Node,
+        node: &KubeNode,
         trust: &crate::operator::trust::TrustPolicy,
     ) -> NodeView {
         NodeView {

@@ -14,6 +14,7 @@ use prost::Message;
 
 use super::error::ProviderError;
 use super::inventory::{Inventory, MachineView};
+use crate::operator::interned::Strings;
 
 /// The smallest price answered: a pod with no requests in a homelab without prices still costs
 /// something, so CA's ratio stays defined.
@@ -78,11 +79,8 @@ impl PodRequests {
 
 /// The capacity CA would see for the machine: its registered Node's allocatable, else what it
 /// looked like when last seen, else its declared capacity.
-fn best_capacity<'a>(
-    inv: &'a Inventory,
-    m: &'a MachineView,
-) -> Option<&'a BTreeMap<String, String>> {
-    let non_empty = |c: &'a BTreeMap<String, String>| (!c.is_empty()).then_some(c);
+fn best_capacity<'a>(inv: &'a Inventory, m: &'a MachineView) -> Option<Strings> {
+    let non_empty = |c: &'a Strings| (!c.is_empty()).then(|| c.clone());
     inv.node(&m.provider_id)
         .and_then(|n| non_empty(&n.allocatable).or_else(|| non_empty(&n.capacity)))
         .or_else(|| {
@@ -90,7 +88,7 @@ fn best_capacity<'a>(
                 .as_ref()
                 .and_then(|s| non_empty(&s.allocatable).or_else(|| non_empty(&s.capacity)))
         })
-        .or_else(|| non_empty(&m.hints.capacity))
+        .or_else(|| (!m.hints.capacity.is_empty()).then(|| m.hints.capacity.iter().collect()))
 }
 
 /// The price of a pod over `[start, end)`; always > 0.
@@ -128,7 +126,7 @@ pub fn pod_price(
                     let share = best_capacity(inv, m).map_or(0.0, |cap| {
                         let frac = |key: &str, want: f64| {
                             cap.get(key)
-                                .and_then(|q| parse_quantity(q))
+                                .and_then(parse_quantity)
                                 .filter(|c| *c > 0.0)
                                 .map_or(0.0, |c| want / c)
                         };

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
+use crate::operator::kube_node::KubeNode;
 
 use super::convert::{HintsInterner, group_view, machine_view_sharing};
 use super::inventory::{
@@ -79,7 +79,7 @@ impl InventoryBuilder {
         &mut self,
         groups: &[Arc<Group>],
         machines: &[Arc<Machine>],
-        nodes: &[Arc<Node>],
+        nodes: &[Arc<KubeNode>],
     ) -> Inventory {
         let names = GroupNames::new(self.ids, groups.iter().map(|g| name_of(&**g)));
         let by_key: HashMap<(&str, &str), &Arc<Group>> = groups
@@ -142,7 +142,7 @@ impl InventoryBuilder {
         &mut self,
         groups: &[Arc<Group>],
         changed: &[(&str, &str, Option<Arc<Machine>>)],
-        nodes: Option<&[Arc<Node>]>,
+        nodes: Option<&[Arc<KubeNode>]>,
     ) -> Option<Inventory> {
         let names = GroupNames::new(self.ids, groups.iter().map(|g| name_of(&**g)));
         let same_groups = groups.len() == self.built.len()
@@ -369,7 +369,7 @@ mod tests {
     struct World {
         groups: Vec<Arc<Group>>,
         machines: Vec<Arc<Machine>>,
-        nodes: Vec<Arc<Node>>,
+        nodes: Vec<Arc<KubeNode>>,
         next: usize,
     }
 
@@ -468,10 +468,10 @@ mod tests {
                     // machine's; a second Node of the same name replaces the first.
                     // Every third is not labelled adoptable: no machine's.
                     let name = format!("m{}", machine % (self.next + 2));
-                    self.nodes.retain(|n| name_of(&**n) != name);
+                    self.nodes.retain(|n| n.name() != name);
                     let n = node(&name).provider_id(&format!("homelab://{name}"));
                     let n = if machine % 3 == 0 { n } else { n.adoptable() };
-                    self.nodes.push(Arc::new(n));
+                    self.nodes.push(Arc::new(n.cached()));
                 }
                 Change::RemoveNode { index } if !self.nodes.is_empty() => {
                     let n = self.nodes.len();

@@ -108,10 +108,10 @@ fn from_hints(h: &TemplateHints) -> Option<NodeView> {
         return None;
     }
     Some(NodeView {
-        labels: h.labels.clone(),
+        labels: h.labels.iter().collect(),
         taints: h.taints.clone(),
-        capacity: h.capacity.clone(),
-        allocatable: h.allocatable.clone(),
+        capacity: h.capacity.iter().collect(),
+        allocatable: h.allocatable.iter().collect(),
         ..Default::default()
     })
 }
@@ -170,7 +170,7 @@ pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, Provider
         .map(|m| m.taints_to_remove.as_slice())
         .unwrap_or(&[]);
 
-    let mut labels = shape.labels.clone();
+    let mut labels = shape.labels.to_map();
     labels.extend(g.spec.template.labels.clone());
     // The architecture only from what is known about the machine: a guessed amd64 would place
     // arm64-only pods on an amd64 machine and keep amd64 pods off an arm64 one.
@@ -179,10 +179,11 @@ pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, Provider
             m.hints
                 .labels
                 .get(ARCH_LABEL)
+                .map(String::as_str)
                 .or_else(|| m.last_seen.as_ref().and_then(|s| s.labels.get(ARCH_LABEL)))
         })
     {
-        labels.insert(ARCH_LABEL.to_owned(), arch.clone());
+        labels.insert(ARCH_LABEL.to_owned(), arch.to_owned());
     }
     labels
         .entry("kubernetes.io/os".to_owned())
@@ -208,14 +209,14 @@ pub fn template_node(inv: &Inventory, id: &str) -> Result<TemplateNode, Provider
     taints.sort();
     taints.dedup();
 
-    let mut capacity = shape.capacity.clone();
+    let mut capacity = shape.capacity.to_map();
     capacity
         .entry("pods".to_owned())
         .or_insert_with(|| DEFAULT_PODS.to_owned());
     let mut allocatable = if shape.allocatable.is_empty() {
         capacity.clone()
     } else {
-        shape.allocatable.clone()
+        shape.allocatable.to_map()
     };
     for (k, v) in &capacity {
         allocatable.entry(k.clone()).or_insert_with(|| v.clone());

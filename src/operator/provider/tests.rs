@@ -568,7 +568,7 @@ fn template_from_last_seen_strips_transient_taints() {
             ("memory".to_string(), "32Gi".to_string()),
         ]
         .into(),
-        allocatable: BTreeMap::new(),
+        allocatable: Default::default(),
         ready: false,
         unschedulable: true,
         refused: false,
@@ -710,11 +710,11 @@ fn node_view_reads_a_kubernetes_node() {
         .taint(taint("k", "", "NoSchedule"))
         .capacity([("cpu", "4")])
         .ready();
-    let v = NodeView::from_k8s(&node);
+    let v = NodeView::from_k8s(&node.cached());
     assert_eq!(v.name, "n1");
     assert_eq!(v.provider_id, "homelab://lab/n1");
     assert!(v.ready);
-    assert_eq!(v.capacity.get("cpu").map(String::as_str), Some("4"));
+    assert_eq!(v.capacity.get("cpu"), Some("4"));
     assert_eq!(v.taints.len(), 1);
 }
 
@@ -838,7 +838,7 @@ fn from_objects_reads_the_crs_and_nodes() {
     let inv = Inventory::from_objects(
         &[std::sync::Arc::new(group)],
         &[std::sync::Arc::new(m1), std::sync::Arc::new(m2)],
-        &[&node],
+        &[&node.cached()],
     );
     let g = inv
         .group("workers")
@@ -903,16 +903,16 @@ fn declared_node_is_the_machine_as_its_hints_describe_it() {
         (n.name.as_str(), n.provider_id.as_str()),
         ("host-1", "k3s://host-1")
     );
-    assert_eq!(n.labels, m.hints.labels);
+    assert_eq!(n.labels.to_map(), m.hints.labels);
     assert_eq!(n.taints, m.hints.taints);
-    assert_eq!(n.capacity, m.hints.capacity);
+    assert_eq!(n.capacity.to_map(), m.hints.capacity);
     // Allocatable defaults to capacity; explicit allocatable wins.
-    assert_eq!(n.allocatable, m.hints.capacity);
+    assert_eq!(n.allocatable.to_map(), m.hints.capacity);
     assert!(!n.ready && !n.unschedulable);
     Arc::make_mut(&mut m.hints).allocatable =
         BTreeMap::from([("cpu".to_owned(), "3500m".to_owned())]);
     let n = super::convert::declared_node(&m);
-    assert_eq!(n.allocatable.get("cpu").map(String::as_str), Some("3500m"));
+    assert_eq!(n.allocatable.get("cpu"), Some("3500m"));
 }
 
 // ---------- What the real CA 1.36.1 does that the rules above must allow for ----------
@@ -1491,8 +1491,8 @@ mod trust {
     fn a_node_not_labelled_adoptable_is_in_no_group_and_a_labelled_one_is() {
         let (groups, machines) = objects();
         let nodes = [
-            Arc::new(node("host1").ready()),
-            Arc::new(node("host2").adoptable().ready()),
+            Arc::new(node("host1").ready().cached()),
+            Arc::new(node("host2").adoptable().ready().cached()),
         ];
         let inv = Inventory::from_objects(&groups, &machines, &nodes);
         assert_eq!(group_for(&inv, "", "host1"), None);
@@ -1508,7 +1508,8 @@ mod trust {
                 .label("node-role.kubernetes.io/control-plane", "")
                 .adoptable()
                 .provider_id(m1)
-                .ready(),
+                .ready()
+                .cached(),
         )];
         let inv = Inventory::from_objects(&groups, &machines, &nodes);
         assert_eq!(group_for(&inv, m1, "host1"), None);
@@ -1525,7 +1526,10 @@ mod trust {
     fn the_builder_judges_nodes_under_the_operators_selector() {
         let (groups, machines) = objects();
         let nodes = [Arc::new(
-            node("host1").label("homelab/pool", "desktops").ready(),
+            node("host1")
+                .label("homelab/pool", "desktops")
+                .ready()
+                .cached(),
         )];
         let mut builder = InventoryBuilder::default();
         let before = builder.build(&groups, &machines, &nodes);
@@ -1546,11 +1550,13 @@ mod trust {
     fn a_node_losing_the_label_leaves_its_group_on_an_incremental_update() {
         let (groups, machines) = objects();
         let m1 = "homelab://lab/m1";
-        let labelled = [Arc::new(node("host1").adoptable().provider_id(m1).ready())];
+        let labelled = [Arc::new(
+            node("host1").adoptable().provider_id(m1).ready().cached(),
+        )];
         let mut builder = InventoryBuilder::default();
         let inv = builder.build(&groups, &machines, &labelled);
         assert_eq!(group_for(&inv, m1, "host1"), Some("workers".to_owned()));
-        let unlabelled = [Arc::new(node("host1").provider_id(m1).ready())];
+        let unlabelled = [Arc::new(node("host1").provider_id(m1).ready().cached())];
         let inv = builder
             .update(&groups, &[], Some(&unlabelled))
             .unwrap_or_else(|| panic!("an update"));

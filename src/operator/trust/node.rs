@@ -1,7 +1,7 @@
 //! Which Kubernetes Nodes a Node CR may adopt (set the providerID of, label, taint, cordon,
 //! drain, power): never a control-plane node; otherwise one labelled
 //! `infra.homecluster.dev/adoptable=true` or matching the operator's `--adopt-node-selector`.
-use k8s_openapi::api::core::v1::Node;
+use crate::operator::kube_node::KubeNode;
 
 use super::{ADOPTABLE_LABEL, ADOPTABLE_VALUE, CONTROL_PLANE_LABELS, Refusal, TrustPolicy};
 
@@ -14,10 +14,9 @@ pub const REASON_NODE_NOT_ADOPTABLE: &str = "NodeNotAdoptable";
 /// label refuses whatever else the Node carries; otherwise the Node needs
 /// `infra.homecluster.dev/adoptable=true`, or every label of a non-empty
 /// `policy.adopt_node_selector`.
-pub fn check_node(node: &Node, policy: &TrustPolicy) -> Result<(), Refusal> {
-    let name = node.metadata.name.as_deref().unwrap_or_default();
-    let labels = node.metadata.labels.as_ref();
-    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+pub fn check_node(node: &KubeNode, policy: &TrustPolicy) -> Result<(), Refusal> {
+    let name = node.name();
+    let label = |k: &str| node.labels().get(k);
     let field = format!("Kubernetes Node {name}");
     if let Some(cp) = CONTROL_PLANE_LABELS.iter().find(|k| label(k).is_some()) {
         return Err(Refusal {
@@ -82,12 +81,13 @@ mod tests {
     #[test]
     fn a_node_labelled_adoptable_may_be_adopted() {
         let n = node("desktop-0").adoptable();
-        assert_eq!(check_node(&n, &TrustPolicy::default()), Ok(()));
+        assert_eq!(check_node(&n.cached(), &TrustPolicy::default()), Ok(()));
     }
 
     #[test]
     fn a_node_without_the_label_is_refused_with_the_fix_in_the_message() {
-        let refusal = check_node(&node("desktop-0"), &TrustPolicy::default()).expect_err("refused");
+        let refusal =
+            check_node(&node("desktop-0").cached(), &TrustPolicy::default()).expect_err("refused");
         assert_eq!(refusal.reason, REASON_NODE_NOT_ADOPTABLE);
         assert!(refusal.field.contains("desktop-0"), "{refusal:?}");
         for fix in [
@@ -107,7 +107,7 @@ mod tests {
     fn the_label_must_say_true() {
         let n = node("desktop-0").label(ADOPTABLE_LABEL, "false");
         assert_eq!(
-            reason(check_node(&n, &TrustPolicy::default())),
+            reason(check_node(&n.cached(), &TrustPolicy::default())),
             Some(REASON_NODE_NOT_ADOPTABLE)
         );
     }
@@ -118,9 +118,9 @@ mod tests {
         let all = node("desktop-0")
             .label("homelab/pool", "desktops")
             .label("homelab/owner", "me");
-        assert_eq!(check_node(&all, &policy), Ok(()));
+        assert_eq!(check_node(&all.cached(), &policy), Ok(()));
         let some = node("desktop-1").label("homelab/pool", "desktops");
-        let refusal = check_node(&some, &policy).expect_err("refused");
+        let refusal = check_node(&some.cached(), &policy).expect_err("refused");
         assert_eq!(refusal.reason, REASON_NODE_NOT_ADOPTABLE);
         assert!(
             refusal
@@ -133,7 +133,7 @@ mod tests {
             .label("homelab/pool", "servers")
             .label("homelab/owner", "me");
         assert_eq!(
-            reason(check_node(&other_value, &policy)),
+            reason(check_node(&other_value.cached(), &policy)),
             Some(REASON_NODE_NOT_ADOPTABLE)
         );
     }
@@ -142,7 +142,7 @@ mod tests {
     fn an_empty_selector_matches_no_node() {
         // An empty selector would match every Node; it means "the label only".
         assert_eq!(
-            reason(check_node(&node("n"), &selector(&[]))),
+            reason(check_node(&node("n").cached(), &selector(&[]))),
             Some(REASON_NODE_NOT_ADOPTABLE)
         );
     }
@@ -155,7 +155,7 @@ mod tests {
                 .label(cp, "")
                 .adoptable()
                 .label("homelab/pool", "desktops");
-            let refusal = check_node(&n, &policy).expect_err("refused");
+            let refusal = check_node(&n.cached(), &policy).expect_err("refused");
             assert_eq!(refusal.reason, REASON_CONTROL_PLANE_NODE);
             assert!(refusal.message.contains(cp), "{}", refusal.message);
             assert!(refusal.message.contains("cp-0"), "{}", refusal.message);

@@ -462,11 +462,20 @@ impl MachineDoc {
             if spec.capacity.is_empty()
                 && let Some(node) = &status.node
             {
-                spec.capacity = if node.allocatable.is_empty() {
-                    node.capacity.clone()
+                let shape = if node.allocatable.is_empty() {
+                    &node.capacity
                 } else {
-                    node.allocatable.clone()
+                    &node.allocatable
                 };
+                spec.capacity = shape
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_owned(),
+                            k8s_openapi::apimachinery::pkg::api::resource::Quantity(v.to_owned()),
+                        )
+                    })
+                    .collect();
             }
         }
         MachineDoc {

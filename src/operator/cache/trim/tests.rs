@@ -7,6 +7,7 @@ use serde_json::json;
 use super::*;
 use crate::operator::api::{Group, Machine};
 use crate::operator::ca::SCALE_DOWN_DISABLED;
+use crate::operator::kube_node::KubeNode;
 use crate::operator::node::{self, CORDONED, DRAIN_STARTED, OWNED_LABELS, RESTORED};
 use crate::operator::provider::convert::{group_view, machine_view};
 use crate::operator::provider::inventory::{NodeView, POWER_ON_FAILED_ANNOTATION};
@@ -110,16 +111,17 @@ fn node_decisions(m: &Machine, n: &Node) -> Vec<String> {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .map(|c| (c.status.clone(), c.last_transition_time.clone()));
+    let cached = KubeNode::from(n);
     vec![
-        format!("{:?}", NodeView::from_k8s(n)),
-        format!("{:?}", node::snapshot(n, t)),
-        format!("{:?}", node::registration(m, n, false)),
-        format!("{:?}", node::registration(m, n, true)),
-        format!("{:?}", node::cordon_change(n, true)),
-        format!("{:?}", node::cordon_change(n, false)),
-        format!("{:?}", node::cleanup_change(n)),
-        format!("{:?}", node::provider_id_check(m, n)),
-        format!("{:?}", crate::operator::node::drain::drain_started(n)),
+        format!("{:?}", NodeView::from_k8s(&cached)),
+        format!("{:?}", node::snapshot(&cached, t)),
+        format!("{:?}", node::registration(m, &cached, false)),
+        format!("{:?}", node::registration(m, &cached, true)),
+        format!("{:?}", node::cordon_change(&cached, true)),
+        format!("{:?}", node::cordon_change(&cached, false)),
+        format!("{:?}", node::cleanup_change(&cached)),
+        format!("{:?}", node::provider_id_check(m, &cached)),
+        format!("{:?}", crate::operator::node::drain::drain_started(&cached)),
         format!("{ready:?}"),
     ]
 }

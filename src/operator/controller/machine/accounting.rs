@@ -6,7 +6,9 @@
 //! written.
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::operator::kube_node::KubeNode;
 use kube::ResourceExt as _;
 
 use super::{group_of, pods_on};
@@ -41,12 +43,10 @@ fn tariff(ctx: &Context, m: &Machine) -> Option<Tariff> {
 }
 
 /// CPU requested by the pods running on `node` over its allocatable CPU (0 when unknown).
-pub(super) fn cpu_fraction(node: Option<&Node>, pods: &[Pod]) -> f64 {
+pub(super) fn cpu_fraction(node: Option<&KubeNode>, pods: &[Pod]) -> f64 {
     let allocatable = node
-        .and_then(|n| n.status.as_ref())
-        .and_then(|s| s.allocatable.as_ref())
-        .and_then(|a| a.get("cpu"))
-        .and_then(|q| crate::quantity::parse_quantity(&q.0))
+        .and_then(|n| n.allocatable().get("cpu"))
+        .and_then(crate::quantity::parse_quantity)
         .unwrap_or(0.0);
     if allocatable <= 0.0 {
         return 0.0;
@@ -72,7 +72,7 @@ pub(super) struct Step<'a> {
     pub stored: &'a MachineStatus,
     /// The status as last written (the stored one, or this reconcile's write before acting).
     pub written: &'a MachineStatus,
-    pub node: Option<&'a Node>,
+    pub node: Option<&'a KubeNode>,
     pub node_name: Option<&'a str>,
     pub booted: u64,
     pub now: Timestamp,

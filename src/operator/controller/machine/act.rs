@@ -4,8 +4,8 @@
 //! into the reconcile's bookkeeping and the status.
 use std::time::Duration;
 
+use crate::operator::kube_node::KubeNode;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::events::{Event as KubeEventOut, EventType};
 use kube::{Resource as _, ResourceExt as _};
@@ -364,7 +364,7 @@ pub(super) fn absorb(
 pub(super) struct Subject<'a> {
     pub ctx: &'a Context,
     pub m: &'a Machine,
-    pub node: Option<&'a Node>,
+    pub node: Option<&'a KubeNode>,
     /// The Node's name, or the one the machine is known to register under.
     pub node_name: Option<&'a str>,
     pub now: Timestamp,
@@ -450,7 +450,7 @@ pub(super) async fn perform(
         Effect::Cordon | Effect::Uncordon => {
             if let Some(n) = s.node {
                 ctx.ensure_leader()?;
-                drain::cordon(&ctx.client, &n.name_any(), matches!(effect, Effect::Cordon))
+                drain::cordon(&ctx.client, n.name(), matches!(effect, Effect::Cordon))
                     .await
                     .map_err(|e| Error::NodeSide(e.to_string()))?;
             }
@@ -467,12 +467,12 @@ pub(super) async fn perform(
             let Some(n) = s.node else {
                 return Ok(Performed::Done);
             };
-            let api: Api<Node> = Api::all(ctx.client.clone());
+            let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
             ctx.ensure_leader()?;
-            match api.delete(&n.name_any(), &DeleteParams::default()).await {
+            match api.delete(n.name(), &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(Error::kube(format!("deleting Node {}", n.name_any()))(e)),
+                Err(e) => return Err(Error::kube(format!("deleting Node {}", n.name()))(e)),
             }
             Performed::NodeDeleted
         }
@@ -500,7 +500,7 @@ pub(super) async fn perform(
 ///   the one promise the operator keeps, and leaving the machine on but wanted off would list it
 ///   as Deleting forever. Wanted on, it is an ordinary node of the group again, and CA may pick
 ///   it for scale-down later, with its own drain.
-async fn drain_pass(s: &Subject<'_>, node: &Node, given_up: bool) -> Result<DrainPass, Error> {
+async fn drain_pass(s: &Subject<'_>, node: &KubeNode, given_up: bool) -> Result<DrainPass, Error> {
     let ca_deleting = drain::is_ca_deleting(node);
     if given_up && !ca_deleting {
         return Ok(DrainPass::Skipped);
@@ -509,7 +509,7 @@ async fn drain_pass(s: &Subject<'_>, node: &Node, given_up: bool) -> Result<Drai
         .unwrap_or(drain::DEFAULT_DRAIN_TIMEOUT);
     let outcome = drain::drain(
         &s.ctx.drain,
-        &node.name_any(),
+        node.name(),
         &drain::DrainOptions::new(s.now).timeout(timeout),
     )
     .await
@@ -640,14 +640,14 @@ impl<'a> Passes<'a> {
                 passes.lifecycle.phase(),
                 Phase::Unknown | Phase::Off | Phase::PoweringOff
             );
-            let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+            let cordoned = n.unschedulable();
             if may_power_off && !cordoned {
                 ctx.ensure_leader()?;
-                drain::cordon(&ctx.client, &n.name_any(), true)
+                drain::cordon(&ctx.client, n.name(), true)
                     .await
                     .map_err(|e| Error::NodeSide(e.to_string()))?;
             }
-            let pods = pods_on(ctx, &n.name_any()).await?;
+            let pods = pods_on(ctx, n.name()).await?;
             passes.pods_present = !drain::pods_blocking_power_off_at(&pods, now).is_empty();
         }
         Ok(passes)

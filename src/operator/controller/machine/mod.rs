@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -26,6 +26,7 @@ use kube::{Resource as _, ResourceExt as _};
 
 use super::{Context, Error, FINALIZER, requeue};
 use crate::operator::api::{Group, Machine};
+use crate::operator::kube_node::KubeNode;
 use crate::operator::machine::{NodeObs, Policy, PowerState, drive};
 use crate::operator::policy::maintenance;
 use crate::operator::power::job::cancel_stale_jobs;
@@ -59,53 +60,27 @@ pub fn error_policy(_m: Arc<Machine>, e: &Error, ctx: Arc<Context>) -> Action {
 
 /// The Kubernetes Node of a machine: by providerID, then by `kubernetesNodeName` (or the name it
 /// last registered under).
-fn find_node(ctx: &Context, m: &Machine) -> Option<Arc<Node>> {
+fn find_node(ctx: &Context, m: &Machine) -> Option<Arc<KubeNode>> {
     let store = ctx.cache.nodes();
     ctx.node_by_provider_id(&m.expected_provider_id())
         .and_then(|n| store.get(&ObjectRef::new(&n)))
         .or_else(|| m.node_name().and_then(|n| store.get(&ObjectRef::new(n))))
 }
 
-fn provider_id(node: &Node) -> &str {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .unwrap_or_default()
-}
-
-/// The Node's Ready condition is True.
-fn is_node_ready(node: &Node) -> bool {
-    ready_condition(node).is_some_and(|c| c.status == "True")
-}
-
-fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-}
-
 /// What the core needs to know about the Node. An empty providerID counts as matching: the
 /// node-side sync sets it to the expected one (kubeadm leaves it empty).
-fn node_obs(m: &Machine, node: Option<&Node>) -> NodeObs {
+fn node_obs(m: &Machine, node: Option<&KubeNode>) -> NodeObs {
     let Some(node) = node else {
         return NodeObs::Absent;
     };
-    let pid = provider_id(node);
-    let ready = ready_condition(node);
+    let ready = node.ready();
     NodeObs::Registered {
-        ready: ready.is_some_and(|c| c.status == "True"),
-        provider_id_matches: pid.is_empty() || pid == m.expected_provider_id(),
-        not_ready_since: ready
-            .filter(|c| c.status != "True")
-            .and_then(|c| c.last_transition_time.as_ref())
-            .map(|t| t.0),
-        ready_since: ready
-            .filter(|c| c.status == "True")
-            .and_then(|c| c.last_transition_time.as_ref())
-            .map(|t| t.0),
+        ready: node.is_ready(),
+        provider_id_matches: node
+            .provider_id()
+            .is_none_or(|pid| pid == m.expected_provider_id()),
+        not_ready_since: ready.filter(|c| !c.is_true()).and_then(|c| c.since),
+        ready_since: ready.filter(|c| c.is_true()).and_then(|c| c.since),
     }
 }
 
@@ -144,7 +119,7 @@ async fn end_expired_maintenance(
     ctx: &Context,
     api: &Api<Machine>,
     m: &Machine,
-    node: Option<&Node>,
+    node: Option<&KubeNode>,
     now: Timestamp,
 ) -> Result<bool, Error> {
     let Some(mt) = m.spec.maintenance.as_deref() else {
@@ -166,7 +141,7 @@ async fn end_expired_maintenance(
             m.object_ref()
         )))?;
     if let Some(n) = node {
-        crate::operator::node::drain::cordon(&ctx.client, &n.name_any(), false)
+        crate::operator::node::drain::cordon(&ctx.client, n.name(), false)
             .await
             .map_err(|e| Error::NodeSide(e.to_string()))?;
     }
@@ -190,7 +165,7 @@ fn group_of(ctx: &Context, m: &Machine) -> Option<Arc<Group>> {
 
 /// Every rule of the trust boundary the machine breaks: its spec's, and its Kubernetes Node's
 /// when it has one (empty: it may act).
-fn refusals(ctx: &Context, m: &Machine, node: Option<&Node>) -> Vec<Refusal> {
+fn refusals(ctx: &Context, m: &Machine, node: Option<&KubeNode>) -> Vec<Refusal> {
     let policy = &ctx.settings.trust;
     let mut refusals = trust::check_spec(m, policy);
     refusals.extend(node.and_then(|n| trust::check_node(n, policy).err()));
@@ -281,7 +256,7 @@ pub async fn reconcile(m: Arc<Machine>, ctx: Arc<Context>) -> Result<Action, Err
     // Observe, then decide and act until the acts change nothing the core reads.
     let node_name = node
         .as_ref()
-        .map(|n| n.name_any())
+        .map(|n| n.name().to_owned())
         .or_else(|| m.node_name().map(str::to_owned));
     let subject = Subject {
         ctx: &ctx,

@@ -1,11 +1,10 @@
 //! What a machine's status says after a reconcile, derived from what the reconcile found and
 //! decided: the lifecycle, the Kubernetes Node, a providerID mismatch, a spec the drivers cannot
 //! use. Pure: no API call, no clock (`now` is passed in).
+use crate::operator::kube_node::KubeNode;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Node;
-use kube::ResourceExt as _;
 
-use super::{CONDITION_DRAINING, CONDITION_NODE_READY, CONDITION_POWER_METER, is_node_ready};
+use super::{CONDITION_DRAINING, CONDITION_NODE_READY, CONDITION_POWER_METER};
 use crate::operator::api::{
     CONDITION_DEPRECATED_FIELDS, CONDITION_IDENTITY_MISMATCH, CONDITION_INSECURE_TRANSPORT,
     CONDITION_INVALID_SPEC, CONDITION_POWER_FAILED, CONDITION_READY, Health, MachineSpec,
@@ -24,9 +23,9 @@ pub(super) struct Facts<'a> {
     /// `spec.powerState`.
     pub desired: PowerState,
     /// The Kubernetes Node as the reconcile found it.
-    pub node: Option<&'a Node>,
+    pub node: Option<&'a KubeNode>,
     /// The Node as it is now: after our patch of it, `None` once deleted. Its snapshot is kept.
-    pub node_now: Option<&'a Node>,
+    pub node_now: Option<&'a KubeNode>,
     /// The Node's providerID is not the machine's (what to say about it).
     pub mismatch: Option<&'a str>,
     /// The power driver of the operation in flight cannot be used (what is wrong).
@@ -73,7 +72,7 @@ pub(super) fn derive(mut status: MachineStatus, facts: &Facts<'_>) -> Derived {
     status.lifecycle = lc.clone();
     status.progress = crate::operator::machine::progress(lc);
     status.power_state = crate::operator::machine::observed_power(lc).or(status.power_state);
-    let node_ready = facts.node.is_some_and(is_node_ready);
+    let node_ready = facts.node.is_some_and(KubeNode::is_ready);
     status.health = Some(match lc.phase() {
         _ if node_ready => Health::Healthy,
         Phase::Off => Health::Offline,
@@ -170,7 +169,7 @@ pub(super) fn derive(mut status: MachineStatus, facts: &Facts<'_>) -> Derived {
                 } else {
                     "NodeNotReady"
                 },
-                format!("Kubernetes Node {}", n.name_any()),
+                format!("Kubernetes Node {}", n.name()),
                 generation,
                 now,
             ),
@@ -392,34 +391,20 @@ pub(super) fn ended_action(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
     use crate::operator::api::Condition;
     use crate::operator::machine::Operation;
+    use crate::testing::NodeExt as _;
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::UNIX_EPOCH + SignedDuration::from_hours(1) + SignedDuration::from_secs(secs)
     }
 
-    fn node(ready: bool) -> Node {
-        Node {
-            metadata: kube::api::ObjectMeta {
-                name: Some("desktop-0".into()),
-                ..Default::default()
-            },
-            spec: Some(NodeSpec::default()),
-            status: Some(NodeStatus {
-                conditions: Some(vec![NodeCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    last_transition_time: Some(Time(t(0))),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        }
+    fn node(ready: bool) -> KubeNode {
+        crate::testing::node("desktop-0")
+            .ready_since(ready, t(0))
+            .cached()
     }
 
     fn lifecycle(phase: Phase) -> Lifecycle {
@@ -430,7 +415,7 @@ mod tests {
         }
     }
 
-    fn facts<'a>(lc: &'a Lifecycle, node: Option<&'a Node>) -> Facts<'a> {
+    fn facts<'a>(lc: &'a Lifecycle, node: Option<&'a KubeNode>) -> Facts<'a> {
         Facts {
             lifecycle: lc,
             desired: PowerState::On,

@@ -10,6 +10,8 @@ use http::Method;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+
+use crate::operator::kube_node::KubeNode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
@@ -539,8 +541,8 @@ async fn a_ready_machines_node_going_not_ready_is_counted() {
             &super::status::Facts {
                 lifecycle: &s.lifecycle,
                 desired: PowerState::On,
-                node: Some(&up),
-                node_now: Some(&up),
+                node: Some(&up.cached()),
+                node_now: Some(&up.cached()),
                 mismatch: None,
                 spec_error: None,
                 drained: false,
@@ -733,7 +735,7 @@ async fn a_fixed_refusal_turns_not_permitted_false_and_the_machine_acts_again() 
     );
     if let Some(s) = &mut m.status {
         let refusal = crate::operator::trust::check_node(
-            &node_not_adoptable(true, then),
+            &node_not_adoptable(true, then).cached(),
             &crate::operator::trust::TrustPolicy::default(),
         )
         .err()
@@ -767,7 +769,12 @@ async fn a_fixed_refusal_turns_not_permitted_false_and_the_machine_acts_again() 
 
 /// `m`'s status as its last reconcile at `at` left it (with `node` as it found it), and energy
 /// counters last accounted at `accounted`.
-fn settled(mut m: Machine, node: Option<&Node>, at: Timestamp, accounted: Timestamp) -> Machine {
+fn settled(
+    mut m: Machine,
+    node: Option<&KubeNode>,
+    at: Timestamp,
+    accounted: Timestamp,
+) -> Machine {
     let Some(s) = &mut m.status else {
         panic!("the fixture has a status")
     };
@@ -832,7 +839,7 @@ async fn a_ready_machines_energy_is_written_when_due_and_it_comes_back_at_the_ne
     );
     m.spec.watts = Some(watts(30.0));
     let up = node(true, then);
-    let m = settled(m, Some(&up), then, accounted);
+    let m = settled(m, Some(&up.cached()), then, accounted);
     stores.node(up);
     let serving = server.serve(vec![expect(Method::PATCH, STATUS).answer(to_json(&m))]);
     let action = reconcile_once(&ctx, &m).await;
@@ -866,7 +873,7 @@ async fn a_ready_machine_written_recently_is_not_written_again() {
     );
     m.spec.watts = Some(watts(30.0));
     let up = node(true, then);
-    let m = settled(m, Some(&up), then, accounted);
+    let m = settled(m, Some(&up.cached()), then, accounted);
     stores.node(up);
     let serving = server.serve(vec![]);
     let action = reconcile_once(&ctx, &m).await;
@@ -899,7 +906,7 @@ async fn a_failing_meter_is_a_false_power_meter_condition_and_the_model_counts()
         ..Meter::default()
     }));
     let up = node(true, then);
-    let m = settled(m, Some(&up), then, accounted);
+    let m = settled(m, Some(&up.cached()), then, accounted);
     stores.node(up);
     ctx.settings.meters.set(
         "lab/m1",
@@ -943,7 +950,7 @@ async fn a_working_meters_reading_is_what_the_energy_counts() {
         ..Meter::default()
     }));
     let up = node(true, then);
-    let m = settled(m, Some(&up), then, accounted);
+    let m = settled(m, Some(&up.cached()), then, accounted);
     stores.node(up);
     ctx.settings.meters.set(
         "lab/m1",

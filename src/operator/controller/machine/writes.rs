@@ -2,7 +2,7 @@
 //! adopted machine, the Kubernetes Node's registration, status.
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
+use crate::operator::kube_node::KubeNode;
 use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -46,7 +46,7 @@ pub(super) async fn finalize(
     }
     let lc = m.lifecycle();
     let node = find_node(ctx, m);
-    let node_name = node.as_ref().map(|n| n.name_any());
+    let node_name = node.as_ref().map(|n| n.name().to_owned());
     if let Some(op) = lc.operation.as_ref().filter(|o| o.completed.is_none()) {
         let resource = operation_resource_name(&m.name_any(), op);
         let cx = op_context(ctx, m, op, &resource, jiff::Timestamp::now());
@@ -62,7 +62,7 @@ pub(super) async fn finalize(
         ctx.ensure_leader()?;
         // Leave the Node as it was before we managed it: our cordon, labels, taints and
         // annotations go; a person's stay.
-        node_side::update_node(&ctx.client, &n.name_any(), node_side::cleanup_change).await?;
+        node_side::update_node(&ctx.client, n.name(), node_side::cleanup_change).await?;
     }
     let finalizers: Vec<String> = m
         .finalizers()
@@ -131,9 +131,9 @@ pub(super) async fn patch_spec_power(
 pub(super) async fn sync_node(
     ctx: &Context,
     m: &Machine,
-    node: Arc<Node>,
+    node: Arc<KubeNode>,
     quiet: bool,
-) -> Result<(Arc<Node>, Option<String>), Error> {
+) -> Result<(Arc<KubeNode>, Option<String>), Error> {
     let group_protects = group_of(ctx, m).is_some_and(|g| g.scale_down_disabled());
     // Under maintenance: CA's scale-down skips the Node (its scale-down-disabled annotation),
     // and it stays cordoned (the drain's cordon, restored if someone uncordons it).

@@ -174,11 +174,11 @@ fn a_daemonset_owner_that_is_not_the_controller_does_not_count() {
 #[test]
 fn cas_deletion_taint_means_ca_started_the_power_off() {
     let tainted = |key: &str| node("n1").taint(taint(key, "1700000000", "NoSchedule"));
-    assert!(is_ca_deleting(&tainted(ca::TO_BE_DELETED_TAINT)));
-    assert!(!is_ca_deleting(&tainted(
-        "DeletionCandidateOfClusterAutoscaler"
-    )));
-    assert!(!is_ca_deleting(&Node::default()));
+    assert!(is_ca_deleting(&tainted(ca::TO_BE_DELETED_TAINT).cached()));
+    assert!(!is_ca_deleting(
+        &tainted("DeletionCandidateOfClusterAutoscaler").cached()
+    ));
+    assert!(!is_ca_deleting(&KubeNode::default()));
 }
 
 // --- Reading refusals.
