@@ -18,39 +18,71 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A string shared by every holder of the same text (see [`intern`]).
 pub type Shared = Arc<str>;
 
-/// The interned strings. Entries nobody else holds are dropped whenever the set has doubled
-/// since the last sweep, so Nodes and labels that went away do not accumulate.
-struct Interner {
-    strings: HashSet<Shared>,
+/// The entries of a [`Strings`]: equal maps (the capacity of every machine of one model) share
+/// one slice too.
+type Entries = Arc<[(Shared, Shared)]>;
+
+/// One kind of interned value. Entries nobody else holds are dropped whenever the set has
+/// doubled since the last sweep, so Nodes and labels that went away do not accumulate.
+struct Pool<T: ?Sized> {
+    set: HashSet<Arc<T>>,
     sweep_at: usize,
+}
+
+impl<T: ?Sized + Eq + std::hash::Hash> Pool<T> {
+    const FIRST_SWEEP: usize = 1024;
+
+    fn new() -> Self {
+        Pool {
+            set: HashSet::new(),
+            sweep_at: Self::FIRST_SWEEP,
+        }
+    }
+
+    fn get_or_insert(&mut self, value: &T, make: impl FnOnce(&T) -> Arc<T>) -> Arc<T> {
+        if let Some(found) = self.set.get(value) {
+            return found.clone();
+        }
+        if self.set.len() >= self.sweep_at {
+            self.set.retain(|v| Arc::strong_count(v) > 1);
+            self.sweep_at = (self.set.len() * 2).max(Self::FIRST_SWEEP);
+        }
+        let shared = make(value);
+        self.set.insert(shared.clone());
+        shared
+    }
+}
+
+struct Interner {
+    strings: Pool<str>,
+    maps: Pool<[(Shared, Shared)]>,
 }
 
 static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(|| {
     Mutex::new(Interner {
-        strings: HashSet::new(),
-        sweep_at: 1024,
+        strings: Pool::new(),
+        maps: Pool::new(),
     })
 });
 
 /// The shared copy of `s`: one allocation per distinct text, however many Nodes carry it.
 pub fn intern(s: &str) -> Shared {
-    let mut interner = crate::lock(&INTERNER);
-    if let Some(found) = interner.strings.get(s) {
-        return found.clone();
-    }
-    if interner.strings.len() >= interner.sweep_at {
-        interner.strings.retain(|s| Arc::strong_count(s) > 1);
-        interner.sweep_at = (interner.strings.len() * 2).max(1024);
-    }
-    let shared: Shared = Arc::from(s);
-    interner.strings.insert(shared.clone());
-    shared
+    crate::lock(&INTERNER)
+        .strings
+        .get_or_insert(s, |s: &str| Arc::from(s))
+}
+
+/// The shared copy of a map's entries.
+fn intern_entries(entries: &[(Shared, Shared)]) -> Entries {
+    crate::lock(&INTERNER)
+        .maps
+        .get_or_insert(entries, |e: &[(Shared, Shared)]| Arc::from(e))
 }
 
 /// A small map of shared strings, sorted by key: labels, annotations, capacity. Cloning it
 /// clones one pointer, so the provider's views of a Node share the cache's copy.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Strings(Option<Arc<[(Shared, Shared)]>>);
+pub struct Strings(Option<Entries>);
 
 impl Strings {
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -108,7 +140,8 @@ impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Strings {
         if entries.is_empty() {
             return Strings(None);
         }
-        Strings(Some(entries.into_iter().collect()))
+        let entries: Vec<(Shared, Shared)> = entries.into_iter().collect();
+        Strings(Some(intern_entries(&entries)))
     }
 }
 
@@ -227,6 +260,11 @@ mod tests {
             Arc::ptr_eq(ka, kb) && Arc::ptr_eq(va, vb),
             "one copy of each text"
         );
+        let again: Strings = [("kubernetes.io/arch", "amd64")].into_iter().collect();
+        assert!(
+            matches!((&again.0, &b.0), (Some(x), Some(y)) if Arc::ptr_eq(x, y)),
+            "one copy of equal maps"
+        );
         let relabelled = a.with("kubernetes.io/os", "windows");
         assert_eq!(
             relabelled.get("kubernetes.io/os"),
@@ -263,13 +301,13 @@ mod tests {
         }
         let interner = crate::lock(&INTERNER);
         assert!(
-            interner.strings.contains("interned-test-kept"),
+            interner.strings.set.contains("interned-test-kept"),
             "a held text stays"
         );
         assert!(
-            interner.strings.len() < 5_000,
+            interner.strings.set.len() < 5_000,
             "texts nobody holds were swept: {} left",
-            interner.strings.len()
+            interner.strings.set.len()
         );
         drop(kept);
     }
