@@ -95,9 +95,9 @@ pub fn strip_node(node: &mut Node) {
 /// else, so the rest of what the API server sends (images, condition messages, system info,
 /// managedFields: most of a kubelet's Node) is skipped by the parser instead of being built and
 /// dropped, on every list page and every status update of every Node. What the cache keeps is
-/// the same either way (BENCHMARKS.md, "Kubernetes Nodes in the bench", has what it changed).
-/// Becomes the cached [`Node`] with [`From`]; equal to the full Node after [`strip_node`]
-/// (tested).
+/// the same either way (BENCHMARKS.md, "Beside 2,000 Kubernetes Nodes", has what it changed).
+/// Becomes a [`Node`] with [`From`], equal to the full Node after [`strip_node`] (tested), and
+/// the cache keeps that as a `kube_node::KubeNode`.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ListedNode {
     #[serde(default, deserialize_with = "listed_meta")]
