@@ -224,15 +224,6 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-impl<'a> IntoIterator for &'a Strings {
-    type Item = (&'a str, &'a str);
-    type IntoIter = Box<dyn Iterator<Item = (&'a str, &'a str)> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

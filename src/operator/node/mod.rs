@@ -135,11 +135,6 @@ fn taint_id(t: &Taint) -> String {
     format!("{}:{}", t.key, t.effect)
 }
 
-/// The providerID of `node`, `None` when empty.
-pub fn node_provider_id(node: &KubeNode) -> Option<&str> {
-    node.provider_id()
-}
-
 /// How the Node's `spec.providerID` relates to the machine's expected one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProviderIdCheck {
@@ -159,7 +154,7 @@ pub enum ProviderIdCheck {
 /// Compare the Node's providerID with the machine's [`Machine::expected_provider_id`].
 pub fn provider_id_check(machine: &Machine, node: &KubeNode) -> ProviderIdCheck {
     let expected = machine.expected_provider_id();
-    let Some(actual) = node_provider_id(node) else {
+    let Some(actual) = node.provider_id() else {
         return ProviderIdCheck::Set(expected);
     };
     if actual == expected {
@@ -363,7 +358,7 @@ impl<'a> NodeEdit<'a> {
 
     /// Sets `spec.providerID` when the Node has none.
     pub fn set_provider_id(&mut self, id: &str) -> &mut Self {
-        if node_provider_id(self.node).is_none() && !id.is_empty() {
+        if self.node.provider_id().is_none() && !id.is_empty() {
             self.provider_id = Some(id.to_owned());
         }
         self
@@ -379,7 +374,7 @@ impl<'a> NodeEdit<'a> {
         let removed = |t: &Taint| remove.iter().any(|r| same_taint(r, t));
         if !self.annotations.contains_key(RESTORED) {
             if let Some(seen) = machine.status.as_ref().and_then(|s| s.node.as_ref()) {
-                for (k, v) in &seen.labels {
+                for (k, v) in seen.labels.iter() {
                     if !KUBELET_LABELS.contains(&k) && !self.labels.contains_key(k) {
                         self.add_label(k, v);
                     }
@@ -567,7 +562,7 @@ pub fn snapshot(node: &KubeNode, seen: Timestamp) -> NodeSnapshot {
         .collect();
     NodeSnapshot {
         name: node.name().to_owned(),
-        provider_id: node_provider_id(node).map(str::to_owned),
+        provider_id: node.provider_id().map(str::to_owned),
         labels: labels.into_iter().collect(),
         taints,
         capacity: node.capacity().clone(),
